@@ -1,0 +1,88 @@
+"""Shell command builders. Every interpolated value is quoted here, and only here."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import PurePosixPath
+from typing import Iterable
+
+from .profile import Profile
+
+Arg = str | int | PurePosixPath
+
+
+def q(value: Arg) -> str:
+    """One shell word, whatever the value holds (spaces, quotes, ';', '$')."""
+    return shlex.quote(str(value))
+
+
+def join(*words: Arg) -> str:
+    """A command line from words, each quoted."""
+    return " ".join(q(w) for w in words)
+
+
+def sh(script: str) -> str:
+    """A script run by a POSIX shell as one argument (so sudo covers all of it)."""
+    return f"sh -c {q(script)}"
+
+
+def sudo_noninteractive(script: str) -> str:
+    """Root without a prompt: fails at once (instead of hanging) when sudo wants a password."""
+    return f"sudo -n {sh(script)}"
+
+
+def lines(*commands: str) -> str:
+    return "\n".join(commands)
+
+
+SUDO_CHECK = "sudo -n true"
+
+
+def _show(unit: str, props: Iterable[str]) -> str:
+    return f"systemctl show --no-pager -p {','.join(props)} {q(unit)} 2>/dev/null || true"
+
+
+UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
+
+
+def health_probe(port: int, host_header: str, path: str = "/health", timeout: int = 5) -> str:
+    """Print `<status> <body>` of a GET on this host's loopback, using python3 (curl may be absent)."""
+    code = (
+        "import sys,urllib.request as u\n"
+        "r=u.Request(sys.argv[1],headers={'Host':sys.argv[2]})\n"
+        "try:\n"
+        f" x=u.urlopen(r,timeout={int(timeout)});print(x.status,x.read(200).decode(errors='replace'))\n"
+        "except u.HTTPError as e:print(e.code,'')\n"
+        "except Exception as e:print(0,type(e).__name__)\n"
+    )
+    return join("python3", "-c", code, f"http://127.0.0.1:{int(port)}{path}", host_header)
+
+
+def status_probe(profile: Profile) -> str:
+    """One script that reads every status fact in a single round trip, as `[section]` + key=value lines."""
+    p = profile.remote
+    svc = f"{profile.service.name}.service"
+    return lines(
+        "echo '[host]'",
+        ". /etc/os-release 2>/dev/null; echo \"os=${PRETTY_NAME:-unknown}\"",
+        "echo \"kernel=$(uname -r)\"",
+        "echo \"python3=$(python3 -c 'import platform;print(platform.python_version())' 2>/dev/null)\"",
+        "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
+        f"d={q(p.data_dir)}; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done",
+        "echo \"disk=$(df -B1 --output=avail,target \"$d\" | tail -n 1)\"",
+        "echo '[install]'",
+        f"if [ -x {q(p.label_studio_bin)} ]; then echo installed=yes; else echo installed=no; fi",
+        f"echo \"dist=$(ls -d {q(p.venv)}/lib/python3*/site-packages/label_studio-*.dist-info 2>/dev/null | head -n 1)\"",
+        f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
+        f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
+        f"if [ -e {q(p.nginx_site_enabled)} ]; then echo nginx_site=yes; else echo nginx_site=no; fi",
+        f"if command -v screen >/dev/null && runuser -u {q(profile.service.user)} -- screen -ls "
+        f"{q(profile.service.name)} >/dev/null 2>&1; then echo screen=yes; else echo screen=no; fi",
+        "echo '[service]'",
+        _show(svc, UNIT_PROPERTIES),
+        "echo '[nginx]'",
+        _show("nginx.service", UNIT_PROPERTIES),
+        "echo '[health]'",
+        f"if command -v nginx >/dev/null; then echo \"via_nginx=$({health_probe(profile.http_port, profile.effective_server_name)})\"; fi",
+        f"echo \"direct=$({health_probe(profile.label_studio.port, '127.0.0.1')})\"",
+    )

@@ -1,0 +1,138 @@
+"""The one place a Connection is used for commands: sudo mode, timeouts, and errors in words."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+
+import paramiko
+from fabric import Connection
+from invoke.exceptions import AuthFailure, CommandTimedOut, Failure
+from paramiko.ssh_exception import NoValidConnectionsError
+
+from . import commands
+from .errors import ConnectError, RemoteError, SudoError
+
+SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PASSWORD in the environment"
+
+
+@dataclass
+class Output:
+    """What a remote command left behind."""
+
+    command: str
+    exited: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+    def last_line(self) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return text[-1] if text else f"exit code {self.exited}"
+
+
+class Host:
+    """A connected server: runs commands as the login user or as root, with errors turned into ours."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+
+    @property
+    def alias(self) -> str:
+        """The name the user typed after -H (an ssh_config alias or a host name)."""
+        return getattr(self.connection, "original_host", None) or self.connection.host
+
+    @property
+    def target(self) -> str:
+        c = self.connection
+        return f"{c.user}@{c.host}:{c.port}"
+
+    def connect(self) -> None:
+        """Open the SSH session now, so an unreachable host fails before anything else."""
+        with self._errors():
+            self.connection.open()
+
+    def run(self, command: str, *, sudo: bool = False, check: bool = True,
+            timeout: float | None = None, what: str | None = None) -> Output:
+        """Run `command` (as root when `sudo`). `check` raises RemoteError on a non-zero exit."""
+        with self._errors():
+            if sudo and self.sudo_mode == "password":
+                result = self.connection.sudo(commands.sh(command), hide=True, warn=True,
+                                              in_stream=False, timeout=timeout)
+            else:
+                line = commands.sudo_noninteractive(command) if sudo else command
+                result = self.connection.run(line, hide=True, warn=True, in_stream=False,
+                                             timeout=timeout)
+        output = Output(command, result.exited, result.stdout, result.stderr)
+        if check and not output.ok:
+            raise RemoteError(f"{what or 'command'} failed on {self.alias}: {output.last_line()}")
+        return output
+
+    @cached_property
+    def sudo_mode(self) -> str:
+        """'passwordless' or 'password'; raises SudoError when root cannot be had."""
+        with self._errors():
+            probe = self.connection.run(commands.SUDO_CHECK, hide=True, warn=True, in_stream=False)
+        if probe.exited == 0:
+            return "passwordless"
+        message = (probe.stderr or probe.stdout).strip()
+        user = self.connection.user
+        if "password is required" not in message:
+            raise SudoError(f"user '{user}' cannot use sudo on {self.alias}: {message or 'sudo failed'}",
+                            hint="this toolkit needs a login with sudo rights")
+        if not self.connection.config.sudo.password:
+            raise SudoError(f"sudo on {self.alias} needs a password for '{user}'", hint=SUDO_PASSWORD_HINT)
+        with self._errors():
+            self.connection.sudo("true", hide=True, in_stream=False)
+        return "password"
+
+    def _errors(self) -> "_ErrorTranslator":
+        return _ErrorTranslator(self)
+
+
+class _ErrorTranslator:
+    """Turns socket/paramiko/invoke failures into one-line ConnectError/SudoError messages."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            return False
+        alias, target = self.host.alias, self.host.target
+        if isinstance(exc, AuthFailure):
+            raise SudoError(f"sudo on {alias} refused the password given",
+                            hint="check FABRIC_SUDO_PASSWORD / the password typed") from None
+        if isinstance(exc, socket.gaierror):
+            raise ConnectError(
+                f"cannot resolve host '{alias}'",
+                hint=f"check the name, or add a 'Host {alias}' entry with its HostName to ~/.ssh/config",
+            ) from None
+        if isinstance(exc, NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
+            raise ConnectError(f"{target} refused the connection",
+                               hint="is sshd running and the port right?") from None
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            raise ConnectError(f"timed out connecting to {target}",
+                               hint="is the host up, and reachable from here (VPN)?") from None
+        if isinstance(exc, paramiko.AuthenticationException):
+            raise ConnectError(
+                f"{target} refused our SSH key",
+                hint="check User and IdentityFile in ~/.ssh/config, or load the key with ssh-add",
+            ) from None
+        if isinstance(exc, paramiko.BadHostKeyException):
+            raise ConnectError(f"the host key of {target} does not match known_hosts",
+                               hint="if the server was rebuilt, remove its old key with ssh-keygen -R") from None
+        if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
+            raise ConnectError(f"SSH to {target} failed: {exc or type(exc).__name__}") from None
+        if isinstance(exc, CommandTimedOut):
+            raise RemoteError(f"a command on {alias} did not finish within {exc.timeout}s") from None
+        if isinstance(exc, Failure):
+            raise RemoteError(f"command failed on {alias}: {exc.result.stderr.strip()[-300:]}") from None
+        return False

@@ -1,0 +1,47 @@
+"""One exception family. Every expected failure is one of these; the task edge turns it into a clean exit."""
+
+from __future__ import annotations
+
+
+class ToolkitError(Exception):
+    """An expected failure: a one-line message for the user and an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ProfileError(ToolkitError):
+    """The host profile (YAML) is missing, malformed or holds a bad value."""
+
+    exit_code = 2
+
+
+class UsageError(ToolkitError):
+    """A task was called with options that cannot work together or a bad value."""
+
+    exit_code = 2
+
+
+class ConnectError(ToolkitError):
+    """The host cannot be reached or refuses our key."""
+
+    exit_code = 3
+
+
+class SudoError(ToolkitError):
+    """sudo on the host needs a password nobody gave, or refused the one given."""
+
+    exit_code = 4
+
+
+class RemoteError(ToolkitError):
+    """A command on the host failed."""
+
+    exit_code = 5

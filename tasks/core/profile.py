@@ -1,0 +1,375 @@
+"""Host profiles: YAML -> frozen dataclasses, validated before any connection is made.
+
+The profile for `fab -H NAME` is `--config PATH`, else `$LSVM_CONFIG`, else `configs/NAME.yaml` when it
+exists, else the built-in defaults. Every remote and local path the toolkit uses is derived here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from packaging.version import InvalidVersion, Version
+
+from .errors import ProfileError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS_DIR = PROJECT_ROOT / "configs"
+CONFIG_ENV = "LSVM_CONFIG"
+BACKUPS_ENV = "LSVM_BACKUPS_DIR"
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+_UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_NGINX_SIZE = re.compile(r"^\d+[kKmMgG]?$")
+_EMAIL = re.compile(r"^[^@\s'\"\\;]+@[^@\s'\"\\;]+$")
+_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+
+
+# Validators: each returns an error message (str) or None. Types are checked by the loader.
+
+def _server_name(value: str) -> str | None:
+    if value == "_":
+        return None
+    ipv4 = _IPV4.match(value)
+    if ipv4:
+        return None if all(int(part) <= 255 for part in ipv4.groups()) else "is not a valid IPv4 address"
+    if not _HOSTNAME.match(value):
+        return "must be a host name or IP address (letters, digits, '-' and '.'; no spaces or ';')"
+    return None
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a port number between 1 and 65535"
+
+
+def _version(value: str) -> str | None:
+    try:
+        Version(value)
+    except InvalidVersion:
+        return f"'{value}' is not a version pip accepts (for example 1.23.2)"
+    return None
+
+
+def _absolute_path(value: str) -> str | None:
+    if not _SAFE_PATH.match(value) or value == "/" or "/../" in value + "/":
+        return "must be an absolute path of letters, digits, '.', '_', '-' and '/'"
+    return None
+
+
+def _unix_name(value: str) -> str | None:
+    return None if _UNIX_NAME.match(value) else "must be a lower-case user name (a-z, 0-9, '_', '-')"
+
+
+def _nginx_size(value: str) -> str | None:
+    return None if _NGINX_SIZE.match(value) else "must be an nginx size such as 200m, 1g or 512k"
+
+
+def _email(value: str | None) -> str | None:
+    return None if value is None or _EMAIL.match(value) else "must be an email address"
+
+
+def _url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _URL.match(value):
+        return "must be an http(s):// URL with no query, such as https://labels.example.org"
+    return None
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be more than 0"
+
+
+def _opt(default: Any, check=None) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class LabelStudioSettings:
+    version: str = _opt("1.23.2", _version)
+    port: int = _opt(8080, _port)
+    admin_email: str | None = _opt(None, _email)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    manager: Literal["systemd", "screen"] = _opt("systemd")
+    user: str = _opt("labelstudio", _unix_name)
+    name: str = _opt("label-studio", _unix_name)
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    app_dir: str = _opt("/opt/label-studio", _absolute_path)
+    data_dir: str = _opt("/var/lib/label-studio", _absolute_path)
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    client_max_body_size: str = _opt("200m", _nginx_size)
+    proxy_timeout: int = _opt(300, _positive)
+    deny_export: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class FirewallSettings:
+    enabled: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    keep_last: int = _opt(10, _non_negative)
+    keep_daily: int = _opt(7, _non_negative)
+    keep_weekly: int = _opt(4, _non_negative)
+
+
+@dataclass(frozen=True)
+class PipSettings:
+    index_url: str | None = _opt(None, _url)
+
+
+@dataclass(frozen=True)
+class RemotePaths:
+    """Every path on the server, derived from the profile in one place."""
+
+    app_dir: PurePosixPath
+    data_dir: PurePosixPath
+    venv: PurePosixPath
+    label_studio_bin: PurePosixPath
+    venv_python: PurePosixPath
+    env_file: PurePosixPath
+    database: PurePosixPath
+    secret_env: PurePosixPath
+    media_dir: PurePosixPath
+    unit_file: PurePosixPath
+    nginx_site: PurePosixPath
+    nginx_site_enabled: PurePosixPath
+    screen_launcher: PurePosixPath
+    screen_log: PurePosixPath
+    lock_file: PurePosixPath
+
+
+@dataclass(frozen=True)
+class Profile:
+    server_name: str | None = _opt(None, lambda v: None if v is None else _server_name(v))
+    http_port: int = _opt(80, _port)
+    public_url: str | None = _opt(None, _url)
+    label_studio: LabelStudioSettings = field(default_factory=LabelStudioSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    nginx: NginxSettings = field(default_factory=NginxSettings)
+    firewall: FirewallSettings = field(default_factory=FirewallSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    pip: PipSettings = field(default_factory=PipSettings)
+    # Where the settings came from, for messages; not a YAML key.
+    source: str = field(default="built-in defaults", metadata={"internal": True})
+    host: str = field(default="", metadata={"internal": True})
+    # The address behind the alias (ssh_config HostName), once connected.
+    address: str = field(default="", metadata={"internal": True})
+
+    @property
+    def effective_server_name(self) -> str:
+        """nginx server_name: the profile's, else the host we connect to."""
+        return self.server_name or self.address or self.host or "_"
+
+    @property
+    def url(self) -> str:
+        """The public base URL users open (LABEL_STUDIO_HOST)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        name = self.effective_server_name
+        if name == "_":
+            name = "localhost"
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{name}{port}"
+
+    @property
+    def origin(self) -> str:
+        """scheme://host[:port] of the public URL, for CSRF_TRUSTED_ORIGINS."""
+        match = re.match(r"^(https?://[^/]+)", self.url)
+        assert match, self.url
+        return match.group(1)
+
+    @property
+    def remote(self) -> RemotePaths:
+        app = PurePosixPath(self.paths.app_dir)
+        data = PurePosixPath(self.paths.data_dir)
+        venv = app / "venv"
+        name = self.service.name
+        return RemotePaths(
+            app_dir=app,
+            data_dir=data,
+            venv=venv,
+            label_studio_bin=venv / "bin" / "label-studio",
+            venv_python=venv / "bin" / "python",
+            env_file=app / f"{name}.env",
+            database=data / "label_studio.sqlite3",
+            secret_env=data / ".env",
+            media_dir=data / "media",
+            unit_file=PurePosixPath("/etc/systemd/system") / f"{name}.service",
+            nginx_site=PurePosixPath("/etc/nginx/sites-available") / name,
+            nginx_site_enabled=PurePosixPath("/etc/nginx/sites-enabled") / name,
+            screen_launcher=app / "start-label-studio.sh",
+            screen_log=app / "screen.log",
+            lock_file=PurePosixPath("/run/lock") / f"{name}-data.lock",
+        )
+
+    def backups_dir(self, base: Path | None = None) -> Path:
+        """Local snapshots of this host: backups/<host>/ (or $LSVM_BACKUPS_DIR/<host>/)."""
+        root = base or Path(os.environ.get(BACKUPS_ENV) or PROJECT_ROOT / "backups")
+        return root / (self.host or "local")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_profile_path(
+    host: str, explicit: str | None = None, env: typing.Mapping[str, str] | None = None,
+    configs_dir: Path | None = None,
+) -> Path | None:
+    """Which YAML file configures `host`, or None for the built-in defaults."""
+    env = os.environ if env is None else env
+    chosen = explicit or env.get(CONFIG_ENV)
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            origin = "--config" if explicit else f"${CONFIG_ENV}"
+            raise ProfileError(f"{path}: no such profile file (given by {origin})")
+        return path
+    candidate = (configs_dir or CONFIGS_DIR) / f"{host}.yaml"
+    return candidate if host and candidate.is_file() else None
+
+
+def load_profile(
+    host: str, explicit: str | None = None, env: typing.Mapping[str, str] | None = None,
+    configs_dir: Path | None = None,
+) -> Profile:
+    path = resolve_profile_path(host, explicit, env, configs_dir)
+    if path is None:
+        return Profile(host=host)
+    return parse_profile(path.read_text(encoding="utf-8"), source=str(path), host=host)
+
+
+def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Profile:
+    """Parse and validate YAML text; any problem is a one-line ProfileError naming file, line and key."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ProfileError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{source}: YAML error: {exc}") from None
+    if data is None:
+        return Profile(source=source, host=host)
+    lines = _key_lines(node)
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: the profile must be a mapping of keys, not {type(data).__name__}")
+    values = _build(Profile, data, (), source, lines)
+    return dataclasses.replace(values, source=source, host=host)
+
+
+def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Line number (1-based) of every key, and a check for keys given twice."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            if key in lines:
+                raise ProfileError(
+                    f"line {key_node.start_mark.line + 1}: key '{'.'.join(key)}' is given twice"
+                )
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key))
+    return lines
+
+
+def _where(source: str, lines: dict, path: tuple[str, ...]) -> str:
+    line = lines.get(path)
+    return f"{source}:{line}" if line else source
+
+
+def _build(cls: type, data: dict, prefix: tuple[str, ...], source: str, lines: dict) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        dotted = ".".join(path)
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ProfileError(f"{_where(source, lines, path)}: unknown key '{dotted}' (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ProfileError(f"{_where(source, lines, path)}: '{dotted}' must be a mapping of keys")
+            kwargs[key] = _build(hint, value, path, source, lines)
+            continue
+        problem = _type_problem(hint, value)
+        if problem is None:
+            check = fields[key].metadata.get("check")
+            problem = check(value) if check else None
+        if problem:
+            raise ProfileError(f"{_where(source, lines, path)}: '{dotted}' {problem}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """None when `value` fits the annotation, else what is wrong, in words."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        return None if value in args else "must be one of: " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _type_problem(inner, value)
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be a whole number"
+    if hint is str:
+        if isinstance(value, str):
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"must be a string: write it in quotes (\"{value}\")"
+        return "must be a string"
+    raise TypeError(f"unsupported profile field type {hint!r}")  # a bug in this module, not input
+
+
+def profile_keys(cls: type = Profile, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Every YAML key the profile accepts, dotted (for docs and tests)."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(profile_keys(hints[f.name], (*prefix, f.name)))
+        else:
+            keys.append(".".join((*prefix, f.name)))
+    return keys

@@ -1,0 +1,146 @@
+"""Command builders quote every value; recorded probe output parses into the right facts."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tasks.core import commands, parse
+from tasks.core.facts import status_from_probe
+
+NASTY = [
+    "plain",
+    "with space",
+    "it's quoted",
+    'double "quotes"',
+    "semi;colon; rm -rf /",
+    "$(touch /tmp/pwned) `id` $HOME",
+    "new\nline",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_quoted_value_reaches_the_program_unchanged(value):
+    # printf through a real shell: what the program receives is exactly the value.
+    line = "printf %s " + commands.q(value)
+    assert subprocess.run(["sh", "-c", line], capture_output=True, text=True).stdout == value
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_sh_wraps_a_whole_script_as_one_argument(value):
+    script = "printf %s " + commands.q(value) + "; printf %s END"
+    line = commands.sh(script)
+    assert subprocess.run(["sh", "-c", line], capture_output=True, text=True).stdout == value + "END"
+
+
+def test_join_quotes_each_word():
+    assert commands.join("ls", "-l", "my dir; rm x") == "ls -l 'my dir; rm x'"
+
+
+def test_sudo_noninteractive_never_prompts():
+    assert commands.sudo_noninteractive("a && b").startswith("sudo -n sh -c ")
+
+
+RECORDED_BARE = """\
+[host]
+os=Debian GNU/Linux 12 (bookworm)
+kernel=6.1.0-18-amd64
+python3=3.11.2
+systemd=yes
+disk=85149323264 /
+[install]
+installed=no
+dist=
+db_size=
+unit_file=no
+nginx_site=no
+screen=no
+[service]
+LoadState=not-found
+ActiveState=inactive
+SubState=dead
+UnitFileState=
+MainPID=0
+[nginx]
+LoadState=not-found
+ActiveState=inactive
+SubState=dead
+UnitFileState=
+MainPID=0
+[health]
+direct=0 URLError
+"""
+
+RECORDED_PROVISIONED = """\
+[host]
+os=Debian GNU/Linux 12 (bookworm)
+kernel=6.1.0-18-amd64
+python3=3.11.2
+systemd=yes
+disk=85149323264 /var
+[install]
+installed=yes
+dist=/opt/label-studio/venv/lib/python3.11/site-packages/label_studio-1.23.2.dist-info
+db_size=1581056
+unit_file=yes
+nginx_site=yes
+screen=no
+[service]
+LoadState=loaded
+ActiveState=active
+SubState=running
+UnitFileState=enabled
+MainPID=812
+[nginx]
+LoadState=loaded
+ActiveState=active
+SubState=running
+UnitFileState=enabled
+MainPID=402
+[health]
+via_nginx=200 {"status": "UP"}
+direct=200 {"status": "UP"}
+"""
+
+
+def test_bare_host_is_not_provisioned():
+    st = status_from_probe(RECORDED_BARE)
+    assert st.os == "Debian GNU/Linux 12 (bookworm)"
+    assert st.python3 == "3.11.2"
+    assert st.systemd is True
+    assert st.disk_free == 85149323264 and st.disk_mount == "/"
+    assert not st.provisioned
+    assert not st.service.exists and st.service.describe() == "not installed"
+    assert not st.healthy
+
+
+def test_provisioned_host_facts():
+    st = status_from_probe(RECORDED_PROVISIONED)
+    assert st.provisioned
+    assert st.label_studio_version == "1.23.2"
+    assert st.db_size == 1581056
+    assert st.service.running and st.service.describe() == "active (running), enabled at boot"
+    assert st.healthy
+
+
+@pytest.mark.parametrize(
+    "value, up",
+    [('200 {"status": "UP"}', True), ('200 {"status":"UP"}', True), ("502 ", False),
+     ('200 {"status": "DOWN"}', False), ("0 URLError", False), ("", False), (None, False)],
+)
+def test_health_parser(value, up):
+    assert parse.health_is_up(value) is up
+
+
+def test_sections_ignore_noise_and_keep_equals_in_values():
+    s = parse.sections("noise\n[a]\nk=v=w\n\n[b]\nx = 1\r\n")
+    assert s == {"a": {"k": "v=w"}, "b": {"x": "1"}}
+
+
+def test_status_probe_is_valid_shell():
+    from tasks.core.profile import Profile
+
+    script = commands.status_probe(Profile(host="vm", server_name="x.example.org"))
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
