@@ -1,0 +1,33 @@
+# The two set-up commands in the README: `make demo` (try it) and `make test` (run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test unit demo demo-down clean
+
+$(BIN)/fab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+venv: $(BIN)/fab
+
+## Run every test: unit tests and integration tests on the Debian 12 test VM (needs a Docker engine).
+test: venv
+	$(BIN)/python -m pytest
+
+## Unit tests only (no Docker needed).
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+## Build the local test VM, provision Label Studio on it, print its URL and login.
+demo: venv
+	$(BIN)/python -m tests.testvm up
+
+## Remove the demo VM.
+demo-down: venv
+	$(BIN)/python -m tests.testvm down
+
+clean:
+	rm -rf $(VENV) .pytest_cache

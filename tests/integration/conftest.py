@@ -1,0 +1,96 @@
+"""The real test VM: a Debian 12 container with systemd and sshd, reached over SSH on 127.0.0.1.
+
+Tests call `fab` as a subprocess with an ssh_config of their own (never the developer's ~/.ssh/config,
+and with HOME pointed at a temporary folder), exactly as a user does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.testvm.image import build_image
+from tests.testvm.machine import (
+    NOPASSWD_USER, PASSWORD_USER, PASSWORD_USER_SUDO_PASSWORD, TestVM, make_key, start_vm,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def _docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def vm_image() -> str:
+    if not _docker_answers():
+        pytest.skip("no Docker engine answers (start dockerd, or run `bash .ci/run`)")
+    return build_image()
+
+
+@pytest.fixture(scope="session")
+def test_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ssh").mkdir(mode=0o700)
+    return home
+
+
+@pytest.fixture(scope="session")
+def vm(vm_image: str, test_home: Path):
+    keys = test_home / "keys"  # not ~/.ssh: only the IdentityFile in our ssh_config may log in
+    keys.mkdir(mode=0o700, exist_ok=True)
+    machine = start_vm(vm_image, make_key(keys))
+    yield machine
+    machine.stop()
+
+
+@dataclass
+class Fab:
+    """Runs `fab` the way a user does, against the test VM, through our own ssh_config."""
+
+    vm: TestVM
+    home: Path
+    env: dict = field(default_factory=dict)
+
+    def ssh_config(self) -> Path:
+        path = self.home / "ssh_config"
+        path.write_text(
+            self.vm.ssh_config("vm", NOPASSWD_USER)
+            + self.vm.ssh_config("vm-student", PASSWORD_USER)
+        )
+        return path
+
+    def __call__(self, *args: str, host: str | None = "vm", env: dict | None = None,
+                 input: str | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "fabric", "-S", str(self.ssh_config())]
+        if host:
+            command += ["-H", host]
+        command += list(args)
+        full_env = {
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))
+        }
+        full_env.update(HOME=str(self.home), LSVM_BACKUPS_DIR=str(self.home / "backups"),
+                        COLUMNS="200", **self.env, **(env or {}))
+        return subprocess.run(command, cwd=PROJECT_ROOT, env=full_env, capture_output=True,
+                              text=True, input=input, timeout=timeout)
+
+
+@pytest.fixture
+def fab(vm: TestVM, test_home: Path) -> Fab:
+    return Fab(vm, test_home)
+
+
+@pytest.fixture
+def sudo_password() -> str:
+    return PASSWORD_USER_SUDO_PASSWORD

@@ -1,0 +1,116 @@
+"""Foundation, proven over real SSH: status for both kinds of sudo, and clean errors for bad input."""
+
+from __future__ import annotations
+
+import re
+import sys
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import PROJECT_ROOT
+
+
+def assert_one_line_error(result, *words: str, code: int | None = None):
+    assert result.returncode != 0, result.stdout
+    if code is not None:
+        assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_status_with_passwordless_sudo(fab):
+    result = fab("status")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"os\s+Debian GNU/Linux 12 \(bookworm\)", out)
+    assert re.search(r"sudo\s+passwordless", out)
+    assert re.search(r"systemd\s+yes", out)
+    assert re.search(r"python3\s+3\.11\.\d+", out)
+    assert re.search(r"free disk\s+[\d.]+ (GiB|MiB|TiB) on /", out)
+    assert re.search(r"label studio\s+not provisioned", out)
+
+
+def test_status_with_sudo_password_from_environment(fab, sudo_password):
+    result = fab("status", host="vm-student", env={"FABRIC_SUDO_PASSWORD": sudo_password})
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"sudo\s+password", result.stdout)
+    assert sudo_password not in result.stdout + result.stderr
+
+
+def test_status_with_sudo_password_from_prompt(fab, sudo_password):
+    # --prompt-for-sudo-password reads the password with getpass, which falls back to stdin here.
+    result = fab("--prompt-for-sudo-password", "status", host="vm-student", input=sudo_password + "\n")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"sudo\s+password", result.stdout)
+
+
+def test_status_when_sudo_needs_a_password_nobody_gave(fab):
+    result = fab("status", host="vm-student")
+    assert_one_line_error(result, "needs a password", "--prompt-for-sudo-password", "FABRIC_SUDO_PASSWORD", code=4)
+
+
+def test_status_with_a_wrong_sudo_password(fab):
+    result = fab("status", host="vm-student", env={"FABRIC_SUDO_PASSWORD": "not-it"})
+    assert_one_line_error(result, "refused the password", code=4)
+    assert "not-it" not in result.stderr
+
+
+def test_unknown_host_is_a_one_line_error(fab):
+    result = fab("status", host="no-such-host.invalid")
+    assert_one_line_error(result, "cannot resolve host 'no-such-host.invalid'", code=3)
+
+
+def test_refused_key_is_a_one_line_error(fab, test_home: Path):
+    other_key = test_home / "not-authorized"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    config = test_home / "ssh_config_wrong_key"
+    config.write_text(fab.vm.ssh_config("vm").replace(str(fab.vm.key_file), str(other_key)))
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric", "-S", str(config), "-H", "vm", "status"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(test_home)},
+    )
+    assert_one_line_error(result, "refused our SSH key", code=3)
+
+
+def test_profile_with_unknown_key_fails_before_connecting(fab, test_home: Path):
+    bad = test_home / "bad.yaml"
+    bad.write_text("server_name: labels.example.org\nnginx:\n  colour: blue\n")
+    # An unreachable host proves no connection is attempted: the profile error comes first.
+    result = fab("status", "--config", str(bad), host="no-such-host.invalid")
+    assert_one_line_error(result, f"{bad}:3:", "unknown key 'nginx.colour'", code=2)
+
+
+def test_profile_yaml_syntax_error_names_file_and_line(fab, test_home: Path):
+    bad = test_home / "broken.yaml"
+    bad.write_text("server_name: a\nhttp_port: [80\n")
+    result = fab("status", host="no-such-host.invalid", env={"LSVM_CONFIG": str(bad)})
+    assert_one_line_error(result, f"{bad}:", "YAML syntax error", code=2)
+    assert re.search(rf"{re.escape(str(bad))}:\d+:", result.stderr)
+
+
+def test_task_without_host_says_how_to_name_one(fab):
+    result = fab("status", host=None)
+    assert_one_line_error(result, "-H", code=2)
+
+
+def test_fab_list_shows_every_task_with_a_description(fab):
+    result = fab("--list", host=None)
+    assert result.returncode == 0, result.stderr
+    from tasks import ns
+
+    listed = {}
+    for line in result.stdout.splitlines()[1:]:
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2 and line.startswith("  ") and not line.startswith("   "):
+            listed[parts[0]] = parts[1]
+    expected = set(ns.task_names)
+    assert expected <= set(listed), (expected, listed)
+    for name, text in listed.items():
+        assert len(text) > 10, f"{name} has no description"
