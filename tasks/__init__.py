@@ -2,7 +2,9 @@
 
 from invoke import Collection
 
-from . import service
+from . import provision, service
 
 ns = Collection()
-ns.add_task(service.status)
+ns.add_task(provision.provision)
+for _task in (service.status, service.logs, service.start, service.stop, service.restart):
+    ns.add_task(_task)

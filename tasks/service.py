@@ -1,12 +1,14 @@
-"""Service tasks: status (and, with provisioning, logs/start/stop/restart)."""
+"""Service tasks: status, logs, start, stop, restart (systemd or screen, as the profile says)."""
 
 from __future__ import annotations
 
 from fabric import task
 from rich.table import Table
 
-from .core import facts, parse, ui
+from .core import commands, facts, ops, parse, ui
+from .core.commands import q
 from .core.edge import open_host, task_edge
+from .core.errors import RemoteError
 from .core.facts import HostStatus
 
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
@@ -64,3 +66,75 @@ def status(c, config=None):
     for key, value in status_rows(host.alias, sudo_mode, st, profile.service.manager):
         table.add_row(key, value)
     ui.out.print(table)
+
+
+def _require_provisioned(st: HostStatus, alias: str) -> None:
+    if not st.provisioned:
+        raise RemoteError(f"Label Studio is not provisioned on {alias}", hint=f"run: fab -H {alias} provision")
+
+
+def _is_running(st: HostStatus, manager: str) -> bool:
+    return st.screen_session if manager == "screen" else st.service.running
+
+
+@task(help={"config": CONFIG_HELP, "lines": "how many lines to show (default 50)",
+            "follow": "keep printing new lines until Ctrl-C"})
+@task_edge
+def logs(c, config=None, lines=50, follow=False):
+    """Show Label Studio's log (journald, or the screen log in screen mode)."""
+    profile, host = open_host(c, config)
+    if profile.service.manager == "screen":
+        command = f"tail -n {int(lines)} {'-F ' if follow else ''}{q(profile.remote.screen_log)}"
+    else:
+        unit = q(profile.service.name + ".service")
+        command = f"journalctl -u {unit} -n {int(lines)} --no-pager{' -f' if follow else ''}"
+    host.run(command, sudo=True, stream=True, what="reading the log")
+
+
+def _service_action(c, config, verb: str) -> None:
+    profile, host = open_host(c, config)
+    st = facts.host_status(host, profile)
+    _require_provisioned(st, host.alias)
+    manager = profile.service.manager
+    running = _is_running(st, manager)
+    name = profile.service.name
+    if verb == "start" and running:
+        ui.step(False, f"{name} is already running")
+        return
+    if verb == "stop" and not running:
+        ui.step(False, f"{name} is already stopped")
+        return
+    if manager == "screen":
+        script = {
+            "start": ops.screen_start_command(profile),
+            "stop": ops.screen_quit_command(profile),
+            "restart": ops.screen_quit_command(profile) + "; " + ops.screen_start_command(profile),
+        }[verb]
+    else:
+        script = f"systemctl {verb} {q(name + '.service')}"
+    host.run(script, sudo=True, what=f"{verb} {name}")
+    if verb != "stop":
+        ops.wait_for_health(host, profile, via_nginx=True)
+    done = {"start": "started", "stop": "stopped", "restart": "restarted"}[verb]
+    ui.step(True, f"{done} {name}" + ("" if verb == "stop" else f"; {profile.url} answers /health"))
+
+
+@task(help={"config": CONFIG_HELP})
+@task_edge
+def start(c, config=None):
+    """Start Label Studio and wait until it answers /health through nginx."""
+    _service_action(c, config, "start")
+
+
+@task(help={"config": CONFIG_HELP})
+@task_edge
+def stop(c, config=None):
+    """Stop Label Studio (nginx stays up and answers 502 until it is started again)."""
+    _service_action(c, config, "stop")
+
+
+@task(help={"config": CONFIG_HELP})
+@task_edge
+def restart(c, config=None):
+    """Restart Label Studio and wait until it answers /health through nginx."""
+    _service_action(c, config, "restart")

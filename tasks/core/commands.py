@@ -86,3 +86,71 @@ def status_probe(profile: Profile) -> str:
         f"if command -v nginx >/dev/null; then echo \"via_nginx=$({health_probe(profile.http_port, profile.effective_server_name)})\"; fi",
         f"echo \"direct=$({health_probe(profile.label_studio.port, '127.0.0.1')})\"",
     )
+
+
+def wanted_packages(profile: Profile) -> list[str]:
+    packages = ["python3-venv", "nginx", "sqlite3"]
+    if profile.firewall.enabled:
+        packages.append("ufw")
+    if profile.service.manager == "screen":
+        packages.append("screen")
+    return packages
+
+
+ALL_PACKAGES = ("python3-venv", "nginx", "sqlite3", "ufw", "screen")
+
+# Reads the Label Studio DB read-only with python3's sqlite3 module (present on every Debian/Ubuntu).
+_DB_FACTS = (
+    "import sqlite3,sys\n"
+    "try:\n"
+    " c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro',uri=True)\n"
+    " print('users='+str(c.execute('select count(*) from htx_user').fetchone()[0]))\n"
+    " print('admin='+('yes' if c.execute('select 1 from htx_user where email=?',(sys.argv[2],)).fetchone() else 'no'))\n"
+    "except Exception as e:print('error='+type(e).__name__+': '+str(e).replace(chr(10),' '))\n"
+)
+
+
+def sha_line(key: str, path: PurePosixPath) -> str:
+    """`key=<sha256>` of a file, or `key=` when it does not exist."""
+    return f"echo \"{key}=$(sha256sum {q(path)} 2>/dev/null | cut -d' ' -f1)\""
+
+
+def provision_probe(profile: Profile, admin_email: str) -> str:
+    """Every fact provision compares against, read in one round trip."""
+    p = profile.remote
+    user = profile.service.user
+    return lines(
+        "echo '[packages]'",
+        f"dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {' '.join(ALL_PACKAGES)} 2>/dev/null || true",
+        "echo '[host]'",
+        "echo \"python3=$(python3 -c 'import platform;print(platform.python_version())' 2>/dev/null)\"",
+        "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
+        "if [ \"$(cat /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null)\" = 0 ] && "
+        "[ -s /proc/net/if_inet6 ]; then echo ipv6=yes; else echo ipv6=no; fi",
+        f"if id -u {q(user)} >/dev/null 2>&1; then echo user=yes; else echo user=no; fi",
+        f"echo \"app_dir=$(stat -c '%U:%G:%a' {q(p.app_dir)} 2>/dev/null)\"",
+        f"echo \"data_dir=$(stat -c '%U:%G:%a' {q(p.data_dir)} 2>/dev/null)\"",
+        f"echo \"env_file_meta=$(stat -c '%U:%G:%a' {q(p.env_file)} 2>/dev/null)\"",
+        f"echo \"dist=$(ls -d {q(p.venv)}/lib/python3*/site-packages/label_studio-*.dist-info 2>/dev/null | head -n 1)\"",
+        f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
+        f"if [ -e {q(p.database)} ]; then echo db=yes; else echo db=no; fi",
+        f"echo \"site_enabled=$(readlink {q(p.nginx_site_enabled)} 2>/dev/null)\"",
+        "if [ -e /etc/nginx/sites-enabled/default ]; then echo default_site=yes; else echo default_site=no; fi",
+        f"if command -v screen >/dev/null && runuser -u {q(user)} -- screen -ls "
+        f"{q(profile.service.name)} >/dev/null 2>&1; then echo screen=yes; else echo screen=no; fi",
+        "echo '[files]'",
+        sha_line("env_file", p.env_file),
+        sha_line("unit_file", p.unit_file),
+        sha_line("screen_launcher", p.screen_launcher),
+        sha_line("nginx_site", p.nginx_site),
+        "echo '[db]'",
+        f"if [ -e {q(p.database)} ]; then {join('python3', '-c', _DB_FACTS, p.database, admin_email)}; fi",
+        "echo '[service]'",
+        _show(f"{profile.service.name}.service", UNIT_PROPERTIES),
+        "echo '[nginx]'",
+        _show("nginx.service", UNIT_PROPERTIES),
+        "echo '[sshd]'",
+        "sshd -T 2>/dev/null | grep -i '^port ' || true",
+        "echo '[ufw]'",
+        "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
+    )

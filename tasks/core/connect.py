@@ -57,16 +57,16 @@ class Host:
             self.connection.open()
 
     def run(self, command: str, *, sudo: bool = False, check: bool = True,
-            timeout: float | None = None, what: str | None = None) -> Output:
-        """Run `command` (as root when `sudo`). `check` raises RemoteError on a non-zero exit."""
+            timeout: float | None = None, what: str | None = None, stream: bool = False) -> Output:
+        """Run `command` (as root when `sudo`). `check` raises RemoteError on a non-zero exit.
+        `stream` shows the output as it comes (for logs), instead of capturing it quietly."""
+        options = dict(hide=not stream, warn=True, in_stream=False, timeout=timeout)
         with self._errors():
             if sudo and self.sudo_mode == "password":
-                result = self.connection.sudo(commands.sh(command), hide=True, warn=True,
-                                              in_stream=False, timeout=timeout)
+                result = self.connection.sudo(commands.sh(command), **options)
             else:
                 line = commands.sudo_noninteractive(command) if sudo else command
-                result = self.connection.run(line, hide=True, warn=True, in_stream=False,
-                                             timeout=timeout)
+                result = self.connection.run(line, **options)
         output = Output(command, result.exited, result.stdout, result.stderr)
         if check and not output.ok:
             raise RemoteError(f"{what or 'command'} failed on {self.alias}: {output.last_line()}")

@@ -92,3 +92,74 @@ def status_from_probe(text: str) -> HostStatus:
         health_via_nginx=health.get("via_nginx"),
         health_direct=health.get("direct"),
     )
+
+
+@dataclass(frozen=True)
+class ProvisionFacts:
+    """What provision compares against: read in one round trip, parsed here, never changed here."""
+
+    installed_packages: frozenset[str]
+    python3: str | None
+    systemd: bool
+    ipv6: bool
+    user_exists: bool
+    app_dir_meta: str      # owner:group:mode, "" when missing
+    data_dir_meta: str
+    env_file_meta: str
+    label_studio_version: str | None
+    venv_exists: bool
+    db_exists: bool
+    db_users: int | None
+    admin_exists: bool
+    db_error: str | None
+    site_enabled_target: str
+    default_site_enabled: bool
+    screen_running: bool
+    file_sha: dict  # managed file key -> sha256 ("" when missing)
+    service: UnitState
+    nginx: UnitState
+    sshd_ports: tuple[int, ...]
+    ufw_active: bool
+    ufw_allowed: frozenset[str]
+
+
+def provision_facts_from_probe(text: str) -> ProvisionFacts:
+    b = parse.blocks(text)
+    h = parse.key_values(b.get("host", []))
+    db = parse.key_values(b.get("db", []))
+    ufw_active, ufw_allowed = parse.ufw_status(b.get("ufw", []))
+    return ProvisionFacts(
+        installed_packages=frozenset(parse.dpkg_installed(b.get("packages", []))),
+        python3=h.get("python3") or None,
+        systemd=h.get("systemd") == "yes",
+        ipv6=h.get("ipv6") == "yes",
+        user_exists=h.get("user") == "yes",
+        app_dir_meta=h.get("app_dir", ""),
+        data_dir_meta=h.get("data_dir", ""),
+        env_file_meta=h.get("env_file_meta", ""),
+        label_studio_version=parse.dist_info_version(h.get("dist", "")),
+        venv_exists=h.get("venv") == "yes",
+        db_exists=h.get("db") == "yes",
+        db_users=parse.int_or_none(db.get("users")),
+        admin_exists=db.get("admin") == "yes",
+        db_error=db.get("error"),
+        site_enabled_target=h.get("site_enabled", ""),
+        default_site_enabled=h.get("default_site") == "yes",
+        screen_running=h.get("screen") == "yes",
+        file_sha=parse.key_values(b.get("files", [])),
+        service=UnitState.from_show(parse.key_values(b.get("service", []))),
+        nginx=UnitState.from_show(parse.key_values(b.get("nginx", []))),
+        sshd_ports=tuple(parse.sshd_ports(b.get("sshd", []))),
+        ufw_active=ufw_active,
+        ufw_allowed=frozenset(ufw_allowed),
+    )
+
+
+def provision_facts(host: Host, profile: Profile, admin_email: str) -> ProvisionFacts:
+    output = host.run(commands.provision_probe(profile, admin_email), sudo=True, what="provision probe")
+    return provision_facts_from_probe(output.stdout)
+
+
+def read_file(host: Host, path) -> str:
+    """A root-readable file's text, or "" when it does not exist (for diffs in plan mode)."""
+    return host.run(f"cat {commands.q(path)} 2>/dev/null || true", sudo=True).stdout

@@ -5,19 +5,64 @@ from __future__ import annotations
 import re
 
 
-def sections(text: str) -> dict[str, dict[str, str]]:
-    """`[name]` headers followed by key=value lines -> {name: {key: value}}. Other lines are ignored."""
-    result: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
+def blocks(text: str) -> dict[str, list[str]]:
+    """`[name]` headers followed by lines -> {name: [lines]}. Lines before the first header are dropped."""
+    result: dict[str, list[str]] = {}
+    current: list[str] | None = None
     for raw in text.splitlines():
         line = raw.rstrip("\r")
         header = re.fullmatch(r"\[([A-Za-z0-9_-]+)\]", line.strip())
         if header:
-            current = result.setdefault(header.group(1), {})
-        elif current is not None and "=" in line:
-            key, _, value = line.partition("=")
-            current[key.strip()] = value.strip()
+            current = result.setdefault(header.group(1), [])
+        elif current is not None:
+            current.append(line)
     return result
+
+
+def key_values(lines: list[str]) -> dict[str, str]:
+    """key=value lines -> dict (the value may itself hold '='). Other lines are ignored."""
+    pairs = (line.partition("=") for line in lines if "=" in line)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def sections(text: str) -> dict[str, dict[str, str]]:
+    """`[name]` headers followed by key=value lines -> {name: {key: value}}."""
+    return {name: key_values(lines) for name, lines in blocks(text).items()}
+
+
+def dpkg_installed(lines: list[str]) -> set[str]:
+    """`dpkg-query -W -f='${Package} ${db:Status-Status}\\n'` lines -> names of installed packages."""
+    installed = set()
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "installed":
+            installed.add(parts[0].split(":")[0])
+    return installed
+
+
+def ufw_status(lines: list[str]) -> tuple[bool, set[str]]:
+    """`ufw status` -> (active, allowed rules such as '22/tcp' and '80/tcp (v6)').
+
+    Only unconditional ALLOW rules from Anywhere count: a rule limited to one source does not
+    keep the SSH session we rely on open.
+    """
+    active = any(line.strip() == "Status: active" for line in lines)
+    allowed = set()
+    for line in lines:
+        match = re.match(r"^(\S+(?: \(v6\))?)\s+ALLOW(?: IN)?\s+Anywhere(?: \(v6\))?\s*$", line.strip())
+        if match:
+            allowed.add(match.group(1))
+    return active, allowed
+
+
+def sshd_ports(lines: list[str]) -> list[int]:
+    """`sshd -T` output -> the ports sshd listens on."""
+    ports = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].lower() == "port" and parts[1].isdigit():
+            ports.append(int(parts[1]))
+    return sorted(set(ports))
 
 
 def dist_info_version(path: str) -> str | None:

@@ -33,3 +33,8 @@ def step(changed: bool, what: str) -> None:
     """One line per step, pyinfra-style: a mark, then what was done or found."""
     mark = "[changed]~ changed  [/changed]" if changed else "[unchanged]= unchanged[/unchanged]"
     out.print(f"{mark} {escape(what)}")
+
+
+def ask_secret(prompt: str) -> str:
+    """A hidden prompt on the terminal (nothing echoed, nothing logged)."""
+    return err.input(prompt, password=True)

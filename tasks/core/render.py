@@ -1,0 +1,77 @@
+"""Template rendering: Jinja2 over templates/, StrictUndefined (a missing value is a bug, not a blank)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import jinja2
+
+from .profile import PROJECT_ROOT, Profile
+
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """A file as it should be on the server."""
+
+    path: PurePosixPath
+    content: str
+    mode: str  # octal, as `install -m` takes it
+    owner: str
+    group: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+def render(template: str, **values) -> str:
+    return _env.get_template(template).render(**values)
+
+
+def context(profile: Profile, *, ipv6: bool = False) -> dict:
+    return {
+        "url": profile.url,
+        "origin": profile.origin,
+        "server_name": profile.effective_server_name,
+        "http_port": profile.http_port,
+        "ipv6": ipv6,
+        "paths": profile.remote,
+        "label_studio": profile.label_studio,
+        "service": profile.service,
+        "nginx": profile.nginx,
+    }
+
+
+def env_file(profile: Profile) -> RenderedFile:
+    # systemd reads it as root; in screen mode the service user's launcher sources it.
+    owner = "root" if profile.service.manager == "systemd" else profile.service.user
+    return RenderedFile(profile.remote.env_file, render("label-studio.env.j2", **context(profile)),
+                        "0600", owner, owner)
+
+
+def unit_file(profile: Profile) -> RenderedFile:
+    return RenderedFile(profile.remote.unit_file,
+                        render("systemd/label-studio.service.j2", **context(profile)), "0644", "root", "root")
+
+
+def screen_launcher(profile: Profile) -> RenderedFile:
+    return RenderedFile(profile.remote.screen_launcher,
+                        render("screen/start-label-studio.sh.j2", **context(profile)), "0755", "root", "root")
+
+
+def nginx_site(profile: Profile, *, ipv6: bool) -> RenderedFile:
+    return RenderedFile(profile.remote.nginx_site,
+                        render("nginx/label-studio.conf.j2", **context(profile, ipv6=ipv6)), "0644", "root", "root")
