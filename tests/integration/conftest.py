@@ -80,8 +80,9 @@ class Fab:
             k: v for k, v in os.environ.items()
             if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))
         }
-        full_env.update(HOME=str(self.home), LSVM_BACKUPS_DIR=str(self.home / "backups"),
-                        COLUMNS="200", **self.env, **(env or {}))
+        full_env.update(HOME=str(self.home), LSVM_BACKUPS_DIR=str(self.home / "backups"), COLUMNS="200")
+        full_env.update(self.env)
+        full_env.update(env or {})
         return subprocess.run(command, cwd=PROJECT_ROOT, env=full_env, capture_output=True,
                               text=True, input=input, timeout=timeout)
 
@@ -89,6 +90,59 @@ class Fab:
 @pytest.fixture
 def fab(vm: TestVM, test_home: Path) -> Fab:
     return Fab(vm, test_home)
+
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "first-admin-pw-1"
+
+
+@dataclass
+class ProvisionedVM:
+    """A VM that `fab provision` took from bare Debian to Label Studio behind nginx."""
+
+    vm: TestVM
+    fab: Fab
+    profile: Path
+    first_run: subprocess.CompletedProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.vm.http_port}"
+
+
+def _provisioned(vm_image: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
+                 env: dict | None = None) -> ProvisionedVM:
+    keys = home / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    vm = start_vm(vm_image, make_key(keys))
+    profile = home / f"{name}.yaml"
+    profile.write_text(
+        f"public_url: http://127.0.0.1:{vm.http_port}\n"
+        f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n{extra_yaml}"
+    )
+    fab = Fab(vm, home, env={"LSVM_CONFIG": str(profile)})
+    first = fab("provision", host=user_host, env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD, **(env or {})})
+    return ProvisionedVM(vm, fab, profile, first)
+
+
+@pytest.fixture(scope="session")
+def provisioned(vm_image: str, tmp_path_factory):
+    """systemd mode, provisioned by the passwordless-sudo user."""
+    home = tmp_path_factory.mktemp("home-provisioned")
+    machine = _provisioned(vm_image, home, "provisioned", "vm")
+    yield machine
+    machine.vm.stop()
+
+
+@pytest.fixture(scope="session")
+def screen_provisioned(vm_image: str, tmp_path_factory):
+    """screen mode, provisioned by the user whose sudo needs a password."""
+    home = tmp_path_factory.mktemp("home-screen")
+    machine = _provisioned(vm_image, home, "screen", "vm-student", "service:\n  manager: screen\n",
+                           env={"FABRIC_SUDO_PASSWORD": PASSWORD_USER_SUDO_PASSWORD})
+    machine.fab.env["FABRIC_SUDO_PASSWORD"] = PASSWORD_USER_SUDO_PASSWORD
+    yield machine
+    machine.vm.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Ports 22 and 80 are published on 127.0.0.1 only. Readiness is polled on real sig
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ class TestVM:
         self.ssh_port = self.published_port(22)
         self.http_port = self.published_port(80)
 
+    def restart(self) -> None:
+        """`docker restart`: the VM reboots (systemd stops and starts everything)."""
+        subprocess.run(["docker", "restart", self.id], check=True, capture_output=True, timeout=180)
+        self.refresh_ports()
+        self.wait_for_systemd()
+
     def stop(self) -> None:
         try:
             self.container.stop()
@@ -114,6 +121,13 @@ def make_key(directory: Path) -> Path:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lsvm-test",
                         "-f", str(key_file)], check=True)
     return key_file
+
+
+def free_port() -> int:
+    """A port free on loopback now; pinned so URLs stay the same across `docker restart`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_vm(image: str, key_file: Path, name: str | None = None) -> TestVM:
@@ -132,8 +146,8 @@ def start_vm(image: str, key_file: Path, name: str | None = None) -> TestVM:
     if name:
         container = container.with_name(name)
     # Published on loopback only, never on all interfaces.
-    container.ports["22/tcp"] = ("127.0.0.1", None)
-    container.ports["80/tcp"] = ("127.0.0.1", None)
+    container.ports["22/tcp"] = ("127.0.0.1", free_port())
+    container.ports["80/tcp"] = ("127.0.0.1", free_port())
     container.start()
     vm = TestVM(container=container, key_file=key_file, ssh_port=0, http_port=0)
     try:
