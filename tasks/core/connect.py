@@ -67,7 +67,10 @@ class Host:
             else:
                 line = commands.sudo_noninteractive(command) if sudo else command
                 result = self.connection.run(line, **options)
-        output = Output(command, result.exited, result.stdout, result.stderr)
+        stderr = result.stderr
+        if sudo and self.sudo_mode == "password":
+            stderr = stderr.replace(self.connection.config.sudo.prompt, "")  # sudo -S echoes its prompt
+        output = Output(command, result.exited, result.stdout, stderr)
         if check and not output.ok:
             raise RemoteError(f"{what or 'command'} failed on {self.alias}: {output.last_line()}")
         return output

@@ -359,7 +359,7 @@ class Provisioner:
 def screen_start_command(profile: Profile) -> str:
     p = profile.remote
     user = profile.service.user
-    return (f"install -d -m 0755 -o {q(user)} -g {q(user)} /run/screen/S-{q(user)} 2>/dev/null; "
+    return (f"install -d -m 0700 -o {q(user)} -g {q(user)} /run/screen/S-{q(user)} 2>/dev/null; "
             f"touch {q(p.screen_log)} && chown {q(user)}:{q(user)} {q(p.screen_log)} && chmod 0600 {q(p.screen_log)} && "
             f"runuser -u {q(user)} -- screen -dmS {q(profile.service.name)} -L -Logfile {q(p.screen_log)} "
             f"{q(p.screen_launcher)}")

@@ -1,0 +1,152 @@
+"""Provision's pure core: facts from recorded probe output, comparisons, rendered files."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.core import commands, ops, parse, render
+from tasks.core.facts import provision_facts_from_probe
+from tasks.core.ops import AdminRequest
+from tasks.core.profile import parse_profile, Profile
+
+DATA = Path(__file__).parent / "data"
+PROFILE = Profile(host="demo", address="127.0.0.1", public_url="http://127.0.0.1:32776")
+
+
+@pytest.fixture
+def provisioned():
+    return provision_facts_from_probe((DATA / "provision_probe_provisioned.txt").read_text())
+
+
+@pytest.fixture
+def bare():
+    return provision_facts_from_probe((DATA / "provision_probe_bare.txt").read_text())
+
+
+def test_recorded_provisioned_host(provisioned):
+    f = provisioned
+    assert f.installed_packages == {"nginx", "python3-venv", "screen", "sqlite3", "ufw"}
+    assert f.label_studio_version == "1.23.2" and f.venv_exists and f.db_exists
+    assert f.db_users == 1 and f.admin_exists
+    assert f.service.running and f.service.enabled == "enabled"
+    assert f.sshd_ports == (22,)
+    assert f.ufw_active and {"22/tcp", "80/tcp"} <= f.ufw_allowed
+    assert f.app_dir_meta == "root:root:755"
+    assert f.data_dir_meta == "labelstudio:labelstudio:750"
+
+
+def test_recorded_host_matches_what_we_render_today(provisioned):
+    """The recorded server was provisioned from these templates: every checksum must still match,
+    otherwise a template change would make every server 'changed' (update the recording with it)."""
+    assert provisioned.file_sha["env_file"] == render.env_file(PROFILE).sha256
+    assert provisioned.file_sha["unit_file"] == render.unit_file(PROFILE).sha256
+    assert provisioned.file_sha["nginx_site"] == render.nginx_site(PROFILE, ipv6=False).sha256
+
+
+def test_nothing_missing_on_a_provisioned_host(provisioned):
+    assert ops.missing_packages(PROFILE, provisioned) == []
+    assert ops.firewall_rules_missing(PROFILE, provisioned) == []
+    assert not ops.needs_password(provisioned, AdminRequest("admin@example.com"))
+    assert ops.needs_password(provisioned, AdminRequest("admin@example.com", reset=True))
+
+
+def test_bare_host_needs_everything(bare):
+    assert not bare.user_exists and not bare.venv_exists and not bare.db_exists
+    assert bare.db_users is None and not bare.admin_exists
+    assert not bare.service.exists
+    assert ops.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "ufw"]
+    # Every SSH port sshd listens on is allowed before ufw is enabled, then HTTP.
+    assert ops.firewall_rules_missing(PROFILE, bare) == ["22/tcp", "2222/tcp", "80/tcp"]
+    assert ops.needs_password(bare, AdminRequest("admin@example.com"))
+    assert not ops.needs_password(bare, AdminRequest(None))
+
+
+def test_packages_follow_the_profile():
+    screen_no_fw = parse_profile("service:\n  manager: screen\nfirewall:\n  enabled: false\n")
+    assert commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "screen"]
+
+
+def test_firewall_uses_port_22_when_sshd_ports_are_unknown(bare):
+    unknown = dataclasses.replace(bare, sshd_ports=())
+    assert ops.firewall_rules_missing(Profile(http_port=8081), unknown) == ["22/tcp", "8081/tcp"]
+
+
+def test_env_file_has_the_security_settings_and_no_secrets():
+    text = render.env_file(PROFILE).content
+    for line in ("LABEL_STUDIO_HOST=http://127.0.0.1:32776", "CSRF_TRUSTED_ORIGINS=http://127.0.0.1:32776",
+                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true", "LATEST_VERSION_CHECK=false",
+                 "COLLECT_ANALYTICS=false", "SENTRY_DSN=", "LABEL_STUDIO_BASE_DATA_DIR=/var/lib/label-studio"):
+        assert line in text.splitlines()
+    assert "PASSWORD" not in text and "USERNAME" not in text
+    assert "DJANGO_ALLOWED_HOSTS" not in text  # Label Studio does not read it
+    assert render.env_file(PROFILE).mode == "0600"
+    # systemd reads it as root; the screen launcher runs as the service user and must read it.
+    assert render.env_file(PROFILE).owner == "root"
+    assert render.env_file(parse_profile("service:\n  manager: screen\n")).owner == "labelstudio"
+
+
+def test_env_file_is_valid_for_sh():
+    text = render.env_file(PROFILE).content
+    result = subprocess.run(["sh", "-c", text + "\necho \"$LABEL_STUDIO_HOST\""], capture_output=True, text=True)
+    assert result.stdout.strip() == "http://127.0.0.1:32776"
+
+
+def test_unit_binds_loopback_and_restarts():
+    text = render.unit_file(PROFILE).content
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert "--internal-host 127.0.0.1" in exec_start
+    assert "--port 8080" in exec_start and "--no-browser" in exec_start
+    assert "Restart=on-failure" in text and "WantedBy=multi-user.target" in text
+    assert "User=labelstudio" in text
+
+
+@pytest.mark.parametrize("deny", [True, False])
+def test_nginx_site(deny):
+    profile = parse_profile(f"server_name: labels.example.org\nnginx:\n  deny_export: {str(deny).lower()}\n"
+                            "  client_max_body_size: 1g\n")
+    text = render.nginx_site(profile, ipv6=True).content
+    assert "server_name labels.example.org;" in text
+    assert "client_max_body_size 1g;" in text
+    assert "proxy_set_header Host $http_host;" in text
+    assert "X-Forwarded-Proto $scheme" in text
+    assert "listen [::]:80;" in text
+    assert ("return 403;" in text) is deny
+    assert "listen [::]" not in render.nginx_site(profile, ipv6=False).content
+    assert text.count("{") == text.count("}")
+
+
+def test_unified_diff_marks_old_and_new():
+    diff = ops.unified_diff(Path("/etc/x"), "a\nb\n", "a\nc\n")
+    assert "-b" in diff.splitlines() and "+c" in diff.splitlines()
+
+
+def test_provision_probe_is_valid_shell():
+    script = commands.provision_probe(PROFILE, "admin@example.com")
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+
+
+def test_screen_commands_quote_and_run_as_the_service_user():
+    start = ops.screen_start_command(PROFILE)
+    assert "runuser -u labelstudio -- screen -dmS label-studio" in start
+    assert re.search(r"install -d -m 0700 .* /run/screen/S-labelstudio", start)
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (["Status: inactive"], (False, set())),
+    (["Status: active", "22                         ALLOW       Anywhere"], (True, {"22"})),
+    (["Status: active", "80/tcp                     ALLOW IN    Anywhere"], (True, {"80/tcp"})),
+    (["Status: active", "22/tcp                     ALLOW       192.168.1.0/24"], (True, set())),
+    (["Status: active", "22/tcp                     DENY        Anywhere"], (True, set())),
+])
+def test_ufw_parser(lines, expected):
+    assert parse.ufw_status(lines) == expected
+
+
+def test_dpkg_parser_ignores_removed_packages():
+    lines = ["nginx installed", "ufw not-installed", "screen config-files", "python3-venv:amd64 installed"]
+    assert parse.dpkg_installed(lines) == {"nginx", "python3-venv"}
