@@ -114,3 +114,17 @@ def test_fab_list_shows_every_task_with_a_description(fab):
     assert expected <= set(listed), (expected, listed)
     for name, text in listed.items():
         assert len(text) > 10, f"{name} has no description"
+
+
+@pytest.mark.parametrize("yaml_text, key", [
+    ("server_name: 'labels example.org'\n", "server_name"),
+    ("server_name: 'labels.example.org;'\n", "server_name"),
+    ("service:\n  manager: supervisord\n", "service.manager"),
+    ("http_port: 0\n", "http_port"),
+    ("label_studio:\n  version: '1.23.2-latest!'\n", "label_studio.version"),
+])
+def test_provision_refuses_bad_input_before_connecting(fab, test_home: Path, yaml_text, key):
+    bad = test_home / "bad-provision.yaml"
+    bad.write_text(yaml_text)
+    result = fab("provision", "--config", str(bad), host="no-such-host.invalid")
+    assert_one_line_error(result, f"'{key}'", code=2)

@@ -1,0 +1,133 @@
+"""Benchmark: fresh `fab provision` on a bare test VM vs a no-op re-provision.
+
+    python -m bench.provision
+
+Prints wall times, the no-op/fresh ratio (target: no-op <= 3 s and <= 5% of fresh), and where the time
+goes: per step, and the number of SSH round trips. Needs a Docker engine (like the integration tests).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from tasks.core import connect, ops  # noqa: E402
+from tests.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
+from tests.testvm.machine import make_key, start_vm  # noqa: E402
+
+STEPS = ("packages", "service_user", "directories", "label_studio", "env_file", "service_definition",
+         "service_running", "wait_until_up", "admin_user", "nginx_site", "firewall")
+
+
+class Recorder:
+    """Counts SSH round trips (Host.run calls) and times each provision step, in this process."""
+
+    def __init__(self):
+        self.round_trips = 0
+        self.steps: dict[str, float] = defaultdict(float)
+
+    def install(self):
+        original_run = connect.Host.run
+        recorder = self
+
+        def counted_run(self, *args, **kwargs):
+            recorder.round_trips += 1
+            return original_run(self, *args, **kwargs)
+
+        connect.Host.run = counted_run
+        for name in STEPS:
+            original = getattr(ops.Provisioner, name)
+
+            def timed(self, *args, _original=original, _name=name, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _original(self, *args, **kwargs)
+                finally:
+                    recorder.steps[_name] += time.perf_counter() - start
+
+            setattr(ops.Provisioner, name, timed)
+
+
+def provision_in_process(ssh_config: Path, profile: Path) -> tuple[float, Recorder]:
+    """Runs the real task body in this process (same code as `fab`), instrumented."""
+    from fabric import Config, Connection
+
+    from tasks.provision import provision
+
+    recorder = Recorder()
+    recorder.install()
+    config = Config(runtime_ssh_path=str(ssh_config))
+    config.load_ssh_config()
+    connection = Connection("vm", config=config)
+    start = time.perf_counter()
+    provision(connection, config=str(profile))
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return elapsed, recorder
+
+
+def fab_wall(ssh_config: Path, profile: Path, env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fabric", "-S", str(ssh_config), "-H", "vm", "provision",
+                    "--config", str(profile)], cwd=PROJECT_ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="lsvm-bench-"))
+    vm = start_vm(build_image(), make_key(work))
+    try:
+        ssh_config = work / "ssh_config"
+        ssh_config.write_text(vm.ssh_config("vm", NOPASSWD_USER))
+        profile = work / "bench.yaml"
+        profile.write_text(f"public_url: http://127.0.0.1:{vm.http_port}\n"
+                           "label_studio:\n  admin_email: admin@example.com\n")
+        os.environ["LABEL_STUDIO_PASSWORD"] = "bench-password-1"
+        env = dict(os.environ, HOME=str(work))
+
+        # A fresh run happens once per VM: the instrumented in-process run is the fresh run, and its
+        # wall time plus fab's own start-up (measured below) is what a user waits.
+        print("fresh provision (in process, instrumented) ...", file=sys.stderr, flush=True)
+        fresh, fresh_rec = provision_in_process(ssh_config, profile)
+        print("no-op provision ...", file=sys.stderr, flush=True)
+        noop_in_process, noop_rec = provision_in_process(ssh_config, profile)
+        noop_walls = [fab_wall(ssh_config, profile, env) for _ in range(3)]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fabric", "--list"], cwd=PROJECT_ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        startup = time.perf_counter() - start
+    finally:
+        vm.stop()
+
+    noop = statistics.median(noop_walls)
+    fresh_wall = fresh + startup
+    print()
+    print("== provision benchmark (baseline: fresh provision of a bare Debian 12 test VM) ==")
+    print(f"fresh provision:            {fresh_wall:7.1f} s  ({fresh_rec.round_trips} remote commands + the sudo check)")
+    print(f"no-op re-provision (`fab`): {noop:7.2f} s  median of {len(noop_walls)}: "
+          + ", ".join(f"{w:.2f}" for w in noop_walls))
+    print(f"  of which in the task:     {noop_in_process:7.2f} s  ({noop_rec.round_trips} remote commands + the sudo check); "
+          f"python + fab start-up {startup:.2f} s")
+    print(f"no-op / fresh ratio:        {noop / fresh_wall:7.2%}   (target <= 5% and <= 3 s: "
+          f"{'met' if noop <= 3 and noop / fresh_wall <= 0.05 else 'NOT met'})")
+    print("where the fresh run's time goes:")
+    accounted = 0.0
+    for name, seconds in sorted(fresh_rec.steps.items(), key=lambda kv: -kv[1]):
+        accounted += seconds
+        print(f"  {name:20s} {seconds:7.1f} s  {seconds / fresh:6.1%}")
+    print(f"  {'other (facts, health)':20s} {fresh - accounted:7.1f} s  {(fresh - accounted) / fresh:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
