@@ -128,3 +128,16 @@ def test_provision_refuses_bad_input_before_connecting(fab, test_home: Path, yam
     bad.write_text(yaml_text)
     result = fab("provision", "--config", str(bad), host="no-such-host.invalid")
     assert_one_line_error(result, f"'{key}'", code=2)
+
+
+def test_closed_port_is_a_one_line_error(fab, test_home: Path):
+    from tests.testvm.machine import free_port
+
+    config = test_home / "ssh_config_closed"
+    config.write_text(fab.vm.ssh_config("vm").replace(f"Port {fab.vm.ssh_port}", f"Port {free_port()}"))
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric", "-S", str(config), "-H", "vm", "status"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(test_home)},
+    )
+    assert_one_line_error(result, "refused the connection", code=3)
