@@ -2,9 +2,10 @@
 
 from invoke import Collection
 
-from . import provision, service
+from . import data, provision, service
 
 ns = Collection()
-ns.add_task(provision.provision)
-for _task in (service.status, service.logs, service.start, service.stop, service.restart):
+for _task in (provision.provision, service.status, service.logs, service.start, service.stop,
+              service.restart, data.backup, data.backups, data.prune, data.push_local_db,
+              data.pull_server_db, data.restore_local, data.restore_server):
     ns.add_task(_task)

@@ -5,24 +5,14 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from .core import commands, facts, ops, parse, ui
+from .core import facts, ops, parse, ui
+from .core.ui import human_bytes
 from .core.commands import q
 from .core.edge import open_host, task_edge
 from .core.errors import RemoteError
 from .core.facts import HostStatus
 
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
-
-
-def human_bytes(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str) -> list[tuple[str, str]]:

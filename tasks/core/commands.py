@@ -89,7 +89,7 @@ def status_probe(profile: Profile) -> str:
 
 
 def wanted_packages(profile: Profile) -> list[str]:
-    packages = ["python3-venv", "nginx", "sqlite3"]
+    packages = ["python3-venv", "nginx", "sqlite3", "zstd"]
     if profile.firewall.enabled:
         packages.append("ufw")
     if profile.service.manager == "screen":
@@ -97,7 +97,7 @@ def wanted_packages(profile: Profile) -> list[str]:
     return packages
 
 
-ALL_PACKAGES = ("python3-venv", "nginx", "sqlite3", "ufw", "screen")
+ALL_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd", "ufw", "screen")
 
 # Reads the Label Studio DB read-only with python3's sqlite3 module (present on every Debian/Ubuntu).
 _DB_FACTS = (

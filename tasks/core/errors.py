@@ -45,3 +45,15 @@ class RemoteError(ToolkitError):
     """A command on the host failed."""
 
     exit_code = 5
+
+
+class SnapshotError(ToolkitError):
+    """A snapshot is missing, incomplete, corrupt, or could not be made."""
+
+    exit_code = 6
+
+
+class LockedError(ToolkitError):
+    """Another data task holds the lock on this host."""
+
+    exit_code = 7

@@ -376,14 +376,24 @@ def service_log_command(profile: Profile, lines: int = 40) -> str:
     return f"journalctl -u {q(profile.service.name + '.service')} -n {int(lines)} --no-pager 2>/dev/null || true"
 
 
-def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: int = FIRST_START_TIMEOUT) -> None:
-    """Poll /health on the server itself (one round trip, the loop runs there) until UP or timeout."""
+def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: int = FIRST_START_TIMEOUT,
+                    fail_on_crash: bool = False) -> None:
+    """Poll /health on the server itself (one round trip, the loop runs there) until UP or timeout.
+    `fail_on_crash` gives up as soon as systemd has had to restart the service (it crashed)."""
     port = profile.http_port if via_nginx else profile.label_studio.port
     header = profile.effective_server_name if via_nginx else "127.0.0.1"
     probe = commands.health_probe(port, header)
+    crash = ""
+    if fail_on_crash and profile.service.manager == "systemd":
+        unit = q(profile.service.name + ".service")
+        crash = (f"n=$(systemctl show -p NRestarts --value {unit}); "
+                 f"[ \"${{n:-0}}\" -gt \"$n0\" ] && {{ echo 'crashed (systemd restarted it)'; exit 1; }}; ")
+        crash_init = f"n0=$(systemctl show -p NRestarts --value {unit}); n0=${{n0:-0}}; "
+    else:
+        crash_init = ""
     script = (
-        f"end=$(( $(date +%s) + {int(timeout)} )); "
-        f"while :; do r=$({probe}); case \"$r\" in 200*UP*) echo \"$r\"; exit 0;; esac; "
+        f"{crash_init}end=$(( $(date +%s) + {int(timeout)} )); "
+        f"while :; do r=$({probe}); case \"$r\" in 200*UP*) echo \"$r\"; exit 0;; esac; {crash}"
         f"[ $(date +%s) -ge $end ] && {{ echo \"$r\"; exit 1; }}; sleep 1; done"
     )
     where = "through nginx" if via_nginx else "on 127.0.0.1"

@@ -134,6 +134,7 @@ class BackupSettings:
     keep_last: int = _opt(10, _non_negative)
     keep_daily: int = _opt(7, _non_negative)
     keep_weekly: int = _opt(4, _non_negative)
+    server_tmp_dir: str = _opt("/var/tmp", _absolute_path)
 
 
 @dataclass(frozen=True)

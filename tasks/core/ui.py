@@ -38,3 +38,29 @@ def step(changed: bool, what: str) -> None:
 def ask_secret(prompt: str) -> str:
     """A hidden prompt on the terminal (nothing echoed, nothing logged)."""
     return err.input(prompt, password=True)
+
+
+def transfer_progress():
+    """A byte progress bar on stderr (transfer speed, ETA); quiet when stderr is not a terminal."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+
+
+def transfer_summary(what: str, size: int, seconds: float, wire: int | None = None) -> None:
+    rate = size / seconds if seconds > 0 else 0
+    on_wire = f", {human_bytes(wire)} on the wire" if wire is not None else ""
+    out.print(f"  {what}: {human_bytes(size)} in {seconds:.1f}s ({human_bytes(int(rate))}/s{on_wire})")
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

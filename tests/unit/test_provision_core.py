@@ -31,6 +31,7 @@ def bare():
 def test_recorded_provisioned_host(provisioned):
     f = provisioned
     assert f.installed_packages == {"nginx", "python3-venv", "screen", "sqlite3", "ufw"}
+    assert ops.missing_packages(PROFILE, f) == ["zstd"]  # recorded before zstd joined the list
     assert f.label_studio_version == "1.23.2" and f.venv_exists and f.db_exists
     assert f.db_users == 1 and f.admin_exists
     assert f.service.running and f.service.enabled == "enabled"
@@ -49,7 +50,6 @@ def test_recorded_host_matches_what_we_render_today(provisioned):
 
 
 def test_nothing_missing_on_a_provisioned_host(provisioned):
-    assert ops.missing_packages(PROFILE, provisioned) == []
     assert ops.firewall_rules_missing(PROFILE, provisioned) == []
     assert not ops.needs_password(provisioned, AdminRequest("admin@example.com"))
     assert ops.needs_password(provisioned, AdminRequest("admin@example.com", reset=True))
@@ -59,7 +59,7 @@ def test_bare_host_needs_everything(bare):
     assert not bare.user_exists and not bare.venv_exists and not bare.db_exists
     assert bare.db_users is None and not bare.admin_exists
     assert not bare.service.exists
-    assert ops.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "ufw"]
+    assert ops.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "zstd", "ufw"]
     # Every SSH port sshd listens on is allowed before ufw is enabled, then HTTP.
     assert ops.firewall_rules_missing(PROFILE, bare) == ["22/tcp", "2222/tcp", "80/tcp"]
     assert ops.needs_password(bare, AdminRequest("admin@example.com"))
@@ -68,7 +68,7 @@ def test_bare_host_needs_everything(bare):
 
 def test_packages_follow_the_profile():
     screen_no_fw = parse_profile("service:\n  manager: screen\nfirewall:\n  enabled: false\n")
-    assert commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "screen"]
+    assert commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "zstd", "screen"]
 
 
 def test_firewall_uses_port_22_when_sshd_ports_are_unknown(bare):

@@ -1,0 +1,197 @@
+"""Snapshots on this machine: naming, manifests, listing, retention. Pure except for reading folders.
+
+A snapshot is `backups/<host>/<UTC YYYYmmddTHHMMSSZ>[-<label>]/` holding `label_studio.sqlite3`, `.env`,
+`media/...` and `manifest.json`, written last. A folder without a manifest is incomplete: never offered
+for a restore, removed by prune.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import SnapshotError, UsageError
+
+MANIFEST = "manifest.json"
+DATABASE = "label_studio.sqlite3"
+SECRET_ENV = ".env"
+MEDIA = "media"
+FORMAT = 1
+LOCAL_HOST = "local"
+
+_ID = re.compile(r"^(\d{8}T\d{6}Z)(?:-([a-z0-9][a-z0-9-]{0,39}))?$")
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def check_label(label: str | None) -> str | None:
+    if label is None or label == "":
+        return None
+    if not _LABEL.match(label):
+        raise UsageError(f"label '{label}' must be lower-case letters, digits and '-' (at most 40)")
+    return label
+
+
+def snapshot_id(when: dt.datetime, label: str | None = None) -> str:
+    stamp = when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{label}" if label else stamp
+
+
+def parse_id(name: str) -> tuple[dt.datetime, str | None] | None:
+    match = _ID.match(name)
+    if not match:
+        return None
+    when = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    return when, match.group(2)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str      # relative to the snapshot folder, POSIX separators
+    size: int
+    sha256: str
+    mtime: int | None = None  # media only: lets the next backup skip unchanged files
+
+
+@dataclass
+class Manifest:
+    host: str
+    created: str                      # ISO 8601 UTC
+    label: str | None
+    label_studio_version: str | None
+    source: dict                      # host, data_dir, database ... where it came from
+    files: list[FileEntry]
+    integrity_check: str
+    counts: dict                      # projects, tasks, annotations
+    media_included: bool
+    format: int = FORMAT
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        data["files"] = [FileEntry(**f) for f in data.get("files", [])]
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> FileEntry | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    @property
+    def media_files(self) -> list[FileEntry]:
+        return [f for f in self.files if f.path.startswith(MEDIA + "/")]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    path: Path
+    host: str
+    created: dt.datetime
+    label: str | None
+    manifest: Manifest | None
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest is not None
+
+    @property
+    def verified(self) -> bool:
+        return self.complete and self.manifest.integrity_check == "ok"
+
+
+def list_snapshots(host_dir: Path) -> list[Snapshot]:
+    """Every snapshot folder of one host, oldest first; unreadable manifests count as incomplete."""
+    if not host_dir.is_dir():
+        return []
+    found = []
+    for entry in host_dir.iterdir():
+        parsed = parse_id(entry.name)
+        if not parsed or not entry.is_dir():
+            continue
+        manifest = None
+        manifest_file = entry / MANIFEST
+        if manifest_file.is_file():
+            try:
+                manifest = Manifest.from_json(manifest_file.read_text())
+            except (ValueError, TypeError, KeyError):
+                manifest = None
+        found.append(Snapshot(entry.name, entry, host_dir.name, parsed[0], parsed[1], manifest))
+    return sorted(found, key=lambda s: (s.created, s.id))
+
+
+def find_snapshot(snapshots: list[Snapshot], wanted: str) -> Snapshot:
+    """By full id, or by a unique prefix of it. Only complete snapshots can be chosen."""
+    matches = [s for s in snapshots if s.id == wanted] or [s for s in snapshots if s.id.startswith(wanted)]
+    if not matches:
+        raise SnapshotError(f"no snapshot '{wanted}'", hint="`fab backups` lists them")
+    if len(matches) > 1:
+        raise SnapshotError(f"'{wanted}' matches {len(matches)} snapshots: "
+                            + ", ".join(s.id for s in matches[:5]))
+    snapshot = matches[0]
+    if not snapshot.complete:
+        raise SnapshotError(f"snapshot {snapshot.id} is incomplete (no manifest): it cannot be restored")
+    return snapshot
+
+
+def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Path:
+    """A fresh 0700 folder; if one exists for this second, wait-free: bump the second."""
+    host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(host_dir, 0o700)
+    when = now or dt.datetime.now(dt.timezone.utc)
+    for _ in range(60):
+        path = host_dir / snapshot_id(when, label)
+        try:
+            path.mkdir(mode=0o700)
+            return path
+        except FileExistsError:
+            when += dt.timedelta(seconds=1)
+    raise SnapshotError(f"could not create a new snapshot folder in {host_dir}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Retention
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    keep: list[Snapshot]
+    delete: list[Snapshot]
+    reasons: dict  # id -> why kept
+
+
+def retention_plan(snapshots: list[Snapshot], keep_last: int, keep_daily: int, keep_weekly: int) -> PrunePlan:
+    """keep-last N, plus the newest of each of the last D days and W ISO weeks that have snapshots.
+    Incomplete folders always go; the newest verified snapshot always stays."""
+    complete = sorted((s for s in snapshots if s.complete), key=lambda s: s.created, reverse=True)
+    reasons: dict[str, str] = {}
+    for s in complete[:keep_last]:
+        reasons.setdefault(s.id, "last")
+    for key_of, count, why in ((lambda s: s.created.date(), keep_daily, "daily"),
+                               (lambda s: tuple(s.created.isocalendar())[:2], keep_weekly, "weekly")):
+        seen = []
+        for s in complete:
+            key = key_of(s)
+            if key in seen:
+                continue
+            if len(seen) >= count:
+                break
+            seen.append(key)
+            reasons.setdefault(s.id, why)
+    newest_verified = next((s for s in complete if s.verified), None)
+    if newest_verified:
+        reasons.setdefault(newest_verified.id, "newest verified")
+    keep = [s for s in snapshots if s.id in reasons]
+    delete = [s for s in snapshots if s.id not in reasons]
+    return PrunePlan(keep, delete, reasons)

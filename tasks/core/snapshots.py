@@ -1,0 +1,469 @@
+"""Taking, checking and installing snapshots, on the server side and on this machine.
+
+Rules kept here: a snapshot is consistent (SQLite online backup, never a raw copy of a live file), is
+checked (integrity_check, Label Studio tables, sha256 end to end) and gets its manifest last. Local data
+is never replaced before a verified copy of it exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import getpass
+import json
+import os
+import shutil
+import socket
+import sqlite3 as sqlite3_module
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import platformdirs
+
+from . import catalog, sqlite, ui
+from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from .commands import join, q
+from .connect import Host
+from .errors import LockedError, RemoteError, SnapshotError, UsageError
+from .profile import Profile
+from .transfer import RootChannel, receive_tar, server_codec
+
+SQLITE_SOURCE = Path(sqlite.__file__).read_text()
+DATA_DIR_ENV = "LABEL_STUDIO_BASE_DATA_DIR"
+
+
+def sqlite_tool(*args) -> str:
+    """The shell command that runs tasks/core/sqlite.py on the server with its system python3."""
+    return join("python3", "-c", SQLITE_SOURCE, *args)
+
+
+# ------------------------------------------------------------------------------------------------
+# Locks
+
+
+@contextlib.contextmanager
+def local_lock(directory: Path) -> Iterator[None]:
+    """One data task at a time per snapshot folder on this machine (prune waits for a backup)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"another task is using {directory} on this machine; try again when it ends") from None
+        yield
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def server_lock(host: Host, profile: Profile, task: str) -> Iterator[None]:
+    """A flock on the server held by a process tied to our SSH channel: released when we finish or
+    when this machine dies or the connection drops, so a crash never leaves a stale lock."""
+    lock = profile.remote.lock_file
+    owner = PurePosixPath(f"{lock}.owner")
+    me = f"{task} by {getpass.getuser()}@{socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    script = (
+        f"exec 9>>{q(lock)}; "
+        f"if flock -n 9; then printf '%s\\n' {q(me)} > {q(owner)}; echo LOCKED; cat >/dev/null; "
+        f"else echo BUSY; cat {q(owner)} 2>/dev/null; fi"
+    )
+    channel = RootChannel(host, script)
+    first = b""
+    while not first.endswith(b"\n"):
+        data = channel.channel.recv(1)
+        if not data:
+            break
+        first += data
+    answer = first.decode().strip()
+    if answer != "LOCKED":
+        rest = b""
+        while True:
+            data = channel.channel.recv(4096)
+            if not data:
+                break
+            rest += data
+        channel.close()
+        holder = rest.decode(errors="replace").strip() or "another task"
+        if answer == "BUSY":
+            raise LockedError(f"{host.alias} is busy: {holder}", hint="wait for it to finish, then try again")
+        raise RemoteError(f"could not take the data lock on {host.alias}")
+    try:
+        yield
+    finally:
+        channel.finish("releasing the data lock")
+
+
+# ------------------------------------------------------------------------------------------------
+# Server -> local snapshot
+
+
+@dataclass
+class ServerData:
+    """What `prepare` found on the server (the consistent copy sits in `work_dir`)."""
+
+    work_dir: PurePosixPath
+    info: dict
+
+    @property
+    def counts(self) -> dict:
+        return self.info.get("report", {}).get("counts", {})
+
+
+def server_counts(host: Host, profile: Profile) -> dict | None:
+    """Row counts of the live server database (read-only, no integrity check), None without one."""
+    out = host.run(f"[ -e {q(profile.remote.database)} ] && {sqlite_tool('counts', profile.remote.database)} || true",
+                   sudo=True, what="reading server counts").stdout.strip()
+    return json.loads(out) if out else None
+
+
+@contextlib.contextmanager
+def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[PurePosixPath]:
+    """A root-only temp folder on the server, removed afterwards whatever happens."""
+    base = profile.backup.server_tmp_dir
+    out = host.run(f"umask 077 && mkdir -p {q(base)} && mktemp -d {q(base + '/lsvm-' + purpose + '.XXXXXX')}",
+                   sudo=True, what="creating a temp folder on the server", check=False)
+    if not out.ok:
+        raise SnapshotError(f"cannot create a temp folder in {base} on {host.alias}: {out.last_line()}")
+    path = PurePosixPath(out.stdout.strip())
+    try:
+        yield path
+    finally:
+        host.run(f"rm -rf {q(path)}", sudo=True, check=False)
+
+
+def _check_free_space(host: Host, where: PurePosixPath, needed: int, purpose: str) -> None:
+    out = host.run(f"df -B1 --output=avail {q(where)} | tail -n 1", sudo=True, what="df").stdout.strip()
+    free = int(out) if out.isdigit() else None
+    if free is not None and free < needed:
+        raise SnapshotError(
+            f"not enough space on {host.alias} in {where} for {purpose}: needs {ui.human_bytes(needed)}, "
+            f"{ui.human_bytes(free)} free", hint="free some space, or set backup.server_tmp_dir in the profile")
+
+
+def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath) -> ServerData:
+    p = profile.remote
+    size = host.run(f"stat -c %s {q(p.database)} 2>/dev/null || echo 0", sudo=True).stdout.strip()
+    _check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
+    with ui.err.status("consistent copy of the server database (SQLite online backup), integrity check"):
+        out = host.run(sqlite_tool("prepare", p.data_dir, work_dir, p.venv), sudo=True, check=False,
+                       what="snapshot on the server")
+    if not out.ok:
+        if "No space" in out.stderr or "disk is full" in out.stderr:
+            raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full", hint="free some space")
+        raise SnapshotError(f"snapshot on {host.alias} failed: {out.last_line()}")
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    if not info.get("database_exists"):
+        raise SnapshotError(f"there is no Label Studio database on {host.alias} yet ({p.database})")
+    if "copy_error" in info:
+        error = info["copy_error"]
+        if "full" in error or "space" in error:
+            raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full while copying the database",
+                                hint="free some space, or set backup.server_tmp_dir in the profile")
+        raise SnapshotError(f"the consistent copy of the database failed on {host.alias}: {error}")
+    return ServerData(work_dir, info)
+
+
+def _reusable(previous: Snapshot | None) -> dict[str, FileEntry]:
+    if previous is None or previous.manifest is None:
+        return {}
+    return {f.path: f for f in previous.manifest.files}
+
+
+def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
+                      previous: Snapshot | None) -> list[FileEntry]:
+    """Stream what changed since `previous` into `dest`; hard-link what did not. Verifies sha256."""
+    p = profile.remote
+    info = data.info
+    reuse = _reusable(previous)
+    db = info["database"]
+    wanted: list[tuple[str, int, str | None, int | None]] = [(DATABASE, db["size"], db["sha256"], None)]
+    if "env" in info:
+        wanted.append((SECRET_ENV, info["env"]["size"], info["env"]["sha256"], None))
+    if media:
+        wanted += [(m["path"], m["size"], None, m["mtime"]) for m in info["media"]]
+
+    linked: list[FileEntry] = []
+    fetch: list[tuple[str, int, str | None, int | None]] = []
+    for path, size, sha, mtime in wanted:
+        old = reuse.get(path)
+        same = old is not None and old.size == size and (
+            (sha is not None and old.sha256 == sha) or (sha is None and old.mtime == mtime))
+        if same:
+            target = dest / path
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.link(previous.path / path, target)
+            linked.append(old)
+        else:
+            fetch.append((path, size, sha, mtime))
+
+    received: dict[str, tuple[int, str]] = {}
+    if fetch:
+        codec = server_codec(host)
+        names_from_data = [f[0] for f in fetch if f[0] != DATABASE]
+        list_file = data.work_dir / "files.list"
+        host.run(f"cat > {q(list_file)} <<'LSVM_EOF'\n" + "\n".join(names_from_data) + "\nLSVM_EOF",
+                 sudo=True, what="writing the file list")
+        parts = []
+        if any(f[0] == DATABASE for f in fetch):
+            parts.append(f"-C {q(data.work_dir)} {DATABASE}")
+        if names_from_data:
+            parts.append(f"-C {q(p.data_dir)} --verbatim-files-from -T {q(list_file)}")
+        command = f"tar --ignore-failed-read -cf - {' '.join(parts)} | {codec.remote_compress}"
+        total = sum(f[1] for f in fetch)
+        started = time.monotonic()
+        channel = RootChannel(host, command)
+        try:
+            received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}")
+            channel.finish("streaming the snapshot")
+        finally:
+            channel.close()
+        ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
+
+    entries = list(linked)
+    for path, size, sha, mtime in fetch:
+        got = received.get(path)
+        if got is None:
+            if path.startswith(MEDIA + "/"):
+                continue  # deleted on the server between listing and streaming
+            raise SnapshotError(f"{path} did not arrive from {host.alias}")
+        if sha is not None and got[1] != sha:
+            raise SnapshotError(f"{path}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
+        entries.append(FileEntry(path, got[0], got[1], mtime))
+    if linked:
+        ui.out.print(f"  {len(linked)} unchanged file(s) hard-linked from {previous.id} "
+                     f"({ui.human_bytes(sum(f.size for f in linked))} not transferred)")
+    return sorted(entries, key=lambda f: f.path)
+
+
+def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True) -> Snapshot:
+    """The body of `backup` (callers hold the locks): consistent copy on the server -> verified
+    snapshot folder here, manifest last. A failure leaves no half snapshot behind."""
+    host_dir = profile.backups_dir()
+    previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
+    with server_work_dir(host, profile, "backup") as work_dir:
+        data = prepare_server_copy(host, profile, work_dir)
+        report = data.info["report"]
+        problem = sqlite.describe_problem(report)
+        if problem:
+            ui.warn(f"the server database fails its check ({problem}); keeping the snapshot anyway, marked unverified")
+        dest = catalog.new_snapshot_dir(host_dir, label)
+        try:
+            files = download_snapshot(host, profile, data, dest, media=media, previous=previous)
+            manifest = Manifest(
+                host=host.alias,
+                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                label=label,
+                label_studio_version=data.info.get("label_studio_version"),
+                source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
+                        "database": str(profile.remote.database)},
+                files=files,
+                integrity_check=report["integrity_check"] or "unknown",
+                counts=report.get("counts", {}),
+                media_included=media,
+            )
+            write_manifest(dest, manifest)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
+
+
+def write_manifest(dest: Path, manifest: Manifest) -> None:
+    """Last, atomically: a snapshot without it is incomplete by definition."""
+    partial = dest / (catalog.MANIFEST + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(manifest.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, dest / catalog.MANIFEST)
+
+
+# ------------------------------------------------------------------------------------------------
+# Local Label Studio data
+
+
+def default_local_data_dir(env: dict | None = None) -> Path:
+    """Where Label Studio itself keeps data on this machine."""
+    env = os.environ if env is None else env
+    if env.get(DATA_DIR_ENV):
+        return Path(env[DATA_DIR_ENV]).expanduser()
+    return Path(platformdirs.user_data_dir("label-studio", appauthor=False))
+
+
+def local_data_dir(option: str | None) -> Path:
+    return Path(option).expanduser() if option else default_local_data_dir()
+
+
+def running_label_studio(data_dir: Path) -> list[int]:
+    """PIDs of Label Studio processes on this machine that use `data_dir` (Linux /proc)."""
+    pids = []
+    target = data_dir.resolve()
+    default = default_local_data_dir({}).resolve()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args if a]
+        if not any("label-studio" in w or "label_studio" in w for w in words[:3]):
+            continue
+        if not any(w in ("start", "label-studio") or w.endswith("/label-studio") for w in words):
+            continue
+        used = None
+        if "--data-dir" in words and words.index("--data-dir") + 1 < len(words):
+            used = Path(words[words.index("--data-dir") + 1])
+        else:
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                for item in environ:
+                    if item.startswith(DATA_DIR_ENV.encode() + b"="):
+                        used = Path(item.split(b"=", 1)[1].decode())
+            except OSError:
+                pass
+        try:
+            resolved = (used or default).resolve()
+        except OSError:
+            continue
+        if resolved == target:
+            pids.append(int(entry.name))
+    return pids
+
+
+def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra: dict | None = None) -> Snapshot | None:
+    """Save the local Label Studio data (consistent DB copy + .env + media) as backups/local/<id>.
+    None when there is no local database to save."""
+    database = data_dir / DATABASE
+    if not database.is_file():
+        return None
+    host_dir = backups_root / catalog.LOCAL_HOST
+    dest = catalog.new_snapshot_dir(host_dir, label)
+    try:
+        sqlite.consistent_copy(str(database), str(dest / DATABASE))
+        os.chmod(dest / DATABASE, 0o600)
+        report = sqlite.inspect(str(dest / DATABASE))
+        files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, sqlite.sha256_file(str(dest / DATABASE)))]
+        env = data_dir / SECRET_ENV
+        if env.is_file():
+            files.append(_copy_private(env, dest / SECRET_ENV, SECRET_ENV))
+        media_root = data_dir / MEDIA
+        if media_root.is_dir():
+            for item in sqlite.media_listing(str(media_root)):
+                files.append(_copy_private(data_dir / item["path"], dest / item["path"], item["path"], item["mtime"]))
+        manifest = Manifest(
+            host=catalog.LOCAL_HOST,
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            label=label, label_studio_version=None,
+            source={"host": socket.gethostname(), "data_dir": str(data_dir)},
+            files=sorted(files, key=lambda f: f.path),
+            integrity_check=report["integrity_check"] or "unknown",
+            counts=report.get("counts", {}), media_included=True, extra=extra or {},
+        )
+        write_manifest(dest, manifest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
+
+
+def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None) -> FileEntry:
+    import hashlib
+
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+        for block in iter(lambda: src.read(sqlite.CHUNK), b""):
+            digest.update(block)
+            size += len(block)
+            dst.write(block)
+    return FileEntry(rel, size, digest.hexdigest(), mtime)
+
+
+def verify_snapshot(snapshot: Snapshot, *, need_database: bool = True) -> dict:
+    """Re-hash every file against the manifest and run integrity_check on the database."""
+    manifest = snapshot.manifest
+    if manifest is None:
+        raise SnapshotError(f"snapshot {snapshot.id} is incomplete (no manifest)")
+    with ui.err.status(f"verifying snapshot {snapshot.id} (sha256 of every file, integrity_check)"):
+        for entry in manifest.files:
+            path = snapshot.path / entry.path
+            if not path.is_file():
+                raise SnapshotError(f"snapshot {snapshot.id}: {entry.path} is missing")
+            if path.stat().st_size != entry.size or sqlite.sha256_file(str(path)) != entry.sha256:
+                raise SnapshotError(f"snapshot {snapshot.id}: {entry.path} does not match its sha256 (damaged)")
+        report = sqlite.inspect(str(snapshot.path / DATABASE))
+    problem = sqlite.describe_problem(report)
+    if need_database and problem:
+        raise SnapshotError(f"snapshot {snapshot.id}: the database is {problem}")
+    return report
+
+
+def install_local(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list[str]:
+    """Put a verified snapshot's DB (+ media, + .env) into the local data dir: each part copied next to
+    its place first, then renamed over it, so Label Studio never sees a half-written file."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    done = []
+    incoming = data_dir / ".lsvm-incoming.sqlite3"
+    shutil.copyfile(snapshot.path / DATABASE, incoming)
+    os.chmod(incoming, 0o600)
+    with open(incoming, "rb+") as handle:
+        os.fsync(handle.fileno())
+    for stale in ("-journal", "-wal", "-shm"):
+        (data_dir / (DATABASE + stale)).unlink(missing_ok=True)
+    os.replace(incoming, data_dir / DATABASE)
+    done.append("database")
+    source_media = snapshot.path / MEDIA
+    if source_media.is_dir():
+        staged = data_dir / ".lsvm-incoming-media"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(source_media, staged)
+        old = data_dir / ".lsvm-replaced-media"
+        shutil.rmtree(old, ignore_errors=True)
+        if (data_dir / MEDIA).exists():
+            os.replace(data_dir / MEDIA, old)
+        os.replace(staged, data_dir / MEDIA)
+        shutil.rmtree(old, ignore_errors=True)
+        done.append("media")
+    if with_env and (snapshot.path / SECRET_ENV).is_file():
+        staged_env = data_dir / ".lsvm-incoming.env"
+        shutil.copyfile(snapshot.path / SECRET_ENV, staged_env)
+        os.chmod(staged_env, 0o600)
+        os.replace(staged_env, data_dir / SECRET_ENV)
+        done.append(".env")
+    return done
+
+
+def database_sha(path: Path) -> str | None:
+    return sqlite.sha256_file(str(path)) if path.is_file() else None
+
+
+def check_label_studio_db(path: Path) -> dict:
+    """A consistent copy of a (maybe live) local database, checked; raises SnapshotError if unusable."""
+    if not path.is_file():
+        raise SnapshotError(f"no Label Studio database at {path}")
+    with tempfile.TemporaryDirectory(prefix="lsvm-check-") as tmp:
+        copy = os.path.join(tmp, DATABASE)
+        try:
+            sqlite.consistent_copy(str(path), copy)
+        except sqlite3_module.DatabaseError as exc:
+            raise SnapshotError(f"{path} is not a usable SQLite database ({exc})") from None
+        report = sqlite.inspect(copy)
+    problem = sqlite.describe_problem(report)
+    if problem:
+        raise SnapshotError(f"{path} is {problem}")
+    return report
+
+
+def require_no_local_server(data_dir: Path, force: bool) -> None:
+    pids = running_label_studio(data_dir)
+    if pids and not force:
+        raise UsageError(f"a local Label Studio is running on {data_dir} (pid {', '.join(map(str, pids))})",
+                         hint="stop it first (Ctrl-C in its terminal, or `kill " + " ".join(map(str, pids))
+                         + "`), or pass --force")

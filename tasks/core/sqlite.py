@@ -1,0 +1,148 @@
+"""SQLite work for snapshots: a consistent copy with the online backup API, integrity and Label Studio
+checks, counts, checksums.
+
+Standard library only and free of package imports, because the same source runs on the server:
+`python3 -c "<this file>" prepare ...` prints one JSON document. One implementation, both sides.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+
+LABEL_STUDIO_TABLES = ("django_migrations", "htx_user", "project", "task", "task_completion")
+COUNTS = {"projects": "project", "tasks": "task", "annotations": "task_completion"}
+CHUNK = 1024 * 1024
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> None:
+    """SQLite's online backup API in one step: a consistent image even while Label Studio writes
+    (writers wait for the read lock, as they would for any reader). Never a raw file copy."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def inspect(path: str) -> dict:
+    """integrity_check, whether it is a Label Studio database, and row counts. Never raises for a bad
+    file: a report says what is wrong."""
+    report = {"integrity_check": "", "label_studio": False, "missing_tables": [], "counts": {},
+              "migrations": 0, "error": None}
+    if not os.path.isfile(path):
+        report["error"] = "no such file"
+        return report
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = con.execute("PRAGMA integrity_check").fetchall()
+            report["integrity_check"] = "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows[:3])
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+            missing = [t for t in LABEL_STUDIO_TABLES if t not in tables]
+            report["missing_tables"] = missing
+            report["label_studio"] = not missing
+            if not missing:
+                report["migrations"] = con.execute("select count(*) from django_migrations").fetchone()[0]
+                for key, table in COUNTS.items():
+                    report["counts"][key] = con.execute(f"select count(*) from {table}").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        report["error"] = str(exc)
+    return report
+
+
+def describe_problem(report: dict) -> str | None:
+    """None when the database is a healthy Label Studio database, else what is wrong, in words."""
+    if report["error"]:
+        return f"not a usable SQLite database ({report['error']})"
+    if report["integrity_check"] != "ok":
+        return f"integrity_check failed: {report['integrity_check']}"
+    if not report["label_studio"]:
+        return "not a Label Studio database (missing tables: " + ", ".join(report["missing_tables"]) + ")"
+    return None
+
+
+def media_listing(media_dir: str) -> list[dict]:
+    files = []
+    for root, _dirs, names in os.walk(media_dir):
+        for name in names:
+            full = os.path.join(root, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                st = os.stat(full)
+                rel = os.path.relpath(full, os.path.dirname(media_dir)).replace(os.sep, "/")
+                files.append({"path": rel, "size": st.st_size, "mtime": int(st.st_mtime)})
+    return sorted(files, key=lambda f: f["path"])
+
+
+def label_studio_version(venv: str) -> str | None:
+    found = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "label_studio-*.dist-info"))
+    if not found:
+        return None
+    name = os.path.basename(found[0])
+    return name[len("label_studio-"):-len(".dist-info")]
+
+
+def prepare(data_dir: str, work_dir: str, venv: str) -> dict:
+    """Server side of a backup: consistent DB copy into work_dir, checked and hashed; .env and media listed."""
+    database = os.path.join(data_dir, "label_studio.sqlite3")
+    result = {"database_exists": os.path.isfile(database)}
+    if result["database_exists"]:
+        snapshot = os.path.join(work_dir, "label_studio.sqlite3")
+        try:
+            consistent_copy(database, snapshot)
+        except sqlite3.Error as exc:
+            result["copy_error"] = str(exc)
+            return result
+        result["database"] = {"size": os.path.getsize(snapshot), "sha256": sha256_file(snapshot)}
+        result["report"] = inspect(snapshot)
+    env = os.path.join(data_dir, ".env")
+    if os.path.isfile(env):
+        result["env"] = {"size": os.path.getsize(env), "sha256": sha256_file(env)}
+    result["media"] = media_listing(os.path.join(data_dir, "media"))
+    result["label_studio_version"] = label_studio_version(venv)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0]
+    if command == "prepare":
+        print(json.dumps(prepare(*argv[1:4])))
+    elif command == "inspect":
+        print(json.dumps(inspect(argv[1])))
+    elif command == "counts":
+        con = sqlite3.connect(f"file:{argv[1]}?mode=ro", uri=True, timeout=30)
+        try:
+            print(json.dumps({k: con.execute(f"select count(*) from {t}").fetchone()[0]
+                              for k, t in COUNTS.items()}))
+        except sqlite3.DatabaseError as exc:
+            print(json.dumps({"error": str(exc)}))
+        finally:
+            con.close()
+    elif command == "sha256":
+        print(json.dumps({p: {"size": os.path.getsize(p), "sha256": sha256_file(p)} for p in argv[1:]}))
+    else:
+        print(json.dumps({"error": f"unknown command {command}"}))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

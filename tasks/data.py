@@ -1,0 +1,304 @@
+"""Data tasks: backup, backups, prune, push-local-db, pull-server-db, restore-local, restore-server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from fabric import Connection, task
+from rich.table import Table
+
+from .core import catalog, snapshots, ui
+from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, SECRET_ENV, Snapshot
+from .core.edge import open_host, task_edge
+from .core.errors import SnapshotError, UsageError
+from .core.profile import BACKUPS_ENV, PROJECT_ROOT, Profile, load_profile
+from .core.restore import replace_server_data
+from .service import CONFIG_HELP
+
+LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
+YES_HELP = "do not ask for confirmation"
+HEALTH_HELP = "seconds to wait for /health after the swap before rolling back (default 300)"
+LAST_INSTALL = "last-install.json"
+
+
+def backups_root() -> Path:
+    import os
+
+    return Path(os.environ.get(BACKUPS_ENV) or PROJECT_ROOT / "backups")
+
+
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} — no terminal to ask: add --yes to go ahead")
+    if not ui.err.input(f"{question} [y/N] ").strip().lower().startswith("y"):
+        raise UsageError("cancelled; nothing was changed")
+
+
+def counts_text(counts: dict | None) -> str:
+    if not counts:
+        return "no database"
+    if "error" in counts:
+        return f"unreadable ({counts['error']})"
+    return ", ".join(f"{counts.get(k, '?')} {k}" for k in ("projects", "tasks", "annotations"))
+
+
+def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
+    m = snapshot.manifest
+    ui.step(True, f"{what} {snapshot.id}: {ui.human_bytes(m.total_size)}, {len(m.files)} files, "
+                  f"{counts_text(m.counts)}, integrity {m.integrity_check}")
+    ui.out.print(f"  in {snapshot.path}")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@task(help={"config": CONFIG_HELP, "label": "a word to add to the snapshot's name (a-z, 0-9, -)",
+            "no-media": "leave uploaded media files out"})
+@task_edge
+def backup(c, config=None, label=None, no_media=False):
+    """Snapshot the server (DB via SQLite online backup, .env, media) into backups/<host>/<UTC time>/."""
+    label = catalog.check_label(label)
+    profile, host = open_host(c, config)
+    host.sudo_mode  # noqa: B018 - fail early, in words
+    with snapshots.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "backup"):
+        snapshot = snapshots.take_server_snapshot(host, profile, label=label, media=not no_media)
+    report_snapshot(snapshot)
+
+
+@task(help={"config": CONFIG_HELP, "verify": "re-hash every file and re-run integrity_check"})
+@task_edge
+def backups(c, config=None, verify=False):
+    """List snapshots (per host, or only -H's) with time, label, version, size, counts and state."""
+    root = backups_root()
+    if isinstance(c, Connection):
+        hosts = [root / load_profile(getattr(c, "original_host", None) or c.host, config).backups_dir(root).name]
+    else:
+        hosts = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    shown = 0
+    for host_dir in hosts:
+        found = catalog.list_snapshots(host_dir)
+        if not found:
+            continue
+        table = Table(title=f"{host_dir.name}  ({host_dir})", title_justify="left")
+        for column in ("id", "time (UTC)", "label", "LS version", "size", "projects", "tasks",
+                       "annotations", "state"):
+            table.add_column(column, justify="right" if column in ("size", "projects", "tasks", "annotations") else "left")
+        for s in found:
+            m = s.manifest
+            if m is None:
+                state = "[bad]incomplete[/bad]"
+            elif verify:
+                try:
+                    snapshots.verify_snapshot(s)
+                    state = "[ok]verified now[/ok]"
+                except SnapshotError as exc:
+                    state = f"[bad]{exc.message}[/bad]"
+            else:
+                state = "[ok]verified[/ok]" if s.verified else f"[warn]integrity {m.integrity_check}[/warn]"
+            counts = m.counts if m else {}
+            table.add_row(s.id, s.created.strftime("%Y-%m-%d %H:%M:%S"), s.label or "",
+                          (m.label_studio_version or "-") if m else "-",
+                          ui.human_bytes(m.total_size) if m else "-",
+                          *(str(counts.get(k, "-")) for k in ("projects", "tasks", "annotations")), state)
+        ui.out.print(table)
+        shown += len(found)
+    if not shown:
+        ui.out.print(f"no snapshots in {root}")
+
+
+@task(help={"config": CONFIG_HELP, "keep-last": "keep the newest N (default: the profile's backup.keep_last)",
+            "keep-daily": "also keep the newest of each of the last D days", "keep-weekly":
+            "also keep the newest of each of the last W weeks", "dry-run": "show what would go, delete nothing",
+            "yes": YES_HELP})
+@task_edge
+def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False, yes=False):
+    """Delete old snapshots by a keep-last/daily/weekly rule (shows the plan first; keeps the newest verified)."""
+    if isinstance(c, Connection):
+        profile = load_profile(getattr(c, "original_host", None) or c.host, config)
+        host_dir = profile.backups_dir(backups_root())
+    else:
+        profile = load_profile(LOCAL_HOST, config)
+        host_dir = backups_root() / LOCAL_HOST
+    rule = {name: int(value) if value is not None else getattr(profile.backup, name)
+            for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily), ("keep_weekly", keep_weekly))}
+    if any(v < 0 for v in rule.values()):
+        raise UsageError("keep counts must be 0 or more")
+    with snapshots.local_lock(host_dir):
+        plan = catalog.retention_plan(catalog.list_snapshots(host_dir), **rule)
+        ui.out.print(f"prune {host_dir} (keep last {rule['keep_last']}, daily {rule['keep_daily']}, "
+                     f"weekly {rule['keep_weekly']})")
+        for s in plan.keep:
+            ui.out.print(f"  keep    {s.id}  ({plan.reasons[s.id]})")
+        for s in plan.delete:
+            ui.out.print(f"  [changed]delete[/changed]  {s.id}" + ("" if s.complete else "  (incomplete)"))
+        if not plan.delete:
+            ui.step(False, "nothing to delete")
+            return
+        if dry_run:
+            ui.out.print(f"{len(plan.delete)} snapshot(s) would be deleted (dry run: nothing deleted)")
+            return
+        confirm(f"delete {len(plan.delete)} snapshot(s)?", yes)
+        for s in plan.delete:
+            shutil.rmtree(s.path)
+        ui.step(True, f"deleted {len(plan.delete)} snapshot(s), kept {len(plan.keep)}")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _local_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: Path) -> tuple[Path, list, str, dict]:
+    """(folder, files, description, counts) of what push will send: a checked consistent copy of the
+    local data, or a verified stored snapshot."""
+    if snapshot_id:
+        pool = catalog.list_snapshots(host_dir) + catalog.list_snapshots(backups_root() / LOCAL_HOST)
+        snapshot = catalog.find_snapshot(pool, snapshot_id)
+        report = snapshots.verify_snapshot(snapshot)
+        return snapshot.path, snapshot.manifest.files, f"snapshot {snapshot.id}", report["counts"]
+    data_dir = snapshots.local_data_dir(local_data_dir)
+    report = snapshots.check_label_studio_db(data_dir / DATABASE)
+    return data_dir, [], f"local data in {data_dir}", report["counts"]
+
+
+@task(help={"config": CONFIG_HELP, "snapshot": "push a stored snapshot instead of the local data",
+            "with-media": "also replace the server's uploaded media", "yes": YES_HELP,
+            "dry-run": "check and show what would happen; change nothing", "local-data-dir": LOCAL_DIR_HELP,
+            "health-timeout": HEALTH_HELP})
+@task_edge
+def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dry_run=False,
+                  local_data_dir=None, health_timeout=300):
+    """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
+    profile, host = open_host(c, config)
+    host.sudo_mode  # noqa: B018
+    import tempfile
+
+    with snapshots.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
+        folder, files, described, local_counts = _local_source(local_data_dir, snapshot, profile.backups_dir())
+        if not files:  # live local data: freeze a consistent, checked copy to send
+            local = snapshots.snapshot_local_data(folder, Path(staging), label="push")
+            folder, files = local.path, local.manifest.files
+        files = [f for f in files if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
+        server = snapshots.server_counts(host, profile)
+        ui.out.print(f"push {described} -> {host.alias}")
+        ui.out.print(f"  server now: {counts_text(server)}")
+        ui.out.print(f"  replaced by: {counts_text(local_counts)}"
+                     + (" (with media)" if with_media else " (server media kept)"))
+        if dry_run:
+            ui.out.print("dry run: the local database passed its checks; nothing was changed")
+            return
+        confirm(f"replace the Label Studio data on {host.alias}? (it is backed up first)", yes)
+        with snapshots.server_lock(host, profile, "push-local-db"):
+            if server is not None:
+                report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-push"),
+                                "server backed up as")
+            replace_server_data(host, profile, folder, files, health_timeout=int(health_timeout))
+
+
+@task(help={"config": CONFIG_HELP, "snapshot": "the snapshot to restore (id or unique prefix; see `fab backups`)",
+            "yes": YES_HELP, "health-timeout": HEALTH_HELP})
+@task_edge
+def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=300):
+    """Put a stored snapshot (DB, .env, media) back on the server, with the same safety as push."""
+    if not snapshot:
+        raise UsageError("which snapshot? --snapshot ID (see `fab -H HOST backups`)")
+    profile, host = open_host(c, config)
+    host.sudo_mode  # noqa: B018
+    with snapshots.local_lock(profile.backups_dir()):
+        chosen = catalog.find_snapshot(catalog.list_snapshots(profile.backups_dir()), snapshot)
+        report = snapshots.verify_snapshot(chosen)
+        server = snapshots.server_counts(host, profile)
+        ui.out.print(f"restore {chosen.id} -> {host.alias}")
+        ui.out.print(f"  server now: {counts_text(server)}")
+        ui.out.print(f"  restored:   {counts_text(report['counts'])}, "
+                     + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
+        confirm(f"replace the Label Studio data on {host.alias} with {chosen.id}? (it is backed up first)", yes)
+        with snapshots.server_lock(host, profile, "restore-server"):
+            if server is not None:
+                report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-restore"),
+                                "server backed up as")
+            replace_server_data(host, profile, chosen.path, chosen.manifest.files,
+                                health_timeout=int(health_timeout))
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _save_local(data_dir: Path, label: str, last_install: Path) -> Snapshot | None:
+    """Local data saved before it is replaced; marks it when it is an untouched copy of a pull."""
+    sha = snapshots.database_sha(data_dir / DATABASE)
+    installed = json.loads(last_install.read_text()) if last_install.is_file() else {}
+    pulled_copy = sha is not None and installed.get("sha256") == sha and installed.get("data_dir") == str(data_dir)
+    saved = snapshots.snapshot_local_data(data_dir, backups_root(), label=label,
+                                          extra={"pulled_copy": pulled_copy})
+    if saved:
+        note = " (an untouched copy of an earlier pull)" if pulled_copy else ""
+        report_snapshot(saved, "local data saved as")
+        if note:
+            ui.out.print(f"  {note.strip()}")
+    else:
+        ui.step(False, f"no local database in {data_dir} to save")
+    return saved
+
+
+def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool, last_install: Path) -> None:
+    done = snapshots.install_local(chosen, data_dir, with_env=with_env)
+    record = {"sha256": chosen.manifest.file(DATABASE).sha256, "data_dir": str(data_dir), "snapshot": chosen.id,
+              "host": chosen.host}
+    last_install.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    last_install.write_text(json.dumps(record) + "\n")
+    last_install.chmod(0o600)
+    ui.step(True, f"installed {', '.join(done)} from {chosen.host}/{chosen.id} into {data_dir}")
+
+
+@task(help={"config": CONFIG_HELP, "yes": YES_HELP, "force": "go ahead even if a local Label Studio runs on the data dir",
+            "local-data-dir": LOCAL_DIR_HELP})
+@task_edge
+def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
+    """Server data -> your local Label Studio: server snapshot first, your local data saved first."""
+    profile, host = open_host(c, config)
+    data_dir = snapshots.local_data_dir(local_data_dir)
+    snapshots.require_no_local_server(data_dir, force)
+    local_root = backups_root() / LOCAL_HOST
+    last_install = local_root / LAST_INSTALL
+    confirm(f"replace the local Label Studio data in {data_dir} with {host.alias}'s? (it is saved first)", yes)
+    host.sudo_mode  # noqa: B018
+    with snapshots.local_lock(profile.backups_dir()), snapshots.local_lock(local_root):
+        with snapshots.server_lock(host, profile, "pull-server-db"):
+            pulled = snapshots.take_server_snapshot(host, profile, label="pull")
+        report_snapshot(pulled, "server snapshot")
+        _save_local(data_dir, "pre-pull", last_install)
+        _install_locally(pulled, data_dir, with_env=False, last_install=last_install)
+    ui.out.print("restore-local puts your own data back (fab restore-local).")
+
+
+@task(help={"snapshot": "a snapshot id (default: the local data saved by the last pull)",
+            "yes": YES_HELP, "force": "go ahead even if a local Label Studio runs on the data dir",
+            "local-data-dir": LOCAL_DIR_HELP})
+@task_edge
+def restore_local(c, snapshot=None, yes=False, force=False, local_data_dir=None):
+    """Put back the local data saved before the last pull (or any snapshot) into your local Label Studio."""
+    data_dir = snapshots.local_data_dir(local_data_dir)
+    snapshots.require_no_local_server(data_dir, force)
+    local_root = backups_root() / LOCAL_HOST
+    last_install = local_root / LAST_INSTALL
+    with snapshots.local_lock(local_root):
+        own = catalog.list_snapshots(local_root)
+        if snapshot:
+            pool = own + [s for d in sorted(backups_root().iterdir()) if d.is_dir() and d.name != LOCAL_HOST
+                          for s in catalog.list_snapshots(d)]
+            chosen = catalog.find_snapshot(pool, snapshot)
+        else:
+            candidates = [s for s in own if s.complete and s.label == "pre-pull"
+                          and not s.manifest.extra.get("pulled_copy")]
+            if not candidates:
+                raise SnapshotError("no local data saved by a pull to restore", hint="name one with --snapshot")
+            chosen = candidates[-1]
+        snapshots.verify_snapshot(chosen)
+        ui.out.print(f"restore-local {chosen.host}/{chosen.id} -> {data_dir} ({counts_text(chosen.manifest.counts)})")
+        confirm(f"replace the local data in {data_dir}? (it is saved first)", yes)
+        _save_local(data_dir, "pre-restore", last_install)
+        _install_locally(chosen, data_dir, with_env=chosen.host == LOCAL_HOST, last_install=last_install)
