@@ -248,7 +248,7 @@ def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool, last_inst
     done = snapshots.install_local(chosen, data_dir, with_env=with_env)
     record = {"sha256": chosen.manifest.file(DATABASE).sha256, "data_dir": str(data_dir), "snapshot": chosen.id,
               "host": chosen.host}
-    last_install.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    catalog.private_dir(last_install.parent)
     last_install.write_text(json.dumps(record) + "\n")
     last_install.chmod(0o600)
     ui.step(True, f"installed {', '.join(done)} from {chosen.host}/{chosen.id} into {data_dir}")

@@ -145,9 +145,22 @@ def find_snapshot(snapshots: list[Snapshot], wanted: str) -> Snapshot:
     return snapshot
 
 
+def private_dir(path: Path) -> Path:
+    """mkdir -p where every folder created is 0700 (Path.mkdir(parents=True) gives parents 0777-umask)."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)
+    return path
+
+
 def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Path:
     """A fresh 0700 folder; if one exists for this second, wait-free: bump the second."""
-    host_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(host_dir)
     os.chmod(host_dir, 0o700)
     when = now or dt.datetime.now(dt.timezone.utc)
     for _ in range(60):

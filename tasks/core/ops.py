@@ -401,11 +401,14 @@ def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: i
         result = host.run(script, sudo=True, check=False, timeout=timeout + 30)
     if result.ok and parse.health_is_up(result.stdout.strip()):
         return
-    log = host.run(service_log_command(profile), sudo=True, check=False).stdout
+    log = host.run(service_log_command(profile, 25), sudo=True, check=False).stdout
     ui.err.print("[muted]last lines of the service log:[/muted]")
     ui.err.print(log.rstrip(), markup=False, highlight=False)
+    last = result.stdout.strip()
+    if last.startswith("crashed"):
+        raise RemoteError("Label Studio crashed on start (systemd had to restart it)")
     raise RemoteError(f"Label Studio did not answer /health {where} within {timeout}s "
-                      f"(last answer: {result.stdout.strip() or 'none'})")
+                      f"(last answer: {last or 'none'})")
 
 
 def apply_nginx_site(host: Host, profile: Profile, site: RenderedFile, *, write_file: bool,

@@ -25,7 +25,7 @@ from typing import Iterator
 import platformdirs
 
 from . import catalog, sqlite, ui
-from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot, private_dir
 from .commands import join, q
 from .connect import Host
 from .errors import LockedError, RemoteError, SnapshotError, UsageError
@@ -48,7 +48,7 @@ def sqlite_tool(*args) -> str:
 @contextlib.contextmanager
 def local_lock(directory: Path) -> Iterator[None]:
     """One data task at a time per snapshot folder on this machine (prune waits for a backup)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(directory)
     handle = open(directory / ".lock", "a+")
     try:
         try:
@@ -195,7 +195,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             (sha is not None and old.sha256 == sha) or (sha is None and old.mtime == mtime))
         if same:
             target = dest / path
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(target.parent)
             os.link(previous.path / path, target)
             linked.append(old)
         else:
@@ -374,7 +374,7 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
 def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None) -> FileEntry:
     import hashlib
 
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(target.parent)
     digest = hashlib.sha256()
     size = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

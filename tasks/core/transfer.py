@@ -191,6 +191,7 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
     from pathlib import Path
 
     from . import ui
+    from .catalog import private_dir
 
     dest = Path(dest)
     received: dict[str, tuple[int, str]] = {}
@@ -202,11 +203,11 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
                 rel = _safe_member_path(member.name)
                 target = dest.joinpath(*rel.parts)
                 if member.isdir():
-                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    private_dir(target)
                     continue
                 if not member.isfile():
                     continue
-                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                private_dir(target.parent)
                 digest = hashlib.sha256()
                 source = tar.extractfile(member)
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -135,6 +135,16 @@ def provisioned(vm_image: str, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def data_vm(vm_image: str, tmp_path_factory):
+    """systemd mode, for the data tasks (their own VM: they replace its database many times)."""
+    home = tmp_path_factory.mktemp("home-data")
+    machine = _provisioned(vm_image, home, "data", "vm")
+    assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
+    yield machine
+    machine.vm.stop()
+
+
+@pytest.fixture(scope="session")
 def screen_provisioned(vm_image: str, tmp_path_factory):
     """screen mode, provisioned by the user whose sudo needs a password."""
     home = tmp_path_factory.mktemp("home-screen")
