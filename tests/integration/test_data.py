@@ -358,11 +358,14 @@ def test_two_backups_at_once_one_refuses(data_vm, big_local):
         time.sleep(0.05)
     else:
         pytest.fail("the first backup never took the lock")
-    second = data_vm.fab("backup", "--label", "second")
+    # From a second machine (its own backups folder), as when two team members back up at once.
+    second = data_vm.fab("backup", "--label", "second", env={"LSVM_BACKUPS_DIR": str(data_vm.fab.home / "other-laptop")})
+    same_machine = data_vm.fab("backup", "--label", "third")
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, out + err
     assert second.returncode == 7, second.stdout + second.stderr
     assert re.search(r"vm is busy: backup by \S+ since", second.stderr)
+    assert same_machine.returncode == 7 and "another task is using" in same_machine.stderr
     assert not any(s.name.endswith("-second") for s in snapshots_of(data_vm))
 
 
@@ -371,17 +374,12 @@ def test_pull_refuses_while_a_local_label_studio_runs(data_vm, tmp_path):
     local.mkdir()
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "label-studio").write_text("#!/bin/sh\nexec sleep 60\n")
+    # Like the real console script: the kernel runs `python3 .../bin/label-studio start --data-dir ...`.
+    (fake_bin / "label-studio").write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
     (fake_bin / "label-studio").chmod(0o755)
     server = subprocess.Popen([str(fake_bin / "label-studio"), "start", "--data-dir", str(local)])
     try:
-        # `exec sleep` replaces the script: give the kernel a real process whose argv names label-studio.
-        proc = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)", "label-studio", "start",
-                                 "--data-dir", str(local)])
-        try:
-            result = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
-        finally:
-            proc.kill()
+        result = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
     finally:
         server.kill()
     assert result.returncode == 2, result.stdout + result.stderr

@@ -1,0 +1,128 @@
+"""Snapshot naming, manifests and the retention plan."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from tasks.core import catalog, sqlite
+from tasks.core.catalog import FileEntry, Manifest, Snapshot, retention_plan
+from tasks.core.errors import SnapshotError, UsageError
+
+UTC = dt.timezone.utc
+
+
+def snap(when: str, complete: bool = True, integrity: str = "ok", label: str | None = None) -> Snapshot:
+    created = dt.datetime.strptime(when, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    manifest = Manifest("vm", created.isoformat(), label, "1.23.2", {}, [], integrity, {}, True) if complete else None
+    sid = catalog.snapshot_id(created, label)
+    return Snapshot(sid, Path("/nowhere") / sid, "vm", created, label, manifest)
+
+
+def test_ids_round_trip():
+    when = dt.datetime(2026, 11, 21, 23, 50, 1, tzinfo=UTC)
+    assert catalog.snapshot_id(when) == "20261121T235001Z"
+    assert catalog.snapshot_id(when, "pre-push") == "20261121T235001Z-pre-push"
+    assert catalog.parse_id("20261121T235001Z-pre-push") == (when, "pre-push")
+    assert catalog.parse_id("20261121T235001Z") == (when, None)
+    for bad in ("latest", "20261121T235001", "20261121T235001Z-Bad_Label", ".lock"):
+        assert catalog.parse_id(bad) is None
+
+
+@pytest.mark.parametrize("label", ["UPPER", "with space", "../x", "a" * 41, "-lead"])
+def test_bad_labels_are_refused(label):
+    with pytest.raises(UsageError):
+        catalog.check_label(label)
+
+
+def test_manifest_json_round_trip():
+    m = Manifest("vm", "2026-11-21T23:50:01+00:00", None, "1.23.2", {"host": "vm"},
+                 [FileEntry("label_studio.sqlite3", 10, "ab"), FileEntry("media/upload/1/x.png", 3, "cd", 1700000000)],
+                 "ok", {"projects": 1}, True)
+    again = Manifest.from_json(m.to_json())
+    assert again == m
+    assert again.total_size == 13
+    assert [f.path for f in again.media_files] == ["media/upload/1/x.png"]
+
+
+def test_listing_and_finding(tmp_path: Path):
+    host = tmp_path / "vm"
+    good = catalog.new_snapshot_dir(host, "a", dt.datetime(2026, 1, 1, tzinfo=UTC))
+    (good / catalog.MANIFEST).write_text(Manifest("vm", "x", "a", None, {}, [], "ok", {}, True).to_json())
+    incomplete = catalog.new_snapshot_dir(host, None, dt.datetime(2026, 1, 2, tzinfo=UTC))
+    (host / "not-a-snapshot").mkdir()
+    found = catalog.list_snapshots(host)
+    assert [s.id for s in found] == [good.name, incomplete.name]
+    assert found[0].verified and not found[1].complete
+    assert catalog.find_snapshot(found, "20260101").id == good.name
+    with pytest.raises(SnapshotError, match="incomplete"):
+        catalog.find_snapshot(found, incomplete.name)
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        catalog.find_snapshot(found, "1999")
+    with pytest.raises(SnapshotError, match="matches 2"):
+        catalog.find_snapshot(found, "2026")
+    assert oct(host.stat().st_mode & 0o777) == "0o700" and oct(good.stat().st_mode & 0o777) == "0o700"
+
+
+def test_same_second_gets_the_next_second(tmp_path: Path):
+    when = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    a = catalog.new_snapshot_dir(tmp_path, None, when)
+    b = catalog.new_snapshot_dir(tmp_path, None, when)
+    assert a.name == "20260101T000000Z" and b.name == "20260101T000001Z"
+
+
+def test_private_dir_makes_every_level_0700(tmp_path: Path):
+    deep = catalog.private_dir(tmp_path / "a" / "b" / "c")
+    for level in (tmp_path / "a", tmp_path / "a" / "b", deep):
+        assert oct(level.stat().st_mode & 0o777) == "0o700"
+
+
+def test_retention_keep_last_daily_weekly():
+    snaps = [snap(f"2026-11-{day:02d} {hour:02d}:00") for day in range(1, 22) for hour in (9, 18)]
+    plan = retention_plan(snaps, keep_last=3, keep_daily=2, keep_weekly=2)
+    kept = {s.id: plan.reasons[s.id] for s in plan.keep}
+    assert list(kept)[-3:] == ["20261120T180000Z", "20261121T090000Z", "20261121T180000Z"]
+    assert kept["20261121T180000Z"] == "last"
+    assert kept["20261120T180000Z"] == "last"  # also the newest of 11-20: counted once
+    assert "20261115T180000Z" in kept and kept["20261115T180000Z"] == "weekly"  # newest of ISO week 46
+    assert len(plan.keep) == 4
+    assert len(plan.keep) + len(plan.delete) == len(snaps)
+
+
+def test_retention_always_keeps_the_newest_verified_and_drops_incomplete():
+    snaps = [snap("2026-11-01 10:00"), snap("2026-11-02 10:00", integrity="bad"),
+             snap("2026-11-03 10:00", complete=False)]
+    plan = retention_plan(snaps, keep_last=0, keep_daily=0, keep_weekly=0)
+    assert [s.id for s in plan.keep] == ["20261101T100000Z"]
+    assert plan.reasons["20261101T100000Z"] == "newest verified"
+    assert {s.id for s in plan.delete} == {"20261102T100000Z", "20261103T100000Z"}
+
+
+def test_sqlite_inspect_reports_problems(tmp_path: Path):
+    random = tmp_path / "random.sqlite3"
+    random.write_bytes(b"\x00" * 100 + b"not sqlite" * 1000)
+    assert "not a usable SQLite database" in sqlite.describe_problem(sqlite.inspect(str(random)))
+    other = tmp_path / "other.sqlite3"
+    import sqlite3
+
+    con = sqlite3.connect(other)
+    con.execute("create table notes(x)")
+    con.commit()
+    con.close()
+    assert "not a Label Studio database" in sqlite.describe_problem(sqlite.inspect(str(other)))
+    assert sqlite.inspect(str(tmp_path / "missing"))["error"] == "no such file"
+
+
+def test_consistent_copy_is_identical_in_content(tmp_path: Path):
+    import sqlite3
+
+    src = tmp_path / "src.sqlite3"
+    con = sqlite3.connect(src)
+    con.execute("create table t(x)")
+    con.executemany("insert into t values (?)", [(i,) for i in range(1000)])
+    con.commit()
+    sqlite.consistent_copy(str(src), str(tmp_path / "copy.sqlite3"))
+    copy = sqlite3.connect(tmp_path / "copy.sqlite3")
+    assert copy.execute("select count(*), sum(x) from t").fetchone() == (1000, 499500)
