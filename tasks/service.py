@@ -5,7 +5,7 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from .core import facts, ops, parse, ui
+from .core import catalog, facts, ops, parse, ui
 from .core.ui import human_bytes
 from .core.commands import q
 from .core.edge import open_host, task_edge
@@ -15,7 +15,8 @@ from .core.facts import HostStatus
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
 
 
-def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str) -> list[tuple[str, str]]:
+def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str,
+                last_backup: str | None = None) -> list[tuple[str, str]]:
     rows = [
         ("host", alias),
         ("os", f"{st.os} (kernel {st.kernel})" if st.kernel else st.os),
@@ -39,6 +40,7 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str
         ("nginx", st.nginx.describe()),
         ("health (via nginx)", health),
         ("database", human_bytes(st.db_size) if st.db_size is not None else "not created yet"),
+        ("last backup", last_backup or "none on this machine"),
     ]
     return rows
 
@@ -53,7 +55,9 @@ def status(c, config=None):
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in status_rows(host.alias, sudo_mode, st, profile.service.manager):
+    done = [s for s in catalog.list_snapshots(profile.backups_dir()) if s.complete]
+    last = f"{done[-1].id} ({human_bytes(done[-1].manifest.total_size)})" if done else None
+    for key, value in status_rows(host.alias, sudo_mode, st, profile.service.manager, last):
         table.add_row(key, value)
     ui.out.print(table)
 

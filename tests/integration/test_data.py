@@ -165,6 +165,8 @@ def test_snapshots_are_private_and_a_second_backup_reuses_unchanged_files(data_v
     assert listing.returncode == 0, listing.stderr
     assert b.name in listing.stdout and "verified now" in listing.stdout
     assert "incomplete" not in listing.stdout
+    status = data_vm.fab("status")
+    assert re.search(rf"last backup\s+{b.name} ", status.stdout), status.stdout
 
 
 def test_restore_server_round_trip_brings_back_projects_media_and_logins(data_vm, alpha):
