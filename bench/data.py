@@ -71,13 +71,14 @@ def make_data(vm, url: str, size_mib: int) -> int:
     grow = f"""
 import sqlite3
 con = sqlite3.connect("{DB}")
-def cols(table):
-    return [r[1] for r in con.execute(f"pragma table_info({{table}})") if r[1] != "id"]
-task_cols, ann_cols = ",".join(cols("task")), ",".join(cols("task_completion"))
+def copy_rows(table):
+    names = [r[1] for r in con.execute(f"pragma table_info({{table}})") if r[1] != "id"]
+    values = ["lower(hex(randomblob(16)))" if n == "unique_id" else n for n in names]
+    con.execute(f"insert into {{table}} ({{','.join(names)}}) select {{','.join(values)}} from {{table}}")
 import os
 while os.path.getsize("{DB}") < {size_mib} * 1024 * 1024:
-    con.execute(f"insert into task ({{task_cols}}) select {{task_cols}} from task")
-    con.execute(f"insert into task_completion ({{ann_cols}}) select {{ann_cols}} from task_completion")
+    copy_rows("task")
+    copy_rows("task_completion")
     con.commit()
 print(con.execute("select count(*) from task").fetchone()[0], con.execute("select count(*) from task_completion").fetchone()[0])
 """

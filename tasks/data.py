@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from fabric import Connection, task
 from rich.table import Table
 
-from .core import catalog, snapshots, ui
-from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, SECRET_ENV, Snapshot
+from .core import catalog, snapshots, sqlite, ui
+from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
 from .core.edge import open_host, task_edge
 from .core.errors import SnapshotError, UsageError
-from .core.profile import BACKUPS_ENV, PROJECT_ROOT, Profile, load_profile
+from .core.profile import BACKUPS_ENV, PROJECT_ROOT, load_profile
 from .core.restore import replace_server_data
 from .service import CONFIG_HELP
 
@@ -76,7 +77,7 @@ def backups(c, config=None, verify=False):
     """List snapshots (per host, or only -H's) with time, label, version, size, counts and state."""
     root = backups_root()
     if isinstance(c, Connection):
-        hosts = [root / load_profile(getattr(c, "original_host", None) or c.host, config).backups_dir(root).name]
+        hosts = [load_profile(getattr(c, "original_host", None) or c.host, config).backups_dir(root)]
     else:
         hosts = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     shown = 0
@@ -151,17 +152,23 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
 # ------------------------------------------------------------------------------------------------
 
 
-def _local_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: Path) -> tuple[Path, list, str, dict]:
-    """(folder, files, description, counts) of what push will send: a checked consistent copy of the
-    local data, or a verified stored snapshot."""
+def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: Path, staging: Path,
+                 with_media: bool) -> tuple[Snapshot, str, dict]:
+    """(snapshot, description, counts) of what push sends: a verified stored snapshot, or a consistent,
+    checked copy of the live local data staged for the upload. Refuses anything that is not a healthy
+    Label Studio database, before the server is touched."""
     if snapshot_id:
         pool = catalog.list_snapshots(host_dir) + catalog.list_snapshots(backups_root() / LOCAL_HOST)
-        snapshot = catalog.find_snapshot(pool, snapshot_id)
-        report = snapshots.verify_snapshot(snapshot)
-        return snapshot.path, snapshot.manifest.files, f"snapshot {snapshot.id}", report["counts"]
+        chosen = catalog.find_snapshot(pool, snapshot_id)
+        return chosen, f"snapshot {chosen.id}", snapshots.verify_snapshot(chosen)["counts"]
     data_dir = snapshots.local_data_dir(local_data_dir)
-    report = snapshots.check_label_studio_db(data_dir / DATABASE)
-    return data_dir, [], f"local data in {data_dir}", report["counts"]
+    staged, report = snapshots.snapshot_local_data(data_dir, staging, label="push", media=with_media)
+    if staged is None:
+        raise SnapshotError(f"no Label Studio database in {data_dir}", hint="--local-data-dir names another")
+    problem = sqlite.describe_problem(report)
+    if problem:
+        raise SnapshotError(f"{data_dir / DATABASE} is {problem}; nothing was sent")
+    return staged, f"local data in {data_dir}", report["counts"]
 
 
 @task(help={"config": CONFIG_HELP, "snapshot": "push a stored snapshot instead of the local data",
@@ -174,14 +181,11 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
     """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
     profile, host = open_host(c, config)
     host.sudo_mode  # noqa: B018
-    import tempfile
-
     with snapshots.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
-        folder, files, described, local_counts = _local_source(local_data_dir, snapshot, profile.backups_dir())
-        if not files:  # live local data: freeze a consistent, checked copy to send
-            local = snapshots.snapshot_local_data(folder, Path(staging), label="push")
-            folder, files = local.path, local.manifest.files
-        files = [f for f in files if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
+        source, described, local_counts = _push_source(local_data_dir, snapshot, profile.backups_dir(),
+                                                       Path(staging), with_media)
+        files = [f for f in source.manifest.files
+                 if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
         server = snapshots.server_counts(host, profile)
         ui.out.print(f"push {described} -> {host.alias}")
         ui.out.print(f"  server now: {counts_text(server)}")
@@ -195,7 +199,7 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
             if server is not None:
                 report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-push"),
                                 "server backed up as")
-            replace_server_data(host, profile, folder, files, health_timeout=int(health_timeout))
+            replace_server_data(host, profile, source.path, files, health_timeout=int(health_timeout))
 
 
 @task(help={"config": CONFIG_HELP, "snapshot": "the snapshot to restore (id or unique prefix; see `fab backups`)",
@@ -232,8 +236,8 @@ def _save_local(data_dir: Path, label: str, last_install: Path) -> Snapshot | No
     sha = snapshots.database_sha(data_dir / DATABASE)
     installed = json.loads(last_install.read_text()) if last_install.is_file() else {}
     pulled_copy = sha is not None and installed.get("sha256") == sha and installed.get("data_dir") == str(data_dir)
-    saved = snapshots.snapshot_local_data(data_dir, backups_root(), label=label,
-                                          extra={"pulled_copy": pulled_copy})
+    saved, _ = snapshots.snapshot_local_data(data_dir, backups_root(), label=label,
+                                             extra={"pulled_copy": pulled_copy})
     if saved:
         note = " (an untouched copy of an earlier pull)" if pulled_copy else ""
         report_snapshot(saved, "local data saved as")

@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import sqlite3 as sqlite3_module
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -335,16 +334,20 @@ def running_label_studio(data_dir: Path) -> list[int]:
     return pids
 
 
-def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra: dict | None = None) -> Snapshot | None:
-    """Save the local Label Studio data (consistent DB copy + .env + media) as backups/local/<id>.
-    None when there is no local database to save."""
+def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra: dict | None = None,
+                        media: bool = True) -> tuple[Snapshot, dict] | tuple[None, None]:
+    """Save the local Label Studio data (consistent DB copy + .env + media) as backups/local/<id>, with
+    the database's check report. (None, None) when there is no local database to save."""
     database = data_dir / DATABASE
     if not database.is_file():
-        return None
+        return None, None
     host_dir = backups_root / catalog.LOCAL_HOST
     dest = catalog.new_snapshot_dir(host_dir, label)
     try:
-        sqlite.consistent_copy(str(database), str(dest / DATABASE))
+        try:
+            sqlite.consistent_copy(str(database), str(dest / DATABASE))
+        except sqlite3_module.DatabaseError as exc:
+            raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
         os.chmod(dest / DATABASE, 0o600)
         report = sqlite.inspect(str(dest / DATABASE))
         files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, sqlite.sha256_file(str(dest / DATABASE)))]
@@ -352,7 +355,7 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
         if env.is_file():
             files.append(_copy_private(env, dest / SECRET_ENV, SECRET_ENV))
         media_root = data_dir / MEDIA
-        if media_root.is_dir():
+        if media and media_root.is_dir():
             for item in sqlite.media_listing(str(media_root)):
                 files.append(_copy_private(data_dir / item["path"], dest / item["path"], item["path"], item["mtime"]))
         manifest = Manifest(
@@ -362,13 +365,13 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
             source={"host": socket.gethostname(), "data_dir": str(data_dir)},
             files=sorted(files, key=lambda f: f.path),
             integrity_check=report["integrity_check"] or "unknown",
-            counts=report.get("counts", {}), media_included=True, extra=extra or {},
+            counts=report.get("counts", {}), media_included=media, extra=extra or {},
         )
         write_manifest(dest, manifest)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
+    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest), report
 
 
 def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None) -> FileEntry:
@@ -442,23 +445,6 @@ def install_local(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list
 
 def database_sha(path: Path) -> str | None:
     return sqlite.sha256_file(str(path)) if path.is_file() else None
-
-
-def check_label_studio_db(path: Path) -> dict:
-    """A consistent copy of a (maybe live) local database, checked; raises SnapshotError if unusable."""
-    if not path.is_file():
-        raise SnapshotError(f"no Label Studio database at {path}")
-    with tempfile.TemporaryDirectory(prefix="lsvm-check-") as tmp:
-        copy = os.path.join(tmp, DATABASE)
-        try:
-            sqlite.consistent_copy(str(path), copy)
-        except sqlite3_module.DatabaseError as exc:
-            raise SnapshotError(f"{path} is not a usable SQLite database ({exc})") from None
-        report = sqlite.inspect(copy)
-    problem = sqlite.describe_problem(report)
-    if problem:
-        raise SnapshotError(f"{path} is {problem}")
-    return report
 
 
 def require_no_local_server(data_dir: Path, force: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Iterator
 
 from .commands import q
 from .connect import Host
+from .errors import RemoteError
 from .render import RenderedFile
 
 
