@@ -114,10 +114,9 @@ def backups(c, config=None, verify=False):
 
 @task(help={"config": CONFIG_HELP, "keep-last": "keep the newest N (default: the profile's backup.keep_last)",
             "keep-daily": "also keep the newest of each of the last D days", "keep-weekly":
-            "also keep the newest of each of the last W weeks", "dry-run": "show what would go, delete nothing",
-            "yes": YES_HELP})
+            "also keep the newest of each of the last W weeks", "dry-run": "show what would go, delete nothing"})
 @task_edge
-def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False, yes=False):
+def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False):
     """Delete old snapshots by a keep-last/daily/weekly rule (shows the plan first; keeps the newest verified)."""
     if isinstance(c, Connection):
         profile = load_profile(getattr(c, "original_host", None) or c.host, config)
@@ -143,7 +142,6 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
         if dry_run:
             ui.out.print(f"{len(plan.delete)} snapshot(s) would be deleted (dry run: nothing deleted)")
             return
-        confirm(f"delete {len(plan.delete)} snapshot(s)?", yes)
         for s in plan.delete:
             shutil.rmtree(s.path)
         ui.step(True, f"deleted {len(plan.delete)} snapshot(s), kept {len(plan.keep)}")

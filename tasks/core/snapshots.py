@@ -122,9 +122,11 @@ def server_counts(host: Host, profile: Profile) -> dict | None:
 
 @contextlib.contextmanager
 def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[PurePosixPath]:
-    """A root-only temp folder on the server, removed afterwards whatever happens."""
+    """A root-only temp folder on the server, removed afterwards whatever happens. Callers hold the
+    data lock, so any other lsvm-* folder there is a leftover of a run that died: removed too."""
     base = profile.backup.server_tmp_dir
-    out = host.run(f"umask 077 && mkdir -p {q(base)} && mktemp -d {q(base + '/lsvm-' + purpose + '.XXXXXX')}",
+    out = host.run(f"umask 077 && mkdir -p {q(base)} && rm -rf {q(base)}/lsvm-*.?????? && "
+                   f"mktemp -d {q(base + '/lsvm-' + purpose + '.XXXXXX')}",
                    sudo=True, what="creating a temp folder on the server", check=False)
     if not out.ok:
         raise SnapshotError(f"cannot create a temp folder in {base} on {host.alias}: {out.last_line()}")
@@ -144,12 +146,16 @@ def _check_free_space(host: Host, where: PurePosixPath, needed: int, purpose: st
             f"{ui.human_bytes(free)} free", hint="free some space, or set backup.server_tmp_dir in the profile")
 
 
-def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath) -> ServerData:
+def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
+                        previous: Snapshot | None) -> ServerData:
+    """Consistent copy of the live database into work_dir, skipped when SQLite's change counter says
+    the database is the one in `previous`."""
     p = profile.remote
     size = host.run(f"stat -c %s {q(p.database)} 2>/dev/null || echo 0", sudo=True).stdout.strip()
     _check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
-    with ui.err.status("consistent copy of the server database (SQLite online backup), integrity check"):
-        out = host.run(sqlite_tool("prepare", p.data_dir, work_dir, p.venv), sudo=True, check=False,
+    marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest else "null"
+    with ui.err.status("consistent copy of the server database (SQLite online backup)"):
+        out = host.run(sqlite_tool("prepare", p.data_dir, work_dir, p.venv, marker), sudo=True, check=False,
                        what="snapshot on the server")
     if not out.ok:
         if "No space" in out.stderr or "disk is full" in out.stderr:
@@ -174,13 +180,20 @@ def _reusable(previous: Snapshot | None) -> dict[str, FileEntry]:
 
 
 def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
-                      previous: Snapshot | None) -> list[FileEntry]:
-    """Stream what changed since `previous` into `dest`; hard-link what did not. Verifies sha256."""
+                      previous: Snapshot | None) -> tuple[list[FileEntry], dict]:
+    """Stream what changed since `previous` into `dest`; hard-link what did not. The copy's sha256 and
+    integrity check run on the server beside the stream; the sha256 is compared with the bytes that
+    landed here. Returns the files and the database's check report."""
     p = profile.remote
     info = data.info
     reuse = _reusable(previous)
-    db = info["database"]
-    wanted: list[tuple[str, int, str | None, int | None]] = [(DATABASE, db["size"], db["sha256"], None)]
+    unchanged_db = bool(info.get("unchanged"))
+    wanted: list[tuple[str, int | None, str | None, int | None]] = []
+    if unchanged_db:
+        old = reuse[DATABASE]
+        wanted.append((DATABASE, old.size, old.sha256, None))
+    else:
+        wanted.append((DATABASE, info["database"]["size"], None, None))
     if "env" in info:
         wanted.append((SECRET_ENV, info["env"]["size"], info["env"]["sha256"], None))
     if media:
@@ -191,7 +204,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     for path, size, sha, mtime in wanted:
         old = reuse.get(path)
         same = old is not None and old.size == size and (
-            (sha is not None and old.sha256 == sha) or (sha is None and old.mtime == mtime))
+            (sha is not None and old.sha256 == sha) or (sha is None and mtime is not None and old.mtime == mtime))
         if same:
             target = dest / path
             private_dir(target.parent)
@@ -201,18 +214,23 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             fetch.append((path, size, sha, mtime))
 
     received: dict[str, tuple[int, str]] = {}
+    check: dict = {}
     if fetch:
         codec = server_codec(host)
         names_from_data = [f[0] for f in fetch if f[0] != DATABASE]
         list_file = data.work_dir / "files.list"
         host.run(f"cat > {q(list_file)} <<'LSVM_EOF'\n" + "\n".join(names_from_data) + "\nLSVM_EOF",
                  sudo=True, what="writing the file list")
-        parts = []
+        parts, side = [], ""
         if any(f[0] == DATABASE for f in fetch):
+            copy = data.work_dir / DATABASE
             parts.append(f"-C {q(data.work_dir)} {DATABASE}")
+            # Hash and integrity_check of the copy run beside the stream, on the other core.
+            side = f"{sqlite_tool('check', copy)} > {q(data.work_dir / 'check.json')} & "
         if names_from_data:
             parts.append(f"-C {q(p.data_dir)} --verbatim-files-from -T {q(list_file)}")
-        command = f"tar --ignore-failed-read -cf - {' '.join(parts)} | {codec.remote_compress}"
+        command = (f"{side}tar --ignore-failed-read -cf - {' '.join(parts)} | {codec.remote_compress}; "
+                   "status=$?; wait; exit $status")
         total = sum(f[1] for f in fetch)
         started = time.monotonic()
         channel = RootChannel(host, command)
@@ -222,6 +240,9 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         finally:
             channel.close()
         ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
+        if side:
+            out = host.run(f"cat {q(data.work_dir / 'check.json')}", sudo=True, what="reading the check").stdout
+            check = json.loads(out.strip().splitlines()[-1])
 
     entries = list(linked)
     for path, size, sha, mtime in fetch:
@@ -230,13 +251,21 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             if path.startswith(MEDIA + "/"):
                 continue  # deleted on the server between listing and streaming
             raise SnapshotError(f"{path} did not arrive from {host.alias}")
-        if sha is not None and got[1] != sha:
+        expected = check.get("sha256") if path == DATABASE else sha
+        if expected is not None and got[1] != expected:
             raise SnapshotError(f"{path}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
         entries.append(FileEntry(path, got[0], got[1], mtime))
     if linked:
         ui.out.print(f"  {len(linked)} unchanged file(s) hard-linked from {previous.id} "
                      f"({ui.human_bytes(sum(f.size for f in linked))} not transferred)")
-    return sorted(entries, key=lambda f: f.path)
+    if unchanged_db:
+        m = previous.manifest
+        report = {"integrity_check": m.integrity_check, "counts": m.counts, "label_studio": True, "error": None,
+                  "missing_tables": []}
+        ui.out.print(f"  the database has not changed since {previous.id} (SQLite change counter)")
+    else:
+        report = check["report"]
+    return sorted(entries, key=lambda f: f.path), report
 
 
 def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True) -> Snapshot:
@@ -245,21 +274,20 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     with server_work_dir(host, profile, "backup") as work_dir:
-        data = prepare_server_copy(host, profile, work_dir)
-        report = data.info["report"]
-        problem = sqlite.describe_problem(report)
-        if problem:
-            ui.warn(f"the server database fails its check ({problem}); keeping the snapshot anyway, marked unverified")
+        data = prepare_server_copy(host, profile, work_dir, previous)
         dest = catalog.new_snapshot_dir(host_dir, label)
         try:
-            files = download_snapshot(host, profile, data, dest, media=media, previous=previous)
+            files, report = download_snapshot(host, profile, data, dest, media=media, previous=previous)
+            problem = sqlite.describe_problem(report)
+            if problem:
+                ui.warn(f"the server database is {problem}; keeping the snapshot anyway, marked unverified")
             manifest = Manifest(
                 host=host.alias,
                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 label=label,
                 label_studio_version=data.info.get("label_studio_version"),
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
-                        "database": str(profile.remote.database)},
+                        "database": str(profile.remote.database), "marker": data.info.get("marker")},
                 files=files,
                 integrity_check=report["integrity_check"] or "unknown",
                 counts=report.get("counts", {}),

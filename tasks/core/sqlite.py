@@ -100,19 +100,50 @@ def label_studio_version(venv: str) -> str | None:
     return name[len("label_studio-"):-len(".dist-info")]
 
 
-def prepare(data_dir: str, work_dir: str, venv: str) -> dict:
-    """Server side of a backup: consistent DB copy into work_dir, checked and hashed; .env and media listed."""
+def change_marker(path: str) -> dict | None:
+    """What changes whenever the database does: SQLite's file change counter (header bytes 24-27,
+    bumped by every committed write in rollback-journal mode), read under a shared lock, plus size,
+    mtime and inode. None in WAL mode, where the counter does not move."""
+    if os.path.exists(path + "-wal"):
+        return None
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        con.execute("BEGIN")
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the shared lock
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+        st = os.stat(path)
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None
+    return {"counter": int.from_bytes(header[24:28], "big"), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "null") -> dict:
+    """Server side of a backup: a consistent DB copy into work_dir, unless the database has not changed
+    since the snapshot whose marker is given; .env hashed, media listed. The copy's check and hash run
+    later, beside the stream (see `check`)."""
     database = os.path.join(data_dir, "label_studio.sqlite3")
     result = {"database_exists": os.path.isfile(database)}
     if result["database_exists"]:
-        snapshot = os.path.join(work_dir, "label_studio.sqlite3")
         try:
-            consistent_copy(database, snapshot)
-        except sqlite3.Error as exc:
-            result["copy_error"] = str(exc)
-            return result
-        result["database"] = {"size": os.path.getsize(snapshot), "sha256": sha256_file(snapshot)}
-        result["report"] = inspect(snapshot)
+            marker = change_marker(database)
+        except sqlite3.Error:
+            marker = None
+        result["marker"] = marker
+        if marker is not None and marker == json.loads(previous_marker):
+            result["unchanged"] = True
+        else:
+            snapshot = os.path.join(work_dir, "label_studio.sqlite3")
+            try:
+                consistent_copy(database, snapshot)
+            except sqlite3.Error as exc:
+                result["copy_error"] = str(exc)
+                return result
+            result["database"] = {"size": os.path.getsize(snapshot)}
     env = os.path.join(data_dir, ".env")
     if os.path.isfile(env):
         result["env"] = {"size": os.path.getsize(env), "sha256": sha256_file(env)}
@@ -121,10 +152,17 @@ def prepare(data_dir: str, work_dir: str, venv: str) -> dict:
     return result
 
 
+def check(path: str) -> dict:
+    """sha256 and inspect() of a finished copy."""
+    return {"sha256": sha256_file(path), "report": inspect(path)}
+
+
 def main(argv: list[str]) -> int:
     command = argv[0]
     if command == "prepare":
-        print(json.dumps(prepare(*argv[1:4])))
+        print(json.dumps(prepare(*argv[1:5])))
+    elif command == "check":
+        print(json.dumps(check(argv[1])))
     elif command == "inspect":
         print(json.dumps(inspect(argv[1])))
     elif command == "counts":
