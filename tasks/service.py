@@ -98,15 +98,7 @@ def _service_action(c, config, verb: str) -> None:
     if verb == "stop" and not running:
         ui.step(False, f"{name} is already stopped")
         return
-    if manager == "screen":
-        script = {
-            "start": ops.screen_start_command(profile),
-            "stop": ops.screen_quit_command(profile),
-            "restart": ops.screen_quit_command(profile) + "; " + ops.screen_start_command(profile),
-        }[verb]
-    else:
-        script = f"systemctl {verb} {q(name + '.service')}"
-    host.run(script, sudo=True, what=f"{verb} {name}")
+    host.run(ops.service_command(profile, verb), sudo=True, what=f"{verb} {name}")
     if verb != "stop":
         ops.wait_for_health(host, profile, via_nginx=True)
     done = {"start": "started", "stop": "stopped", "restart": "restarted"}[verb]

@@ -370,6 +370,17 @@ def screen_quit_command(profile: Profile) -> str:
             ">/dev/null 2>&1 || true")
 
 
+def service_command(profile: Profile, verb: str) -> str:
+    """start, stop or restart Label Studio under the profile's service manager."""
+    if profile.service.manager == "screen":
+        return {
+            "start": screen_start_command(profile),
+            "stop": screen_quit_command(profile),
+            "restart": screen_quit_command(profile) + "; " + screen_start_command(profile),
+        }[verb]
+    return f"systemctl {verb} {q(profile.service.name + '.service')}"
+
+
 def service_log_command(profile: Profile, lines: int = 40) -> str:
     if profile.service.manager == "screen":
         return f"tail -n {int(lines)} {q(profile.remote.screen_log)} 2>/dev/null || true"

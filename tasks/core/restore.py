@@ -93,12 +93,6 @@ def rollback_script(profile: Profile, parts: list[str]) -> str:
     return "; ".join(lines)
 
 
-def service_command(profile: Profile, verb: str) -> str:
-    if profile.service.manager == "screen":
-        return {"stop": ops.screen_quit_command(profile), "start": ops.screen_start_command(profile)}[verb]
-    return f"systemctl {verb} {q(profile.service.name + '.service')}"
-
-
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
                         health_timeout: int) -> None:
     """Upload, then stop -> swap -> start -> health; rolls back on any failure after the stop."""
@@ -112,21 +106,21 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
     ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
     stopped = False
     try:
-        host.run(service_command(profile, "stop"), sudo=True, what="stopping Label Studio")
+        host.run(ops.service_command(profile, "stop"), sudo=True, what="stopping Label Studio")
         stopped = True
         ui.step(True, "stopped Label Studio")
         host.run(swap_script(profile, parts), sudo=True, what="swapping the data in")
         ui.step(True, f"swapped in the new {', '.join(parts)} (atomic renames)")
-        host.run(service_command(profile, "start"), sudo=True, what="starting Label Studio")
+        host.run(ops.service_command(profile, "start"), sudo=True, what="starting Label Studio")
         ops.wait_for_health(host, profile, via_nginx=True, timeout=health_timeout, fail_on_crash=True)
     except (ToolkitError, OSError) as failure:
         if not stopped:
             host.run(f"rm -rf {q(p.data_dir / INCOMING)}", sudo=True, check=False)
             raise
         ui.error(f"{failure}; putting the previous data back")
-        host.run(service_command(profile, "stop"), sudo=True, check=False)
+        host.run(ops.service_command(profile, "stop"), sudo=True, check=False)
         host.run(rollback_script(profile, parts), sudo=True, what="rolling back")
-        host.run(service_command(profile, "start"), sudo=True, what="starting Label Studio")
+        host.run(ops.service_command(profile, "start"), sudo=True, what="starting Label Studio")
         ops.wait_for_health(host, profile, via_nginx=True, timeout=max(health_timeout, 300))
         host.run(f"rm -rf {q(p.data_dir / INCOMING)} {q(p.data_dir / PREVIOUS)}", sudo=True, check=False)
         raise RemoteError("the new data did not come up; the previous data is back in place and Label "
