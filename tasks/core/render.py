@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -20,6 +21,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
+_env.filters["shquote"] = lambda value: shlex.quote(str(value))
 
 
 @dataclass(frozen=True)
