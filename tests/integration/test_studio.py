@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -131,7 +130,6 @@ http {{
         resp, client = login(ORIGIN)
         assert resp.status != 403, resp.text[:300]  # ...and the Studio origin passes it
         assert client.cookie("sessionid")
-        banner = ""
         launcher.terminate()
         banner = launcher.communicate(timeout=30)[0]
         assert f"Label Studio: {ORIGIN}{prefix}" in banner
