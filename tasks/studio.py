@@ -43,8 +43,7 @@ def bootstrap(c, region=None, studio_url=None, username=None, version=DEFAULT_VE
     """Set up Label Studio in SageMaker Studio: env (conda or venv), env files, launcher. Idempotent."""
     _local_only(c)
     paths = StudioPaths(Path(home or os.path.expanduser("~")))
-    target = studio.parse_studio_url(studio_url or _ask("Studio URL or token: "),
-                                     region or (None if studio_url and "." in studio_url else None))
+    target = studio.parse_studio_url(studio_url or _ask("Studio URL or token: "), region)
     username = username or studio.read_env_value(paths.static_env, "LABEL_STUDIO_USERNAME") or _ask("Label Studio email: ")
     if _email(username):
         raise UsageError(f"'{username}' is not an email address")
@@ -65,7 +64,7 @@ def bootstrap(c, region=None, studio_url=None, username=None, version=DEFAULT_VE
     os.chmod(paths.config_dir, 0o700)
     for path, content, mode, label in files:
         changed = studio.write_file(path, content, mode)
-        ui.step(changed, f"{'wrote' if changed else ''} {label} {path}".strip() if changed else f"{label} is up to date")
+        ui.step(changed, f"wrote {label} {path}" if changed else f"{label} is up to date")
     ui.out.print(f"\nStart it with [bold]{paths.launcher}[/bold]; then open {target.proxy_url(int(port))}")
 
 
