@@ -15,7 +15,7 @@ from .core import catalog, snapshots, sqlite, ui
 from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
 from .core.edge import open_host, task_edge
 from .core.errors import SnapshotError, UsageError
-from .core.profile import BACKUPS_ENV, PROJECT_ROOT, load_profile
+from .core.profile import backups_root, load_profile
 from .core.restore import replace_server_data
 from .service import CONFIG_HELP
 
@@ -23,12 +23,6 @@ LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_D
 YES_HELP = "do not ask for confirmation"
 HEALTH_HELP = "seconds to wait for /health after the swap before rolling back (default 300)"
 LAST_INSTALL = "last-install.json"
-
-
-def backups_root() -> Path:
-    import os
-
-    return Path(os.environ.get(BACKUPS_ENV) or PROJECT_ROOT / "backups")
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -158,6 +158,26 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def write_private(target: Path, source, *, chunk: int = 1024 * 1024, fsync: bool = False) -> tuple[int, str]:
+    """Copy a readable stream into a new 0600 file (never over an existing one), hashing as it goes.
+    Returns (size, sha256)."""
+    import hashlib
+
+    private_dir(target.parent)
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        for block in iter(lambda: source.read(chunk), b""):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+        if fsync:
+            out.flush()
+            os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
 def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Path:
     """A fresh 0700 folder; if one exists for this second, wait-free: bump the second."""
     private_dir(host_dir)

@@ -230,8 +230,12 @@ class Profile:
 
     def backups_dir(self, base: Path | None = None) -> Path:
         """Local snapshots of this host: backups/<host>/ (or $LSVM_BACKUPS_DIR/<host>/)."""
-        root = base or Path(os.environ.get(BACKUPS_ENV) or PROJECT_ROOT / "backups")
-        return root / (self.host or "local")
+        return (base or backups_root()) / (self.host or "local")
+
+
+def backups_root() -> Path:
+    """Where local snapshots live: $LSVM_BACKUPS_DIR, else backups/ in this project."""
+    return Path(os.environ.get(BACKUPS_ENV) or PROJECT_ROOT / "backups")
 
 
 # ----------------------------------------------------------------------------------------------

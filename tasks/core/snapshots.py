@@ -403,21 +403,12 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
 
 
 def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None) -> FileEntry:
-    import hashlib
-
-    private_dir(target.parent)
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-        for block in iter(lambda: src.read(sqlite.CHUNK), b""):
-            digest.update(block)
-            size += len(block)
-            dst.write(block)
-    return FileEntry(rel, size, digest.hexdigest(), mtime)
+    with open(source, "rb") as src:
+        size, sha = catalog.write_private(target, src, chunk=sqlite.CHUNK)
+    return FileEntry(rel, size, sha, mtime)
 
 
-def verify_snapshot(snapshot: Snapshot, *, need_database: bool = True) -> dict:
+def verify_snapshot(snapshot: Snapshot) -> dict:
     """Re-hash every file against the manifest and run integrity_check on the database."""
     manifest = snapshot.manifest
     if manifest is None:
@@ -431,7 +422,7 @@ def verify_snapshot(snapshot: Snapshot, *, need_database: bool = True) -> dict:
                 raise SnapshotError(f"snapshot {snapshot.id}: {entry.path} does not match its sha256 (damaged)")
         report = sqlite.inspect(str(snapshot.path / DATABASE))
     problem = sqlite.describe_problem(report)
-    if need_database and problem:
+    if problem:
         raise SnapshotError(f"snapshot {snapshot.id}: the database is {problem}")
     return report
 

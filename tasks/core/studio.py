@@ -5,7 +5,6 @@ Pure parts (parsing, validation, rendering) are unit-tested; `bootstrap` compare
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -227,6 +226,3 @@ def ensure_environment(paths: StudioPaths, version: str, sdk_version: str) -> li
         steps.append((True, f"installed label-studio {version}, label-studio-sdk {sdk_version} (was: {before})"))
     return steps
 
-
-def file_digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None

@@ -186,13 +186,12 @@ def _safe_member_path(name: str) -> PurePosixPath:
 def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, description: str) -> dict:
     """Unpack a compressed tar stream into `dest` (dirs 0700, files 0600), hashing every file as it
     is written. Returns {relative path: (size, sha256)}."""
-    import hashlib
     import os
     import tarfile
     from pathlib import Path
 
     from . import ui
-    from .catalog import private_dir
+    from .catalog import private_dir, write_private
 
     dest = Path(dest)
     received: dict[str, tuple[int, str]] = {}
@@ -208,18 +207,9 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
                     continue
                 if not member.isfile():
                     continue
-                private_dir(target.parent)
-                digest = hashlib.sha256()
-                source = tar.extractfile(member)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    for block in iter(lambda: source.read(CHUNK), b""):
-                        digest.update(block)
-                        out.write(block)
-                    out.flush()
-                    os.fsync(out.fileno())
+                size, sha = write_private(target, tar.extractfile(member), chunk=CHUNK, fsync=True)
                 os.utime(target, (member.mtime, member.mtime))
-                received[str(rel)] = (member.size, digest.hexdigest())
+                received[str(rel)] = (size, sha)
     return received
 
 
