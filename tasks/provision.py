@@ -8,7 +8,7 @@ import time
 
 from fabric import task
 
-from .core import facts, ops, ui
+from .core import facts, ops, systems, ui
 from .core.edge import open_host, task_edge
 from .core.errors import RemoteError, UsageError
 from .core.ops import AdminRequest, Provisioner
@@ -61,6 +61,9 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     host.sudo_mode  # noqa: B018 - fails early, in words, when root cannot be had
     found = facts.provision_facts(host, profile, email or "")
     check_host(profile, found)
+    warning = systems.support_warning(found.os_id, found.os_version)
+    if warning:
+        ui.warn(warning)
     if not email and not found.db_users:
         raise UsageError(f"no admin to create: set label_studio.admin_email in {profile.source if profile.source.endswith('.yaml') else f'configs/{host.alias}.yaml'} "
                          "or LABEL_STUDIO_USERNAME")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from .core import catalog, facts, ops, parse, ui
+from .core import catalog, facts, ops, parse, systems, ui
 from .core.ui import human_bytes
 from .core.commands import q
 from .core.edge import open_host, task_edge
@@ -60,6 +60,9 @@ def status(c, config=None):
     for key, value in status_rows(host.alias, sudo_mode, st, profile.service.manager, last):
         table.add_row(key, value)
     ui.out.print(table)
+    warning = systems.support_warning(st.os_id, st.os_version)
+    if warning:
+        ui.warn(warning)
 
 
 def _require_provisioned(st: HostStatus, alias: str) -> None:

@@ -38,6 +38,14 @@ def lines(*commands: str) -> str:
 SUDO_CHECK = "sudo -n true"
 
 
+def as_service_user(profile: Profile, *words: Arg) -> str:
+    """A command run by root as the service user, in the data dir with HOME there: never in the SSH
+    user's working directory, which Debian 13 (0700) and Ubuntu (0750) homes close to other users and
+    which Label Studio probes at import."""
+    data_dir = profile.remote.data_dir
+    return join("runuser", "-u", profile.service.user, "--", "env", "-C", data_dir, f"HOME={data_dir}", *words)
+
+
 def _show(unit: str, props: Iterable[str]) -> str:
     return f"systemctl show --no-pager -p {','.join(props)} {q(unit)} 2>/dev/null || true"
 
@@ -58,13 +66,27 @@ def health_probe(port: int, host_header: str, path: str = "/health", timeout: in
     return join("python3", "-c", code, f"http://127.0.0.1:{int(port)}{path}", host_header)
 
 
+# `os=`, `os_id=` and `os_version=` lines from /etc/os-release (read by `.`: it is shell syntax).
+OS_RELEASE = (
+    ". /etc/os-release 2>/dev/null; echo \"os=${PRETTY_NAME:-unknown}\"",
+    "echo \"os_id=${ID:-}\"; echo \"os_version=${VERSION_ID:-}\"",
+)
+
+
+def screen_probe(profile: Profile) -> str:
+    """`screen=yes` when the service user's screen session runs, else `screen=no`."""
+    return (f"if command -v screen >/dev/null && [ -d {q(profile.remote.data_dir)} ] && "
+            f"{as_service_user(profile, 'screen', '-ls', profile.service.name)} >/dev/null 2>&1; "
+            "then echo screen=yes; else echo screen=no; fi")
+
+
 def status_probe(profile: Profile) -> str:
     """One script that reads every status fact in a single round trip, as `[section]` + key=value lines."""
     p = profile.remote
     svc = f"{profile.service.name}.service"
     return lines(
         "echo '[host]'",
-        ". /etc/os-release 2>/dev/null; echo \"os=${PRETTY_NAME:-unknown}\"",
+        *OS_RELEASE,
         "echo \"kernel=$(uname -r)\"",
         "echo \"python3=$(python3 -c 'import platform;print(platform.python_version())' 2>/dev/null)\"",
         "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
@@ -76,8 +98,7 @@ def status_probe(profile: Profile) -> str:
         f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
         f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
         f"if [ -e {q(p.nginx_site_enabled)} ]; then echo nginx_site=yes; else echo nginx_site=no; fi",
-        f"if command -v screen >/dev/null && runuser -u {q(profile.service.user)} -- screen -ls "
-        f"{q(profile.service.name)} >/dev/null 2>&1; then echo screen=yes; else echo screen=no; fi",
+        screen_probe(profile),
         "echo '[service]'",
         _show(svc, UNIT_PROPERTIES),
         "echo '[nginx]'",
@@ -123,6 +144,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "echo '[packages]'",
         f"dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {' '.join(ALL_PACKAGES)} 2>/dev/null || true",
         "echo '[host]'",
+        *OS_RELEASE,
         "echo \"python3=$(python3 -c 'import platform;print(platform.python_version())' 2>/dev/null)\"",
         "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
         "if [ \"$(cat /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null)\" = 0 ] && "
@@ -136,8 +158,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         f"if [ -e {q(p.database)} ]; then echo db=yes; else echo db=no; fi",
         f"echo \"site_enabled=$(readlink {q(p.nginx_site_enabled)} 2>/dev/null)\"",
         "if [ -e /etc/nginx/sites-enabled/default ]; then echo default_site=yes; else echo default_site=no; fi",
-        f"if command -v screen >/dev/null && runuser -u {q(user)} -- screen -ls "
-        f"{q(profile.service.name)} >/dev/null 2>&1; then echo screen=yes; else echo screen=no; fi",
+        screen_probe(profile),
         "echo '[files]'",
         sha_line("env_file", p.env_file),
         sha_line("unit_file", p.unit_file),

@@ -39,6 +39,8 @@ class UnitState:
 @dataclass(frozen=True)
 class HostStatus:
     os: str
+    os_id: str
+    os_version: str
     kernel: str
     python3: str | None
     systemd: bool
@@ -76,6 +78,8 @@ def status_from_probe(text: str) -> HostStatus:
     health = s.get("health", {})
     return HostStatus(
         os=h.get("os", "unknown"),
+        os_id=h.get("os_id", ""),
+        os_version=h.get("os_version", ""),
         kernel=h.get("kernel", ""),
         python3=h.get("python3") or None,
         systemd=h.get("systemd") == "yes",
@@ -99,6 +103,8 @@ class ProvisionFacts:
     """What provision compares against: read in one round trip, parsed here, never changed here."""
 
     installed_packages: frozenset[str]
+    os_id: str
+    os_version: str
     python3: str | None
     systemd: bool
     ipv6: bool
@@ -130,6 +136,8 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
     ufw_active, ufw_allowed = parse.ufw_status(b.get("ufw", []))
     return ProvisionFacts(
         installed_packages=frozenset(parse.dpkg_installed(b.get("packages", []))),
+        os_id=h.get("os_id", ""),
+        os_version=h.get("os_version", ""),
         python3=h.get("python3") or None,
         systemd=h.get("systemd") == "yes",
         ipv6=h.get("ipv6") == "yes",

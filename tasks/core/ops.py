@@ -361,13 +361,13 @@ def screen_start_command(profile: Profile) -> str:
     user = profile.service.user
     return (f"install -d -m 0700 -o {q(user)} -g {q(user)} /run/screen/S-{q(user)} 2>/dev/null; "
             f"touch {q(p.screen_log)} && chown {q(user)}:{q(user)} {q(p.screen_log)} && chmod 0600 {q(p.screen_log)} && "
-            f"runuser -u {q(user)} -- screen -dmS {q(profile.service.name)} -L -Logfile {q(p.screen_log)} "
-            f"{q(p.screen_launcher)}")
+            + commands.as_service_user(profile, "screen", "-dmS", profile.service.name, "-L", "-Logfile",
+                                       p.screen_log, p.screen_launcher))
 
 
 def screen_quit_command(profile: Profile) -> str:
-    return (f"runuser -u {q(profile.service.user)} -- screen -S {q(profile.service.name)} -X quit "
-            ">/dev/null 2>&1 || true")
+    return (commands.as_service_user(profile, "screen", "-S", profile.service.name, "-X", "quit")
+            + " >/dev/null 2>&1 || true")
 
 
 def service_command(profile: Profile, verb: str) -> str:
@@ -466,8 +466,7 @@ def ensure_admin(host: Host, profile: Profile, admin: AdminRequest) -> str:
         upload_bytes(host, ENSURE_ADMIN_SCRIPT.read_bytes(), script_path)
         output = host.run(
             f"set -a; . {q(p.env_file)}; set +a; "
-            f"runuser -u {q(profile.service.user)} -- env HOME={q(p.data_dir)} "
-            f"{q(p.venv_python)} -c \"$(cat {q(script_path)})\" < {q(secret)}",
+            f"{commands.as_service_user(profile, p.venv_python, '-c')} \"$(cat {q(script_path)})\" < {q(secret)}",
             sudo=True, check=False, what="creating the admin user",
         )
     results = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]

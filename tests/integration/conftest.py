@@ -1,4 +1,7 @@
-"""The real test VM: a Debian 12 container with systemd and sshd, reached over SSH on 127.0.0.1.
+"""The real test VMs: Debian 12 and Debian 13 containers with systemd and sshd, reached over SSH on
+127.0.0.1. Every VM fixture is parametrized by the Debian suite, so each integration test runs on both
+systems (pytest groups the tests by suite: one system's VMs are gone before the next one's start).
+`LSVM_TEST_SUITES=trixie` narrows a local run to one system.
 
 Tests call `fab` as a subprocess with an ssh_config of their own (never the developer's ~/.ssh/config,
 and with HOME pointed at a temporary folder), exactly as a user does.
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testvm.image import build_image
+from tests.testvm.image import SUITES, build_image
 from tests.testvm.machine import (
     NOPASSWD_USER, PASSWORD_USER, PASSWORD_USER_SUDO_PASSWORD, TestVM, make_key, start_vm,
 )
@@ -31,11 +34,31 @@ def _docker_answers() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
+def _suites() -> list[str]:
+    chosen = os.environ.get("LSVM_TEST_SUITES", "").replace(",", " ").split() or list(SUITES)
+    unknown = [s for s in chosen if s not in SUITES]
+    if unknown:
+        raise pytest.UsageError(f"LSVM_TEST_SUITES: unknown suite(s) {unknown} (known: {', '.join(SUITES)})")
+    return chosen
+
+
+# The SSH user's home mode on each system: Debian 13 creates homes 0700 (HOME_MODE in login.defs),
+# Debian 12 0755. Label Studio must never run from there.
+DEFAULT_HOME_MODE = {"bookworm": "755", "trixie": "700"}
+# Ubuntu 22.04/24.04 create homes 0750: the Debian 12 screen-mode VM gets that mode to prove the case.
+UBUNTU_HOME_MODE = "750"
+
+
+@pytest.fixture(scope="session", params=_suites())
+def suite(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def vm_image() -> str:
+def vm_image(suite: str) -> str:
     if not _docker_answers():
         pytest.skip("no Docker engine answers (start dockerd, or run `bash .ci/run`)")
-    return build_image()
+    return build_image(suite)
 
 
 @pytest.fixture(scope="session")
@@ -104,17 +127,22 @@ class ProvisionedVM:
     fab: Fab
     profile: Path
     first_run: subprocess.CompletedProcess
+    suite: str
+    login_home_mode: str  # of the SSH user who provisioned, as `stat -c %a` prints it
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.vm.http_port}"
 
 
-def _provisioned(vm_image: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
-                 env: dict | None = None) -> ProvisionedVM:
+def _provisioned(vm_image: str, suite: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
+                 env: dict | None = None, login_home_mode: str | None = None) -> ProvisionedVM:
     keys = home / "keys"
     keys.mkdir(mode=0o700, exist_ok=True)
     vm = start_vm(vm_image, make_key(keys))
+    login = PASSWORD_USER if user_host == "vm-student" else NOPASSWD_USER
+    if login_home_mode:
+        vm.exec(f"chmod {login_home_mode} /home/{login}")
     profile = home / f"{name}.yaml"
     profile.write_text(
         f"public_url: http://127.0.0.1:{vm.http_port}\n"
@@ -122,34 +150,37 @@ def _provisioned(vm_image: str, home: Path, name: str, user_host: str, extra_yam
     )
     fab = Fab(vm, home, env={"LSVM_CONFIG": str(profile)})
     first = fab("provision", host=user_host, env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD, **(env or {})})
-    return ProvisionedVM(vm, fab, profile, first)
+    mode = vm.exec(f"stat -c %a /home/{login}").stdout.decode().strip()
+    return ProvisionedVM(vm, fab, profile, first, suite, mode)
 
 
 @pytest.fixture(scope="session")
-def provisioned(vm_image: str, tmp_path_factory):
-    """systemd mode, provisioned by the passwordless-sudo user."""
-    home = tmp_path_factory.mktemp("home-provisioned")
-    machine = _provisioned(vm_image, home, "provisioned", "vm")
+def provisioned(vm_image: str, suite: str, tmp_path_factory):
+    """systemd mode, provisioned by the passwordless-sudo user (home as the system makes it)."""
+    home = tmp_path_factory.mktemp(f"home-provisioned-{suite}")
+    machine = _provisioned(vm_image, suite, home, "provisioned", "vm")
     yield machine
     machine.vm.stop()
 
 
 @pytest.fixture(scope="session")
-def data_vm(vm_image: str, tmp_path_factory):
+def data_vm(vm_image: str, suite: str, tmp_path_factory):
     """systemd mode, for the data tasks (their own VM: they replace its database many times)."""
-    home = tmp_path_factory.mktemp("home-data")
-    machine = _provisioned(vm_image, home, "data", "vm")
+    home = tmp_path_factory.mktemp(f"home-data-{suite}")
+    machine = _provisioned(vm_image, suite, home, "data", "vm")
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     yield machine
     machine.vm.stop()
 
 
 @pytest.fixture(scope="session")
-def screen_provisioned(vm_image: str, tmp_path_factory):
-    """screen mode, provisioned by the user whose sudo needs a password."""
-    home = tmp_path_factory.mktemp("home-screen")
-    machine = _provisioned(vm_image, home, "screen", "vm-student", "service:\n  manager: screen\n",
-                           env={"FABRIC_SUDO_PASSWORD": PASSWORD_USER_SUDO_PASSWORD})
+def screen_provisioned(vm_image: str, suite: str, tmp_path_factory):
+    """screen mode, provisioned by the user whose sudo needs a password; on Debian 12 that user's
+    home is 0750 as Ubuntu makes it."""
+    home = tmp_path_factory.mktemp(f"home-screen-{suite}")
+    machine = _provisioned(vm_image, suite, home, "screen", "vm-student", "service:\n  manager: screen\n",
+                           env={"FABRIC_SUDO_PASSWORD": PASSWORD_USER_SUDO_PASSWORD},
+                           login_home_mode=UBUNTU_HOME_MODE if suite == "bookworm" else None)
     machine.fab.env["FABRIC_SUDO_PASSWORD"] = PASSWORD_USER_SUDO_PASSWORD
     yield machine
     machine.vm.stop()

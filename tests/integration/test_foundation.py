@@ -24,16 +24,42 @@ def assert_one_line_error(result, *words: str, code: int | None = None):
         assert word in lines[0], lines[0]
 
 
-def test_status_with_passwordless_sudo(fab):
+SYSTEMS = {"bookworm": ("Debian GNU/Linux 12 (bookworm)", "3.11"), "trixie": ("Debian GNU/Linux 13 (trixie)", "3.13")}
+
+
+def test_status_with_passwordless_sudo(fab, suite):
     result = fab("status")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert re.search(r"os\s+Debian GNU/Linux 12 \(bookworm\)", out)
+    system, python = SYSTEMS[suite]
+    assert re.search(rf"os\s+{re.escape(system)}", out)
+    assert "not tested" not in result.stderr  # both Debian releases are
     assert re.search(r"sudo\s+passwordless", out)
     assert re.search(r"systemd\s+yes", out)
-    assert re.search(r"python3\s+3\.11\.\d+", out)
+    assert re.search(rf"python3\s+{re.escape(python)}\.\d+", out)
     assert re.search(r"free disk\s+[\d.]+ (GiB|MiB|TiB) on /", out)
     assert re.search(r"label studio\s+not provisioned", out)
+
+
+UBUNTU_OS_RELEASE = """\
+PRETTY_NAME="Ubuntu 24.04.1 LTS"
+NAME="Ubuntu"
+VERSION_ID="24.04"
+ID=ubuntu
+ID_LIKE=debian
+"""
+
+
+def test_status_warns_on_a_system_that_is_not_tested(fab, vm):
+    vm.exec("mv /etc/os-release /etc/os-release.lsvm-test && cat > /etc/os-release",
+            input=UBUNTU_OS_RELEASE.encode())
+    try:
+        result = fab("status")
+    finally:
+        vm.exec("mv -f /etc/os-release.lsvm-test /etc/os-release")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"os\s+Ubuntu 24\.04\.1 LTS", result.stdout)
+    assert "warning: Ubuntu 24.04 is expected to work but is not tested" in result.stderr
 
 
 def test_status_with_sudo_password_from_environment(fab, sudo_password):

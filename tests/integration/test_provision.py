@@ -1,4 +1,4 @@
-"""`fab provision` on a bare Debian 12 VM, proven through nginx with the real label-studio from PyPI.
+"""`fab provision` on a bare Debian 12 / 13 VM, proven through nginx with the real label-studio from PyPI.
 
 The tests share one provisioned VM and run in file order; the reboot test comes last.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DEFAULT_HOME_MODE
 from tests.integration.lsclient import LabelStudio, wait_for_health
 
 MANAGED = [
@@ -34,6 +34,8 @@ def vm_fingerprint(vm) -> str:
 
 
 def test_fresh_provision_serves_label_studio_through_nginx(provisioned):
+    # The SSH user's home is as the system makes it (0700 on Debian 13: Label Studio cannot read it).
+    assert provisioned.login_home_mode == DEFAULT_HOME_MODE[provisioned.suite]
     result = provisioned.first_run
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, UBUNTU_HOME_MODE
 from tests.integration.lsclient import LabelStudio, wait_for_health
 from tests.testvm.image import PASSWORD_USER_SUDO_PASSWORD
 
 
 def test_provision_in_screen_mode_with_a_sudo_password(screen_provisioned):
+    # Neither the admin script nor screen may start in the SSH user's home: 0750 (Ubuntu's mode, on
+    # Debian 12) or 0700 (Debian 13's) closes it to the service user.
+    expected = UBUNTU_HOME_MODE if screen_provisioned.suite == "bookworm" else "700"
+    assert screen_provisioned.login_home_mode == expected
     result = screen_provisioned.first_run
     assert result.returncode == 0, result.stdout + result.stderr
     assert "started screen session label-studio" in result.stdout

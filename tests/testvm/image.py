@@ -1,4 +1,4 @@
-"""Build the Debian 12 "VM" image the tests (and `make demo`) run: Debian packages only, no registry.
+"""Build the Debian "VM" images the tests (and `make demo`) run: Debian packages only, no registry.
 
 debootstrap -> `docker import` gives a base image; a small Dockerfile on top adds systemd as PID 1,
 sshd, the two login users and this network's CA bundle. Both images are tagged by a hash of their
@@ -15,7 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-SUITE = "bookworm"
+# The systems the suite proves the toolkit on: Debian suite -> image name.
+SUITES = {"bookworm": "debian12", "trixie": "debian13"}
+DEFAULT_SUITE = "bookworm"
 BASE_PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,sudo,python3,ca-certificates,procps,iproute2"
 )
@@ -66,11 +68,12 @@ def _ca_bundle() -> bytes:
     return HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.exists() else b""
 
 
-def image_tags(mirror: str | None = None) -> tuple[str, str]:
+def image_tags(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> tuple[str, str]:
     """(base tag, final tag), each named by a hash of what goes into it."""
     mirror = mirror or host_mirror()
-    base = f"lsvm-debian12-base:{_digest(SUITE, BASE_PACKAGES, mirror)}"
-    final = f"lsvm-debian12:{_digest(base, DOCKERFILE, _ca_bundle())}"
+    name = SUITES[suite]
+    base = f"lsvm-{name}-base:{_digest(suite, BASE_PACKAGES, mirror)}"
+    final = f"lsvm-{name}:{_digest(base, DOCKERFILE, _ca_bundle())}"
     return base, final
 
 
@@ -84,20 +87,22 @@ def _log(message: str) -> None:
     print(f"[testvm] {message}", file=sys.stderr, flush=True)
 
 
-def build_image(mirror: str | None = None) -> str:
-    """Build (or reuse) the test VM image and return its tag."""
+def build_image(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> str:
+    """Build (or reuse) the test VM image of a Debian suite and return its tag."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     mirror = mirror or host_mirror()
-    base, final = image_tags(mirror)
+    base, final = image_tags(suite, mirror)
     if _image_exists(final):
         return final
     if not _image_exists(base):
         if not shutil.which("debootstrap"):
             raise RuntimeError("debootstrap is not installed (apt-get install debootstrap)")
         with tempfile.TemporaryDirectory(prefix="lsvm-rootfs-") as rootfs:
-            _log(f"debootstrap {SUITE} from {mirror} (about a minute)")
+            _log(f"debootstrap {suite} from {mirror} (about a minute)")
             subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
-                 SUITE, rootfs, mirror],
+                 suite, rootfs, mirror],
                 check=True, stdout=subprocess.DEVNULL,
             )
             # Caches and host-specific files have no place in an image.
@@ -120,4 +125,5 @@ def build_image(mirror: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    print(build_image())
+    for name in sys.argv[1:] or [DEFAULT_SUITE]:
+        print(build_image(name))

@@ -106,8 +106,10 @@ direct=200 {"status": "UP"}
 
 
 def test_bare_host_is_not_provisioned():
-    st = status_from_probe(RECORDED_BARE)
+    st = status_from_probe(RECORDED_BARE.replace("os=Debian GNU/Linux 12 (bookworm)\n",
+                                                 "os=Debian GNU/Linux 12 (bookworm)\nos_id=debian\nos_version=12\n"))
     assert st.os == "Debian GNU/Linux 12 (bookworm)"
+    assert (st.os_id, st.os_version) == ("debian", "12")
     assert st.python3 == "3.11.2"
     assert st.systemd is True
     assert st.disk_free == 85149323264 and st.disk_mount == "/"
@@ -144,3 +146,22 @@ def test_status_probe_is_valid_shell():
 
     script = commands.status_probe(Profile(host="vm", server_name="x.example.org"))
     assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
+
+
+@pytest.mark.parametrize("os_id, version, words", [
+    ("debian", "12", None),
+    ("debian", "13", None),
+    ("ubuntu", "24.04", "Ubuntu 24.04 is expected to work but is not tested"),
+    ("ubuntu", "22.04", "Ubuntu 22.04 is expected to work but is not tested"),
+    ("debian", "11", "debian 11 is not a system this toolkit is tested on"),
+    ("fedora", "41", "fedora 41 is not a system this toolkit is tested on"),
+    ("", "", "this system is not a system this toolkit is tested on"),
+])
+def test_untested_systems_get_a_warning(os_id, version, words):
+    from tasks.core import systems
+
+    warning = systems.support_warning(os_id, version)
+    if words is None:
+        assert warning is None
+    else:
+        assert warning.startswith(words) and "Debian 12 (bookworm) and Debian 13 (trixie)" in warning

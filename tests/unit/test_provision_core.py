@@ -132,8 +132,27 @@ def test_provision_probe_is_valid_shell():
 
 def test_screen_commands_quote_and_run_as_the_service_user():
     start = ops.screen_start_command(PROFILE)
-    assert "runuser -u labelstudio -- screen -dmS label-studio" in start
+    assert ("runuser -u labelstudio -- env -C /var/lib/label-studio HOME=/var/lib/label-studio "
+            "screen -dmS label-studio") in start
     assert re.search(r"install -d -m 0700 .* /run/screen/S-labelstudio", start)
+
+
+def test_service_user_commands_start_in_the_data_dir_never_the_login_cwd(tmp_path):
+    """Debian 13 homes are 0700: whatever runs as the service user must not inherit the SSH user's cwd."""
+    import os
+
+    profile = dataclasses.replace(PROFILE, paths=dataclasses.replace(PROFILE.paths, data_dir=str(tmp_path)))
+    line = commands.as_service_user(profile, "sh", "-c", 'pwd; echo "$HOME"')
+    assert line.startswith("runuser -u labelstudio -- ")
+    # Run what follows `runuser -u USER --` here (as ourselves) from an unreadable cwd.
+    words = line.split(" -- ", 1)[1]
+    closed = tmp_path / "closed-home"
+    closed.mkdir(mode=0o000)
+    try:
+        result = subprocess.run(["sh", "-c", words], cwd=closed, capture_output=True, text=True)
+    finally:
+        os.chmod(closed, 0o700)
+    assert result.stdout.split() == [str(tmp_path), str(tmp_path)], result.stderr
 
 
 @pytest.mark.parametrize("lines, expected", [
