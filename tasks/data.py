@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from fabric import Connection, task
+from fabric import task
 from rich.table import Table
 
-from .core import catalog, snapshots, sqlite, ui
+from .core import catalog, local, snapshots, sqlite, ui
 from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
-from .core.edge import open_host, task_edge
+from .core.defaults import SWAP_HEALTH_TIMEOUT
+from .core.edge import CONFIG_HELP, confirm, host_alias, open_host, profile_for, task_edge
 from .core.errors import SnapshotError, UsageError
-from .core.profile import backups_root, load_profile
+from .core.profile import backups_root
 from .core.restore import replace_server_data
-from .service import CONFIG_HELP
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
 YES_HELP = "do not ask for confirmation"
-HEALTH_HELP = "seconds to wait for /health after the swap before rolling back (default 300)"
-LAST_INSTALL = "last-install.json"
-
-
-def confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"{question} — no terminal to ask: add --yes to go ahead")
-    if not ui.err.input(f"{question} [y/N] ").strip().lower().startswith("y"):
-        raise UsageError("cancelled; nothing was changed")
+HEALTH_HELP = f"seconds to wait for /health after the swap before rolling back (default {SWAP_HEALTH_TIMEOUT})"
 
 
 def counts_text(counts: dict | None) -> str:
@@ -58,9 +45,8 @@ def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
 def backup(c, config=None, label=None, no_media=False):
     """Snapshot the server (DB via SQLite online backup, .env, media) into backups/<host>/<UTC time>/."""
     label = catalog.check_label(label)
-    profile, host = open_host(c, config)
-    host.sudo_mode  # noqa: B018 - fail early, in words
-    with snapshots.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "backup"):
+    profile, host = open_host(c, config, sudo=True)
+    with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "backup"):
         snapshot = snapshots.take_server_snapshot(host, profile, label=label, media=not no_media)
     report_snapshot(snapshot)
 
@@ -70,8 +56,8 @@ def backup(c, config=None, label=None, no_media=False):
 def backups(c, config=None, verify=False):
     """List snapshots (per host, or only -H's) with time, label, version, size, counts and state."""
     root = backups_root()
-    if isinstance(c, Connection):
-        hosts = [load_profile(getattr(c, "original_host", None) or c.host, config).backups_dir(root)]
+    if host_alias(c):
+        hosts = [profile_for(c, config, LOCAL_HOST).backups_dir(root)]
     else:
         hosts = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     shown = 0
@@ -89,7 +75,7 @@ def backups(c, config=None, verify=False):
                 state = "[bad]incomplete[/bad]"
             elif verify:
                 try:
-                    snapshots.verify_snapshot(s)
+                    local.verify_snapshot(s)
                     state = "[ok]verified now[/ok]"
                 except SnapshotError as exc:
                     state = f"[bad]{exc.message}[/bad]"
@@ -112,17 +98,13 @@ def backups(c, config=None, verify=False):
 @task_edge
 def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False):
     """Delete old snapshots by a keep-last/daily/weekly rule (shows the plan first; keeps the newest verified)."""
-    if isinstance(c, Connection):
-        profile = load_profile(getattr(c, "original_host", None) or c.host, config)
-        host_dir = profile.backups_dir(backups_root())
-    else:
-        profile = load_profile(LOCAL_HOST, config)
-        host_dir = backups_root() / LOCAL_HOST
+    profile = profile_for(c, config, LOCAL_HOST)
+    host_dir = profile.backups_dir(backups_root())
     rule = {name: int(value) if value is not None else getattr(profile.backup, name)
             for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily), ("keep_weekly", keep_weekly))}
     if any(v < 0 for v in rule.values()):
         raise UsageError("keep counts must be 0 or more")
-    with snapshots.local_lock(host_dir):
+    with local.local_lock(host_dir):
         plan = catalog.retention_plan(catalog.list_snapshots(host_dir), **rule)
         ui.out.print(f"prune {host_dir} (keep last {rule['keep_last']}, daily {rule['keep_daily']}, "
                      f"weekly {rule['keep_weekly']})")
@@ -136,8 +118,7 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
         if dry_run:
             ui.out.print(f"{len(plan.delete)} snapshot(s) would be deleted (dry run: nothing deleted)")
             return
-        for s in plan.delete:
-            shutil.rmtree(s.path)
+        catalog.delete_snapshots(plan.delete)
         ui.step(True, f"deleted {len(plan.delete)} snapshot(s), kept {len(plan.keep)}")
 
 
@@ -152,9 +133,9 @@ def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: 
     if snapshot_id:
         pool = catalog.list_snapshots(host_dir) + catalog.list_snapshots(backups_root() / LOCAL_HOST)
         chosen = catalog.find_snapshot(pool, snapshot_id)
-        return chosen, f"snapshot {chosen.id}", snapshots.verify_snapshot(chosen)["counts"]
-    data_dir = snapshots.local_data_dir(local_data_dir)
-    staged, report = snapshots.snapshot_local_data(data_dir, staging, label="push", media=with_media)
+        return chosen, f"snapshot {chosen.id}", local.verify_snapshot(chosen)["counts"]
+    data_dir = local.local_data_dir(local_data_dir)
+    staged, report = local.snapshot_local_data(data_dir, staging, label="push", media=with_media)
     if staged is None:
         raise SnapshotError(f"no Label Studio database in {data_dir}", hint="--local-data-dir names another")
     problem = sqlite.describe_problem(report)
@@ -169,11 +150,10 @@ def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: 
             "health-timeout": HEALTH_HELP})
 @task_edge
 def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dry_run=False,
-                  local_data_dir=None, health_timeout=300):
+                  local_data_dir=None, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
-    profile, host = open_host(c, config)
-    host.sudo_mode  # noqa: B018
-    with snapshots.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
+    profile, host = open_host(c, config, sudo=True)
+    with local.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
         source, described, local_counts = _push_source(local_data_dir, snapshot, profile.backups_dir(),
                                                        Path(staging), with_media)
         files = [f for f in source.manifest.files
@@ -197,15 +177,14 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
 @task(help={"config": CONFIG_HELP, "snapshot": "the snapshot to restore (id or unique prefix; see `fab backups`)",
             "yes": YES_HELP, "health-timeout": HEALTH_HELP})
 @task_edge
-def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=300):
+def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Put a stored snapshot (DB, .env, media) back on the server, with the same safety as push."""
     if not snapshot:
         raise UsageError("which snapshot? --snapshot ID (see `fab -H HOST backups`)")
-    profile, host = open_host(c, config)
-    host.sudo_mode  # noqa: B018
-    with snapshots.local_lock(profile.backups_dir()):
+    profile, host = open_host(c, config, sudo=True)
+    with local.local_lock(profile.backups_dir()):
         chosen = catalog.find_snapshot(catalog.list_snapshots(profile.backups_dir()), snapshot)
-        report = snapshots.verify_snapshot(chosen)
+        report = local.verify_snapshot(chosen)
         server = snapshots.server_counts(host, profile)
         ui.out.print(f"restore {chosen.id} -> {host.alias}")
         ui.out.print(f"  server now: {counts_text(server)}")
@@ -223,30 +202,18 @@ def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=300)
 # ------------------------------------------------------------------------------------------------
 
 
-def _save_local(data_dir: Path, label: str, last_install: Path) -> Snapshot | None:
-    """Local data saved before it is replaced; marks it when it is an untouched copy of a pull."""
-    sha = snapshots.database_sha(data_dir / DATABASE)
-    installed = json.loads(last_install.read_text()) if last_install.is_file() else {}
-    pulled_copy = sha is not None and installed.get("sha256") == sha and installed.get("data_dir") == str(data_dir)
-    saved, _ = snapshots.snapshot_local_data(data_dir, backups_root(), label=label,
-                                             extra={"pulled_copy": pulled_copy})
-    if saved:
-        note = " (an untouched copy of an earlier pull)" if pulled_copy else ""
-        report_snapshot(saved, "local data saved as")
-        if note:
-            ui.out.print(f"  {note.strip()}")
-    else:
+def _save_local(data_dir: Path, label: str) -> None:
+    saved = local.save_local_data(data_dir, label)
+    if saved is None:
         ui.step(False, f"no local database in {data_dir} to save")
-    return saved
+        return
+    report_snapshot(saved, "local data saved as")
+    if saved.manifest.extra.get("pulled_copy"):
+        ui.out.print("  (an untouched copy of an earlier pull)")
 
 
-def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool, last_install: Path) -> None:
-    done = snapshots.install_local(chosen, data_dir, with_env=with_env)
-    record = {"sha256": chosen.manifest.file(DATABASE).sha256, "data_dir": str(data_dir), "snapshot": chosen.id,
-              "host": chosen.host}
-    catalog.private_dir(last_install.parent)
-    last_install.write_text(json.dumps(record) + "\n")
-    last_install.chmod(0o600)
+def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool) -> None:
+    done = local.install_snapshot_locally(chosen, data_dir, with_env=with_env)
     ui.step(True, f"installed {', '.join(done)} from {chosen.host}/{chosen.id} into {data_dir}")
 
 
@@ -256,18 +223,16 @@ def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool, last_inst
 def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
     """Server data -> your local Label Studio: server snapshot first, your local data saved first."""
     profile, host = open_host(c, config)
-    data_dir = snapshots.local_data_dir(local_data_dir)
-    snapshots.require_no_local_server(data_dir, force)
-    local_root = backups_root() / LOCAL_HOST
-    last_install = local_root / LAST_INSTALL
+    data_dir = local.local_data_dir(local_data_dir)
+    local.require_no_local_server(data_dir, force)
     confirm(f"replace the local Label Studio data in {data_dir} with {host.alias}'s? (it is saved first)", yes)
-    host.sudo_mode  # noqa: B018
-    with snapshots.local_lock(profile.backups_dir()), snapshots.local_lock(local_root):
+    host.check_sudo()
+    with local.local_lock(profile.backups_dir()), local.local_lock(backups_root() / LOCAL_HOST):
         with snapshots.server_lock(host, profile, "pull-server-db"):
             pulled = snapshots.take_server_snapshot(host, profile, label="pull")
         report_snapshot(pulled, "server snapshot")
-        _save_local(data_dir, "pre-pull", last_install)
-        _install_locally(pulled, data_dir, with_env=False, last_install=last_install)
+        _save_local(data_dir, "pre-pull")
+        _install_locally(pulled, data_dir, with_env=False)
     ui.out.print("restore-local puts your own data back (fab restore-local).")
 
 
@@ -277,24 +242,16 @@ def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
 @task_edge
 def restore_local(c, snapshot=None, yes=False, force=False, local_data_dir=None):
     """Put back the local data saved before the last pull (or any snapshot) into your local Label Studio."""
-    data_dir = snapshots.local_data_dir(local_data_dir)
-    snapshots.require_no_local_server(data_dir, force)
+    data_dir = local.local_data_dir(local_data_dir)
+    local.require_no_local_server(data_dir, force)
     local_root = backups_root() / LOCAL_HOST
-    last_install = local_root / LAST_INSTALL
-    with snapshots.local_lock(local_root):
-        own = catalog.list_snapshots(local_root)
+    with local.local_lock(local_root):
         if snapshot:
-            pool = own + [s for d in sorted(backups_root().iterdir()) if d.is_dir() and d.name != LOCAL_HOST
-                          for s in catalog.list_snapshots(d)]
-            chosen = catalog.find_snapshot(pool, snapshot)
+            chosen = catalog.find_snapshot(catalog.all_snapshots(backups_root(), first=LOCAL_HOST), snapshot)
         else:
-            candidates = [s for s in own if s.complete and s.label == "pre-pull"
-                          and not s.manifest.extra.get("pulled_copy")]
-            if not candidates:
-                raise SnapshotError("no local data saved by a pull to restore", hint="name one with --snapshot")
-            chosen = candidates[-1]
-        snapshots.verify_snapshot(chosen)
+            chosen = local.own_saved_data(local_root)
+        local.verify_snapshot(chosen)
         ui.out.print(f"restore-local {chosen.host}/{chosen.id} -> {data_dir} ({counts_text(chosen.manifest.counts)})")
         confirm(f"replace the local data in {data_dir}? (it is saved first)", yes)
-        _save_local(data_dir, "pre-restore", last_install)
-        _install_locally(chosen, data_dir, with_env=chosen.host == LOCAL_HOST, last_install=last_install)
+        _save_local(data_dir, "pre-restore")
+        _install_locally(chosen, data_dir, with_env=chosen.host == LOCAL_HOST)

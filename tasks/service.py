@@ -5,17 +5,16 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from .core import catalog, facts, ops, parse, systems, ui
-from .core.ui import human_bytes
-from .core.commands import q
-from .core.edge import open_host, task_edge
+from .core import catalog, facts, parse, systems, ui
+from .core.commands.service import ServiceManager, service_manager
+from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
 from .core.facts import HostStatus
+from .core.health import wait_for_health
+from .core.ui import human_bytes
 
-CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
 
-
-def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str,
+def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceManager,
                 last_backup: str | None = None) -> list[tuple[str, str]]:
     rows = [
         ("host", alias),
@@ -28,15 +27,11 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str
     if not st.provisioned:
         rows.append(("label studio", f"not provisioned (run: fab -H {alias} provision)"))
         return rows
-    if service_manager == "screen":
-        service = "running in screen" if st.screen_session else "no screen session"
-    else:
-        service = st.service.describe()
     code, body = parse.health(st.health_via_nginx)
     health = "UP" if st.healthy else (f"HTTP {code} {body[:60]}" if code else (body or "no answer"))
     rows += [
         ("label studio", st.label_studio_version or "not installed"),
-        ("service", service),
+        ("service", manager.describe(st)),
         ("nginx", st.nginx.describe()),
         ("health (via nginx)", health),
         ("database", human_bytes(st.db_size) if st.db_size is not None else "not created yet"),
@@ -50,28 +45,19 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, service_manager: str
 def status(c, config=None):
     """Show the server: OS, sudo, disk and, once provisioned, service, nginx, health, version, DB size."""
     profile, host = open_host(c, config)
-    sudo_mode = host.sudo_mode
+    sudo_mode = host.check_sudo()
     st = facts.host_status(host, profile)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    done = [s for s in catalog.list_snapshots(profile.backups_dir()) if s.complete]
-    last = f"{done[-1].id} ({human_bytes(done[-1].manifest.total_size)})" if done else None
-    for key, value in status_rows(host.alias, sudo_mode, st, profile.service.manager, last):
+    last = catalog.newest_complete(profile.backups_dir())
+    described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
+    for key, value in status_rows(host.alias, sudo_mode, st, service_manager(profile), described):
         table.add_row(key, value)
     ui.out.print(table)
     warning = systems.support_warning(st.os_id, st.os_version)
     if warning:
         ui.warn(warning)
-
-
-def _require_provisioned(st: HostStatus, alias: str) -> None:
-    if not st.provisioned:
-        raise RemoteError(f"Label Studio is not provisioned on {alias}", hint=f"run: fab -H {alias} provision")
-
-
-def _is_running(st: HostStatus, manager: str) -> bool:
-    return st.screen_session if manager == "screen" else st.service.running
 
 
 @task(help={"config": CONFIG_HELP, "lines": "how many lines to show (default 50)",
@@ -80,20 +66,17 @@ def _is_running(st: HostStatus, manager: str) -> bool:
 def logs(c, config=None, lines=50, follow=False):
     """Show Label Studio's log (journald, or the screen log in screen mode)."""
     profile, host = open_host(c, config)
-    if profile.service.manager == "screen":
-        command = f"tail -n {int(lines)} {'-F ' if follow else ''}{q(profile.remote.screen_log)}"
-    else:
-        unit = q(profile.service.name + ".service")
-        command = f"journalctl -u {unit} -n {int(lines)} --no-pager{' -f' if follow else ''}"
-    host.run(command, sudo=True, stream=True, what="reading the log")
+    host.run(service_manager(profile).logs(int(lines), follow=follow), sudo=True, stream=True,
+             what="reading the log")
 
 
 def _service_action(c, config, verb: str) -> None:
     profile, host = open_host(c, config)
     st = facts.host_status(host, profile)
-    _require_provisioned(st, host.alias)
-    manager = profile.service.manager
-    running = _is_running(st, manager)
+    if not st.provisioned:
+        raise RemoteError(f"Label Studio is not provisioned on {host.alias}", hint=f"run: fab -H {host.alias} provision")
+    manager = service_manager(profile)
+    running = manager.is_running(st)
     name = profile.service.name
     if verb == "start" and running:
         ui.step(False, f"{name} is already running")
@@ -101,9 +84,9 @@ def _service_action(c, config, verb: str) -> None:
     if verb == "stop" and not running:
         ui.step(False, f"{name} is already stopped")
         return
-    host.run(ops.service_command(profile, verb), sudo=True, what=f"{verb} {name}")
+    host.run(manager.command(verb), sudo=True, what=f"{verb} {name}")
     if verb != "stop":
-        ops.wait_for_health(host, profile, via_nginx=True)
+        wait_for_health(host, profile, via_nginx=True)
     done = {"start": "started", "stop": "stopped", "restart": "restarted"}[verb]
     ui.step(True, f"{done} {name}" + ("" if verb == "stop" else f"; {profile.url} answers /health"))
 

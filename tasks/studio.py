@@ -4,33 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from fabric import Connection, task
-from invoke import Collection
+from fabric import task
 
 from .core import studio, ui
-from .core.edge import task_edge
-from .core.errors import RemoteError, UsageError
-from .core.ops import validate_admin_password
-from .core.profile import _email
+from .core.defaults import LABEL_STUDIO_VERSION as DEFAULT_VERSION
+from .core.edge import ask, local_only, task_edge, validate_admin_password
+from .core.errors import UsageError
+from .core.profile import check_email
 from .core.studio import StudioPaths
 
-DEFAULT_VERSION = "1.23.2"
-
-
-def _local_only(c) -> None:
-    if isinstance(c, Connection):
-        raise UsageError("studio tasks run where you are (a Studio terminal): drop -H")
+STUDIO_TASKS = "studio tasks (a Studio terminal)"
 
 
 def _ask(prompt: str, secret: bool = False) -> str:
-    if not sys.stdin.isatty():
-        raise UsageError(f"missing {prompt.rstrip(': ').lower()}, and no terminal to ask for it")
-    return (ui.ask_secret(prompt) if secret else ui.err.input(prompt)).strip()
+    return ask(prompt, secret=secret, otherwise=f"missing {prompt.rstrip(': ').lower()}: pass it as an option")
 
 
 @task(help={"region": "AWS region, e.g. eu-west-2 (taken from the URL when it has one)",
@@ -41,11 +31,11 @@ def _ask(prompt: str, secret: bool = False) -> str:
 @task_edge
 def bootstrap(c, region=None, studio_url=None, username=None, version=DEFAULT_VERSION, home=None, port=8080):
     """Set up Label Studio in SageMaker Studio: env (conda or venv), env files, launcher. Idempotent."""
-    _local_only(c)
+    local_only(c, STUDIO_TASKS)
     paths = StudioPaths(Path(home or os.path.expanduser("~")))
     target = studio.parse_studio_url(studio_url or _ask("Studio URL or token: "), region)
     username = username or studio.read_env_value(paths.static_env, "LABEL_STUDIO_USERNAME") or _ask("Label Studio email: ")
-    if _email(username):
+    if check_email(username):
         raise UsageError(f"'{username}' is not an email address")
     password = (os.environ.get("LABEL_STUDIO_PASSWORD")
                 or studio.read_env_value(paths.static_env, "LABEL_STUDIO_PASSWORD")
@@ -73,7 +63,7 @@ def bootstrap(c, region=None, studio_url=None, username=None, version=DEFAULT_VE
 @task_edge
 def session(c, studio_url=None, region=None, home=None, port=8080):
     """Point session.env at a new Studio URL (when Studio hands out a new token)."""
-    _local_only(c)
+    local_only(c, STUDIO_TASKS)
     if not studio_url:
         raise UsageError("--studio-url is required")
     paths = StudioPaths(Path(home or os.path.expanduser("~")))
@@ -89,7 +79,7 @@ def session(c, studio_url=None, region=None, home=None, port=8080):
 @task_edge
 def iam_policy(c, region=None, account_id=None, domain_id=None, user_profile=None, out=None, trust=False):
     """Print the customer-managed IAM policy that lets your profile create Studio apps (or --trust)."""
-    _local_only(c)
+    local_only(c, STUDIO_TASKS)
     if trust:
         policy = studio.trust_policy()
     else:
@@ -111,36 +101,8 @@ def iam_policy(c, region=None, account_id=None, domain_id=None, user_profile=Non
 @task_edge
 def presigned_url(c, domain_id=None, user_profile=None, region=None):
     """Print a presigned Studio login URL (boto3 if installed, else the aws CLI)."""
-    _local_only(c)
+    local_only(c, STUDIO_TASKS)
     if not domain_id or not user_profile:
         raise UsageError("--domain-id and --user-profile are required")
     studio.check_iam_values(region or "us-east-1", "000000000000", domain_id, user_profile)
-    try:
-        import boto3  # type: ignore
-    except ImportError:
-        boto3 = None
-    if boto3 is not None:
-        client = boto3.client("sagemaker", region_name=region) if region else boto3.client("sagemaker")
-        try:
-            url = client.create_presigned_domain_url(DomainId=domain_id, UserProfileName=user_profile)["AuthorizedUrl"]
-        except Exception as exc:  # botocore's errors: credentials, permissions, network
-            raise RemoteError(f"AWS refused the presigned URL: {exc}") from None
-        print(url)
-        return
-    aws = shutil.which("aws")
-    if not aws:
-        raise UsageError("neither boto3 nor the aws CLI is installed",
-                         hint="pip install boto3, or install the AWS CLI")
-    command = [aws, "sagemaker", "create-presigned-domain-url", "--domain-id", domain_id,
-               "--user-profile-name", user_profile, "--query", "AuthorizedUrl", "--output", "text"]
-    if region:
-        command[1:1] = ["--region", region]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RemoteError(f"aws CLI failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
-    print(result.stdout.strip())
-
-
-ns = Collection("studio")
-for _task in (bootstrap, session, iam_policy, presigned_url):
-    ns.add_task(_task)
+    ui.out.print(studio.presigned_url(domain_id, user_profile, region), markup=False, highlight=False)

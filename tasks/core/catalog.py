@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,18 @@ def list_snapshots(host_dir: Path) -> list[Snapshot]:
     return sorted(found, key=lambda s: (s.created, s.id))
 
 
+def all_snapshots(root: Path, first: str) -> list[Snapshot]:
+    """Every host's snapshots under `root`, the `first` host's before the others'."""
+    hosts = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: (d.name != first, d.name)) \
+        if root.is_dir() else []
+    return [s for d in hosts for s in list_snapshots(d)]
+
+
+def newest_complete(host_dir: Path) -> Snapshot | None:
+    done = [s for s in list_snapshots(host_dir) if s.complete]
+    return done[-1] if done else None
+
+
 def find_snapshot(snapshots: list[Snapshot], wanted: str) -> Snapshot:
     """By full id, or by a unique prefix of it. Only complete snapshots can be chosen."""
     matches = [s for s in snapshots if s.id == wanted] or [s for s in snapshots if s.id.startswith(wanted)]
@@ -228,3 +241,27 @@ def retention_plan(snapshots: list[Snapshot], keep_last: int, keep_daily: int, k
     keep = [s for s in snapshots if s.id in reasons]
     delete = [s for s in snapshots if s.id not in reasons]
     return PrunePlan(keep, delete, reasons)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` in one rename (written and fsynced beside it first): a reader sees
+    the old file or the new one, never half of one. Its folder is made private when missing."""
+    private_dir(path.parent)
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(partial, mode)
+    os.replace(partial, path)
+
+
+def write_manifest(dest: Path, manifest: Manifest) -> None:
+    """Last, atomically: a snapshot without it is incomplete by definition."""
+    write_atomic(dest / MANIFEST, manifest.to_json().encode())
+
+
+def delete_snapshots(snapshots: list[Snapshot]) -> None:
+    for snapshot in snapshots:
+        shutil.rmtree(snapshot.path)

@@ -21,7 +21,6 @@ SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PA
 class Output:
     """What a remote command left behind."""
 
-    command: str
     exited: int
     stdout: str
     stderr: str
@@ -33,6 +32,12 @@ class Output:
     def last_line(self) -> str:
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
         return text[-1] if text else f"exit code {self.exited}"
+
+    def checked(self, what: str | None, alias: str) -> "Output":
+        """Itself when the command succeeded, else RemoteError naming the step and its last line."""
+        if not self.ok:
+            raise RemoteError(f"{what or 'command'} failed on {alias}: {self.last_line()}")
+        return self
 
 
 class Host:
@@ -53,7 +58,7 @@ class Host:
 
     def connect(self) -> None:
         """Open the SSH session now, so an unreachable host fails before anything else."""
-        with self._errors():
+        with self.errors():
             self.connection.open()
 
     def run(self, command: str, *, sudo: bool = False, check: bool = True,
@@ -61,7 +66,7 @@ class Host:
         """Run `command` (as root when `sudo`). `check` raises RemoteError on a non-zero exit.
         `stream` shows the output as it comes (for logs), instead of capturing it quietly."""
         options = dict(hide=not stream, warn=True, in_stream=False, timeout=timeout)
-        with self._errors():
+        with self.errors():
             if sudo and self.sudo_mode == "password":
                 result = self.connection.sudo(commands.sh(command), **options)
             else:
@@ -70,15 +75,13 @@ class Host:
         stderr = result.stderr
         if sudo and self.sudo_mode == "password":
             stderr = stderr.replace(self.connection.config.sudo.prompt, "")  # sudo -S echoes its prompt
-        output = Output(command, result.exited, result.stdout, stderr)
-        if check and not output.ok:
-            raise RemoteError(f"{what or 'command'} failed on {self.alias}: {output.last_line()}")
-        return output
+        output = Output(result.exited, result.stdout, stderr)
+        return output.checked(what, self.alias) if check else output
 
     @cached_property
     def sudo_mode(self) -> str:
         """'passwordless' or 'password'; raises SudoError when root cannot be had."""
-        with self._errors():
+        with self.errors():
             probe = self.connection.run(commands.SUDO_CHECK, hide=True, warn=True, in_stream=False)
         if probe.exited == 0:
             return "passwordless"
@@ -89,11 +92,16 @@ class Host:
                             hint="this toolkit needs a login with sudo rights")
         if not self.connection.config.sudo.password:
             raise SudoError(f"sudo on {self.alias} needs a password for '{user}'", hint=SUDO_PASSWORD_HINT)
-        with self._errors():
+        with self.errors():
             self.connection.sudo("true", hide=True, in_stream=False)
         return "password"
 
-    def _errors(self) -> "_ErrorTranslator":
+    def check_sudo(self) -> str:
+        """Root can be had (else SudoError, in words): 'passwordless' or 'password'."""
+        return self.sudo_mode
+
+    def errors(self) -> "_ErrorTranslator":
+        """A context in which socket, paramiko and invoke failures become our one-line errors."""
         return _ErrorTranslator(self)
 
 

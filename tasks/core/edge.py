@@ -1,9 +1,12 @@
-"""The task edge: where a @task meets the core. Expected failures become a one-line error and an exit code."""
+"""The task edge: where a @task meets the core. Expected failures become a one-line error and an exit
+code; the few things every task wrapper needs (which host, which profile, asking the user) live here."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import sys
 from typing import Callable
 
 from fabric import Connection
@@ -11,8 +14,11 @@ from invoke import Exit
 
 from . import ui
 from .connect import Host
+from .defaults import MIN_PASSWORD_LENGTH
 from .errors import ToolkitError, UsageError
-from .profile import Profile, load_profile
+from .profile import Profile, check_email, load_profile
+
+CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
 
 
 def task_edge(body: Callable) -> Callable:
@@ -32,11 +38,80 @@ def task_edge(body: Callable) -> Callable:
     return wrapper
 
 
-def open_host(c, config: str | None = None) -> tuple[Profile, Host]:
-    """Profile first (bad YAML never costs a connection), then a live SSH session."""
+# ------------------------------------------------------------------------------------------------
+# Which host, which profile
+
+
+def host_alias(c) -> str | None:
+    """The name the user gave with -H (an ssh_config alias or a host name), None without -H."""
     if not isinstance(c, Connection):
+        return None
+    return getattr(c, "original_host", None) or c.host
+
+
+def local_only(c, what: str) -> None:
+    if host_alias(c) is not None:
+        raise UsageError(f"{what} run where you are: drop -H")
+
+
+def profile_for(c, config: str | None, default_host: str) -> Profile:
+    """The profile of -H's host (or `default_host` without -H), without connecting."""
+    return load_profile(host_alias(c) or default_host, config)
+
+
+def open_host(c, config: str | None = None, *, sudo: bool = False) -> tuple[Profile, Host]:
+    """Profile first (bad YAML never costs a connection), then a live SSH session; with `sudo`, root
+    is checked at once so a task fails early, in words, when it cannot be had."""
+    alias = host_alias(c)
+    if alias is None:
         raise UsageError("this task runs against a server: name it with -H, for example `fab -H vm status`")
     host = Host(c)
-    profile = load_profile(host.alias, config)
+    profile = load_profile(alias, config)
     host.connect()
+    if sudo:
+        host.check_sudo()
     return dataclasses.replace(profile, address=c.host), host
+
+
+# ------------------------------------------------------------------------------------------------
+# Asking the user (only on a terminal; otherwise say what to pass instead)
+
+
+def ask(prompt: str, *, secret: bool = False, otherwise: str) -> str:
+    if not sys.stdin.isatty():
+        raise UsageError(f"no terminal to ask: {otherwise}")
+    return (ui.ask_secret(prompt) if secret else ui.err.input(prompt)).strip()
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on only after a yes (or --yes); anything else cancels with nothing changed."""
+    if yes:
+        return
+    answer = ask(f"{question} [y/N] ", otherwise=f"{question} — add --yes to go ahead")
+    if not answer.lower().startswith("y"):
+        raise UsageError("cancelled; nothing was changed")
+
+
+def validate_admin_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsageError(f"the admin password must have at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def ask_new_password(email: str) -> str:
+    """From LABEL_STUDIO_PASSWORD when set, else a hidden prompt asked twice; never from argv or YAML."""
+    password = os.environ.get("LABEL_STUDIO_PASSWORD")
+    if not password:
+        otherwise = f"set LABEL_STUDIO_PASSWORD in the environment for the password of {email}"
+        password = ask(f"Password for the Label Studio admin {email}: ", secret=True, otherwise=otherwise)
+        if ask("The same password again: ", secret=True, otherwise=otherwise) != password:
+            raise UsageError("the two passwords differ")
+    return validate_admin_password(password)
+
+
+def admin_email(profile: Profile) -> str | None:
+    """The admin to create: the profile's label_studio.admin_email, else LABEL_STUDIO_USERNAME."""
+    email = profile.label_studio.admin_email or os.environ.get("LABEL_STUDIO_USERNAME") or None
+    if email and check_email(email):
+        raise UsageError(f"LABEL_STUDIO_USERNAME '{email}' is not an email address")
+    return email

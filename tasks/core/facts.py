@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import commands, parse
+import base64
+import binascii
+
+from . import parse
+from .commands import probes
 from .connect import Host
 from .profile import Profile
 
@@ -51,11 +55,10 @@ class HostStatus:
     db_size: int | None
     unit_file: bool
     nginx_site: bool
-    screen_session: bool
+    screen_running: bool
     service: UnitState
     nginx: UnitState
     health_via_nginx: str | None
-    health_direct: str | None
 
     @property
     def provisioned(self) -> bool:
@@ -67,7 +70,7 @@ class HostStatus:
 
 
 def host_status(host: Host, profile: Profile) -> HostStatus:
-    output = host.run(commands.status_probe(profile), sudo=True, what="status probe")
+    output = host.run(probes.status_probe(profile), sudo=True, what="status probe")
     return status_from_probe(output.stdout)
 
 
@@ -90,11 +93,10 @@ def status_from_probe(text: str) -> HostStatus:
         db_size=parse.int_or_none(i.get("db_size")),
         unit_file=i.get("unit_file") == "yes",
         nginx_site=i.get("nginx_site") == "yes",
-        screen_session=i.get("screen") == "yes",
+        screen_running=i.get("screen") == "yes",
         service=UnitState.from_show(s.get("service", {})),
         nginx=UnitState.from_show(s.get("nginx", {})),
         health_via_nginx=health.get("via_nginx"),
-        health_direct=health.get("direct"),
     )
 
 
@@ -117,11 +119,10 @@ class ProvisionFacts:
     db_exists: bool
     db_users: int | None
     admin_exists: bool
-    db_error: str | None
     site_enabled_target: str
     default_site_enabled: bool
     screen_running: bool
-    file_sha: dict  # managed file key -> sha256 ("" when missing)
+    files: dict  # managed file key (probes.managed_files) -> its text on the server, None when missing
     service: UnitState
     nginx: UnitState
     sshd_ports: tuple[int, ...]
@@ -150,11 +151,10 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         db_exists=h.get("db") == "yes",
         db_users=parse.int_or_none(db.get("users")),
         admin_exists=db.get("admin") == "yes",
-        db_error=db.get("error"),
         site_enabled_target=h.get("site_enabled", ""),
         default_site_enabled=h.get("default_site") == "yes",
         screen_running=h.get("screen") == "yes",
-        file_sha=parse.key_values(b.get("files", [])),
+        files={key: _decoded(value) for key, value in parse.key_values(b.get("files", [])).items()},
         service=UnitState.from_show(parse.key_values(b.get("service", []))),
         nginx=UnitState.from_show(parse.key_values(b.get("nginx", []))),
         sshd_ports=tuple(parse.sshd_ports(b.get("sshd", []))),
@@ -163,11 +163,16 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
     )
 
 
+def _decoded(value: str) -> str | None:
+    """base64 from the probe -> text; `-` (missing) or garbage -> None."""
+    if value == "-":
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return None
+
+
 def provision_facts(host: Host, profile: Profile, admin_email: str) -> ProvisionFacts:
-    output = host.run(commands.provision_probe(profile, admin_email), sudo=True, what="provision probe")
+    output = host.run(probes.provision_probe(profile, admin_email), sudo=True, what="provision probe")
     return provision_facts_from_probe(output.stdout)
-
-
-def read_file(host: Host, path) -> str:
-    """A root-readable file's text, or "" when it does not exist (for diffs in plan mode)."""
-    return host.run(f"cat {commands.q(path)} 2>/dev/null || true", sudo=True).stdout

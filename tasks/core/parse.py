@@ -66,8 +66,8 @@ def sshd_ports(lines: list[str]) -> list[int]:
 
 
 def dist_info_version(path: str) -> str | None:
-    """`.../label_studio-1.23.2.dist-info` -> `1.23.2`."""
-    match = re.search(r"label_studio-([^/]+?)\.dist-info/?$", path or "")
+    """`.../label_studio-1.23.2.dist-info` -> `1.23.2`; None for anything that is not a plain version."""
+    match = re.search(r"label_studio-([0-9A-Za-z.+!_-]+?)\.dist-info/?$", path or "")
     return match.group(1) if match else None
 
 

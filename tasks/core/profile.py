@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from packaging.version import InvalidVersion, Version
 
+from . import defaults
 from .errors import ProfileError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def _nginx_size(value: str) -> str | None:
     return None if _NGINX_SIZE.match(value) else "must be an nginx size such as 200m, 1g or 512k"
 
 
-def _email(value: str | None) -> str | None:
+def check_email(value: str | None) -> str | None:
     return None if value is None or _EMAIL.match(value) else "must be an email address"
 
 
@@ -99,9 +100,9 @@ def _opt(default: Any, check=None) -> Any:
 
 @dataclass(frozen=True)
 class LabelStudioSettings:
-    version: str = _opt("1.23.2", _version)
-    port: int = _opt(8080, _port)
-    admin_email: str | None = _opt(None, _email)
+    version: str = _opt(defaults.LABEL_STUDIO_VERSION, _version)
+    port: int = _opt(defaults.LABEL_STUDIO_PORT, _port)
+    admin_email: str | None = _opt(None, check_email)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,11 @@ class ServiceSettings:
     manager: Literal["systemd", "screen"] = _opt("systemd")
     user: str = _opt("labelstudio", _unix_name)
     name: str = _opt("label-studio", _unix_name)
+
+    @property
+    def unit(self) -> str:
+        """The systemd unit (also used to name what the other manager must stop)."""
+        return f"{self.name}.service"
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,7 @@ class RemotePaths:
 @dataclass(frozen=True)
 class Profile:
     server_name: str | None = _opt(None, lambda v: None if v is None else _server_name(v))
-    http_port: int = _opt(80, _port)
+    http_port: int = _opt(defaults.HTTP_PORT, _port)
     public_url: str | None = _opt(None, _url)
     label_studio: LabelStudioSettings = field(default_factory=LabelStudioSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -180,6 +186,11 @@ class Profile:
     host: str = field(default="", metadata={"internal": True})
     # The address behind the alias (ssh_config HostName), once connected.
     address: str = field(default="", metadata={"internal": True})
+
+    @property
+    def config_file(self) -> str:
+        """The YAML file to edit for this host: the one in use, else configs/<host>.yaml."""
+        return self.source if self.source.endswith((".yaml", ".yml")) else f"configs/{self.host or '<host>'}.yaml"
 
     @property
     def effective_server_name(self) -> str:

@@ -12,11 +12,13 @@ import json
 import time
 from pathlib import Path
 
-from . import ops, ui
+from . import ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from .commands import q
 from .connect import Host
 from .errors import RemoteError, SnapshotError, ToolkitError
+from .commands.service import service_manager
+from .health import wait_for_health
 from .profile import Profile
 from .snapshots import _check_free_space, sqlite_tool
 from .transfer import RootChannel, send_tar, server_codec
@@ -106,22 +108,22 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
     ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
     stopped = False
     try:
-        host.run(ops.service_command(profile, "stop"), sudo=True, what="stopping Label Studio")
+        host.run(service_manager(profile).stop(), sudo=True, what="stopping Label Studio")
         stopped = True
         ui.step(True, "stopped Label Studio")
         host.run(swap_script(profile, parts), sudo=True, what="swapping the data in")
         ui.step(True, f"swapped in the new {', '.join(parts)} (atomic renames)")
-        host.run(ops.service_command(profile, "start"), sudo=True, what="starting Label Studio")
-        ops.wait_for_health(host, profile, via_nginx=True, timeout=health_timeout, fail_on_crash=True)
+        host.run(service_manager(profile).start(), sudo=True, what="starting Label Studio")
+        wait_for_health(host, profile, via_nginx=True, timeout=health_timeout, fail_on_crash=True)
     except (ToolkitError, OSError) as failure:
         if not stopped:
             host.run(f"rm -rf {q(p.data_dir / INCOMING)}", sudo=True, check=False)
             raise
         ui.error(f"{failure}; putting the previous data back")
-        host.run(ops.service_command(profile, "stop"), sudo=True, check=False)
+        host.run(service_manager(profile).stop(), sudo=True, check=False)
         host.run(rollback_script(profile, parts), sudo=True, what="rolling back")
-        host.run(ops.service_command(profile, "start"), sudo=True, what="starting Label Studio")
-        ops.wait_for_health(host, profile, via_nginx=True, timeout=max(health_timeout, 300))
+        host.run(service_manager(profile).start(), sudo=True, what="starting Label Studio")
+        wait_for_health(host, profile, via_nginx=True, timeout=max(health_timeout, 300))
         host.run(f"rm -rf {q(p.data_dir / INCOMING)} {q(p.data_dir / PREVIOUS)}", sudo=True, check=False)
         raise RemoteError("the new data did not come up; the previous data is back in place and Label "
                           "Studio is serving it") from None

@@ -13,8 +13,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import render, ui
-from .errors import ToolkitError, UsageError
+from . import defaults, render, ui
+from .catalog import write_atomic
+from .errors import RemoteError, ToolkitError, UsageError
 
 REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
 TOKEN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -22,8 +23,8 @@ STUDIO_HOST = re.compile(r"^([a-z0-9-]+)\.studio\.([a-z0-9-]+)\.sagemaker\.aws$"
 ACCOUNT = re.compile(r"^\d{12}$")
 DOMAIN = re.compile(r"^d-[a-z0-9]{1,60}$")
 USER_PROFILE = re.compile(r"^[a-zA-Z0-9](?:-*[a-zA-Z0-9]){0,62}$")
-DEFAULT_PORT = 8080
-SDK_VERSION = "2.1.2"  # what label-studio 1.23.2 pins
+DEFAULT_PORT = defaults.LABEL_STUDIO_PORT
+SDK_VERSION = defaults.LABEL_STUDIO_SDK_VERSION
 
 
 @dataclass(frozen=True)
@@ -164,13 +165,7 @@ def write_file(path: Path, content: str, mode: int) -> bool:
     data = content.replace("\r\n", "\n").encode()
     if path.is_file() and path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(partial, mode)
-    os.replace(partial, path)
+    write_atomic(path, data, mode)
     return True
 
 
@@ -226,3 +221,28 @@ def ensure_environment(paths: StudioPaths, version: str, sdk_version: str) -> li
         steps.append((True, f"installed label-studio {version}, label-studio-sdk {sdk_version} (was: {before})"))
     return steps
 
+
+def presigned_url(domain_id: str, user_profile: str, region: str | None) -> str:
+    """A presigned Studio login URL from boto3 when installed, else from the aws CLI."""
+    try:
+        import boto3  # type: ignore
+    except ImportError:
+        boto3 = None
+    if boto3 is not None:
+        client = boto3.client("sagemaker", region_name=region) if region else boto3.client("sagemaker")
+        try:
+            return client.create_presigned_domain_url(DomainId=domain_id, UserProfileName=user_profile)["AuthorizedUrl"]
+        except Exception as exc:  # botocore's errors: credentials, permissions, network
+            raise RemoteError(f"AWS refused the presigned URL: {exc}") from None
+    aws = shutil.which("aws")
+    if not aws:
+        raise UsageError("neither boto3 nor the aws CLI is installed",
+                         hint="pip install boto3, or install the AWS CLI")
+    command = [aws, "sagemaker", "create-presigned-domain-url", "--domain-id", domain_id,
+               "--user-profile-name", user_profile, "--query", "AuthorizedUrl", "--output", "text"]
+    if region:
+        command[1:1] = ["--region", region]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RemoteError(f"aws CLI failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return result.stdout.strip()

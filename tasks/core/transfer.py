@@ -24,7 +24,7 @@ def remote_tempdir(host: Host) -> Iterator[PurePosixPath]:
 
 
 def upload_bytes(host: Host, data: bytes, remote: PurePosixPath) -> None:
-    with host._errors():
+    with host.errors():
         host.connection.put(io.BytesIO(data), str(remote))
 
 
@@ -107,7 +107,7 @@ class RootChannel:
         self.host = host
         host.connect()
         transport = host.connection.client.get_transport()
-        with host._errors():
+        with host.errors():
             self.channel = transport.open_session(window_size=WINDOW)
             if host.sudo_mode == "password":
                 # -k: never a cached credential, so the password line is always consumed by sudo.

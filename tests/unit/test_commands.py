@@ -141,13 +141,6 @@ def test_sections_ignore_noise_and_keep_equals_in_values():
     assert s == {"a": {"k": "v=w"}, "b": {"x": "1"}}
 
 
-def test_status_probe_is_valid_shell():
-    from tasks.core.profile import Profile
-
-    script = commands.status_probe(Profile(host="vm", server_name="x.example.org"))
-    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
-
-
 @pytest.mark.parametrize("os_id, version, words", [
     ("debian", "12", None),
     ("debian", "13", None),

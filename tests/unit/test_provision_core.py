@@ -9,29 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import commands, ops, parse, render
+from tasks.core import commands, parse, render, steps
+from tasks.core.commands import probes, provision as provision_commands
+from tasks.core.commands.service import service_manager
 from tasks.core.facts import provision_facts_from_probe
-from tasks.core.ops import AdminRequest
+from tasks.core.plan import AdminRequest
 from tasks.core.profile import parse_profile, Profile
 
-DATA = Path(__file__).parent / "data"
-PROFILE = Profile(host="demo", address="127.0.0.1", public_url="http://127.0.0.1:32776")
-
-
-@pytest.fixture
-def provisioned():
-    return provision_facts_from_probe((DATA / "provision_probe_provisioned.txt").read_text())
-
-
-@pytest.fixture
-def bare():
-    return provision_facts_from_probe((DATA / "provision_probe_bare.txt").read_text())
+from tests.unit.conftest import DATA, PROFILE
 
 
 def test_recorded_provisioned_host(provisioned):
     f = provisioned
-    assert f.installed_packages == {"nginx", "python3-venv", "screen", "sqlite3", "ufw"}
-    assert ops.missing_packages(PROFILE, f) == ["zstd"]  # recorded before zstd joined the list
+    assert f.installed_packages == {"nginx", "python3-venv", "sqlite3", "ufw", "zstd"}
+    assert steps.missing_packages(PROFILE, f) == []
+    assert (f.os_id, f.os_version) == ("debian", "12")
     assert f.label_studio_version == "1.23.2" and f.venv_exists and f.db_exists
     assert f.db_users == 1 and f.admin_exists
     assert f.service.running and f.service.enabled == "enabled"
@@ -39,46 +31,49 @@ def test_recorded_provisioned_host(provisioned):
     assert f.ufw_active and {"22/tcp", "80/tcp"} <= f.ufw_allowed
     assert f.app_dir_meta == "root:root:755"
     assert f.data_dir_meta == "labelstudio:labelstudio:750"
+    assert f.files["screen_launcher"] is None
 
 
 def test_recorded_host_matches_what_we_render_today(provisioned):
-    """The recorded server was provisioned from these templates: every checksum must still match,
-    otherwise a template change would make every server 'changed' (update the recording with it)."""
-    assert provisioned.file_sha["env_file"] == render.env_file(PROFILE).sha256
-    assert provisioned.file_sha["unit_file"] == render.unit_file(PROFILE).sha256
-    assert provisioned.file_sha["nginx_site"] == render.nginx_site(PROFILE, ipv6=False).sha256
+    """The recorded server was provisioned from these templates: every file must still match,
+    otherwise a template change would make every server 'changed' (record the probe again with it)."""
+    assert provisioned.files["env_file"] == render.env_file(PROFILE).content
+    assert provisioned.files["unit_file"] == render.unit_file(PROFILE).content
+    assert provisioned.files["nginx_site"] == render.nginx_site(PROFILE, ipv6=False).content
 
 
 def test_nothing_missing_on_a_provisioned_host(provisioned):
-    assert ops.firewall_rules_missing(PROFILE, provisioned) == []
-    assert not ops.needs_password(provisioned, AdminRequest("admin@example.com"))
-    assert ops.needs_password(provisioned, AdminRequest("admin@example.com", reset=True))
+    assert steps.firewall_rules_missing(PROFILE, provisioned) == []
+    assert not steps.needs_password(provisioned, AdminRequest("admin@example.com"))
+    assert steps.needs_password(provisioned, AdminRequest("admin@example.com", reset=True))
 
 
 def test_bare_host_needs_everything(bare):
     assert not bare.user_exists and not bare.venv_exists and not bare.db_exists
     assert bare.db_users is None and not bare.admin_exists
     assert not bare.service.exists
-    assert ops.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "zstd", "ufw"]
+    assert all(content is None for content in bare.files.values())
+    assert steps.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "zstd", "ufw"]
     # Every SSH port sshd listens on is allowed before ufw is enabled, then HTTP.
-    assert ops.firewall_rules_missing(PROFILE, bare) == ["22/tcp", "2222/tcp", "80/tcp"]
-    assert ops.needs_password(bare, AdminRequest("admin@example.com"))
-    assert not ops.needs_password(bare, AdminRequest(None))
+    two_ports = dataclasses.replace(bare, sshd_ports=(22, 2222))
+    assert steps.firewall_rules_missing(PROFILE, two_ports) == ["22/tcp", "2222/tcp", "80/tcp"]
+    assert steps.needs_password(bare, AdminRequest("admin@example.com"))
+    assert not steps.needs_password(bare, AdminRequest(None))
 
 
 def test_packages_follow_the_profile():
     screen_no_fw = parse_profile("service:\n  manager: screen\nfirewall:\n  enabled: false\n")
-    assert commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "zstd", "screen"]
+    assert provision_commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "zstd", "screen"]
 
 
 def test_firewall_uses_port_22_when_sshd_ports_are_unknown(bare):
     unknown = dataclasses.replace(bare, sshd_ports=())
-    assert ops.firewall_rules_missing(Profile(http_port=8081), unknown) == ["22/tcp", "8081/tcp"]
+    assert steps.firewall_rules_missing(Profile(http_port=8081), unknown) == ["22/tcp", "8081/tcp"]
 
 
 def test_env_file_has_the_security_settings_and_no_secrets():
     text = render.env_file(PROFILE).content
-    for line in ("LABEL_STUDIO_HOST=http://127.0.0.1:32776", "CSRF_TRUSTED_ORIGINS=http://127.0.0.1:32776",
+    for line in ("LABEL_STUDIO_HOST=http://127.0.0.1:56749", "CSRF_TRUSTED_ORIGINS=http://127.0.0.1:56749",
                  "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true", "LATEST_VERSION_CHECK=false",
                  "COLLECT_ANALYTICS=false", "SENTRY_DSN=", "LABEL_STUDIO_BASE_DATA_DIR=/var/lib/label-studio"):
         assert line in text.splitlines()
@@ -93,7 +88,7 @@ def test_env_file_has_the_security_settings_and_no_secrets():
 def test_env_file_is_valid_for_sh():
     text = render.env_file(PROFILE).content
     result = subprocess.run(["sh", "-c", text + "\necho \"$LABEL_STUDIO_HOST\""], capture_output=True, text=True)
-    assert result.stdout.strip() == "http://127.0.0.1:32776"
+    assert result.stdout.strip() == "http://127.0.0.1:56749"
 
 
 def test_unit_binds_loopback_and_restarts():
@@ -121,17 +116,12 @@ def test_nginx_site(deny):
 
 
 def test_unified_diff_marks_old_and_new():
-    diff = ops.unified_diff(Path("/etc/x"), "a\nb\n", "a\nc\n")
+    diff = steps.unified_diff(Path("/etc/x"), "a\nb\n", "a\nc\n")
     assert "-b" in diff.splitlines() and "+c" in diff.splitlines()
 
 
-def test_provision_probe_is_valid_shell():
-    script = commands.provision_probe(PROFILE, "admin@example.com")
-    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
-
-
 def test_screen_commands_quote_and_run_as_the_service_user():
-    start = ops.screen_start_command(PROFILE)
+    start = service_manager(parse_profile("service:\n  manager: screen\n")).start()
     assert ("runuser -u labelstudio -- env -C /var/lib/label-studio HOME=/var/lib/label-studio "
             "screen -dmS label-studio") in start
     assert re.search(r"install -d -m 0700 .* /run/screen/S-labelstudio", start)

@@ -1,0 +1,77 @@
+"""Everything the toolkit runs on a server is built in this package, by pure functions: quoting
+primitives here, probes, service control, provision and data scripts in the modules beside it. Every
+value that reaches a script is quoted by `q`/`join` in this package and nowhere else; every script
+builder is checked with `sh -n` against a hostile-but-valid profile (tests/unit/test_scripts.py)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import PurePosixPath
+
+from ..profile import Profile
+
+Arg = str | int | PurePosixPath
+
+
+def q(value: Arg) -> str:
+    """One shell word, whatever the value holds (spaces, quotes, ';', '$')."""
+    return shlex.quote(str(value))
+
+
+def join(*words: Arg) -> str:
+    """A command line from words, each quoted."""
+    return " ".join(q(w) for w in words)
+
+
+def sh(script: str) -> str:
+    """A script run by a POSIX shell as one argument (so sudo covers all of it)."""
+    return f"sh -c {q(script)}"
+
+
+def sudo_noninteractive(script: str) -> str:
+    """Root without a prompt: fails at once (instead of hanging) when sudo wants a password."""
+    return f"sudo -n {sh(script)}"
+
+
+def sudo_with_password_on_stdin(script: str) -> str:
+    """Root through `sudo -S`: the first line of stdin is the password; -k so that line is always
+    consumed by sudo (never a cached credential), the rest of stdin is the script's."""
+    return f"sudo -k -S -p '' {sh(script)}"
+
+
+def lines(*commands: str) -> str:
+    return "\n".join(commands)
+
+
+SUDO_CHECK = "sudo -n true"
+
+
+def as_service_user(profile: Profile, *words: Arg) -> str:
+    """A command run by root as the service user, in the data dir with HOME there: never in the SSH
+    user's working directory, which Debian 13 (0700) and Ubuntu (0750) homes close to other users and
+    which Label Studio probes at import."""
+    data_dir = profile.remote.data_dir
+    return join("runuser", "-u", profile.service.user, "--", "env", "-C", data_dir, f"HOME={data_dir}", *words)
+
+
+def remove(*paths: Arg) -> str:
+    return "rm -rf " + join(*paths)
+
+
+MAKE_TEMPDIR = "umask 077 && mktemp -d"
+
+
+def install_file(staged: Arg, target: PurePosixPath, *, mode: str, owner: str, group: str) -> str:
+    """Put an uploaded file in place: never a half-written file where a reader looks (temp + rename)."""
+    partial = PurePosixPath(f"{target}.lsvm-new")
+    return (f"install -D -m {q(mode)} -o {q(owner)} -g {q(group)} {q(staged)} {q(partial)}"
+            f" && mv -f {q(partial)} {q(target)}")
+
+
+def empty_private_file(path: Arg) -> str:
+    return f"umask 077 && : > {q(path)}"
+
+
+def read_file(path: Arg) -> str:
+    """A file's text, or nothing when it does not exist."""
+    return f"cat {q(path)} 2>/dev/null || true"

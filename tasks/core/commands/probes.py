@@ -1,0 +1,126 @@
+"""Probes: one script per task that reads every fact it needs in one round trip, as `[section]`
+headers and key=value lines (parsed by tasks.core.parse, read by tasks.core.facts). Probes change nothing."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from ..profile import Profile
+from . import join, lines, q
+from .provision import ALL_PACKAGES
+from .service import health_probe, health_target, screen_probe
+
+UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
+
+# `os=`, `os_id=` and `os_version=` lines from /etc/os-release (read by `.`: it is shell syntax).
+OS_RELEASE = (
+    ". /etc/os-release 2>/dev/null; echo \"os=${PRETTY_NAME:-unknown}\"",
+    "echo \"os_id=${ID:-}\"; echo \"os_version=${VERSION_ID:-}\"",
+)
+PYTHON3_VERSION = "echo \"python3=$(python3 -c 'import platform;print(platform.python_version())' 2>/dev/null)\""
+SYSTEMD = "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi"
+
+
+def unit_show(unit: str) -> str:
+    return f"systemctl show --no-pager -p {','.join(UNIT_PROPERTIES)} {q(unit)} 2>/dev/null || true"
+
+
+def installed_dist(profile: Profile) -> str:
+    """`dist=<path of label_studio-*.dist-info>` in the venv, or `dist=`."""
+    venv = q(profile.remote.venv)
+    return f"echo \"dist=$(ls -d {venv}/lib/python3*/site-packages/label_studio-*.dist-info 2>/dev/null | head -n 1)\""
+
+
+def status_probe(profile: Profile) -> str:
+    """Every fact `status` shows."""
+    p = profile.remote
+    return lines(
+        "echo '[host]'",
+        *OS_RELEASE,
+        "echo \"kernel=$(uname -r)\"",
+        PYTHON3_VERSION,
+        SYSTEMD,
+        f"d={q(p.data_dir)}; while [ ! -e \"$d\" ]; do d=$(dirname \"$d\"); done",
+        "echo \"disk=$(df -B1 --output=avail,target \"$d\" | tail -n 1)\"",
+        "echo '[install]'",
+        f"if [ -x {q(p.label_studio_bin)} ]; then echo installed=yes; else echo installed=no; fi",
+        installed_dist(profile),
+        f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
+        f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
+        f"if [ -e {q(p.nginx_site_enabled)} ]; then echo nginx_site=yes; else echo nginx_site=no; fi",
+        screen_probe(profile),
+        "echo '[service]'",
+        unit_show(profile.service.unit),
+        "echo '[nginx]'",
+        unit_show("nginx.service"),
+        "echo '[health]'",
+        f"if command -v nginx >/dev/null; then "
+        f"echo \"via_nginx=$({health_probe(*health_target(profile, via_nginx=True))})\"; fi",
+    )
+
+
+# Reads the Label Studio DB read-only with python3's sqlite3 module (present on every Debian/Ubuntu).
+_DB_FACTS = (
+    "import sqlite3,sys\n"
+    "try:\n"
+    " c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro',uri=True)\n"
+    " print('users='+str(c.execute('select count(*) from htx_user').fetchone()[0]))\n"
+    " print('admin='+('yes' if c.execute('select 1 from htx_user where email=?',(sys.argv[2],)).fetchone() else 'no'))\n"
+    "except Exception as e:print('error='+type(e).__name__+': '+str(e).replace(chr(10),' '))\n"
+)
+
+
+def file_content_line(key: str, path: PurePosixPath) -> str:
+    """`key=<base64 of the file>` (one line, whatever the file holds), or `key=-` when it is missing."""
+    return (f"if [ -f {q(path)} ]; then printf '%s=' {q(key)}; base64 -w0 {q(path)}; echo; "
+            f"else echo {q(key + '=-')}; fi")
+
+
+def meta_line(key: str, path: PurePosixPath) -> str:
+    """`key=owner:group:mode` as stat prints them, or `key=` when the path is missing."""
+    return f"echo \"{key}=$(stat -c '%U:%G:%a' {q(path)} 2>/dev/null)\""
+
+
+def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
+    """The files provision writes whole (their content is read so that plan mode can show a diff)."""
+    p = profile.remote
+    return {"env_file": p.env_file, "unit_file": p.unit_file, "screen_launcher": p.screen_launcher,
+            "nginx_site": p.nginx_site}
+
+
+def provision_probe(profile: Profile, admin_email: str) -> str:
+    """Every fact provision compares against."""
+    p = profile.remote
+    user = profile.service.user
+    return lines(
+        "echo '[packages]'",
+        f"dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {join(*ALL_PACKAGES)} 2>/dev/null || true",
+        "echo '[host]'",
+        *OS_RELEASE,
+        PYTHON3_VERSION,
+        SYSTEMD,
+        "if [ \"$(cat /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null)\" = 0 ] && "
+        "[ -s /proc/net/if_inet6 ]; then echo ipv6=yes; else echo ipv6=no; fi",
+        f"if id -u {q(user)} >/dev/null 2>&1; then echo user=yes; else echo user=no; fi",
+        meta_line("app_dir", p.app_dir),
+        meta_line("data_dir", p.data_dir),
+        meta_line("env_file_meta", p.env_file),
+        installed_dist(profile),
+        f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
+        f"if [ -e {q(p.database)} ]; then echo db=yes; else echo db=no; fi",
+        f"echo \"site_enabled=$(readlink {q(p.nginx_site_enabled)} 2>/dev/null)\"",
+        "if [ -e /etc/nginx/sites-enabled/default ]; then echo default_site=yes; else echo default_site=no; fi",
+        screen_probe(profile),
+        "echo '[files]'",
+        *(file_content_line(key, path) for key, path in managed_files(profile).items()),
+        "echo '[db]'",
+        f"if [ -e {q(p.database)} ]; then {join('python3', '-c', _DB_FACTS, p.database, admin_email)}; fi",
+        "echo '[service]'",
+        unit_show(profile.service.unit),
+        "echo '[nginx]'",
+        unit_show("nginx.service"),
+        "echo '[sshd]'",
+        "sshd -T 2>/dev/null | grep -i '^port ' || true",
+        "echo '[ufw]'",
+        "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
+    )

@@ -1,0 +1,102 @@
+"""The scripts provision runs as root: packages, user, directories, venv, files, nginx, ufw, admin."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from ..profile import Profile
+from . import as_service_user, join, q
+from .service import service_manager
+
+BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
+ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen")
+DEFAULT_SITE = PurePosixPath("/etc/nginx/sites-enabled/default")
+
+
+def wanted_packages(profile: Profile) -> list[str]:
+    packages = list(BASE_PACKAGES)
+    if profile.firewall.enabled:
+        packages.append("ufw")
+    packages += service_manager(profile).packages
+    return packages
+
+
+def apt_install(packages: list[str]) -> str:
+    return ("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
+            f"apt-get install -y -qq --no-install-recommends {join(*packages)}")
+
+
+def create_service_user(profile: Profile) -> str:
+    return join("useradd", "--system", "--user-group", "--home-dir", profile.remote.data_dir,
+                "--no-create-home", "--shell", "/usr/sbin/nologin", profile.service.user)
+
+
+def make_dir(path: PurePosixPath, owner: str, group: str, mode: str) -> str:
+    return join("install", "-d", "-m", mode, "-o", owner, "-g", group, path)
+
+
+def set_owner_and_mode(path: PurePosixPath, owner: str, group: str, mode: str) -> str:
+    return f"chown {q(owner)}:{q(group)} {q(path)} && chmod {q(mode)} {q(path)}"
+
+
+def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None) -> str:
+    """Create the venv when missing and install the pinned label-studio. `copy_database_from` (the
+    installed version) first keeps a consistent copy of the database: a new release migrates it one way."""
+    p = profile.remote
+    pip = ["--disable-pip-version-check", "--root-user-action=ignore", "-q"]
+    if profile.pip.index_url:
+        pip += ["--index-url", profile.pip.index_url]
+    script = (f"[ -x {q(p.venv_python)} ] || python3 -m venv {q(p.venv)}; "
+              f"{q(p.venv_python)} -m pip install {join(*pip)} {q('label-studio==' + profile.label_studio.version)}")
+    if copy_database_from is None:
+        return script
+    user = profile.service.user
+    folder = p.data_dir / "pre-upgrade"
+    target = f"{q(str(folder) + '/label_studio-' + copy_database_from + '-')}$(date -u +%Y%m%dT%H%M%SZ).sqlite3"
+    copy = (f"target={target} && install -d -m 0700 -o {q(user)} -g {q(user)} {q(folder)} && "
+            f"sqlite3 {q(p.database)} \".backup '$target'\" && "
+            f"chown {q(user)}:{q(user)} \"$target\" && chmod 0600 \"$target\" && "
+            "echo \"database copied to $target before the upgrade\"")
+    return f"{copy} && {script}"
+
+
+def apply_nginx_site(profile: Profile, staged: PurePosixPath | None, *, previous_exists: bool) -> str:
+    """Site file (from `staged`, when it changed), enable link and default site in one step, validated
+    by `nginx -t`. If the test fails, everything goes back as it was (exit 3, the error on stderr) and
+    nginx keeps serving; reloading is the caller's next step."""
+    p = profile.remote
+    path, link, default = p.nginx_site, p.nginx_site_enabled, DEFAULT_SITE
+    keep = PurePosixPath(f"{path}.lsvm-previous")
+    if staged is not None:
+        save = f"cp -p {q(path)} {q(keep)}" if previous_exists else f"rm -f {q(keep)}"
+        put_back = f"mv -f {q(keep)} {q(path)}" if previous_exists else f"rm -f {q(path)}"
+        write = (f"{save} && install -m 0644 -o root -g root {q(staged)} {q(path)}.lsvm-new && "
+                 f"mv -f {q(path)}.lsvm-new {q(path)}")
+    else:
+        write, put_back = "true", "true"
+    return (
+        f"had_link=$(readlink {q(link)} || true); had_default=$(readlink {q(default)} || true); "
+        f"{write} && ln -sfn {q(path)} {q(link)} && rm -f {q(default)} && "
+        f"if out=$(nginx -t 2>&1); then rm -f {q(keep)}; else "
+        f"{put_back}; "
+        f"if [ -n \"$had_link\" ]; then ln -sfn \"$had_link\" {q(link)}; else rm -f {q(link)}; fi; "
+        f"if [ -n \"$had_default\" ]; then ln -sfn \"$had_default\" {q(default)}; fi; "
+        "echo \"$out\" | grep -v 'test failed' | grep -m1 -E 'emerg|error' >&2; exit 3; fi"
+    )
+
+
+RELOAD_NGINX = "systemctl reload-or-restart nginx"
+DAEMON_RELOAD = "systemctl daemon-reload"
+ENABLE_UFW = "ufw --force enable"
+
+
+def ufw_allow(rule: str) -> str:
+    return join("ufw", "allow", rule)
+
+
+def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath) -> str:
+    """Run templates/scripts/ensure_admin.py (uploaded to `script`) with the service's venv, as the
+    service user, with the service's environment; the request (with the password) comes on stdin."""
+    p = profile.remote
+    return (f"set -a; . {q(p.env_file)}; set +a; "
+            f"{as_service_user(profile, p.venv_python, '-c')} \"$(cat {q(script)})\" < {q(request)}")

@@ -1,0 +1,235 @@
+"""One service manager, two variants: systemd (the default) and screen (the seed guide's way).
+
+`service_manager(profile)` is the one place the variant is chosen; everything else asks the manager.
+Each method returns a shell command (run as root) or plain data; nothing here touches a server.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .. import render
+from ..profile import Profile
+from ..render import RenderedFile
+from . import as_service_user, join, q
+
+if TYPE_CHECKING:
+    from ..facts import UnitState
+
+
+class ServiceState(Protocol):
+    """What a manager reads from a probe (HostStatus and ProvisionFacts both have these)."""
+
+    service: "UnitState"
+    screen_running: bool
+
+
+class ServiceManager:
+    """Start, stop, restart, logs, is-running and the definition file of the Label Studio service."""
+
+    kind = ""
+    label = ""            # "label-studio.service" / "screen session label-studio"
+    packages: tuple[str, ...] = ()
+    definition_label = ""
+    definition_key = ""   # its key in the provision probe's [files]
+    definition_notifies: frozenset[str] = frozenset({"restart"})
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self.name = profile.service.name
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> str:
+        raise NotImplementedError
+
+    def restart(self) -> str:
+        raise NotImplementedError
+
+    def command(self, verb: str) -> str:
+        """start, stop or restart."""
+        return {"start": self.start, "stop": self.stop, "restart": self.restart}[verb]()
+
+    def logs(self, lines: int = 40, *, follow: bool = False) -> str:
+        raise NotImplementedError
+
+    def recent_log(self, lines: int = 25) -> str:
+        """The last lines of the log, never failing (for error reports)."""
+        return f"{self.logs(lines)} 2>/dev/null || true"
+
+    def is_running(self, state: ServiceState) -> bool:
+        raise NotImplementedError
+
+    def describe(self, state: ServiceState) -> str:
+        raise NotImplementedError
+
+    def definition(self) -> RenderedFile:
+        """The file that defines the service on the server (unit file or screen launcher)."""
+        raise NotImplementedError
+
+    def enable_at_boot(self) -> str | None:
+        """The command that starts the service at boot, or None when this manager cannot."""
+        return None
+
+    def is_enabled(self, state: ServiceState) -> bool:
+        return False
+
+    def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
+        """The other manager's copy of the service, still running: [(done, planned, command)]."""
+        return []
+
+    def crash_guard(self) -> tuple[str, str]:
+        """(before, check) shell snippets for a health wait: `check` exits 1 printing `crashed ...`
+        once the service had to be restarted after `before` ran. Empty when the manager cannot tell."""
+        return "", ""
+
+    def reboot_hint(self) -> str | None:
+        """What the user must add to start the service at boot, when the manager does not do it."""
+        return None
+
+
+class Systemd(ServiceManager):
+    kind = "systemd"
+    definition_label = "systemd unit"
+    definition_key = "unit_file"
+    definition_notifies = frozenset({"daemon-reload", "restart"})
+
+    def __init__(self, profile: Profile):
+        super().__init__(profile)
+        self.unit = profile.service.unit
+        self.label = self.unit
+
+    def start(self) -> str:
+        return join("systemctl", "start", self.unit)
+
+    def stop(self) -> str:
+        return join("systemctl", "stop", self.unit)
+
+    def restart(self) -> str:
+        return join("systemctl", "restart", self.unit)
+
+    def logs(self, lines: int = 40, *, follow: bool = False) -> str:
+        return join("journalctl", "-u", self.unit, "-n", int(lines), "--no-pager", *(["-f"] if follow else []))
+
+    def is_running(self, state: ServiceState) -> bool:
+        return state.service.running
+
+    def describe(self, state: ServiceState) -> str:
+        return state.service.describe()
+
+    def definition(self) -> RenderedFile:
+        return render.unit_file(self.profile)
+
+    def enable_at_boot(self) -> str:
+        return join("systemctl", "enable", self.unit)
+
+    def is_enabled(self, state: ServiceState) -> bool:
+        return state.service.enabled == "enabled"
+
+    def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
+        if not state.screen_running:
+            return []
+        screen = Screen(self.profile)
+        return [(f"stopped the screen session {self.name} (systemd runs it now)",
+                 f"stop the screen session {self.name}", screen.stop())]
+
+    def crash_guard(self) -> tuple[str, str]:
+        restarts = f"systemctl show -p NRestarts --value {q(self.unit)}"
+        before = f"n0=$({restarts}); n0=${{n0:-0}}; "
+        check = (f"n=$({restarts}); "
+                 f"[ \"${{n:-0}}\" -gt \"$n0\" ] && {{ echo 'crashed (systemd restarted it)'; exit 1; }}; ")
+        return before, check
+
+
+class Screen(ServiceManager):
+    kind = "screen"
+    packages = ("screen",)
+    definition_label = "screen launcher"
+    definition_key = "screen_launcher"
+
+    def __init__(self, profile: Profile):
+        super().__init__(profile)
+        self.label = f"screen session {self.name}"
+
+    def start(self) -> str:
+        p = self.profile.remote
+        user = self.profile.service.user
+        return (f"install -d -m 0700 -o {q(user)} -g {q(user)} /run/screen/S-{q(user)} 2>/dev/null; "
+                f"touch {q(p.screen_log)} && chown {q(user)}:{q(user)} {q(p.screen_log)} && "
+                f"chmod 0600 {q(p.screen_log)} && "
+                + as_service_user(self.profile, "screen", "-dmS", self.name, "-L", "-Logfile",
+                                  p.screen_log, p.screen_launcher))
+
+    def stop(self) -> str:
+        return as_service_user(self.profile, "screen", "-S", self.name, "-X", "quit") + " >/dev/null 2>&1 || true"
+
+    def restart(self) -> str:
+        return f"{self.stop()}; {self.start()}"
+
+    def logs(self, lines: int = 40, *, follow: bool = False) -> str:
+        return join("tail", "-n", int(lines), *(["-F"] if follow else []), self.profile.remote.screen_log)
+
+    def is_running(self, state: ServiceState) -> bool:
+        return state.screen_running
+
+    def describe(self, state: ServiceState) -> str:
+        return "running in screen" if state.screen_running else "no screen session"
+
+    def definition(self) -> RenderedFile:
+        return render.screen_launcher(self.profile)
+
+    def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
+        unit = self.profile.service.unit
+        if not (state.service.exists and (state.service.running or state.service.enabled == "enabled")):
+            return []
+        return [(f"stopped and disabled {unit} (screen runs it now)", f"stop and disable {unit}",
+                 join("systemctl", "disable", "--now", unit))]
+
+    def reboot_hint(self) -> str | None:
+        return f"@reboot {self.start()}"
+
+
+def service_manager(profile: Profile) -> ServiceManager:
+    """The one place the profile's service manager is chosen."""
+    return Screen(profile) if profile.service.manager == "screen" else Systemd(profile)
+
+
+def screen_probe(profile: Profile) -> str:
+    """`screen=yes` when the service user's screen session runs, else `screen=no` (read in both modes:
+    a switch from screen to systemd must stop the old session)."""
+    return (f"if command -v screen >/dev/null && [ -d {q(profile.remote.data_dir)} ] && "
+            f"{as_service_user(profile, 'screen', '-ls', profile.service.name)} >/dev/null 2>&1; "
+            "then echo screen=yes; else echo screen=no; fi")
+
+
+def health_probe(port: int, host_header: str, path: str = "/health", timeout: int = 5) -> str:
+    """Print `<status> <body>` of a GET on this host's loopback, using python3 (curl may be absent)."""
+    code = (
+        "import sys,urllib.request as u\n"
+        "r=u.Request(sys.argv[1],headers={'Host':sys.argv[2]})\n"
+        "try:\n"
+        f" x=u.urlopen(r,timeout={int(timeout)});print(x.status,x.read(200).decode(errors='replace'))\n"
+        "except u.HTTPError as e:print(e.code,'')\n"
+        "except Exception as e:print(0,type(e).__name__)\n"
+    )
+    return join("python3", "-c", code, f"http://127.0.0.1:{int(port)}{path}", host_header)
+
+
+def health_target(profile: Profile, *, via_nginx: bool) -> tuple[int, str]:
+    """(port, Host header) of a health check through nginx or straight to Label Studio."""
+    if via_nginx:
+        return profile.http_port, profile.effective_server_name
+    return profile.label_studio.port, "127.0.0.1"
+
+
+def wait_for_health(profile: Profile, *, via_nginx: bool, timeout: int, fail_on_crash: bool = False) -> str:
+    """Poll /health on the server itself (the loop runs there: one round trip) until UP or timeout.
+    Prints the last answer; exits 1 on timeout, or as soon as the service crashed (`fail_on_crash`)."""
+    probe = health_probe(*health_target(profile, via_nginx=via_nginx))
+    before, check = service_manager(profile).crash_guard() if fail_on_crash else ("", "")
+    return (
+        f"{before}end=$(( $(date +%s) + {int(timeout)} )); "
+        f"while :; do r=$({probe}); case \"$r\" in 200*UP*) echo \"$r\"; exit 0;; esac; {check}"
+        f"[ $(date +%s) -ge $end ] && {{ echo \"$r\"; exit 1; }}; sleep 1; done"
+    )

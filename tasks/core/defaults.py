@@ -1,0 +1,9 @@
+"""Defaults that more than one part of the toolkit uses, in one place."""
+
+LABEL_STUDIO_VERSION = "1.23.2"
+LABEL_STUDIO_SDK_VERSION = "2.1.2"   # what label-studio 1.23.2 pins
+LABEL_STUDIO_PORT = 8080
+HTTP_PORT = 80
+FIRST_START_TIMEOUT = 600            # migrations on a small VM take minutes: poll, never sleep blindly
+SWAP_HEALTH_TIMEOUT = 300            # after a data swap, before rolling back
+MIN_PASSWORD_LENGTH = 8

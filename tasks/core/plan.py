@@ -1,0 +1,184 @@
+"""One shape for every change on a server: a Change says what, whether it changes anything, the diff
+of a file, the action that does it (data, not code) and what it notifies. Plans are built by pure
+functions (tasks.core.steps); `apply` is the one place that runs them, or only prints them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Iterable, Union
+
+from . import ui
+from .commands import install_file as install_file_command
+from .commands.provision import apply_nginx_site, ensure_admin
+from .connect import Host
+from .defaults import FIRST_START_TIMEOUT
+from .errors import RemoteError
+from .health import wait_for_health
+from .profile import PROJECT_ROOT, Profile
+from .render import RenderedFile
+from .transfer import remote_tempdir, secret_file, upload_bytes
+
+ENSURE_ADMIN_SCRIPT = PROJECT_ROOT / "templates" / "scripts" / "ensure_admin.py"
+
+
+# ------------------------------------------------------------------------------------------------
+# Actions: what a change does, as data a test can compare.
+
+
+@dataclass(frozen=True)
+class Run:
+    """A root script."""
+
+    script: str
+    what: str                      # names the step in an error message
+    timeout: float | None = None
+    status: str | None = None      # spinner text while it runs
+    show_output: bool = False      # print what it prints (indented)
+
+
+@dataclass(frozen=True)
+class InstallFile:
+    """A rendered file uploaded, then put in place by rename."""
+
+    file: RenderedFile
+
+
+@dataclass(frozen=True)
+class NginxSite:
+    """Site file (when `site` is given), enable link and default site, validated by nginx -t; the
+    previous state comes back when the test fails."""
+
+    profile: Profile
+    site: RenderedFile | None
+    previous_exists: bool
+
+
+@dataclass(frozen=True)
+class AdminRequest:
+    email: str | None
+    password: str | None = field(default=None, repr=False)
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class EnsureAdmin:
+    profile: Profile
+    admin: AdminRequest
+
+
+@dataclass(frozen=True)
+class WaitForHealth:
+    profile: Profile
+    timeout: int = FIRST_START_TIMEOUT
+
+
+Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth]
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str                              # what was done, or found ("nginx site is up to date")
+    changed: bool = False
+    plan: str = ""                         # what would be done, for plan mode ("install nginx")
+    diff: str = ""                         # of a file, shown in plan mode
+    action: Action | None = None           # run by `apply` whenever present
+    notifies: frozenset[str] = frozenset()
+
+    def line(self, dry_run: bool) -> str:
+        if dry_run and self.plan and (self.changed or self.action is not None):
+            return f"would {self.plan}"
+        return self.what
+
+
+def notified(changes: Iterable[Change]) -> frozenset[str]:
+    """Everything the changes that change something notify."""
+    return frozenset().union(*(c.notifies for c in changes if c.changed))
+
+
+def apply(host: Host, changes: list[Change], *, dry_run: bool) -> list[Change]:
+    """Run every action in order and report each change; in plan mode only report (with diffs).
+    Returns the changes as they turned out."""
+    done = []
+    for change in changes:
+        if not dry_run and change.action is not None:
+            change = execute(host, change)
+        ui.step(change.changed, change.line(dry_run))
+        if dry_run and change.diff:
+            ui.out.print(change.diff, markup=False, highlight=False, end="")
+        done.append(change)
+    return done
+
+
+def execute(host: Host, change: Change) -> Change:
+    action = change.action
+    if isinstance(action, Run):
+        if action.status:
+            with ui.err.status(action.status):
+                output = host.run(action.script, sudo=True, what=action.what, timeout=action.timeout)
+        else:
+            output = host.run(action.script, sudo=True, what=action.what, timeout=action.timeout)
+        if action.show_output:
+            for text in output.stdout.splitlines():
+                ui.out.print(f"  {text}", markup=False, highlight=False)
+    elif isinstance(action, InstallFile):
+        install_file(host, action.file)
+    elif isinstance(action, NginxSite):
+        install_nginx_site(host, action)
+    elif isinstance(action, EnsureAdmin):
+        outcome = run_ensure_admin(host, action.profile, action.admin)
+        email = action.admin.email
+        words = {"created": f"created admin {email}", "password-reset": f"reset the password of {email}",
+                 "exists": f"admin {email} exists"}
+        return dataclasses.replace(change, changed=outcome != "exists", what=words.get(outcome, outcome))
+    elif isinstance(action, WaitForHealth):
+        wait_for_health(host, action.profile, via_nginx=False, timeout=action.timeout)
+    else:  # pragma: no cover - a new Action type without an executor is a bug here
+        raise TypeError(f"no executor for {action!r}")
+    return change
+
+
+# ------------------------------------------------------------------------------------------------
+# Executors that move files.
+
+
+def install_file(host: Host, file: RenderedFile) -> None:
+    """Upload to a private temp dir, then `install` next to the target and rename over it."""
+    with remote_tempdir(host) as tmp:
+        staged = tmp / "upload"
+        upload_bytes(host, file.content.encode(), staged)
+        host.run(install_file_command(staged, file.path, mode=file.mode, owner=file.owner, group=file.group),
+                 sudo=True, what=f"installing {file.path}")
+
+
+def install_nginx_site(host: Host, action: NginxSite) -> None:
+    with remote_tempdir(host) as tmp:
+        staged: PurePosixPath | None = None
+        if action.site is not None:
+            staged = tmp / "site"
+            upload_bytes(host, action.site.content.encode(), staged)
+        result = host.run(apply_nginx_site(action.profile, staged, previous_exists=action.previous_exists),
+                          sudo=True, check=False, what="nginx site")
+    if result.exited == 3:
+        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "nginx -t failed"
+        raise RemoteError(f"nginx rejected the new site ({detail}); the previous site is back in place "
+                          "and nginx keeps serving it")
+    if not result.ok:
+        raise RemoteError(f"setting up the nginx site failed: {result.last_line()}")
+
+
+def run_ensure_admin(host: Host, profile: Profile, admin: AdminRequest) -> str:
+    """Create the admin (or reset its password) with Label Studio's own models; the password goes
+    through a 0600 file read on stdin. Returns created, password-reset or exists."""
+    request = json.dumps({"email": admin.email, "password": admin.password, "reset": admin.reset}).encode()
+    with secret_file(host, request) as secret:
+        script_path = secret.parent / "ensure_admin.py"
+        upload_bytes(host, ENSURE_ADMIN_SCRIPT.read_bytes(), script_path)
+        output = host.run(ensure_admin(profile, script_path, secret), sudo=True, check=False,
+                          what="creating the admin user")
+    results = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
+    if not output.ok or not results:
+        raise RemoteError(f"could not create the admin user: {output.last_line()}")
+    return json.loads(results[-1][len("RESULT "):])["outcome"]

@@ -1,0 +1,261 @@
+"""Provision as a plan: each step is a pure function of (facts, profile) returning Changes; what the
+steps notify decides the handlers (daemon-reload, nginx reload, service start/restart, health gate,
+admin), which run once, after every step. Unit-tested as a table in tests/unit/test_steps.py."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import PurePosixPath
+
+from . import render
+from .commands.probes import managed_files
+from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_install, create_service_user,
+                                 make_dir, pip_install_label_studio, set_owner_and_mode, ufw_allow,
+                                 wanted_packages)
+from .commands.service import service_manager
+from .facts import ProvisionFacts
+from .plan import (AdminRequest, Change, EnsureAdmin, InstallFile, NginxSite, Run, WaitForHealth,
+                   notified)
+from .profile import Profile
+from .render import RenderedFile
+
+# What a change can notify; the handlers below act on them, once, in this order.
+DAEMON_RELOAD_NEEDED = "daemon-reload"
+NGINX_RELOAD = "nginx-reload"
+RESTART = "restart"
+HEALTH = "health"
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def missing_packages(profile: Profile, facts: ProvisionFacts) -> list[str]:
+    return [p for p in wanted_packages(profile) if p not in facts.installed_packages]
+
+
+def wanted_dirs(profile: Profile) -> list[tuple[PurePosixPath, str, str]]:
+    """(path, owner:group:mode as stat prints it, mode for install -d)."""
+    user = profile.service.user
+    p = profile.remote
+    return [(p.app_dir, "root:root:755", "0755"), (p.data_dir, f"{user}:{user}:750", "0750")]
+
+
+def firewall_rules_missing(profile: Profile, facts: ProvisionFacts) -> list[str]:
+    """ufw rules to add: every SSH port sshd listens on (so enabling never locks us out), then HTTP."""
+    ssh_ports = facts.sshd_ports or (22,)
+    wanted = [f"{port}/tcp" for port in ssh_ports] + [f"{profile.http_port}/tcp"]
+    return [rule for rule in wanted if rule not in facts.ufw_allowed]
+
+
+def unified_diff(path: PurePosixPath, old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{path} (on server)", tofile=f"{path} (wanted)",
+    ))
+
+
+def needs_password(facts: ProvisionFacts, admin: AdminRequest) -> bool:
+    return admin.reset or (admin.email is not None and not facts.admin_exists)
+
+
+# ------------------------------------------------------------------------------------------------
+# Steps
+
+
+def packages(facts: ProvisionFacts, profile: Profile) -> Change:
+    missing = missing_packages(profile, facts)
+    if not missing:
+        return Change("packages are installed: " + ", ".join(wanted_packages(profile)))
+    names = ", ".join(missing)
+    return Change(f"installed {names}", True, plan=f"install {names}",
+                  action=Run(apt_install(missing), "apt-get install", timeout=1800,
+                             status=f"apt-get install {' '.join(missing)}"))
+
+
+def service_user(facts: ProvisionFacts, profile: Profile) -> Change:
+    user = profile.service.user
+    if facts.user_exists:
+        return Change(f"service user {user} exists")
+    return Change(f"created system user {user}", True, plan=f"create system user {user}",
+                  action=Run(create_service_user(profile), "useradd"))
+
+
+def directories(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    current = {profile.remote.app_dir: facts.app_dir_meta, profile.remote.data_dir: facts.data_dir_meta}
+    changes = []
+    for path, meta, mode in wanted_dirs(profile):
+        if current[path] == meta:
+            changes.append(Change(f"{path} is {meta}"))
+            continue
+        owner, group, _ = meta.split(":")
+        state = f"was {current[path]}" if current[path] else "was missing"
+        changes.append(Change(f"{path} set to {meta} ({state})", True, plan=f"set {path} to {meta} ({state})",
+                              action=Run(make_dir(path, owner, group, mode), "install -d")))
+    return changes
+
+
+def label_studio(facts: ProvisionFacts, profile: Profile) -> Change:
+    wanted, have = profile.label_studio.version, facts.label_studio_version
+    if have == wanted and facts.venv_exists:
+        return Change(f"label-studio {wanted} is installed")
+    done, planned = ((f"upgraded label-studio {have} -> {wanted}", f"upgrade label-studio {have} -> {wanted}")
+                     if have else (f"installed label-studio {wanted}", f"install label-studio {wanted}"))
+    script = pip_install_label_studio(profile, copy_database_from=have if have and facts.db_exists else None)
+    return Change(done, True, plan=planned, notifies=frozenset({RESTART}),
+                  action=Run(script, "pip install label-studio", timeout=3600, show_output=True,
+                             status=f"pip install label-studio=={wanted} (a minute or more)"))
+
+
+def managed_file(facts: ProvisionFacts, key: str, file: RenderedFile, label: str,
+                 notifies: frozenset[str]) -> Change:
+    current = facts.files.get(key)
+    if current == file.content:
+        return Change(f"{label} is up to date")
+    verb = "update" if current is not None else "create"
+    return Change(f"{verb}d {label} {file.path}", True, plan=f"{verb} {label} {file.path}",
+                  diff=unified_diff(file.path, current or "", file.content), action=InstallFile(file),
+                  notifies=notifies)
+
+
+def env_file(facts: ProvisionFacts, profile: Profile) -> Change:
+    wanted = render.env_file(profile)
+    change = managed_file(facts, "env_file", wanted, "env file", frozenset({RESTART}))
+    meta = f"{wanted.owner}:{wanted.group}:{int(wanted.mode, 8):o}"
+    if change.changed or facts.env_file_meta == meta:
+        return change
+    # Same content, other owner or mode: the promise is root-only 0600, whoever changed it.
+    return Change(f"env file set to {meta}", True, plan=f"set env file to {meta}",
+                  action=Run(set_owner_and_mode(wanted.path, wanted.owner, wanted.group, wanted.mode),
+                             "chmod env file"))
+
+
+def service_definition(facts: ProvisionFacts, profile: Profile) -> Change:
+    manager = service_manager(profile)
+    return managed_file(facts, manager.definition_key, manager.definition(), manager.definition_label,
+                        manager.definition_notifies)
+
+
+def nginx_site(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """Site file, enable link, default site off: one validated action (on the first part that needs
+    it) does all three, so nginx never reloads into a half-applied state."""
+    p = profile.remote
+    site = render.nginx_site(profile, ipv6=facts.ipv6)
+    current = facts.files.get("nginx_site")
+    file_ok = current == site.content
+    parts = [  # (needed, done, planned, unchanged)
+        (not file_ok, f"{'updated' if current is not None else 'created'} nginx site {site.path} (nginx -t passed)",
+         f"{'update' if current is not None else 'create'} nginx site {site.path}", "nginx site is up to date"),
+        (facts.site_enabled_target != str(p.nginx_site), "enabled the nginx site", "enable the nginx site",
+         "nginx site is enabled"),
+        # Installing the nginx package (an earlier step) enables the distribution's default site.
+        (facts.default_site_enabled or "nginx" not in facts.installed_packages,
+         "disabled the distribution's default site", "disable the distribution's default site",
+         "the distribution's default site is disabled"),
+    ]
+    action = NginxSite(profile, None if file_ok else site, previous_exists=current is not None)
+    changes = []
+    for index, (needed, done, planned, same) in enumerate(parts):
+        if not needed:
+            changes.append(Change(same))
+            continue
+        first = not any(c.changed for c in changes)
+        changes.append(Change(done, True, plan=planned, notifies=frozenset({NGINX_RELOAD}),
+                              diff=unified_diff(site.path, current or "", site.content) if index == 0 else "",
+                              action=action if first else None))
+    return changes
+
+
+def firewall(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    if not profile.firewall.enabled:
+        return [Change("firewall is off in the profile (firewall.enabled: false)")]
+    missing = firewall_rules_missing(profile, facts)
+    changes = [] if missing else [Change("ufw allows SSH and HTTP")]
+    for rule in missing:
+        changes.append(Change(f"ufw allows {rule}", True, plan=f"allow {rule} in ufw",
+                              action=Run(ufw_allow(rule), "ufw allow")))
+    if facts.ufw_active:
+        changes.append(Change("ufw is active"))
+    else:
+        changes.append(Change("enabled ufw (SSH allowed first)", True, plan="enable ufw",
+                              action=Run(ENABLE_UFW, "ufw enable")))
+    return changes
+
+
+# ------------------------------------------------------------------------------------------------
+# Handlers: once, after the steps, from what the steps notified.
+
+
+def reload_handlers(facts: ProvisionFacts, notes: frozenset[str]) -> list[Change]:
+    changes = []
+    if DAEMON_RELOAD_NEEDED in notes:
+        changes.append(Change("reloaded systemd (the unit file changed)", True, plan="reload systemd",
+                              action=Run(DAEMON_RELOAD, "systemctl daemon-reload")))
+    if not facts.nginx.running:
+        changes.append(Change("started nginx", True, plan="start nginx",
+                              action=Run(RELOAD_NGINX, "starting nginx")))
+    elif NGINX_RELOAD in notes:
+        changes.append(Change("reloaded nginx", True, plan="reload nginx",
+                              action=Run(RELOAD_NGINX, "reloading nginx")))
+    else:
+        changes.append(Change("nginx is running"))
+    return changes
+
+
+def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+    manager = service_manager(profile)
+    changes = [Change(done, True, plan=planned, action=Run(command, planned))
+               for done, planned, command in manager.others_to_stop(facts)]
+    enable = manager.enable_at_boot()
+    if enable is not None:
+        if manager.is_enabled(facts):
+            changes.append(Change(f"{manager.label} is enabled at boot"))
+        else:
+            changes.append(Change(f"enabled {manager.label} at boot", True, plan=f"enable {manager.label} at boot",
+                                  action=Run(enable, "enabling the service at boot")))
+    started = frozenset({HEALTH})
+    if not manager.is_running(facts):
+        changes.append(Change(f"started {manager.label}", True, plan=f"start {manager.label}",
+                              action=Run(manager.start(), f"starting {manager.label}"), notifies=started))
+    elif RESTART in notes:
+        changes.append(Change(f"restarted {manager.label} (its settings changed)", True,
+                              plan=f"restart {manager.label}", notifies=started,
+                              action=Run(manager.restart(), f"restarting {manager.label}")))
+    else:
+        changes.append(Change(f"{manager.label} is running"))
+    return changes
+
+
+def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> Change:
+    email = admin.email
+    if email is None:
+        return Change(f"{facts.db_users or 'existing'} user(s); no admin_email set, no admin to add")
+    if facts.admin_exists and not admin.reset:
+        return Change(f"admin {email} exists")
+    if facts.admin_exists:
+        return Change(f"reset the password of {email}", True, plan=f"reset the password of admin {email}",
+                      action=EnsureAdmin(profile, admin))
+    return Change(f"created admin {email}", True, plan=f"create admin {email}", action=EnsureAdmin(profile, admin))
+
+
+def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> list[Change]:
+    """Every step in the order a careful admin takes them, then the handlers they notified."""
+    steps = [
+        packages(facts, profile),
+        service_user(facts, profile),
+        *directories(facts, profile),
+        label_studio(facts, profile),
+        env_file(facts, profile),
+        service_definition(facts, profile),
+        *nginx_site(facts, profile),
+        *firewall(facts, profile),
+    ]
+    notes = notified(steps)
+    service = service_running(facts, profile, notes)
+    handlers = reload_handlers(facts, notes) + service
+    if HEALTH in notified(service) or needs_password(facts, admin):
+        # The admin step needs the migrated database, so Label Studio must answer first.
+        handlers.append(Change("Label Studio answers /health on 127.0.0.1", plan="wait for Label Studio to answer /health",
+                               action=WaitForHealth(profile)))
+    handlers.append(admin_user(facts, profile, admin))
+    return steps + handlers

@@ -1,0 +1,102 @@
+"""Every server-side script the toolkit builds parses as POSIX shell (`sh -n`), even when the profile
+holds the strangest values validation lets through."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import PurePosixPath
+
+import pytest
+
+from tasks.core import commands, steps
+from tasks.core.commands import probes, provision
+from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
+from tasks.core.facts import provision_facts_from_probe
+from tasks.core.plan import AdminRequest, Run
+from tasks.core.profile import parse_profile
+from tests.unit.conftest import DATA
+
+# Valid by every validator, and as unfriendly to a shell as they allow: leading dashes and dots in
+# paths, '-' and '_' in names, a version with an epoch and a local part, an email full of shell syntax.
+HOSTILE = parse_profile("""\
+server_name: x-1.example.org
+http_port: 8443
+public_url: https://x-1.example.org:8443/sub/-path
+label_studio:
+  version: "1!1.23.2.post1+local.7"
+  port: 65535
+  admin_email: "$(reboot)|`id`&x<y>@ex.org"
+service:
+  manager: systemd
+  user: _svc-1
+  name: ls_-1
+paths:
+  app_dir: /opt/-app.d/x
+  data_dir: /srv/.-data/y
+backup:
+  server_tmp_dir: /var/-tmp
+pip:
+  index_url: https://pypi.example.org/-simple/
+""", host="-vm")
+HOSTILE_SCREEN = parse_profile("service:\n  manager: screen\n  user: _svc-1\n  name: ls_-1\n"
+                               "paths:\n  data_dir: /srv/.-data/y\n", host="-vm")
+PROFILES = {"hostile-systemd": HOSTILE, "hostile-screen": HOSTILE_SCREEN}
+EMAIL = HOSTILE.label_studio.admin_email
+
+
+def scripts_of(profile) -> dict[str, str]:
+    manager = service_manager(profile)
+    staged = PurePosixPath("/tmp/-x y/site")
+    found = {
+        "status probe": probes.status_probe(profile),
+        "provision probe": probes.provision_probe(profile, EMAIL),
+        "as service user": commands.as_service_user(profile, "python3", "-c", "print(1)"),
+        "install file": commands.install_file(staged, profile.remote.env_file, mode="0600", owner="root", group="root"),
+        "health wait": wait_for_health(profile, via_nginx=True, timeout=5, fail_on_crash=True),
+        "health wait direct": wait_for_health(profile, via_nginx=False, timeout=5),
+        "apt install": provision.apt_install(provision.wanted_packages(profile)),
+        "useradd": provision.create_service_user(profile),
+        "pip install": provision.pip_install_label_studio(profile, copy_database_from=None),
+        "pip upgrade": provision.pip_install_label_studio(profile, copy_database_from="1.20.0"),
+        "nginx site new": provision.apply_nginx_site(profile, staged, previous_exists=False),
+        "nginx site update": provision.apply_nginx_site(profile, staged, previous_exists=True),
+        "nginx link only": provision.apply_nginx_site(profile, None, previous_exists=True),
+        "ensure admin": provision.ensure_admin(profile, staged, PurePosixPath("/tmp/-x y/secret")),
+    }
+    for variant in (Systemd(profile), Screen(profile)):
+        for verb in ("start", "stop", "restart"):
+            found[f"{variant.kind} {verb}"] = variant.command(verb)
+        found[f"{variant.kind} logs"] = variant.logs(10, follow=True)
+        found[f"{variant.kind} recent log"] = variant.recent_log()
+        found[f"{variant.kind} enable"] = variant.enable_at_boot() or "true"
+    found["manager start"] = manager.start()
+    return found
+
+
+def plan_scripts(profile) -> dict[str, str]:
+    """Every Run action of the plans for a bare and a provisioned host, with and without an admin."""
+    found = {}
+    for name in ("bare", "provisioned"):
+        facts = provision_facts_from_probe((DATA / f"provision_probe_{name}.txt").read_text())
+        for admin in (AdminRequest(EMAIL), AdminRequest(EMAIL, "pw", reset=True)):
+            for change in steps.plan(facts, profile, admin):
+                if isinstance(change.action, Run):
+                    found[f"{name}: {change.plan or change.what}"] = change.action.script
+    return found
+
+
+CASES = [(f"{pname}: {sname}", script)
+         for pname, profile in PROFILES.items()
+         for sname, script in itertools.chain(scripts_of(profile).items(), plan_scripts(profile).items())]
+
+
+@pytest.mark.parametrize("name, script", CASES, ids=[c[0] for c in CASES])
+def test_script_is_valid_posix_shell(name, script):
+    result = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
+def test_the_hostile_email_reaches_the_probe_as_one_argument():
+    script = probes.provision_probe(HOSTILE, EMAIL)
+    assert commands.q(EMAIL) in script
