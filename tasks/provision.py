@@ -16,7 +16,7 @@ from .core.profile import Profile
 
 
 def check_host(profile: Profile, found: facts.ProvisionFacts) -> None:
-    if profile.service.manager == "systemd" and not found.systemd:
+    if service_manager(profile).needs_systemd and not found.systemd:
         raise RemoteError("this host does not run systemd: set `service: {manager: screen}` in the profile")
     version = tuple(int(x) for x in (found.python3 or "0.0").split(".")[:2])
     if version < (3, 10):

@@ -231,7 +231,7 @@ class Profile:
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",
-            unit_file=PurePosixPath("/etc/systemd/system") / f"{name}.service",
+            unit_file=PurePosixPath("/etc/systemd/system") / self.service.unit,
             nginx_site=PurePosixPath("/etc/nginx/sites-available") / name,
             nginx_site_enabled=PurePosixPath("/etc/nginx/sites-enabled") / name,
             screen_launcher=app / "start-label-studio.sh",

@@ -57,9 +57,8 @@ def context(profile: Profile, *, ipv6: bool = False) -> dict:
     }
 
 
-def env_file(profile: Profile) -> RenderedFile:
-    # systemd reads it as root; in screen mode the service user's launcher sources it.
-    owner = "root" if profile.service.manager == "systemd" else profile.service.user
+def env_file(profile: Profile, owner: str) -> RenderedFile:
+    """`owner` is who reads it: root for systemd, the service user for the screen launcher."""
     return RenderedFile(profile.remote.env_file, render("label-studio.env.j2", **context(profile)),
                         "0600", owner, owner)
 

@@ -119,7 +119,7 @@ def managed_file(facts: ProvisionFacts, key: str, file: RenderedFile, label: str
 
 
 def env_file(facts: ProvisionFacts, profile: Profile) -> Change:
-    wanted = render.env_file(profile)
+    wanted = service_manager(profile).env_file()
     change = managed_file(facts, "env_file", wanted, "env file", frozenset({RESTART}))
     meta = f"{wanted.owner}:{wanted.group}:{int(wanted.mode, 8):o}"
     if change.changed or facts.env_file_meta == meta:

@@ -37,7 +37,7 @@ def test_recorded_provisioned_host(provisioned):
 def test_recorded_host_matches_what_we_render_today(provisioned):
     """The recorded server was provisioned from these templates: every file must still match,
     otherwise a template change would make every server 'changed' (record the probe again with it)."""
-    assert provisioned.files["env_file"] == render.env_file(PROFILE).content
+    assert provisioned.files["env_file"] == service_manager(PROFILE).env_file().content
     assert provisioned.files["unit_file"] == render.unit_file(PROFILE).content
     assert provisioned.files["nginx_site"] == render.nginx_site(PROFILE, ipv6=False).content
 
@@ -72,21 +72,21 @@ def test_firewall_uses_port_22_when_sshd_ports_are_unknown(bare):
 
 
 def test_env_file_has_the_security_settings_and_no_secrets():
-    text = render.env_file(PROFILE).content
+    text = service_manager(PROFILE).env_file().content
     for line in ("LABEL_STUDIO_HOST=http://127.0.0.1:56749", "CSRF_TRUSTED_ORIGINS=http://127.0.0.1:56749",
                  "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true", "LATEST_VERSION_CHECK=false",
                  "COLLECT_ANALYTICS=false", "SENTRY_DSN=", "LABEL_STUDIO_BASE_DATA_DIR=/var/lib/label-studio"):
         assert line in text.splitlines()
     assert "PASSWORD" not in text and "USERNAME" not in text
     assert "DJANGO_ALLOWED_HOSTS" not in text  # Label Studio does not read it
-    assert render.env_file(PROFILE).mode == "0600"
+    assert service_manager(PROFILE).env_file().mode == "0600"
     # systemd reads it as root; the screen launcher runs as the service user and must read it.
-    assert render.env_file(PROFILE).owner == "root"
-    assert render.env_file(parse_profile("service:\n  manager: screen\n")).owner == "labelstudio"
+    assert service_manager(PROFILE).env_file().owner == "root"
+    assert service_manager(parse_profile("service:\n  manager: screen\n")).env_file().owner == "labelstudio"
 
 
 def test_env_file_is_valid_for_sh():
-    text = render.env_file(PROFILE).content
+    text = service_manager(PROFILE).env_file().content
     result = subprocess.run(["sh", "-c", text + "\necho \"$LABEL_STUDIO_HOST\""], capture_output=True, text=True)
     assert result.stdout.strip() == "http://127.0.0.1:56749"
 

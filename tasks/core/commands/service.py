@@ -33,6 +33,7 @@ class ServiceManager:
     definition_label = ""
     definition_key = ""   # its key in the provision probe's [files]
     definition_notifies: frozenset[str] = frozenset({"restart"})
+    needs_systemd = False
 
     def __init__(self, profile: Profile):
         self.profile = profile
@@ -68,6 +69,10 @@ class ServiceManager:
         """The file that defines the service on the server (unit file or screen launcher)."""
         raise NotImplementedError
 
+    def env_file(self) -> RenderedFile:
+        """The env file, owned by whoever reads it."""
+        raise NotImplementedError
+
     def enable_at_boot(self) -> str | None:
         """The command that starts the service at boot, or None when this manager cannot."""
         return None
@@ -94,6 +99,7 @@ class Systemd(ServiceManager):
     definition_label = "systemd unit"
     definition_key = "unit_file"
     definition_notifies = frozenset({"daemon-reload", "restart"})
+    needs_systemd = True
 
     def __init__(self, profile: Profile):
         super().__init__(profile)
@@ -120,6 +126,9 @@ class Systemd(ServiceManager):
 
     def definition(self) -> RenderedFile:
         return render.unit_file(self.profile)
+
+    def env_file(self) -> RenderedFile:
+        return render.env_file(self.profile, owner="root")  # systemd reads it as root
 
     def enable_at_boot(self) -> str:
         return join("systemctl", "enable", self.unit)
@@ -178,6 +187,9 @@ class Screen(ServiceManager):
 
     def definition(self) -> RenderedFile:
         return render.screen_launcher(self.profile)
+
+    def env_file(self) -> RenderedFile:
+        return render.env_file(self.profile, owner=self.profile.service.user)  # the launcher sources it
 
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         unit = self.profile.service.unit
