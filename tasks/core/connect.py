@@ -1,4 +1,5 @@
-"""The one place a Connection is used for commands: sudo mode, timeouts, and errors in words."""
+"""The one place a Connection is used for commands and root data channels: sudo mode, timeouts, and
+errors in words."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from . import commands
 from .errors import ConnectError, RemoteError, SudoError
 
 SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PASSWORD in the environment"
+CHUNK = 1024 * 1024
+WINDOW = 32 * 1024 * 1024
 
 
 @dataclass
@@ -100,9 +103,89 @@ class Host:
         """Root can be had (else SudoError, in words): 'passwordless' or 'password'."""
         return self.sudo_mode
 
+    def root_channel(self, command: str) -> "RootChannel":
+        """`command` run as root on its own exec channel, whose stdin and stdout carry data."""
+        self.connect()
+        with self.errors():
+            channel = self.connection.client.get_transport().open_session(window_size=WINDOW)
+            if self.sudo_mode == "password":
+                channel.exec_command(commands.sudo_with_password_on_stdin(command))
+                channel.sendall((self.connection.config.sudo.password + "\n").encode())
+            else:
+                channel.exec_command(commands.sudo_noninteractive(command))
+        return RootChannel(self.alias, channel)
+
     def errors(self) -> "_ErrorTranslator":
         """A context in which socket, paramiko and invoke failures become our one-line errors."""
         return _ErrorTranslator(self)
+
+
+class RootChannel:
+    """File-like ends of a root command's stdin and stdout (paramiko channel inside), counting bytes."""
+
+    def __init__(self, alias: str, channel):
+        self.alias = alias
+        self.channel = channel
+        self.received = 0
+        self.sent = 0
+
+    # file-like for readers
+    def read(self, size: int = CHUNK) -> bytes:
+        data = self.channel.recv(size)
+        self.received += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def read_line(self) -> str:
+        """One line of stdout, read byte by byte so nothing after it is consumed."""
+        line = b""
+        while not line.endswith(b"\n"):
+            data = self.channel.recv(1)
+            if not data:
+                break
+            line += data
+        return line.decode(errors="replace")
+
+    def read_rest(self) -> str:
+        """Everything left on stdout, until the command closes it."""
+        rest = b""
+        while True:
+            data = self.channel.recv(4096)
+            if not data:
+                return rest.decode(errors="replace")
+            rest += data
+
+    # file-like for writers
+    def write(self, data: bytes) -> int:
+        self.channel.sendall(data)
+        self.sent += len(data)
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, what: str) -> None:
+        """Close our side, wait for the command (its stdout drained), raise RemoteError on failure."""
+        if not self.channel.closed:
+            self.channel.shutdown_write()
+        while self.channel.recv(CHUNK):
+            pass
+        status = self.channel.recv_exit_status()
+        err = b""
+        while self.channel.recv_stderr_ready():
+            err += self.channel.recv_stderr(CHUNK)
+        self.channel.close()
+        if status != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise RemoteError(f"{what} failed on {self.alias}: {lines[-1] if lines else f'exit {status}'}")
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 class _ErrorTranslator:
@@ -141,9 +224,10 @@ class _ErrorTranslator:
             raise ConnectError(f"the host key of {target} does not match known_hosts",
                                hint="if the server was rebuilt, remove its old key with ssh-keygen -R") from None
         if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
-            raise ConnectError(f"SSH to {target} failed: {exc or type(exc).__name__}") from None
+            raise ConnectError(f"SSH to {target} failed: {str(exc) or type(exc).__name__}") from None
         if isinstance(exc, CommandTimedOut):
             raise RemoteError(f"a command on {alias} did not finish within {exc.timeout}s") from None
         if isinstance(exc, Failure):
-            raise RemoteError(f"command failed on {alias}: {exc.result.stderr.strip()[-300:]}") from None
+            output = Output(exc.result.exited, exc.result.stdout, exc.result.stderr)
+            raise RemoteError(f"command failed on {alias}: {output.last_line()}") from None
         return False

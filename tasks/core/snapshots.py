@@ -19,21 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from . import catalog, sqlite, ui
+from . import catalog, commands, sqlite, ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot, private_dir
-from .commands import join, q
+from .commands import data as data_commands
 from .connect import Host
 from .errors import LockedError, RemoteError, SnapshotError
 from .profile import Profile
-from .transfer import RootChannel, receive_tar, server_codec
-
-SQLITE_SOURCE = Path(sqlite.__file__).read_text()
-
-
-def sqlite_tool(*args) -> str:
-    """The shell command that runs tasks/core/sqlite.py on the server with its system python3."""
-    return join("python3", "-c", SQLITE_SOURCE, *args)
-
+from .transfer import check_free_space, receive_tar, server_codec
 
 # ------------------------------------------------------------------------------------------------
 # Locks
@@ -43,32 +35,13 @@ def sqlite_tool(*args) -> str:
 def server_lock(host: Host, profile: Profile, task: str) -> Iterator[None]:
     """A flock on the server held by a process tied to our SSH channel: released when we finish or
     when this machine dies or the connection drops, so a crash never leaves a stale lock."""
-    lock = profile.remote.lock_file
-    owner = PurePosixPath(f"{lock}.owner")
     me = f"{task} by {getpass.getuser()}@{socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    script = (
-        f"exec 9>>{q(lock)}; "
-        f"if flock -n 9; then printf '%s\\n' {q(me)} > {q(owner)}; echo LOCKED; cat >/dev/null; "
-        f"else echo BUSY; cat {q(owner)} 2>/dev/null; fi"
-    )
-    channel = RootChannel(host, script)
-    first = b""
-    while not first.endswith(b"\n"):
-        data = channel.channel.recv(1)
-        if not data:
-            break
-        first += data
-    answer = first.decode().strip()
-    if answer != "LOCKED":
-        rest = b""
-        while True:
-            data = channel.channel.recv(4096)
-            if not data:
-                break
-            rest += data
+    channel = host.root_channel(data_commands.lock(profile.remote.lock_file, me))
+    answer = channel.read_line().strip()
+    if answer != data_commands.LOCKED:
+        holder = channel.read_rest().strip() or "another task"
         channel.close()
-        holder = rest.decode(errors="replace").strip() or "another task"
-        if answer == "BUSY":
+        if answer == data_commands.BUSY:
             raise LockedError(f"{host.alias} is busy: {holder}", hint="wait for it to finish, then try again")
         raise RemoteError(f"could not take the data lock on {host.alias}")
     try:
@@ -88,15 +61,11 @@ class ServerData:
     work_dir: PurePosixPath
     info: dict
 
-    @property
-    def counts(self) -> dict:
-        return self.info.get("report", {}).get("counts", {})
-
 
 def server_counts(host: Host, profile: Profile) -> dict | None:
     """Row counts of the live server database (read-only, no integrity check), None without one."""
-    out = host.run(f"[ -e {q(profile.remote.database)} ] && {sqlite_tool('counts', profile.remote.database)} || true",
-                   sudo=True, what="reading server counts").stdout.strip()
+    out = host.run(data_commands.server_counts(profile.remote.database), sudo=True,
+                   what="reading server counts").stdout.strip()
     return json.loads(out) if out else None
 
 
@@ -105,25 +74,15 @@ def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[Pure
     """A root-only temp folder on the server, removed afterwards whatever happens. Callers hold the
     data lock, so any other lsvm-* folder there is a leftover of a run that died: removed too."""
     base = profile.backup.server_tmp_dir
-    out = host.run(f"umask 077 && mkdir -p {q(base)} && rm -rf {q(base)}/lsvm-*.?????? && "
-                   f"mktemp -d {q(base + '/lsvm-' + purpose + '.XXXXXX')}",
-                   sudo=True, what="creating a temp folder on the server", check=False)
+    out = host.run(data_commands.make_work_dir(base, purpose), sudo=True, check=False,
+                   what="creating a temp folder on the server")
     if not out.ok:
         raise SnapshotError(f"cannot create a temp folder in {base} on {host.alias}: {out.last_line()}")
     path = PurePosixPath(out.stdout.strip())
     try:
         yield path
     finally:
-        host.run(f"rm -rf {q(path)}", sudo=True, check=False)
-
-
-def _check_free_space(host: Host, where: PurePosixPath, needed: int, purpose: str) -> None:
-    out = host.run(f"df -B1 --output=avail {q(where)} | tail -n 1", sudo=True, what="df").stdout.strip()
-    free = int(out) if out.isdigit() else None
-    if free is not None and free < needed:
-        raise SnapshotError(
-            f"not enough space on {host.alias} in {where} for {purpose}: needs {ui.human_bytes(needed)}, "
-            f"{ui.human_bytes(free)} free", hint="free some space, or set backup.server_tmp_dir in the profile")
+        host.run(commands.remove(path), sudo=True, check=False)
 
 
 def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
@@ -131,11 +90,11 @@ def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
     """Consistent copy of the live database into work_dir, skipped when SQLite's change counter says
     the database is the one in `previous`."""
     p = profile.remote
-    size = host.run(f"stat -c %s {q(p.database)} 2>/dev/null || echo 0", sudo=True).stdout.strip()
-    _check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
+    size = host.run(data_commands.file_size(p.database), sudo=True).stdout.strip()
+    check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
     marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest else "null"
     with ui.err.status("consistent copy of the server database (SQLite online backup)"):
-        out = host.run(sqlite_tool("prepare", p.data_dir, work_dir, p.venv, marker), sudo=True, check=False,
+        out = host.run(data_commands.prepare_copy(profile, work_dir, marker), sudo=True, check=False,
                        what="snapshot on the server")
     if not out.ok:
         if "No space" in out.stderr or "disk is full" in out.stderr:
@@ -198,30 +157,22 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     if fetch:
         codec = server_codec(host)
         names_from_data = [f[0] for f in fetch if f[0] != DATABASE]
-        list_file = data.work_dir / "files.list"
-        host.run(f"cat > {q(list_file)} <<'LSVM_EOF'\n" + "\n".join(names_from_data) + "\nLSVM_EOF",
-                 sudo=True, what="writing the file list")
-        parts, side = [], ""
-        if any(f[0] == DATABASE for f in fetch):
-            copy = data.work_dir / DATABASE
-            parts.append(f"-C {q(data.work_dir)} {DATABASE}")
-            # Hash and integrity_check of the copy run beside the stream, on the other core.
-            side = f"{sqlite_tool('check', copy)} > {q(data.work_dir / 'check.json')} & "
-        if names_from_data:
-            parts.append(f"-C {q(p.data_dir)} --verbatim-files-from -T {q(list_file)}")
-        command = (f"{side}tar --ignore-failed-read -cf - {' '.join(parts)} | {codec.remote_compress}; "
-                   "status=$?; wait; exit $status")
+        with_database = any(f[0] == DATABASE for f in fetch)
+        host.run(data_commands.write_file_list(data.work_dir, names_from_data), sudo=True,
+                 what="writing the file list")
+        command = data_commands.stream_snapshot(data.work_dir, p.data_dir, codec.name,
+                                                database=with_database, listed_files=bool(names_from_data))
         total = sum(f[1] for f in fetch)
         started = time.monotonic()
-        channel = RootChannel(host, command)
+        channel = host.root_channel(command)
         try:
             received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}")
             channel.finish("streaming the snapshot")
         finally:
             channel.close()
         ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
-        if side:
-            out = host.run(f"cat {q(data.work_dir / 'check.json')}", sudo=True, what="reading the check").stdout
+        if with_database:
+            out = host.run(data_commands.read_check_report(data.work_dir), sudo=True, what="reading the check").stdout
             check = json.loads(out.strip().splitlines()[-1])
 
     entries = list(linked)

@@ -44,8 +44,7 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> Non
 def inspect(path: str) -> dict:
     """integrity_check, whether it is a Label Studio database, and row counts. Never raises for a bad
     file: a report says what is wrong."""
-    report = {"integrity_check": "", "label_studio": False, "missing_tables": [], "counts": {},
-              "migrations": 0, "error": None}
+    report = {"integrity_check": "", "label_studio": False, "missing_tables": [], "counts": {}, "error": None}
     if not os.path.isfile(path):
         report["error"] = "no such file"
         return report
@@ -59,7 +58,6 @@ def inspect(path: str) -> dict:
             report["missing_tables"] = missing
             report["label_studio"] = not missing
             if not missing:
-                report["migrations"] = con.execute("select count(*) from django_migrations").fetchone()[0]
                 for key, table in COUNTS.items():
                     report["counts"][key] = con.execute(f"select count(*) from {table}").fetchone()[0]
         finally:
@@ -163,8 +161,6 @@ def main(argv: list[str]) -> int:
         print(json.dumps(prepare(*argv[1:5])))
     elif command == "check":
         print(json.dumps(check(argv[1])))
-    elif command == "inspect":
-        print(json.dumps(inspect(argv[1])))
     elif command == "counts":
         con = sqlite3.connect(f"file:{argv[1]}?mode=ro", uri=True, timeout=30)
         try:

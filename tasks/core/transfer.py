@@ -1,26 +1,30 @@
-"""Moving bytes to the server: upload to a private temp dir, then install atomically (rename in place)."""
+"""Moving bytes between here and the server: small uploads into a private temp dir, free-space checks,
+and compressed tar streams over a root channel, hashed as they land."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import PurePosixPath
+import os
+import tarfile
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from .commands import q
-from .connect import Host
-from .errors import RemoteError
-from .render import RenderedFile
+from . import commands, ui
+from .catalog import private_dir, write_private
+from .commands import data as data_commands
+from .connect import CHUNK, Host, RootChannel
+from .errors import RemoteError, SnapshotError
 
 
 @contextlib.contextmanager
 def remote_tempdir(host: Host) -> Iterator[PurePosixPath]:
     """A 0700 directory of the login user's, removed afterwards whatever happens."""
-    path = PurePosixPath(host.run("umask 077 && mktemp -d", what="mktemp").stdout.strip())
+    path = PurePosixPath(host.run(commands.MAKE_TEMPDIR, what="mktemp").stdout.strip())
     try:
         yield path
     finally:
-        host.run(f"rm -rf {q(path)}", check=False)
+        host.run(commands.remove(path), check=False)
 
 
 def upload_bytes(host: Host, data: bytes, remote: PurePosixPath) -> None:
@@ -28,50 +32,36 @@ def upload_bytes(host: Host, data: bytes, remote: PurePosixPath) -> None:
         host.connection.put(io.BytesIO(data), str(remote))
 
 
-def install_file(host: Host, file: RenderedFile) -> None:
-    """Put `file` in place: never a half-written file where a reader looks (temp + rename)."""
-    with remote_tempdir(host) as tmp:
-        staged = tmp / "upload"
-        upload_bytes(host, file.content.encode(), staged)
-        partial = PurePosixPath(f"{file.path}.lsvm-new")
-        host.run(
-            f"install -D -m {q(file.mode)} -o {q(file.owner)} -g {q(file.group)} {q(staged)} {q(partial)}"
-            f" && mv -f {q(partial)} {q(file.path)}",
-            sudo=True, what=f"installing {file.path}",
-        )
-
-
 @contextlib.contextmanager
 def secret_file(host: Host, data: bytes) -> Iterator[PurePosixPath]:
     """A secret on the server for the length of the block: 0600 in a 0700 dir, never in argv or logs."""
     with remote_tempdir(host) as tmp:
         path = tmp / "secret"
-        host.run(f"umask 077 && : > {q(path)}", what="creating a private file")
+        host.run(commands.empty_private_file(path), what="creating a private file")
         upload_bytes(host, data, path)
         yield path
+
+
+def check_free_space(host: Host, where: PurePosixPath, needed: int, purpose: str) -> None:
+    """SnapshotError, in words, when the filesystem holding `where` has less than `needed` bytes free."""
+    out = host.run(data_commands.free_space(where), sudo=True, what="df").stdout.strip()
+    free = int(out) if out.isdigit() else None
+    if free is not None and free < needed:
+        raise SnapshotError(
+            f"not enough space on {host.alias} in {where} for {purpose}: needs {ui.human_bytes(needed)}, "
+            f"{ui.human_bytes(free)} free", hint="free some space, or set backup.server_tmp_dir in the profile")
 
 
 # ------------------------------------------------------------------------------------------------
 # Streams: one exec channel, a compressed tar on the wire, hashing as bytes land. Nothing is staged
 # in memory beyond a chunk, so a 1 GiB database costs the same RSS as a 1 MiB one.
 
-CHUNK = 1024 * 1024
-WINDOW = 32 * 1024 * 1024
-
-
 class Codec:
-    """Compression on the wire: zstd when the server has it (fast, multi-threaded), else gzip."""
+    """Compression on the wire: zstd when the server has it (fast, multi-threaded), else gzip. The
+    server's side of it is in commands.data (COMPRESS, DECOMPRESS); this is ours."""
 
     def __init__(self, name: str):
         self.name = name
-
-    @property
-    def remote_compress(self) -> str:
-        return "zstd -q -1 -T0 -c" if self.name == "zstd" else "gzip -1 -c"
-
-    @property
-    def remote_decompress(self) -> str:
-        return "zstd -q -d -c" if self.name == "zstd" else "gzip -d -c"
 
     def reader(self, raw):
         if self.name == "zstd":
@@ -93,85 +83,18 @@ class Codec:
 
 
 def server_codec(host: Host) -> Codec:
-    found = host.run("command -v zstd >/dev/null && echo zstd || echo gzip", what="codec probe").stdout
+    found = host.run(data_commands.CODEC_PROBE, what="codec probe").stdout
     return Codec("zstd" if found.strip() == "zstd" else "gzip")
 
 
-class RootChannel:
-    """A root command on an exec channel whose stdin/stdout carry data (sudo -S reads its password
-    line first, byte by byte, so the rest of stdin is the command's)."""
-
-    def __init__(self, host: Host, command: str):
-        from .commands import sh
-
-        self.host = host
-        host.connect()
-        transport = host.connection.client.get_transport()
-        with host.errors():
-            self.channel = transport.open_session(window_size=WINDOW)
-            if host.sudo_mode == "password":
-                # -k: never a cached credential, so the password line is always consumed by sudo.
-                self.channel.exec_command(f"sudo -k -S -p '' {sh(command)}")
-                self.channel.sendall((host.connection.config.sudo.password + "\n").encode())
-            else:
-                self.channel.exec_command(f"sudo -n {sh(command)}")
-        self.received = 0
-        self.sent = 0
-
-    # file-like for readers
-    def read(self, size: int = CHUNK) -> bytes:
-        data = self.channel.recv(size)
-        self.received += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    # file-like for writers
-    def write(self, data: bytes) -> int:
-        self.channel.sendall(data)
-        self.sent += len(data)
-        return len(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
-
-    def finish(self, what: str) -> str:
-        """Close our side, wait for the command, raise on failure; returns its stdout tail."""
-        if not self.channel.closed:
-            self.channel.shutdown_write()
-        rest = b""
-        while True:
-            data = self.channel.recv(CHUNK)
-            if not data:
-                break
-            rest += data[-4096:]
-        status = self.channel.recv_exit_status()
-        err = b""
-        while self.channel.recv_stderr_ready():
-            err += self.channel.recv_stderr(CHUNK)
-        self.channel.close()
-        if status != 0:
-            lines = err.decode(errors="replace").strip().splitlines()
-            raise RemoteError(f"{what} failed on {self.host.alias}: {lines[-1] if lines else f'exit {status}'}")
-        return rest.decode(errors="replace")
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class _Counting:
-    """Counts bytes read through it and moves a progress bar."""
+class _ProgressReader:
+    """Moves a progress bar by the bytes read through it."""
 
     def __init__(self, inner, progress, task_id):
-        self.inner, self.progress, self.task_id, self.count = inner, progress, task_id, 0
+        self.inner, self.progress, self.task_id = inner, progress, task_id
 
     def read(self, size: int = -1) -> bytes:
         data = self.inner.read(size)
-        self.count += len(data)
         self.progress.update(self.task_id, advance=len(data))
         return data
 
@@ -186,18 +109,11 @@ def _safe_member_path(name: str) -> PurePosixPath:
 def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, description: str) -> dict:
     """Unpack a compressed tar stream into `dest` (dirs 0700, files 0600), hashing every file as it
     is written. Returns {relative path: (size, sha256)}."""
-    import os
-    import tarfile
-    from pathlib import Path
-
-    from . import ui
-    from .catalog import private_dir, write_private
-
     dest = Path(dest)
     received: dict[str, tuple[int, str]] = {}
     with ui.transfer_progress() as progress:
         task_id = progress.add_task(description, total=total or None)
-        reader = _Counting(codec.reader(channel), progress, task_id)
+        reader = _ProgressReader(codec.reader(channel), progress, task_id)
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for member in tar:
                 rel = _safe_member_path(member.name)
@@ -215,10 +131,6 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
 
 def send_tar(channel: RootChannel, codec: Codec, files: list, *, total: int, description: str) -> None:
     """Stream local files as a compressed tar: `files` is [(local Path, name in the archive)]."""
-    import tarfile
-
-    from . import ui
-
     with ui.transfer_progress() as progress:
         task_id = progress.add_task(description, total=total or None)
 

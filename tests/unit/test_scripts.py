@@ -10,7 +10,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands, steps
-from tasks.core.commands import probes, provision
+from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
+from tasks.core.commands import data, probes, provision
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest, Run
@@ -71,6 +72,46 @@ def scripts_of(profile) -> dict[str, str]:
         found[f"{variant.kind} recent log"] = variant.recent_log()
         found[f"{variant.kind} enable"] = variant.enable_at_boot() or "true"
     found["manager start"] = manager.start()
+    found.update(data_scripts(profile))
+    return found
+
+
+def data_scripts(profile) -> dict[str, str]:
+    """Every script of backup, push and restore, in each of its shapes."""
+    p = profile.remote
+    work = PurePosixPath(f"{profile.backup.server_tmp_dir}/lsvm-backup.-a $b")
+    holder = "backup by $(id)@'laptop' since `date` ;"
+    lock = data.lock(p.lock_file, holder)
+    found = {
+        "sqlite tool": data.sqlite_tool("check", work / DATABASE),
+        "server counts": data.server_counts(p.database),
+        "data lock": lock,
+        "data lock, sudo -n": commands.sudo_noninteractive(lock),
+        "data lock, sudo -S": commands.sudo_with_password_on_stdin(lock),
+        "work dir": data.make_work_dir(profile.backup.server_tmp_dir, "backup"),
+        "free space": data.free_space(work),
+        "file size": data.file_size(p.database),
+        "prepare copy": data.prepare_copy(profile, work, '{"counter": 1, "size": 2}'),
+        "prepare copy, first": data.prepare_copy(profile, work, "null"),
+        "file list": data.write_file_list(work, ["media/upload/1/a b.png", "media/-x;$(id)'`"]),
+        "file list, empty": data.write_file_list(work, []),
+        "check report": data.read_check_report(work),
+        "codec probe": data.CODEC_PROBE,
+        "make incoming": data.make_incoming(profile),
+        "hash incoming": data.hash_incoming(profile, [DATABASE, SECRET_ENV]),
+        "remove incoming": data.remove_incoming(profile),
+        "remove swap leftovers": data.remove_swap_leftovers(profile),
+        "temp dir": commands.MAKE_TEMPDIR,
+        "private file": commands.empty_private_file(work / "secret"),
+    }
+    for codec in data.COMPRESS:
+        for database, listed in ((True, True), (True, False), (False, True)):
+            found[f"stream {codec} db={database} files={listed}"] = data.stream_snapshot(
+                work, p.data_dir, codec, database=database, listed_files=listed)
+        found[f"receive upload {codec}"] = data.receive_upload(profile, codec)
+    for parts in ([DATABASE], [DATABASE, SECRET_ENV, MEDIA], [DATABASE, MEDIA]):
+        found[f"swap {'+'.join(parts)}"] = data.swap(profile, parts)
+        found[f"rollback {'+'.join(parts)}"] = data.rollback(profile, parts)
     return found
 
 

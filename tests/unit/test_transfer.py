@@ -1,0 +1,164 @@
+"""Moving bytes: temp dirs and secrets on the server, the free-space check, the codec, and tar streams
+both ways, through a recording channel and through the real server-side commands run here."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tarfile
+from pathlib import PurePosixPath
+
+import pytest
+
+from tasks.core import commands, transfer
+from tasks.core.catalog import DATABASE, SECRET_ENV
+from tasks.core.commands import data
+from tasks.core.connect import RootChannel
+from tasks.core.errors import RemoteError, SnapshotError
+from tasks.core.profile import parse_profile
+from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
+
+TMP = "/tmp/tmp.Xy12"
+FILES = {DATABASE: b"database bytes" * 1000, SECRET_ENV: b"SECRET_KEY=s3cret\n",
+         "media/upload/1/a b.png": b"\x89PNG" + bytes(range(256))}
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def test_remote_tempdir_is_removed_even_when_the_block_fails():
+    host = FakeHost().answer(r"mktemp", ok(TMP + "\n"))
+    with pytest.raises(ValueError):
+        with transfer.remote_tempdir(host) as path:
+            assert path == PurePosixPath(TMP)
+            raise ValueError("boom")
+    assert host.commands == [commands.MAKE_TEMPDIR, commands.remove(TMP)]
+
+
+def test_a_secret_file_is_made_private_before_its_bytes_arrive():
+    host = FakeHost().answer(r"mktemp", ok(TMP + "\n"))
+    with transfer.secret_file(host, b"password") as path:
+        assert path == PurePosixPath(TMP) / "secret"
+    assert [r.command for r in host.log] == [commands.MAKE_TEMPDIR, commands.empty_private_file(path),
+                                             f"<upload {path}>", commands.remove(TMP)]
+    assert host.uploads == {str(path): b"password"}
+
+
+@pytest.mark.parametrize("free, needed, refused", [
+    ("1000\n", 999, False), ("1000\n", 1000, False), ("1000\n", 1001, True), ("df: no such file\n", 10**15, False),
+])
+def test_free_space(free, needed, refused):
+    host = FakeHost(alias="vm").answer(r"^df -B1", ok(free))
+    where = PurePosixPath("/var/-tmp")
+    if refused:
+        with pytest.raises(SnapshotError, match=r"not enough space on vm in /var/-tmp for a copy: needs 1001 B, 1000 B free"):
+            transfer.check_free_space(host, where, needed, "a copy")
+    else:
+        transfer.check_free_space(host, where, needed, "a copy")
+    assert host.log[0].command == data.free_space(where) and host.log[0].sudo
+
+
+@pytest.mark.parametrize("answer, codec", [("zstd\n", "zstd"), ("gzip\n", "gzip"), ("", "gzip")])
+def test_the_codec_is_zstd_only_when_the_server_has_it(answer, codec):
+    host = FakeHost().answer(r"command -v zstd", ok(answer))
+    assert transfer.server_codec(host).name == codec
+    assert host.commands == [data.CODEC_PROBE]
+
+
+# ------------------------------------------------------------------------------------------------
+# Streams through a recording channel
+
+
+def write_files(folder, files: dict[str, bytes]):
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+        os.utime(folder / name, (1700000000, 1700000000))
+
+
+def sent_bytes(tmp_path, codec: transfer.Codec) -> bytes:
+    source = tmp_path / "source"
+    write_files(source, FILES)
+    channel = FakeChannel("upload", Stream())
+    transfer.send_tar(RootChannel("vm", channel), codec, [(source / n, n) for n in FILES], total=1, description="up")
+    return bytes(channel.written)
+
+
+@pytest.mark.parametrize("name", ["zstd", "gzip"])
+def test_what_send_tar_sends_receive_tar_unpacks_private_and_hashed(tmp_path, name):
+    codec = transfer.Codec(name)
+    wire = sent_bytes(tmp_path, codec)
+    channel = RootChannel("vm", FakeChannel("download", Stream(wire)))
+    dest = tmp_path / "dest"
+    received = transfer.receive_tar(channel, codec, dest, total=len(wire), description="down")
+    assert received == {n: (len(c), sha(c)) for n, c in FILES.items()}
+    assert channel.received == len(wire)
+    for n, content in FILES.items():
+        assert (dest / n).read_bytes() == content
+        assert (dest / n).stat().st_mode & 0o777 == 0o600
+        assert (dest / n).stat().st_mtime == 1700000000
+    assert (dest / "media").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("member", ["../escape", "/etc/passwd", "media/../../escape"])
+def test_receive_tar_refuses_paths_outside_the_snapshot(tmp_path, member):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w|") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    channel = RootChannel("vm", FakeChannel("download", Stream(gzip.compress(raw.getvalue()))))
+    with pytest.raises(RemoteError, match="refusing an unsafe path"):
+        transfer.receive_tar(channel, transfer.Codec("gzip"), tmp_path / "dest", total=1, description="down")
+    assert not (tmp_path / "escape").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The server-side commands, run here
+
+
+def run_here(command: str, stdin: bytes = b"") -> bytes:
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    result = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+def test_the_snapshot_stream_command_sends_the_copy_and_the_listed_files_and_checks_the_copy(tmp_path):
+    data_dir, work = tmp_path / "-data dir", tmp_path / "lsvm-backup.-x"
+    write_files(data_dir, {SECRET_ENV: FILES[SECRET_ENV], "media/upload/1/a b.png": FILES["media/upload/1/a b.png"]})
+    work.mkdir()
+    con = sqlite3.connect(work / DATABASE)  # the consistent copy `prepare` left (not Label Studio's)
+    con.execute("create table project (id integer)")
+    con.commit()
+    con.close()
+    listed = [SECRET_ENV, "media/upload/1/a b.png"]
+    run_here(data.write_file_list(PurePosixPath(work), listed))
+    wire = run_here(data.stream_snapshot(PurePosixPath(work), PurePosixPath(data_dir), "gzip", database=True,
+                                         listed_files=True))
+    channel = RootChannel("vm", FakeChannel("download", Stream(wire)))
+    received = transfer.receive_tar(channel, transfer.Codec("gzip"), tmp_path / "dest", total=1, description="d")
+    assert set(received) == {DATABASE, *listed}
+    check = json.loads(run_here(data.read_check_report(PurePosixPath(work))))
+    assert check["sha256"] == received[DATABASE][1]
+    assert check["report"]["integrity_check"] == "ok" and not check["report"]["label_studio"]
+
+
+def test_the_upload_commands_unpack_into_incoming_and_hash_what_arrived(tmp_path):
+    profile = parse_profile(f"paths:\n  data_dir: {tmp_path / '-data'}\n", host="vm")
+    run_here(data.make_incoming(profile))
+    assert (tmp_path / "-data" / data.INCOMING).stat().st_mode & 0o777 == 0o700
+    run_here(data.receive_upload(profile, "gzip"), stdin=sent_bytes(tmp_path, transfer.Codec("gzip")))
+    incoming = tmp_path / "-data" / data.INCOMING
+    assert (incoming / "media/upload/1/a b.png").read_bytes() == FILES["media/upload/1/a b.png"]
+    found = json.loads(run_here(data.hash_incoming(profile, [DATABASE, SECRET_ENV])))
+    assert found == {str(incoming / n): {"size": len(FILES[n]), "sha256": sha(FILES[n])} for n in (DATABASE, SECRET_ENV)}
+    run_here(data.remove_incoming(profile))
+    assert not incoming.exists()
