@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import base64
 import binascii
+import dataclasses
 
 from . import parse
 from .commands import probes
@@ -127,14 +128,15 @@ class ProvisionFacts:
     nginx: UnitState
     sshd_ports: tuple[int, ...]
     ufw_active: bool
-    ufw_allowed: frozenset[str]
+    ufw_rules: tuple[parse.UfwRule, ...]
+    login_port: int | None = None     # the port this SSH session reached on the server
+    client_ip: str | None = None      # where this SSH session comes from, as the server sees it
 
 
 def provision_facts_from_probe(text: str) -> ProvisionFacts:
     b = parse.blocks(text)
     h = parse.key_values(b.get("host", []))
     db = parse.key_values(b.get("db", []))
-    ufw_active, ufw_allowed = parse.ufw_status(b.get("ufw", []))
     return ProvisionFacts(
         installed_packages=frozenset(parse.dpkg_installed(b.get("packages", []))),
         os_id=h.get("os_id", ""),
@@ -158,8 +160,8 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         service=UnitState.from_show(parse.key_values(b.get("service", []))),
         nginx=UnitState.from_show(parse.key_values(b.get("nginx", []))),
         sshd_ports=tuple(parse.sshd_ports(b.get("sshd", []))),
-        ufw_active=ufw_active,
-        ufw_allowed=frozenset(ufw_allowed),
+        ufw_active=parse.ufw_active(b.get("ufw", [])),
+        ufw_rules=tuple(parse.ufw_rules(b.get("ufw_rules", []))),
     )
 
 
@@ -175,4 +177,6 @@ def _decoded(value: str) -> str | None:
 
 def provision_facts(host: Host, profile: Profile, admin_email: str) -> ProvisionFacts:
     output = host.run(probes.provision_probe(profile, admin_email), sudo=True, what="provision probe")
-    return provision_facts_from_probe(output.stdout)
+    session = parse.key_values(host.run(probes.SSH_CONNECTION, what="reading $SSH_CONNECTION").stdout.splitlines())
+    client_ip, login_port = parse.ssh_connection(session.get("ssh_connection", ""))
+    return dataclasses.replace(provision_facts_from_probe(output.stdout), login_port=login_port, client_ip=client_ip)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shlex
+from dataclasses import dataclass
 
 
 def blocks(text: str) -> dict[str, list[str]]:
@@ -40,29 +43,111 @@ def dpkg_installed(lines: list[str]) -> set[str]:
     return installed
 
 
-def ufw_status(lines: list[str]) -> tuple[bool, set[str]]:
-    """`ufw status` -> (active, allowed rules such as '22/tcp' and '80/tcp (v6)').
+def ufw_active(lines: list[str]) -> bool:
+    """`ufw status` -> whether the firewall is on."""
+    return any(line.strip() == "Status: active" for line in lines)
 
-    Only unconditional ALLOW rules from Anywhere count: a rule limited to one source does not
-    keep the SSH session we rely on open.
-    """
-    active = any(line.strip() == "Status: active" for line in lines)
-    allowed = set()
+
+# Ports of the ufw application profiles people use for SSH and nginx (Debian's openssh-server and nginx).
+UFW_APPS = {"openssh": {22}, "nginx full": {80, 443}, "nginx http": {80}, "nginx https": {443},
+            "www": {80}, "www full": {80, 443}, "www secure": {443}}
+
+
+@dataclass(frozen=True)
+class UfwRule:
+    """One allow (or limit) rule: the ports it opens (None: all) to a source ("any" or a network)."""
+
+    ports: frozenset[int] | None
+    source: str = "any"
+
+    def covers(self, port: int) -> bool:
+        return self.ports is None or port in self.ports
+
+    def admits(self, address: str) -> bool:
+        if self.source == "any":
+            return True
+        try:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(self.source, strict=False)
+        except ValueError:
+            return False
+
+
+def _ufw_ports(spec: str) -> frozenset[int]:
+    """`22`, `22/tcp`, `80,443/tcp`, `8000:8100/tcp` -> ports; an app name -> its ports (or none known)."""
+    app = UFW_APPS.get(spec.lower())
+    if app is not None:
+        return frozenset(app)
+    ports: set[int] = set()
+    for part in spec.split("/")[0].split(","):
+        low, _, high = part.partition(":")
+        if not low.isdigit() or (high and not high.isdigit()):
+            return frozenset()
+        ports.update(range(int(low), int(high or low) + 1))
+    return frozenset(ports)
+
+
+def ufw_rules(lines: list[str]) -> list[UfwRule]:
+    """`ufw show added` (rules as the commands that added them, listed even while ufw is off) ->
+    the allow and limit rules for incoming traffic."""
+    rules = []
     for line in lines:
-        match = re.match(r"^(\S+(?: \(v6\))?)\s+ALLOW(?: IN)?\s+Anywhere(?: \(v6\))?\s*$", line.strip())
-        if match:
-            allowed.add(match.group(1))
-    return active, allowed
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if len(words) < 3 or words[0] != "ufw" or words[1] not in ("allow", "limit"):
+            continue
+        words = words[2:]
+        if words[0] == "out":
+            continue
+        if words[0] == "in":
+            words = words[3:] if len(words) > 2 and words[1] == "on" else words[1:]
+        if "comment" in words:
+            words = words[:words.index("comment")]
+        if not words:
+            continue
+        if words[0] not in ("from", "to", "proto"):
+            rules.append(UfwRule(_ufw_ports(words[0])))
+            continue
+        options = dict(zip(words[::2], words[1::2]))
+        if "app" in options or "port" in options:
+            ports = _ufw_ports(options.get("app") or options["port"])
+        else:
+            ports = None
+        rules.append(UfwRule(ports, "any" if options.get("from", "any") == "any" else options["from"]))
+    return rules
 
 
 def sshd_ports(lines: list[str]) -> list[int]:
-    """`sshd -T` output -> the ports sshd listens on."""
-    ports = []
+    """Ports sshd accepts on: `sshd -T` port and listenaddress lines, and `Listen=` of ssh.socket
+    (socket activation) from `systemctl show`."""
+    ports = set()
     for line in lines:
         parts = line.split()
-        if len(parts) == 2 and parts[0].lower() == "port" and parts[1].isdigit():
-            ports.append(int(parts[1]))
-    return sorted(set(ports))
+        key = parts[0].lower() if parts else ""
+        if key == "port" and len(parts) == 2 and parts[1].isdigit():
+            ports.add(int(parts[1]))
+        elif key == "listenaddress" and len(parts) >= 2:
+            match = re.search(r":(\d+)$", parts[1])
+            if match:
+                ports.add(int(match.group(1)))
+        elif key.startswith("listen=") and "(stream)" in line.lower():
+            match = re.search(r":(\d+)\s+\(Stream\)", line, re.IGNORECASE) or re.match(r"Listen=(\d+)\s", line)
+            if match:
+                ports.add(int(match.group(1)))
+    return sorted(ports)
+
+
+def ssh_connection(value: str) -> tuple[str | None, int | None]:
+    """$SSH_CONNECTION (`client_ip client_port server_ip server_port`) -> (client ip, server port)."""
+    parts = value.split()
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None, None
+    try:
+        client = str(ipaddress.ip_address(parts[0]))
+    except ValueError:
+        client = None
+    return client, int(parts[3])
 
 
 def dist_info_version(path: str) -> str | None:
@@ -94,3 +179,13 @@ def health_is_up(value: str | None) -> bool:
 
 def int_or_none(value: str | None) -> int | None:
     return int(value) if value and value.strip().isdigit() else None
+
+
+def env_assignments(text: str) -> list[tuple[str, str]]:
+    """KEY=value lines of an env file we rendered (comments and blanks skipped), in order."""
+    pairs = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            pairs.append((key.strip(), value))
+    return pairs

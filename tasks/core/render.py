@@ -57,10 +57,11 @@ def context(profile: Profile, *, ipv6: bool = False) -> dict:
     }
 
 
-def env_file(profile: Profile, owner: str) -> RenderedFile:
-    """`owner` is who reads it: root for systemd, the service user for the screen launcher."""
+def env_file(profile: Profile, *, group: str, mode: str) -> RenderedFile:
+    """Always root's (the service user must not be able to change what root's scripts read); `group`
+    and `mode` say who else reads it."""
     return RenderedFile(profile.remote.env_file, render("label-studio.env.j2", **context(profile)),
-                        "0600", owner, owner)
+                        mode, "root", group)
 
 
 def unit_file(profile: Profile) -> RenderedFile:

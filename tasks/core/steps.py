@@ -11,6 +11,7 @@ from . import render
 from .commands.probes import managed_files
 from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_install, create_service_user,
                                  make_dir, pip_install_label_studio, set_owner_and_mode, ufw_allow,
+                                 ufw_allow_from,
                                  wanted_packages)
 from .commands.service import service_manager
 from .facts import ProvisionFacts
@@ -41,11 +42,26 @@ def wanted_dirs(profile: Profile) -> list[tuple[PurePosixPath, str, str]]:
     return [(p.app_dir, "root:root:755", "0755"), (p.data_dir, f"{user}:{user}:750", "0750")]
 
 
-def firewall_rules_missing(profile: Profile, facts: ProvisionFacts) -> list[str]:
-    """ufw rules to add: every SSH port sshd listens on (so enabling never locks us out), then HTTP."""
-    ssh_ports = facts.sshd_ports or (22,)
-    wanted = [f"{port}/tcp" for port in ssh_ports] + [f"{profile.http_port}/tcp"]
-    return [rule for rule in wanted if rule not in facts.ufw_allowed]
+def ssh_ports(facts: ProvisionFacts) -> list[int]:
+    """Every port sshd accepts on, and always the one this session came in on (22 when nothing says)."""
+    ports = set(facts.sshd_ports) | ({facts.login_port} if facts.login_port else set())
+    return sorted(ports or {22})
+
+
+def firewall_rules_missing(profile: Profile, facts: ProvisionFacts) -> list[tuple[str, str]]:
+    """(ufw command, what it allows) for each port no rule opens yet: SSH first (so enabling never
+    locks us out), then HTTP. A port opened only to some sources keeps that restriction; when this
+    session's own address is not among them, only that address is added for the login port."""
+    missing = []
+    for port in ssh_ports(facts) + [profile.http_port]:
+        rules = [rule for rule in facts.ufw_rules if rule.covers(port)]
+        if not rules:
+            missing.append((ufw_allow(f"{port}/tcp"), f"{port}/tcp"))
+        elif (port == facts.login_port and facts.client_ip
+              and not any(rule.admits(facts.client_ip) for rule in rules)):
+            missing.append((ufw_allow_from(facts.client_ip, port),
+                            f"{port}/tcp from {facts.client_ip} (this SSH session; the existing restriction stays)"))
+    return missing
 
 
 def unified_diff(path: PurePosixPath, old: str, new: str) -> str:
@@ -171,9 +187,9 @@ def firewall(facts: ProvisionFacts, profile: Profile) -> list[Change]:
         return [Change("firewall is off in the profile (firewall.enabled: false)")]
     missing = firewall_rules_missing(profile, facts)
     changes = [] if missing else [Change("ufw allows SSH and HTTP")]
-    for rule in missing:
-        changes.append(Change(f"ufw allows {rule}", True, plan=f"allow {rule} in ufw",
-                              action=Run(ufw_allow(rule), "ufw allow")))
+    for command, allows in missing:
+        changes.append(Change(f"ufw allows {allows}", True, plan=f"allow {allows} in ufw",
+                              action=Run(command, "ufw allow")))
     if facts.ufw_active:
         changes.append(Change("ufw is active"))
     else:
@@ -191,7 +207,8 @@ def reload_handlers(facts: ProvisionFacts, notes: frozenset[str]) -> list[Change
     if DAEMON_RELOAD_NEEDED in notes:
         changes.append(Change("reloaded systemd (the unit file changed)", True, plan="reload systemd",
                               action=Run(DAEMON_RELOAD, "systemctl daemon-reload")))
-    if not facts.nginx.running:
+    # Installing the package (an earlier step) starts nginx.
+    if not facts.nginx.running and "nginx" in facts.installed_packages:
         changes.append(Change("started nginx", True, plan="start nginx",
                               action=Run(RELOAD_NGINX, "starting nginx")))
     elif NGINX_RELOAD in notes:

@@ -11,7 +11,7 @@ from tasks.core.profile import Profile
 
 DATA = Path(__file__).parent / "data"
 # The profile the recorded server (data/provision_probe_provisioned.txt) was provisioned with.
-PROFILE = Profile(host="vm", address="127.0.0.1", public_url="http://127.0.0.1:56749")
+PROFILE = Profile(host="vm", address="127.0.0.1", public_url="http://127.0.0.1:59503")
 
 
 @pytest.fixture

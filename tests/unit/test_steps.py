@@ -50,7 +50,7 @@ def test_a_bare_host_gets_every_step_then_the_handlers_in_order(bare):
         "ufw allows 80/tcp",
         "enabled ufw (SSH allowed first)",
         "reloaded systemd (the unit file changed)",
-        "started nginx",
+        "reloaded nginx",
         "enabled label-studio.service at boot",
         "started label-studio.service",
         f"created admin {EMAIL}",
@@ -106,7 +106,7 @@ def test_systemd_to_screen_disables_the_unit_then_starts_screen(provisioned):
     changes = steps.plan(provisioned, profile, ADMIN)
     assert changed(changes) == [
         "installed screen",
-        "env file set to labelstudio:labelstudio:600",  # the launcher, run as the service user, reads it
+        "env file set to root:labelstudio:640",  # the launcher, run as the service user, reads it
         "created screen launcher /opt/label-studio/start-label-studio.sh",
         "stopped and disabled label-studio.service (screen runs it now)",
         "started screen session label-studio",
@@ -125,8 +125,10 @@ def test_a_version_bump_copies_the_database_first_and_restarts(provisioned):
         "restarted label-studio.service (its settings changed)",
     ]
     upgrade = changes[[c.what for c in changes].index("upgraded label-studio 1.23.2 -> 1.24.0")].action
-    assert "/var/lib/label-studio/pre-upgrade/label_studio-1.23.2-" in upgrade.script
-    assert upgrade.script.index(".backup") < upgrade.script.index("pip install")
+    # Made by the service user in its data dir, before pip touches anything.
+    assert upgrade.script.startswith("stamp=$(date -u +%Y%m%dT%H%M%SZ) && runuser -u labelstudio -- env -C /var/lib/label-studio")
+    assert "sh 1.23.2 \"$stamp\"" in upgrade.script
+    assert upgrade.script.index(".backup pre-upgrade/") < upgrade.script.index("pip install")
 
 
 def test_reset_password_waits_for_health_then_resets(provisioned):
@@ -138,6 +140,11 @@ def test_reset_password_waits_for_health_then_resets(provisioned):
 def test_no_admin_email_and_existing_users_needs_no_admin(provisioned):
     last = steps.plan(provisioned, PROFILE, AdminRequest(None))[-1]
     assert not last.changed and last.what == "1 user(s); no admin_email set, no admin to add"
+
+
+def test_a_stopped_nginx_is_started(provisioned):
+    facts = dataclasses.replace(provisioned, nginx=UnitState("loaded", "inactive", "dead", "enabled"))
+    assert changed(steps.plan(facts, PROFILE, ADMIN)) == ["started nginx"]
 
 
 def test_firewall_off_plans_no_ufw(bare):
@@ -157,7 +164,7 @@ def test_plan_mode_runs_nothing_and_shows_diffs(bare, capsys):
     assert host.log == []
     out = capsys.readouterr().out
     assert "would install python3-venv, nginx, sqlite3, zstd, ufw" in out
-    assert "+LABEL_STUDIO_HOST=http://127.0.0.1:56749" in out  # the env file's diff
+    assert "+LABEL_STUDIO_HOST=http://127.0.0.1:59503" in out  # the env file's diff
     assert "would wait for Label Studio to answer /health" in out
     assert sum(c.changed for c in done) == 18
 

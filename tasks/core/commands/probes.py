@@ -120,7 +120,14 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "echo '[nginx]'",
         unit_show("nginx.service"),
         "echo '[sshd]'",
-        "sshd -T 2>/dev/null | grep -i '^port ' || true",
+        "sshd -T 2>/dev/null | grep -iE '^(port|listenaddress) ' || true",
+        "systemctl show --no-pager -p Listen ssh.socket 2>/dev/null || true",
         "echo '[ufw]'",
         "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
+        "echo '[ufw_rules]'",
+        "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
     )
+
+
+# Run as the login user (sudo drops it): where this SSH session comes from and which port it reached.
+SSH_CONNECTION = "printf 'ssh_connection=%s\\n' \"$SSH_CONNECTION\""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from .. import parse
 from ..profile import Profile
 from . import as_service_user, join, q
 from .service import service_manager
@@ -50,14 +51,17 @@ def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None
               f"{q(p.venv_python)} -m pip install {join(*pip)} {q('label-studio==' + profile.label_studio.version)}")
     if copy_database_from is None:
         return script
-    user = profile.service.user
-    folder = p.data_dir / "pre-upgrade"
-    target = f"{q(str(folder) + '/label_studio-' + copy_database_from + '-')}$(date -u +%Y%m%dT%H%M%SZ).sqlite3"
-    copy = (f"target={target} && install -d -m 0700 -o {q(user)} -g {q(user)} {q(folder)} && "
-            f"sqlite3 {q(p.database)} \".backup '$target'\" && "
-            f"chown {q(user)}:{q(user)} \"$target\" && chmod 0600 \"$target\" && "
-            "echo \"database copied to $target before the upgrade\"")
-    return f"{copy} && {script}"
+    return f"{pre_upgrade_copy(profile, copy_database_from)} && {script}"
+
+
+def pre_upgrade_copy(profile: Profile, old_version: str) -> str:
+    """SQLite's online backup of the database into <data_dir>/pre-upgrade/, made by the service user
+    in its own data dir (root never writes through a path that user can replace); prints where."""
+    copy = ('umask 077 && mkdir -p pre-upgrade && '
+            'sqlite3 label_studio.sqlite3 ".backup pre-upgrade/label_studio-$1-$2.sqlite3" && '
+            'echo "database copied to $(pwd)/pre-upgrade/label_studio-$1-$2.sqlite3 before the upgrade"')
+    return ("stamp=$(date -u +%Y%m%dT%H%M%SZ) && "
+            + as_service_user(profile, "sh", "-c", copy, "sh", old_version) + ' "$stamp"')
 
 
 def apply_nginx_site(profile: Profile, staged: PurePosixPath | None, *, previous_exists: bool) -> str:
@@ -94,9 +98,14 @@ def ufw_allow(rule: str) -> str:
     return join("ufw", "allow", rule)
 
 
+def ufw_allow_from(source: str, port: int) -> str:
+    return join("ufw", "allow", "from", source, "to", "any", "port", int(port), "proto", "tcp")
+
+
 def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath) -> str:
     """Run templates/scripts/ensure_admin.py (uploaded to `script`) with the service's venv, as the
-    service user, with the service's environment; the request (with the password) comes on stdin."""
-    p = profile.remote
-    return (f"set -a; . {q(p.env_file)}; set +a; "
-            f"{as_service_user(profile, p.venv_python, '-c')} \"$(cat {q(script)})\" < {q(request)}")
+    service user, with the service's environment; the request (with the password) comes on stdin.
+    The environment comes from the env file as we render it, never by root sourcing a file on the server."""
+    environment = [f"{key}={value}" for key, value in parse.env_assignments(service_manager(profile).env_file().content)]
+    return (f"{as_service_user(profile, *environment, profile.remote.venv_python, '-c')} "
+            f"\"$(cat {q(script)})\" < {q(request)}")

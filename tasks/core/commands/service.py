@@ -128,7 +128,7 @@ class Systemd(ServiceManager):
         return render.unit_file(self.profile)
 
     def env_file(self) -> RenderedFile:
-        return render.env_file(self.profile, owner="root")  # systemd reads it as root
+        return render.env_file(self.profile, group="root", mode="0600")  # systemd reads it as root
 
     def enable_at_boot(self) -> str:
         return join("systemctl", "enable", self.unit)
@@ -164,7 +164,11 @@ class Screen(ServiceManager):
     def start(self) -> str:
         p = self.profile.remote
         user = self.profile.service.user
-        return (f"install -d -m 0700 -o {q(user)} -g {q(user)} /run/screen/S-{q(user)} 2>/dev/null; "
+        socket_dir = f"/run/screen/S-{user}"
+        # The service user makes its own socket dir where it can; root only when it cannot, and never
+        # through a symlink that user planted.
+        return (f"{as_service_user(self.profile, 'install', '-d', '-m', '0700', socket_dir)} 2>/dev/null || "
+                f"[ -L {q(socket_dir)} ] || install -d -m 0700 -o {q(user)} -g {q(user)} {q(socket_dir)} 2>/dev/null; "
                 f"touch {q(p.screen_log)} && chown {q(user)}:{q(user)} {q(p.screen_log)} && "
                 f"chmod 0600 {q(p.screen_log)} && "
                 + as_service_user(self.profile, "screen", "-dmS", self.name, "-L", "-Logfile",
@@ -189,7 +193,8 @@ class Screen(ServiceManager):
         return render.screen_launcher(self.profile)
 
     def env_file(self) -> RenderedFile:
-        return render.env_file(self.profile, owner=self.profile.service.user)  # the launcher sources it
+        # The launcher, run as the service user, sources it: readable by its group, writable by root only.
+        return render.env_file(self.profile, group=self.profile.service.user, mode="0640")
 
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         unit = self.profile.service.unit
