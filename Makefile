@@ -23,11 +23,11 @@ unit: venv
 
 ## Build the local test VM, provision Label Studio on it, print its URL and login.
 demo: venv
-	$(BIN)/python -m tests.testvm up
+	$(BIN)/python -m dev.testvm up
 
 ## Remove the demo VM.
 demo-down: venv
-	$(BIN)/python -m tests.testvm down
+	$(BIN)/python -m dev.testvm down
 
 clean:
 	rm -rf $(VENV) .pytest_cache

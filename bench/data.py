@@ -25,9 +25,9 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from tests.integration.lsclient import LabelStudio  # noqa: E402
-from tests.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
-from tests.testvm.machine import make_key, start_vm  # noqa: E402
+from dev.lsclient import LabelStudio  # noqa: E402
+from dev.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
+from dev.testvm.machine import make_key, start_vm  # noqa: E402
 
 EMAIL, PASSWORD = "admin@example.com", "bench-password-1"
 DB = "/var/lib/label-studio/label_studio.sqlite3"

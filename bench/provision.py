@@ -3,11 +3,12 @@
     python -m bench.provision
 
 Prints wall times, the no-op/fresh ratio (target: no-op <= 3 s and <= 5% of fresh), and where the time
-goes: per step, and the number of SSH round trips. Needs a Docker engine (like the integration tests).
+goes: per change the provision plan executed, and the number of SSH round trips. Needs a Docker engine (like the integration tests).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -15,46 +16,49 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from tasks.core import connect, ops  # noqa: E402
-from tests.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
-from tests.testvm.machine import make_key, start_vm  # noqa: E402
-
-STEPS = ("packages", "service_user", "directories", "label_studio", "env_file", "service_definition",
-         "service_running", "wait_until_up", "admin_user", "nginx_site", "firewall")
+from dev.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
+from dev.testvm.machine import make_key, start_vm  # noqa: E402
+from tasks.core import connect, plan  # noqa: E402
 
 
 class Recorder:
-    """Counts SSH round trips (Host.run calls) and times each provision step, in this process."""
+    """Counts SSH round trips (Host.run calls) and times each change provision executes, in this
+    process. Provision is a plan of Changes run by `tasks.core.plan.apply`, which calls
+    `tasks.core.plan.execute` for every change with an action: wrapping that one function times every
+    step and handler, named by the change's own words (its plan text, else its `what`)."""
 
     def __init__(self):
         self.round_trips = 0
         self.steps: dict[str, float] = defaultdict(float)
 
-    def install(self):
-        original_run = connect.Host.run
+    @contextmanager
+    def installed(self):
+        """Instrument while inside; the originals come back on exit (so two runs never count twice)."""
+        original_run, original_execute = connect.Host.run, plan.execute
         recorder = self
 
         def counted_run(self, *args, **kwargs):
             recorder.round_trips += 1
             return original_run(self, *args, **kwargs)
 
-        connect.Host.run = counted_run
-        for name in STEPS:
-            original = getattr(ops.Provisioner, name)
+        def timed_execute(host, change):
+            start = time.perf_counter()
+            try:
+                return original_execute(host, change)
+            finally:
+                recorder.steps[change.plan or change.what] += time.perf_counter() - start
 
-            def timed(self, *args, _original=original, _name=name, **kwargs):
-                start = time.perf_counter()
-                try:
-                    return _original(self, *args, **kwargs)
-                finally:
-                    recorder.steps[_name] += time.perf_counter() - start
-
-            setattr(ops.Provisioner, name, timed)
+        connect.Host.run, plan.execute = counted_run, timed_execute
+        try:
+            yield self
+        finally:
+            connect.Host.run, plan.execute = original_run, original_execute
 
 
 def provision_in_process(ssh_config: Path, profile: Path) -> tuple[float, Recorder]:
@@ -64,13 +68,13 @@ def provision_in_process(ssh_config: Path, profile: Path) -> tuple[float, Record
     from tasks.provision import provision
 
     recorder = Recorder()
-    recorder.install()
     config = Config(runtime_ssh_path=str(ssh_config))
     config.load_ssh_config()
     connection = Connection("vm", config=config)
-    start = time.perf_counter()
-    provision(connection, config=str(profile))
-    elapsed = time.perf_counter() - start
+    with recorder.installed():
+        start = time.perf_counter()
+        provision(connection, config=str(profile))
+        elapsed = time.perf_counter() - start
     connection.close()
     return elapsed, recorder
 
@@ -83,7 +87,8 @@ def fab_wall(ssh_config: Path, profile: Path, env: dict) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m bench.provision", description=__doc__.splitlines()[0]).parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="lsvm-bench-"))
     vm = start_vm(build_image(), make_key(work))
     try:
@@ -120,12 +125,13 @@ def main() -> int:
           f"python + fab start-up {startup:.2f} s")
     print(f"no-op / fresh ratio:        {noop / fresh_wall:7.2%}   (target <= 5% and <= 3 s: "
           f"{'met' if noop <= 3 and noop / fresh_wall <= 0.05 else 'NOT met'})")
-    print("where the fresh run's time goes:")
+    print("where the fresh run's time goes (each change provision executed):")
     accounted = 0.0
     for name, seconds in sorted(fresh_rec.steps.items(), key=lambda kv: -kv[1]):
         accounted += seconds
-        print(f"  {name:20s} {seconds:7.1f} s  {seconds / fresh:6.1%}")
-    print(f"  {'other (facts, health)':20s} {fresh - accounted:7.1f} s  {(fresh - accounted) / fresh:6.1%}")
+        print(f"  {seconds:7.1f} s  {seconds / fresh:6.1%}  {name}")
+    print(f"  {fresh - accounted:7.1f} s  {(fresh - accounted) / fresh:6.1%}  other (facts probe, sudo check, "
+          "health through nginx, output)")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Each of these runs the whole integration suite (tests/testvm builds both from Debian packages).
+# Each of these runs the whole integration suite (dev/testvm builds both from Debian packages).
 TESTED = {("debian", "12"): "Debian 12 (bookworm)", ("debian", "13"): "Debian 13 (trixie)"}
 # Same packages, systemd, Python >= 3.10 and runuser; their 0750 homes are covered by a test on
 # Debian 12 with that mode. Not run by the suite, so not promised.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.testvm.image import SUITES, build_image
-from tests.testvm.machine import (
+from dev.testvm.image import SUITES, build_image
+from dev.testvm.machine import (
     NOPASSWD_USER, PASSWORD_USER, PASSWORD_USER_SUDO_PASSWORD, TestVM, make_key, start_vm,
 )
 

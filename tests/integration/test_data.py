@@ -1,6 +1,8 @@
 """Data tasks on a provisioned VM with the real Label Studio; data is made through its API.
 
-The tests share one VM and run in file order: each leaves the server serving a known state.
+The tests share one VM (provisioning takes minutes) and run in file order, each leaving the server
+serving a known state; but none relies on an earlier test: each asks for what it needs (project
+`alpha`, a `server_snapshot` to take a database from), so any one runs alone (`pytest -k NAME`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from dev.lsclient import LabelStudio, wait_for_health
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT
-from tests.integration.lsclient import LabelStudio, wait_for_health
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 PNG = bytes.fromhex(
@@ -75,6 +77,17 @@ def alpha(data_vm):
     media = data_vm.vm.exec("cd /var/lib/label-studio/media && find upload -name '*.png'").stdout.decode().split()
     assert len(media) == 1
     return {"id": project, "media_url": "/data/" + media[0], "session": ls}
+
+
+@pytest.fixture(scope="module")
+def server_snapshot(data_vm, alpha) -> Path:
+    """A complete snapshot of the server (with project alpha), taken here: a real Label Studio
+    database for the tests that need one, and a verified snapshot for prune to keep."""
+    result = data_vm.fab("backup", "--label", "source")
+    assert result.returncode == 0, result.stdout + result.stderr
+    snap = snapshots_of(data_vm)[-1]
+    assert snap.name.endswith("-source") and (snap / "manifest.json").is_file()
+    return snap
 
 
 def test_backup_while_a_writer_imports(data_vm, alpha):
@@ -194,7 +207,7 @@ def test_restore_server_round_trip_brings_back_projects_media_and_logins(data_vm
     assert again.request("GET", "/api/projects", headers=cookie).status == 200
 
 
-def test_push_local_db_serves_local_content_and_keeps_the_server_data(data_vm, tmp_path):
+def test_push_local_db_serves_local_content_and_keeps_the_server_data(data_vm, alpha, tmp_path):
     local = tmp_path / "local-ls"
     pulled = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
@@ -229,7 +242,7 @@ def test_push_local_db_serves_local_content_and_keeps_the_server_data(data_vm, t
     assert project_titles(data_vm) == ["alpha"]
 
 
-def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, tmp_path):
+def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, alpha, tmp_path):
     local = tmp_path / "mine"
     assert data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local)).returncode == 0
     con = sqlite3.connect(local / "label_studio.sqlite3")  # local work the user must not lose
@@ -251,8 +264,8 @@ def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random", "not-label-studio"])
-def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, tmp_path, kind):
-    good = snapshots_of(data_vm)[-1] / "label_studio.sqlite3"
+def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, server_snapshot, tmp_path, kind):
+    good = server_snapshot / "label_studio.sqlite3"
     if kind == "truncated":
         folder = make_local_dir(tmp_path, kind, content=good.read_bytes()[: good.stat().st_size // 3])
     elif kind == "random":
@@ -273,8 +286,8 @@ def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, tmp_path,
     assert_serving(data_vm)
 
 
-def test_a_database_that_fails_the_health_check_is_rolled_back(data_vm, tmp_path):
-    folder = make_local_dir(tmp_path, "breaks", source_db=snapshots_of(data_vm)[-1] / "label_studio.sqlite3")
+def test_a_database_that_fails_the_health_check_is_rolled_back(data_vm, alpha, server_snapshot, tmp_path):
+    folder = make_local_dir(tmp_path, "breaks", source_db=server_snapshot / "label_studio.sqlite3")
     con = sqlite3.connect(folder / "label_studio.sqlite3")
     con.execute("delete from django_migrations where app = 'projects'")  # Label Studio refuses to start on it
     con.commit()
@@ -307,10 +320,10 @@ def test_server_temp_space_full_is_a_clean_error(data_vm):
 
 
 @pytest.fixture(scope="module")
-def big_local(data_vm, tmp_path_factory):
+def big_local(server_snapshot, tmp_path_factory):
     """A real Label Studio database with 300 MiB of incompressible ballast: uploads take seconds."""
     folder = tmp_path_factory.mktemp("big-local")
-    shutil.copy(snapshots_of(data_vm)[-1] / "label_studio.sqlite3", folder / "label_studio.sqlite3")
+    shutil.copy(server_snapshot / "label_studio.sqlite3", folder / "label_studio.sqlite3")
     con = sqlite3.connect(folder / "label_studio.sqlite3")
     con.execute("create table ballast(b blob)")
     con.executemany("insert into ballast values (?)", ((os.urandom(1024 * 1024),) for _ in range(300)))
@@ -389,7 +402,7 @@ def test_pull_refuses_while_a_local_label_studio_runs(data_vm, tmp_path):
     assert not (local / "label_studio.sqlite3").exists()
 
 
-def test_prune_previews_then_deletes_but_keeps_the_newest_verified(data_vm):
+def test_prune_previews_then_deletes_but_keeps_the_newest_verified(data_vm, server_snapshot):
     root = data_vm.fab.home / "backups" / "vm"
     (root / "20200101T000000Z").mkdir(mode=0o700)  # an incomplete snapshot: no manifest
     count = len(snapshots_of(data_vm))

@@ -1,15 +1,18 @@
-"""Foundation, proven over real SSH: status for both kinds of sudo, and clean errors for bad input."""
+"""Foundation, proven over real SSH: status for both kinds of sudo, host keys checked as OpenSSH does, and
+clean errors for bad input."""
 
 from __future__ import annotations
 
 import re
 import sys
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import PROJECT_ROOT
+from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER
+from tests.integration.conftest import PROJECT_ROOT, Fab
 
 
 def assert_one_line_error(result, *words: str, code: int | None = None):
@@ -157,7 +160,7 @@ def test_provision_refuses_bad_input_before_connecting(fab, test_home: Path, yam
 
 
 def test_closed_port_is_a_one_line_error(fab, test_home: Path):
-    from tests.testvm.machine import free_port
+    from dev.testvm.machine import free_port
 
     config = test_home / "ssh_config_closed"
     config.write_text(fab.vm.ssh_config("vm").replace(f"Port {fab.vm.ssh_port}", f"Port {free_port()}"))
@@ -167,3 +170,121 @@ def test_closed_port_is_a_one_line_error(fab, test_home: Path):
         env={"PATH": "/usr/bin:/bin", "HOME": str(test_home)},
     )
     assert_one_line_error(result, "refused the connection", code=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host keys: known_hosts and StrictHostKeyChecking honoured, a changed key refused before anything is sent
+
+
+@dataclass
+class CheckingFab(Fab):
+    """`fab` with an ssh_config that checks host keys (the VMs' own says StrictHostKeyChecking no) and
+    the default UserKnownHostsFile, ~/.ssh/known_hosts in this test's own HOME."""
+
+    strict: str = "yes"
+
+    def ssh_config(self) -> Path:
+        text = self.vm.ssh_config("vm", NOPASSWD_USER) + self.vm.ssh_config("vm-student", PASSWORD_USER)
+        checking = (text.replace("  StrictHostKeyChecking no\n", f"  StrictHostKeyChecking {self.strict}\n")
+                    .replace("  UserKnownHostsFile /dev/null\n", "  GlobalKnownHostsFile /dev/null\n"))
+        assert checking.count(f"StrictHostKeyChecking {self.strict}") == 2 and "/dev/null" in checking, text
+        path = self.home / "ssh_config"
+        path.write_text(checking)
+        return path
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.home / ".ssh" / "known_hosts"
+
+    def know(self, line: str) -> None:
+        self.known_hosts.parent.mkdir(mode=0o700, exist_ok=True)
+        self.known_hosts.write_text(line)
+
+
+def checking_fab(vm, tmp_path: Path, strict: str) -> CheckingFab:
+    home = tmp_path / "home"
+    home.mkdir()
+    return CheckingFab(vm, home, strict=strict)
+
+
+def vm_host_key(vm) -> tuple[str, str]:
+    """The VM's ED25519 host key as 'type base64', and its fingerprint as ssh-keygen -lf prints it."""
+    key = vm.exec("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.decode().split()
+    printed = vm.exec("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").stdout.decode().split()
+    return f"{key[0]} {key[1]}", printed[1]
+
+
+def another_key(tmp_path: Path) -> str:
+    path = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return " ".join(Path(f"{path}.pub").read_text().split()[:2])
+
+
+def sshd_cursor(vm) -> str:
+    """Where the VM's journal ends now, to read only what comes after."""
+    out = vm.exec("journalctl -n 0 --show-cursor --no-pager").stdout.decode()
+    return out.strip().rsplit("-- cursor: ", 1)[1]
+
+
+def sshd_logins_since(vm, cursor: str, user: str) -> list[str]:
+    # No unit filter: Debian 13's sshd logs logins from sshd-session, and may be socket-activated.
+    lines = vm.exec(f"journalctl --after-cursor '{cursor}' --no-pager -o cat").stdout.decode().splitlines()
+    return [line for line in lines if line.startswith(f"Accepted publickey for {user} ")]
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
+def test_a_known_host_key_with_strict_checking_connects(vm, tmp_path, hashed):
+    fab = checking_fab(vm, tmp_path, "yes")
+    key, _ = vm_host_key(vm)
+    fab.know(f"[127.0.0.1]:{vm.ssh_port} {key}\n")
+    if hashed:  # as HashKnownHosts leaves it: |1|salt|hash names only
+        subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(fab.known_hosts)], check=True, capture_output=True)
+        assert "127.0.0.1" not in fab.known_hosts.read_text()
+    result = fab("status")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"sudo\s+passwordless", result.stdout)
+
+
+def test_a_changed_host_key_is_refused_before_any_login(vm, tmp_path, sudo_password):
+    fab = checking_fab(vm, tmp_path, "no")  # refused whatever StrictHostKeyChecking says
+    key, fingerprint = vm_host_key(vm)
+    fab.know(f"[127.0.0.1]:{vm.ssh_port} {another_key(tmp_path)}\n")
+    cursor = sshd_cursor(vm)
+    result = fab("status", host="vm-student", env={"FABRIC_SUDO_PASSWORD": sudo_password})
+    assert_one_line_error(result, f"host key of {PASSWORD_USER}@127.0.0.1:{vm.ssh_port} does not match known_hosts",
+                          f"ED25519 key {fingerprint}", f"ssh-keygen -R '[127.0.0.1]:{vm.ssh_port}'", code=3)
+    assert sudo_password not in result.stdout + result.stderr
+    # The same account with the right key logs in, and that is the only login sshd saw: the refused run
+    # never authenticated, so no sudo password or data can have gone to the server.
+    fab.know(f"[127.0.0.1]:{vm.ssh_port} {key}\n")
+    good = fab("status", host="vm-student", env={"FABRIC_SUDO_PASSWORD": sudo_password})
+    assert good.returncode == 0, good.stderr
+    assert len(sshd_logins_since(vm, cursor, PASSWORD_USER)) == 1
+
+
+def test_an_unknown_host_key_with_strict_checking_names_its_fingerprint(vm, tmp_path):
+    fab = checking_fab(vm, tmp_path, "yes")
+    _, fingerprint = vm_host_key(vm)
+    result = fab("status")
+    assert_one_line_error(result, "is not in known_hosts (StrictHostKeyChecking yes)",
+                          f"ED25519 key {fingerprint}", f"ssh-keyscan -p {vm.ssh_port} 127.0.0.1 >> ~/.ssh/known_hosts",
+                          code=3)
+    assert not fab.known_hosts.exists()
+
+
+def test_accept_new_records_the_host_key_and_the_next_run_trusts_it(vm, tmp_path):
+    fab = checking_fab(vm, tmp_path, "accept-new")
+    _, fingerprint = vm_host_key(vm)
+    first = fab("status")
+    assert first.returncode == 0, first.stderr
+    assert f"added [127.0.0.1]:{vm.ssh_port} (ED25519 key {fingerprint}) to ~/.ssh/known_hosts" in first.stderr
+    assert oct(fab.known_hosts.stat().st_mode & 0o777) == "0o600"
+    assert oct(fab.known_hosts.parent.stat().st_mode & 0o777) == "0o700"
+    # OpenSSH reads what was recorded, and finds the VM's key under its name.
+    found = subprocess.run(["ssh-keygen", "-lF", f"[127.0.0.1]:{vm.ssh_port}", "-f", str(fab.known_hosts)],
+                           capture_output=True, text=True)
+    assert fingerprint in found.stdout, found.stdout + found.stderr
+    fab.strict = "yes"
+    second = fab("status")
+    assert second.returncode == 0, second.stderr
+    assert "added" not in second.stderr

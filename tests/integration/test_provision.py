@@ -1,6 +1,8 @@
 """`fab provision` on a bare Debian 12 / 13 VM, proven through nginx with the real label-studio from PyPI.
 
-The tests share one provisioned VM and run in file order; the reboot test comes last.
+The tests share one provisioned VM (provisioning takes minutes) and run in file order; the reboot test
+comes last. None relies on an earlier test: each runs alone (`pytest -k NAME`) on the freshly provisioned
+VM, and a test that changes the server (a password, a profile, a stopped service) puts it back.
 """
 
 from __future__ import annotations
@@ -8,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 
+from dev.lsclient import LabelStudio, wait_for_health
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DEFAULT_HOME_MODE
-from tests.integration.lsclient import LabelStudio, wait_for_health
 
 MANAGED = [
     "/opt/label-studio/label-studio.env",

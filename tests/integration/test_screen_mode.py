@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from dev.lsclient import LabelStudio, wait_for_health
+from dev.testvm.image import PASSWORD_USER_SUDO_PASSWORD
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, UBUNTU_HOME_MODE
-from tests.integration.lsclient import LabelStudio, wait_for_health
-from tests.testvm.image import PASSWORD_USER_SUDO_PASSWORD
 
 
 def test_provision_in_screen_mode_with_a_sudo_password(screen_provisioned):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from dev.lsclient import LabelStudio, wait_for_health
+from dev.testvm.machine import free_port
 from tests.integration.conftest import PROJECT_ROOT
-from tests.integration.lsclient import LabelStudio, wait_for_health
-from tests.testvm.machine import free_port
 
 STUDIO_URL = "https://AbCd1234.studio.eu-west-2.sagemaker.aws/jupyterlab/default/lab?reset"
 ORIGIN = "https://abcd1234.studio.eu-west-2.sagemaker.aws"
@@ -143,13 +143,19 @@ http {{
 
 def test_session_rewrites_the_proxy_url(studio_home):
     home, port, _ = studio_home
-    result = fab_local(home, "studio.session", "--studio-url", "newtoken9", "--region", "eu-west-2",
-                       "--home", str(home), "--port", str(port))
-    assert result.returncode == 0, result.stderr
-    assert f"https://newtoken9.studio.eu-west-2.sagemaker.aws/jupyterlab/default/proxy/{port}/" in \
-        (home / ".labelstudio/session.env").read_text()
-    bad = fab_local(home, "studio.session", "--studio-url", "https://example.com/x", "--home", str(home))
-    assert bad.returncode == 2 and "not a Studio URL" in bad.stderr
+    session_env = home / ".labelstudio/session.env"
+    as_bootstrapped = session_env.read_bytes()
+    try:
+        result = fab_local(home, "studio.session", "--studio-url", "newtoken9", "--region", "eu-west-2",
+                           "--home", str(home), "--port", str(port))
+        assert result.returncode == 0, result.stderr
+        assert f"https://newtoken9.studio.eu-west-2.sagemaker.aws/jupyterlab/default/proxy/{port}/" in \
+            session_env.read_text()
+        bad = fab_local(home, "studio.session", "--studio-url", "https://example.com/x", "--home", str(home))
+        assert bad.returncode == 2 and "not a Studio URL" in bad.stderr
+    finally:
+        # The shared home goes back to what bootstrap wrote: the other tests (in any order) expect it.
+        session_env.write_bytes(as_bootstrapped)
 
 
 def test_iam_policy_and_presigned_url_commands(studio_home, tmp_path):

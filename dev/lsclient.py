@@ -1,4 +1,4 @@
-"""A small Label Studio HTTP client for tests: session login, projects, imports. Standard library only."""
+"""A small Label Studio HTTP client (tests, benchmarks): session login, projects, imports. Standard library only."""
 
 from __future__ import annotations
 

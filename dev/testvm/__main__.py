@@ -1,7 +1,7 @@
 """`make demo` / `make demo-down`: the test VM as a local playground.
 
-    python -m tests.testvm up [--no-provision]   build the image, start the VM, provision Label Studio
-    python -m tests.testvm down                  remove the VM and .demo/
+    python -m dev.testvm up [--no-provision]   build the image, start the VM, provision Label Studio
+    python -m dev.testvm down                  remove the VM and .demo/
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def down() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.testvm")
+    parser = argparse.ArgumentParser(prog="python -m dev.testvm")
     sub = parser.add_subparsers(dest="command", required=True)
     up_parser = sub.add_parser("up", help="start the demo VM and provision it")
     up_parser.add_argument("--no-provision", action="store_true")
