@@ -7,13 +7,17 @@ for a restore, removed by prune.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import re
 import shutil
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .errors import SnapshotError, UsageError
 
@@ -57,6 +61,29 @@ class FileEntry:
     mtime: int | None = None  # media only: lets the next backup skip unchanged files
 
 
+# The JSON type of each manifest key (a tuple with None: null allowed). A key may be absent only when
+# its field has a default; anything else makes the manifest unreadable, so the snapshot incomplete.
+_FILE_SHAPE = {"path": str, "size": int, "sha256": str, "mtime": (int, None)}
+_MANIFEST_SHAPE = {"host": str, "created": str, "label": (str, None), "label_studio_version": (str, None),
+                   "source": dict, "files": list, "integrity_check": str, "counts": dict, "media_included": bool,
+                   "format": int, "extra": dict}
+
+
+def _checked(data, shape: dict, what: str) -> dict:
+    """`data` itself when it is a JSON object whose keys in `shape` have those types, else ValueError."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    for key, types in shape.items():
+        types = types if isinstance(types, tuple) else (types,)
+        value = data.get(key)
+        if key not in data or (value is None and None in types):
+            continue
+        wanted = tuple(t for t in types if t is not None)
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+            raise ValueError(f"{what}: {key} is not a {wanted[0].__name__}")
+    return data
+
+
 @dataclass
 class Manifest:
     host: str
@@ -77,10 +104,13 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
-        data = json.loads(text)
-        data["files"] = [FileEntry(**f) for f in data.get("files", [])]
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        """ValueError unless `text` is a manifest of the shape `to_json` writes."""
+        data = _checked(json.loads(text), _MANIFEST_SHAPE, "manifest")
+        try:
+            data["files"] = [FileEntry(**_checked(f, _FILE_SHAPE, "a file entry")) for f in data.get("files", [])]
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except TypeError as exc:  # a key missing or unknown
+            raise ValueError(f"manifest: {exc}") from None
 
     @property
     def total_size(self) -> int:
@@ -113,7 +143,8 @@ class Snapshot:
 
 
 def list_snapshots(host_dir: Path) -> list[Snapshot]:
-    """Every snapshot folder of one host, oldest first; unreadable manifests count as incomplete."""
+    """Every snapshot folder of one host, oldest first; an unreadable or malformed manifest counts as
+    incomplete."""
     if not host_dir.is_dir():
         return []
     found = []
@@ -126,7 +157,7 @@ def list_snapshots(host_dir: Path) -> list[Snapshot]:
         if manifest_file.is_file():
             try:
                 manifest = Manifest.from_json(manifest_file.read_text())
-            except (ValueError, TypeError, KeyError):
+            except (OSError, ValueError, RecursionError):  # unreadable, not JSON, or not a manifest's shape
                 manifest = None
         found.append(Snapshot(entry.name, entry, host_dir.name, parsed[0], parsed[1], manifest))
     return sorted(found, key=lambda s: (s.created, s.id))
@@ -193,17 +224,63 @@ def write_private(target: Path, source, *, chunk: int = 1024 * 1024, fsync: bool
 
 def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Path:
     """A fresh 0700 folder; if one exists for this second, wait-free: bump the second."""
-    private_dir(host_dir)
-    os.chmod(host_dir, 0o700)
-    when = now or dt.datetime.now(dt.timezone.utc)
-    for _ in range(60):
-        path = host_dir / snapshot_id(when, label)
-        try:
-            path.mkdir(mode=0o700)
-            return path
-        except FileExistsError:
-            when += dt.timedelta(seconds=1)
+    with space_needed(host_dir):
+        private_dir(host_dir)
+        os.chmod(host_dir, 0o700)
+        when = now or dt.datetime.now(dt.timezone.utc)
+        for _ in range(60):
+            path = host_dir / snapshot_id(when, label)
+            try:
+                path.mkdir(mode=0o700)
+                return path
+            except FileExistsError:
+                when += dt.timedelta(seconds=1)
     raise SnapshotError(f"could not create a new snapshot folder in {host_dir}")
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link an unchanged file from an earlier snapshot; copy it (0600, same mtime) where the
+    filesystem has no hard links (exFAT, vfat, many SMB mounts) or refuses this one."""
+    with space_needed(target.parent):
+        private_dir(target.parent)
+        try:
+            os.link(source, target)
+            return
+        except OSError as exc:
+            if disk_full(exc) or exc.errno in (errno.EEXIST, errno.ENOENT):
+                raise
+        with open(source, "rb") as src:
+            write_private(target, src)
+        stat = os.stat(source)
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+# ------------------------------------------------------------------------------------------------
+# A full disk on this machine
+
+SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a failure is a full disk (or quota), from the OS or from SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
+    return False
+
+
+@contextlib.contextmanager
+def space_needed(where: Path) -> Iterator[None]:
+    """A full disk while writing under `where` becomes a SnapshotError in words, not a traceback.
+    Callers remove what they had half written (a snapshot folder is removed whole)."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        if not disk_full(exc):
+            raise
+        raise SnapshotError(f"no space left on this machine in {where}",
+                            hint="free some space, then try again") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,18 +325,23 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     the old file or the new one, never half of one. Its folder is made private when missing."""
     private_dir(path.parent)
     partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(partial, mode)
-    os.replace(partial, path)
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(partial, mode)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_manifest(dest: Path, manifest: Manifest) -> None:
     """Last, atomically: a snapshot without it is incomplete by definition."""
-    write_atomic(dest / MANIFEST, manifest.to_json().encode())
+    with space_needed(dest):
+        write_atomic(dest / MANIFEST, manifest.to_json().encode())
 
 
 def delete_snapshots(snapshots: list[Snapshot]) -> None:

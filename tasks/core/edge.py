@@ -13,6 +13,7 @@ from fabric import Connection
 from invoke import Exit
 
 from . import ui
+from .catalog import LOCAL_HOST
 from .connect import Host
 from .defaults import MIN_PASSWORD_LENGTH
 from .errors import ToolkitError, UsageError
@@ -59,12 +60,23 @@ def profile_for(c, config: str | None, default_host: str) -> Profile:
     return load_profile(host_alias(c) or default_host, config)
 
 
+def refuse_local_name(alias: str) -> None:
+    """`local` names this machine's snapshots (backups/local/): a server by that name (in any case or
+    spelling of that folder) would mix its snapshots with them, and pull would lock the folder twice."""
+    folder = os.path.normpath(os.path.join("backups", alias))
+    if folder.casefold() == os.path.join("backups", LOCAL_HOST).casefold():
+        raise UsageError(f"-H {alias}: '{LOCAL_HOST}' is the reserved name of this machine's snapshots, not a server",
+                         hint="give the server another Host alias in ~/.ssh/config; tasks on this machine's "
+                              "data need no -H")
+
+
 def open_host(c, config: str | None = None, *, sudo: bool = False) -> tuple[Profile, Host]:
     """Profile first (bad YAML never costs a connection), then a live SSH session; with `sudo`, root
     is checked at once so a task fails early, in words, when it cannot be had."""
     alias = host_alias(c)
     if alias is None:
         raise UsageError("this task runs against a server: name it with -H, for example `fab -H vm status`")
+    refuse_local_name(alias)
     host = Host(c)
     profile = load_profile(alias, config)
     host.connect()

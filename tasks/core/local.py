@@ -29,8 +29,9 @@ LAST_INSTALL = "last-install.json"
 @contextlib.contextmanager
 def local_lock(directory: Path) -> Iterator[None]:
     """One data task at a time per snapshot folder on this machine (prune waits for a backup)."""
-    private_dir(directory)
-    handle = open(directory / ".lock", "a+")
+    with catalog.space_needed(directory):
+        private_dir(directory)
+        handle = open(directory / ".lock", "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,34 +99,44 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
     host_dir = backups_root / catalog.LOCAL_HOST
     dest = catalog.new_snapshot_dir(host_dir, label)
     try:
-        try:
-            sqlite.consistent_copy(str(database), str(dest / DATABASE))
-        except sqlite3_module.DatabaseError as exc:
-            raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
-        os.chmod(dest / DATABASE, 0o600)
-        report = sqlite.inspect(str(dest / DATABASE))
-        files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, sqlite.sha256_file(str(dest / DATABASE)))]
-        env = data_dir / SECRET_ENV
-        if env.is_file():
-            files.append(_copy_private(env, dest / SECRET_ENV, SECRET_ENV))
-        media_root = data_dir / MEDIA
-        if media and media_root.is_dir():
-            for item in sqlite.media_listing(str(media_root)):
-                files.append(_copy_private(data_dir / item["path"], dest / item["path"], item["path"], item["mtime"]))
-        manifest = Manifest(
-            host=catalog.LOCAL_HOST,
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            label=label, label_studio_version=None,
-            source={"host": socket.gethostname(), "data_dir": str(data_dir)},
-            files=sorted(files, key=lambda f: f.path),
-            integrity_check=report["integrity_check"] or "unknown",
-            counts=report.get("counts", {}), media_included=media, extra=extra or {},
-        )
-        catalog.write_manifest(dest, manifest)
+        with catalog.space_needed(dest):
+            report = _save_into(dest, data_dir, label, extra, media)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest), report
+
+
+def _save_into(dest: Path, data_dir: Path, label: str, extra: dict | None, media: bool) -> dict:
+    """The body of snapshot_local_data: files into `dest`, manifest last; the database's check report."""
+    database = data_dir / DATABASE
+    try:
+        sqlite.consistent_copy(str(database), str(dest / DATABASE))
+    except sqlite3_module.DatabaseError as exc:
+        if catalog.disk_full(exc):
+            raise
+        raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
+    os.chmod(dest / DATABASE, 0o600)
+    report = sqlite.inspect(str(dest / DATABASE))
+    files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, sqlite.sha256_file(str(dest / DATABASE)))]
+    env = data_dir / SECRET_ENV
+    if env.is_file():
+        files.append(_copy_private(env, dest / SECRET_ENV, SECRET_ENV))
+    media_root = data_dir / MEDIA
+    if media and media_root.is_dir():
+        for item in sqlite.media_listing(str(media_root)):
+            files.append(_copy_private(data_dir / item["path"], dest / item["path"], item["path"], item["mtime"]))
+    manifest = Manifest(
+        host=catalog.LOCAL_HOST,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        label=label, label_studio_version=None,
+        source={"host": socket.gethostname(), "data_dir": str(data_dir)},
+        files=sorted(files, key=lambda f: f.path),
+        integrity_check=report["integrity_check"] or "unknown",
+        counts=report.get("counts", {}), media_included=media, extra=extra or {},
+    )
+    catalog.write_manifest(dest, manifest)
+    return report
 
 
 def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None) -> FileEntry:
@@ -153,12 +164,34 @@ def verify_snapshot(snapshot: Snapshot) -> dict:
     return report
 
 
+INCOMING = (".lsvm-incoming.sqlite3", ".lsvm-incoming-media", ".lsvm-incoming.env")
+
+
 def install_local(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list[str]:
     """Put a verified snapshot's DB (+ media, + .env) into the local data dir: each part copied next to
-    its place first, then renamed over it, so Label Studio never sees a half-written file."""
+    its place first, then renamed over it, so Label Studio never sees a half-written file. A full disk
+    is a SnapshotError, with no half-copied part left behind."""
+    try:
+        with catalog.space_needed(data_dir):
+            return _install_parts(snapshot, data_dir, with_env=with_env)
+    except BaseException:
+        for name in INCOMING:
+            _remove(data_dir / name)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _install_parts(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list[str]:
+    """The body of install_local: database, then media, then (with_env) .env."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     done = []
-    incoming = data_dir / ".lsvm-incoming.sqlite3"
+    incoming = data_dir / INCOMING[0]
     shutil.copyfile(snapshot.path / DATABASE, incoming)
     os.chmod(incoming, 0o600)
     with open(incoming, "rb+") as handle:
@@ -169,7 +202,7 @@ def install_local(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list
     done.append("database")
     source_media = snapshot.path / MEDIA
     if source_media.is_dir():
-        staged = data_dir / ".lsvm-incoming-media"
+        staged = data_dir / INCOMING[1]
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(source_media, staged)
         old = data_dir / ".lsvm-replaced-media"
@@ -180,7 +213,7 @@ def install_local(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list
         shutil.rmtree(old, ignore_errors=True)
         done.append("media")
     if with_env and (snapshot.path / SECRET_ENV).is_file():
-        staged_env = data_dir / ".lsvm-incoming.env"
+        staged_env = data_dir / INCOMING[2]
         shutil.copyfile(snapshot.path / SECRET_ENV, staged_env)
         os.chmod(staged_env, 0o600)
         os.replace(staged_env, data_dir / SECRET_ENV)
@@ -198,6 +231,48 @@ def require_no_local_server(data_dir: Path, force: bool) -> None:
         raise UsageError(f"a local Label Studio is running on {data_dir} (pid {', '.join(map(str, pids))})",
                          hint="stop it first (Ctrl-C in its terminal, or `kill " + " ".join(map(str, pids))
                          + "`), or pass --force")
+
+
+def require_verified_pull(pulled: Snapshot) -> None:
+    """Never install a server database that failed integrity_check here: its snapshot stays, for a look."""
+    if not pulled.verified:
+        raise SnapshotError(f"the server database failed integrity_check ({pulled.manifest.integrity_check}): "
+                            "nothing was installed locally",
+                            hint=f"the server snapshot is kept, marked unverified, in {pulled.path}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Pushing: the server must know every migration the pushed database has
+
+
+def unknown_migrations(pushed: dict, server: dict) -> list[tuple[str, str]]:
+    """(app, migration) applied in `pushed` and absent from `server` ({app: [names]}), sorted."""
+    known = {app: set(names) for app, names in server.items()}
+    return [(app, name) for app, names in sorted(pushed.items()) for name in sorted(names)
+            if name not in known.get(app, ())]
+
+
+def _cannot_compare(alias: str, why: str) -> None:
+    ui.warn(f"could not compare Django migrations with {alias} ({why}); going on without that check")
+
+
+def require_known_migrations(database: Path, server: dict | None, alias: str) -> None:
+    """Refuse a database migrated by a newer Label Studio than the server runs: it would start on it
+    (health says UP) and fail later. `server` is the server database's migrations, None when unknown."""
+    if server is None or isinstance(server.get("error"), str):
+        return _cannot_compare(alias, (server or {}).get("error") or "no answer from the server")
+    try:
+        pushed = sqlite.migrations(str(database))
+    except sqlite3_module.DatabaseError as exc:
+        return _cannot_compare(alias, f"{database}: {exc}")
+    unknown = unknown_migrations(pushed, server)
+    if unknown:
+        app, name = unknown[0]
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise SnapshotError(f"this database was migrated by a newer Label Studio than {alias} runs: migration "
+                            f"{app}.{name}{more} is unknown to the server's database; nothing was sent",
+                            hint=f"upgrade Label Studio on {alias} first (label_studio.version in its profile, "
+                                 f"then `fab -H {alias} provision`)")
 
 
 # ------------------------------------------------------------------------------------------------

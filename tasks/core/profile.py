@@ -236,7 +236,7 @@ class Profile:
             nginx_site_enabled=PurePosixPath("/etc/nginx/sites-enabled") / name,
             screen_launcher=app / "start-label-studio.sh",
             screen_log=app / "screen.log",
-            lock_file=PurePosixPath("/run/lock") / f"{name}-data.lock",
+            lock_file=PurePosixPath("/run/lsvm") / f"{name}-data.lock",  # root-only 0700 dir
         )
 
     def backups_dir(self, base: Path | None = None) -> Path:

@@ -1,9 +1,11 @@
 """Replacing the server's data (push-local-db, restore-server) without ever losing what was there.
 
-Order: the caller has taken a full server snapshot -> upload into `<data_dir>/.lsvm-incoming/` while the
-service still runs -> sha256 checked on the server -> stop -> rename the old parts into
-`<data_dir>/.lsvm-previous/`, the new ones into place (same filesystem: atomic) -> start -> health check.
-Any failure after the stop puts the previous parts back and starts the service again.
+Order: the caller has taken a full server snapshot -> upload into `<data_dir>/.lsvm-incoming/` (as the
+service user) while the service still runs -> sha256 checked on the server -> a swap job started ON the
+server (commands/swap.py): stop, rename the old parts into `<data_dir>/.lsvm-previous/` and the new
+ones into place (same filesystem: atomic), start, health check, and on any failure after the stop the
+previous parts back and the service started again. The job finishes by itself; this side follows its
+progress, so a Ctrl-C or a cut connection here never leaves half a swap.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from pathlib import Path
 from . import ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from .commands import data as data_commands
-from .commands.service import service_manager
+from .commands import swap as swap_job
 from .connect import Host
-from .errors import RemoteError, SnapshotError, ToolkitError
-from .health import wait_for_health
+from .errors import RemoteError, SnapshotError
 from .profile import Profile
 from .transfer import check_free_space, send_tar, server_codec
 
@@ -30,6 +31,18 @@ def _parts_present(files: list[FileEntry]) -> list[str]:
     if any(f.path.startswith(MEDIA + "/") for f in files):
         parts.append(MEDIA)
     return parts
+
+
+def refuse_unfinished_swap(host: Host, profile: Profile) -> None:
+    """RemoteError, in words, while the previous data of an earlier swap is still set aside: it may be
+    the only copy of the data that swap replaced."""
+    out = host.run(data_commands.unfinished_swap(profile), sudo=True, what="looking for an unfinished swap")
+    if out.stdout.strip() == "unfinished":
+        previous = profile.remote.data_dir / data_commands.PREVIOUS
+        raise RemoteError(f"an earlier data swap on {host.alias} did not finish: the data it replaced is "
+                          f"still in {previous}; nothing was changed",
+                          hint="check what Label Studio serves now, keep or move that folder out of the "
+                               "data dir, then run this again")
 
 
 def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -> None:
@@ -58,36 +71,109 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -
             raise SnapshotError(f"{entry.path} arrived damaged on {host.alias} (sha256 differs); nothing was replaced")
 
 
+class _SwapReport:
+    """Turns the swap job's events into the lines a user reads and, at the end, the outcome."""
+
+    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status):
+        self.host, self.profile, self.parts, self.timeout, self.status = host, profile, parts, health_timeout, status
+        self.failure: str | None = None    # why the new data did not come up
+        self.outcome: Exception | None = None
+        self.log_shown = False
+        self.done = False
+
+    def __call__(self, line: str) -> None:
+        event, _, said = line.strip().partition(" ")
+        said = said.strip()
+        alias, where = self.host.alias, "through nginx"
+        if event == swap_job.STOPPED:
+            ui.step(True, "stopped Label Studio")
+            self.status.update("swapping the data in")
+        elif event == swap_job.SWAPPED:
+            ui.step(True, f"swapped in the new {', '.join(self.parts)} (atomic renames)")
+            self.status.update("starting Label Studio")
+        elif event == swap_job.STARTED:
+            self.status.update(f"waiting for Label Studio to answer /health {where} (first start runs migrations)")
+        elif event == swap_job.LOG:
+            if not self.log_shown:
+                ui.err.print("[muted]last lines of the service log:[/muted]")
+                self.log_shown = True
+            ui.err.print(said, markup=False, highlight=False)
+        elif event == swap_job.UNFINISHED:
+            previous = self.profile.remote.data_dir / data_commands.PREVIOUS
+            self.outcome = RemoteError(f"an earlier data swap on {alias} did not finish: the data it replaced "
+                                       f"is still in {previous}; nothing was changed")
+        elif event == swap_job.STOP_FAILED:
+            self.outcome = RemoteError(f"stopping Label Studio failed on {alias}: {said or 'no message'}")
+        elif event in (swap_job.SWAP_FAILED, swap_job.START_FAILED, swap_job.UNHEALTHY):
+            if event == swap_job.SWAP_FAILED:
+                self.failure = f"swapping the data in failed on {alias}: {said or 'no message'}"
+            elif event == swap_job.START_FAILED:
+                self.failure = f"starting Label Studio failed on {alias}: {said or 'no message'}"
+            elif said.startswith("crashed"):
+                self.failure = "Label Studio crashed on start (systemd had to restart it)"
+            else:
+                self.failure = (f"Label Studio did not answer /health {where} within {self.timeout}s "
+                                f"(last answer: {said or 'none'})")
+            ui.error(f"{self.failure}; putting the previous data back")
+            self.status.update("putting the previous data back")
+        elif event == swap_job.ROLLBACK_FAILED:
+            previous = self.profile.remote.data_dir / data_commands.PREVIOUS
+            self.outcome = RemoteError(f"rolling back failed on {alias}: {said or 'no message'}; Label Studio is "
+                                       f"stopped and the previous data is in {previous}")
+        elif event == swap_job.ROLLED_BACK:
+            self.status.update(f"waiting for Label Studio to answer /health {where} on the previous data")
+        elif event == swap_job.BACK_HEALTHY:
+            self.outcome = RemoteError("the new data did not come up; the previous data is back in place and "
+                                       "Label Studio is serving it")
+        elif event == swap_job.BACK_UNHEALTHY:
+            self.outcome = RemoteError("the new data did not come up; the previous data is back in place, but "
+                                       f"Label Studio did not answer /health {where} (last answer: {said or 'none'})")
+        elif event == swap_job.DONE:
+            self.done = True
+
+
+def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int) -> None:
+    """Start the swap job on the server and follow it to its end; RemoteError unless the new data serves."""
+    host.run(swap_job.launch(profile, parts, health_timeout), sudo=True, what="starting the swap on the server")
+    with ui.err.status("stopping Label Studio") as status:
+        report = _SwapReport(host, profile, parts, health_timeout, status)
+        channel = host.root_channel(swap_job.follow(profile))
+        try:
+            while not report.done:
+                line = channel.read_line()
+                if not line:
+                    break
+                report(line)
+            if report.done:
+                channel.finish("following the swap")
+        except KeyboardInterrupt:
+            ui.warn(f"the swap goes on by itself on {host.alias} (stop, swap, start, health check, rollback "
+                    "if needed); the next data task waits for it")
+            raise
+        finally:
+            channel.close()
+    if not report.done:
+        if channel.channel.recv_exit_status() == swap_job.GONE:
+            previous = profile.remote.data_dir / data_commands.PREVIOUS
+            raise RemoteError(f"the swap job on {host.alias} ended before it finished (killed, or the server "
+                              f"restarted); the data it replaced may still be in {previous}",
+                              hint="check what Label Studio serves (fab status) before the next push")
+        raise RemoteError(f"lost track of the swap on {host.alias} before it ended",
+                          hint="it goes on by itself there; `fab status` shows what Label Studio serves")
+    if report.outcome is not None:
+        raise report.outcome
+    ui.step(True, f"Label Studio is up with the new data at {profile.url}")
+
+
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
                         health_timeout: int) -> None:
-    """Upload, then stop -> swap -> start -> health; rolls back on any failure after the stop."""
+    """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure."""
     parts = _parts_present(files)
+    refuse_unfinished_swap(host, profile)
     try:
         upload(host, profile, source, files)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise
     ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
-    stopped = False
-    try:
-        host.run(service_manager(profile).stop(), sudo=True, what="stopping Label Studio")
-        stopped = True
-        ui.step(True, "stopped Label Studio")
-        host.run(data_commands.swap(profile, parts), sudo=True, what="swapping the data in")
-        ui.step(True, f"swapped in the new {', '.join(parts)} (atomic renames)")
-        host.run(service_manager(profile).start(), sudo=True, what="starting Label Studio")
-        wait_for_health(host, profile, via_nginx=True, timeout=health_timeout, fail_on_crash=True)
-    except (ToolkitError, OSError) as failure:
-        if not stopped:
-            host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
-            raise
-        ui.error(f"{failure}; putting the previous data back")
-        host.run(service_manager(profile).stop(), sudo=True, check=False)
-        host.run(data_commands.rollback(profile, parts), sudo=True, what="rolling back")
-        host.run(service_manager(profile).start(), sudo=True, what="starting Label Studio")
-        wait_for_health(host, profile, via_nginx=True, timeout=max(health_timeout, 300))
-        host.run(data_commands.remove_swap_leftovers(profile), sudo=True, check=False)
-        raise RemoteError("the new data did not come up; the previous data is back in place and Label "
-                          "Studio is serving it") from None
-    host.run(data_commands.remove_swap_leftovers(profile), sudo=True, check=False)
-    ui.step(True, f"Label Studio is up with the new data at {profile.url}")
+    run_swap(host, profile, parts, health_timeout=health_timeout)

@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import getpass
 import json
-import os
 import shutil
 import socket
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from . import catalog, commands, sqlite, ui
+from . import catalog, sqlite, ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot, private_dir
 from .commands import data as data_commands
 from .connect import Host
@@ -36,7 +35,7 @@ def server_lock(host: Host, profile: Profile, task: str) -> Iterator[None]:
     """A flock on the server held by a process tied to our SSH channel: released when we finish or
     when this machine dies or the connection drops, so a crash never leaves a stale lock."""
     me = f"{task} by {getpass.getuser()}@{socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    channel = host.root_channel(data_commands.lock(profile.remote.lock_file, me))
+    channel = host.root_channel(data_commands.data_lock(profile, me))
     answer = channel.read_line().strip()
     if answer != data_commands.LOCKED:
         holder = channel.read_rest().strip() or "another task"
@@ -64,17 +63,18 @@ class ServerData:
 
 def server_counts(host: Host, profile: Profile) -> dict | None:
     """Row counts of the live server database (read-only, no integrity check), None without one."""
-    out = host.run(data_commands.server_counts(profile.remote.database), sudo=True,
+    out = host.run(data_commands.server_counts(profile), sudo=True,
                    what="reading server counts").stdout.strip()
     return json.loads(out) if out else None
 
 
 @contextlib.contextmanager
 def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[PurePosixPath]:
-    """A root-only temp folder on the server, removed afterwards whatever happens. Callers hold the
-    data lock, so any other lsvm-* folder there is a leftover of a run that died: removed too."""
+    """A private temp folder on the server, the service user's (it does the work there), removed
+    afterwards whatever happens. Callers hold the data lock, so any other lsvm-* folder there is a
+    leftover of a run that died: removed too."""
     base = profile.backup.server_tmp_dir
-    out = host.run(data_commands.make_work_dir(base, purpose), sudo=True, check=False,
+    out = host.run(data_commands.make_work_dir(profile, purpose), sudo=True, check=False,
                    what="creating a temp folder on the server")
     if not out.ok:
         raise SnapshotError(f"cannot create a temp folder in {base} on {host.alias}: {out.last_line()}")
@@ -82,7 +82,7 @@ def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[Pure
     try:
         yield path
     finally:
-        host.run(commands.remove(path), sudo=True, check=False)
+        host.run(data_commands.remove_work_dir(profile, path), sudo=True, check=False)
 
 
 def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
@@ -90,7 +90,7 @@ def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
     """Consistent copy of the live database into work_dir, skipped when SQLite's change counter says
     the database is the one in `previous`."""
     p = profile.remote
-    size = host.run(data_commands.file_size(p.database), sudo=True).stdout.strip()
+    size = host.run(data_commands.file_size(profile, p.database), sudo=True).stdout.strip()
     check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
     marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest else "null"
     with ui.err.status("consistent copy of the server database (SQLite online backup)"):
@@ -118,12 +118,21 @@ def _reusable(previous: Snapshot | None) -> dict[str, FileEntry]:
     return {f.path: f for f in previous.manifest.files}
 
 
+def send_file_list(host: Host, profile: Profile, work_dir: PurePosixPath, names: list[str]) -> None:
+    """The names to stream, NUL-separated on stdin into work_dir: never part of a script."""
+    channel = host.root_channel(data_commands.write_file_list(profile, work_dir))
+    try:
+        channel.write(data_commands.encode_file_list(names))
+        channel.finish("sending the file list")
+    finally:
+        channel.close()
+
+
 def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
                       previous: Snapshot | None) -> tuple[list[FileEntry], dict]:
     """Stream what changed since `previous` into `dest`; hard-link what did not. The copy's sha256 and
     integrity check run on the server beside the stream; the sha256 is compared with the bytes that
     landed here. Returns the files and the database's check report."""
-    p = profile.remote
     info = data.info
     reuse = _reusable(previous)
     unchanged_db = bool(info.get("unchanged"))
@@ -147,7 +156,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         if same:
             target = dest / path
             private_dir(target.parent)
-            os.link(previous.path / path, target)
+            catalog.link_or_copy(previous.path / path, target)
             linked.append(old)
         else:
             fetch.append((path, size, sha, mtime))
@@ -158,21 +167,23 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         codec = server_codec(host)
         names_from_data = [f[0] for f in fetch if f[0] != DATABASE]
         with_database = any(f[0] == DATABASE for f in fetch)
-        host.run(data_commands.write_file_list(data.work_dir, names_from_data), sudo=True,
-                 what="writing the file list")
-        command = data_commands.stream_snapshot(data.work_dir, p.data_dir, codec.name,
+        if names_from_data:
+            send_file_list(host, profile, data.work_dir, names_from_data)
+        command = data_commands.stream_snapshot(profile, data.work_dir, codec.name,
                                                 database=with_database, listed_files=bool(names_from_data))
         total = sum(f[1] for f in fetch)
         started = time.monotonic()
         channel = host.root_channel(command)
         try:
-            received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}")
+            received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
+                                   expected={f[0]: f[1] for f in fetch})
             channel.finish("streaming the snapshot")
         finally:
             channel.close()
         ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
         if with_database:
-            out = host.run(data_commands.read_check_report(data.work_dir), sudo=True, what="reading the check").stdout
+            out = host.run(data_commands.read_check_report(profile, data.work_dir), sudo=True,
+                           what="reading the check").stdout
             check = json.loads(out.strip().splitlines()[-1])
 
     entries = list(linked)

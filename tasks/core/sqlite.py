@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import sys
 
 LABEL_STUDIO_TABLES = ("django_migrations", "htx_user", "project", "task", "task_completion")
@@ -79,13 +80,22 @@ def describe_problem(report: dict) -> str | None:
 
 
 def media_listing(media_dir: str) -> list[dict]:
+    """Every regular file under media_dir, never through a link (not even media_dir itself). Names
+    are read as bytes and kept by surrogateescape, so newlines, quotes and non-UTF-8 bytes survive JSON."""
     files = []
-    for root, _dirs, names in os.walk(media_dir):
+    top = os.fsencode(media_dir)
+    if os.path.islink(top) or not os.path.isdir(top):
+        return files
+    parent = os.path.dirname(top)
+    for root, _dirs, names in os.walk(top):
         for name in names:
             full = os.path.join(root, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                st = os.stat(full)
-                rel = os.path.relpath(full, os.path.dirname(media_dir)).replace(os.sep, "/")
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue  # deleted since the folder was read
+            if stat.S_ISREG(st.st_mode):
+                rel = os.path.relpath(full, parent).decode("utf-8", "surrogateescape").replace(os.sep, "/")
                 files.append({"path": rel, "size": st.st_size, "mtime": int(st.st_mtime)})
     return sorted(files, key=lambda f: f["path"])
 
@@ -150,6 +160,18 @@ def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "nul
     return result
 
 
+def migrations(path: str) -> dict:
+    """The applied Django migrations, {app: [names, sorted]}, from django_migrations (read-only)."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        found: dict = {}
+        for app, name in con.execute("select app, name from django_migrations"):
+            found.setdefault(app, []).append(name)
+        return {app: sorted(names) for app, names in sorted(found.items())}
+    finally:
+        con.close()
+
+
 def check(path: str) -> dict:
     """sha256 and inspect() of a finished copy."""
     return {"sha256": sha256_file(path), "report": inspect(path)}
@@ -170,6 +192,11 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"error": str(exc)}))
         finally:
             con.close()
+    elif command == "migrations":
+        try:
+            print(json.dumps(migrations(argv[1])))
+        except sqlite3.DatabaseError as exc:
+            print(json.dumps({"error": str(exc)}))
     elif command == "sha256":
         print(json.dumps({p: {"size": os.path.getsize(p), "sha256": sha256_file(p)} for p in argv[1:]}))
     else:

@@ -8,7 +8,6 @@ import difflib
 from pathlib import PurePosixPath
 
 from . import render
-from .commands.probes import managed_files
 from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_install, create_service_user,
                                  make_dir, pip_install_label_studio, set_owner_and_mode, ufw_allow,
                                  ufw_allow_from,

@@ -6,7 +6,6 @@ Pure parts (parsing, validation, rendering) are unit-tested; `bootstrap` compare
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -88,8 +87,22 @@ def check_iam_values(region: str, account_id: str, domain_id: str, user_profile:
     return values
 
 
+def partition(region: str) -> str:
+    """The ARN partition of a region: aws-cn in China, aws-us-gov in GovCloud, aws-iso[-x] in the
+    isolated regions, aws elsewhere."""
+    area = region.split("-")[1]
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if area == "gov":
+        return "aws-us-gov"
+    if area.startswith("iso"):
+        return "aws-iso" + (f"-{area[3:]}" if area[3:] else "")
+    return "aws"
+
+
 def iam_policy(region: str, account_id: str, domain_id: str, user_profile: str) -> dict:
-    return json.loads(render.render("studio/iam-policy.json.j2", **check_iam_values(region, account_id, domain_id, user_profile)))
+    values = check_iam_values(region, account_id, domain_id, user_profile)
+    return json.loads(render.render("studio/iam-policy.json.j2", partition=partition(values["region"]), **values))
 
 
 def trust_policy() -> dict:

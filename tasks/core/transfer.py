@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from . import commands, ui
-from .catalog import private_dir, write_private
+from .catalog import private_dir, space_needed, write_private
 from .commands import data as data_commands
 from .connect import CHUNK, Host, RootChannel
 from .errors import RemoteError, SnapshotError
@@ -106,17 +106,38 @@ def _safe_member_path(name: str) -> PurePosixPath:
     return path
 
 
-def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, description: str) -> dict:
+def _check_asked_for(member: tarfile.TarInfo, rel: PurePosixPath, expected: dict[str, int],
+                     received: dict) -> None:
+    """Refuse what was not asked for, a file twice, or a file larger than announced: what lands here
+    is bounded by the announced sizes, whatever the server sends."""
+    name = str(rel)
+    if member.isdir():
+        if not any(PurePosixPath(wanted).is_relative_to(rel) for wanted in expected):
+            raise RemoteError(f"refusing a folder the stream was not asked for: {member.name!r}")
+        return
+    if name not in expected:
+        raise RemoteError(f"refusing a file the stream was not asked for: {member.name!r}")
+    if name in received:
+        raise RemoteError(f"refusing {member.name!r}: it came twice in the stream")
+    if member.isfile() and member.size > expected[name]:
+        raise SnapshotError(f"{name} is larger than announced ({member.size} bytes, {expected[name]} expected)",
+                            hint="did it change on the server during the transfer? try again")
+
+
+def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, description: str,
+                expected: dict[str, int]) -> dict:
     """Unpack a compressed tar stream into `dest` (dirs 0700, files 0600), hashing every file as it
-    is written. Returns {relative path: (size, sha256)}."""
+    is written. `expected` is {relative path: announced size}: only those names, at most that size.
+    Returns {relative path: (size, sha256)}."""
     dest = Path(dest)
     received: dict[str, tuple[int, str]] = {}
-    with ui.transfer_progress() as progress:
+    with ui.transfer_progress() as progress, space_needed(dest):
         task_id = progress.add_task(description, total=total or None)
         reader = _ProgressReader(codec.reader(channel), progress, task_id)
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
+        with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
             for member in tar:
                 rel = _safe_member_path(member.name)
+                _check_asked_for(member, rel, expected, received)
                 target = dest.joinpath(*rel.parts)
                 if member.isdir():
                     private_dir(target)
@@ -146,7 +167,8 @@ def send_tar(channel: RootChannel, codec: Codec, files: list, *, total: int, des
                 self.inner.flush()
 
         compressed = codec.writer(channel)
-        with tarfile.open(fileobj=_Advancing(compressed), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=_Advancing(compressed), mode="w|", format=tarfile.PAX_FORMAT,
+                          encoding="utf-8", errors="surrogateescape") as tar:
             for local, name in files:
                 info = tar.gettarinfo(str(local), arcname=name)
                 info.uid = info.gid = 0

@@ -367,7 +367,7 @@ def test_two_backups_at_once_one_refuses(data_vm, big_local):
     first = _fab_process(data_vm, "backup", "--label", "first")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        held = data_vm.vm.exec("flock -n /run/lock/label-studio-data.lock true", check=False).returncode != 0
+        held = data_vm.vm.exec("flock -n /run/lsvm/label-studio-data.lock true", check=False).returncode != 0
         if held:
             break
         time.sleep(0.05)

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from tasks.core import commands, parse, render, steps
-from tasks.core.commands import probes, provision as provision_commands
+from tasks.core.commands import provision as provision_commands
 from tasks.core.commands.service import service_manager
-from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest
 from tasks.core.profile import parse_profile, Profile
 
-from tests.unit.conftest import DATA, PROFILE
+from tests.unit.conftest import PROFILE
 
 
 def test_recorded_provisioned_host(provisioned):

@@ -1,6 +1,8 @@
-"""Replacing the server's data: the order of upload, stop, swap, start and health; the rollback after
-any failure once the service is stopped; nothing stopped when the upload fails. The swap and rollback
-scripts are also run for real on a folder here."""
+"""Replacing the server's data: upload and its checks here, then one swap job on the server that stops,
+swaps, starts, checks health and rolls back by itself, followed from here. Through a recording host
+(the order, the outcomes in words, nothing run from here once the job runs), and for real on folders
+here: the swap and rollback scripts, the job itself with stub service commands, its follower, and the
+screen-mode wait for Label Studio to exit."""
 
 from __future__ import annotations
 
@@ -11,26 +13,23 @@ import json
 import os
 import pwd
 import subprocess
+import sys
 import tarfile
+import threading
+from pathlib import PurePosixPath
 
 import pytest
 
 from tasks.core import restore
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
-from tasks.core.commands import data
-from tasks.core.commands.service import service_manager, wait_for_health
+from tasks.core.commands import data, swap
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import parse_profile
 from tests.unit.conftest import PROFILE
-from tests.unit.fakehost import FakeHost, fail, ok
+from tests.unit.fakehost import FakeHost, Stream, ok
 
-HEALTH = r"urllib\.request"
-UP = ok('200 {"status": "UP"}')
-DOWN = fail(stdout="502 ", stderr="")
-HASH = r"^python3 -c .* sha256 "
-MANAGER = service_manager(PROFILE)
-FAST_HEALTH = wait_for_health(PROFILE, via_nginx=True, timeout=30, fail_on_crash=True)
-ROLLBACK_HEALTH = wait_for_health(PROFILE, via_nginx=True, timeout=300)
+HASH = r"python3 -I -c .* sha256 "
+FOLLOW = r"wc -l <"
 
 
 def source_with(tmp_path, files: dict[str, bytes]) -> tuple:
@@ -52,12 +51,19 @@ def hashes_of(entries, *, damaged: str | None = None):
     return ok(json.dumps(found) + "\n")
 
 
-def server(entries, *, health=None, damaged: str | None = None) -> FakeHost:
+def events(*lines: str) -> bytes:
+    return "".join(line + "\n" for line in lines).encode()
+
+
+HAPPY = events("begin", "stopped", "swapped", "started", 'healthy 200 {"status": "UP"}', "done")
+
+
+def server(entries, *, job: bytes = HAPPY, job_status: int = 0, damaged: str | None = None) -> FakeHost:
     host = FakeHost(alias="vm")
     host.answer(r"^df -B1", ok("999999999999\n"))
     host.answer(r"command -v zstd", ok("gzip\n"))
     host.answer(HASH, hashes_of(entries, damaged=damaged))
-    host.answer(HEALTH, health or UP)
+    host.stream(FOLLOW, job, status=job_status)
     return host
 
 
@@ -65,24 +71,29 @@ def replace(host, source, entries):
     restore.replace_server_data(host, PROFILE, source, entries, health_timeout=30)
 
 
-def test_the_happy_path_verifies_the_upload_then_stops_swaps_starts_and_checks_health(tmp_path):
+def test_the_happy_path_verifies_the_upload_then_hands_stop_swap_start_and_health_to_one_server_job(tmp_path, capsys):
     source, entries = source_with(tmp_path, {DATABASE: b"new database", SECRET_ENV: b"SECRET_KEY=x\n"})
     host = server(entries)
     replace(host, source, entries)
     parts = [DATABASE, SECRET_ENV]
-    expected = [data.hash_incoming(PROFILE, parts), MANAGER.stop(), data.swap(PROFILE, parts), MANAGER.start(),
-                FAST_HEALTH, data.remove_swap_leftovers(PROFILE)]
-    assert host.commands[-len(expected):] == expected
+    assert host.commands[0] == data.unfinished_swap(PROFILE)
     upload = host.commands.index(data.receive_upload(PROFILE, "gzip"))
-    assert host.commands.index(data.make_incoming(PROFILE)) < upload < host.commands.index(MANAGER.stop())
-    assert data.rollback(PROFILE, parts) not in host.commands
+    assert host.commands.index(data.make_incoming(PROFILE)) < upload
+    assert host.commands[-3:] == [data.hash_incoming(PROFILE, parts), swap.launch(PROFILE, parts, 30),
+                                  swap.follow(PROFILE)]
+    assert not host.ran(r"^systemctl")  # this side never stops, swaps or starts anything itself
+    out = capsys.readouterr().out
+    for line in ("stopped Label Studio", "swapped in the new label_studio.sqlite3, .env (atomic renames)",
+                 f"Label Studio is up with the new data at {PROFILE.url}"):
+        assert line in out
+    assert host.channels[-1].write_shut and host.channels[-1].closed
 
 
 def test_the_upload_is_a_tar_of_exactly_the_files_and_the_channel_is_closed(tmp_path):
     source, entries = source_with(tmp_path, {DATABASE: b"new database", "media/upload/1/a b.png": b"png"})
     host = server(entries)
     replace(host, source, entries)
-    [channel] = host.channels
+    channel = host.channels[0]
     assert channel.write_shut and channel.closed
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(bytes(channel.written)))) as tar:
         assert {m.name: tar.extractfile(m).read() for m in tar} == {
@@ -90,59 +101,74 @@ def test_the_upload_is_a_tar_of_exactly_the_files_and_the_channel_is_closed(tmp_
         assert {(m.uid, m.uname) for m in tar} == {(0, "root")}
 
 
-def test_a_failed_health_check_after_the_swap_puts_the_previous_data_back(tmp_path):
+def test_a_failed_health_check_is_rolled_back_by_the_job_and_said_in_words(tmp_path, capsys):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
-    answers = iter([DOWN, UP])
-    host = server(entries, health=lambda command: next(answers))
+    job = events("begin", "stopped", "swapped", "started", "log Traceback (most recent call last):",
+                 "log django.db.utils.OperationalError: no such table", "unhealthy 502 ", "rolled-back",
+                 "back-healthy", "done")
+    host = server(entries, job=job)
+    with pytest.raises(RemoteError, match="the new data did not come up; the previous data is back in place "
+                                          "and Label Studio is serving it"):
+        replace(host, source, entries)
+    err = capsys.readouterr().err
+    assert "last lines of the service log:\nTraceback (most recent call last):\ndjango.db.utils" in err
+    assert ("Label Studio did not answer /health through nginx within 30s (last answer: 502); putting the "
+            "previous data back") in err.replace("\n", " ").replace("  ", " ")
+
+
+@pytest.mark.parametrize("failed, said", [
+    ("swap-failed mv: cannot move", "swapping the data in failed on vm: mv: cannot move"),
+    ("start-failed Job failed", "starting Label Studio failed on vm: Job failed"),
+    ("unhealthy crashed (systemd restarted it)", "Label Studio crashed on start"),
+])
+def test_every_failure_after_the_stop_is_rolled_back(tmp_path, capsys, failed, said):
+    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
+    host = server(entries, job=events("begin", "stopped", failed, "rolled-back", "back-healthy", "done"))
     with pytest.raises(RemoteError, match="previous data is back"):
         replace(host, source, entries)
-    parts = [DATABASE]
-    after_stop = host.commands[host.commands.index(MANAGER.stop()):]
-    assert after_stop == [
-        MANAGER.stop(), data.swap(PROFILE, parts), MANAGER.start(), FAST_HEALTH, MANAGER.recent_log(),
-        MANAGER.stop(), data.rollback(PROFILE, parts), MANAGER.start(), ROLLBACK_HEALTH,
-        data.remove_swap_leftovers(PROFILE),
-    ]
+    assert said in capsys.readouterr().err.replace("\n", " ")
 
 
-def test_a_failed_swap_also_rolls_back(tmp_path):
+def test_a_rollback_that_does_not_come_up_either_is_said(tmp_path):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
-    host = server(entries)
-    host.answers.insert(0, (r"^set -e; rm -rf .*lsvm-previous", fail("mv: cannot move")))
-    with pytest.raises(RemoteError, match="previous data is back"):
+    host = server(entries, job=events("begin", "stopped", "swapped", "started", "unhealthy 502 ", "rolled-back",
+                                      "back-unhealthy 0 URLError", "done"))
+    with pytest.raises(RemoteError, match=r"previous data is back in place, but Label Studio did not answer "
+                                          r"/health through nginx \(last answer: 0 URLError\)"):
         replace(host, source, entries)
-    assert data.rollback(PROFILE, [DATABASE]) in host.commands
-    assert host.commands[-2:] == [ROLLBACK_HEALTH, data.remove_swap_leftovers(PROFILE)]
 
 
-def test_a_damaged_upload_removes_the_incoming_folder_and_never_stops_the_service(tmp_path):
+def test_a_failed_rollback_names_where_the_previous_data_is(tmp_path):
+    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
+    host = server(entries, job=events("begin", "stopped", "swap-failed x", "rollback-failed mv: denied", "done"))
+    with pytest.raises(RemoteError, match=r"rolling back failed on vm: mv: denied; .* /var/lib/label-studio/\.lsvm-previous"):
+        replace(host, source, entries)
+
+
+def test_a_failed_stop_is_said_and_nothing_is_swapped(tmp_path):
+    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
+    host = server(entries, job=events("begin", "stop-failed Failed to stop label-studio.service", "done"))
+    with pytest.raises(RemoteError, match="stopping Label Studio failed on vm: Failed to stop"):
+        replace(host, source, entries)
+
+
+def test_a_damaged_upload_removes_the_incoming_folder_and_never_starts_the_job(tmp_path):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
     host = server(entries, damaged=DATABASE)
     with pytest.raises(SnapshotError, match="arrived damaged.*nothing was replaced"):
         replace(host, source, entries)
     assert host.commands[-1] == data.remove_incoming(PROFILE)
-    assert not host.ran(r"systemctl (stop|start)")
-    assert not host.ran(r"lsvm-previous")
-
-
-def test_a_failed_stop_removes_the_incoming_folder_and_rolls_nothing_back(tmp_path):
-    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
-    host = server(entries)
-    host.answer(r"^systemctl stop", fail("Failed to stop"))
-    with pytest.raises(RemoteError, match="stopping Label Studio failed"):
-        replace(host, source, entries)
-    assert host.commands[-2:] == [MANAGER.stop(), data.remove_incoming(PROFILE)]
-    assert not host.ran(r"lsvm-previous")
+    assert not host.ran(r"systemd-run|setsid")
 
 
 def test_a_failed_upload_stream_removes_the_incoming_folder(tmp_path):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
     host = server(entries)
-    host.stream(r"tar -xf -", stderr=b"tar: No space left on device\n", status=2)
+    host.streams.insert(0, (r"tar -xf -", Stream(b"", b"tar: No space left on device\n", 2)))
     with pytest.raises(RemoteError, match="receiving the upload failed on vm: tar: No space left on device"):
         replace(host, source, entries)
     assert host.commands[-1] == data.remove_incoming(PROFILE)
-    assert not host.ran(r"systemctl")
+    assert not host.ran(r"systemd-run|setsid")
 
 
 def test_too_little_space_refuses_before_anything_is_sent(tmp_path):
@@ -152,6 +178,41 @@ def test_too_little_space_refuses_before_anything_is_sent(tmp_path):
     with pytest.raises(SnapshotError, match="not enough space on vm"):
         replace(host, source, entries)
     assert host.channels == []
+
+
+def test_an_unfinished_earlier_swap_is_refused_before_anything_is_sent(tmp_path):
+    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
+    host = server(entries)
+    host.answer(r"lsvm-previous.*echo unfinished", ok("unfinished\n"))
+    with pytest.raises(RemoteError, match=r"an earlier data swap on vm did not finish: .*\.lsvm-previous; "
+                                          r"nothing was changed"):
+        replace(host, source, entries)
+    assert host.commands == [data.unfinished_swap(PROFILE)] and host.channels == []
+
+
+def test_a_job_that_ended_without_finishing_is_said(tmp_path):
+    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
+    host = server(entries, job=events("begin", "stopped"), job_status=swap.GONE)
+    with pytest.raises(RemoteError, match="the swap job on vm ended before it finished"):
+        replace(host, source, entries)
+
+
+def test_ctrl_c_while_following_leaves_the_job_to_finish_on_the_server(tmp_path, monkeypatch, capsys):
+    source, entries = source_with(tmp_path, {DATABASE: b"new database"})
+    host = server(entries, job=events("begin", "stopped"))
+    seen = []
+
+    def interrupted(self, line):
+        seen.append(line)
+        if line.startswith("stopped"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore._SwapReport, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replace(host, source, entries)
+    assert host.commands[-1] == swap.follow(PROFILE)  # nothing after: no stop, no rollback from here
+    assert host.channels[-1].closed
+    assert "the swap goes on by itself on vm" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("files, parts", [
@@ -167,18 +228,21 @@ def test_the_parts_swapped_are_those_the_files_hold(files, parts):
 # The swap and rollback scripts, run for real on a folder here (as the owner we are).
 
 
-def local_profile(data_dir):
+def local_profile(data_dir, manager: str = "systemd"):
     user = pwd.getpwuid(os.getuid()).pw_name
-    return parse_profile(f"service:\n  user: {user}\npaths:\n  data_dir: {data_dir}\n", host="vm")
+    return parse_profile(f"service:\n  user: {user}\n  manager: {manager}\npaths:\n  data_dir: {data_dir}\n",
+                         host="vm")
 
 
 def tree(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def run(script: str) -> None:
-    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+def run(script: str, **env) -> subprocess.CompletedProcess:
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={**os.environ, **env},
+                            timeout=120)
     assert result.returncode == 0, result.stderr
+    return result
 
 
 @pytest.fixture
@@ -197,10 +261,11 @@ def live(tmp_path):
     return folder
 
 
+ALL = [DATABASE, SECRET_ENV, MEDIA]
+
+
 def test_swap_puts_every_new_part_in_place_private_and_sets_the_old_aside(live):
-    profile = local_profile(live)
-    parts = [DATABASE, SECRET_ENV, MEDIA]
-    run(data.swap(profile, parts))
+    run(data.swap_script(PurePosixPath(live), ALL))
     live_files = {k: v for k, v in tree(live).items() if not k.startswith(data.PREVIOUS)}
     assert live_files == {DATABASE: b"new db", SECRET_ENV: b"SECRET_KEY=new\n", "media/upload/new.png": b"new png"}
     assert oct((live / DATABASE).stat().st_mode & 0o777) == "0o600"
@@ -209,10 +274,147 @@ def test_swap_puts_every_new_part_in_place_private_and_sets_the_old_aside(live):
 
 
 def test_rollback_after_swap_gives_back_exactly_the_old_data(live):
-    profile = local_profile(live)
     before = {k: v for k, v in tree(live).items() if not k.startswith(data.INCOMING)}
-    parts = [DATABASE, SECRET_ENV, MEDIA]
-    run(data.swap(profile, parts))
-    run(data.rollback(profile, parts))
-    run(data.remove_swap_leftovers(profile))
+    run(data.swap_script(PurePosixPath(live), ALL))
+    run(data.rollback_script(PurePosixPath(live), ALL))
+    run(data.remove_leftovers_script(PurePosixPath(live)))
     assert tree(live) == before  # the .env that did not exist is gone again, the journal is back
+
+
+def test_swap_never_replaces_the_previous_data_of_an_earlier_swap(live):
+    (live / data.PREVIOUS).mkdir()
+    (live / data.PREVIOUS / DATABASE).write_bytes(b"the only copy of older data")
+    before = tree(live)
+    result = subprocess.run(["sh", "-c", data.swap_script(PurePosixPath(live), ALL)], capture_output=True)
+    assert result.returncode != 0
+    assert tree(live) == before
+
+
+def test_a_half_done_swap_rolls_back_too(live):
+    (live / data.INCOMING / SECRET_ENV).unlink()  # the swap stops at the .env: database done, media not
+    assert subprocess.run(["sh", "-c", data.swap_script(PurePosixPath(live), ALL)]).returncode != 0
+    run(data.rollback_script(PurePosixPath(live), ALL))
+    assert (live / DATABASE).read_bytes() == b"old db" and not (live / SECRET_ENV).exists()
+    assert (live / "media/upload/old.png").read_bytes() == b"old png"
+
+
+# ------------------------------------------------------------------------------------------------
+# The job itself, run here with stub service commands: systemctl and journalctl record, runuser drops
+# the user switch, python3 answers the health probe from the database in place ("new db" is unhealthy
+# when told so).
+
+STUBS = {
+    "runuser": '#!/bin/sh\nshift 3\nexec "$@"\n',
+    "systemctl": ('#!/bin/sh\necho "systemctl $*" >> "$STUB_LOG"\n'
+                  '[ ! -e /proc/$$/fd/8 ] || echo "inherited the swap lock" >> "$STUB_LOG"\n'
+                  'case "$1" in show) echo 0;; stop) [ -z "$STUB_STOP_FAILS" ] || { echo "Failed to stop"; exit 1; };; esac\n'),
+    "journalctl": '#!/bin/sh\necho "Traceback: no such table"\n',
+    "python3": ('#!/bin/sh\nif [ "$(cat "$STUB_DATA/label_studio.sqlite3")" = "new db" ] && [ -n "$STUB_NEW_FAILS" ]; '
+                'then echo "502 "; else echo \'200 {"status": "UP"}\'; fi\n'),
+}
+
+
+@pytest.fixture
+def job_here(tmp_path, monkeypatch, live):
+    """Runs swap.job for `live` here; returns (events, stub log) of a run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setattr(data, "run_dir", lambda profile: PurePosixPath(run_dir))
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, body in STUBS.items():
+        (stubs / name).write_text(body)
+        (stubs / name).chmod(0o755)
+    profile = local_profile(live)
+
+    def go(parts=ALL, **env):
+        log = tmp_path / "stub.log"
+        log.write_text("")
+        result = subprocess.run(["sh", "-c", swap.job(profile, parts, health_timeout=1)], capture_output=True,
+                                text=True, timeout=120,
+                                env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_LOG": str(log),
+                                     "STUB_DATA": str(live), **env})
+        status = (run_dir / f"{profile.service.name}-swap.status").read_text().splitlines()
+        return result.returncode, status, log.read_text().splitlines()
+
+    return go
+
+
+def test_the_job_stops_swaps_starts_checks_health_and_only_then_removes_the_previous_data(job_here, live):
+    code, status, calls = job_here()
+    assert code == 0
+    assert status == ["begin", "stopped", "swapped", "started", 'healthy 200 {"status": "UP"}', "done"]
+    assert calls[0] == "systemctl stop label-studio.service" and "systemctl start label-studio.service" in calls
+    assert "inherited the swap lock" not in calls  # a service started by the job never holds it
+    assert tree(live) == {DATABASE: b"new db", SECRET_ENV: b"SECRET_KEY=new\n", "media/upload/new.png": b"new png"}
+
+
+def test_the_job_rolls_back_by_itself_when_the_new_data_is_unhealthy(job_here, live):
+    before = {k: v for k, v in tree(live).items() if not k.startswith(data.INCOMING)}
+    code, status, calls = job_here(STUB_NEW_FAILS="1")
+    assert code == 0
+    assert status == ["begin", "stopped", "swapped", "started", "log Traceback: no such table", "unhealthy 502 ",
+                      "rolled-back", "back-healthy", "done"]
+    assert calls.count("systemctl stop label-studio.service") == 2
+    assert tree(live) == before and not (live / data.PREVIOUS).exists()
+
+
+def test_the_job_refuses_to_start_over_an_unfinished_swap_and_stops_nothing(job_here, live):
+    (live / data.PREVIOUS).mkdir()
+    (live / data.PREVIOUS / DATABASE).write_bytes(b"older data")
+    code, status, calls = job_here()
+    assert code == 1 and status == ["begin", "unfinished", "done"] and calls == []
+    assert (live / data.PREVIOUS / DATABASE).read_bytes() == b"older data"
+
+
+def test_a_failed_stop_leaves_the_data_as_it_was_and_removes_the_upload(job_here, live):
+    before = {k: v for k, v in tree(live).items() if not k.startswith(data.INCOMING)}
+    code, status, _ = job_here(STUB_STOP_FAILS="1")
+    assert code == 1 and status == ["begin", "stop-failed Failed to stop", "done"]
+    assert tree(live) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# The follower and the screen-mode exit wait, run here.
+
+
+def test_follow_prints_every_event_as_it_comes_and_ends_with_the_job(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "run_dir", lambda profile: PurePosixPath(tmp_path))
+    status, lock = swap.status_file(PROFILE), data.swap_lock_file(PROFILE)
+    open(status, "w").write("begin\n")
+    job = subprocess.Popen(["flock", str(lock), "cat"], stdin=subprocess.PIPE)
+    while subprocess.run(["flock", "-n", "-s", str(lock), "true"]).returncode == 0:
+        pass  # until the stand-in job holds its lock
+    follower = subprocess.Popen(["sh", "-c", swap.follow(PROFILE)], stdout=subprocess.PIPE, text=True)
+    assert follower.stdout.readline() == "begin\n"
+    with open(status, "a") as handle:
+        handle.write("stopped\nswapped\n")
+    assert follower.stdout.readline() == "stopped\n"
+    with open(status, "a") as handle:
+        handle.write("done\n")
+    assert follower.stdout.read() == "swapped\ndone\n" and follower.wait(timeout=10) == 0
+    job.communicate(timeout=10)
+
+
+def test_follow_says_gone_when_the_job_ended_without_done(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "run_dir", lambda profile: PurePosixPath(tmp_path))
+    open(swap.status_file(PROFILE), "w").write("begin\nstopped\n")
+    result = subprocess.run(["sh", "-c", swap.follow(PROFILE)], capture_output=True, text=True, timeout=10)
+    assert result.stdout == "begin\nstopped\n" and result.returncode == swap.GONE
+
+
+def test_screen_mode_waits_until_label_studio_has_exited(tmp_path):
+    profile = local_profile(tmp_path / "-data", manager="screen")
+    p = profile.remote
+    # A stand-in for `python3 .../bin/label-studio start --data-dir DATA` that ignores the SIGHUP of a screen quit.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
+                                 "signal.SIG_IGN); time.sleep(120)", str(p.label_studio_bin), "start",
+                                 "--data-dir", str(p.data_dir)])
+    ended = threading.Event()
+    threading.Thread(target=lambda: (stand_in.wait(), ended.set()), daemon=True).start()
+    run(swap.wait_until_exited(profile, timeout=1))
+    assert ended.wait(5) and stand_in.returncode == -9  # still there after the timeout: killed, then gone
+    run(swap.wait_until_exited(profile, timeout=1))      # nothing running: returns at once
+    systemd = local_profile(tmp_path / "-data")
+    assert swap.wait_until_exited(systemd) not in swap.job(systemd, [DATABASE], 30)  # systemctl stop waits itself
+    assert swap.wait_until_exited(profile) in swap.job(profile, [DATABASE], 30)

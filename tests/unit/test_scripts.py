@@ -11,7 +11,7 @@ import pytest
 
 from tasks.core import commands, steps
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
-from tasks.core.commands import data, probes, provision
+from tasks.core.commands import data, probes, provision, swap
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest, Run
@@ -81,37 +81,51 @@ def data_scripts(profile) -> dict[str, str]:
     p = profile.remote
     work = PurePosixPath(f"{profile.backup.server_tmp_dir}/lsvm-backup.-a $b")
     holder = "backup by $(id)@'laptop' since `date` ;"
-    lock = data.lock(p.lock_file, holder)
+    lock = data.data_lock(profile, holder)
     found = {
         "sqlite tool": data.sqlite_tool("check", work / DATABASE),
-        "server counts": data.server_counts(p.database),
+        "as owner": data.owner(profile, "echo 'x' \"$1\""),
+        "server counts": data.server_counts(profile),
         "data lock": lock,
         "data lock, sudo -n": commands.sudo_noninteractive(lock),
         "data lock, sudo -S": commands.sudo_with_password_on_stdin(lock),
-        "work dir": data.make_work_dir(profile.backup.server_tmp_dir, "backup"),
+        "work dir": data.make_work_dir(profile, "backup"),
+        "remove work dir": data.remove_work_dir(profile, work),
         "free space": data.free_space(work),
-        "file size": data.file_size(p.database),
+        "file size": data.file_size(profile, p.database),
         "prepare copy": data.prepare_copy(profile, work, '{"counter": 1, "size": 2}'),
         "prepare copy, first": data.prepare_copy(profile, work, "null"),
-        "file list": data.write_file_list(work, ["media/upload/1/a b.png", "media/-x;$(id)'`"]),
-        "file list, empty": data.write_file_list(work, []),
-        "check report": data.read_check_report(work),
+        "file list": data.write_file_list(profile, work),
+        "check report": data.read_check_report(profile, work),
         "codec probe": data.CODEC_PROBE,
         "make incoming": data.make_incoming(profile),
         "hash incoming": data.hash_incoming(profile, [DATABASE, SECRET_ENV]),
         "remove incoming": data.remove_incoming(profile),
         "remove swap leftovers": data.remove_swap_leftovers(profile),
+        "unfinished swap": data.unfinished_swap(profile),
         "temp dir": commands.MAKE_TEMPDIR,
         "private file": commands.empty_private_file(work / "secret"),
+        "swap follow": swap.follow(profile),
+        "wait until exited": swap.wait_until_exited(profile),
+        # What the service user runs (the wrappers above quote these into `sh -c`).
+        "owner: file list": data.file_list_script(work),
+        "owner: make incoming": data.make_incoming_script(p.data_dir),
+        "owner: remove leftovers": data.remove_leftovers_script(p.data_dir),
     }
     for codec in data.COMPRESS:
         for database, listed in ((True, True), (True, False), (False, True)):
             found[f"stream {codec} db={database} files={listed}"] = data.stream_snapshot(
-                work, p.data_dir, codec, database=database, listed_files=listed)
+                profile, work, codec, database=database, listed_files=listed)
         found[f"receive upload {codec}"] = data.receive_upload(profile, codec)
+        found[f"owner: receive upload {codec}"] = data.receive_script(p.data_dir, codec)
+        found[f"owner: stream {codec}"] = data.stream_script(work, p.data_dir, codec, database=True, listed_files=True)
     for parts in ([DATABASE], [DATABASE, SECRET_ENV, MEDIA], [DATABASE, MEDIA]):
         found[f"swap {'+'.join(parts)}"] = data.swap(profile, parts)
         found[f"rollback {'+'.join(parts)}"] = data.rollback(profile, parts)
+        found[f"swap job {'+'.join(parts)}"] = swap.job(profile, parts, 30)
+        found[f"owner: swap {'+'.join(parts)}"] = data.swap_script(p.data_dir, parts)
+        found[f"owner: rollback {'+'.join(parts)}"] = data.rollback_script(p.data_dir, parts)
+        found[f"swap launch {'+'.join(parts)}"] = swap.launch(profile, parts, 30)
     return found
 
 

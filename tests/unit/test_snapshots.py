@@ -4,22 +4,24 @@ The lock script itself is also run for real with flock."""
 
 from __future__ import annotations
 
+import getpass
 import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import catalog, commands, snapshots
+from tasks.core import catalog, snapshots, sqlite
 from tasks.core.catalog import DATABASE, SECRET_ENV
 from tasks.core.commands import data
 from tasks.core.errors import LockedError, RemoteError, SnapshotError
 from tests.unit.conftest import PROFILE
-from tests.unit.fakehost import FakeHost, fail, ok
+from tests.unit.fakehost import FakeHost, Stream, fail, ok
 
 LOCK = r"flock -n 9"
 WORK = "/var/tmp/lsvm-backup.Ab12Cd"
@@ -74,11 +76,21 @@ def test_a_failure_on_release_is_reported():
             pass
 
 
-def test_the_lock_script_locks_out_a_second_task_until_the_first_ends(tmp_path):
-    lock_file = tmp_path / "-ls data.lock"
+def lock_script(tmp_path, holder: str) -> str:
+    run = tmp_path / "-run dir"
+    return data.lock(run / "-ls data.lock", run / "-ls swap.lock", holder, dir_owner=getpass.getuser())
 
+
+def test_the_lock_lives_in_a_root_only_folder_not_in_the_world_writable_run_lock():
+    script = data.data_lock(PROFILE, "backup")
+    assert PROFILE.remote.lock_file == PurePosixPath("/run/lsvm/label-studio-data.lock")
+    assert "install -d -m 0700 -o root -g root /run/lsvm && exec 9>>/run/lsvm/label-studio-data.lock" in script
+    assert "/run/lock" not in script
+
+
+def test_the_lock_script_locks_out_a_second_task_until_the_first_ends(tmp_path):
     def start(holder):
-        return subprocess.Popen(["sh", "-c", data.lock(lock_file, holder)], stdin=subprocess.PIPE,
+        return subprocess.Popen(["sh", "-c", lock_script(tmp_path, holder)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     first = start("backup by 'alice' since $(now)")
@@ -91,6 +103,22 @@ def test_the_lock_script_locks_out_a_second_task_until_the_first_ends(tmp_path):
         first.communicate(timeout=10)  # closes stdin: the first task ends and lets go
     third = start("restore")
     out, _ = third.communicate(timeout=10)
+    assert out == b"LOCKED\n"
+    assert oct((tmp_path / "-run dir").stat().st_mode & 0o777) == "0o700"
+
+
+def test_the_lock_is_busy_while_a_swap_job_still_holds_its_own_lock(tmp_path):
+    swap_lock = tmp_path / "-run dir" / "-ls swap.lock"
+    (tmp_path / "-run dir").mkdir()
+    job = subprocess.Popen(["flock", str(swap_lock), "cat"], stdin=subprocess.PIPE)  # a running swap job
+    try:
+        while subprocess.run(["flock", "-n", "-s", str(swap_lock), "true"]).returncode == 0:
+            pass  # until the job really holds it
+        out = subprocess.run(["sh", "-c", lock_script(tmp_path, "push")], capture_output=True, timeout=10).stdout
+        assert out == f"BUSY\n{data.SWAP_RUNNING}\n".encode()
+    finally:
+        job.communicate(timeout=10)
+    out = subprocess.run(["sh", "-c", lock_script(tmp_path, "push")], capture_output=True, timeout=10).stdout
     assert out == b"LOCKED\n"
 
 
@@ -120,11 +148,11 @@ def prepared(**changes) -> dict:
 def server(info: dict, *, checked_sha: str = sha(DB)) -> FakeHost:
     host = FakeHost(alias="vm")
     host.answer(r"mktemp -d", ok(WORK + "\n"))
-    host.answer(r"^stat -c %s", ok(f"{len(DB)}\n"))
+    host.answer(r"^runuser .* stat -c %s", ok(f"{len(DB)}\n"))
     host.answer(r"^df -B1", ok("999999999999\n"))
-    host.answer(r"^python3 -c .* prepare ", ok(json.dumps(info) + "\n"))
+    host.answer(r"python3 -I -c .* prepare ", ok(json.dumps(info) + "\n"))
     host.answer(r"command -v zstd", ok("gzip\n"))
-    host.answer(r"^cat .*check\.json", ok(json.dumps({"sha256": checked_sha, "report": REPORT}) + "\n"))
+    host.answer(r"^runuser .* cat -- .*check\.json", ok(json.dumps({"sha256": checked_sha, "report": REPORT}) + "\n"))
     host.stream(r"tar --ignore-failed-read", tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1),
                                                          MEDIA_FILE: (PNG, 1700000000)}))
     return host
@@ -147,10 +175,11 @@ def test_a_first_backup_streams_everything_and_checks_it(backups):
     assert (snapshot.path / MEDIA_FILE).read_bytes() == PNG
     assert (snapshot.path / DATABASE).stat().st_mode & 0o777 == 0o600
     work = PurePosixPath(WORK)
-    assert data.write_file_list(work, [SECRET_ENV, MEDIA_FILE]) in host.commands
-    assert host.channels[0].command == data.stream_snapshot(work, PROFILE.remote.data_dir, "gzip",
-                                                             database=True, listed_files=True)
-    assert host.commands[-1] == commands.remove(WORK)  # the server's temp folder goes last
+    file_list, stream = host.channels
+    assert file_list.command == data.write_file_list(PROFILE, work)
+    assert bytes(file_list.written) == f"{SECRET_ENV}\0{MEDIA_FILE}\0".encode() and file_list.write_shut
+    assert stream.command == data.stream_snapshot(PROFILE, work, "gzip", database=True, listed_files=True)
+    assert host.commands[-1] == data.remove_work_dir(PROFILE, work)  # the server's temp folder goes last
 
 
 def test_a_backup_of_an_unchanged_server_hard_links_everything_and_streams_nothing(backups):
@@ -173,7 +202,7 @@ def test_a_backup_whose_database_hash_differs_leaves_no_snapshot_behind(backups)
     with pytest.raises(SnapshotError, match="sha256 differs between vm and this machine"):
         snapshots.take_server_snapshot(host, PROFILE, label=None)
     assert catalog.list_snapshots(backups) == []
-    assert host.commands[-1] == commands.remove(WORK)
+    assert host.commands[-1] == data.remove_work_dir(PROFILE, PurePosixPath(WORK))
 
 
 def test_a_server_without_a_database_is_refused(backups):
@@ -201,4 +230,52 @@ def test_no_temp_folder_is_a_snapshot_error(backups):
 def test_server_counts_reads_the_live_database(stdout, counts):
     host = FakeHost().answer(r"counts", ok(stdout))
     assert snapshots.server_counts(host, PROFILE) == counts
-    assert host.commands == [data.server_counts(PROFILE.remote.database)]
+    assert host.commands == [data.server_counts(PROFILE)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Names from the server never reach a shell
+
+
+HOSTILE_NAMES = ["media/upload/1/x\nLSVM_EOF\ntouch /tmp/pwned\n", "media/upload/1/q'\"$(id)`.png",
+                 "media/upload/1/caf\udce9.png"]
+
+
+def test_hostile_media_names_travel_nul_separated_on_stdin_and_land_byte_identical(backups):
+    media = {name: (f"content of {i}".encode(), 1700000000 + i) for i, name in enumerate(HOSTILE_NAMES)}
+    host = server(prepared(media=[{"path": n, "size": len(c), "mtime": m} for n, (c, m) in media.items()]))
+    host.streams = [(r"tar --ignore-failed-read", Stream(tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), **media})))]
+    snapshot = snapshots.take_server_snapshot(host, PROFILE, label=None)
+    for name in HOSTILE_NAMES:
+        assert not any(name in command or name.encode("utf-8", "surrogateescape").decode("utf-8", "replace") in command
+                       for command in host.commands + [c.command for c in host.channels])
+    file_list = host.channels[0]
+    assert bytes(file_list.written) == b"".join(n.encode("utf-8", "surrogateescape") + b"\0"
+                                                for n in [SECRET_ENV, *HOSTILE_NAMES])
+    for name, (content, _) in media.items():
+        assert (snapshot.path / name).read_bytes() == content
+    # The manifest keeps the names exactly (surrogates survive JSON), so a restore sends them back as they were.
+    again = catalog.list_snapshots(backups)[-1]
+    assert again.verified and {f.path for f in again.manifest.media_files} == set(HOSTILE_NAMES)
+
+
+def test_the_media_listing_keeps_every_name_and_never_follows_a_link(tmp_path):
+    data_dir = tmp_path / "data"
+    upload = data_dir / "media" / "upload" / "1"
+    upload.mkdir(parents=True)
+    for name in HOSTILE_NAMES:  # the first one is folders too: "x\nLSVM_EOF\ntouch " / "tmp" / "pwned\n"
+        (data_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (data_dir / name).write_bytes(b"x")
+    secret = tmp_path / "secret"
+    (secret / "deep").mkdir(parents=True)
+    (secret / "shadow").write_bytes(b"root only")
+    (secret / "deep" / "key").write_bytes(b"root only")
+    os.symlink(secret, upload.parent / "linked-dir")
+    os.symlink(secret / "shadow", upload / "linked-file")
+    listed = [f["path"] for f in sqlite.media_listing(str(data_dir / "media"))]
+    assert sorted(listed) == sorted(HOSTILE_NAMES)
+    assert json.loads(json.dumps(listed)) == listed
+    # A media folder that is itself a link (to /etc, say) lists nothing at all.
+    (data_dir / "media").rename(data_dir / "media.real")
+    os.symlink(secret, data_dir / "media")
+    assert sqlite.media_listing(str(data_dir / "media")) == []

@@ -78,12 +78,35 @@ SEED_POLICY = """{
 }"""
 
 
+def seed_policy(region: str, partition: str = "aws") -> dict:
+    """The seed's policy with values filled in, plus what it lacks: the private-space statement is
+    limited to the user's own spaces (sagemaker:OwnerUserProfileArn, as in AWS's example)."""
+    policy = json.loads(SEED_POLICY.replace("<REGION>", region).replace("<ACCOUNT_ID>", "123456789012")
+                        .replace("<DOMAIN_ID>", "d-abc123xyz").replace("<USER_PROFILE_NAME>", "alice-1")
+                        .replace("arn:aws:", f"arn:{partition}:"))
+    own, spaces = policy["Statement"]
+    spaces["Condition"]["ArnEquals"] = own["Condition"]["ArnEquals"]
+    return policy
+
+
 def test_iam_policy_equals_the_seed_with_values_filled_in():
-    expected = json.loads(SEED_POLICY.replace("<REGION>", "eu-west-2").replace("<ACCOUNT_ID>", "123456789012")
-                          .replace("<DOMAIN_ID>", "d-abc123xyz").replace("<USER_PROFILE_NAME>", "alice-1"))
+    expected = seed_policy("eu-west-2")
+    assert expected["Statement"][1]["Condition"] == {
+        "StringEquals": {"sagemaker:SpaceSharingType": "Private"},
+        "ArnEquals": {"sagemaker:OwnerUserProfileArn":
+                      "arn:aws:sagemaker:eu-west-2:123456789012:user-profile/d-abc123xyz/alice-1"}}
     assert studio.iam_policy("eu-west-2", "123456789012", "d-abc123xyz", "alice-1") == expected
     assert studio.trust_policy() == {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+
+
+@pytest.mark.parametrize("region, partition", [
+    ("eu-west-2", "aws"), ("us-east-1", "aws"), ("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn"),
+    ("cn-northwest-1", "aws-cn"), ("us-iso-east-1", "aws-iso"), ("us-isob-east-1", "aws-iso-b"),
+])
+def test_iam_policy_arns_are_in_the_region_s_partition(region, partition):
+    assert studio.partition(region) == partition
+    assert studio.iam_policy(region, "123456789012", "d-abc123xyz", "alice-1") == seed_policy(region, partition)
 
 
 @pytest.mark.parametrize("args, words", [

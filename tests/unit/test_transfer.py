@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands, transfer
-from tasks.core.catalog import DATABASE, SECRET_ENV
+from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data
 from tasks.core.connect import RootChannel
 from tasks.core.errors import RemoteError, SnapshotError
@@ -97,7 +97,8 @@ def test_what_send_tar_sends_receive_tar_unpacks_private_and_hashed(tmp_path, na
     wire = sent_bytes(tmp_path, codec)
     channel = RootChannel("vm", FakeChannel("download", Stream(wire)))
     dest = tmp_path / "dest"
-    received = transfer.receive_tar(channel, codec, dest, total=len(wire), description="down")
+    received = transfer.receive_tar(channel, codec, dest, total=len(wire), description="down",
+                                    expected={n: len(c) for n, c in FILES.items()})
     assert received == {n: (len(c), sha(c)) for n, c in FILES.items()}
     assert channel.received == len(wire)
     for n, content in FILES.items():
@@ -116,7 +117,8 @@ def test_receive_tar_refuses_paths_outside_the_snapshot(tmp_path, member):
         tar.addfile(info, io.BytesIO(b"x"))
     channel = RootChannel("vm", FakeChannel("download", Stream(gzip.compress(raw.getvalue()))))
     with pytest.raises(RemoteError, match="refusing an unsafe path"):
-        transfer.receive_tar(channel, transfer.Codec("gzip"), tmp_path / "dest", total=1, description="down")
+        transfer.receive_tar(channel, transfer.Codec("gzip"), tmp_path / "dest", total=1, description="down",
+                             expected={member: 1})
     assert not (tmp_path / "escape").exists()
 
 
@@ -131,34 +133,84 @@ def run_here(command: str, stdin: bytes = b"") -> bytes:
     return result.stdout
 
 
+# Media names as hostile as a file system allows: a newline and the old heredoc marker with a command
+# after it, quotes, `$(...)`, a leading dash, bytes that are not UTF-8 (kept as surrogates).
+HOSTILE_MEDIA = {
+    "media/upload/1/x\nLSVM_EOF\ntouch /tmp/pwned\n": b"heredoc",
+    "media/upload/1/q'\"$(id)`;.png": b"quotes",
+    "media/upload/1/-n": b"dash",
+    "media/upload/1/latin1-\udce9t\udce9.png": b"not utf-8",
+}
+
+
 def test_the_snapshot_stream_command_sends_the_copy_and_the_listed_files_and_checks_the_copy(tmp_path):
     data_dir, work = tmp_path / "-data dir", tmp_path / "lsvm-backup.-x"
-    write_files(data_dir, {SECRET_ENV: FILES[SECRET_ENV], "media/upload/1/a b.png": FILES["media/upload/1/a b.png"]})
+    media = {"media/upload/1/a b.png": FILES["media/upload/1/a b.png"], **HOSTILE_MEDIA}
+    write_files(data_dir, {SECRET_ENV: FILES[SECRET_ENV], **media})
     work.mkdir()
     con = sqlite3.connect(work / DATABASE)  # the consistent copy `prepare` left (not Label Studio's)
     con.execute("create table project (id integer)")
     con.commit()
     con.close()
-    listed = [SECRET_ENV, "media/upload/1/a b.png"]
-    run_here(data.write_file_list(PurePosixPath(work), listed))
-    wire = run_here(data.stream_snapshot(PurePosixPath(work), PurePosixPath(data_dir), "gzip", database=True,
-                                         listed_files=True))
+    listed = [SECRET_ENV, *media]
+    # What the service user runs: the list arrives on stdin, NUL-separated, never inside a script.
+    run_here(data.file_list_script(PurePosixPath(work)), stdin=data.encode_file_list(listed))
+    assert (work / data.FILE_LIST).stat().st_mode & 0o777 == 0o600
+    wire = run_here(data.stream_script(PurePosixPath(work), PurePosixPath(data_dir), "gzip", database=True,
+                                       listed_files=True))
     channel = RootChannel("vm", FakeChannel("download", Stream(wire)))
-    received = transfer.receive_tar(channel, transfer.Codec("gzip"), tmp_path / "dest", total=1, description="d")
+    dest = tmp_path / "dest"
+    received = transfer.receive_tar(channel, transfer.Codec("gzip"), dest, total=1, description="d",
+                                    expected={DATABASE: (work / DATABASE).stat().st_size,
+                                              SECRET_ENV: len(FILES[SECRET_ENV]),
+                                              **{n: len(c) for n, c in media.items()}})
     assert set(received) == {DATABASE, *listed}
-    check = json.loads(run_here(data.read_check_report(PurePosixPath(work))))
+    for name, content in media.items():
+        assert (dest / name).read_bytes() == content
+        assert os.fsencode(dest / name).endswith(name.encode("utf-8", "surrogateescape"))
+    assert not os.path.exists("/tmp/pwned")
+    check = json.loads(run_here(f"cat {commands.q(work / data.CHECK_REPORT)}"))
     assert check["sha256"] == received[DATABASE][1]
     assert check["report"]["integrity_check"] == "ok" and not check["report"]["label_studio"]
 
 
+def test_the_service_user_does_every_read_and_write_in_the_data_dir_and_the_temp_folder():
+    profile = parse_profile("service:\n  user: _svc-1\npaths:\n  data_dir: /srv/-d\n", host="vm")
+    work = PurePosixPath("/var/tmp/lsvm-backup.x")
+    as_owner = "runuser -u _svc-1 -- env -C /srv/-d HOME=/srv/-d "
+    for command in (data.write_file_list(profile, work), data.read_check_report(profile, work),
+                    data.make_incoming(profile), data.receive_upload(profile, "zstd"),
+                    data.hash_incoming(profile, [DATABASE]), data.remove_incoming(profile),
+                    data.remove_swap_leftovers(profile), data.swap(profile, [DATABASE, MEDIA]),
+                    data.rollback(profile, [DATABASE, MEDIA]),
+                    data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True)):
+        assert command.startswith(as_owner), command
+    for command in (data.prepare_copy(profile, work, "null"), data.server_counts(profile),
+                    data.file_size(profile, profile.remote.database), data.remove_work_dir(profile, work)):
+        assert as_owner + "python3 -I -c" in command or as_owner + "stat" in command or as_owner + "rm" in command
+    made = data.make_work_dir(profile, "backup")
+    assert "chown -h _svc-1: \"$d\"" in made and "chown -R" not in made
+    for command in (data.swap(profile, [DATABASE, SECRET_ENV, MEDIA]), data.receive_upload(profile, "zstd")):
+        assert "chown" not in command
+
+
 def test_the_upload_commands_unpack_into_incoming_and_hash_what_arrived(tmp_path):
-    profile = parse_profile(f"paths:\n  data_dir: {tmp_path / '-data'}\n", host="vm")
-    run_here(data.make_incoming(profile))
-    assert (tmp_path / "-data" / data.INCOMING).stat().st_mode & 0o777 == 0o700
-    run_here(data.receive_upload(profile, "gzip"), stdin=sent_bytes(tmp_path, transfer.Codec("gzip")))
-    incoming = tmp_path / "-data" / data.INCOMING
-    assert (incoming / "media/upload/1/a b.png").read_bytes() == FILES["media/upload/1/a b.png"]
-    found = json.loads(run_here(data.hash_incoming(profile, [DATABASE, SECRET_ENV])))
+    data_dir = tmp_path / "-data"
+    data_dir.mkdir()
+    run_here(data.make_incoming_script(PurePosixPath(data_dir)))
+    incoming = data_dir / data.INCOMING
+    assert incoming.stat().st_mode & 0o777 == 0o700
+    files = {**FILES, **HOSTILE_MEDIA}
+    source = tmp_path / "source"
+    write_files(source, files)
+    channel = FakeChannel("upload", Stream())
+    transfer.send_tar(RootChannel("vm", channel), transfer.Codec("gzip"), [(source / n, n) for n in files],
+                      total=1, description="up")
+    run_here(data.receive_script(PurePosixPath(data_dir), "gzip"), stdin=bytes(channel.written))
+    for name, content in files.items():
+        assert (incoming / name).read_bytes() == content
+        assert (incoming / name).stat().st_mode & 0o777 == 0o600
+    found = json.loads(run_here(data.sqlite_tool("sha256", *(incoming / n for n in (DATABASE, SECRET_ENV)))))
     assert found == {str(incoming / n): {"size": len(FILES[n]), "sha256": sha(FILES[n])} for n in (DATABASE, SECRET_ENV)}
-    run_here(data.remove_incoming(profile))
+    run_here(data.remove_leftovers_script(PurePosixPath(data_dir)))
     assert not incoming.exists()

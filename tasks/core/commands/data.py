@@ -1,5 +1,11 @@
 """Data scripts: the data lock, the server's temp folder, the SQLite tool, the snapshot stream, the
-upload and the swap (and its rollback) of the live data. Pure: each returns a shell command run as root."""
+upload and the swap (and its rollback) of the live data. Pure: each returns a shell command run as root.
+
+The service user owns the data dir and everything in it, so whatever reads or writes there runs AS that
+user (`owner`): a symlink it plants leads nowhere it could not go itself. Root only takes the lock
+(in a root-only folder), creates the temp folder and hands it over, and stops and starts the service
+(commands/swap.py). No name found on the server is ever pasted into a script: file lists travel
+NUL-separated on stdin."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from typing import Iterable
 from .. import sqlite
 from ..catalog import DATABASE, SECRET_ENV
 from ..profile import Profile
-from . import Arg, join, q, remove
+from . import Arg, as_service_user, join, q
 
 SQLITE_SOURCE = Path(sqlite.__file__).read_text()
 
@@ -18,38 +24,89 @@ PREVIOUS = ".lsvm-previous"
 STALE_SUFFIXES = ("-journal", "-wal", "-shm")
 FILE_LIST = "files.list"
 CHECK_REPORT = "check.json"
+ABSENT = "absent"  # + a part's name, in PREVIOUS: the part did not exist before the swap
 
 LOCKED, BUSY = "LOCKED", "BUSY"
+SWAP_RUNNING = "a data swap is still finishing on the server (stop, swap, start, health check, rollback if needed)"
 
 CODEC_PROBE = "command -v zstd >/dev/null && echo zstd || echo gzip"
 COMPRESS = {"zstd": "zstd -q -1 -T0 -c", "gzip": "gzip -1 -c"}
 DECOMPRESS = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c"}
 
 
+def sqlite_words(*args: Arg) -> list[Arg]:
+    """tasks/core/sqlite.py run by the system python3, isolated (-I: no script dir, no user site,
+    no PYTHON* variables: the data dir it runs in never shadows a module)."""
+    return ["python3", "-I", "-c", SQLITE_SOURCE, *args]
+
+
 def sqlite_tool(*args: Arg) -> str:
-    """Runs tasks/core/sqlite.py on the server with its system python3."""
-    return join("python3", "-c", SQLITE_SOURCE, *args)
+    return join(*sqlite_words(*args))
 
 
-def server_counts(database: PurePosixPath) -> str:
-    """Row counts of the live database as JSON, nothing when there is no database."""
-    return f"[ -e {q(database)} ] && {sqlite_tool('counts', database)} || true"
+def owner(profile: Profile, script: str) -> str:
+    """`script` run by sh as the service user, in the data dir (see commands.as_service_user)."""
+    return as_service_user(profile, "sh", "-c", script)
 
 
-def lock(lock_file: PurePosixPath, holder: str) -> str:
-    """Prints LOCKED and holds a flock until stdin closes, or prints BUSY and who holds it."""
-    owner = PurePosixPath(f"{lock_file}.owner")
+# ------------------------------------------------------------------------------------------------
+# The lock and the toolkit's root-only run folder
+
+
+def run_dir(profile: Profile) -> PurePosixPath:
+    """Root-only (0700): the data lock, its holder, the swap job's lock and status."""
+    return profile.remote.lock_file.parent
+
+
+def swap_lock_file(profile: Profile) -> PurePosixPath:
+    """Held by a running swap job (commands/swap.py) for its whole life."""
+    return run_dir(profile) / f"{profile.service.name}-swap.lock"
+
+
+def lock(lock_file: PurePosixPath, swap_lock: PurePosixPath, holder: str, *, dir_owner: str = "root") -> str:
+    """Prints LOCKED and holds a flock until stdin closes, or prints BUSY and who holds it (another
+    task, or a swap job still finishing on its own)."""
+    owner_file = PurePosixPath(f"{lock_file}.owner")
     return (
-        f"exec 9>>{q(lock_file)}; "
-        f"if flock -n 9; then printf '%s\\n' {q(holder)} > {q(owner)}; echo {LOCKED}; cat >/dev/null; "
-        f"else echo {BUSY}; cat {q(owner)} 2>/dev/null; fi"
+        f"install -d -m 0700 -o {q(dir_owner)} -g {q(dir_owner)} {q(lock_file.parent)} && "
+        f"exec 9>>{q(lock_file)} && "
+        f"if flock -n 9; then "
+        f"if flock -n -s {q(swap_lock)} true; then printf '%s\\n' {q(holder)} > {q(owner_file)}; echo {LOCKED}; "
+        f"cat >/dev/null; else echo {BUSY}; echo {q(SWAP_RUNNING)}; fi; "
+        f"else echo {BUSY}; cat {q(owner_file)} 2>/dev/null; fi"
     )
 
 
-def make_work_dir(base: str, purpose: str) -> str:
-    """A fresh root-only temp folder under `base` (printed); leftovers of dead runs removed first."""
-    return (f"umask 077 && mkdir -p {q(base)} && rm -rf {q(base)}/lsvm-*.?????? && "
-            f"mktemp -d {q(base + '/lsvm-' + purpose + '.XXXXXX')}")
+def data_lock(profile: Profile, holder: str) -> str:
+    return lock(profile.remote.lock_file, swap_lock_file(profile), holder)
+
+
+# ------------------------------------------------------------------------------------------------
+# The server's temp folder for a backup: made by root where the profile says, handed to the service
+# user, who does the work in it and removes it.
+
+
+def make_work_dir(profile: Profile, purpose: str) -> str:
+    """A fresh temp folder under the profile's server_tmp_dir (printed), owned by the service user;
+    leftovers of dead runs removed first: the service user's emptied by that user (root then removes
+    the empty folders; rmdir never follows a link), old root-only ones by root (nobody else writes there)."""
+    base = profile.backup.server_tmp_dir
+    user = profile.service.user
+    leftovers = as_service_user(profile, "sh", "-c", 'rm -rf -- "$1"/lsvm-*.??????', "sh", base)
+    return (f"umask 022 && mkdir -p {q(base)} && "
+            f"{{ {leftovers} 2>/dev/null; "
+            f"find {q(base)} -mindepth 1 -maxdepth 1 -type d -user root -name 'lsvm-*.??????' "
+            "-exec rm -rf -- {} + ; "
+            f"find {q(base)} -mindepth 1 -maxdepth 1 -type d -name 'lsvm-*.??????' -empty -delete; true; }} && "
+            f"umask 077 && d=$(mktemp -d {q(base + '/lsvm-' + purpose + '.XXXXXX')}) && "
+            f"{{ ! id -u {q(user)} >/dev/null 2>&1 || chown -h {q(user)}: \"$d\"; }} && printf '%s\\n' \"$d\"")
+
+
+def remove_work_dir(profile: Profile, work_dir: PurePosixPath) -> str:
+    """The service user empties (and, in a sticky folder, removes) its temp folder; root only removes
+    what is left of it when it is an empty folder (rmdir never follows a link)."""
+    return (f"{as_service_user(profile, 'rm', '-rf', '--', work_dir)} 2>/dev/null; "
+            f"rmdir -- {q(work_dir)} 2>/dev/null; true")
 
 
 def free_space(where: PurePosixPath) -> str:
@@ -57,24 +114,41 @@ def free_space(where: PurePosixPath) -> str:
     return f"df -B1 --output=avail {q(where)} | tail -n 1"
 
 
-def file_size(path: PurePosixPath) -> str:
-    """A file's size in bytes, 0 when it does not exist."""
-    return f"stat -c %s {q(path)} 2>/dev/null || echo 0"
+def file_size(profile: Profile, path: PurePosixPath) -> str:
+    """A file's size in bytes as the service user sees it, 0 when it does not exist."""
+    return f"{as_service_user(profile, 'stat', '-c', '%s', '--', path)} 2>/dev/null || echo 0"
+
+
+def server_counts(profile: Profile) -> str:
+    """Row counts of the live database as JSON, nothing when there is no database."""
+    database = profile.remote.database
+    return f"[ -e {q(database)} ] && {as_service_user(profile, *sqlite_words('counts', database))} || true"
 
 
 def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str) -> str:
     """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON."""
     p = profile.remote
-    return sqlite_tool("prepare", p.data_dir, work_dir, p.venv, previous_marker)
+    return (f"if [ -d {q(p.data_dir)} ]; then "
+            f"{as_service_user(profile, *sqlite_words('prepare', p.data_dir, work_dir, p.venv, previous_marker))}; "
+            "else echo '{\"database_exists\": false}'; fi")
 
 
-def write_file_list(work_dir: PurePosixPath, names: Iterable[str]) -> str:
-    """The names tar streams from the data dir, one a line (read back with --verbatim-files-from)."""
-    return f"cat > {q(work_dir / FILE_LIST)} <<'LSVM_EOF'\n" + "\n".join(names) + "\nLSVM_EOF"
+def file_list_script(work_dir: PurePosixPath) -> str:
+    return f"umask 077 && cat > {q(work_dir / FILE_LIST)}"
 
 
-def stream_snapshot(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, database: bool,
-                    listed_files: bool) -> str:
+def write_file_list(profile: Profile, work_dir: PurePosixPath) -> str:
+    """Stores stdin (the names tar streams from the data dir, each ended by a NUL) in work_dir."""
+    return owner(profile, file_list_script(work_dir))
+
+
+def encode_file_list(names: Iterable[str]) -> bytes:
+    """Names as the server's file system spells them (bytes kept by surrogateescape), NUL-ended."""
+    return b"".join(name.encode("utf-8", "surrogateescape") + b"\0" for name in names)
+
+
+def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, database: bool,
+                  listed_files: bool) -> str:
     """A compressed tar on stdout of the database copy and/or the listed files. With the database, its
     hash and integrity_check run beside the stream, on another core, into the check report."""
     parts, side = [], ""
@@ -82,72 +156,116 @@ def stream_snapshot(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str
         parts.append(f"-C {q(work_dir)} {q(DATABASE)}")
         side = f"{sqlite_tool('check', work_dir / DATABASE)} > {q(work_dir / CHECK_REPORT)} & "
     if listed_files:
-        parts.append(f"-C {q(data_dir)} --verbatim-files-from -T {q(work_dir / FILE_LIST)}")
+        parts.append(f"-C {q(data_dir)} --null --verbatim-files-from -T {q(work_dir / FILE_LIST)}")
     return (f"{side}tar --ignore-failed-read -cf - {' '.join(parts)} | {COMPRESS[codec]}; "
             "status=$?; wait; exit $status")
 
 
-def read_check_report(work_dir: PurePosixPath) -> str:
-    return f"cat {q(work_dir / CHECK_REPORT)}"
+def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, database: bool,
+                    listed_files: bool) -> str:
+    """stream_script, as the service user: it reads only what that user can read."""
+    return owner(profile, stream_script(work_dir, profile.remote.data_dir, codec, database=database,
+                                        listed_files=listed_files))
+
+
+def read_check_report(profile: Profile, work_dir: PurePosixPath) -> str:
+    return as_service_user(profile, "cat", "--", work_dir / CHECK_REPORT)
+
+
+# ------------------------------------------------------------------------------------------------
+# The upload: into .lsvm-incoming beside the live data, as the service user (the files it unpacks
+# are its own: no chown afterwards).
 
 
 def incoming_dir(profile: Profile) -> PurePosixPath:
     return profile.remote.data_dir / INCOMING
 
 
+def make_incoming_script(data_dir: PurePosixPath) -> str:
+    incoming = data_dir / INCOMING
+    return f"rm -rf -- {q(incoming)} && mkdir -m 0700 -- {q(incoming)}"
+
+
 def make_incoming(profile: Profile) -> str:
-    """An empty root-only incoming folder beside the live data (same filesystem: renames are atomic)."""
-    incoming = incoming_dir(profile)
-    return f"rm -rf {q(incoming)} && install -d -m 0700 {q(incoming)}"
+    """An empty private incoming folder beside the live data (same filesystem: renames are atomic)."""
+    return owner(profile, make_incoming_script(profile.remote.data_dir))
+
+
+def receive_script(data_dir: PurePosixPath, codec: str) -> str:
+    return (f"umask 077 && {DECOMPRESS[codec]} | tar -xf - -C {q(data_dir / INCOMING)} --no-same-owner "
+            "--no-same-permissions --warning=no-unknown-keyword")
 
 
 def receive_upload(profile: Profile, codec: str) -> str:
     """Unpacks a compressed tar from stdin into the incoming folder."""
-    return f"{DECOMPRESS[codec]} | tar -xf - -C {q(incoming_dir(profile))} --no-same-owner"
+    return owner(profile, receive_script(profile.remote.data_dir, codec))
 
 
 def hash_incoming(profile: Profile, names: Iterable[str]) -> str:
     """{path: {size, sha256}} as JSON of the named files in the incoming folder."""
-    return sqlite_tool("sha256", *[incoming_dir(profile) / name for name in names])
+    return as_service_user(profile, *sqlite_words("sha256", *[incoming_dir(profile) / name for name in names]))
 
 
 def remove_incoming(profile: Profile) -> str:
-    return remove(incoming_dir(profile))
+    return as_service_user(profile, "rm", "-rf", "--", incoming_dir(profile))
+
+
+def remove_leftovers_script(data_dir: PurePosixPath) -> str:
+    return "rm -rf -- " + join(data_dir / INCOMING, data_dir / PREVIOUS)
 
 
 def remove_swap_leftovers(profile: Profile) -> str:
     """The incoming and previous folders, once the swap is done or undone."""
-    data = profile.remote.data_dir
-    return remove(data / INCOMING, data / PREVIOUS)
+    return owner(profile, remove_leftovers_script(profile.remote.data_dir))
+
+
+def unfinished_swap(profile: Profile) -> str:
+    """Prints `unfinished` when the previous data of an earlier swap is still set aside."""
+    previous = profile.remote.data_dir / PREVIOUS
+    return f"if [ -e {q(previous)} ] || [ -L {q(previous)} ]; then echo unfinished; fi"
+
+
+# ------------------------------------------------------------------------------------------------
+# The swap and its rollback: renames inside the data dir, as the service user (see commands/swap.py
+# for the job that runs them with the service stopped).
+
+
+def _exists(path: PurePosixPath) -> str:
+    return f"{{ [ -e {q(path)} ] || [ -L {q(path)} ]; }}"
+
+
+def swap_script(data_dir: PurePosixPath, parts: list[str]) -> str:
+    """Old parts aside into .lsvm-previous (a marker notes parts that did not exist), new ones in.
+    Refuses when .lsvm-previous exists: it may hold the only copy of older data."""
+    incoming, previous = data_dir / INCOMING, data_dir / PREVIOUS
+    steps = ["set -e", "umask 077", f"mkdir -m 0700 -- {q(previous)}"]
+    for stale in STALE_SUFFIXES:
+        name = DATABASE + stale
+        steps.append(f"if {_exists(data_dir / name)}; then mv -- {q(data_dir / name)} {q(previous / name)}; fi")
+    for part in parts:
+        steps.append(f"if {_exists(data_dir / part)}; then mv -- {q(data_dir / part)} {q(previous / part)}; "
+                     f"else : > {q(previous / (ABSENT + part))}; fi")
+        steps.append(f"mv -- {q(incoming / part)} {q(data_dir / part)}")
+    steps.append(f"chmod 0600 -- {q(data_dir / DATABASE)}")
+    if SECRET_ENV in parts:
+        steps.append(f"chmod 0600 -- {q(data_dir / SECRET_ENV)}")
+    return "; ".join(steps)
+
+
+def rollback_script(data_dir: PurePosixPath, parts: list[str]) -> str:
+    """Undo `swap_script`, also half of one: every part back as it was, including parts that were absent."""
+    previous = data_dir / PREVIOUS
+    steps = ["set -e"]
+    for part in parts + [DATABASE + s for s in STALE_SUFFIXES]:
+        steps.append(f"if {_exists(previous / part)}; then rm -rf -- {q(data_dir / part)}; "
+                     f"mv -- {q(previous / part)} {q(data_dir / part)}; "
+                     f"elif [ -e {q(previous / (ABSENT + part))} ]; then rm -rf -- {q(data_dir / part)}; fi")
+    return "; ".join(steps)
 
 
 def swap(profile: Profile, parts: list[str]) -> str:
-    """Old parts aside into .lsvm-previous (a marker notes parts that did not exist), new ones in."""
-    p = profile.remote
-    data, incoming, previous = p.data_dir, p.data_dir / INCOMING, p.data_dir / PREVIOUS
-    user = q(profile.service.user)
-    steps = [f"set -e; rm -rf {q(previous)}; install -d -m 0700 {q(previous)}"]
-    for stale in STALE_SUFFIXES:
-        name = DATABASE + stale
-        steps.append(f"if [ -e {q(data / name)} ]; then mv {q(data / name)} {q(previous / name)}; fi")
-    for part in parts:
-        steps.append(f"if [ -e {q(data / part)} ]; then mv {q(data / part)} {q(previous / part)}; "
-                     f"else touch {q(previous / ('absent' + part))}; fi")
-        steps.append(f"mv {q(incoming / part)} {q(data / part)}")
-        steps.append(f"chown -R {user}:{user} {q(data / part)}")
-    steps.append(f"chmod 0600 {q(data / DATABASE)}")
-    if SECRET_ENV in parts:
-        steps.append(f"chmod 0600 {q(data / SECRET_ENV)}")
-    return "; ".join(steps)
+    return owner(profile, swap_script(profile.remote.data_dir, parts))
 
 
 def rollback(profile: Profile, parts: list[str]) -> str:
-    """Undo `swap`: every part back as it was, including parts that were absent."""
-    p = profile.remote
-    data, previous = p.data_dir, p.data_dir / PREVIOUS
-    steps = ["set -e"]
-    for part in parts + [DATABASE + s for s in STALE_SUFFIXES]:
-        steps.append(f"if [ -e {q(previous / part)} ]; then rm -rf {q(data / part)}; "
-                     f"mv {q(previous / part)} {q(data / part)}; "
-                     f"elif [ -e {q(previous / ('absent' + part))} ]; then rm -rf {q(data / part)}; fi")
-    return "; ".join(steps)
+    return owner(profile, rollback_script(profile.remote.data_dir, parts))

@@ -1,0 +1,145 @@
+"""The swap job: stop -> swap -> start -> health check -> rollback on any failure, run ON the server as
+one detached job that finishes by itself (a transient systemd unit; setsid nohup in screen mode, whose
+session must outlive the job), so a Ctrl-C or a cut connection here never leaves half a swap.
+
+The job holds the swap lock for its whole life (the data lock answers BUSY meanwhile), refuses to start
+while the previous data of an earlier swap is still set aside, deletes the previous data only once the
+new data answers /health, and appends its progress, one event a line, to a root-only status file that
+`follow` prints. Pure builders; restore.py reads the events."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from ..profile import Profile
+from . import data, q
+from .service import service_manager, wait_for_health
+
+# Events, first word of a status line (the rest is the last line a failed step printed).
+BEGIN, UNFINISHED, STOPPED, STOP_FAILED = "begin", "unfinished", "stopped", "stop-failed"
+SWAPPED, SWAP_FAILED, STARTED, START_FAILED = "swapped", "swap-failed", "started", "start-failed"
+HEALTHY, UNHEALTHY, LOG = "healthy", "unhealthy", "log"
+ROLLED_BACK, ROLLBACK_FAILED, BACK_HEALTHY, BACK_UNHEALTHY = "rolled-back", "rollback-failed", "back-healthy", "back-unhealthy"
+DONE = "done"
+
+GONE = 3                    # follow's exit status: the job ended without `done` (killed, reboot)
+ROLLBACK_HEALTH_MIN = 300   # the previous data gets at least this long to answer /health
+EXIT_WAIT = 60              # screen mode: seconds for Label Studio to exit after the stop, then SIGKILL
+START_WAIT = 100            # tenths of a second for a launched job to take its lock
+
+
+def status_file(profile: Profile) -> PurePosixPath:
+    return data.run_dir(profile) / f"{profile.service.name}-swap.status"
+
+
+def output_file(profile: Profile) -> PurePosixPath:
+    """What the job's current step prints (a file, not a pipe: a daemon that keeps a copy of its
+    stdout, like screen's, cannot make the job wait)."""
+    return data.run_dir(profile) / f"{profile.service.name}-swap.out"
+
+
+def wait_until_exited(profile: Profile, timeout: int = EXIT_WAIT) -> str:
+    """Polls /proc until no process of the service user runs Label Studio on the data dir; SIGKILL
+    after `timeout` seconds, failure after half as long again. For screen mode, where quitting the
+    session only sends a SIGHUP."""
+    p = profile.remote
+    polls = int(timeout) * 2
+    return (
+        f"u=$(id -u {q(profile.service.user)}) || exit 1; "
+        "ls_pids() { for p in $(find /proc -mindepth 1 -maxdepth 1 -type d -uid \"$u\" -name '[0-9]*' "
+        "2>/dev/null); do "
+        "c=$(tr '\\000' '\\n' < \"$p/cmdline\" 2>/dev/null) || continue; "
+        f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.label_studio_bin)} && "
+        f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.data_dir)} && echo \"${{p#/proc/}}\"; done; }}; "
+        "i=0; while [ -n \"$(ls_pids)\" ]; do i=$((i + 1)); "
+        f"[ $i -ne {polls} ] || kill -KILL $(ls_pids) 2>/dev/null; "
+        f"[ $i -le {polls + polls // 2} ] || {{ echo 'Label Studio did not exit after the stop'; exit 1; }}; "
+        "sleep 0.5; done"
+    )
+
+
+def job(profile: Profile, parts: list[str], health_timeout: int) -> str:
+    """The whole swap, as root; every step inside the data dir as the service user."""
+    manager = service_manager(profile)
+    d = profile.remote.data_dir
+    stop = manager.stop() + (f"\n{wait_until_exited(profile)}" if manager.kind == "screen" else "")
+    new_health = wait_for_health(profile, via_nginx=True, timeout=health_timeout, fail_on_crash=True)
+    old_health = wait_for_health(profile, via_nginx=True, timeout=max(health_timeout, ROLLBACK_HEALTH_MIN))
+    out = q(output_file(profile))
+    previous = d / data.PREVIOUS
+    return "\n".join([
+        f"S={q(status_file(profile))}",
+        "say() { printf '%s\\n' \"$*\" >> \"$S\"; }",
+        # 8>&-: nothing a step starts (screen's session above all) may keep the swap lock held.
+        f"run() {{ \"$@\" > {out} 2>&1 < /dev/null 8>&-; }}",
+        f"said() {{ sed '/^[[:space:]]*$/d' {out} | tail -n 1 | tr -d '\\r'; }}",
+        f"stop_service() (\n{stop}\n)",
+        f"start_service() (\n{manager.start()}\n)",
+        f"swap_data() (\n{data.swap(profile, parts)}\n)",
+        f"rollback_data() (\n{data.rollback(profile, parts)}\n)",
+        f"remove_incoming() (\n{data.remove_incoming(profile)}\n)",
+        f"cleanup() (\n{data.remove_swap_leftovers(profile)}\n)",
+        f"new_healthy() (\n{new_health}\n)",
+        f"old_healthy() (\n{old_health}\n)",
+        f"recent_log() (\n{manager.recent_log()}\n)",
+        f"exec 8>>{q(data.swap_lock_file(profile))}",
+        "flock -n 8 || exit 1",
+        f"say {BEGIN}",
+        f"if [ -e {q(previous)} ] || [ -L {q(previous)} ]; then say {UNFINISHED}; say {DONE}; exit 1; fi",
+        f"if ! run stop_service; then say {STOP_FAILED} \"$(said)\"; run remove_incoming; say {DONE}; exit 1; fi",
+        f"say {STOPPED}",
+        "if run swap_data; then",
+        f"  say {SWAPPED}",
+        "  if run start_service; then",
+        f"    say {STARTED}",
+        f"    if run new_healthy; then h=$(said); run cleanup; say {HEALTHY} \"$h\"; say {DONE}; exit 0; fi",
+        "    h=$(said)",
+        f"    recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"",
+        f"    say {UNHEALTHY} \"$h\"",
+        f"  else say {START_FAILED} \"$(said)\"; fi",
+        f"else say {SWAP_FAILED} \"$(said)\"; fi",
+        "run stop_service",
+        f"if ! run rollback_data; then say {ROLLBACK_FAILED} \"$(said)\"; say {DONE}; exit 1; fi",
+        "run cleanup",
+        f"say {ROLLED_BACK}",
+        f"if run start_service && run old_healthy; then say {BACK_HEALTHY}; else say {BACK_UNHEALTHY} \"$(said)\"; fi",
+        f"say {DONE}",
+    ])
+
+
+def launch(profile: Profile, parts: list[str], health_timeout: int) -> str:
+    """Starts the job detached from this SSH session and returns once it holds its lock."""
+    script = job(profile, parts, health_timeout)
+    status = q(status_file(profile))
+    if service_manager(profile).kind == "systemd":
+        unit = f"lsvm-swap-{profile.service.name}"
+        start = (f"systemd-run --quiet --collect --unit={q(unit)}-$(date +%s) "
+                 f"--description={q('labelstudio-vm data swap of ' + str(profile.remote.data_dir))} "
+                 f"/bin/sh -c {q(script)} || exit 1")
+    else:
+        start = f"setsid nohup /bin/sh -c {q(script)} < /dev/null > /dev/null 2>&1 &"
+    return "\n".join([
+        "umask 077",
+        f"install -d -m 0700 -o root -g root {q(data.run_dir(profile))} || exit 1",
+        f"flock -n -s {q(data.swap_lock_file(profile))} true || {{ echo 'another swap job is running' >&2; exit 1; }}",
+        f": > {status} || exit 1",
+        start,
+        f"i=0; until [ -s {status} ]; do i=$((i + 1)); "
+        f"[ $i -le {START_WAIT} ] || {{ echo 'the swap job did not start' >&2; exit 1; }}; sleep 0.1; done",
+    ])
+
+
+def follow(profile: Profile) -> str:
+    """Prints the job's status lines as they come; exits 0 after `done`, GONE when the job ended
+    without it."""
+    status, lock = q(status_file(profile)), q(data.swap_lock_file(profile))
+    return (
+        "n=0; while :; do "
+        f"if flock -n -s {lock} true; then gone=1; else gone=0; fi; "
+        f"t=$(wc -l < {status}) || exit {GONE}; "
+        f"if [ \"$t\" -gt \"$n\" ]; then sed -n \"$((n + 1)),${{t}}p\" {status}; n=$t; fi; "
+        f"[ \"$n\" = 0 ] || [ \"$(sed -n \"${{n}}p\" {status})\" != {DONE} ] || exit 0; "
+        f"[ $gone = 0 ] || exit {GONE}; "
+        "sleep 0.5; done"
+    )
+

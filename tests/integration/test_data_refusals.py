@@ -1,0 +1,104 @@
+"""Data tasks that must refuse, on a provisioned VM with the real Label Studio: a pull never installs a
+server database that failed integrity_check, and a push never gives the server a database migrated by a
+newer Label Studio than the one it runs. Each test leaves the server as it found it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from dev.lsclient import wait_for_health
+
+DB = "/var/lib/label-studio/label_studio.sqlite3"
+SAVED = "/root/lsvm-test-good.sqlite3"
+# A side table whose index no longer matches its rows: integrity_check fails, Label Studio never notices.
+CORRUPT = f"""
+import sqlite3
+con = sqlite3.connect({DB!r})
+con.execute("create table lsvm_probe (a, b)")
+con.executemany("insert into lsvm_probe values (?, ?)", [(i, -i) for i in range(100)])
+con.execute("create index lsvm_probe_a on lsvm_probe (a)")
+con.commit()
+con.execute("pragma writable_schema = on")
+con.execute("update sqlite_master set sql = 'CREATE INDEX lsvm_probe_a ON lsvm_probe (b)' where name = 'lsvm_probe_a'")
+con.commit()
+"""
+COPY = f"""
+import sqlite3, sys
+source = sqlite3.connect("file:{DB}?mode=ro", uri=True)
+target = sqlite3.connect("/tmp/lsvm-copy.sqlite3")
+source.backup(target)
+target.close()
+sys.stdout.buffer.write(open("/tmp/lsvm-copy.sqlite3", "rb").read())
+"""
+
+
+def snapshots_of(machine, host: str = "vm") -> list[Path]:
+    root = machine.fab.home / "backups" / host
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def server_sha(machine) -> str:
+    return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+
+
+def own_local_data(folder: Path) -> bytes:
+    """A small SQLite database standing for the user's own local work; its bytes."""
+    folder.mkdir()
+    con = sqlite3.connect(folder / "label_studio.sqlite3")
+    con.execute("create table my_work (note text)")
+    con.execute("insert into my_work values ('mine')")
+    con.commit()
+    con.close()
+    return (folder / "label_studio.sqlite3").read_bytes()
+
+
+def test_pull_keeps_but_never_installs_a_server_database_that_fails_integrity_check(data_vm, tmp_path):
+    vm = data_vm.vm
+    local = tmp_path / "mine"
+    before = own_local_data(local)
+    pulls = len(snapshots_of(data_vm))
+    vm.exec(f"systemctl stop label-studio && cp -a {DB} {SAVED}")
+    try:
+        vm.exec("python3 -", input=CORRUPT.encode())
+        result = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
+    finally:
+        vm.exec(f"cp -a {SAVED} {DB} && rm -f {SAVED} {DB}-journal && systemctl start label-studio")
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "failed integrity_check" in result.stderr and "nothing was installed locally" in result.stderr
+    kept = snapshots_of(data_vm)[-1]
+    assert len(snapshots_of(data_vm)) == pulls + 1 and kept.name.endswith("-pull")
+    assert f"kept, marked unverified, in {kept}" in result.stderr
+    assert json.loads((kept / "manifest.json").read_text())["integrity_check"] != "ok"
+    assert (local / "label_studio.sqlite3").read_bytes() == before
+    assert sorted(p.name for p in local.iterdir()) == ["label_studio.sqlite3"]
+    assert not (data_vm.fab.home / "backups" / "local").is_dir() or not [
+        p for p in (data_vm.fab.home / "backups" / "local").iterdir() if p.name.endswith("-pre-pull")]
+    assert wait_for_health(data_vm.url, timeout=120) == {"status": "UP"}
+
+
+def test_push_refuses_a_database_migrated_by_a_newer_label_studio(data_vm, tmp_path):
+    local = tmp_path / "newer"
+    local.mkdir()
+    (local / "label_studio.sqlite3").write_bytes(data_vm.vm.exec("python3 -", input=COPY.encode()).stdout)
+    same = data_vm.fab("push-local-db", "--dry-run", "--local-data-dir", str(local))
+    assert same.returncode == 0, same.stdout + same.stderr  # the server's own migrations: fine
+    assert "could not compare" not in same.stderr
+
+    con = sqlite3.connect(local / "label_studio.sqlite3")
+    con.execute("insert into django_migrations (app, name, applied) values ('projects', '9999_from_the_future', "
+                "'2030-01-01 00:00:00')")
+    con.commit()
+    con.close()
+    before, count = server_sha(data_vm), len(snapshots_of(data_vm))
+    for extra in (["--dry-run"], ["--yes"]):
+        result = data_vm.fab("push-local-db", *extra, "--local-data-dir", str(local))
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert "migration projects.9999_from_the_future is unknown to the server's database" in result.stderr
+        assert "upgrade Label Studio on vm first" in result.stderr
+    assert server_sha(data_vm) == before
+    assert len(snapshots_of(data_vm)) == count  # not even a pre-push backup: refused first
+    assert wait_for_health(data_vm.url, timeout=60) == {"status": "UP"}
