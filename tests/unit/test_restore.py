@@ -23,6 +23,7 @@ import pytest
 from tasks.core import restore
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from tasks.core.commands import data, swap
+from tasks.core.commands.service import Screen
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import parse_profile
 from tests.unit.conftest import PROFILE
@@ -412,9 +413,10 @@ def test_screen_mode_waits_until_label_studio_has_exited(tmp_path):
                                  "--data-dir", str(p.data_dir)])
     ended = threading.Event()
     threading.Thread(target=lambda: (stand_in.wait(), ended.set()), daemon=True).start()
-    run(swap.wait_until_exited(profile, timeout=1))
+    screen = Screen(profile)
+    run(screen.wait_until_exited(timeout=1))
     assert ended.wait(5) and stand_in.returncode == -9  # still there after the timeout: killed, then gone
-    run(swap.wait_until_exited(profile, timeout=1))      # nothing running: returns at once
+    run(screen.wait_until_exited(timeout=1))      # nothing running: returns at once
     systemd = local_profile(tmp_path / "-data")
-    assert swap.wait_until_exited(systemd) not in swap.job(systemd, [DATABASE], 30)  # systemctl stop waits itself
-    assert swap.wait_until_exited(profile) in swap.job(profile, [DATABASE], 30)
+    assert screen.wait_until_exited() not in swap.job(systemd, [DATABASE], 30)  # systemctl stop waits itself
+    assert screen.wait_until_exited() in swap.job(profile, [DATABASE], 30)

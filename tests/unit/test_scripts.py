@@ -106,7 +106,7 @@ def data_scripts(profile) -> dict[str, str]:
         "temp dir": commands.MAKE_TEMPDIR,
         "private file": commands.empty_private_file(work / "secret"),
         "swap follow": swap.follow(profile),
-        "wait until exited": swap.wait_until_exited(profile),
+        "wait until exited": Screen(profile).wait_until_exited(),
         # What the service user runs (the wrappers above quote these into `sh -c`).
         "owner: file list": data.file_list_script(work),
         "owner: make incoming": data.make_incoming_script(p.data_dir),

@@ -52,6 +52,14 @@ class ServiceManager:
         """start, stop or restart."""
         return {"start": self.start, "stop": self.stop, "restart": self.restart}[verb]()
 
+    def stop_and_wait(self) -> str:
+        """Stop, and return only once Label Studio has exited (the data can be swapped then)."""
+        return self.stop()
+
+    def run_detached(self, script: str, *, unit: str, description: str) -> str:
+        """Start `script` (as root) so that it outlives this SSH session; `unit` names it."""
+        raise NotImplementedError
+
     def logs(self, lines: int = 40, *, follow: bool = False) -> str:
         raise NotImplementedError
 
@@ -118,6 +126,11 @@ class Systemd(ServiceManager):
     def logs(self, lines: int = 40, *, follow: bool = False) -> str:
         return join("journalctl", "-u", self.unit, "-n", int(lines), "--no-pager", *(["-f"] if follow else []))
 
+    def run_detached(self, script: str, *, unit: str, description: str) -> str:
+        # A transient unit: systemd keeps it running whatever happens to our session.
+        return (f"systemd-run --quiet --collect --unit={q(unit)}-$(date +%s) --description={q(description)} "
+                f"/bin/sh -c {q(script)} || exit 1")
+
     def is_running(self, state: ServiceState) -> bool:
         return state.service.running
 
@@ -151,6 +164,9 @@ class Systemd(ServiceManager):
         return before, check
 
 
+EXIT_WAIT = 60  # screen mode: seconds for Label Studio to exit after the stop, then SIGKILL
+
+
 class Screen(ServiceManager):
     kind = "screen"
     packages = ("screen",)
@@ -179,6 +195,33 @@ class Screen(ServiceManager):
 
     def restart(self) -> str:
         return f"{self.stop()}; {self.start()}"
+
+    def stop_and_wait(self) -> str:
+        # Quitting the session only sends a SIGHUP: wait for the process itself to go.
+        return f"{self.stop()}\n{self.wait_until_exited()}"
+
+    def run_detached(self, script: str, *, unit: str, description: str) -> str:
+        # No systemd to own it: its own session, so that the screen session it starts outlives it too.
+        return f"setsid nohup /bin/sh -c {q(script)} < /dev/null > /dev/null 2>&1 &"
+
+    def wait_until_exited(self, timeout: int = EXIT_WAIT) -> str:
+        """Polls /proc until no process of the service user runs Label Studio on the data dir; SIGKILL
+        after `timeout` seconds, failure after half as long again. For screen mode, where quitting the
+        session only sends a SIGHUP."""
+        p, profile = self.profile.remote, self.profile
+        polls = int(timeout) * 2
+        return (
+            f"u=$(id -u {q(profile.service.user)}) || exit 1; "
+            "ls_pids() { for p in $(find /proc -mindepth 1 -maxdepth 1 -type d -uid \"$u\" -name '[0-9]*' "
+            "2>/dev/null); do "
+            "c=$(tr '\\000' '\\n' < \"$p/cmdline\" 2>/dev/null) || continue; "
+            f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.label_studio_bin)} && "
+            f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.data_dir)} && echo \"${{p#/proc/}}\"; done; }}; "
+            "i=0; while [ -n \"$(ls_pids)\" ]; do i=$((i + 1)); "
+            f"[ $i -ne {polls} ] || kill -KILL $(ls_pids) 2>/dev/null; "
+            f"[ $i -le {polls + polls // 2} ] || {{ echo 'Label Studio did not exit after the stop'; exit 1; }}; "
+            "sleep 0.5; done"
+        )
 
     def logs(self, lines: int = 40, *, follow: bool = False) -> str:
         return join("tail", "-n", int(lines), *(["-F"] if follow else []), self.profile.remote.screen_log)

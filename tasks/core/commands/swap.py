@@ -24,7 +24,6 @@ DONE = "done"
 
 GONE = 3                    # follow's exit status: the job ended without `done` (killed, reboot)
 ROLLBACK_HEALTH_MIN = 300   # the previous data gets at least this long to answer /health
-EXIT_WAIT = 60              # screen mode: seconds for Label Studio to exit after the stop, then SIGKILL
 START_WAIT = 100            # tenths of a second for a launched job to take its lock
 
 
@@ -38,31 +37,11 @@ def output_file(profile: Profile) -> PurePosixPath:
     return data.run_dir(profile) / f"{profile.service.name}-swap.out"
 
 
-def wait_until_exited(profile: Profile, timeout: int = EXIT_WAIT) -> str:
-    """Polls /proc until no process of the service user runs Label Studio on the data dir; SIGKILL
-    after `timeout` seconds, failure after half as long again. For screen mode, where quitting the
-    session only sends a SIGHUP."""
-    p = profile.remote
-    polls = int(timeout) * 2
-    return (
-        f"u=$(id -u {q(profile.service.user)}) || exit 1; "
-        "ls_pids() { for p in $(find /proc -mindepth 1 -maxdepth 1 -type d -uid \"$u\" -name '[0-9]*' "
-        "2>/dev/null); do "
-        "c=$(tr '\\000' '\\n' < \"$p/cmdline\" 2>/dev/null) || continue; "
-        f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.label_studio_bin)} && "
-        f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.data_dir)} && echo \"${{p#/proc/}}\"; done; }}; "
-        "i=0; while [ -n \"$(ls_pids)\" ]; do i=$((i + 1)); "
-        f"[ $i -ne {polls} ] || kill -KILL $(ls_pids) 2>/dev/null; "
-        f"[ $i -le {polls + polls // 2} ] || {{ echo 'Label Studio did not exit after the stop'; exit 1; }}; "
-        "sleep 0.5; done"
-    )
-
-
 def job(profile: Profile, parts: list[str], health_timeout: int) -> str:
     """The whole swap, as root; every step inside the data dir as the service user."""
     manager = service_manager(profile)
     d = profile.remote.data_dir
-    stop = manager.stop() + (f"\n{wait_until_exited(profile)}" if manager.kind == "screen" else "")
+    stop = manager.stop_and_wait()
     new_health = wait_for_health(profile, via_nginx=True, timeout=health_timeout, fail_on_crash=True)
     old_health = wait_for_health(profile, via_nginx=True, timeout=max(health_timeout, ROLLBACK_HEALTH_MIN))
     out = q(output_file(profile))
@@ -111,13 +90,9 @@ def launch(profile: Profile, parts: list[str], health_timeout: int) -> str:
     """Starts the job detached from this SSH session and returns once it holds its lock."""
     script = job(profile, parts, health_timeout)
     status = q(status_file(profile))
-    if service_manager(profile).kind == "systemd":
-        unit = f"lsvm-swap-{profile.service.name}"
-        start = (f"systemd-run --quiet --collect --unit={q(unit)}-$(date +%s) "
-                 f"--description={q('labelstudio-vm data swap of ' + str(profile.remote.data_dir))} "
-                 f"/bin/sh -c {q(script)} || exit 1")
-    else:
-        start = f"setsid nohup /bin/sh -c {q(script)} < /dev/null > /dev/null 2>&1 &"
+    start = service_manager(profile).run_detached(
+        script, unit=f"lsvm-swap-{profile.service.name}",
+        description=f"labelstudio-vm data swap of {profile.remote.data_dir}")
     return "\n".join([
         "umask 077",
         f"install -d -m 0700 -o root -g root {q(data.run_dir(profile))} || exit 1",
