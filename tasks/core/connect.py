@@ -187,6 +187,10 @@ class RootChannel:
             lines = err.decode(errors="replace").strip().splitlines()
             raise RemoteError(f"{what} failed on {self.alias}: {lines[-1] if lines else f'exit {status}'}")
 
+    def exit_status(self) -> int:
+        """The command's exit status (waits for it to end)."""
+        return self.channel.recv_exit_status()
+
     def close(self) -> None:
         self.channel.close()
 

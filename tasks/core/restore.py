@@ -153,7 +153,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
         finally:
             channel.close()
     if not report.done:
-        if channel.channel.recv_exit_status() == swap_job.GONE:
+        if channel.exit_status() == swap_job.GONE:
             previous = profile.remote.data_dir / data_commands.PREVIOUS
             raise RemoteError(f"the swap job on {host.alias} ended before it finished (killed, or the server "
                               f"restarted); the data it replaced may still be in {previous}",
