@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from fabric import task
 from rich.table import Table
 
-from .core import catalog, commands, local, snapshots, sqlite, ui
+from .core import catalog, local, snapshots, sqlite, ui
 from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
-from .core.commands import data as data_commands
 from .core.defaults import SWAP_HEALTH_TIMEOUT
 from .core.edge import CONFIG_HELP, confirm, host_alias, open_host, profile_for, task_edge
 from .core.errors import SnapshotError, UsageError
@@ -146,16 +144,6 @@ def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: 
     return staged, f"local data in {data_dir}", report["counts"]
 
 
-def _server_migrations(host, profile) -> dict | None:
-    """The live server database's Django migrations, {app: [names]} or {"error": ...}; None if no answer."""
-    command = commands.as_service_user(profile, *data_commands.sqlite_words("migrations", profile.remote.database))
-    out = host.run(command, sudo=True, what="reading the server's migrations").stdout.strip()
-    try:
-        return json.loads(out.splitlines()[-1]) if out else None
-    except ValueError:
-        return None
-
-
 @task(help={"config": CONFIG_HELP, "snapshot": "push a stored snapshot instead of the local data",
             "with-media": "also replace the server's uploaded media", "yes": YES_HELP,
             "dry-run": "check and show what would happen; change nothing", "local-data-dir": LOCAL_DIR_HELP,
@@ -172,7 +160,7 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                  if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
         server = snapshots.server_counts(host, profile)
         if server is not None:
-            local.require_known_migrations(source.path / DATABASE, _server_migrations(host, profile), host.alias)
+            local.require_known_migrations(source.path / DATABASE, snapshots.server_migrations(host, profile), host.alias)
         ui.out.print(f"push {described} -> {host.alias}")
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  replaced by: {counts_text(local_counts)}"

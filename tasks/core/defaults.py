@@ -7,3 +7,5 @@ HTTP_PORT = 80
 FIRST_START_TIMEOUT = 600            # migrations on a small VM take minutes: poll, never sleep blindly
 SWAP_HEALTH_TIMEOUT = 300            # after a data swap, before rolling back
 MIN_PASSWORD_LENGTH = 8
+APT_TIMEOUT = 1800                   # apt-get update + install on a slow mirror
+PIP_TIMEOUT = 3600                   # pip install label-studio (about 160 packages)

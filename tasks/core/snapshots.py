@@ -68,6 +68,16 @@ def server_counts(host: Host, profile: Profile) -> dict | None:
     return json.loads(out) if out else None
 
 
+def server_migrations(host: Host, profile: Profile) -> dict | None:
+    """The live server database's Django migrations, {app: [names]} or {"error": ...}; None if no answer."""
+    out = host.run(data_commands.server_migrations(profile), sudo=True,
+                   what="reading the server's migrations").stdout.strip()
+    try:
+        return json.loads(out.splitlines()[-1]) if out else None
+    except ValueError:
+        return None
+
+
 @contextlib.contextmanager
 def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[PurePosixPath]:
     """A private temp folder on the server, the service user's (it does the work there), removed

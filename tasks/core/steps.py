@@ -13,6 +13,7 @@ from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_in
                                  ufw_allow_from,
                                  wanted_packages)
 from .commands.service import service_manager
+from .defaults import APT_TIMEOUT, PIP_TIMEOUT
 from .facts import ProvisionFacts
 from .plan import (AdminRequest, Change, EnsureAdmin, InstallFile, NginxSite, Run, WaitForHealth,
                    notified)
@@ -84,7 +85,7 @@ def packages(facts: ProvisionFacts, profile: Profile) -> Change:
         return Change("packages are installed: " + ", ".join(wanted_packages(profile)))
     names = ", ".join(missing)
     return Change(f"installed {names}", True, plan=f"install {names}",
-                  action=Run(apt_install(missing), "apt-get install", timeout=1800,
+                  action=Run(apt_install(missing), "apt-get install", timeout=APT_TIMEOUT,
                              status=f"apt-get install {' '.join(missing)}"))
 
 
@@ -118,7 +119,7 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> Change:
                      if have else (f"installed label-studio {wanted}", f"install label-studio {wanted}"))
     script = pip_install_label_studio(profile, copy_database_from=have if have and facts.db_exists else None)
     return Change(done, True, plan=planned, notifies=frozenset({RESTART}),
-                  action=Run(script, "pip install label-studio", timeout=3600, show_output=True,
+                  action=Run(script, "pip install label-studio", timeout=PIP_TIMEOUT, show_output=True,
                              status=f"pip install label-studio=={wanted} (a minute or more)"))
 
 

@@ -86,6 +86,7 @@ def data_scripts(profile) -> dict[str, str]:
         "sqlite tool": data.sqlite_tool("check", work / DATABASE),
         "as owner": data.owner(profile, "echo 'x' \"$1\""),
         "server counts": data.server_counts(profile),
+        "server migrations": data.server_migrations(profile),
         "data lock": lock,
         "data lock, sudo -n": commands.sudo_noninteractive(lock),
         "data lock, sudo -S": commands.sudo_with_password_on_stdin(lock),
