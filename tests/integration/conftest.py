@@ -54,14 +54,6 @@ def suite(request) -> str:
     return request.param
 
 
-def pytest_collection_modifyitems(items):
-    """Under `pytest -n 2 --dist loadgroup` all tests of one Debian release share a worker (and its
-    VMs, in file order), and the two releases run side by side."""
-    for item in items:
-        suite = getattr(item, "callspec", None) and item.callspec.params.get("suite")
-        if suite:
-            item.add_marker(pytest.mark.xdist_group(suite))
-
 
 @pytest.fixture(scope="session")
 def vm_image(suite: str) -> str:
