@@ -43,6 +43,12 @@ def server_sha(machine) -> str:
     return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
 
 
+def local_saves(machine) -> list[str]:
+    """The pre-pull snapshots of local data (earlier tests in the session may have made some)."""
+    root = machine.fab.home / "backups" / "local"
+    return sorted(p.name for p in root.iterdir() if p.name.endswith("-pre-pull")) if root.is_dir() else []
+
+
 def own_local_data(folder: Path) -> bytes:
     """A small SQLite database standing for the user's own local work; its bytes."""
     folder.mkdir()
@@ -59,6 +65,7 @@ def test_pull_keeps_but_never_installs_a_server_database_that_fails_integrity_ch
     local = tmp_path / "mine"
     before = own_local_data(local)
     pulls = len(snapshots_of(data_vm))
+    saved_before = local_saves(data_vm)
     vm.exec(f"systemctl stop label-studio && cp -a {DB} {SAVED}")
     try:
         vm.exec("python3 -", input=CORRUPT.encode())
@@ -74,8 +81,7 @@ def test_pull_keeps_but_never_installs_a_server_database_that_fails_integrity_ch
     assert json.loads((kept / "manifest.json").read_text())["integrity_check"] != "ok"
     assert (local / "label_studio.sqlite3").read_bytes() == before
     assert sorted(p.name for p in local.iterdir()) == ["label_studio.sqlite3"]
-    assert not (data_vm.fab.home / "backups" / "local").is_dir() or not [
-        p for p in (data_vm.fab.home / "backups" / "local").iterdir() if p.name.endswith("-pre-pull")]
+    assert local_saves(data_vm) == saved_before  # refused before the local data was even saved
     assert wait_for_health(data_vm.url, timeout=120) == {"status": "UP"}
 
 
