@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from dev.lsclient import LabelStudio
 from dev.testvm.image import SUITES, build_image
 from dev.testvm.machine import (
     NOPASSWD_USER, PASSWORD_USER, PASSWORD_USER_SUDO_PASSWORD, TestVM, make_key, start_vm,
@@ -190,3 +191,12 @@ def screen_provisioned(vm_image: str, suite: str, tmp_path_factory):
 @pytest.fixture
 def sudo_password() -> str:
     return PASSWORD_USER_SUDO_PASSWORD
+
+
+def project_titles(machine: ProvisionedVM) -> list[str]:
+    """The titles of the projects Label Studio serves, read through its API as the admin."""
+    ls = LabelStudio(machine.url)
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    resp = ls.get("/api/projects?page_size=100")
+    assert resp.status == 200, resp.text[:200]
+    return sorted(p["title"] for p in resp.json()["results"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT, project_titles
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 PNG = bytes.fromhex(
@@ -46,14 +46,6 @@ def server_sha(machine) -> str:
 def assert_serving(machine) -> None:
     assert wait_for_health(machine.url, timeout=60) == {"status": "UP"}
     assert LabelStudio(machine.url).login(ADMIN_EMAIL, ADMIN_PASSWORD)
-
-
-def project_titles(machine) -> list[str]:
-    ls = LabelStudio(machine.url)
-    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    resp = ls.get("/api/projects?page_size=100")
-    assert resp.status == 200, resp.text[:200]
-    return sorted(p["title"] for p in resp.json()["results"])
 
 
 def make_local_dir(tmp_path: Path, name: str, source_db: Path | None = None, content: bytes | None = None) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT, project_titles
 
 DATA = "/var/lib/label-studio"
 DB = f"{DATA}/label_studio.sqlite3"
@@ -84,14 +84,6 @@ def pwned(vm) -> bool:
     return vm.exec("test -e /tmp/pwned || test -e /tmp/pwned2", check=False).returncode == 0
 
 
-def titles(machine) -> list[str]:
-    ls = LabelStudio(machine.url)
-    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    resp = ls.get("/api/projects?page_size=100")
-    assert resp.status == 200, resp.text[:200]
-    return sorted(p["title"] for p in resp.json()["results"])
-
-
 def fab_process(machine, *args) -> subprocess.Popen:
     """`fab -H vm ARGS` running in the background, its output unbuffered (read as it comes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))}
@@ -112,7 +104,7 @@ def local_copy(data_vm, tmp_path_factory) -> Path:
     """The server's data pulled here (with at least project `trust-old`)."""
     ls = LabelStudio(data_vm.url)
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    if "trust-old" not in titles(data_vm):
+    if "trust-old" not in project_titles(data_vm):
         ls.create_project("trust-old")
     local = tmp_path_factory.mktemp("trust") / "local"
     pulled = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
@@ -233,7 +225,7 @@ def test_a_push_never_deletes_the_previous_data_of_a_swap_that_did_not_finish(da
 
 def test_killing_the_laptop_right_after_the_stop_leaves_the_server_serving(data_vm, local_copy, tmp_path):
     vm = data_vm.vm
-    before = titles(data_vm)
+    before = project_titles(data_vm)
     local, after = renamed_copy(local_copy, tmp_path / "local", "trust-after-kill")
     push = fab_process(data_vm, "push-local-db", "--yes", "--local-data-dir", str(local))
     lines: queue.Queue = queue.Queue()
@@ -253,7 +245,7 @@ def test_killing_the_laptop_right_after_the_stop_leaves_the_server_serving(data_
 
     # The server comes back on its own, with the old data or the new, never neither.
     assert wait_for_health(data_vm.url, timeout=300) == {"status": "UP"}
-    assert titles(data_vm) in (before, after)
+    assert project_titles(data_vm) in (before, after)
 
     # The next push works (busy, and says why, while the server's swap job is still finishing).
     deadline = time.monotonic() + 300
@@ -263,7 +255,7 @@ def test_killing_the_laptop_right_after_the_stop_leaves_the_server_serving(data_
             break
         assert "a data swap is still finishing" in again.stderr, again.stderr
     assert again.returncode == 0, again.stdout + again.stderr
-    assert titles(data_vm) == after
+    assert project_titles(data_vm) == after
     no_leftovers(vm)
     assert mid_swap, "the kill came after the swap job had ended: nothing was proven"
 
@@ -276,7 +268,7 @@ def test_screen_mode_with_a_sudo_password_swaps_on_the_server_and_leaves_no_lock
 
     ls = LabelStudio(machine.url)
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    if "screen-old" not in titles(machine):
+    if "screen-old" not in project_titles(machine):
         ls.create_project("screen-old")
     pulled = fab("pull-server-db", "--yes", "--local-data-dir", str(tmp_path / "pulled"))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
@@ -286,7 +278,7 @@ def test_screen_mode_with_a_sudo_password_swaps_on_the_server_and_leaves_no_lock
     result = fab("push-local-db", "--yes", "--local-data-dir", str(local))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stopped Label Studio" in result.stdout and "Label Studio is up with the new data" in result.stdout
-    assert titles(machine) == after
+    assert project_titles(machine) == after
     assert not set(old_pid) & set(vm.exec("ps -o pid= -C label-studio").stdout.decode().split())
     # The screen session the swap job started holds nothing of the job's: the next data task runs.
     again = fab("backup", "--label", "after-screen-push")
