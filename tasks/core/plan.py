@@ -4,6 +4,7 @@ functions (tasks.core.steps); `apply` is the one place that runs them, or only p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -115,10 +116,7 @@ def apply(host: Host, changes: list[Change], *, dry_run: bool) -> list[Change]:
 def execute(host: Host, change: Change) -> Change:
     action = change.action
     if isinstance(action, Run):
-        if action.status:
-            with ui.err.status(action.status):
-                output = host.run(action.script, sudo=True, what=action.what, timeout=action.timeout)
-        else:
+        with ui.err.status(action.status) if action.status else contextlib.nullcontext():
             output = host.run(action.script, sudo=True, what=action.what, timeout=action.timeout)
         if action.show_output:
             for text in output.stdout.splitlines():

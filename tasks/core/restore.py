@@ -33,16 +33,20 @@ def _parts_present(files: list[FileEntry]) -> list[str]:
     return parts
 
 
+def unfinished_swap_error(alias: str, profile: Profile) -> RemoteError:
+    """The previous data of an earlier swap is still set aside: it may be the only copy of the data
+    that swap replaced, so nothing goes on until the user has looked."""
+    previous = profile.remote.data_dir / data_commands.PREVIOUS
+    return RemoteError(f"an earlier data swap on {alias} did not finish: the data it replaced is "
+                       f"still in {previous}; nothing was changed",
+                       hint="check what Label Studio serves now, keep or move that folder out of the "
+                            "data dir, then run this again")
+
+
 def refuse_unfinished_swap(host: Host, profile: Profile) -> None:
-    """RemoteError, in words, while the previous data of an earlier swap is still set aside: it may be
-    the only copy of the data that swap replaced."""
     out = host.run(data_commands.unfinished_swap(profile), sudo=True, what="looking for an unfinished swap")
     if out.stdout.strip() == "unfinished":
-        previous = profile.remote.data_dir / data_commands.PREVIOUS
-        raise RemoteError(f"an earlier data swap on {host.alias} did not finish: the data it replaced is "
-                          f"still in {previous}; nothing was changed",
-                          hint="check what Label Studio serves now, keep or move that folder out of the "
-                               "data dir, then run this again")
+        raise unfinished_swap_error(host.alias, profile)
 
 
 def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -> None:
@@ -99,9 +103,7 @@ class _SwapReport:
                 self.log_shown = True
             ui.err.print(said, markup=False, highlight=False)
         elif event == swap_job.UNFINISHED:
-            previous = self.profile.remote.data_dir / data_commands.PREVIOUS
-            self.outcome = RemoteError(f"an earlier data swap on {alias} did not finish: the data it replaced "
-                                       f"is still in {previous}; nothing was changed")
+            self.outcome = unfinished_swap_error(alias, self.profile)
         elif event == swap_job.STOP_FAILED:
             self.outcome = RemoteError(f"stopping Label Studio failed on {alias}: {said or 'no message'}")
         elif event in (swap_job.SWAP_FAILED, swap_job.START_FAILED, swap_job.UNHEALTHY):

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from . import catalog, sqlite, ui
-from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot, private_dir
+from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
 from .commands import data as data_commands
 from .connect import Host
 from .errors import LockedError, RemoteError, SnapshotError
@@ -164,9 +164,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         same = old is not None and old.size == size and (
             (sha is not None and old.sha256 == sha) or (sha is None and mtime is not None and old.mtime == mtime))
         if same:
-            target = dest / path
-            private_dir(target.parent)
-            catalog.link_or_copy(previous.path / path, target)
+            catalog.link_or_copy(previous.path / path, dest / path)
             linked.append(old)
         else:
             fetch.append((path, size, sha, mtime))
