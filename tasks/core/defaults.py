@@ -9,3 +9,5 @@ SWAP_HEALTH_TIMEOUT = 300            # after a data swap, before rolling back
 MIN_PASSWORD_LENGTH = 8
 APT_TIMEOUT = 1800                   # apt-get update + install on a slow mirror
 PIP_TIMEOUT = 3600                   # pip install label-studio (about 160 packages)
+ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"   # Let's Encrypt production
+CERT_WARN_DAYS = 14                  # status warns when the served certificate expires sooner

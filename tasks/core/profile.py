@@ -94,8 +94,23 @@ def _positive(value: int) -> str | None:
     return None if value > 0 else "must be more than 0"
 
 
-def _opt(default: Any, check=None) -> Any:
-    return field(default=default, metadata={"check": check})
+def _https_url(value: str) -> str | None:
+    if not value.startswith("https://") or _url(value):
+        return "must be an https:// URL with no query, such as https://acme-v02.api.letsencrypt.org/directory"
+    return None
+
+
+def _local_file(value: str | None) -> str | None:
+    return None if value is None or value.strip() else "must be the path of a file on this machine"
+
+
+def _yaml_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as false: `mode: off` means the mode named off."""
+    return "off" if value is False else value
+
+
+def _opt(default: Any, check=None, coerce=None) -> Any:
+    return field(default=default, metadata={"check": check, "coerce": coerce})
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,30 @@ class PipSettings:
 
 
 @dataclass(frozen=True)
+class AcmeSettings:
+    directory: str = _opt(defaults.ACME_DIRECTORY, _https_url)
+    email: str | None = _opt(None, check_email)
+
+
+@dataclass(frozen=True)
+class TlsFileSettings:
+    certificate: str | None = _opt(None, _local_file)
+    key: str | None = _opt(None, _local_file)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    mode: Literal["off", "acme", "files", "self-signed"] = _opt("off", coerce=_yaml_off)
+    hsts: bool = _opt(False)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    files: TlsFileSettings = field(default_factory=TlsFileSettings)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass(frozen=True)
 class RemotePaths:
     """Every path on the server, derived from the profile in one place."""
 
@@ -167,6 +206,16 @@ class RemotePaths:
     screen_launcher: PurePosixPath
     screen_log: PurePosixPath
     lock_file: PurePosixPath
+    tls_dir: PurePosixPath            # files and self-signed: fullchain.pem, chain.pem, privkey.pem
+    acme_live: PurePosixPath          # certbot's lineage (named after the service)
+    acme_renewal: PurePosixPath
+    acme_webroot: PurePosixPath       # http-01 answers, served by our nginx site on port 80
+    acme_deploy_hook: PurePosixPath
+
+    def tls_files(self, mode: str) -> tuple[PurePosixPath, PurePosixPath, PurePosixPath]:
+        """(full chain, chain without the leaf, private key) nginx uses in this TLS mode."""
+        base = self.acme_live if mode == "acme" else self.tls_dir
+        return base / "fullchain.pem", base / "chain.pem", base / "privkey.pem"
 
 
 @dataclass(frozen=True)
@@ -181,6 +230,7 @@ class Profile:
     firewall: FirewallSettings = field(default_factory=FirewallSettings)
     backup: BackupSettings = field(default_factory=BackupSettings)
     pip: PipSettings = field(default_factory=PipSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     # Where the settings came from, for messages; not a YAML key.
     source: str = field(default="built-in defaults", metadata={"internal": True})
     host: str = field(default="", metadata={"internal": True})
@@ -205,6 +255,8 @@ class Profile:
         name = self.effective_server_name
         if name == "_":
             name = "localhost"
+        if self.tls.enabled:
+            return f"https://{name}"
         port = "" if self.http_port == 80 else f":{self.http_port}"
         return f"http://{name}{port}"
 
@@ -237,6 +289,11 @@ class Profile:
             screen_launcher=app / "start-label-studio.sh",
             screen_log=app / "screen.log",
             lock_file=PurePosixPath("/run/lsvm") / f"{name}-data.lock",  # root-only 0700 dir
+            tls_dir=PurePosixPath("/etc") / name / "tls",
+            acme_live=PurePosixPath("/etc/letsencrypt/live") / name,
+            acme_renewal=PurePosixPath("/etc/letsencrypt/renewal") / f"{name}.conf",
+            acme_webroot=PurePosixPath("/var/www") / f"{name}-acme",
+            acme_deploy_hook=PurePosixPath("/etc/letsencrypt/renewal-hooks/deploy") / f"{name}-nginx",
         )
 
     def backups_dir(self, base: Path | None = None) -> Path:
@@ -336,6 +393,9 @@ def _build(cls: type, data: dict, prefix: tuple[str, ...], source: str, lines: d
             known = ", ".join(fields)
             raise ProfileError(f"{_where(source, lines, path)}: unknown key '{dotted}' (known here: {known})")
         hint = hints[key]
+        coerce = fields[key].metadata.get("coerce")
+        if coerce:
+            value = coerce(value)
         if dataclasses.is_dataclass(hint):
             if value is None:
                 value = {}

@@ -25,6 +25,19 @@ _env.filters["shquote"] = lambda value: shlex.quote(str(value))
 
 
 @dataclass(frozen=True)
+class NginxTls:
+    """The HTTPS server block's settings, as far as they depend on the server (facts)."""
+
+    certificate: PurePosixPath      # full chain, leaf first
+    key: PurePosixPath
+    trusted: PurePosixPath          # the issuer chain, for OCSP stapling verification
+    http2_directive: bool           # nginx >= 1.25.1 takes `http2 on;` (older: `listen ... http2`)
+    stapling: bool
+    resolvers: tuple[str, ...] = ()
+    hsts: bool = False
+
+
+@dataclass(frozen=True)
 class RenderedFile:
     """A file as it should be on the server."""
 
@@ -45,6 +58,7 @@ def render(template: str, **values) -> str:
 
 def context(profile: Profile, *, ipv6: bool = False) -> dict:
     return {
+        "secure": profile.tls.enabled,
         "url": profile.url,
         "origin": profile.origin,
         "server_name": profile.effective_server_name,
@@ -74,6 +88,13 @@ def screen_launcher(profile: Profile) -> RenderedFile:
                         render("screen/start-label-studio.sh.j2", **context(profile)), "0755", "root", "root")
 
 
-def nginx_site(profile: Profile, *, ipv6: bool) -> RenderedFile:
-    return RenderedFile(profile.remote.nginx_site,
-                        render("nginx/label-studio.conf.j2", **context(profile, ipv6=ipv6)), "0644", "root", "root")
+def nginx_site(profile: Profile, *, ipv6: bool, tls: NginxTls | None = None,
+               acme_webroot: PurePosixPath | None = None) -> RenderedFile:
+    """Plain HTTP, or (with `tls`) HTTPS with port 80 redirecting; `acme_webroot` serves http-01 answers."""
+    content = render("nginx/label-studio.conf.j2", **context(profile, ipv6=ipv6), tls=tls, acme_webroot=acme_webroot)
+    return RenderedFile(profile.remote.nginx_site, content, "0644", "root", "root")
+
+
+def certbot_deploy_hook(profile: Profile) -> RenderedFile:
+    return RenderedFile(profile.remote.acme_deploy_hook, render("certbot/deploy-hook.sh.j2", **context(profile)),
+                        "0755", "root", "root")
