@@ -6,9 +6,11 @@ import time
 
 from fabric import task
 
-from .core import facts, plan, steps, systems, ui
+from .core import facts, plan, steps, steps_tls, systems, tls, ui
+from .core.commands import read_file
 from .core.commands.service import service_manager
-from .core.edge import CONFIG_HELP, admin_email, ask_new_password, open_host, task_edge
+from .core.connect import Host
+from .core.edge import CONFIG_HELP, admin_email, ask_new_password, open_host, profile_for, task_edge
 from .core.errors import RemoteError, UsageError
 from .core.health import wait_for_health
 from .core.plan import AdminRequest
@@ -26,6 +28,54 @@ def check_host(profile: Profile, found: facts.ProvisionFacts) -> None:
         ui.warn(warning)
 
 
+def check_tls_locally(profile: Profile) -> tuple[tls.LocalPair | None, tls.Eab | None]:
+    """The profile's TLS rules, the tls.files pair and the EAB values, all checked on this machine."""
+    tls.check_profile(profile)
+    pair = tls.load_local_pair(profile) if profile.tls.mode == "files" else None
+    if pair is not None and pair.info is not None:
+        warning = tls.expiry_warning(pair.info)
+        if warning:
+            ui.warn(f"tls.files: {warning}")
+    eab = tls.eab_from_env() if profile.tls.mode == "acme" else None
+    return pair, eab
+
+
+def https_pass(host: Host, profile: Profile, first: facts.ProvisionFacts, email: str | None,
+               tls_pair: tls.LocalPair | None, eab: tls.Eab | None, *, shown: list, dry_run: bool) -> list:
+    """The first pass served HTTP (nginx or the certificate was not there yet); this one switches to
+    HTTPS. In plan mode it is shown as if the first pass had run, without the steps already shown."""
+    admin = AdminRequest(email)
+    if dry_run:
+        ui.out.print("\n[bold]then a second pass switches to HTTPS[/bold] (shown as if the first had run):")
+        seen = {change.line(True) for change in shown}
+        second = [change for change in steps.plan(steps_tls.assume_ready(first), profile, admin, tls_pair=tls_pair)
+                  if change.line(True) not in seen and (change.changed or change.action is not None)]
+        return plan.apply(host, second, dry_run=True)
+    wait_for_health(host, steps_tls.serving(first, profile), via_nginx=True)
+    found = facts.provision_facts(host, profile, email or "")
+    if not steps_tls.ready(found, profile):
+        raise RemoteError("HTTPS could not be switched on: the certificate or nginx is still missing after the first pass")
+    ui.out.print("\n[bold]switching to HTTPS[/bold]")
+    changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab), dry_run=False)
+    wait_for_health(host, profile, via_nginx=True)
+    return changes
+
+
+def report_certificate(host: Host, profile: Profile) -> None:
+    """What nginx now serves: names, issuer, days left; the fingerprint to compare with the browser's."""
+    pem = host.run(read_file(profile.remote.tls_files(profile.tls.mode)[0]), sudo=True, what="reading the certificate").stdout
+    info = tls.leaf_info(pem)
+    if info is None:
+        raise RemoteError("nginx serves HTTPS but the certificate file cannot be read back")
+    ui.out.print(f"HTTPS certificate: {', '.join(info.names)}, issued by {info.issuer}, "
+                 f"{info.days_left()} days left (until {info.not_after:%Y-%m-%d}).")
+    label = "self-signed certificate" if profile.tls.mode == "self-signed" else "certificate"
+    ui.out.print(f"SHA-256 fingerprint of the {label} (your browser shows the same): {info.sha256}")
+    warning = tls.expiry_warning(info)
+    if warning:
+        ui.warn(warning)
+
+
 @task(help={
     "config": CONFIG_HELP,
     "dry-run": "connect and read, show every step and file diff, change nothing",
@@ -35,6 +85,8 @@ def check_host(profile: Profile, found: facts.ProvisionFacts) -> None:
 def provision(c, config=None, dry_run=False, reset_password=False):
     """Install Label Studio behind nginx: packages, venv, systemd (or screen), admin, firewall. Idempotent."""
     started = time.monotonic()
+    # The TLS settings and a tls.files pair are checked here, before anything reaches the server.
+    tls_pair, eab = check_tls_locally(profile_for(c, config, ""))
     profile, host = open_host(c, config, sudo=True)
     email = admin_email(profile)
     if reset_password and not email:
@@ -50,8 +102,10 @@ def provision(c, config=None, dry_run=False, reset_password=False):
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
-    changes = plan.apply(host, steps.plan(found, profile, admin), dry_run=dry_run)
-    if not dry_run:
+    changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab), dry_run=dry_run)
+    if profile.tls.enabled and not steps_tls.ready(found, profile):
+        changes += https_pass(host, profile, found, email, tls_pair, eab, shown=changes, dry_run=dry_run)
+    elif not dry_run:
         wait_for_health(host, profile, via_nginx=True)
     changed = sum(change.changed for change in changes)
     took = time.monotonic() - started
@@ -63,6 +117,8 @@ def provision(c, config=None, dry_run=False, reset_password=False):
                  f"Label Studio is up at [bold]{profile.url}[/bold]")
     if email:
         ui.out.print(f"Log in as {email}.")
+    if profile.tls.enabled:
+        report_certificate(host, profile)
     hint = service_manager(profile).reboot_hint()
     if hint:
         ui.warn("screen mode does not survive a reboot. To start it at boot, add this line with "

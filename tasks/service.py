@@ -5,7 +5,7 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from .core import catalog, facts, parse, systems, ui
+from .core import catalog, facts, parse, systems, tls, ui
 from .core.commands.service import ServiceManager, service_manager
 from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
@@ -14,8 +14,19 @@ from .core.health import wait_for_health
 from .core.ui import human_bytes
 
 
+def certificate_row(mode: str, pem: str | None) -> tuple[str, str] | None:
+    """("https", issuer, names, days left) of the served certificate; None when TLS is off."""
+    if mode == "off":
+        return None
+    info = tls.leaf_info(pem)
+    if info is None:
+        return ("https", f"tls.mode {mode}, but no certificate on the server yet (run: provision)")
+    return ("https", f"{mode}: {', '.join(info.names)}, issued by {info.issuer}, "
+                     f"{info.days_left()} days left (until {info.not_after:%Y-%m-%d})")
+
+
 def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceManager,
-                last_backup: str | None = None) -> list[tuple[str, str]]:
+                last_backup: str | None = None, profile_tls_mode: str = "off") -> list[tuple[str, str]]:
     rows = [
         ("host", alias),
         ("os", f"{st.os} (kernel {st.kernel})" if st.kernel else st.os),
@@ -27,13 +38,15 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
     if not st.provisioned:
         rows.append(("label studio", f"not provisioned (run: fab -H {alias} provision)"))
         return rows
+    https = profile_tls_mode != "off"
     code, body = parse.health(st.health_via_nginx)
     health = "UP" if st.healthy else (f"HTTP {code} {body[:60]}" if code else (body or "no answer"))
     rows += [
         ("label studio", st.label_studio_version or "not installed"),
         ("service", manager.describe(st)),
         ("nginx", st.nginx.describe()),
-        ("health (via nginx)", health),
+        (f"health (via nginx{', https' if https else ''})", health),
+        *filter(None, [certificate_row(profile_tls_mode, st.tls_cert)]),
         ("database", human_bytes(st.db_size) if st.db_size is not None else "not created yet"),
         ("last backup", last_backup or "none on this machine"),
     ]
@@ -52,9 +65,13 @@ def status(c, config=None):
     table.add_column()
     last = catalog.newest_complete(profile.backups_dir())
     described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
-    for key, value in status_rows(host.alias, sudo_mode, st, service_manager(profile), described):
+    for key, value in status_rows(host.alias, sudo_mode, st, service_manager(profile), described, profile.tls.mode):
         table.add_row(key, value)
     ui.out.print(table)
+    served = tls.leaf_info(st.tls_cert) if st.provisioned and profile.tls.enabled else None
+    warning = tls.expiry_warning(served) if served else None
+    if warning:
+        ui.warn(f"{warning}: renew it (acme: `sudo certbot renew` on the server; files: a new pair, then provision)")
     warning = systems.support_warning(st.os_id, st.os_version)
     if warning:
         ui.warn(warning)

@@ -60,6 +60,7 @@ class HostStatus:
     service: UnitState
     nginx: UnitState
     health_via_nginx: str | None
+    tls_cert: str | None = None       # PEM of the certificate nginx is set to serve (TLS on), None when missing
 
     @property
     def provisioned(self) -> bool:
@@ -98,7 +99,22 @@ def status_from_probe(text: str) -> HostStatus:
         service=UnitState.from_show(s.get("service", {})),
         nginx=UnitState.from_show(s.get("nginx", {})),
         health_via_nginx=health.get("via_nginx"),
+        tls_cert=_decoded(s.get("tls", {}).get("cert", "-")),
     )
+
+
+@dataclass(frozen=True)
+class TlsFacts:
+    """The server's side of HTTPS: nginx's version, the certificate and key of the profile's TLS mode."""
+
+    nginx_version: str = ""          # "" when nginx is not installed
+    cert_pem: str | None = None      # full chain at the mode's path, None when missing
+    key_sha256: str = ""
+    key_meta: str = ""               # owner:group:mode of the private key, "" when missing
+    renewal: str | None = None       # certbot's renewal file of our lineage
+    resolvers: tuple[str, ...] = ()
+    certbot_timer: UnitState = UnitState()
+    assumed: bool = False            # plan mode's "as if the certificate were there" (never read from a server)
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,7 @@ class ProvisionFacts:
     ufw_rules: tuple[parse.UfwRule, ...]
     login_port: int | None = None     # the port this SSH session reached on the server
     client_ip: str | None = None      # where this SSH session comes from, as the server sees it
+    tls: TlsFacts = TlsFacts()
 
 
 def provision_facts_from_probe(text: str) -> ProvisionFacts:
@@ -162,6 +179,20 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         sshd_ports=tuple(parse.sshd_ports(b.get("sshd", []))),
         ufw_active=parse.ufw_active(b.get("ufw", [])),
         ufw_rules=tuple(parse.ufw_rules(b.get("ufw_rules", []))),
+        tls=tls_facts(b),
+    )
+
+
+def tls_facts(b: dict[str, list[str]]) -> TlsFacts:
+    t = parse.key_values(b.get("tls", []))
+    return TlsFacts(
+        nginx_version=t.get("nginx_version", ""),
+        cert_pem=_decoded(t.get("cert", "-")),
+        key_sha256=t.get("key_sha256", ""),
+        key_meta=t.get("key_meta", ""),
+        renewal=_decoded(t.get("renewal", "-")),
+        resolvers=tuple(t.get("resolvers", "").split()),
+        certbot_timer=UnitState.from_show(parse.key_values(b.get("certbot_timer", []))),
     )
 
 

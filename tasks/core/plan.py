@@ -13,13 +13,16 @@ from typing import Iterable, Union
 
 from . import ui
 from .commands import install_file as install_file_command
+from .commands import empty_private_file
 from .commands.provision import apply_nginx_site, ensure_admin
+from .commands.tls import CERTBOT_TIMEOUT, certbot_certonly, install_tls_files as install_tls_files_command
 from .connect import Host
 from .defaults import FIRST_START_TIMEOUT
 from .errors import RemoteError
 from .health import wait_for_health
 from .profile import PROJECT_ROOT, Profile
 from .render import RenderedFile
+from .tls import Eab, LocalPair, certbot_failure, certbot_ini
 from .transfer import remote_tempdir, secret_file, upload_bytes
 
 ENSURE_ADMIN_SCRIPT = PROJECT_ROOT / "templates" / "scripts" / "ensure_admin.py"
@@ -76,7 +79,25 @@ class WaitForHealth:
     timeout: int = FIRST_START_TIMEOUT
 
 
-Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth]
+@dataclass(frozen=True)
+class InstallTlsFiles:
+    """tls.mode files: the checked chain and key, the key root-only 0600."""
+
+    profile: Profile
+    pair: LocalPair
+
+
+@dataclass(frozen=True)
+class ObtainCertificate:
+    """tls.mode acme: certbot, http-01 answered from the webroot our nginx site serves."""
+
+    profile: Profile
+    name: str
+    force: bool = False
+    eab: Eab | None = None
+
+
+Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth, InstallTlsFiles, ObtainCertificate]
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,10 @@ def execute(host: Host, change: Change) -> Change:
         return dataclasses.replace(change, changed=outcome != "exists", what=words.get(outcome, outcome))
     elif isinstance(action, WaitForHealth):
         wait_for_health(host, action.profile, via_nginx=False, timeout=action.timeout)
+    elif isinstance(action, InstallTlsFiles):
+        install_tls_files(host, action)
+    elif isinstance(action, ObtainCertificate):
+        obtain_certificate(host, action)
     else:  # pragma: no cover - a new Action type without an executor is a bug here
         raise TypeError(f"no executor for {action!r}")
     return change
@@ -180,3 +205,27 @@ def run_ensure_admin(host: Host, profile: Profile, admin: AdminRequest) -> str:
     if not output.ok or not results:
         raise RemoteError(f"could not create the admin user: {output.last_line()}")
     return json.loads(results[-1][len("RESULT "):])["outcome"]
+
+
+def install_tls_files(host: Host, action: InstallTlsFiles) -> None:
+    """Upload into a private temp dir (the key into a 0600 file made before a byte is written), then
+    put the three files in place as root."""
+    with remote_tempdir(host) as tmp:
+        host.run(empty_private_file(tmp / "privkey.pem"), what="creating a private file")
+        for name, data in (("privkey.pem", action.pair.key), ("fullchain.pem", action.pair.fullchain),
+                           ("chain.pem", action.pair.chain)):
+            upload_bytes(host, data, tmp / name)
+        host.run(install_tls_files_command(action.profile, tmp), sudo=True, what="installing the certificate")
+
+
+def obtain_certificate(host: Host, action: ObtainCertificate) -> None:
+    """certbot certonly; a failure is one line saying why (the site keeps serving over HTTP)."""
+    profile = action.profile
+    ini = certbot_ini(action.eab)
+    with secret_file(host, ini) if ini else contextlib.nullcontext() as config:
+        script = certbot_certonly(profile, action.name, config=config, force=action.force)
+        with ui.err.status(f"certbot: asking {profile.tls.acme.directory} for a certificate for {action.name}"):
+            result = host.run(script, sudo=True, check=False, timeout=CERTBOT_TIMEOUT, what="certbot")
+    if not result.ok:
+        reason = certbot_failure(result.stdout + "\n" + result.stderr, profile.tls.acme.directory, action.name)
+        raise RemoteError(f"no certificate: {reason}", hint="the site keeps serving over HTTP")

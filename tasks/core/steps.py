@@ -12,13 +12,15 @@ from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_in
                                  make_dir, pip_install_label_studio, set_owner_and_mode, ufw_allow,
                                  ufw_allow_from,
                                  wanted_packages)
-from .commands.service import service_manager
+from .commands.service import HTTPS_PORT, service_manager
+from . import steps_tls
 from .defaults import APT_TIMEOUT, PIP_TIMEOUT
 from .facts import ProvisionFacts
 from .plan import (AdminRequest, Change, EnsureAdmin, InstallFile, NginxSite, Run, WaitForHealth,
                    notified)
 from .profile import Profile
 from .render import RenderedFile
+from .tls import Eab, LocalPair
 
 # What a change can notify; the handlers below act on them, once, in this order.
 DAEMON_RELOAD_NEEDED = "daemon-reload"
@@ -53,7 +55,7 @@ def firewall_rules_missing(profile: Profile, facts: ProvisionFacts) -> list[tupl
     locks us out), then HTTP. A port opened only to some sources keeps that restriction; when this
     session's own address is not among them, only that address is added for the login port."""
     missing = []
-    for port in ssh_ports(facts) + [profile.http_port]:
+    for port in ssh_ports(facts) + [profile.http_port] + ([HTTPS_PORT] if profile.tls.enabled else []):
         rules = [rule for rule in facts.ufw_rules if rule.covers(port)]
         if not rules:
             missing.append((ufw_allow(f"{port}/tcp"), f"{port}/tcp"))
@@ -152,11 +154,12 @@ def service_definition(facts: ProvisionFacts, profile: Profile) -> Change:
                         manager.definition_notifies)
 
 
-def nginx_site(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None = None) -> list[Change]:
     """Site file, enable link, default site off: one validated action (on the first part that needs
     it) does all three, so nginx never reloads into a half-applied state."""
     p = profile.remote
-    site = render.nginx_site(profile, ipv6=facts.ipv6)
+    site = render.nginx_site(steps_tls.serving(facts, profile), ipv6=facts.ipv6,
+                             tls=steps_tls.nginx_tls(facts, profile, pair), acme_webroot=steps_tls.acme_webroot(profile))
     current = facts.files.get("nginx_site")
     file_ok = current == site.content
     parts = [  # (needed, done, planned, unchanged)
@@ -186,7 +189,7 @@ def firewall(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     if not profile.firewall.enabled:
         return [Change("firewall is off in the profile (firewall.enabled: false)")]
     missing = firewall_rules_missing(profile, facts)
-    changes = [] if missing else [Change("ufw allows SSH and HTTP")]
+    changes = [] if missing else [Change("ufw allows SSH and HTTP" + (" and HTTPS" if profile.tls.enabled else ""))]
     for command, allows in missing:
         changes.append(Change(f"ufw allows {allows}", True, plan=f"allow {allows} in ufw",
                               action=Run(command, "ufw allow")))
@@ -255,17 +258,22 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
     return Change(f"created admin {email}", True, plan=f"create admin {email}", action=EnsureAdmin(profile, admin))
 
 
-def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> list[Change]:
-    """Every step in the order a careful admin takes them, then the handlers they notified."""
+def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, tls_pair: LocalPair | None = None,
+         eab: Eab | None = None) -> list[Change]:
+    """Every step in the order a careful admin takes them, then the handlers they notified. With TLS
+    wanted but not `steps_tls.ready`, this pass serves HTTP and ends by obtaining the certificate."""
+    wanted, profile = profile, steps_tls.serving(facts, profile)
     steps = [
-        packages(facts, profile),
+        packages(facts, wanted),
         service_user(facts, profile),
         *directories(facts, profile),
         label_studio(facts, profile),
+        *steps_tls.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
         service_definition(facts, profile),
-        *nginx_site(facts, profile),
-        *firewall(facts, profile),
+        *nginx_site(facts, wanted, tls_pair),
+        *firewall(facts, wanted),
+        *steps_tls.renewal(facts, wanted),
     ]
     notes = notified(steps)
     service = service_running(facts, profile, notes)
@@ -275,4 +283,4 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> list[C
         handlers.append(Change("Label Studio answers /health on 127.0.0.1", plan="wait for Label Studio to answer /health",
                                action=WaitForHealth(profile)))
     handlers.append(admin_user(facts, profile, admin))
-    return steps + handlers
+    return steps + handlers + steps_tls.obtain(facts, wanted, eab)

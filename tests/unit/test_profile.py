@@ -17,19 +17,20 @@ EXAMPLE = CONFIGS_DIR / "example.yaml"
 def test_example_documents_every_key_with_a_comment_and_equals_the_defaults():
     text = EXAMPLE.read_text()
     documented = []
-    section = None
+    sections: list[tuple[int, str]] = []  # (indent, name) of the mappings we are in
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        key = line.split(":", 1)[0]
-        if not line.startswith(" "):
-            section = key
-            if line.rstrip().endswith(":"):
-                continue
-            documented.append(key)
-        else:
-            documented.append(f"{section}.{key.strip()}")
-        assert "#" in line, f"example.yaml: key {documented[-1]} has no comment"
+        indent = len(line) - len(line.lstrip())
+        key = line.split(":", 1)[0].strip()
+        while sections and sections[-1][0] >= indent:
+            sections.pop()
+        dotted = ".".join([name for _, name in sections] + [key])
+        if not line.split(":", 1)[1].split("#", 1)[0].strip():
+            sections.append((indent, key))
+            continue
+        documented.append(dotted)
+        assert "#" in line, f"example.yaml: key {dotted} has no comment"
     assert documented == profile_keys()
     assert parse_profile(text, source="x", host="h") == Profile(source="x", host="h")
 

@@ -8,7 +8,8 @@ from pathlib import PurePosixPath
 from ..profile import Profile
 from . import join, lines, q
 from .provision import ALL_PACKAGES
-from .service import health_probe, health_target, screen_probe
+from .service import health_command, screen_probe
+from .tls import served_certificate, tls_probe
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
 
@@ -55,7 +56,8 @@ def status_probe(profile: Profile) -> str:
         unit_show("nginx.service"),
         "echo '[health]'",
         f"if command -v nginx >/dev/null; then "
-        f"echo \"via_nginx=$({health_probe(*health_target(profile, via_nginx=True))})\"; fi",
+        f"echo \"via_nginx=$({health_command(profile, via_nginx=True)})\"; fi",
+        *served_certificate(profile),
     )
 
 
@@ -85,7 +87,7 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
     """The files provision writes whole (their content is read so that plan mode can show a diff)."""
     p = profile.remote
     return {"env_file": p.env_file, "unit_file": p.unit_file, "screen_launcher": p.screen_launcher,
-            "nginx_site": p.nginx_site}
+            "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
@@ -126,6 +128,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
         "echo '[ufw_rules]'",
         "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+        *tls_probe(profile),
     )
 
 

@@ -10,7 +10,7 @@ from . import as_service_user, join, q
 from .service import service_manager
 
 BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
-ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen")
+ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl")
 DEFAULT_SITE = PurePosixPath("/etc/nginx/sites-enabled/default")
 
 
@@ -19,6 +19,7 @@ def wanted_packages(profile: Profile) -> list[str]:
     if profile.firewall.enabled:
         packages.append("ufw")
     packages += service_manager(profile).packages
+    packages += {"acme": ["certbot"], "self-signed": ["openssl"]}.get(profile.tls.mode, [])
     return packages
 
 

@@ -6,12 +6,15 @@ Each method returns a shell command (run as root) or plain data; nothing here to
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 from .. import render
 from ..profile import Profile
 from ..render import RenderedFile
 from . import as_service_user, join, q
+
+HTTPS_PORT = 443
 
 if TYPE_CHECKING:
     from ..facts import UnitState
@@ -283,10 +286,38 @@ def health_target(profile: Profile, *, via_nginx: bool) -> tuple[int, str]:
     return profile.label_studio.port, "127.0.0.1"
 
 
+def https_health_probe(port: int, server_name: str, trust: PurePosixPath, path: str = "/health",
+                       timeout: int = 5) -> str:
+    """Like `health_probe`, over HTTPS on this host's loopback as a browser would see it: SNI and Host
+    are `server_name`, the served chain must verify up to `trust` (the issuer chain we installed; an
+    intermediate is enough) and name `server_name`. A failed check prints `0 <why>`."""
+    code = (
+        "import sys,ssl,socket,http.client as h\n"
+        "c=ssl.create_default_context(cafile=sys.argv[3])\n"
+        "c.verify_flags|=getattr(ssl,'VERIFY_X509_PARTIAL_CHAIN',0)\n"
+        "class S(h.HTTPSConnection):\n"
+        " def connect(self):\n"
+        f"  self.sock=c.wrap_socket(socket.create_connection(('127.0.0.1',self.port),{int(timeout)}),server_hostname=self.host)\n"
+        "try:\n"
+        f" x=S(sys.argv[2],int(sys.argv[1]),timeout={int(timeout)},context=c);x.request('GET',sys.argv[4]);r=x.getresponse()\n"
+        " print(r.status,r.read(200).decode(errors='replace'))\n"
+        "except Exception as e:print(0,type(e).__name__+':',str(e)[:160].replace(chr(10),' '))\n"
+    )
+    return join("python3", "-c", code, int(port), server_name, trust, path)
+
+
+def health_command(profile: Profile, *, via_nginx: bool) -> str:
+    """The health probe for this profile: over HTTPS (the served chain checked) when TLS is on and we
+    go through nginx, else plain HTTP."""
+    if via_nginx and profile.tls.enabled:
+        return https_health_probe(HTTPS_PORT, profile.effective_server_name, profile.remote.tls_files(profile.tls.mode)[1])
+    return health_probe(*health_target(profile, via_nginx=via_nginx))
+
+
 def wait_for_health(profile: Profile, *, via_nginx: bool, timeout: int, fail_on_crash: bool = False) -> str:
     """Poll /health on the server itself (the loop runs there: one round trip) until UP or timeout.
     Prints the last answer; exits 1 on timeout, or as soon as the service crashed (`fail_on_crash`)."""
-    probe = health_probe(*health_target(profile, via_nginx=via_nginx))
+    probe = health_command(profile, via_nginx=via_nginx)
     before, check = service_manager(profile).crash_guard() if fail_on_crash else ("", "")
     return (
         f"{before}end=$(( $(date +%s) + {int(timeout)} )); "
