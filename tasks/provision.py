@@ -47,9 +47,9 @@ def https_pass(host: Host, profile: Profile, first: facts.ProvisionFacts, email:
     admin = AdminRequest(email)
     if dry_run:
         ui.out.print("\n[bold]then a second pass switches to HTTPS[/bold] (shown as if the first had run):")
-        seen = {change.line(True) for change in shown}
+        seen = {(change.line(True), change.diff) for change in shown}
         second = [change for change in steps.plan(steps_tls.assume_ready(first), profile, admin, tls_pair=tls_pair)
-                  if change.line(True) not in seen and (change.changed or change.action is not None)]
+                  if (change.line(True), change.diff) not in seen and (change.changed or change.action is not None)]
         return plan.apply(host, second, dry_run=True)
     wait_for_health(host, steps_tls.serving(first, profile), via_nginx=True)
     found = facts.provision_facts(host, profile, email or "")

@@ -47,6 +47,15 @@ CMD ["/lib/systemd/systemd"]
 """
 
 
+# The HTTPS tests' variant: Debian's pebble (a test ACME CA) inside the VM, from the same mirror.
+TLS_DOCKERFILE = """\
+FROM {base}
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pebble >/dev/null \\
+ && rm -rf /var/lib/apt/lists/*
+"""
+
+
 def host_mirror(sources: Path = Path("/etc/apt/sources.list.d/debian.sources")) -> str:
     """The Debian mirror this machine uses (its package registry), else the public default."""
     try:
@@ -122,6 +131,19 @@ def build_image(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> str:
         subprocess.run(["docker", "build", "-q", "-t", final, context], check=True,
                        stdout=subprocess.DEVNULL)
     return final
+
+
+def build_tls_image(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> str:
+    """The test VM image plus pebble (for the HTTPS tests), cached by a hash of both recipes."""
+    final = build_image(suite, mirror)
+    tag = f"lsvm-{SUITES[suite]}-tls:{_digest(final, TLS_DOCKERFILE)}"
+    if _image_exists(tag):
+        return tag
+    with tempfile.TemporaryDirectory(prefix="lsvm-image-") as context:
+        Path(context, "Dockerfile").write_text(TLS_DOCKERFILE.format(base=final))
+        _log(f"docker build -> {tag} (pebble)")
+        subprocess.run(["docker", "build", "-q", "-t", tag, context], check=True, stdout=subprocess.DEVNULL)
+    return tag
 
 
 if __name__ == "__main__":

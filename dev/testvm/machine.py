@@ -130,7 +130,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_vm(image: str, key_file: Path, name: str | None = None) -> TestVM:
+def start_vm(image: str, key_file: Path, name: str | None = None, extra_ports: tuple[int, ...] = ()) -> TestVM:
     container = (
         DockerContainer(image)
         .with_kwargs(
@@ -148,6 +148,8 @@ def start_vm(image: str, key_file: Path, name: str | None = None) -> TestVM:
     # Published on loopback only, never on all interfaces.
     container.ports["22/tcp"] = ("127.0.0.1", free_port())
     container.ports["80/tcp"] = ("127.0.0.1", free_port())
+    for port in extra_ports:
+        container.ports[f"{port}/tcp"] = ("127.0.0.1", free_port())
     container.start()
     vm = TestVM(container=container, key_file=key_file, ssh_port=0, http_port=0)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import render, steps, tls
+from . import parse, render, steps, tls
 from .commands.tls import ENABLE_CERTBOT_TIMER, make_self_signed
 from .facts import ProvisionFacts
 from .plan import Change, InstallTlsFiles, ObtainCertificate, Run
@@ -48,9 +48,12 @@ def ready(facts: ProvisionFacts, profile: Profile) -> bool:
 
 
 def serving(facts: ProvisionFacts, profile: Profile) -> Profile:
-    """The profile as this pass serves it: with TLS off until `ready` (URL, env file, health check)."""
+    """The profile as this pass serves it: with TLS off until `ready` (URL, env file, health check), at
+    the plain-HTTP URL Label Studio has now (its env file), or http://server_name on a new host."""
     if profile.tls.enabled and not ready(facts, profile):
-        return dataclasses.replace(profile, tls=dataclasses.replace(profile.tls, mode="off"))
+        current = dict(parse.env_assignments(facts.files.get("env_file") or "")).get("LABEL_STUDIO_HOST", "")
+        return dataclasses.replace(profile, public_url=current if current.startswith("http://") else None,
+                                   tls=dataclasses.replace(profile.tls, mode="off"))
     return profile
 
 

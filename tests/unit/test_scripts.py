@@ -3,6 +3,7 @@ holds the strangest values validation lets through."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 from pathlib import PurePosixPath
@@ -11,7 +12,7 @@ import pytest
 
 from tasks.core import commands, steps
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
-from tasks.core.commands import data, probes, provision, swap
+from tasks.core.commands import data, probes, provision, swap, tls
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest, Run
@@ -72,7 +73,24 @@ def scripts_of(profile) -> dict[str, str]:
         found[f"{variant.kind} recent log"] = variant.recent_log()
         found[f"{variant.kind} enable"] = variant.enable_at_boot() or "true"
     found["manager start"] = manager.start()
+    found.update(tls_scripts(profile))
     found.update(data_scripts(profile))
+    return found
+
+
+def tls_scripts(profile) -> dict[str, str]:
+    """Every HTTPS script, in each TLS mode."""
+    found = {}
+    for mode in ("acme", "files", "self-signed"):
+        p = dataclasses.replace(profile, tls=dataclasses.replace(profile.tls, mode=mode))
+        found[f"{mode} provision probe"] = probes.provision_probe(p, EMAIL)
+        found[f"{mode} status probe"] = probes.status_probe(p)
+        found[f"{mode} https health"] = wait_for_health(p, via_nginx=True, timeout=5)
+    found["certbot"] = tls.certbot_certonly(profile, "-x.example.org", config=None, force=False)
+    found["certbot eab forced"] = tls.certbot_certonly(profile, "x.org", config=PurePosixPath("/tmp/-x y/s"), force=True)
+    found["install tls files"] = tls.install_tls_files(profile, PurePosixPath("/tmp/-x y"))
+    found["self-signed dns"] = tls.make_self_signed(profile, "-x.example.org")
+    found["self-signed ip"] = tls.make_self_signed(profile, "10.0.0.1")
     return found
 
 
