@@ -8,7 +8,8 @@ from pathlib import PurePosixPath
 from ..profile import Profile
 from . import join, lines, q
 from .provision import ALL_PACKAGES
-from .service import health_probe, health_target, screen_probe
+from .instances import detect
+from .service import health_probe, screen_probe
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
 
@@ -55,7 +56,9 @@ def status_probe(profile: Profile) -> str:
         unit_show("nginx.service"),
         "echo '[health]'",
         f"if command -v nginx >/dev/null; then "
-        f"echo \"via_nginx=$({health_probe(*health_target(profile, via_nginx=True))})\"; fi",
+        f"echo \"via_nginx=$({health_probe(profile, via_nginx=True)})\"; fi",
+        "echo '[instances]'",
+        detect(profile),
     )
 
 
@@ -126,6 +129,8 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
         "echo '[ufw_rules]'",
         "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+        "echo '[instances]'",
+        detect(profile),
     )
 
 
