@@ -49,6 +49,7 @@ class Unmanaged:
     running: bool
     pid: int | None
     user: str
+    uid: int
     home: str
     command: tuple[str, ...]
     venv: str | None
@@ -68,7 +69,8 @@ class Unmanaged:
     def from_json(cls, item: dict) -> "Unmanaged":
         screen = item.get("screen") or {}
         return cls(
-            running=bool(item.get("running")), pid=item.get("pid"), user=str(item.get("user", "")),
+            running=bool(item.get("running")), pid=_int(item.get("pid")), user=str(item.get("user", "")),
+            uid=_int(item.get("uid")) or 0,
             home=str(item.get("home", "")), command=tuple(item.get("command") or ()),
             venv=item.get("venv"), version=item.get("version"), data_dir=str(item.get("data_dir", "")),
             data_dir_from=str(item.get("data_dir_from", "")), database=str(item.get("database", "")),
@@ -117,6 +119,7 @@ class Neighbours:
     unmanaged: tuple[Unmanaged, ...] = ()
     port_state: str = "free"     # free | ours | ours-elsewhere | other
     port_said: str = ""
+    port_pid: int | None = None
     hand_written_sites: tuple[str, ...] = ()
 
     @classmethod
@@ -128,11 +131,21 @@ class Neighbours:
         port = data.get("port") or {}
         return cls(unmanaged=tuple(Unmanaged.from_json(i) for i in data.get("instances", [])),
                    port_state=str(port.get("state", "free")), port_said=str(port.get("said", "")),
+                   port_pid=_int(port.get("pid")),
                    hand_written_sites=tuple(str(site["path"]) for site in data.get("sites", [])))
 
     @property
     def port_taken_by_other(self) -> bool:
         return self.port_state == "other"
+
+    def port_taken_by_stranger(self) -> bool:
+        """The port is held by something that is neither ours nor an unmanaged Label Studio found here."""
+        return self.port_taken_by_other and not any(u.pid == self.port_pid for u in self.unmanaged if u.running)
+
+
+def _int(value) -> int | None:
+    """A number from the probe's JSON, or None: nothing else is ever taken from it as a number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,11 @@ def _address(hex_addr: str) -> str:
 
 def listening_sockets(proc: str = PROC) -> dict[int, tuple[str, int]]:
     """inode -> (address, port) of every listening TCP socket."""
+    return {inode: (addr, port) for inode, (addr, port, _) in _listening(proc).items()}
+
+
+def _listening(proc: str = PROC) -> dict[int, tuple[str, int, int]]:
+    """inode -> (address, port, uid) of every listening TCP socket."""
     found = {}
     for name in ("tcp", "tcp6"):
         for line in _read(os.path.join(proc, "net", name)).splitlines()[1:]:
@@ -78,7 +83,7 @@ def listening_sockets(proc: str = PROC) -> dict[int, tuple[str, int]]:
                 continue
             hex_addr, _, hex_port = fields[1].partition(":")
             try:
-                found[int(fields[9])] = (_address(hex_addr), int(hex_port, 16))
+                found[int(fields[9])] = (_address(hex_addr), int(hex_port, 16), int(fields[7]))
             except (ValueError, OSError):
                 continue
     return found
@@ -281,34 +286,51 @@ def snapshot_processes(proc: str = PROC) -> dict[int, dict]:
     return by_pid
 
 
+def socket_owners(by_pid: dict[int, dict], proc: str = PROC) -> dict[int, int]:
+    """inode -> pid of each listening socket. Where /proc/PID/fd cannot be read (root without
+    CAP_SYS_PTRACE, as in some containers), the socket's owner uid (from the kernel's own table)
+    names it when exactly one Label Studio runs as that uid; otherwise it stays unknown."""
+    sockets = _listening(proc)
+    owners = {}
+    for pid in by_pid:
+        for inode in socket_inodes(pid, proc) & set(sockets):
+            owners[inode] = pid
+    for inode, (_, _, uid) in sockets.items():
+        if inode in owners:
+            continue
+        tops = [p["pid"] for p in by_pid.values() if p["uid"] == uid and is_label_studio(p["argv"])
+                and not (p["ppid"] in by_pid and is_label_studio(by_pid[p["ppid"]]["argv"]))]
+        if len(tops) == 1:
+            owners[inode] = tops[0]
+    return owners
+
+
 def port_listeners(port: int, by_pid: dict[int, dict], proc: str = PROC) -> list[tuple[str, dict | None]]:
     """(address, process or None) of every socket listening on `port` that takes connections to
     127.0.0.1:`port` (loopback or a wildcard address)."""
-    wanted = {inode: addr for inode, (addr, p) in listening_sockets(proc).items()
-              if p == port and addr in LOOPBACK_TAKERS}
-    found = []
-    for pid in by_pid:
-        for inode in socket_inodes(pid, proc) & set(wanted):
-            found.append((wanted.pop(inode), by_pid[pid]))
-    found += [(addr, None) for addr in wanted.values()]
-    return found
+    owners = socket_owners(by_pid, proc)
+    return [(addr, by_pid.get(owners.get(inode, -1)))
+            for inode, (addr, p) in listening_sockets(proc).items() if p == port and addr in LOOPBACK_TAKERS]
 
 
-def holder(port: int, unit: str, user: str, data_dir: str, proc: str = PROC) -> tuple[str, str]:
-    """('free'|'ours'|'ours-elsewhere'|'other', description) for the port Label Studio must own."""
+def holder(port: int, unit: str, user: str, data_dir: str, proc: str = PROC) -> tuple[str, str, int | None]:
+    """('free'|'ours'|'ours-elsewhere'|'other', description, pid) for the port Label Studio must own."""
     by_pid = snapshot_processes(proc)
     listeners = port_listeners(port, by_pid, proc)
     if not listeners:
-        return "free", f"nothing listens on port {port}"
+        return "free", f"nothing listens on port {port}", None
     for addr, p in listeners:
         if p is None:
-            return "other", f"port {port} is held on {addr} by a process this check cannot see"
+            return "other", f"port {port} is held on {addr} by a process this check cannot see", None
         kin = kinship(p, unit, user, data_dir)
         if kin == "ours-elsewhere":
-            return kin, f"port {port} is held by our Label Studio under the other service manager (pid {p['pid']})"
+            return kin, f"port {port} is held by our Label Studio under the other service manager (pid {p['pid']})", p["pid"]
         if kin != "ours":
-            return "other", f"port {port} is held on {addr} by {describe_process(p)}"
-    return "ours", f"port {port} is held by our instance (pid {listeners[0][1]['pid']})"
+            top = p
+            while top["ppid"] in by_pid and is_label_studio(by_pid[top["ppid"]]["argv"]):
+                top = by_pid[top["ppid"]]
+            return "other", f"port {port} is held on {addr} by {describe_process(p)}", top["pid"]
+    return "ours", f"port {port} is held by our instance (pid {listeners[0][1]['pid']})", listeners[0][1]["pid"]
 
 
 def nginx_sites(port: int, exclude_managed: bool = True) -> list[dict]:
@@ -328,15 +350,14 @@ def nginx_sites(port: int, exclude_managed: bool = True) -> list[dict]:
     return sites
 
 
-def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC) -> dict:
+def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC, records_dir: str = "") -> dict:
     by_pid = snapshot_processes(proc)
+    adopted = adopted_data_dirs(records_dir) if records_dir else []
     sockets = listening_sockets(proc)
     listening_by_pid: dict[int, list[str]] = {}
-    for pid in by_pid:
-        for inode in socket_inodes(pid, proc):
-            if inode in sockets:
-                addr, p = sockets[inode]
-                listening_by_pid.setdefault(pid, []).append(f"[{addr}]:{p}" if ":" in addr else f"{addr}:{p}")
+    for inode, pid in socket_owners(by_pid, proc).items():
+        addr, p = sockets[inode]
+        listening_by_pid.setdefault(pid, []).append(f"[{addr}]:{p}" if ":" in addr else f"{addr}:{p}")
     ls = {pid: p for pid, p in by_pid.items() if is_label_studio(p["argv"])}
     instances, seen_dirs = [], {os.path.normpath(data_dir)}
     for pid, p in ls.items():
@@ -360,8 +381,8 @@ def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC) -> 
             continue
         data = os.path.normpath(os.path.join(entry.pw_dir, ".local", "share", "label-studio"))
         database = os.path.join(data, "label_studio.sqlite3")
-        if data in seen_dirs or not os.path.isfile(database):
-            continue
+        if data in seen_dirs or data in adopted or not os.path.isfile(database):
+            continue  # running (listed above), ours, or taken over already (its files stay in place)
         venvs = sorted(os.path.dirname(os.path.dirname(b)) for pattern in ("*/bin/label-studio", "*/*/bin/label-studio")
                        for b in glob.glob(os.path.join(entry.pw_dir, pattern)))
         instances.append({
@@ -371,8 +392,9 @@ def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC) -> 
             "database": database, "engine": "sqlite", "listen": [], "screen": None,
             **data_summary(data, database),
         })
-    state, said = holder(port, unit, user, data_dir, proc)
-    return {"instances": instances, "port": {"state": state, "said": said}, "sites": nginx_sites(port)}
+    state, said, pid = holder(port, unit, user, data_dir, proc)
+    return {"instances": instances, "port": {"state": state, "said": said, "pid": pid}, "sites": nginx_sites(port),
+            "adopted": adopted}
 
 
 def _descends(p: dict, ancestor: int, by_pid: dict[int, dict]) -> bool:
@@ -389,7 +411,7 @@ def _descends(p: dict, ancestor: int, by_pid: dict[int, dict]) -> bool:
 
 
 def health(url: str, host_header: str, port: int, unit: str, user: str, data_dir: str) -> str:
-    state, said = holder(port, unit, user, data_dir)
+    state, said, _ = holder(port, unit, user, data_dir)
     if state != "ours":
         return f"0 {said}"
     request = urllib.request.Request(url, headers={"Host": host_header})
@@ -446,44 +468,58 @@ def _wait_gone(pids_: list[int], timeout: float = STOP_TIMEOUT) -> bool:
     return True
 
 
-def stop(pid: int, record_path: str, our_site: str) -> dict:
+def default_data_dir(uid: int) -> str:
+    return os.path.normpath(os.path.join(pwd.getpwuid(uid).pw_dir, ".local", "share", "label-studio"))
+
+
+def stop(pid: int, uid: int, port: int, record_path: str, our_site: str) -> dict:
+    """Take an unmanaged instance out of the way, keeping in `record_path` all that `revive` needs:
+    the running process `pid` (0: data at rest in the home of `uid`, nothing runs), the hand-written
+    nginx sites that proxy to its port (their links removed), the site file ours replaces (a copy)."""
     by_pid = snapshot_processes()
-    p = by_pid.get(pid)
-    if p is None or not is_label_studio(p["argv"]):
-        return {"error": f"process {pid} is no Label Studio (any more)"}
-    screen = screen_of(p, by_pid)
-    family = [pid] + [q["pid"] for q in by_pid.values() if _descends(q, pid, by_pid)]
-    port_sites = []
-    listen_ports = {port for inode, (_, port) in listening_sockets().items()
-                    if any(inode in socket_inodes(f) for f in family)}
-    for port in sorted(listen_ports):
-        port_sites += [s for s in nginx_sites(port) if os.path.realpath(s["path"]) != os.path.realpath(our_site)]
+    family: list[int] = []
+    ports = {port}
+    if pid:
+        p = by_pid.get(pid)
+        if p is None or not is_label_studio(p["argv"]):
+            return {"error": f"process {pid} is no Label Studio (any more)"}
+        screen = screen_of(p, by_pid)
+        family = [pid] + [q["pid"] for q in by_pid.values() if _descends(q, pid, by_pid)]
+        sockets = listening_sockets()
+        ports |= {sockets[inode][1] for inode, owner in socket_owners(by_pid).items() if owner in family}
+        data_dir = data_dir_of(p)[0]
+        record = {"pid": pid, "user": p["user"], "uid": p["uid"], "argv": p["argv"], "environ": p["environ"],
+                  "cwd": p["cwd"], "screen": screen}
+    else:
+        data_dir = default_data_dir(uid)
+        record = {"pid": None, "user": pwd.getpwuid(uid).pw_name, "uid": uid, "argv": [], "environ": {},
+                  "cwd": "", "screen": None}
     site_backup = None
     if os.path.isfile(our_site) and MANAGED_MARK not in _read(our_site):
         site_backup = our_site + ".before-adopt"
         shutil.copy2(our_site, site_backup)
-    record = {"pid": pid, "user": p["user"], "uid": p["uid"], "argv": p["argv"], "environ": p["environ"],
-              "cwd": p["cwd"], "screen": screen, "disabled_sites": [], "site_backup": site_backup,
-              "stopped": time.time()}
+    record.update({"data_dir": data_dir, "disabled_sites": [], "site_backup": site_backup,
+                   "stopped": time.time(), "adopted": False})
     _write_record(record_path, record)
-    for site in port_sites:
-        if site["link"]:
-            target = os.readlink(site["path"])
-            os.unlink(site["path"])
-            record["disabled_sites"].append({"path": site["path"], "target": target})
-    _write_record(record_path, record)
+    for listen_port in sorted(ports):
+        for site in nginx_sites(listen_port):
+            if site["link"] and os.path.realpath(site["path"]) != os.path.realpath(our_site):
+                record["disabled_sites"].append({"path": site["path"], "target": os.readlink(site["path"])})
+                _write_record(record_path, record)
+                os.unlink(site["path"])
     for target in family:
         _signal(target, signal.SIGTERM)
     if not _wait_gone(family):
         return {"error": f"Label Studio (pid {pid}) did not exit"}
-    if screen is not None:  # the session only held Label Studio (and the shell it was typed in)
-        _signal(screen["pid"], signal.SIGTERM)
-        _wait_gone([screen["pid"]])
-    return {"stopped": pid, "screen": screen, "disabled_sites": [s["path"] for s in record["disabled_sites"]],
-            "site_backup": site_backup}
+    if record["screen"] is not None:  # the session only held Label Studio (and the shell it was typed in)
+        _signal(record["screen"]["pid"], signal.SIGTERM)
+        _wait_gone([record["screen"]["pid"]])
+    return {"stopped": pid, "data_dir": data_dir, "screen": record["screen"],
+            "disabled_sites": [s["path"] for s in record["disabled_sites"]], "site_backup": site_backup}
 
 
 def revive(record_path: str, our_site: str) -> dict:
+    """Undo `stop`: the site file and links back, nginx reloaded, the old command started again."""
     with open(record_path) as handle:
         record = json.load(handle)
     if record.get("site_backup") and os.path.isfile(record["site_backup"]):
@@ -495,12 +531,13 @@ def revive(record_path: str, our_site: str) -> dict:
     if subprocess.run(["nginx", "-t"], capture_output=True, check=False, env=root_path).returncode == 0:
         subprocess.run(["systemctl", "reload-or-restart", "nginx"], capture_output=True, check=False, env=root_path)
     argv = record["argv"]
+    if not argv:
+        return {"revived": None}
     # Root finds runuser on its own PATH, never on the recorded one (the old user's).
-    runuser = [shutil.which("runuser", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/runuser",
+    runuser = [shutil.which("runuser", path=root_path["PATH"]) or "/usr/sbin/runuser",
                "-u", record["user"], "--", "env", "-C", record["cwd"] or "/"]
     if record.get("screen"):
-        name = record["screen"].get("name") or "label-studio"
-        command = runuser + ["screen", "-dmS", name] + argv
+        command = runuser + ["screen", "-dmS", record["screen"].get("name") or "label-studio"] + argv
     else:
         command = runuser + ["setsid"] + argv
     subprocess.Popen(command, env=record["environ"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -508,21 +545,66 @@ def revive(record_path: str, our_site: str) -> dict:
     return {"revived": " ".join(argv)[:160], "screen": record.get("screen")}
 
 
+def wait_serving(port: int, timeout: float) -> str:
+    """Poll until a Label Studio process listens on `port` and answers /health UP (after `revive`)."""
+    deadline, last = time.monotonic() + timeout, "nothing listens"
+    while time.monotonic() < deadline:
+        listeners = port_listeners(port, snapshot_processes())
+        if any(p is not None and is_label_studio(p["argv"]) for _, p in listeners):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                    last = f"{answer.status} {answer.read(200).decode(errors='replace')}"
+                    if answer.status == 200 and "UP" in last:
+                        return f"UP {last}"
+            except Exception as exc:  # noqa: BLE001 - the last answer is the report
+                last = type(exc).__name__
+        time.sleep(1)
+    return f"DOWN {last}"
+
+
+def mark_adopted(record_path: str) -> dict:
+    """The take-over is done: the data left in place is no longer an instance to report."""
+    with open(record_path) as handle:
+        record = json.load(handle)
+    record["adopted"] = time.time()
+    _write_record(record_path, record)
+    return {"adopted": record["data_dir"]}
+
+
+def adopted_data_dirs(records_dir: str) -> list[str]:
+    found = []
+    for path in glob.glob(os.path.join(records_dir, "*.json")):
+        try:
+            with open(path) as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if record.get("adopted") and record.get("data_dir"):
+            found.append(os.path.normpath(record["data_dir"]))
+    return found
+
+
 def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     if command == "detect":
-        print(json.dumps(detect(int(args[0]), args[1], args[2], args[3])))
+        print(json.dumps(detect(int(args[0]), args[1], args[2], args[3], records_dir=args[4])))
     elif command == "health":
         print(health(args[0], args[1], int(args[2]), args[3], args[4], args[5]))
     elif command == "holder":
-        state, said = holder(int(args[0]), args[1], args[2], args[3])
+        state, said, _ = holder(int(args[0]), args[1], args[2], args[3])
         print(f"{state} {said}")
     elif command == "stop":
-        result = stop(int(args[0]), args[1], args[2])
+        result = stop(int(args[0]), int(args[1]), int(args[2]), args[3], args[4])
         print(json.dumps(result))
         return 1 if "error" in result else 0
     elif command == "revive":
         print(json.dumps(revive(args[0], args[1])))
+    elif command == "wait-serving":
+        answer = wait_serving(int(args[0]), float(args[1]))
+        print(answer)
+        return 0 if answer.startswith("UP") else 1
+    elif command == "adopted":
+        print(json.dumps(mark_adopted(args[0])))
     else:
         print(json.dumps({"error": f"unknown command {command}"}))
         return 2

@@ -33,7 +33,7 @@ def ours(profile: Profile) -> tuple[Arg, ...]:
 
 def detect(profile: Profile) -> str:
     """JSON: unmanaged instances (running or data at rest), the port's holder, hand-written sites."""
-    return instances_tool("detect", *ours(profile))
+    return instances_tool("detect", *ours(profile), ADOPT_RECORDS)
 
 
 def port_holder(profile: Profile) -> str:
@@ -51,11 +51,22 @@ def adopt_record(profile: Profile) -> PurePosixPath:
     return ADOPT_RECORDS / f"{profile.service.name}.json"
 
 
-def stop_unmanaged(profile: Profile, pid: int) -> str:
-    """Record how process `pid` runs, disable hand-written sites proxying to it, stop it (JSON)."""
-    return instances_tool("stop", int(pid), adopt_record(profile), profile.remote.nginx_site)
+def stop_unmanaged(profile: Profile, pid: int | None, uid: int) -> str:
+    """Record how the unmanaged instance runs (process `pid`, or data at rest in the home of `uid`),
+    disable hand-written sites proxying to it, stop it (JSON). Only numbers from the server go in."""
+    return instances_tool("stop", int(pid or 0), int(uid), profile.label_studio.port, adopt_record(profile),
+                          profile.remote.nginx_site)
 
 
 def revive_unmanaged(profile: Profile) -> str:
     """Undo stop_unmanaged from its record: sites back, the old command started again (JSON)."""
     return instances_tool("revive", adopt_record(profile), profile.remote.nginx_site)
+
+
+def wait_serving(port: int, timeout: int) -> str:
+    """Until a Label Studio process listens on `port` and answers /health UP (exit 1 on timeout)."""
+    return instances_tool("wait-serving", int(port), int(timeout))
+
+
+def mark_adopted(profile: Profile) -> str:
+    return instances_tool("adopted", adopt_record(profile))

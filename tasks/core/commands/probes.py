@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from ..profile import Profile
 from . import join, lines, q
 from .provision import ALL_PACKAGES
+from ..instances import MANAGED_MARK
 from .instances import detect
 from .service import health_probe, screen_probe
 
@@ -48,7 +49,9 @@ def status_probe(profile: Profile) -> str:
         installed_dist(profile),
         f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
         f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
-        f"if [ -e {q(p.nginx_site_enabled)} ]; then echo nginx_site=yes; else echo nginx_site=no; fi",
+        # A site of that name written by hand (the seed guide's) is not ours.
+        f"if [ -e {q(p.nginx_site_enabled)} ] && grep -qsF {q(MANAGED_MARK)} {q(p.nginx_site)}; "
+        "then echo nginx_site=yes; else echo nginx_site=no; fi",
         screen_probe(profile),
         "echo '[service]'",
         unit_show(profile.service.unit),

@@ -89,6 +89,10 @@ class ServiceManager:
     def is_enabled(self, state: ServiceState) -> bool:
         return False
 
+    def stop_and_disable(self) -> str:
+        """Stopped, and not started at boot (adopt hands the host back to an old instance)."""
+        return self.stop()
+
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         """The other manager's copy of the service, still running: [(done, planned, command)]."""
         return []
@@ -149,6 +153,9 @@ class Systemd(ServiceManager):
 
     def is_enabled(self, state: ServiceState) -> bool:
         return state.service.enabled == "enabled"
+
+    def stop_and_disable(self) -> str:
+        return join("systemctl", "disable", "--now", self.unit)
 
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         if not state.screen_running:
