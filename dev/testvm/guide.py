@@ -106,7 +106,10 @@ def make_data(base_url: str, image: bytes) -> GuideData:
     assert other.signup(*annotator).status in (200, 302)
     ls = LabelStudio(base_url)
     assert ls.login(*owner)
-    token = ls.get("/api/current-user/token").json().get("token", "")
+    # A personal access token (a JWT signed with the instance's SECRET_KEY; legacy tokens are off by default).
+    created = ls.post_json("/api/token/", {})
+    assert created.status == 201, created.text[:300]
+    token = created.json()["token"]
     data = GuideData(owner, annotator, token, ls.cookie("sessionid") or "")
     for title, count in (("Reviews", 40), ("Second project", 5)):
         project = ls.post_json("/api/projects", {"title": title, "label_config": LABEL_CONFIG}).json()["id"]
