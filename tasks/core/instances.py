@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 PROC = "/proc"

@@ -18,7 +18,8 @@ from label_studio_sdk import LabelStudio as SDK
 
 from dev.lsclient import LabelStudio, wait_for_health
 from dev.testvm.guide import GUIDE_SESSION, GUIDE_USER, GuideData, make_data, set_up_by_the_guide, wait_until_listening
-from dev.testvm.machine import TestVM, make_key, start_vm
+from dev.testvm import machine
+from dev.testvm.machine import make_key, start_vm
 from tests.integration.conftest import Fab
 
 OLD_RELEASE = "1.22.0"
@@ -38,7 +39,7 @@ def png(width: int = 48, height: int = 32) -> bytes:
 
 @dataclass
 class GuideVM:
-    vm: TestVM
+    vm: machine.TestVM
     fab: Fab
     data: GuideData
     before: dict        # what the official SDK saw before the take-over
@@ -61,7 +62,7 @@ def sdk_view(url: str, token: str) -> dict:
     return {"users": users, "projects": projects, "annotations": annotations}
 
 
-def fingerprint(vm: TestVM) -> str:
+def fingerprint(vm: machine.TestVM) -> str:
     """Everything provision could have touched: packages, units, nginx, firewall, data, processes."""
     return vm.exec(
         "dpkg-query -W -f='${Package} ${Version}\\n' | sort; ls -la /etc/systemd/system /etc/nginx/sites-enabled "
@@ -95,11 +96,11 @@ def guide(vm_image, suite, tmp_path_factory):
     machine.vm.stop()
 
 
-def listening(vm: TestVM) -> str:
+def listening(vm: machine.TestVM) -> str:
     return vm.exec("cat /proc/net/tcp /proc/net/tcp6").stdout.decode()
 
 
-def listens_on_all_interfaces(vm: TestVM, port: int) -> bool:
+def listens_on_all_interfaces(vm: machine.TestVM, port: int) -> bool:
     """A LISTEN (0A) socket on 0.0.0.0 or :: for `port`, read from /proc/net."""
     hex_port = f"{port:04X}"
     return any(re.match(rf"\s*\d+: (00000000|0{{32}}):{hex_port} \S+ 0A ", line) for line in listening(vm).splitlines())
@@ -203,7 +204,9 @@ def test_a_port_held_by_an_impostor_is_named_and_never_up(guide):
     guide.vm.exec("systemctl stop label-studio.service")
     guide.vm.exec("cat > /usr/local/bin/impostor.py", input=IMPOSTOR.encode())
     guide.vm.exec("systemd-run --unit=impostor python3 /usr/local/bin/impostor.py")
-    guide.vm.exec("python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:8080/health', timeout=30)\"")
+    # Poll until the impostor answers (a real signal), at most 30 s.
+    guide.vm.exec("for i in $(seq 150); do python3 -c \"import urllib.request as u; "
+                  "u.urlopen('http://127.0.0.1:8080/health', timeout=5)\" 2>/dev/null && exit 0; sleep 0.2; done; exit 1")
     try:
         status = guide.fab("status")
         out = " ".join(status.stdout.split())
