@@ -35,8 +35,15 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("python3", st.python3 or "missing"),
         ("free disk", f"{human_bytes(st.disk_free)} on {st.disk_mount}" if st.disk_mount else "-"),
     ]
+    others = st.neighbours
+    found = [("unmanaged", u.describe()) for u in others.unmanaged]
+    if others.port_taken_by_other:
+        found.append(("port", others.port_said))
     if not st.provisioned:
-        rows.append(("label studio", f"not provisioned (run: fab -H {alias} provision)"))
+        if others.unmanaged:
+            rows += found + [("label studio", f"not managed by this toolkit (take it over: fab -H {alias} adopt)")]
+        else:
+            rows += found + [("label studio", f"not provisioned (run: fab -H {alias} provision)")]
         return rows
     https = profile_tls_mode != "off"
     code, body = parse.health(st.health_via_nginx)
@@ -50,7 +57,7 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("database", human_bytes(st.db_size) if st.db_size is not None else "not created yet"),
         ("last backup", last_backup or "none on this machine"),
     ]
-    return rows
+    return rows + found
 
 
 @task(help={"config": CONFIG_HELP})
@@ -95,6 +102,9 @@ def _service_action(c, config, verb: str) -> None:
     manager = service_manager(profile)
     running = manager.is_running(st)
     name = profile.service.name
+    if verb != "stop" and st.neighbours.port_taken_by_other:
+        raise RemoteError(f"{st.neighbours.port_said}: Label Studio cannot listen there; nothing was changed",
+                          hint="stop that process (fab status names any unmanaged Label Studio; adopt takes one over)")
     if verb == "start" and running:
         ui.step(False, f"{name} is already running")
         return

@@ -189,3 +189,9 @@ def env_assignments(text: str) -> list[tuple[str, str]]:
             key, _, value = line.partition("=")
             pairs.append((key.strip(), value))
     return pairs
+
+
+def is_loopback(address: str) -> bool:
+    """`127.0.0.1:8080`, `[::1]:8080`, `[::ffff:127.0.0.1]:8080` -> True; wildcard or other -> False."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")

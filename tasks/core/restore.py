@@ -17,6 +17,7 @@ from pathlib import Path
 from . import ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from .commands import data as data_commands
+from .commands import instances as instance_commands
 from .commands import swap as swap_job
 from .connect import Host
 from .errors import RemoteError, SnapshotError
@@ -47,6 +48,15 @@ def refuse_unfinished_swap(host: Host, profile: Profile) -> None:
     out = host.run(data_commands.unfinished_swap(profile), sudo=True, what="looking for an unfinished swap")
     if out.stdout.strip() == "unfinished":
         raise unfinished_swap_error(host.alias, profile)
+
+
+def refuse_foreign_port(host: Host, profile: Profile) -> None:
+    """Another process on Label Studio's port would fail the start after the swap: refuse before."""
+    out = host.run(instance_commands.port_holder(profile), sudo=True, what="checking who holds Label Studio's port")
+    state, _, said = out.stdout.strip().partition(" ")
+    if state == "other":
+        raise RemoteError(f"{said}: Label Studio could not start there after the swap; nothing was changed",
+                          hint="stop that process first (fab status names it)")
 
 
 def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -> None:
@@ -172,6 +182,7 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
     """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure."""
     parts = _parts_present(files)
     refuse_unfinished_swap(host, profile)
+    refuse_foreign_port(host, profile)
     try:
         upload(host, profile, source, files)
     except BaseException:

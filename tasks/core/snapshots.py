@@ -218,9 +218,11 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     return sorted(entries, key=lambda f: f.path), report
 
 
-def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True) -> Snapshot:
+def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
+                         label_studio_version: str | None = None) -> Snapshot:
     """The body of `backup` (callers hold the locks): consistent copy on the server -> verified
-    snapshot folder here, manifest last. A failure leaves no half snapshot behind."""
+    snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
+    from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     with server_work_dir(host, profile, "backup") as work_dir:
@@ -235,7 +237,7 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
                 host=host.alias,
                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 label=label,
-                label_studio_version=data.info.get("label_studio_version"),
+                label_studio_version=label_studio_version or data.info.get("label_studio_version"),
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
                         "database": str(profile.remote.database), "marker": data.info.get("marker")},
                 files=files,

@@ -222,7 +222,8 @@ def reload_handlers(facts: ProvisionFacts, notes: frozenset[str]) -> list[Change
     return changes
 
 
-def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+def service_at_boot(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """The other manager's copy stopped, ours enabled at boot (when the manager can)."""
     manager = service_manager(profile)
     changes = [Change(done, True, plan=planned, action=Run(command, planned))
                for done, planned, command in manager.others_to_stop(facts)]
@@ -233,17 +234,20 @@ def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[st
         else:
             changes.append(Change(f"enabled {manager.label} at boot", True, plan=f"enable {manager.label} at boot",
                                   action=Run(enable, "enabling the service at boot")))
+    return changes
+
+
+def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+    manager = service_manager(profile)
     started = frozenset({HEALTH})
     if not manager.is_running(facts):
-        changes.append(Change(f"started {manager.label}", True, plan=f"start {manager.label}",
-                              action=Run(manager.start(), f"starting {manager.label}"), notifies=started))
-    elif RESTART in notes:
-        changes.append(Change(f"restarted {manager.label} (its settings changed)", True,
-                              plan=f"restart {manager.label}", notifies=started,
-                              action=Run(manager.restart(), f"restarting {manager.label}")))
-    else:
-        changes.append(Change(f"{manager.label} is running"))
-    return changes
+        return [Change(f"started {manager.label}", True, plan=f"start {manager.label}",
+                       action=Run(manager.start(), f"starting {manager.label}"), notifies=started)]
+    if RESTART in notes:
+        return [Change(f"restarted {manager.label} (its settings changed)", True,
+                       plan=f"restart {manager.label}", notifies=started,
+                       action=Run(manager.restart(), f"restarting {manager.label}"))]
+    return [Change(f"{manager.label} is running")]
 
 
 def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> Change:
@@ -258,10 +262,11 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
     return Change(f"created admin {email}", True, plan=f"create admin {email}", action=EnsureAdmin(profile, admin))
 
 
-def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, tls_pair: LocalPair | None = None,
-         eab: Eab | None = None) -> list[Change]:
-    """Every step in the order a careful admin takes them, then the handlers they notified. With TLS
-    wanted but not `steps_tls.ready`, this pass serves HTTP and ends by obtaining the certificate."""
+def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start: bool = True,
+         tls_pair: LocalPair | None = None, eab: Eab | None = None) -> list[Change]:
+    """Every step in the order a careful admin takes them, then the handlers they notified. Without
+    `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
+    With TLS wanted but not `steps_tls.ready`, this pass serves HTTP and ends by obtaining the certificate."""
     wanted, profile = profile, steps_tls.serving(facts, profile)
     steps = [
         packages(facts, wanted),
@@ -276,8 +281,11 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, tls_pa
         *steps_tls.renewal(facts, wanted),
     ]
     notes = notified(steps)
+    handlers = reload_handlers(facts, notes) + service_at_boot(facts, profile)
+    if not start:
+        return steps + handlers
     service = service_running(facts, profile, notes)
-    handlers = reload_handlers(facts, notes) + service
+    handlers += service
     if HEALTH in notified(service) or needs_password(facts, admin):
         # The admin step needs the migrated database, so Label Studio must answer first.
         handlers.append(Change("Label Studio answers /health on 127.0.0.1", plan="wait for Label Studio to answer /health",

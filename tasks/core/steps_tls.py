@@ -14,6 +14,7 @@ from .commands.tls import ENABLE_CERTBOT_TIMER, make_self_signed
 from .facts import ProvisionFacts
 from .plan import Change, InstallTlsFiles, ObtainCertificate, Run
 from .profile import Profile
+from .errors import ProfileError
 from .tls import Eab, LocalPair
 
 RENEW_BEFORE_DAYS = 30   # a self-signed certificate closer to its end than this is made anew
@@ -96,7 +97,9 @@ def certificate(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None)
         assert current is not None
         return [Change(f"certificate {_described(current)}")]
     if mode == "files":
-        assert pair is not None and pair.info is not None
+        if pair is None or pair.info is None:
+            raise ProfileError("tls.mode files: the certificate and key are checked and installed by provision; "
+                               "run it (with tls.mode off first when taking over an instance)")
         same = (facts.tls.cert_pem == pair.fullchain.decode() and facts.tls.key_sha256 == pair.key_sha256
                 and facts.tls.key_meta == "root:root:600")
         if same:

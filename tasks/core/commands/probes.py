@@ -8,7 +8,9 @@ from pathlib import PurePosixPath
 from ..profile import Profile
 from . import join, lines, q
 from .provision import ALL_PACKAGES
-from .service import health_command, screen_probe
+from ..instances import MANAGED_MARK
+from .instances import detect
+from .service import health_probe, screen_probe
 from .tls import served_certificate, tls_probe
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
@@ -48,7 +50,9 @@ def status_probe(profile: Profile) -> str:
         installed_dist(profile),
         f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
         f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
-        f"if [ -e {q(p.nginx_site_enabled)} ]; then echo nginx_site=yes; else echo nginx_site=no; fi",
+        # A site of that name written by hand (the seed guide's) is not ours.
+        f"if [ -e {q(p.nginx_site_enabled)} ] && grep -qsF {q(MANAGED_MARK)} {q(p.nginx_site)}; "
+        "then echo nginx_site=yes; else echo nginx_site=no; fi",
         screen_probe(profile),
         "echo '[service]'",
         unit_show(profile.service.unit),
@@ -56,8 +60,10 @@ def status_probe(profile: Profile) -> str:
         unit_show("nginx.service"),
         "echo '[health]'",
         f"if command -v nginx >/dev/null; then "
-        f"echo \"via_nginx=$({health_command(profile, via_nginx=True)})\"; fi",
+        f"echo \"via_nginx=$({health_probe(profile, via_nginx=True)})\"; fi",
         *served_certificate(profile),
+        "echo '[instances]'",
+        detect(profile),
     )
 
 
@@ -128,6 +134,8 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
         "echo '[ufw_rules]'",
         "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+        "echo '[instances]'",
+        detect(profile),
         *tls_probe(profile),
     )
 

@@ -6,13 +6,13 @@ Each method returns a shell command (run as root) or plain data; nothing here to
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 from .. import render
 from ..profile import Profile
 from ..render import RenderedFile
 from . import as_service_user, join, q
+from .instances import owned_health
 
 HTTPS_PORT = 443
 
@@ -91,6 +91,10 @@ class ServiceManager:
     def is_enabled(self, state: ServiceState) -> bool:
         return False
 
+    def stop_and_disable(self) -> str:
+        """Stopped, and not started at boot (adopt hands the host back to an old instance)."""
+        return self.stop()
+
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         """The other manager's copy of the service, still running: [(done, planned, command)]."""
         return []
@@ -151,6 +155,9 @@ class Systemd(ServiceManager):
 
     def is_enabled(self, state: ServiceState) -> bool:
         return state.service.enabled == "enabled"
+
+    def stop_and_disable(self) -> str:
+        return join("systemctl", "disable", "--now", self.unit)
 
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         if not state.screen_running:
@@ -266,58 +273,30 @@ def screen_probe(profile: Profile) -> str:
             "then echo screen=yes; else echo screen=no; fi")
 
 
-def health_probe(port: int, host_header: str, path: str = "/health", timeout: int = 5) -> str:
-    """Print `<status> <body>` of a GET on this host's loopback, using python3 (curl may be absent)."""
-    code = (
-        "import sys,urllib.request as u\n"
-        "r=u.Request(sys.argv[1],headers={'Host':sys.argv[2]})\n"
-        "try:\n"
-        f" x=u.urlopen(r,timeout={int(timeout)});print(x.status,x.read(200).decode(errors='replace'))\n"
-        "except u.HTTPError as e:print(e.code,'')\n"
-        "except Exception as e:print(0,type(e).__name__)\n"
-    )
-    return join("python3", "-c", code, f"http://127.0.0.1:{int(port)}{path}", host_header)
+def health_probe(profile: Profile, *, via_nginx: bool) -> str:
+    """Print `<status> <body>` of GET /health on this host's loopback (through nginx or straight to
+    Label Studio), or `0 <why>` when the process that holds Label Studio's port is not our own instance:
+    another Label Studio answering /health must never pass for ours. With TLS on, through nginx means
+    over HTTPS as a browser sees it: SNI and Host are server_name, and the served chain must verify up to
+    the issuer chain we installed (an intermediate is enough) and name server_name."""
+    scheme, port, host_header = health_target(profile, via_nginx=via_nginx)
+    trust = profile.remote.tls_files(profile.tls.mode)[1] if scheme == "https" else None
+    return owned_health(profile, f"{scheme}://127.0.0.1:{int(port)}/health", host_header, trust=trust)
 
 
-def health_target(profile: Profile, *, via_nginx: bool) -> tuple[int, str]:
-    """(port, Host header) of a health check through nginx or straight to Label Studio."""
-    if via_nginx:
-        return profile.http_port, profile.effective_server_name
-    return profile.label_studio.port, "127.0.0.1"
-
-
-def https_health_probe(port: int, server_name: str, trust: PurePosixPath, path: str = "/health",
-                       timeout: int = 5) -> str:
-    """Like `health_probe`, over HTTPS on this host's loopback as a browser would see it: SNI and Host
-    are `server_name`, the served chain must verify up to `trust` (the issuer chain we installed; an
-    intermediate is enough) and name `server_name`. A failed check prints `0 <why>`."""
-    code = (
-        "import sys,ssl,socket,http.client as h\n"
-        "c=ssl.create_default_context(cafile=sys.argv[3])\n"
-        "c.verify_flags|=getattr(ssl,'VERIFY_X509_PARTIAL_CHAIN',0)\n"
-        "class S(h.HTTPSConnection):\n"
-        " def connect(self):\n"
-        f"  self.sock=c.wrap_socket(socket.create_connection(('127.0.0.1',self.port),{int(timeout)}),server_hostname=self.host)\n"
-        "try:\n"
-        f" x=S(sys.argv[2],int(sys.argv[1]),timeout={int(timeout)},context=c);x.request('GET',sys.argv[4]);r=x.getresponse()\n"
-        " print(r.status,r.read(200).decode(errors='replace'))\n"
-        "except Exception as e:print(0,type(e).__name__+':',str(e)[:160].replace(chr(10),' '))\n"
-    )
-    return join("python3", "-c", code, int(port), server_name, trust, path)
-
-
-def health_command(profile: Profile, *, via_nginx: bool) -> str:
-    """The health probe for this profile: over HTTPS (the served chain checked) when TLS is on and we
-    go through nginx, else plain HTTP."""
+def health_target(profile: Profile, *, via_nginx: bool) -> tuple[str, int, str]:
+    """(scheme, port, Host header) of a health check through nginx or straight to Label Studio."""
     if via_nginx and profile.tls.enabled:
-        return https_health_probe(HTTPS_PORT, profile.effective_server_name, profile.remote.tls_files(profile.tls.mode)[1])
-    return health_probe(*health_target(profile, via_nginx=via_nginx))
+        return "https", HTTPS_PORT, profile.effective_server_name
+    if via_nginx:
+        return "http", profile.http_port, profile.effective_server_name
+    return "http", profile.label_studio.port, "127.0.0.1"
 
 
 def wait_for_health(profile: Profile, *, via_nginx: bool, timeout: int, fail_on_crash: bool = False) -> str:
     """Poll /health on the server itself (the loop runs there: one round trip) until UP or timeout.
     Prints the last answer; exits 1 on timeout, or as soon as the service crashed (`fail_on_crash`)."""
-    probe = health_command(profile, via_nginx=via_nginx)
+    probe = health_probe(profile, via_nginx=via_nginx)
     before, check = service_manager(profile).crash_guard() if fail_on_crash else ("", "")
     return (
         f"{before}end=$(( $(date +%s) + {int(timeout)} )); "
