@@ -317,3 +317,51 @@ def test_tls_facts_are_parsed_from_the_probe():
     facts = tls_facts(b)
     assert facts == TlsFacts("1.22.1", "PEM", "ab", "root:root:600", None, ("10.0.0.2", "fd00::1"),
                              UnitState("loaded", "active", "", "enabled"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The HTTPS health request (run on the server by tasks/core/instances.py)
+
+
+@pytest.fixture(scope="module")
+def https_server(ca, tmp_path_factory):
+    """A local HTTPS server presenting leaf + intermediate for NAME, answering like /health."""
+    import http.server
+    import ssl
+    import threading
+
+    folder = tmp_path_factory.mktemp("https")
+    leaf = ca.leaf(NAME)
+    (folder / "chain.pem").write_bytes(ca.chain_pem(leaf))
+    (folder / "key.pem").write_bytes(leaf.key_pem)
+    (folder / "intermediate.pem").write_bytes(ca.intermediate.cert_pem)
+    (folder / "other.pem").write_bytes(TestCA.create("other").intermediate.cert_pem)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"status": "UP", "host": "%s"}' % self.headers["Host"].encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "chain.pem", folder / "key.pem")
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], folder
+    server.shutdown()
+
+
+def test_the_https_health_request_checks_chain_and_name_like_a_browser(https_server):
+    from tasks.core.instances import https_get
+    port, folder = https_server
+    url = f"https://127.0.0.1:{port}/health"
+    answer = https_get(url, NAME, str(folder / "intermediate.pem"))   # the intermediate is enough
+    assert answer.startswith("200 ") and f'"host": "{NAME}:{port}"' in answer
+    wrong_name = https_get(url, "other.example.org", str(folder / "intermediate.pem"))
+    assert wrong_name.startswith("0 SSLCertVerificationError") and "\n" not in wrong_name
+    assert https_get(url, NAME, str(folder / "other.pem")).startswith("0 SSLCertVerificationError")

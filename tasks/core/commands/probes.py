@@ -11,7 +11,6 @@ from .provision import ALL_PACKAGES
 from ..instances import MANAGED_MARK
 from .instances import detect
 from .service import health_probe, screen_probe
-from .tls import served_certificate, tls_probe
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
 
@@ -138,6 +137,30 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         detect(profile),
         *tls_probe(profile),
     )
+
+
+def tls_probe(profile: Profile) -> list[str]:
+    """`[tls]` and `[certbot_timer]` sections of the provision probe (public files only: the key is
+    read as a hash and an owner:group:mode, never its content)."""
+    full, _, key = profile.remote.tls_files(profile.tls.mode)
+    return [
+        "echo '[tls]'",
+        "echo \"nginx_version=$(nginx -v 2>&1 | sed -n 's|^nginx version: [a-z]*/\\([0-9.]*\\).*|\\1|p')\"",
+        file_content_line("cert", full),
+        f"echo \"key_sha256=$(sha256sum {q(key)} 2>/dev/null | cut -d' ' -f1)\"",
+        meta_line("key_meta", key),
+        file_content_line("renewal", profile.remote.acme_renewal),
+        "echo \"resolvers=$(awk '/^nameserver/ {print $2}' /etc/resolv.conf 2>/dev/null | tr '\\n' ' ')\"",
+        "echo '[certbot_timer]'",
+        unit_show("certbot.timer"),
+    ]
+
+
+def served_certificate(profile: Profile) -> list[str]:
+    """`[tls]` section of the status probe: the certificate nginx is configured to serve."""
+    if not profile.tls.enabled:
+        return []
+    return ["echo '[tls]'", file_content_line("cert", profile.remote.tls_files(profile.tls.mode)[0])]
 
 
 # Run as the login user (sudo drops it): where this SSH session comes from and which port it reached.

@@ -1,5 +1,5 @@
 """The scripts HTTPS needs on a server: certbot (http-01 through our nginx's webroot), certificate files
-put in place for `tls.mode files`, a self-signed certificate made on the server, and the TLS facts."""
+put in place for `tls.mode files`, and a self-signed certificate made on the server."""
 
 from __future__ import annotations
 
@@ -20,32 +20,6 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def tls_probe(profile: Profile) -> list[str]:
-    """`[tls]` and `[certbot_timer]` sections of the provision probe (public files only: the key is
-    read as a hash and an owner:group:mode, never its content)."""
-    from .probes import file_content_line, meta_line, unit_show
-    full, _, key = profile.remote.tls_files(profile.tls.mode)
-    return [
-        "echo '[tls]'",
-        "echo \"nginx_version=$(nginx -v 2>&1 | sed -n 's|^nginx version: [a-z]*/\\([0-9.]*\\).*|\\1|p')\"",
-        file_content_line("cert", full),
-        f"echo \"key_sha256=$(sha256sum {q(key)} 2>/dev/null | cut -d' ' -f1)\"",
-        meta_line("key_meta", key),
-        file_content_line("renewal", profile.remote.acme_renewal),
-        "echo \"resolvers=$(awk '/^nameserver/ {print $2}' /etc/resolv.conf 2>/dev/null | tr '\\n' ' ')\"",
-        "echo '[certbot_timer]'",
-        unit_show("certbot.timer"),
-    ]
-
-
-def served_certificate(profile: Profile) -> list[str]:
-    """`[tls]` section of the status probe: the certificate nginx is configured to serve."""
-    from .probes import file_content_line
-    if not profile.tls.enabled:
-        return []
-    return ["echo '[tls]'", file_content_line("cert", profile.remote.tls_files(profile.tls.mode)[0])]
 
 
 def certbot_certonly(profile: Profile, name: str, *, config: PurePosixPath | None, force: bool) -> str:
