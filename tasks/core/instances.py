@@ -5,8 +5,9 @@ command args`, like tasks/core/sqlite.py); the unit tests run it against a fake 
 Commands (JSON or one line on stdout):
   detect PORT UNIT USER DATA_DIR        every Label Studio the toolkit does not manage, the port's holder,
                                         hand-written nginx sites that proxy to the port (read-only)
-  health URL HOST PORT UNIT USER DATA_DIR  `<status> <body>` of GET URL, but `0 <why>` unless the
-                                        listener on PORT is our own instance (unit, user, data dir)
+  health URL HOST PORT UNIT USER DATA_DIR [TRUST]  `<status> <body>` of GET URL, but `0 <why>` unless
+                                        the listener on PORT is our own instance (unit, user, data dir);
+                                        an https URL is verified against the CA file TRUST, SNI = HOST
   holder PORT UNIT USER DATA_DIR        `free`, `ours` or `other <description>` for PORT
   stop PID RECORD SITE                  record how the unmanaged instance PID runs (argv, environment,
                                         cwd, user, screen session), disable the hand-written nginx
