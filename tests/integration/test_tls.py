@@ -25,7 +25,8 @@ import pytest
 
 from dev.lsclient import LabelStudio
 from dev.testvm.image import build_tls_image
-from dev.testvm.machine import TestVM, make_key, start_vm
+from dev.testvm import machine as testvm
+from dev.testvm.machine import make_key, start_vm
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Fab, PROJECT_ROOT
 from tests.tlsca import TestCA, cert_pem
 
@@ -44,7 +45,7 @@ def sha256_fingerprint(der: bytes) -> str:
 
 @dataclass
 class TlsVM:
-    vm: TestVM
+    vm: testvm.TestVM
     home: Path
     suite: str
     ca: TestCA                      # signs pebble's own listener certificate and the tls.files pairs
