@@ -96,7 +96,7 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
             return
         raise UsageError(f"found no Label Studio on {host.alias} to adopt",
                          hint=f"fab -H {host.alias} provision sets up a new one")
-    u = core.choose(host.alias, others)
+    u = core.choose(host.alias, others, profile.label_studio.version)
     if others.port_taken_by_stranger():
         raise UsageError(f"{others.port_said}: Label Studio cannot listen there after the take-over; nothing was "
                          "changed", hint="stop that process, or choose another label_studio.port in the profile")

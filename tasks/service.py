@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fabric import task
+from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
 from .core import catalog, facts, parse, systems, ui
@@ -11,7 +12,26 @@ from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
 from .core.facts import HostStatus
 from .core.health import wait_for_health
+from .core.releases import pypi_versions
 from .core.ui import human_bytes
+
+
+def releases_text(st: HostStatus) -> str:
+    """`1.23.2 (current), 1.22.0 (previous)`: the release venvs on the server."""
+    if not st.releases and st.current_release == "venv":
+        return "one venv (from an earlier version of this toolkit)"
+    words = []
+    for release in sorted(st.releases, key=_version_key, reverse=True):
+        role = " (current)" if release == st.current_release else (" (previous)" if release == st.previous_release else "")
+        words.append(release + role)
+    return ", ".join(words) or "-"
+
+
+def _version_key(value: str):
+    try:
+        return (0, Version(value))
+    except InvalidVersion:
+        return (1, value)
 
 
 def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceManager,
@@ -38,6 +58,7 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
     health = "UP" if st.healthy else (f"HTTP {code} {body[:60]}" if code else (body or "no answer"))
     rows += [
         ("label studio", st.label_studio_version or "not installed"),
+        ("releases", releases_text(st)),
         ("service", manager.describe(st)),
         ("nginx", st.nginx.describe()),
         ("health (via nginx)", health),
@@ -47,9 +68,10 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
     return rows + found
 
 
-@task(help={"config": CONFIG_HELP})
+@task(help={"config": CONFIG_HELP,
+            "check-updates": "also ask the package index for the newest Label Studio release (an outbound call)"})
 @task_edge
-def status(c, config=None):
+def status(c, config=None, check_updates=False):
     """Show the server: OS, sudo, disk and, once provisioned, service, nginx, health, version, DB size."""
     profile, host = open_host(c, config)
     sudo_mode = host.check_sudo()
@@ -59,7 +81,15 @@ def status(c, config=None):
     table.add_column()
     last = catalog.newest_complete(profile.backups_dir())
     described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
-    for key, value in status_rows(host.alias, sudo_mode, st, service_manager(profile), described):
+    rows = status_rows(host.alias, sudo_mode, st, service_manager(profile), described)
+    if check_updates:
+        newest = next(iter(pypi_versions(profile)), None)
+        installed = st.label_studio_version
+        if newest and installed and Version(newest) > Version(installed):
+            rows.append(("newer release", f"{newest} (fab -H {host.alias} upgrade --version {newest})"))
+        else:
+            rows.append(("newer release", f"none ({newest or 'no answer'} is the newest)"))
+    for key, value in rows:
         table.add_row(key, value)
     ui.out.print(table)
     warning = systems.support_warning(st.os_id, st.os_version)

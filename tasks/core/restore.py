@@ -88,8 +88,10 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -
 class _SwapReport:
     """Turns the swap job's events into the lines a user reads and, at the end, the outcome."""
 
-    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status):
+    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status,
+                 swapped: str | None = None):
         self.host, self.profile, self.parts, self.timeout, self.status = host, profile, parts, health_timeout, status
+        self.swapped = swapped or f"swapped in the new {', '.join(parts)} (atomic renames)"
         self.failure: str | None = None    # why the new data did not come up
         self.outcome: Exception | None = None
         self.log_shown = False
@@ -103,7 +105,7 @@ class _SwapReport:
             ui.step(True, "stopped Label Studio")
             self.status.update("swapping the data in")
         elif event == swap_job.SWAPPED:
-            ui.step(True, f"swapped in the new {', '.join(self.parts)} (atomic renames)")
+            ui.step(True, self.swapped)
             self.status.update("starting Label Studio")
         elif event == swap_job.STARTED:
             self.status.update(f"waiting for Label Studio to answer /health {where} (first start runs migrations)")
@@ -144,11 +146,14 @@ class _SwapReport:
             self.done = True
 
 
-def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int) -> None:
-    """Start the swap job on the server and follow it to its end; RemoteError unless the new data serves."""
-    host.run(swap_job.launch(profile, parts, health_timeout), sudo=True, what="starting the swap on the server")
+def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int, steps: dict | None = None,
+             swapped: str | None = None, serving: str = "the new data") -> None:
+    """Start the swap job on the server (with an upgrade's or rollback's own `steps`, see swap.job) and
+    follow it to its end; RemoteError unless the new state serves."""
+    host.run(swap_job.launch(profile, parts, health_timeout, **(steps or {})), sudo=True,
+             what="starting the swap on the server")
     with ui.err.status("stopping Label Studio") as status:
-        report = _SwapReport(host, profile, parts, health_timeout, status)
+        report = _SwapReport(host, profile, parts, health_timeout, status, swapped)
         channel = host.root_channel(swap_job.follow(profile))
         try:
             while not report.done:
@@ -174,7 +179,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
                           hint="it goes on by itself there; `fab status` shows what Label Studio serves")
     if report.outcome is not None:
         raise report.outcome
-    ui.step(True, f"Label Studio is up with the new data at {profile.url}")
+    ui.step(True, f"Label Studio is up with {serving} at {profile.url}")
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
