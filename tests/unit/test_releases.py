@@ -96,3 +96,34 @@ def test_an_older_pin_is_refused(provisioned):
 def test_release_labels_fit_snapshot_names():
     assert release_label("1.22.0") == "1-22-0"
     assert release_label("1!2.0.0rc1+local") == "1-2-0-0rc1-local"
+
+
+def test_the_release_list_comes_from_the_profiles_index_newest_first(tmp_path):
+    """A package index on loopback answering the PEP 691 JSON API (as pypi.org and devpi do)."""
+    import http.server
+    import json
+    import threading
+    from tasks.core.releases import pypi_versions
+
+    body = json.dumps({"meta": {"api-version": "1.1"}, "name": "label-studio",
+                       "versions": ["1.22.0", "1.23.2", "1.24.0rc1", "1.9.0"],
+                       "files": [{"filename": "label_studio-1.23.1-py3-none-any.whl"}]}).encode()
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            assert self.path == "/simple/label-studio/"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile = parse_profile(f"pip:\n  index_url: http://127.0.0.1:{server.server_port}/simple/\n")
+        assert pypi_versions(profile) == ["1.23.2", "1.23.1", "1.22.0", "1.9.0"]  # no pre-releases
+    finally:
+        server.shutdown()
