@@ -108,6 +108,10 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     found = facts.provision_facts(host, profile, email or "")
     check_host(profile, found)
     refuse_neighbours(host.alias, found)
+    problem = steps.version_problem(found, profile)
+    if problem:
+        raise UsageError(f"{problem}; nothing was changed",
+                         hint=f"to go back to the release that ran before the last upgrade: fab -H {host.alias} rollback")
     if not email and not found.db_users:
         raise UsageError(f"no admin to create: set label_studio.admin_email in {profile.config_file} "
                          "or LABEL_STUDIO_USERNAME")

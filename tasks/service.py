@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fabric import task
+from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
 from .core import catalog, facts, parse, systems, tls, ui
@@ -11,6 +12,7 @@ from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
 from .core.facts import HostStatus
 from .core.health import wait_for_health
+from .core.releases import pypi_versions
 from .core.ui import human_bytes
 
 
@@ -23,6 +25,24 @@ def certificate_row(mode: str, pem: str | None) -> tuple[str, str] | None:
         return ("https", f"tls.mode {mode}, but no certificate on the server yet (run: provision)")
     return ("https", f"{mode}: {', '.join(info.names)}, issued by {info.issuer}, "
                      f"{info.days_left()} days left (until {info.not_after:%Y-%m-%d})")
+
+
+def releases_text(st: HostStatus) -> str:
+    """`1.23.2 (current), 1.22.0 (previous)`: the release venvs on the server."""
+    if not st.releases and st.current_release == "venv":
+        return "one venv (from an earlier version of this toolkit)"
+    words = []
+    for release in sorted(st.releases, key=_version_key, reverse=True):
+        role = " (current)" if release == st.current_release else (" (previous)" if release == st.previous_release else "")
+        words.append(release + role)
+    return ", ".join(words) or "-"
+
+
+def _version_key(value: str):
+    try:
+        return (0, Version(value))
+    except InvalidVersion:
+        return (1, value)
 
 
 def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceManager,
@@ -50,6 +70,7 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
     health = "UP" if st.healthy else (f"HTTP {code} {body[:60]}" if code else (body or "no answer"))
     rows += [
         ("label studio", st.label_studio_version or "not installed"),
+        ("releases", releases_text(st)),
         ("service", manager.describe(st)),
         ("nginx", st.nginx.describe()),
         (f"health (via nginx{', https' if https else ''})", health),
@@ -60,9 +81,10 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
     return rows + found
 
 
-@task(help={"config": CONFIG_HELP})
+@task(help={"config": CONFIG_HELP,
+            "check-updates": "also ask the package index for the newest Label Studio release (an outbound call)"})
 @task_edge
-def status(c, config=None):
+def status(c, config=None, check_updates=False):
     """Show the server: OS, sudo, disk and, once provisioned, service, nginx, health, version, DB size."""
     profile, host = open_host(c, config)
     sudo_mode = host.check_sudo()
@@ -72,7 +94,15 @@ def status(c, config=None):
     table.add_column()
     last = catalog.newest_complete(profile.backups_dir())
     described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
-    for key, value in status_rows(host.alias, sudo_mode, st, service_manager(profile), described, profile.tls.mode):
+    rows = status_rows(host.alias, sudo_mode, st, service_manager(profile), described, profile.tls.mode)
+    if check_updates:
+        newest = next(iter(pypi_versions(profile)), None)
+        installed = st.label_studio_version
+        if newest and installed and Version(newest) > Version(installed):
+            rows.append(("newer release", f"{newest} (fab -H {host.alias} upgrade --version {newest})"))
+        else:
+            rows.append(("newer release", f"none ({newest or 'no answer'} is the newest)"))
+    for key, value in rows:
         table.add_row(key, value)
     ui.out.print(table)
     served = tls.leaf_info(st.tls_cert) if st.provisioned and profile.tls.enabled else None

@@ -7,6 +7,8 @@ import dataclasses
 import posixpath
 import re
 
+from packaging.version import InvalidVersion, Version
+
 from .errors import UsageError
 from .facts import Neighbours, Unmanaged
 from .profile import Profile
@@ -18,9 +20,12 @@ PLAIN_PATH = re.compile(r"/[A-Za-z0-9._@+/-]*")
 COUNTED = ("users", "projects", "tasks", "annotations")
 
 
-def problems(u: Unmanaged) -> list[str]:
+def problems(u: Unmanaged, pinned: str | None = None) -> list[str]:
     """Why this instance cannot be taken over automatically (empty: it can)."""
     found = []
+    if pinned and u.version and _newer(u.version, pinned):
+        found.append(f"it runs {u.version}, newer than the pinned {pinned}: its database would not go back "
+                     f"(set label_studio.version: \"{u.version}\" in the profile)")
     if u.engine != "sqlite":
         found.append("it uses PostgreSQL (adopt takes over SQLite installs; migrate-db is a separate task)")
     if not USER_NAME.fullmatch(u.user):
@@ -35,7 +40,14 @@ def problems(u: Unmanaged) -> list[str]:
     return found
 
 
-def choose(alias: str, neighbours: Neighbours) -> Unmanaged:
+def _newer(version: str, than: str) -> bool:
+    try:
+        return Version(version) > Version(than)
+    except InvalidVersion:
+        return False
+
+
+def choose(alias: str, neighbours: Neighbours, pinned: str | None = None) -> Unmanaged:
     """The one unmanaged instance to take over, or a UsageError that says what to do."""
     found = neighbours.unmanaged
     if len(found) > 1:
@@ -43,7 +55,7 @@ def choose(alias: str, neighbours: Neighbours) -> Unmanaged:
         raise UsageError(f"found {len(found)} unmanaged Label Studio instances on {alias}: {listed}",
                          hint="stop all but the one to keep (their data stays where it is), then run adopt again")
     u = found[0]
-    why = problems(u)
+    why = problems(u, pinned)
     if why:
         raise UsageError(f"cannot adopt the {u.describe()}: {'; '.join(why)}; nothing was changed")
     return u

@@ -160,6 +160,9 @@ class HostStatus:
     disk_mount: str
     installed: bool
     label_studio_version: str | None
+    current_release: str | None       # releases/<v> -> v, the legacy venv -> "venv"
+    previous_release: str | None
+    releases: tuple[str, ...]
     db_size: int | None
     unit_file: bool
     nginx_site: bool
@@ -200,6 +203,9 @@ def status_from_probe(text: str) -> HostStatus:
         disk_mount=mount,
         installed=i.get("installed") == "yes",
         label_studio_version=parse.dist_info_version(i.get("dist", "")),
+        current_release=parse.release_of(i.get("current", "")),
+        previous_release=parse.release_of(i.get("previous", "")),
+        releases=parse.release_names(i.get("releases", "")),
         db_size=parse.int_or_none(i.get("db_size")),
         unit_file=i.get("unit_file") == "yes",
         nginx_site=i.get("nginx_site") == "yes",
@@ -240,7 +246,11 @@ class ProvisionFacts:
     app_dir_meta: str      # owner:group:mode, "" when missing
     data_dir_meta: str
     env_file_meta: str
-    label_studio_version: str | None
+    label_studio_version: str | None   # of the current release
+    current_release: str | None        # releases/<v> -> v, the legacy venv -> "venv", no link -> None
+    previous_release: str | None
+    releases: tuple[str, ...]          # complete release venvs
+    legacy_version: str | None         # in the single venv of earlier toolkit versions
     venv_exists: bool
     db_exists: bool
     db_users: int | None
@@ -276,6 +286,10 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         data_dir_meta=h.get("data_dir", ""),
         env_file_meta=h.get("env_file_meta", ""),
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
+        current_release=parse.release_of(h.get("current", "")),
+        previous_release=parse.release_of(h.get("previous", "")),
+        releases=parse.release_names(h.get("releases", "")),
+        legacy_version=parse.dist_info_version(h.get("legacy_dist", "")),
         venv_exists=h.get("venv") == "yes",
         db_exists=h.get("db") == "yes",
         db_users=parse.int_or_none(db.get("users")),

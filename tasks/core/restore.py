@@ -88,8 +88,10 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -
 class _SwapReport:
     """Turns the swap job's events into the lines a user reads and, at the end, the outcome."""
 
-    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status):
+    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status,
+                 swapped: str | None = None):
         self.host, self.profile, self.parts, self.timeout, self.status = host, profile, parts, health_timeout, status
+        self.swapped = swapped or f"swapped in the new {', '.join(parts)} (atomic renames)"
         self.failure: str | None = None    # why the new data did not come up
         self.outcome: Exception | None = None
         self.log_shown = False
@@ -103,7 +105,7 @@ class _SwapReport:
             ui.step(True, "stopped Label Studio")
             self.status.update("swapping the data in")
         elif event == swap_job.SWAPPED:
-            ui.step(True, f"swapped in the new {', '.join(self.parts)} (atomic renames)")
+            ui.step(True, self.swapped)
             self.status.update("starting Label Studio")
         elif event == swap_job.STARTED:
             self.status.update(f"waiting for Label Studio to answer /health {where} (first start runs migrations)")
@@ -137,6 +139,8 @@ class _SwapReport:
         elif event == swap_job.BACK_HEALTHY:
             self.outcome = RemoteError("the new data did not come up; the previous data is back in place and "
                                        "Label Studio is serving it")
+        elif event == swap_job.BACK_STOPPED:
+            self.outcome = RemoteError("the new data did not come up; it is rolled back and Label Studio is stopped")
         elif event == swap_job.BACK_UNHEALTHY:
             self.outcome = RemoteError("the new data did not come up; the previous data is back in place, but "
                                        f"Label Studio did not answer /health {where} (last answer: {said or 'none'})")
@@ -144,11 +148,14 @@ class _SwapReport:
             self.done = True
 
 
-def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int) -> None:
-    """Start the swap job on the server and follow it to its end; RemoteError unless the new data serves."""
-    host.run(swap_job.launch(profile, parts, health_timeout), sudo=True, what="starting the swap on the server")
+def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int, steps: dict | None = None,
+             swapped: str | None = None, serving: str = "the new data") -> None:
+    """Start the swap job on the server (with an upgrade's or rollback's own `steps`, see swap.job) and
+    follow it to its end; RemoteError unless the new state serves."""
+    host.run(swap_job.launch(profile, parts, health_timeout, **(steps or {})), sudo=True,
+             what="starting the swap on the server")
     with ui.err.status("stopping Label Studio") as status:
-        report = _SwapReport(host, profile, parts, health_timeout, status)
+        report = _SwapReport(host, profile, parts, health_timeout, status, swapped)
         channel = host.root_channel(swap_job.follow(profile))
         try:
             while not report.done:
@@ -174,11 +181,11 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
                           hint="it goes on by itself there; `fab status` shows what Label Studio serves")
     if report.outcome is not None:
         raise report.outcome
-    ui.step(True, f"Label Studio is up with the new data at {profile.url}")
+    ui.step(True, f"Label Studio is up with {serving} at {profile.url}")
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
-                        health_timeout: int) -> None:
+                        health_timeout: int, restart_previous: bool = True) -> None:
     """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure."""
     parts = _parts_present(files)
     refuse_unfinished_swap(host, profile)
@@ -189,4 +196,5 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise
     ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
-    run_swap(host, profile, parts, health_timeout=health_timeout)
+    run_swap(host, profile, parts, health_timeout=health_timeout,
+             steps=None if restart_previous else {"restart_previous": False})

@@ -8,10 +8,11 @@ import difflib
 from pathlib import PurePosixPath
 
 from . import render
+from packaging.version import Version
+
 from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_install, create_service_user,
-                                 make_dir, pip_install_label_studio, set_owner_and_mode, ufw_allow,
-                                 ufw_allow_from,
-                                 wanted_packages)
+                                 make_dir, pip_install_label_studio, set_owner_and_mode, switch_release,
+                                 ufw_allow, ufw_allow_from, wanted_packages)
 from .commands.service import HTTPS_PORT, service_manager
 from . import steps_tls
 from .defaults import APT_TIMEOUT, PIP_TIMEOUT
@@ -113,16 +114,43 @@ def directories(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     return changes
 
 
-def label_studio(facts: ProvisionFacts, profile: Profile) -> Change:
+def version_problem(facts: ProvisionFacts, profile: Profile) -> str | None:
+    """A release older than the installed one would run on a database a newer release migrated."""
     wanted, have = profile.label_studio.version, facts.label_studio_version
+    if have and Version(wanted) < Version(have):
+        return (f"label_studio.version {wanted} is older than the installed {have}: a database migrated by "
+                f"{have} does not go back by installing an older release")
+    return None
+
+
+def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """The pinned release in releases/<version>/ and `current` pointing at it. The single venv of
+    earlier toolkit versions is taken over as it is when its version is the pinned one."""
+    wanted, have = profile.label_studio.version, facts.label_studio_version
+    target = f"releases/{wanted}"
     if have == wanted and facts.venv_exists:
-        return Change(f"label-studio {wanted} is installed")
-    done, planned = ((f"upgraded label-studio {have} -> {wanted}", f"upgrade label-studio {have} -> {wanted}")
-                     if have else (f"installed label-studio {wanted}", f"install label-studio {wanted}"))
-    script = pip_install_label_studio(profile, copy_database_from=have if have and facts.db_exists else None)
-    return Change(done, True, plan=planned, notifies=frozenset({RESTART}),
-                  action=Run(script, "pip install label-studio", timeout=PIP_TIMEOUT, show_output=True,
-                             status=f"pip install label-studio=={wanted} (a minute or more)"))
+        where = "the existing venv" if facts.current_release == "venv" else str(profile.release_dir(wanted))
+        return [Change(f"label-studio {wanted} is installed ({where})")]
+    if facts.current_release is None and facts.legacy_version == wanted:
+        return [Change(f"took over {profile.remote.legacy_venv} (label-studio {wanted}) as the current release",
+                       True, plan=f"take over {profile.remote.legacy_venv} (label-studio {wanted}) as the current "
+                                  "release, without a reinstall",
+                       action=Run(switch_release(profile, "venv"), "linking the current release"),
+                       notifies=frozenset({RESTART}))]
+    have = have or facts.legacy_version
+    changes = []
+    if wanted not in facts.releases:
+        done, planned = ((f"built label-studio {wanted} beside {have}", f"build label-studio {wanted} beside {have}")
+                         if have else (f"installed label-studio {wanted}", f"install label-studio {wanted}"))
+        script = pip_install_label_studio(profile, copy_database_from=have if have and facts.db_exists else None)
+        changes.append(Change(f"{done} ({profile.release_dir(wanted)})", True, plan=planned,
+                              action=Run(script, "pip install label-studio", timeout=PIP_TIMEOUT, show_output=True,
+                                         status=f"pip install label-studio=={wanted} (a minute or more)")))
+    verb = f"switched from {have} to" if have else "switched to"
+    changes.append(Change(f"{verb} label-studio {wanted}", True, plan=f"make {wanted} the current release",
+                          action=Run(switch_release(profile, target), "switching the current release"),
+                          notifies=frozenset({RESTART})))
+    return changes
 
 
 def managed_file(facts: ProvisionFacts, key: str, file: RenderedFile, label: str,
@@ -272,7 +300,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         packages(facts, wanted),
         service_user(facts, profile),
         *directories(facts, profile),
-        label_studio(facts, profile),
+        *label_studio(facts, profile),
         *steps_tls.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
         service_definition(facts, profile),

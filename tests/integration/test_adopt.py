@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from label_studio_sdk import LabelStudio as SDK
 
 from dev.lsclient import LabelStudio, wait_for_health
 from dev.testvm.guide import GUIDE_SESSION, GUIDE_USER, GuideData, make_data, set_up_by_the_guide, wait_until_listening
 from dev.testvm import machine
 from dev.testvm.machine import make_key, start_vm
-from tests.integration.conftest import Fab
+from tests.integration.conftest import Fab, sdk_view
 
 OLD_RELEASE = "1.22.0"
 CURRENT = "1.23.2"
@@ -47,19 +46,6 @@ class GuideVM:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.vm.http_port}"
-
-
-def sdk_view(url: str, token: str) -> dict:
-    """Users, projects with their tasks, annotations: as Label Studio's official SDK reads them."""
-    client = SDK(base_url=url, api_key=token)
-    users = sorted(u.email for u in client.users.list())
-    projects = {}
-    annotations = 0
-    for project in client.projects.list():
-        tasks = list(client.tasks.list(project=project.id))
-        projects[project.title] = len(tasks)
-        annotations += sum(t.total_annotations or 0 for t in tasks)
-    return {"users": users, "projects": projects, "annotations": annotations}
 
 
 def fingerprint(vm: machine.TestVM) -> str:

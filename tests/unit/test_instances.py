@@ -170,6 +170,12 @@ def test_adopt_refuses_what_it_cannot_take_over_safely(overrides, words):
         adopt.choose("vm", Neighbours(unmanaged=(unmanaged(**overrides),)))
 
 
+def test_adopt_refuses_an_instance_newer_than_the_pin():
+    with pytest.raises(UsageError, match="newer than the pinned 1.23.2"):
+        adopt.choose("vm", Neighbours(unmanaged=(unmanaged(version="1.24.0"),)), "1.23.2")
+    assert adopt.choose("vm", Neighbours(unmanaged=(unmanaged(version="1.22.0"),)), "1.23.2").version == "1.22.0"
+
+
 def test_adopt_refuses_to_choose_between_two():
     with pytest.raises(UsageError, match="found 2 unmanaged"):
         adopt.choose("vm", Neighbours(unmanaged=(unmanaged(), unmanaged(pid=61, user="bob", home="/home/bob")))) 

@@ -12,7 +12,7 @@ import pytest
 
 from tasks.core import commands, steps
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
-from tasks.core.commands import data, instances, probes, provision, swap, tls
+from tasks.core.commands import data, instances, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest, Run
@@ -83,6 +83,15 @@ def scripts_of(profile) -> dict[str, str]:
         "revive unmanaged": instances.revive_unmanaged(profile),
         "wait serving": instances.wait_serving(8080, 30),
         "mark adopted": instances.mark_adopted(profile),
+        "build release": provision.build_release(profile, "1!2.0.0.post1+local.7"),
+        "switch release": provision.switch_release(profile, "releases/2.0.0"),
+        "migration check": upgrade.migration_check(profile, "2.0.0", PurePosixPath("/var/-tmp/lsvm-x y")),
+        "read upgrade record": upgrade.read_record(profile),
+        "prune releases": upgrade.prune_releases(profile),
+        "upgrade job": swap.job(profile, [DATABASE], 30, **upgrade.upgrade_steps(profile, "1.0", "2.0")),
+        "rollback job": swap.job(profile, [DATABASE], 30, **upgrade.rollback_steps(profile, "ab" * 32)),
+        "keep data job": swap.job(profile, [DATABASE], 30, **upgrade.keep_data_steps(profile)),
+        "adopt swap job": swap.job(profile, [DATABASE], 30, restart_previous=False),
     })
     found.update(tls_scripts(profile))
     found.update(data_scripts(profile))

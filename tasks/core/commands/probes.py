@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 from ..profile import Profile
 from . import join, lines, q
-from .provision import ALL_PACKAGES
+from .provision import ALL_PACKAGES, RELEASE_COMPLETE
 from ..instances import MANAGED_MARK
 from .instances import detect
 from .service import health_probe, screen_probe
@@ -33,6 +33,20 @@ def installed_dist(profile: Profile) -> str:
     return f"echo \"dist=$(ls -d {venv}/lib/python3*/site-packages/label_studio-*.dist-info 2>/dev/null | head -n 1)\""
 
 
+def release_lines(profile: Profile) -> tuple[str, ...]:
+    """`current=`/`previous=` (link targets), `releases=` (complete release venvs), `legacy_dist=`
+    (the dist-info in the single venv of earlier toolkit versions)."""
+    p = profile.remote
+    return (
+        f"echo \"current=$(readlink {q(p.current)} 2>/dev/null)\"",
+        f"echo \"previous=$(readlink {q(p.previous)} 2>/dev/null)\"",
+        f"echo \"releases=$(for m in {q(p.releases_dir)}/*/{RELEASE_COMPLETE}; do [ -e \"$m\" ] && "
+        "basename \"$(dirname \"$m\")\"; done | tr '\\n' ' ')\"",
+        f"echo \"legacy_dist=$(ls -d {q(p.legacy_venv)}/lib/python3*/site-packages/label_studio-*.dist-info "
+        "2>/dev/null | head -n 1)\"",
+    )
+
+
 def status_probe(profile: Profile) -> str:
     """Every fact `status` shows."""
     p = profile.remote
@@ -47,6 +61,7 @@ def status_probe(profile: Profile) -> str:
         "echo '[install]'",
         f"if [ -x {q(p.label_studio_bin)} ]; then echo installed=yes; else echo installed=no; fi",
         installed_dist(profile),
+        *release_lines(profile),
         f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
         f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
         # A site of that name written by hand (the seed guide's) is not ours.
@@ -113,6 +128,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         meta_line("data_dir", p.data_dir),
         meta_line("env_file_meta", p.env_file),
         installed_dist(profile),
+        *release_lines(profile),
         f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
         f"if [ -e {q(p.database)} ]; then echo db=yes; else echo db=no; fi",
         f"echo \"site_enabled=$(readlink {q(p.nginx_site_enabled)} 2>/dev/null)\"",

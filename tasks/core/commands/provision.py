@@ -41,15 +41,39 @@ def set_owner_and_mode(path: PurePosixPath, owner: str, group: str, mode: str) -
     return f"chown {q(owner)}:{q(group)} {q(path)} && chmod {q(mode)} {q(path)}"
 
 
-def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None) -> str:
-    """Create the venv when missing and install the pinned label-studio. `copy_database_from` (the
-    installed version) first keeps a consistent copy of the database: a new release migrates it one way."""
-    p = profile.remote
+RELEASE_COMPLETE = ".lsvm-complete"  # in a release's venv once pip finished: anything else is rebuilt
+
+
+def build_release(profile: Profile, version: str) -> str:
+    """A venv of its own for `version` in releases/<version>/ (root's, like every file the service
+    runs), built beside the running one: no service impact. A half-built one is removed first."""
+    venv = profile.release_dir(version)
+    python = venv / "bin" / "python"
     pip = ["--disable-pip-version-check", "--root-user-action=ignore", "-q"]
     if profile.pip.index_url:
         pip += ["--index-url", profile.pip.index_url]
-    script = (f"[ -x {q(p.venv_python)} ] || python3 -m venv {q(p.venv)}; "
-              f"{q(p.venv_python)} -m pip install {join(*pip)} {q('label-studio==' + profile.label_studio.version)}")
+    return (f"install -d -m 0755 -o root -g root {q(profile.remote.releases_dir)} && "
+            f"{{ [ -e {q(venv / RELEASE_COMPLETE)} ] || {{ rm -rf {q(venv)} && python3 -m venv {q(venv)} && "
+            f"{q(python)} -m pip install {join(*pip)} {q('label-studio==' + version)} && "
+            f": > {q(venv / RELEASE_COMPLETE)}; }}; }}")
+
+
+def switch_release(profile: Profile, target: str) -> str:
+    """Point `current` at `target` (relative to the app dir: releases/<version>, or the venv of
+    earlier toolkit versions), keeping the release it pointed at as `previous`: renames of links, so
+    the unit never sees a half switch."""
+    p = profile.remote
+    current, previous = q(p.current), q(p.previous)
+    return (f"old=$(readlink {current} || true); "
+            f"if [ -n \"$old\" ] && [ \"$old\" != {q(target)} ]; then "
+            f"ln -sfn \"$old\" {previous}.lsvm-new && mv -T {previous}.lsvm-new {previous}; fi; "
+            f"ln -sfn {q(target)} {current}.lsvm-new && mv -T {current}.lsvm-new {current}")
+
+
+def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None) -> str:
+    """Build the pinned release; `copy_database_from` (the installed version) first keeps a consistent
+    copy of the database: a new release migrates it one way."""
+    script = build_release(profile, profile.label_studio.version)
     if copy_database_from is None:
         return script
     return f"{pre_upgrade_copy(profile, copy_database_from)} && {script}"
