@@ -99,7 +99,7 @@ def test_status_names_the_hand_made_instance(guide):
     assert f"unmanaged Label Studio {CURRENT} in screen `{GUIDE_SESSION}` as {GUIDE_USER}" in out
     assert f"data ~{GUIDE_USER}/.local/share/label-studio" in out
     assert "0.0.0.0:8080 (reachable from outside)" in out
-    assert f"take it over: fab -H vm adopt" in out
+    assert "take it over: fab -H vm adopt" in out
     assert not re.search(r"health.*\bUP\b", out)
 
 
