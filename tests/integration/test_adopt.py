@@ -221,6 +221,7 @@ def old_guide(vm_image, suite, tmp_path_factory):
 BROKEN = "[Service]\nExecStart=\nExecStart=/bin/false\n"
 
 
+@pytest.mark.one_release("bookworm")
 def test_a_failed_start_puts_the_old_instance_back(old_guide):
     g = old_guide
     g.vm.exec("mkdir -p /etc/systemd/system/label-studio.service.d && "
@@ -238,6 +239,7 @@ def test_a_failed_start_puts_the_old_instance_back(old_guide):
     g.vm.exec("rm -rf /etc/systemd/system/label-studio.service.d && systemctl daemon-reload")
 
 
+@pytest.mark.one_release("bookworm")
 def test_adopting_an_older_release_migrates_it(old_guide):
     g = old_guide
     result = g.fab("adopt", "--yes", timeout=2400)
