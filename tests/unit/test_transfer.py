@@ -10,7 +10,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import tarfile
 from pathlib import PurePosixPath
 
@@ -169,7 +168,11 @@ def test_the_snapshot_stream_command_sends_the_copy_and_the_listed_files_and_che
         assert (dest / name).read_bytes() == content
         assert os.fsencode(dest / name).endswith(name.encode("utf-8", "surrogateescape"))
     assert not os.path.exists("/tmp/pwned")
-    check = json.loads(run_here(f"cat {commands.q(work / data.CHECK_REPORT)}"))
+    # The check `prepare` started in the background; the reader waits for its lock, then reads it.
+    report, lock = work / data.CHECK_REPORT, work / data.CHECK_LOCK
+    subprocess.run(data.sqlite_words("check-in-background", str(work / DATABASE), str(report), str(lock)),
+                   check=True, timeout=30)
+    check = json.loads(run_here(f"flock -s {commands.q(lock)} cat -- {commands.q(report)}"))
     assert check["sha256"] == received[DATABASE][1]
     assert check["report"]["integrity_check"] == "ok" and not check["report"]["label_studio"]
 
