@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import tarfile
 from pathlib import PurePosixPath
 
