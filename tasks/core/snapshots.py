@@ -209,8 +209,10 @@ def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot
     return found, index
 
 
-def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: list, *, delta: bool) -> dict:
-    """One compressed tar of `fetch` ([(name, size, ...)]) from the server into dest: {name: (size, sha256)}."""
+def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: list, *, delta: bool,
+            indexer: sqlite.PageIndexer | None = None) -> dict:
+    """One compressed tar of `fetch` ([(name, size, ...)]) from the server into dest: {name: (size, sha256)}.
+    A whole database also goes through `indexer` as it lands (its page index, for the next backup)."""
     codec = server_codec(host)
     listed = [f[0] for f in fetch if f[0] not in (DATABASE, DELTA)]
     with_database = any(f[0] == DATABASE for f in fetch)
@@ -224,7 +226,7 @@ def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: l
     channel = host.root_channel(command)
     try:
         received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
-                               expected=expected)
+                               expected=expected, taps={DATABASE: indexer.update} if indexer else None)
         channel.finish("streaming the snapshot")
     finally:
         channel.close()
@@ -248,16 +250,6 @@ def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str]
     finally:
         delta.unlink(missing_ok=True)
     return (built["size"], built["sha256"]), built["index"]
-
-
-def _index_of(database: Path) -> bytes | None:
-    """A freshly received database's page index, for the next backup (computed while the server
-    still checks its copy); None when the file is no SQLite database (its check will say so)."""
-    try:
-        with ui.err.status("indexing the database's pages for the next backup"):
-            return sqlite.page_index(str(database))
-    except (OSError, ValueError):
-        return None
 
 
 def _read_check(host: Host, profile: Profile, data: ServerData) -> dict:
@@ -312,8 +304,9 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     delta = _server_delta(host, profile, data, previous) if with_database else None
     received: dict[str, tuple[int, str]] = {}
     index: bytes | None = None
+    indexer = sqlite.PageIndexer() if with_database and delta is None else None
     if fetch:
-        received = _stream(host, profile, data, dest, fetch, delta=delta is not None)
+        received = _stream(host, profile, data, dest, fetch, delta=delta is not None, indexer=indexer)
     if delta is not None:
         found, base_index = delta
         built = _assemble(previous, dest, base_index)
@@ -321,8 +314,8 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             received[DATABASE], index = built
             ui.out.print(f"  database: {found['changed']} of {found['pages']} pages changed since {previous.id}; "
                          f"rebuilt here into a complete file")
-    elif with_database and DATABASE in received:
-        index = _index_of(dest / DATABASE)
+    elif indexer is not None and DATABASE in received:
+        index = indexer.index()
     check: dict = _read_check(host, profile, data) if with_database else {}
     if delta is not None and received.get(DATABASE, (0, None))[1] != check.get("sha256"):
         why = (_why_it_differs(previous) if DATABASE in received
@@ -330,8 +323,9 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         ui.warn(f"{why}: fetching the whole database instead")
         (dest / DATABASE).unlink(missing_ok=True)
         entry = next(f for f in fetch if f[0] == DATABASE)
-        received.update(_stream(host, profile, data, dest, [entry], delta=False))
-        index = _index_of(dest / DATABASE)
+        indexer = sqlite.PageIndexer()
+        received.update(_stream(host, profile, data, dest, [entry], delta=False, indexer=indexer))
+        index = indexer.index()
 
     entries = list(linked)
     for path, size, sha, mtime in fetch:
