@@ -203,10 +203,9 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(target: Path, source, *, chunk: int = 1024 * 1024, fsync: bool = False,
-                  tap=None) -> tuple[int, str]:
-    """Copy a readable stream into a new 0600 file (never over an existing one), hashing as it goes
-    (and handing each block to `tap`, when given). Returns (size, sha256)."""
+def write_private(target: Path, source, *, chunk: int = 1024 * 1024, fsync: bool = False) -> tuple[int, str]:
+    """Copy a readable stream into a new 0600 file (never over an existing one), hashing as it goes.
+    Returns (size, sha256)."""
     import hashlib
 
     private_dir(target.parent)
@@ -216,8 +215,6 @@ def write_private(target: Path, source, *, chunk: int = 1024 * 1024, fsync: bool
     with os.fdopen(fd, "wb") as out:
         for block in iter(lambda: source.read(chunk), b""):
             digest.update(block)
-            if tap is not None:
-                tap(block)
             size += len(block)
             out.write(block)
         if fsync:

@@ -100,7 +100,8 @@ def page_delta(source: Path, base: Snapshot | None, work: Path) -> Path | None:
     """The pages of source's database that differ from `base`'s (the server's database, just backed
     up), in a file under `work`; None when the whole file should go (no base, another page size, or
     more than half the pages differ: another history)."""
-    index = stored_page_index(base)
+    with ui.err.status(f"reading the pages of {base.id}"):
+        index = stored_page_index(base)
     if index is None:
         return None
     delta = work / data_commands.DELTA

@@ -7,6 +7,7 @@ is never replaced before a verified copy of it exists.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import getpass
@@ -168,10 +169,19 @@ def stored_page_index(snapshot: Snapshot | None) -> bytes | None:
         if hashlib.sha256(stored).hexdigest() == noted.get("sha256"):
             return stored
     try:
-        with ui.err.status(f"reading the pages of {snapshot.id}"):
-            return sqlite.page_index(str(database))
+        return sqlite.page_index(str(database))
     except (OSError, ValueError):
         return None
+
+
+def page_index_soon(snapshot: Snapshot | None) -> concurrent.futures.Future:
+    """stored_page_index(snapshot), worked out in a thread while the server makes its copy (hashlib
+    lets go of the GIL while it hashes a page)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-index")
+    try:
+        return pool.submit(stored_page_index, snapshot)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def write_page_index(dest: Path, index: bytes) -> dict:
@@ -181,10 +191,17 @@ def write_page_index(dest: Path, index: bytes) -> dict:
     return {"sha256": hashlib.sha256(index).hexdigest(), "page_size": sqlite.parse_index(index)[0]}
 
 
-def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot | None) -> tuple[dict, bytes] | None:
+def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot | None,
+                  base_index: concurrent.futures.Future | None) -> tuple[dict, bytes] | None:
     """The server's copy compared page by page with `base`'s database: (what make_delta said, base
     index) when few enough pages changed to send only those, else None (then the whole file goes)."""
-    index = stored_page_index(base)
+    if base is None:
+        return None
+    if base_index is None:
+        index = stored_page_index(base)
+    else:
+        with ui.err.status(f"reading the pages of {base.id}"):
+            index = base_index.result()
     if index is None:
         return None
     channel = host.root_channel(data_commands.write_base_index(profile, data.work_dir))
@@ -209,10 +226,8 @@ def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot
     return found, index
 
 
-def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: list, *, delta: bool,
-            indexer: sqlite.PageIndexer | None = None) -> dict:
-    """One compressed tar of `fetch` ([(name, size, ...)]) from the server into dest: {name: (size, sha256)}.
-    A whole database also goes through `indexer` as it lands (its page index, for the next backup)."""
+def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: list, *, delta: bool) -> dict:
+    """One compressed tar of `fetch` ([(name, size, ...)]) from the server into dest: {name: (size, sha256)}."""
     codec = server_codec(host)
     listed = [f[0] for f in fetch if f[0] not in (DATABASE, DELTA)]
     with_database = any(f[0] == DATABASE for f in fetch)
@@ -226,7 +241,7 @@ def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: l
     channel = host.root_channel(command)
     try:
         received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
-                               expected=expected, taps={DATABASE: indexer.update} if indexer else None)
+                               expected=expected)
         channel.finish("streaming the snapshot")
     finally:
         channel.close()
@@ -268,11 +283,12 @@ def _why_it_differs(base: Snapshot) -> str:
 
 
 def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
-                      previous: Snapshot | None) -> Downloaded:
+                      previous: Snapshot | None, base_index: concurrent.futures.Future | None = None) -> Downloaded:
     """Bring what changed since `previous` into `dest`; hard-link what did not. A changed database
     comes as its changed pages when `previous` has it (then rebuilt here into a complete file), else
     whole. The server hashes and checks its copy in the background; the sha256 is compared with the
-    file here, and a rebuilt file that differs is replaced by the whole one, saying why."""
+    file here, and a rebuilt file that differs is replaced by the whole one, saying why. A database
+    that came whole gets its page index when it is first a base (not on this critical path)."""
     info = data.info
     reuse = _reusable(previous)
     unchanged_db = bool(info.get("unchanged"))
@@ -301,12 +317,11 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
 
     extra: dict = {}
     with_database = any(f[0] == DATABASE for f in fetch)
-    delta = _server_delta(host, profile, data, previous) if with_database else None
+    delta = _server_delta(host, profile, data, previous, base_index) if with_database else None
     received: dict[str, tuple[int, str]] = {}
     index: bytes | None = None
-    indexer = sqlite.PageIndexer() if with_database and delta is None else None
     if fetch:
-        received = _stream(host, profile, data, dest, fetch, delta=delta is not None, indexer=indexer)
+        received = _stream(host, profile, data, dest, fetch, delta=delta is not None)
     if delta is not None:
         found, base_index = delta
         built = _assemble(previous, dest, base_index)
@@ -314,8 +329,6 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             received[DATABASE], index = built
             ui.out.print(f"  database: {found['changed']} of {found['pages']} pages changed since {previous.id}; "
                          f"rebuilt here into a complete file")
-    elif indexer is not None and DATABASE in received:
-        index = indexer.index()
     check: dict = _read_check(host, profile, data) if with_database else {}
     if delta is not None and received.get(DATABASE, (0, None))[1] != check.get("sha256"):
         why = (_why_it_differs(previous) if DATABASE in received
@@ -323,9 +336,8 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         ui.warn(f"{why}: fetching the whole database instead")
         (dest / DATABASE).unlink(missing_ok=True)
         entry = next(f for f in fetch if f[0] == DATABASE)
-        indexer = sqlite.PageIndexer()
-        received.update(_stream(host, profile, data, dest, [entry], delta=False, indexer=indexer))
-        index = indexer.index()
+        received.update(_stream(host, profile, data, dest, [entry], delta=False))
+        index = None
 
     entries = list(linked)
     for path, size, sha, mtime in fetch:
@@ -362,11 +374,13 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     snapshot folder here, manifest last. A failure leaves no half snapshot behind."""
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
+    base_index = page_index_soon(previous)
     with server_work_dir(host, profile, "backup") as work_dir:
         data = prepare_server_copy(host, profile, work_dir, previous)
         dest = catalog.new_snapshot_dir(host_dir, label)
         try:
-            got = download_snapshot(host, profile, data, dest, media=media, previous=previous)
+            got = download_snapshot(host, profile, data, dest, media=media, previous=previous,
+                                    base_index=base_index)
             files, report = got.files, got.report
             problem = sqlite.describe_problem(report)
             if problem:

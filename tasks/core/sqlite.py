@@ -323,41 +323,6 @@ def page_index(path: str) -> bytes:
     return bytes(out)
 
 
-class PageIndexer:
-    """page_index() of a file built from its bytes as they stream by (a download hashed as it lands)."""
-
-    def __init__(self):
-        self.pending = bytearray()
-        self.page_size: int | None = None
-        self.digests = bytearray()
-
-    def update(self, block) -> None:
-        if self.page_size == 0:
-            return
-        self.pending += block
-        if self.page_size is None:
-            if len(self.pending) < 100:
-                return
-            if not self.pending.startswith(SQLITE_MAGIC):
-                self.page_size = 0
-                self.pending.clear()
-                return
-            size = int.from_bytes(self.pending[16:18], "big")
-            self.page_size = 65536 if size == 1 else size
-        whole = len(self.pending) - len(self.pending) % self.page_size
-        view = memoryview(self.pending)
-        for offset in range(0, whole, self.page_size):
-            self.digests += page_digest(view[offset:offset + self.page_size])
-        view.release()
-        del self.pending[:whole]
-
-    def index(self) -> bytes | None:
-        """The index, or None when the bytes were no SQLite database (or ended mid-page)."""
-        if not self.page_size or self.pending:
-            return None
-        return INDEX_MAGIC + struct.pack(">I", self.page_size) + bytes(self.digests)
-
-
 def parse_index(index: bytes) -> tuple[int, bytes]:
     """(page size, digests) of an index; ValueError when it is not one."""
     head = len(INDEX_MAGIC) + 4

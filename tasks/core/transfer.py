@@ -125,10 +125,9 @@ def _check_asked_for(member: tarfile.TarInfo, rel: PurePosixPath, expected: dict
 
 
 def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, description: str,
-                expected: dict[str, int], taps: dict | None = None) -> dict:
+                expected: dict[str, int]) -> dict:
     """Unpack a compressed tar stream into `dest` (dirs 0700, files 0600), hashing every file as it
     is written. `expected` is {relative path: announced size}: only those names, at most that size.
-    `taps` {relative path: callable} also see those files' bytes as they land.
     Returns {relative path: (size, sha256)}."""
     dest = Path(dest)
     received: dict[str, tuple[int, str]] = {}
@@ -145,8 +144,7 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
                     continue
                 if not member.isfile():
                     continue
-                size, sha = write_private(target, tar.extractfile(member), chunk=CHUNK, fsync=True,
-                                          tap=(taps or {}).get(str(rel)))
+                size, sha = write_private(target, tar.extractfile(member), chunk=CHUNK, fsync=True)
                 os.utime(target, (member.mtime, member.mtime))
                 received[str(rel)] = (size, sha)
     return received

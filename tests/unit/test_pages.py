@@ -246,14 +246,3 @@ def test_a_push_of_another_history_sends_the_whole_file(tmp_path, capsys):
     assert uploaded_names(host.channels[0]) == {DATABASE} and not host.ran(r"' apply-live /")
     assert "whole database sent" in capsys.readouterr().out
 
-
-def test_the_index_of_a_streamed_database_is_the_index_of_the_file(tmp_path):
-    db = make_db(tmp_path / "db.sqlite3")
-    indexer = sqlite.PageIndexer()
-    raw = db.read_bytes()
-    for start in range(0, len(raw), 7777):  # blocks that never line up with pages
-        indexer.update(raw[start:start + 7777])
-    assert indexer.index() == sqlite.page_index(str(db))
-    other = sqlite.PageIndexer()
-    other.update(b"not a database" * 100)
-    assert other.index() is None
