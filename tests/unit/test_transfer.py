@@ -187,7 +187,10 @@ def test_the_service_user_does_every_read_and_write_in_the_data_dir_and_the_temp
                     data.hash_incoming(profile, [DATABASE]), data.remove_incoming(profile),
                     data.remove_swap_leftovers(profile), data.swap(profile, [DATABASE, MEDIA]),
                     data.rollback(profile, [DATABASE, MEDIA]),
-                    data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True)):
+                    data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True),
+                    data.stream_snapshot(profile, work, "zstd", database=False, listed_files=True, delta=True),
+                    data.write_base_index(profile, work), data.make_delta(profile, work),
+                    data.apply_delta_incoming(profile)):
         assert command.startswith(as_owner), command
     for command in (data.prepare_copy(profile, work, "null"), data.server_counts(profile),
                     data.file_size(profile, profile.remote.database), data.remove_work_dir(profile, work)):
