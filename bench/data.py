@@ -44,19 +44,22 @@ def log(message: str) -> None:
 
 
 def timed(command: list[str], env: dict, cwd: Path = PROJECT_ROOT) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in KiB (from wait4's rusage of that one child), and its stdout."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Wall seconds, peak RSS in KiB, and its stdout. The RSS comes from GNU time (a small parent): a
+    child forked from this process would carry this process's own peak over its exec (Linux keeps
+    the highest RSS of the image it replaced), and this process holds the text corpus."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
-        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
+        child = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *command], cwd=cwd, env=env,
+                               stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
         elapsed = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout = out.read()
         if child.returncode != 0:
             raise SystemExit(f"{command} failed:\n{stdout}\n{err.read()}")
-    return elapsed, usage.ru_maxrss, stdout
+        peak = int(rss.read().strip().splitlines()[-1])
+    return elapsed, peak, stdout
 
 
 # ------------------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None
     python = q(p.venv_python)
     script = (f"[ -x {python} ] || python3 -m venv {q(p.venv)}; "
               f"{{ {python} -m pip install {join(*pip)} {q(UV)} && "
-              f"cert=$({python} -m pip config get global.cert 2>/dev/null || true) && "
+              f"cert=$({python} -m pip config list 2>/dev/null | sed -n \"s/^global\\.cert='\\(.*\\)'\\$/\\1/p\" "
+              "| tail -n 1) && "
               f"{{ [ -z \"$cert\" ] || export SSL_CERT_FILE=\"$cert\"; }} && "
               f"{q(p.venv / 'bin' / 'uv')} pip install {join(*uv)} {wanted}; }} || "
               f"{python} -m pip install {join(*pip)} {wanted}")
