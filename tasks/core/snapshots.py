@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -154,7 +155,7 @@ class Downloaded:
     extra: dict
 
 
-def stored_page_index(snapshot: Snapshot | None) -> bytes | None:
+def stored_page_index(snapshot: Snapshot | None, stop: threading.Event | None = None) -> bytes | None:
     """The page index of a snapshot's database: its sidecar when the manifest vouches for it (sha256),
     else computed from the database file; None without a database to index."""
     if snapshot is None or snapshot.manifest is None or snapshot.manifest.file(DATABASE) is None:
@@ -169,19 +170,33 @@ def stored_page_index(snapshot: Snapshot | None) -> bytes | None:
         if hashlib.sha256(stored).hexdigest() == noted.get("sha256"):
             return stored
     try:
-        return sqlite.page_index(str(database))
+        return sqlite.page_index(str(database), stop)
     except (OSError, ValueError):
         return None
 
 
-def page_index_soon(snapshot: Snapshot | None) -> concurrent.futures.Future:
+@dataclass
+class PendingIndex:
     """stored_page_index(snapshot), worked out in a thread while the server makes its copy (hashlib
-    lets go of the GIL while it hashes a page)."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-index")
-    try:
-        return pool.submit(stored_page_index, snapshot)
-    finally:
-        pool.shutdown(wait=False)
+    lets go of the GIL while it hashes a page); dropped at once when nothing needs it."""
+
+    future: concurrent.futures.Future
+    stop: threading.Event
+
+    @classmethod
+    def start(cls, snapshot: Snapshot | None) -> "PendingIndex":
+        stop = threading.Event()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-index")
+        try:
+            return cls(pool.submit(stored_page_index, snapshot, stop), stop)
+        finally:
+            pool.shutdown(wait=False)
+
+    def result(self) -> bytes | None:
+        return self.future.result()
+
+    def drop(self) -> None:
+        self.stop.set()
 
 
 def write_page_index(dest: Path, index: bytes) -> dict:
@@ -192,7 +207,7 @@ def write_page_index(dest: Path, index: bytes) -> dict:
 
 
 def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot | None,
-                  base_index: concurrent.futures.Future | None) -> tuple[dict, bytes] | None:
+                  base_index: PendingIndex | None) -> tuple[dict, bytes] | None:
     """The server's copy compared page by page with `base`'s database: (what make_delta said, base
     index) when few enough pages changed to send only those, else None (then the whole file goes)."""
     if base is None:
@@ -283,7 +298,7 @@ def _why_it_differs(base: Snapshot) -> str:
 
 
 def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
-                      previous: Snapshot | None, base_index: concurrent.futures.Future | None = None) -> Downloaded:
+                      previous: Snapshot | None, base_index: PendingIndex | None = None) -> Downloaded:
     """Bring what changed since `previous` into `dest`; hard-link what did not. A changed database
     comes as its changed pages when `previous` has it (then rebuilt here into a complete file), else
     whole. The server hashes and checks its copy in the background; the sha256 is compared with the
@@ -374,9 +389,19 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     snapshot folder here, manifest last. A failure leaves no half snapshot behind."""
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
-    base_index = page_index_soon(previous)
+    base_index = PendingIndex.start(previous)
+    try:
+        return _take(host, profile, label, media, host_dir, previous, base_index)
+    finally:
+        base_index.drop()  # unneeded (an unchanged database, a failure): the thread stops at once
+
+
+def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir: Path, previous: Snapshot | None,
+          base_index: PendingIndex) -> Snapshot:
     with server_work_dir(host, profile, "backup") as work_dir:
         data = prepare_server_copy(host, profile, work_dir, previous)
+        if data.info.get("unchanged"):
+            base_index.drop()
         dest = catalog.new_snapshot_dir(host_dir, label)
         try:
             got = download_snapshot(host, profile, data, dest, media=media, previous=previous,

@@ -311,14 +311,17 @@ def _pages(handle, page_size: int):
             number += 1
 
 
-def page_index(path: str) -> bytes:
-    """The index of a database file: INDEX_MAGIC, page size, digests."""
+def page_index(path: str, stop=None) -> bytes:
+    """The index of a database file: INDEX_MAGIC, page size, digests. `stop` (an Event) given and set:
+    ValueError, at the next few hundred pages."""
     page_size = page_size_of(path)
     if page_size is None:
         raise ValueError(f"{path} is not an SQLite database")
     out = bytearray(INDEX_MAGIC + struct.pack(">I", page_size))
     with open(path, "rb") as handle:
-        for _number, page in _pages(handle, page_size):
+        for number, page in _pages(handle, page_size):
+            if stop is not None and number % PAGES_PER_READ == 0 and stop.is_set():
+                raise ValueError("stopped")
             out += page_digest(page)
     return bytes(out)
 

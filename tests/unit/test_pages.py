@@ -246,3 +246,12 @@ def test_a_push_of_another_history_sends_the_whole_file(tmp_path, capsys):
     assert uploaded_names(host.channels[0]) == {DATABASE} and not host.ran(r"' apply-live /")
     assert "whole database sent" in capsys.readouterr().out
 
+
+
+def test_an_index_nobody_needs_stops_at_once(tmp_path):
+    db = make_db(tmp_path / "db.sqlite3", rows=20000)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ValueError, match="stopped"):
+        sqlite.page_index(str(db), stop)
+    assert snapshots.stored_page_index(snapshot_of(tmp_path, db), stop) is None
