@@ -1,12 +1,19 @@
-"""Benchmark: `backup` and `push-local-db` vs `scp` of the raw database, on a ~1 GiB Label Studio DB.
+"""Benchmark: `backup` (full, unchanged, after a change) and `push-local-db` vs `scp` of the raw
+database, on a ~1 GiB Label Studio database of realistic data.
 
-    python -m bench.data [--size-mib 1024]
+    python -m bench.data [--size-mib 1024] [--rate 100mbit] [--change 0.01]
 
-One run, same VM: provisions a fresh test VM, makes real data through Label Studio's API (a project,
-tasks with JSON data, annotations), grows it with SQL copies of those rows (the real schema from Label
-Studio's migrations) to the target size, then times:
+One run, same VM: provisions a fresh test VM, makes real data through Label Studio's API (a text
+project whose tasks are sentences of the manual pages Debian ships on this machine, annotations with
+varied labels and spans; an image project with real PNG/JPEG files from Debian packages and boxes),
+grows it with more varied tasks and annotations (the real schema, as Label Studio's migrations made
+it) to the target size, prints how much zstd shrinks it, then times, on loopback and on a link shaped
+with `tc` to the given rate:
   scp down / scp up of the raw file (the seed scripts' way; baseline),
-  fab backup (first, full), fab backup (unchanged server), fab push-local-db,
+  fab backup (full), fab backup (unchanged server),
+  fab backup after `--change` of the pages changed (annotations through the API + an SQL update of
+  scattered rows), with the bytes on the wire,
+  fab pull-server-db, then fab push-local-db after a local change of `--change` of the pages,
 and reports ratios against scp plus the tool's peak RSS. Needs a Docker engine.
 """
 
