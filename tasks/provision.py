@@ -15,6 +15,20 @@ from .core.plan import AdminRequest
 from .core.profile import Profile
 
 
+def refuse_neighbours(alias: str, found: facts.ProvisionFacts) -> None:
+    """Never start a second, empty Label Studio beside one the user already has, nor on a port another
+    process holds: say who, change nothing."""
+    others = found.neighbours
+    if others.unmanaged:
+        described = "; ".join(u.describe() for u in others.unmanaged)
+        raise UsageError(f"found an {described}. Provision would start a second, empty Label Studio beside "
+                         "it; nothing was changed",
+                         hint=f"take it over with its data: fab -H {alias} adopt (--dry-run shows the plan)")
+    if others.port_taken_by_other:
+        raise UsageError(f"{others.port_said}: Label Studio cannot listen there; nothing was changed",
+                         hint="stop that process, or choose another label_studio.port in the profile")
+
+
 def check_host(profile: Profile, found: facts.ProvisionFacts) -> None:
     if service_manager(profile).needs_systemd and not found.systemd:
         raise RemoteError("this host does not run systemd: set `service: {manager: screen}` in the profile")
@@ -41,6 +55,11 @@ def provision(c, config=None, dry_run=False, reset_password=False):
         raise UsageError("--reset-password needs label_studio.admin_email in the profile (or LABEL_STUDIO_USERNAME)")
     found = facts.provision_facts(host, profile, email or "")
     check_host(profile, found)
+    refuse_neighbours(host.alias, found)
+    problem = steps.version_problem(found, profile)
+    if problem:
+        raise UsageError(f"{problem}; nothing was changed",
+                         hint=f"to go back to the release that ran before the last upgrade: fab -H {host.alias} rollback")
     if not email and not found.db_users:
         raise UsageError(f"no admin to create: set label_studio.admin_email in {profile.config_file} "
                          "or LABEL_STUDIO_USERNAME")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fabric import task
+from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
 from .core import catalog, facts, parse, systems, ui
@@ -11,7 +12,26 @@ from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
 from .core.facts import HostStatus
 from .core.health import wait_for_health
+from .core.releases import pypi_versions
 from .core.ui import human_bytes
+
+
+def releases_text(st: HostStatus) -> str:
+    """`1.23.2 (current), 1.22.0 (previous)`: the release venvs on the server."""
+    if not st.releases and st.current_release == "venv":
+        return "one venv (from an earlier version of this toolkit)"
+    words = []
+    for release in sorted(st.releases, key=_version_key, reverse=True):
+        role = " (current)" if release == st.current_release else (" (previous)" if release == st.previous_release else "")
+        words.append(release + role)
+    return ", ".join(words) or "-"
+
+
+def _version_key(value: str):
+    try:
+        return (0, Version(value))
+    except InvalidVersion:
+        return (1, value)
 
 
 def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceManager,
@@ -24,25 +44,34 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("python3", st.python3 or "missing"),
         ("free disk", f"{human_bytes(st.disk_free)} on {st.disk_mount}" if st.disk_mount else "-"),
     ]
+    others = st.neighbours
+    found = [("unmanaged", u.describe()) for u in others.unmanaged]
+    if others.port_taken_by_other:
+        found.append(("port", others.port_said))
     if not st.provisioned:
-        rows.append(("label studio", f"not provisioned (run: fab -H {alias} provision)"))
+        if others.unmanaged:
+            rows += found + [("label studio", f"not managed by this toolkit (take it over: fab -H {alias} adopt)")]
+        else:
+            rows += found + [("label studio", f"not provisioned (run: fab -H {alias} provision)")]
         return rows
     code, body = parse.health(st.health_via_nginx)
     health = "UP" if st.healthy else (f"HTTP {code} {body[:60]}" if code else (body or "no answer"))
     rows += [
         ("label studio", st.label_studio_version or "not installed"),
+        ("releases", releases_text(st)),
         ("service", manager.describe(st)),
         ("nginx", st.nginx.describe()),
         ("health (via nginx)", health),
         ("database", human_bytes(st.db_size) if st.db_size is not None else "not created yet"),
         ("last backup", last_backup or "none on this machine"),
     ]
-    return rows
+    return rows + found
 
 
-@task(help={"config": CONFIG_HELP})
+@task(help={"config": CONFIG_HELP,
+            "check-updates": "also ask the package index for the newest Label Studio release (an outbound call)"})
 @task_edge
-def status(c, config=None):
+def status(c, config=None, check_updates=False):
     """Show the server: OS, sudo, disk and, once provisioned, service, nginx, health, version, DB size."""
     profile, host = open_host(c, config)
     sudo_mode = host.check_sudo()
@@ -52,7 +81,15 @@ def status(c, config=None):
     table.add_column()
     last = catalog.newest_complete(profile.backups_dir())
     described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
-    for key, value in status_rows(host.alias, sudo_mode, st, service_manager(profile), described):
+    rows = status_rows(host.alias, sudo_mode, st, service_manager(profile), described)
+    if check_updates:
+        newest = next(iter(pypi_versions(profile)), None)
+        installed = st.label_studio_version
+        if newest and installed and Version(newest) > Version(installed):
+            rows.append(("newer release", f"{newest} (fab -H {host.alias} upgrade --version {newest})"))
+        else:
+            rows.append(("newer release", f"none ({newest or 'no answer'} is the newest)"))
+    for key, value in rows:
         table.add_row(key, value)
     ui.out.print(table)
     warning = systems.support_warning(st.os_id, st.os_version)
@@ -78,6 +115,9 @@ def _service_action(c, config, verb: str) -> None:
     manager = service_manager(profile)
     running = manager.is_running(st)
     name = profile.service.name
+    if verb != "stop" and st.neighbours.port_taken_by_other:
+        raise RemoteError(f"{st.neighbours.port_said}: Label Studio cannot listen there; nothing was changed",
+                          hint="stop that process (fab status names any unmanaged Label Studio; adopt takes one over)")
     if verb == "start" and running:
         ui.step(False, f"{name} is already running")
         return

@@ -134,7 +134,8 @@ def start_vm(image: str, key_file: Path, name: str | None = None) -> TestVM:
     container = (
         DockerContainer(image)
         .with_kwargs(
-            cap_add=["SYS_ADMIN", "NET_ADMIN"],
+            # SYS_PTRACE: root on a real VM reads every process's /proc/PID/fd (who holds a port).
+            cap_add=["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"],
             security_opt=["seccomp=unconfined"],
             cgroupns="host",
             hostname="labelvm",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import base64
 import binascii
 import dataclasses
+import json
 
 from . import parse
 from .commands import probes
@@ -42,6 +43,112 @@ class UnitState:
 
 
 @dataclass(frozen=True)
+class Unmanaged:
+    """A Label Studio this toolkit does not manage (running, or its data at rest in a user's home)."""
+
+    running: bool
+    pid: int | None
+    user: str
+    uid: int
+    home: str
+    command: tuple[str, ...]
+    venv: str | None
+    version: str | None
+    data_dir: str
+    data_dir_from: str
+    database: str
+    engine: str
+    listen: tuple[str, ...]
+    screen_name: str | None
+    database_size: int | None
+    env_file: bool
+    media_files: int
+    media_bytes: int
+
+    @classmethod
+    def from_json(cls, item: dict) -> "Unmanaged":
+        screen = item.get("screen") or {}
+        return cls(
+            running=bool(item.get("running")), pid=_int(item.get("pid")), user=str(item.get("user", "")),
+            uid=_int(item.get("uid")) or 0,
+            home=str(item.get("home", "")), command=tuple(item.get("command") or ()),
+            venv=item.get("venv"), version=item.get("version"), data_dir=str(item.get("data_dir", "")),
+            data_dir_from=str(item.get("data_dir_from", "")), database=str(item.get("database", "")),
+            engine=str(item.get("engine", "sqlite")), listen=tuple(item.get("listen") or ()),
+            screen_name=screen.get("name") if screen else None,
+            database_size=item.get("database_size"), env_file=bool(item.get("env_file")),
+            media_files=int(item.get("media_files") or 0), media_bytes=int(item.get("media_bytes") or 0),
+        )
+
+    @property
+    def in_screen(self) -> bool:
+        return self.screen_name is not None
+
+    @property
+    def holds_data(self) -> bool:
+        return self.database_size is not None
+
+    @property
+    def reachable_from_outside(self) -> bool:
+        return any(not parse.is_loopback(address) for address in self.listen)
+
+    def short_path(self, path: str) -> str:
+        home = self.home.rstrip("/")
+        return f"~{self.user}{path[len(home):]}" if home and path.startswith(home + "/") else path
+
+    def describe(self) -> str:
+        version = f" {self.version}" if self.version else ""
+        if not self.running:
+            where = "not running"
+        elif self.in_screen:
+            where = f"in screen `{self.screen_name}`"
+        else:
+            where = f"as process {self.pid}"
+        words = [f"unmanaged Label Studio{version} {where} as {self.user}",
+                 f"data {self.short_path(self.data_dir)}"]
+        if self.listen:
+            outside = " (reachable from outside)" if self.reachable_from_outside else ""
+            words.append(f"listening on {', '.join(self.listen)}{outside}")
+        return ", ".join(words)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Other Label Studio instances on the host and who holds our port (read by tasks/core/instances.py)."""
+
+    unmanaged: tuple[Unmanaged, ...] = ()
+    port_state: str = "free"     # free | ours | ours-elsewhere | other
+    port_said: str = ""
+    port_pid: int | None = None
+    hand_written_sites: tuple[str, ...] = ()
+
+    @classmethod
+    def from_probe(cls, lines: list[str]) -> "Neighbours":
+        text = "\n".join(lines).strip()
+        if not text:
+            return cls()
+        data = json.loads(text.splitlines()[-1])
+        port = data.get("port") or {}
+        return cls(unmanaged=tuple(Unmanaged.from_json(i) for i in data.get("instances", [])),
+                   port_state=str(port.get("state", "free")), port_said=str(port.get("said", "")),
+                   port_pid=_int(port.get("pid")),
+                   hand_written_sites=tuple(str(site["path"]) for site in data.get("sites", [])))
+
+    @property
+    def port_taken_by_other(self) -> bool:
+        return self.port_state == "other"
+
+    def port_taken_by_stranger(self) -> bool:
+        """The port is held by something that is neither ours nor an unmanaged Label Studio found here."""
+        return self.port_taken_by_other and not any(u.pid == self.port_pid for u in self.unmanaged if u.running)
+
+
+def _int(value) -> int | None:
+    """A number from the probe's JSON, or None: nothing else is ever taken from it as a number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
 class HostStatus:
     os: str
     os_id: str
@@ -53,6 +160,9 @@ class HostStatus:
     disk_mount: str
     installed: bool
     label_studio_version: str | None
+    current_release: str | None       # releases/<v> -> v, the legacy venv -> "venv"
+    previous_release: str | None
+    releases: tuple[str, ...]
     db_size: int | None
     unit_file: bool
     nginx_site: bool
@@ -60,6 +170,7 @@ class HostStatus:
     service: UnitState
     nginx: UnitState
     health_via_nginx: str | None
+    neighbours: Neighbours = Neighbours()
 
     @property
     def provisioned(self) -> bool:
@@ -91,6 +202,9 @@ def status_from_probe(text: str) -> HostStatus:
         disk_mount=mount,
         installed=i.get("installed") == "yes",
         label_studio_version=parse.dist_info_version(i.get("dist", "")),
+        current_release=parse.release_of(i.get("current", "")),
+        previous_release=parse.release_of(i.get("previous", "")),
+        releases=parse.release_names(i.get("releases", "")),
         db_size=parse.int_or_none(i.get("db_size")),
         unit_file=i.get("unit_file") == "yes",
         nginx_site=i.get("nginx_site") == "yes",
@@ -98,6 +212,7 @@ def status_from_probe(text: str) -> HostStatus:
         service=UnitState.from_show(s.get("service", {})),
         nginx=UnitState.from_show(s.get("nginx", {})),
         health_via_nginx=health.get("via_nginx"),
+        neighbours=Neighbours.from_probe(parse.blocks(text).get("instances", [])),
     )
 
 
@@ -115,7 +230,11 @@ class ProvisionFacts:
     app_dir_meta: str      # owner:group:mode, "" when missing
     data_dir_meta: str
     env_file_meta: str
-    label_studio_version: str | None
+    label_studio_version: str | None   # of the current release
+    current_release: str | None        # releases/<v> -> v, the legacy venv -> "venv", no link -> None
+    previous_release: str | None
+    releases: tuple[str, ...]          # complete release venvs
+    legacy_version: str | None         # in the single venv of earlier toolkit versions
     venv_exists: bool
     db_exists: bool
     db_users: int | None
@@ -129,6 +248,7 @@ class ProvisionFacts:
     sshd_ports: tuple[int, ...]
     ufw_active: bool
     ufw_rules: tuple[parse.UfwRule, ...]
+    neighbours: Neighbours = Neighbours()
     login_port: int | None = None     # the port this SSH session reached on the server
     client_ip: str | None = None      # where this SSH session comes from, as the server sees it
 
@@ -149,6 +269,10 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         data_dir_meta=h.get("data_dir", ""),
         env_file_meta=h.get("env_file_meta", ""),
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
+        current_release=parse.release_of(h.get("current", "")),
+        previous_release=parse.release_of(h.get("previous", "")),
+        releases=parse.release_names(h.get("releases", "")),
+        legacy_version=parse.dist_info_version(h.get("legacy_dist", "")),
         venv_exists=h.get("venv") == "yes",
         db_exists=h.get("db") == "yes",
         db_users=parse.int_or_none(db.get("users")),
@@ -162,6 +286,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         sshd_ports=tuple(parse.sshd_ports(b.get("sshd", []))),
         ufw_active=parse.ufw_active(b.get("ufw", [])),
         ufw_rules=tuple(parse.ufw_rules(b.get("ufw_rules", []))),
+        neighbours=Neighbours.from_probe(b.get("instances", [])),
     )
 
 

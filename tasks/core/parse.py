@@ -156,6 +156,22 @@ def dist_info_version(path: str) -> str | None:
     return match.group(1) if match else None
 
 
+RELEASE_NAME = re.compile(r"[0-9][0-9A-Za-z.+!_-]*")
+
+
+def release_names(value: str) -> tuple[str, ...]:
+    """`releases=1.22.0 1.23.2 ` -> the names that look like versions (anything else is ignored)."""
+    return tuple(name for name in (value or "").split() if RELEASE_NAME.fullmatch(name))
+
+
+def release_of(link_target: str) -> str | None:
+    """`releases/1.23.2` -> `1.23.2`; `venv` (the single venv of earlier versions) -> `venv`; else None."""
+    if link_target == "venv":
+        return "venv"
+    match = re.fullmatch(r"releases/([0-9][0-9A-Za-z.+!_-]*)", link_target or "")
+    return match.group(1) if match else None
+
+
 def df_avail(value: str) -> tuple[int | None, str]:
     """`12345678 /var` (df -B1 --output=avail,target) -> (bytes, mount point)."""
     parts = (value or "").split(None, 1)
@@ -189,3 +205,9 @@ def env_assignments(text: str) -> list[tuple[str, str]]:
             key, _, value = line.partition("=")
             pairs.append((key.strip(), value))
     return pairs
+
+
+def is_loopback(address: str) -> bool:
+    """`127.0.0.1:8080`, `[::1]:8080`, `[::ffff:127.0.0.1]:8080` -> True; wildcard or other -> False."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")

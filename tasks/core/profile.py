@@ -154,7 +154,11 @@ class RemotePaths:
 
     app_dir: PurePosixPath
     data_dir: PurePosixPath
-    venv: PurePosixPath
+    releases_dir: PurePosixPath   # one venv per Label Studio release: releases/<version>/
+    current: PurePosixPath        # link to the release that runs (the unit starts current/bin/label-studio)
+    previous: PurePosixPath       # link to the release that ran before the last switch (rollback)
+    legacy_venv: PurePosixPath    # the single venv of earlier versions of this toolkit
+    venv: PurePosixPath           # = current: every command runs the release through the link
     label_studio_bin: PurePosixPath
     venv_python: PurePosixPath
     env_file: PurePosixPath
@@ -219,11 +223,15 @@ class Profile:
     def remote(self) -> RemotePaths:
         app = PurePosixPath(self.paths.app_dir)
         data = PurePosixPath(self.paths.data_dir)
-        venv = app / "venv"
+        venv = app / "current"
         name = self.service.name
         return RemotePaths(
             app_dir=app,
             data_dir=data,
+            releases_dir=app / "releases",
+            current=venv,
+            previous=app / "previous",
+            legacy_venv=app / "venv",
             venv=venv,
             label_studio_bin=venv / "bin" / "label-studio",
             venv_python=venv / "bin" / "python",
@@ -238,6 +246,10 @@ class Profile:
             screen_log=app / "screen.log",
             lock_file=PurePosixPath("/run/lsvm") / f"{name}-data.lock",  # root-only 0700 dir
         )
+
+    def release_dir(self, version: str) -> PurePosixPath:
+        """Where a release's venv lives (the version passed the profile's version check)."""
+        return self.remote.releases_dir / version
 
     def backups_dir(self, base: Path | None = None) -> Path:
         """Local snapshots of this host: backups/<host>/ (or $LSVM_BACKUPS_DIR/<host>/)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import sqlite, ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
 from .commands import data as data_commands
+from .commands import instances as instance_commands
 from .commands import swap as swap_job
 from .connect import Host
 from .errors import RemoteError, SnapshotError
@@ -49,6 +50,15 @@ def refuse_unfinished_swap(host: Host, profile: Profile) -> None:
     out = host.run(data_commands.unfinished_swap(profile), sudo=True, what="looking for an unfinished swap")
     if out.stdout.strip() == "unfinished":
         raise unfinished_swap_error(host.alias, profile)
+
+
+def refuse_foreign_port(host: Host, profile: Profile) -> None:
+    """Another process on Label Studio's port would fail the start after the swap: refuse before."""
+    out = host.run(instance_commands.port_holder(profile), sudo=True, what="checking who holds Label Studio's port")
+    state, _, said = out.stdout.strip().partition(" ")
+    if state == "other":
+        raise RemoteError(f"{said}: Label Studio could not start there after the swap; nothing was changed",
+                          hint="stop that process first (fab status names it)")
 
 
 class DeltaRefused(SnapshotError):
@@ -121,8 +131,10 @@ def page_delta(source: Path, base: Snapshot | None, work: Path) -> Path | None:
 class _SwapReport:
     """Turns the swap job's events into the lines a user reads and, at the end, the outcome."""
 
-    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status):
+    def __init__(self, host: Host, profile: Profile, parts: list[str], health_timeout: int, status,
+                 swapped: str | None = None):
         self.host, self.profile, self.parts, self.timeout, self.status = host, profile, parts, health_timeout, status
+        self.swapped = swapped or f"swapped in the new {', '.join(parts)} (atomic renames)"
         self.failure: str | None = None    # why the new data did not come up
         self.outcome: Exception | None = None
         self.log_shown = False
@@ -136,7 +148,7 @@ class _SwapReport:
             ui.step(True, "stopped Label Studio")
             self.status.update("swapping the data in")
         elif event == swap_job.SWAPPED:
-            ui.step(True, f"swapped in the new {', '.join(self.parts)} (atomic renames)")
+            ui.step(True, self.swapped)
             self.status.update("starting Label Studio")
         elif event == swap_job.STARTED:
             self.status.update(f"waiting for Label Studio to answer /health {where} (first start runs migrations)")
@@ -177,11 +189,14 @@ class _SwapReport:
             self.done = True
 
 
-def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int) -> None:
-    """Start the swap job on the server and follow it to its end; RemoteError unless the new data serves."""
-    host.run(swap_job.launch(profile, parts, health_timeout), sudo=True, what="starting the swap on the server")
+def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int, steps: dict | None = None,
+             swapped: str | None = None, serving: str = "the new data") -> None:
+    """Start the swap job on the server (with an upgrade's or rollback's own `steps`, see swap.job) and
+    follow it to its end; RemoteError unless the new state serves."""
+    host.run(swap_job.launch(profile, parts, health_timeout, **(steps or {})), sudo=True,
+             what="starting the swap on the server")
     with ui.err.status("stopping Label Studio") as status:
-        report = _SwapReport(host, profile, parts, health_timeout, status)
+        report = _SwapReport(host, profile, parts, health_timeout, status, swapped)
         channel = host.root_channel(swap_job.follow(profile))
         try:
             while not report.done:
@@ -207,7 +222,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
                           hint="it goes on by itself there; `fab status` shows what Label Studio serves")
     if report.outcome is not None:
         raise report.outcome
-    ui.step(True, f"Label Studio is up with the new data at {profile.url}")
+    ui.step(True, f"Label Studio is up with {serving} at {profile.url}")
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
@@ -216,6 +231,7 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
     `base`, a snapshot of the server's database taken just before, lets only the changed pages go."""
     parts = _parts_present(files)
     refuse_unfinished_swap(host, profile)
+    refuse_foreign_port(host, profile)
     try:
         with tempfile.TemporaryDirectory(prefix="lsvm-delta-") as work:
             delta = page_delta(source, base, Path(work)) if base is not None and any(

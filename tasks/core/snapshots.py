@@ -384,20 +384,22 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     return Downloaded(sorted(entries, key=lambda f: f.path), report, extra)
 
 
-def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True) -> Snapshot:
+def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
+                         label_studio_version: str | None = None) -> Snapshot:
     """The body of `backup` (callers hold the locks): consistent copy on the server -> verified
-    snapshot folder here, manifest last. A failure leaves no half snapshot behind."""
+    snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
+    from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     base_index = PendingIndex.start(previous)
     try:
-        return _take(host, profile, label, media, host_dir, previous, base_index)
+        return _take(host, profile, label, media, host_dir, previous, base_index, label_studio_version)
     finally:
         base_index.drop()  # unneeded (an unchanged database, a failure): the thread stops at once
 
 
 def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir: Path, previous: Snapshot | None,
-          base_index: PendingIndex) -> Snapshot:
+          base_index: PendingIndex, label_studio_version: str | None) -> Snapshot:
     with server_work_dir(host, profile, "backup") as work_dir:
         data = prepare_server_copy(host, profile, work_dir, previous)
         if data.info.get("unchanged"):
@@ -414,7 +416,7 @@ def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir
                 host=host.alias,
                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 label=label,
-                label_studio_version=data.info.get("label_studio_version"),
+                label_studio_version=label_studio_version or data.info.get("label_studio_version"),
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
                         "database": str(profile.remote.database), "marker": data.info.get("marker")},
                 files=files,

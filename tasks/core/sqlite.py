@@ -20,7 +20,7 @@ import sys
 import threading
 
 LABEL_STUDIO_TABLES = ("django_migrations", "htx_user", "project", "task", "task_completion")
-COUNTS = {"projects": "project", "tasks": "task", "annotations": "task_completion"}
+COUNTS = {"users": "htx_user", "projects": "project", "tasks": "task", "annotations": "task_completion"}
 CHUNK = 1024 * 1024
 
 

@@ -8,10 +8,11 @@ import difflib
 from pathlib import PurePosixPath
 
 from . import render
+from packaging.version import Version
+
 from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_install, create_service_user,
-                                 make_dir, pip_install_label_studio, set_owner_and_mode, ufw_allow,
-                                 ufw_allow_from,
-                                 wanted_packages)
+                                 make_dir, pip_install_label_studio, set_owner_and_mode, switch_release,
+                                 ufw_allow, ufw_allow_from, wanted_packages)
 from .commands.service import service_manager
 from .defaults import APT_TIMEOUT, PIP_TIMEOUT
 from .facts import ProvisionFacts
@@ -111,16 +112,43 @@ def directories(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     return changes
 
 
-def label_studio(facts: ProvisionFacts, profile: Profile) -> Change:
+def version_problem(facts: ProvisionFacts, profile: Profile) -> str | None:
+    """A release older than the installed one would run on a database a newer release migrated."""
     wanted, have = profile.label_studio.version, facts.label_studio_version
+    if have and Version(wanted) < Version(have):
+        return (f"label_studio.version {wanted} is older than the installed {have}: a database migrated by "
+                f"{have} does not go back by installing an older release")
+    return None
+
+
+def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """The pinned release in releases/<version>/ and `current` pointing at it. The single venv of
+    earlier toolkit versions is taken over as it is when its version is the pinned one."""
+    wanted, have = profile.label_studio.version, facts.label_studio_version
+    target = f"releases/{wanted}"
     if have == wanted and facts.venv_exists:
-        return Change(f"label-studio {wanted} is installed")
-    done, planned = ((f"upgraded label-studio {have} -> {wanted}", f"upgrade label-studio {have} -> {wanted}")
-                     if have else (f"installed label-studio {wanted}", f"install label-studio {wanted}"))
-    script = pip_install_label_studio(profile, copy_database_from=have if have and facts.db_exists else None)
-    return Change(done, True, plan=planned, notifies=frozenset({RESTART}),
-                  action=Run(script, "pip install label-studio", timeout=PIP_TIMEOUT, show_output=True,
-                             status=f"pip install label-studio=={wanted} (a minute or more)"))
+        where = "the existing venv" if facts.current_release == "venv" else str(profile.release_dir(wanted))
+        return [Change(f"label-studio {wanted} is installed ({where})")]
+    if facts.current_release is None and facts.legacy_version == wanted:
+        return [Change(f"took over {profile.remote.legacy_venv} (label-studio {wanted}) as the current release",
+                       True, plan=f"take over {profile.remote.legacy_venv} (label-studio {wanted}) as the current "
+                                  "release, without a reinstall",
+                       action=Run(switch_release(profile, "venv"), "linking the current release"),
+                       notifies=frozenset({RESTART}))]
+    have = have or facts.legacy_version
+    changes = []
+    if wanted not in facts.releases:
+        done, planned = ((f"built label-studio {wanted} beside {have}", f"build label-studio {wanted} beside {have}")
+                         if have else (f"installed label-studio {wanted}", f"install label-studio {wanted}"))
+        script = pip_install_label_studio(profile, copy_database_from=have if have and facts.db_exists else None)
+        changes.append(Change(f"{done} ({profile.release_dir(wanted)})", True, plan=planned,
+                              action=Run(script, "pip install label-studio", timeout=PIP_TIMEOUT, show_output=True,
+                                         status=f"pip install label-studio=={wanted} (a minute or more)")))
+    verb = f"switched from {have} to" if have else "switched to"
+    changes.append(Change(f"{verb} label-studio {wanted}", True, plan=f"make {wanted} the current release",
+                          action=Run(switch_release(profile, target), "switching the current release"),
+                          notifies=frozenset({RESTART})))
+    return changes
 
 
 def managed_file(facts: ProvisionFacts, key: str, file: RenderedFile, label: str,
@@ -219,7 +247,8 @@ def reload_handlers(facts: ProvisionFacts, notes: frozenset[str]) -> list[Change
     return changes
 
 
-def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+def service_at_boot(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """The other manager's copy stopped, ours enabled at boot (when the manager can)."""
     manager = service_manager(profile)
     changes = [Change(done, True, plan=planned, action=Run(command, planned))
                for done, planned, command in manager.others_to_stop(facts)]
@@ -230,17 +259,20 @@ def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[st
         else:
             changes.append(Change(f"enabled {manager.label} at boot", True, plan=f"enable {manager.label} at boot",
                                   action=Run(enable, "enabling the service at boot")))
+    return changes
+
+
+def service_running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+    manager = service_manager(profile)
     started = frozenset({HEALTH})
     if not manager.is_running(facts):
-        changes.append(Change(f"started {manager.label}", True, plan=f"start {manager.label}",
-                              action=Run(manager.start(), f"starting {manager.label}"), notifies=started))
-    elif RESTART in notes:
-        changes.append(Change(f"restarted {manager.label} (its settings changed)", True,
-                              plan=f"restart {manager.label}", notifies=started,
-                              action=Run(manager.restart(), f"restarting {manager.label}")))
-    else:
-        changes.append(Change(f"{manager.label} is running"))
-    return changes
+        return [Change(f"started {manager.label}", True, plan=f"start {manager.label}",
+                       action=Run(manager.start(), f"starting {manager.label}"), notifies=started)]
+    if RESTART in notes:
+        return [Change(f"restarted {manager.label} (its settings changed)", True,
+                       plan=f"restart {manager.label}", notifies=started,
+                       action=Run(manager.restart(), f"restarting {manager.label}"))]
+    return [Change(f"{manager.label} is running")]
 
 
 def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> Change:
@@ -255,21 +287,25 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
     return Change(f"created admin {email}", True, plan=f"create admin {email}", action=EnsureAdmin(profile, admin))
 
 
-def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> list[Change]:
-    """Every step in the order a careful admin takes them, then the handlers they notified."""
+def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start: bool = True) -> list[Change]:
+    """Every step in the order a careful admin takes them, then the handlers they notified. Without
+    `start` (adopt) the service is left enabled but not started: the data swap that follows starts it."""
     steps = [
         packages(facts, profile),
         service_user(facts, profile),
         *directories(facts, profile),
-        label_studio(facts, profile),
+        *label_studio(facts, profile),
         env_file(facts, profile),
         service_definition(facts, profile),
         *nginx_site(facts, profile),
         *firewall(facts, profile),
     ]
     notes = notified(steps)
+    handlers = reload_handlers(facts, notes) + service_at_boot(facts, profile)
+    if not start:
+        return steps + handlers
     service = service_running(facts, profile, notes)
-    handlers = reload_handlers(facts, notes) + service
+    handlers += service
     if HEALTH in notified(service) or needs_password(facts, admin):
         # The admin step needs the migrated database, so Label Studio must answer first.
         handlers.append(Change("Label Studio answers /health on 127.0.0.1", plan="wait for Label Studio to answer /health",

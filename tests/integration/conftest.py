@@ -200,3 +200,18 @@ def project_titles(machine: ProvisionedVM) -> list[str]:
     resp = ls.get("/api/projects?page_size=100")
     assert resp.status == 200, resp.text[:200]
     return sorted(p["title"] for p in resp.json()["results"])
+
+
+def sdk_view(url: str, token: str) -> dict:
+    """Users, projects with their task counts, annotations: as Label Studio's official SDK reads them
+    with an API token (a client nobody on this team wrote)."""
+    from label_studio_sdk import LabelStudio as SDK
+    client = SDK(base_url=url, api_key=token)
+    users = sorted(u.email for u in client.users.list())
+    projects = {}
+    annotations = 0
+    for project in client.projects.list():
+        tasks = list(client.tasks.list(project=project.id))
+        projects[project.title] = len(tasks)
+        annotations += sum(t.total_annotations or 0 for t in tasks)
+    return {"users": users, "projects": projects, "annotations": annotations}

@@ -123,7 +123,7 @@ def test_backup_while_a_writer_imports(data_vm, alpha):
         vm.exec(f"mkdir -p /tmp/ls2/$(dirname {path}) && cat > /tmp/ls2/{path}", input=(snap / path).read_bytes())
     vm.exec("chown -R labelstudio: /tmp/ls2 && cd /tmp/ls2 && "
             "setsid runuser -u labelstudio -- env HOME=/tmp/ls2 LABEL_STUDIO_BASE_DATA_DIR=/tmp/ls2 "
-            "/opt/label-studio/venv/bin/label-studio start --data-dir /tmp/ls2 --port 8090 "
+            "/opt/label-studio/current/bin/label-studio start --data-dir /tmp/ls2 --port 8090 "
             "--internal-host 127.0.0.1 --no-browser > /tmp/ls2.log 2>&1 < /dev/null &")
     check = f"""
 import http.cookiejar, json, time, urllib.request, urllib.parse

@@ -31,7 +31,7 @@ def vm_fingerprint(vm) -> str:
         "/opt/label-studio /var/lib/label-studio; readlink /etc/nginx/sites-enabled/label-studio; "
         "ls /etc/nginx/sites-enabled; ufw status verbose; "
         "systemctl show -p ActiveState,UnitFileState,MainPID label-studio.service nginx.service; "
-        "ls /opt/label-studio/venv/lib/python3*/site-packages | grep -i '^label_studio-'"
+        "ls /opt/label-studio/current/lib/python3*/site-packages | grep -i '^label_studio-'; readlink /opt/label-studio/current"
     ).stdout.decode()
 
 
@@ -51,7 +51,7 @@ def test_fresh_provision_serves_label_studio_through_nginx(provisioned):
     assert login_page.status == 200
     assert 'name="password"' in login_page.text
     # uv installed it (the faster path; pip only when uv fails), with its bytecode compiled.
-    site = "/opt/label-studio/venv/lib/python3*/site-packages"
+    site = "/opt/label-studio/current/lib/python3*/site-packages"
     assert provisioned.vm.exec(f"cat {site}/label_studio-*.dist-info/INSTALLER").stdout.decode().strip() == "uv"
     assert provisioned.vm.exec(f"ls {site}/label_studio/__pycache__ | grep -c pyc").stdout.decode().strip() != "0"
 
@@ -213,3 +213,22 @@ def test_label_studio_comes_back_after_a_reboot(provisioned):
     # No fab command: systemd alone must bring nginx and Label Studio back.
     assert wait_for_health(provisioned.url, timeout=300) == {"status": "UP"}
     assert LabelStudio(provisioned.url).login(ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+def test_the_single_venv_of_an_earlier_toolkit_version_is_taken_over_without_a_reinstall(provisioned):
+    """Installs made before releases/ existed have one /opt/label-studio/venv and a unit that starts it."""
+    vm, release = provisioned.vm, "/opt/label-studio/releases/1.23.2"
+    # That layout, made from the release venv as `python3 -m venv` + pip would have made it there.
+    vm.exec(f"systemctl stop label-studio && cp -a {release} /opt/label-studio/venv && "
+            f"grep -rlI {release} /opt/label-studio/venv/bin | xargs sed -i 's|{release}|/opt/label-studio/venv|g' && "
+            "rm -f /opt/label-studio/venv/.lsvm-complete /opt/label-studio/current && rm -rf /opt/label-studio/releases && "
+            "sed -i 's|/opt/label-studio/current/|/opt/label-studio/venv/|' /etc/systemd/system/label-studio.service && "
+            "systemctl daemon-reload && systemctl start label-studio")
+    result = provisioned.fab("provision")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "took over /opt/label-studio/venv (label-studio 1.23.2) as the current release" in result.stdout
+    assert "pip install" not in result.stdout and "installed label-studio" not in result.stdout
+    assert vm.exec("readlink /opt/label-studio/current").stdout.decode().strip() == "venv"
+    assert wait_for_health(provisioned.url, timeout=120) == {"status": "UP"}
+    again = provisioned.fab("provision")
+    assert re.search(r"\b0 changed\b", again.stdout), again.stdout

@@ -57,7 +57,7 @@ def pulled(tmp_path):
     """A verified snapshot as a pull would have brought it (3 tasks, one media file, an .env)."""
     server = data_dir_with(tmp_path / "server", 3, {"media/upload/s.png": b"server png"}, env=b"SECRET_KEY=server\n")
     snapshot, report = local.snapshot_local_data(server, tmp_path / "pulls", label="pull")
-    assert report["counts"] == {"projects": 1, "tasks": 3, "annotations": 0}
+    assert report["counts"] == {"users": 0, "projects": 1, "tasks": 3, "annotations": 0}
     return snapshot
 
 

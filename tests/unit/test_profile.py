@@ -123,7 +123,9 @@ def test_profile_lookup_order(tmp_path: Path):
 def test_derived_paths_and_url():
     p = Profile(host="vm", address="203.0.113.5")
     r = p.remote
-    assert str(r.venv) == "/opt/label-studio/venv"
+    assert str(r.venv) == str(r.current) == "/opt/label-studio/current"
+    assert str(p.release_dir("1.23.2")) == "/opt/label-studio/releases/1.23.2"
+    assert str(r.legacy_venv) == "/opt/label-studio/venv"
     assert str(r.database) == "/var/lib/label-studio/label_studio.sqlite3"
     assert str(r.secret_env) == "/var/lib/label-studio/.env"
     assert str(r.unit_file) == "/etc/systemd/system/label-studio.service"

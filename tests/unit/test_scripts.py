@@ -11,7 +11,7 @@ import pytest
 
 from tasks.core import commands, steps
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
-from tasks.core.commands import data, probes, provision, swap
+from tasks.core.commands import data, instances, probes, provision, swap, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest, Run
@@ -72,6 +72,25 @@ def scripts_of(profile) -> dict[str, str]:
         found[f"{variant.kind} recent log"] = variant.recent_log()
         found[f"{variant.kind} enable"] = variant.enable_at_boot() or "true"
     found["manager start"] = manager.start()
+    found[f"{manager.kind} stop and disable"] = manager.stop_and_disable()
+    found.update({
+        "detect instances": instances.detect(profile),
+        "port holder": instances.port_holder(profile),
+        "owned health": instances.owned_health(profile, "http://127.0.0.1:1/health", "-x"),
+        "stop unmanaged": instances.stop_unmanaged(profile, 123, 1000),
+        "stop unmanaged at rest": instances.stop_unmanaged(profile, None, 1000),
+        "revive unmanaged": instances.revive_unmanaged(profile),
+        "wait serving": instances.wait_serving(8080, 30),
+        "mark adopted": instances.mark_adopted(profile),
+        "build release": provision.build_release(profile, "1!2.0.0.post1+local.7"),
+        "switch release": provision.switch_release(profile, "releases/2.0.0"),
+        "migration check": upgrade.migration_check(profile, "2.0.0", PurePosixPath("/var/-tmp/lsvm-x y")),
+        "read upgrade record": upgrade.read_record(profile),
+        "prune releases": upgrade.prune_releases(profile),
+        "upgrade job": swap.job(profile, [DATABASE], 30, **upgrade.upgrade_steps(profile, "1.0", "2.0")),
+        "rollback job": swap.job(profile, [DATABASE], 30, **upgrade.rollback_steps(profile, "ab" * 32)),
+        "keep data job": swap.job(profile, [DATABASE], 30, **upgrade.keep_data_steps(profile)),
+    })
     found.update(data_scripts(profile))
     return found
 

@@ -40,7 +40,8 @@ def test_a_bare_host_gets_every_step_then_the_handlers_in_order(bare):
         "created system user labelstudio",
         "/opt/label-studio set to root:root:755 (was missing)",
         "/var/lib/label-studio set to labelstudio:labelstudio:750 (was missing)",
-        "installed label-studio 1.23.2",
+        "installed label-studio 1.23.2 (/opt/label-studio/releases/1.23.2)",
+        "switched to label-studio 1.23.2",
         "created env file /opt/label-studio/label-studio.env",
         "created systemd unit /etc/systemd/system/label-studio.service",
         "created nginx site /etc/nginx/sites-available/label-studio (nginx -t passed)",
@@ -118,13 +119,12 @@ def test_a_version_bump_copies_the_database_first_and_restarts(provisioned):
     profile = dataclasses.replace(PROFILE, label_studio=dataclasses.replace(PROFILE.label_studio, version="1.24.0"))
     changes = steps.plan(provisioned, profile, ADMIN)
     assert changed(changes) == [
-        "upgraded label-studio 1.23.2 -> 1.24.0",
-        # The unit's Description names the version.
-        "updated systemd unit /etc/systemd/system/label-studio.service",
-        "reloaded systemd (the unit file changed)",
+        "built label-studio 1.24.0 beside 1.23.2 (/opt/label-studio/releases/1.24.0)",
+        "switched from 1.23.2 to label-studio 1.24.0",
+        # The unit starts current/bin/label-studio: it does not change.
         "restarted label-studio.service (its settings changed)",
     ]
-    upgrade = changes[[c.what for c in changes].index("upgraded label-studio 1.23.2 -> 1.24.0")].action
+    upgrade = next(c.action for c in changes if c.what.startswith("built label-studio 1.24.0"))
     # Made by the service user in its data dir, before pip touches anything.
     assert upgrade.script.startswith("stamp=$(date -u +%Y%m%dT%H%M%SZ) && runuser -u labelstudio -- env -C /var/lib/label-studio")
     assert "sh 1.23.2 \"$stamp\"" in upgrade.script
@@ -166,20 +166,20 @@ def test_plan_mode_runs_nothing_and_shows_diffs(bare, capsys):
     assert "would install python3-venv, nginx, sqlite3, zstd, ufw" in out
     assert "+LABEL_STUDIO_HOST=http://127.0.0.1:59503" in out  # the env file's diff
     assert "would wait for Label Studio to answer /health" in out
-    assert sum(c.changed for c in done) == 18
+    assert sum(c.changed for c in done) == 19
 
 
 def test_apply_runs_the_actions_in_plan_order(bare):
     host = (FakeHost()
             .answer(r"mktemp -d", ok("/tmp/lsvm.1\n"))
-            .answer(r"urllib.request", ok('200 {"status": "UP"}\n'))
+            .answer(r" health http://", ok('200 {"status": "UP"}\n'))
             .answer(r"ensure_admin.py", ok('RESULT {"outcome": "created", "users": 1}\n')))
     admin = AdminRequest(EMAIL, "first-admin-pw-1")
     done = plan.apply(host, steps.plan(bare, PROFILE, admin), dry_run=False)
     commands = host.commands
     order = [next(i for i, c in enumerate(commands) if marker in c) for marker in (
         "apt-get install", "useradd", "pip install", "ufw --force enable", "systemctl daemon-reload",
-        "systemctl start label-studio.service", "urllib.request", "ensure_admin.py")]
+        "systemctl start label-studio.service", " health http://", "ensure_admin.py")]
     assert order == sorted(order)
     assert upload_of(host, "site").decode() == render.nginx_site(PROFILE, ipv6=False).content
     assert b"first-admin-pw-1" in upload_of(host, "secret")
@@ -190,7 +190,7 @@ def test_apply_runs_the_actions_in_plan_order(bare):
 def test_an_admin_that_appeared_meanwhile_is_reported_unchanged(provisioned):
     facts = dataclasses.replace(provisioned, admin_exists=False)
     host = (FakeHost().answer(r"mktemp -d", ok("/tmp/lsvm.1\n"))
-            .answer(r"urllib.request", ok('200 {"status": "UP"}\n'))
+            .answer(r" health http://", ok('200 {"status": "UP"}\n'))
             .answer(r"ensure_admin.py", ok('RESULT {"outcome": "exists", "users": 1}\n')))
     done = plan.apply(host, steps.plan(facts, PROFILE, AdminRequest(EMAIL, "pw-123456")), dry_run=False)
     assert not done[-1].changed and done[-1].what == f"admin {EMAIL} exists"

@@ -7,8 +7,10 @@ from pathlib import PurePosixPath
 
 from ..profile import Profile
 from . import join, lines, q
-from .provision import ALL_PACKAGES
-from .service import health_probe, health_target, screen_probe
+from .provision import ALL_PACKAGES, RELEASE_COMPLETE
+from ..instances import MANAGED_MARK
+from .instances import detect
+from .service import health_probe, screen_probe
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
 
@@ -31,6 +33,20 @@ def installed_dist(profile: Profile) -> str:
     return f"echo \"dist=$(ls -d {venv}/lib/python3*/site-packages/label_studio-*.dist-info 2>/dev/null | head -n 1)\""
 
 
+def release_lines(profile: Profile) -> tuple[str, ...]:
+    """`current=`/`previous=` (link targets), `releases=` (complete release venvs), `legacy_dist=`
+    (the dist-info in the single venv of earlier toolkit versions)."""
+    p = profile.remote
+    return (
+        f"echo \"current=$(readlink {q(p.current)} 2>/dev/null)\"",
+        f"echo \"previous=$(readlink {q(p.previous)} 2>/dev/null)\"",
+        f"echo \"releases=$(for m in {q(p.releases_dir)}/*/{RELEASE_COMPLETE}; do [ -e \"$m\" ] && "
+        "basename \"$(dirname \"$m\")\"; done | tr '\\n' ' ')\"",
+        f"echo \"legacy_dist=$(ls -d {q(p.legacy_venv)}/lib/python3*/site-packages/label_studio-*.dist-info "
+        "2>/dev/null | head -n 1)\"",
+    )
+
+
 def status_probe(profile: Profile) -> str:
     """Every fact `status` shows."""
     p = profile.remote
@@ -45,9 +61,12 @@ def status_probe(profile: Profile) -> str:
         "echo '[install]'",
         f"if [ -x {q(p.label_studio_bin)} ]; then echo installed=yes; else echo installed=no; fi",
         installed_dist(profile),
+        *release_lines(profile),
         f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
         f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
-        f"if [ -e {q(p.nginx_site_enabled)} ]; then echo nginx_site=yes; else echo nginx_site=no; fi",
+        # A site of that name written by hand (the seed guide's) is not ours.
+        f"if [ -e {q(p.nginx_site_enabled)} ] && grep -qsF {q(MANAGED_MARK)} {q(p.nginx_site)}; "
+        "then echo nginx_site=yes; else echo nginx_site=no; fi",
         screen_probe(profile),
         "echo '[service]'",
         unit_show(profile.service.unit),
@@ -55,7 +74,9 @@ def status_probe(profile: Profile) -> str:
         unit_show("nginx.service"),
         "echo '[health]'",
         f"if command -v nginx >/dev/null; then "
-        f"echo \"via_nginx=$({health_probe(*health_target(profile, via_nginx=True))})\"; fi",
+        f"echo \"via_nginx=$({health_probe(profile, via_nginx=True)})\"; fi",
+        "echo '[instances]'",
+        detect(profile),
     )
 
 
@@ -106,6 +127,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         meta_line("data_dir", p.data_dir),
         meta_line("env_file_meta", p.env_file),
         installed_dist(profile),
+        *release_lines(profile),
         f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
         f"if [ -e {q(p.database)} ]; then echo db=yes; else echo db=no; fi",
         f"echo \"site_enabled=$(readlink {q(p.nginx_site_enabled)} 2>/dev/null)\"",
@@ -126,6 +148,8 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
         "echo '[ufw_rules]'",
         "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+        "echo '[instances]'",
+        detect(profile),
     )
 
 

@@ -40,30 +40,52 @@ def set_owner_and_mode(path: PurePosixPath, owner: str, group: str, mode: str) -
     return f"chown {q(owner)}:{q(group)} {q(path)} && chmod {q(mode)} {q(path)}"
 
 
+RELEASE_COMPLETE = ".lsvm-complete"  # in a release's venv once pip finished: anything else is rebuilt
 UV = "uv==0.13.9"
 
 
-def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None) -> str:
-    """Create the venv when missing and install the pinned label-studio with uv (measured on the test
-    VM: 58 s with uv fetched first, 76 s with pip alone), bytecode compiled as pip does (the service
-    user cannot write .pyc files into root's venv). uv reads no pip.conf, so pip's `cert` goes to it as
-    SSL_CERT_FILE; should uv fail anyway, pip installs as before. `copy_database_from` (the installed
-    version) first keeps a consistent copy of the database: a new release migrates it one way."""
-    p = profile.remote
+def build_release(profile: Profile, version: str) -> str:
+    """A venv of its own for `version` in releases/<version>/ (root's, like every file the service
+    runs), built beside the running one: no service impact. A half-built one is removed first.
+    label-studio goes in with uv (measured on the test VM: 58 s with uv fetched first, 76 s with pip
+    alone), bytecode compiled as pip does (the service user cannot write .pyc files into root's venv).
+    uv reads no pip.conf, so pip's `cert` goes to it as SSL_CERT_FILE; should uv fail anyway, pip
+    installs as before."""
+    venv = profile.release_dir(version)
+    python = venv / "bin" / "python"
     pip = ["--disable-pip-version-check", "--root-user-action=ignore", "-q"]
-    uv = ["-q", "--python", p.venv_python, "--compile-bytecode"]
+    uv = ["-q", "--python", python, "--compile-bytecode"]
     if profile.pip.index_url:
         pip += ["--index-url", profile.pip.index_url]
         uv += ["--index-url", profile.pip.index_url]
-    wanted = q("label-studio==" + profile.label_studio.version)
-    python = q(p.venv_python)
-    script = (f"[ -x {python} ] || python3 -m venv {q(p.venv)}; "
-              f"{{ {python} -m pip install {join(*pip)} {q(UV)} && "
-              f"cert=$({python} -m pip config list 2>/dev/null | sed -n \"s/^global\\.cert='\\(.*\\)'\\$/\\1/p\" "
-              "| tail -n 1) && "
-              f"{{ [ -z \"$cert\" ] || export SSL_CERT_FILE=\"$cert\"; }} && "
-              f"{q(p.venv / 'bin' / 'uv')} pip install {join(*uv)} {wanted}; }} || "
-              f"{python} -m pip install {join(*pip)} {wanted}")
+    wanted = q("label-studio==" + version)
+    install = (f"{{ {q(python)} -m pip install {join(*pip)} {q(UV)} && "
+               f"cert=$({q(python)} -m pip config list 2>/dev/null | sed -n \"s/^global\\.cert='\\(.*\\)'\\$/\\1/p\" "
+               "| tail -n 1) && "
+               f"{{ [ -z \"$cert\" ] || export SSL_CERT_FILE=\"$cert\"; }} && "
+               f"{q(venv / 'bin' / 'uv')} pip install {join(*uv)} {wanted}; }} || "
+               f"{q(python)} -m pip install {join(*pip)} {wanted}")
+    return (f"install -d -m 0755 -o root -g root {q(profile.remote.releases_dir)} && "
+            f"{{ [ -e {q(venv / RELEASE_COMPLETE)} ] || {{ rm -rf {q(venv)} && python3 -m venv {q(venv)} && "
+            f"{{ {install}; }} && : > {q(venv / RELEASE_COMPLETE)}; }}; }}")
+
+
+def switch_release(profile: Profile, target: str) -> str:
+    """Point `current` at `target` (relative to the app dir: releases/<version>, or the venv of
+    earlier toolkit versions), keeping the release it pointed at as `previous`: renames of links, so
+    the unit never sees a half switch."""
+    p = profile.remote
+    current, previous = q(p.current), q(p.previous)
+    return (f"old=$(readlink {current} || true); "
+            f"if [ -n \"$old\" ] && [ \"$old\" != {q(target)} ]; then "
+            f"ln -sfn \"$old\" {previous}.lsvm-new && mv -T {previous}.lsvm-new {previous}; fi; "
+            f"ln -sfn {q(target)} {current}.lsvm-new && mv -T {current}.lsvm-new {current}")
+
+
+def pip_install_label_studio(profile: Profile, *, copy_database_from: str | None) -> str:
+    """Build the pinned release; `copy_database_from` (the installed version) first keeps a consistent
+    copy of the database: a new release migrates it one way."""
+    script = build_release(profile, profile.label_studio.version)
     if copy_database_from is None:
         return script
     return f"{pre_upgrade_copy(profile, copy_database_from)} && {script}"

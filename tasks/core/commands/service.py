@@ -12,6 +12,7 @@ from .. import render
 from ..profile import Profile
 from ..render import RenderedFile
 from . import as_service_user, join, q
+from .instances import owned_health
 
 if TYPE_CHECKING:
     from ..facts import UnitState
@@ -88,6 +89,10 @@ class ServiceManager:
     def is_enabled(self, state: ServiceState) -> bool:
         return False
 
+    def stop_and_disable(self) -> str:
+        """Stopped, and not started at boot (adopt hands the host back to an old instance)."""
+        return self.stop()
+
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         """The other manager's copy of the service, still running: [(done, planned, command)]."""
         return []
@@ -148,6 +153,9 @@ class Systemd(ServiceManager):
 
     def is_enabled(self, state: ServiceState) -> bool:
         return state.service.enabled == "enabled"
+
+    def stop_and_disable(self) -> str:
+        return join("systemctl", "disable", "--now", self.unit)
 
     def others_to_stop(self, state: ServiceState) -> list[tuple[str, str, str]]:
         if not state.screen_running:
@@ -263,17 +271,12 @@ def screen_probe(profile: Profile) -> str:
             "then echo screen=yes; else echo screen=no; fi")
 
 
-def health_probe(port: int, host_header: str, path: str = "/health", timeout: int = 5) -> str:
-    """Print `<status> <body>` of a GET on this host's loopback, using python3 (curl may be absent)."""
-    code = (
-        "import sys,urllib.request as u\n"
-        "r=u.Request(sys.argv[1],headers={'Host':sys.argv[2]})\n"
-        "try:\n"
-        f" x=u.urlopen(r,timeout={int(timeout)});print(x.status,x.read(200).decode(errors='replace'))\n"
-        "except u.HTTPError as e:print(e.code,'')\n"
-        "except Exception as e:print(0,type(e).__name__)\n"
-    )
-    return join("python3", "-c", code, f"http://127.0.0.1:{int(port)}{path}", host_header)
+def health_probe(profile: Profile, *, via_nginx: bool) -> str:
+    """Print `<status> <body>` of GET /health on this host's loopback (through nginx or straight to
+    Label Studio), or `0 <why>` when the process that holds Label Studio's port is not our own instance:
+    another Label Studio answering /health must never pass for ours."""
+    port, host_header = health_target(profile, via_nginx=via_nginx)
+    return owned_health(profile, f"http://127.0.0.1:{int(port)}/health", host_header)
 
 
 def health_target(profile: Profile, *, via_nginx: bool) -> tuple[int, str]:
@@ -286,7 +289,7 @@ def health_target(profile: Profile, *, via_nginx: bool) -> tuple[int, str]:
 def wait_for_health(profile: Profile, *, via_nginx: bool, timeout: int, fail_on_crash: bool = False) -> str:
     """Poll /health on the server itself (the loop runs there: one round trip) until UP or timeout.
     Prints the last answer; exits 1 on timeout, or as soon as the service crashed (`fail_on_crash`)."""
-    probe = health_probe(*health_target(profile, via_nginx=via_nginx))
+    probe = health_probe(profile, via_nginx=via_nginx)
     before, check = service_manager(profile).crash_guard() if fail_on_crash else ("", "")
     return (
         f"{before}end=$(( $(date +%s) + {int(timeout)} )); "

@@ -37,8 +37,13 @@ def output_file(profile: Profile) -> PurePosixPath:
     return data.run_dir(profile) / f"{profile.service.name}-swap.out"
 
 
-def job(profile: Profile, parts: list[str], health_timeout: int) -> str:
-    """The whole swap, as root; every step inside the data dir as the service user."""
+def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap: str = "",
+        after_swap: str = "", undo_swap: str = "", on_success: str = "") -> str:
+    """The whole swap, as root; every step inside the data dir as the service user. An upgrade or a
+    rollback adds its own steps (root scripts): `before_swap` and `after_swap` run with the service
+    stopped around the data swap (any failure rolls back), `undo_swap` before the data goes back,
+    `on_success` once the new state answers /health, before the previous data is removed.
+    `OLD_CURRENT` and `OLD_PREVIOUS` hold the release links as they were when the job began."""
     manager = service_manager(profile)
     d = profile.remote.data_dir
     stop = manager.stop_and_wait()
@@ -54,13 +59,16 @@ def job(profile: Profile, parts: list[str], health_timeout: int) -> str:
         f"said() {{ sed '/^[[:space:]]*$/d' {out} | tail -n 1 | tr -d '\\r'; }}",
         f"stop_service() (\n{stop}\n)",
         f"start_service() (\n{manager.start()}\n)",
-        f"swap_data() (\n{data.swap(profile, parts)}\n)",
-        f"rollback_data() (\n{data.rollback(profile, parts)}\n)",
+        f"swap_data() (\nset -e\n{before_swap or ':'}\n{data.swap(profile, parts)}\n{after_swap or ':'}\n)",
+        f"rollback_data() (\n{undo_swap or ':'}\n{data.rollback(profile, parts)}\n)",
+        f"on_success() (\n{on_success or ':'}\n)",
         f"remove_incoming() (\n{data.remove_incoming(profile)}\n)",
         f"cleanup() (\n{data.remove_swap_leftovers(profile)}\n)",
         f"new_healthy() (\n{new_health}\n)",
         f"old_healthy() (\n{old_health}\n)",
         f"recent_log() (\n{manager.recent_log()}\n)",
+        f"OLD_CURRENT=$(readlink {q(profile.remote.current)} || true)",
+        f"OLD_PREVIOUS=$(readlink {q(profile.remote.previous)} || true)",
         f"exec 8>>{q(data.swap_lock_file(profile))}",
         "flock -n 8 || exit 1",
         f"say {BEGIN}",
@@ -71,7 +79,7 @@ def job(profile: Profile, parts: list[str], health_timeout: int) -> str:
         f"  say {SWAPPED}",
         "  if run start_service; then",
         f"    say {STARTED}",
-        f"    if run new_healthy; then h=$(said); run cleanup; say {HEALTHY} \"$h\"; say {DONE}; exit 0; fi",
+        f"    if run new_healthy; then h=$(said); run on_success; run cleanup; say {HEALTHY} \"$h\"; say {DONE}; exit 0; fi",
         "    h=$(said)",
         f"    recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"",
         f"    say {UNHEALTHY} \"$h\"",
@@ -86,9 +94,9 @@ def job(profile: Profile, parts: list[str], health_timeout: int) -> str:
     ])
 
 
-def launch(profile: Profile, parts: list[str], health_timeout: int) -> str:
+def launch(profile: Profile, parts: list[str], health_timeout: int, **steps: str) -> str:
     """Starts the job detached from this SSH session and returns once it holds its lock."""
-    script = job(profile, parts, health_timeout)
+    script = job(profile, parts, health_timeout, **steps)
     status = q(status_file(profile))
     start = service_manager(profile).run_detached(
         script, unit=f"lsvm-swap-{profile.service.name}",

@@ -1,0 +1,134 @@
+"""A VM set up by hand, exactly as the seed guide (shared/seeds/002_*.txt) says, for the adopt tests:
+a venv in the user's home, `pip install label-studio`, the guide's nginx site, ufw with 'Nginx Full',
+and `label-studio start` typed into a `screen` session (so it listens on 0.0.0.0:8080 and keeps its data
+in ~/.local/share/label-studio). Then real data through Label Studio's own API."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from dev.lsclient import LabelStudio
+from dev.testvm.machine import NOPASSWD_USER, TestVM
+
+GUIDE_USER = NOPASSWD_USER
+GUIDE_DIR = "annotation"           # the guide's <your_directory>
+GUIDE_VENV = "label-studio"        # the guide's venv name
+GUIDE_SESSION = "ls"               # the guide's <session-name>
+GUIDE_PORT = 8080
+
+# The guide's site, with server_name set to the name users open (the test reaches nginx as 127.0.0.1).
+GUIDE_SITE = """server {
+    listen 80;
+    server_name 127.0.0.1;
+
+    location / {
+        proxy_pass http://127.0.0.1:8080;
+        proxy_set_header Host $host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }
+
+    location ~ /api/projects/.*/export {
+        deny all;
+    }
+}
+"""
+
+LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+                '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
+
+
+def as_user(vm: TestVM, command: str, *, timeout: float = 900, check: bool = True):
+    return vm.exec(f"runuser -u {GUIDE_USER} -- bash -lc {shlex.quote(f'cd ~ && {command}')}",
+                   timeout=timeout, check=check)
+
+
+def set_up_by_the_guide(vm: TestVM, version: str) -> None:
+    """Sections 1-4 of the guide, literally (apt, venv, pip, nginx site, ufw, screen)."""
+    vm.exec("DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+            "apt-get install -y -qq python3 python3-pip python3-venv nginx screen ufw >/dev/null", timeout=900)
+    as_user(vm, f"mkdir -p {GUIDE_DIR} && cd {GUIDE_DIR} && python3 -m venv {GUIDE_VENV} && "
+                f". {GUIDE_VENV}/bin/activate && pip install -q label-studio=={version}")
+    vm.exec(f"cat > /etc/nginx/sites-available/label-studio", input=GUIDE_SITE.encode())
+    vm.exec("ln -s /etc/nginx/sites-available/label-studio /etc/nginx/sites-enabled/ && nginx -t 2>/dev/null "
+            "&& systemctl reload nginx")
+    vm.exec("ufw allow OpenSSH >/dev/null && ufw allow 'Nginx Full' >/dev/null && ufw --force enable >/dev/null")
+    start_in_screen(vm)
+
+
+def start_in_screen(vm: TestVM) -> None:
+    """`screen -S ls`, then `label-studio start` typed in it (Ctrl-A D: it stays detached)."""
+    as_user(vm, f"screen -s /bin/bash -dmS {GUIDE_SESSION}")  # the login shell an SSH session gives
+    as_user(vm, f"screen -S {GUIDE_SESSION} -X stuff "
+                + shlex.quote(f"cd ~/{GUIDE_DIR} && source {GUIDE_VENV}/bin/activate && label-studio start\n"))
+    wait_until_listening(vm)
+
+
+def wait_until_listening(vm: TestVM, timeout: float = 600) -> None:
+    """Poll the hand-made instance's /health inside the VM until it answers UP (first start migrates)."""
+    probe = ("python3 -c \"import urllib.request as u;"
+             f"print(u.urlopen('http://127.0.0.1:{GUIDE_PORT}/health',timeout=5).read().decode())\"")
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        result = vm.exec(probe, check=False)
+        last = (result.stdout + result.stderr).decode(errors="replace")
+        if result.returncode == 0 and "UP" in last:
+            return
+        time.sleep(1)  # poll interval between real checks
+    raise TimeoutError(f"the hand-made Label Studio did not answer /health: {last[-300:]}")
+
+
+@dataclass
+class GuideData:
+    """What the test made through the API, to compare after the adopt."""
+
+    owner: tuple[str, str]
+    annotator: tuple[str, str]
+    token: str
+    session_cookie: str
+    projects: dict = field(default_factory=dict)   # title -> task count
+    annotations: int = 0
+    upload_path: str = ""                          # /data/upload/... of the uploaded image
+    upload_bytes: bytes = b""
+
+
+def make_data(base_url: str, image: bytes) -> GuideData:
+    """Two users (signup is open on a hand-made install), projects, 40 tasks, annotations and an
+    uploaded image, all through Label Studio's API as a user of the guide's VM would."""
+    owner, annotator = ("owner@example.com", "owner-pw-12345"), ("annotator@example.com", "annotator-pw-12345")
+    ls = LabelStudio(base_url)
+    assert ls.signup(*owner).status in (200, 302), "signup failed"
+    other = LabelStudio(base_url)
+    assert other.signup(*annotator).status in (200, 302)
+    ls = LabelStudio(base_url)
+    assert ls.login(*owner)
+    # A personal access token (a JWT signed with the instance's SECRET_KEY; legacy tokens are off by default).
+    created = ls.post_json("/api/token/", {})
+    assert created.status == 201, created.text[:300]
+    token = created.json()["token"]
+    data = GuideData(owner, annotator, token, ls.cookie("sessionid") or "")
+    for title, count in (("Reviews", 40), ("Second project", 5)):
+        project = ls.post_json("/api/projects", {"title": title, "label_config": LABEL_CONFIG}).json()["id"]
+        tasks = [{"text": f"{title} task {i}: the quick brown fox {i * 7}"} for i in range(count)]
+        assert ls.import_file(project, "tasks.json", json.dumps(tasks).encode()).status == 201
+        data.projects[title] = count
+        if title == "Reviews":
+            ids = [t["id"] for t in ls.get(f"/api/tasks?project={project}&page_size=100").json()["tasks"]]
+            for task_id in ids[:12]:
+                resp = ls.post_json(f"/api/tasks/{task_id}/annotations", {"result": [{
+                    "from_name": "label", "to_name": "text", "type": "choices",
+                    "value": {"choices": ["pos" if task_id % 2 else "neg"]}}]})
+                assert resp.status == 201, resp.text[:300]
+                data.annotations += 1
+            upload = ls.import_file(project, "photo.png", image)
+            assert upload.status == 201, upload.text[:300]
+            newest = ls.get(f"/api/tasks?project={project}&page_size=100").json()["tasks"]
+            data.upload_path = next(v for t in newest for v in t["data"].values()
+                                    if isinstance(v, str) and "/data/upload/" in v)
+            data.projects[title] += 1
+    data.upload_bytes = image
+    return data

@@ -1,0 +1,160 @@
+"""adopt: take over a Label Studio set up by hand (the seed guide's screen + venv install) without
+losing a byte: snapshot first, the old files left where they were, the old instance back on failure."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fabric import task
+
+from .core import adopt as core, facts, plan, snapshots, steps, ui
+from .core.commands import instances
+from .core.commands.service import service_manager
+from .core.connect import Host
+from .core.defaults import SWAP_HEALTH_TIMEOUT
+from .core.edge import CONFIG_HELP, admin_email, confirm, open_host, task_edge
+from .core.errors import RemoteError, SnapshotError, ToolkitError, UsageError
+from .core.facts import Unmanaged
+from .core.plan import AdminRequest
+from .core.profile import Profile
+from .core import local
+from .core.restore import replace_server_data
+from .data import YES_HELP, report_snapshot
+from .provision import check_host
+
+REVIVE_TIMEOUT = 600  # the old release may migrate nothing, but its first answer can take a while
+
+
+def _listen_port(u: Unmanaged, default: int) -> int:
+    for address in u.listen:
+        port = address.rsplit(":", 1)[-1]
+        if port.isdigit():
+            return int(port)
+    return default
+
+
+def _put_back(host: Host, profile: Profile, u: Unmanaged) -> str:
+    """After a failure past the stop: our service stopped and disabled, the old instance started again
+    as it ran (its sites too). Returns what the user should read."""
+    manager = service_manager(profile)
+    host.run(manager.stop_and_disable(), sudo=True, check=False, what="stopping the managed service")
+    revived = host.run(instances.revive_unmanaged(profile), sudo=True, check=False, what="starting the old instance")
+    if not revived.ok:
+        return f"starting the old instance again failed ({revived.last_line()}); its data is untouched in {u.data_dir}"
+    if not u.running:
+        return f"its data is untouched in {u.data_dir} and its nginx site is back"
+    port = _listen_port(u, profile.label_studio.port)
+    with ui.err.status("waiting for the old Label Studio to answer again"):
+        serving = host.run(instances.wait_serving(port, REVIVE_TIMEOUT), sudo=True, check=False,
+                           timeout=REVIVE_TIMEOUT + 30, what="waiting for the old instance")
+    if serving.ok:
+        return f"the old Label Studio is serving again on port {port}, with its data untouched in {u.data_dir}"
+    return (f"the old Label Studio was started again but does not answer on port {port} yet "
+            f"({serving.last_line()}); its data is untouched in {u.data_dir}")
+
+
+def report_stop(output: str, u: Unmanaged) -> None:
+    try:
+        said = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        said = {}
+    if u.running:
+        ui.step(True, f"stopped the {u.describe()}")
+    for site in said.get("disabled_sites") or []:
+        ui.step(True, f"disabled the hand-written nginx site {site} (its file stays)")
+    if said.get("site_backup"):
+        ui.step(True, f"kept the hand-written nginx site as {said['site_backup']} (ours replaces it)")
+
+
+def _snapshot_after_stop(host: Host, source: Profile, first, version: str | None):
+    """Writes between the live snapshot and the stop would be lost: the change counter tells; a second
+    snapshot (unchanged files hard-linked) is taken only when the database moved."""
+    with snapshots.server_work_dir(host, source, "adopt") as work_dir:
+        unchanged = snapshots.prepare_server_copy(host, source, work_dir, first).info.get("unchanged")
+    if unchanged:
+        return first
+    again = snapshots.take_server_snapshot(host, source, label="adopt", label_studio_version=version)
+    report_snapshot(again, "it changed before it stopped: snapshot again")
+    return again
+
+
+@task(help={"config": CONFIG_HELP, "dry-run": "show what would happen, change nothing", "yes": YES_HELP,
+            "health-timeout": f"seconds the new start may take to answer (default {SWAP_HEALTH_TIMEOUT})"})
+@task_edge
+def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
+    """Take over a Label Studio set up by hand (screen, venv): data, users, SECRET_KEY kept; old files left."""
+    started = time.monotonic()
+    profile, host = open_host(c, config, sudo=True)
+    found = facts.provision_facts(host, profile, admin_email(profile) or "")
+    check_host(profile, found)
+    others = found.neighbours
+    if not others.unmanaged:
+        if found.db_exists:
+            ui.step(False, f"nothing to adopt on {host.alias}: no Label Studio runs there but ours "
+                           f"({profile.remote.data_dir})")
+            return
+        raise UsageError(f"found no Label Studio on {host.alias} to adopt",
+                         hint=f"fab -H {host.alias} provision sets up a new one")
+    u = core.choose(host.alias, others, profile.label_studio.version)
+    if others.port_taken_by_stranger():
+        raise UsageError(f"{others.port_said}: Label Studio cannot listen there after the take-over; nothing was "
+                         "changed", hint="stop that process, or choose another label_studio.port in the profile")
+    managed = snapshots.server_counts(host, profile) if found.db_exists else None
+    problem = core.managed_data_problem(managed)
+    if problem:
+        raise UsageError(f"{problem}: adopting would replace it; nothing was changed",
+                         hint="back it up (fab backup) and move it away, or adopt into another data dir")
+
+    mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
+    ui.out.print(f"[bold]adopt on {host.alias}[/bold] ({mode})")
+    for line in core.plan_lines(u, profile, host.alias):
+        ui.out.print(f"  - {line}")
+    if dry_run:
+        ui.out.print("\nprovision steps it includes:")
+        plan.apply(host, steps.plan(found, profile, AdminRequest(None), start=False), dry_run=True)
+        ui.out.print(f"\nNothing was changed ({time.monotonic() - started:.1f}s).")
+        return
+    confirm(f"take over this Label Studio on {host.alias}?", yes)
+
+    source = core.source_profile(profile, u)
+    with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "adopt"):
+        snapshot = snapshots.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
+        report_snapshot(snapshot, "snapshot of the unmanaged data")
+        if not snapshot.verified:
+            raise SnapshotError(f"the snapshot of {u.data_dir} did not verify (integrity "
+                                f"{snapshot.manifest.integrity_check}); nothing was changed")
+        if found.db_exists:
+            report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-adopt"),
+                            "managed data backed up as")
+        stopped = host.run(instances.stop_unmanaged(profile, u.pid, u.uid), sudo=True, check=False,
+                           what="stopping the unmanaged Label Studio")
+        try:
+            if not stopped.ok:
+                raise RemoteError(f"stopping it failed: {stopped.last_line()}")
+            report_stop(stopped.stdout, u)
+            if u.running:
+                snapshot = _snapshot_after_stop(host, source, snapshot, u.version)
+            plan.apply(host, steps.plan(found, profile, AdminRequest(None), start=False), dry_run=False)
+            replace_server_data(host, profile, snapshot.path, snapshot.manifest.files,
+                                health_timeout=int(health_timeout))
+            mismatches = core.count_mismatches(snapshot.manifest.counts, snapshots.server_counts(host, profile))
+            if mismatches:
+                raise RemoteError("the adopted data does not match the snapshot: " + "; ".join(mismatches))
+        except KeyboardInterrupt:
+            ui.warn("interrupted: a data swap on the server finishes by itself; check `fab status`, then run "
+                    "adopt again (the old data is untouched)")
+            raise
+        except ToolkitError as exc:
+            ui.error(f"{exc.message}; putting the old Label Studio back")
+            raise RemoteError(f"adopt failed: {exc.message}. {_put_back(host, profile, u)}; "
+                              f"snapshot {snapshot.id} is kept") from exc
+        host.run(instances.mark_adopted(profile), sudo=True, what="recording the take-over")
+
+    counts = snapshot.manifest.counts
+    ui.step(True, "the adopted data matches the snapshot: " +
+            ", ".join(f"{counts.get(k)} {k}" for k in core.COUNTED if k in counts))
+    ui.out.print(f"\n[bold]adopted[/bold] in {time.monotonic() - started:.1f}s. Label Studio is up at "
+                 f"[bold]{profile.url}[/bold]; log in with the same accounts and passwords as before.")
+    ui.out.print(f"The old files are untouched where they were: data {u.data_dir}"
+                 + (f", venv {u.venv}" if u.venv else "") + ". Remove them once you are satisfied.")
