@@ -338,8 +338,8 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     if fetch:
         received = _stream(host, profile, data, dest, fetch, delta=delta is not None)
     if delta is not None:
-        found, base_index = delta
-        built = _assemble(previous, dest, base_index)
+        found, base_pages = delta
+        built = _assemble(previous, dest, base_pages)
         if built is not None:
             received[DATABASE], index = built
             ui.out.print(f"  database: {found['changed']} of {found['pages']} pages changed since {previous.id}; "

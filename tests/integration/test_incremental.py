@@ -83,8 +83,9 @@ def sdk(data_vm):
 
 
 @pytest.fixture(scope="module")
-def corpus(data_vm, sdk) -> dict:
-    """A project with a few thousand tasks of varied text (about 5 MiB of database), made by the SDK."""
+def corpus(data_vm, sdk):
+    """A project with a few thousand tasks of varied text (about 5 MiB of database), made by the SDK;
+    deleted afterwards, so the VM's other tests find the projects they made and no other."""
     project = sdk.projects.create(
         title="incremental",
         label_config='<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -94,7 +95,8 @@ def corpus(data_vm, sdk) -> dict:
     sdk.projects.import_tasks(id=project.id, request=tasks)
     ids = [t.id for t in itertools.islice(sdk.tasks.list(project=project.id, page_size=100), 100)]
     assert len(ids) == 100
-    return {"project": project.id, "task_ids": ids}
+    yield {"project": project.id, "task_ids": ids}
+    sdk.projects.delete(id=project.id)
 
 
 def annotate(sdk, corpus: dict, count: int, choice: str) -> None:
