@@ -136,8 +136,10 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
             if u.running:
                 snapshot = _snapshot_after_stop(host, source, snapshot, u.version)
             plan.apply(host, steps.plan(found, profile, AdminRequest(None), start=False), dry_run=False)
+            # Nothing of ours served before: a failed start is rolled back and left stopped (the old
+            # instance comes back instead, below).
             replace_server_data(host, profile, snapshot.path, snapshot.manifest.files,
-                                health_timeout=int(health_timeout))
+                                health_timeout=int(health_timeout), restart_previous=found.db_exists)
             mismatches = core.count_mismatches(snapshot.manifest.counts, snapshots.server_counts(host, profile))
             if mismatches:
                 raise RemoteError("the adopted data does not match the snapshot: " + "; ".join(mismatches))

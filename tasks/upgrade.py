@@ -133,10 +133,13 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
                 host.run(provision_commands.build_release(profile, new), sudo=True, timeout=PIP_TIMEOUT,
                          what=f"building label-studio {new}")
             ui.step(True, f"built label-studio {new} in {profile.release_dir(new)} (the service kept running)")
+        check_started = time.monotonic()
         migrations = check_migrations(host, profile, new)
-        ui.step(True, f"label-studio {new} migrated a copy of the database: {len(migrations)} migration(s)")
+        took = time.monotonic() - check_started
+        ui.step(True, f"label-studio {new} migrated a copy of the database in {took:.0f}s: {len(migrations)} migration(s)")
         for name in migrations:
             ui.out.print(f"    {name}", markup=False, highlight=False)
+        ui.out.print(f"  the stop will last about as long as that migration plus a start (~{took + 30:.0f}s)")
         confirm(f"stop Label Studio on {host.alias} and switch to {new}?", yes)
         stop_started = time.monotonic()
         run_swap(host, profile, [DATABASE], health_timeout=int(health_timeout),

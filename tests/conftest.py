@@ -38,3 +38,31 @@ def pytest_xdist_make_scheduler(config, log):
             return match.group(1) if match else nodeid
 
     return BySuite(config, log)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "one_release(suite): prove this on one Debian release only (CI time; "
+                                       "the README says which and why)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked one_release(suite) run in that suite's parametrization only: the others are
+    deselected (not skipped), so each Debian release's worker carries a share of the slowest tests.
+    When a run does not include that suite (LSVM_TEST_SUITES narrowed it), they run on what it has."""
+
+    def suite_of(item):
+        callspec = getattr(item, "callspec", None)
+        return callspec.params.get("suite") if callspec else None
+
+    present = {suite_of(item) for item in items}
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("one_release")
+        suite = suite_of(item)
+        if marker and suite is not None and marker.args[0] in present and suite != marker.args[0]:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

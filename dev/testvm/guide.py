@@ -52,7 +52,7 @@ def set_up_by_the_guide(vm: TestVM, version: str) -> None:
             "apt-get install -y -qq python3 python3-pip python3-venv nginx screen ufw >/dev/null", timeout=900)
     as_user(vm, f"mkdir -p {GUIDE_DIR} && cd {GUIDE_DIR} && python3 -m venv {GUIDE_VENV} && "
                 f". {GUIDE_VENV}/bin/activate && pip install -q label-studio=={version}")
-    vm.exec(f"cat > /etc/nginx/sites-available/label-studio", input=GUIDE_SITE.encode())
+    vm.exec("cat > /etc/nginx/sites-available/label-studio", input=GUIDE_SITE.encode())
     vm.exec("ln -s /etc/nginx/sites-available/label-studio /etc/nginx/sites-enabled/ && nginx -t 2>/dev/null "
             "&& systemctl reload nginx")
     vm.exec("ufw allow OpenSSH >/dev/null && ufw allow 'Nginx Full' >/dev/null && ufw --force enable >/dev/null")

@@ -182,6 +182,8 @@ class _SwapReport:
         elif event == swap_job.BACK_HEALTHY:
             self.outcome = RemoteError("the new data did not come up; the previous data is back in place and "
                                        "Label Studio is serving it")
+        elif event == swap_job.BACK_STOPPED:
+            self.outcome = RemoteError("the new data did not come up; it is rolled back and Label Studio is stopped")
         elif event == swap_job.BACK_UNHEALTHY:
             self.outcome = RemoteError("the new data did not come up; the previous data is back in place, but "
                                        f"Label Studio did not answer /health {where} (last answer: {said or 'none'})")
@@ -226,7 +228,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
-                        health_timeout: int, base: Snapshot | None = None) -> None:
+                        health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None) -> None:
     """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure.
     `base`, a snapshot of the server's database taken just before, lets only the changed pages go."""
     parts = _parts_present(files)
@@ -246,4 +248,5 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise
     ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
-    run_swap(host, profile, parts, health_timeout=health_timeout)
+    run_swap(host, profile, parts, health_timeout=health_timeout,
+             steps=None if restart_previous else {"restart_previous": False})

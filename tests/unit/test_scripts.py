@@ -90,6 +90,7 @@ def scripts_of(profile) -> dict[str, str]:
         "upgrade job": swap.job(profile, [DATABASE], 30, **upgrade.upgrade_steps(profile, "1.0", "2.0")),
         "rollback job": swap.job(profile, [DATABASE], 30, **upgrade.rollback_steps(profile, "ab" * 32)),
         "keep data job": swap.job(profile, [DATABASE], 30, **upgrade.keep_data_steps(profile)),
+        "adopt swap job": swap.job(profile, [DATABASE], 30, restart_previous=False),
     })
     found.update(data_scripts(profile))
     return found

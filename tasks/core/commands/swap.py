@@ -20,6 +20,7 @@ BEGIN, UNFINISHED, STOPPED, STOP_FAILED = "begin", "unfinished", "stopped", "sto
 SWAPPED, SWAP_FAILED, STARTED, START_FAILED = "swapped", "swap-failed", "started", "start-failed"
 HEALTHY, UNHEALTHY, LOG = "healthy", "unhealthy", "log"
 ROLLED_BACK, ROLLBACK_FAILED, BACK_HEALTHY, BACK_UNHEALTHY = "rolled-back", "rollback-failed", "back-healthy", "back-unhealthy"
+BACK_STOPPED = "back-stopped"  # rolled back, the service left stopped (nothing of ours served before)
 DONE = "done"
 
 GONE = 3                    # follow's exit status: the job ended without `done` (killed, reboot)
@@ -38,12 +39,13 @@ def output_file(profile: Profile) -> PurePosixPath:
 
 
 def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap: str = "",
-        after_swap: str = "", undo_swap: str = "", on_success: str = "") -> str:
+        after_swap: str = "", undo_swap: str = "", on_success: str = "", restart_previous: bool = True) -> str:
     """The whole swap, as root; every step inside the data dir as the service user. An upgrade or a
     rollback adds its own steps (root scripts): `before_swap` and `after_swap` run with the service
     stopped around the data swap (any failure rolls back), `undo_swap` before the data goes back,
     `on_success` once the new state answers /health, before the previous data is removed.
-    `OLD_CURRENT` and `OLD_PREVIOUS` hold the release links as they were when the job began."""
+    `OLD_CURRENT` and `OLD_PREVIOUS` hold the release links as they were when the job began. Without
+    `restart_previous` (adopt: no data of ours served before) a rollback leaves the service stopped."""
     manager = service_manager(profile)
     d = profile.remote.data_dir
     stop = manager.stop_and_wait()
@@ -89,12 +91,13 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"if ! run rollback_data; then say {ROLLBACK_FAILED} \"$(said)\"; say {DONE}; exit 1; fi",
         "run cleanup",
         f"say {ROLLED_BACK}",
-        f"if run start_service && run old_healthy; then say {BACK_HEALTHY}; else say {BACK_UNHEALTHY} \"$(said)\"; fi",
+        (f"if run start_service && run old_healthy; then say {BACK_HEALTHY}; else say {BACK_UNHEALTHY} \"$(said)\"; fi"
+         if restart_previous else f"say {BACK_STOPPED}"),
         f"say {DONE}",
     ])
 
 
-def launch(profile: Profile, parts: list[str], health_timeout: int, **steps: str) -> str:
+def launch(profile: Profile, parts: list[str], health_timeout: int, **steps) -> str:
     """Starts the job detached from this SSH session and returns once it holds its lock."""
     script = job(profile, parts, health_timeout, **steps)
     status = q(status_file(profile))
