@@ -177,11 +177,11 @@ CHECK_REPORT, CHECK_LOCK = "check.json", "check.lock"
 BASE_INDEX, DELTA = "base.pages", "label_studio.sqlite3.delta"
 
 
-def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "null") -> dict:
+def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "null", check: str = "check") -> dict:
     """Server side of a backup: a consistent DB copy into work_dir, unless the database has not changed
     since the snapshot whose marker is given; .env hashed, media listed. The copy's sha256 and
     integrity_check start at once in the background (`check_in_background`), beside the delta and
-    the stream."""
+    the stream; `check` "nocheck" leaves them out (a copy made to be migrated, not kept)."""
     database = os.path.join(data_dir, "label_studio.sqlite3")
     result = {"database_exists": os.path.isfile(database)}
     if result["database_exists"]:
@@ -200,7 +200,8 @@ def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "nul
                 result["copy_error"] = str(exc)
                 return result
             result["database"] = {"size": os.path.getsize(snapshot)}
-            check_in_background(snapshot, os.path.join(work_dir, CHECK_REPORT), os.path.join(work_dir, CHECK_LOCK))
+            if check != "nocheck":
+                check_in_background(snapshot, os.path.join(work_dir, CHECK_REPORT), os.path.join(work_dir, CHECK_LOCK))
     env = os.path.join(data_dir, ".env")
     if os.path.isfile(env):
         result["env"] = {"size": os.path.getsize(env), "sha256": sha256_file(env)}
@@ -423,7 +424,7 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
 def main(argv: list[str]) -> int:
     command = argv[0]
     if command == "prepare":
-        print(json.dumps(prepare(*argv[1:5])))
+        print(json.dumps(prepare(*argv[1:6])))
     elif command == "check":
         print(json.dumps(check(argv[1])))
     elif command == "check-in-background":

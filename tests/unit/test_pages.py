@@ -255,3 +255,20 @@ def test_an_index_nobody_needs_stops_at_once(tmp_path):
     with pytest.raises(ValueError, match="stopped"):
         sqlite.page_index(str(db), stop)
     assert snapshots.stored_page_index(snapshot_of(tmp_path, db), stop) is None
+
+
+def test_prepare_checks_its_copy_in_the_background_unless_told_not_to(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_db(data_dir / DATABASE, rows=200)
+    for check, work in (("check", tmp_path / "kept"), ("nocheck", tmp_path / "migrated")):
+        work.mkdir()
+        found = sqlite.prepare(str(data_dir), str(work), str(tmp_path / "venv"), "null", check)
+        assert found["database"]["size"] == (data_dir / DATABASE).stat().st_size
+        assert (work / sqlite.CHECK_LOCK).exists() == (check == "check")
+    lock = tmp_path / "kept" / sqlite.CHECK_LOCK
+    import fcntl
+    with open(lock) as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)  # waits for the background check, which writes the report first
+    report = json.loads((tmp_path / "kept" / sqlite.CHECK_REPORT).read_text())
+    assert report["sha256"] == sha(tmp_path / "kept" / DATABASE) and report["report"]["integrity_check"] == "ok"

@@ -116,6 +116,7 @@ def data_scripts(profile) -> dict[str, str]:
         "file size": data.file_size(profile, p.database),
         "prepare copy": data.prepare_copy(profile, work, '{"counter": 1, "size": 2}'),
         "prepare copy, first": data.prepare_copy(profile, work, "null"),
+        "prepare copy, no check": data.prepare_copy(profile, work, "null", check=False),
         "file list": data.write_file_list(profile, work),
         "check report": data.read_check_report(profile, work),
         "base index": data.write_base_index(profile, work),

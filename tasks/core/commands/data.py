@@ -131,11 +131,13 @@ def server_migrations(profile: Profile) -> str:
     return as_service_user(profile, *sqlite_words("migrations", profile.remote.database))
 
 
-def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str) -> str:
-    """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON."""
+def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True) -> str:
+    """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
+    its sha256 and integrity_check start in the background unless `check` is False (a copy that is
+    migrated at once: the check would hold a read lock on it)."""
     p = profile.remote
-    return (f"if [ -d {q(p.data_dir)} ]; then "
-            f"{as_service_user(profile, *sqlite_words('prepare', p.data_dir, work_dir, p.venv, previous_marker))}; "
+    words = sqlite_words("prepare", p.data_dir, work_dir, p.venv, previous_marker, "check" if check else "nocheck")
+    return (f"if [ -d {q(p.data_dir)} ]; then {as_service_user(profile, *words)}; "
             "else echo '{\"database_exists\": false}'; fi")
 
 
