@@ -1,20 +1,31 @@
-"""Benchmark: `backup` and `push-local-db` vs `scp` of the raw database, on a ~1 GiB Label Studio DB.
+"""Benchmark: `backup` (full, unchanged, after a change) and `push-local-db` vs `scp` of the raw
+database, on a ~1 GiB Label Studio database of realistic data.
 
-    python -m bench.data [--size-mib 1024]
+    python -m bench.data [--size-mib 1024] [--rate 100mbit] [--change 0.01]
 
-One run, same VM: provisions a fresh test VM, makes real data through Label Studio's API (a project,
-tasks with JSON data, annotations), grows it with SQL copies of those rows (the real schema from Label
-Studio's migrations) to the target size, then times:
+One run, same VM: provisions a fresh test VM, makes real data through Label Studio's API (a text
+project whose tasks are sentences of the manual pages Debian ships on this machine, annotations with
+varied labels and spans; an image project with real PNG/JPEG files from Debian packages and boxes),
+grows it with more varied tasks and annotations (the real schema, as Label Studio's migrations made
+it) to the target size, prints how much zstd shrinks it, then times, on loopback and on a link shaped
+with `tc` to the given rate:
   scp down / scp up of the raw file (the seed scripts' way; baseline),
-  fab backup (first, full), fab backup (unchanged server), fab push-local-db,
+  fab backup (full), fab backup (unchanged server),
+  fab backup after `--change` of the pages changed (annotations through the API + an SQL update of
+  scattered rows), with the bytes on the wire,
+  fab pull-server-db, then fab push-local-db after a local change of `--change` of the pages,
 and reports ratios against scp plus the tool's peak RSS. Needs a Docker engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import gzip
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -25,11 +36,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from dev.lsclient import LabelStudio  # noqa: E402
+from dev.lsclient import LabelStudio, wait_for_health  # noqa: E402
 from dev.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
 from dev.testvm.machine import make_key, start_vm  # noqa: E402
+from tasks.core.commands.data import COMPRESS  # noqa: E402
 
 EMAIL, PASSWORD = "admin@example.com", "bench-password-1"
+STREAM_LEVEL = int(COMPRESS["zstd"].split("-q -")[1].split()[0])
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 
 
@@ -38,57 +51,222 @@ def log(message: str) -> None:
 
 
 def timed(command: list[str], env: dict, cwd: Path = PROJECT_ROOT) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in KiB (from wait4's rusage of that one child), and its stdout."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Wall seconds, peak RSS in KiB, and its stdout. The RSS comes from GNU time (a small parent): a
+    child forked from this process would carry this process's own peak over its exec (Linux keeps
+    the highest RSS of the image it replaced), and this process holds the text corpus."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
-        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
+        child = subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *command], cwd=cwd, env=env,
+                               stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
         elapsed = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout = out.read()
         if child.returncode != 0:
             raise SystemExit(f"{command} failed:\n{stdout}\n{err.read()}")
-    return elapsed, usage.ru_maxrss, stdout
+        peak = int(rss.read().strip().splitlines()[-1])
+    return elapsed, peak, stdout
 
 
-def make_data(vm, url: str, size_mib: int) -> int:
-    ls = LabelStudio(url)
-    assert ls.login(EMAIL, PASSWORD)
-    project = ls.create_project("benchmark")
-    tasks = [{"text": f"review {i}: " + "the quick brown fox jumps over the lazy dog " * 20,
-              "meta": {"source": "bench", "i": i, "tags": ["a", "b", "c"]}} for i in range(5000)]
-    assert ls.import_file(project, "tasks.json", json.dumps(tasks).encode()).status == 201
-    first_task = ls.get(f"/api/tasks?project={project}&page_size=1").json()["tasks"][0]["id"]
-    for task_id in range(first_task, first_task + 300):
-        resp = ls.post_json(f"/api/tasks/{task_id}/annotations/", {
-            "result": [{"from_name": "label", "to_name": "text", "type": "choices",
-                        "value": {"choices": ["a"]}}], "lead_time": 3.2})
-        assert resp.status == 201, resp.text[:200]
-    log(f"API data made; growing the database to {size_mib} MiB with SQL copies of those rows")
-    grow = f"""
-import sqlite3
-con = sqlite3.connect("{DB}")
-import os
-target = {size_mib} * 1024 * 1024
-while os.path.getsize("{DB}") < target:
-    # Double while far from the target, then copy only the share of rows still missing.
-    share = min(1.0, (target - os.path.getsize("{DB}")) / os.path.getsize("{DB}"))
-    for table in ("task", "task_completion"):
-        rows = con.execute(f"select count(*) from {{table}}").fetchone()[0]
-        names = [r[1] for r in con.execute(f"pragma table_info({{table}})") if r[1] != "id"]
-        values = ["lower(hex(randomblob(16)))" if n == "unique_id" else n for n in names]
-        con.execute(f"insert into {{table}} ({{','.join(names)}}) select {{','.join(values)}} from {{table}} "
-                    f"limit {{max(1, int(rows * share))}}")
+# ------------------------------------------------------------------------------------------------
+# Realistic data: varied text from the manual pages Debian ships, split into tasks; annotations with
+# varied labels, spans and boxes; real PNG/JPEG files from Debian packages uploaded as image tasks.
+
+NER_CONFIG = ('<View><Text name="text" value="$text"/><Labels name="label" toName="text">'
+              + "".join(f'<Label value="{v}"/>' for v in ("PER", "ORG", "LOC", "CMD", "FILE", "OPTION", "DATE", "MISC"))
+              + '</Labels><Choices name="quality" toName="text"><Choice value="clear"/><Choice value="unclear"/>'
+              '</Choices></View>')
+IMAGE_CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+                '<Label value="icon"/><Label value="text"/><Label value="diagram"/><Label value="photo"/>'
+                '</RectangleLabels></View>')
+LABELS = ["PER", "ORG", "LOC", "CMD", "FILE", "OPTION", "DATE", "MISC"]
+
+
+def manual_sentences() -> list[str]:
+    """Distinct sentences of every manual page on this machine (roff markup stripped)."""
+    found: set[str] = set()
+    for page in sorted(glob.glob("/usr/share/man/man[1-8]/*.gz")):
+        try:
+            text = gzip.open(page).read().decode("utf-8", "replace")
+        except (OSError, EOFError):
+            continue
+        lines = []
+        for line in text.splitlines():
+            if line.startswith((".", "'")):
+                line = re.sub(r"^\.(B|I|BR|IR|RB|RI|IB|BI|SH|SS|TP|IP)\s*", "", line)
+                if line.startswith((".", "'")):
+                    continue
+            lines.append(re.sub(r"\\f[BIRP]|\\\(..|\\&|\\e", "", line).replace("\\-", "-"))
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(lines)):
+            sentence = sentence.strip()
+            if 20 < len(sentence) < 400:
+                found.add(sentence)
+    return sorted(found)
+
+
+def debian_images(limit: int = 40) -> list[Path]:
+    """Real PNG and JPEG files that Debian packages installed here (documentation figures, icons)."""
+    found = sorted(p for pattern in ("*.png", "*.jpg", "*.jpeg")
+                   for p in Path("/usr/share").rglob(pattern) if p.is_file() and 2048 < p.stat().st_size < 4_000_000)
+    return found[:: max(1, len(found) // limit)][:limit]
+
+
+def ner_result(text: str, rng: random.Random) -> list[dict]:
+    result = []
+    for n in range(rng.randint(1, 6)):
+        start = rng.randrange(max(1, len(text) - 20))
+        end = min(len(text), start + rng.randint(3, 40))
+        result.append({"id": f"r{rng.getrandbits(40):x}", "from_name": "label", "to_name": "text", "type": "labels",
+                       "value": {"start": start, "end": end, "text": text[start:end], "labels": [rng.choice(LABELS)]}})
+    result.append({"id": f"q{rng.getrandbits(40):x}", "from_name": "quality", "to_name": "text", "type": "choices",
+                   "value": {"choices": [rng.choice(["clear", "unclear"])]}})
+    return result
+
+
+def box_result(rng: random.Random) -> list[dict]:
+    return [{"id": f"b{rng.getrandbits(40):x}", "from_name": "box", "to_name": "image", "type": "rectanglelabels",
+             "original_width": rng.randint(200, 2000), "original_height": rng.randint(200, 2000), "image_rotation": 0,
+             "value": {"x": round(rng.uniform(0, 80), 4), "y": round(rng.uniform(0, 80), 4),
+                       "width": round(rng.uniform(2, 20), 4), "height": round(rng.uniform(2, 20), 4), "rotation": 0,
+                       "rectanglelabels": [rng.choice(["icon", "text", "diagram", "photo"])]}}
+            for _ in range(rng.randint(1, 5))]
+
+
+def task_text(sentences: list[str], rng: random.Random) -> str:
+    return " ".join(rng.sample(sentences, rng.randint(3, 12)))
+
+
+GROW = r"""
+import json, os, random, sqlite3, sys
+db, corpus, target, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sentences = open(corpus, encoding="utf-8").read().split("\n")
+rng = random.Random(seed)
+LABELS = %(labels)r
+con = sqlite3.connect(db)
+def columns(table):
+    return [r[1] for r in con.execute(f"pragma table_info({table})")]
+task_cols, ann_cols = columns("task"), columns("task_completion")
+task_row = dict(zip(task_cols, con.execute("select * from task order by id limit 1").fetchone()))
+ann_row = dict(zip(ann_cols, con.execute("select * from task_completion order by id limit 1").fetchone()))
+task_sql = f"insert into task ({','.join(task_cols)}) values ({','.join('?' * len(task_cols))})"
+ann_sql = f"insert into task_completion ({','.join(ann_cols)}) values ({','.join('?' * len(ann_cols))})"
+next_task = con.execute("select max(id) from task").fetchone()[0] + 1
+next_ann = con.execute("select max(id) from task_completion").fetchone()[0] + 1
+while os.path.getsize(db) < target:
+    tasks, anns = [], []
+    for _ in range(2000):
+        text = " ".join(rng.sample(sentences, rng.randint(3, 12)))
+        row = dict(task_row, id=next_task, data=json.dumps({"text": text, "meta": {"source": rng.choice(
+            ["man", "doc", "faq", "wiki"]), "n": next_task, "score": round(rng.random(), 6)}}))
+        if "unique_id" in row:
+            row["unique_id"] = "%%032x" %% rng.getrandbits(128)
+        annotated = rng.random() < 0.4
+        if "total_annotations" in row:
+            row["total_annotations"] = int(annotated)
+        if "is_labeled" in row:
+            row["is_labeled"] = int(annotated)
+        tasks.append([row[c] for c in task_cols])
+        if annotated:
+            result = []
+            for _ in range(rng.randint(1, 6)):
+                start = rng.randrange(max(1, len(text) - 20))
+                end = min(len(text), start + rng.randint(3, 40))
+                result.append({"id": "r%%x" %% rng.getrandbits(40), "from_name": "label", "to_name": "text",
+                               "type": "labels", "value": {"start": start, "end": end, "text": text[start:end],
+                                                          "labels": [rng.choice(LABELS)]}})
+            arow = dict(ann_row, id=next_ann, task_id=next_task, result=json.dumps(result),
+                        lead_time=round(rng.uniform(1, 300), 3))
+            if "unique_id" in arow:
+                arow["unique_id"] = "%%032x" %% rng.getrandbits(128)
+            anns.append([arow[c] for c in ann_cols])
+            next_ann += 1
+        next_task += 1
+    con.executemany(task_sql, tasks)
+    con.executemany(ann_sql, anns)
     con.commit()
 print(con.execute("select count(*) from task").fetchone()[0], con.execute("select count(*) from task_completion").fetchone()[0])
-"""
+""" % {"labels": LABELS}
+
+
+def make_data(vm, url: str, size_mib: int, work: Path) -> tuple[int, int]:
+    """A ~size_mib database of varied text and annotations; returns (its size, the text project id)."""
+    rng = random.Random(12)
+    log("collecting sentences from the manual pages on this machine")
+    sentences = manual_sentences()
+    ls = LabelStudio(url)
+    assert ls.login(EMAIL, PASSWORD)
+    project = ls.post_json("/api/projects", {"title": "manuals", "label_config": NER_CONFIG}).json()["id"]
+    tasks = [{"text": task_text(sentences, rng), "meta": {"source": "man", "i": i}} for i in range(2000)]
+    assert ls.import_file(project, "tasks.json", json.dumps(tasks).encode()).status == 201
+    images = ls.post_json("/api/projects", {"title": "figures", "label_config": IMAGE_CONFIG}).json()["id"]
+    pictures = debian_images()
+    for picture in pictures:
+        assert ls.import_file(images, picture.name, picture.read_bytes()).status == 201, picture
+    log(f"{len(tasks)} text tasks and {len(pictures)} images (PNG/JPEG from Debian packages) imported")
+    annotate(ls, project, 300, rng)
+    image_tasks = [t["id"] for t in ls.get(f"/api/tasks?project={images}&page_size=100").json()["tasks"]]
+    for task_id in image_tasks:
+        resp = ls.post_json(f"/api/tasks/{task_id}/annotations/", {"result": box_result(rng), "lead_time": 12.5})
+        assert resp.status == 201, resp.text[:200]
+    log(f"API data made; growing the database to {size_mib} MiB with more varied tasks and annotations")
+    corpus = "\n".join(sentences).encode()
+    vm.exec("cat > /tmp/corpus.txt && chmod 644 /tmp/corpus.txt", input=corpus, timeout=300)
     vm.exec("systemctl stop label-studio")
-    out = vm.exec("runuser -u labelstudio -- python3 -", input=grow.encode(), timeout=1800).stdout.decode()
+    out = vm.exec(f"runuser -u labelstudio -- python3 - {DB} /tmp/corpus.txt {size_mib * 1024 * 1024} 7",
+                  input=GROW.encode(), timeout=3600).stdout.decode()
     vm.exec("systemctl start label-studio")
+    wait_for_health(url, timeout=300)
     log(f"tasks, annotations: {out.strip()}")
-    return int(vm.exec(f"stat -c %s {DB}").stdout.decode())
+    return int(vm.exec(f"stat -c %s {DB}").stdout.decode()), project
+
+
+def annotate(ls, project: int, count: int, rng: random.Random) -> None:
+    """`count` annotations saved through Label Studio's API on random tasks of the first pages."""
+    listed = ls.get(f"/api/tasks?project={project}&page_size=1000&fields=all").json()["tasks"]
+    for task in rng.sample(listed, min(count, len(listed))):
+        text = task["data"]["text"]
+        resp = ls.post_json(f"/api/tasks/{task['id']}/annotations/", {"result": ner_result(text, rng),
+                                                                      "lead_time": round(rng.uniform(1, 90), 2)})
+        assert resp.status == 201, resp.text[:200]
+
+
+TOUCH = r"""
+import json, random, sqlite3, sys
+db, share, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+con = sqlite3.connect(db, timeout=60)
+rng = random.Random(seed)
+pages = con.execute("pragma page_count").fetchone()[0]
+low, high = con.execute("select min(id), max(id) from task").fetchone()
+ids = rng.sample(range(low, high + 1), int(pages * share))
+con.executemany("update task set data = json_set(data, '$.meta.score', ?) where id = ?",
+                [(round(rng.random(), 6), i) for i in ids])
+con.commit()
+print(len(ids))
+"""
+
+
+def change_share(vm, url: str, project: int, share: float, seed: int) -> None:
+    """About `share` of the server database's pages changed the way a working day does: annotations
+    saved through the API, then an SQL update of scattered rows (while Label Studio runs)."""
+    ls = LabelStudio(url)
+    assert ls.login(EMAIL, PASSWORD)
+    annotate(ls, project, 100, random.Random(seed))
+    rows = vm.exec(f"runuser -u labelstudio -- python3 - {DB} {share / 2} {seed}", input=TOUCH.encode(),
+                   timeout=600).stdout.decode().strip()
+    log(f"changed: 100 annotations through the API, {rows} scattered task rows by SQL")
+
+
+def change_local(database: Path, share: float, seed: int) -> None:
+    subprocess.run([sys.executable, "-", str(database), str(share), str(seed)], input=TOUCH.encode(), check=True,
+                   capture_output=True)
+
+
+def compression(vm, level: int) -> float:
+    """How much zstd (at the level the backup stream uses) shrinks the database."""
+    size = int(vm.exec(f"stat -c %s {DB}").stdout.decode())
+    packed = int(vm.exec(f"zstd -q -{level} -T0 -c {DB} | wc -c", timeout=600).stdout.decode())
+    return size / packed
 
 
 def shape(vm, rate: str) -> None:
@@ -104,16 +282,29 @@ def shape(vm, rate: str) -> None:
 
 
 def wire(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if "on the wire" in line), "")
+    return " / ".join(line.strip() for line in text.splitlines() if "on the wire" in line)
 
 
-def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: str) -> dict:
-    """One set of timings: scp down/up of the raw file, backup (full, unchanged), push-local-db."""
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+
+
+def wire_bytes(text: str) -> int:
+    return int(sum(float(n) * UNITS[u] for n, u in re.findall(r"([\d.]+) (B|KiB|MiB|GiB) on the wire", text)))
+
+
+def pages_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if " pages " in line), "(whole database)")
+
+
+def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: str, url: str, project: int,
+            share: float) -> dict:
+    """One set of timings: scp down/up of the raw file; backup full, unchanged, after a change of
+    `share` of the pages; pull, a local change of `share`, push-local-db."""
     env = dict(env, LSVM_BACKUPS_DIR=str(work / f"backups-{mode}"))
     home = f"/home/{NOPASSWD_USER}"
     vm.exec(f"cp {DB} {home}/raw.sqlite3 && chown {NOPASSWD_USER} {home}/raw.sqlite3")
     scp = ["scp", "-q", "-F", str(ssh_config)]
-    r = {}
+    r = {"size": int(vm.exec(f"stat -c %s {DB}").stdout.decode())}
     log(f"[{mode}] scp down")
     r["scp_down"], _, _ = timed([*scp, "vm:raw.sqlite3", str(work / "raw.sqlite3")], env)
     log(f"[{mode}] scp up")
@@ -124,28 +315,38 @@ def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: s
     r["backup"], r["backup_rss"], r["backup_out"] = timed([*fab, "backup"], env)
     log(f"[{mode}] fab backup (unchanged server)")
     r["again"], r["again_rss"], _ = timed([*fab, "backup"], env)
+    change_share(vm, url, project, share, seed=len(mode))
+    log(f"[{mode}] fab backup (after {share:.0%} of the pages changed)")
+    r["incr"], r["incr_rss"], r["incr_out"] = timed([*fab, "backup"], env)
     local = work / f"local-{mode}"
-    local.mkdir()
-    newest = sorted((work / f"backups-{mode}" / "vm").iterdir())[-1]
-    shutil.copy(newest / "label_studio.sqlite3", local / "label_studio.sqlite3")
-    log(f"[{mode}] fab push-local-db")
+    log(f"[{mode}] fab pull-server-db")
+    r["pull"], r["pull_rss"], _ = timed([*fab, "pull-server-db", "--yes", "--local-data-dir", str(local)], env)
+    change_local(local / "label_studio.sqlite3", share, seed=len(mode) + 1)
+    log(f"[{mode}] fab push-local-db (after a pull and a local change of {share:.0%} of the pages)")
     r["push"], r["push_rss"], r["push_out"] = timed([*fab, "push-local-db", "--yes", "--local-data-dir", str(local)], env)
     shutil.rmtree(local)
     return r
 
 
 def report(mode: str, r: dict) -> None:
-    print(f"-- {mode} --")
+    mib = r["size"] / 1024 / 1024
+    print(f"-- {mode} ({mib:.0f} MiB database) --")
     print(f"scp down (raw file):            {r['scp_down']:7.1f} s")
     print(f"scp up (raw file):              {r['scp_up']:7.1f} s")
-    print(f"fab backup, full:               {r['backup']:7.1f} s   {r['scp_down'] / r['backup']:5.2f}x scp down   "
+    print(f"fab backup, full:               {r['backup']:7.1f} s   {r['backup'] / r['scp_down']:5.2f}x scp down time   "
           f"peak RSS {r['backup_rss'] / 1024:.0f} MiB")
     print(f"    {wire(r['backup_out'])}")
-    print(f"fab backup, unchanged server:   {r['again']:7.1f} s   {r['scp_down'] / r['again']:5.2f}x scp down   "
+    print(f"fab backup, unchanged server:   {r['again']:7.1f} s   {r['again'] / r['scp_down']:5.2f}x scp down time   "
           f"peak RSS {r['again_rss'] / 1024:.0f} MiB")
-    print(f"fab push-local-db:              {r['push']:7.1f} s   {r['scp_up'] / r['push']:5.2f}x scp up     "
+    print(f"fab backup, after a change:     {r['incr']:7.1f} s   {r['incr'] / r['scp_down']:5.2f}x scp down time   "
+          f"peak RSS {r['incr_rss'] / 1024:.0f} MiB")
+    print(f"    {pages_line(r['incr_out'])}")
+    print(f"    {wire(r['incr_out'])}: {wire_bytes(r['incr_out']) / r['size']:.2%} of the database's bytes")
+    print(f"fab pull-server-db:             {r['pull']:7.1f} s   {r['pull'] / r['scp_down']:5.2f}x scp down time")
+    print(f"fab push-local-db:              {r['push']:7.1f} s   {r['push'] / r['scp_up']:5.2f}x scp up time     "
           f"peak RSS {r['push_rss'] / 1024:.0f} MiB")
-    print(f"    {wire(r['push_out'])}")
+    print(f"    {pages_line(r['push_out'])}")
+    print(f"    {wire(r['push_out'])}: {wire_bytes(r['push_out']) / r['size']:.2%} of the database's bytes")
 
 
 def main() -> int:
@@ -153,6 +354,8 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rate", default="100mbit",
                         help="also measure on a link shaped to this rate (tc syntax); 'none' skips it")
+    parser.add_argument("--change", type=float, default=0.01, help="share of the pages changed before the "
+                        "incremental backup and before the push (default 0.01)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lsvm-bench-data-"))
     vm = start_vm(build_image(), make_key(work))
@@ -168,18 +371,22 @@ def main() -> int:
         fab = [sys.executable, "-m", "fabric", "-S", str(ssh_config), "-H", "vm"]
         log("provisioning the VM")
         timed([*fab, "provision"], env)
-        size = make_data(vm, url, args.size_mib)
-        results["loopback (no bandwidth limit)"] = measure(vm, work, fab, env, ssh_config, "loopback")
+        size, project = make_data(vm, url, args.size_mib, work)
+        ratio = compression(vm, STREAM_LEVEL)
+        results["loopback (no bandwidth limit)"] = measure(vm, work, fab, env, ssh_config, "loopback", url, project,
+                                                          args.change)
         if args.rate != "none":
             shape(vm, args.rate)
-            results[f"link shaped to {args.rate} both ways"] = measure(vm, work, fab, env, ssh_config, "shaped")
+            results[f"link shaped to {args.rate} both ways"] = measure(vm, work, fab, env, ssh_config, "shaped", url,
+                                                                      project, args.change)
     finally:
         vm.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"== data benchmark: {size / 1024 / 1024:.0f} MiB Label Studio database, one VM, one run "
-          "(baseline: scp of the raw file) ==")
+    print(f"== data benchmark: {size / 1024 / 1024:.0f} MiB Label Studio database of varied text (manual pages), "
+          f"one VM, one run (baseline: scp of the raw file) ==")
+    print(f"zstd -{STREAM_LEVEL} (the backup stream's level) shrinks this database {ratio:.1f}x")
     for mode, r in results.items():
         report(mode, r)
     print("(push includes its pre-push server backup, the local check of the database, the upload, the "

@@ -170,10 +170,12 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
             return
         confirm(f"replace the Label Studio data on {host.alias}? (it is backed up first)", yes)
         with snapshots.server_lock(host, profile, "push-local-db"):
+            before = None
             if server is not None:
-                report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-push"),
-                                "server backed up as")
-            replace_server_data(host, profile, source.path, files, health_timeout=int(health_timeout))
+                before = snapshots.take_server_snapshot(host, profile, label="pre-push")
+                report_snapshot(before, "server backed up as")
+            replace_server_data(host, profile, source.path, files, health_timeout=int(health_timeout),
+                                base=before)
 
 
 @task(help={"config": CONFIG_HELP, "snapshot": "the snapshot to restore (id or unique prefix; see `fab backups`)",
@@ -194,11 +196,12 @@ def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=SWAP
                      + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
         confirm(f"replace the Label Studio data on {host.alias} with {chosen.id}? (it is backed up first)", yes)
         with snapshots.server_lock(host, profile, "restore-server"):
+            before = None
             if server is not None:
-                report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-restore"),
-                                "server backed up as")
+                before = snapshots.take_server_snapshot(host, profile, label="pre-restore")
+                report_snapshot(before, "server backed up as")
             replace_server_data(host, profile, chosen.path, chosen.manifest.files,
-                                health_timeout=int(health_timeout))
+                                health_timeout=int(health_timeout), base=before)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 DATABASE = "label_studio.sqlite3"
 SECRET_ENV = ".env"
 MEDIA = "media"
+PAGE_INDEX = "label_studio.sqlite3.pages"  # beside the database: its page digests (sqlite.page_index)
 FORMAT = 1
 LOCAL_HOST = "local"
 

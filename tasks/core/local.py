@@ -117,8 +117,9 @@ def _save_into(dest: Path, data_dir: Path, label: str, extra: dict | None, media
             raise
         raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
     os.chmod(dest / DATABASE, 0o600)
-    report = sqlite.inspect(str(dest / DATABASE))
-    files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, sqlite.sha256_file(str(dest / DATABASE)))]
+    checked = sqlite.check(str(dest / DATABASE))
+    report = checked["report"]
+    files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, checked["sha256"])]
     env = data_dir / SECRET_ENV
     if env.is_file():
         files.append(_copy_private(env, dest / SECRET_ENV, SECRET_ENV))

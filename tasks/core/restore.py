@@ -11,17 +11,19 @@ progress, so a Ctrl-C or a cut connection here never leaves half a swap.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
-from . import ui
-from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
+from . import sqlite, ui
+from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
 from .commands import data as data_commands
 from .commands import instances as instance_commands
 from .commands import swap as swap_job
 from .connect import Host
 from .errors import RemoteError, SnapshotError
 from .profile import Profile
+from .snapshots import DELTA_MAX_SHARE, stored_page_index
 from .transfer import check_free_space, send_tar, server_codec
 
 
@@ -59,23 +61,42 @@ def refuse_foreign_port(host: Host, profile: Profile) -> None:
                           hint="stop that process first (fab status names it)")
 
 
-def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -> None:
-    """Stream the files into the incoming folder and prove on the server that every byte arrived."""
+class DeltaRefused(SnapshotError):
+    """The pages sent do not rebuild the pushed database on the server: the whole file must go."""
+
+
+def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry], *, delta: Path | None = None) -> None:
+    """Stream the files into the incoming folder and prove on the server that every byte arrived. With
+    `delta` (the database's changed pages, sqlite.make_delta), those pages go instead of the database,
+    which the server rebuilds from a consistent copy of its own; SnapshotError(DeltaRefused) when the
+    rebuilt file is not the pushed one (the server's database is not the base any more)."""
     incoming = data_commands.incoming_dir(profile)
-    total = sum(f.size for f in files)
-    check_free_space(host, profile.remote.data_dir, total + 1024 * 1024, "the incoming data")
+    sent = [(source / f.path, f.path) for f in files if not (delta and f.path == DATABASE)]
+    database = next((f for f in files if f.path == DATABASE), None)
+    if delta is not None:
+        sent.insert(0, (delta, data_commands.DELTA))
+    total = sum(local.stat().st_size for local, _ in sent)
+    room = total + (2 * database.size if delta is not None and database else 0)
+    check_free_space(host, profile.remote.data_dir, room + 1024 * 1024, "the incoming data")
     codec = server_codec(host)
     host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
     started = time.monotonic()
     channel = host.root_channel(data_commands.receive_upload(profile, codec.name))
     try:
-        send_tar(channel, codec, [(source / f.path, f.path) for f in files], total=total,
-                 description=f"upload to {host.alias}")
+        send_tar(channel, codec, sent, total=total, description=f"upload to {host.alias}")
         channel.finish("receiving the upload")
     finally:
         channel.close()
     ui.transfer_summary("uploaded", total, time.monotonic() - started, wire=channel.sent)
-    check = [f for f in files if not f.path.startswith(MEDIA + "/")]
+    if delta is not None:
+        with ui.err.status("rebuilding the database on the server from its own and the changed pages"):
+            out = host.run(data_commands.apply_delta_incoming(profile), sudo=True, what="rebuilding the database")
+        built = json.loads(out.stdout.strip().splitlines()[-1])
+        if built.get("sha256") != database.sha256:
+            raise DeltaRefused(built.get("error") or "the server's database changed since it was backed up")
+    check = [f for f in files if not f.path.startswith(MEDIA + "/") and not (delta and f.path == DATABASE)]
+    if not check:
+        return
     out = host.run(data_commands.hash_incoming(profile, [f.path for f in check]), sudo=True,
                    what="checking the upload").stdout
     found = json.loads(out.strip().splitlines()[-1])
@@ -83,6 +104,28 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry]) -
         got = found.get(str(incoming / entry.path))
         if not got or got["sha256"] != entry.sha256:
             raise SnapshotError(f"{entry.path} arrived damaged on {host.alias} (sha256 differs); nothing was replaced")
+
+
+def page_delta(source: Path, base: Snapshot | None, work: Path) -> Path | None:
+    """The pages of source's database that differ from `base`'s (the server's database, just backed
+    up), in a file under `work`; None when the whole file should go (no base, another page size, or
+    more than half the pages differ: another history)."""
+    with ui.err.status(f"reading the pages of {base.id}"):
+        index = stored_page_index(base)
+    if index is None:
+        return None
+    delta = work / data_commands.DELTA
+    delta.unlink(missing_ok=True)
+    with ui.err.status(f"comparing the database page by page with the server's ({base.id})"):
+        found = sqlite.make_delta(str(source / DATABASE), index, str(delta))
+    if not found.get("usable") or found["changed"] > found["pages"] * DELTA_MAX_SHARE:
+        why = found.get("why") or f"{found['changed']} of {found['pages']} pages differ"
+        ui.out.print(f"  whole database sent: {why}")
+        delta.unlink(missing_ok=True)
+        return None
+    ui.out.print(f"  database: {found['changed']} of {found['pages']} pages differ from the server's; "
+                 "only those are sent")
+    return delta
 
 
 class _SwapReport:
@@ -185,13 +228,22 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
-                        health_timeout: int, restart_previous: bool = True) -> None:
-    """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure."""
+                        health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None) -> None:
+    """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure.
+    `base`, a snapshot of the server's database taken just before, lets only the changed pages go."""
     parts = _parts_present(files)
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
     try:
-        upload(host, profile, source, files)
+        with tempfile.TemporaryDirectory(prefix="lsvm-delta-") as work:
+            delta = page_delta(source, base, Path(work)) if base is not None and any(
+                f.path == DATABASE for f in files) else None
+            try:
+                upload(host, profile, source, files, delta=delta)
+            except DeltaRefused as refused:
+                ui.warn(f"the changed pages did not rebuild the database on {host.alias} ({refused.message}): "
+                        "sending the whole database")
+                upload(host, profile, source, files)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise

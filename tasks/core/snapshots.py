@@ -7,24 +7,32 @@ is never replaced before a verified copy of it exists.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import getpass
+import hashlib
 import json
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from . import catalog, sqlite, ui
-from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from .catalog import DATABASE, MEDIA, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
 from .commands import data as data_commands
 from .connect import Host
 from .errors import LockedError, RemoteError, SnapshotError
 from .profile import Profile
 from .transfer import check_free_space, receive_tar, server_codec
+
+DELTA = data_commands.DELTA
+# More changed pages than this share of the database: the whole file goes (a delta would be as big,
+# and a database that shares little with the base is another history).
+DELTA_MAX_SHARE = 0.5
 
 # ------------------------------------------------------------------------------------------------
 # Locks
@@ -138,11 +146,164 @@ def send_file_list(host: Host, profile: Profile, work_dir: PurePosixPath, names:
         channel.close()
 
 
+@dataclass
+class Downloaded:
+    """What download_snapshot brought: the files, the database's check report, manifest extras."""
+
+    files: list[FileEntry]
+    report: dict
+    extra: dict
+
+
+def stored_page_index(snapshot: Snapshot | None, stop: threading.Event | None = None) -> bytes | None:
+    """The page index of a snapshot's database: its sidecar when the manifest vouches for it (sha256),
+    else computed from the database file; None without a database to index."""
+    if snapshot is None or snapshot.manifest is None or snapshot.manifest.file(DATABASE) is None:
+        return None
+    database = snapshot.path / DATABASE
+    if not database.is_file():
+        return None
+    noted = snapshot.manifest.extra.get("page_index")
+    sidecar = snapshot.path / PAGE_INDEX
+    if isinstance(noted, dict) and sidecar.is_file():
+        stored = sidecar.read_bytes()
+        if hashlib.sha256(stored).hexdigest() == noted.get("sha256"):
+            return stored
+    try:
+        return sqlite.page_index(str(database), stop)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class PendingIndex:
+    """stored_page_index(snapshot), worked out in a thread while the server makes its copy (hashlib
+    lets go of the GIL while it hashes a page); dropped at once when nothing needs it."""
+
+    future: concurrent.futures.Future
+    stop: threading.Event
+
+    @classmethod
+    def start(cls, snapshot: Snapshot | None) -> "PendingIndex":
+        stop = threading.Event()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-index")
+        try:
+            return cls(pool.submit(stored_page_index, snapshot, stop), stop)
+        finally:
+            pool.shutdown(wait=False)
+
+    def result(self) -> bytes | None:
+        return self.future.result()
+
+    def drop(self) -> None:
+        self.stop.set()
+
+
+def write_page_index(dest: Path, index: bytes) -> dict:
+    """The sidecar index of dest's database (not one of the snapshot's files); its manifest note."""
+    with catalog.space_needed(dest):
+        catalog.write_atomic(dest / PAGE_INDEX, index)
+    return {"sha256": hashlib.sha256(index).hexdigest(), "page_size": sqlite.parse_index(index)[0]}
+
+
+def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot | None,
+                  base_index: PendingIndex | None) -> tuple[dict, bytes] | None:
+    """The server's copy compared page by page with `base`'s database: (what make_delta said, base
+    index) when few enough pages changed to send only those, else None (then the whole file goes)."""
+    if base is None:
+        return None
+    if base_index is None:
+        index = stored_page_index(base)
+    else:
+        with ui.err.status(f"reading the pages of {base.id}"):
+            index = base_index.result()
+    if index is None:
+        return None
+    channel = host.root_channel(data_commands.write_base_index(profile, data.work_dir))
+    try:
+        channel.write(index)
+        channel.finish("sending the page index")
+    finally:
+        channel.close()
+    with ui.err.status(f"comparing the server database page by page with {base.id}"):
+        out = host.run(data_commands.make_delta(profile, data.work_dir), sudo=True, check=False,
+                       what="comparing pages on the server")
+    try:
+        found = json.loads(out.stdout.strip().splitlines()[-1]) if out.ok and out.stdout.strip() else {}
+    except ValueError:
+        found = {}
+    if not found.get("usable"):
+        ui.out.print(f"  whole database sent: {found.get('why') or out.last_line() or 'no page comparison'}")
+        return None
+    if found["changed"] > found["pages"] * DELTA_MAX_SHARE:
+        ui.out.print(f"  whole database sent: {found['changed']} of {found['pages']} pages changed since {base.id}")
+        return None
+    return found, index
+
+
+def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: list, *, delta: bool) -> dict:
+    """One compressed tar of `fetch` ([(name, size, ...)]) from the server into dest: {name: (size, sha256)}."""
+    codec = server_codec(host)
+    listed = [f[0] for f in fetch if f[0] not in (DATABASE, DELTA)]
+    with_database = any(f[0] == DATABASE for f in fetch)
+    if listed:
+        send_file_list(host, profile, data.work_dir, listed)
+    command = data_commands.stream_snapshot(profile, data.work_dir, codec.name, database=with_database and not delta,
+                                            listed_files=bool(listed), delta=delta)
+    expected = {(DELTA if delta and f[0] == DATABASE else f[0]): f[1] for f in fetch}
+    total = sum(expected.values())
+    started = time.monotonic()
+    channel = host.root_channel(command)
+    try:
+        received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
+                               expected=expected)
+        channel.finish("streaming the snapshot")
+    finally:
+        channel.close()
+    ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
+    return received
+
+
+def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str], bytes] | None:
+    """dest's database built from base's plus the received pages (the delta then goes); None when the
+    delta does not fit the base."""
+    delta = dest / DELTA
+    try:
+        with ui.err.status(f"building the database from {base.id} and the changed pages"), catalog.space_needed(dest):
+            built = sqlite.apply_delta(str(base.path / DATABASE), str(delta), str(dest / DATABASE), index)
+    except (ValueError, OSError) as exc:
+        if catalog.disk_full(exc):
+            raise
+        ui.warn(f"the changed pages do not fit {base.id} ({exc})")
+        (dest / DATABASE).unlink(missing_ok=True)
+        return None
+    finally:
+        delta.unlink(missing_ok=True)
+    return (built["size"], built["sha256"]), built["index"]
+
+
+def _read_check(host: Host, profile: Profile, data: ServerData) -> dict:
+    out = host.run(data_commands.read_check_report(profile, data.work_dir), sudo=True, what="reading the check").stdout
+    check = json.loads(out.strip().splitlines()[-1])
+    if "error" in check:
+        raise SnapshotError(f"checking the database copy failed on {host.alias}: {check['error']}")
+    return check
+
+
+def _why_it_differs(base: Snapshot) -> str:
+    entry = base.manifest.file(DATABASE)
+    if sqlite.sha256_file(str(base.path / DATABASE)) != entry.sha256:
+        return f"the database of {base.id} is damaged (its sha256 differs from its manifest)"
+    return f"the page index of {base.id} does not match its database"
+
+
 def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
-                      previous: Snapshot | None) -> tuple[list[FileEntry], dict]:
-    """Stream what changed since `previous` into `dest`; hard-link what did not. The copy's sha256 and
-    integrity check run on the server beside the stream; the sha256 is compared with the bytes that
-    landed here. Returns the files and the database's check report."""
+                      previous: Snapshot | None, base_index: PendingIndex | None = None) -> Downloaded:
+    """Bring what changed since `previous` into `dest`; hard-link what did not. A changed database
+    comes as its changed pages when `previous` has it (then rebuilt here into a complete file), else
+    whole. The server hashes and checks its copy in the background; the sha256 is compared with the
+    file here, and a rebuilt file that differs is replaced by the whole one, saying why. A database
+    that came whole gets its page index when it is first a base (not on this critical path)."""
     info = data.info
     reuse = _reusable(previous)
     unchanged_db = bool(info.get("unchanged"))
@@ -169,30 +330,29 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         else:
             fetch.append((path, size, sha, mtime))
 
+    extra: dict = {}
+    with_database = any(f[0] == DATABASE for f in fetch)
+    delta = _server_delta(host, profile, data, previous, base_index) if with_database else None
     received: dict[str, tuple[int, str]] = {}
-    check: dict = {}
+    index: bytes | None = None
     if fetch:
-        codec = server_codec(host)
-        names_from_data = [f[0] for f in fetch if f[0] != DATABASE]
-        with_database = any(f[0] == DATABASE for f in fetch)
-        if names_from_data:
-            send_file_list(host, profile, data.work_dir, names_from_data)
-        command = data_commands.stream_snapshot(profile, data.work_dir, codec.name,
-                                                database=with_database, listed_files=bool(names_from_data))
-        total = sum(f[1] for f in fetch)
-        started = time.monotonic()
-        channel = host.root_channel(command)
-        try:
-            received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
-                                   expected={f[0]: f[1] for f in fetch})
-            channel.finish("streaming the snapshot")
-        finally:
-            channel.close()
-        ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
-        if with_database:
-            out = host.run(data_commands.read_check_report(profile, data.work_dir), sudo=True,
-                           what="reading the check").stdout
-            check = json.loads(out.strip().splitlines()[-1])
+        received = _stream(host, profile, data, dest, fetch, delta=delta is not None)
+    if delta is not None:
+        found, base_pages = delta
+        built = _assemble(previous, dest, base_pages)
+        if built is not None:
+            received[DATABASE], index = built
+            ui.out.print(f"  database: {found['changed']} of {found['pages']} pages changed since {previous.id}; "
+                         f"rebuilt here into a complete file")
+    check: dict = _read_check(host, profile, data) if with_database else {}
+    if delta is not None and received.get(DATABASE, (0, None))[1] != check.get("sha256"):
+        why = (_why_it_differs(previous) if DATABASE in received
+               else "the changed pages could not be applied to it")
+        ui.warn(f"{why}: fetching the whole database instead")
+        (dest / DATABASE).unlink(missing_ok=True)
+        entry = next(f for f in fetch if f[0] == DATABASE)
+        received.update(_stream(host, profile, data, dest, [entry], delta=False))
+        index = None
 
     entries = list(linked)
     for path, size, sha, mtime in fetch:
@@ -205,6 +365,8 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         if expected is not None and got[1] != expected:
             raise SnapshotError(f"{path}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
         entries.append(FileEntry(path, got[0], got[1], mtime))
+    if index is not None:
+        extra["page_index"] = write_page_index(dest, index)
     if linked:
         ui.out.print(f"  {len(linked)} unchanged file(s) hard-linked from {previous.id} "
                      f"({ui.human_bytes(sum(f.size for f in linked))} not transferred)")
@@ -212,10 +374,14 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         m = previous.manifest
         report = {"integrity_check": m.integrity_check, "counts": m.counts, "label_studio": True, "error": None,
                   "missing_tables": []}
+        noted = m.extra.get("page_index")
+        if isinstance(noted, dict) and (previous.path / PAGE_INDEX).is_file():
+            catalog.link_or_copy(previous.path / PAGE_INDEX, dest / PAGE_INDEX)
+            extra["page_index"] = noted
         ui.out.print(f"  the database has not changed since {previous.id} (SQLite change counter)")
     else:
         report = check["report"]
-    return sorted(entries, key=lambda f: f.path), report
+    return Downloaded(sorted(entries, key=lambda f: f.path), report, extra)
 
 
 def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
@@ -225,11 +391,24 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
+    base_index = PendingIndex.start(previous)
+    try:
+        return _take(host, profile, label, media, host_dir, previous, base_index, label_studio_version)
+    finally:
+        base_index.drop()  # unneeded (an unchanged database, a failure): the thread stops at once
+
+
+def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir: Path, previous: Snapshot | None,
+          base_index: PendingIndex, label_studio_version: str | None) -> Snapshot:
     with server_work_dir(host, profile, "backup") as work_dir:
         data = prepare_server_copy(host, profile, work_dir, previous)
+        if data.info.get("unchanged"):
+            base_index.drop()
         dest = catalog.new_snapshot_dir(host_dir, label)
         try:
-            files, report = download_snapshot(host, profile, data, dest, media=media, previous=previous)
+            got = download_snapshot(host, profile, data, dest, media=media, previous=previous,
+                                    base_index=base_index)
+            files, report = got.files, got.report
             problem = sqlite.describe_problem(report)
             if problem:
                 ui.warn(f"the server database is {problem}; keeping the snapshot anyway, marked unverified")
@@ -244,6 +423,7 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
                 integrity_check=report["integrity_check"] or "unknown",
                 counts=report.get("counts", {}),
                 media_included=media,
+                extra=got.extra,
             )
             catalog.write_manifest(dest, manifest)
         except BaseException:

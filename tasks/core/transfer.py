@@ -134,7 +134,8 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
     with ui.transfer_progress() as progress, space_needed(dest):
         task_id = progress.add_task(description, total=total or None)
         reader = _ProgressReader(codec.reader(channel), progress, task_id)
-        with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK, encoding="utf-8",
+                          errors="surrogateescape") as tar:
             for member in tar:
                 rel = _safe_member_path(member.name)
                 _check_asked_for(member, rel, expected, received)
@@ -167,7 +168,7 @@ def send_tar(channel: RootChannel, codec: Codec, files: list, *, total: int, des
                 self.inner.flush()
 
         compressed = codec.writer(channel)
-        with tarfile.open(fileobj=_Advancing(compressed), mode="w|", format=tarfile.PAX_FORMAT,
+        with tarfile.open(fileobj=_Advancing(compressed), mode="w|", bufsize=CHUNK, format=tarfile.PAX_FORMAT,
                           encoding="utf-8", errors="surrogateescape") as tar:
             for local, name in files:
                 info = tar.gettarinfo(str(local), arcname=name)

@@ -50,6 +50,10 @@ def test_fresh_provision_serves_label_studio_through_nginx(provisioned):
     login_page = LabelStudio(provisioned.url).get("/user/login/")
     assert login_page.status == 200
     assert 'name="password"' in login_page.text
+    # uv installed it (the faster path; pip only when uv fails), with its bytecode compiled.
+    site = "/opt/label-studio/current/lib/python3*/site-packages"
+    assert provisioned.vm.exec(f"cat {site}/label_studio-*.dist-info/INSTALLER").stdout.decode().strip() == "uv"
+    assert provisioned.vm.exec(f"ls {site}/label_studio/__pycache__ | grep -c pyc").stdout.decode().strip() != "0"
 
 
 def test_login_create_project_and_import_a_20mb_file_through_nginx(provisioned):

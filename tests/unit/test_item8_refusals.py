@@ -70,7 +70,7 @@ SERVER_MIGRATIONS = {"projects": ["0001_initial", "0002_auto"], "tasks": ["0001_
 def test_pull_refuses_to_install_a_server_database_that_failed_integrity_check(monkeypatch, tmp_path, backups,
                                                                                capsys):
     host = on_server(monkeypatch, server(prepared()).stream(LOCK, b"LOCKED\n"))
-    host.answers.insert(0, (r"check\.json", ok(json.dumps(
+    host.answers.insert(0, (r"^runuser .* cat -- .*check\.json", ok(json.dumps(
         {"sha256": sha(DB), "report": {**REPORT, "integrity_check": BAD_CHECK}}) + "\n")))
     mine = tmp_path / "mine"
     label_studio_db(mine / DATABASE, SERVER_MIGRATIONS, tasks=5)

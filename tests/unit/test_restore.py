@@ -159,7 +159,7 @@ def test_a_damaged_upload_removes_the_incoming_folder_and_never_starts_the_job(t
     with pytest.raises(SnapshotError, match="arrived damaged.*nothing was replaced"):
         replace(host, source, entries)
     assert host.commands[-1] == data.remove_incoming(PROFILE)
-    assert not host.ran(r"systemd-run|setsid")
+    assert not host.ran(r"systemd-run --|setsid nohup")
 
 
 def test_a_failed_upload_stream_removes_the_incoming_folder(tmp_path):
@@ -169,7 +169,7 @@ def test_a_failed_upload_stream_removes_the_incoming_folder(tmp_path):
     with pytest.raises(RemoteError, match="receiving the upload failed on vm: tar: No space left on device"):
         replace(host, source, entries)
     assert host.commands[-1] == data.remove_incoming(PROFILE)
-    assert not host.ran(r"systemd-run|setsid")
+    assert not host.ran(r"systemd-run --|setsid nohup")
 
 
 def test_too_little_space_refuses_before_anything_is_sent(tmp_path):

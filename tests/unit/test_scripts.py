@@ -134,8 +134,12 @@ def data_scripts(profile) -> dict[str, str]:
         "file size": data.file_size(profile, p.database),
         "prepare copy": data.prepare_copy(profile, work, '{"counter": 1, "size": 2}'),
         "prepare copy, first": data.prepare_copy(profile, work, "null"),
+        "prepare copy, no check": data.prepare_copy(profile, work, "null", check=False),
         "file list": data.write_file_list(profile, work),
         "check report": data.read_check_report(profile, work),
+        "base index": data.write_base_index(profile, work),
+        "make delta": data.make_delta(profile, work),
+        "apply delta": data.apply_delta_incoming(profile),
         "codec probe": data.CODEC_PROBE,
         "make incoming": data.make_incoming(profile),
         "hash incoming": data.hash_incoming(profile, [DATABASE, SECRET_ENV]),
@@ -148,6 +152,7 @@ def data_scripts(profile) -> dict[str, str]:
         "wait until exited": Screen(profile).wait_until_exited(),
         # What the service user runs (the wrappers above quote these into `sh -c`).
         "owner: file list": data.file_list_script(work),
+        "owner: base index": data.base_index_script(work),
         "owner: make incoming": data.make_incoming_script(p.data_dir),
         "owner: remove leftovers": data.remove_leftovers_script(p.data_dir),
     }
@@ -155,6 +160,8 @@ def data_scripts(profile) -> dict[str, str]:
         for database, listed in ((True, True), (True, False), (False, True)):
             found[f"stream {codec} db={database} files={listed}"] = data.stream_snapshot(
                 profile, work, codec, database=database, listed_files=listed)
+            found[f"stream {codec} delta files={listed}"] = data.stream_snapshot(
+                profile, work, codec, database=False, listed_files=listed, delta=True)
         found[f"receive upload {codec}"] = data.receive_upload(profile, codec)
         found[f"owner: receive upload {codec}"] = data.receive_script(p.data_dir, codec)
         found[f"owner: stream {codec}"] = data.stream_script(work, p.data_dir, codec, database=True, listed_files=True)

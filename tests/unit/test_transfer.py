@@ -169,7 +169,11 @@ def test_the_snapshot_stream_command_sends_the_copy_and_the_listed_files_and_che
         assert (dest / name).read_bytes() == content
         assert os.fsencode(dest / name).endswith(name.encode("utf-8", "surrogateescape"))
     assert not os.path.exists("/tmp/pwned")
-    check = json.loads(run_here(f"cat {commands.q(work / data.CHECK_REPORT)}"))
+    # The check `prepare` started in the background; the reader waits for its lock, then reads it.
+    report, lock = work / data.CHECK_REPORT, work / data.CHECK_LOCK
+    subprocess.run(data.sqlite_words("check-in-background", str(work / DATABASE), str(report), str(lock)),
+                   check=True, timeout=30)
+    check = json.loads(run_here(f"flock -s {commands.q(lock)} cat -- {commands.q(report)}"))
     assert check["sha256"] == received[DATABASE][1]
     assert check["report"]["integrity_check"] == "ok" and not check["report"]["label_studio"]
 
@@ -183,7 +187,10 @@ def test_the_service_user_does_every_read_and_write_in_the_data_dir_and_the_temp
                     data.hash_incoming(profile, [DATABASE]), data.remove_incoming(profile),
                     data.remove_swap_leftovers(profile), data.swap(profile, [DATABASE, MEDIA]),
                     data.rollback(profile, [DATABASE, MEDIA]),
-                    data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True)):
+                    data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True),
+                    data.stream_snapshot(profile, work, "zstd", database=False, listed_files=True, delta=True),
+                    data.write_base_index(profile, work), data.make_delta(profile, work),
+                    data.apply_delta_incoming(profile)):
         assert command.startswith(as_owner), command
     for command in (data.prepare_copy(profile, work, "null"), data.server_counts(profile),
                     data.file_size(profile, profile.remote.database), data.remove_work_dir(profile, work)):

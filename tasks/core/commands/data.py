@@ -23,7 +23,8 @@ INCOMING = ".lsvm-incoming"
 PREVIOUS = ".lsvm-previous"
 STALE_SUFFIXES = ("-journal", "-wal", "-shm")
 FILE_LIST = "files.list"
-CHECK_REPORT = "check.json"
+CHECK_REPORT, CHECK_LOCK = sqlite.CHECK_REPORT, sqlite.CHECK_LOCK
+BASE_INDEX, DELTA = sqlite.BASE_INDEX, sqlite.DELTA
 ABSENT = "absent"  # + a part's name, in PREVIOUS: the part did not exist before the swap
 
 LOCKED, BUSY = "LOCKED", "BUSY"
@@ -130,11 +131,13 @@ def server_migrations(profile: Profile) -> str:
     return as_service_user(profile, *sqlite_words("migrations", profile.remote.database))
 
 
-def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str) -> str:
-    """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON."""
+def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True) -> str:
+    """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
+    its sha256 and integrity_check start in the background unless `check` is False (a copy that is
+    migrated at once: the check would hold a read lock on it)."""
     p = profile.remote
-    return (f"if [ -d {q(p.data_dir)} ]; then "
-            f"{as_service_user(profile, *sqlite_words('prepare', p.data_dir, work_dir, p.venv, previous_marker))}; "
+    words = sqlite_words("prepare", p.data_dir, work_dir, p.venv, previous_marker, "check" if check else "nocheck")
+    return (f"if [ -d {q(p.data_dir)} ]; then {as_service_user(profile, *words)}; "
             "else echo '{\"database_exists\": false}'; fi")
 
 
@@ -153,28 +156,41 @@ def encode_file_list(names: Iterable[str]) -> bytes:
 
 
 def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, database: bool,
-                  listed_files: bool) -> str:
-    """A compressed tar on stdout of the database copy and/or the listed files. With the database, its
-    hash and integrity_check run beside the stream, on another core, into the check report."""
-    parts, side = [], ""
-    if database:
-        parts.append(f"-C {q(work_dir)} {q(DATABASE)}")
-        side = f"{sqlite_tool('check', work_dir / DATABASE)} > {q(work_dir / CHECK_REPORT)} & "
+                  listed_files: bool, delta: bool = False) -> str:
+    """A compressed tar on stdout of the database copy (or its page delta) and/or the listed files.
+    The copy's hash and integrity_check already run in the background (sqlite.check_in_background)."""
+    parts = []
+    if database or delta:
+        parts.append(f"-C {q(work_dir)} {q(DELTA if delta else DATABASE)}")
     if listed_files:
         parts.append(f"-C {q(data_dir)} --null --verbatim-files-from -T {q(work_dir / FILE_LIST)}")
-    return (f"{side}tar --ignore-failed-read -cf - {' '.join(parts)} | {COMPRESS[codec]}; "
-            "status=$?; wait; exit $status")
+    return f"tar --ignore-failed-read -cf - {' '.join(parts)} | {COMPRESS[codec]}"
 
 
 def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, database: bool,
-                    listed_files: bool) -> str:
+                    listed_files: bool, delta: bool = False) -> str:
     """stream_script, as the service user: it reads only what that user can read."""
     return owner(profile, stream_script(work_dir, profile.remote.data_dir, codec, database=database,
-                                        listed_files=listed_files))
+                                        listed_files=listed_files, delta=delta))
 
 
 def read_check_report(profile: Profile, work_dir: PurePosixPath) -> str:
-    return as_service_user(profile, "cat", "--", work_dir / CHECK_REPORT)
+    """The copy's check report, once the background check has written it (it holds the lock till then)."""
+    return as_service_user(profile, "flock", "-s", work_dir / CHECK_LOCK, "cat", "--", work_dir / CHECK_REPORT)
+
+
+def base_index_script(work_dir: PurePosixPath) -> str:
+    return f"umask 077 && cat > {q(work_dir / BASE_INDEX)}"
+
+
+def write_base_index(profile: Profile, work_dir: PurePosixPath) -> str:
+    """Stores stdin (the page index of this machine's newest snapshot database) in work_dir."""
+    return owner(profile, base_index_script(work_dir))
+
+
+def make_delta(profile: Profile, work_dir: PurePosixPath) -> str:
+    """The copy's pages that differ from the base index, into work_dir (sqlite.make_delta), as JSON."""
+    return as_service_user(profile, *sqlite_words("delta", work_dir))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,6 +220,12 @@ def receive_script(data_dir: PurePosixPath, codec: str) -> str:
 def receive_upload(profile: Profile, codec: str) -> str:
     """Unpacks a compressed tar from stdin into the incoming folder."""
     return owner(profile, receive_script(profile.remote.data_dir, codec))
+
+
+def apply_delta_incoming(profile: Profile) -> str:
+    """The uploaded page delta applied to a consistent copy of the live database, into the incoming
+    folder (sqlite.apply_to_live_copy): its size and sha256 as JSON."""
+    return as_service_user(profile, *sqlite_words("apply-live", profile.remote.data_dir, incoming_dir(profile)))
 
 
 def hash_incoming(profile: Profile, names: Iterable[str]) -> str:

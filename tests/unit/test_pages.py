@@ -1,0 +1,274 @@
+"""Page deltas (tasks/core/sqlite.py) on real SQLite files here, and the push's use of them through a
+recording host: only differing pages go, the server's rebuilt file must hash like the pushed one, and
+anything else sends the whole file."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import random
+import sqlite3
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from tasks.core import catalog, restore, snapshots, sqlite
+from tasks.core.catalog import DATABASE, FileEntry, Manifest, Snapshot
+from tasks.core.commands import data
+from tests.unit.conftest import PROFILE
+from tests.unit.fakehost import FakeHost, Stream, ok
+
+
+def make_db(path: Path, rows: int = 3000, seed: int = 1) -> Path:
+    rng = random.Random(seed)
+    con = sqlite3.connect(path)
+    con.execute("create table task (id integer primary key, data text)")
+    con.execute("create index task_data on task (data)")
+    con.executemany("insert into task (data) values (?)",
+                    [("".join(rng.choice("abcdefgh ") for _ in range(rng.randint(50, 400))),) for _ in range(rows)])
+    con.commit()
+    con.close()
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def edit(path: Path, ids, text: str = "edited") -> None:
+    con = sqlite3.connect(path)
+    con.executemany("update task set data = ? where id = ?", [(f"{text} {i}", i) for i in ids])
+    con.commit()
+    con.close()
+
+
+def test_a_delta_rebuilds_the_changed_file_byte_for_byte_and_its_index(tmp_path):
+    old = make_db(tmp_path / "old.sqlite3")
+    new = tmp_path / "new.sqlite3"
+    new.write_bytes(old.read_bytes())
+    edit(new, [5, 900, 2500])
+    index = sqlite.page_index(str(old))
+    found = sqlite.make_delta(str(new), index, str(tmp_path / "delta"))
+    pages = new.stat().st_size // 4096
+    assert found["usable"] and 0 < found["changed"] <= 12 and found["pages"] == pages
+    built = sqlite.apply_delta(str(old), str(tmp_path / "delta"), str(tmp_path / "built"), index)
+    assert built["sha256"] == sha(new) == sha(tmp_path / "built") and built["size"] == new.stat().st_size
+    assert built["index"] == sqlite.page_index(str(new))
+    assert (tmp_path / "built").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_grown_and_a_shrunk_database_both_rebuild(tmp_path):
+    old = make_db(tmp_path / "old.sqlite3", rows=500)
+    grown = tmp_path / "grown.sqlite3"
+    grown.write_bytes(old.read_bytes())
+    con = sqlite3.connect(grown)
+    con.executemany("insert into task (data) values (?)", [("x" * 300,)] * 2000)
+    con.commit()
+    con.close()
+    for first, second in ((old, grown), (grown, old)):
+        delta = tmp_path / f"delta-{second.name}"
+        assert sqlite.make_delta(str(second), sqlite.page_index(str(first)), str(delta))["usable"]
+        built = tmp_path / f"built-{second.name}"
+        assert sqlite.apply_delta(str(first), str(delta), str(built))["sha256"] == sha(second)
+        assert sqlite.inspect(str(built))["integrity_check"] == "ok"
+
+
+def test_another_page_size_is_not_a_delta(tmp_path):
+    old = make_db(tmp_path / "old.sqlite3")
+    other = tmp_path / "other.sqlite3"
+    other.write_bytes(old.read_bytes())
+    con = sqlite3.connect(other)
+    con.execute("PRAGMA page_size = 8192")
+    con.execute("VACUUM")
+    con.close()
+    assert sqlite.make_delta(str(other), sqlite.page_index(str(old)), str(tmp_path / "d")) == {
+        "usable": False, "why": "the page size changed"}
+
+
+@pytest.mark.parametrize("damage", ["cut", "missing page", "out of order", "not a delta"])
+def test_a_malformed_delta_is_refused(tmp_path, damage):
+    old = make_db(tmp_path / "old.sqlite3", rows=300)
+    new = tmp_path / "new.sqlite3"
+    new.write_bytes(old.read_bytes())
+    con = sqlite3.connect(new)
+    con.executemany("insert into task (data) values (?)", [("y" * 300,)] * 4000)  # past one read of pages
+    con.commit()
+    con.close()
+    delta = tmp_path / "delta"
+    sqlite.make_delta(str(new), sqlite.page_index(str(old)), str(delta))
+    raw = delta.read_bytes()
+    head, record = len(sqlite.DELTA_MAGIC) + 12, 4 + 4096
+    if damage == "cut":
+        raw = raw[:-100]
+    elif damage == "missing page":  # the last page, which the base does not have
+        raw = raw[:-record]
+    elif damage == "out of order":  # the last page first
+        raw = raw[:head] + raw[-record:] + raw[head:-record]
+    else:
+        raw = b"garbage" + raw
+    delta.write_bytes(raw)
+    with pytest.raises(ValueError):
+        sqlite.apply_delta(str(old), str(delta), str(tmp_path / "built"))
+
+
+def test_the_consistent_copy_is_the_file_itself_under_a_shared_lock_and_waits_for_writers(tmp_path):
+    live = make_db(tmp_path / "live.sqlite3")
+    assert sqlite.consistent_copy(str(live), str(tmp_path / "copy")) == "raw copy under a shared lock"
+    assert sha(tmp_path / "copy") == sha(live)
+    # A writer in the middle of a transaction: the copy waits for its commit, then has all of it.
+    writer = sqlite3.connect(live, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("update task set data = 'committed later' where id = 1")
+    copier = threading.Thread(target=sqlite.consistent_copy, args=(str(live), str(tmp_path / "copy2")))
+    copier.start()
+    copier.join(0.3)
+    assert copier.is_alive()  # held back by the writer's lock
+    writer.execute("COMMIT")
+    copier.join(30)
+    con = sqlite3.connect(tmp_path / "copy2")
+    assert con.execute("select data from task where id = 1").fetchone() == ("committed later",)
+    con.close()
+
+
+def test_a_wal_database_is_copied_by_the_backup_api(tmp_path):
+    live = make_db(tmp_path / "live.sqlite3")
+    con = sqlite3.connect(live)
+    con.execute("PRAGMA journal_mode = wal")
+    con.execute("update task set data = 'in the wal' where id = 2")
+    con.commit()
+    assert sqlite.consistent_copy(str(live), str(tmp_path / "copy")) == "online backup API"
+    con.close()
+    copy = sqlite3.connect(tmp_path / "copy")
+    assert copy.execute("select data from task where id = 2").fetchone() == ("in the wal",)
+    copy.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# The stored index of a snapshot
+
+
+def snapshot_of(tmp_path: Path, database: Path, *, index: bytes | None = None, noted_sha: str | None = None) -> Snapshot:
+    folder = tmp_path / "backups" / "vm" / "20260101T000000Z"
+    folder.mkdir(parents=True)
+    (folder / DATABASE).write_bytes(database.read_bytes())
+    extra = {}
+    if index is not None:
+        (folder / catalog.PAGE_INDEX).write_bytes(index)
+        extra["page_index"] = {"sha256": noted_sha or hashlib.sha256(index).hexdigest(), "page_size": 4096}
+    manifest = Manifest("vm", "2026-01-01T00:00:00+00:00", None, None, {}, [
+        FileEntry(DATABASE, database.stat().st_size, sha(database))], "ok", {}, False, extra=extra)
+    catalog.write_manifest(folder, manifest)
+    return catalog.list_snapshots(folder.parent)[0]
+
+
+def test_a_snapshot_index_is_read_when_its_manifest_vouches_for_it_else_recomputed(tmp_path):
+    db = make_db(tmp_path / "db.sqlite3", rows=200)
+    real = sqlite.page_index(str(db))
+    fake = sqlite.INDEX_MAGIC + (4096).to_bytes(4, "big") + b"\0" * (len(real) - len(sqlite.INDEX_MAGIC) - 4)
+    assert snapshots.stored_page_index(snapshot_of(tmp_path / "a", db, index=fake)) == fake
+    assert snapshots.stored_page_index(snapshot_of(tmp_path / "b", db, index=fake, noted_sha="0" * 64)) == real
+    assert snapshots.stored_page_index(snapshot_of(tmp_path / "c", db)) == real
+    assert snapshots.stored_page_index(None) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Push: only the differing pages go; the server's rebuilt file must be the pushed one
+
+
+def pushed_files(tmp_path: Path, base_db: Path, ids) -> tuple[Path, list[FileEntry]]:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / DATABASE).write_bytes(base_db.read_bytes())
+    edit(source / DATABASE, ids)
+    return source, [FileEntry(DATABASE, (source / DATABASE).stat().st_size, sha(source / DATABASE))]
+
+
+def push_host(rebuilt_sha: str | None, *, error: str | None = None) -> FakeHost:
+    host = FakeHost(alias="vm")
+    host.answer(r"^df -B1", ok("999999999999\n"))
+    host.answer(r"command -v zstd", ok("gzip\n"))
+    answer = {"error": error} if error else {"size": 1, "sha256": rebuilt_sha}
+    host.answer(r"python3 -I -c .* apply-live ", ok(json.dumps(answer) + "\n"))
+    host.stream(r"wc -l <", b"begin\nstopped\nswapped\nstarted\nhealthy 200\ndone\n")
+    return host
+
+
+def uploaded_names(channel) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(bytes(channel.written)))) as tar:
+        return {m.name for m in tar}
+
+
+def test_a_push_sends_only_the_pages_that_differ_and_checks_the_rebuilt_file(tmp_path, capsys):
+    server_db = make_db(tmp_path / "server.sqlite3")
+    base = snapshot_of(tmp_path, server_db)
+    source, files = pushed_files(tmp_path, server_db, [3, 1500])
+    host = push_host(files[0].sha256)
+    host.answer(r"python3 -I -c .* sha256 ", ok("{}\n"))
+    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    upload = host.channels[0]
+    assert uploaded_names(upload) == {data.DELTA}
+    assert len(upload.written) < files[0].size / 10
+    assert host.ran(r"' apply-live /") and not host.ran(r"' sha256 /")  # the rebuilt file's hash is the check
+    assert "pages differ from the server's; only those are sent" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("answer", [{"sha": "0" * 64}, {"error": "page 7 is neither in the base nor in the delta"}])
+def test_a_rebuilt_file_that_is_not_the_pushed_one_sends_the_whole_file(tmp_path, capsys, answer):
+    server_db = make_db(tmp_path / "server.sqlite3")
+    base = snapshot_of(tmp_path, server_db)
+    source, files = pushed_files(tmp_path, server_db, [3])
+    host = push_host(answer.get("sha"), error=answer.get("error"))
+    host.answer(r"python3 -I -c .* sha256 ", ok(json.dumps({
+        str(data.incoming_dir(PROFILE) / DATABASE): {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
+    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    first, second = host.channels[0], host.channels[1]
+    assert uploaded_names(first) == {data.DELTA} and uploaded_names(second) == {DATABASE}
+    assert host.commands.count(data.make_incoming(PROFILE)) == 2  # the second upload starts from an empty folder
+    assert "sending the whole database" in capsys.readouterr().err
+
+
+def test_a_push_of_another_history_sends_the_whole_file(tmp_path, capsys):
+    server_db = make_db(tmp_path / "server.sqlite3", seed=1)
+    base = snapshot_of(tmp_path, server_db)
+    other = make_db(tmp_path / "other.sqlite3", seed=2)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / DATABASE).write_bytes(other.read_bytes())
+    files = [FileEntry(DATABASE, other.stat().st_size, sha(other))]
+    host = push_host(None)
+    host.answer(r"python3 -I -c .* sha256 ", ok(json.dumps({
+        str(data.incoming_dir(PROFILE) / DATABASE): {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
+    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    assert uploaded_names(host.channels[0]) == {DATABASE} and not host.ran(r"' apply-live /")
+    assert "whole database sent" in capsys.readouterr().out
+
+
+
+def test_an_index_nobody_needs_stops_at_once(tmp_path):
+    db = make_db(tmp_path / "db.sqlite3", rows=20000)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ValueError, match="stopped"):
+        sqlite.page_index(str(db), stop)
+    assert snapshots.stored_page_index(snapshot_of(tmp_path, db), stop) is None
+
+
+def test_prepare_checks_its_copy_in_the_background_unless_told_not_to(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make_db(data_dir / DATABASE, rows=200)
+    for check, work in (("check", tmp_path / "kept"), ("nocheck", tmp_path / "migrated")):
+        work.mkdir()
+        found = sqlite.prepare(str(data_dir), str(work), str(tmp_path / "venv"), "null", check)
+        assert found["database"]["size"] == (data_dir / DATABASE).stat().st_size
+        assert (work / sqlite.CHECK_LOCK).exists() == (check == "check")
+    lock = tmp_path / "kept" / sqlite.CHECK_LOCK
+    import fcntl
+    with open(lock) as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)  # waits for the background check, which writes the report first
+    report = json.loads((tmp_path / "kept" / sqlite.CHECK_REPORT).read_text())
+    assert report["sha256"] == sha(tmp_path / "kept" / DATABASE) and report["report"]["integrity_check"] == "ok"
