@@ -99,20 +99,29 @@ def pids(proc: str = PROC) -> list[int]:
 
 
 def socket_inodes(pid: int, proc: str = PROC) -> set[int]:
+    return fd_sockets(pid, proc)[0]
+
+
+def fd_sockets(pid: int, proc: str = PROC) -> tuple[set[int], bool]:
+    """(socket inodes among the process's fds, whether its fds could be read at all)."""
     inodes = set()
     fd_dir = os.path.join(proc, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
+    except PermissionError:
+        return inodes, False
     except OSError:
-        return inodes
+        return inodes, True
     for fd in names:
         try:
             target = os.readlink(os.path.join(fd_dir, fd))
+        except PermissionError:
+            return inodes, False
         except OSError:
             continue
         if target.startswith("socket:["):
             inodes.add(int(target[8:-1]))
-    return inodes
+    return inodes, True
 
 
 def process(pid: int, proc: str = PROC) -> dict | None:
@@ -294,34 +303,41 @@ def snapshot_processes(proc: str = PROC) -> dict[int, dict]:
 def socket_owners(by_pid: dict[int, dict], proc: str = PROC) -> dict[int, int]:
     """inode -> pid of each listening socket. Where /proc/PID/fd cannot be read (root without
     CAP_SYS_PTRACE, as in some containers), the socket's owner uid (from the kernel's own table)
-    names it when exactly one Label Studio runs as that uid; otherwise it stays unknown."""
+    names it when exactly one Label Studio runs as that uid and its fds were unreadable; otherwise
+    it stays unknown."""
     sockets = _listening(proc)
-    owners = {}
+    owners, hidden = {}, set()
     for pid in by_pid:
-        for inode in socket_inodes(pid, proc) & set(sockets):
+        inodes, readable = fd_sockets(pid, proc)
+        if not readable:
+            hidden.add(pid)
+        for inode in inodes & set(sockets):
             owners[inode] = pid
     for inode, (_, _, uid) in sockets.items():
         if inode in owners:
             continue
-        tops = [p["pid"] for p in by_pid.values() if p["uid"] == uid and is_label_studio(p["argv"])
+        tops = [p["pid"] for p in by_pid.values() if p["pid"] in hidden and p["uid"] == uid and is_label_studio(p["argv"])
                 and not (p["ppid"] in by_pid and is_label_studio(by_pid[p["ppid"]]["argv"]))]
         if len(tops) == 1:
             owners[inode] = tops[0]
     return owners
 
 
-def port_listeners(port: int, by_pid: dict[int, dict], proc: str = PROC) -> list[tuple[str, dict | None]]:
+def port_listeners(port: int, by_pid: dict[int, dict], proc: str = PROC,
+                   owners: dict[int, int] | None = None) -> list[tuple[str, dict | None]]:
     """(address, process or None) of every socket listening on `port` that takes connections to
     127.0.0.1:`port` (loopback or a wildcard address)."""
-    owners = socket_owners(by_pid, proc)
+    owners = socket_owners(by_pid, proc) if owners is None else owners
     return [(addr, by_pid.get(owners.get(inode, -1)))
             for inode, (addr, p) in listening_sockets(proc).items() if p == port and addr in LOOPBACK_TAKERS]
 
 
-def holder(port: int, unit: str, user: str, data_dir: str, proc: str = PROC) -> tuple[str, str, int | None]:
-    """('free'|'ours'|'ours-elsewhere'|'other', description, pid) for the port Label Studio must own."""
-    by_pid = snapshot_processes(proc)
-    listeners = port_listeners(port, by_pid, proc)
+def holder(port: int, unit: str, user: str, data_dir: str, proc: str = PROC, *,
+           by_pid: dict[int, dict] | None = None, owners: dict[int, int] | None = None) -> tuple[str, str, int | None]:
+    """('free'|'ours'|'ours-elsewhere'|'other', description, pid) for the port Label Studio must own.
+    `detect` passes the processes and socket owners it has read already."""
+    by_pid = snapshot_processes(proc) if by_pid is None else by_pid
+    listeners = port_listeners(port, by_pid, proc, owners)
     if not listeners:
         return "free", f"nothing listens on port {port}", None
     for addr, p in listeners:
@@ -359,8 +375,9 @@ def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC, rec
     by_pid = snapshot_processes(proc)
     adopted = adopted_data_dirs(records_dir) if records_dir else []
     sockets = listening_sockets(proc)
+    owners = socket_owners(by_pid, proc)
     listening_by_pid: dict[int, list[str]] = {}
-    for inode, pid in socket_owners(by_pid, proc).items():
+    for inode, pid in owners.items():
         addr, p = sockets[inode]
         listening_by_pid.setdefault(pid, []).append(f"[{addr}]:{p}" if ":" in addr else f"{addr}:{p}")
     ls = {pid: p for pid, p in by_pid.items() if is_label_studio(p["argv"])}
@@ -368,8 +385,7 @@ def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC, rec
     for pid, p in ls.items():
         if p["ppid"] in ls or kinship(p, unit, user, data_dir) != "foreign":
             continue  # a child of another Label Studio process, or our own
-        family = [q for q in by_pid.values() if q["pid"] == pid or _descends(q, pid, by_pid)]
-        listen = sorted({a for q in family for a in listening_by_pid.get(q["pid"], [])})
+        listen = sorted({a for member in family(pid, by_pid) for a in listening_by_pid.get(member, [])})
         data, source = data_dir_of(p)
         database = database_of(p, data)
         venv = venv_of(p)
@@ -397,9 +413,14 @@ def detect(port: int, unit: str, user: str, data_dir: str, proc: str = PROC, rec
             "database": database, "engine": "sqlite", "listen": [], "screen": None,
             **data_summary(data, database),
         })
-    state, said, pid = holder(port, unit, user, data_dir, proc)
+    state, said, pid = holder(port, unit, user, data_dir, proc, by_pid=by_pid, owners=owners)
     return {"instances": instances, "port": {"state": state, "said": said, "pid": pid}, "sites": nginx_sites(port),
             "adopted": adopted}
+
+
+def family(pid: int, by_pid: dict[int, dict]) -> list[int]:
+    """`pid` and every process below it."""
+    return [pid] + [q["pid"] for q in by_pid.values() if _descends(q, pid, by_pid)]
 
 
 def _descends(p: dict, ancestor: int, by_pid: dict[int, dict]) -> bool:
@@ -503,16 +524,16 @@ def stop(pid: int, uid: int, port: int, record_path: str, our_site: str) -> dict
     the running process `pid` (0: data at rest in the home of `uid`, nothing runs), the hand-written
     nginx sites that proxy to its port (their links removed), the site file ours replaces (a copy)."""
     by_pid = snapshot_processes()
-    family: list[int] = []
+    members: list[int] = []
     ports = {port}
     if pid:
         p = by_pid.get(pid)
         if p is None or not is_label_studio(p["argv"]):
             return {"error": f"process {pid} is no Label Studio (any more)"}
         screen = screen_of(p, by_pid)
-        family = [pid] + [q["pid"] for q in by_pid.values() if _descends(q, pid, by_pid)]
+        members = family(pid, by_pid)
         sockets = listening_sockets()
-        ports |= {sockets[inode][1] for inode, owner in socket_owners(by_pid).items() if owner in family}
+        ports |= {sockets[inode][1] for inode, owner in socket_owners(by_pid).items() if owner in members}
         data_dir = data_dir_of(p)[0]
         record = {"pid": pid, "user": p["user"], "uid": p["uid"], "argv": p["argv"], "environ": p["environ"],
                   "cwd": p["cwd"], "screen": screen}
@@ -533,9 +554,9 @@ def stop(pid: int, uid: int, port: int, record_path: str, our_site: str) -> dict
                 record["disabled_sites"].append({"path": site["path"], "target": os.readlink(site["path"])})
                 _write_record(record_path, record)
                 os.unlink(site["path"])
-    for target in family:
+    for target in members:
         _signal(target, signal.SIGTERM)
-    if not _wait_gone(family):
+    if not _wait_gone(members):
         return {"error": f"Label Studio (pid {pid}) did not exit"}
     if record["screen"] is not None:  # the session only held Label Studio (and the shell it was typed in)
         _signal(record["screen"]["pid"], signal.SIGTERM)

@@ -212,9 +212,12 @@ def test_provision_refuses_beside_an_unmanaged_instance_or_on_a_strangers_port(b
     refuse_neighbours("vm", bare)  # nothing else there: no refusal
 
 
-def test_without_access_to_fds_the_sockets_uid_names_the_only_label_studio_of_that_user(proc):
-    # No fd links (root without CAP_SYS_PTRACE): the kernel's socket table still says uid 1000.
+def test_without_access_to_fds_the_sockets_uid_names_the_only_label_studio_of_that_user(proc, monkeypatch):
     make_process(proc, 60, GUIDE_ARGV, uid=1000, environ={"HOME": "/home/ops"})
+    # Readable fds that hold no such socket: its owner stays unknown (it is not guessed from the uid).
+    assert instances.holder(8080, "u.service", "labelstudio", "/d", str(proc))[1].endswith("cannot see")
+    # Unreadable fds (root without CAP_SYS_PTRACE): the kernel's socket table still says uid 1000.
+    monkeypatch.setattr(instances, "fd_sockets", lambda pid, proc=instances.PROC: (set(), False))
     make_process(proc, 61, ["/usr/bin/python3", "-m", "http.server"], uid=1000)
     state, said, pid = instances.holder(8080, "u.service", "labelstudio", "/d", str(proc))
     assert (state, pid) == ("other", 60) and "label-studio start" in said
