@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.table import Table
 from .core import catalog, local, snapshots, sqlite, ui
 from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
 from .core.defaults import SWAP_HEALTH_TIMEOUT
-from .core.edge import CONFIG_HELP, confirm, host_alias, open_host, profile_for, task_edge
+from .core.edge import CONFIG_HELP, confirm, host_alias, open_host, open_other_host, profile_for, task_edge
 from .core.errors import SnapshotError, UsageError
 from .core.profile import backups_root
 from .core.restore import replace_server_data
@@ -178,23 +179,52 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                                 base=before)
 
 
-@task(help={"config": CONFIG_HELP, "snapshot": "the snapshot to restore (id or unique prefix; see `fab backups`)",
-            "yes": YES_HELP, "health-timeout": HEALTH_HELP})
+@task(help={"config": CONFIG_HELP,
+            "snapshot": "the snapshot to restore: ID or unique prefix (see `fab backups`), or OTHERHOST/ID "
+                        "to move another server's data here",
+            "from": "back up the server OTHERHOST now and move that data here (a new VM taking over)",
+            "from-config": "OTHERHOST's profile YAML (default configs/OTHERHOST.yaml)",
+            "yes": YES_HELP, "dry-run": "check and show what would happen; change nothing",
+            "health-timeout": HEALTH_HELP})
 @task_edge
-def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
-    """Put a stored snapshot (DB, .env, media) back on the server, with the same safety as push."""
-    if not snapshot:
-        raise UsageError("which snapshot? --snapshot ID (see `fab -H HOST backups`)")
+def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, yes=False, dry_run=False,
+                   health_timeout=SWAP_HEALTH_TIMEOUT):
+    """Put a snapshot (DB, .env, media) on the server, its own or another server's, with push's safety."""
+    if bool(snapshot) == bool(from_):
+        raise UsageError("which data? --snapshot ID (see `fab -H HOST backups`), --snapshot OTHERHOST/ID, "
+                         "or --from OTHERHOST")
     profile, host = open_host(c, config, sudo=True)
-    with local.local_lock(profile.backups_dir()):
-        chosen = catalog.find_snapshot(catalog.list_snapshots(profile.backups_dir()), snapshot)
+    source_host = from_ or catalog.snapshot_host(snapshot, host.alias)
+    if source_host == host.alias and from_:
+        raise UsageError(f"--from {from_} names the server being restored",
+                         hint=f"`fab -H {host.alias} backup` then `restore-server --snapshot ID` puts back a state of its own")
+    source_dir = backups_root() / source_host
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(local.local_lock(profile.backups_dir()))
+        if source_dir != profile.backups_dir():
+            locks.enter_context(local.local_lock(source_dir))
+        if from_:
+            chosen = _fresh_snapshot_of(c, from_, from_config, host.alias)
+        else:
+            chosen = catalog.find_snapshot(catalog.list_snapshots(source_dir), catalog.snapshot_name(snapshot))
         report = local.verify_snapshot(chosen)
         server = snapshots.server_counts(host, profile)
-        ui.out.print(f"restore {chosen.id} -> {host.alias}")
+        if server is not None:
+            local.require_known_migrations(chosen.path / DATABASE, snapshots.server_migrations(host, profile),
+                                           host.alias)
+        moving = chosen.host != host.alias
+        ui.out.print(f"{'move' if moving else 'restore'} {chosen.host}/{chosen.id} -> {host.alias}")
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  restored:   {counts_text(report['counts'])}, "
                      + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
-        confirm(f"replace the Label Studio data on {host.alias} with {chosen.id}? (it is backed up first)", yes)
+        if moving:
+            ui.out.print(f"  users, passwords, API tokens and SECRET_KEY come from {chosen.host}; the URL and "
+                         f"settings stay {host.alias}'s (its profile)")
+        if dry_run:
+            ui.out.print("dry run: the snapshot passed its checks; nothing was changed on " + host.alias)
+            return
+        confirm(f"replace the Label Studio data on {host.alias} with {chosen.host}/{chosen.id}? "
+                "(it is backed up first)", yes)
         with snapshots.server_lock(host, profile, "restore-server"):
             before = None
             if server is not None:
@@ -202,6 +232,18 @@ def restore_server(c, config=None, snapshot=None, yes=False, health_timeout=SWAP
                 report_snapshot(before, "server backed up as")
             replace_server_data(host, profile, chosen.path, chosen.manifest.files,
                                 health_timeout=int(health_timeout), base=before)
+
+
+def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapshot:
+    """restore-server --from: a backup of the other server taken now, into its own backups/<alias>/."""
+    source_profile, source = open_other_host(c, alias, config, sudo=True)
+    with snapshots.server_lock(source, source_profile, f"backup for a move to {target}"):
+        taken = snapshots.take_server_snapshot(source, source_profile, label="move")
+    report_snapshot(taken, f"{alias} backed up as")
+    if not taken.verified:
+        raise SnapshotError(f"the database on {alias} failed integrity_check ({taken.manifest.integrity_check}): "
+                            "nothing was moved", hint=f"the snapshot is kept, marked unverified, in {taken.path}")
+    return taken
 
 
 # ------------------------------------------------------------------------------------------------

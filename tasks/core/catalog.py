@@ -190,6 +190,24 @@ def find_snapshot(snapshots: list[Snapshot], wanted: str) -> Snapshot:
     return snapshot
 
 
+def snapshot_host(ref: str, this_host: str) -> str:
+    """Whose snapshot `ref` names: OTHERHOST/ID is another server's (a move), a bare ID this host's."""
+    if "/" not in ref:
+        return this_host
+    host = ref.split("/", 1)[0]
+    if host in ("", ".", "..") or "\\" in host or host.startswith("."):
+        raise UsageError(f"--snapshot {ref}: '{host}' is not a host's folder under backups/")
+    return host
+
+
+def snapshot_name(ref: str) -> str:
+    """The ID part of ID or OTHERHOST/ID."""
+    name = ref.split("/", 1)[1] if "/" in ref else ref
+    if not name or "/" in name:
+        raise UsageError(f"--snapshot {ref}: give ID or OTHERHOST/ID")
+    return name
+
+
 def private_dir(path: Path) -> Path:
     """mkdir -p where every folder created is 0700 (Path.mkdir(parents=True) gives parents 0777-umask)."""
     missing = []

@@ -76,13 +76,24 @@ def open_host(c, config: str | None = None, *, sudo: bool = False) -> tuple[Prof
     alias = host_alias(c)
     if alias is None:
         raise UsageError("this task runs against a server: name it with -H, for example `fab -H vm status`")
+    return _open(c, alias, config, sudo)
+
+
+def open_other_host(c, alias: str, config: str | None = None, *, sudo: bool = False) -> tuple[Profile, Host]:
+    """A second server beside -H's (restore-server --from): its own SSH session, its host key verified
+    like any other, its own profile: `config`, else configs/<alias>.yaml ($LSVM_CONFIG is -H's)."""
+    return _open(Connection(alias, config=c.config), alias, config, sudo, env={})
+
+
+def _open(connection: Connection, alias: str, config: str | None, sudo: bool,
+          env: dict | None = None) -> tuple[Profile, Host]:
     refuse_local_name(alias)
-    host = Host(c)
-    profile = load_profile(alias, config)
+    host = Host(connection)
+    profile = load_profile(alias, config, env)
     host.connect()
     if sudo:
         host.check_sudo()
-    return dataclasses.replace(profile, address=c.host), host
+    return dataclasses.replace(profile, address=connection.host), host
 
 
 # ------------------------------------------------------------------------------------------------

@@ -272,8 +272,7 @@ def require_known_migrations(database: Path, server: dict | None, alias: str) ->
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise SnapshotError(f"this database was migrated by a newer Label Studio than {alias} runs: migration "
                             f"{app}.{name}{more} is unknown to the server's database; nothing was sent",
-                            hint=f"upgrade Label Studio on {alias} first (label_studio.version in its profile, "
-                                 f"then `fab -H {alias} provision`)")
+                            hint=f"upgrade Label Studio on {alias} first: `fab -H {alias} upgrade --version X`")
 
 
 # ------------------------------------------------------------------------------------------------
