@@ -126,3 +126,15 @@ def test_consistent_copy_is_identical_in_content(tmp_path: Path):
     sqlite.consistent_copy(str(src), str(tmp_path / "copy.sqlite3"))
     copy = sqlite3.connect(tmp_path / "copy.sqlite3")
     assert copy.execute("select count(*), sum(x) from t").fetchone() == (1000, 499500)
+
+
+def test_a_snapshot_reference_names_this_host_or_another_one():
+    assert catalog.snapshot_host("20260101T000000Z", "new") == "new"
+    assert catalog.snapshot_host("old/20260101T000000Z", "new") == "old"
+    assert catalog.snapshot_name("old/2026") == "2026" and catalog.snapshot_name("2026") == "2026"
+    for bad in ("../20260101T000000Z", "/20260101T000000Z", ".hidden/2026", "a\\b/2026"):
+        with pytest.raises(UsageError):
+            catalog.snapshot_host(bad, "new")
+    for bad in ("old/", "old/a/b"):
+        with pytest.raises(UsageError):
+            catalog.snapshot_name(bad)
