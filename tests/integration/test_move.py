@@ -14,7 +14,6 @@ pytestmark = pytest.mark.one_release("bookworm")
 
 from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
-from dev.testvm.machine import TestVM
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Fab, _provisioned, sdk_view
 from tests.integration.test_adopt import png
 
@@ -26,7 +25,7 @@ LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" to
 class TwoServers(Fab):
     """`fab` with an ssh_config naming both servers: `new` (-H) and `old` (the one moved away from)."""
 
-    old_vm: TestVM | None = None
+    old_vm: object = None  # the old server's TestVM (a TestVM name here would be collected by pytest)
 
     def ssh_config(self):
         path = self.home / "ssh_config"
