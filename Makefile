@@ -16,7 +16,7 @@ venv: $(BIN)/fab
 ## Run every test: unit tests and integration tests on the Debian 12 and 13 test VMs (needs a Docker
 ## engine). Two workers: each Debian release's VMs run in one of them, side by side.
 test: venv
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --durations=25
 
 ## Unit tests only (no Docker needed).
 unit: venv
