@@ -172,6 +172,8 @@ class HostStatus:
     health_via_nginx: str | None
     neighbours: Neighbours = Neighbours()
     tls_cert: str | None = None       # PEM of the certificate nginx is set to serve (TLS on), None when missing
+    postgres_ready: str | None = None    # pg_isready's answer (engine postgresql), None otherwise
+    postgres_version: str = ""           # the server's version, through the Label Studio role's login
 
     @property
     def provisioned(self) -> bool:
@@ -215,6 +217,8 @@ def status_from_probe(text: str) -> HostStatus:
         health_via_nginx=health.get("via_nginx"),
         neighbours=Neighbours.from_probe(parse.blocks(text).get("instances", [])),
         tls_cert=_decoded(s.get("tls", {}).get("cert", "-")),
+        postgres_ready=s["postgres"].get("ready") if "postgres" in s else None,
+        postgres_version=s.get("postgres", {}).get("version", ""),
     )
 
 
