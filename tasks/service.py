@@ -85,7 +85,7 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
 
 def database_text(st: HostStatus, database: DatabaseSettings | None) -> str:
     if database is None or not database.postgresql:
-        return "SQLite, " + (human_bytes(st.db_size) if st.db_size is not None else "not created yet")
+        return human_bytes(st.db_size) if st.db_size is not None else "not created yet"
     ready = st.postgres_ready or ""
     if "accepting connections" in ready:
         version = f" {st.postgres_version}" if st.postgres_version else ""
