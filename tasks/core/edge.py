@@ -135,6 +135,13 @@ def ask_database_password(profile: Profile) -> str:
     return password
 
 
+def refuse_on_postgresql(profile: Profile, alias: str, task_name: str) -> None:
+    """Tasks built for SQLite only say so, before anything is touched."""
+    if profile.database.postgresql:
+        raise UsageError(f"{task_name} is not supported with database.engine postgresql yet; nothing was changed",
+                         hint=f"fab -H {alias} backup and restore-server work on PostgreSQL")
+
+
 def admin_email(profile: Profile) -> str | None:
     """The admin to create: the profile's label_studio.admin_email, else LABEL_STUDIO_USERNAME."""
     email = profile.label_studio.admin_email or os.environ.get("LABEL_STUDIO_USERNAME") or None
