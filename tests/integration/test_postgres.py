@@ -103,3 +103,125 @@ def test_second_provision_changes_nothing(pg):
     assert re.search(r"\b0 changed\b", again.stdout), again.stdout
     assert "the password logs in" in again.stdout
     assert password(pg) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# backup and restore-server
+
+
+def snapshots_dir(machine):
+    return machine.fab.home / "backups" / "vm"
+
+
+def backup(machine, *args: str) -> str:
+    result = machine.fab("backup", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return re.search(r"snapshot (\d{8}T\d{6}Z\S*):", result.stdout).group(1)
+
+
+def lsvm_databases(machine) -> str:
+    return psql(machine, "select datname from pg_database where datname like '%lsvm%'", "postgres")
+
+
+def copy_snapshot(machine, snapshot_id: str, new_id: str, change) -> str:
+    """A copy of a snapshot under another id, changed by `change(folder, manifest)` (the manifest is
+    rewritten after it: the copy passes the local checks and fails, if at all, on the server)."""
+    import hashlib
+    import shutil
+    source, target = snapshots_dir(machine) / snapshot_id, snapshots_dir(machine) / new_id
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    change(target, manifest)
+    for entry in manifest["files"]:
+        data = (target / entry["path"]).read_bytes()
+        entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return new_id
+
+
+@pytest.fixture(scope="module")
+def backed_up(pg):
+    annotate_through_sdk(pg, "Backed up", n_tasks=20, n_annotations=7)
+    pg.before = sdk_view(pg.url, pg.token)
+    pg.snapshot = backup(pg, "--label", "pg")
+    return pg
+
+
+def test_backup_is_a_consistent_pg_dump_with_its_counts(backed_up):
+    pg = backed_up
+    folder = snapshots_dir(pg) / pg.snapshot
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["extra"]["engine"] == "postgresql"
+    assert re.match(r"^(15|17)\.", manifest["extra"]["server_version"]), manifest["extra"]
+    assert manifest["integrity_check"] == "ok"
+    assert manifest["counts"]["annotations"] == pg.before["annotations"] >= 7
+    assert manifest["extra"]["tables"]["task"] == sum(pg.before["projects"].values())
+    assert (folder / "label_studio.pgdump").read_bytes()[:5] == b"PGDMP"
+    assert {f["path"] for f in manifest["files"]} >= {"label_studio.pgdump", ".env"}
+    listed = pg.fab("backups")
+    assert listed.returncode == 0 and pg.snapshot in listed.stdout and "verified" in listed.stdout, listed.stdout
+
+
+def test_drop_the_database_then_restore_gives_the_same_data(backed_up):
+    pg = backed_up
+    annotate_through_sdk(pg, "After the backup", n_tasks=3, n_annotations=1)
+    sh(pg, "systemctl stop label-studio")
+    psql(pg, "DROP DATABASE labelstudio WITH (FORCE)", "postgres")
+    assert "labelstudio" not in psql(pg, "select datname from pg_database", "postgres").split()
+    restored = pg.fab("restore-server", "--snapshot", pg.snapshot, "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "row counts equal to the snapshot's" in restored.stdout
+    assert sdk_view(pg.url, pg.token) == pg.before
+    assert lsvm_databases(pg) == ""
+
+
+def test_a_broken_dump_leaves_the_original_serving(backed_up):
+    pg = backed_up
+    now = sdk_view(pg.url, pg.token)
+
+    def truncate(folder, manifest):
+        dump = folder / "label_studio.pgdump"
+        dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+
+    broken = copy_snapshot(pg, pg.snapshot, "20990101T000000Z-broken", truncate)
+    result = pg.fab("restore-server", "--snapshot", broken, "--yes")
+    assert result.returncode != 0
+    assert "did not restore" in result.stderr and "nothing was changed" in result.stderr, result.stderr
+    assert sdk_view(pg.url, pg.token) == now
+    assert lsvm_databases(pg) == ""
+
+
+def test_a_dump_that_differs_from_its_manifest_is_refused(backed_up):
+    pg = backed_up
+    now = sdk_view(pg.url, pg.token)
+
+    def miscount(folder, manifest):
+        manifest["extra"]["tables"]["task"] += 1
+
+    wrong = copy_snapshot(pg, pg.snapshot, "20990101T000001Z-miscounted", miscount)
+    result = pg.fab("restore-server", "--snapshot", wrong, "--yes")
+    assert result.returncode != 0
+    tasks = sum(pg.before["projects"].values())
+    assert f"task: {tasks + 1} in the snapshot, {tasks} restored" in result.stderr, result.stderr
+    assert sdk_view(pg.url, pg.token) == now
+    assert lsvm_databases(pg) == ""
+
+
+def test_a_new_database_that_does_not_come_up_is_switched_back(backed_up):
+    pg = backed_up
+    annotate_through_sdk(pg, "Kept by the rollback", n_tasks=2, n_annotations=1)
+    now = sdk_view(pg.url, pg.token)
+    assert now != pg.before
+    result = pg.fab("restore-server", "--snapshot", pg.snapshot, "--yes", "--health-timeout", "1")
+    assert result.returncode != 0
+    assert "previous data is back in place and Label Studio is serving it" in result.stderr, result.stderr
+    assert sdk_view(pg.url, pg.token) == now
+    assert lsvm_databases(pg) == ""
+
+
+def test_sqlite_only_tasks_refuse_in_one_line(backed_up):
+    pg = backed_up
+    for args in (("push-local-db", "--yes"), ("pull-server-db", "--yes"), ("upgrade", "--yes")):
+        result = pg.fab(*args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "nothing was changed" in result.stderr and "Traceback" not in result.stderr
