@@ -89,7 +89,7 @@ def dump(out: str) -> dict:
     are exactly what the dump holds (restore-server checks a restored database against them)."""
     import psycopg
 
-    with psycopg.connect("", autocommit=False) as con:
+    with psycopg.connect("", autocommit=True) as con:  # the transaction is ours, begun explicitly
         cur = con.cursor()
         cur.execute("begin isolation level repeatable read read only")
         cur.execute("select pg_export_snapshot(), current_setting('server_version')")
@@ -98,7 +98,7 @@ def dump(out: str) -> dict:
         run = subprocess.run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges",
                               f"--snapshot={snapshot}", f"--file={out}"],
                              capture_output=True, text=True)
-        con.rollback()
+        cur.execute("rollback")
     if run.returncode != 0:
         return {"error": "pg_dump: " + (run.stderr.strip().splitlines() or ["failed"])[-1]}
     listed = subprocess.run(["pg_restore", "--list", out], capture_output=True, text=True)
