@@ -46,10 +46,10 @@ def psql_superuser(sql: str) -> str:
     return f"printf '%s\\n' {q(sql)} | {as_postgres('psql', '-X', '-q', '-t', '-A', '-v', 'ON_ERROR_STOP=1')}"
 
 
-def export_password(profile: Profile) -> str:
-    """PGPASSWORD from the secret file, exported for what follows in the same script."""
-    return (f"PGPASSWORD=$(sed -n {q('s/^' + PASSWORD_KEY + '=//p')} {q(profile.remote.database_env)}) && "
-            "export PGPASSWORD")
+def export_password(profile: Profile, source: Arg | None = None) -> str:
+    """PGPASSWORD from the secret file (or `source`), exported for what follows in the same script."""
+    path = source if source is not None else profile.remote.database_env
+    return f"PGPASSWORD=$(sed -n {q('s/^' + PASSWORD_KEY + '=//p')} {q(path)}) && export PGPASSWORD"
 
 
 def as_role(profile: Profile, *words: Arg, database: str | None = None) -> str:
@@ -111,14 +111,15 @@ def ensure_role(profile: Profile) -> str:
 
 
 def store_password(profile: Profile) -> str:
-    """The external server's password from stdin (one line, POSTGRE_PASSWORD=...) into the secret file
-    (0600 before a byte is written, renamed into place), then a login with it; exit NOT_LOGGED_IN
-    (libpq's message on stderr) when it does not log in."""
-    secret = q(profile.remote.database_env)
-    return (f"umask 077 && cat > {secret}.lsvm-new && chown root:root {secret}.lsvm-new && "
-            f"chmod 0600 {secret}.lsvm-new && mv -f {secret}.lsvm-new {secret} && "
-            f"{export_password(profile)} && "
-            f"{{ {as_role(profile, 'psql', '-X', '-q', '-t', '-A', '-c', 'select 1')} >/dev/null || exit {NOT_LOGGED_IN}; }}")
+    """The external server's password from stdin (one line, POSTGRE_PASSWORD=...) into a new root-only
+    file (0600 before a byte is written); only once a login with it works does it replace the secret
+    file, else it is removed and the script exits NOT_LOGGED_IN (libpq's message on stderr)."""
+    secret = profile.remote.database_env
+    new = PurePosixPath(f"{secret}.lsvm-new")
+    return (f"umask 077 && rm -f {q(new)} && cat > {q(new)} && chown root:root {q(new)} && chmod 0600 {q(new)} && "
+            f"{export_password(profile, new)} && "
+            f"{{ {as_role(profile, 'psql', '-X', '-q', '-t', '-A', '-c', 'select 1')} >/dev/null || "
+            f"{{ rm -f {q(new)}; exit {NOT_LOGGED_IN}; }}; }} && mv -f {q(new)} {q(secret)}")
 
 
 def probe(profile: Profile, admin_email: str) -> list[str]:
