@@ -181,8 +181,8 @@ def database(facts: ProvisionFacts, profile: Profile, password: str | None = Non
     if pg.conf == postgres.server_conf() and pg.hba and pg.active:
         changes.append(Change(f"PostgreSQL {pg.version} listens on localhost only, scram-sha-256 for {db.user}"))
     else:
-        changes.append(Change(f"configured PostgreSQL {pg.version or ''}: localhost only, scram-sha-256 for {db.user}".replace("  ", " "),
-                              True, plan=f"configure PostgreSQL: localhost only, scram-sha-256 for {db.user}",
+        settings = f"localhost only, scram-sha-256 for {db.user}"
+        changes.append(Change(f"configured PostgreSQL: {settings}", True, plan=f"configure PostgreSQL: {settings}",
                               action=Run(postgres.configure_server(profile), "configuring PostgreSQL",
                                          timeout=APT_TIMEOUT)))
     if pg.role and pg.database and pg.secret_meta == SECRET_META and pg.login:
