@@ -31,7 +31,8 @@ def dbhost(vm_image, tmp_path_factory):
             "apt-get install -y -qq --no-install-recommends postgresql >/dev/null", timeout=900)
     vm.exec("conf=$(ls -d /etc/postgresql/*/main) && "
             "echo \"listen_addresses = '*'\" > $conf/conf.d/test.conf && "
-            "echo 'host all ls_app samenet scram-sha-256' >> $conf/pg_hba.conf && systemctl restart postgresql && "
+            # hostssl: the role may not log in without TLS (sslmode require in the profile).
+            "echo 'hostssl all ls_app samenet scram-sha-256' >> $conf/pg_hba.conf && systemctl restart postgresql && "
             "i=0; until pg_isready -q; do i=$((i+1)); [ $i -lt 120 ] || exit 1; sleep 0.5; done")
     vm.exec("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1", input=(
         f"CREATE ROLE ls_app LOGIN CREATEDB PASSWORD '{DB_PASSWORD}';\n"
@@ -68,9 +69,9 @@ def test_label_studio_on_vm_a_writes_into_postgresql_on_vm_b(app, dbhost):
     assert sdk_view(app.url, app.token)["projects"] == {"Remote database": 9}
     assert db(dbhost, "select title from project") == "Remote database"
     assert db(dbhost, "select count(*) from task_completion") == "4"
-    # Over TLS (sslmode require; Debian's PostgreSQL has a snakeoil certificate).
-    assert "t" in db(dbhost, "select bool_or(ssl) from pg_stat_ssl join pg_stat_activity using (pid) "
-                             "where usename = 'ls_app'", "postgres")
+    # Over TLS: B admits ls_app on hostssl lines only (and Debian's PostgreSQL has a snakeoil certificate).
+    hba = dbhost.exec("cat /etc/postgresql/*/main/pg_hba.conf").stdout.decode()
+    assert "hostssl all ls_app samenet scram-sha-256" in hba and "host all ls_app" not in hba
     # Only the client on A, nothing listening on 5432 there.
     packages = on_app(app, "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' postgresql postgresql-client "
                            "2>/dev/null || true")
@@ -114,12 +115,16 @@ def test_backup_and_restore_against_the_external_server(app, dbhost):
 def test_a_password_the_server_refuses_is_one_line(app, dbhost):
     db(dbhost, "ALTER ROLE ls_app PASSWORD 'changed-elsewhere-1'", "postgres")
     try:
-        refused = app.fab("provision", env={"LSVM_DB_PASSWORD": "not-the-password-1"})
+        # The users table cannot be read without a working password, so the admin's is asked too (an
+        # existing admin keeps its own).
+        admin = {"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD}
+        refused = app.fab("provision", env={"LSVM_DB_PASSWORD": "not-the-password-1", **admin})
         assert refused.returncode == 5, refused.stdout + refused.stderr
         assert "refused ls_app with that password" in refused.stderr and "Traceback" not in refused.stderr
-        fixed = app.fab("provision", env={"LSVM_DB_PASSWORD": "changed-elsewhere-1"})
+        fixed = app.fab("provision", env={"LSVM_DB_PASSWORD": "changed-elsewhere-1", **admin})
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         assert "stored the password of PostgreSQL ls_app@" in fixed.stdout
+        assert "admin admin@example.com exists" in fixed.stdout
         assert sdk_view(app.url, app.token)["projects"]
     finally:
         db(dbhost, f"ALTER ROLE ls_app PASSWORD '{DB_PASSWORD}'", "postgres")
