@@ -13,7 +13,7 @@ from .core.commands import instances
 from .core.commands.service import service_manager
 from .core.connect import Host
 from .core.defaults import SWAP_HEALTH_TIMEOUT
-from .core.edge import CONFIG_HELP, admin_email, confirm, open_host, task_edge
+from .core.edge import CONFIG_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task_edge
 from .core.errors import RemoteError, SnapshotError, ToolkitError, UsageError
 from .core.facts import Unmanaged
 from .core.plan import AdminRequest
@@ -86,6 +86,7 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
     """Take over a Label Studio set up by hand (screen, venv): data, users, SECRET_KEY kept; old files left."""
     started = time.monotonic()
     profile, host = open_host(c, config, sudo=True)
+    refuse_on_postgresql(profile, host.alias, "adopt")
     found = facts.provision_facts(host, profile, admin_email(profile) or "")
     check_host(profile, found)
     others = found.neighbours

@@ -9,12 +9,13 @@ from pathlib import Path
 from fabric import task
 from rich.table import Table
 
-from .core import catalog, local, snapshots, sqlite, ui
+from .core import catalog, local, pgdata, snapshots, sqlite, ui
 from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
 from .core.defaults import SWAP_HEALTH_TIMEOUT
 from .core.edge import CONFIG_HELP, confirm, host_alias, open_host, open_other_host, profile_for, task_edge
 from .core.errors import SnapshotError, UsageError
-from .core.profile import backups_root
+from .core.database import snapshot_engine
+from .core.profile import Profile, backups_root
 from .core.restore import replace_server_data
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
@@ -35,6 +36,21 @@ def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
     ui.step(True, f"{what} {snapshot.id}: {ui.human_bytes(m.total_size)}, {len(m.files)} files, "
                   f"{counts_text(m.counts)}, integrity {m.integrity_check}")
     ui.out.print(f"  in {snapshot.path}")
+
+
+def refuse_postgresql(profile: Profile, alias: str, task_name: str) -> None:
+    """Moving data between this machine's SQLite Label Studio and a PostgreSQL server converts it: not
+    done by these tasks (yet); said before anything is touched."""
+    if profile.database.postgresql:
+        raise UsageError(f"{alias} runs Label Studio on PostgreSQL: {task_name} moves SQLite databases only; "
+                         "nothing was changed", hint=f"fab -H {alias} backup and restore-server work on PostgreSQL; "
+                         "converting is migrate-db's job")
+
+
+def refuse_postgresql_snapshot(snapshot: Snapshot) -> None:
+    if snapshot_engine(snapshot.manifest) == "postgresql":
+        raise UsageError(f"snapshot {snapshot.host}/{snapshot.id} holds a PostgreSQL dump: a local Label Studio "
+                         "reads SQLite; nothing was changed", hint="converting is migrate-db's job")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,6 +150,7 @@ def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: 
     if snapshot_id:
         pool = catalog.list_snapshots(host_dir) + catalog.list_snapshots(backups_root() / LOCAL_HOST)
         chosen = catalog.find_snapshot(pool, snapshot_id)
+        refuse_postgresql_snapshot(chosen)
         return chosen, f"snapshot {chosen.id}", local.verify_snapshot(chosen)["counts"]
     data_dir = local.local_data_dir(local_data_dir)
     staged, report = local.snapshot_local_data(data_dir, staging, label="push", media=with_media)
@@ -154,6 +171,7 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                   local_data_dir=None, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
     profile, host = open_host(c, config, sudo=True)
+    refuse_postgresql(profile, host.alias, "push-local-db")
     with local.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
         source, described, local_counts = _push_source(local_data_dir, snapshot, profile.backups_dir(),
                                                        Path(staging), with_media)
@@ -207,9 +225,10 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
             chosen = _fresh_snapshot_of(c, from_, from_config, host.alias)
         else:
             chosen = catalog.find_snapshot(catalog.list_snapshots(source_dir), catalog.snapshot_name(snapshot))
+        pgdata.refuse_other_engine(chosen, profile, host.alias)
         report = local.verify_snapshot(chosen)
         server = snapshots.server_counts(host, profile)
-        if server is not None:
+        if server is not None and not profile.database.postgresql:
             local.require_known_migrations(chosen.path / DATABASE, snapshots.server_migrations(host, profile),
                                            host.alias)
         moving = chosen.host != host.alias
@@ -230,8 +249,11 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
             if server is not None:
                 before = snapshots.take_server_snapshot(host, profile, label="pre-restore")
                 report_snapshot(before, "server backed up as")
-            replace_server_data(host, profile, chosen.path, chosen.manifest.files,
-                                health_timeout=int(health_timeout), base=before)
+            if profile.database.postgresql:
+                pgdata.restore(host, profile, chosen, health_timeout=int(health_timeout))
+            else:
+                replace_server_data(host, profile, chosen.path, chosen.manifest.files,
+                                    health_timeout=int(health_timeout), base=before)
 
 
 def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapshot:
@@ -270,6 +292,7 @@ def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool) -> None:
 def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
     """Server data -> your local Label Studio: server snapshot first, your local data saved first."""
     profile, host = open_host(c, config)
+    refuse_postgresql(profile, host.alias, "pull-server-db")
     data_dir = local.local_data_dir(local_data_dir)
     local.require_no_local_server(data_dir, force)
     confirm(f"replace the local Label Studio data in {data_dir} with {host.alias}'s? (it is saved first)", yes)
@@ -298,6 +321,7 @@ def restore_local(c, snapshot=None, yes=False, force=False, local_data_dir=None)
             chosen = catalog.find_snapshot(catalog.all_snapshots(backups_root(), first=LOCAL_HOST), snapshot)
         else:
             chosen = local.own_saved_data(local_root)
+        refuse_postgresql_snapshot(chosen)
         local.verify_snapshot(chosen)
         ui.out.print(f"restore-local {chosen.host}/{chosen.id} -> {data_dir} ({counts_text(chosen.manifest.counts)})")
         confirm(f"replace the local data in {data_dir}? (it is saved first)", yes)

@@ -10,7 +10,8 @@ from .core import facts, plan, steps, steps_tls, systems, tls, ui
 from .core.commands import read_file
 from .core.commands.service import service_manager
 from .core.connect import Host
-from .core.edge import CONFIG_HELP, admin_email, ask_new_password, open_host, profile_for, task_edge
+from .core.edge import (CONFIG_HELP, admin_email, ask_database_password, ask_new_password, open_host, profile_for,
+                        task_edge)
 from .core.errors import RemoteError, UsageError
 from .core.health import wait_for_health
 from .core.plan import AdminRequest
@@ -118,10 +119,14 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     admin = AdminRequest(email, reset=reset_password)
     if not dry_run and steps.needs_password(found, admin):
         admin = AdminRequest(email, ask_new_password(email), reset_password)
+    database_password = None
+    if not dry_run and steps.database_password_needed(found, profile):
+        database_password = ask_database_password(profile)
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
-    changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab), dry_run=dry_run)
+    changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab,
+                                          database_password=database_password), dry_run=dry_run)
     if profile.tls.enabled and not steps_tls.ready(found, profile):
         changes += https_pass(host, profile, found, email, tls_pair, eab, shown=changes, dry_run=dry_run)
     elif not dry_run:

@@ -10,6 +10,7 @@ from .core import catalog, facts, parse, systems, tls, ui
 from .core.commands.service import ServiceManager, service_manager
 from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
+from .core.database import DatabaseSettings
 from .core.facts import HostStatus
 from .core.health import wait_for_health
 from .core.releases import pypi_versions
@@ -46,7 +47,8 @@ def _version_key(value: str):
 
 
 def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceManager,
-                last_backup: str | None = None, profile_tls_mode: str = "off") -> list[tuple[str, str]]:
+                last_backup: str | None = None, profile_tls_mode: str = "off",
+                database: DatabaseSettings | None = None) -> list[tuple[str, str]]:
     rows = [
         ("host", alias),
         ("os", f"{st.os} (kernel {st.kernel})" if st.kernel else st.os),
@@ -75,10 +77,21 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("nginx", st.nginx.describe()),
         (f"health (via nginx{', https' if https else ''})", health),
         *filter(None, [certificate_row(profile_tls_mode, st.tls_cert)]),
-        ("database", human_bytes(st.db_size) if st.db_size is not None else "not created yet"),
+        ("database", database_text(st, database)),
         ("last backup", last_backup or "none on this machine"),
     ]
     return rows + found
+
+
+def database_text(st: HostStatus, database: DatabaseSettings | None) -> str:
+    if database is None or not database.postgresql:
+        return human_bytes(st.db_size) if st.db_size is not None else "not created yet"
+    ready = st.postgres_ready or ""
+    if "accepting connections" in ready:
+        version = f" {st.postgres_version}" if st.postgres_version else ""
+        login = "" if st.postgres_version else " (the stored password does not log in)"
+        return f"{database.describe()}, answers (PostgreSQL{version}){login}"
+    return f"{database.describe()}, does not answer ({ready or 'pg_isready missing'})"
 
 
 @task(help={"config": CONFIG_HELP,
@@ -94,7 +107,8 @@ def status(c, config=None, check_updates=False):
     table.add_column()
     last = catalog.newest_complete(profile.backups_dir())
     described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
-    rows = status_rows(host.alias, sudo_mode, st, service_manager(profile), described, profile.tls.mode)
+    rows = status_rows(host.alias, sudo_mode, st, service_manager(profile), described, profile.tls.mode,
+                       profile.database)
     if check_updates:
         newest = next(iter(pypi_versions(profile)), None)
         installed = st.label_studio_version

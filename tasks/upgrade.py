@@ -17,7 +17,7 @@ from .core.commands import provision as provision_commands
 from .core.commands import upgrade as commands
 from .core.connect import Host
 from .core.defaults import PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
-from .core.edge import CONFIG_HELP, confirm, open_host, task_edge
+from .core.edge import CONFIG_HELP, confirm, open_host, refuse_on_postgresql, task_edge
 from .core.errors import RemoteError, UsageError
 from .core.profile import Profile
 from .core.restore import run_swap
@@ -95,6 +95,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
     """Upgrade Label Studio side by side: snapshot, new venv, migrations checked on a copy, health-gated switch."""
     started = time.monotonic()
     profile, host = open_host(c, config, sudo=True)
+    refuse_on_postgresql(profile, host.alias, "upgrade")
     found = facts.provision_facts(host, profile, "")
     old = found.label_studio_version
     if list:
@@ -165,6 +166,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
 def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Go back to the release before the last upgrade, with the database as it was then (asks first)."""
     profile, host = open_host(c, config, sudo=True)
+    refuse_on_postgresql(profile, host.alias, "rollback")
     found = facts.provision_facts(host, profile, "")
     check_host(profile, found)
     record = read_upgrade_record(host, profile)

@@ -17,6 +17,7 @@ from .catalog import LOCAL_HOST
 from .connect import Host
 from .defaults import MIN_PASSWORD_LENGTH
 from .errors import ToolkitError, UsageError
+from .database import PASSWORD_ENV, password_problem
 from .profile import Profile, check_email, load_profile
 
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
@@ -130,6 +131,26 @@ def ask_new_password(email: str) -> str:
         if ask("The same password again: ", secret=True, otherwise=otherwise) != password:
             raise UsageError("the two passwords differ")
     return validate_admin_password(password)
+
+
+def ask_database_password(profile: Profile) -> str:
+    """An external PostgreSQL's password: $LSVM_DB_PASSWORD, else a hidden prompt; never argv or YAML."""
+    db = profile.database
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        password = ask(f"Password of PostgreSQL role {db.user} at {db.address}:{db.port}: ", secret=True,
+                       otherwise=f"set {PASSWORD_ENV} in the environment for the password of {db.user}@{db.address}")
+    problem = password_problem(password)
+    if problem:
+        raise UsageError(problem)
+    return password
+
+
+def refuse_on_postgresql(profile: Profile, alias: str, task_name: str) -> None:
+    """Tasks built for SQLite only say so, before anything is touched."""
+    if profile.database.postgresql:
+        raise UsageError(f"{task_name} is not supported with database.engine postgresql yet; nothing was changed",
+                         hint=f"fab -H {alias} backup and restore-server work on PostgreSQL")
 
 
 def admin_email(profile: Profile) -> str | None:

@@ -172,6 +172,8 @@ class HostStatus:
     health_via_nginx: str | None
     neighbours: Neighbours = Neighbours()
     tls_cert: str | None = None       # PEM of the certificate nginx is set to serve (TLS on), None when missing
+    postgres_ready: str | None = None    # pg_isready's answer (engine postgresql), None otherwise
+    postgres_version: str = ""           # the server's version, through the Label Studio role's login
 
     @property
     def provisioned(self) -> bool:
@@ -215,6 +217,8 @@ def status_from_probe(text: str) -> HostStatus:
         health_via_nginx=health.get("via_nginx"),
         neighbours=Neighbours.from_probe(parse.blocks(text).get("instances", [])),
         tls_cert=_decoded(s.get("tls", {}).get("cert", "-")),
+        postgres_ready=s["postgres"].get("ready") if "postgres" in s else None,
+        postgres_version=s.get("postgres", {}).get("version", ""),
     )
 
 
@@ -230,6 +234,28 @@ class TlsFacts:
     resolvers: tuple[str, ...] = ()
     certbot_timer: UnitState = UnitState()
     assumed: bool = False            # plan mode's "as if the certificate were there" (never read from a server)
+
+
+@dataclass(frozen=True)
+class PostgresFacts:
+    """The PostgreSQL side (engine postgresql only): the local server's settings, role, database, and
+    whether the stored password logs in."""
+
+    version: str = ""            # of the local cluster "main", "" when not installed (or external)
+    conf: str | None = None      # our conf.d drop-in, None when missing
+    hba: bool = False            # our pg_hba lines are there
+    active: bool = False
+    role: bool = False
+    database: bool = False
+    secret_meta: str = ""        # owner:group:mode of the secret file, "" when missing
+    login: bool = False          # the stored password logs in (psql as the Label Studio role)
+
+    @classmethod
+    def from_block(cls, block: list[str]) -> "PostgresFacts":
+        v = parse.key_values(block)
+        return cls(version=v.get("version", ""), conf=_decoded(v.get("conf") or "-"), hba=v.get("hba") == "yes",
+                   active=v.get("active") == "active", role=v.get("role") == "1", database=v.get("db") == "1",
+                   secret_meta=v.get("secret_meta", ""), login=v.get("login") == "yes")
 
 
 @dataclass(frozen=True)
@@ -268,12 +294,15 @@ class ProvisionFacts:
     login_port: int | None = None     # the port this SSH session reached on the server
     client_ip: str | None = None      # where this SSH session comes from, as the server sees it
     tls: TlsFacts = TlsFacts()
+    postgres: PostgresFacts = PostgresFacts()
 
 
 def provision_facts_from_probe(text: str) -> ProvisionFacts:
     b = parse.blocks(text)
     h = parse.key_values(b.get("host", []))
     db = parse.key_values(b.get("db", []))
+    if "postgres" in b:  # engine postgresql: users and admin live there
+        db = parse.key_values(b["postgres"])
     return ProvisionFacts(
         installed_packages=frozenset(parse.dpkg_installed(b.get("packages", []))),
         os_id=h.get("os_id", ""),
@@ -293,7 +322,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         venv_exists=h.get("venv") == "yes",
         db_exists=h.get("db") == "yes",
         db_users=parse.int_or_none(db.get("users")),
-        admin_exists=db.get("admin") == "yes",
+        admin_exists=db.get("admin") in ("yes", "1"),
         site_enabled_target=h.get("site_enabled", ""),
         default_site_enabled=h.get("default_site") == "yes",
         screen_running=h.get("screen") == "yes",
@@ -305,6 +334,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         ufw_rules=tuple(parse.ufw_rules(b.get("ufw_rules", []))),
         neighbours=Neighbours.from_probe(b.get("instances", [])),
         tls=tls_facts(b),
+        postgres=PostgresFacts.from_block(b.get("postgres", [])),
     )
 
 

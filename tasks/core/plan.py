@@ -14,7 +14,9 @@ from typing import Iterable, Union
 from . import ui
 from .commands import install_file as install_file_command
 from .commands import empty_private_file
+from .commands import postgres as postgres_commands
 from .commands.provision import apply_nginx_site, ensure_admin
+from .database import PASSWORD_ENV, secret_line
 from .commands.tls import CERTBOT_TIMEOUT, certbot_certonly, install_tls_files as install_tls_files_command
 from .connect import Host
 from .defaults import FIRST_START_TIMEOUT
@@ -97,7 +99,17 @@ class ObtainCertificate:
     eab: Eab | None = None
 
 
-Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth, InstallTlsFiles, ObtainCertificate]
+@dataclass(frozen=True)
+class StoreDatabasePassword:
+    """database.host: the password given on this machine, on the SSH channel's stdin into the root-only
+    secret file; a login with it proves it."""
+
+    profile: Profile
+    password: str = field(repr=False)
+
+
+Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth, InstallTlsFiles, ObtainCertificate,
+               StoreDatabasePassword]
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,8 @@ def execute(host: Host, change: Change) -> Change:
         install_tls_files(host, action)
     elif isinstance(action, ObtainCertificate):
         obtain_certificate(host, action)
+    elif isinstance(action, StoreDatabasePassword):
+        store_database_password(host, action)
     else:  # pragma: no cover - a new Action type without an executor is a bug here
         raise TypeError(f"no executor for {action!r}")
     return change
@@ -216,6 +230,20 @@ def install_tls_files(host: Host, action: InstallTlsFiles) -> None:
                            ("chain.pem", action.pair.chain)):
             upload_bytes(host, data, tmp / name)
         host.run(install_tls_files_command(action.profile, tmp), sudo=True, what="installing the certificate")
+
+
+def store_database_password(host: Host, action: StoreDatabasePassword) -> None:
+    db = action.profile.database
+    channel = host.root_channel(postgres_commands.store_password(action.profile))
+    try:
+        channel.write(secret_line(action.password))
+        channel.finish("storing the database password")
+    except RemoteError as exc:
+        raise RemoteError(f"PostgreSQL at {db.address}:{db.port} refused {db.user} with that password "
+                          f"({exc.message.split(': ', 1)[-1]})",
+                          hint=f"check database.* in the profile and ${PASSWORD_ENV}") from None
+    finally:
+        channel.close()
 
 
 def obtain_certificate(host: Host, action: ObtainCertificate) -> None:

@@ -19,6 +19,7 @@ import yaml
 from packaging.version import InvalidVersion, Version
 
 from . import defaults
+from .database import DatabaseSettings, profile_problem as database_problem
 from .errors import ProfileError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -201,6 +202,7 @@ class RemotePaths:
     label_studio_bin: PurePosixPath
     venv_python: PurePosixPath
     env_file: PurePosixPath
+    database_env: PurePosixPath       # root-only 0600: the PostgreSQL password (tasks.core.database)
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
@@ -235,6 +237,7 @@ class Profile:
     backup: BackupSettings = field(default_factory=BackupSettings)
     pip: PipSettings = field(default_factory=PipSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     # Where the settings came from, for messages; not a YAML key.
     source: str = field(default="built-in defaults", metadata={"internal": True})
     host: str = field(default="", metadata={"internal": True})
@@ -288,6 +291,7 @@ class Profile:
             label_studio_bin=venv / "bin" / "label-studio",
             venv_python=venv / "bin" / "python",
             env_file=app / f"{name}.env",
+            database_env=app / f"{name}-database.env",
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",
@@ -371,6 +375,9 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: the profile must be a mapping of keys, not {type(data).__name__}")
     values = _build(Profile, data, (), source, lines)
+    problem = database_problem(values.database, values.service.manager)
+    if problem:
+        raise ProfileError(f"{_where(source, lines, ('database', 'engine'))}: {problem}")
     return dataclasses.replace(values, source=source, host=host)
 
 

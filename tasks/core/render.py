@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from .database import label_studio_env
 from .profile import PROJECT_ROOT, Profile
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
@@ -68,6 +69,9 @@ def context(profile: Profile, *, ipv6: bool = False) -> dict:
         "label_studio": profile.label_studio,
         "service": profile.service,
         "nginx": profile.nginx,
+        "database": profile.database,
+        "database_env": label_studio_env(profile.database),
+        "database_described": profile.database.describe(),
     }
 
 

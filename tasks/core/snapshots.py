@@ -71,6 +71,10 @@ class ServerData:
 
 def server_counts(host: Host, profile: Profile) -> dict | None:
     """Row counts of the live server database (read-only, no integrity check), None without one."""
+    if profile.database.postgresql:
+        from . import pgdata
+        found = pgdata.server_counts(host, profile)
+        return found["counts"] if found is not None else None
     out = host.run(data_commands.server_counts(profile), sudo=True,
                    what="reading server counts").stdout.strip()
     return json.loads(out) if out else None
@@ -389,6 +393,9 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     """The body of `backup` (callers hold the locks): consistent copy on the server -> verified
     snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
     from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
+    if profile.database.postgresql:
+        from . import pgdata
+        return pgdata.take_snapshot(host, profile, label=label, media=media)
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     base_index = PendingIndex.start(previous)

@@ -14,11 +14,12 @@ from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_in
                                  make_dir, pip_install_label_studio, set_owner_and_mode, switch_release,
                                  ufw_allow, ufw_allow_from, wanted_packages)
 from .commands.service import HTTPS_PORT, service_manager
+from .commands import postgres
 from . import steps_tls
 from .defaults import APT_TIMEOUT, PIP_TIMEOUT
 from .facts import ProvisionFacts
-from .plan import (AdminRequest, Change, EnsureAdmin, InstallFile, NginxSite, Run, WaitForHealth,
-                   notified)
+from .plan import (AdminRequest, Change, EnsureAdmin, InstallFile, NginxSite, Run, StoreDatabasePassword,
+                   WaitForHealth, notified)
 from .profile import Profile
 from .render import RenderedFile
 from .tls import Eab, LocalPair
@@ -150,6 +151,48 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     changes.append(Change(f"{verb} label-studio {wanted}", True, plan=f"make {wanted} the current release",
                           action=Run(switch_release(profile, target), "switching the current release"),
                           notifies=frozenset({RESTART})))
+    return changes
+
+
+SECRET_META = "root:root:600"
+
+
+def database_password_needed(facts: ProvisionFacts, profile: Profile) -> bool:
+    """An external PostgreSQL whose password is not stored yet, or no longer logs in."""
+    db = profile.database
+    return db.postgresql and not db.local and not (facts.postgres.secret_meta == SECRET_META and facts.postgres.login)
+
+
+def database(facts: ProvisionFacts, profile: Profile, password: str | None = None) -> list[Change]:
+    """PostgreSQL: on the VM, its settings (localhost only, scram-sha-256) then the role, its database
+    and a password generated there; elsewhere, the password given on this machine stored on the VM."""
+    db, pg = profile.database, facts.postgres
+    secret = profile.remote.database_env
+    if not db.postgresql:
+        return []
+    if not db.local:
+        if not database_password_needed(facts, profile):
+            return [Change(f"the stored password logs in to {db.describe()}")]
+        return [Change(f"stored the password of {db.describe()} in {secret} (root, 0600) and logged in with it", True,
+                       plan=f"store the password of {db.user}@{db.address} in {secret} (root, 0600)",
+                       action=StoreDatabasePassword(profile, password) if password is not None else None,
+                       notifies=frozenset({RESTART}))]
+    changes = []
+    if pg.conf == postgres.server_conf() and pg.hba and pg.active:
+        changes.append(Change(f"PostgreSQL {pg.version} listens on localhost only, scram-sha-256 for {db.user}"))
+    else:
+        settings = f"localhost only, scram-sha-256 for {db.user}"
+        changes.append(Change(f"configured PostgreSQL: {settings}", True, plan=f"configure PostgreSQL: {settings}",
+                              action=Run(postgres.configure_server(profile), "configuring PostgreSQL",
+                                         timeout=APT_TIMEOUT)))
+    if pg.role and pg.database and pg.secret_meta == SECRET_META and pg.login:
+        changes.append(Change(f"role {db.user} and database {db.name} exist; the password logs in ({secret}, root 0600)"))
+    else:
+        changes.append(Change(f"role {db.user} and database {db.name} ready, the password generated on the server "
+                              f"into {secret} (root, 0600)", True,
+                              plan=f"create role {db.user} and database {db.name}, a password generated on the server",
+                              action=Run(postgres.ensure_role(profile), "creating the PostgreSQL role and database"),
+                              notifies=frozenset({RESTART})))
     return changes
 
 
@@ -291,7 +334,8 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
 
 
 def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start: bool = True,
-         tls_pair: LocalPair | None = None, eab: Eab | None = None) -> list[Change]:
+         tls_pair: LocalPair | None = None, eab: Eab | None = None,
+         database_password: str | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `steps_tls.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -301,6 +345,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         service_user(facts, profile),
         *directories(facts, profile),
         *label_studio(facts, profile),
+        *database(facts, profile, database_password),
         *steps_tls.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
         service_definition(facts, profile),

@@ -156,22 +156,23 @@ def encode_file_list(names: Iterable[str]) -> bytes:
 
 
 def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, database: bool,
-                  listed_files: bool, delta: bool = False) -> str:
-    """A compressed tar on stdout of the database copy (or its page delta) and/or the listed files.
-    The copy's hash and integrity_check already run in the background (sqlite.check_in_background)."""
+                  listed_files: bool, delta: bool = False, work_file: str | None = None) -> str:
+    """A compressed tar on stdout of the database copy (or its page delta, or `work_file`, another file
+    of work_dir: a PostgreSQL dump) and/or the listed files. The copy's hash and integrity_check already
+    run in the background (sqlite.check_in_background)."""
     parts = []
-    if database or delta:
-        parts.append(f"-C {q(work_dir)} {q(DELTA if delta else DATABASE)}")
+    if database or delta or work_file:
+        parts.append(f"-C {q(work_dir)} {q(work_file or (DELTA if delta else DATABASE))}")
     if listed_files:
         parts.append(f"-C {q(data_dir)} --null --verbatim-files-from -T {q(work_dir / FILE_LIST)}")
     return f"tar --ignore-failed-read -cf - {' '.join(parts)} | {COMPRESS[codec]}"
 
 
 def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, database: bool,
-                    listed_files: bool, delta: bool = False) -> str:
+                    listed_files: bool, delta: bool = False, work_file: str | None = None) -> str:
     """stream_script, as the service user: it reads only what that user can read."""
     return owner(profile, stream_script(work_dir, profile.remote.data_dir, codec, database=database,
-                                        listed_files=listed_files, delta=delta))
+                                        listed_files=listed_files, delta=delta, work_file=work_file))
 
 
 def read_check_report(profile: Profile, work_dir: PurePosixPath) -> str:
@@ -273,7 +274,8 @@ def swap_script(data_dir: PurePosixPath, parts: list[str]) -> str:
         steps.append(f"if {_exists(data_dir / part)}; then mv -- {q(data_dir / part)} {q(previous / part)}; "
                      f"else : > {q(previous / (ABSENT + part))}; fi")
         steps.append(f"mv -- {q(incoming / part)} {q(data_dir / part)}")
-    steps.append(f"chmod 0600 -- {q(data_dir / DATABASE)}")
+    if DATABASE in parts:  # a PostgreSQL host swaps only .env and media here
+        steps.append(f"chmod 0600 -- {q(data_dir / DATABASE)}")
     if SECRET_ENV in parts:
         steps.append(f"chmod 0600 -- {q(data_dir / SECRET_ENV)}")
     return "; ".join(steps)

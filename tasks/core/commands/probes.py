@@ -7,6 +7,7 @@ from pathlib import PurePosixPath
 
 from ..profile import Profile
 from . import join, lines, q
+from . import postgres
 from .provision import ALL_PACKAGES, RELEASE_COMPLETE
 from ..instances import MANAGED_MARK
 from .instances import detect
@@ -76,6 +77,7 @@ def status_probe(profile: Profile) -> str:
         f"if command -v nginx >/dev/null; then "
         f"echo \"via_nginx=$({health_probe(profile, via_nginx=True)})\"; fi",
         *served_certificate(profile),
+        *postgres.status_lines(profile),
         "echo '[instances]'",
         detect(profile),
     )
@@ -152,6 +154,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "echo '[instances]'",
         detect(profile),
         *tls_probe(profile),
+        *postgres.probe(profile, admin_email),
     )
 
 

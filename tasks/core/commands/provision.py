@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from .. import parse
+from ..database import PASSWORD_KEY
 from ..profile import Profile
 from . import as_service_user, join, q
 from .service import service_manager
 
 BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
-ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl")
+ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl", "postgresql", "postgresql-client")
 DEFAULT_SITE = PurePosixPath("/etc/nginx/sites-enabled/default")
 
 
@@ -20,6 +21,9 @@ def wanted_packages(profile: Profile) -> list[str]:
         packages.append("ufw")
     packages += service_manager(profile).packages
     packages += {"acme": ["certbot"], "self-signed": ["openssl"]}.get(profile.tls.mode, [])
+    if profile.database.postgresql:
+        # pg_dump and psql for the data tasks; the server itself when it runs on the VM.
+        packages.append("postgresql" if profile.database.local else "postgresql-client")
     return packages
 
 
@@ -145,5 +149,10 @@ def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath
     service user, with the service's environment; the request (with the password) comes on stdin.
     The environment comes from the env file as we render it, never by root sourcing a file on the server."""
     environment = [f"{key}={value}" for key, value in parse.env_assignments(service_manager(profile).env_file().content)]
-    return (f"{as_service_user(profile, *environment, profile.remote.venv_python, '-c')} "
+    password = ""
+    if profile.database.postgresql:
+        # Inherited from this root shell (runuser keeps the environment): never argv.
+        password = (f"POSTGRE_PASSWORD=$(sed -n {q('s/^' + PASSWORD_KEY + '=//p')} {q(profile.remote.database_env)}) "
+                    "&& export POSTGRE_PASSWORD && ")
+    return (f"{password}{as_service_user(profile, *environment, profile.remote.venv_python, '-c')} "
             f"\"$(cat {q(script)})\" < {q(request)}")

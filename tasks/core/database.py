@@ -1,0 +1,149 @@
+"""Which database Label Studio uses, from the profile's `database:` section. Pure: settings, their
+checks, the environment Label Studio reads, and the names the data tasks share.
+
+    engine: sqlite (the default: nothing changes) | postgresql
+    host:   null = PostgreSQL installed on the VM itself, listening on localhost only; a name or
+            address = an existing server elsewhere (nothing installed; its password from $LSVM_DB_PASSWORD
+            or a prompt)
+    port, name, user, sslmode: how Label Studio connects (sslmode goes to libpq as PGSSLMODE)
+
+The password is never a profile key: generated on the server (local) or sent on an SSH channel's stdin
+(external), it lives only in a root-only 0600 file on the server (`RemotePaths.database_env`), one line
+`POSTGRE_PASSWORD=<value>`, read by systemd's EnvironmentFile= and by root scripts (never sourced).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+ENGINES = ("sqlite", "postgresql")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+PASSWORD_ENV = "LSVM_DB_PASSWORD"      # the external server's password, on this machine
+PASSWORD_KEY = "POSTGRE_PASSWORD"      # Label Studio's own variable, the only line of the secret file
+LOCAL_ADDRESS = "127.0.0.1"
+DUMP = "label_studio.pgdump"           # a PostgreSQL snapshot's database: pg_dump --format=custom
+SQLITE_DATABASE = "label_studio.sqlite3"
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_IPV6 = re.compile(r"^[0-9A-Fa-f:]+$")
+# A password both systemd's EnvironmentFile= and a `sed` read as written: printable ASCII without
+# blanks, quotes, backslash, '$' or '`'.
+_PASSWORD = re.compile(r"^[!#%-&(-\[\]-_a-~]{8,256}$")
+
+
+def _identifier(value: str) -> str | None:
+    if _IDENTIFIER.match(value):
+        return None
+    return "must be a PostgreSQL name of lower-case letters, digits and '_' (at most 63, not starting with a digit)"
+
+
+def _host(value: str | None) -> str | None:
+    if value is None or _HOST.match(value) or (":" in value and _IPV6.match(value)):
+        return None
+    return "must be a host name or IP address of the PostgreSQL server (null: installed on the VM)"
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a port number between 1 and 65535"
+
+
+def _sslmode(value: str | None) -> str | None:
+    return None if value is None or value in SSL_MODES else "must be one of: " + ", ".join(SSL_MODES)
+
+
+def _opt(default, check=None):
+    return field(default=default, metadata={"check": check, "coerce": None})
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    engine: Literal["sqlite", "postgresql"] = _opt("sqlite")
+    host: str | None = _opt(None, _host)
+    port: int = _opt(5432, _port)
+    name: str = _opt("labelstudio", _identifier)
+    user: str = _opt("labelstudio", _identifier)
+    sslmode: str | None = _opt(None, _sslmode)
+
+    @property
+    def postgresql(self) -> bool:
+        return self.engine == "postgresql"
+
+    @property
+    def local(self) -> bool:
+        """PostgreSQL installed and managed on the VM (no database.host)."""
+        return self.postgresql and self.host is None
+
+    @property
+    def address(self) -> str:
+        """Where Label Studio and the data tasks connect."""
+        return self.host or LOCAL_ADDRESS
+
+    def describe(self) -> str:
+        if not self.postgresql:
+            return "SQLite"
+        where = "on the VM" if self.local else "external"
+        return f"PostgreSQL {self.user}@{self.address}:{self.port}/{self.name} ({where})"
+
+
+def profile_problem(settings: DatabaseSettings, service_manager: str) -> str | None:
+    """What the `database:` section cannot mean, in words (the key that is wrong first), else None."""
+    if not settings.postgresql:
+        changed = [key for key in ("host", "sslmode") if getattr(settings, key) is not None]
+        if changed:
+            return f"'database.{changed[0]}' is set but database.engine is sqlite (set engine: postgresql)"
+        return None
+    if service_manager != "systemd":
+        return ("database.engine postgresql needs service.manager systemd (its password reaches Label Studio "
+                "through systemd's EnvironmentFile=)")
+    return None
+
+
+def label_studio_env(settings: DatabaseSettings) -> list[tuple[str, str]]:
+    """The env file lines (no secret) that point Label Studio at its database; none for SQLite, whose
+    default Label Studio already uses."""
+    if not settings.postgresql:
+        return []
+    lines = [("DJANGO_DB", "default"), ("POSTGRE_NAME", settings.name), ("POSTGRE_USER", settings.user),
+             ("POSTGRE_HOST", settings.address), ("POSTGRE_PORT", str(settings.port))]
+    if settings.sslmode:
+        lines.append(("PGSSLMODE", settings.sslmode))  # Label Studio has no setting: libpq reads it
+    return lines
+
+
+def client_env(settings: DatabaseSettings) -> list[tuple[str, str]]:
+    """libpq's own variables for psql/pg_dump/pg_restore (the password is added from the secret file)."""
+    lines = [("PGHOST", settings.address), ("PGPORT", str(settings.port)), ("PGUSER", settings.user),
+             ("PGDATABASE", settings.name)]
+    if settings.sslmode:
+        lines.append(("PGSSLMODE", settings.sslmode))
+    return lines
+
+
+def password_problem(password: str) -> str | None:
+    if _PASSWORD.match(password):
+        return None
+    return ("the database password must be 8 to 256 printable ASCII characters without spaces, quotes, "
+            "'\\', '$' or '`'")
+
+
+def secret_line(password: str) -> bytes:
+    """The secret file's content."""
+    problem = password_problem(password)
+    if problem:
+        raise ValueError(problem)
+    return f"{PASSWORD_KEY}={password}\n".encode()
+
+
+def snapshot_engine(manifest) -> str:
+    """The engine a snapshot's database comes from (snapshots made before PostgreSQL: sqlite)."""
+    engine = (manifest.extra or {}).get("engine") if manifest is not None else None
+    return engine if engine in ENGINES else "sqlite"
+
+
+def restore_names(settings: DatabaseSettings, stamp: str) -> tuple[str, str]:
+    """(new, aside): the database a restore fills, and the name the live one gets while it is switched."""
+    base = settings.name[:36]
+    return f"{base}_lsvm_new_{stamp}", f"{base}_lsvm_old_{stamp}"

@@ -1,0 +1,213 @@
+"""Data tasks on PostgreSQL (`database.engine: postgresql`): backup and restore-server.
+
+backup: one consistent `pg_dump --format=custom`, taken in the snapshot of a repeatable-read
+transaction that also counts the rows of every table (pgtool dump), into the usual snapshot layout:
+`label_studio.pgdump` beside `.env` and `media/`, the manifest saying engine, server version and those
+counts. restore-server: the dump restored into a NEW database and its row counts compared with the
+manifest while Label Studio keeps serving; then the swap job (commands/swap.py) stops it, renames the
+live database aside and the new one into its name, swaps .env and media, starts it and waits for the
+health gate; on any failure the names go back and the original serves again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+
+from . import catalog, ui
+from .catalog import MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from .commands import data as data_commands
+from .commands import postgres as pg
+from .connect import Host
+from .database import DUMP, restore_names, snapshot_engine
+from .errors import RemoteError, SnapshotError
+from .profile import Profile
+from .transfer import receive_tar, server_codec
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    return {}
+
+
+def server_counts(host: Host, profile: Profile, database: str | None = None) -> dict | None:
+    """Row counts of the live database (or `database`): {"counts", "tables", "server_version"}; None
+    when it does not exist; RemoteError when PostgreSQL cannot be read."""
+    out = host.run(pg.counts(profile, database), sudo=True, check=False, what="reading the PostgreSQL counts")
+    found = _last_json(out.stdout)
+    if found.get("missing"):
+        return None
+    if not found or "error" in found:
+        raise RemoteError(f"cannot read the PostgreSQL database on {host.alias}: "
+                          f"{found.get('error') or out.last_line() or 'no answer'}")
+    return found
+
+
+def table_differences(expected: dict, found: dict) -> list[str]:
+    """The tables whose row counts differ between the manifest and a restored database, in words."""
+    names = sorted(set(expected) | set(found))
+    return [f"{name}: {expected.get(name, 'absent')} in the snapshot, {found.get(name, 'absent')} restored"
+            for name in names if expected.get(name) != found.get(name)]
+
+
+# ------------------------------------------------------------------------------------------------
+# backup
+
+
+def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True) -> Snapshot:
+    host_dir = profile.backups_dir()
+    previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
+    with _work_dir(host, profile) as work_dir:
+        out = host.run(data_commands.prepare_copy(profile, work_dir, "null", check=False), sudo=True, check=False,
+                       what="listing the server's data")
+        info = _last_json(out.stdout)
+        if not out.ok or not info:
+            raise SnapshotError(f"listing the data on {host.alias} failed: {out.last_line()}")
+        with ui.err.status("pg_dump of the server database (one consistent snapshot)"):
+            out = host.run(pg.dump(profile, work_dir / DUMP), sudo=True, check=False, what="pg_dump")
+        dumped = _last_json(out.stdout)
+        if not out.ok or "error" in dumped or "sha256" not in dumped:
+            raise SnapshotError(f"pg_dump on {host.alias} failed: {dumped.get('error') or out.last_line()}")
+        dest = catalog.new_snapshot_dir(host_dir, label)
+        try:
+            files = _download(host, profile, work_dir, dest, info, dumped, media=media, previous=previous)
+            integrity = dumped["integrity_check"] if dumped["label_studio"] else "not a Label Studio database"
+            manifest = Manifest(
+                host=host.alias,
+                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                label=label,
+                label_studio_version=info.get("label_studio_version"),
+                source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
+                        "engine": "postgresql", "database": profile.database.name,
+                        "database_host": profile.database.address, "marker": None},
+                files=files,
+                integrity_check=integrity,
+                counts=dumped["counts"],
+                media_included=media,
+                extra={"engine": "postgresql", "server_version": dumped["server_version"],
+                       "tables": dumped["tables"]},
+            )
+            catalog.write_manifest(dest, manifest)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
+
+
+def _work_dir(host: Host, profile: Profile):
+    from .snapshots import server_work_dir  # snapshots imports this module
+    return server_work_dir(host, profile, "backup")
+
+
+def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: dict, *, media: bool,
+              previous: Snapshot | None) -> list[FileEntry]:
+    """The dump, .env and media into dest; .env and media unchanged since `previous` are hard-linked."""
+    reuse = {f.path: f for f in previous.manifest.files} if previous is not None else {}
+    wanted = [(DUMP, dumped["size"], dumped["sha256"], None)]
+    if "env" in info:
+        wanted.append((SECRET_ENV, info["env"]["size"], info["env"]["sha256"], None))
+    if media:
+        wanted += [(m["path"], m["size"], None, m["mtime"]) for m in info.get("media", [])]
+    entries, fetch = [], []
+    for path, size, sha, mtime in wanted:
+        old = reuse.get(path)
+        same = path != DUMP and old is not None and old.size == size and (
+            (sha is not None and old.sha256 == sha) or (sha is None and mtime is not None and old.mtime == mtime))
+        if same:
+            catalog.link_or_copy(previous.path / path, dest / path)
+            entries.append(old)
+        else:
+            fetch.append((path, size, sha, mtime))
+    listed = [f[0] for f in fetch if f[0] != DUMP]
+    if listed:
+        from .snapshots import send_file_list
+        send_file_list(host, profile, work_dir, listed)
+    codec = server_codec(host)
+    total = sum(f[1] for f in fetch)
+    started = time.monotonic()
+    channel = host.root_channel(data_commands.stream_snapshot(profile, work_dir, codec.name, database=False,
+                                                              listed_files=bool(listed), work_file=DUMP))
+    try:
+        received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
+                               expected={f[0]: f[1] for f in fetch})
+        channel.finish("streaming the snapshot")
+    finally:
+        channel.close()
+    ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
+    for path, size, sha, mtime in fetch:
+        got = received.get(path)
+        if got is None:
+            if path.startswith(MEDIA + "/"):
+                continue  # deleted on the server between listing and streaming
+            raise SnapshotError(f"{path} did not arrive from {host.alias}")
+        if sha is not None and got[1] != sha:
+            raise SnapshotError(f"{path}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
+        entries.append(FileEntry(path, got[0], got[1], mtime))
+    return sorted(entries, key=lambda f: f.path)
+
+
+# ------------------------------------------------------------------------------------------------
+# restore-server
+
+
+def refuse_other_engine(snapshot: Snapshot, profile: Profile, alias: str) -> None:
+    """A snapshot restores only onto a host of its own engine; converting is migrate-db's job."""
+    engine = snapshot_engine(snapshot.manifest)
+    here = profile.database.engine
+    if engine != here:
+        raise SnapshotError(f"snapshot {snapshot.id} holds a {engine} database and {alias} runs on {here}: "
+                            f"restore-server does not convert; nothing was changed",
+                            hint="converting between SQLite and PostgreSQL is migrate-db's job")
+
+
+def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout: int) -> None:
+    """The dump into a new database, checked, then the switch by the swap job (see the module)."""
+    from .restore import refuse_foreign_port, refuse_unfinished_swap, run_swap, upload
+
+    refuse_unfinished_swap(host, profile)
+    refuse_foreign_port(host, profile)
+    files = snapshot.manifest.files
+    parts = [part for part in (SECRET_ENV, MEDIA)
+             if any(f.path == part or f.path.startswith(part + "/") for f in files)]
+    new, aside = restore_names(profile.database, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+    try:
+        upload(host, profile, snapshot.path, files)
+        ui.step(True, f"uploaded and verified the dump{', ' if parts else ''}{', '.join(parts)} on the server")
+        _restore_checked(host, profile, snapshot, new)
+    except BaseException:
+        host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
+        host.run(pg.drop_database(profile, new), sudo=True, check=False)
+        raise
+    swapped = (f"switched databases: {profile.database.name} -> {aside}, {new} -> {profile.database.name}"
+               + (f"; swapped in {', '.join(parts)}" if parts else ""))
+    run_swap(host, profile, parts, health_timeout=health_timeout, swapped=swapped, steps={
+        "after_swap": pg.switch_in(profile, new, aside),
+        "undo_swap": f"{pg.switch_back(profile, new, aside)}; {pg.drop_database(profile, new)}",
+        "on_success": pg.drop_database(profile, aside),
+    })
+
+
+def _restore_checked(host: Host, profile: Profile, snapshot: Snapshot, new: str) -> None:
+    dump = data_commands.incoming_dir(profile) / DUMP
+    out = host.run(pg.create_database(profile, new), sudo=True, check=False, what="creating the database")
+    if not out.ok:
+        raise RemoteError(f"cannot create database {new} on {profile.database.address}: {out.last_line()}; "
+                          "nothing was changed", hint="the role needs CREATEDB on an external server")
+    with ui.err.status(f"pg_restore into a new database {new} (Label Studio keeps serving)"):
+        out = host.run(pg.restore_into(profile, dump, new), sudo=True, check=False, what="pg_restore")
+    if not out.ok:
+        raise SnapshotError(f"the dump of {snapshot.id} did not restore ({out.last_line()}); nothing was changed")
+    found = server_counts(host, profile, new) or {}
+    differs = table_differences(snapshot.manifest.extra.get("tables") or {}, found.get("tables") or {})
+    if differs:
+        raise SnapshotError(f"the restored database differs from snapshot {snapshot.id} ({'; '.join(differs[:3])}); "
+                            "nothing was changed")
+    ui.step(True, f"restored into {new}: {len(found.get('tables') or {})} tables, row counts equal to the snapshot's")
+

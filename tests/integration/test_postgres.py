@@ -1,0 +1,229 @@
+"""Label Studio on PostgreSQL installed on the VM (`database: {engine: postgresql}`): the official SDK
+works through nginx; PostgreSQL listens on loopback only; its password is nowhere but the root-only
+secret file; a second provision changes nothing; backup -> the database dropped -> restore-server gives
+the same data back; a broken dump, a dump that does not match its manifest and a new database that does
+not come up in time all leave the original serving, with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dev.lsclient import LabelStudio
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, sdk_view
+
+SECRET = "/opt/label-studio/label-studio-database.env"
+LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+                '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
+
+
+@pytest.fixture(scope="module")
+def pg(vm_image, suite, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"home-postgres-{suite}")
+    machine = _provisioned(vm_image, suite, home, "postgres", "vm", "database:\n  engine: postgresql\n")
+    assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
+    ls = LabelStudio(machine.url)
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    machine.token = ls.post_json("/api/token/", {}).json()["token"]
+    yield machine
+    machine.vm.stop()
+
+
+def sh(machine, script: str, **kwargs) -> str:
+    result = machine.vm.exec(script, **kwargs)
+    return result.stdout.decode()
+
+
+def password(machine) -> str:
+    line = sh(machine, f"cat {SECRET}").strip()
+    assert line.startswith("POSTGRE_PASSWORD=")
+    return line.split("=", 1)[1]
+
+
+def psql(machine, sql: str, database: str = "labelstudio") -> str:
+    return sh(machine, f"runuser -u postgres -- psql -X -t -A -d {database}", input=sql.encode()).strip()
+
+
+def annotate_through_sdk(machine, title: str, n_tasks: int = 12, n_annotations: int = 5) -> None:
+    from label_studio_sdk import LabelStudio as SDK
+    client = SDK(base_url=machine.url, api_key=machine.token)
+    project = client.projects.create(title=title, label_config=LABEL_CONFIG)
+    client.projects.import_tasks(id=project.id, request=[{"text": f"{title} {i}"} for i in range(n_tasks)])
+    for task in list(client.tasks.list(project=project.id))[:n_annotations]:
+        client.annotations.create(id=task.id, result=[{"from_name": "label", "to_name": "text", "type": "choices",
+                                                        "value": {"choices": ["pos"]}}])
+
+
+def test_label_studio_runs_on_postgresql_through_nginx(pg):
+    annotate_through_sdk(pg, "On PostgreSQL")
+    view = sdk_view(pg.url, pg.token)
+    assert view["projects"] == {"On PostgreSQL": 12} and view["annotations"] == 5
+    # The rows are in PostgreSQL, and no SQLite database was made.
+    assert psql(pg, "select count(*) from task_completion") == "5"
+    assert psql(pg, "select title from project") == "On PostgreSQL"
+    assert sh(pg, "ls /var/lib/label-studio/label_studio.sqlite3 2>&1 || true").count("No such file") == 1
+    status = pg.fab("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"PostgreSQL labelstudio@127\.0\.0\.1:5432/labelstudio.*answers", status.stdout), status.stdout
+
+
+def test_postgresql_listens_on_loopback_only(pg):
+    listening = sh(pg, "ss -ltnH")
+    ports = [line.split()[3] for line in listening.splitlines() if line.split()[3].endswith(":5432")]
+    # localhost: 127.0.0.1, and ::1 where the VM has IPv6 on loopback.
+    assert "127.0.0.1:5432" in ports and set(ports) <= {"127.0.0.1:5432", "[::1]:5432"}, listening
+    ipv6 = sh(pg, "cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null").strip() == "0"
+    assert ("[::1]:5432" in ports) == ipv6, listening
+    hba = sh(pg, "cat /etc/postgresql/*/main/pg_hba.conf")
+    assert "host all labelstudio 127.0.0.1/32 scram-sha-256" in hba
+    stored = psql(pg, "select rolpassword from pg_authid where rolname = 'labelstudio'", "postgres")
+    assert stored.startswith("SCRAM-SHA-256$4096:"), stored
+
+
+def test_the_password_is_only_in_the_root_only_file(pg):
+    secret = password(pg)
+    assert len(secret) >= 32
+    assert sh(pg, f"stat -c '%U:%G:%a' {SECRET}").strip() == "root:root:600"
+    # Nowhere else: unit files, the env file, any process's argv, the journal, PostgreSQL's log.
+    places = "/etc /opt /var/log /var/lib/label-studio /tmp /var/tmp"
+    found = sh(pg, f"grep -rlF -- \"$(sed -n 's/^POSTGRE_PASSWORD=//p' {SECRET})\" {places} 2>/dev/null || true")
+    assert found.split() == [SECRET], found
+    assert secret not in sh(pg, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\000' ' '")
+    assert secret not in sh(pg, "journalctl --no-pager -o cat 2>/dev/null")
+    # Label Studio itself has it (from systemd's EnvironmentFile=), and logs in with it.
+    pid = sh(pg, "systemctl show -p MainPID --value label-studio").strip()
+    assert f"POSTGRE_PASSWORD={secret}".encode() in pg.vm.exec(f"cat /proc/{pid}/environ").stdout
+    assert "EnvironmentFile=/opt/label-studio/label-studio-database.env" in sh(pg, "cat /etc/systemd/system/label-studio.service")
+
+
+def test_second_provision_changes_nothing(pg):
+    before = password(pg)
+    again = pg.fab("provision")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert re.search(r"\b0 changed\b", again.stdout), again.stdout
+    assert "the password logs in" in again.stdout
+    assert password(pg) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# backup and restore-server
+
+
+def snapshots_dir(machine):
+    return machine.fab.home / "backups" / "vm"
+
+
+def backup(machine, *args: str) -> str:
+    result = machine.fab("backup", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return re.search(r"snapshot (\d{8}T\d{6}Z\S*):", result.stdout).group(1)
+
+
+def lsvm_databases(machine) -> str:
+    return psql(machine, "select datname from pg_database where datname like '%lsvm%'", "postgres")
+
+
+def copy_snapshot(machine, snapshot_id: str, new_id: str, change) -> str:
+    """A copy of a snapshot under another id, changed by `change(folder, manifest)` (the manifest is
+    rewritten after it: the copy passes the local checks and fails, if at all, on the server)."""
+    import hashlib
+    import shutil
+    source, target = snapshots_dir(machine) / snapshot_id, snapshots_dir(machine) / new_id
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    change(target, manifest)
+    for entry in manifest["files"]:
+        data = (target / entry["path"]).read_bytes()
+        entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return new_id
+
+
+@pytest.fixture(scope="module")
+def backed_up(pg):
+    annotate_through_sdk(pg, "Backed up", n_tasks=20, n_annotations=7)
+    pg.before = sdk_view(pg.url, pg.token)
+    pg.snapshot = backup(pg, "--label", "pg")
+    return pg
+
+
+def test_backup_is_a_consistent_pg_dump_with_its_counts(backed_up):
+    pg = backed_up
+    folder = snapshots_dir(pg) / pg.snapshot
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["extra"]["engine"] == "postgresql"
+    assert re.match(r"^(15|17)\.", manifest["extra"]["server_version"]), manifest["extra"]
+    assert manifest["integrity_check"] == "ok"
+    assert manifest["counts"]["annotations"] == pg.before["annotations"] >= 7
+    assert manifest["extra"]["tables"]["task"] == sum(pg.before["projects"].values())
+    assert (folder / "label_studio.pgdump").read_bytes()[:5] == b"PGDMP"
+    assert {f["path"] for f in manifest["files"]} >= {"label_studio.pgdump", ".env"}
+    listed = pg.fab("backups")
+    assert listed.returncode == 0 and pg.snapshot in listed.stdout and "verified" in listed.stdout, listed.stdout
+
+
+def test_drop_the_database_then_restore_gives_the_same_data(backed_up):
+    pg = backed_up
+    annotate_through_sdk(pg, "After the backup", n_tasks=3, n_annotations=1)
+    sh(pg, "systemctl stop label-studio")
+    psql(pg, "DROP DATABASE labelstudio WITH (FORCE)", "postgres")
+    assert "labelstudio" not in psql(pg, "select datname from pg_database", "postgres").split()
+    restored = pg.fab("restore-server", "--snapshot", pg.snapshot, "--yes")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "row counts equal to the snapshot's" in restored.stdout
+    assert sdk_view(pg.url, pg.token) == pg.before
+    assert lsvm_databases(pg) == ""
+
+
+def test_a_broken_dump_leaves_the_original_serving(backed_up):
+    pg = backed_up
+    now = sdk_view(pg.url, pg.token)
+
+    def truncate(folder, manifest):
+        dump = folder / "label_studio.pgdump"
+        dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+
+    broken = copy_snapshot(pg, pg.snapshot, "20990101T000000Z-broken", truncate)
+    result = pg.fab("restore-server", "--snapshot", broken, "--yes")
+    assert result.returncode != 0
+    assert "did not restore" in result.stderr and "nothing was changed" in result.stderr, result.stderr
+    assert sdk_view(pg.url, pg.token) == now
+    assert lsvm_databases(pg) == ""
+
+
+def test_a_dump_that_differs_from_its_manifest_is_refused(backed_up):
+    pg = backed_up
+    now = sdk_view(pg.url, pg.token)
+
+    def miscount(folder, manifest):
+        manifest["extra"]["tables"]["task"] += 1
+
+    wrong = copy_snapshot(pg, pg.snapshot, "20990101T000001Z-miscounted", miscount)
+    result = pg.fab("restore-server", "--snapshot", wrong, "--yes")
+    assert result.returncode != 0
+    tasks = sum(pg.before["projects"].values())
+    assert f"task: {tasks + 1} in the snapshot, {tasks} restored" in result.stderr, result.stderr
+    assert sdk_view(pg.url, pg.token) == now
+    assert lsvm_databases(pg) == ""
+
+
+def test_a_new_database_that_does_not_come_up_is_switched_back(backed_up):
+    pg = backed_up
+    annotate_through_sdk(pg, "Kept by the rollback", n_tasks=2, n_annotations=1)
+    now = sdk_view(pg.url, pg.token)
+    assert now != pg.before
+    result = pg.fab("restore-server", "--snapshot", pg.snapshot, "--yes", "--health-timeout", "1")
+    assert result.returncode != 0
+    assert "previous data is back in place and Label Studio is serving it" in result.stderr, result.stderr
+    assert sdk_view(pg.url, pg.token) == now
+    assert lsvm_databases(pg) == ""
+
+
+def test_sqlite_only_tasks_refuse_in_one_line(backed_up):
+    pg = backed_up
+    for args in (("push-local-db", "--yes"), ("pull-server-db", "--yes"), ("upgrade", "--yes")):
+        result = pg.fab(*args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "nothing was changed" in result.stderr and "Traceback" not in result.stderr
