@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-pytestmark = pytest.mark.one_release("bookworm")
+pytestmark = pytest.mark.one_release("trixie")
 
 from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
