@@ -215,3 +215,42 @@ def sdk_view(url: str, token: str) -> dict:
         projects[project.title] = len(tasks)
         annotations += sum(t.total_annotations or 0 for t in tasks)
     return {"users": users, "projects": projects, "annotations": annotations}
+
+
+ARTIFACTS = Path(os.environ.get("LSVM_ARTIFACTS_DIR", PROJECT_ROOT / "artifacts"))
+LOAD_CLIENTS, LOAD_SECONDS = 16, 60
+
+
+def concurrent_annotators(machine: ProvisionedVM, token: str, engine: str):
+    """bench.load against the VM: 16 official-SDK clients save annotations for 60 s (each loop bounded)
+    in a project of their own, deleted afterwards. The summary line is kept in artifacts/ for the report."""
+    from label_studio_sdk import LabelStudio as SDK
+
+    from bench.load import run_load
+    client = SDK(base_url=machine.url, api_key=token)
+    project = client.projects.create(title=f"Load on {engine}", label_config=(
+        '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+        '<Choice value="pos"/><Choice value="neg"/></Choices></View>'))
+    try:
+        client.projects.import_tasks(id=project.id, request=[{"text": f"load task {i}"} for i in range(64)])
+        result = run_load(machine.url, token, project.id, clients=LOAD_CLIENTS, seconds=LOAD_SECONDS,
+                          max_requests=5000, timeout=120)
+    finally:
+        client.projects.delete(id=project.id)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    line = f"{engine} on {machine.suite}: {result.summary()}"
+    (ARTIFACTS / f"load-{engine}-{machine.suite}.txt").write_text(line + "\n")
+    print(line)
+    return result
+
+
+def api_token(machine: ProvisionedVM) -> str:
+    """The admin's personal access token, made once per VM (Label Studio answers POST /api/token/ once
+    per user) and kept on the machine for every module that shares it."""
+    if getattr(machine, "api_token", None) is None:
+        session = LabelStudio(machine.url)
+        assert session.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        resp = session.post_json("/api/token/", {})
+        assert resp.status in (200, 201), resp.text[:300]
+        machine.api_token = resp.json()["token"]
+    return machine.api_token

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api_token
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
@@ -75,11 +75,7 @@ def sdk(data_vm):
     """Label Studio's official client, with a personal access token made for it."""
     from label_studio_sdk import LabelStudio as Official
 
-    session = LabelStudio(data_vm.url)
-    assert session.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    resp = session.post_json("/api/token/", {})  # answered once per user: nothing else here asks for it
-    assert resp.status in (200, 201), resp.text[:300]
-    return Official(base_url=data_vm.url, api_key=resp.json()["token"])
+    return Official(base_url=data_vm.url, api_key=api_token(data_vm))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, sdk_view
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, concurrent_annotators, sdk_view
 
 SECRET = "/opt/label-studio/label-studio-database.env"
 LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -227,3 +227,8 @@ def test_sqlite_only_tasks_refuse_in_one_line(backed_up):
         result = pg.fab(*args)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "nothing was changed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_concurrent_annotators_all_succeed_on_postgresql(pg):
+    result = concurrent_annotators(pg, pg.token, "postgresql")
+    assert result.ok > 0 and result.failed == 0, result.summary()

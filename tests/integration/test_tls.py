@@ -9,7 +9,6 @@ VM in the TLS mode it needs (`TlsVM.use`), so any of them also runs alone (`pyte
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
