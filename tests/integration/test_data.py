@@ -409,6 +409,7 @@ def test_prune_previews_then_deletes_but_keeps_the_newest_verified(data_vm, serv
     assert snapshots_of(data_vm) == [newest]  # keep-last 0 still keeps the newest verified
 
 
+@pytest.mark.one_release("trixie")  # beside the same load on PostgreSQL (test_postgres.py), same release
 def test_concurrent_annotators_on_sqlite_are_counted(data_vm):
     """The same load as on PostgreSQL (test_postgres.py): on SQLite, writers queue for one lock and some
     requests may fail with "database is locked"; how many is recorded for the report, and whatever

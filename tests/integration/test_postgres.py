@@ -11,6 +11,9 @@ import re
 
 import pytest
 
+# CI time: local PostgreSQL on Debian 13's worker; Debian 12's carries the external-database test's two VMs.
+pytestmark = pytest.mark.one_release("trixie")
+
 from dev.lsclient import LabelStudio
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, concurrent_annotators, sdk_view
 
