@@ -280,6 +280,27 @@ def link_or_copy(source: Path, target: Path) -> None:
 SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
 
 
+Wanted = tuple[str, int, "str | None", "int | None"]  # path, size, sha256 if known, mtime if media
+
+
+def link_unchanged(wanted: list[Wanted], previous: Snapshot | None, dest: Path, *,
+                   always_fetch: frozenset[str] = frozenset()) -> tuple[list[FileEntry], list[Wanted]]:
+    """Hard-link into `dest` each wanted file that `previous` holds unchanged (same size and sha256,
+    or same size and mtime for media); (those entries, the rest to fetch)."""
+    reuse = {f.path: f for f in previous.manifest.files} if previous is not None and previous.manifest else {}
+    linked, fetch = [], []
+    for path, size, sha, mtime in wanted:
+        old = reuse.get(path)
+        same = path not in always_fetch and old is not None and old.size == size and (
+            (sha is not None and old.sha256 == sha) or (sha is None and mtime is not None and old.mtime == mtime))
+        if same:
+            link_or_copy(previous.path / path, dest / path)
+            linked.append(old)
+        else:
+            fetch.append((path, size, sha, mtime))
+    return linked, fetch
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether a failure is a full disk (or quota), from the OS or from SQLite."""
     if isinstance(exc, OSError):

@@ -109,22 +109,12 @@ def _work_dir(host: Host, profile: Profile):
 def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: dict, *, media: bool,
               previous: Snapshot | None) -> list[FileEntry]:
     """The dump, .env and media into dest; .env and media unchanged since `previous` are hard-linked."""
-    reuse = {f.path: f for f in previous.manifest.files} if previous is not None else {}
     wanted = [(DUMP, dumped["size"], dumped["sha256"], None)]
     if "env" in info:
         wanted.append((SECRET_ENV, info["env"]["size"], info["env"]["sha256"], None))
     if media:
         wanted += [(m["path"], m["size"], None, m["mtime"]) for m in info.get("media", [])]
-    entries, fetch = [], []
-    for path, size, sha, mtime in wanted:
-        old = reuse.get(path)
-        same = path != DUMP and old is not None and old.size == size and (
-            (sha is not None and old.sha256 == sha) or (sha is None and mtime is not None and old.mtime == mtime))
-        if same:
-            catalog.link_or_copy(previous.path / path, dest / path)
-            entries.append(old)
-        else:
-            fetch.append((path, size, sha, mtime))
+    entries, fetch = catalog.link_unchanged(wanted, previous, dest, always_fetch=frozenset({DUMP}))
     listed = [f[0] for f in fetch if f[0] != DUMP]
     if listed:
         from .snapshots import send_file_list

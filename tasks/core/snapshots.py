@@ -322,17 +322,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     if media:
         wanted += [(m["path"], m["size"], None, m["mtime"]) for m in info["media"]]
 
-    linked: list[FileEntry] = []
-    fetch: list[tuple[str, int, str | None, int | None]] = []
-    for path, size, sha, mtime in wanted:
-        old = reuse.get(path)
-        same = old is not None and old.size == size and (
-            (sha is not None and old.sha256 == sha) or (sha is None and mtime is not None and old.mtime == mtime))
-        if same:
-            catalog.link_or_copy(previous.path / path, dest / path)
-            linked.append(old)
-        else:
-            fetch.append((path, size, sha, mtime))
+    linked, fetch = catalog.link_unchanged(wanted, previous, dest)
 
     extra: dict = {}
     with_database = any(f[0] == DATABASE for f in fetch)
