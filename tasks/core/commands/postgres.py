@@ -187,18 +187,17 @@ def dump(profile: Profile, out: PurePosixPath) -> str:
 def create_database(profile: Profile, name: str) -> str:
     """A new empty database owned by the role: as postgres on the local server, as the role (it needs
     CREATEDB) on an external one."""
-    db = profile.database
-    sql = f'CREATE DATABASE "{name}" OWNER "{db.user}" ENCODING UTF8 TEMPLATE template0'
-    if db.local:
-        return psql_superuser(sql)
-    return (f"{export_password(profile)} && printf '%s\\n' {q(sql)} | "
-            f"{as_role(profile, 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', database='postgres')}")
+    return _create_or_drop(profile, f'CREATE DATABASE "{name}" OWNER "{profile.database.user}" '
+                                    'ENCODING UTF8 TEMPLATE template0')
 
 
 def drop_database(profile: Profile, name: str) -> str:
-    db = profile.database
-    sql = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    if db.local:
+    return _create_or_drop(profile, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _create_or_drop(profile: Profile, sql: str) -> str:
+    """A CREATE/DROP DATABASE statement: as postgres on the local server, as the role on an external one."""
+    if profile.database.local:
         return psql_superuser(sql)
     return (f"{export_password(profile)} && printf '%s\\n' {q(sql)} | "
             f"{as_role(profile, 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', database='postgres')}")
