@@ -17,8 +17,9 @@ _THEME = Theme(
     }
 )
 
-out = Console(theme=_THEME, highlight=False, soft_wrap=True)
-err = Console(theme=_THEME, highlight=False, stderr=True, soft_wrap=True)
+# emoji=False: text such as a certificate fingerprint ("…:CD:79…") must print verbatim, not as ":cd:" emoji.
+out = Console(theme=_THEME, highlight=False, emoji=False, soft_wrap=True)
+err = Console(theme=_THEME, highlight=False, emoji=False, stderr=True, soft_wrap=True)
 
 
 def error(message: str) -> None:

@@ -32,3 +32,8 @@ def test_errors_and_warnings_go_to_stderr(capsys):
 def test_a_transfer_summary_gives_size_rate_and_wire_bytes(capsys):
     ui.transfer_summary("uploaded", 4 * 1024 ** 2, 2.0, wire=1024 ** 2)
     assert capsys.readouterr().out == "  uploaded: 4.0 MiB in 2.0s (2.0 MiB/s, 1.0 MiB on the wire)\n"
+
+
+def test_text_from_a_server_prints_verbatim_even_when_it_looks_like_an_emoji_code(capsys):
+    ui.out.print("SHA-256 fingerprint: 5E:98:0A:CD:79:7F")  # ":CD:" is rich's code for an optical disc
+    assert capsys.readouterr().out == "SHA-256 fingerprint: 5E:98:0A:CD:79:7F\n"
