@@ -201,6 +201,8 @@ class RemotePaths:
     label_studio_bin: PurePosixPath
     venv_python: PurePosixPath
     env_file: PurePosixPath
+    database_engine_env: PurePosixPath  # DJANGO_DB=sqlite|postgresql, root-only, read after env_file
+    postgresql_env: PurePosixPath       # POSTGRE_* with the password, root-only 0600
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
@@ -288,6 +290,8 @@ class Profile:
             label_studio_bin=venv / "bin" / "label-studio",
             venv_python=venv / "bin" / "python",
             env_file=app / f"{name}.env",
+            database_engine_env=PurePosixPath("/etc") / name / "database.env",
+            postgresql_env=PurePosixPath("/etc") / name / "postgresql.env",
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",
