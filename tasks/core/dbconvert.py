@@ -587,7 +587,6 @@ def main(argv: list[str]) -> int:
         say(f"migrate-db: {exc}")
         return 1
     except Exception as exc:  # a database or Django error: its own words, on one line
-        if os.environ.get("LSVM_TRACE"): raise
         say(f"migrate-db: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}")
         return 1
     return 0
