@@ -1,89 +1,117 @@
 """migrate-db: SQLite <-> PostgreSQL, verified, with Label Studio stopped only for the final copy.
 
-Order: facts -> plan (refusals first, pure) -> a verified snapshot -> the converter uploaded -> a
-trial conversion while Label Studio serves (times it, catches problems, makes the target schema) ->
-the swap job on the server (commands/swap.py): stop, final conversion of the live data into the
-target, verified, engine switched by an atomic rename, start, health gate, counts read back through
-Label Studio's ORM; any failure there puts the engine file back and starts Label Studio on the data
-it served, which the migration never wrote (the SQLite file is only ever opened read-only, a
-PostgreSQL source only in read-only transactions).
+The profile is the source of truth: `--to` must be the profile's `database.engine`, and the server must
+run on the other one (its env file records which: database.server_settings). Order: provision facts ->
+plan (refusals first, pure) -> PostgreSQL made ready by provision's own steps (to PostgreSQL) -> a
+verified snapshot of the engine the server runs on (SQLite copy or pg_dump) -> the converter and both
+engines' env file and unit staged -> a trial conversion while Label Studio serves (times it, catches
+problems, makes the target schema) -> the swap job on the server (commands/swap.py): stop, final
+conversion of the live data into the target, verified, env file and unit switched to the profile's
+engine (renames), start, health gate, counts read back through Label Studio's ORM; any failure there
+puts the files of the engine it ran on back and starts Label Studio on the data it served, which the
+migration never wrote (the SQLite file is only ever opened read-only, a PostgreSQL source only in
+read-only transactions). Afterwards profile and server agree: provision changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from rich.table import Table
 
-from . import parse, ui
+from . import database, steps_tls, ui
 from .commands import data as data_commands
 from .commands import migrate as commands
+from .commands.service import service_manager
 from .connect import Host
+from .database import ENGINES
 from .dbconvert import differences  # noqa: F401 (migrate.differences)
 from .errors import RemoteError, UsageError
+from .facts import ProvisionFacts
 from .profile import Profile
+from .render import RenderedFile
 from .transfer import remote_tempdir, upload_bytes
 
 TRIAL_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
-class MigrateFacts:
-    engine: str               # what the service runs on now
-    credentials: bool         # the root-only PostgreSQL credentials file exists
-    postgresql: str           # up | down | unknown (pg_isready)
-    unit_reads_engine: bool   # the unit has the engine file's EnvironmentFile line (provisioned)
-    manager: str
-    sqlite_bytes: int
+class Migration:
+    """Both sides of one migration, as profiles: `source` is the profile with the database the server
+    runs on now (read from its env file), `target` the profile as the user wrote it; `pg` is whichever
+    side is PostgreSQL (its connection and password file)."""
 
-    @classmethod
-    def parse(cls, text: str) -> "MigrateFacts":
-        values = parse.key_values(text.splitlines())
-        return cls(engine=values.get("engine", "sqlite"), credentials=values.get("credentials") == "yes",
-                   postgresql=values.get("postgresql", "unknown"),
-                   unit_reads_engine=values.get("unit_reads_engine") == "yes",
-                   manager=values.get("manager", ""), sqlite_bytes=parse.int_or_none(values.get("sqlite_bytes")) or 0)
+    to: str
+    source: Profile
+    target: Profile
+
+    @property
+    def pg(self) -> Profile:
+        return self.target if self.to == "postgresql" else self.source
+
+    @property
+    def source_engine(self) -> str:
+        return self.source.database.engine
+
+    def files(self, facts: ProvisionFacts) -> dict[str, list[RenderedFile]]:
+        """The env file and the unit for each engine, rendered as provision renders them."""
+        rendered = {}
+        for side in (self.source, self.target):
+            manager = service_manager(steps_tls.serving(facts, side))
+            rendered[side.database.engine] = [manager.env_file(), manager.definition()]
+        return rendered
 
 
-def read_facts(host: Host, profile: Profile) -> MigrateFacts:
-    return MigrateFacts.parse(host.run(commands.facts(profile), sudo=True, what="reading the database setup").stdout)
-
-
-def plan(facts: MigrateFacts, to: str, profile: Profile) -> list[str]:
-    """The steps migrate-db will take, in words; UsageError/RemoteError for what it refuses."""
-    if to not in commands.ENGINES:
-        raise UsageError(f"--to must be one of: {', '.join(commands.ENGINES)}")
-    if facts.engine == to:
-        raise UsageError(f"Label Studio on this server already runs on {to}; nothing to do")
-    if facts.engine not in commands.ENGINES:
-        raise RemoteError(f"{profile.remote.database_engine_env} names an engine migrate-db does not know "
-                          f"({facts.engine}); nothing was changed")
-    if facts.manager != "systemd":
+def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[Migration, list[str]]:
+    """The migration and its steps in words; UsageError/RemoteError for what it refuses (nothing changed)."""
+    if to not in ENGINES:
+        raise UsageError(f"--to must be one of: {', '.join(ENGINES)}")
+    env = facts.files.get("env_file")
+    engine = database.server_engine(env)
+    server = database.server_settings(env)
+    if engine is None:
+        raise UsageError(f"Label Studio is not provisioned on {alias} (no {profile.remote.env_file})",
+                         hint=f"fab -H {alias} provision")
+    if server is None:
+        raise RemoteError(f"{profile.remote.env_file} names an engine migrate-db does not know "
+                          f"(DJANGO_DB={engine}); nothing was changed")
+    if server.engine == to:
+        raise UsageError(f"Label Studio on {alias} already runs on {to}; nothing to do")
+    if profile.database.engine != to:
+        raise UsageError(f"the profile says database.engine: {profile.database.engine}; migrate-db moves the "
+                         "server to the engine its profile names",
+                         hint=f"set database.engine: {to} in {profile.config_file}, then run this again")
+    if profile.service.manager != "systemd":
         raise UsageError("migrate-db needs the systemd service manager (service.manager: systemd): in screen "
-                         "mode the service user's launcher could not read the root-only database credentials")
-    if not facts.unit_reads_engine:
-        raise UsageError("the Label Studio unit on this server does not read the database settings yet",
-                         hint="run `fab -H HOST provision` first")
-    if not facts.credentials:
-        raise UsageError(f"PostgreSQL is not provisioned on this server ({profile.remote.postgresql_env} is "
-                         "missing)", hint="set database.engine: postgresql in the profile and run provision")
-    if facts.postgresql == "down":
-        raise RemoteError("PostgreSQL does not answer on this server; nothing was changed")
-    if to == "postgresql" and not facts.sqlite_bytes:
+                         "mode the service user's launcher could not read the root-only database password")
+    migration = Migration(to, dataclasses.replace(profile, database=server), profile)
+    files = migration.files(facts)
+    current = [facts.files.get("env_file"), facts.files.get(service_manager(profile).definition_key)]
+    if [file.content for file in files[server.engine]] != current:
+        raise UsageError(f"the env file or the unit on {alias} is not what the profile makes (apart from the "
+                         "database): migrate-db switches exactly the database lines; nothing was changed",
+                         hint=f"run `fab -H {alias} provision` with database.engine: {server.engine} first")
+    if to == "postgresql" and not facts.db_exists:
         raise UsageError(f"there is no SQLite database to migrate ({profile.remote.database})")
-    source = f"SQLite {profile.remote.database}" if to == "postgresql" else "PostgreSQL"
-    target = "PostgreSQL" if to == "postgresql" else f"a new SQLite file, swapped in as {profile.remote.database}"
-    return [
-        "a verified snapshot of the server into backups/ (label pre-migrate-db)",
+    source = f"SQLite {profile.remote.database}" if to == "postgresql" else server.describe()
+    target = (profile.database.describe() if to == "postgresql"
+              else f"a new SQLite file, swapped in as {profile.remote.database}")
+    backup = "a pg_dump" if server.postgresql else "a consistent SQLite copy"
+    words = [
+        f"a verified snapshot of the server ({backup}) into backups/ (label pre-migrate-db)",
         f"trial conversion {source} -> {target}, while Label Studio serves (schema by Label Studio's own "
         "migrations, every row copied with its id, verified table by table)",
         "stop Label Studio; final conversion of the live data; verify every table (rows and checksums)",
-        f"switch the service to {to} ({profile.remote.database_engine_env}, atomic rename); start; health gate; "
-        "counts read back through Label Studio",
-        f"on any failure: back on {facts.engine} with its data as it was, exit non-zero",
+        f"switch the service to {to}: {profile.remote.env_file} and {profile.remote.unit_file} as provision "
+        f"renders them for {to} (each renamed into place); start; health gate; counts read back through Label Studio",
+        f"on any failure: back on {server.engine} with its data as it was, exit non-zero",
     ]
+    if to == "postgresql":
+        words.insert(0, f"PostgreSQL ready by provision's own steps: {profile.database.describe()}")
+    return migration, words
 
 
 def report_table(report: dict, title: str) -> Table:
@@ -116,11 +144,16 @@ def summary(report: dict) -> str:
             f"copy {report.get('copy_seconds', 0)}s, all {report.get('seconds', 0)}s")
 
 
-def upload_converter(host: Host, profile: Profile) -> None:
+def stage(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]) -> None:
+    """The converter and both engines' env file and unit into the root-only stage folder."""
+    uploads = {commands.CONVERTER: commands.CONVERTER_SOURCE}
+    for engine, rendered in files.items():
+        uploads.update({commands.staged_name(file, engine): file.content for file in rendered})
     with remote_tempdir(host) as tmp:
-        staged = tmp / "dbconvert.py"
-        upload_bytes(host, commands.CONVERTER_SOURCE.encode(), staged)
-        host.run(commands.install_converter(staged, profile), sudo=True, what="installing the converter")
+        for name, content in uploads.items():
+            upload_bytes(host, content.encode(), tmp / name)
+        host.run(commands.install_staged(tmp, list(uploads), migration.target), sudo=True,
+                 what="staging the converter and the files of both engines")
 
 
 def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | None:
@@ -131,12 +164,13 @@ def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | Non
         return None
 
 
-def run_trial(host: Host, profile: Profile, to: str, work_dir: PurePosixPath) -> dict:
+def run_trial(host: Host, migration: Migration, work_dir: PurePosixPath) -> dict:
     """The trial conversion; RemoteError with the converter's own last line when it fails."""
     with ui.err.status("trial conversion while Label Studio serves (Label Studio's migrations make the "
                        "target schema: minutes)"):
-        out = host.run(commands.trial(profile, to, work_dir), sudo=True, check=False, timeout=TRIAL_TIMEOUT)
-    report = read_report(host, profile, work_dir / "trial.json")
+        out = host.run(commands.trial(migration.pg, migration.to, work_dir), sudo=True, check=False,
+                       timeout=TRIAL_TIMEOUT)
+    report = read_report(host, migration.target, work_dir / "trial.json")
     if report:
         ui.out.print(report_table(report, "trial conversion"))
     if not out.ok:

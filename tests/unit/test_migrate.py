@@ -4,7 +4,9 @@ and the server scripts (sh -n, no secret in argv)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 import decimal
 import subprocess
 import uuid
@@ -13,13 +15,18 @@ from pathlib import PurePosixPath
 import pytest
 from rich.console import Console
 
-from tasks.core import dbconvert, migrate
+from tasks.core import database, dbconvert, migrate
+from tasks.core.commands.service import service_manager
+from tasks.core.database import DatabaseSettings
+from tasks.core.facts import provision_facts_from_probe
 from tasks.core.commands import migrate as commands
 from tasks.core.commands import swap
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.profile import Profile
 
 PROFILE = Profile(host="vm", address="127.0.0.1")
+PG = DatabaseSettings(engine="postgresql")
+PG_PROFILE = dataclasses.replace(PROFILE, database=PG)
 UTC = dt.timezone.utc
 
 
@@ -121,41 +128,77 @@ def test_count_differences():
 # The plan
 
 
-def facts(**changes) -> migrate.MigrateFacts:
-    base = dict(engine="sqlite", credentials=True, postgresql="up", unit_reads_engine=True, manager="systemd",
-                sqlite_bytes=4096)
-    return migrate.MigrateFacts(**{**base, **changes})
+def on_server(engine: str, *, db: bool = True, profile: Profile = PROFILE, **changes):
+    """Provision facts of a server provisioned with `engine` (its env file and unit as provision renders
+    them for this profile), with a SQLite file or not."""
+    side = dataclasses.replace(profile, database=PG if engine == "postgresql" else DatabaseSettings())
+    manager = service_manager(side)
+    files = {"env_file": manager.env_file().content, "unit_file": manager.definition().content, **changes}
+    return dataclasses.replace(provision_facts_from_probe(""), files=files, db_exists=db)
 
 
-def test_facts_parse():
-    text = ("engine=postgresql\ncredentials=yes\npostgresql=down\nunit_reads_engine=no\nmanager=systemd\n"
-            "sqlite_bytes=123\n")
-    assert migrate.MigrateFacts.parse(text) == facts(engine="postgresql", postgresql="down",
-                                                     unit_reads_engine=False, sqlite_bytes=123)
-
-
-@pytest.mark.parametrize("changes, to, error, words", [
-    ({}, "mysql", UsageError, "--to must be one of"),
-    ({}, "sqlite", UsageError, "already runs on sqlite"),
-    ({"engine": "postgresql"}, "postgresql", UsageError, "already runs on postgresql"),
-    ({"manager": "screen"}, "postgresql", UsageError, "systemd"),
-    ({"unit_reads_engine": False}, "postgresql", UsageError, "provision"),
-    ({"credentials": False}, "postgresql", UsageError, "not provisioned"),
-    ({"postgresql": "down"}, "postgresql", RemoteError, "does not answer"),
-    ({"sqlite_bytes": 0}, "postgresql", UsageError, "no SQLite database"),
-    ({"engine": "mysql"}, "postgresql", RemoteError, "does not know"),
+@pytest.mark.parametrize("server, to, profile, error, words", [
+    (on_server("sqlite"), "mysql", PROFILE, UsageError, "--to must be one of"),
+    (on_server("sqlite"), "sqlite", PROFILE, UsageError, "already runs on sqlite"),
+    (on_server("postgresql"), "postgresql", PG_PROFILE, UsageError, "already runs on postgresql"),
+    (on_server("sqlite"), "postgresql", PROFILE, UsageError, "the profile says database.engine: sqlite"),
+    (on_server("postgresql"), "sqlite", PG_PROFILE, UsageError, "the profile says database.engine: postgresql"),
+    (on_server("sqlite", db=False), "postgresql", PG_PROFILE, UsageError, "no SQLite database"),
+    (on_server("sqlite", env_file=None), "postgresql", PG_PROFILE, UsageError, "not provisioned"),
+    (on_server("sqlite", env_file="DJANGO_DB=mysql\n"), "postgresql", PG_PROFILE, RemoteError, "does not know"),
+    (on_server("sqlite", unit_file="[Unit]\n"), "postgresql", PG_PROFILE, UsageError, "provision` with database.engine: sqlite"),
+    (on_server("postgresql", unit_file="[Unit]\n"), "sqlite", PROFILE, UsageError, "provision` with database.engine: postgresql"),
 ])
-def test_refusals(changes, to, error, words):
-    with pytest.raises(error, match=words):
-        migrate.plan(facts(**changes), to, PROFILE)
+def test_refusals(server, to, profile, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        migrate.plan(server, to, profile, "vm")
 
 
 def test_plan_both_ways():
-    there = migrate.plan(facts(), "postgresql", PROFILE)
-    back = migrate.plan(facts(engine="postgresql", sqlite_bytes=0), "sqlite", PROFILE)
-    assert "snapshot" in there[0] and "trial" in there[1] and "stop Label Studio" in there[2]
-    assert "back on sqlite" in there[-1] and "back on postgresql" in back[-1]
-    assert "a new SQLite file" in back[1]
+    there, words_there = migrate.plan(on_server("sqlite"), "postgresql", PG_PROFILE, "vm")
+    back, words_back = migrate.plan(on_server("postgresql", db=False), "sqlite", PROFILE, "vm")
+    assert "PostgreSQL ready by provision's own steps" in words_there[0]
+    assert "snapshot" in words_there[1] and "consistent SQLite copy" in words_there[1]
+    assert "pg_dump" in words_back[0] and "a new SQLite file" in words_back[1]
+    assert "back on sqlite" in words_there[-1] and "back on postgresql" in words_back[-1]
+    # The PostgreSQL side is the profile going there, the server's own settings coming back.
+    assert there.pg is there.target and there.source.database == DatabaseSettings()
+    assert back.pg is back.source and back.source.database == PG and back.target is PROFILE
+
+
+def test_the_server_engine_comes_from_its_env_file():
+    sqlite_env = on_server("sqlite").files["env_file"]
+    pg_env = on_server("postgresql").files["env_file"]
+    assert database.server_engine(None) is None
+    assert database.server_engine(sqlite_env) == "sqlite" and database.server_settings(sqlite_env) == DatabaseSettings()
+    assert database.server_engine(pg_env) == "postgresql" and database.server_settings(pg_env) == PG
+    external = DatabaseSettings(engine="postgresql", host="db.example.org", port=6432, name="ls", user="lsu",
+                                sslmode="verify-full")
+    rendered = "".join(f"{k}={v}\n" for k, v in database.label_studio_env(external))
+    assert database.server_settings(rendered) == external
+    assert database.server_engine("DJANGO_DB=mysql\n") == "mysql" and database.server_settings("DJANGO_DB=mysql\n") is None
+
+
+@pytest.mark.parametrize("server_env, wanted, has_data, words", [
+    (None, PG, True, None),                                      # never provisioned
+    ("", DatabaseSettings(), True, None),                        # SQLite both
+    ("", PG, False, None),                                       # SQLite, no data yet: provision may switch
+    ("", PG, True, "runs on SQLite with its data and the profile says database.engine: postgresql"),
+    ("PG", DatabaseSettings(), True, "runs on PostgreSQL with its data and the profile says database.engine: sqlite"),
+    ("PG", PG, True, None),
+    ("PG", dataclasses.replace(PG, name="other"), True, "would point it at another database"),
+    ("DJANGO_DB=mysql\n", DatabaseSettings(), True, "which this toolkit does not manage"),
+])
+def test_provision_refuses_a_profile_that_names_another_database(server_env, wanted, has_data, words):
+    env = on_server("postgresql").files["env_file"] if server_env == "PG" else server_env
+    found = database.mismatch(database.server_settings(env), database.server_engine(env), wanted,
+                              has_data=has_data, alias="vm", config="configs/vm.yaml")
+    if words is None:
+        assert found is None
+    else:
+        assert words in found[0] and "nothing was changed" in found[0]
+        if "engine" in words:
+            assert f"migrate-db --to {wanted.engine}" in found[1]
 
 
 def test_report_table_shows_each_table_with_rows_and_sums_up_empty_ones():
@@ -183,21 +226,32 @@ def sh_n(script: str) -> None:
 
 def test_scripts_parse_and_keep_secrets_off_argv():
     work, incoming = PurePosixPath("/var/tmp/lsvm-migrate.abc123"), PurePosixPath("/var/lib/label-studio/.lsvm-incoming")
-    for to in commands.ENGINES:
-        steps = commands.steps(PROFILE, to, work, incoming)
-        for script in (commands.trial(PROFILE, to, work), *steps.values()):
+    for to, profile, server in (("postgresql", PG_PROFILE, on_server("sqlite")), ("sqlite", PROFILE, on_server("postgresql"))):
+        migration, _ = migrate.plan(server, to, profile, "vm")
+        files = migration.files(server)
+        steps = commands.steps(migration.pg, to, work, incoming, files)
+        for script in (commands.trial(migration.pg, to, work), *steps.values()):
             sh_n(script)
-        sh_n(swap.job(PROFILE, [], 300, **steps))
-        assert f"< {PROFILE.remote.postgresql_env}" in steps["before_swap"]
-        assert "POSTGRE_PASSWORD" not in steps["before_swap"]
-    sh_n(commands.facts(PROFILE))
-    assert "DJANGO_DB=%s" in commands.switch_engine(PROFILE, "postgresql")
+        sh_n(swap.job(profile, [], 300, **steps))
+        # The password only from provision's root-only file, on the converter's stdin.
+        assert f"cat {PROFILE.remote.database_env}; }} | runuser" in steps["before_swap"]
+        assert "POSTGRE_PASSWORD" not in steps["before_swap"] and "POSTGRE_HOST=127.0.0.1" in steps["before_swap"]
+    sh_n(commands.install_staged(PurePosixPath("/tmp/x"), ["dbconvert.py", "sqlite-label-studio.env"], PROFILE))
     with pytest.raises(ValueError):
-        commands.switch_engine(PROFILE, "mysql; rm -rf /")
+        commands.switch_files(PROFILE, "mysql; rm -rf /", [])
 
 
-def test_the_switch_is_a_rename_and_the_check_rolls_back():
-    switch = commands.switch_engine(PROFILE, "postgresql")
-    assert switch.endswith(f"mv -f {PROFILE.remote.database_engine_env}.lsvm-new {PROFILE.remote.database_engine_env}")
+def test_the_switch_installs_the_other_engines_files_by_rename_and_the_check_rolls_back():
+    migration, _ = migrate.plan(on_server("sqlite"), "postgresql", PG_PROFILE, "vm")
+    files = migration.files(on_server("sqlite"))
+    assert "DJANGO_DB=default" in files["postgresql"][0].content and "DJANGO_DB" not in files["sqlite"][0].content
+    assert str(PROFILE.remote.database_env) in files["postgresql"][1].content
+    assert str(PROFILE.remote.database_env) not in files["sqlite"][1].content
+    steps = commands.steps(migration.pg, "postgresql", PurePosixPath("/w"), PurePosixPath("/i"), files)
+    env, unit = PROFILE.remote.env_file, PROFILE.remote.unit_file
+    stage = commands.stage_dir(PROFILE)
+    assert f"{stage}/postgresql-{env.name} {env}.lsvm-new && mv -f {env}.lsvm-new {env}" in steps["after_swap"]
+    assert f"{stage}/sqlite-{unit.name} {unit}.lsvm-new && mv -f {unit}.lsvm-new {unit}" in steps["undo_swap"]
+    assert steps["after_swap"].endswith("systemctl daemon-reload")
     job = swap.job(PROFILE, [], 300, after_start="check-it")
     assert "if run after_start; then run on_success" in job and f"say {swap.CHECK_FAILED}" in job
