@@ -43,14 +43,16 @@ def refuse_postgresql(profile: Profile, alias: str, task_name: str) -> None:
     done by these tasks (yet); said before anything is touched."""
     if profile.database.postgresql:
         raise UsageError(f"{alias} runs Label Studio on PostgreSQL: {task_name} moves SQLite databases only; "
-                         "nothing was changed", hint=f"fab -H {alias} backup and restore-server work on PostgreSQL; "
-                         "converting is migrate-db's job")
+                         "nothing was changed", hint=f"to move SQLite data: set database.engine: sqlite and run "
+                         f"`fab -H {alias} migrate-db --to sqlite` first (and --to postgresql afterwards)")
 
 
 def refuse_postgresql_snapshot(snapshot: Snapshot) -> None:
     if snapshot_engine(snapshot.manifest) == "postgresql":
         raise UsageError(f"snapshot {snapshot.host}/{snapshot.id} holds a PostgreSQL dump: a local Label Studio "
-                         "reads SQLite; nothing was changed", hint="converting is migrate-db's job")
+                         "reads SQLite; nothing was changed",
+                         hint=f"restore it onto {snapshot.host} (restore-server), then `migrate-db --to sqlite` there "
+                              "and pull-server-db")
 
 
 # ------------------------------------------------------------------------------------------------

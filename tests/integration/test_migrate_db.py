@@ -4,8 +4,9 @@ access tokens and every user's auth token: the duplicate-token case that breaks 
 PostgreSQL and back, verified table by table; an old session cookie and an old API token keep working;
 PostgreSQL stopped in the middle leaves the service on SQLite with its file byte-identical.
 
-PostgreSQL is set up on the test VM by `postgresql_on` below (Debian's package, a role and database,
-the password in a root-only 0600 file), as provision's `database:` section will do."""
+The profile decides: migrate-db goes only where database.engine says (it sets PostgreSQL up with
+provision's own steps), provision refuses while profile and server disagree, and agrees ("0 changed")
+once migrate-db has moved the server."""
 
 from __future__ import annotations
 
@@ -20,25 +21,17 @@ import pytest
 from dev.lsclient import LabelStudio
 from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT, _provisioned, sdk_view
 
+# CI time: one Label Studio database moved both ways is proven on Debian 12's worker.
+pytestmark = pytest.mark.one_release("bookworm")
+
 DB = "/var/lib/label-studio/label_studio.sqlite3"
-ENGINE_FILE = "/etc/label-studio/database.env"
-CREDENTIALS = "/etc/label-studio/postgresql.env"
+ENV_FILE = "/opt/label-studio/label-studio.env"
+UNIT = "/etc/systemd/system/label-studio.service"
+SECRET = "/opt/label-studio/label-studio-database.env"
 STATUS = "/run/lsvm/label-studio-swap.status"
 LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
                 '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
 SECOND_USER, SECOND_PASSWORD = "second@example.com", "second-user-pw-2"
-
-
-def postgresql_on(vm) -> None:
-    """Debian's PostgreSQL on the VM, a role and a database for Label Studio; the password made on the
-    VM and written only to a root-only 0600 env file (it travels on stdin, never in argv)."""
-    vm.exec("DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null", timeout=900)
-    vm.exec("set -e; umask 077; pw=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'); "
-            "printf \"CREATE ROLE labelstudio LOGIN PASSWORD '%s';\\n\" \"$pw\" | runuser -u postgres -- psql -q; "
-            "runuser -u postgres -- createdb -O labelstudio labelstudio; "
-            "install -d -m 0755 /etc/label-studio; "
-            "printf 'POSTGRE_NAME=labelstudio\\nPOSTGRE_USER=labelstudio\\nPOSTGRE_PASSWORD=%s\\n"
-            f"POSTGRE_HOST=127.0.0.1\\nPOSTGRE_PORT=5432\\n' \"$pw\" > {CREDENTIALS}")
 
 
 def signup_by_invite(url: str, admin: LabelStudio, email: str, password: str) -> None:
@@ -72,7 +65,21 @@ def db_sha(machine) -> str:
 
 
 def engine(machine) -> str:
-    return machine.vm.exec(f"cat {ENGINE_FILE} 2>/dev/null || true").stdout.decode().strip()
+    """The DJANGO_DB line of the env file the service reads ('' for SQLite)."""
+    return machine.vm.exec(f"grep '^DJANGO_DB=' {ENV_FILE} || true").stdout.decode().strip()
+
+
+def set_engine(machine, engine_name: str) -> None:
+    """The profile's database.engine, as a user edits it."""
+    text = re.sub(r"\ndatabase:\n  engine: \w+\n", "\n", machine.profile.read_text())
+    if engine_name != "sqlite":
+        text += f"database:\n  engine: {engine_name}\n"
+    machine.profile.write_text(text)
+
+
+def snapshot_manifests(machine) -> list[dict]:
+    import json
+    return [json.loads(path.read_text()) for path in sorted((machine.fab.home / "backups" / "vm").glob("*/manifest.json"))]
 
 
 def psql(machine, query: str) -> str:
@@ -84,7 +91,6 @@ def ls_vm(vm_image, suite, tmp_path_factory):
     home = tmp_path_factory.mktemp(f"home-migrate-{suite}")
     machine = _provisioned(vm_image, suite, home, "migrate", "vm")
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
-    postgresql_on(machine.vm)
     from label_studio_sdk import LabelStudio as Official
 
     admin = LabelStudio(machine.url)
@@ -131,12 +137,23 @@ def last_line(result) -> str:
     return lines[-1] if lines else ""
 
 
-def test_dry_run_prints_the_plan_and_refusals_are_clear(ls_vm):
+def test_the_profile_decides_and_provision_never_switches_data(ls_vm):
+    env_before = ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout
+    refused = fab(ls_vm, "migrate-db", "--to", "postgresql", "--dry-run")
+    assert refused.returncode == 2 and "the profile says database.engine: sqlite" in last_line(refused), refused.stderr
+    assert "set database.engine: postgresql" in last_line(refused)
+    set_engine(ls_vm, "postgresql")
+    provision = fab(ls_vm, "provision")
+    assert provision.returncode == 2, provision.stdout + provision.stderr
+    assert re.search(r"runs on SQLite with its data and the profile says database.engine: postgresql: provision "
+                     r"never switches.*migrate-db --to postgresql", last_line(provision)), provision.stderr
     plan = fab(ls_vm, "migrate-db", "--to", "postgresql", "--dry-run")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "sqlite -> postgresql" in plan.stdout and "trial conversion" in plan.stdout
-    assert "dry run: nothing was changed" in plan.stdout
+    assert "would install postgresql" in plan.stdout and "dry run: nothing was changed" in plan.stdout
     assert engine(ls_vm) == "" and db_sha(ls_vm) == ls_vm.sha
+    assert ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout == env_before
+    assert ls_vm.vm.exec("dpkg-query -W -f '${Status}' postgresql 2>/dev/null || true").stdout.decode() != "install ok installed"
     same = fab(ls_vm, "migrate-db", "--to", "sqlite", "--yes")
     assert same.returncode == 2 and "already runs on sqlite" in last_line(same)
     unknown = fab(ls_vm, "migrate-db", "--to", "mysql", "--yes")
@@ -146,6 +163,8 @@ def test_dry_run_prints_the_plan_and_refusals_are_clear(ls_vm):
 def test_postgresql_stopped_mid_migration_leaves_sqlite_byte_identical(ls_vm):
     """PostgreSQL goes down as soon as the final phase stopped Label Studio: the service is back on
     SQLite, its file byte-identical, exit non-zero with one line saying why."""
+    set_engine(ls_vm, "postgresql")
+    env_before = ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout
     ls_vm.vm.exec(f"rm -f {STATUS}")
     command = [sys.executable, "-m", "fabric", "-S", str(ls_vm.fab.ssh_config()), "-H", "vm",
                "migrate-db", "--to", "postgresql", "--yes"]
@@ -169,7 +188,8 @@ def test_postgresql_stopped_mid_migration_leaves_sqlite_byte_identical(ls_vm):
         assert run.returncode != 0, stdout + stderr
         result = subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
         assert re.search(r"migrate-db to postgresql failed \(.+\); Label Studio is back on sqlite", last_line(result)), stderr
-        assert engine(ls_vm) in ("", "DJANGO_DB=sqlite")
+        # The env file and the unit of SQLite are back (same bytes), the database untouched.
+        assert engine(ls_vm) == "" and ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout == env_before
         assert db_sha(ls_vm) == ls_vm.sha
         assert sdk_view(ls_vm.url, ls_vm.token) == ls_vm.before
     finally:
@@ -177,6 +197,7 @@ def test_postgresql_stopped_mid_migration_leaves_sqlite_byte_identical(ls_vm):
 
 
 def test_to_postgresql_keeps_every_row_session_and_token(ls_vm):
+    set_engine(ls_vm, "postgresql")
     result = fab(ls_vm, "migrate-db", "--to", "postgresql", "--yes")
     assert result.returncode == 0, result.stdout + result.stderr
     out = re.sub(r"[│┃║|]", " ", result.stdout)   # the report is a rich table: columns by spaces
@@ -184,7 +205,9 @@ def test_to_postgresql_keeps_every_row_session_and_token(ls_vm):
     for table in ("htx_user", "authtoken_token", "token_blacklist_outstandingtoken", "project", "task",
                   "task_completion", "prediction", "tasks_annotationdraft", "io_storages_s3importstorage"):
         assert re.search(rf"{table}\s+\d+\s+\d+\s+\w+\s+equal", out), (table, out)
-    assert engine(ls_vm) == "DJANGO_DB=postgresql"
+    assert engine(ls_vm) == "DJANGO_DB=default"
+    assert f"EnvironmentFile={SECRET}" in ls_vm.vm.exec(f"cat {UNIT}").stdout.decode()
+    assert ls_vm.vm.exec(f"stat -c %U:%a {SECRET}").stdout.decode().strip() == "root:600"
     assert db_sha(ls_vm) == ls_vm.sha, "the SQLite file must never be written"
     assert int(psql(ls_vm, "select count(*) from task")) == 40 + 0
     assert int(psql(ls_vm, "select count(*) from authtoken_token")) >= 2   # every user's token, same keys
@@ -204,6 +227,9 @@ def test_to_postgresql_keeps_every_row_session_and_token(ls_vm):
     assert made.id == top + 1
     ls_vm.after_postgresql = sdk_view(ls_vm.url, ls_vm.token)
     assert ls_vm.after_postgresql["annotations"] == ls_vm.before["annotations"] + 1
+    # Profile and server agree now: provision has nothing to change.
+    again = fab(ls_vm, "provision")
+    assert again.returncode == 0 and re.search(r"\b0 changed\b", again.stdout), again.stdout + again.stderr
 
 
 def test_back_to_sqlite_round_trips(ls_vm):
@@ -211,11 +237,20 @@ def test_back_to_sqlite_round_trips(ls_vm):
         pytest.skip("needs the migration to PostgreSQL above")
     again = fab(ls_vm, "migrate-db", "--to", "postgresql", "--yes")
     assert again.returncode == 2 and "already runs on postgresql" in last_line(again)
+    set_engine(ls_vm, "sqlite")
+    provision = fab(ls_vm, "provision")
+    assert provision.returncode == 2 and "runs on PostgreSQL with its data" in last_line(provision), provision.stderr
+    assert "migrate-db --to sqlite" in last_line(provision)
     result = fab(ls_vm, "migrate-db", "--to", "sqlite", "--yes")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "final conversion (Label Studio stopped)" in result.stdout and "DIFFERS" not in result.stdout
-    assert engine(ls_vm) == "DJANGO_DB=sqlite"
+    # The copy taken first is a pg_dump of what the server ran on.
+    before = [m for m in snapshot_manifests(ls_vm) if m.get("label") == "pre-migrate-db"][-1]
+    assert before["extra"]["engine"] == "postgresql" and any(f["path"] == "label_studio.pgdump" for f in before["files"])
+    assert engine(ls_vm) == "" and SECRET not in ls_vm.vm.exec(f"cat {UNIT}").stdout.decode()
     check = ls_vm.vm.exec(f"runuser -u labelstudio -- sqlite3 'file:{DB}?mode=ro' 'PRAGMA integrity_check'")
     assert check.stdout.decode().strip() == "ok"
     assert sdk_view(ls_vm.url, ls_vm.token) == ls_vm.after_postgresql
     assert ls_vm.session.get("/api/projects?page_size=100").status == 200
+    again = fab(ls_vm, "provision")
+    assert again.returncode == 0 and re.search(r"\b0 changed\b", again.stdout), again.stdout + again.stderr
