@@ -201,10 +201,14 @@ def same_database(one: DatabaseSettings, other: DatabaseSettings) -> bool:
         other.address, other.port, other.name, other.user)
 
 
+PROVISION_REFUSES = "provision never switches the database under data"
+DATA_TASKS_REFUSE = "the data tasks act on the database Label Studio uses only"
+
+
 def mismatch(server: DatabaseSettings | None, server_engine_word: str | None, wanted: DatabaseSettings,
-             *, has_data: bool, alias: str, config: str) -> tuple[str, str] | None:
-    """(message, hint) when provision would point a Label Studio that holds data at another database
-    than the one it runs on; None when they agree, or when nothing was provisioned or stored yet."""
+             *, has_data: bool, alias: str, config: str, why: str = PROVISION_REFUSES) -> tuple[str, str] | None:
+    """(message, hint) when a task would act on another database than the one a Label Studio that holds
+    data runs on; None when they agree, or when nothing was provisioned or stored yet."""
     if server_engine_word is None:
         return None
     if server is None:
@@ -215,10 +219,10 @@ def mismatch(server: DatabaseSettings | None, server_engine_word: str | None, wa
     if server.engine != wanted.engine:
         here = "SQLite" if not server.postgresql else "PostgreSQL"
         return (f"Label Studio on {alias} runs on {here} with its data and the profile says database.engine: "
-                f"{wanted.engine}: provision never switches the database under data; nothing was changed",
+                f"{wanted.engine}: {why}; nothing was changed",
                 f"move the data with `fab -H {alias} migrate-db --to {wanted.engine}`, or set database.engine: "
                 f"{server.engine} in {config}")
     return (f"Label Studio on {alias} uses {server.describe()} and the profile says {wanted.describe()}: "
-            "provision would point it at another database; nothing was changed",
+            f"{why}; nothing was changed",
             f"set the database: section of {config} back to what the server uses; to move the data "
             "elsewhere: backup, then restore-server on a host with the new settings")

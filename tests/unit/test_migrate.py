@@ -186,7 +186,7 @@ def test_the_server_engine_comes_from_its_env_file():
     ("", PG, True, "runs on SQLite with its data and the profile says database.engine: postgresql"),
     ("PG", DatabaseSettings(), True, "runs on PostgreSQL with its data and the profile says database.engine: sqlite"),
     ("PG", PG, True, None),
-    ("PG", dataclasses.replace(PG, name="other"), True, "would point it at another database"),
+    ("PG", dataclasses.replace(PG, name="other"), True, "and the profile says PostgreSQL labelstudio@127.0.0.1:5432/other"),
     ("DJANGO_DB=mysql\n", DatabaseSettings(), True, "which this toolkit does not manage"),
 ])
 def test_provision_refuses_a_profile_that_names_another_database(server_env, wanted, has_data, words):
