@@ -43,14 +43,16 @@ def refuse_postgresql(profile: Profile, alias: str, task_name: str) -> None:
     done by these tasks (yet); said before anything is touched."""
     if profile.database.postgresql:
         raise UsageError(f"{alias} runs Label Studio on PostgreSQL: {task_name} moves SQLite databases only; "
-                         "nothing was changed", hint=f"fab -H {alias} backup and restore-server work on PostgreSQL; "
-                         "converting is migrate-db's job")
+                         "nothing was changed", hint=f"to move SQLite data: set database.engine: sqlite and run "
+                         f"`fab -H {alias} migrate-db --to sqlite` first (and --to postgresql afterwards)")
 
 
 def refuse_postgresql_snapshot(snapshot: Snapshot) -> None:
     if snapshot_engine(snapshot.manifest) == "postgresql":
         raise UsageError(f"snapshot {snapshot.host}/{snapshot.id} holds a PostgreSQL dump: a local Label Studio "
-                         "reads SQLite; nothing was changed", hint="converting is migrate-db's job")
+                         "reads SQLite; nothing was changed",
+                         hint=f"restore it onto {snapshot.host} (restore-server), then `migrate-db --to sqlite` there "
+                              "and pull-server-db")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,6 +174,7 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
     """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
     profile, host = open_host(c, config, sudo=True)
     refuse_postgresql(profile, host.alias, "push-local-db")
+    snapshots.refuse_other_database(host, profile)
     with local.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
         source, described, local_counts = _push_source(local_data_dir, snapshot, profile.backups_dir(),
                                                        Path(staging), with_media)
@@ -226,6 +229,7 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
         else:
             chosen = catalog.find_snapshot(catalog.list_snapshots(source_dir), catalog.snapshot_name(snapshot))
         pgdata.refuse_other_engine(chosen, profile, host.alias)
+        snapshots.refuse_other_database(host, profile)
         report = local.verify_snapshot(chosen)
         server = snapshots.server_counts(host, profile)
         if server is not None and not profile.database.postgresql:

@@ -6,7 +6,7 @@ import time
 
 from fabric import task
 
-from .core import facts, plan, steps, steps_tls, systems, tls, ui
+from .core import database, facts, plan, steps, steps_tls, systems, tls, ui
 from .core.commands import read_file
 from .core.commands.service import service_manager
 from .core.connect import Host
@@ -30,6 +30,17 @@ def refuse_neighbours(alias: str, found: facts.ProvisionFacts) -> None:
     if others.port_taken_by_other:
         raise UsageError(f"{others.port_said}: Label Studio cannot listen there; nothing was changed",
                          hint="stop that process, or choose another label_studio.port in the profile")
+
+
+def refuse_database_switch(alias: str, profile: Profile, found: facts.ProvisionFacts) -> None:
+    """The server's env file records the database Label Studio runs on: a profile that names another
+    one is refused while there is data (moving it is migrate-db's job), never acted on."""
+    env = found.files.get("env_file")
+    problem = database.mismatch(database.server_settings(env), database.server_engine(env), profile.database,
+                                has_data=found.db_exists or database.server_engine(env) == "postgresql",
+                                alias=alias, config=profile.config_file)
+    if problem:
+        raise UsageError(problem[0], hint=problem[1] or None)
 
 
 def check_host(profile: Profile, found: facts.ProvisionFacts) -> None:
@@ -109,6 +120,7 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     found = facts.provision_facts(host, profile, email or "")
     check_host(profile, found)
     refuse_neighbours(host.alias, found)
+    refuse_database_switch(host.alias, profile, found)
     problem = steps.version_problem(found, profile)
     if problem:
         raise UsageError(f"{problem}; nothing was changed",

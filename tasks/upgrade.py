@@ -22,7 +22,7 @@ from .core.errors import RemoteError, UsageError
 from .core.profile import Profile
 from .core.restore import run_swap
 from .data import YES_HELP, counts_text, report_snapshot
-from .provision import check_host, refuse_neighbours
+from .provision import check_host, refuse_database_switch, refuse_neighbours
 
 MIGRATION_CHECK_TIMEOUT = 1800
 
@@ -105,6 +105,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
         return
     check_host(profile, found)
     refuse_neighbours(host.alias, found)
+    refuse_database_switch(host.alias, profile, found)
     if not old or not found.db_exists:
         raise UsageError(f"Label Studio is not installed with data on {host.alias}: nothing to upgrade",
                          hint=f"fab -H {host.alias} provision installs the pinned release")
@@ -169,6 +170,7 @@ def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     refuse_on_postgresql(profile, host.alias, "rollback")
     found = facts.provision_facts(host, profile, "")
     check_host(profile, found)
+    refuse_database_switch(host.alias, profile, found)
     record = read_upgrade_record(host, profile)
     if record is None or found.previous_release != record[0] or found.label_studio_version != record[1]:
         raise UsageError(f"there is no upgrade to roll back on {host.alias}; nothing was changed",

@@ -147,3 +147,82 @@ def restore_names(settings: DatabaseSettings, stamp: str) -> tuple[str, str]:
     """(new, aside): the database a restore fills, and the name the live one gets while it is switched."""
     base = settings.name[:36]
     return f"{base}_lsvm_new_{stamp}", f"{base}_lsvm_old_{stamp}"
+
+
+# ------------------------------------------------------------------------------------------------
+# What the server runs on: the env file provision (or migrate-db) rendered is the record. Label Studio
+# reads DJANGO_DB from it (`default` maps to PostgreSQL; absent or `sqlite`: SQLite), and the same
+# file names the PostgreSQL it connects to.
+
+_POSTGRESQL_KEYS = ("default", "postgresql")
+
+
+def server_engine(env_text: str | None) -> str | None:
+    """`sqlite`, `postgresql` or the unknown DJANGO_DB value the server's env file holds; None when
+    there is no env file (never provisioned)."""
+    if env_text is None:
+        return None
+    value = ""
+    for line in env_text.splitlines():
+        if line.startswith("DJANGO_DB="):
+            value = line[len("DJANGO_DB="):].strip()
+    if value in _POSTGRESQL_KEYS:
+        return "postgresql"
+    return "sqlite" if value in ("", "sqlite") else value
+
+
+def server_settings(env_text: str | None) -> DatabaseSettings | None:
+    """The database settings the server's env file points Label Studio at (None: no env file, or an
+    engine this toolkit does not run). A PostgreSQL at 127.0.0.1 is taken as the one on the VM."""
+    engine = server_engine(env_text)
+    if engine == "sqlite":
+        return DatabaseSettings()
+    if engine != "postgresql":
+        return None
+    values = {}
+    for line in (env_text or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    host = values.get("POSTGRE_HOST") or LOCAL_ADDRESS
+    port = values.get("POSTGRE_PORT", "")
+    return DatabaseSettings(engine="postgresql", host=None if host == LOCAL_ADDRESS else host,
+                            port=int(port) if port.isdigit() else 5432,
+                            name=values.get("POSTGRE_NAME") or DatabaseSettings.name,
+                            user=values.get("POSTGRE_USER") or DatabaseSettings.user,
+                            sslmode=values.get("PGSSLMODE") or None)
+
+
+def same_database(one: DatabaseSettings, other: DatabaseSettings) -> bool:
+    """Both point Label Studio at the same data (for SQLite: the data dir's file)."""
+    if one.engine != other.engine:
+        return False
+    return not one.postgresql or (one.address, one.port, one.name, one.user) == (
+        other.address, other.port, other.name, other.user)
+
+
+PROVISION_REFUSES = "provision never switches the database under data"
+DATA_TASKS_REFUSE = "the data tasks act on the database Label Studio uses only"
+
+
+def mismatch(server: DatabaseSettings | None, server_engine_word: str | None, wanted: DatabaseSettings,
+             *, has_data: bool, alias: str, config: str, why: str = PROVISION_REFUSES) -> tuple[str, str] | None:
+    """(message, hint) when a task would act on another database than the one a Label Studio that holds
+    data runs on; None when they agree, or when nothing was provisioned or stored yet."""
+    if server_engine_word is None:
+        return None
+    if server is None:
+        return (f"Label Studio on {alias} runs on DJANGO_DB={server_engine_word}, which this toolkit does not "
+                "manage; nothing was changed", "")
+    if same_database(server, wanted) or not has_data:
+        return None
+    if server.engine != wanted.engine:
+        here = "SQLite" if not server.postgresql else "PostgreSQL"
+        return (f"Label Studio on {alias} runs on {here} with its data and the profile says database.engine: "
+                f"{wanted.engine}: {why}; nothing was changed",
+                f"move the data with `fab -H {alias} migrate-db --to {wanted.engine}`, or set database.engine: "
+                f"{server.engine} in {config}")
+    return (f"Label Studio on {alias} uses {server.describe()} and the profile says {wanted.describe()}: "
+            f"{why}; nothing was changed",
+            f"set the database: section of {config} back to what the server uses; to move the data "
+            "elsewhere: backup, then restore-server on a host with the new settings")

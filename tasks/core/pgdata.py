@@ -154,7 +154,8 @@ def refuse_other_engine(snapshot: Snapshot, profile: Profile, alias: str) -> Non
     if engine != here:
         raise SnapshotError(f"snapshot {snapshot.id} holds a {engine} database and {alias} runs on {here}: "
                             f"restore-server does not convert; nothing was changed",
-                            hint="converting between SQLite and PostgreSQL is migrate-db's job")
+                            hint=f"restore it while {alias} runs on {engine} (database.engine: {engine}, "
+                                 f"migrate-db --to {engine} first if it holds data), then `migrate-db --to {here}`")
 
 
 def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout: int) -> None:

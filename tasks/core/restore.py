@@ -161,8 +161,10 @@ class _SwapReport:
             self.outcome = unfinished_swap_error(alias, self.profile)
         elif event == swap_job.STOP_FAILED:
             self.outcome = RemoteError(f"stopping Label Studio failed on {alias}: {said or 'no message'}")
-        elif event in (swap_job.SWAP_FAILED, swap_job.START_FAILED, swap_job.UNHEALTHY):
-            if event == swap_job.SWAP_FAILED:
+        elif event in (swap_job.SWAP_FAILED, swap_job.START_FAILED, swap_job.UNHEALTHY, swap_job.CHECK_FAILED):
+            if event == swap_job.CHECK_FAILED:
+                self.failure = f"the check after the start failed on {alias}: {said or 'no message'}"
+            elif event == swap_job.SWAP_FAILED:
                 self.failure = f"swapping the data in failed on {alias}: {said or 'no message'}"
             elif event == swap_job.START_FAILED:
                 self.failure = f"starting Label Studio failed on {alias}: {said or 'no message'}"
@@ -182,6 +184,7 @@ class _SwapReport:
         elif event == swap_job.BACK_HEALTHY:
             self.outcome = RemoteError("the new data did not come up; the previous data is back in place and "
                                        "Label Studio is serving it")
+            self.outcome.serving_previous = True
         elif event == swap_job.BACK_STOPPED:
             self.outcome = RemoteError("the new data did not come up; it is rolled back and Label Studio is stopped")
         elif event == swap_job.BACK_UNHEALTHY:
@@ -223,6 +226,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
         raise RemoteError(f"lost track of the swap on {host.alias} before it ended",
                           hint="it goes on by itself there; `fab status` shows what Label Studio serves")
     if report.outcome is not None:
+        report.outcome.failure = report.failure  # why the new state did not come up, for the caller's words
         raise report.outcome
     ui.step(True, f"Label Studio is up with {serving} at {profile.url}")
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from . import catalog, sqlite, ui
+from . import catalog, database, sqlite, ui
 from .catalog import DATABASE, MEDIA, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
 from .commands import data as data_commands
+from .commands import read_file
 from .connect import Host
-from .errors import LockedError, RemoteError, SnapshotError
+from .errors import LockedError, RemoteError, SnapshotError, UsageError
 from .profile import Profile
 from .transfer import check_free_space, receive_tar, server_codec
 
@@ -378,11 +379,24 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
     return Downloaded(sorted(entries, key=lambda f: f.path), report, extra)
 
 
+def refuse_other_database(host: Host, profile: Profile) -> None:
+    """The data tasks act on the database the profile names: when the server's env file says Label
+    Studio runs on another one (the profile edited without migrate-db, or back), they would copy or
+    replace data it does not use (after a move to PostgreSQL the old SQLite file is still there)."""
+    env = host.run(read_file(profile.remote.env_file), sudo=True, what="reading the env file").stdout or None
+    problem = database.mismatch(database.server_settings(env), database.server_engine(env), profile.database,
+                                has_data=True, alias=host.alias, config=profile.config_file,
+                                why=database.DATA_TASKS_REFUSE)
+    if problem:
+        raise UsageError(problem[0], hint=problem[1] or None)
+
+
 def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
                          label_studio_version: str | None = None) -> Snapshot:
     """The body of `backup` (callers hold the locks): consistent copy on the server -> verified
     snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
     from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
+    refuse_other_database(host, profile)
     if profile.database.postgresql:
         from . import pgdata
         return pgdata.take_snapshot(host, profile, label=label, media=media)

@@ -155,8 +155,11 @@ def test_push_refuses_a_newer_database_before_the_server_is_touched(monkeypatch,
     assert "migration tasks.0099_from_the_future is unknown to the server's database" in err
     assert "upgrade Label Studio on vm first" in err
     assert host.channels == [] and host.uploads == {}  # no lock, no stream, no upload
-    assert [re.search(r" (counts|migrations) /var/lib/label-studio/", c).group(1) for c in host.commands] == \
-        ["counts", "migrations"]  # it only read the server
+    # It only read the server: which database its env file names (snapshots.refuse_other_database), then
+    # the counts and migrations.
+    assert host.commands[0] == "cat /opt/label-studio/label-studio.env 2>/dev/null || true"
+    assert [re.search(r" (counts|migrations) /var/lib/label-studio/", c).group(1) for c in host.commands[1:]] == \
+        ["counts", "migrations"]
 
 
 def test_push_goes_on_when_the_server_knows_every_migration(monkeypatch, tmp_path, capsys):

@@ -19,6 +19,7 @@ from .service import service_manager, wait_for_health
 BEGIN, UNFINISHED, STOPPED, STOP_FAILED = "begin", "unfinished", "stopped", "stop-failed"
 SWAPPED, SWAP_FAILED, STARTED, START_FAILED = "swapped", "swap-failed", "started", "start-failed"
 HEALTHY, UNHEALTHY, LOG = "healthy", "unhealthy", "log"
+CHECK_FAILED = "check-failed"  # the new state answered /health but its own check (after_start) failed
 ROLLED_BACK, ROLLBACK_FAILED, BACK_HEALTHY, BACK_UNHEALTHY = "rolled-back", "rollback-failed", "back-healthy", "back-unhealthy"
 BACK_STOPPED = "back-stopped"  # rolled back, the service left stopped (nothing of ours served before)
 DONE = "done"
@@ -39,11 +40,13 @@ def output_file(profile: Profile) -> PurePosixPath:
 
 
 def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap: str = "",
-        after_swap: str = "", undo_swap: str = "", on_success: str = "", restart_previous: bool = True) -> str:
+        after_swap: str = "", undo_swap: str = "", on_success: str = "", after_start: str = "",
+        restart_previous: bool = True) -> str:
     """The whole swap, as root; every step inside the data dir as the service user. An upgrade or a
     rollback adds its own steps (root scripts): `before_swap` and `after_swap` run with the service
     stopped around the data swap (any failure rolls back), `undo_swap` before the data goes back,
-    `on_success` once the new state answers /health, before the previous data is removed.
+    `after_start` once the new state answers /health (a failure rolls back), `on_success` after it,
+    before the previous data is removed.
     `OLD_CURRENT` and `OLD_PREVIOUS` hold the release links as they were when the job began. Without
     `restart_previous` (adopt: no data of ours served before) a rollback leaves the service stopped."""
     manager = service_manager(profile)
@@ -64,6 +67,7 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"swap_data() (\nset -e\n{before_swap or ':'}\n{data.swap(profile, parts)}\n{after_swap or ':'}\n)",
         f"rollback_data() (\n{undo_swap or ':'}\n{data.rollback(profile, parts)}\n)",
         f"on_success() (\n{on_success or ':'}\n)",
+        f"after_start() (\n{after_start or ':'}\n)",
         f"remove_incoming() (\n{data.remove_incoming(profile)}\n)",
         f"cleanup() (\n{data.remove_swap_leftovers(profile)}\n)",
         f"new_healthy() (\n{new_health}\n)",
@@ -81,10 +85,13 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"  say {SWAPPED}",
         "  if run start_service; then",
         f"    say {STARTED}",
-        f"    if run new_healthy; then h=$(said); run on_success; run cleanup; say {HEALTHY} \"$h\"; say {DONE}; exit 0; fi",
-        "    h=$(said)",
-        f"    recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"",
-        f"    say {UNHEALTHY} \"$h\"",
+        "    if run new_healthy; then h=$(said)",
+        f"      if run after_start; then run on_success; run cleanup; say {HEALTHY} \"$h\"; say {DONE}; exit 0; fi",
+        f"      say {CHECK_FAILED} \"$(said)\"",
+        "    else h=$(said)",
+        f"      recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"",
+        f"      say {UNHEALTHY} \"$h\"",
+        "    fi",
         f"  else say {START_FAILED} \"$(said)\"; fi",
         f"else say {SWAP_FAILED} \"$(said)\"; fi",
         "run stop_service",

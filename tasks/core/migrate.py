@@ -1,0 +1,185 @@
+"""migrate-db: SQLite <-> PostgreSQL, verified, with Label Studio stopped only for the final copy.
+
+The profile is the source of truth: `--to` must be the profile's `database.engine`, and the server must
+run on the other one (its env file records which: database.server_settings). Order: provision facts ->
+plan (refusals first, pure) -> PostgreSQL made ready by provision's own steps (to PostgreSQL) -> a
+verified snapshot of the engine the server runs on (SQLite copy or pg_dump) -> the converter and both
+engines' env file and unit staged -> a trial conversion while Label Studio serves (times it, catches
+problems, makes the target schema) -> the swap job on the server (commands/swap.py): stop, final
+conversion of the live data into the target, verified, env file and unit switched to the profile's
+engine (renames), start, health gate, counts read back through Label Studio's ORM; any failure there
+puts the files of the engine it ran on back and starts Label Studio on the data it served, which the
+migration never wrote (the SQLite file is only ever opened read-only, a PostgreSQL source only in
+read-only transactions). Afterwards profile and server agree: provision changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from rich.table import Table
+
+from . import database, steps_tls, ui
+from .commands import data as data_commands
+from .commands import migrate as commands
+from .commands.service import service_manager
+from .connect import Host
+from .database import ENGINES
+from .dbconvert import differences  # noqa: F401 (migrate.differences)
+from .errors import RemoteError, UsageError
+from .facts import ProvisionFacts
+from .profile import Profile
+from .render import RenderedFile
+from .transfer import remote_tempdir, upload_bytes
+
+TRIAL_TIMEOUT = 3600
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Both sides of one migration, as profiles: `source` is the profile with the database the server
+    runs on now (read from its env file), `target` the profile as the user wrote it; `pg` is whichever
+    side is PostgreSQL (its connection and password file)."""
+
+    to: str
+    source: Profile
+    target: Profile
+
+    @property
+    def pg(self) -> Profile:
+        return self.target if self.to == "postgresql" else self.source
+
+    @property
+    def source_engine(self) -> str:
+        return self.source.database.engine
+
+    def files(self, facts: ProvisionFacts) -> dict[str, list[RenderedFile]]:
+        """The env file and the unit for each engine, rendered as provision renders them."""
+        rendered = {}
+        for side in (self.source, self.target):
+            manager = service_manager(steps_tls.serving(facts, side))
+            rendered[side.database.engine] = [manager.env_file(), manager.definition()]
+        return rendered
+
+
+def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[Migration, list[str]]:
+    """The migration and its steps in words; UsageError/RemoteError for what it refuses (nothing changed)."""
+    if to not in ENGINES:
+        raise UsageError(f"--to must be one of: {', '.join(ENGINES)}")
+    env = facts.files.get("env_file")
+    engine = database.server_engine(env)
+    server = database.server_settings(env)
+    if engine is None:
+        raise UsageError(f"Label Studio is not provisioned on {alias} (no {profile.remote.env_file})",
+                         hint=f"fab -H {alias} provision")
+    if server is None:
+        raise RemoteError(f"{profile.remote.env_file} names an engine migrate-db does not know "
+                          f"(DJANGO_DB={engine}); nothing was changed")
+    if server.engine == to:
+        raise UsageError(f"Label Studio on {alias} already runs on {to}; nothing to do")
+    if profile.database.engine != to:
+        raise UsageError(f"the profile says database.engine: {profile.database.engine}; migrate-db moves the "
+                         "server to the engine its profile names",
+                         hint=f"set database.engine: {to} in {profile.config_file}, then run this again")
+    if profile.service.manager != "systemd":
+        raise UsageError("migrate-db needs the systemd service manager (service.manager: systemd): in screen "
+                         "mode the service user's launcher could not read the root-only database password")
+    migration = Migration(to, dataclasses.replace(profile, database=server), profile)
+    files = migration.files(facts)
+    current = [facts.files.get("env_file"), facts.files.get(service_manager(profile).definition_key)]
+    if [file.content for file in files[server.engine]] != current:
+        raise UsageError(f"the env file or the unit on {alias} is not what the profile makes (apart from the "
+                         "database): migrate-db switches exactly the database lines; nothing was changed",
+                         hint=f"run `fab -H {alias} provision` with database.engine: {server.engine} first")
+    if to == "postgresql" and not facts.db_exists:
+        raise UsageError(f"there is no SQLite database to migrate ({profile.remote.database})")
+    source = f"SQLite {profile.remote.database}" if to == "postgresql" else server.describe()
+    target = (profile.database.describe() if to == "postgresql"
+              else f"a new SQLite file, swapped in as {profile.remote.database}")
+    backup = "a pg_dump" if server.postgresql else "a consistent SQLite copy"
+    words = [
+        f"a verified snapshot of the server ({backup}) into backups/ (label pre-migrate-db)",
+        f"trial conversion {source} -> {target}, while Label Studio serves (schema by Label Studio's own "
+        "migrations, every row copied with its id, verified table by table)",
+        "stop Label Studio; final conversion of the live data; verify every table (rows and checksums)",
+        f"switch the service to {to}: {profile.remote.env_file} and {profile.remote.unit_file} as provision "
+        f"renders them for {to} (each renamed into place); start; health gate; counts read back through Label Studio",
+        f"on any failure: back on {server.engine} with its data as it was, exit non-zero",
+    ]
+    if to == "postgresql":
+        words.insert(0, f"PostgreSQL ready by provision's own steps: {profile.database.describe()}")
+    return migration, words
+
+
+def report_table(report: dict, title: str) -> Table:
+    """Per table: rows on both sides, the checksums' start, equal or not (tables empty on both sides
+    are summed up in one line)."""
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("table", "left"), ("source rows", "right"), ("target rows", "right"),
+                            ("checksum", "left"), ("", "left")):
+        table.add_column(column, justify=justify)
+    empty = 0
+    for row in report.get("tables", []):
+        if row["equal"] and not row["source_rows"]:
+            empty += 1
+            continue
+        checksum = (row["source_sha256"] or "-")[:12]
+        if not row["equal"] and row["target_sha256"]:
+            checksum += f" / {row['target_sha256'][:12]}"
+        table.add_row(row["table"], str(row["source_rows"]), str(row["target_rows"]), checksum,
+                      "[ok]equal[/ok]" if row["equal"] else "[bad]DIFFERS[/bad]")
+    if empty:
+        table.add_row(f"{empty} empty tables", "0", "0", "", "[ok]equal[/ok]")
+    return table
+
+
+def summary(report: dict) -> str:
+    tables = report.get("tables", [])
+    sequences = report.get("sequences", [])
+    return (f"{report.get('rows', 0)} rows in {len(tables)} tables, "
+            f"{sum(1 for t in tables if t['equal'])} equal; {len(sequences)} id sequences set; "
+            f"copy {report.get('copy_seconds', 0)}s, all {report.get('seconds', 0)}s")
+
+
+def stage(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]) -> None:
+    """The converter and both engines' env file and unit into the root-only stage folder."""
+    uploads = {commands.CONVERTER: commands.CONVERTER_SOURCE}
+    for engine, rendered in files.items():
+        uploads.update({commands.staged_name(file, engine): file.content for file in rendered})
+    with remote_tempdir(host) as tmp:
+        for name, content in uploads.items():
+            upload_bytes(host, content.encode(), tmp / name)
+        host.run(commands.install_staged(tmp, list(uploads), migration.target), sudo=True,
+                 what="staging the converter and the files of both engines")
+
+
+def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | None:
+    out = host.run(commands.read_as_service_user(profile, path), sudo=True, check=False)
+    try:
+        return json.loads(out.stdout) if out.ok and out.stdout.strip() else None
+    except ValueError:
+        return None
+
+
+def run_trial(host: Host, migration: Migration, work_dir: PurePosixPath) -> dict:
+    """The trial conversion; RemoteError with the converter's own last line when it fails."""
+    with ui.err.status("trial conversion while Label Studio serves (Label Studio's migrations make the "
+                       "target schema: minutes)"):
+        out = host.run(commands.trial(migration.pg, migration.to, work_dir), sudo=True, check=False,
+                       timeout=TRIAL_TIMEOUT)
+    report = read_report(host, migration.target, work_dir / "trial.json")
+    if report:
+        ui.out.print(report_table(report, "trial conversion"))
+    if not out.ok:
+        raise RemoteError(f"the trial conversion failed, nothing was changed: {out.last_line()}")
+    if report is None or differences(report):
+        raise RemoteError("the trial conversion did not verify, nothing was changed: "
+                          + "; ".join(differences(report or {})[:3]))
+    return report
+
+
+def incoming_dir(profile: Profile) -> PurePosixPath:
+    return data_commands.incoming_dir(profile)

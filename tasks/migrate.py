@@ -1,0 +1,89 @@
+"""migrate-db: move Label Studio's data between SQLite and PostgreSQL, verified table by table."""
+
+from __future__ import annotations
+
+from fabric import task
+
+from .core import facts, local, migrate, plan, snapshots, steps, ui
+from .core.catalog import DATABASE
+from .core.commands import data as data_commands
+from .core.commands import migrate as commands
+from .core.defaults import SWAP_HEALTH_TIMEOUT
+from .core.edge import CONFIG_HELP, ask_database_password, confirm, open_host, task_edge
+from .core.errors import RemoteError, UsageError
+from .core.restore import refuse_foreign_port, refuse_unfinished_swap, run_swap
+from .data import HEALTH_HELP, YES_HELP, report_snapshot
+
+
+@task(help={"to": "postgresql or sqlite: the engine the profile's database.engine names", "config": CONFIG_HELP,
+            "yes": YES_HELP, "dry-run": "read the server and print the plan; change nothing",
+            "health-timeout": HEALTH_HELP})
+@task_edge
+def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout=SWAP_HEALTH_TIMEOUT):
+    """Move the server's Label Studio data to the profile's database engine, verified; back as it was on failure."""
+    if not to:
+        raise UsageError("where to? --to postgresql or --to sqlite (the engine the profile's database.engine names)")
+    profile, host = open_host(c, config, sudo=True)
+    found = facts.provision_facts(host, profile, "")
+    migration, words = migrate.plan(found, to, profile, host.alias)
+    ui.out.print(f"migrate-db on {host.alias}: {migration.source_engine} -> {to}")
+    for number, step in enumerate(words, 1):
+        ui.out.print(f"  {number}. {step}")
+    prepare = ([steps.packages(found, profile), *steps.database(found, profile)] if to == "postgresql" else [])
+    if dry_run:
+        plan.apply(host, prepare, dry_run=True)
+        ui.out.print("dry run: nothing was changed")
+        return
+    password = None
+    if to == "postgresql" and steps.database_password_needed(found, profile):
+        password = ask_database_password(profile)
+    confirm(f"move Label Studio on {host.alias} to {to}? (it is backed up first; it stops for the final copy)", yes)
+    with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "migrate-db"):
+        refuse_unfinished_swap(host, profile)
+        refuse_foreign_port(host, profile)
+        if prepare:
+            plan.apply(host, [steps.packages(found, profile), *steps.database(found, profile, password)],
+                       dry_run=False)
+        report_snapshot(snapshots.take_server_snapshot(host, migration.source, label="pre-migrate-db"),
+                        "server backed up as")
+        files = migration.files(found)
+        migrate.stage(host, migration, files)
+        try:
+            final = _convert_and_switch(host, migration, files, int(health_timeout))
+        finally:
+            host.run(commands.remove_staged(profile), sudo=True, check=False)
+    if final:
+        ui.out.print(migrate.report_table(final, "final conversion (Label Studio stopped)"))
+        ui.step(True, f"verified: {migrate.summary(final)}")
+    if to == "postgresql":
+        ui.out.print(f"The SQLite database stays in {profile.remote.database}, unchanged and no longer used.")
+    else:
+        ui.out.print(f"The PostgreSQL database {migration.source.database.name} stays as it was, no longer used.")
+
+
+def _convert_and_switch(host, migration: migrate.Migration, files, health_timeout: int) -> dict | None:
+    """Trial while serving, then the swap job: final copy, verification, the files switched, health."""
+    to, profile = migration.to, migration.target
+    with snapshots.server_work_dir(host, profile, "migrate") as work_dir:
+        if to == "postgresql":
+            snapshots.prepare_server_copy(host, migration.source, work_dir, None)
+        trial = migrate.run_trial(host, migration, work_dir)
+        ui.step(True, f"trial conversion verified: {migrate.summary(trial)}")
+        incoming = migrate.incoming_dir(profile)
+        if to == "sqlite":
+            host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
+        try:
+            run_swap(host, profile, [] if to == "postgresql" else [DATABASE], health_timeout=health_timeout,
+                     steps=commands.steps(migration.pg, to, work_dir, incoming, files),
+                     swapped=f"final conversion verified; the service switched to {to} (env file and unit renamed in)",
+                     serving=f"its data on {to}")
+        except RemoteError as failed:
+            final = migrate.read_report(host, profile, commands.final_report(work_dir))
+            if final and migrate.differences(final):
+                ui.out.print(migrate.report_table(final, "final conversion"))
+            if getattr(failed, "serving_previous", False):
+                why = getattr(failed, "failure", None) or failed.message
+                raise RemoteError(f"migrate-db to {to} failed ({why}); Label Studio is back on "
+                                  f"{migration.source_engine} with its data as it was") from None
+            raise
+        return migrate.read_report(host, profile, commands.final_report(work_dir))
