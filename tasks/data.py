@@ -38,6 +38,10 @@ def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
     ui.out.print(f"  in {snapshot.path}")
 
 
+CONVERTED = ("SQLite -> PostgreSQL: converted on the server into a new database while Label Studio serves "
+             "(schema by its own migrations, every row with its id, each table's rows and checksum compared)")
+
+
 def refuse_postgresql(profile: Profile, alias: str, task_name: str) -> None:
     """Moving data between this machine's SQLite Label Studio and a PostgreSQL server converts it: not
     done by these tasks (yet); said before anything is touched."""
@@ -173,7 +177,6 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                   local_data_dir=None, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
     profile, host = open_host(c, config, sudo=True)
-    refuse_postgresql(profile, host.alias, "push-local-db")
     snapshots.refuse_other_database(host, profile)
     with local.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
         source, described, local_counts = _push_source(local_data_dir, snapshot, profile.backups_dir(),
@@ -181,9 +184,11 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
         files = [f for f in source.manifest.files
                  if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
         server = snapshots.server_counts(host, profile)
-        if server is not None:
+        if server is not None and not profile.database.postgresql:
             local.require_known_migrations(source.path / DATABASE, snapshots.server_migrations(host, profile), host.alias)
         ui.out.print(f"push {described} -> {host.alias}")
+        if profile.database.postgresql:
+            ui.out.print(f"  {CONVERTED}")
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  replaced by: {counts_text(local_counts)}"
                      + (" (with media)" if with_media else " (server media kept)"))
@@ -196,8 +201,11 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
             if server is not None:
                 before = snapshots.take_server_snapshot(host, profile, label="pre-push")
                 report_snapshot(before, "server backed up as")
-            replace_server_data(host, profile, source.path, files, health_timeout=int(health_timeout),
-                                base=before)
+            if profile.database.postgresql:
+                pgdata.restore(host, profile, source, files=files, health_timeout=int(health_timeout))
+            else:
+                replace_server_data(host, profile, source.path, files, health_timeout=int(health_timeout),
+                                    base=before)
 
 
 @task(help={"config": CONFIG_HELP,
@@ -240,6 +248,8 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  restored:   {counts_text(report['counts'])}, "
                      + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
+        if pgdata.converts(snapshot_engine(chosen.manifest), profile.database.engine):
+            ui.out.print(f"  {CONVERTED}")
         if moving:
             ui.out.print(f"  users, passwords, API tokens and SECRET_KEY come from {chosen.host}; the URL and "
                          f"settings stay {host.alias}'s (its profile)")

@@ -29,7 +29,7 @@ from .commands.service import service_manager
 from .connect import Host
 from .database import ENGINES
 from .dbconvert import differences  # noqa: F401 (migrate.differences)
-from .errors import RemoteError, UsageError
+from .errors import RemoteError, SnapshotError, UsageError
 from .facts import ProvisionFacts
 from .profile import Profile
 from .render import RenderedFile
@@ -149,11 +149,39 @@ def stage(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]
     uploads = {commands.CONVERTER: commands.CONVERTER_SOURCE}
     for engine, rendered in files.items():
         uploads.update({commands.staged_name(file, engine): file.content for file in rendered})
+    _stage(host, migration.target, uploads, "staging the converter and the files of both engines")
+
+
+def _stage(host: Host, profile: Profile, uploads: dict[str, str], what: str) -> None:
     with remote_tempdir(host) as tmp:
         for name, content in uploads.items():
             upload_bytes(host, content.encode(), tmp / name)
-        host.run(commands.install_staged(tmp, list(uploads), migration.target), sudo=True,
-                 what="staging the converter and the files of both engines")
+        host.run(commands.install_staged(tmp, list(uploads), profile), sudo=True, what=what)
+
+
+def convert_snapshot(host: Host, profile: Profile, sqlite_file: PurePosixPath, new: str, described: str) -> dict:
+    """A SQLite database already on the server (an uploaded snapshot) converted into the empty PostgreSQL
+    database `new` while Label Studio keeps serving, verified table by table; SnapshotError when it is not
+    (the caller drops `new`: nothing else was touched)."""
+    into = dataclasses.replace(profile, database=dataclasses.replace(profile.database, name=new))
+    report_path = sqlite_file.parent / "conversion.json"
+    _stage(host, profile, {commands.CONVERTER: commands.CONVERTER_SOURCE}, "staging the converter")
+    try:
+        with ui.err.status(f"converting {described} into PostgreSQL database {new} (Label Studio keeps serving; "
+                           "its migrations make the schema: minutes)"):
+            out = host.run(commands.run_converter(into, "convert", commands.sqlite_spec(sqlite_file), "postgresql",
+                                                  "fresh", report_path, with_credentials=True),
+                           sudo=True, check=False, timeout=TRIAL_TIMEOUT)
+        report = read_report(host, profile, report_path)
+    finally:
+        host.run(commands.remove_staged(profile), sudo=True, check=False)
+    if report:
+        ui.out.print(report_table(report, f"{described}: SQLite -> PostgreSQL"))
+    if not out.ok or report is None or differences(report):
+        why = "; ".join(differences(report or {})[:3]) or out.last_line()
+        raise SnapshotError(f"the conversion of {described} into PostgreSQL failed, nothing was changed: {why}")
+    ui.step(True, f"converted into {new}, verified: {summary(report)}")
+    return report
 
 
 def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | None:

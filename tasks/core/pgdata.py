@@ -16,8 +16,8 @@ import json
 import shutil
 import time
 
-from . import catalog, ui
-from .catalog import MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from . import catalog, migrate, ui
+from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
 from .commands import data as data_commands
 from .commands import postgres as pg
 from .connect import Host
@@ -148,30 +148,45 @@ def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: 
 
 
 def refuse_other_engine(snapshot: Snapshot, profile: Profile, alias: str) -> None:
-    """A snapshot restores only onto a host of its own engine; converting is migrate-db's job."""
+    """A snapshot restores onto a host of its own engine, or (converted on the server) a SQLite one onto a
+    PostgreSQL host; a dump onto a SQLite host would need PostgreSQL there: migrate-db's job."""
     engine = snapshot_engine(snapshot.manifest)
     here = profile.database.engine
-    if engine != here:
+    if engine != here and not converts(engine, here):
         raise SnapshotError(f"snapshot {snapshot.id} holds a {engine} database and {alias} runs on {here}: "
-                            f"restore-server does not convert; nothing was changed",
+                            f"restore-server converts SQLite snapshots into PostgreSQL, not back; nothing was changed",
                             hint=f"restore it while {alias} runs on {engine} (database.engine: {engine}, "
                                  f"migrate-db --to {engine} first if it holds data), then `migrate-db --to {here}`")
 
 
-def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout: int) -> None:
-    """The dump into a new database, checked, then the switch by the swap job (see the module)."""
+def converts(snapshot_engine_name: str, server_engine_name: str) -> bool:
+    """Whether data of one engine goes onto a server of the other by conversion (SQLite -> PostgreSQL)."""
+    return (snapshot_engine_name, server_engine_name) == ("sqlite", "postgresql")
+
+
+def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout: int,
+            files: list[FileEntry] | None = None) -> None:
+    """The dump (or, converted, a SQLite database) into a new database, checked, then the switch by the
+    swap job (see the module). `files`: what of the snapshot goes (default: all of it)."""
     from .restore import refuse_foreign_port, refuse_unfinished_swap, run_swap, upload
 
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
-    files = snapshot.manifest.files
+    files = snapshot.manifest.files if files is None else files
+    converting = converts(snapshot_engine(snapshot.manifest), profile.database.engine)
     parts = [part for part in (SECRET_ENV, MEDIA)
              if any(f.path == part or f.path.startswith(part + "/") for f in files)]
     new, aside = restore_names(profile.database, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
     try:
         upload(host, profile, snapshot.path, files)
-        ui.step(True, f"uploaded and verified the dump{', ' if parts else ''}{', '.join(parts)} on the server")
-        _restore_checked(host, profile, snapshot, new)
+        ui.step(True, f"uploaded and verified the {'SQLite database' if converting else 'dump'}"
+                      f"{', ' if parts else ''}{', '.join(parts)} on the server")
+        _create_database(host, profile, new)
+        if converting:
+            migrate.convert_snapshot(host, profile, data_commands.incoming_dir(profile) / DATABASE, new,
+                                     f"{snapshot.host}/{snapshot.id}")
+        else:
+            _restore_checked(host, profile, snapshot, new)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         host.run(pg.drop_database(profile, new), sudo=True, check=False)
@@ -185,12 +200,15 @@ def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout:
     })
 
 
-def _restore_checked(host: Host, profile: Profile, snapshot: Snapshot, new: str) -> None:
-    dump = data_commands.incoming_dir(profile) / DUMP
+def _create_database(host: Host, profile: Profile, new: str) -> None:
     out = host.run(pg.create_database(profile, new), sudo=True, check=False, what="creating the database")
     if not out.ok:
         raise RemoteError(f"cannot create database {new} on {profile.database.address}: {out.last_line()}; "
                           "nothing was changed", hint="the role needs CREATEDB on an external server")
+
+
+def _restore_checked(host: Host, profile: Profile, snapshot: Snapshot, new: str) -> None:
+    dump = data_commands.incoming_dir(profile) / DUMP
     with ui.err.status(f"pg_restore into a new database {new} (Label Studio keeps serving)"):
         out = host.run(pg.restore_into(profile, dump, new), sudo=True, check=False, what="pg_restore")
     if not out.ok:

@@ -6,6 +6,8 @@ official SDK and a plain login, through the new VM's nginx."""
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from dataclasses import dataclass
 
 import pytest
@@ -137,3 +139,65 @@ def test_from_takes_the_old_vms_latest_state_there_and_then(servers):
     assert any(i.endswith("-move") for i in snapshot_ids(fab, "old"))
     after = sdk_view(new.url, old.token)
     assert after == before and after["annotations"] == 9
+
+
+def annotation_results(url: str, token: str) -> list:
+    """Every task's data and its annotations' results, in task order, as the official SDK reads them."""
+    from label_studio_sdk import LabelStudio as SDK
+    client = SDK(base_url=url, api_key=token)
+    found = []
+    for project in sorted(client.projects.list(), key=lambda p: p.title):
+        for task in sorted(client.tasks.list(project=project.id), key=lambda t: t.id):
+            found.append((project.title, task.data, sorted(json.dumps(a.result, sort_keys=True)
+                                                           for a in client.annotations.list(id=task.id))))
+    return found
+
+
+@pytest.fixture(scope="module")
+def postgresql_vm(servers, vm_image, suite, tmp_path_factory):
+    """A fresh third VM provisioned with `database: {engine: postgresql}`."""
+    old, _, _ = servers
+    home = tmp_path_factory.mktemp(f"home-move-pg-{suite}")
+    machine = _provisioned(vm_image, suite, home, "pgvm", "vm", "database:\n  engine: postgresql\n")
+    try:
+        assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
+        yield machine, TwoServers(machine.vm, home, old_vm=old.vm)
+    finally:
+        machine.vm.stop()
+
+
+def test_a_sqlite_vm_moves_onto_a_fresh_postgresql_vm_converted_and_verified(servers, postgresql_vm, tmp_path):
+    old, _, _ = servers
+    machine, fab = postgresql_vm
+    before, results = sdk_view(old.url, old.token), annotation_results(old.url, old.token)
+
+    result = move(fab, machine, "--from", "old", "--from-config", str(old.profile), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SQLite -> PostgreSQL" in result.stdout and "verified" in result.stdout
+    # Identical data, read through the new VM's nginx with the old VM's token (users and SECRET_KEY came along).
+    assert sdk_view(machine.url, old.token) == before
+    assert annotation_results(machine.url, old.token) == results
+    ls = LabelStudio(machine.url)
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    image = ls.get(old.image)
+    assert image.status == 200 and image.body == png()
+    # ... and it lives in PostgreSQL: the service reads its database there, no SQLite file was made.
+    tasks = machine.vm.exec("runuser -u postgres -- psql -X -t -A -d labelstudio -c 'select count(*) from task'")
+    assert int(tasks.stdout.decode()) == sum(before["projects"].values())
+    assert "DJANGO_DB=default" in machine.vm.exec("cat /opt/label-studio/label-studio.env").stdout.decode()
+
+    # push-local-db from a laptop's SQLite onto the PostgreSQL server converts the same way.
+    [moved] = snapshot_ids(fab, "old")
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    shutil.copy(fab.home / "backups" / "old" / moved / "label_studio.sqlite3", laptop / "label_studio.sqlite3")
+    with sqlite3.connect(laptop / "label_studio.sqlite3") as con:
+        con.execute("update project set title = 'Renamed on a laptop' where title = 'Made on the old VM'")
+    con.close()
+    pushed = fab("push-local-db", "--config", str(machine.profile), "--local-data-dir", str(laptop), "--yes",
+                 host="new")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "server backed up as" in pushed.stdout and "SQLite -> PostgreSQL" in pushed.stdout
+    after = sdk_view(machine.url, old.token)
+    assert after["projects"] == {"Renamed on a laptop": before["projects"]["Made on the old VM"]}
+    assert after["annotations"] == before["annotations"]

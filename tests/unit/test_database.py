@@ -131,11 +131,15 @@ def test_snapshot_engine_and_refusals(tmp_path):
     assert database.snapshot_engine(_manifest({})) == "sqlite"
     assert database.snapshot_engine(_manifest({"engine": "postgresql"})) == "postgresql"
     assert database.snapshot_engine(_manifest({"engine": "oracle"})) == "sqlite"
-    snapshot = type("S", (), {"id": "20250101T000000Z", "manifest": _manifest({})})()
+    sqlite_snapshot = type("S", (), {"id": "20250101T000000Z", "manifest": _manifest({})})()
+    pg_snapshot = type("S", (), {"id": "20250101T000000Z", "manifest": _manifest({"engine": "postgresql"})})()
+    pgdata.refuse_other_engine(pg_snapshot, LOCAL, "vm")
+    pgdata.refuse_other_engine(sqlite_snapshot, LOCAL, "vm")  # converted on the server
     with pytest.raises(SnapshotError) as raised:
-        pgdata.refuse_other_engine(snapshot, LOCAL, "vm")
-    assert "holds a sqlite database and vm runs on postgresql" in raised.value.message
-    pgdata.refuse_other_engine(type("S", (), {"id": "x", "manifest": _manifest({"engine": "postgresql"})})(), LOCAL, "vm")
+        pgdata.refuse_other_engine(pg_snapshot, parse_profile("", host="vm"), "vm")
+    assert "holds a postgresql database and vm runs on sqlite" in raised.value.message
+    assert "migrate-db --to sqlite" in raised.value.hint
+    assert pgdata.converts("sqlite", "postgresql") and not pgdata.converts("postgresql", "sqlite")
 
 
 def test_table_differences():
