@@ -10,7 +10,7 @@ from .core import catalog, facts, parse, systems, tls, ui
 from .core.commands.service import ServiceManager, service_manager
 from .core.edge import CONFIG_HELP, open_host, task_edge
 from .core.errors import RemoteError
-from .core.database import DatabaseSettings
+from .core.database import DatabaseSettings, same_database, server_engine, server_settings
 from .core.facts import HostStatus
 from .core.health import wait_for_health
 from .core.releases import pypi_versions
@@ -77,15 +77,25 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("nginx", st.nginx.describe()),
         (f"health (via nginx{', https' if https else ''})", health),
         *filter(None, [certificate_row(profile_tls_mode, st.tls_cert)]),
-        ("database", database_text(st, database)),
+        ("database", database_text(st, database, alias)),
         ("last backup", last_backup or "none on this machine"),
     ]
     return rows + found
 
 
-def database_text(st: HostStatus, database: DatabaseSettings | None) -> str:
-    if database is None or not database.postgresql:
-        return human_bytes(st.db_size) if st.db_size is not None else "not created yet"
+def database_text(st: HostStatus, database: DatabaseSettings | None, alias: str = "HOST") -> str:
+    """The database Label Studio runs on as its env file says; the profile's when they differ."""
+    database = database or DatabaseSettings()
+    server = server_settings(st.env_file)
+    if st.env_file is not None and server is None:
+        return f"DJANGO_DB={server_engine(st.env_file)} (not managed by this toolkit)"
+    if server is not None and not same_database(server, database):
+        size = f", {human_bytes(st.db_size)}" if not server.postgresql and st.db_size is not None else ""
+        move = (f"fab -H {alias} migrate-db --to {database.engine}" if server.engine != database.engine
+                else "restore-server onto a host with the new settings")
+        return f"{server.describe()}{size}; the profile says {database.describe()} (to move the data: {move})"
+    if not database.postgresql:
+        return f"SQLite, {human_bytes(st.db_size)}" if st.db_size is not None else "SQLite, not created yet"
     ready = st.postgres_ready or ""
     if "accepting connections" in ready:
         version = f" {st.postgres_version}" if st.postgres_version else ""

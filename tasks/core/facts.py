@@ -174,6 +174,7 @@ class HostStatus:
     tls_cert: str | None = None       # PEM of the certificate nginx is set to serve (TLS on), None when missing
     postgres_ready: str | None = None    # pg_isready's answer (engine postgresql), None otherwise
     postgres_version: str = ""           # the server's version, through the Label Studio role's login
+    env_file: str | None = None          # the env file Label Studio reads (which database), None when missing
 
     @property
     def provisioned(self) -> bool:
@@ -219,6 +220,7 @@ def status_from_probe(text: str) -> HostStatus:
         tls_cert=_decoded(s.get("tls", {}).get("cert", "-")),
         postgres_ready=s["postgres"].get("ready") if "postgres" in s else None,
         postgres_version=s.get("postgres", {}).get("version", ""),
+        env_file=_decoded(i.get("env_file", "-")),
     )
 
 

@@ -147,6 +147,10 @@ def test_the_profile_decides_and_provision_never_switches_data(ls_vm):
     assert provision.returncode == 2, provision.stdout + provision.stderr
     assert re.search(r"runs on SQLite with its data and the profile says database.engine: postgresql: provision "
                      r"never switches.*migrate-db --to postgresql", last_line(provision)), provision.stderr
+    status = fab(ls_vm, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"database\s+SQLite, [\d.]+ (KiB|MiB); the profile says PostgreSQL .* \(to move the data: "
+                     r"fab -H vm migrate-db --to postgresql\)", status.stdout), status.stdout
     plan = fab(ls_vm, "migrate-db", "--to", "postgresql", "--dry-run")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "sqlite -> postgresql" in plan.stdout and "trial conversion" in plan.stdout

@@ -182,7 +182,7 @@ def test_status_logs_stop_start_restart(provisioned):
     assert re.search(r"service\s+active \(running\), enabled at boot", status.stdout)
     assert re.search(r"health \(via nginx\)\s+UP", status.stdout)
     assert re.search(r"label studio\s+1\.23\.2", status.stdout)
-    assert re.search(r"database\s+[\d.]+ (KiB|MiB)", status.stdout)
+    assert re.search(r"database\s+SQLite, [\d.]+ (KiB|MiB)", status.stdout)
 
     logs = fab("logs", "--lines", "30")
     assert logs.returncode == 0, logs.stderr

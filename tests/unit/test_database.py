@@ -255,3 +255,35 @@ def test_no_script_reads_a_password_into_argv(profile):
                     break
                 assert script[at - 1] in " ;&(\n{" or script[at - 1:at] == "", (name, script[at - 40:at + 40])
                 at += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# status: the database the server runs on, as its env file says
+
+
+def _status(env_text: str | None, db_size: int | None = None, postgres: str = ""):
+    import base64
+
+    from tasks.core.facts import status_from_probe
+    env = base64.b64encode(env_text.encode()).decode() if env_text is not None else "-"
+    return status_from_probe(f"[install]\nenv_file={env}\ndb_size={db_size if db_size is not None else ''}\n"
+                             + postgres)
+
+
+def test_status_names_the_servers_database_and_a_profile_that_disagrees():
+    from tasks.core.database import DatabaseSettings
+    from tasks.service import database_text
+    sqlite_env, pg_env = "LABEL_STUDIO_HOST=http://x\n", "DJANGO_DB=default\nPOSTGRE_NAME=labelstudio\n"
+    assert database_text(_status(sqlite_env, 2 * 1024 ** 2), DatabaseSettings(), "vm") == "SQLite, 2.0 MiB"
+    assert database_text(_status(None), DatabaseSettings(), "vm") == "SQLite, not created yet"
+    assert database_text(_status(sqlite_env, 1024), LOCAL.database, "vm") == (
+        "SQLite, 1.0 KiB; the profile says PostgreSQL labelstudio@127.0.0.1:5432/labelstudio (on the VM) "
+        "(to move the data: fab -H vm migrate-db --to postgresql)")
+    assert database_text(_status(pg_env, 1024), DatabaseSettings(), "vm").startswith(
+        "PostgreSQL labelstudio@127.0.0.1:5432/labelstudio (on the VM); the profile says SQLite (to move the data: "
+        "fab -H vm migrate-db --to sqlite)")
+    ready = "[postgres]\nready=127.0.0.1:5432 - accepting connections\nversion=17.6\n"
+    assert database_text(_status(pg_env, None, ready), LOCAL.database, "vm") == (
+        "PostgreSQL labelstudio@127.0.0.1:5432/labelstudio (on the VM), answers (PostgreSQL 17.6)")
+    assert database_text(_status("DJANGO_DB=mysql\n"), LOCAL.database, "vm") == (
+        "DJANGO_DB=mysql (not managed by this toolkit)")

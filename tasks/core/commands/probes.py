@@ -64,6 +64,7 @@ def status_probe(profile: Profile) -> str:
         installed_dist(profile),
         *release_lines(profile),
         f"echo \"db_size=$(stat -c %s {q(p.database)} 2>/dev/null)\"",
+        file_content_line("env_file", p.env_file),  # says which database Label Studio runs on (no secret in it)
         f"if [ -f {q(p.unit_file)} ]; then echo unit_file=yes; else echo unit_file=no; fi",
         # A site of that name written by hand (the seed guide's) is not ours.
         f"if [ -e {q(p.nginx_site_enabled)} ] && grep -qsF {q(MANAGED_MARK)} {q(p.nginx_site)}; "
