@@ -2,7 +2,7 @@
 one by invite sign-up, projects, tasks, annotations, predictions, drafts, a storage setting, personal
 access tokens and every user's auth token: the duplicate-token case that breaks `loaddata`), moved to
 PostgreSQL and back, verified table by table; an old session cookie and an old API token keep working;
-PostgreSQL stopped in the middle leaves the service on SQLite with its file byte-identical.
+PostgreSQL stopped in the middle, or its disk full, leaves the service on SQLite with its file byte-identical.
 
 The profile decides: migrate-db goes only where database.engine says (it sets PostgreSQL up with
 provision's own steps), provision refuses while profile and server disagree, and agrees ("0 changed")
@@ -164,40 +164,79 @@ def test_the_profile_decides_and_provision_never_switches_data(ls_vm):
     assert unknown.returncode == 2 and "--to must be one of" in last_line(unknown)
 
 
-def test_postgresql_stopped_mid_migration_leaves_sqlite_byte_identical(ls_vm):
-    """PostgreSQL goes down as soon as the final phase stopped Label Studio: the service is back on
-    SQLite, its file byte-identical, exit non-zero with one line saying why."""
-    set_engine(ls_vm, "postgresql")
-    env_before = ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout
-    ls_vm.vm.exec(f"rm -f {STATUS}")
-    command = [sys.executable, "-m", "fabric", "-S", str(ls_vm.fab.ssh_config()), "-H", "vm",
+def migrate_with_a_fault_once_stopped(machine, fault: str) -> subprocess.CompletedProcess:
+    """migrate-db --to postgresql, with `fault` run on the VM as soon as the final phase has stopped
+    Label Studio (the swap job's status file says so)."""
+    set_engine(machine, "postgresql")
+    machine.vm.exec(f"rm -f {STATUS}")
+    command = [sys.executable, "-m", "fabric", "-S", str(machine.fab.ssh_config()), "-H", "vm",
                "migrate-db", "--to", "postgresql", "--yes"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))}
-    env.update(HOME=str(ls_vm.fab.home), COLUMNS="200", LSVM_BACKUPS_DIR=str(ls_vm.fab.home / "backups"),
-               **ls_vm.fab.env)
+    env.update(HOME=str(machine.fab.home), COLUMNS="200", LSVM_BACKUPS_DIR=str(machine.fab.home / "backups"),
+               **machine.fab.env)
     run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
     try:
         while run.poll() is None:
-            status = ls_vm.vm.exec(f"cat {STATUS} 2>/dev/null || true").stdout.decode()
+            status = machine.vm.exec(f"cat {STATUS} 2>/dev/null || true").stdout.decode()
             if "stopped" in status.split():
-                ls_vm.vm.exec("systemctl stop postgresql")
+                machine.vm.exec(fault)
                 break
             time.sleep(0.2)
         stdout, stderr = run.communicate(timeout=1800)
     finally:
         if run.poll() is None:
             run.kill()
+    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
+
+
+def assert_back_on_sqlite_as_it_was(machine, result, env_before: bytes) -> None:
+    """Exit non-zero, one line saying why; the env file and the unit of SQLite back (same bytes), the
+    database file untouched, the same data served."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert re.search(r"migrate-db to postgresql failed \(.+\); Label Studio is back on sqlite", last_line(result)), \
+        result.stderr
+    assert "Traceback" not in result.stderr
+    assert engine(machine) == "" and machine.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout == env_before
+    assert db_sha(machine) == machine.sha
+    assert sdk_view(machine.url, machine.token) == machine.before
+
+
+def test_postgresql_stopped_mid_migration_leaves_sqlite_byte_identical(ls_vm):
+    """PostgreSQL goes down as soon as the final phase stopped Label Studio: the service is back on
+    SQLite, its file byte-identical, exit non-zero with one line saying why."""
+    env_before = ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout
     try:
-        assert run.returncode != 0, stdout + stderr
-        result = subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
-        assert re.search(r"migrate-db to postgresql failed \(.+\); Label Studio is back on sqlite", last_line(result)), stderr
-        # The env file and the unit of SQLite are back (same bytes), the database untouched.
-        assert engine(ls_vm) == "" and ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout == env_before
-        assert db_sha(ls_vm) == ls_vm.sha
-        assert sdk_view(ls_vm.url, ls_vm.token) == ls_vm.before
+        result = migrate_with_a_fault_once_stopped(ls_vm, "systemctl stop postgresql")
+        assert_back_on_sqlite_as_it_was(ls_vm, result, env_before)
     finally:
         ls_vm.vm.exec("systemctl start postgresql")
+
+
+FULL = "/srv/lsvm-full"
+
+
+def test_disk_full_under_postgresql_mid_migration_leaves_sqlite_byte_identical(ls_vm):
+    """PostgreSQL's disk fills up as the final copy starts (its new tables live on a small tmpfs, filled
+    once Label Studio is stopped): back on SQLite as it was, exit non-zero, the cause in the one line."""
+    env_before = ls_vm.vm.exec(f"sha256sum {ENV_FILE} {UNIT}").stdout
+    superuser = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1"
+    ls_vm.vm.exec(f"mkdir -p {FULL} && mount -t tmpfs -o size=48m tmpfs {FULL} && chown postgres: {FULL}")
+    ls_vm.vm.exec(f"{superuser} -c \"CREATE TABLESPACE lsvm_full LOCATION '{FULL}'\" "
+                  f"-c 'GRANT CREATE ON TABLESPACE lsvm_full TO PUBLIC' "
+                  f"-c \"ALTER SYSTEM SET default_tablespace = 'lsvm_full'\" -c 'SELECT pg_reload_conf()'")
+    try:
+        result = migrate_with_a_fault_once_stopped(ls_vm, f"dd if=/dev/zero of={FULL}/ballast bs=1M status=none || true")
+        assert "trial conversion verified" in result.stdout, result.stdout + result.stderr
+        assert_back_on_sqlite_as_it_was(ls_vm, result, env_before)
+        assert "No space left on device" in last_line(result), result.stderr
+    finally:
+        # The converter's tables (all in the small tablespace) go; the next migration makes them anew.
+        ls_vm.vm.exec(f"{superuser} -c 'ALTER SYSTEM RESET default_tablespace' -c 'SELECT pg_reload_conf()'")
+        ls_vm.vm.exec(f"{superuser} -d labelstudio", input=b"DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename "
+                      b"FROM pg_tables WHERE schemaname = 'public' LOOP EXECUTE format('DROP TABLE IF EXISTS %I "
+                      b"CASCADE', t); END LOOP; END $$;\n")
+        ls_vm.vm.exec(f"{superuser} -c 'DROP TABLESPACE lsvm_full' && umount {FULL}")
 
 
 def test_to_postgresql_keeps_every_row_session_and_token(ls_vm):
