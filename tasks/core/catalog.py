@@ -301,6 +301,25 @@ def link_unchanged(wanted: list[Wanted], previous: Snapshot | None, dest: Path, 
     return linked, fetch
 
 
+def received_entries(fetch: list[Wanted], received: dict[str, tuple[int, str]], alias: str,
+                     expected: dict[str, str] | None = None) -> list[FileEntry]:
+    """The manifest entries of what a stream brought (path -> (size, sha256)), each checked against the
+    sha256 the server gave (`expected` overrides per path); a media file deleted on the server between
+    listing and streaming is left out, anything else missing or different is a SnapshotError."""
+    entries = []
+    for path, _size, sha, mtime in fetch:
+        got = received.get(path)
+        if got is None:
+            if path.startswith(MEDIA + "/"):
+                continue
+            raise SnapshotError(f"{path} did not arrive from {alias}")
+        want = (expected or {}).get(path, sha)
+        if want is not None and got[1] != want:
+            raise SnapshotError(f"{path}: sha256 differs between {alias} and this machine (transfer corrupted)")
+        entries.append(FileEntry(path, got[0], got[1], mtime))
+    return entries
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether a failure is a full disk (or quota), from the OS or from SQLite."""
     if isinstance(exc, OSError):

@@ -131,15 +131,7 @@ def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: 
     finally:
         channel.close()
     ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
-    for path, size, sha, mtime in fetch:
-        got = received.get(path)
-        if got is None:
-            if path.startswith(MEDIA + "/"):
-                continue  # deleted on the server between listing and streaming
-            raise SnapshotError(f"{path} did not arrive from {host.alias}")
-        if sha is not None and got[1] != sha:
-            raise SnapshotError(f"{path}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
-        entries.append(FileEntry(path, got[0], got[1], mtime))
+    entries += catalog.received_entries(fetch, received, host.alias)
     return sorted(entries, key=lambda f: f.path)
 
 

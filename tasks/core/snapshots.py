@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from . import catalog, database, sqlite, ui
-from .catalog import DATABASE, MEDIA, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
+from .catalog import DATABASE, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
 from .commands import data as data_commands
 from .commands import read_file
 from .connect import Host
@@ -349,17 +349,8 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         received.update(_stream(host, profile, data, dest, [entry], delta=False))
         index = None
 
-    entries = list(linked)
-    for path, size, sha, mtime in fetch:
-        got = received.get(path)
-        if got is None:
-            if path.startswith(MEDIA + "/"):
-                continue  # deleted on the server between listing and streaming
-            raise SnapshotError(f"{path} did not arrive from {host.alias}")
-        expected = check.get("sha256") if path == DATABASE else sha
-        if expected is not None and got[1] != expected:
-            raise SnapshotError(f"{path}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
-        entries.append(FileEntry(path, got[0], got[1], mtime))
+    entries = list(linked) + catalog.received_entries(fetch, received, host.alias,
+                                                      expected={DATABASE: check.get("sha256")})
     if index is not None:
         extra["page_index"] = write_page_index(dest, index)
     if linked:

@@ -138,3 +138,16 @@ def test_a_snapshot_reference_names_this_host_or_another_one():
     for bad in ("old/", "old/a/b"):
         with pytest.raises(UsageError):
             catalog.snapshot_name(bad)
+
+
+def test_received_entries_check_every_fetched_file():
+    fetch = [("label_studio.sqlite3", 10, None, None), (".env", 3, "e" * 64, None), ("media/a.png", 5, None, 7),
+             ("media/gone.png", 5, None, 8)]
+    received = {"label_studio.sqlite3": (10, "d" * 64), ".env": (3, "e" * 64), "media/a.png": (5, "a" * 64)}
+    entries = catalog.received_entries(fetch, received, "vm", expected={"label_studio.sqlite3": "d" * 64})
+    assert [(e.path, e.sha256, e.mtime) for e in entries] == [
+        ("label_studio.sqlite3", "d" * 64, None), (".env", "e" * 64, None), ("media/a.png", "a" * 64, 7)]
+    with pytest.raises(SnapshotError, match="label_studio.sqlite3: sha256 differs between vm"):
+        catalog.received_entries(fetch, received, "vm", expected={"label_studio.sqlite3": "f" * 64})
+    with pytest.raises(SnapshotError, match=r"\.env did not arrive from vm"):
+        catalog.received_entries(fetch, {k: v for k, v in received.items() if k != ".env"}, "vm")
