@@ -14,8 +14,7 @@ import pytest
 # CI time: local PostgreSQL on Debian 13's worker; Debian 12's carries the external-database test's two VMs.
 pytestmark = pytest.mark.one_release("trixie")
 
-from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, concurrent_annotators, sdk_view
+from tests.integration.conftest import _provisioned, api_token, concurrent_annotators, sdk_view
 
 SECRET = "/opt/label-studio/label-studio-database.env"
 LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -27,9 +26,7 @@ def pg(vm_image, suite, tmp_path_factory):
     home = tmp_path_factory.mktemp(f"home-postgres-{suite}")
     machine = _provisioned(vm_image, suite, home, "postgres", "vm", "database:\n  engine: postgresql\n")
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
-    ls = LabelStudio(machine.url)
-    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    machine.token = ls.post_json("/api/token/", {}).json()["token"]
+    machine.token = api_token(machine)
     yield machine
     machine.vm.stop()
 

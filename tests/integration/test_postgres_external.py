@@ -11,9 +11,8 @@ import re
 
 import pytest
 
-from dev.lsclient import LabelStudio
 from dev.testvm.machine import make_key, start_vm
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, sdk_view
+from tests.integration.conftest import ADMIN_PASSWORD, _provisioned, api_token, sdk_view
 from tests.integration.test_postgres import annotate_through_sdk
 
 # Two VMs for one feature: proven on one Debian release (the README says so).
@@ -53,9 +52,7 @@ def app(vm_image, suite, tmp_path_factory, dbhost):
                "  sslmode: require\n")
     machine = _provisioned(vm_image, suite, home, "external", "vm", profile, env={"LSVM_DB_PASSWORD": DB_PASSWORD})
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
-    ls = LabelStudio(machine.url)
-    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    machine.token = ls.post_json("/api/token/", {}).json()["token"]
+    machine.token = api_token(machine)
     yield machine
     machine.vm.stop()
 
