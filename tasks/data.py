@@ -43,8 +43,9 @@ CONVERTED = ("SQLite -> PostgreSQL: converted on the server into a new database 
 
 
 def refuse_postgresql(profile: Profile, alias: str, task_name: str) -> None:
-    """Moving data between this machine's SQLite Label Studio and a PostgreSQL server converts it: not
-    done by these tasks (yet); said before anything is touched."""
+    """A PostgreSQL server's data to this machine's SQLite Label Studio would need a consistent
+    conversion of a serving database: not built (push and restore-server convert the other way);
+    said before anything is touched."""
     if profile.database.postgresql:
         raise UsageError(f"{alias} runs Label Studio on PostgreSQL: {task_name} moves SQLite databases only; "
                          "nothing was changed", hint=f"to move SQLite data: set database.engine: sqlite and run "
