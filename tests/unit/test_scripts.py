@@ -201,3 +201,18 @@ def test_script_is_valid_posix_shell(name, script):
 def test_the_hostile_email_reaches_the_probe_as_one_argument():
     script = probes.provision_probe(HOSTILE, EMAIL)
     assert commands.q(EMAIL) in script
+
+
+def test_a_failed_step_before_the_swap_stops_the_swap():
+    """The swap job calls swap_data as a plain command: as an `if` condition the shell would ignore the
+    `set -e` inside it, and a failed before_swap (a final conversion that hit a full disk) would go on
+    to switch and start Label Studio on what it left."""
+    profile = parse_profile("", host="vm")
+    script = swap.job(profile, [DATABASE], 30, before_swap="false", after_swap="echo switched")
+    body = script[script.index("swap_data() ("):]
+    body = body[:body.index("\n)\n") + 3]
+    call = next(line for line in script.splitlines() if "run swap_data" in line)
+    assert not call.lstrip().startswith(("if ", "while ")), call
+    shell = f'{body}\nrun() {{ "$@"; }}\n{call}\necho "status=$swapped"\n'
+    out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True)
+    assert "switched" not in out.stdout and "status=0" not in out.stdout, out.stdout + out.stderr

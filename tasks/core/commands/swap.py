@@ -81,7 +81,10 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"if [ -e {q(previous)} ] || [ -L {q(previous)} ]; then say {UNFINISHED}; say {DONE}; exit 1; fi",
         f"if ! run stop_service; then say {STOP_FAILED} \"$(said)\"; run remove_incoming; say {DONE}; exit 1; fi",
         f"say {STOPPED}",
-        "if run swap_data; then",
+        # Called as a plain command, not as an `if` condition: there the shell ignores `set -e` inside
+        # swap_data, and a failed before_swap step would not stop the swap.
+        "run swap_data; swapped=$?",
+        "if [ \"$swapped\" -eq 0 ]; then",
         f"  say {SWAPPED}",
         "  if run start_service; then",
         f"    say {STARTED}",
