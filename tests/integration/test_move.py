@@ -1,7 +1,8 @@
 """Moving to a new VM: a snapshot of one server restored onto another (`restore-server --snapshot
 OLD/ID`), or taken from it there and then (`--from OLD`). The new VM keeps its own URL and settings;
-users, passwords, API tokens, SECRET_KEY, data and media come along. Read back with Label Studio's
-official SDK and a plain login, through the new VM's nginx."""
+users, passwords, API tokens, SECRET_KEY, data and media come along; onto a fresh VM with PostgreSQL the
+SQLite data is converted on the way (and a laptop's push too). Read back with Label Studio's official SDK
+and a plain login, through the new VM's nginx."""
 
 from __future__ import annotations
 
@@ -181,7 +182,7 @@ def test_a_sqlite_vm_moves_onto_a_fresh_postgresql_vm_converted_and_verified(ser
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
     image = ls.get(old.image)
     assert image.status == 200 and image.body == png()
-    # ... and it lives in PostgreSQL: the service reads its database there, no SQLite file was made.
+    # ... and it lives in PostgreSQL: the rows are there, and the service's env file points at it.
     tasks = machine.vm.exec("runuser -u postgres -- psql -X -t -A -d labelstudio -c 'select count(*) from task'")
     assert int(tasks.stdout.decode()) == sum(before["projects"].values())
     assert "DJANGO_DB=default" in machine.vm.exec("cat /opt/label-studio/label-studio.env").stdout.decode()
