@@ -184,12 +184,9 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                                                        Path(staging), with_media)
         files = [f for f in source.manifest.files
                  if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
-        server = snapshots.server_counts(host, profile)
-        if server is not None and not profile.database.postgresql:
-            local.require_known_migrations(source.path / DATABASE, snapshots.server_migrations(host, profile), host.alias)
+        server = _server_counts_for(host, profile, source)
         ui.out.print(f"push {described} -> {host.alias}")
-        if profile.database.postgresql:
-            ui.out.print(f"  {CONVERTED}")
+        _say_if_converted(source, profile)
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  replaced by: {counts_text(local_counts)}"
                      + (" (with media)" if with_media else " (server media kept)"))
@@ -197,16 +194,8 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
             ui.out.print("dry run: the local database passed its checks; nothing was changed")
             return
         confirm(f"replace the Label Studio data on {host.alias}? (it is backed up first)", yes)
-        with snapshots.server_lock(host, profile, "push-local-db"):
-            before = None
-            if server is not None:
-                before = snapshots.take_server_snapshot(host, profile, label="pre-push")
-                report_snapshot(before, "server backed up as")
-            if profile.database.postgresql:
-                pgdata.restore(host, profile, source, files=files, health_timeout=int(health_timeout))
-            else:
-                replace_server_data(host, profile, source.path, files, health_timeout=int(health_timeout),
-                                    base=before)
+        _replace_after_backup(host, profile, source, files, backup=server is not None, label="pre-push",
+                              task_name="push-local-db", health_timeout=int(health_timeout))
 
 
 @task(help={"config": CONFIG_HELP,
@@ -240,17 +229,13 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
         pgdata.refuse_other_engine(chosen, profile, host.alias)
         snapshots.refuse_other_database(host, profile)
         report = local.verify_snapshot(chosen)
-        server = snapshots.server_counts(host, profile)
-        if server is not None and not profile.database.postgresql:
-            local.require_known_migrations(chosen.path / DATABASE, snapshots.server_migrations(host, profile),
-                                           host.alias)
+        server = _server_counts_for(host, profile, chosen)
         moving = chosen.host != host.alias
         ui.out.print(f"{'move' if moving else 'restore'} {chosen.host}/{chosen.id} -> {host.alias}")
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  restored:   {counts_text(report['counts'])}, "
                      + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
-        if pgdata.converts(snapshot_engine(chosen.manifest), profile.database.engine):
-            ui.out.print(f"  {CONVERTED}")
+        _say_if_converted(chosen, profile)
         if moving:
             ui.out.print(f"  users, passwords, API tokens and SECRET_KEY come from {chosen.host}; the URL and "
                          f"settings stay {host.alias}'s (its profile)")
@@ -259,16 +244,37 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
             return
         confirm(f"replace the Label Studio data on {host.alias} with {chosen.host}/{chosen.id}? "
                 "(it is backed up first)", yes)
-        with snapshots.server_lock(host, profile, "restore-server"):
-            before = None
-            if server is not None:
-                before = snapshots.take_server_snapshot(host, profile, label="pre-restore")
-                report_snapshot(before, "server backed up as")
-            if profile.database.postgresql:
-                pgdata.restore(host, profile, chosen, health_timeout=int(health_timeout))
-            else:
-                replace_server_data(host, profile, chosen.path, chosen.manifest.files,
-                                    health_timeout=int(health_timeout), base=before)
+        _replace_after_backup(host, profile, chosen, chosen.manifest.files, backup=server is not None,
+                              label="pre-restore", task_name="restore-server", health_timeout=int(health_timeout))
+
+
+def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:
+    """The server's counts (None: no database yet), once a SQLite server is known to run a release that
+    knows the source's migrations (onto PostgreSQL the converter compares them)."""
+    server = snapshots.server_counts(host, profile)
+    if server is not None and not profile.database.postgresql:
+        local.require_known_migrations(source.path / DATABASE, snapshots.server_migrations(host, profile), host.alias)
+    return server
+
+
+def _say_if_converted(source: Snapshot, profile: Profile) -> None:
+    if pgdata.converts(snapshot_engine(source.manifest), profile.database.engine):
+        ui.out.print(f"  {CONVERTED}")
+
+
+def _replace_after_backup(host, profile: Profile, source: Snapshot, files: list, *, backup: bool, label: str,
+                          task_name: str, health_timeout: int) -> None:
+    """Under the server's lock: a snapshot of what the server holds first (`backup`), then its data
+    replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap)."""
+    with snapshots.server_lock(host, profile, task_name):
+        before = None
+        if backup:
+            before = snapshots.take_server_snapshot(host, profile, label=label)
+            report_snapshot(before, "server backed up as")
+        if profile.database.postgresql:
+            pgdata.restore(host, profile, source, files=files, health_timeout=health_timeout)
+        else:
+            replace_server_data(host, profile, source.path, files, health_timeout=health_timeout, base=before)
 
 
 def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapshot:
