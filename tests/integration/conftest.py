@@ -97,10 +97,21 @@ class Fab:
 
     def __call__(self, *args: str, host: str | None = "vm", env: dict | None = None,
                  input: str | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "fabric", "-S", str(self.ssh_config())]
-        if host:
-            command += ["-H", host]
-        command += list(args)
+        return subprocess.run(self._command(args, host), cwd=PROJECT_ROOT, env=self._environment(env),
+                              capture_output=True, text=True, input=input, timeout=timeout)
+
+    def popen(self, *args: str, host: str | None = "vm", env: dict | None = None,
+              merge_stderr: bool = False) -> subprocess.Popen:
+        """`fab` started in the background, for what a test does to the VM while it runs."""
+        return subprocess.Popen(self._command(args, host), cwd=PROJECT_ROOT, env=self._environment(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                                text=True)
+
+    def _command(self, args: tuple[str, ...], host: str | None) -> list[str]:
+        return [sys.executable, "-m", "fabric", "-S", str(self.ssh_config()), *(["-H", host] if host else []),
+                *args]
+
+    def _environment(self, env: dict | None) -> dict:
         full_env = {
             k: v for k, v in os.environ.items()
             if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))
@@ -108,8 +119,7 @@ class Fab:
         full_env.update(HOME=str(self.home), LSVM_BACKUPS_DIR=str(self.home / "backups"), COLUMNS="200")
         full_env.update(self.env)
         full_env.update(env or {})
-        return subprocess.run(command, cwd=PROJECT_ROOT, env=full_env, capture_output=True,
-                              text=True, input=input, timeout=timeout)
+        return full_env
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT, api_token, concurrent_annotators,
+from tests.integration.conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, api_token, concurrent_annotators,
                                         project_titles)
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
@@ -325,16 +325,9 @@ def big_local(server_snapshot, tmp_path_factory):
     return folder
 
 
-def _fab_process(machine, *args) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))}
-    env.update(HOME=str(machine.fab.home), LSVM_BACKUPS_DIR=str(machine.fab.home / "backups"), **machine.fab.env)
-    return subprocess.Popen([sys.executable, "-m", "fabric", "-S", str(machine.fab.ssh_config()), "-H", "vm", *args],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_connection_cut_mid_upload_leaves_the_server_as_it_was(data_vm, big_local):
     before = server_sha(data_vm)
-    push = _fab_process(data_vm, "push-local-db", "--yes", "--local-data-dir", str(big_local))
+    push = data_vm.fab.popen("push-local-db", "--yes", "--local-data-dir", str(big_local))
     deadline = time.monotonic() + 120
     incoming = "/var/lib/label-studio/.lsvm-incoming"
     while time.monotonic() < deadline:
@@ -357,7 +350,7 @@ def test_connection_cut_mid_upload_leaves_the_server_as_it_was(data_vm, big_loca
 def test_two_backups_at_once_one_refuses(data_vm, big_local):
     pushed = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(big_local))
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-    first = _fab_process(data_vm, "backup", "--label", "first")
+    first = data_vm.fab.popen("backup", "--label", "first")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         held = data_vm.vm.exec("flock -n /run/lsvm/label-studio-data.lock true", check=False).returncode != 0

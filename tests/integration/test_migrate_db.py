@@ -10,16 +10,14 @@ once migrate-db has moved the server."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT, _provisioned, sdk_view
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, sdk_view
 
 # CI time: one Label Studio database moved both ways is proven on Debian 12's worker.
 pytestmark = pytest.mark.one_release("bookworm")
@@ -169,13 +167,7 @@ def migrate_with_a_fault_once_stopped(machine, fault: str) -> subprocess.Complet
     Label Studio (the swap job's status file says so)."""
     set_engine(machine, "postgresql")
     machine.vm.exec(f"rm -f {STATUS}")
-    command = [sys.executable, "-m", "fabric", "-S", str(machine.fab.ssh_config()), "-H", "vm",
-               "migrate-db", "--to", "postgresql", "--yes"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))}
-    env.update(HOME=str(machine.fab.home), COLUMNS="200", LSVM_BACKUPS_DIR=str(machine.fab.home / "backups"),
-               **machine.fab.env)
-    run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    run = machine.fab.popen("migrate-db", "--to", "postgresql", "--yes")
     try:
         while run.poll() is None:
             status = machine.vm.exec(f"cat {STATUS} 2>/dev/null || true").stdout.decode()
@@ -187,7 +179,7 @@ def migrate_with_a_fault_once_stopped(machine, fault: str) -> subprocess.Complet
     finally:
         if run.poll() is None:
             run.kill()
-    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
 
 
 def assert_back_on_sqlite_as_it_was(machine, result, env_before: bytes) -> None:

@@ -22,7 +22,6 @@ import shlex
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT_ROOT, project_titles
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, project_titles
 
 DATA = "/var/lib/label-studio"
 DB = f"{DATA}/label_studio.sqlite3"
@@ -86,11 +85,7 @@ def pwned(vm) -> bool:
 
 def fab_process(machine, *args) -> subprocess.Popen:
     """`fab -H vm ARGS` running in the background, its output unbuffered (read as it comes)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))}
-    env.update(HOME=str(machine.fab.home), LSVM_BACKUPS_DIR=str(machine.fab.home / "backups"),
-               PYTHONUNBUFFERED="1", COLUMNS="200", **machine.fab.env)
-    return subprocess.Popen([sys.executable, "-m", "fabric", "-S", str(machine.fab.ssh_config()), "-H", "vm", *args],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return machine.fab.popen(*args, env={"PYTHONUNBUFFERED": "1"}, merge_stderr=True)
 
 
 def no_leftovers(vm) -> None:
