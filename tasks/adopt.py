@@ -9,7 +9,8 @@ import time
 from fabric import task
 
 from .core import adopt as core, facts, plan, snapshots, steps, ui
-from .core.commands import instances
+from .core.catalog import SECRET_ENV
+from .core.commands import instances, secret_key
 from .core.commands.service import service_manager
 from .core.connect import Host
 from .core.defaults import SWAP_HEALTH_TIMEOUT
@@ -67,6 +68,14 @@ def report_stop(output: str, u: Unmanaged) -> None:
         ui.step(True, f"kept the hand-written nginx site as {said['site_backup']} (ours replaces it)")
 
 
+def _warn_of_an_unreadable_secret_key(snapshot) -> None:
+    env_file = snapshot.path / SECRET_ENV
+    if env_file.is_file() and secret_key.state_of_text(env_file.read_text(errors="replace")) == secret_key.UNREADABLE:
+        ui.warn("the SECRET_KEY this Label Studio made at its first start begins with $, which it reads back as "
+                "empty (a Label Studio bug, one install in 50): it makes a new key when it starts again, so "
+                "sessions and API tokens made since its first start end now; passwords keep working")
+
+
 def _snapshot_after_stop(host: Host, source: Profile, first, version: str | None):
     """Writes between the live snapshot and the stop would be lost: the change counter tells; a second
     snapshot (unchanged files hard-linked) is taken only when the database moved."""
@@ -122,6 +131,7 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "adopt"):
         snapshot = snapshots.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
         report_snapshot(snapshot, "snapshot of the unmanaged data")
+        _warn_of_an_unreadable_secret_key(snapshot)
         if not snapshot.verified:
             raise SnapshotError(f"the snapshot of {u.data_dir} did not verify (integrity "
                                 f"{snapshot.manifest.integrity_check}); nothing was changed")

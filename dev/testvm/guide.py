@@ -6,18 +6,21 @@ in ~/.local/share/label-studio). Then real data through Label Studio's own API."
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
 
 from dev.lsclient import LabelStudio
 from dev.testvm.machine import NOPASSWD_USER, TestVM
+from tasks.core.commands import secret_key
 
 GUIDE_USER = NOPASSWD_USER
 GUIDE_DIR = "annotation"           # the guide's <your_directory>
 GUIDE_VENV = "label-studio"        # the guide's venv name
 GUIDE_SESSION = "ls"               # the guide's <session-name>
 GUIDE_PORT = 8080
+GUIDE_DATA = f"/home/{GUIDE_USER}/.local/share/label-studio"
 
 # The guide's site, with server_name set to the name users open (the test reaches nginx as 127.0.0.1).
 GUIDE_SITE = """server {
@@ -57,6 +60,24 @@ def set_up_by_the_guide(vm: TestVM, version: str) -> None:
             "&& systemctl reload nginx")
     vm.exec("ufw allow OpenSSH >/dev/null && ufw allow 'Nginx Full' >/dev/null && ufw --force enable >/dev/null")
     start_in_screen(vm)
+    settle_the_secret_key(vm)
+
+
+def settle_the_secret_key(vm: TestVM) -> None:
+    """One first start in 50 makes a SECRET_KEY Label Studio cannot read back (tasks/core/commands/
+    secret_key.py): the tokens of that first run die at its next start, whoever starts it. Then the
+    guide's user restarts it once (Label Studio appends a key it reads) before the tests make their
+    tokens, so they prove what adopt keeps rather than that lottery."""
+    state = as_user(vm, secret_key.state(f"{GUIDE_DATA}/.env")).stdout.decode().strip()
+    if state == secret_key.UNREADABLE:
+        as_user(vm, f"screen -S {GUIDE_SESSION} -X quit")
+        deadline = time.monotonic() + 120
+        listening = re.compile(rf"^\s*\d+: [0-9A-F]+:{GUIDE_PORT:04X} [0-9A-F]+:0000 0A ", re.M)
+        while listening.search(vm.exec("cat /proc/net/tcp /proc/net/tcp6").stdout.decode()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the hand-made Label Studio did not stop")
+            time.sleep(0.5)  # poll interval between real checks
+        start_in_screen(vm)
 
 
 def start_in_screen(vm: TestVM) -> None:

@@ -274,6 +274,7 @@ class ProvisionFacts:
     app_dir_meta: str      # owner:group:mode, "" when missing
     data_dir_meta: str
     env_file_meta: str
+    secret_key: str        # commands.secret_key: ok, unreadable (Label Studio reads it as empty) or absent
     label_studio_version: str | None   # of the current release
     current_release: str | None        # releases/<v> -> v, the legacy venv -> "venv", no link -> None
     previous_release: str | None
@@ -316,6 +317,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         app_dir_meta=h.get("app_dir", ""),
         data_dir_meta=h.get("data_dir", ""),
         env_file_meta=h.get("env_file_meta", ""),
+        secret_key=h.get("secret_key") or "absent",
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
         current_release=parse.release_of(h.get("current", "")),
         previous_release=parse.release_of(h.get("previous", "")),

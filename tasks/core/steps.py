@@ -14,7 +14,7 @@ from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_in
                                  make_dir, pip_install_label_studio, set_owner_and_mode, switch_release,
                                  ufw_allow, ufw_allow_from, wanted_packages)
 from .commands.service import HTTPS_PORT, service_manager
-from .commands import postgres
+from .commands import postgres, secret_key
 from . import steps_tls
 from .defaults import APT_TIMEOUT, PIP_TIMEOUT
 from .facts import ProvisionFacts
@@ -113,6 +113,20 @@ def directories(facts: ProvisionFacts, profile: Profile) -> list[Change]:
         changes.append(Change(f"{path} set to {meta} ({state})", True, plan=f"set {path} to {meta} ({state})",
                               action=Run(make_dir(path, owner, group, mode), "install -d")))
     return changes
+
+
+def label_studio_secret_key(facts: ProvisionFacts, profile: Profile) -> Change:
+    """Written before Label Studio first starts (see commands.secret_key for why)."""
+    path = profile.remote.secret_env
+    if facts.secret_key == secret_key.OK:
+        return Change(f"Label Studio's SECRET_KEY is in {path}")
+    if facts.secret_key == secret_key.UNREADABLE:
+        done = (f"replaced the SECRET_KEY in {path}: Label Studio reads it back as empty (it starts with $), so it "
+                "would make a new one at its next start")
+        planned = f"replace the SECRET_KEY in {path}, which Label Studio reads back as empty (it starts with $)"
+    else:
+        done, planned = f"made Label Studio's SECRET_KEY ({path}, 0600)", f"make Label Studio's SECRET_KEY in {path}"
+    return Change(done, True, plan=planned, action=Run(secret_key.ensure_on_server(profile), "writing the SECRET_KEY"))
 
 
 def version_problem(facts: ProvisionFacts, profile: Profile) -> str | None:
@@ -344,6 +358,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         packages(facts, wanted),
         service_user(facts, profile),
         *directories(facts, profile),
+        label_studio_secret_key(facts, profile),
         *label_studio(facts, profile),
         *database(facts, profile, database_password),
         *steps_tls.certificate(facts, wanted, tls_pair),

@@ -10,10 +10,11 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import defaults, render, ui
-from .catalog import write_atomic
+from .catalog import SECRET_ENV, write_atomic
+from .commands import secret_key
 from .errors import RemoteError, ToolkitError, UsageError
 
 REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
@@ -161,7 +162,8 @@ def render_session_env(target: StudioTarget, port: int = DEFAULT_PORT) -> str:
 def render_launcher(paths: StudioPaths, port: int = DEFAULT_PORT) -> str:
     return render.render("studio/start_labelstudio.sh.j2", static_env=paths.static_env,
                          session_env=paths.session_env, data_dir=paths.data_dir,
-                         label_studio_bin=paths.label_studio_bin, port=int(port))
+                         label_studio_bin=paths.label_studio_bin, port=int(port),
+                         ensure_secret_key=secret_key.ensure(PurePosixPath(paths.data_dir / SECRET_ENV)))
 
 
 def read_env_value(path: Path, key: str) -> str | None:

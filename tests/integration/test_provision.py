@@ -208,6 +208,40 @@ def test_status_logs_stop_start_restart(provisioned):
     assert wait_for_health(provisioned.url, timeout=10) == {"status": "UP"}
 
 
+def test_provision_writes_the_secret_key_first_and_replaces_one_label_studio_cannot_read(provisioned):
+    vm, env_file = provisioned.vm, "/var/lib/label-studio/.env"
+    assert "made Label Studio's SECRET_KEY (/var/lib/label-studio/.env, 0600)" in provisioned.first_run.stdout
+    original = vm.exec(f"cat {env_file}").stdout.decode()
+    # One line: Label Studio read our key at its first start (it appends its own when it reads none).
+    assert re.fullmatch(r"SECRET_KEY=[A-Za-z0-9_-]{64}\n", original)
+    assert vm.exec(f"stat -c '%U:%G %a' {env_file}").stdout.decode().strip() == "labelstudio:labelstudio 600"
+    # As Label Studio's first start leaves one in 50 data dirs: a key starting with $, which django-environ
+    # reads back as empty (Label Studio would make a new one at its next start, ending every session).
+    vm.exec(f"printf '\\nSECRET_KEY=%s\\n' '$x9l(2=)^k+w#n0c3p!r7s_v-e@z1m8&q5a6t*u4o%b)y(fgh' > {env_file}")
+    try:
+        result = provisioned.fab("provision")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert re.findall(r"~ changed\s+(.*)", result.stdout) == [
+            "replaced the SECRET_KEY in /var/lib/label-studio/.env: Label Studio reads it back as empty (it starts "
+            "with $), so it would make a new one at its next start"]
+        repaired = vm.exec(f"cat {env_file}").stdout.decode()
+        assert re.fullmatch(r"\nSECRET_KEY=[A-Za-z0-9_-]{64}\n", repaired) and repaired.strip() != original.strip()
+        vm.exec("systemctl restart label-studio")
+        assert wait_for_health(provisioned.url, timeout=120) == {"status": "UP"}
+        session = LabelStudio(provisioned.url)
+        assert session.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        vm.exec("systemctl restart label-studio")
+        assert wait_for_health(provisioned.url, timeout=120) == {"status": "UP"}
+        # Read back at both starts: nothing appended, and a session from before the restart still works.
+        assert vm.exec(f"cat {env_file}").stdout.decode() == repaired
+        assert session.get("/api/current-user/whoami").status == 200
+    finally:
+        # The VM's first key back: sessions and tokens other tests hold stay valid.
+        vm.exec(f"cat > {env_file}", input=original.encode())
+        vm.exec("systemctl restart label-studio")
+        wait_for_health(provisioned.url, timeout=120)
+
+
 def test_label_studio_comes_back_after_a_reboot(provisioned):
     provisioned.vm.restart()
     # No fab command: systemd alone must bring nginx and Label Studio back.

@@ -107,6 +107,11 @@ http {{
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_for_health(f"http://127.0.0.1:{port}", timeout=300)
+        # The launcher wrote the SECRET_KEY before the first start and Label Studio read it back (it
+        # appends one of its own when it finds none).
+        env_file = home / "labelstudio-data" / ".env"
+        assert re.fullmatch(r"SECRET_KEY=[A-Za-z0-9_-]{64}\n", env_file.read_text())
+        assert env_file.stat().st_mode & 0o777 == 0o600
         studio_host = urllib.parse.urlparse(ORIGIN).netloc
         proxied = LabelStudio(f"http://127.0.0.1:{nginx_port}{prefix.rstrip('/')}")
         page = proxied.request("GET", "/user/login/", headers={"Host": studio_host})

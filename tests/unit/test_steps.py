@@ -40,6 +40,7 @@ def test_a_bare_host_gets_every_step_then_the_handlers_in_order(bare):
         "created system user labelstudio",
         "/opt/label-studio set to root:root:755 (was missing)",
         "/var/lib/label-studio set to labelstudio:labelstudio:750 (was missing)",
+        "made Label Studio's SECRET_KEY (/var/lib/label-studio/.env, 0600)",
         "installed label-studio 1.23.2 (/opt/label-studio/releases/1.23.2)",
         "switched to label-studio 1.23.2",
         "created env file /opt/label-studio/label-studio.env",
@@ -91,6 +92,16 @@ def test_a_lost_env_file_mode_is_fixed_without_a_restart(provisioned):
     assert changed(changes) == ["env file set to root:root:600"]
     fix = next(c for c in changes if c.changed).action
     assert isinstance(fix, Run) and "chmod 0600" in fix.script
+
+
+def test_a_secret_key_label_studio_reads_as_empty_is_replaced_without_a_restart(provisioned):
+    facts = dataclasses.replace(provisioned, secret_key="unreadable")
+    changes = steps.plan(facts, PROFILE, ADMIN)
+    assert changed(changes) == ["replaced the SECRET_KEY in /var/lib/label-studio/.env: Label Studio reads it "
+                                "back as empty (it starts with $), so it would make a new one at its next start"]
+    fix = next(c for c in changes if c.changed).action
+    assert fix.script.startswith("runuser -u labelstudio -- env -C /var/lib/label-studio")
+    assert "/dev/urandom" in fix.script
 
 
 def test_screen_to_systemd_stops_the_screen_session_then_starts_the_unit(provisioned):
@@ -166,7 +177,7 @@ def test_plan_mode_runs_nothing_and_shows_diffs(bare, capsys):
     assert "would install python3-venv, nginx, sqlite3, zstd, ufw" in out
     assert "+LABEL_STUDIO_HOST=http://127.0.0.1:59503" in out  # the env file's diff
     assert "would wait for Label Studio to answer /health" in out
-    assert sum(c.changed for c in done) == 19
+    assert sum(c.changed for c in done) == 20
 
 
 def test_apply_runs_the_actions_in_plan_order(bare):

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 from ..profile import Profile
 from . import join, lines, q
-from . import postgres
+from . import postgres, secret_key
 from .provision import ALL_PACKAGES, RELEASE_COMPLETE
 from ..instances import MANAGED_MARK
 from .instances import detect
@@ -130,6 +130,8 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         meta_line("app_dir", p.app_dir),
         meta_line("data_dir", p.data_dir),
         meta_line("env_file_meta", p.env_file),
+        # Read as the service user (empty when it or the data dir is missing yet: absent).
+        f"echo \"secret_key=$({secret_key.state_on_server(profile)} 2>/dev/null)\"",
         installed_dist(profile),
         *release_lines(profile),
         f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
