@@ -26,8 +26,9 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_xdist_make_scheduler(config, log):
     """Under `pytest -n 2` (make test) every test of one Debian release goes to the same worker, in
-    file order, so each release's VMs are made once and the two releases run side by side; any other
-    test goes wherever there is room."""
+    file order, so each release's VMs are made once and the two releases run side by side; the other
+    tests go wherever there is room, a module at a time (its module fixtures, such as the SageMaker
+    tests' venv, are made once)."""
     from xdist.scheduler import LoadScopeScheduling
 
     suite = re.compile(r"\[(" + "|".join(map(re.escape, SUITES)) + r")\b")
@@ -35,7 +36,7 @@ def pytest_xdist_make_scheduler(config, log):
     class BySuite(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             match = suite.search(nodeid)
-            return match.group(1) if match else nodeid
+            return match.group(1) if match else nodeid.split("::", 1)[0]
 
     return BySuite(config, log)
 
