@@ -72,8 +72,7 @@ def settle_the_secret_key(vm: TestVM) -> None:
     if state == secret_key.UNREADABLE:
         as_user(vm, f"screen -S {GUIDE_SESSION} -X quit")
         deadline = time.monotonic() + 120
-        listening = re.compile(rf"^\s*\d+: [0-9A-F]+:{GUIDE_PORT:04X} [0-9A-F]+:0000 0A ", re.M)
-        while listening.search(vm.exec("cat /proc/net/tcp /proc/net/tcp6").stdout.decode()):
+        while listens_on_all_interfaces(vm, GUIDE_PORT):
             if time.monotonic() > deadline:
                 raise TimeoutError("the hand-made Label Studio did not stop")
             time.sleep(0.5)  # poll interval between real checks
@@ -86,6 +85,13 @@ def start_in_screen(vm: TestVM) -> None:
     as_user(vm, f"screen -S {GUIDE_SESSION} -X stuff "
                 + shlex.quote(f"cd ~/{GUIDE_DIR} && source {GUIDE_VENV}/bin/activate && label-studio start\n"))
     wait_until_listening(vm)
+
+
+def listens_on_all_interfaces(vm: TestVM, port: int) -> bool:
+    """A LISTEN (0A) socket on 0.0.0.0 or :: for `port`, read from /proc/net."""
+    hex_port = f"{port:04X}"
+    listening = vm.exec("cat /proc/net/tcp /proc/net/tcp6").stdout.decode()
+    return any(re.match(rf"\s*\d+: (00000000|0{{32}}):{hex_port} \S+ 0A ", line) for line in listening.splitlines())
 
 
 def wait_until_listening(vm: TestVM, timeout: float = 600) -> None:

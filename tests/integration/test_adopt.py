@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from dev.testvm.guide import GUIDE_SESSION, GUIDE_USER, GuideData, make_data, set_up_by_the_guide, wait_until_listening
+from dev.testvm.guide import (GUIDE_SESSION, GUIDE_USER, GuideData, listens_on_all_interfaces, make_data,
+                              set_up_by_the_guide, wait_until_listening)
 from dev.testvm import machine
 from dev.testvm.machine import make_key, start_vm
 from tests.integration.conftest import Fab, sdk_view
@@ -80,16 +81,6 @@ def guide(vm_image, suite, tmp_path_factory):
     machine = guide_vm(vm_image, tmp_path_factory.mktemp(f"home-guide-{suite}"), CURRENT)
     yield machine
     machine.vm.stop()
-
-
-def listening(vm: machine.TestVM) -> str:
-    return vm.exec("cat /proc/net/tcp /proc/net/tcp6").stdout.decode()
-
-
-def listens_on_all_interfaces(vm: machine.TestVM, port: int) -> bool:
-    """A LISTEN (0A) socket on 0.0.0.0 or :: for `port`, read from /proc/net."""
-    hex_port = f"{port:04X}"
-    return any(re.match(rf"\s*\d+: (00000000|0{{32}}):{hex_port} \S+ 0A ", line) for line in listening(vm).splitlines())
 
 
 def test_status_names_the_hand_made_instance(guide):
