@@ -116,7 +116,11 @@ class Fab:
             k: v for k, v in os.environ.items()
             if not k.startswith(("SSH_", "FABRIC_", "LSVM_", "LABEL_STUDIO_"))
         }
-        full_env.update(HOME=str(self.home), LSVM_BACKUPS_DIR=str(self.home / "backups"), COLUMNS="200")
+        # TMPDIR in the test's home: what a killed `fab` leaves (tests kill it on purpose) goes with it.
+        tmp = self.home / "tmp"
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        full_env.update(HOME=str(self.home), LSVM_BACKUPS_DIR=str(self.home / "backups"), COLUMNS="200",
+                        TMPDIR=str(tmp))
         full_env.update(self.env)
         full_env.update(env or {})
         return full_env
@@ -141,6 +145,7 @@ class ProvisionedVM:
     first_run: subprocess.CompletedProcess
     suite: str
     login_home_mode: str  # of the SSH user who provisioned, as `stat -c %a` prints it
+    image: str | None = None  # this VM right after its fresh provision, committed (see `provisioned`)
 
     @property
     def url(self) -> str:
@@ -168,19 +173,67 @@ def _provisioned(vm_image: str, suite: str, home: Path, name: str, user_host: st
 
 @pytest.fixture(scope="session")
 def provisioned(vm_image: str, suite: str, tmp_path_factory):
-    """systemd mode, provisioned by the passwordless-sudo user (home as the system makes it)."""
-    home = tmp_path_factory.mktemp(f"home-provisioned-{suite}")
-    machine = _provisioned(vm_image, suite, home, "provisioned", "vm")
+    """systemd mode, provisioned from bare Debian by the passwordless-sudo user (home as the system
+    makes it). Right after that fresh provision the VM is committed as an image, from which
+    `provisioned_clone` starts the other default-profile VMs (CI time: a fresh provision is minutes)."""
+    machine = _committed(_provisioned(vm_image, suite, tmp_path_factory.mktemp(f"home-provisioned-{suite}"),
+                                      "provisioned", "vm"))
     yield machine
-    machine.vm.stop()
+    _discard(machine)
 
 
 @pytest.fixture(scope="session")
-def data_vm(vm_image: str, suite: str, tmp_path_factory):
+def postgres_provisioned(vm_image: str, suite: str, tmp_path_factory):
+    """`database: {engine: postgresql}`, provisioned from bare Debian, committed like `provisioned`."""
+    machine = _committed(_provisioned(vm_image, suite, tmp_path_factory.mktemp(f"home-postgres-{suite}"),
+                                      "postgres", "vm", "database:\n  engine: postgresql\n"))
+    yield machine
+    _discard(machine)
+
+
+def _committed(machine: ProvisionedVM) -> ProvisionedVM:
+    """The VM, committed as an image right after a fresh provision that succeeded (before any test
+    changes it), for `provisioned_clone`."""
+    if machine.first_run.returncode == 0:
+        machine.image = f"lsvm-{SUITES[machine.suite]}-provisioned:{machine.vm.id[:12]}"
+        subprocess.run(["docker", "commit", machine.vm.id, machine.image], check=True, capture_output=True)
+    return machine
+
+
+def _discard(machine: ProvisionedVM) -> None:
+    machine.vm.stop()
+    if machine.image:
+        subprocess.run(["docker", "image", "rm", machine.image], capture_output=True)
+
+
+def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> ProvisionedVM:
+    """Another VM as a fresh `fab provision` with the template's profile leaves one (CI time: a fresh
+    provision takes minutes): started from the image committed right after the template's provision,
+    given a SECRET_KEY of its own (no session or token of one VM is valid on another, as between real
+    VMs), then provisioned from a fab home of its own with its own public URL (a real re-provision that
+    changes the configuration and starts the service)."""
+    assert template.image, template.first_run.stdout + template.first_run.stderr
+    keys = home / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    vm = start_vm(template.image, make_key(keys))
+    try:
+        vm.exec("systemctl stop label-studio && sed -i '/^SECRET_KEY=/d' /var/lib/label-studio/.env")
+        profile = home / f"{name}.yaml"
+        profile.write_text(template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}"))
+        fab = Fab(vm, home, env={"LSVM_CONFIG": str(profile)})
+        first = fab("provision", env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD})
+        assert first.returncode == 0, first.stdout + first.stderr
+        mode = vm.exec(f"stat -c %a /home/{NOPASSWD_USER}").stdout.decode().strip()
+    except BaseException:
+        vm.stop()
+        raise
+    return ProvisionedVM(vm, fab, profile, first, template.suite, mode)
+
+
+@pytest.fixture(scope="session")
+def data_vm(provisioned: ProvisionedVM, tmp_path_factory):
     """systemd mode, for the data tasks (their own VM: they replace its database many times)."""
-    home = tmp_path_factory.mktemp(f"home-data-{suite}")
-    machine = _provisioned(vm_image, suite, home, "data", "vm")
-    assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
+    machine = provisioned_clone(provisioned, tmp_path_factory.mktemp(f"home-data-{provisioned.suite}"), "data")
     yield machine
     machine.vm.stop()
 

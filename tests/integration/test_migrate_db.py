@@ -17,7 +17,7 @@ import time
 import pytest
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, sdk_view
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone, sdk_view
 
 # CI time: one Label Studio database moved both ways is proven on Debian 12's worker.
 pytestmark = pytest.mark.one_release("bookworm")
@@ -85,10 +85,8 @@ def psql(machine, query: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def ls_vm(vm_image, suite, tmp_path_factory):
-    home = tmp_path_factory.mktemp(f"home-migrate-{suite}")
-    machine = _provisioned(vm_image, suite, home, "migrate", "vm")
-    assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
+def ls_vm(provisioned, tmp_path_factory):
+    machine = provisioned_clone(provisioned, tmp_path_factory.mktemp(f"home-migrate-{provisioned.suite}"), "migrate")
     from label_studio_sdk import LabelStudio as Official
 
     admin = LabelStudio(machine.url)

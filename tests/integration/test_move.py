@@ -17,7 +17,7 @@ pytestmark = pytest.mark.one_release("trixie")
 
 from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Fab, _provisioned, sdk_view
+from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Fab, provisioned_clone, sdk_view
 from tests.integration.test_adopt import png
 
 LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -43,17 +43,15 @@ def annotate(ls: LabelStudio, project: int, tasks: list[dict], choice: str) -> N
 
 
 @pytest.fixture(scope="module")
-def servers(vm_image, suite, tmp_path_factory):
-    home = tmp_path_factory.mktemp(f"home-move-{suite}")
-    old = _provisioned(vm_image, suite, home, "old", "vm")
+def servers(provisioned, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"home-move-{provisioned.suite}")
+    old = provisioned_clone(provisioned, home, "old")
     try:
-        new = _provisioned(vm_image, suite, home, "new", "vm")
+        new = provisioned_clone(provisioned, home, "new")
     except BaseException:
         old.vm.stop()
         raise
     try:
-        for machine in (old, new):
-            assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
         ls = LabelStudio(old.url)
         assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
         project = ls.post_json("/api/projects", {"title": "Made on the old VM", "label_config": LABEL_CONFIG}).json()["id"]
@@ -155,13 +153,12 @@ def annotation_results(url: str, token: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def postgresql_vm(servers, vm_image, suite, tmp_path_factory):
-    """A fresh third VM provisioned with `database: {engine: postgresql}`."""
+def postgresql_vm(servers, postgres_provisioned, tmp_path_factory):
+    """A third VM as a fresh provision with `database: {engine: postgresql}` leaves it."""
     old, _, _ = servers
-    home = tmp_path_factory.mktemp(f"home-move-pg-{suite}")
-    machine = _provisioned(vm_image, suite, home, "pgvm", "vm", "database:\n  engine: postgresql\n")
+    home = tmp_path_factory.mktemp(f"home-move-pg-{postgres_provisioned.suite}")
+    machine = provisioned_clone(postgres_provisioned, home, "pgvm")
     try:
-        assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
         yield machine, TwoServers(machine.vm, home, old_vm=old.vm)
     finally:
         machine.vm.stop()

@@ -14,7 +14,7 @@ import pytest
 # CI time: local PostgreSQL on Debian 13's worker; Debian 12's carries the external-database test's two VMs.
 pytestmark = pytest.mark.one_release("trixie")
 
-from tests.integration.conftest import _provisioned, api_token, concurrent_annotators, sdk_view
+from tests.integration.conftest import api_token, concurrent_annotators, sdk_view
 
 SECRET = "/opt/label-studio/label-studio-database.env"
 LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -22,13 +22,11 @@ LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" to
 
 
 @pytest.fixture(scope="module")
-def pg(vm_image, suite, tmp_path_factory):
-    home = tmp_path_factory.mktemp(f"home-postgres-{suite}")
-    machine = _provisioned(vm_image, suite, home, "postgres", "vm", "database:\n  engine: postgresql\n")
+def pg(postgres_provisioned):
+    machine = postgres_provisioned
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     machine.token = api_token(machine)
-    yield machine
-    machine.vm.stop()
+    return machine
 
 
 def sh(machine, script: str, **kwargs) -> str:

@@ -20,7 +20,7 @@ from tasks.core import catalog, restore, snapshots, sqlite
 from tasks.core.catalog import DATABASE, FileEntry, Manifest, Snapshot
 from tasks.core.commands import data
 from tests.unit.conftest import PROFILE
-from tests.unit.fakehost import FakeHost, Stream, ok
+from tests.unit.fakehost import FakeHost, ok
 
 
 def make_db(path: Path, rows: int = 3000, seed: int = 1) -> Path:

@@ -129,7 +129,7 @@ def test_a_bad_pair_is_refused_in_one_line(ca, case, problem):
 
 @pytest.mark.parametrize("pattern, name, matches", [
     (NAME, NAME, True), (NAME.upper(), NAME, True), (f"{NAME}.", NAME, True),
-    (f"*.example.org", NAME, True), ("*.example.org", "a.b.example.org", False),
+    ("*.example.org", NAME, True), ("*.example.org", "a.b.example.org", False),
     ("*.example.org", "example.org", False), ("10.0.0.1", "10.0.0.1", True), ("*.0.0.1", "10.0.0.1", False),
 ])
 def test_names_match_like_browsers_match_them(pattern, name, matches):
