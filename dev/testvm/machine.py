@@ -116,6 +116,8 @@ class TestVM:
 
 
 def make_key(directory: Path) -> Path:
+    """The test login key in `directory` (made 0700 if new), generated once."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_file = directory / "id_ed25519"
     if not key_file.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lsvm-test",

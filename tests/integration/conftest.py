@@ -72,9 +72,8 @@ def test_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vm(vm_image: str, test_home: Path):
-    keys = test_home / "keys"  # not ~/.ssh: only the IdentityFile in our ssh_config may log in
-    keys.mkdir(mode=0o700, exist_ok=True)
-    machine = start_vm(vm_image, make_key(keys))
+    # not ~/.ssh: only the IdentityFile in our ssh_config may log in
+    machine = start_vm(vm_image, make_key(test_home / "keys"))
     yield machine
     machine.stop()
 
@@ -154,20 +153,26 @@ class ProvisionedVM:
 
 def _provisioned(vm_image: str, suite: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
                  env: dict | None = None, login_home_mode: str | None = None) -> ProvisionedVM:
-    keys = home / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    vm = start_vm(vm_image, make_key(keys))
-    login = PASSWORD_USER if user_host == "vm-student" else NOPASSWD_USER
+    vm = start_vm(vm_image, make_key(home / "keys"))
     if login_home_mode:
-        vm.exec(f"chmod {login_home_mode} /home/{login}")
+        vm.exec(f"chmod {login_home_mode} /home/{_login(user_host)}")
+    return _provision(vm, suite, home, name, user_host, env,
+                      f"public_url: http://127.0.0.1:{vm.http_port}\n"
+                      f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n{extra_yaml}")
+
+
+def _login(user_host: str) -> str:
+    return PASSWORD_USER if user_host == "vm-student" else NOPASSWD_USER
+
+
+def _provision(vm: TestVM, suite: str, home: Path, name: str, user_host: str, env: dict | None,
+               profile_text: str) -> ProvisionedVM:
+    """`fab provision` of `vm` from `home`, with the profile `<home>/<name>.yaml`."""
     profile = home / f"{name}.yaml"
-    profile.write_text(
-        f"public_url: http://127.0.0.1:{vm.http_port}\n"
-        f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n{extra_yaml}"
-    )
+    profile.write_text(profile_text)
     fab = Fab(vm, home, env={"LSVM_CONFIG": str(profile)})
     first = fab("provision", host=user_host, env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD, **(env or {})})
-    mode = vm.exec(f"stat -c %a /home/{login}").stdout.decode().strip()
+    mode = vm.exec(f"stat -c %a /home/{_login(user_host)}").stdout.decode().strip()
     return ProvisionedVM(vm, fab, profile, first, suite, mode)
 
 
@@ -213,21 +218,16 @@ def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> Provisi
     VMs), then provisioned from a fab home of its own with its own public URL (a real re-provision that
     changes the configuration and starts the service)."""
     assert template.image, template.first_run.stdout + template.first_run.stderr
-    keys = home / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    vm = start_vm(template.image, make_key(keys))
+    vm = start_vm(template.image, make_key(home / "keys"))
     try:
         vm.exec("systemctl stop label-studio && sed -i '/^SECRET_KEY=/d' /var/lib/label-studio/.env")
-        profile = home / f"{name}.yaml"
-        profile.write_text(template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}"))
-        fab = Fab(vm, home, env={"LSVM_CONFIG": str(profile)})
-        first = fab("provision", env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD})
-        assert first.returncode == 0, first.stdout + first.stderr
-        mode = vm.exec(f"stat -c %a /home/{NOPASSWD_USER}").stdout.decode().strip()
+        machine = _provision(vm, template.suite, home, name, "vm", None,
+                             template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}"))
+        assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     except BaseException:
         vm.stop()
         raise
-    return ProvisionedVM(vm, fab, profile, first, template.suite, mode)
+    return machine
 
 
 @pytest.fixture(scope="session")

@@ -60,9 +60,7 @@ def fingerprint(vm: machine.TestVM) -> str:
 
 
 def guide_vm(image: str, home: Path, version: str) -> GuideVM:
-    keys = home / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    vm = start_vm(image, make_key(keys))
+    vm = start_vm(image, make_key(home / "keys"))
     try:
         set_up_by_the_guide(vm, version)
         url = f"http://127.0.0.1:{vm.http_port}"

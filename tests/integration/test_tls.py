@@ -178,9 +178,7 @@ def tls_vm(suite: str, tmp_path_factory):
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
         pytest.skip("no Docker engine answers (start dockerd, or run `bash .ci/run`)")
     home = tmp_path_factory.mktemp(f"home-tls-{suite}")
-    keys = home / "keys"
-    keys.mkdir(mode=0o700)
-    vm = start_vm(build_tls_image(suite), make_key(keys), extra_ports=(443,))
+    vm = start_vm(build_tls_image(suite), make_key(home / "keys"), extra_ports=(443,))
     machine = TlsVM(vm, home, suite, TestCA.create())
     try:
         machine.setup_pebble()
