@@ -44,6 +44,16 @@ NGINX_SITE_DIRS = ("/etc/nginx/sites-enabled", "/etc/nginx/conf.d")
 MANAGED_MARK = "Managed by labelstudio-vm"
 LOOPBACK_TAKERS = {"0.0.0.0", "127.0.0.1", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0"}
 STOP_TIMEOUT = 60.0
+ROOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Variables that make the dynamic loader, libc or Python load code or data from a path: a record of the
+# old process's environment never keeps them (glibc's own list for setuid programs, and Python's).
+LOADER_VARIABLES = frozenset({
+    "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE", "NIS_PATH",
+    "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TZDIR",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONPLATLIBDIR", "PYTHONBREAKPOINT",
+    "PYTHONEXECUTABLE", "PYTHONINSPECT", "PYTHONPYCACHEPREFIX",
+})
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,6 +525,28 @@ def _wait_gone(pids_: list[int], timeout: float = STOP_TIMEOUT) -> bool:
     return True
 
 
+def revivable_environment(environ: dict) -> dict:
+    """What of a process's environment may be given back to it: plain names only (an `env` word never
+    reads as an option), nothing that makes a loader or Python load code."""
+    return {key: value for key, value in environ.items()
+            if ENV_NAME.fullmatch(key) and not key.startswith("LD_") and key not in LOADER_VARIABLES}
+
+
+def revive_command(record: dict) -> list[str]:
+    """How root starts the recorded command again: runuser drops to the old user first, with root's own
+    clean environment; only then `env -i` hands the recorded variables to the old user's process."""
+    def root_tool(name: str, fallback: str) -> str:
+        return shutil.which(name, path=ROOT_PATH) or fallback
+
+    environ = [f"{key}={value}" for key, value in sorted(revivable_environment(record.get("environ") or {}).items())]
+    command = [root_tool("runuser", "/usr/sbin/runuser"), "-u", record["user"], "--",
+               root_tool("env", "/usr/bin/env"), "-i", "-C", record["cwd"] or "/", *environ]
+    if record.get("screen"):
+        return command + [root_tool("screen", "/usr/bin/screen"), "-dmS",
+                          record["screen"].get("name") or "label-studio", *record["argv"]]
+    return command + [root_tool("setsid", "/usr/bin/setsid"), *record["argv"]]
+
+
 def default_data_dir(uid: int) -> str:
     return os.path.normpath(os.path.join(pwd.getpwuid(uid).pw_dir, ".local", "share", "label-studio"))
 
@@ -535,7 +567,8 @@ def stop(pid: int, uid: int, port: int, record_path: str, our_site: str) -> dict
         sockets = listening_sockets()
         ports |= {sockets[inode][1] for inode, owner in socket_owners(by_pid).items() if owner in members}
         data_dir = data_dir_of(p)[0]
-        record = {"pid": pid, "user": p["user"], "uid": p["uid"], "argv": p["argv"], "environ": p["environ"],
+        record = {"pid": pid, "user": p["user"], "uid": p["uid"], "argv": p["argv"],
+                  "environ": revivable_environment(p["environ"]),
                   "cwd": p["cwd"], "screen": screen}
     else:
         data_dir = default_data_dir(uid)
@@ -574,20 +607,13 @@ def revive(record_path: str, our_site: str) -> dict:
     for site in record.get("disabled_sites", []):
         if not os.path.lexists(site["path"]):
             os.symlink(site["target"], site["path"])
-    root_path = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    root_path = {"PATH": ROOT_PATH}
     if subprocess.run(["nginx", "-t"], capture_output=True, check=False, env=root_path).returncode == 0:
         subprocess.run(["systemctl", "reload-or-restart", "nginx"], capture_output=True, check=False, env=root_path)
     argv = record["argv"]
     if not argv:
         return {"revived": None}
-    # Root finds runuser on its own PATH, never on the recorded one (the old user's).
-    runuser = [shutil.which("runuser", path=root_path["PATH"]) or "/usr/sbin/runuser",
-               "-u", record["user"], "--", "env", "-C", record["cwd"] or "/"]
-    if record.get("screen"):
-        command = runuser + ["screen", "-dmS", record["screen"].get("name") or "label-studio"] + argv
-    else:
-        command = runuser + ["setsid"] + argv
-    subprocess.Popen(command, env=record["environ"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    subprocess.Popen(revive_command(record), env=root_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True)
     return {"revived": " ".join(argv)[:160], "screen": record.get("screen")}
 

@@ -3,8 +3,10 @@ Studio, where its data is (decided as Label Studio decides it), and whose the po
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -113,7 +115,7 @@ def test_a_hand_made_instance_is_found_with_its_screen_session_and_listener(proc
     assert (item["database_size"], item["env_file"], item["media_files"], item["media_bytes"]) == (100, True, 1, 5)
     assert found["port"]["state"] == "other" and found["port"]["pid"] == 60
 
-    seen = Neighbours.from_probe([__import__("json").dumps(found)])
+    seen = Neighbours.from_probe([json.dumps(found)])
     u = seen.unmanaged[0]
     assert u.describe().startswith(f"unmanaged Label Studio in screen `ls` as {ME.pw_name}, data ")
     assert "listening on 0.0.0.0:8080 (reachable from outside)" in u.describe()
@@ -223,3 +225,42 @@ def test_without_access_to_fds_the_sockets_uid_names_the_only_label_studio_of_th
     assert (state, pid) == ("other", 60) and "label-studio start" in said
     make_process(proc, 62, GUIDE_ARGV + ["--port", "9000"], uid=1000)  # two of them: cannot tell which
     assert instances.holder(8080, "u.service", "labelstudio", "/d", str(proc))[1].endswith("cannot see")
+
+
+HOSTILE_ENVIRON = {"PATH": "/home/u/venv/bin:/usr/bin:/bin", "VIRTUAL_ENV": "/home/u/venv", "HOME": "/home/u",
+                   "LD_PRELOAD": "/home/u/evil.so", "LD_LIBRARY_PATH": "/home/u/lib", "GCONV_PATH": "/home/u/g",
+                   "PYTHONPATH": "/home/u/py", "PYTHONSTARTUP": "/home/u/s.py", "-i": "x", "A B": "y"}
+
+
+def test_the_record_keeps_no_variable_that_loads_code():
+    kept = instances.revivable_environment(HOSTILE_ENVIRON)
+    assert kept == {"PATH": HOSTILE_ENVIRON["PATH"], "VIRTUAL_ENV": "/home/u/venv", "HOME": "/home/u"}
+
+
+def test_revive_starts_root_with_a_clean_environment_and_hands_variables_only_to_the_dropped_process(
+        tmp_path, monkeypatch):
+    record = {"user": ME.pw_name, "argv": ["/home/u/venv/bin/label-studio", "start"], "cwd": "/home/u",
+              "environ": HOSTILE_ENVIRON, "screen": None}   # an old record, written before the filter
+    record_path = tmp_path / "record.json"
+    record_path.write_text(json.dumps(record))
+    started = []
+    monkeypatch.setattr(instances.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 1})())
+    monkeypatch.setattr(instances.subprocess, "Popen", lambda command, **kw: started.append((command, kw)))
+    instances.revive(str(record_path), str(tmp_path / "site"))
+    (command, options), = started
+    assert options["env"] == {"PATH": instances.ROOT_PATH}
+    assert os.path.basename(command[0]) == "runuser" and command[1:4] == ["-u", ME.pw_name, "--"]
+    after_drop = command[4:]
+    assert os.path.basename(after_drop[0]) == "env" and after_drop[1:4] == ["-i", "-C", "/home/u"]
+    assert not any(word.startswith(("LD_", "GCONV_", "PYTHON", "-i=")) for word in after_drop)
+    assert command[-2:] == record["argv"]
+
+
+def test_the_words_after_the_drop_give_the_process_only_the_kept_variables(tmp_path):
+    """The part after runuser, run for real (GNU env), with `env` as the command: what the old process sees."""
+    record = {"user": ME.pw_name, "argv": ["env"], "cwd": str(tmp_path), "environ": HOSTILE_ENVIRON, "screen": None}
+    command = instances.revive_command(record)
+    after_drop = command[command.index("--") + 1:]
+    seen = subprocess.run(after_drop, capture_output=True, text=True, check=True,
+                                        env={**os.environ, "LD_PRELOAD": "", "MARK": "root's"}).stdout
+    assert sorted(seen.splitlines()) == sorted(f"{k}={v}" for k, v in instances.revivable_environment(HOSTILE_ENVIRON).items())
