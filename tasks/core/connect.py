@@ -3,6 +3,7 @@ does, sudo mode, timeouts, and errors in words."""
 
 from __future__ import annotations
 
+import io
 import socket
 from dataclasses import dataclass
 from functools import cached_property
@@ -74,15 +75,18 @@ class Host:
         options = dict(hide=not stream, warn=True, in_stream=False, timeout=timeout)
         with self.errors():
             if sudo and self.sudo_mode == "password":
-                result = self.connection.sudo(commands.sh(command), **options)
+                # The password goes once, on stdin, to sudo itself (never Fabric's sudo(), whose
+                # responder answers every prompt-like line of the command's output with it).
+                result = self.connection.run(commands.sudo_with_password_first(command),
+                                             **{**options, "in_stream": self._password_line()})
             else:
                 line = commands.sudo_noninteractive(command) if sudo else command
                 result = self.connection.run(line, **options)
-        stderr = result.stderr
-        if sudo and self.sudo_mode == "password":
-            stderr = stderr.replace(self.connection.config.sudo.prompt, "")  # sudo -S echoes its prompt
-        output = Output(result.exited, result.stdout, stderr)
+        output = Output(result.exited, result.stdout, result.stderr)
         return output.checked(what, self.alias) if check else output
+
+    def _password_line(self) -> io.StringIO:
+        return io.StringIO(self.connection.config.sudo.password + "\n")
 
     @cached_property
     def sudo_mode(self) -> str:
@@ -99,7 +103,11 @@ class Host:
         if not self.connection.config.sudo.password:
             raise SudoError(f"sudo on {self.alias} needs a password for '{user}'", hint=SUDO_PASSWORD_HINT)
         with self.errors():
-            self.connection.sudo("true", hide=True, in_stream=False)
+            checked = self.connection.run(commands.sudo_with_password_first("true"), hide=True, warn=True,
+                                          in_stream=self._password_line())
+        if checked.exited != 0:
+            raise SudoError(f"sudo on {self.alias} refused the password given",
+                            hint="check FABRIC_SUDO_PASSWORD / the password typed")
         return "password"
 
     def check_sudo(self) -> str:

@@ -71,6 +71,45 @@ def _unix_name(value: str) -> str | None:
     return None if _UNIX_NAME.match(value) else "must be a lower-case user name (a-z, 0-9, '_', '-')"
 
 
+# Accounts a Debian or Ubuntu system (or a package on it) already owns: the service user gets Label
+# Studio's files and runs what a Label Studio exploit runs, so it must be an account of its own.
+SYSTEM_ACCOUNTS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
+    "backup", "list", "irc", "gnats", "nobody", "nogroup", "sshd", "messagebus", "syslog", "postgres", "nginx",
+    "polkitd", "dnsmasq", "ntp", "chrony", "uuidd", "tcpdump", "landscape", "pollinate", "lxd", "ubuntu",
+    "admin", "debian", "sudo", "adm", "staff", "users", "shadow", "utmp", "tty", "disk", "kmem", "docker",
+})
+
+
+def _service_user(value: str) -> str | None:
+    if _unix_name(value):
+        return _unix_name(value)
+    if value in SYSTEM_ACCOUNTS or value.startswith("systemd-"):
+        return f"'{value}' is a system account: name an account of Label Studio's own (the default is labelstudio)"
+    return None
+
+
+# Where root must never hand a tree to the service user or build one it then trusts: the system's own
+# directories and world-writable ones (each and everything under it), and the tops of the usual places.
+SYSTEM_TREES = ("/etc", "/usr", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/sys", "/dev", "/run", "/root", "/home", "/tmp", "/var/tmp", "/snap", "/lost+found")
+SYSTEM_TOPS = ("/var", "/opt", "/srv", "/mnt", "/media", "/var/lib", "/var/log", "/var/cache", "/var/spool",
+               "/var/backups", "/var/mail", "/var/www", "/usr/local")
+
+
+def _managed_dir(value: str) -> str | None:
+    problem = _absolute_path(value)
+    if problem:
+        return problem
+    path = PurePosixPath(os.path.normpath(value))
+    for tree in SYSTEM_TREES:
+        if path == PurePosixPath(tree) or PurePosixPath(tree) in path.parents:
+            return f"must not be {tree} or inside it (a system directory, or another user's home)"
+    if str(path) in SYSTEM_TOPS:
+        return f"must be a directory of its own, such as {path}/label-studio, not {path} itself"
+    return None
+
+
 def _nginx_size(value: str) -> str | None:
     return None if _NGINX_SIZE.match(value) else "must be an nginx size such as 200m, 1g or 512k"
 
@@ -124,7 +163,7 @@ class LabelStudioSettings:
 @dataclass(frozen=True)
 class ServiceSettings:
     manager: Literal["systemd", "screen"] = _opt("systemd")
-    user: str = _opt("labelstudio", _unix_name)
+    user: str = _opt("labelstudio", _service_user)
     name: str = _opt("label-studio", _unix_name)
 
     @property
@@ -135,8 +174,8 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class PathSettings:
-    app_dir: str = _opt("/opt/label-studio", _absolute_path)
-    data_dir: str = _opt("/var/lib/label-studio", _absolute_path)
+    app_dir: str = _opt("/opt/label-studio", _managed_dir)
+    data_dir: str = _opt("/var/lib/label-studio", _managed_dir)
 
 
 @dataclass(frozen=True)
@@ -211,6 +250,7 @@ class RemotePaths:
     nginx_site_enabled: PurePosixPath
     screen_launcher: PurePosixPath
     screen_log: PurePosixPath
+    screen_dir: PurePosixPath         # the service user's own screen sockets (SCREENDIR), in its tree
     lock_file: PurePosixPath
     tls_dir: PurePosixPath            # files and self-signed: fullchain.pem, chain.pem, privkey.pem
     acme_live: PurePosixPath          # certbot's lineage (named after the service)
@@ -300,6 +340,7 @@ class Profile:
             nginx_site_enabled=PurePosixPath("/etc/nginx/sites-enabled") / name,
             screen_launcher=app / "start-label-studio.sh",
             screen_log=app / "screen.log",
+            screen_dir=data / ".screen",
             lock_file=PurePosixPath("/run/lsvm") / f"{name}-data.lock",  # root-only 0700 dir
             tls_dir=PurePosixPath("/etc") / name / "tls",
             acme_live=PurePosixPath("/etc/letsencrypt/live") / name,
@@ -378,7 +419,22 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
     problem = database_problem(values.database, values.service.manager)
     if problem:
         raise ProfileError(f"{_where(source, lines, ('database', 'engine'))}: {problem}")
+    for key, problem in _combination_problems(values):
+        raise ProfileError(f"{_where(source, lines, key)}: {problem}")
     return dataclasses.replace(values, source=source, host=host)
+
+
+def _combination_problems(profile: Profile) -> list[tuple[tuple[str, ...], str]]:
+    """Values that are fine alone and wrong together, with the key to blame."""
+    found = []
+    if profile.http_port == profile.label_studio.port:
+        found.append((("http_port",), f"'http_port' {profile.http_port} is also label_studio.port: nginx "
+                                      "and Label Studio cannot both listen there"))
+    app, data = PurePosixPath(profile.paths.app_dir), PurePosixPath(profile.paths.data_dir)
+    if app == data or data in app.parents:
+        found.append((("paths", "app_dir"), "'paths.app_dir' must not be paths.data_dir or inside it: the "
+                                            "service user owns the data dir, and root runs what the app dir holds"))
+    return found
 
 
 def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:

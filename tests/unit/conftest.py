@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from tasks.core.facts import provision_facts_from_probe
-from tasks.core.profile import Profile
+from tasks.core.profile import Profile, parse_profile
 
 DATA = Path(__file__).parent / "data"
 # The profile the recorded server (data/provision_probe_provisioned.txt) was provisioned with.
@@ -22,3 +23,15 @@ def provisioned():
 @pytest.fixture
 def bare():
     return provision_facts_from_probe((DATA / "provision_probe_bare.txt").read_text())
+
+
+def profile_on_this_machine(text: str = "", *, user: str | None = None, app_dir=None, data_dir=None,
+                            host: str = "vm") -> Profile:
+    """A profile whose paths are a test's temporary folders (and whose service user is whoever runs the
+    tests), for scripts run for real here: values the profile refuses from a user's YAML (a folder under
+    /tmp, root), set after its checks."""
+    profile = parse_profile(text, host=host)
+    paths = dataclasses.replace(profile.paths, **{k: str(v) for k, v in (("app_dir", app_dir), ("data_dir", data_dir))
+                                                  if v is not None})
+    service = profile.service if user is None else dataclasses.replace(profile.service, user=user)
+    return dataclasses.replace(profile, paths=paths, service=service)

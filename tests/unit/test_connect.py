@@ -4,6 +4,7 @@ is asked the right way in each mode, for commands and for root data channels."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from types import SimpleNamespace
 
 import paramiko
@@ -41,11 +42,11 @@ class Channel:
 class Connection:
     """The part of a fabric Connection that Host uses, recording calls."""
 
-    def __init__(self, *, sudo_probe=Result(exited=0), password=None):
+    def __init__(self, *, sudo_probe=Result(exited=0), password=None, password_check=Result(exited=0)):
         self.host, self.original_host, self.user, self.port = "10.0.0.5", "vm", "alice", 22
         self.config = SimpleNamespace(sudo=SimpleNamespace(password=password, prompt="[sudo] password: "))
-        self.sudo_probe = sudo_probe
-        self.ran, self.sudoed, self.windows = [], [], []
+        self.sudo_probe, self.password_check = sudo_probe, password_check
+        self.ran, self.sudoed, self.windows, self.stdin = [], [], [], []
         self.channel = Channel()
         transport = SimpleNamespace(open_session=self.open_session)
         self.client = SimpleNamespace(get_transport=lambda: transport)
@@ -59,8 +60,11 @@ class Connection:
 
     def run(self, command, **options):
         self.ran.append(command)
+        self.stdin.append(options["in_stream"].read() if options.get("in_stream") else options.get("in_stream"))
         if command == commands.SUDO_CHECK:
             return self.sudo_probe
+        if command == commands.sudo_with_password_first("true"):
+            return self.password_check
         return Result(stdout="out\n", stderr="", exited=0)
 
     def sudo(self, command, **options):
@@ -140,13 +144,30 @@ def test_without_a_password_root_commands_use_sudo_n():
     assert (host.sudo_mode, output.stdout, connection.sudoed) == ("passwordless", "out\n", [])
 
 
-def test_with_a_password_root_commands_go_through_fabric_sudo_and_the_prompt_is_dropped():
+def test_with_a_password_it_goes_once_on_stdin_to_sudo_and_never_through_fabric_sudo():
+    """Fabric's sudo() answers every prompt-like line of a command's output with the password."""
     connection = Connection(sudo_probe=NEEDS_PASSWORD, password="pw")
     host = Host(connection)
     output = host.run("echo 'a b'", sudo=True)
     assert host.sudo_mode == "password"
-    assert connection.sudoed[-1] == commands.sh("echo 'a b'")
-    assert output.stderr == "warning\n"
+    assert connection.ran[-1] == commands.sudo_with_password_first("echo 'a b'")
+    assert connection.ran[-1].startswith("sudo -k -S -p '' sh -c ")   # -k: sudo always reads that line
+    assert connection.stdin[-1] == "pw\n" and connection.sudoed == []
+    assert output.stdout == "out\n"
+
+
+def test_what_sudo_leaves_of_stdin_never_reaches_the_script():
+    script = commands.sudo_with_password_first("read -r line; echo \"read=$line\"")
+    inner = script.split(" sh -c ", 1)[1]
+    out = subprocess.run(["sh", "-c", f"sh -c {inner}"], input="pw\n", capture_output=True, text=True)
+    assert out.stdout == "read=\n"
+
+
+def test_a_wrong_sudo_password_is_a_sudo_error_before_any_command():
+    connection = Connection(sudo_probe=NEEDS_PASSWORD, password="bad", password_check=Result(exited=1))
+    with pytest.raises(SudoError, match="refused the password"):
+        Host(connection).run("touch /x", sudo=True)
+    assert not any("touch /x" in command for command in connection.ran)
 
 
 def test_login_user_commands_are_run_as_given():

@@ -123,7 +123,10 @@ def test_the_admin_step_gets_the_environment_without_root_sourcing_a_file():
         profile = parse_profile(f"service:\n  manager: {manager}\n")
         command = provision_commands.ensure_admin(profile, Path("/tmp/x/ensure_admin.py"), Path("/tmp/x/secret"))
         assert ". /opt/label-studio/label-studio.env" not in command and "set -a" not in command
-        assert command.startswith("runuser -u labelstudio -- env -C /var/lib/label-studio HOME=/var/lib/label-studio ")
+        # Started in the app dir (root's), isolated: a json.py the service user planted in its data dir
+        # is never imported by the script that reads the admin password.
+        assert command.startswith("runuser -u labelstudio -- env -C /opt/label-studio HOME=/var/lib/label-studio ")
+        assert "/opt/label-studio/current/bin/python -I -c " in command
         assert "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true" in command
 
 
@@ -164,9 +167,11 @@ def test_unified_diff_marks_old_and_new():
 
 def test_screen_commands_quote_and_run_as_the_service_user():
     start = service_manager(parse_profile("service:\n  manager: screen\n")).start()
-    assert ("runuser -u labelstudio -- env -C /var/lib/label-studio HOME=/var/lib/label-studio "
-            "screen -dmS label-studio") in start
-    assert re.search(r"install -d -m 0700 .* /run/screen/S-labelstudio", start)
+    assert start.startswith("runuser -u labelstudio -- env -C /var/lib/label-studio HOME=/var/lib/label-studio ")
+    # Its sockets in its own tree, made by itself; root never creates or chowns anything in /run/screen.
+    assert "SCREENDIR=/var/lib/label-studio/.screen install -d -m 0700 /var/lib/label-studio/.screen" in start
+    assert "SCREENDIR=/var/lib/label-studio/.screen screen -dmS label-studio" in start
+    assert "/run/screen" not in start and "install -d -m 0700 -o" not in start
 
 
 def test_service_user_commands_start_in_the_data_dir_never_the_login_cwd(tmp_path):

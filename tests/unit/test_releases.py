@@ -16,7 +16,7 @@ from tasks.core.commands import upgrade
 from tasks.core.plan import Run
 from tasks.core.profile import parse_profile
 from tasks.upgrade import release_label
-from tests.unit.conftest import PROFILE
+from tests.unit.conftest import PROFILE, profile_on_this_machine
 
 
 def links(app: Path) -> tuple[str, str]:
@@ -38,7 +38,7 @@ def app(tmp_path):
 
 
 def profile_at(app: Path):
-    return parse_profile(f"paths:\n  app_dir: {app}\n  data_dir: {app.parent / 'data'}\n")
+    return profile_on_this_machine(app_dir=app, data_dir=app.parent / "data", host="")
 
 
 def test_upgrade_switches_both_links_and_undo_puts_them_back(app):

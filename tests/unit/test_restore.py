@@ -26,7 +26,7 @@ from tasks.core.commands import data, swap
 from tasks.core.commands.service import Screen
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import parse_profile
-from tests.unit.conftest import PROFILE
+from tests.unit.conftest import PROFILE, profile_on_this_machine
 from tests.unit.fakehost import FakeHost, Stream, ok
 
 HASH = r"python3 -I -c .* sha256 "
@@ -231,8 +231,7 @@ def test_the_parts_swapped_are_those_the_files_hold(files, parts):
 
 def local_profile(data_dir, manager: str = "systemd"):
     user = pwd.getpwuid(os.getuid()).pw_name
-    return parse_profile(f"service:\n  user: {user}\n  manager: {manager}\npaths:\n  data_dir: {data_dir}\n",
-                         host="vm")
+    return profile_on_this_machine(f"service:\n  manager: {manager}\n", user=user, data_dir=data_dir)
 
 
 def tree(folder) -> dict[str, bytes]:

@@ -216,3 +216,21 @@ def test_a_failed_step_before_the_swap_stops_the_swap():
     shell = f'{body}\nrun() {{ "$@"; }}\n{call}\necho "status=$swapped"\n'
     out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True)
     assert "switched" not in out.stdout and "status=0" not in out.stdout, out.stdout + out.stderr
+
+
+def test_a_failed_undo_step_stops_the_job_before_the_data_goes_back_or_anything_starts():
+    """An upgrade's undo (the release links back) that fails must not be followed by the old data and a
+    start: the new release would run on the original database."""
+    profile = parse_profile("", host="vm")
+    script = swap.job(profile, [DATABASE], 30, undo_swap="false\necho undone-anyway")
+    body = script[script.index("undo_steps() ("):]
+    body = body[:body.index("\n)\n") + 3]
+    tail = script[script.index("run undo_steps"):]
+    stubs = ('say() { echo "said $*"; }\nsaid() { echo last; }\nrun() { "$@"; }\n'
+             'rollback_data() { echo rolled-back-data; }\nstart_service() { echo started; }\n'
+             'old_healthy() { :; }\ncleanup() { :; }\n')
+    out = subprocess.run(["sh", "-c", f"{stubs}{body}\n{tail}"], capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"said {swap.ROLLBACK_FAILED} undoing the steps around the swap failed" in out.stdout
+    for never in ("undone-anyway", "rolled-back-data", "started"):
+        assert never not in out.stdout, out.stdout

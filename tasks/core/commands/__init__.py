@@ -39,6 +39,12 @@ def sudo_with_password_on_stdin(script: str) -> str:
     return f"sudo -k -S -p '' {sh(script)}"
 
 
+def sudo_with_password_first(script: str) -> str:
+    """sudo_with_password_on_stdin for a script that reads no input: whatever sudo left of stdin never
+    reaches the script."""
+    return sudo_with_password_on_stdin(f"exec < /dev/null\n{script}")
+
+
 def lines(*commands: str) -> str:
     return "\n".join(commands)
 
@@ -46,12 +52,19 @@ def lines(*commands: str) -> str:
 SUDO_CHECK = "sudo -n true"
 
 
-def as_service_user(profile: Profile, *words: Arg) -> str:
-    """A command run by root as the service user, in the data dir with HOME there: never in the SSH
-    user's working directory, which Debian 13 (0700) and Ubuntu (0750) homes close to other users and
-    which Label Studio probes at import."""
+def as_service_user(profile: Profile, *words: Arg, cwd: Arg | None = None) -> str:
+    """A command run by root as the service user, in the data dir (or `cwd`) with HOME there: never in
+    the SSH user's working directory, which Debian 13 (0700) and Ubuntu (0750) homes close to other users
+    and which Label Studio probes at import."""
     data_dir = profile.remote.data_dir
-    return join("runuser", "-u", profile.service.user, "--", "env", "-C", data_dir, f"HOME={data_dir}", *words)
+    return join("runuser", "-u", profile.service.user, "--", "env", "-C", cwd or data_dir, f"HOME={data_dir}", *words)
+
+
+def service_python(profile: Profile, *assignments: str) -> str:
+    """The release's python, as the service user, for `-c SOURCE` (the caller appends it): isolated (-I:
+    no script dir or cwd on the import path, no user site under HOME) and started in the app dir, which
+    that user cannot write, so nothing it planted in the data dir is imported with a secret on stdin."""
+    return as_service_user(profile, *assignments, profile.remote.venv_python, "-I", "-c", cwd=profile.remote.app_dir)
 
 
 def remove(*paths: Arg) -> str:

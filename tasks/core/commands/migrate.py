@@ -17,7 +17,7 @@ from .. import dbconvert, parse
 from ..database import ENGINES, label_studio_env
 from ..profile import Profile
 from ..render import RenderedFile
-from . import as_service_user, install_file, join, q
+from . import as_service_user, install_file, join, q, service_python
 from .data import run_dir
 from .service import service_manager
 
@@ -63,7 +63,7 @@ def run_converter(pg: Profile, *args: str | PurePosixPath, with_credentials: boo
     PostgreSQL side `pg` (no secret there; PGSSLMODE for libpq when set), DJANGO_DB forced to sqlite
     so that Django's own settings never connect anywhere: the converter names both databases itself."""
     environment = [f"{key}={value}" for key, value in parse.env_assignments(service_manager(pg).env_file().content)]
-    words = as_service_user(pg, *environment, "DJANGO_DB=sqlite", pg.remote.venv_python, "-c")
+    words = service_python(pg, *environment, "DJANGO_DB=sqlite")
     command = f"{words} \"$(cat {q(converter_path(pg))})\" {join(*args)}"
     if with_credentials:
         return f"{credentials(pg)} | {command}"

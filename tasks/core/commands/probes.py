@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..profile import Profile
-from . import join, lines, q
+from . import as_service_user, join, lines, q
 from . import postgres, secret_key
 from .provision import ALL_PACKAGES, RELEASE_COMPLETE
 from ..instances import MANAGED_MARK
@@ -84,11 +84,16 @@ def status_probe(profile: Profile) -> str:
     )
 
 
-# Reads the Label Studio DB read-only with python3's sqlite3 module (present on every Debian/Ubuntu).
+# Reads the Label Studio DB read-only with python3's sqlite3 module (present on every Debian/Ubuntu), as
+# the service user (the file is that user's: a view it planted can run an endless query), with a deadline
+# inside (a progress handler interrupts the query) and `timeout` around it.
+DB_PROBE_SECONDS = 15
 _DB_FACTS = (
-    "import sqlite3,sys\n"
+    "import sqlite3,sys,time\n"
     "try:\n"
-    " c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro',uri=True)\n"
+    " c=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro',uri=True,timeout=5)\n"
+    f" d=time.monotonic()+{DB_PROBE_SECONDS}\n"
+    " c.set_progress_handler(lambda:time.monotonic()>d,10000)\n"
     " print('users='+str(c.execute('select count(*) from htx_user').fetchone()[0]))\n"
     " print('admin='+('yes' if c.execute('select 1 from htx_user where email=?',(sys.argv[2],)).fetchone() else 'no'))\n"
     "except Exception as e:print('error='+type(e).__name__+': '+str(e).replace(chr(10),' '))\n"
@@ -142,7 +147,9 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         "echo '[files]'",
         *(file_content_line(key, path) for key, path in managed_files(profile).items()),
         "echo '[db]'",
-        f"if [ -e {q(p.database)} ]; then {join('python3', '-c', _DB_FACTS, p.database, admin_email)}; fi",
+        f"if [ -e {q(p.database)} ]; then timeout -k 5 {DB_PROBE_SECONDS + 10} "
+        f"{as_service_user(profile, 'python3', '-I', '-c', _DB_FACTS, p.database, admin_email)} "
+        "|| echo 'error=the database could not be read in time'; fi",
         "echo '[service]'",
         unit_show(profile.service.unit),
         "echo '[nginx]'",

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 from .. import parse
 from ..database import PASSWORD_KEY
 from ..profile import Profile
-from . import as_service_user, join, q
+from . import as_service_user, join, q, service_python
 from .service import service_manager
 
 BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
@@ -100,7 +100,7 @@ def pre_upgrade_copy(profile: Profile, old_version: str) -> str:
     """SQLite's online backup of the database into <data_dir>/pre-upgrade/, made by the service user
     in its own data dir (root never writes through a path that user can replace); prints where."""
     copy = ('umask 077 && mkdir -p pre-upgrade && '
-            'sqlite3 label_studio.sqlite3 ".backup pre-upgrade/label_studio-$1-$2.sqlite3" && '
+            'sqlite3 -init /dev/null label_studio.sqlite3 ".backup pre-upgrade/label_studio-$1-$2.sqlite3" && '
             'echo "database copied to $(pwd)/pre-upgrade/label_studio-$1-$2.sqlite3 before the upgrade"')
     return ("stamp=$(date -u +%Y%m%dT%H%M%SZ) && "
             + as_service_user(profile, "sh", "-c", copy, "sh", old_version) + ' "$stamp"')
@@ -154,5 +154,5 @@ def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath
         # Inherited from this root shell (runuser keeps the environment): never argv.
         password = (f"POSTGRE_PASSWORD=$(sed -n {q('s/^' + PASSWORD_KEY + '=//p')} {q(profile.remote.database_env)}) "
                     "&& export POSTGRE_PASSWORD && ")
-    return (f"{password}{as_service_user(profile, *environment, profile.remote.venv_python, '-c')} "
+    return (f"{password}{service_python(profile, *environment)} "
             f"\"$(cat {q(script)})\" < {q(request)}")

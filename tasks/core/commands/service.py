@@ -190,18 +190,19 @@ class Screen(ServiceManager):
     def start(self) -> str:
         p = self.profile.remote
         user = self.profile.service.user
-        socket_dir = f"/run/screen/S-{user}"
-        # The service user makes its own socket dir where it can; root only when it cannot, and never
-        # through a symlink that user planted.
-        return (f"{as_service_user(self.profile, 'install', '-d', '-m', '0700', socket_dir)} 2>/dev/null || "
-                f"[ -L {q(socket_dir)} ] || install -d -m 0700 -o {q(user)} -g {q(user)} {q(socket_dir)} 2>/dev/null; "
+        # The sockets live in the service user's own tree (SCREENDIR), made by that user: never in the
+        # world-writable /run/screen, where root creating or chowning S-<user> could be led elsewhere.
+        return (f"{as_screen_user(self.profile, 'install', '-d', '-m', '0700', p.screen_dir)} && "
                 f"touch {q(p.screen_log)} && chown {q(user)}:{q(user)} {q(p.screen_log)} && "
                 f"chmod 0600 {q(p.screen_log)} && "
-                + as_service_user(self.profile, "screen", "-dmS", self.name, "-L", "-Logfile",
-                                  p.screen_log, p.screen_launcher))
+                + as_screen_user(self.profile, "screen", "-dmS", self.name, "-L", "-Logfile",
+                                 p.screen_log, p.screen_launcher))
 
     def stop(self) -> str:
-        return as_service_user(self.profile, "screen", "-S", self.name, "-X", "quit") + " >/dev/null 2>&1 || true"
+        # Also a session earlier versions started in /run/screen (asked by the user itself, as root never does).
+        return "; ".join(f"{quit_} >/dev/null 2>&1" for quit_ in (
+            as_screen_user(self.profile, "screen", "-S", self.name, "-X", "quit"),
+            as_service_user(self.profile, "screen", "-S", self.name, "-X", "quit"))) + "; true"
 
     def restart(self) -> str:
         return f"{self.stop()}; {self.start()}"
@@ -260,6 +261,11 @@ class Screen(ServiceManager):
         return f"@reboot {self.start()}"
 
 
+def as_screen_user(profile: Profile, *words) -> str:
+    """A command of the service user's that may talk to its screen sessions (SCREENDIR set)."""
+    return as_service_user(profile, f"SCREENDIR={profile.remote.screen_dir}", *words)
+
+
 def service_manager(profile: Profile) -> ServiceManager:
     """The one place the profile's service manager is chosen."""
     return Screen(profile) if profile.service.manager == "screen" else Systemd(profile)
@@ -269,7 +275,8 @@ def screen_probe(profile: Profile) -> str:
     """`screen=yes` when the service user's screen session runs, else `screen=no` (read in both modes:
     a switch from screen to systemd must stop the old session)."""
     return (f"if command -v screen >/dev/null && [ -d {q(profile.remote.data_dir)} ] && "
-            f"{as_service_user(profile, 'screen', '-ls', profile.service.name)} >/dev/null 2>&1; "
+            f"{{ {as_screen_user(profile, 'screen', '-ls', profile.service.name)} || "
+            f"{as_service_user(profile, 'screen', '-ls', profile.service.name)}; }} >/dev/null 2>&1; "
             "then echo screen=yes; else echo screen=no; fi")
 
 

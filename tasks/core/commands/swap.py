@@ -65,7 +65,8 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"stop_service() (\n{stop}\n)",
         f"start_service() (\n{manager.start()}\n)",
         f"swap_data() (\nset -e\n{before_swap or ':'}\n{data.swap(profile, parts)}\n{after_swap or ':'}\n)",
-        f"rollback_data() (\n{undo_swap or ':'}\n{data.rollback(profile, parts)}\n)",
+        f"undo_steps() (\nset -e\n{undo_swap or ':'}\n)",
+        f"rollback_data() (\nset -e\n{data.rollback(profile, parts)}\n)",
         f"on_success() (\n{on_success or ':'}\n)",
         f"after_start() (\n{after_start or ':'}\n)",
         f"remove_incoming() (\n{data.remove_incoming(profile)}\n)",
@@ -98,7 +99,13 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"  else say {START_FAILED} \"$(said)\"; fi",
         f"else say {SWAP_FAILED} \"$(said)\"; fi",
         "run stop_service",
-        f"if ! run rollback_data; then say {ROLLBACK_FAILED} \"$(said)\"; say {DONE}; exit 1; fi",
+        # Plain commands again (set -e inside holds): a failed undo step (an upgrade's release links) stops
+        # the job with the service stopped, so the new release never starts on the original data.
+        "run undo_steps; undone=$?",
+        f"if [ \"$undone\" -ne 0 ]; then say {ROLLBACK_FAILED} \"undoing the steps around the swap failed: $(said)\"; "
+        f"say {DONE}; exit 1; fi",
+        "run rollback_data; rolled=$?",
+        f"if [ \"$rolled\" -ne 0 ]; then say {ROLLBACK_FAILED} \"$(said)\"; say {DONE}; exit 1; fi",
         "run cleanup",
         f"say {ROLLED_BACK}",
         (f"if run start_service && run old_healthy; then say {BACK_HEALTHY}; else say {BACK_UNHEALTHY} \"$(said)\"; fi"
