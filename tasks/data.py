@@ -253,7 +253,7 @@ def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:
     knows the source's migrations (onto PostgreSQL the converter compares them)."""
     server = snapshots.server_counts(host, profile)
     if server is not None and not profile.database.postgresql:
-        local.require_known_migrations(source.path / DATABASE, snapshots.server_migrations(host, profile), host.alias)
+        local.require_known_migrations(source.path / DATABASE, snapshots.release_migrations(host, profile), host.alias)
     return server
 
 

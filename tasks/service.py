@@ -69,7 +69,12 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         return rows
     https = profile_tls_mode != "off"
     code, body = parse.health(st.health_via_nginx)
-    health = "UP" if st.healthy else (f"HTTP {code} {body[:60]}" if code else (body or "no answer"))
+    if st.healthy:
+        health = "UP"
+    elif parse.health_is_up(st.health_via_nginx):
+        health = f"answers /health, but cannot read its database: {st.database_check}"
+    else:
+        health = f"HTTP {code} {body[:60]}" if code else (body or "no answer")
     rows += [
         ("label studio", st.label_studio_version or "not installed"),
         ("releases", releases_text(st)),

@@ -70,21 +70,27 @@ def settle_the_secret_key(vm: TestVM) -> None:
     tokens, so they prove what adopt keeps rather than that lottery."""
     state = as_user(vm, secret_key.state(f"{GUIDE_DATA}/.env")).stdout.decode().strip()
     if state == secret_key.UNREADABLE:
-        as_user(vm, f"screen -S {GUIDE_SESSION} -X quit")
-        deadline = time.monotonic() + 120
-        while listens_on_all_interfaces(vm, GUIDE_PORT):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the hand-made Label Studio did not stop")
-            time.sleep(0.5)  # poll interval between real checks
-        start_in_screen(vm)
+        restart_in_screen(vm)
 
 
-def start_in_screen(vm: TestVM) -> None:
-    """`screen -S ls`, then `label-studio start` typed in it (Ctrl-A D: it stays detached)."""
+def start_in_screen(vm: TestVM, *, exports: str = "") -> None:
+    """`screen -S ls`, then `label-studio start` typed in it (Ctrl-A D: it stays detached); `exports`
+    (`export K=V && `) typed first."""
     as_user(vm, f"screen -s /bin/bash -dmS {GUIDE_SESSION}")  # the login shell an SSH session gives
     as_user(vm, f"screen -S {GUIDE_SESSION} -X stuff "
-                + shlex.quote(f"cd ~/{GUIDE_DIR} && source {GUIDE_VENV}/bin/activate && label-studio start\n"))
+                + shlex.quote(f"{exports}cd ~/{GUIDE_DIR} && source {GUIDE_VENV}/bin/activate && label-studio start\n"))
     wait_until_listening(vm)
+
+
+def restart_in_screen(vm: TestVM, *, exports: str = "") -> None:
+    """The guide's user quits the session and starts Label Studio in a new one."""
+    as_user(vm, f"screen -S {GUIDE_SESSION} -X quit")
+    deadline = time.monotonic() + 120
+    while listens_on_all_interfaces(vm, GUIDE_PORT):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the hand-made Label Studio did not stop")
+        time.sleep(0.5)  # poll interval between real checks
+    start_in_screen(vm, exports=exports)
 
 
 def listens_on_all_interfaces(vm: TestVM, port: int) -> bool:

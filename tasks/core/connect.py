@@ -13,7 +13,7 @@ from fabric import Connection
 from invoke.exceptions import AuthFailure, CommandTimedOut, Failure
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from . import commands
+from . import commands, parse
 from .errors import ConnectError, RemoteError, SudoError
 from .hostkeys import HostKeyRefused, verify_host_keys
 
@@ -36,7 +36,7 @@ class Output:
 
     def last_line(self) -> str:
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        return text[-1] if text else f"exit code {self.exited}"
+        return parse.printable(text[-1]) if text else f"exit code {self.exited}"
 
     def checked(self, what: str | None, alias: str) -> "Output":
         """Itself when the command succeeded, else RemoteError naming the step and its last line."""

@@ -175,6 +175,7 @@ class HostStatus:
     postgres_ready: str | None = None    # pg_isready's answer (engine postgresql), None otherwise
     postgres_version: str = ""           # the server's version, through the Label Studio role's login
     env_file: str | None = None          # the env file Label Studio reads (which database), None when missing
+    database_check: str | None = None    # the release's read of every table: None when it read them, else why
 
     @property
     def provisioned(self) -> bool:
@@ -182,7 +183,8 @@ class HostStatus:
 
     @property
     def healthy(self) -> bool:
-        return parse.health_is_up(self.health_via_nginx)
+        """Our instance answers /health UP and its release reads every table of its database."""
+        return parse.health_is_up(self.health_via_nginx) and self.database_check is None
 
 
 def host_status(host: Host, profile: Profile) -> HostStatus:
@@ -221,6 +223,7 @@ def status_from_probe(text: str) -> HostStatus:
         postgres_ready=s["postgres"].get("ready") if "postgres" in s else None,
         postgres_version=s.get("postgres", {}).get("version", ""),
         env_file=_decoded(i.get("env_file", "-")),
+        database_check=parse.database_problem(s.get("database", {}).get("check", "")),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import parse, ui
+from .commands import dbcheck
 from .commands.service import service_manager, wait_for_health as wait_script
 from .connect import Host
 from .defaults import FIRST_START_TIMEOUT
@@ -19,7 +20,7 @@ def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: i
     with ui.err.status(f"waiting for Label Studio to answer /health {where} (first start runs migrations)"):
         result = host.run(script, sudo=True, check=False, timeout=timeout + 30)
     if result.ok and parse.health_is_up(result.stdout.strip()):
-        return
+        return require_readable_database(host, profile)
     log = host.run(service_manager(profile).recent_log(), sudo=True, check=False).stdout
     ui.err.print("[muted]last lines of the service log:[/muted]")
     ui.err.print(log.rstrip(), markup=False, highlight=False)
@@ -28,3 +29,18 @@ def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: i
         raise RemoteError("Label Studio crashed on start (systemd had to restart it)")
     raise RemoteError(f"Label Studio did not answer /health {where} within {timeout}s "
                       f"(last answer: {last or 'none'})")
+
+
+def database_answer(host: Host, profile: Profile) -> str | None:
+    """None when the installed release reads every table of the live database through its models,
+    else what went wrong, in words (`/health` never touches the database)."""
+    with ui.err.status("reading every table through Label Studio's models"):
+        result = host.run(dbcheck.read_every_table(profile), sudo=True, check=False,
+                          timeout=dbcheck.CHECK_TIMEOUT + 30)
+    return parse.database_problem(result.stdout, result.stderr)
+
+
+def require_readable_database(host: Host, profile: Profile) -> None:
+    problem = database_answer(host, profile)
+    if problem is not None:
+        raise RemoteError(f"Label Studio answers /health but cannot read its database: {problem}")

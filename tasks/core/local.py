@@ -265,7 +265,8 @@ def _cannot_compare(alias: str, why: str) -> None:
 
 def require_known_migrations(database: Path, server: dict | None, alias: str) -> None:
     """Refuse a database migrated by a newer Label Studio than the server runs: it would start on it
-    (health says UP) and fail later. `server` is the server database's migrations, None when unknown."""
+    (health says UP) and fail later. `server` is the migrations the server's release ships, None when
+    unknown."""
     if server is None or isinstance(server.get("error"), str):
         return _cannot_compare(alias, (server or {}).get("error") or "no answer from the server")
     try:
@@ -277,7 +278,7 @@ def require_known_migrations(database: Path, server: dict | None, alias: str) ->
         app, name = unknown[0]
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise SnapshotError(f"this database was migrated by a newer Label Studio than {alias} runs: migration "
-                            f"{app}.{name}{more} is unknown to the server's database; nothing was sent",
+                            f"{app}.{name}{more} is unknown to the server's release; nothing was sent",
                             hint=f"upgrade Label Studio on {alias} first: `fab -H {alias} upgrade --version X`")
 
 

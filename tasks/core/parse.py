@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import shlex
 from dataclasses import dataclass
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Server text made safe to print on a terminal: control characters (escape sequences that could
+    rewrite what the user sees) shown as \\xNN; tabs and line ends kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def blocks(text: str) -> dict[str, list[str]]:
@@ -211,3 +221,30 @@ def is_loopback(address: str) -> bool:
     """`127.0.0.1:8080`, `[::1]:8080`, `[::ffff:127.0.0.1]:8080` -> True; wildcard or other -> False."""
     host = address.rsplit(":", 1)[0].strip("[]")
     return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")
+
+
+# The release's read of every table (templates/scripts/check_database.py).
+
+
+def database_problem(stdout: str, stderr: str = "") -> str | None:
+    """The check's verdict from its last JSON line: None when it read its tables."""
+    answer = check_answer(stdout, stderr)
+    return None if "tables" in answer else str(answer.get("error") or f"{answer['pending']} migration(s) pending")
+
+
+def check_answer(stdout: str, stderr: str = "") -> dict:
+    """The check's last JSON line: {"tables": N>0}, {"pending": N>0} or {"error": words} (also for no answer)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(answer, dict):
+            continue
+        for key in ("tables", "pending"):
+            if isinstance(answer.get(key), int) and not isinstance(answer[key], bool) and answer[key] > 0:
+                return {key: answer[key]}
+        if "error" in answer:
+            return {"error": printable(str(answer["error"]))}
+    lines = (stderr.strip() or stdout.strip()).splitlines()
+    return {"error": printable(lines[-1]) if lines else "no answer from the check"}

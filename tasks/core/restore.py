@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import sqlite, ui
+from . import parse, sqlite, ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
 from .commands import data as data_commands
+from .commands import dbcheck
 from .commands import instances as instance_commands
 from .commands import swap as swap_job
 from .connect import Host
@@ -170,6 +171,9 @@ class _SwapReport:
                 self.failure = f"starting Label Studio failed on {alias}: {said or 'no message'}"
             elif said.startswith("crashed"):
                 self.failure = "Label Studio crashed on start (systemd had to restart it)"
+            elif said.startswith('{"error"'):
+                self.failure = (f"Label Studio answers /health but cannot read the new database: "
+                                f"{parse.database_problem(said)}")
             else:
                 self.failure = (f"Label Studio did not answer /health {where} within {self.timeout}s "
                                 f"(last answer: {said or 'none'})")
@@ -231,6 +235,25 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
     ui.step(True, f"Label Studio is up with {serving} at {profile.url}")
 
 
+def require_usable_incoming(host: Host, profile: Profile) -> None:
+    """Before anything stops: the server's own release reads every table of the uploaded database, with
+    every column its models name (a database it cannot use is refused here, not after the swap)."""
+    database = data_commands.incoming_dir(profile) / DATABASE
+    with ui.err.status("reading every table of the uploaded database through the server's Label Studio"):
+        result = host.run(dbcheck.read_every_table(profile, database), sudo=True, check=False,
+                          timeout=dbcheck.CHECK_TIMEOUT + 30)
+    answer = parse.check_answer(result.stdout, result.stderr)
+    if "error" in answer:
+        raise SnapshotError(f"the Label Studio on {host.alias} cannot use this database: {answer['error']}; "
+                            "nothing was stopped or replaced",
+                            hint="push a database that this release (or an older one) of Label Studio wrote")
+    if "pending" in answer:
+        ui.step(True, f"the database lacks {answer['pending']} of the release's migrations: Label Studio applies "
+                      "them when it starts, and the check after the start reads every table")
+    else:
+        ui.step(True, f"the server's Label Studio reads all {answer['tables']} tables of the uploaded database")
+
+
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
                         health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None) -> None:
     """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure.
@@ -248,9 +271,11 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
                 ui.warn(f"the changed pages did not rebuild the database on {host.alias} ({refused.message}): "
                         "sending the whole database")
                 upload(host, profile, source, files)
+        ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
+        if DATABASE in parts and not profile.database.postgresql:
+            require_usable_incoming(host, profile)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise
-    ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
     run_swap(host, profile, parts, health_timeout=health_timeout,
              steps=None if restart_previous else {"restart_previous": False})

@@ -24,6 +24,7 @@ from typing import Iterator
 from . import catalog, database, sqlite, ui
 from .catalog import DATABASE, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
 from .commands import data as data_commands
+from .commands import dbcheck
 from .commands import read_file
 from .connect import Host
 from .errors import LockedError, RemoteError, SnapshotError, UsageError
@@ -81,10 +82,11 @@ def server_counts(host: Host, profile: Profile) -> dict | None:
     return json.loads(out) if out else None
 
 
-def server_migrations(host: Host, profile: Profile) -> dict | None:
-    """The live server database's Django migrations, {app: [names]} or {"error": ...}; None if no answer."""
-    out = host.run(data_commands.server_migrations(profile), sudo=True,
-                   what="reading the server's migrations").stdout.strip()
+def release_migrations(host: Host, profile: Profile) -> dict | None:
+    """The migrations the server's Label Studio release ships, {app: [names]} or {"error": ...}; None if
+    no answer. Never the live database's rows: a database that lacks one would close the way back."""
+    out = host.run(dbcheck.shipped_migrations(profile), sudo=True, check=False,
+                   what="reading the release's migrations").stdout.strip()
     try:
         return json.loads(out.splitlines()[-1]) if out else None
     except ValueError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
 from dev.testvm.guide import (GUIDE_SESSION, GUIDE_USER, GuideData, listens_on_all_interfaces, make_data,
-                              set_up_by_the_guide, wait_until_listening)
+                              restart_in_screen, set_up_by_the_guide, wait_until_listening)
 from dev.testvm import machine
 from dev.testvm.machine import make_key, start_vm
 from tests.integration.conftest import Fab, sdk_view
@@ -208,11 +209,40 @@ def old_guide(vm_image, suite, tmp_path_factory):
 
 
 BROKEN = "[Service]\nExecStart=\nExecStart=/bin/false\n"
+# A library that, loaded into any process, leaves a mark named after its effective uid.
+PRELOAD_SOURCE = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+    char path[128];
+    snprintf(path, sizeof path, "/home/%s/preload-ran-as-%d", GUIDE_USER, (int)geteuid());
+    FILE *f = fopen(path, "a");
+    if (f) { fputs("loaded\n", f); fclose(f); }
+}
+"""
+
+
+def preload_library(vm: machine.TestVM, workdir: Path) -> str:
+    """PRELOAD_SOURCE built here (the VM has no compiler) and put in the guide user's home."""
+    source, library = workdir / "preload.c", workdir / "preload.so"
+    source.write_text(PRELOAD_SOURCE)
+    subprocess.run(["gcc", "-shared", "-fPIC", f"-DGUIDE_USER=\"{GUIDE_USER}\"", "-o", str(library), str(source)],
+                   check=True, capture_output=True)
+    target = f"/home/{GUIDE_USER}/preload.so"
+    vm.exec(f"cat > {target} && chown {GUIDE_USER}: {target} && chmod 0755 {target}", input=library.read_bytes())
+    return target
 
 
 @pytest.mark.one_release("bookworm")
-def test_a_failed_start_puts_the_old_instance_back(old_guide):
+def test_a_failed_start_puts_the_old_instance_back(old_guide, tmp_path):
     g = old_guide
+    # The hand-made instance runs with LD_PRELOAD in its environment (anything its user can set): the way
+    # back starts it again as that user, and root's own processes never load the library.
+    library = preload_library(g.vm, tmp_path)
+    restart_in_screen(g.vm, exports=f"export LD_PRELOAD={library} && ")
+    marks = f"ls /home/{GUIDE_USER}/ | grep '^preload-ran-as-' || true"
+    uid = g.vm.exec(f"id -u {GUIDE_USER}").stdout.decode().strip()
+    assert g.vm.exec(marks).stdout.decode().split() == [f"preload-ran-as-{uid}"]  # it loads, as the user
     g.vm.exec("mkdir -p /etc/systemd/system/label-studio.service.d && "
               "cat > /etc/systemd/system/label-studio.service.d/broken.conf", input=BROKEN.encode())
     before = g.vm.exec(f"cd {OLD_DATA} && find . -type f | sort | xargs sha256sum").stdout
@@ -225,6 +255,7 @@ def test_a_failed_start_puts_the_old_instance_back(old_guide):
     assert listens_on_all_interfaces(g.vm, 8080)
     assert g.vm.exec(f"cd {OLD_DATA} && find . -type f | sort | xargs sha256sum").stdout == before
     assert sorted((g.fab.home / "backups" / "vm").glob("*-adopt"))  # the snapshot is kept
+    assert g.vm.exec(marks).stdout.decode().split() == [f"preload-ran-as-{uid}"]  # never as root (0)
     g.vm.exec("rm -rf /etc/systemd/system/label-studio.service.d && systemctl daemon-reload")
 
 

@@ -5,6 +5,7 @@ newer Label Studio than the one it runs. Each test leaves the server as it found
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -103,8 +104,79 @@ def test_push_refuses_a_database_migrated_by_a_newer_label_studio(data_vm, tmp_p
         result = data_vm.fab("push-local-db", *extra, "--local-data-dir", str(local))
         assert result.returncode == 6, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
-        assert "migration projects.9999_from_the_future is unknown to the server's database" in result.stderr
+        assert "migration projects.9999_from_the_future is unknown to the server's release" in result.stderr
         assert "upgrade Label Studio on vm first" in result.stderr
     assert server_sha(data_vm) == before
     assert len(snapshots_of(data_vm)) == count  # not even a pre-push backup: refused first
     assert wait_for_health(data_vm.url, timeout=60) == {"status": "UP"}
+
+
+def server_copy(machine, folder: Path) -> Path:
+    """A consistent copy of the server's database, as a pull would bring it, in `folder`."""
+    folder.mkdir()
+    (folder / "label_studio.sqlite3").write_bytes(machine.vm.exec("python3 -", input=COPY.encode()).stdout)
+    return folder / "label_studio.sqlite3"
+
+
+def active_since(machine) -> str:
+    return machine.vm.exec("systemctl show -p ActiveEnterTimestampMonotonic --value label-studio").stdout.decode().strip()
+
+
+def test_push_refuses_a_database_the_server_release_cannot_read_before_anything_stops(data_vm, tmp_path):
+    """integrity_check passes and every table is there, but one column is not: the release's own models
+    read every table of the upload before the service is touched."""
+    database = server_copy(data_vm, tmp_path / "dropped")
+    con = sqlite3.connect(database)
+    con.execute("alter table task_completion drop column lead_time")
+    con.commit()
+    con.close()
+    before, since = server_sha(data_vm), active_since(data_vm)
+    result = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(database.parent))
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("cannot use this database: task_completion: OperationalError: no such column: "
+            "task_completion.lead_time; nothing was stopped or replaced") in result.stderr
+    assert server_sha(data_vm) == before and active_since(data_vm) == since   # never stopped
+    assert data_vm.vm.exec("ls -A /var/lib/label-studio | grep -c lsvm || true").stdout.decode().strip() == "0"
+    assert wait_for_health(data_vm.url, timeout=60) == {"status": "UP"}
+
+
+def test_a_database_that_breaks_only_after_its_migrations_is_rolled_back_by_the_gate(data_vm, tmp_path):
+    """One migration short (so nothing can be read before Label Studio migrates it at start) and one column
+    gone: /health answers UP on it, the release's read of every table does not, and the job puts the old
+    data back."""
+    database = server_copy(data_vm, tmp_path / "tricky")
+    con = sqlite3.connect(database)
+    con.execute("alter table project drop column annotator_evaluation_enabled")
+    con.execute("alter table task_completion drop column lead_time")
+    con.execute("delete from django_migrations where app = 'projects' and name = '0034_project_annotator_evaluation_enabled'")
+    con.commit()
+    con.close()
+    before = server_sha(data_vm)
+    result = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(database.parent))
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "lacks 1 of the release's migrations" in result.stdout
+    assert ("answers /health but cannot read the new database: task_completion: OperationalError: no such column: "
+            "task_completion.lead_time") in result.stderr
+    assert "the previous data is back in place and Label Studio is serving it" in result.stderr
+    assert server_sha(data_vm) == before
+    status = data_vm.fab("status")
+    assert re.search(r"health \(via nginx\)\s+UP", status.stdout), status.stdout
+
+
+def test_status_says_up_only_when_the_release_reads_its_database(data_vm):
+    vm = data_vm.vm
+    vm.exec(f"systemctl stop label-studio && cp -a {DB} {SAVED}")
+    try:
+        vm.exec(f"python3 -c \"import sqlite3; c = sqlite3.connect('{DB}'); "
+                "c.execute('alter table task_completion drop column lead_time'); c.commit()\" "
+                "&& systemctl start label-studio")
+        assert wait_for_health(data_vm.url, timeout=120) == {"status": "UP"}   # /health never reads it
+        status = data_vm.fab("status")
+    finally:
+        vm.exec(f"systemctl stop label-studio && cp -a {SAVED} {DB} && rm -f {SAVED} && systemctl start label-studio")
+    assert re.search(r"health \(via nginx\)\s+answers /health, but cannot read its database: task_completion: "
+                     r"OperationalError: no such column: task_completion\.lead_time", status.stdout), status.stdout
+    assert wait_for_health(data_vm.url, timeout=120) == {"status": "UP"}
+    assert re.search(r"health \(via nginx\)\s+UP", data_vm.fab("status").stdout)

@@ -102,6 +102,8 @@ MainPID=402
 [health]
 via_nginx=200 {"status": "UP"}
 direct=200 {"status": "UP"}
+[database]
+check={"tables": 75}
 """
 
 
@@ -124,7 +126,18 @@ def test_provisioned_host_facts():
     assert st.label_studio_version == "1.23.2"
     assert st.db_size == 1581056
     assert st.service.running and st.service.describe() == "active (running), enabled at boot"
-    assert st.healthy
+    assert st.healthy and st.database_check is None
+
+
+@pytest.mark.parametrize("check, why", [
+    ('{"error": "task_completion: OperationalError: no such column: task_completion.lead_time"}',
+     "task_completion: OperationalError: no such column: task_completion.lead_time"),
+    ("", "no answer from the check"),
+])
+def test_up_means_our_instance_answers_and_its_release_reads_its_database(check, why):
+    """/health never touches the database: UP only when the release also reads every table."""
+    st = status_from_probe(RECORDED_PROVISIONED.replace('check={"tables": 75}', f"check={check}"))
+    assert parse.health_is_up(st.health_via_nginx) and not st.healthy and st.database_check == why
 
 
 @pytest.mark.parametrize(

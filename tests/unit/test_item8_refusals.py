@@ -128,7 +128,7 @@ def test_a_database_from_a_newer_label_studio_is_refused_naming_a_migration(tmp_
     newer = {**SERVER_MIGRATIONS, "projects": ["0001_initial", "0002_auto", "0003_future", "0004_later"]}
     db = label_studio_db(tmp_path / "ls.sqlite3", newer)
     with pytest.raises(SnapshotError, match=r"newer Label Studio than vm runs: migration projects\.0003_future "
-                                            r"\(and 1 more\) is unknown to the server's database") as caught:
+                                            r"\(and 1 more\) is unknown to the server's release") as caught:
         local.require_known_migrations(db, SERVER_MIGRATIONS, "vm")
     assert "upgrade Label Studio on vm first" in caught.value.hint
     local.require_known_migrations(db, newer, "vm")  # an upgraded server knows them
@@ -145,28 +145,29 @@ def test_push_refuses_a_newer_database_before_the_server_is_touched(monkeypatch,
     server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
     host = on_server(monkeypatch, FakeHost(alias="vm"))
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
-    host.answer(r" migrations ", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     mine = tmp_path / "mine"
     label_studio_db(mine / DATABASE, {**SERVER_MIGRATIONS, "tasks": ["0001_initial", "0099_from_the_future"]})
     with pytest.raises(Exit) as caught:
         data_tasks.push_local_db(Context(), yes=True, local_data_dir=str(mine))
     assert caught.value.code == 6
     err = capsys.readouterr().err
-    assert "migration tasks.0099_from_the_future is unknown to the server's database" in err
+    assert "migration tasks.0099_from_the_future is unknown to the server's release" in err
     assert "upgrade Label Studio on vm first" in err
     assert host.channels == [] and host.uploads == {}  # no lock, no stream, no upload
     # It only read the server: which database its env file names (snapshots.refuse_other_database), then
     # the counts and migrations.
     assert host.commands[0] == "cat /opt/label-studio/label-studio.env 2>/dev/null || true"
-    assert [re.search(r" (counts|migrations) /var/lib/label-studio/", c).group(1) for c in host.commands[1:]] == \
-        ["counts", "migrations"]
+    # the counts and the migrations the server's release ships (its files, never the live database's rows).
+    assert [re.search(r" (counts /var/lib/label-studio/|migrations$)", c).group(1).strip() for c in host.commands[1:]] \
+        == ["counts /var/lib/label-studio/", "migrations"]
 
 
 def test_push_goes_on_when_the_server_knows_every_migration(monkeypatch, tmp_path, capsys):
     server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
     host = on_server(monkeypatch, FakeHost(alias="vm"))
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
-    host.answer(r" migrations ", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     mine = tmp_path / "mine"
     label_studio_db(mine / DATABASE, {"projects": ["0001_initial"]})
     data_tasks.push_local_db(Context(), dry_run=True, local_data_dir=str(mine))

@@ -193,6 +193,7 @@ def push_host(rebuilt_sha: str | None, *, error: str | None = None) -> FakeHost:
     host.answer(r"command -v zstd", ok("gzip\n"))
     answer = {"error": error} if error else {"size": 1, "sha256": rebuilt_sha}
     host.answer(r"python3 -I -c .* apply-live ", ok(json.dumps(answer) + "\n"))
+    host.answer(r" orm-incoming$", ok('{"tables": 71}\n'))
     host.stream(r"wc -l <", b"begin\nstopped\nswapped\nstarted\nhealthy 200\ndone\n")
     return host
 

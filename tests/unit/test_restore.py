@@ -20,14 +20,14 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import restore
+from tasks.core import parse, restore
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
-from tasks.core.commands import data, swap
+from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import parse_profile
 from tests.unit.conftest import PROFILE, profile_on_this_machine
-from tests.unit.fakehost import FakeHost, Stream, ok
+from tests.unit.fakehost import FakeHost, Stream, fail, ok
 
 HASH = r"python3 -I -c .* sha256 "
 FOLLOW = r"wc -l <"
@@ -64,8 +64,12 @@ def server(entries, *, job: bytes = HAPPY, job_status: int = 0, damaged: str | N
     host.answer(r"^df -B1", ok("999999999999\n"))
     host.answer(r"command -v zstd", ok("gzip\n"))
     host.answer(HASH, hashes_of(entries, damaged=damaged))
+    host.answer(ORM_CHECK, ok('{"tables": 71}\n'))
     host.stream(FOLLOW, job, status=job_status)
     return host
+
+
+ORM_CHECK = r" orm-incoming$"
 
 
 def replace(host, source, entries):
@@ -80,8 +84,9 @@ def test_the_happy_path_verifies_the_upload_then_hands_stop_swap_start_and_healt
     assert host.commands[0] == data.unfinished_swap(PROFILE)
     upload = host.commands.index(data.receive_upload(PROFILE, "gzip"))
     assert host.commands.index(data.make_incoming(PROFILE)) < upload
-    assert host.commands[-3:] == [data.hash_incoming(PROFILE, parts), swap.launch(PROFILE, parts, 30),
-                                  swap.follow(PROFILE)]
+    incoming = data.incoming_dir(PROFILE) / DATABASE
+    assert host.commands[-4:] == [data.hash_incoming(PROFILE, parts), dbcheck.read_every_table(PROFILE, incoming),
+                                  swap.launch(PROFILE, parts, 30), swap.follow(PROFILE)]
     assert not host.ran(r"^systemctl")  # this side never stops, swaps or starts anything itself
     out = capsys.readouterr().out
     for line in ("stopped Label Studio", "swapped in the new label_studio.sqlite3, .env (atomic renames)",
@@ -301,7 +306,7 @@ def test_a_half_done_swap_rolls_back_too(live):
 # ------------------------------------------------------------------------------------------------
 # The job itself, run here with stub service commands: systemctl and journalctl record, runuser drops
 # the user switch, python3 answers the health probe from the database in place ("new db" is unhealthy
-# when told so).
+# when told so), timeout stands for the release's read of every table ("new db" unreadable when told so).
 
 STUBS = {
     "runuser": '#!/bin/sh\nshift 3\nexec "$@"\n',
@@ -311,6 +316,9 @@ STUBS = {
     "journalctl": '#!/bin/sh\necho "Traceback: no such table"\n',
     "python3": ('#!/bin/sh\nif [ "$(cat "$STUB_DATA/label_studio.sqlite3")" = "new db" ] && [ -n "$STUB_NEW_FAILS" ]; '
                 'then echo "502 "; else echo \'200 {"status": "UP"}\'; fi\n'),
+    "timeout": ('#!/bin/sh\nif [ "$(cat "$STUB_DATA/label_studio.sqlite3")" = "new db" ] && [ -n "$STUB_NEW_UNREADABLE" ]; '
+                'then echo \'{"error": "task_completion: no such column: task_completion.draft_id"}\'; exit 1; '
+                'else echo \'{"tables": 71}\'; fi\n'),
 }
 
 
@@ -343,7 +351,7 @@ def job_here(tmp_path, monkeypatch, live):
 def test_the_job_stops_swaps_starts_checks_health_and_only_then_removes_the_previous_data(job_here, live):
     code, status, calls = job_here()
     assert code == 0
-    assert status == ["begin", "stopped", "swapped", "started", 'healthy 200 {"status": "UP"}', "done"]
+    assert status == ["begin", "stopped", "swapped", "started", 'healthy {"tables": 71}', "done"]
     assert calls[0] == "systemctl stop label-studio.service" and "systemctl start label-studio.service" in calls
     assert "inherited the swap lock" not in calls  # a service started by the job never holds it
     assert tree(live) == {DATABASE: b"new db", SECRET_ENV: b"SECRET_KEY=new\n", "media/upload/new.png": b"new png"}
@@ -356,6 +364,16 @@ def test_the_job_rolls_back_by_itself_when_the_new_data_is_unhealthy(job_here, l
     assert status == ["begin", "stopped", "swapped", "started", "log Traceback: no such table", "unhealthy 502 ",
                       "rolled-back", "back-healthy", "done"]
     assert calls.count("systemctl stop label-studio.service") == 2
+    assert tree(live) == before and not (live / data.PREVIOUS).exists()
+
+
+def test_the_job_rolls_back_when_health_is_up_but_the_release_cannot_read_the_new_database(job_here, live):
+    before = {k: v for k, v in tree(live).items() if not k.startswith(data.INCOMING)}
+    code, status, calls = job_here(STUB_NEW_UNREADABLE="1")
+    assert code == 0
+    assert status[:4] == ["begin", "stopped", "swapped", "started"]
+    assert status[-4:] == ['unhealthy {"error": "task_completion: no such column: task_completion.draft_id"}',
+                           "rolled-back", "back-healthy", "done"]
     assert tree(live) == before and not (live / data.PREVIOUS).exists()
 
 
@@ -419,3 +437,40 @@ def test_screen_mode_waits_until_label_studio_has_exited(tmp_path):
     systemd = local_profile(tmp_path / "-data")
     assert screen.wait_until_exited() not in swap.job(systemd, [DATABASE], 30)  # systemctl stop waits itself
     assert screen.wait_until_exited() in swap.job(profile, [DATABASE], 30)
+
+
+# ------------------------------------------------------------------------------------------------
+# Before anything stops: the server's release reads every table of the uploaded database.
+
+
+def test_a_database_the_release_cannot_read_is_refused_before_anything_stops(tmp_path, capsys):
+    source, entries = source_with(tmp_path, {DATABASE: b"a database without task_completion.lead_time"})
+    host = server(entries)
+    host.answers.insert(0, (ORM_CHECK, fail("", stdout='{"error": "task_completion: OperationalError: no such '
+                                                         'column: task_completion.lead_time"}\n')))
+    with pytest.raises(SnapshotError, match="cannot use this database: task_completion: OperationalError: no such "
+                                            "column: task_completion.lead_time; nothing was stopped or replaced"):
+        replace(host, source, entries)
+    assert not host.ran(r"lsvm-swap|systemctl|wc -l <")          # no job, no stop, no follow
+    assert host.commands[-1] == data.remove_incoming(PROFILE)     # the upload is gone again
+
+
+def test_an_older_database_goes_on_to_be_migrated_at_start_and_checked_then(tmp_path, capsys):
+    source, entries = source_with(tmp_path, {DATABASE: b"an older database"})
+    host = server(entries)
+    host.answers.insert(0, (ORM_CHECK, ok('{"pending": 3}\n')))
+    replace(host, source, entries)
+    assert "lacks 3 of the release's migrations" in capsys.readouterr().out
+    assert host.commands[-1] == swap.follow(PROFILE)
+
+
+@pytest.mark.parametrize("stdout, stderr, answer", [
+    ('{"tables": 75}\n', "", {"tables": 75}),
+    ('noise\n{"pending": 2}\n', "", {"pending": 2}),
+    ('{"error": "x: no such table: \\u001b[2Jproject"}\n', "", {"error": "x: no such table: \\x1b[2Jproject"}),
+    ('{"tables": 0}\n', "", {"error": '{"tables": 0}'}),
+    ('{"tables": true}\n', "Traceback\nImportError: no module\n", {"error": "ImportError: no module"}),
+    ("", "", {"error": "no answer from the check"}),
+])
+def test_the_check_answer_is_read_from_its_last_json_line(stdout, stderr, answer):
+    assert parse.check_answer(stdout, stderr) == answer

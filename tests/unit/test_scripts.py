@@ -12,7 +12,7 @@ import pytest
 
 from tasks.core import commands, steps
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
-from tasks.core.commands import data, instances, probes, provision, swap, tls, upgrade
+from tasks.core.commands import data, dbcheck, instances, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.plan import AdminRequest, Run
@@ -124,7 +124,9 @@ def data_scripts(profile) -> dict[str, str]:
         "sqlite tool": data.sqlite_tool("check", work / DATABASE),
         "as owner": data.owner(profile, "echo 'x' \"$1\""),
         "server counts": data.server_counts(profile),
-        "server migrations": data.server_migrations(profile),
+        "release migrations": dbcheck.shipped_migrations(profile),
+        "orm check": dbcheck.read_every_table(profile),
+        "orm check of a file": dbcheck.read_every_table(profile, PurePosixPath("/var/lib/x/in coming.sqlite3")),
         "data lock": lock,
         "data lock, sudo -n": commands.sudo_noninteractive(lock),
         "data lock, sudo -S": commands.sudo_with_password_on_stdin(lock),

@@ -126,11 +126,6 @@ def server_counts(profile: Profile) -> str:
     return f"[ -e {q(database)} ] && {as_service_user(profile, *sqlite_words('counts', database))} || true"
 
 
-def server_migrations(profile: Profile) -> str:
-    """The live database's applied Django migrations as JSON ({app: [names]} or {"error": ...})."""
-    return as_service_user(profile, *sqlite_words("migrations", profile.remote.database))
-
-
 def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True) -> str:
     """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
     its sha256 and integrity_check start in the background unless `check` is False (a copy that is

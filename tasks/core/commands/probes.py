@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 from ..profile import Profile
 from . import as_service_user, join, lines, q
-from . import postgres, secret_key
+from . import dbcheck, postgres, secret_key
 from .provision import ALL_PACKAGES, RELEASE_COMPLETE
 from ..instances import MANAGED_MARK
 from .instances import detect
@@ -77,6 +77,8 @@ def status_probe(profile: Profile) -> str:
         "echo '[health]'",
         f"if command -v nginx >/dev/null; then "
         f"echo \"via_nginx=$({health_probe(profile, via_nginx=True)})\"; fi",
+        "echo '[database]'",
+        f"if [ -x {q(p.venv_python)} ]; then echo \"check=$({dbcheck.read_every_table(profile)} 2>/dev/null | tail -n 1)\"; fi",
         *served_certificate(profile),
         *postgres.status_lines(profile),
         "echo '[instances]'",

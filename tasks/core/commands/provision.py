@@ -146,7 +146,12 @@ def ufw_allow_from(source: str, port: int) -> str:
 
 def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath) -> str:
     """Run templates/scripts/ensure_admin.py (uploaded to `script`) with the service's venv, as the
-    service user, with the service's environment; the request (with the password) comes on stdin.
+    service user, with the service's environment; the request (with the password) comes on stdin."""
+    return f"{release_python(profile)} \"$(cat {q(script)})\" < {q(request)}"
+
+
+def release_python(profile: Profile, *extra: str, timeout: int | None = None) -> str:
+    """service_python with the service's environment (`extra` assignments after it), for `-c SOURCE`.
     The environment comes from the env file as we render it, never by root sourcing a file on the server."""
     environment = [f"{key}={value}" for key, value in parse.env_assignments(service_manager(profile).env_file().content)]
     password = ""
@@ -154,5 +159,4 @@ def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath
         # Inherited from this root shell (runuser keeps the environment): never argv.
         password = (f"POSTGRE_PASSWORD=$(sed -n {q('s/^' + PASSWORD_KEY + '=//p')} {q(profile.remote.database_env)}) "
                     "&& export POSTGRE_PASSWORD && ")
-    return (f"{password}{service_python(profile, *environment)} "
-            f"\"$(cat {q(script)})\" < {q(request)}")
+    return f"{password}{service_python(profile, *environment, *extra, timeout=timeout)}"

@@ -4,7 +4,7 @@ session must outlive the job), so a Ctrl-C or a cut connection here never leaves
 
 The job holds the swap lock for its whole life (the data lock answers BUSY meanwhile), refuses to start
 while the previous data of an earlier swap is still set aside, deletes the previous data only once the
-new data answers /health, and appends its progress, one event a line, to a root-only status file that
+new data answers /health and the release reads every table of it, and appends its progress, one event a line, to a root-only status file that
 `follow` prints. Pure builders; restore.py reads the events."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ..profile import Profile
-from . import data, q
+from . import data, dbcheck, q
 from .service import service_manager, wait_for_health
 
 # Events, first word of a status line (the rest is the last line a failed step printed).
@@ -71,7 +71,8 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"after_start() (\n{after_start or ':'}\n)",
         f"remove_incoming() (\n{data.remove_incoming(profile)}\n)",
         f"cleanup() (\n{data.remove_swap_leftovers(profile)}\n)",
-        f"new_healthy() (\n{new_health}\n)",
+        # /health never reads the database: the release must also read every table it knows.
+        f"new_healthy() (\n( {new_health} ) && {dbcheck.read_every_table(profile)}\n)",
         f"old_healthy() (\n{old_health}\n)",
         f"recent_log() (\n{manager.recent_log()}\n)",
         f"OLD_CURRENT=$(readlink {q(profile.remote.current)} || true)",

@@ -1,0 +1,28 @@
+"""The release's own view of a database (templates/scripts/check_database.py, sent inline): every
+model's table read through Label Studio's ORM, and the migrations the release ships. `/health` never
+touches the database; this is the check that sees a schema the release cannot use."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from ..profile import Profile
+from . import q
+from .provision import release_python
+
+CHECK_SOURCE = (Path(__file__).resolve().parents[3] / "templates" / "scripts" / "check_database.py").read_text()
+CHECK_TIMEOUT = 180   # Django's start-up and one row of each table; a planted endless view ends here
+
+
+def read_every_table(profile: Profile, database: PurePosixPath | None = None) -> str:
+    """`{"tables": N}` when every migration of the release is applied to the live database (or the SQLite
+    file `database`, about to be swapped in: then `{"pending": N}` when it still lacks some, which Label
+    Studio applies at its start) and the release reads one row of each of its tables, with every column;
+    else `{"error": ...}` and exit 1."""
+    extra, command = ([f"DATABASE_NAME={database}"], "orm-incoming") if database is not None else ([], "orm")
+    return f"{release_python(profile, *extra, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} {command}"
+
+
+def shipped_migrations(profile: Profile) -> str:
+    """`{app: [names]}`: the migrations the installed release ships (its files, not a database's rows)."""
+    return f"{release_python(profile, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} migrations"
