@@ -452,9 +452,23 @@ def health(url: str, host_header: str, port: int, unit: str, user: str, data_dir
         return f"0 {said}"
     if url.startswith("https://"):
         return https_get(url, host_header, trust)
-    request = urllib.request.Request(url, headers={"Host": host_header})
+    return http_get(url, host_header)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None   # a 3xx is the answer: root's probe never goes where the answer points
+
+
+# No proxy from root's environment, no redirects.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def http_get(url: str, host_header: str = "") -> str:
+    """`<status> <first 200 bytes>` of a plain GET, `0 <error>` when nothing answers."""
+    request = urllib.request.Request(url, headers={"Host": host_header} if host_header else {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
+        with _OPENER.open(request, timeout=5) as answer:
             return f"{answer.status} {answer.read(200).decode(errors='replace')}"
     except urllib.error.HTTPError as exc:
         return f"{exc.code} "
@@ -624,13 +638,9 @@ def wait_serving(port: int, timeout: float) -> str:
     while time.monotonic() < deadline:
         listeners = port_listeners(port, snapshot_processes())
         if any(p is not None and is_label_studio(p["argv"]) for _, p in listeners):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
-                    last = f"{answer.status} {answer.read(200).decode(errors='replace')}"
-                    if answer.status == 200 and "UP" in last:
-                        return f"UP {last}"
-            except Exception as exc:  # noqa: BLE001 - the last answer is the report
-                last = type(exc).__name__
+            last = http_get(f"http://127.0.0.1:{port}/health")
+            if last.startswith("200 ") and "UP" in last:
+                return f"UP {last}"
         time.sleep(1)
     return f"DOWN {last}"
 

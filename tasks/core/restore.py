@@ -71,7 +71,6 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry], *
     `delta` (the database's changed pages, sqlite.make_delta), those pages go instead of the database,
     which the server rebuilds from a consistent copy of its own; SnapshotError(DeltaRefused) when the
     rebuilt file is not the pushed one (the server's database is not the base any more)."""
-    incoming = data_commands.incoming_dir(profile)
     sent = [(source / f.path, f.path) for f in files if not (delta and f.path == DATABASE)]
     database = next((f for f in files if f.path == DATABASE), None)
     if delta is not None:
@@ -95,16 +94,17 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry], *
         built = json.loads(out.stdout.strip().splitlines()[-1])
         if built.get("sha256") != database.sha256:
             raise DeltaRefused(built.get("error") or "the server's database changed since it was backed up")
-    check = [f for f in files if not f.path.startswith(MEDIA + "/") and not (delta and f.path == DATABASE)]
+    check = [f for f in files if not (delta and f.path == DATABASE)]
     if not check:
         return
-    out = host.run(data_commands.hash_incoming(profile, [f.path for f in check]), sudo=True,
-                   what="checking the upload").stdout
+    with ui.err.status(f"checking the {len(check)} uploaded file(s) by sha256 on the server"):
+        out = host.run(data_commands.hash_incoming(profile), sudo=True, what="checking the upload").stdout
     found = json.loads(out.strip().splitlines()[-1])
     for entry in check:
-        got = found.get(str(incoming / entry.path))
-        if not got or got["sha256"] != entry.sha256:
-            raise SnapshotError(f"{entry.path} arrived damaged on {host.alias} (sha256 differs); nothing was replaced")
+        got = found.get(entry.path)
+        if not isinstance(got, dict) or got.get("sha256") != entry.sha256:
+            raise SnapshotError(f"{parse.printable(entry.path)} arrived damaged on {host.alias} (sha256 differs); "
+                                "nothing was replaced")
 
 
 def page_delta(source: Path, base: Snapshot | None, work: Path) -> Path | None:

@@ -191,6 +191,22 @@ def describe_problem(report: dict) -> str | None:
     return None
 
 
+def tree_sha256(top: str) -> dict:
+    """{path relative to top: {size, sha256}} of every regular file under top, never through a link
+    (names kept by surrogateescape, as media_listing keeps them)."""
+    found = {}
+    base = os.fsencode(top)
+    if os.path.islink(base) or not os.path.isdir(base):
+        return found
+    for root, _dirs, names in os.walk(base):
+        for name in names:
+            full = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                rel = os.path.relpath(full, base).decode("utf-8", "surrogateescape").replace(os.sep, "/")
+                found[rel] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
+    return found
+
+
 def media_listing(media_dir: str) -> list[dict]:
     """Every regular file under media_dir, never through a link (not even media_dir itself). Names
     are read as bytes and kept by surrogateescape, so newlines, quotes and non-UTF-8 bytes survive JSON."""
@@ -526,6 +542,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(apply_to_live_copy(argv[1], argv[2])))
     elif command == "sha256":
         print(json.dumps({p: {"size": os.path.getsize(p), "sha256": sha256_file(p)} for p in argv[1:]}))
+    elif command == "tree-sha256":
+        print(json.dumps(tree_sha256(argv[1])))
     else:
         print(json.dumps({"error": f"unknown command {command}"}))
         return 2

@@ -264,3 +264,34 @@ def test_the_words_after_the_drop_give_the_process_only_the_kept_variables(tmp_p
     seen = subprocess.run(after_drop, capture_output=True, text=True, check=True,
                                         env={**os.environ, "LD_PRELOAD": "", "MARK": "root's"}).stdout
     assert sorted(seen.splitlines()) == sorted(f"{k}={v}" for k, v in instances.revivable_environment(HOSTILE_ENVIRON).items())
+
+
+def test_roots_health_probe_never_follows_a_redirect():
+    """A redirect is the answer: the probe (run as root) never goes where a listener points it."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/health":
+                self.send_response(302)
+                self.send_header("Location", "/elsewhere")
+                self.end_headers()
+            else:
+                body = b'{"status": "UP"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert instances.http_get(f"{base}/elsewhere") == '200 {"status": "UP"}'
+        assert instances.http_get(f"{base}/health", "labels.example.org") == "302 "
+    finally:
+        server.shutdown()

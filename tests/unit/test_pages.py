@@ -208,12 +208,12 @@ def test_a_push_sends_only_the_pages_that_differ_and_checks_the_rebuilt_file(tmp
     base = snapshot_of(tmp_path, server_db)
     source, files = pushed_files(tmp_path, server_db, [3, 1500])
     host = push_host(files[0].sha256)
-    host.answer(r"python3 -I -c .* sha256 ", ok("{}\n"))
+    host.answer(r"python3 -I -c .* tree-sha256 ", ok("{}\n"))
     restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     upload = host.channels[0]
     assert uploaded_names(upload) == {data.DELTA}
     assert len(upload.written) < files[0].size / 10
-    assert host.ran(r"' apply-live /") and not host.ran(r"' sha256 /")  # the rebuilt file's hash is the check
+    assert host.ran(r"' apply-live /") and not host.ran(r"' tree-sha256 /")  # the rebuilt file's hash is the check
     assert "pages differ from the server's; only those are sent" in capsys.readouterr().out
 
 
@@ -223,8 +223,8 @@ def test_a_rebuilt_file_that_is_not_the_pushed_one_sends_the_whole_file(tmp_path
     base = snapshot_of(tmp_path, server_db)
     source, files = pushed_files(tmp_path, server_db, [3])
     host = push_host(answer.get("sha"), error=answer.get("error"))
-    host.answer(r"python3 -I -c .* sha256 ", ok(json.dumps({
-        str(data.incoming_dir(PROFILE) / DATABASE): {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
+    host.answer(r"python3 -I -c .* tree-sha256 ", ok(json.dumps({
+        DATABASE: {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
     restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     first, second = host.channels[0], host.channels[1]
     assert uploaded_names(first) == {data.DELTA} and uploaded_names(second) == {DATABASE}
@@ -241,8 +241,8 @@ def test_a_push_of_another_history_sends_the_whole_file(tmp_path, capsys):
     (source / DATABASE).write_bytes(other.read_bytes())
     files = [FileEntry(DATABASE, other.stat().st_size, sha(other))]
     host = push_host(None)
-    host.answer(r"python3 -I -c .* sha256 ", ok(json.dumps({
-        str(data.incoming_dir(PROFILE) / DATABASE): {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
+    host.answer(r"python3 -I -c .* tree-sha256 ", ok(json.dumps({
+        DATABASE: {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
     restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     assert uploaded_names(host.channels[0]) == {DATABASE} and not host.ran(r"' apply-live /")
     assert "whole database sent" in capsys.readouterr().out

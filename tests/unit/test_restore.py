@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import parse, restore
+from tasks.core import parse, restore, sqlite
 from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
@@ -29,7 +29,7 @@ from tasks.core.profile import parse_profile
 from tests.unit.conftest import PROFILE, profile_on_this_machine
 from tests.unit.fakehost import FakeHost, Stream, fail, ok
 
-HASH = r"python3 -I -c .* sha256 "
+HASH = r"python3 -I -c .* tree-sha256 "
 FOLLOW = r"wc -l <"
 
 
@@ -46,9 +46,7 @@ def source_with(tmp_path, files: dict[str, bytes]) -> tuple:
 
 def hashes_of(entries, *, damaged: str | None = None):
     """The sha256 command's answer for `entries` as the server would print it (one damaged, maybe)."""
-    incoming = data.incoming_dir(PROFILE)
-    found = {str(incoming / e.path): {"size": e.size, "sha256": "0" * 64 if e.path == damaged else e.sha256}
-             for e in entries if not e.path.startswith(MEDIA + "/")}
+    found = {e.path: {"size": e.size, "sha256": "0" * 64 if e.path == damaged else e.sha256} for e in entries}
     return ok(json.dumps(found) + "\n")
 
 
@@ -85,7 +83,7 @@ def test_the_happy_path_verifies_the_upload_then_hands_stop_swap_start_and_healt
     upload = host.commands.index(data.receive_upload(PROFILE, "gzip"))
     assert host.commands.index(data.make_incoming(PROFILE)) < upload
     incoming = data.incoming_dir(PROFILE) / DATABASE
-    assert host.commands[-4:] == [data.hash_incoming(PROFILE, parts), dbcheck.read_every_table(PROFILE, incoming),
+    assert host.commands[-4:] == [data.hash_incoming(PROFILE), dbcheck.read_every_table(PROFILE, incoming),
                                   swap.launch(PROFILE, parts, 30), swap.follow(PROFILE)]
     assert not host.ran(r"^systemctl")  # this side never stops, swaps or starts anything itself
     out = capsys.readouterr().out
@@ -165,6 +163,28 @@ def test_a_damaged_upload_removes_the_incoming_folder_and_never_starts_the_job(t
         replace(host, source, entries)
     assert host.commands[-1] == data.remove_incoming(PROFILE)
     assert not host.ran(r"systemd-run --|setsid nohup")
+
+
+def test_a_damaged_media_file_is_caught_by_its_sha256_on_the_server(tmp_path):
+    upload = "media/upload/1/cat.png"
+    source, entries = source_with(tmp_path, {DATABASE: b"new database", upload: b"png bytes"})
+    host = server(entries, damaged=upload)
+    with pytest.raises(SnapshotError, match="media/upload/1/cat.png arrived damaged on vm"):
+        replace(host, source, entries)
+    assert host.commands[-1] == data.remove_incoming(PROFILE)
+
+
+def test_the_server_hashes_every_file_of_the_incoming_tree_and_never_follows_a_link(tmp_path):
+    tree = tmp_path / "incoming"
+    (tree / "media" / "upload").mkdir(parents=True)
+    (tree / DATABASE).write_bytes(b"db")
+    odd = os.fsdecode(b"media/upload/a\nb\xff.png")
+    (tree / odd).write_bytes(b"png")   # a newline and a byte that is not UTF-8
+    (tmp_path / "secret").write_bytes(b"not mine")
+    os.symlink(tmp_path / "secret", tree / "media" / "upload" / "link.png")
+    found = sqlite.tree_sha256(str(tree))
+    assert sorted(found) == sorted([DATABASE, odd])
+    assert found[DATABASE] == {"size": 2, "sha256": hashlib.sha256(b"db").hexdigest()}
 
 
 def test_a_failed_upload_stream_removes_the_incoming_folder(tmp_path):

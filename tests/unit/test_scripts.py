@@ -144,7 +144,7 @@ def data_scripts(profile) -> dict[str, str]:
         "apply delta": data.apply_delta_incoming(profile),
         "codec probe": data.CODEC_PROBE,
         "make incoming": data.make_incoming(profile),
-        "hash incoming": data.hash_incoming(profile, [DATABASE, SECRET_ENV]),
+        "hash incoming": data.hash_incoming(profile),
         "remove incoming": data.remove_incoming(profile),
         "remove swap leftovers": data.remove_swap_leftovers(profile),
         "unfinished swap": data.unfinished_swap(profile),

@@ -184,7 +184,7 @@ def test_the_service_user_does_every_read_and_write_in_the_data_dir_and_the_temp
     as_owner = "runuser -u _svc-1 -- env -C /srv/-d HOME=/srv/-d "
     for command in (data.write_file_list(profile, work), data.read_check_report(profile, work),
                     data.make_incoming(profile), data.receive_upload(profile, "zstd"),
-                    data.hash_incoming(profile, [DATABASE]), data.remove_incoming(profile),
+                    data.hash_incoming(profile), data.remove_incoming(profile),
                     data.remove_swap_leftovers(profile), data.swap(profile, [DATABASE, MEDIA]),
                     data.rollback(profile, [DATABASE, MEDIA]),
                     data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True),

@@ -224,9 +224,10 @@ def apply_delta_incoming(profile: Profile) -> str:
     return as_service_user(profile, *sqlite_words("apply-live", profile.remote.data_dir, incoming_dir(profile)))
 
 
-def hash_incoming(profile: Profile, names: Iterable[str]) -> str:
-    """{path: {size, sha256}} as JSON of the named files in the incoming folder."""
-    return as_service_user(profile, *sqlite_words("sha256", *[incoming_dir(profile) / name for name in names]))
+def hash_incoming(profile: Profile) -> str:
+    """{path relative to the incoming folder: {size, sha256}} as JSON, of every file in it (media too:
+    a list of names could outgrow a command line)."""
+    return as_service_user(profile, *sqlite_words("tree-sha256", incoming_dir(profile)))
 
 
 def remove_incoming(profile: Profile) -> str:
