@@ -118,10 +118,11 @@ def backups(c, config=None, verify=False):
 
 @task(help={"config": CONFIG_HELP, "keep-last": "keep the newest N (default: the profile's backup.keep_last)",
             "keep-daily": "also keep the newest of each of the last D days", "keep-weekly":
-            "also keep the newest of each of the last W weeks", "dry-run": "show what would go, delete nothing"})
+            "also keep the newest of each of the last W weeks", "dry-run": "show what would go, delete nothing",
+            "yes": YES_HELP})
 @task_edge
-def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False):
-    """Delete old snapshots by a keep-last/daily/weekly rule (shows the plan first; keeps the newest verified)."""
+def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False, yes=False):
+    """Delete old snapshots by a keep-last/daily/weekly rule (shows the plan, asks; keeps what a restore picks)."""
     profile = profile_for(c, config, LOCAL_HOST)
     host_dir = profile.backups_dir(backups_root())
     rule = {name: int(value) if value is not None else getattr(profile.backup, name)
@@ -142,6 +143,7 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
         if dry_run:
             ui.out.print(f"{len(plan.delete)} snapshot(s) would be deleted (dry run: nothing deleted)")
             return
+        confirm(f"delete these {len(plan.delete)} snapshot(s) from {host_dir}?", yes)
         catalog.delete_snapshots(plan.delete)
         ui.step(True, f"deleted {len(plan.delete)} snapshot(s), kept {len(plan.keep)}")
 

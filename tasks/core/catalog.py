@@ -355,9 +355,23 @@ class PrunePlan:
 
 def retention_plan(snapshots: list[Snapshot], keep_last: int, keep_daily: int, keep_weekly: int) -> PrunePlan:
     """keep-last N, plus the newest of each of the last D days and W ISO weeks that have snapshots.
-    Incomplete folders always go; the newest verified snapshot always stays."""
+    Whatever the counts, what a restore would pick stays: the newest verified snapshot, the local work a
+    pull saved (restore-local's default), the newest verified of each release's pre-upgrade snapshots
+    (rollback's), and the newest folder even when incomplete (a backup under way, or kept for a look).
+    Other incomplete folders go."""
     complete = sorted((s for s in snapshots if s.complete), key=lambda s: s.created, reverse=True)
     reasons: dict[str, str] = {}
+    newest = max(snapshots, key=lambda s: (s.created, s.id), default=None)
+    if newest is not None and not newest.complete:
+        reasons[newest.id] = "newest folder (incomplete: never removed while it is the newest)"
+    own_work = next((s for s in complete if s.label == "pre-pull" and not s.manifest.extra.get("pulled_copy")), None)
+    if own_work is not None:
+        reasons[own_work.id] = "your own local work a pull saved (what restore-local restores)"
+    upgrades: set = set()
+    for s in complete:
+        if s.verified and (s.label or "").startswith("pre-upgrade-") and s.label not in upgrades:
+            upgrades.add(s.label)
+            reasons.setdefault(s.id, f"newest {s.label} (what rollback returns to)")
     for s in complete[:keep_last]:
         reasons.setdefault(s.id, "last")
     for key_of, count, why in ((lambda s: s.created.date(), keep_daily, "daily"),

@@ -397,7 +397,7 @@ def test_prune_previews_then_deletes_but_keeps_the_newest_verified(data_vm, serv
     assert "(incomplete)" in preview.stdout and "would be deleted" in preview.stdout
     assert len(snapshots_of(data_vm)) == count
     newest = snapshots_of(data_vm)[-1]
-    done = data_vm.fab("prune", "--keep-last", "0", "--keep-daily", "0", "--keep-weekly", "0")
+    done = data_vm.fab("prune", "--keep-last", "0", "--keep-daily", "0", "--keep-weekly", "0", "--yes")
     assert done.returncode == 0, done.stderr
     assert snapshots_of(data_vm) == [newest]  # keep-last 0 still keeps the newest verified
 

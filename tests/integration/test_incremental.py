@@ -175,7 +175,7 @@ def test_a_snapshot_whose_base_was_pruned_still_restores(data_vm, fab, backups_d
     annotate(sdk, corpus, 2, "pos")
     fab("backup", "--label", "last")
     newest = snapshots(backups_dir)[-1]
-    fab("prune", "--keep-last", "1", "--keep-daily", "0", "--keep-weekly", "0")
+    fab("prune", "--keep-last", "1", "--keep-daily", "0", "--keep-weekly", "0", "--yes")
     assert snapshots(backups_dir) == [newest]
     local = tmp_path / "restored"
     fab("restore-local", "--snapshot", newest.name, "--yes", "--local-data-dir", str(local))

@@ -92,12 +92,43 @@ def test_retention_keep_last_daily_weekly():
 
 
 def test_retention_always_keeps_the_newest_verified_and_drops_incomplete():
-    snaps = [snap("2026-11-01 10:00"), snap("2026-11-02 10:00", integrity="bad"),
-             snap("2026-11-03 10:00", complete=False)]
+    snaps = [snap("2026-11-01 10:00", complete=False), snap("2026-11-02 10:00"),
+             snap("2026-11-03 10:00", integrity="bad"), snap("2026-11-04 10:00")]
     plan = retention_plan(snaps, keep_last=0, keep_daily=0, keep_weekly=0)
-    assert [s.id for s in plan.keep] == ["20261101T100000Z"]
-    assert plan.reasons["20261101T100000Z"] == "newest verified"
-    assert {s.id for s in plan.delete} == {"20261102T100000Z", "20261103T100000Z"}
+    assert [s.id for s in plan.keep] == ["20261104T100000Z"]
+    assert plan.reasons["20261104T100000Z"] == "newest verified"
+    assert {s.id for s in plan.delete} == {"20261101T100000Z", "20261102T100000Z", "20261103T100000Z"}
+
+
+def test_the_newest_folder_stays_even_when_incomplete_or_malformed():
+    snaps = [snap("2026-11-01 10:00"), snap("2026-11-02 10:00", complete=False)]
+    plan = retention_plan(snaps, keep_last=0, keep_daily=0, keep_weekly=0)
+    assert [s.id for s in plan.keep] == ["20261101T100000Z", "20261102T100000Z"] and plan.delete == []
+    assert "incomplete" in plan.reasons["20261102T100000Z"]
+
+
+def pulled(when: str, *, copy: bool) -> Snapshot:
+    s = snap(when, label="pre-pull")
+    s.manifest.extra["pulled_copy"] = copy
+    return s
+
+
+def test_prune_never_removes_the_local_work_restore_local_would_restore():
+    """Later pulls saved untouched copies of earlier pulls: the user's own work is older than they are."""
+    snaps = [pulled("2026-11-01 10:00", copy=False), pulled("2026-11-02 10:00", copy=False),
+             pulled("2026-11-03 10:00", copy=True), pulled("2026-11-04 10:00", copy=True)]
+    plan = retention_plan(snaps, keep_last=1, keep_daily=0, keep_weekly=0)
+    assert sorted(s.id for s in plan.keep) == ["20261102T100000Z-pre-pull", "20261104T100000Z-pre-pull"]
+    assert "restore-local" in plan.reasons["20261102T100000Z-pre-pull"]
+
+
+def test_prune_keeps_the_newest_pre_upgrade_snapshot_of_each_release():
+    snaps = [snap("2026-11-01 10:00", label="pre-upgrade-1-22-0"), snap("2026-11-02 10:00", label="pre-upgrade-1-22-0"),
+             snap("2026-11-03 10:00", label="pre-upgrade-1-23-1", integrity="bad"),
+             snap("2026-11-04 10:00", label="pre-upgrade-1-23-1"), snap("2026-11-05 10:00")]
+    plan = retention_plan(snaps, keep_last=1, keep_daily=0, keep_weekly=0)
+    assert sorted(s.id for s in plan.keep) == ["20261102T100000Z-pre-upgrade-1-22-0",
+                                               "20261104T100000Z-pre-upgrade-1-23-1", "20261105T100000Z"]
 
 
 def test_sqlite_inspect_reports_problems(tmp_path: Path):
@@ -151,3 +182,22 @@ def test_received_entries_check_every_fetched_file():
         catalog.received_entries(fetch, received, "vm", expected={"label_studio.sqlite3": "f" * 64})
     with pytest.raises(SnapshotError, match=r"\.env did not arrive from vm"):
         catalog.received_entries(fetch, {k: v for k, v in received.items() if k != ".env"}, "vm")
+
+
+def test_prune_shows_what_goes_and_asks_first(tmp_path, monkeypatch, capsys):
+    from invoke import Context, Exit
+
+    from tasks import data as data_tasks
+
+    monkeypatch.setenv("LSVM_BACKUPS_DIR", str(tmp_path))
+    monkeypatch.delenv("LSVM_CONFIG", raising=False)
+    old = tmp_path / "local" / "20200101T000000Z-pre-pull"
+    old.mkdir(parents=True)   # incomplete and not the newest: it goes
+    (tmp_path / "local" / "20200102T000000Z").mkdir()
+    with pytest.raises(Exit) as caught:   # no terminal here, no --yes
+        data_tasks.prune(Context(), keep_last=0, keep_daily=0, keep_weekly=0)
+    assert caught.value.code == 2 and old.is_dir()
+    out, err = capsys.readouterr()
+    assert "delete  20200101T000000Z-pre-pull" in out and "add --yes to go ahead" in err
+    data_tasks.prune(Context(), keep_last=0, keep_daily=0, keep_weekly=0, yes=True)
+    assert not old.exists() and (tmp_path / "local" / "20200102T000000Z").is_dir()
