@@ -297,7 +297,9 @@ def test_backups_and_prune_show_malformed_manifests_as_incomplete(monkeypatch, b
     data_tasks.backups(Context())
     assert capsys.readouterr().out.count("incomplete") == 4
     data_tasks.prune(Context(), dry_run=True)
-    assert capsys.readouterr().out.count("(incomplete)") == 4
+    out = capsys.readouterr().out
+    # the newest is kept however malformed (issue 21.11): never pruned as garbage while it is the newest
+    assert out.count("(incomplete)") == 3 and "never removed while it is the newest" in out
 
 
 def test_a_backup_after_a_malformed_manifest_is_a_full_one(backups):
