@@ -47,11 +47,8 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
         report_snapshot(snapshots.take_server_snapshot(host, migration.source, label="pre-migrate-db"),
                         "server backed up as")
         files = migration.files(found)
-        migrate.stage(host, migration, files)
-        try:
+        with migrate.staged(host, migration, files):
             final = _convert_and_switch(host, migration, files, int(health_timeout))
-        finally:
-            host.run(commands.remove_staged(profile), sudo=True, check=False)
     if final:
         ui.out.print(migrate.report_table(final, "final conversion (Label Studio stopped)"))
         ui.step(True, f"verified: {migrate.summary(final)}")

@@ -57,3 +57,7 @@ class LockedError(ToolkitError):
     """Another data task holds the lock on this host."""
 
     exit_code = 7
+
+
+class JobStillRunning(KeyboardInterrupt):
+    """Ctrl-C while a job on the server goes on by itself: what that job uses must stay until it ends."""

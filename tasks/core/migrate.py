@@ -15,10 +15,12 @@ read-only transactions). Afterwards profile and server agree: provision changes 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Iterator
 
 from rich.table import Table
 
@@ -29,7 +31,7 @@ from .commands.service import service_manager
 from .connect import Host
 from .database import ENGINES
 from .dbconvert import differences  # noqa: F401 (migrate.differences)
-from .errors import RemoteError, SnapshotError, UsageError
+from .errors import JobStillRunning, RemoteError, SnapshotError, UsageError
 from .facts import ProvisionFacts
 from .profile import Profile
 from .render import RenderedFile
@@ -144,12 +146,22 @@ def summary(report: dict) -> str:
             f"copy {report.get('copy_seconds', 0)}s, all {report.get('seconds', 0)}s")
 
 
-def stage(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]) -> None:
-    """The converter and both engines' env file and unit into the root-only stage folder."""
+@contextlib.contextmanager
+def staged(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]) -> Iterator[None]:
+    """The converter and both engines' env file and unit in the root-only stage folder for the time of
+    the block; left there while the swap job (which reads them) still runs after a Ctrl-C."""
     uploads = {commands.CONVERTER: commands.CONVERTER_SOURCE}
     for engine, rendered in files.items():
         uploads.update({commands.staged_name(file, engine): file.content for file in rendered})
     _stage(host, migration.target, uploads, "staging the converter and the files of both engines")
+    try:
+        yield
+    except JobStillRunning:
+        raise
+    except BaseException:
+        host.run(commands.remove_staged(migration.target), sudo=True, check=False)
+        raise
+    host.run(commands.remove_staged(migration.target), sudo=True, check=False)
 
 
 def _stage(host: Host, profile: Profile, uploads: dict[str, str], what: str) -> None:

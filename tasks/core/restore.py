@@ -22,7 +22,7 @@ from .commands import dbcheck
 from .commands import instances as instance_commands
 from .commands import swap as swap_job
 from .connect import Host
-from .errors import RemoteError, SnapshotError
+from .errors import JobStillRunning, RemoteError, SnapshotError
 from .profile import Profile
 from .snapshots import DELTA_MAX_SHARE, stored_page_index
 from .transfer import check_free_space, send_tar, server_codec
@@ -218,7 +218,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
         except KeyboardInterrupt:
             ui.warn(f"the swap goes on by itself on {host.alias} (stop, swap, start, health check, rollback "
                     "if needed); the next data task waits for it")
-            raise
+            raise JobStillRunning() from None
         finally:
             channel.close()
     if not report.done:

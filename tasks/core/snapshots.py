@@ -27,7 +27,7 @@ from .commands import data as data_commands
 from .commands import dbcheck
 from .commands import read_file
 from .connect import Host
-from .errors import LockedError, RemoteError, SnapshotError, UsageError
+from .errors import JobStillRunning, LockedError, RemoteError, SnapshotError, UsageError
 from .profile import Profile
 from .transfer import check_free_space, receive_tar, server_codec
 
@@ -96,8 +96,9 @@ def release_migrations(host: Host, profile: Profile) -> dict | None:
 @contextlib.contextmanager
 def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[PurePosixPath]:
     """A private temp folder on the server, the service user's (it does the work there), removed
-    afterwards whatever happens. Callers hold the data lock, so any other lsvm-* folder there is a
-    leftover of a run that died: removed too."""
+    afterwards whatever happens, except while a job on the server still uses it (JobStillRunning).
+    Callers hold the data lock, so any other lsvm-* folder there is a leftover of a run that died:
+    removed too."""
     base = profile.backup.server_tmp_dir
     out = host.run(data_commands.make_work_dir(profile, purpose), sudo=True, check=False,
                    what="creating a temp folder on the server")
@@ -106,8 +107,13 @@ def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[Pure
     path = PurePosixPath(out.stdout.strip())
     try:
         yield path
-    finally:
+    except JobStillRunning:
+        ui.warn(f"{path} stays on {host.alias} while the job there uses it (the next data task removes it)")
+        raise
+    except BaseException:
         host.run(data_commands.remove_work_dir(profile, path), sudo=True, check=False)
+        raise
+    host.run(data_commands.remove_work_dir(profile, path), sudo=True, check=False)
 
 
 def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,

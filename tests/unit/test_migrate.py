@@ -21,7 +21,7 @@ from tasks.core.database import DatabaseSettings
 from tasks.core.facts import provision_facts_from_probe
 from tasks.core.commands import migrate as commands
 from tasks.core.commands import swap
-from tasks.core.errors import RemoteError, UsageError
+from tasks.core.errors import JobStillRunning, RemoteError, UsageError
 from tasks.core.profile import Profile
 
 PROFILE = Profile(host="vm", address="127.0.0.1")
@@ -255,3 +255,53 @@ def test_the_switch_installs_the_other_engines_files_by_rename_and_the_check_rol
     assert steps["after_swap"].endswith("systemctl daemon-reload")
     job = swap.job(PROFILE, [], 300, after_start="check-it")
     assert "if run after_start; then run on_success" in job and f"say {swap.CHECK_FAILED}" in job
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C while the swap job runs, and a converter that is not there (issue 21.10)
+
+
+def test_a_missing_converter_is_an_error_never_an_empty_program(tmp_path, monkeypatch):
+    monkeypatch.setattr(commands, "converter_path", lambda profile: PurePosixPath(tmp_path / "gone" / "dbconvert.py"))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "runuser").write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\n")
+    (stubs / "runuser").chmod(0o755)
+    pg = Profile(database=DatabaseSettings(engine="postgresql"))
+    for with_credentials in (False, True):
+        script = commands.run_converter(pg, "convert", "a", "b", with_credentials=with_credentials)
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             env={"PATH": f"{stubs}:/usr/bin:/bin"})
+        assert out.returncode != 0 and "the converter is missing" in out.stderr
+        assert not (tmp_path / "ran").exists()
+
+
+class Recorder:
+    alias = "vm"
+
+    def __init__(self):
+        self.commands = []
+
+    def run(self, command, **options):
+        self.commands.append(command)
+        from tasks.core.connect import Output
+        return Output(0, "/var/tmp/lsvm-migrate.abc\n", "")
+
+
+@pytest.mark.parametrize("raised, removed", [(JobStillRunning, False), (RemoteError("x"), True), (None, True)])
+def test_what_the_running_job_uses_stays_after_a_ctrl_c(monkeypatch, raised, removed):
+    """The stage folder (converter, both engines' files) and the work folder go, unless the swap job that
+    reads them still runs after a Ctrl-C here."""
+    from tasks.core import snapshots
+    monkeypatch.setattr(migrate, "_stage", lambda *a, **k: None)
+    host = Recorder()
+    profile = Profile()
+    migration = migrate.Migration("postgresql", profile, profile)
+    try:
+        with snapshots.server_work_dir(host, profile, "migrate"), migrate.staged(host, migration, {}):
+            if raised is not None:
+                raise raised
+    except (JobStillRunning, RemoteError):
+        pass
+    assert any(c == commands.remove_staged(profile) for c in host.commands) is removed
+    assert any(c.startswith("runuser") and "rm -rf -- /var/tmp/lsvm-migrate.abc" in c for c in host.commands) is removed

@@ -64,10 +64,13 @@ def run_converter(pg: Profile, *args: str | PurePosixPath, with_credentials: boo
     so that Django's own settings never connect anywhere: the converter names both databases itself."""
     environment = [f"{key}={value}" for key, value in parse.env_assignments(service_manager(pg).env_file().content)]
     words = service_python(pg, *environment, "DJANGO_DB=sqlite")
-    command = f"{words} \"$(cat {q(converter_path(pg))})\" {join(*args)}"
+    path = q(converter_path(pg))
+    # Without the file, "$(cat ...)" would be an empty program that python runs and calls a success.
+    present = f"{{ [ -s {path} ] || {{ echo 'the converter is missing: '{path} >&2; false; }}; }}"
+    command = f"{words} \"$(cat {path})\" {join(*args)}"
     if with_credentials:
-        return f"{credentials(pg)} | {command}"
-    return f"{command} < /dev/null"
+        return f"{present} && {credentials(pg)} | {command}"
+    return f"{present} && {command} < /dev/null"
 
 
 def sqlite_spec(path: PurePosixPath) -> str:
