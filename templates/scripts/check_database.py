@@ -9,7 +9,8 @@ ORM): run with the release's python, isolated, as the service user, with the ser
   orm-incoming  the same for a database about to be swapped in, except that one which still lacks
                 some of the release's migrations (an older one: Label Studio migrates it when it
                 starts) is only reported: {"pending": N}, to be checked after the start.
-  migrations    the migrations this release ships (its files, not any database's rows): {app: [names]}
+  migrations    the migrations this release knows (its files and those its squashed migrations replace;
+                never any database's rows): {app: [names]}
 """
 
 import json
@@ -60,8 +61,10 @@ def shipped_migrations() -> dict:
     from django.db.migrations.loader import MigrationLoader
 
     found: dict = {}
-    for app, name in MigrationLoader(None, ignore_no_migrations=True).disk_migrations:
-        found.setdefault(app, []).append(name)
+    for (app, name), migration in MigrationLoader(None, ignore_no_migrations=True).disk_migrations.items():
+        found.setdefault(app, set()).add(name)
+        for replaced_app, replaced in migration.replaces:   # what a squashed migration stands for
+            found.setdefault(replaced_app, set()).add(replaced)
     return {app: sorted(names) for app, names in sorted(found.items())}
 
 
