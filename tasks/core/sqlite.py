@@ -463,6 +463,12 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
         if not head.startswith(DELTA_MAGIC) or len(head) != len(DELTA_MAGIC) + 12:
             raise ValueError("not a page delta")
         page_size, pages = struct.unpack(">IQ", head[len(DELTA_MAGIC):])
+        # Bounded before anything is read or allocated: the delta comes from the server.
+        if not 512 <= page_size <= 65536 or page_size & (page_size - 1):
+            raise ValueError(f"the page delta names an impossible page size ({page_size})")
+        records = (os.path.getsize(delta) - len(head)) // (4 + page_size)
+        if pages > os.path.getsize(base) // page_size + records:
+            raise ValueError(f"the page delta claims {pages} pages, more than it and the base hold")
         digests = None
         if base_index is not None:
             index_page_size, old = parse_index(base_index)

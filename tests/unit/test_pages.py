@@ -10,6 +10,7 @@ import io
 import json
 import random
 import sqlite3
+import struct
 import tarfile
 import threading
 from pathlib import Path
@@ -113,6 +114,21 @@ def test_a_malformed_delta_is_refused(tmp_path, damage):
     delta.write_bytes(raw)
     with pytest.raises(ValueError):
         sqlite.apply_delta(str(old), str(delta), str(tmp_path / "built"))
+
+
+@pytest.mark.parametrize("page_size, pages, why", [
+    (0, 10, "impossible page size"), (3000, 10, "impossible page size"), (2 ** 32 - 1, 10, "impossible page size"),
+    (4096, 2 ** 64 - 1, "claims 18446744073709551615 pages"), (4096, 2 ** 40, "more than it and the base hold"),
+])
+def test_a_hostile_delta_header_is_refused_before_anything_is_allocated(tmp_path, page_size, pages, why):
+    """The delta comes from the server: sizes and counts are bounded by what the base and the delta hold."""
+    old = make_db(tmp_path / "old.sqlite3", rows=30)
+    delta = tmp_path / "delta"
+    delta.write_bytes(sqlite.DELTA_MAGIC + struct.pack(">IQ", page_size, pages) + b"\0" * 4100)
+    index = sqlite.page_index(str(old))
+    with pytest.raises(ValueError, match=why):
+        sqlite.apply_delta(str(old), str(delta), str(tmp_path / "built"), index)
+    assert not (tmp_path / "built").exists()
 
 
 def test_the_consistent_copy_is_the_file_itself_under_a_shared_lock_and_waits_for_writers(tmp_path):
