@@ -248,6 +248,11 @@ def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, alpha, t
         result = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
         assert result.returncode == 0, result.stdout + result.stderr
     assert (local / "label_studio.sqlite3").read_bytes() != original
+    # The second pull saved a copy of the first pull's data, newer than the user's own work: a prune that
+    # keeps nothing by count still keeps what restore-local restores.
+    pruned = data_vm.fab("prune", "--keep-last", "0", "--keep-daily", "0", "--keep-weekly", "0", "--yes", host=None)
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "(your own local work a pull saved (what restore-local restores))" in pruned.stdout
 
     restored = data_vm.fab("restore-local", "--yes", "--local-data-dir", str(local))
     assert restored.returncode == 0, restored.stdout + restored.stderr

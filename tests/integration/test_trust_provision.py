@@ -83,3 +83,25 @@ def test_screen_mode_env_file_is_roots_and_read_by_the_service_group(screen_prov
     assert vm.exec("runuser -u labelstudio -- cat /opt/label-studio/label-studio.env").returncode == 0
     assert vm.exec("runuser -u labelstudio -- sh -c 'echo x >> /opt/label-studio/label-studio.env'",
                    check=False).returncode != 0
+
+
+@pytest.mark.parametrize("yaml, key", [
+    ("paths:\n  data_dir: /etc\n", "paths.data_dir"),
+    ("paths:\n  app_dir: /usr/local/label-studio\n", "paths.app_dir"),
+    ("paths:\n  data_dir: /home/admin/label-studio\n", "paths.data_dir"),
+    ("service:\n  user: root\n", "service.user"),
+    ("service:\n  user: www-data\n", "service.user"),
+    ("http_port: 8080\n", "http_port"),
+])
+def test_profile_values_that_aim_root_at_the_system_are_refused_before_connecting(provisioned, yaml, key):
+    bad = provisioned.profile.parent / "aims-at-the-system.yaml"
+    bad.write_text(provisioned.profile.read_text() + yaml)
+    before = provisioned.vm.exec("stat -c '%U:%G %a' /etc /usr/local /home; ls -la /etc | md5sum; "
+                                 "journalctl -u ssh --no-pager -q | wc -l").stdout
+    result = provisioned.fab("provision", env={"LSVM_CONFIG": str(bad)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"'{key}'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing changed, and no SSH session was even opened.
+    assert provisioned.vm.exec("stat -c '%U:%G %a' /etc /usr/local /home; ls -la /etc | md5sum; "
+                               "journalctl -u ssh --no-pager -q | wc -l").stdout == before
