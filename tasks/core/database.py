@@ -5,7 +5,9 @@ checks, the environment Label Studio reads, and the names the data tasks share.
     host:   null = PostgreSQL installed on the VM itself, listening on localhost only; a name or
             address = an existing server elsewhere (nothing installed; its password from $LSVM_DB_PASSWORD
             or a prompt)
-    port, name, user, sslmode: how Label Studio connects (sslmode goes to libpq as PGSSLMODE)
+    port, name, user, sslmode: how Label Studio connects (sslmode goes to libpq as PGSSLMODE); an
+            external server's certificate is verified by default (verify-full) against ca_file, a CA
+            certificate on this machine that provision puts on the VM (PGSSLROOTCERT)
 
 The password is never a profile key: generated on the server (local) or sent on an SSH channel's stdin
 (external), it lives only in a root-only 0600 file on the server (`RemotePaths.database_env`), one line
@@ -54,6 +56,10 @@ def _sslmode(value: str | None) -> str | None:
     return None if value is None or value in SSL_MODES else "must be one of: " + ", ".join(SSL_MODES)
 
 
+def _ca_file(value: str | None) -> str | None:
+    return None if value is None or value.strip() else "must be the path of a CA certificate (PEM) on this machine"
+
+
 def _opt(default, check=None):
     return field(default=default, metadata={"check": check, "coerce": None})
 
@@ -66,6 +72,15 @@ class DatabaseSettings:
     name: str = _opt("labelstudio", _identifier)
     user: str = _opt("labelstudio", _identifier)
     sslmode: str | None = _opt(None, _sslmode)
+    ca_file: str | None = _opt(None, _ca_file)
+
+    @property
+    def effective_sslmode(self) -> str | None:
+        """What libpq is told: the profile's sslmode, else verify-full for an external server (its
+        certificate checked against ca_file, its name against database.host), else libpq's default."""
+        if self.sslmode is not None:
+            return self.sslmode
+        return "verify-full" if self.postgresql and not self.local else None
 
     @property
     def postgresql(self) -> bool:
@@ -91,34 +106,43 @@ class DatabaseSettings:
 def profile_problem(settings: DatabaseSettings, service_manager: str) -> str | None:
     """What the `database:` section cannot mean, in words (the key that is wrong first), else None."""
     if not settings.postgresql:
-        changed = [key for key in ("host", "sslmode") if getattr(settings, key) is not None]
+        changed = [key for key in ("host", "sslmode", "ca_file") if getattr(settings, key) is not None]
         if changed:
             return f"'database.{changed[0]}' is set but database.engine is sqlite (set engine: postgresql)"
         return None
     if service_manager != "systemd":
         return ("database.engine postgresql needs service.manager systemd (its password reaches Label Studio "
                 "through systemd's EnvironmentFile=)")
+    if settings.effective_sslmode in ("verify-ca", "verify-full") and settings.ca_file is None:
+        return (f"'database.ca_file' is needed: the certificate of {settings.address} is verified "
+                f"(sslmode {settings.effective_sslmode}) against the CA certificate that signed it; give its "
+                "file, or set database.sslmode to require (encrypted, the server not verified)")
     return None
 
 
-def label_studio_env(settings: DatabaseSettings) -> list[tuple[str, str]]:
+def label_studio_env(settings: DatabaseSettings, root_cert: str | None = None) -> list[tuple[str, str]]:
     """The env file lines (no secret) that point Label Studio at its database; none for SQLite, whose
-    default Label Studio already uses."""
+    default Label Studio already uses. `root_cert`: where the CA certificate is on the server."""
     if not settings.postgresql:
         return []
     lines = [("DJANGO_DB", "default"), ("POSTGRE_NAME", settings.name), ("POSTGRE_USER", settings.user),
              ("POSTGRE_HOST", settings.address), ("POSTGRE_PORT", str(settings.port))]
-    if settings.sslmode:
-        lines.append(("PGSSLMODE", settings.sslmode))  # Label Studio has no setting: libpq reads it
-    return lines
+    return lines + _tls_env(settings, root_cert)  # Label Studio has no TLS setting: libpq reads these
 
 
-def client_env(settings: DatabaseSettings) -> list[tuple[str, str]]:
+def client_env(settings: DatabaseSettings, root_cert: str | None = None) -> list[tuple[str, str]]:
     """libpq's own variables for psql/pg_dump/pg_restore (the password is added from the secret file)."""
     lines = [("PGHOST", settings.address), ("PGPORT", str(settings.port)), ("PGUSER", settings.user),
              ("PGDATABASE", settings.name)]
-    if settings.sslmode:
-        lines.append(("PGSSLMODE", settings.sslmode))
+    return lines + _tls_env(settings, root_cert)
+
+
+def _tls_env(settings: DatabaseSettings, root_cert: str | None) -> list[tuple[str, str]]:
+    lines = []
+    if settings.effective_sslmode:
+        lines.append(("PGSSLMODE", settings.effective_sslmode))
+    if settings.ca_file is not None and root_cert is not None:
+        lines.append(("PGSSLROOTCERT", root_cert))
     return lines
 
 

@@ -242,6 +242,7 @@ class RemotePaths:
     venv_python: PurePosixPath
     env_file: PurePosixPath
     database_env: PurePosixPath       # root-only 0600: the PostgreSQL password (tasks.core.database)
+    database_ca: PurePosixPath        # the CA certificate an external PostgreSQL's is checked against
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
@@ -332,6 +333,7 @@ class Profile:
             venv_python=venv / "bin" / "python",
             env_file=app / f"{name}.env",
             database_env=app / f"{name}-database.env",
+            database_ca=app / f"{name}-database-ca.pem",
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import shlex
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import jinja2
 
 from .database import label_studio_env
+from .errors import ProfileError
 from .profile import PROJECT_ROOT, Profile
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
@@ -70,7 +71,7 @@ def context(profile: Profile, *, ipv6: bool = False) -> dict:
         "service": profile.service,
         "nginx": profile.nginx,
         "database": profile.database,
-        "database_env": label_studio_env(profile.database),
+        "database_env": label_studio_env(profile.database, str(profile.remote.database_ca)),
         "database_described": profile.database.describe(),
     }
 
@@ -97,6 +98,22 @@ def nginx_site(profile: Profile, *, ipv6: bool, tls: NginxTls | None = None,
     """Plain HTTP, or (with `tls`) HTTPS with port 80 redirecting; `acme_webroot` serves http-01 answers."""
     content = render("nginx/label-studio.conf.j2", **context(profile, ipv6=ipv6), tls=tls, acme_webroot=acme_webroot)
     return RenderedFile(profile.remote.nginx_site, content, "0644", "root", "root")
+
+
+def database_ca(profile: Profile) -> RenderedFile | None:
+    """database.ca_file, read on this machine, for the server (public: the service user reads it too);
+    None without one. ProfileError when it is not a readable PEM certificate."""
+    local = profile.database.ca_file
+    if local is None:
+        return None
+    path = Path(local).expanduser()
+    try:
+        content = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"database.ca_file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if "-----BEGIN CERTIFICATE-----" not in content:
+        raise ProfileError(f"database.ca_file {path}: not a PEM certificate (no BEGIN CERTIFICATE line)")
+    return RenderedFile(profile.remote.database_ca, content, "0644", "root", "root")
 
 
 def certbot_deploy_hook(profile: Profile) -> RenderedFile:

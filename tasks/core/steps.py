@@ -185,12 +185,15 @@ def database(facts: ProvisionFacts, profile: Profile, password: str | None = Non
     if not db.postgresql:
         return []
     if not db.local:
+        ca = render.database_ca(profile)
+        # The CA first: the password's login test below already verifies the server with it.
+        first = [managed_file(facts, "database_ca", ca, "PostgreSQL CA certificate", frozenset({RESTART}))] if ca else []
         if not database_password_needed(facts, profile):
-            return [Change(f"the stored password logs in to {db.describe()}")]
-        return [Change(f"stored the password of {db.describe()} in {secret} (root, 0600) and logged in with it", True,
-                       plan=f"store the password of {db.user}@{db.address} in {secret} (root, 0600)",
-                       action=StoreDatabasePassword(profile, password) if password is not None else None,
-                       notifies=frozenset({RESTART}))]
+            return first + [Change(f"the stored password logs in to {db.describe()}")]
+        return first + [Change(f"stored the password of {db.describe()} in {secret} (root, 0600) and logged in with it",
+                               True, plan=f"store the password of {db.user}@{db.address} in {secret} (root, 0600)",
+                               action=StoreDatabasePassword(profile, password) if password is not None else None,
+                               notifies=frozenset({RESTART}))]
     changes = []
     if pg.conf == postgres.server_conf() and pg.hba and pg.active:
         changes.append(Change(f"PostgreSQL {pg.version} listens on localhost only, scram-sha-256 for {db.user}"))

@@ -24,8 +24,9 @@ from tests.unit.conftest import DATA
 from tests.unit.test_scripts import HOSTILE
 
 LOCAL = parse_profile("database:\n  engine: postgresql\n", host="vm")
+CA_FILE = DATA / "external-db-ca.pem"   # a test CA's certificate (no key anywhere)
 EXTERNAL = parse_profile("database:\n  engine: postgresql\n  host: db.example.org\n  port: 6432\n"
-                         "  name: ls_prod\n  user: ls_app\n  sslmode: verify-full\n", host="vm")
+                         f"  name: ls_prod\n  user: ls_app\n  ca_file: {CA_FILE}\n", host="vm")
 
 
 def test_default_is_sqlite_and_changes_nothing():
@@ -45,6 +46,10 @@ def test_default_is_sqlite_and_changes_nothing():
     ("database:\n  engine: postgresql\n  port: 0\n", "'database.port' must be a port number"),
     ("database:\n  engine: postgresql\n  sslmode: maybe\n", "'database.sslmode' must be one of: disable"),
     ("database:\n  host: db.example.org\n", "'database.host' is set but database.engine is sqlite"),
+    ("database:\n  ca_file: ca.pem\n", "'database.ca_file' is set but database.engine is sqlite"),
+    ("database:\n  engine: postgresql\n  host: db.example.org\n", "'database.ca_file' is needed: the certificate "
+     "of db.example.org is verified (sslmode verify-full)"),
+    ("database:\n  engine: postgresql\n  host: db.example.org\n  sslmode: verify-ca\n", "'database.ca_file' is needed"),
     ("service:\n  manager: screen\ndatabase:\n  engine: postgresql\n", "needs service.manager systemd"),
     ("database:\n  engine: postgresql\n  password: x\n", "unknown key 'database.password'"),
 ])
@@ -60,7 +65,11 @@ def test_label_studio_environment_local_and_external():
         ("POSTGRE_HOST", "127.0.0.1"), ("POSTGRE_PORT", "5432")]
     env = dict(database.label_studio_env(EXTERNAL.database))
     assert env["POSTGRE_HOST"] == "db.example.org" and env["POSTGRE_PORT"] == "6432"
-    assert env["PGSSLMODE"] == "verify-full"  # Label Studio has no sslmode setting: libpq reads it
+    # External: verified by default (libpq reads these; Label Studio has no TLS setting of its own).
+    assert env["PGSSLMODE"] == "verify-full"
+    assert "PGSSLROOTCERT=/opt/label-studio/label-studio-database-ca.pem\n" in render.env_file(
+        EXTERNAL, group="root", mode="0600").content
+    assert "PGSSLMODE" not in dict(database.label_studio_env(LOCAL.database))   # localhost: libpq's default
     assert EXTERNAL.database.describe() == "PostgreSQL ls_app@db.example.org:6432/ls_prod (external)"
     content = render.env_file(EXTERNAL, group="root", mode="0600").content
     assert "POSTGRE_NAME=ls_prod\n" in content and "PASSWORD" not in content.replace("its password is in", "")
@@ -187,13 +196,16 @@ def test_local_postgresql_steps(block, changed):
 
 def test_external_password_step():
     assert steps.database_password_needed(_facts(""), EXTERNAL)
-    planned = steps.database(_facts(""), EXTERNAL)
-    assert planned[0].changed and planned[0].action is None  # plan mode: no password asked
-    with_password = steps.database(_facts(""), EXTERNAL, "Abc123xyz890")
-    assert with_password[0].action.password == "Abc123xyz890" and "Abc123xyz890" not in repr(with_password[0])
-    ready = _facts("secret_meta=root:root:600\nlogin=yes\nusers=2\nadmin=0\n")
+    ca, planned = steps.database(_facts(""), EXTERNAL)
+    # The CA certificate goes first: the login test of the stored password verifies the server with it.
+    assert ca.changed and ca.action.file.content == CA_FILE.read_text() and ca.action.file.mode == "0644"
+    assert planned.changed and planned.action is None  # plan mode: no password asked
+    with_password = steps.database(_facts(""), EXTERNAL, "Abc123xyz890")[1]
+    assert with_password.action.password == "Abc123xyz890" and "Abc123xyz890" not in repr(with_password)
+    ready = _facts("secret_meta=root:root:600\nlogin=yes\nusers=2\nadmin=0\n"
+                   f"[files]\ndatabase_ca={base64.b64encode(CA_FILE.read_bytes()).decode()}\n")
     assert not steps.database_password_needed(ready, EXTERNAL)
-    assert [c.changed for c in steps.database(ready, EXTERNAL)] == [False]
+    assert [c.changed for c in steps.database(ready, EXTERNAL)] == [False, False]
     assert ready.db_users == 2 and not ready.admin_exists
     assert steps.database(_facts(""), parse_profile("", host="vm")) == []
 
@@ -208,7 +220,7 @@ def _hostile(**database_keys):
 
 
 HOSTILE_LOCAL = _hostile(name="_db_1", user="_u_1")
-HOSTILE_EXTERNAL = _hostile(host="-db.example.org", port=1, sslmode="verify-full")
+HOSTILE_EXTERNAL = _hostile(host="-db.example.org", port=1, sslmode="verify-full", ca_file="ca.pem")
 
 
 def postgres_scripts(profile) -> dict[str, str]:

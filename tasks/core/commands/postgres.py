@@ -54,7 +54,7 @@ def export_password(profile: Profile, source: Arg | None = None) -> str:
 
 def as_role(profile: Profile, *words: Arg, database: str | None = None) -> str:
     """`words` as the service user connected as the Label Studio role (PGPASSWORD inherited)."""
-    env = [f"{k}={v}" for k, v in client_env(profile.database)]
+    env = [f"{k}={v}" for k, v in client_env(profile.database, str(profile.remote.database_ca))]
     if database is not None:
         env = [e for e in env if not e.startswith("PGDATABASE=")] + [f"PGDATABASE={database}"]
     return as_service_user(profile, *env, *words)

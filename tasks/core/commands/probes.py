@@ -117,7 +117,7 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
     """The files provision writes whole (their content is read so that plan mode can show a diff)."""
     p = profile.remote
     return {"env_file": p.env_file, "unit_file": p.unit_file, "screen_launcher": p.screen_launcher,
-            "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook}
+            "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
