@@ -1,5 +1,6 @@
 """Label Studio on VM A with its database on VM B (`database.host`): a second test VM runs Debian's
-PostgreSQL, reached over the containers' network. Provision installs only the client on A and stores the
+PostgreSQL with a certificate from a test CA, reached over the containers' network and verified
+(sslmode verify-full, the default, against the profile's ca_file). Provision installs only the client on A and stores the
 password from $LSVM_DB_PASSWORD in the root-only file; the official SDK writes through nginx on A and the
 rows land on B; a second provision changes nothing; backup and restore-server work against B; a wrong
 password is one line and exit 5."""
@@ -14,6 +15,7 @@ import pytest
 from dev.testvm.machine import make_key, start_vm
 from tests.integration.conftest import ADMIN_PASSWORD, _provisioned, api_token, sdk_view
 from tests.integration.test_postgres import annotate_through_sdk
+from tests.tlsca import TestCA
 
 # Two VMs for one feature: proven on one Debian release (the README says so).
 pytestmark = pytest.mark.one_release("bookworm")
@@ -28,15 +30,25 @@ def dbhost(vm_image, tmp_path_factory):
     vm = start_vm(vm_image, make_key(keys))
     vm.exec("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
             "apt-get install -y -qq --no-install-recommends postgresql >/dev/null", timeout=900)
+    vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]
+    # A certificate for its address from a test CA: the profile names only the CA (ca_file), and the
+    # default sslmode verify-full checks the chain and that the certificate names database.host.
+    ca = TestCA.create("external db test")
+    leaf = ca.leaf(vm.address)
+    vm.ca_file = keys / "db-ca.pem"
+    vm.ca_file.write_bytes(ca.root_pem)
+    vm.exec("cat > /etc/postgresql/server-chain.pem", input=ca.chain_pem(leaf))
+    vm.exec("umask 077 && cat > /etc/postgresql/server-key.pem && chown postgres: /etc/postgresql/server-key.pem",
+            input=leaf.key_pem)
     vm.exec("conf=$(ls -d /etc/postgresql/*/main) && "
-            "echo \"listen_addresses = '*'\" > $conf/conf.d/test.conf && "
-            # hostssl: the role may not log in without TLS (sslmode require in the profile).
+            "printf \"listen_addresses = '*'\\nssl_cert_file = '/etc/postgresql/server-chain.pem'\\n"
+            "ssl_key_file = '/etc/postgresql/server-key.pem'\\n\" > $conf/conf.d/test.conf && "
+            # hostssl: the role may not log in without TLS.
             "echo 'hostssl all ls_app samenet scram-sha-256' >> $conf/pg_hba.conf && systemctl restart postgresql && "
             "i=0; until pg_isready -q; do i=$((i+1)); [ $i -lt 120 ] || exit 1; sleep 0.5; done")
     vm.exec("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1", input=(
         f"CREATE ROLE ls_app LOGIN CREATEDB PASSWORD '{DB_PASSWORD}';\n"
         "CREATE DATABASE ls_prod OWNER ls_app;\n").encode())
-    vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]
     yield vm
     vm.stop()
 
@@ -49,7 +61,7 @@ def db(dbhost, sql: str, database: str = "ls_prod") -> str:
 def app(vm_image, suite, tmp_path_factory, dbhost):
     home = tmp_path_factory.mktemp(f"home-pg-external-{suite}")
     profile = (f"database:\n  engine: postgresql\n  host: {dbhost.address}\n  name: ls_prod\n  user: ls_app\n"
-               "  sslmode: require\n")
+               f"  ca_file: {dbhost.ca_file}\n")   # sslmode: verify-full by default
     machine = _provisioned(vm_image, suite, home, "external", "vm", profile, env={"LSVM_DB_PASSWORD": DB_PASSWORD})
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     machine.token = api_token(machine)
@@ -66,9 +78,15 @@ def test_label_studio_on_vm_a_writes_into_postgresql_on_vm_b(app, dbhost):
     assert sdk_view(app.url, app.token)["projects"] == {"Remote database": 9}
     assert db(dbhost, "select title from project") == "Remote database"
     assert db(dbhost, "select count(*) from task_completion") == "4"
-    # Over TLS: B admits ls_app on hostssl lines only (and Debian's PostgreSQL has a snakeoil certificate).
+    # Over TLS: B admits ls_app on hostssl lines only, and A verifies B's certificate (verify-full, the
+    # default for an external server) against the CA the profile names, put on A by provision.
     hba = dbhost.exec("cat /etc/postgresql/*/main/pg_hba.conf").stdout.decode()
     assert "hostssl all ls_app samenet scram-sha-256" in hba and "host all ls_app" not in hba
+    env = on_app(app, "cat /opt/label-studio/label-studio.env")
+    assert "PGSSLMODE=verify-full\n" in env and "PGSSLROOTCERT=/opt/label-studio/label-studio-database-ca.pem\n" in env
+    assert on_app(app, "stat -c '%U:%G:%a' /opt/label-studio/label-studio-database-ca.pem").strip() == "root:root:644"
+    assert on_app(app, "cat /opt/label-studio/label-studio-database-ca.pem").encode() == dbhost.ca_file.read_bytes()
+    assert db(dbhost, "select count(*) from pg_stat_ssl where ssl and client_addr is not null", "postgres") != "0"
     # Only the client on A, nothing listening on 5432 there.
     packages = on_app(app, "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' postgresql postgresql-client "
                            "2>/dev/null || true")
