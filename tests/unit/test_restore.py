@@ -25,7 +25,6 @@ from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
 from tasks.core.errors import RemoteError, SnapshotError
-from tasks.core.profile import parse_profile
 from tests.unit.conftest import PROFILE, profile_on_this_machine
 from tests.unit.fakehost import FakeHost, Stream, fail, ok
 

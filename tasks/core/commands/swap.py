@@ -4,8 +4,8 @@ session must outlive the job), so a Ctrl-C or a cut connection here never leaves
 
 The job holds the swap lock for its whole life (the data lock answers BUSY meanwhile), refuses to start
 while the previous data of an earlier swap is still set aside, deletes the previous data only once the
-new data answers /health and the release reads every table of it, and appends its progress, one event a line, to a root-only status file that
-`follow` prints. Pure builders; restore.py reads the events."""
+new data answers /health and the release reads every table of it, and appends its progress, one event
+a line, to a root-only status file that `follow` prints. Pure builders; restore.py reads the events."""
 
 from __future__ import annotations
 
