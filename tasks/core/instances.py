@@ -622,7 +622,8 @@ def revive(record_path: str, our_site: str) -> dict:
         if not os.path.lexists(site["path"]):
             os.symlink(site["target"], site["path"])
     root_path = {"PATH": ROOT_PATH}
-    if subprocess.run(["nginx", "-t"], capture_output=True, check=False, env=root_path).returncode == 0:
+    nginx = shutil.which("nginx", path=ROOT_PATH)
+    if nginx and subprocess.run([nginx, "-t"], capture_output=True, check=False, env=root_path).returncode == 0:
         subprocess.run(["systemctl", "reload-or-restart", "nginx"], capture_output=True, check=False, env=root_path)
     argv = record["argv"]
     if not argv:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from dev.testvm.guide import (GUIDE_SESSION, GUIDE_USER, GuideData, listens_on_a
                               restart_in_screen, set_up_by_the_guide, wait_until_listening)
 from dev.testvm import machine
 from dev.testvm.machine import make_key, start_vm
-from tests.integration.conftest import Fab, sdk_view
+from tests.integration.conftest import Fab, preload_library, sdk_view
 
 OLD_RELEASE = "1.22.0"
 CURRENT = "1.23.2"
@@ -209,28 +208,6 @@ def old_guide(vm_image, suite, tmp_path_factory):
 
 
 BROKEN = "[Service]\nExecStart=\nExecStart=/bin/false\n"
-# A library that, loaded into any process, leaves a mark named after its effective uid.
-PRELOAD_SOURCE = r"""
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((constructor)) static void mark(void) {
-    char path[128];
-    snprintf(path, sizeof path, "/home/%s/preload-ran-as-%d", GUIDE_USER, (int)geteuid());
-    FILE *f = fopen(path, "a");
-    if (f) { fputs("loaded\n", f); fclose(f); }
-}
-"""
-
-
-def preload_library(vm: machine.TestVM, workdir: Path) -> str:
-    """PRELOAD_SOURCE built here (the VM has no compiler) and put in the guide user's home."""
-    source, library = workdir / "preload.c", workdir / "preload.so"
-    source.write_text(PRELOAD_SOURCE)
-    subprocess.run(["gcc", "-shared", "-fPIC", f"-DGUIDE_USER=\"{GUIDE_USER}\"", "-o", str(library), str(source)],
-                   check=True, capture_output=True)
-    target = f"/home/{GUIDE_USER}/preload.so"
-    vm.exec(f"cat > {target} && chown {GUIDE_USER}: {target} && chmod 0755 {target}", input=library.read_bytes())
-    return target
 
 
 @pytest.mark.one_release("bookworm")

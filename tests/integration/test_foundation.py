@@ -3,16 +3,19 @@ clean errors for bad input."""
 
 from __future__ import annotations
 
+import json
 import re
-import sys
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER
-from tests.integration.conftest import PROJECT_ROOT, Fab
+from tasks.core.commands.instances import instances_tool
+from tests.integration.conftest import PROJECT_ROOT, Fab, preload_library
 
 
 def assert_one_line_error(result, *words: str, code: int | None = None):
@@ -288,3 +291,33 @@ def test_accept_new_records_the_host_key_and_the_next_run_trusts_it(vm, tmp_path
     second = fab("status")
     assert second.returncode == 0, second.stderr
     assert "added" not in second.stderr
+
+
+def test_adopts_way_back_never_hands_the_old_environment_to_root(vm, tmp_path):
+    """`revive` (adopt's way back) run as root on a record whose environment holds LD_PRELOAD, as a
+    hand-made instance's user can set it: root's runuser loads nothing; the process it starts gets the
+    recorded variables, less those that load code."""
+    library = preload_library(vm, tmp_path)
+    marks = f"ls /home/{NOPASSWD_USER}/ | grep '^preload-ran-as-' || true"
+    uid = vm.exec(f"id -u {NOPASSWD_USER}").stdout.decode().strip()
+    vm.exec(f"runuser -u {NOPASSWD_USER} -- env LD_PRELOAD={library} true")
+    assert vm.exec(marks).stdout.decode().split() == [f"preload-ran-as-{uid}"]   # the library loads
+    record = {"user": NOPASSWD_USER, "uid": int(uid), "argv": ["/bin/sleep", "300"], "cwd": "/", "screen": None,
+              "environ": {"LD_PRELOAD": library, "PATH": "/usr/bin:/bin", "MARK": "kept", "PYTHONPATH": "/tmp"},
+              "disabled_sites": [], "site_backup": None, "data_dir": "/nowhere"}
+    vm.exec("install -d -m 0700 /var/lib/lsvm-test && cat > /var/lib/lsvm-test/record.json",
+            input=json.dumps(record).encode())
+    try:
+        vm.exec(instances_tool("revive", "/var/lib/lsvm-test/record.json", "/etc/nginx/sites-available/none"))
+        find = f"pgrep -u {NOPASSWD_USER} -x sleep"
+        deadline = time.monotonic() + 30
+        while not vm.exec(find, check=False).stdout.strip():
+            assert time.monotonic() < deadline, "the recorded command did not start"
+            time.sleep(0.2)  # poll interval between real checks
+        pid = vm.exec(find).stdout.decode().split()[0]
+        assert vm.exec(marks).stdout.decode().split() == [f"preload-ran-as-{uid}"]   # never as root (0)
+        seen = vm.exec(f"tr '\\000' '\\n' < /proc/{pid}/environ").stdout.decode().splitlines()
+        assert sorted(seen) == ["MARK=kept", "PATH=/usr/bin:/bin"]
+    finally:
+        vm.exec(f"pkill -u {NOPASSWD_USER} -x sleep; rm -rf /var/lib/lsvm-test /home/{NOPASSWD_USER}/preload*",
+                check=False)
