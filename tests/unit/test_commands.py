@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
+import sys
+import time
 
 import pytest
 
 from tasks.core import commands, parse
+from tasks.core.commands import probes
 from tasks.core.facts import status_from_probe
+from tasks.core.profile import Profile
 
 NASTY = [
     "plain",
@@ -171,3 +176,26 @@ def test_untested_systems_get_a_warning(os_id, version, words):
         assert warning is None
     else:
         assert warning.startswith(words) and "Debian 12 (bookworm) and Debian 13 (trixie)" in warning
+
+
+def test_provisions_look_at_the_database_runs_as_its_owner_with_a_deadline():
+    """The file is the service user's: root never opens it, and an endless view cannot hang provision."""
+    probe = probes.provision_probe(Profile(), "a@b.org")
+    line = probe[probe.index("echo '[db]'\n") + len("echo '[db]'\n"):probe.index("echo '[service]'")]
+    assert line.startswith("if [ -e /var/lib/label-studio/label_studio.sqlite3 ]; then timeout -k 5 ")
+    assert "runuser -u labelstudio -- env -C /var/lib/label-studio " in line and " python3 -I -c " in line
+
+
+def test_an_endless_view_is_interrupted_by_the_probes_deadline(tmp_path):
+    database = tmp_path / "label_studio.sqlite3"
+    con = sqlite3.connect(database)
+    con.execute("create view htx_user as with recursive n(i) as (select 1 union all select i + 1 from n) "
+                "select i as email from n")
+    con.commit()
+    con.close()
+    program = probes._DB_FACTS.replace(f"+{probes.DB_PROBE_SECONDS}\n", "+1\n")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-I", "-c", program, str(database), "a@b.org"], capture_output=True,
+                         text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert out.stdout.startswith("error=OperationalError: interrupted"), out.stdout + out.stderr

@@ -139,3 +139,37 @@ def test_derived_paths_and_url():
 def test_backups_dir_is_per_host(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LSVM_BACKUPS_DIR", str(tmp_path))
     assert Profile(host="vm").backups_dir() == tmp_path / "vm"
+
+
+@pytest.mark.parametrize("text, line, key, words", [
+    ("service:\n  user: root\n", 2, "service.user", "is a system account"),
+    ("service:\n  user: www-data\n", 2, "service.user", "is a system account"),
+    ("service:\n  user: systemd-network\n", 2, "service.user", "is a system account"),
+    ("paths:\n  data_dir: /\n", 2, "paths.data_dir", "absolute path"),
+    ("paths:\n  data_dir: /etc\n", 2, "paths.data_dir", "must not be /etc or inside it"),
+    ("paths:\n  data_dir: /etc/label-studio\n", 2, "paths.data_dir", "must not be /etc or inside it"),
+    ("paths:\n  app_dir: /usr/local/label-studio\n", 2, "paths.app_dir", "must not be /usr or inside it"),
+    ("paths:\n  app_dir: /lib64/x\n", 2, "paths.app_dir", "must not be /lib64"),
+    ("paths:\n  data_dir: /home/alice/label-studio\n", 2, "paths.data_dir", "another user's home"),
+    ("paths:\n  data_dir: /root/ls\n", 2, "paths.data_dir", "must not be /root"),
+    ("paths:\n  data_dir: /run/ls\n", 2, "paths.data_dir", "must not be /run"),
+    ("paths:\n  data_dir: /tmp/ls\n", 2, "paths.data_dir", "must not be /tmp"),
+    ("paths:\n  data_dir: /var\n", 2, "paths.data_dir", "a directory of its own"),
+    ("paths:\n  app_dir: /opt\n", 2, "paths.app_dir", "a directory of its own"),
+    ("paths:\n  app_dir: /var/lib/label-studio/app\n", 2, "paths.app_dir", "must not be paths.data_dir or inside it"),
+    ("paths:\n  app_dir: /var/lib/label-studio\n", 2, "paths.app_dir", "must not be paths.data_dir or inside it"),
+    ("http_port: 8080\n", 1, "http_port", "is also label_studio.port"),
+])
+def test_values_that_aim_root_at_the_system_are_refused(text, line, key, words):
+    """Root chowns the data dir to the service user and runs what the app dir holds."""
+    with pytest.raises(ProfileError) as caught:
+        parse_profile(text, source="configs/vm.yaml")
+    message = caught.value.message
+    assert message.startswith(f"configs/vm.yaml:{line}: '{key}'") and words in message, message
+
+
+@pytest.mark.parametrize("text", ["paths:\n  data_dir: /srv/label-studio\n  app_dir: /opt/ls\n",
+                                  "paths:\n  data_dir: /var/lib/ls-data\n  app_dir: /var/lib/ls-app\n",
+                                  "service:\n  user: annotation\n", "http_port: 8081\n"])
+def test_a_place_of_its_own_is_accepted(text):
+    parse_profile(text)
