@@ -98,7 +98,8 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry], *
     if not check:
         return
     with ui.err.status(f"checking the {len(check)} uploaded file(s) by sha256 on the server"):
-        out = host.run(data_commands.hash_incoming(profile), sudo=True, what="checking the upload").stdout
+        out = host.run(data_commands.hash_incoming(profile, [DATABASE] if delta else []), sudo=True,
+                       what="checking the upload").stdout
     found = json.loads(out.strip().splitlines()[-1])
     for entry in check:
         got = found.get(entry.path)

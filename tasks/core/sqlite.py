@@ -191,9 +191,10 @@ def describe_problem(report: dict) -> str | None:
     return None
 
 
-def tree_sha256(top: str) -> dict:
-    """{path relative to top: {size, sha256}} of every regular file under top, never through a link
-    (names kept by surrogateescape, as media_listing keeps them)."""
+def tree_sha256(top: str, skip: tuple = ()) -> dict:
+    """{path relative to top: {size, sha256}} of every regular file under top but those in `skip` (files
+    already hashed otherwise), never through a link (names kept by surrogateescape, as media_listing keeps
+    them)."""
     found = {}
     base = os.fsencode(top)
     if os.path.islink(base) or not os.path.isdir(base):
@@ -203,7 +204,8 @@ def tree_sha256(top: str) -> dict:
             full = os.path.join(root, name)
             if stat.S_ISREG(os.lstat(full).st_mode):
                 rel = os.path.relpath(full, base).decode("utf-8", "surrogateescape").replace(os.sep, "/")
-                found[rel] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
+                if rel not in skip:
+                    found[rel] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
     return found
 
 
@@ -549,7 +551,7 @@ def main(argv: list[str]) -> int:
     elif command == "sha256":
         print(json.dumps({p: {"size": os.path.getsize(p), "sha256": sha256_file(p)} for p in argv[1:]}))
     elif command == "tree-sha256":
-        print(json.dumps(tree_sha256(argv[1])))
+        print(json.dumps(tree_sha256(argv[1], tuple(argv[2:]))))
     else:
         print(json.dumps({"error": f"unknown command {command}"}))
         return 2

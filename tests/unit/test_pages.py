@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core import catalog, restore, snapshots, sqlite
-from tasks.core.catalog import DATABASE, FileEntry, Manifest, Snapshot
+from tasks.core.catalog import DATABASE, SECRET_ENV, FileEntry, Manifest, Snapshot
 from tasks.core.commands import data
 from tests.unit.conftest import PROFILE
 from tests.unit.fakehost import FakeHost, ok
@@ -231,6 +231,19 @@ def test_a_push_sends_only_the_pages_that_differ_and_checks_the_rebuilt_file(tmp
     assert len(upload.written) < files[0].size / 10
     assert host.ran(r"' apply-live /") and not host.ran(r"' tree-sha256 /")  # the rebuilt file's hash is the check
     assert "pages differ from the server's; only those are sent" in capsys.readouterr().out
+
+
+def test_with_pages_and_other_files_the_rebuilt_database_is_not_hashed_a_second_time(tmp_path):
+    server_db = make_db(tmp_path / "server.sqlite3")
+    base = snapshot_of(tmp_path, server_db)
+    source, files = pushed_files(tmp_path, server_db, [3])
+    (source / SECRET_ENV).write_bytes(b"SECRET_KEY=x\n")
+    files.append(FileEntry(SECRET_ENV, 13, sha(source / SECRET_ENV)))
+    host = push_host(files[0].sha256)
+    host.answer(r"python3 -I -c .* tree-sha256 ", ok(json.dumps({SECRET_ENV: {"size": 13, "sha256": files[1].sha256}})
+                                                       + "\n"))
+    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    assert data.hash_incoming(PROFILE, [DATABASE]) in host.commands
 
 
 @pytest.mark.parametrize("answer", [{"sha": "0" * 64}, {"error": "page 7 is neither in the base nor in the delta"}])

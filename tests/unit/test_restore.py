@@ -184,6 +184,8 @@ def test_the_server_hashes_every_file_of_the_incoming_tree_and_never_follows_a_l
     found = sqlite.tree_sha256(str(tree))
     assert sorted(found) == sorted([DATABASE, odd])
     assert found[DATABASE] == {"size": 2, "sha256": hashlib.sha256(b"db").hexdigest()}
+    # A database rebuilt from pages was hashed as it was built: not read a second time.
+    assert sorted(sqlite.tree_sha256(str(tree), (DATABASE,))) == [odd]
 
 
 def test_a_failed_upload_stream_removes_the_incoming_folder(tmp_path):

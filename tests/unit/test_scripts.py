@@ -145,6 +145,7 @@ def data_scripts(profile) -> dict[str, str]:
         "codec probe": data.CODEC_PROBE,
         "make incoming": data.make_incoming(profile),
         "hash incoming": data.hash_incoming(profile),
+        "hash incoming but the rebuilt database": data.hash_incoming(profile, [DATABASE]),
         "remove incoming": data.remove_incoming(profile),
         "remove swap leftovers": data.remove_swap_leftovers(profile),
         "unfinished swap": data.unfinished_swap(profile),

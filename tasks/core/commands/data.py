@@ -224,10 +224,11 @@ def apply_delta_incoming(profile: Profile) -> str:
     return as_service_user(profile, *sqlite_words("apply-live", profile.remote.data_dir, incoming_dir(profile)))
 
 
-def hash_incoming(profile: Profile) -> str:
+def hash_incoming(profile: Profile, skip: Iterable[str] = ()) -> str:
     """{path relative to the incoming folder: {size, sha256}} as JSON, of every file in it (media too:
-    a list of names could outgrow a command line)."""
-    return as_service_user(profile, *sqlite_words("tree-sha256", incoming_dir(profile)))
+    a list of names could outgrow a command line) but the names in `skip` (ours, never the server's:
+    a database rebuilt from pages, already hashed as it was built)."""
+    return as_service_user(profile, *sqlite_words("tree-sha256", incoming_dir(profile), *skip))
 
 
 def remove_incoming(profile: Profile) -> str:
