@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from . import parse, ui
 from .commands import dbcheck
 from .commands.service import service_manager, wait_for_health as wait_script
@@ -31,16 +33,16 @@ def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: i
                       f"(last answer: {last or 'none'})")
 
 
-def database_answer(host: Host, profile: Profile) -> str | None:
-    """None when the installed release reads every table of the live database through its models,
-    else what went wrong, in words (`/health` never touches the database)."""
+def database_check(host: Host, profile: Profile, database: PurePosixPath | None = None) -> dict:
+    """The installed release's read of every table of the live database (or the SQLite file `database`,
+    about to be swapped in), as parse.check_answer gives it (`/health` never touches the database)."""
     with ui.err.status("reading every table through Label Studio's models"):
-        result = host.run(dbcheck.read_every_table(profile), sudo=True, check=False,
+        result = host.run(dbcheck.read_every_table(profile, database), sudo=True, check=False,
                           timeout=dbcheck.CHECK_TIMEOUT + 30)
-    return parse.database_problem(result.stdout, result.stderr)
+    return parse.check_answer(result.stdout, result.stderr)
 
 
 def require_readable_database(host: Host, profile: Profile) -> None:
-    problem = database_answer(host, profile)
+    problem = parse.check_problem(database_check(host, profile))
     if problem is not None:
         raise RemoteError(f"Label Studio answers /health but cannot read its database: {problem}")

@@ -228,7 +228,11 @@ def is_loopback(address: str) -> bool:
 
 def database_problem(stdout: str, stderr: str = "") -> str | None:
     """The check's verdict from its last JSON line: None when it read its tables."""
-    answer = check_answer(stdout, stderr)
+    return check_problem(check_answer(stdout, stderr))
+
+
+def check_problem(answer: dict) -> str | None:
+    """What check_answer's answer says is wrong, in words; None when the tables were read."""
     return None if "tables" in answer else str(answer.get("error") or f"{answer['pending']} migration(s) pending")
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from . import parse, sqlite, ui
 from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
 from .commands import data as data_commands
-from .commands import dbcheck
 from .commands import instances as instance_commands
 from .commands import swap as swap_job
 from .connect import Host
 from .errors import JobStillRunning, RemoteError, SnapshotError
+from .health import database_check
 from .profile import Profile
 from .snapshots import DELTA_MAX_SHARE, stored_page_index
 from .transfer import check_free_space, send_tar, server_codec
@@ -239,11 +239,7 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
 def require_usable_incoming(host: Host, profile: Profile) -> None:
     """Before anything stops: the server's own release reads every table of the uploaded database, with
     every column its models name (a database it cannot use is refused here, not after the swap)."""
-    database = data_commands.incoming_dir(profile) / DATABASE
-    with ui.err.status("reading every table of the uploaded database through the server's Label Studio"):
-        result = host.run(dbcheck.read_every_table(profile, database), sudo=True, check=False,
-                          timeout=dbcheck.CHECK_TIMEOUT + 30)
-    answer = parse.check_answer(result.stdout, result.stderr)
+    answer = database_check(host, profile, data_commands.incoming_dir(profile) / DATABASE)
     if "error" in answer:
         raise SnapshotError(f"the Label Studio on {host.alias} cannot use this database: {answer['error']}; "
                             "nothing was stopped or replaced",
