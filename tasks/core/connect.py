@@ -3,18 +3,20 @@ does, sudo mode, timeouts, and errors in words."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Iterator
 
 import paramiko
 from fabric import Connection
 from invoke.exceptions import AuthFailure, CommandTimedOut, Failure
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from . import commands, parse
-from .errors import ConnectError, RemoteError, SudoError
+from . import commands, parse, ui
+from .errors import ConnectError, JobStillRunning, RemoteError, SudoError
 from .hostkeys import HostKeyRefused, verify_host_keys
 
 SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PASSWORD in the environment"
@@ -129,6 +131,22 @@ class Host:
     def errors(self) -> "_ErrorTranslator":
         """A context in which socket, paramiko and invoke failures become our one-line errors."""
         return _ErrorTranslator(self)
+
+
+@contextlib.contextmanager
+def removed_afterwards(host: "Host", command: str, *, kept: str = "") -> Iterator[None]:
+    """Runs `command` (root) when the block ends, also when it fails, but not after a Ctrl-C that left a
+    job on the server using what it removes (JobStillRunning): then `kept` is said, when given."""
+    try:
+        yield
+    except JobStillRunning:
+        if kept:
+            ui.warn(kept)
+        raise
+    except BaseException:
+        host.run(command, sudo=True, check=False)
+        raise
+    host.run(command, sudo=True, check=False)
 
 
 class RootChannel:

@@ -28,10 +28,10 @@ from . import database, steps_tls, ui
 from .commands import data as data_commands
 from .commands import migrate as commands
 from .commands.service import service_manager
-from .connect import Host
+from .connect import Host, removed_afterwards
 from .database import ENGINES
 from .dbconvert import differences  # noqa: F401 (migrate.differences)
-from .errors import JobStillRunning, RemoteError, SnapshotError, UsageError
+from .errors import RemoteError, SnapshotError, UsageError
 from .facts import ProvisionFacts
 from .profile import Profile
 from .render import RenderedFile
@@ -154,14 +154,8 @@ def staged(host: Host, migration: Migration, files: dict[str, list[RenderedFile]
     for engine, rendered in files.items():
         uploads.update({commands.staged_name(file, engine): file.content for file in rendered})
     _stage(host, migration.target, uploads, "staging the converter and the files of both engines")
-    try:
+    with removed_afterwards(host, commands.remove_staged(migration.target)):
         yield
-    except JobStillRunning:
-        raise
-    except BaseException:
-        host.run(commands.remove_staged(migration.target), sudo=True, check=False)
-        raise
-    host.run(commands.remove_staged(migration.target), sudo=True, check=False)
 
 
 def _stage(host: Host, profile: Profile, uploads: dict[str, str], what: str) -> None:

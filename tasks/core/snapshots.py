@@ -26,8 +26,8 @@ from .catalog import DATABASE, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snap
 from .commands import data as data_commands
 from .commands import dbcheck
 from .commands import read_file
-from .connect import Host
-from .errors import JobStillRunning, LockedError, RemoteError, SnapshotError, UsageError
+from .connect import Host, removed_afterwards
+from .errors import LockedError, RemoteError, SnapshotError, UsageError
 from .profile import Profile
 from .transfer import check_free_space, receive_tar, server_codec
 
@@ -105,15 +105,10 @@ def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[Pure
     if not out.ok:
         raise SnapshotError(f"cannot create a temp folder in {base} on {host.alias}: {out.last_line()}")
     path = PurePosixPath(out.stdout.strip())
-    try:
+    with removed_afterwards(host, data_commands.remove_work_dir(profile, path),
+                            kept=f"{path} stays on {host.alias} while the job there uses it (the next data task "
+                                 "removes it)"):
         yield path
-    except JobStillRunning:
-        ui.warn(f"{path} stays on {host.alias} while the job there uses it (the next data task removes it)")
-        raise
-    except BaseException:
-        host.run(data_commands.remove_work_dir(profile, path), sudo=True, check=False)
-        raise
-    host.run(data_commands.remove_work_dir(profile, path), sudo=True, check=False)
 
 
 def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
