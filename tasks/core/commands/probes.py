@@ -75,10 +75,12 @@ def status_probe(profile: Profile) -> str:
         "echo '[nginx]'",
         unit_show("nginx.service"),
         "echo '[health]'",
-        f"if command -v nginx >/dev/null; then "
-        f"echo \"via_nginx=$({health_probe(profile, via_nginx=True)})\"; fi",
+        f"h=; if command -v nginx >/dev/null; then "
+        f"h=$({health_probe(profile, via_nginx=True)}); echo \"via_nginx=$h\"; fi",
         "echo '[database]'",
-        f"if [ -x {q(p.venv_python)} ]; then echo \"check=$({dbcheck.read_every_table(profile)} 2>/dev/null | tail -n 1)\"; fi",
+        # Only when our instance answers UP: that is the one status line the check decides.
+        f"case \"$h\" in 200*UP*) if [ -x {q(p.venv_python)} ]; then "
+        f"echo \"check=$({dbcheck.read_every_table(profile)} 2>/dev/null | tail -n 1)\"; fi;; esac",
         *served_certificate(profile),
         *postgres.status_lines(profile),
         "echo '[instances]'",
