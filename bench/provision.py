@@ -27,13 +27,14 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from dev.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
 from dev.testvm.machine import make_key, start_vm  # noqa: E402
-from tasks.core import connect, plan  # noqa: E402
+from tasks.core import connect
+from tasks.core.provision import plan  # noqa: E402
 
 
 class Recorder:
     """Counts SSH round trips (Host.run calls) and times each change provision executes, in this
-    process. Provision is a plan of Changes run by `tasks.core.plan.apply`, which calls
-    `tasks.core.plan.execute` for every change with an action: wrapping that one function times every
+    process. Provision is a plan of Changes run by `tasks.core.provision.plan.apply`, which calls
+    `tasks.core.provision.plan.execute` for every change with an action: wrapping that one function times every
     step and handler, named by the change's own words (its plan text, else its `what`)."""
 
     def __init__(self):

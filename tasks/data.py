@@ -9,14 +9,18 @@ from pathlib import Path
 from fabric import task
 from rich.table import Table
 
-from .core import catalog, local, pgdata, snapshots, sqlite, ui
-from .core.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
-from .core.defaults import SWAP_HEALTH_TIMEOUT
-from .core.edge import CONFIG_HELP, confirm, host_alias, open_host, open_other_host, profile_for, task_edge
-from .core.errors import SnapshotError, UsageError
-from .core.database import snapshot_engine
-from .core.profile import Profile, backups_root
-from .core.restore import replace_server_data
+from tasks.core import ui
+from tasks.core.data import catalog, local
+from tasks.core.data import postgres_snapshots as pgdata
+from tasks.core.data import snapshots
+from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
+from tasks.core.data.swap import replace_server_data
+from tasks.core.database import snapshot_engine
+from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import CONFIG_HELP, confirm, host_alias, open_host, open_other_host, profile_for, task_edge
+from tasks.core.errors import SnapshotError, UsageError
+from tasks.core.onserver import sqlite
+from tasks.core.profile import Profile, backups_root
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
 YES_HELP = "do not ask for confirmation"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from fabric import task
 
-from .core import facts, local, migrate, plan, snapshots, steps, ui
-from .core.catalog import DATABASE
-from .core.commands import data as data_commands
-from .core.commands import migrate as commands
-from .core.defaults import SWAP_HEALTH_TIMEOUT
-from .core.edge import CONFIG_HELP, ask_database_password, confirm, open_host, task_edge
-from .core.errors import RemoteError, UsageError
-from .core.restore import refuse_foreign_port, refuse_unfinished_swap, run_swap
-from .data import HEALTH_HELP, YES_HELP, report_snapshot
+from tasks.core import ui
+from tasks.core.commands import data as data_commands
+from tasks.core.commands import migrate as commands
+from tasks.core.data import local, migrate, snapshots
+from tasks.core.data.catalog import DATABASE
+from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
+from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import CONFIG_HELP, ask_database_password, confirm, open_host, task_edge
+from tasks.core.errors import RemoteError, UsageError
+from tasks.core.provision import facts, plan, steps
+from tasks.data import HEALTH_HELP, YES_HELP, report_snapshot
 
 
 @task(help={"to": "postgresql or sqlite: the engine the profile's database.engine names", "config": CONFIG_HELP,

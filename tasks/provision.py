@@ -6,16 +6,25 @@ import time
 
 from fabric import task
 
-from .core import database, facts, plan, steps, steps_tls, systems, tls, ui
-from .core.commands import read_file
-from .core.commands.service import service_manager
-from .core.connect import Host
-from .core.edge import (CONFIG_HELP, admin_email, ask_database_password, ask_new_password, open_host, profile_for,
-                        task_edge)
-from .core.errors import RemoteError, UsageError
-from .core.health import wait_for_health
-from .core.plan import AdminRequest
-from .core.profile import Profile
+from tasks.core import database, ui
+from tasks.core.commands import read_file
+from tasks.core.commands.service import service_manager
+from tasks.core.connect import Host
+from tasks.core.edge import (
+    CONFIG_HELP,
+    admin_email,
+    ask_database_password,
+    ask_new_password,
+    open_host,
+    profile_for,
+    task_edge,
+)
+from tasks.core.errors import RemoteError, UsageError
+from tasks.core.profile import Profile
+from tasks.core.provision import facts, plan, steps, systems, tls
+from tasks.core.provision import tls_steps as steps_tls
+from tasks.core.provision.health import wait_for_health
+from tasks.core.provision.plan import AdminRequest
 
 
 def refuse_neighbours(alias: str, found: facts.ProvisionFacts) -> None:

@@ -6,15 +6,17 @@ from fabric import task
 from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
-from .core import catalog, facts, parse, systems, tls, ui
-from .core.commands.service import ServiceManager, service_manager
-from .core.edge import CONFIG_HELP, open_host, task_edge
-from .core.errors import RemoteError
-from .core.database import DatabaseSettings, same_database, server_engine, server_settings
-from .core.facts import HostStatus
-from .core.health import wait_for_health
-from .core.releases import pypi_versions
-from .core.ui import human_bytes
+from tasks.core import parse, ui
+from tasks.core.commands.service import ServiceManager, service_manager
+from tasks.core.data import catalog
+from tasks.core.database import DatabaseSettings, same_database, server_engine, server_settings
+from tasks.core.edge import CONFIG_HELP, open_host, task_edge
+from tasks.core.errors import RemoteError
+from tasks.core.provision import facts, systems, tls
+from tasks.core.provision.facts import HostStatus
+from tasks.core.provision.health import wait_for_health
+from tasks.core.releases import pypi_versions
+from tasks.core.ui import human_bytes
 
 
 def certificate_row(mode: str, pem: str | None) -> tuple[str, str] | None:

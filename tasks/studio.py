@@ -9,12 +9,12 @@ from pathlib import Path
 
 from fabric import task
 
-from .core import studio, ui
-from .core.defaults import LABEL_STUDIO_VERSION as DEFAULT_VERSION
-from .core.edge import ask, local_only, task_edge, validate_admin_password
-from .core.errors import UsageError
-from .core.profile import check_email
-from .core.studio import StudioPaths
+from tasks.core import studio, ui
+from tasks.core.defaults import LABEL_STUDIO_VERSION as DEFAULT_VERSION
+from tasks.core.edge import ask, local_only, task_edge, validate_admin_password
+from tasks.core.errors import UsageError
+from tasks.core.profile import check_email
+from tasks.core.studio import StudioPaths
 
 STUDIO_TASKS = "studio tasks (a Studio terminal)"
 

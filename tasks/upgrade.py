@@ -9,20 +9,22 @@ import time
 from fabric import task
 from packaging.version import InvalidVersion, Version
 
-from .core import catalog, facts, local, snapshots, ui
-from .core.releases import pypi_versions
-from .core.catalog import DATABASE
-from .core.commands import data as data_commands
-from .core.commands import provision as provision_commands
-from .core.commands import upgrade as commands
-from .core.connect import Host
-from .core.defaults import PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
-from .core.edge import CONFIG_HELP, confirm, open_host, refuse_on_postgresql, task_edge
-from .core.errors import RemoteError, UsageError
-from .core.profile import Profile
-from .core.restore import run_swap
-from .data import YES_HELP, counts_text, report_snapshot
-from .provision import check_host, refuse_database_switch, refuse_neighbours
+from tasks.core import ui
+from tasks.core.commands import data as data_commands
+from tasks.core.commands import provision as provision_commands
+from tasks.core.commands import upgrade as commands
+from tasks.core.connect import Host
+from tasks.core.data import catalog, local, snapshots
+from tasks.core.data.catalog import DATABASE
+from tasks.core.data.swap import run_swap
+from tasks.core.defaults import PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import CONFIG_HELP, confirm, open_host, refuse_on_postgresql, task_edge
+from tasks.core.errors import RemoteError, UsageError
+from tasks.core.profile import Profile
+from tasks.core.provision import facts
+from tasks.core.releases import pypi_versions
+from tasks.data import YES_HELP, counts_text, report_snapshot
+from tasks.provision import check_host, refuse_database_switch, refuse_neighbours
 
 MIGRATION_CHECK_TIMEOUT = 1800
 

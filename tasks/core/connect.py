@@ -15,9 +15,9 @@ from fabric import Connection
 from invoke.exceptions import AuthFailure, CommandTimedOut, Failure
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from . import commands, parse, ui
-from .errors import ConnectError, JobStillRunning, RemoteError, SudoError
-from .hostkeys import HostKeyRefused, verify_host_keys
+from tasks.core import commands, parse, ui
+from tasks.core.errors import ConnectError, JobStillRunning, RemoteError, SudoError
+from tasks.core.hostkeys import HostKeyRefused, verify_host_keys
 
 SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PASSWORD in the environment"
 CHUNK = 1024 * 1024

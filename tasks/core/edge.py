@@ -12,13 +12,13 @@ from typing import Callable
 from fabric import Connection
 from invoke import Exit
 
-from . import ui
-from .catalog import LOCAL_HOST
-from .connect import Host
-from .defaults import MIN_PASSWORD_LENGTH
-from .errors import ToolkitError, UsageError
-from .database import PASSWORD_ENV, password_problem
-from .profile import Profile, check_email, load_profile
+from tasks.core import ui
+from tasks.core.connect import Host
+from tasks.core.data.catalog import LOCAL_HOST
+from tasks.core.database import PASSWORD_ENV, password_problem
+from tasks.core.defaults import MIN_PASSWORD_LENGTH
+from tasks.core.errors import ToolkitError, UsageError
+from tasks.core.profile import Profile, check_email, load_profile
 
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
 

@@ -17,8 +17,8 @@ import paramiko
 from fabric import Connection
 from paramiko.hostkeys import HostKeyEntry, HostKeys
 
-from . import ui
-from .errors import ConnectError
+from tasks.core import ui
+from tasks.core.errors import ConnectError
 
 STRICT_MODES = {"yes": "yes", "true": "yes", "ask": "ask", "accept-new": "accept-new",
                 "no": "no", "off": "no", "false": "no"}

@@ -8,7 +8,6 @@ import re
 import shlex
 from dataclasses import dataclass
 
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import yaml
 from packaging.version import InvalidVersion, Version
 
-from . import defaults
-from .database import DatabaseSettings, profile_problem as database_problem
-from .errors import ProfileError
+from tasks.core import defaults
+from tasks.core.database import DatabaseSettings
+from tasks.core.database import profile_problem as database_problem
+from tasks.core.errors import ProfileError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = PROJECT_ROOT / "configs"

@@ -8,8 +8,8 @@ import urllib.request
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import RemoteError
-from .profile import Profile
+from tasks.core.errors import RemoteError
+from tasks.core.profile import Profile
 
 PYPI_SIMPLE = "https://pypi.org/simple/"
 

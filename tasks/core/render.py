@@ -9,9 +9,9 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from .database import label_studio_env
-from .errors import ProfileError
-from .profile import PROJECT_ROOT, Profile
+from tasks.core.database import label_studio_env
+from tasks.core.errors import ProfileError
+from tasks.core.profile import PROJECT_ROOT, Profile
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 

@@ -10,11 +10,11 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from . import commands, ui
-from .catalog import private_dir, space_needed, write_private
-from .commands import data as data_commands
-from .connect import CHUNK, Host, RootChannel
-from .errors import RemoteError, SnapshotError
+from tasks.core import commands, ui
+from tasks.core.commands import data as data_commands
+from tasks.core.connect import CHUNK, Host, RootChannel
+from tasks.core.data.catalog import private_dir, space_needed, write_private
+from tasks.core.errors import RemoteError, SnapshotError
 
 
 @contextlib.contextmanager

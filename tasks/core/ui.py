@@ -43,8 +43,7 @@ def ask_secret(prompt: str) -> str:
 
 def transfer_progress():
     """A byte progress bar on stderr (transfer speed, ETA); quiet when stderr is not a terminal."""
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                     TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)

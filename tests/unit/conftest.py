@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.facts import provision_facts_from_probe
+from tasks.core.provision.facts import provision_facts_from_probe
 from tasks.core.profile import Profile, parse_profile
 
 DATA = Path(__file__).parent / "data"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import catalog, sqlite
-from tasks.core.catalog import FileEntry, Manifest, Snapshot, retention_plan
+from tasks.core.data import catalog
+from tasks.core.onserver import sqlite
+from tasks.core.data.catalog import FileEntry, Manifest, Snapshot, retention_plan
 from tasks.core.errors import SnapshotError, UsageError
 
 UTC = dt.timezone.utc

@@ -11,7 +11,7 @@ import pytest
 
 from tasks.core import commands, parse
 from tasks.core.commands import probes
-from tasks.core.facts import status_from_probe
+from tasks.core.provision.facts import status_from_probe
 from tasks.core.profile import Profile
 
 NASTY = [
@@ -169,7 +169,7 @@ def test_sections_ignore_noise_and_keep_equals_in_values():
     ("", "", "this system is not a system this toolkit is tested on"),
 ])
 def test_untested_systems_get_a_warning(os_id, version, words):
-    from tasks.core import systems
+    from tasks.core.provision import systems
 
     warning = systems.support_warning(os_id, version)
     if words is None:

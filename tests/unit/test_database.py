@@ -13,12 +13,15 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import database, pgdata, pgtool, render, steps
-from tasks.core.catalog import Manifest
+from tasks.core import database, render
+from tasks.core.data import postgres_snapshots as pgdata
+from tasks.core.onserver import postgres_tool as pgtool
+from tasks.core.provision import steps
+from tasks.core.data.catalog import Manifest
 from tasks.core.commands import postgres, probes, swap
 from tasks.core.commands.provision import ensure_admin, wanted_packages
 from tasks.core.errors import ProfileError, SnapshotError
-from tasks.core.facts import PostgresFacts, provision_facts_from_probe
+from tasks.core.provision.facts import PostgresFacts, provision_facts_from_probe
 from tasks.core.profile import parse_profile
 from tests.unit.conftest import DATA
 from tests.unit.test_scripts import HOSTILE
@@ -276,7 +279,7 @@ def test_no_script_reads_a_password_into_argv(profile):
 def _status(env_text: str | None, db_size: int | None = None, postgres: str = ""):
     import base64
 
-    from tasks.core.facts import status_from_probe
+    from tasks.core.provision.facts import status_from_probe
     env = base64.b64encode(env_text.encode()).decode() if env_text is not None else "-"
     return status_from_probe(f"[install]\nenv_file={env}\ndb_size={db_size if db_size is not None else ''}\n"
                              + postgres)

@@ -1,4 +1,4 @@
-"""tasks/core/instances.py against a fake /proc tree: who listens where, which process is a Label
+"""tasks/core/onserver/instances.py against a fake /proc tree: who listens where, which process is a Label
 Studio, where its data is (decided as Label Studio decides it), and whose the port is."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import adopt, instances
+from tasks.core.provision import adopt
+from tasks.core.onserver import instances
 from tasks.core.errors import UsageError
-from tasks.core.facts import Neighbours, Unmanaged
+from tasks.core.provision.facts import Neighbours, Unmanaged
 
 ME = pwd.getpwuid(os.getuid())
 

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from tasks.core import sqlite
+from tasks.core.onserver import sqlite
 
 
 def _database(path, rows: int = 3000) -> None:

@@ -21,8 +21,10 @@ from fabric import Connection
 from invoke import Context, Exit
 
 from tasks import data as data_tasks
-from tasks.core import catalog, edge, local, snapshots, sqlite, transfer, ui
-from tasks.core.catalog import DATABASE, LOCAL_HOST, MANIFEST, SECRET_ENV, Manifest
+from tasks.core.data import catalog, local, snapshots
+from tasks.core import edge, transfer, ui
+from tasks.core.onserver import sqlite
+from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MANIFEST, SECRET_ENV, Manifest
 from tasks.core.connect import RootChannel
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tests.unit.conftest import PROFILE

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import catalog, local, sqlite
-from tasks.core.catalog import DATABASE, LOCAL_HOST, MEDIA, SECRET_ENV
+from tasks.core.data import catalog, local
+from tasks.core.onserver import sqlite
+from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MEDIA, SECRET_ENV
 from tasks.core.errors import SnapshotError
 from tasks.core.profile import backups_root
 

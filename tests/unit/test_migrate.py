@@ -15,10 +15,12 @@ from pathlib import PurePosixPath
 import pytest
 from rich.console import Console
 
-from tasks.core import database, dbconvert, migrate
+from tasks.core import database
+from tasks.core.onserver import convert_database as dbconvert
+from tasks.core.data import migrate
 from tasks.core.commands.service import service_manager
 from tasks.core.database import DatabaseSettings
-from tasks.core.facts import provision_facts_from_probe
+from tasks.core.provision.facts import provision_facts_from_probe
 from tasks.core.commands import migrate as commands
 from tasks.core.commands import swap
 from tasks.core.errors import JobStillRunning, RemoteError, UsageError
@@ -292,7 +294,7 @@ class Recorder:
 def test_what_the_running_job_uses_stays_after_a_ctrl_c(monkeypatch, raised, removed):
     """The stage folder (converter, both engines' files) and the work folder go, unless the swap job that
     reads them still runs after a Ctrl-C here."""
-    from tasks.core import snapshots
+    from tasks.core.data import snapshots
     monkeypatch.setattr(migrate, "_stage", lambda *a, **k: None)
     host = Recorder()
     profile = Profile()

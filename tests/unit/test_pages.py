@@ -1,4 +1,4 @@
-"""Page deltas (tasks/core/sqlite.py) on real SQLite files here, and the push's use of them through a
+"""Page deltas (tasks/core/onserver/sqlite.py) on real SQLite files here, and the push's use of them through a
 recording host: only differing pages go, the server's rebuilt file must hash like the pushed one, and
 anything else sends the whole file."""
 
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import catalog, restore, snapshots, sqlite
-from tasks.core.catalog import DATABASE, SECRET_ENV, FileEntry, Manifest, Snapshot
+from tasks.core.data import catalog, swap as restore, snapshots
+from tasks.core.onserver import sqlite
+from tasks.core.data.catalog import DATABASE, SECRET_ENV, FileEntry, Manifest, Snapshot
 from tasks.core.commands import data
 from tests.unit.conftest import PROFILE
 from tests.unit.fakehost import FakeHost, ok

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import steps
+from tasks.core.provision import steps
 from tasks.core.commands import provision as provision_commands
 from tasks.core.commands import upgrade
-from tasks.core.plan import Run
+from tasks.core.provision.plan import Run
 from tasks.core.profile import parse_profile
 from tasks.upgrade import release_label
 from tests.unit.conftest import PROFILE, profile_on_this_machine

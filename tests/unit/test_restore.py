@@ -20,8 +20,10 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import parse, restore, sqlite
-from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
+from tasks.core import parse
+from tasks.core.data import swap as restore
+from tasks.core.onserver import sqlite
+from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
 from tasks.core.errors import RemoteError, SnapshotError

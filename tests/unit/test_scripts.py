@@ -10,12 +10,13 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import commands, steps
-from tasks.core.catalog import DATABASE, MEDIA, SECRET_ENV
+from tasks.core import commands
+from tasks.core.provision import steps
+from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data, dbcheck, instances, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
-from tasks.core.facts import provision_facts_from_probe
-from tasks.core.plan import AdminRequest, Run
+from tasks.core.provision.facts import provision_facts_from_probe
+from tasks.core.provision.plan import AdminRequest, Run
 from tasks.core.profile import parse_profile
 from tests.unit.conftest import DATA
 

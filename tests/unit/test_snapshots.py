@@ -16,8 +16,9 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import catalog, snapshots, sqlite
-from tasks.core.catalog import DATABASE, SECRET_ENV
+from tasks.core.data import catalog, snapshots
+from tasks.core.onserver import sqlite
+from tasks.core.data.catalog import DATABASE, SECRET_ENV
 from tasks.core.commands import data
 from tasks.core.errors import LockedError, RemoteError, SnapshotError
 from tests.unit.conftest import PROFILE

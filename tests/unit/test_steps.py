@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
-from tasks.core import plan, render, steps
-from tasks.core.facts import UnitState
-from tasks.core.plan import AdminRequest, EnsureAdmin, NginxSite, Run, WaitForHealth
+from tasks.core.provision import plan, steps
+from tasks.core import render
+from tasks.core.provision.facts import UnitState
+from tasks.core.provision.plan import AdminRequest, EnsureAdmin, NginxSite, Run, WaitForHealth
 from tasks.core.profile import parse_profile
 from tests.unit.fakehost import FakeHost, ok, upload_of
 from tests.unit.conftest import PROFILE

@@ -8,10 +8,11 @@ import datetime as dt
 
 import pytest
 
-from tasks.core import render, steps, steps_tls, tls
+from tasks.core import render
+from tasks.core.provision import steps, tls_steps as steps_tls, tls
 from tasks.core.errors import ProfileError, UsageError
-from tasks.core.facts import TlsFacts, UnitState
-from tasks.core.plan import AdminRequest, InstallTlsFiles, NginxSite, ObtainCertificate, Run
+from tasks.core.provision.facts import TlsFacts, UnitState
+from tasks.core.provision.plan import AdminRequest, InstallTlsFiles, NginxSite, ObtainCertificate, Run
 from tasks.core.profile import parse_profile
 from tasks.service import certificate_row
 from tests.tlsca import TestCA
@@ -309,7 +310,7 @@ def test_the_renewal_steps_enable_the_timer_and_the_deploy_hook(provisioned):
 
 
 def test_tls_facts_are_parsed_from_the_probe():
-    from tasks.core.facts import tls_facts
+    from tasks.core.provision.facts import tls_facts
     import base64
     b = {"tls": ["nginx_version=1.22.1", f"cert={base64.b64encode(b'PEM').decode()}", "key_sha256=ab",
                  "key_meta=root:root:600", "renewal=-", "resolvers=10.0.0.2 fd00::1 "],
@@ -320,7 +321,7 @@ def test_tls_facts_are_parsed_from_the_probe():
 
 
 # ------------------------------------------------------------------------------------------------
-# The HTTPS health request (run on the server by tasks/core/instances.py)
+# The HTTPS health request (run on the server by tasks/core/onserver/instances.py)
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +358,7 @@ def https_server(ca, tmp_path_factory):
 
 
 def test_the_https_health_request_checks_chain_and_name_like_a_browser(https_server):
-    from tasks.core.instances import https_get
+    from tasks.core.onserver.instances import https_get
     port, folder = https_server
     url = f"https://127.0.0.1:{port}/health"
     answer = https_get(url, NAME, str(folder / "intermediate.pem"))   # the intermediate is enough

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from pathlib import PurePosixPath
 
-from ..profile import Profile
+from tasks.core.profile import Profile
 
 Arg = str | int | PurePosixPath
 

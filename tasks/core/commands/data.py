@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from .. import sqlite
-from ..catalog import DATABASE, SECRET_ENV
-from ..profile import Profile
-from . import Arg, as_service_user, join, q
+from tasks.core.commands import Arg, as_service_user, join, q
+from tasks.core.data.catalog import DATABASE, SECRET_ENV
+from tasks.core.onserver import sqlite
+from tasks.core.profile import Profile
 
 SQLITE_SOURCE = Path(sqlite.__file__).read_text()
 
@@ -36,7 +36,7 @@ DECOMPRESS = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c"}
 
 
 def sqlite_words(*args: Arg) -> list[Arg]:
-    """tasks/core/sqlite.py run by the system python3, isolated (-I: no script dir, no user site,
+    """tasks/core/onserver/sqlite.py run by the system python3, isolated (-I: no script dir, no user site,
     no PYTHON* variables: the data dir it runs in never shadows a module)."""
     return ["python3", "-I", "-c", SQLITE_SOURCE, *args]
 

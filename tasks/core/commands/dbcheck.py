@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from ..profile import Profile
-from . import q
-from .provision import release_python
+from tasks.core.commands import q
+from tasks.core.commands.provision import release_python
+from tasks.core.profile import Profile
 
 CHECK_SOURCE = (Path(__file__).resolve().parents[3] / "templates" / "scripts" / "check_database.py").read_text()
 CHECK_TIMEOUT = 180   # Django's start-up and one row of each table; a planted endless view ends here

@@ -1,4 +1,4 @@
-"""Scripts around tasks/core/instances.py (run on the server as root): who runs Label Studio there,
+"""Scripts around tasks/core/onserver/instances.py (run on the server as root): who runs Label Studio there,
 whose is its port, and the stop/revive of an instance the toolkit takes over. Values from the profile
 only; whatever the server reports comes back as JSON and never returns into a script."""
 
@@ -8,9 +8,9 @@ import base64
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .. import instances
-from ..profile import Profile
-from . import Arg, join
+from tasks.core.commands import Arg, join
+from tasks.core.onserver import instances
+from tasks.core.profile import Profile
 
 INSTANCES_SOURCE = Path(instances.__file__).read_text()
 # The source travels compressed: health probes embed it in loops and jobs, and a command line has limits.
@@ -20,7 +20,7 @@ ADOPT_RECORDS = PurePosixPath("/var/lib/lsvm/adopt")  # root-only: how a taken-o
 
 
 def instances_tool(*args: Arg) -> str:
-    """tasks/core/instances.py by the system python3, isolated (-I)."""
+    """tasks/core/onserver/instances.py by the system python3, isolated (-I)."""
     return join("python3", "-I", "-c", LOADER, *args)
 
 

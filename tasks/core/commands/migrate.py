@@ -1,4 +1,4 @@
-"""migrate-db's server scripts: the converter (tasks/core/dbconvert.py) run as the service user in Label
+"""migrate-db's server scripts: the converter (tasks/core/onserver/convert_database.py) run as the service user in Label
 Studio's venv, and the engine switch. Pure builders, run as root.
 
 The engine the service runs on is recorded where provision put it: the env file (`DJANGO_DB=default` and
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .. import dbconvert, parse
-from ..database import ENGINES, label_studio_env
-from ..profile import Profile
-from ..render import RenderedFile
-from . import as_service_user, install_file, join, q, service_python
-from .data import run_dir
-from .service import service_manager
+from tasks.core import parse
+from tasks.core.commands import as_service_user, install_file, join, q, service_python
+from tasks.core.commands.data import run_dir
+from tasks.core.commands.service import service_manager
+from tasks.core.database import ENGINES, label_studio_env
+from tasks.core.onserver import convert_database as dbconvert
+from tasks.core.profile import Profile
+from tasks.core.render import RenderedFile
 
 CONVERTER_SOURCE = Path(dbconvert.__file__).read_text()
 CONVERTER = "dbconvert.py"

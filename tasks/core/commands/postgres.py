@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .. import pgtool
-from ..database import PASSWORD_KEY, client_env
-from ..profile import Profile
-from . import Arg, as_service_user, join, q
+from tasks.core.commands import Arg, as_service_user, join, q
+from tasks.core.database import PASSWORD_KEY, client_env
+from tasks.core.onserver import postgres_tool as pgtool
+from tasks.core.profile import Profile
 
 PGTOOL_SOURCE = Path(pgtool.__file__).read_text()
 CONF_NAME = "labelstudio-vm.conf"

@@ -1,17 +1,16 @@
 """Probes: one script per task that reads every fact it needs in one round trip, as `[section]`
-headers and key=value lines (parsed by tasks.core.parse, read by tasks.core.facts). Probes change nothing."""
+headers and key=value lines (parsed by tasks.core.parse, read by tasks.core.provision.facts). Probes change nothing."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from ..profile import Profile
-from . import as_service_user, join, lines, q
-from . import dbcheck, postgres, secret_key
-from .provision import ALL_PACKAGES, RELEASE_COMPLETE
-from ..instances import MANAGED_MARK
-from .instances import detect
-from .service import health_probe, screen_probe
+from tasks.core.commands import as_service_user, dbcheck, join, lines, postgres, q, secret_key
+from tasks.core.commands.instances import detect
+from tasks.core.commands.provision import ALL_PACKAGES, RELEASE_COMPLETE
+from tasks.core.commands.service import health_probe, screen_probe
+from tasks.core.onserver.instances import MANAGED_MARK
+from tasks.core.profile import Profile
 
 UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "MainPID")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from .. import parse
-from ..database import PASSWORD_KEY
-from ..profile import Profile
-from . import as_service_user, join, q, service_python
-from .service import service_manager
+from tasks.core import parse
+from tasks.core.commands import as_service_user, join, q, service_python
+from tasks.core.commands.service import service_manager
+from tasks.core.database import PASSWORD_KEY
+from tasks.core.profile import Profile
 
 BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
 ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl", "postgresql", "postgresql-client")

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from ..profile import Profile
-from . import as_service_user, q
+from tasks.core.commands import as_service_user, q
+from tasks.core.profile import Profile
 
 # How django-environ reads a line (`read_env`: optional `export `, one pair of quotes stripped; the
 # last line of a key wins) and what it makes of the value (`$...` is a proxy, empty when unset).

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from .. import render
-from ..profile import Profile
-from ..render import RenderedFile
-from . import as_service_user, join, q
-from .instances import owned_health
+from tasks.core import render
+from tasks.core.commands import as_service_user, join, q
+from tasks.core.commands.instances import owned_health
+from tasks.core.profile import Profile
+from tasks.core.render import RenderedFile
 
 HTTPS_PORT = 443
 
 if TYPE_CHECKING:
-    from ..facts import UnitState
+    from tasks.core.provision.facts import UnitState
 
 
 class ServiceState(Protocol):

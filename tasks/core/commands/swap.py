@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from ..profile import Profile
-from . import data, dbcheck, q
-from .service import service_manager, wait_for_health
+from tasks.core.commands import data, dbcheck, q
+from tasks.core.commands.service import service_manager, wait_for_health
+from tasks.core.profile import Profile
 
 # Events, first word of a status line (the rest is the last line a failed step printed).
 BEGIN, UNFINISHED, STOPPED, STOP_FAILED = "begin", "unfinished", "stopped", "stop-failed"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import PurePosixPath
 
-from ..profile import Profile
-from . import join, q
+from tasks.core.commands import join, q
+from tasks.core.profile import Profile
 
 ENABLE_CERTBOT_TIMER = "systemctl enable --now certbot.timer"
 CERTBOT_TIMEOUT = 600

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from ..catalog import DATABASE
-from ..profile import Profile
-from . import data, join, q
+from tasks.core.commands import data, join, q
+from tasks.core.data.catalog import DATABASE
+from tasks.core.profile import Profile
 
 UPGRADE_RECORDS = PurePosixPath("/var/lib/lsvm")   # root-only
 ROLLBACK = ".lsvm-rollback"  # in the data dir: the database as it was before the last upgrade

@@ -1,6 +1,6 @@
 """One shape for every change on a server: a Change says what, whether it changes anything, the diff
 of a file, the action that does it (data, not code) and what it notifies. Plans are built by pure
-functions (tasks.core.steps); `apply` is the one place that runs them, or only prints them."""
+functions (tasks.core.provision.steps); `apply` is the one place that runs them, or only prints them."""
 
 from __future__ import annotations
 
@@ -11,21 +11,25 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable, Union
 
-from . import ui
-from .commands import install_file as install_file_command
-from .commands import empty_private_file
-from .commands import postgres as postgres_commands
-from .commands.provision import apply_nginx_site, ensure_admin
-from .database import PASSWORD_ENV, secret_line
-from .commands.tls import CERTBOT_TIMEOUT, certbot_certonly, install_tls_files as install_tls_files_command
-from .connect import Host
-from .defaults import FIRST_START_TIMEOUT
-from .errors import RemoteError
-from .health import wait_for_health
-from .profile import PROJECT_ROOT, Profile
-from .render import RenderedFile
-from .tls import Eab, LocalPair, certbot_failure, certbot_ini
-from .transfer import remote_tempdir, secret_file, upload_bytes
+from tasks.core import ui
+from tasks.core.commands import empty_private_file
+from tasks.core.commands import install_file as install_file_command
+from tasks.core.commands import postgres as postgres_commands
+from tasks.core.commands.provision import apply_nginx_site, ensure_admin
+from tasks.core.commands.tls import (
+    CERTBOT_TIMEOUT,
+    certbot_certonly,
+)
+from tasks.core.commands.tls import install_tls_files as install_tls_files_command
+from tasks.core.connect import Host
+from tasks.core.database import PASSWORD_ENV, secret_line
+from tasks.core.defaults import FIRST_START_TIMEOUT
+from tasks.core.errors import RemoteError
+from tasks.core.profile import PROJECT_ROOT, Profile
+from tasks.core.provision.health import wait_for_health
+from tasks.core.provision.tls import Eab, LocalPair, certbot_failure, certbot_ini
+from tasks.core.render import RenderedFile
+from tasks.core.transfer import remote_tempdir, secret_file, upload_bytes
 
 ENSURE_ADMIN_SCRIPT = PROJECT_ROOT / "templates" / "scripts" / "ensure_admin.py"
 

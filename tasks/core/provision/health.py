@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from . import parse, ui
-from .commands import dbcheck
-from .commands.service import service_manager, wait_for_health as wait_script
-from .connect import Host
-from .defaults import FIRST_START_TIMEOUT
-from .errors import RemoteError
-from .profile import Profile
+from tasks.core import parse, ui
+from tasks.core.commands import dbcheck
+from tasks.core.commands.service import service_manager
+from tasks.core.commands.service import wait_for_health as wait_script
+from tasks.core.connect import Host
+from tasks.core.defaults import FIRST_START_TIMEOUT
+from tasks.core.errors import RemoteError
+from tasks.core.profile import Profile
 
 
 def wait_for_health(host: Host, profile: Profile, *, via_nginx: bool, timeout: int = FIRST_START_TIMEOUT,

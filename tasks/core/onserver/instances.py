@@ -1,6 +1,6 @@
 """Who runs Label Studio on this host, and whose is its port: read from /proc, /etc/passwd and the
 nginx sites. Runs ON the server as root, by the system python3 (stdlib only, `python3 -I -c SOURCE
-command args`, like tasks/core/sqlite.py); the unit tests run it against a fake /proc tree.
+command args`, like tasks/core/onserver/sqlite.py); the unit tests run it against a fake /proc tree.
 
 Commands (JSON or one line on stdout):
   detect PORT UNIT USER DATA_DIR        every Label Studio the toolkit does not manage, the port's holder,

@@ -1,4 +1,4 @@
-"""The HTTPS steps of the provision plan (tls.mode acme, files, self-signed), pure like tasks.core.steps.
+"""The HTTPS steps of the provision plan (tls.mode acme, files, self-signed), pure like tasks.core.provision.steps.
 
 HTTPS is switched on in the pass that finds everything it needs on the server: nginx installed (its
 version decides the http2 syntax) and, for acme, a certificate. Until then the site keeps serving plain
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import parse, render, steps, tls
-from .commands.tls import ENABLE_CERTBOT_TIMER, make_self_signed
-from .facts import ProvisionFacts
-from .plan import Change, InstallTlsFiles, ObtainCertificate, Run
-from .profile import Profile
-from .errors import ProfileError
-from .tls import Eab, LocalPair
+from tasks.core import parse, render
+from tasks.core.commands.tls import ENABLE_CERTBOT_TIMER, make_self_signed
+from tasks.core.errors import ProfileError
+from tasks.core.profile import Profile
+from tasks.core.provision import steps, tls
+from tasks.core.provision.facts import ProvisionFacts
+from tasks.core.provision.plan import Change, InstallTlsFiles, ObtainCertificate, Run
+from tasks.core.provision.tls import Eab, LocalPair
 
 RENEW_BEFORE_DAYS = 30   # a self-signed certificate closer to its end than this is made anew
 

@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from . import catalog, database, sqlite, ui
-from .catalog import DATABASE, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
-from .commands import data as data_commands
-from .commands import dbcheck
-from .commands import read_file
-from .connect import Host, removed_afterwards
-from .errors import LockedError, RemoteError, SnapshotError, UsageError
-from .profile import Profile
-from .transfer import check_free_space, receive_tar, server_codec
+from tasks.core import database, ui
+from tasks.core.commands import data as data_commands
+from tasks.core.commands import dbcheck, read_file
+from tasks.core.connect import Host, removed_afterwards
+from tasks.core.data import catalog
+from tasks.core.data.catalog import DATABASE, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
+from tasks.core.errors import LockedError, RemoteError, SnapshotError, UsageError
+from tasks.core.onserver import sqlite
+from tasks.core.profile import Profile
+from tasks.core.transfer import check_free_space, receive_tar, server_codec
 
 DELTA = data_commands.DELTA
 # More changed pages than this share of the database: the whole file goes (a delta would be as big,
@@ -74,7 +75,7 @@ class ServerData:
 def server_counts(host: Host, profile: Profile) -> dict | None:
     """Row counts of the live server database (read-only, no integrity check), None without one."""
     if profile.database.postgresql:
-        from . import pgdata
+        from tasks.core.data import postgres_snapshots as pgdata
         found = pgdata.server_counts(host, profile)
         return found["counts"] if found is not None else None
     out = host.run(data_commands.server_counts(profile), sudo=True,
@@ -392,7 +393,7 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
     refuse_other_database(host, profile)
     if profile.database.postgresql:
-        from . import pgdata
+        from tasks.core.data import postgres_snapshots as pgdata
         return pgdata.take_snapshot(host, profile, label=label, media=media)
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)

@@ -16,15 +16,16 @@ import json
 import shutil
 import time
 
-from . import catalog, migrate, ui
-from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
-from .commands import data as data_commands
-from .commands import postgres as pg
-from .connect import Host
-from .database import DUMP, restore_names, snapshot_engine
-from .errors import RemoteError, SnapshotError
-from .profile import Profile
-from .transfer import receive_tar, server_codec
+from tasks.core import ui
+from tasks.core.commands import data as data_commands
+from tasks.core.commands import postgres as pg
+from tasks.core.connect import Host
+from tasks.core.data import catalog, migrate
+from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from tasks.core.database import DUMP, restore_names, snapshot_engine
+from tasks.core.errors import RemoteError, SnapshotError
+from tasks.core.profile import Profile
+from tasks.core.transfer import receive_tar, server_codec
 
 
 def _last_json(text: str) -> dict:
@@ -102,7 +103,7 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
 
 
 def _work_dir(host: Host, profile: Profile):
-    from .snapshots import server_work_dir  # snapshots imports this module
+    from tasks.core.data.snapshots import server_work_dir  # snapshots imports this module
     return server_work_dir(host, profile, "backup")
 
 
@@ -117,7 +118,7 @@ def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: 
     entries, fetch = catalog.link_unchanged(wanted, previous, dest, always_fetch=frozenset({DUMP}))
     listed = [f[0] for f in fetch if f[0] != DUMP]
     if listed:
-        from .snapshots import send_file_list
+        from tasks.core.data.snapshots import send_file_list
         send_file_list(host, profile, work_dir, listed)
     codec = server_codec(host)
     total = sum(f[1] for f in fetch)
@@ -160,7 +161,7 @@ def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout:
             files: list[FileEntry] | None = None) -> None:
     """The dump (or, converted, a SQLite database) into a new database, checked, then the switch by the
     swap job (see the module). `files`: what of the snapshot goes (default: all of it)."""
-    from .restore import refuse_foreign_port, refuse_unfinished_swap, run_swap, upload
+    from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap, upload
 
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)

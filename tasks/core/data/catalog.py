@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SnapshotError, UsageError
+from tasks.core.errors import SnapshotError, UsageError
 
 MANIFEST = "manifest.json"
 DATABASE = "label_studio.sqlite3"

@@ -24,18 +24,19 @@ from typing import Iterator
 
 from rich.table import Table
 
-from . import database, steps_tls, ui
-from .commands import data as data_commands
-from .commands import migrate as commands
-from .commands.service import service_manager
-from .connect import Host, removed_afterwards
-from .database import ENGINES
-from .dbconvert import differences  # noqa: F401 (migrate.differences)
-from .errors import RemoteError, SnapshotError, UsageError
-from .facts import ProvisionFacts
-from .profile import Profile
-from .render import RenderedFile
-from .transfer import remote_tempdir, upload_bytes
+from tasks.core import database, ui
+from tasks.core.commands import data as data_commands
+from tasks.core.commands import migrate as commands
+from tasks.core.commands.service import service_manager
+from tasks.core.connect import Host, removed_afterwards
+from tasks.core.database import ENGINES
+from tasks.core.errors import RemoteError, SnapshotError, UsageError
+from tasks.core.onserver.convert_database import differences  # noqa: F401 (migrate.differences)
+from tasks.core.profile import Profile
+from tasks.core.provision import tls_steps as steps_tls
+from tasks.core.provision.facts import ProvisionFacts
+from tasks.core.render import RenderedFile
+from tasks.core.transfer import remote_tempdir, upload_bytes
 
 TRIAL_TIMEOUT = 3600
 

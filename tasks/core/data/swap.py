@@ -15,17 +15,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import parse, sqlite, ui
-from .catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
-from .commands import data as data_commands
-from .commands import instances as instance_commands
-from .commands import swap as swap_job
-from .connect import Host
-from .errors import JobStillRunning, RemoteError, SnapshotError
-from .health import database_check
-from .profile import Profile
-from .snapshots import DELTA_MAX_SHARE, stored_page_index
-from .transfer import check_free_space, send_tar, server_codec
+from tasks.core import parse, ui
+from tasks.core.commands import data as data_commands
+from tasks.core.commands import instances as instance_commands
+from tasks.core.commands import swap as swap_job
+from tasks.core.connect import Host
+from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
+from tasks.core.data.snapshots import DELTA_MAX_SHARE, stored_page_index
+from tasks.core.errors import JobStillRunning, RemoteError, SnapshotError
+from tasks.core.onserver import sqlite
+from tasks.core.profile import Profile
+from tasks.core.provision.health import database_check
+from tasks.core.transfer import check_free_space, send_tar, server_codec
 
 
 def _parts_present(files: list[FileEntry]) -> list[str]:

@@ -7,22 +7,42 @@ from __future__ import annotations
 import difflib
 from pathlib import PurePosixPath
 
-from . import render
 from packaging.version import Version
 
-from .commands.provision import (DAEMON_RELOAD, ENABLE_UFW, RELOAD_NGINX, apt_install, create_service_user,
-                                 make_dir, pip_install_label_studio, set_owner_and_mode, switch_release,
-                                 ufw_allow, ufw_allow_from, wanted_packages)
-from .commands.service import HTTPS_PORT, service_manager
-from .commands import postgres, secret_key
-from . import steps_tls
-from .defaults import APT_TIMEOUT, PIP_TIMEOUT
-from .facts import ProvisionFacts
-from .plan import (AdminRequest, Change, EnsureAdmin, InstallFile, NginxSite, Run, StoreDatabasePassword,
-                   WaitForHealth, notified)
-from .profile import Profile
-from .render import RenderedFile
-from .tls import Eab, LocalPair
+from tasks.core import render
+from tasks.core.commands import postgres, secret_key
+from tasks.core.commands.provision import (
+    DAEMON_RELOAD,
+    ENABLE_UFW,
+    RELOAD_NGINX,
+    apt_install,
+    create_service_user,
+    make_dir,
+    pip_install_label_studio,
+    set_owner_and_mode,
+    switch_release,
+    ufw_allow,
+    ufw_allow_from,
+    wanted_packages,
+)
+from tasks.core.commands.service import HTTPS_PORT, service_manager
+from tasks.core.defaults import APT_TIMEOUT, PIP_TIMEOUT
+from tasks.core.profile import Profile
+from tasks.core.provision import tls_steps as steps_tls
+from tasks.core.provision.facts import ProvisionFacts
+from tasks.core.provision.plan import (
+    AdminRequest,
+    Change,
+    EnsureAdmin,
+    InstallFile,
+    NginxSite,
+    Run,
+    StoreDatabasePassword,
+    WaitForHealth,
+    notified,
+)
+from tasks.core.provision.tls import Eab, LocalPair
+from tasks.core.render import RenderedFile
 
 # What a change can notify; the handlers below act on them, once, in this order.
 DAEMON_RELOAD_NEEDED = "daemon-reload"

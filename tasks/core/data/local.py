@@ -17,11 +17,22 @@ from typing import Iterator
 
 import platformdirs
 
-from . import catalog, sqlite, ui
-from .catalog import DATABASE, LOCAL_HOST, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot, private_dir
-from .database import snapshot_engine
-from .errors import LockedError, SnapshotError, UsageError
-from .profile import backups_root
+from tasks.core import ui
+from tasks.core.data import catalog
+from tasks.core.data.catalog import (
+    DATABASE,
+    LOCAL_HOST,
+    MEDIA,
+    SECRET_ENV,
+    FileEntry,
+    Manifest,
+    Snapshot,
+    private_dir,
+)
+from tasks.core.database import snapshot_engine
+from tasks.core.errors import LockedError, SnapshotError, UsageError
+from tasks.core.onserver import sqlite
+from tasks.core.profile import backups_root
 
 DATA_DIR_ENV = "LABEL_STUDIO_BASE_DATA_DIR"
 LAST_INSTALL = "last-install.json"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import base64
 import binascii
 import dataclasses
 import json
+from dataclasses import dataclass
 
-from . import parse
-from .commands import probes
-from .connect import Host
-from .profile import Profile
+from tasks.core import parse
+from tasks.core.commands import probes
+from tasks.core.connect import Host
+from tasks.core.profile import Profile
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class Unmanaged:
 
 @dataclass(frozen=True)
 class Neighbours:
-    """Other Label Studio instances on the host and who holds our port (read by tasks/core/instances.py)."""
+    """Other Label Studio instances on the host and who holds our port (read by tasks/core/onserver/instances.py)."""
 
     unmanaged: tuple[Unmanaged, ...] = ()
     port_state: str = "free"     # free | ours | ours-elsewhere | other

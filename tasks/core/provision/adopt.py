@@ -9,9 +9,9 @@ import re
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import UsageError
-from .facts import Neighbours, Unmanaged
-from .profile import Profile
+from tasks.core.errors import UsageError
+from tasks.core.profile import Profile
+from tasks.core.provision.facts import Neighbours, Unmanaged
 
 # Values read from the server reach a script only after passing these (Debian's NAME_REGEX; a path
 # of plain characters): anything else is refused with a way out, never quoted and hoped for.

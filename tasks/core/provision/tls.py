@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
-from .defaults import CERT_WARN_DAYS
-from .errors import ProfileError, UsageError
-from .profile import Profile
+from tasks.core.defaults import CERT_WARN_DAYS
+from tasks.core.errors import ProfileError, UsageError
+from tasks.core.profile import Profile
 
 EAB_KID_ENV = "LSVM_ACME_EAB_KID"
 EAB_HMAC_ENV = "LSVM_ACME_EAB_HMAC_KEY"
