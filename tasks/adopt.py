@@ -12,9 +12,9 @@ from tasks.core import ui
 from tasks.core.commands import instances, secret_key
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
-from tasks.core.data import local, snapshots
+from tasks.core.data import engine, local, snapshots
 from tasks.core.data.catalog import SECRET_ENV
-from tasks.core.data.swap import replace_server_data
+from tasks.core.data.replace import replace_server_data
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task_edge
 from tasks.core.errors import RemoteError, SnapshotError, ToolkitError, UsageError
@@ -85,7 +85,7 @@ def _snapshot_after_stop(host: Host, source: Profile, first, version: str | None
         unchanged = snapshots.prepare_server_copy(host, source, work_dir, first).info.get("unchanged")
     if unchanged:
         return first
-    again = snapshots.take_server_snapshot(host, source, label="adopt", label_studio_version=version)
+    again = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=version)
     report_snapshot(again, "it changed before it stopped: snapshot again")
     return again
 
@@ -112,7 +112,7 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
     if others.port_taken_by_stranger():
         raise UsageError(f"{others.port_said}: Label Studio cannot listen there after the take-over; nothing was "
                          "changed", hint="stop that process, or choose another label_studio.port in the profile")
-    managed = snapshots.server_counts(host, profile) if found.db_exists else None
+    managed = engine.server_counts(host, profile) if found.db_exists else None
     problem = core.managed_data_problem(managed)
     if problem:
         raise UsageError(f"{problem}: adopting would replace it; nothing was changed",
@@ -131,14 +131,14 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
 
     source = core.source_profile(profile, u)
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "adopt"):
-        snapshot = snapshots.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
+        snapshot = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
         report_snapshot(snapshot, "snapshot of the unmanaged data")
         _warn_of_an_unreadable_secret_key(snapshot)
         if not snapshot.verified:
             raise SnapshotError(f"the snapshot of {u.data_dir} did not verify (integrity "
                                 f"{snapshot.manifest.integrity_check}); nothing was changed")
         if found.db_exists:
-            report_snapshot(snapshots.take_server_snapshot(host, profile, label="pre-adopt"),
+            report_snapshot(engine.take_server_snapshot(host, profile, label="pre-adopt"),
                             "managed data backed up as")
         stopped = host.run(instances.stop_unmanaged(profile, u.pid, u.uid), sudo=True, check=False,
                            what="stopping the unmanaged Label Studio")
@@ -153,7 +153,7 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
             # instance comes back instead, below).
             replace_server_data(host, profile, snapshot.path, snapshot.manifest.files,
                                 health_timeout=int(health_timeout), restart_previous=found.db_exists)
-            mismatches = core.count_mismatches(snapshot.manifest.counts, snapshots.server_counts(host, profile))
+            mismatches = core.count_mismatches(snapshot.manifest.counts, engine.server_counts(host, profile))
             if mismatches:
                 raise RemoteError("the adopted data does not match the snapshot: " + "; ".join(mismatches))
         except KeyboardInterrupt:

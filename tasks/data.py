@@ -10,11 +10,8 @@ from fabric import task
 from rich.table import Table
 
 from tasks.core import ui
-from tasks.core.data import catalog, local
-from tasks.core.data import postgres_snapshots as pgdata
-from tasks.core.data import snapshots
+from tasks.core.data import catalog, engine, local, snapshots
 from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
-from tasks.core.data.swap import replace_server_data
 from tasks.core.database import snapshot_engine
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, confirm, host_alias, open_host, open_other_host, profile_for, task_edge
@@ -75,7 +72,7 @@ def backup(c, config=None, label=None, no_media=False):
     label = catalog.check_label(label)
     profile, host = open_host(c, config, sudo=True)
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "backup"):
-        snapshot = snapshots.take_server_snapshot(host, profile, label=label, media=not no_media)
+        snapshot = engine.take_server_snapshot(host, profile, label=label, media=not no_media)
     report_snapshot(snapshot)
 
 
@@ -232,7 +229,7 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
             chosen = _fresh_snapshot_of(c, from_, from_config, host.alias)
         else:
             chosen = catalog.find_snapshot(catalog.list_snapshots(source_dir), catalog.snapshot_name(snapshot))
-        pgdata.refuse_other_engine(chosen, profile, host.alias)
+        engine.refuse_other_engine(chosen, profile, host.alias)
         snapshots.refuse_other_database(host, profile)
         report = local.verify_snapshot(chosen)
         server = _server_counts_for(host, profile, chosen)
@@ -257,14 +254,14 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
 def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:
     """The server's counts (None: no database yet), once a SQLite server is known to run a release that
     knows the source's migrations (onto PostgreSQL the converter compares them)."""
-    server = snapshots.server_counts(host, profile)
+    server = engine.server_counts(host, profile)
     if server is not None and not profile.database.postgresql:
         local.require_known_migrations(source.path / DATABASE, snapshots.release_migrations(host, profile), host.alias)
     return server
 
 
 def _say_if_converted(source: Snapshot, profile: Profile) -> None:
-    if pgdata.converts(snapshot_engine(source.manifest), profile.database.engine):
+    if engine.converted_on_the_way(source, profile):
         ui.out.print(f"  {CONVERTED}")
 
 
@@ -275,19 +272,16 @@ def _replace_after_backup(host, profile: Profile, source: Snapshot, files: list,
     with snapshots.server_lock(host, profile, task_name):
         before = None
         if backup:
-            before = snapshots.take_server_snapshot(host, profile, label=label)
+            before = engine.take_server_snapshot(host, profile, label=label)
             report_snapshot(before, "server backed up as")
-        if profile.database.postgresql:
-            pgdata.restore(host, profile, source, files=files, health_timeout=health_timeout)
-        else:
-            replace_server_data(host, profile, source.path, files, health_timeout=health_timeout, base=before)
+        engine.put_on_server(host, profile, source, files, health_timeout=health_timeout, base=before)
 
 
 def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapshot:
     """restore-server --from: a backup of the other server taken now, into its own backups/<alias>/."""
     source_profile, source = open_other_host(c, alias, config, sudo=True)
     with snapshots.server_lock(source, source_profile, f"backup for a move to {target}"):
-        taken = snapshots.take_server_snapshot(source, source_profile, label="move")
+        taken = engine.take_server_snapshot(source, source_profile, label="move")
     report_snapshot(taken, f"{alias} backed up as")
     if not taken.verified:
         raise SnapshotError(f"the database on {alias} failed integrity_check ({taken.manifest.integrity_check}): "
@@ -326,7 +320,7 @@ def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
     host.check_sudo()
     with local.local_lock(profile.backups_dir()), local.local_lock(backups_root() / LOCAL_HOST):
         with snapshots.server_lock(host, profile, "pull-server-db"):
-            pulled = snapshots.take_server_snapshot(host, profile, label="pull")
+            pulled = engine.take_server_snapshot(host, profile, label="pull")
         report_snapshot(pulled, "server snapshot")
         local.require_verified_pull(pulled)
         _save_local(data_dir, "pre-pull")

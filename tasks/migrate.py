@@ -7,7 +7,7 @@ from fabric import task
 from tasks.core import ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
-from tasks.core.data import local, migrate, snapshots
+from tasks.core.data import engine, local, migrate, snapshots
 from tasks.core.data.catalog import DATABASE
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
@@ -46,7 +46,7 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
         if prepare:
             plan.apply(host, [steps.packages(found, profile), *steps.database(found, profile, password)],
                        dry_run=False)
-        report_snapshot(snapshots.take_server_snapshot(host, migration.source, label="pre-migrate-db"),
+        report_snapshot(engine.take_server_snapshot(host, migration.source, label="pre-migrate-db"),
                         "server backed up as")
         files = migration.files(found)
         with migrate.staged(host, migration, files):

@@ -14,7 +14,7 @@ from tasks.core.commands import data as data_commands
 from tasks.core.commands import provision as provision_commands
 from tasks.core.commands import upgrade as commands
 from tasks.core.connect import Host
-from tasks.core.data import catalog, local, snapshots
+from tasks.core.data import catalog, engine, local, snapshots
 from tasks.core.data.catalog import DATABASE
 from tasks.core.data.swap import run_swap
 from tasks.core.defaults import PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
@@ -130,7 +130,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
         return
 
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "upgrade"):
-        report_snapshot(snapshots.take_server_snapshot(host, profile, label=f"pre-upgrade-{release_label(old)}"),
+        report_snapshot(engine.take_server_snapshot(host, profile, label=f"pre-upgrade-{release_label(old)}"),
                         "server backed up as")
         if new not in found.releases:
             with ui.err.status(f"pip install label-studio=={new} into {profile.release_dir(new)} (a minute or more)"):
@@ -179,7 +179,7 @@ def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
                          hint=f"a snapshot can still be restored: fab -H {host.alias} backups, then restore-server")
     old, new, sha = record
     then = _counts_at_upgrade(profile, old)
-    now = snapshots.server_counts(host, profile) or {}
+    now = engine.server_counts(host, profile) or {}
     ui.out.print(f"[bold]rollback {host.alias}[/bold]: label-studio {new} -> {old}, and the database as it was "
                  "before the upgrade")
     ui.out.print(f"  now:           {counts_text(now)}")
@@ -191,7 +191,7 @@ def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
                     f"gone from the server (kept in a snapshot on this machine first). " + question)
     confirm(question, yes)
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "rollback"):
-        report_snapshot(snapshots.take_server_snapshot(host, profile, label=f"pre-rollback-{release_label(new)}"),
+        report_snapshot(engine.take_server_snapshot(host, profile, label=f"pre-rollback-{release_label(new)}"),
                         "server backed up as")
         run_swap(host, profile, [DATABASE], health_timeout=int(health_timeout),
                  steps=commands.rollback_steps(profile, sha),

@@ -167,6 +167,11 @@ def snapshot_engine(manifest) -> str:
     return engine if engine in ENGINES else "sqlite"
 
 
+def converts(snapshot_engine_name: str, server_engine_name: str) -> bool:
+    """Whether data of one engine goes onto a server of the other by conversion (SQLite -> PostgreSQL)."""
+    return (snapshot_engine_name, server_engine_name) == ("sqlite", "postgresql")
+
+
 def restore_names(settings: DatabaseSettings, stamp: str) -> tuple[str, str]:
     """(new, aside): the database a restore fills, and the name the live one gets while it is switched."""
     base = settings.name[:36]

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import database, render
+from tasks.core.data import engine
 from tasks.core.data import postgres_snapshots as pgdata
 from tasks.core.onserver import postgres_tool as pgtool
 from tasks.core.provision import steps
@@ -145,13 +146,13 @@ def test_snapshot_engine_and_refusals(tmp_path):
     assert database.snapshot_engine(_manifest({"engine": "oracle"})) == "sqlite"
     sqlite_snapshot = type("S", (), {"id": "20250101T000000Z", "manifest": _manifest({})})()
     pg_snapshot = type("S", (), {"id": "20250101T000000Z", "manifest": _manifest({"engine": "postgresql"})})()
-    pgdata.refuse_other_engine(pg_snapshot, LOCAL, "vm")
-    pgdata.refuse_other_engine(sqlite_snapshot, LOCAL, "vm")  # converted on the server
+    engine.refuse_other_engine(pg_snapshot, LOCAL, "vm")
+    engine.refuse_other_engine(sqlite_snapshot, LOCAL, "vm")  # converted on the server
     with pytest.raises(SnapshotError) as raised:
-        pgdata.refuse_other_engine(pg_snapshot, parse_profile("", host="vm"), "vm")
+        engine.refuse_other_engine(pg_snapshot, parse_profile("", host="vm"), "vm")
     assert "holds a postgresql database and vm runs on sqlite" in raised.value.message
     assert "migrate-db --to sqlite" in raised.value.hint
-    assert pgdata.converts("sqlite", "postgresql") and not pgdata.converts("postgresql", "sqlite")
+    assert database.converts("sqlite", "postgresql") and not database.converts("postgresql", "sqlite")
 
 
 def test_table_differences():

@@ -21,7 +21,7 @@ from fabric import Connection
 from invoke import Context, Exit
 
 from tasks import data as data_tasks
-from tasks.core.data import catalog, local, snapshots
+from tasks.core.data import catalog, engine, local
 from tasks.core import edge, transfer, ui
 from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MANIFEST, SECRET_ENV, Manifest
@@ -236,7 +236,7 @@ def test_a_backup_stream_with_an_extra_file_leaves_no_snapshot(backups):
     host.streams.insert(0, (r"tar --ignore-failed-read", Stream(tar_stream(
         {DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), MEDIA_FILE: (PNG, 1), "media/upload/1/planted.sh": (b"x", 1)}))))
     with pytest.raises(RemoteError, match="not asked for: 'media/upload/1/planted.sh'"):
-        snapshots.take_server_snapshot(host, PROFILE, label=None)
+        engine.take_server_snapshot(host, PROFILE, label=None)
     assert list((backups / "vm").iterdir()) == []
 
 
@@ -245,7 +245,7 @@ def test_a_backup_stream_with_a_grown_file_leaves_no_snapshot(backups):
     host.streams.insert(0, (r"tar --ignore-failed-read", Stream(tar_stream(
         {DATABASE: (DB, 1), SECRET_ENV: (ENV + b"MORE=1\n", 1), MEDIA_FILE: (PNG, 1)}))))
     with pytest.raises(SnapshotError, match=r"\.env is larger than announced"):
-        snapshots.take_server_snapshot(host, PROFILE, label=None)
+        engine.take_server_snapshot(host, PROFILE, label=None)
     assert list((backups / "vm").iterdir()) == []
 
 
@@ -306,7 +306,7 @@ def test_backups_and_prune_show_malformed_manifests_as_incomplete(monkeypatch, b
 
 def test_a_backup_after_a_malformed_manifest_is_a_full_one(backups):
     plant(backups / "vm", [json.dumps({**GOOD, "source": 3})])
-    snapshot = snapshots.take_server_snapshot(server(prepared()), PROFILE, label=None)
+    snapshot = engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
     assert snapshot.verified
 
 
@@ -350,9 +350,9 @@ def test_link_or_copy_on_a_full_disk_is_a_snapshot_error(monkeypatch, tmp_path):
 
 
 def test_a_second_backup_without_hard_links_copies_the_unchanged_files(monkeypatch, backups):
-    first = snapshots.take_server_snapshot(server(prepared()), PROFILE, label=None)
+    first = engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
     refuse_links(monkeypatch)
-    second = snapshots.take_server_snapshot(server(prepared(unchanged=True, database=None)), PROFILE, label=None)
+    second = engine.take_server_snapshot(server(prepared(unchanged=True, database=None)), PROFILE, label=None)
     assert second.verified
     for name in (DATABASE, SECRET_ENV, MEDIA_FILE):
         assert (second.path / name).read_bytes() == (first.path / name).read_bytes()
@@ -379,7 +379,7 @@ def filling_up(after: int):
 def test_a_full_disk_during_a_backup_is_a_snapshot_error_and_leaves_no_folder(monkeypatch, backups):
     monkeypatch.setattr(transfer, "write_private", filling_up(4))
     with pytest.raises(SnapshotError, match=f"no space left on this machine in {backups / 'vm'}/") as caught:
-        snapshots.take_server_snapshot(server(prepared()), PROFILE, label=None)
+        engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
     assert caught.value.exit_code == 6
     assert list((backups / "vm").iterdir()) == []
 

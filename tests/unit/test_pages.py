@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.data import catalog, swap as restore, snapshots
+from tasks.core.data import catalog, replace, snapshots
 from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import DATABASE, SECRET_ENV, FileEntry, Manifest, Snapshot
 from tasks.core.commands import data
@@ -226,7 +226,7 @@ def test_a_push_sends_only_the_pages_that_differ_and_checks_the_rebuilt_file(tmp
     source, files = pushed_files(tmp_path, server_db, [3, 1500])
     host = push_host(files[0].sha256)
     host.answer(r"python3 -I -c .* tree-sha256 ", ok("{}\n"))
-    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    replace.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     upload = host.channels[0]
     assert uploaded_names(upload) == {data.DELTA}
     assert len(upload.written) < files[0].size / 10
@@ -243,7 +243,7 @@ def test_with_pages_and_other_files_the_rebuilt_database_is_not_hashed_a_second_
     host = push_host(files[0].sha256)
     host.answer(r"python3 -I -c .* tree-sha256 ", ok(json.dumps({SECRET_ENV: {"size": 13, "sha256": files[1].sha256}})
                                                        + "\n"))
-    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    replace.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     assert data.hash_incoming(PROFILE, [DATABASE]) in host.commands
 
 
@@ -255,7 +255,7 @@ def test_a_rebuilt_file_that_is_not_the_pushed_one_sends_the_whole_file(tmp_path
     host = push_host(answer.get("sha"), error=answer.get("error"))
     host.answer(r"python3 -I -c .* tree-sha256 ", ok(json.dumps({
         DATABASE: {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
-    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    replace.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     first, second = host.channels[0], host.channels[1]
     assert uploaded_names(first) == {data.DELTA} and uploaded_names(second) == {DATABASE}
     assert host.commands.count(data.make_incoming(PROFILE)) == 2  # the second upload starts from an empty folder
@@ -273,7 +273,7 @@ def test_a_push_of_another_history_sends_the_whole_file(tmp_path, capsys):
     host = push_host(None)
     host.answer(r"python3 -I -c .* tree-sha256 ", ok(json.dumps({
         DATABASE: {"size": files[0].size, "sha256": files[0].sha256}}) + "\n"))
-    restore.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
+    replace.replace_server_data(host, PROFILE, source, files, health_timeout=30, base=base)
     assert uploaded_names(host.channels[0]) == {DATABASE} and not host.ran(r"' apply-live /")
     assert "whole database sent" in capsys.readouterr().out
 

@@ -21,7 +21,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import parse
-from tasks.core.data import swap as restore
+from tasks.core.data import replace as data_replace
+from tasks.core.data import swap as data_swap
 from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
 from tasks.core.commands import data, dbcheck, swap
@@ -72,7 +73,7 @@ ORM_CHECK = r" orm-incoming$"
 
 
 def replace(host, source, entries):
-    restore.replace_server_data(host, PROFILE, source, entries, health_timeout=30)
+    data_replace.replace_server_data(host, PROFILE, source, entries, health_timeout=30)
 
 
 def test_the_happy_path_verifies_the_upload_then_hands_stop_swap_start_and_health_to_one_server_job(tmp_path, capsys):
@@ -236,7 +237,7 @@ def test_ctrl_c_while_following_leaves_the_job_to_finish_on_the_server(tmp_path,
         if line.startswith("stopped"):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(restore._SwapReport, "__call__", interrupted)
+    monkeypatch.setattr(data_swap._SwapReport, "__call__", interrupted)
     with pytest.raises(KeyboardInterrupt):
         replace(host, source, entries)
     assert host.commands[-1] == swap.follow(PROFILE)  # nothing after: no stop, no rollback from here
@@ -250,7 +251,7 @@ def test_ctrl_c_while_following_leaves_the_job_to_finish_on_the_server(tmp_path,
     ([DATABASE, SECRET_ENV, "media/a.png"], [DATABASE, SECRET_ENV, MEDIA]),
 ])
 def test_the_parts_swapped_are_those_the_files_hold(files, parts):
-    assert restore._parts_present([FileEntry(f, 1, "x") for f in files]) == parts
+    assert data_replace._parts_present([FileEntry(f, 1, "x") for f in files]) == parts
 
 
 # ------------------------------------------------------------------------------------------------

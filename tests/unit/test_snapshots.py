@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core.data import catalog, snapshots
+from tasks.core.data import catalog, engine, snapshots
 from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import DATABASE, SECRET_ENV
 from tasks.core.commands import data
@@ -167,7 +167,7 @@ def backups(tmp_path, monkeypatch):
 
 def test_a_first_backup_streams_everything_and_checks_it(backups):
     host = server(prepared())
-    snapshot = snapshots.take_server_snapshot(host, PROFILE, label="nightly")
+    snapshot = engine.take_server_snapshot(host, PROFILE, label="nightly")
     assert snapshot.verified and snapshot.label == "nightly"
     m = snapshot.manifest
     assert {f.path: (f.size, f.sha256) for f in m.files} == {
@@ -184,9 +184,9 @@ def test_a_first_backup_streams_everything_and_checks_it(backups):
 
 
 def test_a_backup_of_an_unchanged_server_hard_links_everything_and_streams_nothing(backups):
-    first = snapshots.take_server_snapshot(server(prepared()), PROFILE, label=None)
+    first = engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
     host = server(prepared(unchanged=True, database=None))
-    second = snapshots.take_server_snapshot(host, PROFILE, label=None)
+    second = engine.take_server_snapshot(host, PROFILE, label=None)
     assert host.channels == []
     assert second.id != first.id and second.verified
     for name in (DATABASE, SECRET_ENV, MEDIA_FILE):
@@ -201,7 +201,7 @@ def test_a_backup_of_an_unchanged_server_hard_links_everything_and_streams_nothi
 def test_a_backup_whose_database_hash_differs_leaves_no_snapshot_behind(backups):
     host = server(prepared(), checked_sha="0" * 64)
     with pytest.raises(SnapshotError, match="sha256 differs between vm and this machine"):
-        snapshots.take_server_snapshot(host, PROFILE, label=None)
+        engine.take_server_snapshot(host, PROFILE, label=None)
     assert catalog.list_snapshots(backups) == []
     assert host.commands[-1] == data.remove_work_dir(PROFILE, PurePosixPath(WORK))
 
@@ -209,7 +209,7 @@ def test_a_backup_whose_database_hash_differs_leaves_no_snapshot_behind(backups)
 def test_a_server_without_a_database_is_refused(backups):
     host = server({"database_exists": False})
     with pytest.raises(SnapshotError, match="no Label Studio database on vm"):
-        snapshots.take_server_snapshot(host, PROFILE, label=None)
+        engine.take_server_snapshot(host, PROFILE, label=None)
     assert catalog.list_snapshots(backups) == []
     assert host.channels == []
 
@@ -217,13 +217,13 @@ def test_a_server_without_a_database_is_refused(backups):
 def test_a_full_temp_space_is_said_in_words(backups):
     host = server(prepared(copy_error="database or disk is full"))
     with pytest.raises(SnapshotError, match=r"temp space \(/var/tmp\) is full"):
-        snapshots.take_server_snapshot(host, PROFILE, label=None)
+        engine.take_server_snapshot(host, PROFILE, label=None)
 
 
 def test_no_temp_folder_is_a_snapshot_error(backups):
     host = FakeHost(alias="vm").answer(r"mktemp -d", fail("mkdir: cannot create directory: Read-only file system"))
     with pytest.raises(SnapshotError, match="cannot create a temp folder in /var/tmp on vm: .*Read-only"):
-        snapshots.take_server_snapshot(host, PROFILE, label=None)
+        engine.take_server_snapshot(host, PROFILE, label=None)
 
 
 @pytest.mark.parametrize("stdout, counts", [("", None), ('{"projects": 1, "tasks": 2, "annotations": 0}\n',
@@ -246,7 +246,7 @@ def test_hostile_media_names_travel_nul_separated_on_stdin_and_land_byte_identic
     media = {name: (f"content of {i}".encode(), 1700000000 + i) for i, name in enumerate(HOSTILE_NAMES)}
     host = server(prepared(media=[{"path": n, "size": len(c), "mtime": m} for n, (c, m) in media.items()]))
     host.streams = [(r"tar --ignore-failed-read", Stream(tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), **media})))]
-    snapshot = snapshots.take_server_snapshot(host, PROFILE, label=None)
+    snapshot = engine.take_server_snapshot(host, PROFILE, label=None)
     for name in HOSTILE_NAMES:
         assert not any(name in command or name.encode("utf-8", "surrogateescape").decode("utf-8", "replace") in command
                        for command in host.commands + [c.command for c in host.channels])

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.core.provision import plan, steps
 from tasks.core import render
-from tasks.core.provision.facts import UnitState
+from tasks.core.commands.service import UnitState
 from tasks.core.provision.plan import AdminRequest, EnsureAdmin, NginxSite, Run, WaitForHealth
 from tasks.core.profile import parse_profile
 from tests.unit.fakehost import FakeHost, ok, upload_of

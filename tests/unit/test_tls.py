@@ -11,7 +11,8 @@ import pytest
 from tasks.core import render
 from tasks.core.provision import steps, tls_steps as steps_tls, tls
 from tasks.core.errors import ProfileError, UsageError
-from tasks.core.provision.facts import TlsFacts, UnitState
+from tasks.core.commands.service import UnitState
+from tasks.core.provision.facts import TlsFacts
 from tasks.core.provision.plan import AdminRequest, InstallTlsFiles, NginxSite, ObtainCertificate, Run
 from tasks.core.profile import parse_profile
 from tasks.service import certificate_row

@@ -6,7 +6,8 @@ Each method returns a shell command (run as root) or plain data; nothing here to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from tasks.core import render
 from tasks.core.commands import as_service_user, join, q
@@ -16,14 +17,40 @@ from tasks.core.render import RenderedFile
 
 HTTPS_PORT = 443
 
-if TYPE_CHECKING:
-    from tasks.core.provision.facts import UnitState
+
+@dataclass(frozen=True)
+class UnitState:
+    """A systemd unit as `systemctl show` describes it (read by the probes, asked by the managers)."""
+
+    load: str = ""
+    active: str = ""
+    sub: str = ""
+    enabled: str = ""
+
+    @classmethod
+    def from_show(cls, props: dict[str, str]) -> "UnitState":
+        return cls(props.get("LoadState", ""), props.get("ActiveState", ""),
+                   props.get("SubState", ""), props.get("UnitFileState", ""))
+
+    @property
+    def exists(self) -> bool:
+        return self.load not in ("", "not-found")
+
+    @property
+    def running(self) -> bool:
+        return self.active == "active"
+
+    def describe(self) -> str:
+        if not self.exists:
+            return "not installed"
+        text = f"{self.active} ({self.sub})" if self.sub else self.active
+        return f"{text}, {self.enabled} at boot" if self.enabled else text
 
 
 class ServiceState(Protocol):
     """What a manager reads from a probe (HostStatus and ProvisionFacts both have these)."""
 
-    service: "UnitState"
+    service: UnitState
     screen_running: bool
 
 

@@ -22,7 +22,10 @@ from tasks.core.commands import postgres as pg
 from tasks.core.connect import Host
 from tasks.core.data import catalog, migrate
 from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
-from tasks.core.database import DUMP, restore_names, snapshot_engine
+from tasks.core.data.replace import upload
+from tasks.core.data.snapshots import send_file_list, server_work_dir
+from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
+from tasks.core.database import DUMP, converts, restore_names, snapshot_engine
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import Profile
 from tasks.core.transfer import receive_tar, server_codec
@@ -65,7 +68,7 @@ def table_differences(expected: dict, found: dict) -> list[str]:
 def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True) -> Snapshot:
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
-    with _work_dir(host, profile) as work_dir:
+    with server_work_dir(host, profile, "backup") as work_dir:
         out = host.run(data_commands.prepare_copy(profile, work_dir, "null", check=False), sudo=True, check=False,
                        what="listing the server's data")
         info = _last_json(out.stdout)
@@ -102,11 +105,6 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
     return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
 
 
-def _work_dir(host: Host, profile: Profile):
-    from tasks.core.data.snapshots import server_work_dir  # snapshots imports this module
-    return server_work_dir(host, profile, "backup")
-
-
 def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: dict, *, media: bool,
               previous: Snapshot | None) -> list[FileEntry]:
     """The dump, .env and media into dest; .env and media unchanged since `previous` are hard-linked."""
@@ -118,7 +116,6 @@ def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: 
     entries, fetch = catalog.link_unchanged(wanted, previous, dest, always_fetch=frozenset({DUMP}))
     listed = [f[0] for f in fetch if f[0] != DUMP]
     if listed:
-        from tasks.core.data.snapshots import send_file_list
         send_file_list(host, profile, work_dir, listed)
     codec = server_codec(host)
     total = sum(f[1] for f in fetch)
@@ -140,29 +137,10 @@ def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: 
 # restore-server
 
 
-def refuse_other_engine(snapshot: Snapshot, profile: Profile, alias: str) -> None:
-    """A snapshot restores onto a host of its own engine, or (converted on the server) a SQLite one onto a
-    PostgreSQL host; a dump onto a SQLite host would need PostgreSQL there: migrate-db's job."""
-    engine = snapshot_engine(snapshot.manifest)
-    here = profile.database.engine
-    if engine != here and not converts(engine, here):
-        raise SnapshotError(f"snapshot {snapshot.id} holds a {engine} database and {alias} runs on {here}: "
-                            f"restore-server converts SQLite snapshots into PostgreSQL, not back; nothing was changed",
-                            hint=f"restore it while {alias} runs on {engine} (database.engine: {engine}, "
-                                 f"migrate-db --to {engine} first if it holds data), then `migrate-db --to {here}`")
-
-
-def converts(snapshot_engine_name: str, server_engine_name: str) -> bool:
-    """Whether data of one engine goes onto a server of the other by conversion (SQLite -> PostgreSQL)."""
-    return (snapshot_engine_name, server_engine_name) == ("sqlite", "postgresql")
-
-
 def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout: int,
             files: list[FileEntry] | None = None) -> None:
     """The dump (or, converted, a SQLite database) into a new database, checked, then the switch by the
     swap job (see the module). `files`: what of the snapshot goes (default: all of it)."""
-    from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap, upload
-
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
     files = snapshot.manifest.files if files is None else files

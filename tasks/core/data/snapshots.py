@@ -73,11 +73,7 @@ class ServerData:
 
 
 def server_counts(host: Host, profile: Profile) -> dict | None:
-    """Row counts of the live server database (read-only, no integrity check), None without one."""
-    if profile.database.postgresql:
-        from tasks.core.data import postgres_snapshots as pgdata
-        found = pgdata.server_counts(host, profile)
-        return found["counts"] if found is not None else None
+    """Row counts of the live SQLite database (read-only, no integrity check), None without one."""
     out = host.run(data_commands.server_counts(profile), sudo=True,
                    what="reading server counts").stdout.strip()
     return json.loads(out) if out else None
@@ -386,15 +382,11 @@ def refuse_other_database(host: Host, profile: Profile) -> None:
         raise UsageError(problem[0], hint=problem[1] or None)
 
 
-def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
-                         label_studio_version: str | None = None) -> Snapshot:
-    """The body of `backup` (callers hold the locks): consistent copy on the server -> verified
+def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
+                  label_studio_version: str | None = None) -> Snapshot:
+    """A SQLite server's backup (callers hold the locks): consistent copy on the server -> verified
     snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
     from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
-    refuse_other_database(host, profile)
-    if profile.database.postgresql:
-        from tasks.core.data import postgres_snapshots as pgdata
-        return pgdata.take_snapshot(host, profile, label=label, media=media)
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     base_index = PendingIndex.start(previous)

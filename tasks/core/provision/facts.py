@@ -10,35 +10,9 @@ from dataclasses import dataclass
 
 from tasks.core import parse
 from tasks.core.commands import probes
+from tasks.core.commands.service import UnitState
 from tasks.core.connect import Host
 from tasks.core.profile import Profile
-
-
-@dataclass(frozen=True)
-class UnitState:
-    load: str = ""
-    active: str = ""
-    sub: str = ""
-    enabled: str = ""
-
-    @classmethod
-    def from_show(cls, props: dict[str, str]) -> "UnitState":
-        return cls(props.get("LoadState", ""), props.get("ActiveState", ""),
-                   props.get("SubState", ""), props.get("UnitFileState", ""))
-
-    @property
-    def exists(self) -> bool:
-        return self.load not in ("", "not-found")
-
-    @property
-    def running(self) -> bool:
-        return self.active == "active"
-
-    def describe(self) -> str:
-        if not self.exists:
-            return "not installed"
-        text = f"{self.active} ({self.sub})" if self.sub else self.active
-        return f"{text}, {self.enabled} at boot" if self.enabled else text
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -26,12 +27,19 @@ from tasks.core.database import PASSWORD_ENV, secret_line
 from tasks.core.defaults import FIRST_START_TIMEOUT
 from tasks.core.errors import RemoteError
 from tasks.core.profile import PROJECT_ROOT, Profile
+from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.tls import Eab, LocalPair, certbot_failure, certbot_ini
 from tasks.core.render import RenderedFile
 from tasks.core.transfer import remote_tempdir, secret_file, upload_bytes
 
 ENSURE_ADMIN_SCRIPT = PROJECT_ROOT / "templates" / "scripts" / "ensure_admin.py"
+
+# What a change notifies: the handlers run once, after every step of a plan.
+DAEMON_RELOAD_NEEDED = "daemon-reload"
+NGINX_RELOAD = "nginx-reload"
+RESTART = "restart"
+HEALTH = "health"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,3 +269,21 @@ def obtain_certificate(host: Host, action: ObtainCertificate) -> None:
     if not result.ok:
         reason = certbot_failure(result.stdout + "\n" + result.stderr, profile.tls.acme.directory, action.name)
         raise RemoteError(f"no certificate: {reason}", hint="the site keeps serving over HTTP")
+
+
+def unified_diff(path: PurePosixPath, old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"{path} (on server)", tofile=f"{path} (wanted)",
+    ))
+
+
+def managed_file(facts: ProvisionFacts, key: str, file: RenderedFile, label: str,
+                 notifies: frozenset[str]) -> Change:
+    current = facts.files.get(key)
+    if current == file.content:
+        return Change(f"{label} is up to date")
+    verb = "update" if current is not None else "create"
+    return Change(f"{verb}d {label} {file.path}", True, plan=f"{verb} {label} {file.path}",
+                  diff=unified_diff(file.path, current or "", file.content), action=InstallFile(file),
+                  notifies=notifies)

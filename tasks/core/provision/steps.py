@@ -4,7 +4,6 @@ admin), which run once, after every step. Unit-tested as a table in tests/unit/t
 
 from __future__ import annotations
 
-import difflib
 from pathlib import PurePosixPath
 
 from packaging.version import Version
@@ -28,28 +27,25 @@ from tasks.core.commands.provision import (
 from tasks.core.commands.service import HTTPS_PORT, service_manager
 from tasks.core.defaults import APT_TIMEOUT, PIP_TIMEOUT
 from tasks.core.profile import Profile
-from tasks.core.provision import tls_steps as steps_tls
+from tasks.core.provision import tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.plan import (
+    DAEMON_RELOAD_NEEDED,
+    HEALTH,
+    NGINX_RELOAD,
+    RESTART,
     AdminRequest,
     Change,
     EnsureAdmin,
-    InstallFile,
     NginxSite,
     Run,
     StoreDatabasePassword,
     WaitForHealth,
+    managed_file,
     notified,
+    unified_diff,
 )
 from tasks.core.provision.tls import Eab, LocalPair
-from tasks.core.render import RenderedFile
-
-# What a change can notify; the handlers below act on them, once, in this order.
-DAEMON_RELOAD_NEEDED = "daemon-reload"
-NGINX_RELOAD = "nginx-reload"
-RESTART = "restart"
-HEALTH = "health"
-
 
 # ------------------------------------------------------------------------------------------------
 # Comparisons
@@ -86,13 +82,6 @@ def firewall_rules_missing(profile: Profile, facts: ProvisionFacts) -> list[tupl
             missing.append((ufw_allow_from(facts.client_ip, port),
                             f"{port}/tcp from {facts.client_ip} (this SSH session; the existing restriction stays)"))
     return missing
-
-
-def unified_diff(path: PurePosixPath, old: str, new: str) -> str:
-    return "".join(difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True),
-        fromfile=f"{path} (on server)", tofile=f"{path} (wanted)",
-    ))
 
 
 def needs_password(facts: ProvisionFacts, admin: AdminRequest) -> bool:
@@ -233,17 +222,6 @@ def database(facts: ProvisionFacts, profile: Profile, password: str | None = Non
     return changes
 
 
-def managed_file(facts: ProvisionFacts, key: str, file: RenderedFile, label: str,
-                 notifies: frozenset[str]) -> Change:
-    current = facts.files.get(key)
-    if current == file.content:
-        return Change(f"{label} is up to date")
-    verb = "update" if current is not None else "create"
-    return Change(f"{verb}d {label} {file.path}", True, plan=f"{verb} {label} {file.path}",
-                  diff=unified_diff(file.path, current or "", file.content), action=InstallFile(file),
-                  notifies=notifies)
-
-
 def env_file(facts: ProvisionFacts, profile: Profile) -> Change:
     wanted = service_manager(profile).env_file()
     change = managed_file(facts, "env_file", wanted, "env file", frozenset({RESTART}))
@@ -266,8 +244,8 @@ def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None =
     """Site file, enable link, default site off: one validated action (on the first part that needs
     it) does all three, so nginx never reloads into a half-applied state."""
     p = profile.remote
-    site = render.nginx_site(steps_tls.serving(facts, profile), ipv6=facts.ipv6,
-                             tls=steps_tls.nginx_tls(facts, profile, pair), acme_webroot=steps_tls.acme_webroot(profile))
+    site = render.nginx_site(tls_steps.serving(facts, profile), ipv6=facts.ipv6,
+                             tls=tls_steps.nginx_tls(facts, profile, pair), acme_webroot=tls_steps.acme_webroot(profile))
     current = facts.files.get("nginx_site")
     file_ok = current == site.content
     parts = [  # (needed, done, planned, unchanged)
@@ -375,8 +353,8 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
          database_password: str | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
-    With TLS wanted but not `steps_tls.ready`, this pass serves HTTP and ends by obtaining the certificate."""
-    wanted, profile = profile, steps_tls.serving(facts, profile)
+    With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
+    wanted, profile = profile, tls_steps.serving(facts, profile)
     steps = [
         packages(facts, wanted),
         service_user(facts, profile),
@@ -384,12 +362,12 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         label_studio_secret_key(facts, profile),
         *label_studio(facts, profile),
         *database(facts, profile, database_password),
-        *steps_tls.certificate(facts, wanted, tls_pair),
+        *tls_steps.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
         service_definition(facts, profile),
         *nginx_site(facts, wanted, tls_pair),
         *firewall(facts, wanted),
-        *steps_tls.renewal(facts, wanted),
+        *tls_steps.renewal(facts, wanted),
     ]
     notes = notified(steps)
     handlers = reload_handlers(facts, notes) + service_at_boot(facts, profile)
@@ -402,4 +380,4 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         handlers.append(Change("Label Studio answers /health on 127.0.0.1", plan="wait for Label Studio to answer /health",
                                action=WaitForHealth(profile)))
     handlers.append(admin_user(facts, profile, admin))
-    return steps + handlers + steps_tls.obtain(facts, wanted, eab)
+    return steps + handlers + tls_steps.obtain(facts, wanted, eab)

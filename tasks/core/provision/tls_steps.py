@@ -13,9 +13,9 @@ from tasks.core import parse, render
 from tasks.core.commands.tls import ENABLE_CERTBOT_TIMER, make_self_signed
 from tasks.core.errors import ProfileError
 from tasks.core.profile import Profile
-from tasks.core.provision import steps, tls
+from tasks.core.provision import tls
 from tasks.core.provision.facts import ProvisionFacts
-from tasks.core.provision.plan import Change, InstallTlsFiles, ObtainCertificate, Run
+from tasks.core.provision.plan import NGINX_RELOAD, Change, InstallTlsFiles, ObtainCertificate, Run, managed_file
 from tasks.core.provision.tls import Eab, LocalPair
 
 RENEW_BEFORE_DAYS = 30   # a self-signed certificate closer to its end than this is made anew
@@ -89,7 +89,7 @@ def certificate(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None)
     mode = profile.tls.mode
     if mode == "off" or not ready(facts, profile):
         return []
-    reload = frozenset({steps.NGINX_RELOAD})
+    reload = frozenset({NGINX_RELOAD})
     name = profile.effective_server_name
     current = tls.leaf_info(facts.tls.cert_pem)
     if mode == "acme":
@@ -123,7 +123,7 @@ def renewal(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     """acme: certbot's timer renews, and a deploy hook (nginx -t, then reload) loads the new certificate."""
     if profile.tls.mode != "acme":
         return []
-    hook = steps.managed_file(facts, "deploy_hook", render.certbot_deploy_hook(profile), "certbot deploy hook",
+    hook = managed_file(facts, "deploy_hook", render.certbot_deploy_hook(profile), "certbot deploy hook",
                               frozenset())
     timer = facts.tls.certbot_timer
     if timer.enabled == "enabled" and timer.running:

@@ -1,0 +1,144 @@
+"""Replacing the server's data (push-local-db, restore-server, adopt) without ever losing what was there.
+
+Order: the caller has taken a full server snapshot -> upload into `<data_dir>/.lsvm-incoming/` (as the
+service user) while the service still runs -> sha256 checked on the server (or the database rebuilt there
+from the changed pages) -> the release reads every table of it -> the swap job (tasks.core.data.swap).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from tasks.core import parse, ui
+from tasks.core.commands import data as data_commands
+from tasks.core.connect import Host
+from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
+from tasks.core.data.snapshots import DELTA_MAX_SHARE, stored_page_index
+from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
+from tasks.core.errors import SnapshotError
+from tasks.core.onserver import sqlite
+from tasks.core.profile import Profile
+from tasks.core.provision.health import database_check
+from tasks.core.transfer import check_free_space, send_tar, server_codec
+
+
+def _parts_present(files: list[FileEntry]) -> list[str]:
+    parts = [DATABASE]
+    if any(f.path == SECRET_ENV for f in files):
+        parts.append(SECRET_ENV)
+    if any(f.path.startswith(MEDIA + "/") for f in files):
+        parts.append(MEDIA)
+    return parts
+
+
+class DeltaRefused(SnapshotError):
+    """The pages sent do not rebuild the pushed database on the server: the whole file must go."""
+
+
+def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry], *, delta: Path | None = None) -> None:
+    """Stream the files into the incoming folder and prove on the server that every byte arrived. With
+    `delta` (the database's changed pages, sqlite.make_delta), those pages go instead of the database,
+    which the server rebuilds from a consistent copy of its own; SnapshotError(DeltaRefused) when the
+    rebuilt file is not the pushed one (the server's database is not the base any more)."""
+    sent = [(source / f.path, f.path) for f in files if not (delta and f.path == DATABASE)]
+    database = next((f for f in files if f.path == DATABASE), None)
+    if delta is not None:
+        sent.insert(0, (delta, data_commands.DELTA))
+    total = sum(local.stat().st_size for local, _ in sent)
+    room = total + (2 * database.size if delta is not None and database else 0)
+    check_free_space(host, profile.remote.data_dir, room + 1024 * 1024, "the incoming data")
+    codec = server_codec(host)
+    host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
+    started = time.monotonic()
+    channel = host.root_channel(data_commands.receive_upload(profile, codec.name))
+    try:
+        send_tar(channel, codec, sent, total=total, description=f"upload to {host.alias}")
+        channel.finish("receiving the upload")
+    finally:
+        channel.close()
+    ui.transfer_summary("uploaded", total, time.monotonic() - started, wire=channel.sent)
+    if delta is not None:
+        with ui.err.status("rebuilding the database on the server from its own and the changed pages"):
+            out = host.run(data_commands.apply_delta_incoming(profile), sudo=True, what="rebuilding the database")
+        built = json.loads(out.stdout.strip().splitlines()[-1])
+        if built.get("sha256") != database.sha256:
+            raise DeltaRefused(built.get("error") or "the server's database changed since it was backed up")
+    check = [f for f in files if not (delta and f.path == DATABASE)]
+    if not check:
+        return
+    with ui.err.status(f"checking the {len(check)} uploaded file(s) by sha256 on the server"):
+        out = host.run(data_commands.hash_incoming(profile, [DATABASE] if delta else []), sudo=True,
+                       what="checking the upload").stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    for entry in check:
+        got = found.get(entry.path)
+        if not isinstance(got, dict) or got.get("sha256") != entry.sha256:
+            raise SnapshotError(f"{parse.printable(entry.path)} arrived damaged on {host.alias} (sha256 differs); "
+                                "nothing was replaced")
+
+
+def page_delta(source: Path, base: Snapshot | None, work: Path) -> Path | None:
+    """The pages of source's database that differ from `base`'s (the server's database, just backed
+    up), in a file under `work`; None when the whole file should go (no base, another page size, or
+    more than half the pages differ: another history)."""
+    with ui.err.status(f"reading the pages of {base.id}"):
+        index = stored_page_index(base)
+    if index is None:
+        return None
+    delta = work / data_commands.DELTA
+    delta.unlink(missing_ok=True)
+    with ui.err.status(f"comparing the database page by page with the server's ({base.id})"):
+        found = sqlite.make_delta(str(source / DATABASE), index, str(delta))
+    if not found.get("usable") or found["changed"] > found["pages"] * DELTA_MAX_SHARE:
+        why = found.get("why") or f"{found['changed']} of {found['pages']} pages differ"
+        ui.out.print(f"  whole database sent: {why}")
+        delta.unlink(missing_ok=True)
+        return None
+    ui.out.print(f"  database: {found['changed']} of {found['pages']} pages differ from the server's; "
+                 "only those are sent")
+    return delta
+
+
+def require_usable_incoming(host: Host, profile: Profile) -> None:
+    """Before anything stops: the server's own release reads every table of the uploaded database, with
+    every column its models name (a database it cannot use is refused here, not after the swap)."""
+    answer = database_check(host, profile, data_commands.incoming_dir(profile) / DATABASE)
+    if "error" in answer:
+        raise SnapshotError(f"the Label Studio on {host.alias} cannot use this database: {answer['error']}; "
+                            "nothing was stopped or replaced",
+                            hint="push a database that this release (or an older one) of Label Studio wrote")
+    if "pending" in answer:
+        ui.step(True, f"the database lacks {answer['pending']} of the release's migrations: Label Studio applies "
+                      "them when it starts, and the check after the start reads every table")
+    else:
+        ui.step(True, f"the server's Label Studio reads all {answer['tables']} tables of the uploaded database")
+
+
+def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
+                        health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None) -> None:
+    """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure.
+    `base`, a snapshot of the server's database taken just before, lets only the changed pages go."""
+    parts = _parts_present(files)
+    refuse_unfinished_swap(host, profile)
+    refuse_foreign_port(host, profile)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lsvm-delta-") as work:
+            delta = page_delta(source, base, Path(work)) if base is not None and any(
+                f.path == DATABASE for f in files) else None
+            try:
+                upload(host, profile, source, files, delta=delta)
+            except DeltaRefused as refused:
+                ui.warn(f"the changed pages did not rebuild the database on {host.alias} ({refused.message}): "
+                        "sending the whole database")
+                upload(host, profile, source, files)
+        ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
+        if DATABASE in parts and not profile.database.postgresql:
+            require_usable_incoming(host, profile)
+    except BaseException:
+        host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
+        raise
+    run_swap(host, profile, parts, health_timeout=health_timeout,
+             steps=None if restart_previous else {"restart_previous": False})
