@@ -13,18 +13,17 @@ from tasks.core.commands import instances, secret_key
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
 from tasks.core.data import engine, local, snapshots
-from tasks.core.data.catalog import SECRET_ENV
+from tasks.core.data.catalog import report_snapshot
 from tasks.core.data.replace import replace_server_data
-from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task_edge
+from tasks.core.defaults import SECRET_ENV, SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import CONFIG_HELP, YES_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task_edge
 from tasks.core.errors import RemoteError, SnapshotError, ToolkitError, UsageError
 from tasks.core.profile import Profile
 from tasks.core.provision import adopt as core
 from tasks.core.provision import facts, plan, steps
 from tasks.core.provision.facts import Unmanaged
 from tasks.core.provision.plan import AdminRequest
-from tasks.data import YES_HELP, report_snapshot
-from tasks.provision import check_host
+from tasks.core.provision.refusals import check_host
 
 REVIVE_TIMEOUT = 600  # the old release may migrate nothing, but its first answer can take a while
 

@@ -11,32 +11,25 @@ from rich.table import Table
 
 from tasks.core import ui
 from tasks.core.data import catalog, engine, local, snapshots
-from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MEDIA, Snapshot
+from tasks.core.data.catalog import LOCAL_HOST, Snapshot, counts_text, report_snapshot
 from tasks.core.database import snapshot_engine
-from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, confirm, host_alias, open_host, open_other_host, profile_for, task_edge
+from tasks.core.defaults import DATABASE, MEDIA, SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import (
+    CONFIG_HELP,
+    HEALTH_HELP,
+    YES_HELP,
+    confirm,
+    host_alias,
+    open_host,
+    open_other_host,
+    profile_for,
+    task_edge,
+)
 from tasks.core.errors import SnapshotError, UsageError
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile, backups_root
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
-YES_HELP = "do not ask for confirmation"
-HEALTH_HELP = f"seconds to wait for /health after the swap before rolling back (default {SWAP_HEALTH_TIMEOUT})"
-
-
-def counts_text(counts: dict | None) -> str:
-    if not counts:
-        return "no database"
-    if "error" in counts:
-        return f"unreadable ({counts['error']})"
-    return ", ".join(f"{counts.get(k, '?')} {k}" for k in ("projects", "tasks", "annotations"))
-
-
-def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
-    m = snapshot.manifest
-    ui.step(True, f"{what} {snapshot.id}: {ui.human_bytes(m.total_size)}, {len(m.files)} files, "
-                  f"{counts_text(m.counts)}, integrity {m.integrity_check}")
-    ui.out.print(f"  in {snapshot.path}")
 
 
 CONVERTED = ("SQLite -> PostgreSQL: converted on the server into a new database while Label Studio serves "

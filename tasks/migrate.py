@@ -8,13 +8,12 @@ from tasks.core import ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
 from tasks.core.data import engine, local, migrate, snapshots
-from tasks.core.data.catalog import DATABASE
+from tasks.core.data.catalog import report_snapshot
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
-from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, ask_database_password, confirm, open_host, task_edge
+from tasks.core.defaults import DATABASE, SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import CONFIG_HELP, HEALTH_HELP, YES_HELP, ask_database_password, confirm, open_host, task_edge
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.provision import facts, plan, steps
-from tasks.data import HEALTH_HELP, YES_HELP, report_snapshot
 
 
 @task(help={"to": "postgresql or sqlite: the engine the profile's database.engine names", "config": CONFIG_HELP,

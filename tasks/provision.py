@@ -6,7 +6,7 @@ import time
 
 from fabric import task
 
-from tasks.core import database, ui
+from tasks.core import ui
 from tasks.core.commands import read_file
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
@@ -21,46 +21,11 @@ from tasks.core.edge import (
 )
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.profile import Profile
-from tasks.core.provision import facts, plan, steps, systems, tls
+from tasks.core.provision import facts, plan, steps, tls
 from tasks.core.provision import tls_steps as steps_tls
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.plan import AdminRequest
-
-
-def refuse_neighbours(alias: str, found: facts.ProvisionFacts) -> None:
-    """Never start a second, empty Label Studio beside one the user already has, nor on a port another
-    process holds: say who, change nothing."""
-    others = found.neighbours
-    if others.unmanaged:
-        described = "; ".join(u.describe() for u in others.unmanaged)
-        raise UsageError(f"found an {described}. Provision would start a second, empty Label Studio beside "
-                         "it; nothing was changed",
-                         hint=f"take it over with its data: fab -H {alias} adopt (--dry-run shows the plan)")
-    if others.port_taken_by_other:
-        raise UsageError(f"{others.port_said}: Label Studio cannot listen there; nothing was changed",
-                         hint="stop that process, or choose another label_studio.port in the profile")
-
-
-def refuse_database_switch(alias: str, profile: Profile, found: facts.ProvisionFacts) -> None:
-    """The server's env file records the database Label Studio runs on: a profile that names another
-    one is refused while there is data (moving it is migrate-db's job), never acted on."""
-    env = found.files.get("env_file")
-    problem = database.mismatch(database.server_settings(env), database.server_engine(env), profile.database,
-                                has_data=found.db_exists or database.server_engine(env) == "postgresql",
-                                alias=alias, config=profile.config_file)
-    if problem:
-        raise UsageError(problem[0], hint=problem[1] or None)
-
-
-def check_host(profile: Profile, found: facts.ProvisionFacts) -> None:
-    if service_manager(profile).needs_systemd and not found.systemd:
-        raise RemoteError("this host does not run systemd: set `service: {manager: screen}` in the profile")
-    version = tuple(int(x) for x in (found.python3 or "0.0").split(".")[:2])
-    if version < (3, 10):
-        raise RemoteError(f"Label Studio needs Python 3.10 or newer; the host has {found.python3 or 'none'}")
-    warning = systems.support_warning(found.os_id, found.os_version)
-    if warning:
-        ui.warn(warning)
+from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
 
 
 def check_tls_locally(profile: Profile) -> tuple[tls.LocalPair | None, tls.Eab | None]:

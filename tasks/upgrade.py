@@ -15,16 +15,15 @@ from tasks.core.commands import provision as provision_commands
 from tasks.core.commands import upgrade as commands
 from tasks.core.connect import Host
 from tasks.core.data import catalog, engine, local, snapshots
-from tasks.core.data.catalog import DATABASE
+from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.data.swap import run_swap
-from tasks.core.defaults import PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, confirm, open_host, refuse_on_postgresql, task_edge
+from tasks.core.defaults import DATABASE, PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import CONFIG_HELP, YES_HELP, confirm, open_host, refuse_on_postgresql, task_edge
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.profile import Profile
 from tasks.core.provision import facts
+from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
 from tasks.core.releases import pypi_versions
-from tasks.data import YES_HELP, counts_text, report_snapshot
-from tasks.provision import check_host, refuse_database_switch, refuse_neighbours
 
 MIGRATION_CHECK_TIMEOUT = 1800
 

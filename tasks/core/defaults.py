@@ -11,3 +11,8 @@ APT_TIMEOUT = 1800                   # apt-get update + install on a slow mirror
 PIP_TIMEOUT = 3600                   # pip install label-studio (about 160 packages)
 ACME_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"   # Let's Encrypt production
 CERT_WARN_DAYS = 14                  # status warns when the served certificate expires sooner
+
+# What Label Studio keeps in its data dir (and a snapshot holds under the same names)
+DATABASE = "label_studio.sqlite3"
+SECRET_ENV = ".env"
+MEDIA = "media"

@@ -16,10 +16,12 @@ from tasks.core import ui
 from tasks.core.connect import Host
 from tasks.core.data.catalog import LOCAL_HOST
 from tasks.core.database import PASSWORD_ENV, password_problem
-from tasks.core.defaults import MIN_PASSWORD_LENGTH
+from tasks.core.defaults import MIN_PASSWORD_LENGTH, SWAP_HEALTH_TIMEOUT
 from tasks.core.errors import ToolkitError, UsageError
 from tasks.core.profile import Profile, check_email, load_profile
 
+YES_HELP = "do not ask for confirmation"
+HEALTH_HELP = f"seconds to wait for /health after the swap before rolling back (default {SWAP_HEALTH_TIMEOUT})"
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
 
 

@@ -14,8 +14,9 @@ from pathlib import Path, PurePosixPath
 
 from tasks.core import defaults, render, ui
 from tasks.core.commands import secret_key
-from tasks.core.data.catalog import SECRET_ENV, write_atomic
+from tasks.core.defaults import SECRET_ENV
 from tasks.core.errors import RemoteError, ToolkitError, UsageError
+from tasks.core.files import write_atomic
 
 REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
 TOKEN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

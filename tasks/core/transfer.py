@@ -13,8 +13,8 @@ from typing import Iterator
 from tasks.core import commands, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.connect import CHUNK, Host, RootChannel
-from tasks.core.data.catalog import private_dir, space_needed, write_private
 from tasks.core.errors import RemoteError, SnapshotError
+from tasks.core.files import private_dir, space_needed, write_private
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from tasks.core.data import catalog
 from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import FileEntry, Manifest, Snapshot, retention_plan
 from tasks.core.errors import SnapshotError, UsageError
+from tasks.core.files import private_dir
 
 UTC = dt.timezone.utc
 
@@ -75,7 +76,7 @@ def test_same_second_gets_the_next_second(tmp_path: Path):
 
 
 def test_private_dir_makes_every_level_0700(tmp_path: Path):
-    deep = catalog.private_dir(tmp_path / "a" / "b" / "c")
+    deep = private_dir(tmp_path / "a" / "b" / "c")
     for level in (tmp_path / "a", tmp_path / "a" / "b", deep):
         assert oct(level.stat().st_mode & 0o777) == "0o700"
 

@@ -205,7 +205,7 @@ def test_the_plan_says_what_happens_to_an_older_release():
 
 def test_provision_refuses_beside_an_unmanaged_instance_or_on_a_strangers_port(bare):
     import dataclasses
-    from tasks.provision import refuse_neighbours
+    from tasks.core.provision.refusals import refuse_neighbours
     with pytest.raises(UsageError, match="fab -H vm adopt"):
         refuse_neighbours("vm", dataclasses.replace(bare, neighbours=Neighbours(unmanaged=(unmanaged(),))))
     stranger = Neighbours(port_state="other", port_said="port 8080 is held on 127.0.0.1 by pid 9, user www: nc -l",

@@ -24,12 +24,15 @@ from tasks import data as data_tasks
 from tasks.core.data import catalog, engine, local
 from tasks.core import edge, transfer, ui
 from tasks.core.onserver import sqlite
-from tasks.core.data.catalog import DATABASE, LOCAL_HOST, MANIFEST, SECRET_ENV, Manifest
+from tasks.core.data.catalog import LOCAL_HOST, MANIFEST, Manifest
+from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.connect import RootChannel
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tests.unit.conftest import PROFILE
 from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
 from tests.unit.test_snapshots import DB, ENV, LOCK, MEDIA_FILE, PNG, REPORT, prepared, server, sha, tar_stream
+import tasks.core.files as file_helpers
+from tasks.core.files import link_or_copy, space_needed
 
 BAD_CHECK = "*** in database main ***\nPage 7: btreeInitPage() returns error code 11"
 
@@ -329,7 +332,7 @@ def test_link_or_copy_copies_where_there_are_no_hard_links(monkeypatch, tmp_path
     os.utime(source, (1700000000, 1700000000))
     refuse_links(monkeypatch, code)
     target = tmp_path / "new" / "media" / "a.png"
-    catalog.link_or_copy(source, target)
+    link_or_copy(source, target)
     assert target.read_bytes() == PNG and target.stat().st_ino != source.stat().st_ino
     assert target.stat().st_mode & 0o777 == 0o600 and target.stat().st_mtime == 1700000000
 
@@ -337,7 +340,7 @@ def test_link_or_copy_copies_where_there_are_no_hard_links(monkeypatch, tmp_path
 def test_link_or_copy_links_where_it_can(tmp_path):
     source = tmp_path / "a"
     source.write_bytes(b"x")
-    catalog.link_or_copy(source, tmp_path / "new" / "a")
+    link_or_copy(source, tmp_path / "new" / "a")
     assert (tmp_path / "new" / "a").stat().st_ino == source.stat().st_ino
 
 
@@ -346,7 +349,7 @@ def test_link_or_copy_on_a_full_disk_is_a_snapshot_error(monkeypatch, tmp_path):
     source.write_bytes(b"x")
     refuse_links(monkeypatch, errno.ENOSPC)
     with pytest.raises(SnapshotError, match=f"no space left on this machine in {tmp_path / 'new'}"):
-        catalog.link_or_copy(source, tmp_path / "new" / "a")
+        link_or_copy(source, tmp_path / "new" / "a")
 
 
 def test_a_second_backup_without_hard_links_copies_the_unchanged_files(monkeypatch, backups):
@@ -361,7 +364,7 @@ def test_a_second_backup_without_hard_links_copies_the_unchanged_files(monkeypat
 
 def filling_up(after: int):
     """A write_private that writes `after` bytes of a file, then finds the disk full."""
-    real = catalog.write_private
+    real = file_helpers.write_private
 
     def write_private(target, source, **kwargs):
         class Full(io.RawIOBase):
@@ -389,7 +392,7 @@ def test_a_full_disk_while_saving_local_data_leaves_no_folder(monkeypatch, tmp_p
     label_studio_db(mine / DATABASE, SERVER_MIGRATIONS)
     (mine / "media/upload").mkdir(parents=True)
     (mine / "media/upload/a.png").write_bytes(PNG)
-    monkeypatch.setattr(catalog, "write_private", filling_up(4))
+    monkeypatch.setattr(local, "write_private", filling_up(4))
     with pytest.raises(SnapshotError, match=f"no space left on this machine in {backups / LOCAL_HOST}/"):
         local.save_local_data(mine, "pre-pull")
     assert list((backups / LOCAL_HOST).iterdir()) == []
@@ -429,7 +432,7 @@ def test_a_full_disk_while_installing_leaves_the_data_dir_as_it_was(monkeypatch,
 
 def test_other_write_failures_are_not_called_a_full_disk(monkeypatch, tmp_path):
     with pytest.raises(PermissionError):
-        with catalog.space_needed(tmp_path):
+        with space_needed(tmp_path):
             raise PermissionError(errno.EACCES, "Permission denied")
 
 

@@ -19,7 +19,8 @@ import pytest
 
 from tasks.core.data import catalog, replace, snapshots
 from tasks.core.onserver import sqlite
-from tasks.core.data.catalog import DATABASE, SECRET_ENV, FileEntry, Manifest, Snapshot
+from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
+from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.commands import data
 from tests.unit.conftest import PROFILE
 from tests.unit.fakehost import FakeHost, ok

@@ -24,7 +24,8 @@ from tasks.core import parse
 from tasks.core.data import replace as data_replace
 from tasks.core.data import swap as data_swap
 from tasks.core.onserver import sqlite
-from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry
+from tasks.core.data.catalog import FileEntry
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
 from tasks.core.errors import RemoteError, SnapshotError

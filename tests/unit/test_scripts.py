@@ -12,7 +12,7 @@ import pytest
 
 from tasks.core import commands
 from tasks.core.provision import steps
-from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data, dbcheck, instances, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.provision.facts import provision_facts_from_probe

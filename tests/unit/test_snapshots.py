@@ -18,7 +18,7 @@ import pytest
 
 from tasks.core.data import catalog, engine, snapshots
 from tasks.core.onserver import sqlite
-from tasks.core.data.catalog import DATABASE, SECRET_ENV
+from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.commands import data
 from tasks.core.errors import LockedError, RemoteError, SnapshotError
 from tests.unit.conftest import PROFILE

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands, transfer
-from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data
 from tasks.core.connect import RootChannel
 from tasks.core.errors import RemoteError, SnapshotError

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from tasks.core.commands import Arg, as_service_user, join, q
-from tasks.core.data.catalog import DATABASE, SECRET_ENV
+from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from tasks.core.commands import data, join, q
-from tasks.core.data.catalog import DATABASE
+from tasks.core.defaults import DATABASE
 from tasks.core.profile import Profile
 
 UPGRADE_RECORDS = PurePosixPath("/var/lib/lsvm")   # root-only

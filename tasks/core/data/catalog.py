@@ -7,24 +7,20 @@ for a restore, removed by prune.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import errno
 import json
 import os
 import re
 import shutil
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
+from tasks.core import ui
+from tasks.core.defaults import MEDIA
 from tasks.core.errors import SnapshotError, UsageError
+from tasks.core.files import link_or_copy, private_dir, space_needed, write_atomic
 
 MANIFEST = "manifest.json"
-DATABASE = "label_studio.sqlite3"
-SECRET_ENV = ".env"
-MEDIA = "media"
 PAGE_INDEX = "label_studio.sqlite3.pages"  # beside the database: its page digests (sqlite.page_index)
 FORMAT = 1
 LOCAL_HOST = "local"
@@ -208,39 +204,6 @@ def snapshot_name(ref: str) -> str:
     return name
 
 
-def private_dir(path: Path) -> Path:
-    """mkdir -p where every folder created is 0700 (Path.mkdir(parents=True) gives parents 0777-umask)."""
-    missing = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
-        folder.mkdir(mode=0o700)
-        os.chmod(folder, 0o700)
-    return path
-
-
-def write_private(target: Path, source, *, chunk: int = 1024 * 1024, fsync: bool = False) -> tuple[int, str]:
-    """Copy a readable stream into a new 0600 file (never over an existing one), hashing as it goes.
-    Returns (size, sha256)."""
-    import hashlib
-
-    private_dir(target.parent)
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        for block in iter(lambda: source.read(chunk), b""):
-            digest.update(block)
-            size += len(block)
-            out.write(block)
-        if fsync:
-            out.flush()
-            os.fsync(out.fileno())
-    return size, digest.hexdigest()
-
-
 def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Path:
     """A fresh 0700 folder; if one exists for this second, wait-free: bump the second."""
     with space_needed(host_dir):
@@ -255,29 +218,6 @@ def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None 
             except FileExistsError:
                 when += dt.timedelta(seconds=1)
     raise SnapshotError(f"could not create a new snapshot folder in {host_dir}")
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link an unchanged file from an earlier snapshot; copy it (0600, same mtime) where the
-    filesystem has no hard links (exFAT, vfat, many SMB mounts) or refuses this one."""
-    with space_needed(target.parent):
-        private_dir(target.parent)
-        try:
-            os.link(source, target)
-            return
-        except OSError as exc:
-            if disk_full(exc) or exc.errno in (errno.EEXIST, errno.ENOENT):
-                raise
-        with open(source, "rb") as src:
-            write_private(target, src)
-        stat = os.stat(source)
-        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-
-
-# ------------------------------------------------------------------------------------------------
-# A full disk on this machine
-
-SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
 
 
 Wanted = tuple[str, int, "str | None", "int | None"]  # path, size, sha256 if known, mtime if media
@@ -318,32 +258,6 @@ def received_entries(fetch: list[Wanted], received: dict[str, tuple[int, str]], 
             raise SnapshotError(f"{path}: sha256 differs between {alias} and this machine (transfer corrupted)")
         entries.append(FileEntry(path, got[0], got[1], mtime))
     return entries
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether a failure is a full disk (or quota), from the OS or from SQLite."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.Error):
-        return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
-    return False
-
-
-@contextlib.contextmanager
-def space_needed(where: Path) -> Iterator[None]:
-    """A full disk while writing under `where` becomes a SnapshotError in words, not a traceback.
-    Callers remove what they had half written (a snapshot folder is removed whole)."""
-    try:
-        yield
-    except (OSError, sqlite3.Error) as exc:
-        if not disk_full(exc):
-            raise
-        raise SnapshotError(f"no space left on this machine in {where}",
-                            hint="free some space, then try again") from None
-
-
-# ------------------------------------------------------------------------------------------------
-# Retention
 
 
 @dataclass(frozen=True)
@@ -393,24 +307,6 @@ def retention_plan(snapshots: list[Snapshot], keep_last: int, keep_daily: int, k
     return PrunePlan(keep, delete, reasons)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` in one rename (written and fsynced beside it first): a reader sees
-    the old file or the new one, never half of one. Its folder is made private when missing."""
-    private_dir(path.parent)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(partial, mode)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(dest: Path, manifest: Manifest) -> None:
     """Last, atomically: a snapshot without it is incomplete by definition."""
     with space_needed(dest):
@@ -420,3 +316,18 @@ def write_manifest(dest: Path, manifest: Manifest) -> None:
 def delete_snapshots(snapshots: list[Snapshot]) -> None:
     for snapshot in snapshots:
         shutil.rmtree(snapshot.path)
+
+
+def counts_text(counts: dict | None) -> str:
+    if not counts:
+        return "no database"
+    if "error" in counts:
+        return f"unreadable ({counts['error']})"
+    return ", ".join(f"{counts.get(k, '?')} {k}" for k in ("projects", "tasks", "annotations"))
+
+
+def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
+    m = snapshot.manifest
+    ui.step(True, f"{what} {snapshot.id}: {ui.human_bytes(m.total_size)}, {len(m.files)} files, "
+                  f"{counts_text(m.counts)}, integrity {m.integrity_check}")
+    ui.out.print(f"  in {snapshot.path}")

@@ -19,18 +19,11 @@ import platformdirs
 
 from tasks.core import ui
 from tasks.core.data import catalog
-from tasks.core.data.catalog import (
-    DATABASE,
-    LOCAL_HOST,
-    MEDIA,
-    SECRET_ENV,
-    FileEntry,
-    Manifest,
-    Snapshot,
-    private_dir,
-)
+from tasks.core.data.catalog import LOCAL_HOST, FileEntry, Manifest, Snapshot, private_dir
 from tasks.core.database import snapshot_engine
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import LockedError, SnapshotError, UsageError
+from tasks.core.files import disk_full, space_needed, write_atomic, write_private
 from tasks.core.onserver import sqlite
 from tasks.core.profile import backups_root
 
@@ -41,7 +34,7 @@ LAST_INSTALL = "last-install.json"
 @contextlib.contextmanager
 def local_lock(directory: Path) -> Iterator[None]:
     """One data task at a time per snapshot folder on this machine (prune waits for a backup)."""
-    with catalog.space_needed(directory):
+    with space_needed(directory):
         private_dir(directory)
         handle = open(directory / ".lock", "a+")
     try:
@@ -111,7 +104,7 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
     host_dir = backups_root / catalog.LOCAL_HOST
     dest = catalog.new_snapshot_dir(host_dir, label)
     try:
-        with catalog.space_needed(dest):
+        with space_needed(dest):
             report = _save_into(dest, data_dir, label, extra, media)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -125,7 +118,7 @@ def _save_into(dest: Path, data_dir: Path, label: str, extra: dict | None, media
     try:
         sqlite.consistent_copy(str(database), str(dest / DATABASE))
     except sqlite3_module.DatabaseError as exc:
-        if catalog.disk_full(exc):
+        if disk_full(exc):
             raise
         raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
     os.chmod(dest / DATABASE, 0o600)
@@ -154,7 +147,7 @@ def _save_into(dest: Path, data_dir: Path, label: str, extra: dict | None, media
 
 def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None) -> FileEntry:
     with open(source, "rb") as src:
-        size, sha = catalog.write_private(target, src, chunk=sqlite.CHUNK)
+        size, sha = write_private(target, src, chunk=sqlite.CHUNK)
     return FileEntry(rel, size, sha, mtime)
 
 
@@ -190,7 +183,7 @@ def install_local(snapshot: Snapshot, data_dir: Path, *, with_env: bool) -> list
     its place first, then renamed over it, so Label Studio never sees a half-written file. A full disk
     is a SnapshotError, with no half-copied part left behind."""
     try:
-        with catalog.space_needed(data_dir):
+        with space_needed(data_dir):
             return _install_parts(snapshot, data_dir, with_env=with_env)
     except BaseException:
         for name in INCOMING:
@@ -318,7 +311,7 @@ def install_snapshot_locally(chosen: Snapshot, data_dir: Path, *, with_env: bool
     done = install_local(chosen, data_dir, with_env=with_env)
     record = {"sha256": chosen.manifest.file(DATABASE).sha256, "data_dir": str(data_dir), "snapshot": chosen.id,
               "host": chosen.host}
-    catalog.write_atomic(last_install_file(), (json.dumps(record) + "\n").encode())
+    write_atomic(last_install_file(), (json.dumps(record) + "\n").encode())
     return done
 
 

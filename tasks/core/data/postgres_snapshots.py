@@ -21,11 +21,12 @@ from tasks.core.commands import data as data_commands
 from tasks.core.commands import postgres as pg
 from tasks.core.connect import Host
 from tasks.core.data import catalog, migrate
-from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Manifest, Snapshot
+from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.data.replace import upload
 from tasks.core.data.snapshots import send_file_list, server_work_dir
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
 from tasks.core.database import DUMP, converts, restore_names, snapshot_engine
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import Profile
 from tasks.core.transfer import receive_tar, server_codec

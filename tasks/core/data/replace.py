@@ -15,9 +15,10 @@ from pathlib import Path
 from tasks.core import parse, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.connect import Host
-from tasks.core.data.catalog import DATABASE, MEDIA, SECRET_ENV, FileEntry, Snapshot
+from tasks.core.data.catalog import FileEntry, Snapshot
 from tasks.core.data.snapshots import DELTA_MAX_SHARE, stored_page_index
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import SnapshotError
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile

@@ -26,8 +26,10 @@ from tasks.core.commands import data as data_commands
 from tasks.core.commands import dbcheck, read_file
 from tasks.core.connect import Host, removed_afterwards
 from tasks.core.data import catalog
-from tasks.core.data.catalog import DATABASE, PAGE_INDEX, SECRET_ENV, FileEntry, Manifest, Snapshot
+from tasks.core.data.catalog import PAGE_INDEX, FileEntry, Manifest, Snapshot
+from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import LockedError, RemoteError, SnapshotError, UsageError
+from tasks.core.files import disk_full, link_or_copy, space_needed, write_atomic
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile
 from tasks.core.transfer import check_free_space, receive_tar, server_codec
@@ -206,8 +208,8 @@ class PendingIndex:
 
 def write_page_index(dest: Path, index: bytes) -> dict:
     """The sidecar index of dest's database (not one of the snapshot's files); its manifest note."""
-    with catalog.space_needed(dest):
-        catalog.write_atomic(dest / PAGE_INDEX, index)
+    with space_needed(dest):
+        write_atomic(dest / PAGE_INDEX, index)
     return {"sha256": hashlib.sha256(index).hexdigest(), "page_size": sqlite.parse_index(index)[0]}
 
 
@@ -274,10 +276,10 @@ def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str]
     delta does not fit the base."""
     delta = dest / DELTA
     try:
-        with ui.err.status(f"building the database from {base.id} and the changed pages"), catalog.space_needed(dest):
+        with ui.err.status(f"building the database from {base.id} and the changed pages"), space_needed(dest):
             built = sqlite.apply_delta(str(base.path / DATABASE), str(delta), str(dest / DATABASE), index)
     except (ValueError, OSError) as exc:
-        if catalog.disk_full(exc):
+        if disk_full(exc):
             raise
         ui.warn(f"the changed pages do not fit {base.id} ({exc})")
         (dest / DATABASE).unlink(missing_ok=True)
@@ -362,7 +364,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
                   "missing_tables": []}
         noted = m.extra.get("page_index")
         if isinstance(noted, dict) and (previous.path / PAGE_INDEX).is_file():
-            catalog.link_or_copy(previous.path / PAGE_INDEX, dest / PAGE_INDEX)
+            link_or_copy(previous.path / PAGE_INDEX, dest / PAGE_INDEX)
             extra["page_index"] = noted
         ui.out.print(f"  the database has not changed since {previous.id} (SQLite change counter)")
     else:
