@@ -131,15 +131,20 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
             ui.out.print(f"  keep    {s.id}  ({plan.reasons[s.id]})")
         for s in plan.delete:
             ui.out.print(f"  [changed]delete[/changed]  {s.id}" + ("" if s.complete else "  (incomplete)"))
-        if not plan.delete:
+        partials = catalog.leftover_partials(host_dir)
+        for folder in partials:
+            ui.out.print(f"  [changed]delete[/changed]  {folder.name}  (left unfinished by a stopped run)")
+        if not plan.delete and not partials:
             ui.step(False, "nothing to delete")
             return
         if dry_run:
-            ui.out.print(f"{len(plan.delete)} snapshot(s) would be deleted (dry run: nothing deleted)")
+            ui.out.print(f"{len(plan.delete) + len(partials)} folder(s) would be deleted (dry run: nothing deleted)")
             return
-        confirm(f"delete these {len(plan.delete)} snapshot(s) from {host_dir}?", yes)
+        confirm(f"delete these {len(plan.delete) + len(partials)} folder(s) from {host_dir}?", yes)
         catalog.delete_snapshots(plan.delete)
-        ui.step(True, f"deleted {len(plan.delete)} snapshot(s), kept {len(plan.keep)}")
+        catalog.delete_folders(partials)
+        ui.step(True, f"deleted {len(plan.delete)} snapshot(s)" + (f" and {len(partials)} unfinished folder(s)"
+                      if partials else "") + f", kept {len(plan.keep)}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -51,9 +53,11 @@ def test_manifest_json_round_trip():
 
 def test_listing_and_finding(tmp_path: Path):
     host = tmp_path / "vm"
-    good = catalog.new_snapshot_dir(host, "a", dt.datetime(2026, 1, 1, tzinfo=UTC))
-    (good / catalog.MANIFEST).write_text(Manifest("vm", "x", "a", None, {}, [], "ok", {}, True).to_json())
-    incomplete = catalog.new_snapshot_dir(host, None, dt.datetime(2026, 1, 2, tzinfo=UTC))
+    with catalog.new_snapshot(host, "a", dt.datetime(2026, 1, 1, tzinfo=UTC)) as pending:
+        pending.manifest = Manifest("vm", "x", "a", None, {}, [], "ok", {}, True)
+    good = pending.snapshot.path
+    incomplete = host / "20260102T000000Z"   # a folder without a manifest (made by hand, or an old version)
+    incomplete.mkdir()
     (host / "not-a-snapshot").mkdir()
     found = catalog.list_snapshots(host)
     assert [s.id for s in found] == [good.name, incomplete.name]
@@ -68,11 +72,50 @@ def test_listing_and_finding(tmp_path: Path):
     assert oct(host.stat().st_mode & 0o777) == "0o700" and oct(good.stat().st_mode & 0o777) == "0o700"
 
 
+def finished(host: Path, when: dt.datetime, label: str | None = None) -> catalog.Snapshot:
+    with catalog.new_snapshot(host, label, when) as pending:
+        (pending.path / "data").write_text("x")
+        pending.manifest = Manifest("vm", pending.created, label, None, {}, [], "ok", {}, True)
+    return pending.snapshot
+
+
 def test_same_second_gets_the_next_second(tmp_path: Path):
     when = dt.datetime(2026, 1, 1, tzinfo=UTC)
-    a = catalog.new_snapshot_dir(tmp_path, None, when)
-    b = catalog.new_snapshot_dir(tmp_path, None, when)
-    assert a.name == "20260101T000000Z" and b.name == "20260101T000001Z"
+    a, b = finished(tmp_path, when), finished(tmp_path, when)
+    assert a.id == "20260101T000000Z" and b.id == "20260101T000001Z"
+    assert a.manifest.created == "2026-01-01T00:00:00+00:00" and (b.path / "data").read_text() == "x"
+
+
+def test_a_snapshot_being_written_is_never_listed_and_appears_whole_with_its_manifest(tmp_path: Path):
+    with catalog.new_snapshot(tmp_path, "nightly", dt.datetime(2026, 1, 1, tzinfo=UTC)) as pending:
+        (pending.path / "data").write_text("x")
+        assert pending.path.parent == tmp_path and pending.path.name.endswith(catalog.PARTIAL)
+        assert oct(pending.path.stat().st_mode & 0o777) == "0o700"
+        assert catalog.list_snapshots(tmp_path) == []
+        pending.manifest = Manifest("vm", pending.created, "nightly", None, {}, [], "ok", {}, True)
+        assert not (pending.path / catalog.MANIFEST).exists()   # written last, on the way out
+    assert [s.id for s in catalog.list_snapshots(tmp_path)] == ["20260101T000000Z-nightly"]
+    assert pending.snapshot.verified and sorted(p.name for p in tmp_path.iterdir()) == [pending.snapshot.id]
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError, None])
+def test_a_failed_or_unfinished_snapshot_leaves_nothing(tmp_path: Path, failure):
+    with pytest.raises(failure or SnapshotError, match=None if failure else "not finished"):
+        with catalog.new_snapshot(tmp_path, None) as pending:
+            (pending.path / "data").write_text("half")
+            if failure:
+                raise failure()
+    assert list(tmp_path.iterdir()) == [] and pending.snapshot is None
+
+
+def test_prune_finds_partial_folders_a_killed_run_left_a_day_ago_and_leaves_fresh_ones(tmp_path: Path):
+    old = tmp_path / f".20260101T000000Z-abc{catalog.PARTIAL}"
+    fresh = tmp_path / f".20260102T000000Z-def{catalog.PARTIAL}"
+    old.mkdir()
+    fresh.mkdir()
+    (tmp_path / ".hidden").mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    assert catalog.leftover_partials(tmp_path) == [old]
 
 
 def test_private_dir_makes_every_level_0700(tmp_path: Path):
@@ -196,10 +239,17 @@ def test_prune_shows_what_goes_and_asks_first(tmp_path, monkeypatch, capsys):
     old = tmp_path / "local" / "20200101T000000Z-pre-pull"
     old.mkdir(parents=True)   # incomplete and not the newest: it goes
     (tmp_path / "local" / "20200102T000000Z").mkdir()
+    stale, running = (tmp_path / "local" / f".20200103T000000Z-x{catalog.PARTIAL}",
+                      tmp_path / "local" / f".20200104T000000Z-y{catalog.PARTIAL}")
+    stale.mkdir()
+    running.mkdir()
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
     with pytest.raises(Exit) as caught:   # no terminal here, no --yes
         data_tasks.prune(Context(), keep_last=0, keep_daily=0, keep_weekly=0)
     assert caught.value.code == 2 and old.is_dir()
     out, err = capsys.readouterr()
     assert "delete  20200101T000000Z-pre-pull" in out and "add --yes to go ahead" in err
+    assert f"delete  {stale.name}  (left unfinished by a stopped run)" in out and running.name not in out
     data_tasks.prune(Context(), keep_last=0, keep_daily=0, keep_weekly=0, yes=True)
     assert not old.exists() and (tmp_path / "local" / "20200102T000000Z").is_dir()
+    assert not stale.exists() and running.is_dir()

@@ -1,19 +1,25 @@
 """Snapshots on this machine: naming, manifests, listing, retention. Pure except for reading folders.
 
 A snapshot is `backups/<host>/<UTC YYYYmmddTHHMMSSZ>[-<label>]/` holding `label_studio.sqlite3`, `.env`,
-`media/...` and `manifest.json`, written last. A folder without a manifest is incomplete: never offered
-for a restore, removed by prune.
+`media/...` and `manifest.json`. It is written in a hidden `.<id>-*.partial` folder beside the others and
+renamed to its ID once the manifest, written last, is there (`new_snapshot`). A folder without a manifest
+(an earlier version's, or a copy made by hand) is incomplete: never offered for a restore, removed by
+prune, as are partial folders a killed run left more than a day ago.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
 import shutil
+import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tasks.core import ui
 from tasks.core.defaults import MEDIA
@@ -204,20 +210,63 @@ def snapshot_name(ref: str) -> str:
     return name
 
 
-def new_snapshot_dir(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Path:
-    """A fresh 0700 folder; if one exists for this second, wait-free: bump the second."""
+PARTIAL = ".partial"  # a snapshot being written: `.<id><PARTIAL>` beside the finished ones, never listed
+
+
+class PendingSnapshot:
+    """A snapshot being written by `new_snapshot`: files go into `path`; `manifest` is set when they are all
+    there. `snapshot` is the finished one, once the block has ended."""
+
+    def __init__(self, path: Path, when: dt.datetime, label: str | None):
+        self.path = path
+        self.when = when
+        self.label = label
+        self.created = when.isoformat(timespec="seconds")   # for the manifest
+        self.manifest: Manifest | None = None
+        self.snapshot: Snapshot | None = None
+
+
+@contextlib.contextmanager
+def new_snapshot(host_dir: Path, label: str | None, now: dt.datetime | None = None) -> Iterator[PendingSnapshot]:
+    """The one way a snapshot is made here (server SQLite, PostgreSQL, local data): a private temp folder
+    in the host's folder -> the caller's files -> `pending.manifest` written last (atomically) -> the
+    folder renamed to its ID (the next free second if that one is taken). Any failure, or a block that
+    sets no manifest, removes the temp folder: a listing never shows a half-made snapshot."""
+    when = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).replace(microsecond=0)
     with space_needed(host_dir):
         private_dir(host_dir)
         os.chmod(host_dir, 0o700)
-        when = now or dt.datetime.now(dt.timezone.utc)
-        for _ in range(60):
-            path = host_dir / snapshot_id(when, label)
-            try:
-                path.mkdir(mode=0o700)
-                return path
-            except FileExistsError:
-                when += dt.timedelta(seconds=1)
-    raise SnapshotError(f"could not create a new snapshot folder in {host_dir}")
+        path = Path(tempfile.mkdtemp(prefix=f".{snapshot_id(when, label)}-", suffix=PARTIAL, dir=host_dir))
+    pending = PendingSnapshot(path, when, label)
+    try:
+        yield pending
+        if pending.manifest is None:
+            raise SnapshotError(f"the snapshot in {path} was not finished (no manifest); it was removed")
+        write_manifest(path, pending.manifest)
+        final = _rename_free(path, host_dir, when, label)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    pending.snapshot = next(s for s in list_snapshots(host_dir) if s.path == final)
+
+
+def leftover_partials(host_dir: Path, older_than: float = 86400) -> list[Path]:
+    """Partial folders a killed run left (older than a day: a backup running now has a fresh one)."""
+    if not host_dir.is_dir():
+        return []
+    cutoff = time.time() - older_than
+    return sorted(p for p in host_dir.iterdir() if p.name.startswith(".") and p.name.endswith(PARTIAL)
+                  and p.is_dir() and p.stat().st_mtime < cutoff)
+
+
+def _rename_free(path: Path, host_dir: Path, when: dt.datetime, label: str | None) -> Path:
+    for _ in range(60):
+        final = host_dir / snapshot_id(when, label)
+        if not final.exists():
+            os.rename(path, final)   # same folder: atomic; a concurrent maker of this ID holds the host's lock
+            return final
+        when += dt.timedelta(seconds=1)
+    raise SnapshotError(f"could not name a new snapshot in {host_dir} (60 seconds of IDs taken)")
 
 
 Wanted = tuple[str, int, "str | None", "int | None"]  # path, size, sha256 if known, mtime if media
@@ -314,8 +363,12 @@ def write_manifest(dest: Path, manifest: Manifest) -> None:
 
 
 def delete_snapshots(snapshots: list[Snapshot]) -> None:
-    for snapshot in snapshots:
-        shutil.rmtree(snapshot.path)
+    delete_folders([snapshot.path for snapshot in snapshots])
+
+
+def delete_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder)
 
 
 def counts_text(counts: dict | None) -> str:

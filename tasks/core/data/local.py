@@ -5,7 +5,6 @@ Local data is never replaced before a verified copy of it exists."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import os
@@ -102,18 +101,15 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
     if not database.is_file():
         return None, None
     host_dir = backups_root / catalog.LOCAL_HOST
-    dest = catalog.new_snapshot_dir(host_dir, label)
-    try:
-        with space_needed(dest):
-            report = _save_into(dest, data_dir, label, extra, media)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest), report
+    with catalog.new_snapshot(host_dir, label) as pending, space_needed(pending.path):
+        report = _save_into(pending, data_dir, extra, media)
+    return pending.snapshot, report
 
 
-def _save_into(dest: Path, data_dir: Path, label: str, extra: dict | None, media: bool) -> dict:
-    """The body of snapshot_local_data: files into `dest`, manifest last; the database's check report."""
+def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | None, media: bool) -> dict:
+    """The body of snapshot_local_data: files into the pending snapshot, its manifest; the database's check
+    report."""
+    dest = pending.path
     database = data_dir / DATABASE
     try:
         sqlite.consistent_copy(str(database), str(dest / DATABASE))
@@ -132,16 +128,15 @@ def _save_into(dest: Path, data_dir: Path, label: str, extra: dict | None, media
     if media and media_root.is_dir():
         for item in sqlite.media_listing(str(media_root)):
             files.append(_copy_private(data_dir / item["path"], dest / item["path"], item["path"], item["mtime"]))
-    manifest = Manifest(
+    pending.manifest = Manifest(
         host=catalog.LOCAL_HOST,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        label=label, label_studio_version=None,
+        created=pending.created,
+        label=pending.label, label_studio_version=None,
         source={"host": socket.gethostname(), "data_dir": str(data_dir)},
         files=sorted(files, key=lambda f: f.path),
         integrity_check=report["integrity_check"] or "unknown",
         counts=report.get("counts", {}), media_included=media, extra=extra or {},
     )
-    catalog.write_manifest(dest, manifest)
     return report
 
 

@@ -11,9 +11,7 @@ health gate; on any failure the names go back and the original serves again.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import shutil
 import time
 
 from tasks.core import ui
@@ -80,13 +78,12 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
         dumped = _last_json(out.stdout)
         if not out.ok or "error" in dumped or "sha256" not in dumped:
             raise SnapshotError(f"pg_dump on {host.alias} failed: {dumped.get('error') or out.last_line()}")
-        dest = catalog.new_snapshot_dir(host_dir, label)
-        try:
-            files = _download(host, profile, work_dir, dest, info, dumped, media=media, previous=previous)
+        with catalog.new_snapshot(host_dir, label) as pending:
+            files = _download(host, profile, work_dir, pending.path, info, dumped, media=media, previous=previous)
             integrity = dumped["integrity_check"] if dumped["label_studio"] else "not a Label Studio database"
-            manifest = Manifest(
+            pending.manifest = Manifest(
                 host=host.alias,
-                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                created=pending.created,
                 label=label,
                 label_studio_version=info.get("label_studio_version"),
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
@@ -99,11 +96,7 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
                 extra={"engine": "postgresql", "server_version": dumped["server_version"],
                        "tables": dumped["tables"]},
             )
-            catalog.write_manifest(dest, manifest)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
+    return pending.snapshot
 
 
 def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: dict, *, media: bool,

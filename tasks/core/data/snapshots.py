@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import datetime as dt
 import getpass
 import hashlib
 import json
-import shutil
 import socket
 import threading
 import time
@@ -404,17 +402,16 @@ def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir
         data = prepare_server_copy(host, profile, work_dir, previous)
         if data.info.get("unchanged"):
             base_index.drop()
-        dest = catalog.new_snapshot_dir(host_dir, label)
-        try:
-            got = download_snapshot(host, profile, data, dest, media=media, previous=previous,
+        with catalog.new_snapshot(host_dir, label) as pending:
+            got = download_snapshot(host, profile, data, pending.path, media=media, previous=previous,
                                     base_index=base_index)
             files, report = got.files, got.report
             problem = sqlite.describe_problem(report)
             if problem:
                 ui.warn(f"the server database is {problem}; keeping the snapshot anyway, marked unverified")
-            manifest = Manifest(
+            pending.manifest = Manifest(
                 host=host.alias,
-                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                created=pending.created,
                 label=label,
                 label_studio_version=label_studio_version or data.info.get("label_studio_version"),
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
@@ -425,8 +422,4 @@ def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir
                 media_included=media,
                 extra=got.extra,
             )
-            catalog.write_manifest(dest, manifest)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    return next(s for s in catalog.list_snapshots(host_dir) if s.path == dest)
+    return pending.snapshot
