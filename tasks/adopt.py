@@ -3,12 +3,11 @@ losing a byte: snapshot first, the old files left where they were, the old insta
 
 from __future__ import annotations
 
-import json
 import time
 
 from fabric import task
 
-from tasks.core import ui
+from tasks.core import parse, ui
 from tasks.core.commands import instances, secret_key
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
@@ -57,10 +56,7 @@ def _put_back(host: Host, profile: Profile, u: Unmanaged) -> str:
 
 
 def report_stop(output: str, u: Unmanaged) -> None:
-    try:
-        said = json.loads(output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        said = {}
+    said = parse.last_json(output) or {}
     if u.running:
         ui.step(True, f"stopped the {u.describe()}")
     for site in said.get("disabled_sites") or []:

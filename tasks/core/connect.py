@@ -40,6 +40,10 @@ class Output:
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
         return parse.printable(text[-1]) if text else f"exit code {self.exited}"
 
+    def answer(self) -> dict | None:
+        """The program's answer: its last stdout line that is a JSON object (parse.last_json)."""
+        return parse.last_json(self.stdout)
+
     def checked(self, what: str | None, alias: str) -> "Output":
         """Itself when the command succeeded, else RemoteError naming the step and its last line."""
         if not self.ok:
@@ -69,6 +73,15 @@ class Host:
         """Open the SSH session now, so an unreachable host fails before anything else."""
         with self.errors():
             self.connection.open()
+
+    def run_json(self, command: str, *, sudo: bool = False, what: str, timeout: float | None = None) -> dict:
+        """Run a program that answers with a JSON object as its last stdout line, and return that object;
+        RemoteError naming `what` when it fails or gives no answer."""
+        out = self.run(command, sudo=sudo, timeout=timeout, what=what)
+        answer = out.answer()
+        if answer is None:
+            raise RemoteError(f"{what} on {self.alias} gave no answer: {out.last_line()}")
+        return answer
 
     def run(self, command: str, *, sudo: bool = False, check: bool = True,
             timeout: float | None = None, what: str | None = None, stream: bool = False) -> Output:

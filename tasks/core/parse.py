@@ -235,6 +235,22 @@ def check_problem(answer: dict) -> str | None:
     return None if "tables" in answer else str(answer.get("error") or f"{answer['pending']} migration(s) pending")
 
 
+def last_json(text: str) -> dict | None:
+    """A server program's answer: the last line of its output that is a JSON object (None: there is none).
+    Programs run on the server print exactly one such line, last; anything before it is talk."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
 def check_answer(stdout: str, stderr: str = "") -> dict:
     """The check's last JSON line: {"tables": N>0}, {"pending": N>0} or {"error": words} (also for no answer)."""
     for line in reversed(stdout.strip().splitlines()):

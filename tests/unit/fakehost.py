@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tasks.core.connect import Output, RootChannel
+from tasks.core.connect import Host, Output, RootChannel
 
 Answer = Output | Callable[[str], Output]
 
@@ -131,6 +131,8 @@ class FakeHost:
                 output = reply(command) if callable(reply) else reply
                 break
         return output.checked(what, self.alias) if check else output
+
+    run_json = Host.run_json   # the real one, over the fake run
 
     def root_channel(self, command: str) -> RootChannel:
         self.log.append(Ran(command, True, "root channel"))

@@ -13,7 +13,7 @@ from invoke.exceptions import AuthFailure, CommandTimedOut, UnexpectedExit
 from invoke.runners import Result
 from paramiko.ssh_exception import NoValidConnectionsError
 
-from tasks.core import commands
+from tasks.core import commands, parse
 from tasks.core.connect import WINDOW, Host, Output
 from tasks.core.errors import ConnectError, RemoteError, SudoError
 
@@ -204,3 +204,26 @@ def test_a_root_channel_with_a_password_sends_it_first_on_stdin():
     assert connection.channel.sent == b"pw\n"
     channel.write(b"data")
     assert connection.channel.sent == b"pw\ndata" and channel.sent == 4  # the password is not counted
+
+
+@pytest.mark.parametrize("stdout, answer", [
+    ('talk\n{"ok": true}\n', {"ok": True}),
+    ('{"first": 1}\n{"second": 2}\nwarning: after\n', {"second": 2}),
+    ("[1, 2]\n", None),
+    ("{not json\n", None),
+    ("", None),
+])
+def test_a_program_s_answer_is_its_last_json_object_line(stdout, answer):
+    assert parse.last_json(stdout) == answer
+    assert Output(0, stdout, "").answer() == answer
+
+
+def test_run_json_returns_the_answer_and_names_the_step_without_one():
+    from tests.unit.fakehost import FakeHost
+
+    host = FakeHost().answer("counts", Output(0, 'x\n{"tasks": 3}\n', "")).answer("silent", Output(0, "", "boom"))
+    assert host.run_json("counts", what="reading counts") == {"tasks": 3}
+    with pytest.raises(RemoteError, match="reading nothing on fake gave no answer: boom"):
+        host.run_json("silent", what="reading nothing")
+    with pytest.raises(RemoteError, match="failing failed on fake"):
+        host.answer("fails", Output(1, '{"x": 1}', "")).run_json("fails", what="failing")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Iterator
@@ -193,10 +192,7 @@ def convert_snapshot(host: Host, profile: Profile, sqlite_file: PurePosixPath, n
 
 def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | None:
     out = host.run(commands.read_as_service_user(profile, path), sudo=True, check=False)
-    try:
-        return json.loads(out.stdout) if out.ok and out.stdout.strip() else None
-    except ValueError:
-        return None
+    return out.answer() if out.ok else None
 
 
 def run_trial(host: Host, migration: Migration, work_dir: PurePosixPath) -> dict:

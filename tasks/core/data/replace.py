@@ -7,7 +7,6 @@ from the changed pages) -> the release reads every table of it -> the swap job (
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -63,17 +62,16 @@ def upload(host: Host, profile: Profile, source: Path, files: list[FileEntry], *
     ui.transfer_summary("uploaded", total, time.monotonic() - started, wire=channel.sent)
     if delta is not None:
         with ui.err.status("rebuilding the database on the server from its own and the changed pages"):
-            out = host.run(data_commands.apply_delta_incoming(profile), sudo=True, what="rebuilding the database")
-        built = json.loads(out.stdout.strip().splitlines()[-1])
+            built = host.run_json(data_commands.apply_delta_incoming(profile), sudo=True,
+                                  what="rebuilding the database")
         if built.get("sha256") != database.sha256:
             raise DeltaRefused(built.get("error") or "the server's database changed since it was backed up")
     check = [f for f in files if not (delta and f.path == DATABASE)]
     if not check:
         return
     with ui.err.status(f"checking the {len(check)} uploaded file(s) by sha256 on the server"):
-        out = host.run(data_commands.hash_incoming(profile, [DATABASE] if delta else []), sudo=True,
-                       what="checking the upload").stdout
-    found = json.loads(out.strip().splitlines()[-1])
+        found = host.run_json(data_commands.hash_incoming(profile, [DATABASE] if delta else []), sudo=True,
+                              what="checking the upload")
     for entry in check:
         got = found.get(entry.path)
         if not isinstance(got, dict) or got.get("sha256") != entry.sha256:

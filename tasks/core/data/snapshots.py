@@ -74,20 +74,15 @@ class ServerData:
 
 def server_counts(host: Host, profile: Profile) -> dict | None:
     """Row counts of the live SQLite database (read-only, no integrity check), None without one."""
-    out = host.run(data_commands.server_counts(profile), sudo=True,
-                   what="reading server counts").stdout.strip()
-    return json.loads(out) if out else None
+    out = host.run(data_commands.server_counts(profile), sudo=True, what="reading server counts")
+    return out.answer() if out.stdout.strip() else None
 
 
 def release_migrations(host: Host, profile: Profile) -> dict | None:
     """The migrations the server's Label Studio release ships, {app: [names]} or {"error": ...}; None if
     no answer. Never the live database's rows: a database that lacks one would close the way back."""
-    out = host.run(dbcheck.shipped_migrations(profile), sudo=True, check=False,
-                   what="reading the release's migrations").stdout.strip()
-    try:
-        return json.loads(out.splitlines()[-1]) if out else None
-    except ValueError:
-        return None
+    return host.run(dbcheck.shipped_migrations(profile), sudo=True, check=False,
+                    what="reading the release's migrations").answer()
 
 
 @contextlib.contextmanager
@@ -123,7 +118,9 @@ def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
         if "No space" in out.stderr or "disk is full" in out.stderr:
             raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full", hint="free some space")
         raise SnapshotError(f"snapshot on {host.alias} failed: {out.last_line()}")
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info = out.answer()
+    if info is None:
+        raise SnapshotError(f"snapshot on {host.alias} gave no answer: {out.last_line()}")
     if not info.get("database_exists"):
         raise SnapshotError(f"there is no Label Studio database on {host.alias} yet ({p.database})")
     if "copy_error" in info:
@@ -233,10 +230,7 @@ def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot
     with ui.err.status(f"comparing the server database page by page with {base.id}"):
         out = host.run(data_commands.make_delta(profile, data.work_dir), sudo=True, check=False,
                        what="comparing pages on the server")
-    try:
-        found = json.loads(out.stdout.strip().splitlines()[-1]) if out.ok and out.stdout.strip() else {}
-    except ValueError:
-        found = {}
+    found = (out.answer() if out.ok else None) or {}
     if not found.get("usable"):
         ui.out.print(f"  whole database sent: {found.get('why') or out.last_line() or 'no page comparison'}")
         return None
@@ -288,8 +282,7 @@ def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str]
 
 
 def _read_check(host: Host, profile: Profile, data: ServerData) -> dict:
-    out = host.run(data_commands.read_check_report(profile, data.work_dir), sudo=True, what="reading the check").stdout
-    check = json.loads(out.strip().splitlines()[-1])
+    check = host.run_json(data_commands.read_check_report(profile, data.work_dir), sudo=True, what="reading the check")
     if "error" in check:
         raise SnapshotError(f"checking the database copy failed on {host.alias}: {check['error']}")
     return check

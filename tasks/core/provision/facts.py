@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 from dataclasses import dataclass
 
 from tasks.core import parse
@@ -97,10 +96,9 @@ class Neighbours:
 
     @classmethod
     def from_probe(cls, lines: list[str]) -> "Neighbours":
-        text = "\n".join(lines).strip()
-        if not text:
+        data = parse.last_json("\n".join(lines))
+        if data is None:
             return cls()
-        data = json.loads(text.splitlines()[-1])
         port = data.get("port") or {}
         return cls(unmanaged=tuple(Unmanaged.from_json(i) for i in data.get("instances", [])),
                    port_state=str(port.get("state", "free")), port_said=str(port.get("said", "")),
