@@ -12,7 +12,7 @@ from tasks.core.data.catalog import report_snapshot
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
 from tasks.core.defaults import DATABASE, SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, HEALTH_HELP, YES_HELP, ask_database_password, confirm, open_host, task_edge
-from tasks.core.errors import RemoteError, UsageError
+from tasks.core.errors import RemoteError, SwapFailed, UsageError
 from tasks.core.provision import facts, plan, steps
 
 
@@ -79,8 +79,8 @@ def _convert_and_switch(host, migration: migrate.Migration, files, health_timeou
             final = migrate.read_report(host, profile, commands.final_report(work_dir))
             if final and migrate.differences(final):
                 ui.out.print(migrate.report_table(final, "final conversion"))
-            if getattr(failed, "serving_previous", False):
-                why = getattr(failed, "failure", None) or failed.message
+            if isinstance(failed, SwapFailed) and failed.previous_serving:
+                why = failed.why or failed.message
                 raise RemoteError(f"migrate-db to {to} failed ({why}); Label Studio is back on "
                                   f"{migration.source_engine} with its data as it was") from None
             raise

@@ -47,6 +47,18 @@ class RemoteError(ToolkitError):
     exit_code = 5
 
 
+class SwapFailed(RemoteError):
+    """The swap job on the server ended without the new state serving. `why`: why the new state did not come
+    up (None when the job stopped before the swap, e.g. Label Studio would not stop); `previous_serving`: the
+    previous data is back in place and Label Studio answers on it."""
+
+    def __init__(self, message: str, *, hint: str | None = None, why: str | None = None,
+                 previous_serving: bool = False):
+        super().__init__(message, hint=hint)
+        self.why = why
+        self.previous_serving = previous_serving
+
+
 class SnapshotError(ToolkitError):
     """A snapshot is missing, incomplete, corrupt, or could not be made."""
 

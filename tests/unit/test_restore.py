@@ -28,7 +28,7 @@ from tasks.core.data.catalog import FileEntry
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
-from tasks.core.errors import RemoteError, SnapshotError
+from tasks.core.errors import RemoteError, SnapshotError, SwapFailed
 from tests.unit.conftest import PROFILE, profile_on_this_machine
 from tests.unit.fakehost import FakeHost, Stream, fail, ok
 
@@ -131,9 +131,10 @@ def test_a_failed_health_check_is_rolled_back_by_the_job_and_said_in_words(tmp_p
 def test_every_failure_after_the_stop_is_rolled_back(tmp_path, capsys, failed, said):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
     host = server(entries, job=events("begin", "stopped", failed, "rolled-back", "back-healthy", "done"))
-    with pytest.raises(RemoteError, match="previous data is back"):
+    with pytest.raises(SwapFailed, match="previous data is back") as caught:
         replace(host, source, entries)
     assert said in capsys.readouterr().err.replace("\n", " ")
+    assert caught.value.previous_serving and said in caught.value.why
 
 
 def test_a_rollback_that_does_not_come_up_either_is_said(tmp_path):
@@ -148,15 +149,17 @@ def test_a_rollback_that_does_not_come_up_either_is_said(tmp_path):
 def test_a_failed_rollback_names_where_the_previous_data_is(tmp_path):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
     host = server(entries, job=events("begin", "stopped", "swap-failed x", "rollback-failed mv: denied", "done"))
-    with pytest.raises(RemoteError, match=r"rolling back failed on vm: mv: denied; .* /var/lib/label-studio/\.lsvm-previous"):
+    with pytest.raises(SwapFailed, match=r"rolling back failed on vm: mv: denied; .* /var/lib/label-studio/\.lsvm-previous") as caught:
         replace(host, source, entries)
+    assert not caught.value.previous_serving and caught.value.why == "swapping the data in failed on vm: x"
 
 
 def test_a_failed_stop_is_said_and_nothing_is_swapped(tmp_path):
     source, entries = source_with(tmp_path, {DATABASE: b"new database"})
     host = server(entries, job=events("begin", "stop-failed Failed to stop label-studio.service", "done"))
-    with pytest.raises(RemoteError, match="stopping Label Studio failed on vm: Failed to stop"):
+    with pytest.raises(SwapFailed, match="stopping Label Studio failed on vm: Failed to stop") as caught:
         replace(host, source, entries)
+    assert caught.value.why is None and not caught.value.previous_serving
 
 
 def test_a_damaged_upload_removes_the_incoming_folder_and_never_starts_the_job(tmp_path):

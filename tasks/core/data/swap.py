@@ -11,7 +11,7 @@ from tasks.core.commands import data as data_commands
 from tasks.core.commands import instances as instance_commands
 from tasks.core.commands import swap as swap_job
 from tasks.core.connect import Host
-from tasks.core.errors import JobStillRunning, RemoteError
+from tasks.core.errors import JobStillRunning, RemoteError, SwapFailed
 from tasks.core.profile import Profile
 
 
@@ -48,7 +48,7 @@ class _SwapReport:
         self.host, self.profile, self.parts, self.timeout, self.status = host, profile, parts, health_timeout, status
         self.swapped = swapped or f"swapped in the new {', '.join(parts)} (atomic renames)"
         self.failure: str | None = None    # why the new data did not come up
-        self.outcome: Exception | None = None
+        self.outcome: SwapFailed | None = None
         self.log_shown = False
         self.done = False
 
@@ -70,9 +70,10 @@ class _SwapReport:
                 self.log_shown = True
             ui.err.print(said, markup=False, highlight=False)
         elif event == swap_job.UNFINISHED:
-            self.outcome = unfinished_swap_error(alias, self.profile)
+            unfinished = unfinished_swap_error(alias, self.profile)
+            self.outcome = SwapFailed(unfinished.message, hint=unfinished.hint)
         elif event == swap_job.STOP_FAILED:
-            self.outcome = RemoteError(f"stopping Label Studio failed on {alias}: {said or 'no message'}")
+            self.outcome = SwapFailed(f"stopping Label Studio failed on {alias}: {said or 'no message'}")
         elif event in (swap_job.SWAP_FAILED, swap_job.START_FAILED, swap_job.UNHEALTHY, swap_job.CHECK_FAILED):
             if event == swap_job.CHECK_FAILED:
                 self.failure = f"the check after the start failed on {alias}: {said or 'no message'}"
@@ -92,19 +93,20 @@ class _SwapReport:
             self.status.update("putting the previous data back")
         elif event == swap_job.ROLLBACK_FAILED:
             previous = self.profile.remote.data_dir / data_commands.PREVIOUS
-            self.outcome = RemoteError(f"rolling back failed on {alias}: {said or 'no message'}; Label Studio is "
-                                       f"stopped and the previous data is in {previous}")
+            self.outcome = SwapFailed(f"rolling back failed on {alias}: {said or 'no message'}; Label Studio is "
+                                      f"stopped and the previous data is in {previous}", why=self.failure)
         elif event == swap_job.ROLLED_BACK:
             self.status.update(f"waiting for Label Studio to answer /health {where} on the previous data")
         elif event == swap_job.BACK_HEALTHY:
-            self.outcome = RemoteError("the new data did not come up; the previous data is back in place and "
-                                       "Label Studio is serving it")
-            self.outcome.serving_previous = True
+            self.outcome = SwapFailed("the new data did not come up; the previous data is back in place and "
+                                      "Label Studio is serving it", why=self.failure, previous_serving=True)
         elif event == swap_job.BACK_STOPPED:
-            self.outcome = RemoteError("the new data did not come up; it is rolled back and Label Studio is stopped")
+            self.outcome = SwapFailed("the new data did not come up; it is rolled back and Label Studio is stopped",
+                                      why=self.failure)
         elif event == swap_job.BACK_UNHEALTHY:
-            self.outcome = RemoteError("the new data did not come up; the previous data is back in place, but "
-                                       f"Label Studio did not answer /health {where} (last answer: {said or 'none'})")
+            self.outcome = SwapFailed("the new data did not come up; the previous data is back in place, but "
+                                      f"Label Studio did not answer /health {where} (last answer: {said or 'none'})",
+                                      why=self.failure)
         elif event == swap_job.DONE:
             self.done = True
 
@@ -112,7 +114,8 @@ class _SwapReport:
 def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: int, steps: dict | None = None,
              swapped: str | None = None, serving: str = "the new data") -> None:
     """Start the swap job on the server (with an upgrade's or rollback's own `steps`, see swap.job) and
-    follow it to its end; RemoteError unless the new state serves."""
+    follow it to its end; SwapFailed (or RemoteError when it was lost track of) unless the new state
+    serves."""
     host.run(swap_job.launch(profile, parts, health_timeout, **(steps or {})), sudo=True,
              what="starting the swap on the server")
     with ui.err.status("stopping Label Studio") as status:
@@ -141,7 +144,6 @@ def run_swap(host: Host, profile: Profile, parts: list[str], *, health_timeout: 
         raise RemoteError(f"lost track of the swap on {host.alias} before it ended",
                           hint="it goes on by itself there; `fab status` shows what Label Studio serves")
     if report.outcome is not None:
-        report.outcome.failure = report.failure  # why the new state did not come up, for the caller's words
         raise report.outcome
     ui.step(True, f"Label Studio is up with {serving} at {profile.url}")
 
