@@ -4,19 +4,21 @@ losing a byte: snapshot first, the old files left where they were, the old insta
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from fabric import task
 
-from tasks.core import parse, ui
+from tasks.core import parse, procedure, ui
 from tasks.core.commands import instances, secret_key
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
 from tasks.core.data import engine, local, snapshots
-from tasks.core.data.catalog import report_snapshot
+from tasks.core.data.catalog import Snapshot, report_snapshot
 from tasks.core.data.replace import replace_server_data
 from tasks.core.defaults import SECRET_ENV, SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, YES_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task_edge
 from tasks.core.errors import RemoteError, SnapshotError, ToolkitError, UsageError
+from tasks.core.procedure import Step
 from tasks.core.profile import Profile
 from tasks.core.provision import adopt as core
 from tasks.core.provision import facts, plan, steps
@@ -85,6 +87,59 @@ def _snapshot_after_stop(host: Host, source: Profile, first, version: str | None
     return again
 
 
+@dataclass
+class _Progress:
+    snapshot: Snapshot | None = None    # of the unmanaged data: what the take-over installs, kept whatever happens
+
+
+def _steps(host: Host, profile: Profile, source: Profile, found, u: Unmanaged, health_timeout: int,
+           progress: _Progress) -> tuple[list[Step], list[Step], list[Step]]:
+    """adopt, step by step: what its plan says and what it does, as (before the stop, from the stop on,
+    after the check). A failure from the stop on puts the old instance back."""
+    words = core.plan_words(u, profile)
+
+    def backup() -> None:
+        snapshot = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
+        progress.snapshot = snapshot
+        report_snapshot(snapshot, "snapshot of the unmanaged data")
+        _warn_of_an_unreadable_secret_key(snapshot)
+        if not snapshot.verified:
+            raise SnapshotError(f"the snapshot of {u.data_dir} did not verify (integrity "
+                                f"{snapshot.manifest.integrity_check}); nothing was changed")
+        if found.db_exists:
+            report_snapshot(engine.take_server_snapshot(host, profile, label="pre-adopt"),
+                            "managed data backed up as")
+
+    def stop() -> None:
+        stopped = host.run(instances.stop_unmanaged(profile, u.pid, u.uid), sudo=True, check=False,
+                           what="stopping the unmanaged Label Studio")
+        if not stopped.ok:
+            raise RemoteError(f"stopping it failed: {stopped.last_line()}")
+        report_stop(stopped.stdout, u)
+        if u.running:
+            progress.snapshot = _snapshot_after_stop(host, source, progress.snapshot, u.version)
+
+    def install() -> None:
+        plan.apply(host, steps.plan(found, profile, AdminRequest(None), start=False), dry_run=False)
+
+    def copy_and_start() -> None:
+        snapshot = progress.snapshot
+        # Nothing of ours served before: a failed start is rolled back and left stopped (the old
+        # instance comes back instead).
+        replace_server_data(host, profile, snapshot.path, snapshot.manifest.files,
+                            health_timeout=health_timeout, restart_previous=found.db_exists)
+        mismatches = core.count_mismatches(snapshot.manifest.counts, engine.server_counts(host, profile))
+        if mismatches:
+            raise RemoteError("the adopted data does not match the snapshot: " + "; ".join(mismatches))
+
+    def record() -> None:
+        host.run(instances.mark_adopted(profile), sudo=True, what="recording the take-over")
+
+    return ([Step.of(backup, *words.backup)],
+            [Step.of(stop, words.stop), Step.of(install, words.install), Step.of(copy_and_start, *words.copy)],
+            [Step.of(record, words.leave)])
+
+
 @task(help={"config": CONFIG_HELP, "dry-run": "show what would happen, change nothing", "yes": YES_HELP,
             "health-timeout": f"seconds the new start may take to answer (default {SWAP_HEALTH_TIMEOUT})"})
 @task_edge
@@ -113,10 +168,12 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
         raise UsageError(f"{problem}: adopting would replace it; nothing was changed",
                          hint="back it up (fab backup) and move it away, or adopt into another data dir")
 
+    source = core.source_profile(profile, u)
+    progress = _Progress()
+    before, during, after = _steps(host, profile, source, found, u, int(health_timeout), progress)
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]adopt on {host.alias}[/bold] ({mode})")
-    for line in core.plan_lines(u, profile, host.alias):
-        ui.out.print(f"  - {line}")
+    procedure.show(before + during + after)
     if dry_run:
         ui.out.print("\nprovision steps it includes:")
         plan.apply(host, steps.plan(found, profile, AdminRequest(None), start=False), dry_run=True)
@@ -124,33 +181,10 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
         return
     confirm(f"take over this Label Studio on {host.alias}?", yes)
 
-    source = core.source_profile(profile, u)
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "adopt"):
-        snapshot = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
-        report_snapshot(snapshot, "snapshot of the unmanaged data")
-        _warn_of_an_unreadable_secret_key(snapshot)
-        if not snapshot.verified:
-            raise SnapshotError(f"the snapshot of {u.data_dir} did not verify (integrity "
-                                f"{snapshot.manifest.integrity_check}); nothing was changed")
-        if found.db_exists:
-            report_snapshot(engine.take_server_snapshot(host, profile, label="pre-adopt"),
-                            "managed data backed up as")
-        stopped = host.run(instances.stop_unmanaged(profile, u.pid, u.uid), sudo=True, check=False,
-                           what="stopping the unmanaged Label Studio")
+        procedure.run(before)
         try:
-            if not stopped.ok:
-                raise RemoteError(f"stopping it failed: {stopped.last_line()}")
-            report_stop(stopped.stdout, u)
-            if u.running:
-                snapshot = _snapshot_after_stop(host, source, snapshot, u.version)
-            plan.apply(host, steps.plan(found, profile, AdminRequest(None), start=False), dry_run=False)
-            # Nothing of ours served before: a failed start is rolled back and left stopped (the old
-            # instance comes back instead, below).
-            replace_server_data(host, profile, snapshot.path, snapshot.manifest.files,
-                                health_timeout=int(health_timeout), restart_previous=found.db_exists)
-            mismatches = core.count_mismatches(snapshot.manifest.counts, engine.server_counts(host, profile))
-            if mismatches:
-                raise RemoteError("the adopted data does not match the snapshot: " + "; ".join(mismatches))
+            procedure.run(during)
         except KeyboardInterrupt:
             ui.warn("interrupted: a data swap on the server finishes by itself; check `fab status`, then run "
                     "adopt again (the old data is untouched)")
@@ -158,9 +192,10 @@ def adopt(c, config=None, dry_run=False, yes=False, health_timeout=SWAP_HEALTH_T
         except ToolkitError as exc:
             ui.error(f"{exc.message}; putting the old Label Studio back")
             raise RemoteError(f"adopt failed: {exc.message}. {_put_back(host, profile, u)}; "
-                              f"snapshot {snapshot.id} is kept") from exc
-        host.run(instances.mark_adopted(profile), sudo=True, what="recording the take-over")
+                              f"snapshot {progress.snapshot.id} is kept") from exc
+        procedure.run(after)
 
+    snapshot = progress.snapshot
     counts = snapshot.manifest.counts
     ui.step(True, "the adopted data matches the snapshot: " +
             ", ".join(f"{counts.get(k)} {k}" for k in core.COUNTED if k in counts))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
 from fabric import task
 
-from tasks.core import ui
+from tasks.core import procedure, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
 from tasks.core.data import engine, local, migrate, snapshots
@@ -13,6 +17,7 @@ from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, ru
 from tasks.core.defaults import DATABASE, SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, HEALTH_HELP, YES_HELP, ask_database_password, confirm, open_host, task_edge
 from tasks.core.errors import RemoteError, SwapFailed, UsageError
+from tasks.core.procedure import Step
 from tasks.core.provision import facts, plan, steps
 
 
@@ -27,29 +32,24 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
     profile, host = open_host(c, config, sudo=True)
     found = facts.provision_facts(host, profile, "")
     migration, words = migrate.plan(found, to, profile, host.alias)
-    ui.out.print(f"migrate-db on {host.alias}: {migration.source_engine} -> {to}")
-    for number, step in enumerate(words, 1):
-        ui.out.print(f"  {number}. {step}")
-    prepare = ([steps.packages(found, profile), *steps.database(found, profile)] if to == "postgresql" else [])
-    if dry_run:
-        plan.apply(host, prepare, dry_run=True)
-        ui.out.print("dry run: nothing was changed")
-        return
-    password = None
-    if to == "postgresql" and steps.database_password_needed(found, profile):
-        password = ask_database_password(profile)
-    confirm(f"move Label Studio on {host.alias} to {to}? (it is backed up first; it stops for the final copy)", yes)
-    with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "migrate-db"):
+    with contextlib.ExitStack() as held:
+        progress = _Progress()
+        plan_steps = _steps(host, found, migration, words, int(health_timeout), held, progress)
+        ui.out.print(f"migrate-db on {host.alias}: {migration.source_engine} -> {to}")
+        procedure.show(plan_steps, numbered=True)
+        if dry_run:
+            plan.apply(host, _prepare_changes(found, migration, None), dry_run=True)
+            ui.out.print("dry run: nothing was changed")
+            return
+        if to == "postgresql" and steps.database_password_needed(found, profile):
+            progress.password = ask_database_password(profile)
+        confirm(f"move Label Studio on {host.alias} to {to}? (it is backed up first; it stops for the final copy)", yes)
+        held.enter_context(local.local_lock(profile.backups_dir()))
+        held.enter_context(snapshots.server_lock(host, profile, "migrate-db"))
         refuse_unfinished_swap(host, profile)
         refuse_foreign_port(host, profile)
-        if prepare:
-            plan.apply(host, [steps.packages(found, profile), *steps.database(found, profile, password)],
-                       dry_run=False)
-        report_snapshot(engine.take_server_snapshot(host, migration.source, label="pre-migrate-db"),
-                        "server backed up as")
-        files = migration.files(found)
-        with migrate.staged(host, migration, files):
-            final = _convert_and_switch(host, migration, files, int(health_timeout))
+        procedure.run(plan_steps)
+    final = progress.final
     if final:
         ui.out.print(migrate.report_table(final, "final conversion (Label Studio stopped)"))
         ui.step(True, f"verified: {migrate.summary(final)}")
@@ -59,20 +59,47 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
         ui.out.print(f"The PostgreSQL database {migration.source.database.name} stays as it was, no longer used.")
 
 
-def _convert_and_switch(host, migration: migrate.Migration, files, health_timeout: int) -> dict | None:
-    """Trial while serving, then the swap job: final copy, verification, the files switched, health."""
+@dataclass
+class _Progress:
+    password: str | None = None      # an external PostgreSQL's, asked before anything changes
+    work_dir: PurePosixPath | None = None
+    final: dict | None = None        # the final conversion's report
+
+
+def _prepare_changes(found, migration: migrate.Migration, password: str | None) -> list:
+    """PostgreSQL made ready by provision's own steps (packages, settings, role, database, password)."""
+    return [steps.packages(found, migration.target), *steps.database(found, migration.target, password)]
+
+
+def _steps(host, found, migration: migrate.Migration, words: migrate.PlanWords, health_timeout: int,
+           held: contextlib.ExitStack, progress: _Progress) -> list[Step]:
+    """migrate-db, step by step: what its plan says and what it does. The work folder and the staged files
+    are held by `held` from the trial until the end."""
     to, profile = migration.to, migration.target
-    with snapshots.server_work_dir(host, profile, "migrate") as work_dir:
+
+    def prepare() -> None:
+        plan.apply(host, _prepare_changes(found, migration, progress.password), dry_run=False)
+
+    def backup() -> None:
+        report_snapshot(engine.take_server_snapshot(host, migration.source, label="pre-migrate-db"),
+                        "server backed up as")
+
+    def trial() -> None:
+        files = migration.files(found)
+        progress.work_dir = held.enter_context(snapshots.server_work_dir(host, profile, "migrate"))
+        held.enter_context(migrate.staged(host, migration, files))
         if to == "postgresql":
-            snapshots.prepare_server_copy(host, migration.source, work_dir, None)
-        trial = migrate.run_trial(host, migration, work_dir)
-        ui.step(True, f"trial conversion verified: {migrate.summary(trial)}")
-        incoming = migrate.incoming_dir(profile)
+            snapshots.prepare_server_copy(host, migration.source, progress.work_dir, None)
+        report = migrate.run_trial(host, migration, progress.work_dir)
+        ui.step(True, f"trial conversion verified: {migrate.summary(report)}")
+
+    def switch() -> None:
+        work_dir, incoming = progress.work_dir, migrate.incoming_dir(profile)
         if to == "sqlite":
             host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
         try:
             run_swap(host, profile, [] if to == "postgresql" else [DATABASE], health_timeout=health_timeout,
-                     steps=commands.steps(migration.pg, to, work_dir, incoming, files),
+                     steps=commands.steps(migration.pg, to, work_dir, incoming, migration.files(found)),
                      swapped=f"final conversion verified; the service switched to {to} (env file and unit renamed in)",
                      serving=f"its data on {to}")
         except RemoteError as failed:
@@ -84,4 +111,11 @@ def _convert_and_switch(host, migration: migrate.Migration, files, health_timeou
                 raise RemoteError(f"migrate-db to {to} failed ({why}); Label Studio is back on "
                                   f"{migration.source_engine} with its data as it was") from None
             raise
-        return migrate.read_report(host, profile, commands.final_report(work_dir))
+        progress.final = migrate.read_report(host, profile, commands.final_report(work_dir))
+
+    return [
+        *([Step.of(prepare, words.prepare)] if words.prepare else []),
+        Step.of(backup, words.backup),
+        Step.of(trial, words.trial),
+        Step.of(switch, *words.switch),
+    ]

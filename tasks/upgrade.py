@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 from fabric import task
 from packaging.version import InvalidVersion, Version
 
-from tasks.core import ui
+from tasks.core import procedure, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import provision as provision_commands
 from tasks.core.commands import upgrade as commands
@@ -20,6 +21,7 @@ from tasks.core.data.swap import run_swap
 from tasks.core.defaults import DATABASE, PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, YES_HELP, confirm, open_host, refuse_on_postgresql, task_edge
 from tasks.core.errors import RemoteError, UsageError
+from tasks.core.procedure import Step
 from tasks.core.profile import Profile
 from tasks.core.provision import facts
 from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
@@ -71,20 +73,65 @@ def read_upgrade_record(host: Host, profile: Profile) -> tuple[str, str, str] | 
     return words[0], words[1], words[2]
 
 
-def _plan(host: Host, profile: Profile, old: str, new: str, built: bool) -> None:
+@dataclass
+class _Progress:
+    took: float = 0.0        # the migration check's seconds: about the stop's length
+    downtime: float = 0.0
+    pruned: tuple[str, ...] = ()
+
+
+def _steps(host: Host, profile: Profile, old: str, new: str, built: bool, health_timeout: int,
+           yes: bool, progress: _Progress) -> list[Step]:
+    """upgrade, step by step: what its plan says and what it does (run under the locks)."""
     where = profile.release_dir(new)
-    ui.out.print(f"[bold]upgrade {host.alias}[/bold]: label-studio {old} -> {new}")
-    for line in (
-        f"verified snapshot of the server on this machine (label pre-upgrade-{release_label(old)})",
-        f"{'reuse' if built else 'build'} {where} beside the running release (no service impact)",
-        f"migrate a copy of the database with {new}: any failure stops here, nothing changed",
-        f"stop Label Studio; the database is copied (the original stays aside, byte-identical) and "
-        f"{profile.remote.current} switches to {new}",
-        f"start {new} (it migrates the copy) and wait until our own instance answers /health",
-        f"any failure after the stop: back to {old} with the original database, started and health-checked",
-        f"keep {old} for `fab -H {host.alias} rollback`; older release venvs are removed",
-    ):
-        ui.out.print(f"  - {line}")
+
+    def backup() -> None:
+        report_snapshot(engine.take_server_snapshot(host, profile, label=f"pre-upgrade-{release_label(old)}"),
+                        "server backed up as")
+
+    def build() -> None:
+        if built:
+            ui.step(False, f"label-studio {new} is already built in {where}")
+            return
+        with ui.err.status(f"pip install label-studio=={new} into {where} (a minute or more)"):
+            host.run(provision_commands.build_release(profile, new), sudo=True, timeout=PIP_TIMEOUT,
+                     what=f"building label-studio {new}")
+        ui.step(True, f"built label-studio {new} in {where} (the service kept running)")
+
+    def check() -> None:
+        check_started = time.monotonic()
+        migrations = check_migrations(host, profile, new)
+        progress.took = time.monotonic() - check_started
+        ui.step(True, f"label-studio {new} migrated a copy of the database in {progress.took:.0f}s: "
+                      f"{len(migrations)} migration(s)")
+        for name in migrations:
+            ui.out.print(f"    {name}", markup=False, highlight=False)
+        ui.out.print(f"  the stop will last about as long as that migration plus a start (~{progress.took + 30:.0f}s)")
+
+    def switch() -> None:
+        confirm(f"stop Label Studio on {host.alias} and switch to {new}?", yes)
+        stop_started = time.monotonic()
+        run_swap(host, profile, [DATABASE], health_timeout=health_timeout,
+                 steps=commands.upgrade_steps(profile, old, new),
+                 swapped=f"switched {profile.remote.current} to {new}; the database as it was is set aside",
+                 serving=f"label-studio {new}")
+        progress.downtime = time.monotonic() - stop_started
+
+    def prune() -> None:
+        progress.pruned = tuple(host.run(commands.prune_releases(profile), sudo=True, check=False,
+                                         what="removing old releases").stdout.split())
+
+    return [
+        Step.of(backup, f"verified snapshot of the server on this machine (label pre-upgrade-{release_label(old)})"),
+        Step.of(build, f"{'reuse' if built else 'build'} {where} beside the running release (no service impact)"),
+        Step.of(check, f"migrate a copy of the database with {new}: any failure stops here, nothing changed"),
+        Step.of(switch,
+                f"stop Label Studio; the database is copied (the original stays aside, byte-identical) and "
+                f"{profile.remote.current} switches to {new}",
+                f"start {new} (it migrates the copy) and wait until our own instance answers /health",
+                f"any failure after the stop: back to {old} with the original database, started and health-checked"),
+        Step.of(prune, f"keep {old} for `fab -H {host.alias} rollback`; older release venvs are removed"),
+    ]
 
 
 @task(help={"config": CONFIG_HELP, "version": "the release to upgrade to (default: the profile's label_studio.version)",
@@ -123,39 +170,19 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
                          "by installing an older release; nothing was changed",
                          hint=f"fab -H {host.alias} rollback returns to {new} with the database as it was"
                          if back else "only the release before the last upgrade can come back (fab rollback)")
-    _plan(host, profile, old, new, new in found.releases)
+    progress = _Progress()
+    plan = _steps(host, profile, old, new, new in found.releases, int(health_timeout), yes, progress)
+    ui.out.print(f"[bold]upgrade {host.alias}[/bold]: label-studio {old} -> {new}")
+    procedure.show(plan)
     if dry_run:
         ui.out.print(f"\nNothing was changed ({time.monotonic() - started:.1f}s).")
         return
-
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "upgrade"):
-        report_snapshot(engine.take_server_snapshot(host, profile, label=f"pre-upgrade-{release_label(old)}"),
-                        "server backed up as")
-        if new not in found.releases:
-            with ui.err.status(f"pip install label-studio=={new} into {profile.release_dir(new)} (a minute or more)"):
-                host.run(provision_commands.build_release(profile, new), sudo=True, timeout=PIP_TIMEOUT,
-                         what=f"building label-studio {new}")
-            ui.step(True, f"built label-studio {new} in {profile.release_dir(new)} (the service kept running)")
-        check_started = time.monotonic()
-        migrations = check_migrations(host, profile, new)
-        took = time.monotonic() - check_started
-        ui.step(True, f"label-studio {new} migrated a copy of the database in {took:.0f}s: {len(migrations)} migration(s)")
-        for name in migrations:
-            ui.out.print(f"    {name}", markup=False, highlight=False)
-        ui.out.print(f"  the stop will last about as long as that migration plus a start (~{took + 30:.0f}s)")
-        confirm(f"stop Label Studio on {host.alias} and switch to {new}?", yes)
-        stop_started = time.monotonic()
-        run_swap(host, profile, [DATABASE], health_timeout=int(health_timeout),
-                 steps=commands.upgrade_steps(profile, old, new),
-                 swapped=f"switched {profile.remote.current} to {new}; the database as it was is set aside",
-                 serving=f"label-studio {new}")
-        downtime = time.monotonic() - stop_started
-        pruned = host.run(commands.prune_releases(profile), sudo=True, check=False,
-                          what="removing old releases").stdout.split()
-    for name in pruned:
+        procedure.run(plan)
+    for name in progress.pruned:
         ui.step(True, f"removed the old release {name}")
     ui.out.print(f"\n[bold]upgraded {old} -> {new}[/bold] in {time.monotonic() - started:.1f}s; Label Studio was "
-                 f"stopped for about {downtime:.0f}s. Back to {old} with the data as it was: "
+                 f"stopped for about {progress.downtime:.0f}s. Back to {old} with the data as it was: "
                  f"fab -H {host.alias} rollback")
     if new != profile.label_studio.version:
         ui.warn(f"set label_studio.version: \"{new}\" in {profile.config_file}: provision refuses to go back to "

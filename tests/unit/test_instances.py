@@ -197,7 +197,7 @@ def test_counts_after_the_take_over_are_compared_with_the_snapshot():
 
 def test_the_plan_says_what_happens_to_an_older_release():
     from tasks.core.profile import Profile
-    lines = adopt.plan_lines(unmanaged(), Profile(), "vm")
+    lines = adopt.plan_words(unmanaged(), Profile()).lines()
     text = "\n".join(lines)
     assert "Label Studio 1.22.0 -> " in text and "screen session `ls`" in text
     assert "leave the old files where they are (~ops/.local/share/label-studio" in text

@@ -157,8 +157,10 @@ def test_refusals(server, to, profile, error, words):
 
 
 def test_plan_both_ways():
-    there, words_there = migrate.plan(on_server("sqlite"), "postgresql", PG_PROFILE, "vm")
-    back, words_back = migrate.plan(on_server("postgresql", db=False), "sqlite", PROFILE, "vm")
+    there, said_there = migrate.plan(on_server("sqlite"), "postgresql", PG_PROFILE, "vm")
+    back, said_back = migrate.plan(on_server("postgresql", db=False), "sqlite", PROFILE, "vm")
+    words_there, words_back = said_there.lines(), said_back.lines()
+    assert said_back.prepare is None and len(words_there) == 6 and len(words_back) == 5
     assert "PostgreSQL ready by provision's own steps" in words_there[0]
     assert "snapshot" in words_there[1] and "consistent SQLite copy" in words_there[1]
     assert "pg_dump" in words_back[0] and "a new SQLite file" in words_back[1]

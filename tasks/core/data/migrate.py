@@ -67,7 +67,20 @@ class Migration:
         return rendered
 
 
-def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[Migration, list[str]]:
+@dataclass(frozen=True)
+class PlanWords:
+    """What each step of migrate-db says in its plan (tasks/migrate.py pairs each with its act)."""
+
+    prepare: str | None         # to PostgreSQL only
+    backup: str
+    trial: str
+    switch: tuple[str, ...]     # the final conversion, the switch, and what a failure leaves
+
+    def lines(self) -> list[str]:
+        return [*([self.prepare] if self.prepare else []), self.backup, self.trial, *self.switch]
+
+
+def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[Migration, PlanWords]:
     """The migration and its steps in words; UsageError/RemoteError for what it refuses (nothing changed)."""
     if to not in ENGINES:
         raise UsageError(f"--to must be one of: {', '.join(ENGINES)}")
@@ -102,18 +115,18 @@ def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[
     target = (profile.database.describe() if to == "postgresql"
               else f"a new SQLite file, swapped in as {profile.remote.database}")
     backup = "a pg_dump" if server.postgresql else "a consistent SQLite copy"
-    words = [
-        f"a verified snapshot of the server ({backup}) into backups/ (label pre-migrate-db)",
-        f"trial conversion {source} -> {target}, while Label Studio serves (schema by Label Studio's own "
-        "migrations, every row copied with its id, verified table by table)",
-        "stop Label Studio; final conversion of the live data; verify every table (rows and checksums)",
-        f"switch the service to {to}: {profile.remote.env_file} and {profile.remote.unit_file} as provision "
-        f"renders them for {to} (each renamed into place); start; health gate; counts read back through Label Studio",
-        f"on any failure: back on {server.engine} with its data as it was, exit non-zero",
-    ]
-    if to == "postgresql":
-        words.insert(0, f"PostgreSQL ready by provision's own steps: {profile.database.describe()}")
-    return migration, words
+    return migration, PlanWords(
+        prepare=f"PostgreSQL ready by provision's own steps: {profile.database.describe()}"
+        if to == "postgresql" else None,
+        backup=f"a verified snapshot of the server ({backup}) into backups/ (label pre-migrate-db)",
+        trial=f"trial conversion {source} -> {target}, while Label Studio serves (schema by Label Studio's own "
+              "migrations, every row copied with its id, verified table by table)",
+        switch=("stop Label Studio; final conversion of the live data; verify every table (rows and checksums)",
+                f"switch the service to {to}: {profile.remote.env_file} and {profile.remote.unit_file} as provision "
+                f"renders them for {to} (each renamed into place); start; health gate; counts read back through "
+                "Label Studio",
+                f"on any failure: back on {server.engine} with its data as it was, exit non-zero"),
+    )
 
 
 def report_table(report: dict, title: str) -> Table:

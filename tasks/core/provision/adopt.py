@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
@@ -85,24 +86,44 @@ def count_mismatches(expected: dict, found: dict | None) -> list[str]:
             for key in COUNTED if key in expected and found.get(key) != expected.get(key)]
 
 
-def plan_lines(u: Unmanaged, profile: Profile, alias: str) -> list[str]:
+@dataclass(frozen=True)
+class PlanWords:
+    """What each step of adopt says in its plan (tasks/adopt.py pairs each with its act)."""
+
+    backup: tuple[str, ...]
+    stop: str
+    install: str
+    copy: tuple[str, ...]
+    leave: str
+
+    def lines(self) -> list[str]:
+        return [*self.backup, self.stop, self.install, *self.copy, self.leave]
+
+
+def plan_words(u: Unmanaged, profile: Profile) -> PlanWords:
     """What adopt will do, in order, in words."""
     p = profile.remote
     pinned = profile.label_studio.version
     upgrade = (f"; Label Studio {u.version} -> {pinned}: the new release migrates the database on its first start"
                if u.version and u.version != pinned else "")
     media = f"{u.media_files} media file(s)" if u.media_files else "no media"
-    lines = [f"take over the {u.describe()}",
-             f"verified snapshot of its data on this machine first (label adopt): database, "
-             f"{'.env (SECRET_KEY), ' if u.env_file else ''}{media}"]
     if u.running:
         where = f"its screen session `{u.screen_name}`" if u.in_screen else f"process {u.pid}"
-        lines.append(f"stop {where} (a failure later starts it again, as it ran)")
-    lines += [f"install what provision installs (packages, {p.venv}, {profile.service.unit if profile.service.manager == 'systemd' else 'screen launcher'}, "
-              f"nginx site, firewall); nginx proxies to Label Studio on 127.0.0.1:{profile.label_studio.port} only",
-              f"copy the snapshot into {p.data_dir} (owner {profile.service.user}, 0600 files), keeping its "
+        stop = f"stop {where} (a failure later starts it again, as it ran)"
+    else:
+        stop = "record how it was set up, so that a failure later puts it back as it was"
+    manager = profile.service.unit if profile.service.manager == "systemd" else "screen launcher"
+    return PlanWords(
+        backup=(f"take over the {u.describe()}",
+                f"verified snapshot of its data on this machine first (label adopt): database, "
+                f"{'.env (SECRET_KEY), ' if u.env_file else ''}{media}"),
+        stop=stop + "; its hand-written nginx sites are disabled (their files stay)",
+        install=f"install what provision installs (packages, {p.venv}, {manager}, nginx site, firewall); nginx "
+                f"proxies to Label Studio on 127.0.0.1:{profile.label_studio.port} only",
+        copy=(f"copy the snapshot into {p.data_dir} (owner {profile.service.user}, 0600 files), keeping its "
               f"SECRET_KEY, users and passwords{upgrade}",
               "start it and wait until our own instance answers /health, then compare users, projects, tasks "
-              "and annotations with the snapshot",
-              f"leave the old files where they are ({u.short_path(u.data_dir)}, {u.short_path(u.venv) if u.venv else 'its venv'})"]
-    return lines
+              "and annotations with the snapshot"),
+        leave=f"leave the old files where they are ({u.short_path(u.data_dir)}, "
+              f"{u.short_path(u.venv) if u.venv else 'its venv'})",
+    )
