@@ -1,6 +1,6 @@
 """The import graph of the tasks/ package, read from the source (nothing is imported): which module
 imports which at top level, the cycles, the longest chain, and imports of our own modules made inside
-functions. `python -m dev.import_graph` prints the figures; tests/unit/test_imports.py holds the rules."""
+functions. `python -m dev.import_graph` prints the figures; tests/unit/tables/test_imports.py holds the rules."""
 
 from __future__ import annotations
 

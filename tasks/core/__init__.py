@@ -13,5 +13,5 @@
   that chooses between them), `replace` + `swap` (new data onto the server, the swap job), `local`
   (this machine's Label Studio data), `catalog` (the snapshots here), `migrate` (migrate-db).
 
-Nothing here imports a task module, and the imports form no cycle (tests/unit/test_imports.py).
+Nothing here imports a task module, and the imports form no cycle (tests/unit/tables/test_imports.py).
 """

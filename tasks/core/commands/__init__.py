@@ -1,7 +1,7 @@
 """Everything the toolkit runs on a server is built in this package, by pure functions: quoting
 primitives here, probes, service control, provision and data scripts in the modules beside it. Every
 value that reaches a script is quoted by `q`/`join` in this package and nowhere else; every script
-builder is checked with `sh -n` against a hostile-but-valid profile (tests/unit/test_scripts.py)."""
+builder is checked with `sh -n` against a hostile-but-valid profile (tests/unit/programs/test_scripts.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Provision as a plan: each step is a pure function of (facts, profile) returning Changes; what the
 steps notify decides the handlers (daemon-reload, nginx reload, service start/restart, health gate,
-admin), which run once, after every step. Unit-tested as a table in tests/unit/test_steps.py."""
+admin), which run once, after every step. Unit-tested as a table in tests/unit/tables/test_steps.py."""
 
 from __future__ import annotations
 

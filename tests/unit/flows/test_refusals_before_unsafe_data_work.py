@@ -1,5 +1,5 @@
-"""Review item 8: clean refusals instead of unsafe work or tracebacks. (a) pull never installs a server
-database that failed integrity_check; (b) push refuses a database migrated by a newer Label Studio than
+"""Clean refusals instead of unsafe work or tracebacks. (a) pull never installs a server database that
+failed integrity_check; (b) push refuses a database migrated by a newer Label Studio than
 the server's; (c) a snapshot stream brings only the files asked for, no larger than announced;
 (d) a manifest of the wrong shape makes its snapshot incomplete; (e) no hard links means a copy, and a
 full disk here is a SnapshotError with no partial snapshot left; (f) `-H local` is refused."""
@@ -20,19 +20,18 @@ import pytest
 from fabric import Connection
 from invoke import Context, Exit
 
+import tasks.core.files as file_helpers
 from tasks import data as data_tasks
-from tasks.core.data import catalog, engine, local
 from tasks.core import edge, transfer, ui
-from tasks.core.onserver import sqlite
+from tasks.core.connect import RootChannel
+from tasks.core.data import catalog, engine, local
 from tasks.core.data.catalog import LOCAL_HOST, MANIFEST, Manifest
 from tasks.core.defaults import DATABASE, SECRET_ENV
-from tasks.core.connect import RootChannel
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
-from tests.unit.conftest import PROFILE
-from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
-from tests.unit.test_snapshots import DB, ENV, LOCK, MEDIA_FILE, PNG, REPORT, prepared, server, sha, tar_stream
-import tasks.core.files as file_helpers
 from tasks.core.files import link_or_copy, space_needed
+from tasks.core.onserver import sqlite
+from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
+from tests.unit.samples import DB, ENV, LOCK, MEDIA_FILE, PNG, PROFILE, REPORT, prepared, server, sha, tar_stream
 
 BAD_CHECK = "*** in database main ***\nPage 7: btreeInitPage() returns error code 11"
 

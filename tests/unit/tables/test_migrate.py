@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import decimal
+import re
 import subprocess
 import uuid
 from pathlib import PurePosixPath
@@ -16,15 +16,15 @@ import pytest
 from rich.console import Console
 
 from tasks.core import database
-from tasks.core.onserver import convert_database as dbconvert
-from tasks.core.data import migrate
-from tasks.core.commands.service import service_manager
-from tasks.core.database import DatabaseSettings
-from tasks.core.provision.facts import provision_facts_from_probe
 from tasks.core.commands import migrate as commands
 from tasks.core.commands import swap
+from tasks.core.commands.service import service_manager
+from tasks.core.data import migrate
+from tasks.core.database import DatabaseSettings
 from tasks.core.errors import JobStillRunning, RemoteError, UsageError
+from tasks.core.onserver import convert_database as dbconvert
 from tasks.core.profile import Profile
+from tasks.core.provision.facts import provision_facts_from_probe
 
 PROFILE = Profile(host="vm", address="127.0.0.1")
 PG = DatabaseSettings(engine="postgresql")

@@ -17,11 +17,25 @@ from fabric import Config, Connection
 from paramiko.hostkeys import HostKeys
 
 from tasks.core.connect import Host
-from tasks.core.hostkeys import (
-    ACCEPT, MISMATCH, RECORD, REVOKED, TRUSTED, UNKNOWN, KnownKey, decide, describe_key, fingerprint, keys_for,
-    known_hosts_settings, parse_known_hosts, preferred_key_types, record_key, strict_mode,
-)
 from tasks.core.errors import ConnectError
+from tasks.core.hostkeys import (
+    ACCEPT,
+    MISMATCH,
+    RECORD,
+    REVOKED,
+    TRUSTED,
+    UNKNOWN,
+    KnownKey,
+    decide,
+    describe_key,
+    fingerprint,
+    keys_for,
+    known_hosts_settings,
+    parse_known_hosts,
+    preferred_key_types,
+    record_key,
+    strict_mode,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -11,41 +11,14 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands
-from tasks.core.provision import steps
-from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data, dbcheck, instances, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
+from tasks.core.profile import parse_profile
+from tasks.core.provision import steps
 from tasks.core.provision.facts import provision_facts_from_probe
 from tasks.core.provision.plan import AdminRequest, Run
-from tasks.core.profile import parse_profile
-from tests.unit.conftest import DATA
-
-# Valid by every validator, and as unfriendly to a shell as they allow: leading dashes and dots in
-# paths, '-' and '_' in names, a version with an epoch and a local part, an email full of shell syntax.
-HOSTILE = parse_profile("""\
-server_name: x-1.example.org
-http_port: 8443
-public_url: https://x-1.example.org:8443/sub/-path
-label_studio:
-  version: "1!1.23.2.post1+local.7"
-  port: 65535
-  admin_email: "$(reboot)|`id`&x<y>@ex.org"
-service:
-  manager: systemd
-  user: _svc-1
-  name: ls_-1
-paths:
-  app_dir: /opt/-app.d/x
-  data_dir: /srv/.-data/y
-backup:
-  server_tmp_dir: /var/-tmp
-pip:
-  index_url: https://pypi.example.org/-simple/
-""", host="-vm")
-HOSTILE_SCREEN = parse_profile("service:\n  manager: screen\n  user: _svc-1\n  name: ls_-1\n"
-                               "paths:\n  data_dir: /srv/.-data/y\n", host="-vm")
-PROFILES = {"hostile-systemd": HOSTILE, "hostile-screen": HOSTILE_SCREEN}
-EMAIL = HOSTILE.label_studio.admin_email
+from tests.unit.samples import DATA, EMAIL, HOSTILE, PROFILES
 
 
 def scripts_of(profile) -> dict[str, str]:

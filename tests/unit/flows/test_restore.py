@@ -21,16 +21,16 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import parse
-from tasks.core.data import replace as data_replace
-from tasks.core.data import swap as data_swap
-from tasks.core.onserver import sqlite
-from tasks.core.data.catalog import FileEntry
-from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data, dbcheck, swap
 from tasks.core.commands.service import Screen
+from tasks.core.data import replace as data_replace
+from tasks.core.data import swap as data_swap
+from tasks.core.data.catalog import FileEntry
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import RemoteError, SnapshotError, SwapFailed
-from tests.unit.conftest import PROFILE, profile_on_this_machine
+from tasks.core.onserver import sqlite
 from tests.unit.fakehost import FakeHost, Stream, fail, ok
+from tests.unit.samples import PROFILE, profile_on_this_machine
 
 HASH = r"python3 -I -c .* tree-sha256 "
 FOLLOW = r"wc -l <"

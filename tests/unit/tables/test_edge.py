@@ -11,7 +11,7 @@ from invoke import Context, Exit
 from tasks.core import edge, ui
 from tasks.core.defaults import MIN_PASSWORD_LENGTH
 from tasks.core.errors import LockedError, SnapshotError, ToolkitError, UsageError
-from tests.unit.conftest import PROFILE
+from tests.unit.samples import PROFILE
 
 
 def body_raising(failure):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tasks.core.data import catalog
-from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import FileEntry, Manifest, Snapshot, retention_plan
 from tasks.core.errors import SnapshotError, UsageError
 from tasks.core.files import private_dir
+from tasks.core.onserver import sqlite
 
 UTC = dt.timezone.utc
 

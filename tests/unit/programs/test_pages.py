@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.commands import data
 from tasks.core.data import catalog, replace, snapshots
-from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.defaults import DATABASE, SECRET_ENV
-from tasks.core.commands import data
-from tests.unit.conftest import PROFILE
+from tasks.core.onserver import sqlite
 from tests.unit.fakehost import FakeHost, ok
+from tests.unit.samples import PROFILE
 
 
 def make_db(path: Path, rows: int = 3000, seed: int = 1) -> Path:

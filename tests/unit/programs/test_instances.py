@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.provision import adopt
-from tasks.core.onserver import instances
 from tasks.core.errors import UsageError
+from tasks.core.onserver import instances
+from tasks.core.provision import adopt
 from tasks.core.provision.facts import Neighbours, Unmanaged
 
 ME = pwd.getpwuid(os.getuid())
@@ -205,6 +205,7 @@ def test_the_plan_says_what_happens_to_an_older_release():
 
 def test_provision_refuses_beside_an_unmanaged_instance_or_on_a_strangers_port(bare):
     import dataclasses
+
     from tasks.core.provision.refusals import refuse_neighbours
     with pytest.raises(UsageError, match="fab -H vm adopt"):
         refuse_neighbours("vm", dataclasses.replace(bare, neighbours=Neighbours(unmanaged=(unmanaged(),))))

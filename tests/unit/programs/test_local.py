@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tasks.core.data import catalog, local
-from tasks.core.onserver import sqlite
 from tasks.core.data.catalog import LOCAL_HOST
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import SnapshotError
+from tasks.core.onserver import sqlite
 from tasks.core.profile import backups_root
 
 

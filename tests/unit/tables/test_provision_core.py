@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from tasks.core import commands, parse, render
-from tasks.core.provision import steps
 from tasks.core.commands import provision as provision_commands
 from tasks.core.commands.service import service_manager
+from tasks.core.profile import Profile, parse_profile
+from tasks.core.provision import steps
 from tasks.core.provision.plan import AdminRequest
-from tasks.core.profile import parse_profile, Profile
-
-from tests.unit.conftest import PROFILE
+from tests.unit.samples import PROFILE
 
 
 def test_recorded_provisioned_host(provisioned):

@@ -17,9 +17,9 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands, transfer
-from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.commands import data
 from tasks.core.connect import RootChannel
+from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import parse_profile
 from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok

@@ -9,15 +9,16 @@ import datetime as dt
 import pytest
 
 from tasks.core import render
-from tasks.core.provision import steps, tls_steps as steps_tls, tls
-from tasks.core.errors import ProfileError, UsageError
 from tasks.core.commands.service import UnitState
+from tasks.core.errors import ProfileError, UsageError
+from tasks.core.profile import parse_profile
+from tasks.core.provision import steps, tls
+from tasks.core.provision import tls_steps as steps_tls
 from tasks.core.provision.facts import TlsFacts
 from tasks.core.provision.plan import AdminRequest, InstallTlsFiles, NginxSite, ObtainCertificate, Run
-from tasks.core.profile import parse_profile
 from tasks.service import certificate_row
 from tests.tlsca import TestCA
-from tests.unit.conftest import PROFILE
+from tests.unit.samples import PROFILE
 
 NAME = "labels.example.org"
 ADMIN = AdminRequest("admin@example.com")
@@ -168,8 +169,9 @@ def test_eab_comes_only_from_the_environment_and_in_pairs():
 
 
 def test_the_eab_key_never_reaches_argv():
-    from tasks.core.commands.tls import certbot_certonly
     from pathlib import PurePosixPath
+
+    from tasks.core.commands.tls import certbot_certonly
     script = certbot_certonly(profile("acme"), NAME, config=PurePosixPath("/tmp/x/secret"), force=False)
     assert "--config /tmp/x/secret" in script and "eab" not in script
     assert "--webroot-path /var/www/label-studio-acme" in script and "--cert-name label-studio" in script
@@ -311,8 +313,9 @@ def test_the_renewal_steps_enable_the_timer_and_the_deploy_hook(provisioned):
 
 
 def test_tls_facts_are_parsed_from_the_probe():
-    from tasks.core.provision.facts import tls_facts
     import base64
+
+    from tasks.core.provision.facts import tls_facts
     b = {"tls": ["nginx_version=1.22.1", f"cert={base64.b64encode(b'PEM').decode()}", "key_sha256=ab",
                  "key_meta=root:root:600", "renewal=-", "resolvers=10.0.0.2 fd00::1 "],
          "certbot_timer": ["LoadState=loaded", "ActiveState=active", "UnitFileState=enabled"]}

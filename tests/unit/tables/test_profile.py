@@ -8,7 +8,12 @@ import pytest
 
 from tasks.core.errors import ProfileError
 from tasks.core.profile import (
-    CONFIGS_DIR, Profile, load_profile, parse_profile, profile_keys, resolve_profile_path,
+    CONFIGS_DIR,
+    Profile,
+    load_profile,
+    parse_profile,
+    profile_keys,
+    resolve_profile_path,
 )
 
 EXAMPLE = CONFIGS_DIR / "example.yaml"

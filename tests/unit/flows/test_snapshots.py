@@ -5,39 +5,34 @@ The lock script itself is also run for real with flock."""
 from __future__ import annotations
 
 import getpass
-import gzip
-import hashlib
-import io
 import json
 import os
 import subprocess
-import tarfile
 from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core.data import catalog, engine, snapshots
-from tasks.core.onserver import sqlite
-from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.commands import data
+from tasks.core.data import catalog, engine, snapshots
+from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import LockedError, RemoteError, SnapshotError
-from tests.unit.conftest import PROFILE
+from tasks.core.onserver import sqlite
 from tests.unit.fakehost import FakeHost, Stream, fail, ok
-
-LOCK = r"flock -n 9"
-WORK = "/var/tmp/lsvm-backup.Ab12Cd"
-DB = b"SQLite format 3\0 pretend database"
-ENV = b"SECRET_KEY=abc\n"
-PNG = b"\x89PNG pretend image"
-MEDIA_FILE = "media/upload/1/cat.png"
-MARKER = {"counter": 7, "size": len(DB), "mtime_ns": 1, "inode": 2}
-REPORT = {"integrity_check": "ok", "label_studio": True, "missing_tables": [], "error": None,
-          "counts": {"projects": 1, "tasks": 2, "annotations": 3}}
-
-
-def sha(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
-
+from tests.unit.samples import (
+    DB,
+    ENV,
+    LOCK,
+    MARKER,
+    MEDIA_FILE,
+    PNG,
+    PROFILE,
+    REPORT,
+    WORK,
+    prepared,
+    server,
+    sha,
+    tar_stream,
+)
 
 # ------------------------------------------------------------------------------------------------
 # The data lock
@@ -125,38 +120,6 @@ def test_the_lock_is_busy_while_a_swap_job_still_holds_its_own_lock(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # Backups
-
-
-def tar_stream(files: dict[str, tuple[bytes, int]]) -> bytes:
-    """A gzip tar as the server's stream command would send it: {name: (content, mtime)}."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w|") as tar:
-        for name, (content, mtime) in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(content), mtime
-            tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue())
-
-
-def prepared(**changes) -> dict:
-    info = {"database_exists": True, "marker": MARKER, "database": {"size": len(DB)},
-            "env": {"size": len(ENV), "sha256": sha(ENV)},
-            "media": [{"path": MEDIA_FILE, "size": len(PNG), "mtime": 1700000000}],
-            "label_studio_version": "1.23.2"}
-    return {**info, **changes}
-
-
-def server(info: dict, *, checked_sha: str = sha(DB)) -> FakeHost:
-    host = FakeHost(alias="vm")
-    host.answer(r"mktemp -d", ok(WORK + "\n"))
-    host.answer(r"^runuser .* stat -c %s", ok(f"{len(DB)}\n"))
-    host.answer(r"^df -B1", ok("999999999999\n"))
-    host.answer(r"python3 -I -c .* prepare ", ok(json.dumps(info) + "\n"))
-    host.answer(r"command -v zstd", ok("gzip\n"))
-    host.answer(r"^runuser .* cat -- .*check\.json", ok(json.dumps({"sha256": checked_sha, "report": REPORT}) + "\n"))
-    host.stream(r"tar --ignore-failed-read", tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1),
-                                                         MEDIA_FILE: (PNG, 1700000000)}))
-    return host
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import dataclasses
 
 import pytest
 
-from tasks.core.provision import plan, steps
 from tasks.core import render
 from tasks.core.commands.service import UnitState
-from tasks.core.provision.plan import AdminRequest, EnsureAdmin, NginxSite, Run, WaitForHealth
 from tasks.core.profile import parse_profile
+from tasks.core.provision import plan, steps
+from tasks.core.provision.plan import AdminRequest, EnsureAdmin, NginxSite, Run, WaitForHealth
 from tests.unit.fakehost import FakeHost, ok, upload_of
-from tests.unit.conftest import PROFILE
+from tests.unit.samples import PROFILE
 
 EMAIL = "admin@example.com"
 ADMIN = AdminRequest(EMAIL)

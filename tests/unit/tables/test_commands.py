@@ -11,8 +11,8 @@ import pytest
 
 from tasks.core import commands, parse
 from tasks.core.commands import probes
-from tasks.core.provision.facts import status_from_probe
 from tasks.core.profile import Profile
+from tasks.core.provision.facts import status_from_probe
 
 NASTY = [
     "plain",

@@ -14,18 +14,17 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import database, render
-from tasks.core.data import engine
-from tasks.core.data import postgres_snapshots as pgdata
-from tasks.core.onserver import postgres_tool as pgtool
-from tasks.core.provision import steps
-from tasks.core.data.catalog import Manifest
 from tasks.core.commands import postgres, probes, swap
 from tasks.core.commands.provision import ensure_admin, wanted_packages
+from tasks.core.data import engine
+from tasks.core.data import postgres_snapshots as pgdata
+from tasks.core.data.catalog import Manifest
 from tasks.core.errors import ProfileError, SnapshotError
-from tasks.core.provision.facts import PostgresFacts, provision_facts_from_probe
+from tasks.core.onserver import postgres_tool as pgtool
 from tasks.core.profile import parse_profile
-from tests.unit.conftest import DATA
-from tests.unit.test_scripts import HOSTILE
+from tasks.core.provision import steps
+from tasks.core.provision.facts import PostgresFacts, provision_facts_from_probe
+from tests.unit.samples import DATA, HOSTILE
 
 LOCAL = parse_profile("database:\n  engine: postgresql\n", host="vm")
 CA_FILE = DATA / "external-db-ca.pem"   # a test CA's certificate (no key anywhere)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.provision import steps
 from tasks.core.commands import provision as provision_commands
 from tasks.core.commands import upgrade
-from tasks.core.provision.plan import Run
 from tasks.core.profile import parse_profile
+from tasks.core.provision import steps
+from tasks.core.provision.plan import Run
 from tasks.upgrade import release_label
-from tests.unit.conftest import PROFILE, profile_on_this_machine
+from tests.unit.samples import PROFILE, profile_on_this_machine
 
 
 def links(app: Path) -> tuple[str, str]:
@@ -103,6 +103,7 @@ def test_the_release_list_comes_from_the_profiles_index_newest_first(tmp_path):
     import http.server
     import json
     import threading
+
     from tasks.core.releases import pypi_versions
 
     body = json.dumps({"meta": {"api-version": "1.1"}, "name": "label-studio",

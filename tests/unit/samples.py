@@ -1,0 +1,110 @@
+"""What the unit tests share: the recorded server's profile, profiles of hostile values, and a recording
+server that answers a backup as a real one does. Plain values and functions; the fixtures are in conftest."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from tasks.core.defaults import DATABASE, SECRET_ENV
+from tasks.core.profile import Profile, parse_profile
+from tests.unit.fakehost import FakeHost, ok
+
+DATA = Path(__file__).parent / "data"
+# The profile the recorded server (data/provision_probe_provisioned.txt) was provisioned with.
+PROFILE = Profile(host="vm", address="127.0.0.1", public_url="http://127.0.0.1:59503")
+
+
+def profile_on_this_machine(text: str = "", *, user: str | None = None, app_dir=None, data_dir=None,
+                            host: str = "vm") -> Profile:
+    """A profile whose paths are a test's temporary folders (and whose service user is whoever runs the
+    tests), for scripts run for real here: values the profile refuses from a user's YAML (a folder under
+    /tmp, root), set after its checks."""
+    profile = parse_profile(text, host=host)
+    paths = dataclasses.replace(profile.paths, **{k: str(v) for k, v in (("app_dir", app_dir), ("data_dir", data_dir))
+                                                  if v is not None})
+    service = profile.service if user is None else dataclasses.replace(profile.service, user=user)
+    return dataclasses.replace(profile, paths=paths, service=service)
+
+
+# Valid by every validator, and as unfriendly to a shell as they allow: leading dashes and dots in
+# paths, '-' and '_' in names, a version with an epoch and a local part, an email full of shell syntax.
+HOSTILE = parse_profile("""\
+server_name: x-1.example.org
+http_port: 8443
+public_url: https://x-1.example.org:8443/sub/-path
+label_studio:
+  version: "1!1.23.2.post1+local.7"
+  port: 65535
+  admin_email: "$(reboot)|`id`&x<y>@ex.org"
+service:
+  manager: systemd
+  user: _svc-1
+  name: ls_-1
+paths:
+  app_dir: /opt/-app.d/x
+  data_dir: /srv/.-data/y
+backup:
+  server_tmp_dir: /var/-tmp
+pip:
+  index_url: https://pypi.example.org/-simple/
+""", host="-vm")
+HOSTILE_SCREEN = parse_profile("service:\n  manager: screen\n  user: _svc-1\n  name: ls_-1\n"
+                               "paths:\n  data_dir: /srv/.-data/y\n", host="-vm")
+PROFILES = {"hostile-systemd": HOSTILE, "hostile-screen": HOSTILE_SCREEN}
+EMAIL = HOSTILE.label_studio.admin_email
+
+
+# ------------------------------------------------------------------------------------------------
+# A server that answers a backup: its database, .env and one media file
+
+LOCK = r"flock -n 9"
+WORK = "/var/tmp/lsvm-backup.Ab12Cd"
+DB = b"SQLite format 3\0 pretend database"
+ENV = b"SECRET_KEY=abc\n"
+PNG = b"\x89PNG pretend image"
+MEDIA_FILE = "media/upload/1/cat.png"
+MARKER = {"counter": 7, "size": len(DB), "mtime_ns": 1, "inode": 2}
+REPORT = {"integrity_check": "ok", "label_studio": True, "missing_tables": [], "error": None,
+          "counts": {"projects": 1, "tasks": 2, "annotations": 3}}
+
+
+def sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def tar_stream(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A gzip tar as the server's stream command would send it: {name: (content, mtime)}."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w|") as tar:
+        for name, (content, mtime) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(content), mtime
+            tar.addfile(info, io.BytesIO(content))
+    return gzip.compress(raw.getvalue())
+
+
+def prepared(**changes) -> dict:
+    info = {"database_exists": True, "marker": MARKER, "database": {"size": len(DB)},
+            "env": {"size": len(ENV), "sha256": sha(ENV)},
+            "media": [{"path": MEDIA_FILE, "size": len(PNG), "mtime": 1700000000}],
+            "label_studio_version": "1.23.2"}
+    return {**info, **changes}
+
+
+def server(info: dict, *, checked_sha: str = sha(DB)) -> FakeHost:
+    host = FakeHost(alias="vm")
+    host.answer(r"mktemp -d", ok(WORK + "\n"))
+    host.answer(r"^runuser .* stat -c %s", ok(f"{len(DB)}\n"))
+    host.answer(r"^df -B1", ok("999999999999\n"))
+    host.answer(r"python3 -I -c .* prepare ", ok(json.dumps(info) + "\n"))
+    host.answer(r"command -v zstd", ok("gzip\n"))
+    host.answer(r"^runuser .* cat -- .*check\.json", ok(json.dumps({"sha256": checked_sha, "report": REPORT}) + "\n"))
+    host.stream(r"tar --ignore-failed-read", tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1),
+                                                         MEDIA_FILE: (PNG, 1700000000)}))
+    return host
