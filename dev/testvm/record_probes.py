@@ -1,5 +1,5 @@
 """Record the provision probe of a real bare and a real provisioned test VM into tests/unit/data/, the
-facts the unit tests plan against (tests/unit/conftest.py). Run again whenever the probe or the server
+facts the unit tests plan against (tests/unit/samples.py, tests/unit/conftest.py). Run again whenever the probe or the server
 layout changes:  python -m dev.testvm.record_probes  (needs Docker, like the integration tests)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dev.testvm.machine import NOPASSWD_USER, make_key, start_vm
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA = PROJECT_ROOT / "tests" / "unit" / "data"
-# The profile of tests/unit/conftest.py: PROFILE. The URL need not answer; it is what the files say.
+# The profile of tests/unit/samples.py: PROFILE. The URL need not answer; it is what the files say.
 PUBLIC_URL = "http://127.0.0.1:59503"
 ADMIN_EMAIL = "admin@example.com"
 

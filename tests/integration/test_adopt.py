@@ -8,33 +8,31 @@ from __future__ import annotations
 
 import json
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from dev.testvm.guide import (GUIDE_SESSION, GUIDE_USER, GuideData, listens_on_all_interfaces, make_data,
-                              restart_in_screen, set_up_by_the_guide, wait_until_listening)
 from dev.testvm import machine
+from dev.testvm.guide import (
+    GUIDE_SESSION,
+    GUIDE_USER,
+    GuideData,
+    listens_on_all_interfaces,
+    make_data,
+    restart_in_screen,
+    set_up_by_the_guide,
+    wait_until_listening,
+)
 from dev.testvm.machine import make_key, start_vm
-from tests.integration.conftest import Fab, preload_library, sdk_view
+from tests.integration.support.fab import Fab
+from tests.integration.support.labelstudio import png, sdk_view
+from tests.integration.support.preload import preload_library
 
 OLD_RELEASE = "1.22.0"
 CURRENT = "1.23.2"
 OLD_DATA = f"/home/{GUIDE_USER}/.local/share/label-studio"
-
-
-def png(width: int = 48, height: int = 32) -> bytes:
-    """A real PNG (a colour gradient), built here so the test needs no image file."""
-    rows = b"".join(b"\0" + b"".join(bytes((x * 5 % 256, y * 7 % 256, (x + y) % 256)) for x in range(width))
-                    for y in range(height))
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
-                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 @dataclass

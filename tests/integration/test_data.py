@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import (ADMIN_EMAIL, ADMIN_PASSWORD, api_token, concurrent_annotators,
-                                        project_titles)
+from tests.integration.support.labelstudio import api_token, concurrent_annotators, project_titles
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 PNG = bytes.fromhex(

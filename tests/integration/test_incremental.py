@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, api_token
+from tests.integration.support.labelstudio import api_token
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}

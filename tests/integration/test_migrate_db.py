@@ -17,7 +17,8 @@ import time
 import pytest
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone, sdk_view
+from tests.integration.support.labelstudio import LABEL_CONFIG, sdk_view
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone
 
 # CI time: one Label Studio database moved both ways is proven on Debian 12's worker.
 pytestmark = pytest.mark.one_release("bookworm")
@@ -27,8 +28,6 @@ ENV_FILE = "/opt/label-studio/label-studio.env"
 UNIT = "/etc/systemd/system/label-studio.service"
 SECRET = "/opt/label-studio/label-studio-database.env"
 STATUS = "/run/lsvm/label-studio-swap.status"
-LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
-                '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
 SECOND_USER, SECOND_PASSWORD = "second@example.com", "second-user-pw-2"
 
 

@@ -17,11 +17,9 @@ pytestmark = pytest.mark.one_release("trixie")
 
 from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Fab, provisioned_clone, sdk_view
-from tests.integration.test_adopt import png
-
-LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
-                '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
+from tests.integration.support.fab import Fab
+from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone
 
 
 @dataclass

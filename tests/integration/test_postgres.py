@@ -14,11 +14,9 @@ import pytest
 # CI time: local PostgreSQL on Debian 13's worker; Debian 12's carries the external-database test's two VMs.
 pytestmark = pytest.mark.one_release("trixie")
 
-from tests.integration.conftest import api_token, concurrent_annotators, sdk_view
+from tests.integration.support.labelstudio import annotate_through_sdk, api_token, concurrent_annotators, sdk_view
 
 SECRET = "/opt/label-studio/label-studio-database.env"
-LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
-                '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +40,6 @@ def password(machine) -> str:
 
 def psql(machine, sql: str, database: str = "labelstudio") -> str:
     return sh(machine, f"runuser -u postgres -- psql -X -t -A -d {database}", input=sql.encode()).strip()
-
-
-def annotate_through_sdk(machine, title: str, n_tasks: int = 12, n_annotations: int = 5) -> None:
-    from label_studio_sdk import LabelStudio as SDK
-    client = SDK(base_url=machine.url, api_key=machine.token)
-    project = client.projects.create(title=title, label_config=LABEL_CONFIG)
-    client.projects.import_tasks(id=project.id, request=[{"text": f"{title} {i}"} for i in range(n_tasks)])
-    for task in list(client.tasks.list(project=project.id))[:n_annotations]:
-        client.annotations.create(id=task.id, result=[{"from_name": "label", "to_name": "text", "type": "choices",
-                                                        "value": {"choices": ["pos"]}}])
 
 
 def test_label_studio_runs_on_postgresql_through_nginx(pg):

@@ -13,8 +13,8 @@ import re
 import pytest
 
 from dev.testvm.machine import make_key, start_vm
-from tests.integration.conftest import ADMIN_PASSWORD, _provisioned, api_token, sdk_view
-from tests.integration.test_postgres import annotate_through_sdk
+from tests.integration.support.labelstudio import annotate_through_sdk, api_token, sdk_view
+from tests.integration.support.machines import ADMIN_PASSWORD, provision_fresh
 from tests.tlsca import TestCA
 
 # Two VMs for one feature: proven on one Debian release (the README says so).
@@ -62,7 +62,7 @@ def app(vm_image, suite, tmp_path_factory, dbhost):
     home = tmp_path_factory.mktemp(f"home-pg-external-{suite}")
     profile = (f"database:\n  engine: postgresql\n  host: {dbhost.address}\n  name: ls_prod\n  user: ls_app\n"
                f"  ca_file: {dbhost.ca_file}\n")   # sslmode: verify-full by default
-    machine = _provisioned(vm_image, suite, home, "external", "vm", profile, env={"LSVM_DB_PASSWORD": DB_PASSWORD})
+    machine = provision_fresh(vm_image, suite, home, "external", "vm", profile, env={"LSVM_DB_PASSWORD": DB_PASSWORD})
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     machine.token = api_token(machine)
     yield machine

@@ -11,7 +11,7 @@ import json
 import re
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DEFAULT_HOME_MODE
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, DEFAULT_HOME_MODE
 
 MANAGED = [
     "/opt/label-studio/label-studio.env",

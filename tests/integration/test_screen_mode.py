@@ -13,7 +13,7 @@ from tasks.core.commands import as_service_user
 from tasks.core.commands import provision as provision_commands
 from tasks.core.connect import Host
 from tasks.core.profile import parse_profile
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, UBUNTU_HOME_MODE
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, UBUNTU_HOME_MODE
 
 
 def test_provision_in_screen_mode_with_a_sudo_password(screen_provisioned):

@@ -16,7 +16,7 @@ import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
 from dev.testvm.machine import free_port
-from tests.integration.conftest import PROJECT_ROOT
+from tests.integration.support.fab import PROJECT_ROOT
 
 STUDIO_URL = "https://AbCd1234.studio.eu-west-2.sagemaker.aws/jupyterlab/default/lab?reset"
 ORIGIN = "https://abcd1234.studio.eu-west-2.sagemaker.aws"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio
-from dev.testvm.image import build_tls_image
 from dev.testvm import machine as testvm
+from dev.testvm.image import build_tls_image
 from dev.testvm.machine import make_key, start_vm
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Fab, PROJECT_ROOT
+from tests.integration.support.fab import PROJECT_ROOT, Fab
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 from tests.tlsca import TestCA, cert_pem
 
 NAME = "labels.test"

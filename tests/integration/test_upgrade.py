@@ -15,20 +15,18 @@ import pytest
 pytestmark = pytest.mark.one_release("trixie")
 
 from dev.lsclient import LabelStudio
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, _provisioned, sdk_view
-from tests.integration.test_adopt import png
+from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provision_fresh
 
 OLD, NEW = "1.22.0", "1.23.2"
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 NEW_SITE = f"/opt/label-studio/releases/{NEW}"
-LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
-                '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
 
 
 @pytest.fixture(scope="module")
 def old(vm_image, suite, tmp_path_factory):
     home = tmp_path_factory.mktemp(f"home-upgrade-{suite}")
-    machine = _provisioned(vm_image, suite, home, "upgrade", "vm", f'  version: "{OLD}"\n')
+    machine = provision_fresh(vm_image, suite, home, "upgrade", "vm", f'  version: "{OLD}"\n')
     assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     ls = LabelStudio(machine.url)
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)

@@ -15,7 +15,8 @@ import pytest
 
 from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER
 from tasks.core.commands.instances import instances_tool
-from tests.integration.conftest import PROJECT_ROOT, Fab, preload_library
+from tests.integration.support.fab import PROJECT_ROOT, Fab
+from tests.integration.support.preload import preload_library
 
 
 def assert_one_line_error(result, *words: str, code: int | None = None):

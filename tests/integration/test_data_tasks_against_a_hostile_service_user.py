@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, project_titles
+from tests.integration.support.labelstudio import project_titles
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
 DATA = "/var/lib/label-studio"
 DB = f"{DATA}/label_studio.sqlite3"

@@ -1,0 +1,98 @@
+"""VMs that `fab provision` took from bare Debian to Label Studio behind nginx, and clones of them started
+from the image committed right after (a fresh provision takes minutes)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from dev.testvm.image import SUITES
+from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER, TestVM, make_key, start_vm
+from tests.integration.support.fab import Fab
+
+# The SSH user's home mode on each system: Debian 13 creates homes 0700 (HOME_MODE in login.defs),
+# Debian 12 0755. Label Studio must never run from there.
+DEFAULT_HOME_MODE = {"bookworm": "755", "trixie": "700"}
+# Ubuntu 22.04/24.04 create homes 0750: the Debian 12 screen-mode VM gets that mode to prove the case.
+UBUNTU_HOME_MODE = "750"
+
+
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "first-admin-pw-1"
+
+
+@dataclass
+class ProvisionedVM:
+    """A VM that `fab provision` took from bare Debian to Label Studio behind nginx."""
+
+    vm: TestVM
+    fab: Fab
+    profile: Path
+    first_run: subprocess.CompletedProcess
+    suite: str
+    login_home_mode: str  # of the SSH user who provisioned, as `stat -c %a` prints it
+    image: str | None = None  # this VM right after its fresh provision, committed (see `provisioned`)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.vm.http_port}"
+
+
+def provision_fresh(vm_image: str, suite: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
+                 env: dict | None = None, login_home_mode: str | None = None) -> ProvisionedVM:
+    vm = start_vm(vm_image, make_key(home / "keys"))
+    if login_home_mode:
+        vm.exec(f"chmod {login_home_mode} /home/{_login(user_host)}")
+    return _provision(vm, suite, home, name, user_host, env,
+                      f"public_url: http://127.0.0.1:{vm.http_port}\n"
+                      f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n{extra_yaml}")
+
+
+def _login(user_host: str) -> str:
+    return PASSWORD_USER if user_host == "vm-student" else NOPASSWD_USER
+
+
+def _provision(vm: TestVM, suite: str, home: Path, name: str, user_host: str, env: dict | None,
+               profile_text: str) -> ProvisionedVM:
+    """`fab provision` of `vm` from `home`, with the profile `<home>/<name>.yaml`."""
+    profile = home / f"{name}.yaml"
+    profile.write_text(profile_text)
+    fab = Fab(vm, home, env={"LSVM_CONFIG": str(profile)})
+    first = fab("provision", host=user_host, env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD, **(env or {})})
+    mode = vm.exec(f"stat -c %a /home/{_login(user_host)}").stdout.decode().strip()
+    return ProvisionedVM(vm, fab, profile, first, suite, mode)
+
+
+def committed(machine: ProvisionedVM) -> ProvisionedVM:
+    """The VM, committed as an image right after a fresh provision that succeeded (before any test
+    changes it), for `provisioned_clone`."""
+    if machine.first_run.returncode == 0:
+        machine.image = f"lsvm-{SUITES[machine.suite]}-provisioned:{machine.vm.id[:12]}"
+        subprocess.run(["docker", "commit", machine.vm.id, machine.image], check=True, capture_output=True)
+    return machine
+
+
+def discard(machine: ProvisionedVM) -> None:
+    machine.vm.stop()
+    if machine.image:
+        subprocess.run(["docker", "image", "rm", machine.image], capture_output=True)
+
+
+def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> ProvisionedVM:
+    """Another VM as a fresh `fab provision` with the template's profile leaves one (CI time: a fresh
+    provision takes minutes): started from the image committed right after the template's provision,
+    given a SECRET_KEY of its own (no session or token of one VM is valid on another, as between real
+    VMs), then provisioned from a fab home of its own with its own public URL (a real re-provision that
+    changes the configuration and starts the service)."""
+    assert template.image, template.first_run.stdout + template.first_run.stderr
+    vm = start_vm(template.image, make_key(home / "keys"))
+    try:
+        vm.exec("systemctl stop label-studio && sed -i '/^SECRET_KEY=/d' /var/lib/label-studio/.env")
+        machine = _provision(vm, template.suite, home, name, "vm", None,
+                             template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}"))
+        assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
+    except BaseException:
+        vm.stop()
+        raise
+    return machine
