@@ -28,6 +28,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 NOPASSWD_USER = "ops"
 PASSWORD_USER = "student"
 PASSWORD_USER_SUDO_PASSWORD = "student-sudo-pw"
+UV_CACHE = "/var/cache/lsvm-shared/uv"
 
 DOCKERFILE = f"""\
 FROM {{base}}
@@ -42,6 +43,9 @@ RUN useradd -m -s /bin/bash {NOPASSWD_USER} \\
 # A fact of this test network (TLS is intercepted), not of the product: pip in the VM trusts it.
 COPY ca-bundle.crt /usr/local/share/test-network-ca.crt
 RUN printf '[global]\\ncert = /usr/local/share/test-network-ca.crt\\n' > /etc/pip.conf
+# uv (provision installs Label Studio with it) keeps its cache where the tests can mount one shared by
+# every VM of a run (machine.start_vm(package_cache=...)); without that mount it is a folder like any other.
+RUN mkdir -p /etc/uv && printf 'cache-dir = "%s"\\n' '{UV_CACHE}' > /etc/uv/uv.toml
 STOPSIGNAL SIGRTMIN+3
 CMD ["/lib/systemd/systemd"]
 """

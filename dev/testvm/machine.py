@@ -15,7 +15,7 @@ from pathlib import Path
 
 import paramiko
 
-from .image import NOPASSWD_USER, PASSWORD_USER, PASSWORD_USER_SUDO_PASSWORD
+from .image import NOPASSWD_USER, PASSWORD_USER, PASSWORD_USER_SUDO_PASSWORD, UV_CACHE
 
 # The reaper image cannot be pulled here (no registry): we remove our own containers.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -132,7 +132,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_vm(image: str, key_file: Path, name: str | None = None, extra_ports: tuple[int, ...] = ()) -> TestVM:
+def start_vm(image: str, key_file: Path, name: str | None = None, extra_ports: tuple[int, ...] = (),
+             package_cache: Path | None = None) -> TestVM:
+    """`package_cache`: a folder here that every VM started with it uses as uv's cache (the tests: a fresh
+    provision downloads Label Studio's ~160 packages once per run, not once per VM)."""
     container = (
         DockerContainer(image)
         .with_kwargs(
@@ -146,6 +149,9 @@ def start_vm(image: str, key_file: Path, name: str | None = None, extra_ports: t
         .with_tmpfs_mount("/run")
         .with_tmpfs_mount("/run/lock")
     )
+    if package_cache is not None:
+        package_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        container = container.with_volume_mapping(str(package_cache), UV_CACHE, "rw")
     if name:
         container = container.with_name(name)
     # Published on loopback only, never on all interfaces.

@@ -14,7 +14,7 @@ import pytest
 
 from dev.testvm.machine import make_key, start_vm
 from tests.integration.support.labelstudio import annotate_through_sdk, api_token, sdk_view
-from tests.integration.support.machines import ADMIN_PASSWORD, provision_fresh
+from tests.integration.support.machines import ADMIN_PASSWORD, PACKAGE_CACHE, provision_fresh
 from tests.tlsca import TestCA
 
 # Two VMs for one feature: proven on one Debian release (the README says so).
@@ -27,7 +27,7 @@ SECRET = "/opt/label-studio/label-studio-database.env"
 @pytest.fixture(scope="module")
 def dbhost(vm_image, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys-dbhost")
-    vm = start_vm(vm_image, make_key(keys))
+    vm = start_vm(vm_image, make_key(keys), package_cache=PACKAGE_CACHE)
     vm.exec("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
             "apt-get install -y -qq --no-install-recommends postgresql >/dev/null", timeout=900)
     vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]

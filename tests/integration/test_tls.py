@@ -27,7 +27,7 @@ from dev.testvm import machine as testvm
 from dev.testvm.image import build_tls_image
 from dev.testvm.machine import make_key, start_vm
 from tests.integration.support.fab import PROJECT_ROOT, Fab
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, PACKAGE_CACHE
 from tests.tlsca import TestCA, cert_pem
 
 NAME = "labels.test"
@@ -179,7 +179,7 @@ def tls_vm(suite: str, tmp_path_factory):
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
         pytest.skip("no Docker engine answers (start dockerd, or run `bash .ci/run`)")
     home = tmp_path_factory.mktemp(f"home-tls-{suite}")
-    vm = start_vm(build_tls_image(suite), make_key(home / "keys"), extra_ports=(443,))
+    vm = start_vm(build_tls_image(suite), make_key(home / "keys"), extra_ports=(443,), package_cache=PACKAGE_CACHE)
     machine = TlsVM(vm, home, suite, TestCA.create())
     try:
         machine.setup_pebble()

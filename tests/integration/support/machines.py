@@ -3,6 +3,7 @@ from the image committed right after (a fresh provision takes minutes)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ from pathlib import Path
 from dev.testvm.image import SUITES
 from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER, TestVM, make_key, start_vm
 from tests.integration.support.fab import Fab
+
+# uv's cache, shared by every test VM (see dev/testvm/machine.start_vm): Label Studio's packages are
+# downloaded once, not once per fresh provision. Kept between runs; LSVM_PACKAGE_CACHE moves it.
+PACKAGE_CACHE = Path(os.environ.get("LSVM_PACKAGE_CACHE") or Path.home() / ".cache" / "lsvm-test" / "uv")
 
 # The SSH user's home mode on each system: Debian 13 creates homes 0700 (HOME_MODE in login.defs),
 # Debian 12 0755. Label Studio must never run from there.
@@ -41,7 +46,7 @@ class ProvisionedVM:
 
 def provision_fresh(vm_image: str, suite: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
                  env: dict | None = None, login_home_mode: str | None = None) -> ProvisionedVM:
-    vm = start_vm(vm_image, make_key(home / "keys"))
+    vm = start_vm(vm_image, make_key(home / "keys"), package_cache=PACKAGE_CACHE)
     if login_home_mode:
         vm.exec(f"chmod {login_home_mode} /home/{_login(user_host)}")
     return _provision(vm, suite, home, name, user_host, env,
@@ -86,7 +91,7 @@ def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> Provisi
     VMs), then provisioned from a fab home of its own with its own public URL (a real re-provision that
     changes the configuration and starts the service)."""
     assert template.image, template.first_run.stdout + template.first_run.stderr
-    vm = start_vm(template.image, make_key(home / "keys"))
+    vm = start_vm(template.image, make_key(home / "keys"), package_cache=PACKAGE_CACHE)
     try:
         vm.exec("systemctl stop label-studio && sed -i '/^SECRET_KEY=/d' /var/lib/label-studio/.env")
         machine = _provision(vm, template.suite, home, name, "vm", None,
