@@ -21,8 +21,7 @@ from tasks.core.edge import (
 )
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.profile import Profile
-from tasks.core.provision import facts, plan, steps, tls
-from tasks.core.provision import tls_steps as steps_tls
+from tasks.core.provision import facts, plan, steps, tls, tls_steps
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.plan import AdminRequest
 from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
@@ -48,12 +47,12 @@ def https_pass(host: Host, profile: Profile, first: facts.ProvisionFacts, email:
     if dry_run:
         ui.out.print("\n[bold]then a second pass switches to HTTPS[/bold] (shown as if the first had run):")
         seen = {(change.line(True), change.diff) for change in shown}
-        second = [change for change in steps.plan(steps_tls.assume_ready(first), profile, admin, tls_pair=tls_pair)
+        second = [change for change in steps.plan(tls_steps.assume_ready(first), profile, admin, tls_pair=tls_pair)
                   if (change.line(True), change.diff) not in seen and (change.changed or change.action is not None)]
         return plan.apply(host, second, dry_run=True)
-    wait_for_health(host, steps_tls.serving(first, profile), via_nginx=True)
+    wait_for_health(host, tls_steps.serving(first, profile), via_nginx=True)
     found = facts.provision_facts(host, profile, email or "")
-    if not steps_tls.ready(found, profile):
+    if not tls_steps.ready(found, profile):
         raise RemoteError("HTTPS could not be switched on: the certificate or nginx is still missing after the first pass")
     ui.out.print("\n[bold]switching to HTTPS[/bold]")
     changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab), dry_run=False)
@@ -113,7 +112,7 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
     changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab,
                                           database_password=database_password), dry_run=dry_run)
-    if profile.tls.enabled and not steps_tls.ready(found, profile):
+    if profile.tls.enabled and not tls_steps.ready(found, profile):
         changes += https_pass(host, profile, found, email, tls_pair, eab, shown=changes, dry_run=dry_run)
     elif not dry_run:
         wait_for_health(host, profile, via_nginx=True)

@@ -18,11 +18,11 @@ from tasks.core.commands import as_service_user, install_file, join, q, service_
 from tasks.core.commands.data import run_dir
 from tasks.core.commands.service import service_manager
 from tasks.core.database import ENGINES, label_studio_env
-from tasks.core.onserver import convert_database as dbconvert
+from tasks.core.onserver import convert_database
 from tasks.core.profile import Profile
 from tasks.core.render import RenderedFile
 
-CONVERTER_SOURCE = Path(dbconvert.__file__).read_text()
+CONVERTER_SOURCE = Path(convert_database.__file__).read_text()
 CONVERTER = "dbconvert.py"
 DAEMON_RELOAD = "systemctl daemon-reload"
 

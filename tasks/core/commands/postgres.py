@@ -10,10 +10,10 @@ from pathlib import Path, PurePosixPath
 
 from tasks.core.commands import Arg, as_service_user, join, q
 from tasks.core.database import PASSWORD_KEY, client_env
-from tasks.core.onserver import postgres_tool as pgtool
+from tasks.core.onserver import postgres_tool
 from tasks.core.profile import Profile
 
-PGTOOL_SOURCE = Path(pgtool.__file__).read_text()
+PGTOOL_SOURCE = Path(postgres_tool.__file__).read_text()
 CONF_NAME = "labelstudio-vm.conf"
 HBA_ADDRESSES = ("127.0.0.1/32", "::1/128")
 READY_WAIT = 60  # seconds for PostgreSQL to accept connections after a restart
@@ -92,7 +92,7 @@ def wait_ready(timeout: int = READY_WAIT) -> str:
 
 def ensure_role(profile: Profile) -> str:
     """Role (LOGIN) and database (owned by it) when missing; the password generated on the server when
-    the secret file is missing, and set from it as a SCRAM verifier (pgtool password): the SQL travels
+    the secret file is missing, and set from it as a SCRAM verifier (postgres_tool.py password): the SQL travels
     on a pipe, the password reaches neither argv nor PostgreSQL itself."""
     db = profile.database
     secret = profile.remote.database_env
@@ -174,13 +174,13 @@ def status_lines(profile: Profile) -> list[str]:
 
 
 def counts(profile: Profile, database: str | None = None) -> str:
-    """pgtool counts as the Label Studio role (JSON on the last line)."""
+    """postgres_tool.py counts as the Label Studio role (JSON on the last line)."""
     extra = [database] if database is not None else []
     return f"{export_password(profile)} && {as_role(profile, *pgtool_words(profile, 'counts', *extra))}"
 
 
 def dump(profile: Profile, out: PurePosixPath) -> str:
-    """pgtool dump as the service user into its temp folder (JSON on the last line)."""
+    """postgres_tool.py dump as the service user into its temp folder (JSON on the last line)."""
     return f"{export_password(profile)} && {as_role(profile, *pgtool_words(profile, 'dump', out))}"
 
 

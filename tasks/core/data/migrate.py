@@ -32,7 +32,7 @@ from tasks.core.database import ENGINES
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.onserver.convert_database import differences  # noqa: F401 (migrate.differences)
 from tasks.core.profile import Profile
-from tasks.core.provision import tls_steps as steps_tls
+from tasks.core.provision import tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.render import RenderedFile
 from tasks.core.transfer import remote_tempdir, upload_bytes
@@ -62,7 +62,7 @@ class Migration:
         """The env file and the unit for each engine, rendered as provision renders them."""
         rendered = {}
         for side in (self.source, self.target):
-            manager = service_manager(steps_tls.serving(facts, side))
+            manager = service_manager(tls_steps.serving(facts, side))
             rendered[side.database.engine] = [manager.env_file(), manager.definition()]
         return rendered
 

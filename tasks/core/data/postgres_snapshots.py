@@ -1,7 +1,7 @@
 """Data tasks on PostgreSQL (`database.engine: postgresql`): backup and restore-server.
 
 backup: one consistent `pg_dump --format=custom`, taken in the snapshot of a repeatable-read
-transaction that also counts the rows of every table (pgtool dump), into the usual snapshot layout:
+transaction that also counts the rows of every table (postgres_tool.py dump), into the usual snapshot layout:
 `label_studio.pgdump` beside `.env` and `media/`, the manifest saying engine, server version and those
 counts. restore-server: the dump restored into a NEW database and its row counts compared with the
 manifest while Label Studio keeps serving; then the swap job (commands/swap.py) stops it, renames the

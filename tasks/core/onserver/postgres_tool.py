@@ -2,12 +2,12 @@
 except where it says psycopg: Label Studio's venv has psycopg 3). libpq's variables (PGHOST, PGPORT,
 PGUSER, PGDATABASE, PGSSLMODE, PGPASSWORD) come from the environment, never argv.
 
-    python3 pgtool.py password FILE ROLE   (root) generate FILE if missing; print ALTER ROLE ... with a
+    python3 postgres_tool.py password FILE ROLE   (root) generate FILE if missing; print ALTER ROLE ... with a
                                            SCRAM-SHA-256 verifier of its password (the password itself
                                            never reaches PostgreSQL, argv or a log)
-    python pgtool.py dump OUT              (service user, venv) consistent pg_dump -Fc + row counts of
+    python postgres_tool.py dump OUT              (service user, venv) consistent pg_dump -Fc + row counts of
                                            every table in the same snapshot, as JSON
-    python pgtool.py counts [DB]           (service user, venv) Label Studio counts and row counts of
+    python postgres_tool.py counts [DB]           (service user, venv) Label Studio counts and row counts of
                                            every table, as JSON; {"missing": true} when DB does not exist
 """
 

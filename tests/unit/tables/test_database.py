@@ -17,7 +17,7 @@ from tasks.core import database, render
 from tasks.core.commands import postgres, probes, swap
 from tasks.core.commands.provision import ensure_admin, wanted_packages
 from tasks.core.data import engine
-from tasks.core.data import postgres_snapshots as pgdata
+from tasks.core.data import postgres_snapshots
 from tasks.core.data.catalog import Manifest
 from tasks.core.errors import ProfileError, SnapshotError
 from tasks.core.onserver import postgres_tool as pgtool
@@ -155,8 +155,8 @@ def test_snapshot_engine_and_refusals(tmp_path):
 
 
 def test_table_differences():
-    assert pgdata.table_differences({"task": 3, "project": 1}, {"project": 1, "task": 3}) == []
-    assert pgdata.table_differences({"task": 3}, {"task": 2, "extra": 0}) == [
+    assert postgres_snapshots.table_differences({"task": 3, "project": 1}, {"project": 1, "task": 3}) == []
+    assert postgres_snapshots.table_differences({"task": 3}, {"task": 2, "extra": 0}) == [
         "extra: absent in the snapshot, 0 restored", "task: 3 in the snapshot, 2 restored"]
 
 
