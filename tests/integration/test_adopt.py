@@ -80,6 +80,7 @@ def guide(vm_image, suite, tmp_path_factory):
     machine.vm.stop()
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_status_names_the_hand_made_instance(guide):
     result = guide.fab("status")
     assert result.returncode == 0, result.stderr
@@ -91,6 +92,7 @@ def test_status_names_the_hand_made_instance(guide):
     assert not re.search(r"health.*\bUP\b", out)
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_provision_refuses_beside_it_and_changes_nothing(guide):
     before = fingerprint(guide.vm)
     for args in (("provision", "--dry-run"), ("provision",)):
@@ -102,6 +104,7 @@ def test_provision_refuses_beside_it_and_changes_nothing(guide):
     assert fingerprint(guide.vm) == before
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_adopt_dry_run_changes_nothing(guide):
     before = fingerprint(guide.vm)
     result = guide.fab("adopt", "--dry-run")
@@ -111,6 +114,7 @@ def test_adopt_dry_run_changes_nothing(guide):
     assert fingerprint(guide.vm) == before
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_adopt_keeps_every_byte_and_every_login(guide):
     old_files = guide.vm.exec(f"cd {OLD_DATA} && find . -type f | sort | xargs sha256sum").stdout
     result = guide.fab("adopt", "--yes", timeout=2400)
@@ -148,6 +152,7 @@ def test_adopt_keeps_every_byte_and_every_login(guide):
     assert "unmanaged" not in status.stdout
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_a_reboot_brings_the_adopted_instance_back(guide):
     guide.vm.restart()
     wait_for_health(guide.url)
@@ -156,6 +161,7 @@ def test_a_reboot_brings_the_adopted_instance_back(guide):
     assert re.search(r"health \(via nginx\)\s+UP", status.stdout), status.stdout
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_a_second_adopt_or_provision_changes_nothing(guide):
     again = guide.fab("adopt", "--yes")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -174,6 +180,7 @@ http.server.HTTPServer(("127.0.0.1", 8080), H).serve_forever()
 """
 
 
+@pytest.mark.one_release("trixie")  # the current release's take-over on Debian 13, the older release's on Debian 12 (CI time)
 def test_a_port_held_by_an_impostor_is_named_and_never_up(guide):
     guide.vm.exec("systemctl stop label-studio.service")
     guide.vm.exec("cat > /usr/local/bin/impostor.py", input=IMPOSTOR.encode())

@@ -235,6 +235,7 @@ def test_push_local_db_serves_local_content_and_keeps_the_server_data(data_vm, a
     assert project_titles(data_vm) == ["alpha"]
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, alpha, tmp_path):
     local = tmp_path / "mine"
     assert data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local)).returncode == 0
@@ -261,6 +262,7 @@ def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, alpha, t
     con.close()
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 @pytest.mark.parametrize("kind", ["truncated", "random", "not-label-studio"])
 def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, server_snapshot, tmp_path, kind):
     good = server_snapshot / "label_studio.sqlite3"
@@ -284,6 +286,7 @@ def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, server_sn
     assert_serving(data_vm)
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_a_database_that_fails_the_health_check_is_rolled_back(data_vm, alpha, server_snapshot, tmp_path):
     folder = make_local_dir(tmp_path, "breaks", source_db=server_snapshot / "label_studio.sqlite3")
     con = sqlite3.connect(folder / "label_studio.sqlite3")
@@ -301,6 +304,7 @@ def test_a_database_that_fails_the_health_check_is_rolled_back(data_vm, alpha, s
     assert project_titles(data_vm) == ["alpha"]
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_server_temp_space_full_is_a_clean_error(data_vm):
     vm = data_vm.vm
     before, count = server_sha(data_vm), len(snapshots_of(data_vm))
@@ -330,6 +334,7 @@ def big_local(server_snapshot, tmp_path_factory):
     return folder
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_connection_cut_mid_upload_leaves_the_server_as_it_was(data_vm, big_local):
     before = server_sha(data_vm)
     push = data_vm.fab.popen("push-local-db", "--yes", "--local-data-dir", str(big_local))
@@ -352,6 +357,7 @@ def test_connection_cut_mid_upload_leaves_the_server_as_it_was(data_vm, big_loca
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_two_backups_at_once_one_refuses(data_vm, big_local):
     pushed = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(big_local))
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
@@ -375,6 +381,7 @@ def test_two_backups_at_once_one_refuses(data_vm, big_local):
     assert not any(s.name.endswith("-second") for s in snapshots_of(data_vm))
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_pull_refuses_while_a_local_label_studio_runs(data_vm, tmp_path):
     local = tmp_path / "running"
     local.mkdir()
@@ -393,6 +400,7 @@ def test_pull_refuses_while_a_local_label_studio_runs(data_vm, tmp_path):
     assert not (local / "label_studio.sqlite3").exists()
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_prune_previews_then_deletes_but_keeps_the_newest_verified(data_vm, server_snapshot):
     root = data_vm.fab.home / "backups" / "vm"
     (root / "20200101T000000Z").mkdir(mode=0o700)  # an incomplete snapshot: no manifest

@@ -151,14 +151,17 @@ def round_trip(machine, names: list[bytes], label: str) -> None:
         vm.exec("rm -f /tmp/pwned /tmp/pwned2")
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_media_names_full_of_shell_syntax_run_nothing_and_back_up_and_restore_byte_identical(data_vm):
     round_trip(data_vm, HOSTILE, "shell-names")
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_media_names_that_are_not_utf8_back_up_and_restore_byte_identical(data_vm):
     round_trip(data_vm, NOT_UTF8, "not-utf8-names")
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_media_swapped_for_a_link_to_etc_brings_nothing_from_etc(data_vm):
     vm = data_vm.vm
     shadow = vm.exec("cat /etc/shadow").stdout
@@ -182,6 +185,7 @@ def test_media_swapped_for_a_link_to_etc_brings_nothing_from_etc(data_vm):
             assert not (snap / "media").exists()
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_the_old_lock_file_held_by_another_local_user_blocks_nothing(data_vm):
     vm = data_vm.vm
     vm.exec("id mallory >/dev/null 2>&1 || useradd --create-home mallory")
@@ -204,6 +208,7 @@ def test_the_old_lock_file_held_by_another_local_user_blocks_nothing(data_vm):
         vm.exec(f"kill -- -{int(pid)}", check=False)
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_a_push_never_deletes_the_previous_data_of_a_swap_that_did_not_finish(data_vm, local_copy):
     vm = data_vm.vm
     before = vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
@@ -219,6 +224,7 @@ def test_a_push_never_deletes_the_previous_data_of_a_swap_that_did_not_finish(da
     assert wait_for_health(data_vm.url, timeout=60) == {"status": "UP"}
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_killing_the_laptop_right_after_the_stop_leaves_the_server_serving(data_vm, local_copy, tmp_path):
     vm = data_vm.vm
     before = project_titles(data_vm)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from dev.lsclient import LabelStudio, wait_for_health
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, DEFAULT_HOME_MODE
 
@@ -70,6 +72,7 @@ def test_login_create_project_and_import_a_20mb_file_through_nginx(provisioned):
     assert ls.task_count(project) == 20_000
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_deny_export_is_a_403_from_nginx(provisioned):
     ls = LabelStudio(provisioned.url)
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
@@ -138,6 +141,7 @@ def test_dry_run_after_a_profile_change_shows_the_diff_and_changes_nothing(provi
     assert vm_fingerprint(provisioned.vm) == before
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_a_site_that_fails_nginx_t_leaves_the_old_site_serving(provisioned):
     broken = provisioned.profile.parent / "broken-nginx.yaml"
     # Passes our own check (digits + unit) but overflows nginx's size parser: `nginx -t` fails.
@@ -153,6 +157,7 @@ def test_a_site_that_fails_nginx_t_leaves_the_old_site_serving(provisioned):
     assert wait_for_health(provisioned.url, timeout=10) == {"status": "UP"}
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_reset_password(provisioned):
     new = "second-admin-pw-2"
     result = provisioned.fab("provision", "--reset-password", env={"LABEL_STUDIO_PASSWORD": new})
@@ -165,6 +170,7 @@ def test_reset_password(provisioned):
     assert LabelStudio(provisioned.url).login(ADMIN_EMAIL, ADMIN_PASSWORD)
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_provision_without_a_password_source_is_refused_before_any_change(provisioned):
     other = provisioned.profile.parent / "new-admin.yaml"
     other.write_text(provisioned.profile.read_text().replace(ADMIN_EMAIL, "second@example.com"))
@@ -208,6 +214,7 @@ def test_status_logs_stop_start_restart(provisioned):
     assert wait_for_health(provisioned.url, timeout=10) == {"status": "UP"}
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_provision_writes_the_secret_key_first_and_replaces_one_label_studio_cannot_read(provisioned):
     vm, env_file = provisioned.vm, "/var/lib/label-studio/.env"
     assert "made Label Studio's SECRET_KEY (/var/lib/label-studio/.env, 0600)" in provisioned.first_run.stdout
@@ -249,6 +256,7 @@ def test_label_studio_comes_back_after_a_reboot(provisioned):
     assert LabelStudio(provisioned.url).login(ADMIN_EMAIL, ADMIN_PASSWORD)
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_the_single_venv_of_an_earlier_toolkit_version_is_taken_over_without_a_reinstall(provisioned):
     """Installs made before releases/ existed have one /opt/label-studio/venv and a unit that starts it."""
     vm, release = provisioned.vm, "/opt/label-studio/releases/1.23.2"

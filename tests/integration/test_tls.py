@@ -224,6 +224,7 @@ def test_dry_run_shows_what_turning_https_on_would_change(tls_vm):
     assert not tls_vm.exec("dpkg -l certbot 2>/dev/null | grep ^ii || true")
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_failed_issuance_keeps_serving_http_and_says_why_in_one_line(tls_vm):
     if tls_vm.mode not in ("", "off"):
         pytest.skip("needs the VM before its first certificate (runs first in the module, or alone)")
@@ -391,6 +392,7 @@ def test_a_browser_logs_in_over_https_with_secure_cookies(tls_vm, tmp_path):
         driver.quit()
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_status_shows_issuer_names_and_days_left(tls_vm):
     tls_vm.use("acme")
     result = tls_vm.fab(tls_vm.profile("acme"))("status")
@@ -401,6 +403,7 @@ def test_status_shows_issuer_names_and_days_left(tls_vm):
     assert "expires in" not in result.stderr   # pebble's certificates last years, not days
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_files_mode_refuses_a_bad_pair_before_touching_the_server(tls_vm, tmp_path):
     other_key = tls_vm.ca.leaf(NAME).key_pem
     good = tls_vm.ca.leaf(NAME)
@@ -425,6 +428,7 @@ def test_files_mode_refuses_a_bad_pair_before_touching_the_server(tls_vm, tmp_pa
     assert tls_vm.exec(f"sha256sum {MANAGED}; ls -la /etc/label-studio 2>&1 || true; last -w 2>/dev/null | wc -l") == before
 
 
+@pytest.mark.one_release("bookworm")  # release-independent: one release (CI time)
 def test_files_mode_serves_our_own_certificate(tls_vm, tmp_path):
     leaf = tls_vm.ca.leaf(NAME, "www.labels.test", ocsp_url="http://ocsp.labels.test/")
     (tmp_path / "chain.pem").write_bytes(tls_vm.ca.chain_pem(leaf))
@@ -445,6 +449,7 @@ def test_files_mode_serves_our_own_certificate(tls_vm, tmp_path):
     assert again.returncode == 0 and "~ changed" not in again.stdout, again.stdout + again.stderr
 
 
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_self_signed_prints_the_fingerprint_nginx_serves(tls_vm):
     result = tls_vm.provision("self-signed")
     assert result.returncode == 0, result.stdout + result.stderr

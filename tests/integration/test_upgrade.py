@@ -10,10 +10,6 @@ import re
 
 import pytest
 
-# Each Debian release's worker carries one of the two slowest modules' extra VMs: this one runs on
-# Debian 13, the older-release adopt tests (test_adopt.py) on Debian 12.
-pytestmark = pytest.mark.one_release("trixie")
-
 from dev.lsclient import LabelStudio
 from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provision_fresh
@@ -68,6 +64,7 @@ def test_dry_run_shows_the_plan_and_changes_nothing(old):
     assert (db_sha(old), current(old)) == before == (before[0], f"releases/{OLD}")
 
 
+@pytest.mark.one_release("trixie")  # the dry run and the upgrade itself run on both releases (the smoke set); the rest on one (CI time)
 def test_a_release_that_cannot_migrate_this_database_stops_before_the_stop(old):
     # Build the new release the way upgrade does, then break it: upgrade reuses it.
     old.vm.exec(f"python3 -m venv {NEW_SITE} && {NEW_SITE}/bin/python -m pip install -q label-studio=={NEW} && "
@@ -82,6 +79,7 @@ def test_a_release_that_cannot_migrate_this_database_stops_before_the_stop(old):
     assert sorted((old.fab.home / "backups" / "vm").glob("*-pre-upgrade-1-22-0"))  # the snapshot came first
 
 
+@pytest.mark.one_release("trixie")  # the dry run and the upgrade itself run on both releases (the smoke set); the rest on one (CI time)
 def test_a_release_that_fails_to_start_is_switched_back_with_the_database_byte_identical(old):
     break_release(old, "'start' in sys.argv")
     sha = db_sha(old)
@@ -106,6 +104,7 @@ def test_the_upgrade_keeps_every_byte_and_the_token(old):
     assert re.search(r"health \(via nginx\)\s+UP", status.stdout)
 
 
+@pytest.mark.one_release("trixie")  # the dry run and the upgrade itself run on both releases (the smoke set); the rest on one (CI time)
 def test_an_older_pin_is_refused_and_changes_nothing(old):
     sha = db_sha(old)
     old.profile.write_text(old.profile.read_text().replace(f'version: "{OLD}"', 'version: "1.21.0"'))
@@ -119,6 +118,7 @@ def test_an_older_pin_is_refused_and_changes_nothing(old):
     assert again.returncode == 0 and re.search(r"\b0 changed\b", again.stdout), again.stdout + again.stderr
 
 
+@pytest.mark.one_release("trixie")  # the dry run and the upgrade itself run on both releases (the smoke set); the rest on one (CI time)
 def test_rollback_says_what_would_be_lost_then_brings_the_old_release_and_data_back(old):
     ls = LabelStudio(old.url)
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)

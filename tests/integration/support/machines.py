@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dev.testvm.image import SUITES
-from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER, TestVM, make_key, start_vm
+from dev.testvm.machine import NOPASSWD_USER, PASSWORD_USER, TestVM, make_key, remove_image_later, start_vm
 from tests.integration.support.fab import Fab
 
 # uv's cache, shared by every test VM (see dev/testvm/machine.start_vm): Label Studio's packages are
@@ -81,7 +81,7 @@ def committed(machine: ProvisionedVM) -> ProvisionedVM:
 def discard(machine: ProvisionedVM) -> None:
     machine.vm.stop()
     if machine.image:
-        subprocess.run(["docker", "image", "rm", machine.image], capture_output=True)
+        remove_image_later(machine.image)
 
 
 def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> ProvisionedVM:
