@@ -137,14 +137,15 @@ def build_image(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> str:
     return final
 
 
-def build_tls_image(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> str:
-    """The test VM image plus pebble (for the HTTPS tests), cached by a hash of both recipes."""
-    final = build_image(suite, mirror)
-    tag = f"lsvm-{SUITES[suite]}-tls:{_digest(final, TLS_DOCKERFILE)}"
+def build_tls_image(suite: str = DEFAULT_SUITE, mirror: str | None = None, base: str | None = None) -> str:
+    """The test VM image plus pebble (for the HTTPS tests), cached by a hash of both recipes. `base`: an
+    image to add pebble to instead (the HTTPS tests: a VM committed right after its fresh provision)."""
+    base = base or build_image(suite, mirror)
+    tag = f"lsvm-{SUITES[suite]}-tls:{_digest(base, TLS_DOCKERFILE)}"
     if _image_exists(tag):
         return tag
     with tempfile.TemporaryDirectory(prefix="lsvm-image-") as context:
-        Path(context, "Dockerfile").write_text(TLS_DOCKERFILE.format(base=final))
+        Path(context, "Dockerfile").write_text(TLS_DOCKERFILE.format(base=base))
         _log(f"docker build -> {tag} (pebble)")
         subprocess.run(["docker", "build", "-q", "-t", tag, context], check=True, stdout=subprocess.DEVNULL)
     return tag

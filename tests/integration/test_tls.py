@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -25,9 +24,9 @@ import pytest
 from dev.lsclient import LabelStudio
 from dev.testvm import machine as testvm
 from dev.testvm.image import build_tls_image
-from dev.testvm.machine import make_key, start_vm
+from dev.testvm.machine import remove_image_later
 from tests.integration.support.fab import PROJECT_ROOT, Fab
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, PACKAGE_CACHE
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, start_clone
 from tests.tlsca import TestCA, cert_pem
 
 NAME = "labels.test"
@@ -175,15 +174,18 @@ class TlsVM:
 
 
 @pytest.fixture(scope="module")
-def tls_vm(suite: str, tmp_path_factory):
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
-        pytest.skip("no Docker engine answers (start dockerd, or run `bash .ci/run`)")
+def tls_vm(provisioned, suite: str, tmp_path_factory):
+    """A provisioned VM (started from the one committed right after `provisioned`'s fresh provision, with
+    Debian's pebble added) provisioned again with this module's profile: plain HTTP, as before TLS existed."""
+    assert provisioned.image, provisioned.first_run.stdout + provisioned.first_run.stderr
     home = tmp_path_factory.mktemp(f"home-tls-{suite}")
-    vm = start_vm(build_tls_image(suite), make_key(home / "keys"), extra_ports=(443,), package_cache=PACKAGE_CACHE)
+    image = build_tls_image(suite, base=provisioned.image)
+    remove_image_later(image)
+    vm = start_clone(image, home, extra_ports=(443,))
     machine = TlsVM(vm, home, suite, TestCA.create())
     try:
         machine.setup_pebble()
-        machine.use("off")   # a plain-HTTP Label Studio, as before TLS existed
+        machine.use("off")
         yield machine
     finally:
         vm.stop()

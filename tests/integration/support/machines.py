@@ -84,16 +84,27 @@ def discard(machine: ProvisionedVM) -> None:
         remove_image_later(machine.image)
 
 
-def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> ProvisionedVM:
-    """Another VM as a fresh `fab provision` with the template's profile leaves one (CI time: a fresh
-    provision takes minutes): started from the image committed right after the template's provision,
-    given a SECRET_KEY of its own (no session or token of one VM is valid on another, as between real
-    VMs), then provisioned from a fab home of its own with its own public URL (a real re-provision that
-    changes the configuration and starts the service)."""
-    assert template.image, template.first_run.stdout + template.first_run.stderr
-    vm = start_vm(template.image, make_key(home / "keys"), package_cache=PACKAGE_CACHE)
+def start_clone(image: str, home: Path, extra_ports: tuple[int, ...] = ()) -> TestVM:
+    """A VM started from an image committed right after a fresh provision, its Label Studio stopped and
+    its SECRET_KEY gone (the next provision makes one of its own: no session or token of one VM is valid
+    on another, as between real VMs)."""
+    vm = start_vm(image, make_key(home / "keys"), extra_ports=extra_ports, package_cache=PACKAGE_CACHE)
     try:
         vm.exec("systemctl stop label-studio && sed -i '/^SECRET_KEY=/d' /var/lib/label-studio/.env")
+    except BaseException:
+        vm.stop()
+        raise
+    return vm
+
+
+def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> ProvisionedVM:
+    """Another VM as a fresh `fab provision` with the template's profile leaves one (CI time: a fresh
+    provision takes minutes): `start_clone` of the template's image, then provisioned from a fab home of
+    its own with its own public URL (a real re-provision that changes the configuration and starts the
+    service)."""
+    assert template.image, template.first_run.stdout + template.first_run.stderr
+    vm = start_clone(template.image, home)
+    try:
         machine = _provision(vm, template.suite, home, name, "vm", None,
                              template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}"))
         assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
