@@ -75,7 +75,12 @@ class ServerData:
 def server_counts(host: Host, profile: Profile) -> dict | None:
     """Row counts of the live SQLite database (read-only, no integrity check), None without one."""
     out = host.run(data_commands.server_counts(profile), sudo=True, what="reading server counts")
-    return out.answer() if out.stdout.strip() else None
+    if not out.stdout.strip():
+        return None
+    counts = out.answer()
+    if counts is None:   # never read as "no database": that would skip the backup before a replace
+        raise RemoteError(f"reading server counts on {host.alias} gave no answer: {out.last_line()}")
+    return counts
 
 
 def release_migrations(host: Host, profile: Profile) -> dict | None:

@@ -11,6 +11,7 @@ from tasks.core import parse
 from tasks.core.commands import probes
 from tasks.core.commands.service import UnitState
 from tasks.core.connect import Host
+from tasks.core.errors import RemoteError
 from tasks.core.profile import Profile
 
 
@@ -96,9 +97,13 @@ class Neighbours:
 
     @classmethod
     def from_probe(cls, lines: list[str]) -> "Neighbours":
-        data = parse.last_json("\n".join(lines))
-        if data is None:
+        text = "\n".join(lines).strip()
+        if not text:
             return cls()
+        data = parse.last_json(text)
+        if data is None:   # talk but no answer: never read as "nobody else here"
+            raise RemoteError(f"reading who runs Label Studio on the server gave no answer: "
+                              f"{parse.printable(text.splitlines()[-1])}")
         port = data.get("port") or {}
         return cls(unmanaged=tuple(Unmanaged.from_json(i) for i in data.get("instances", [])),
                    port_state=str(port.get("state", "free")), port_said=str(port.get("said", "")),

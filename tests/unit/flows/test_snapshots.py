@@ -197,6 +197,12 @@ def test_server_counts_reads_the_live_database(stdout, counts):
     assert host.commands == [data.server_counts(PROFILE)]
 
 
+def test_server_counts_that_are_not_an_answer_are_an_error_never_no_database():
+    host = FakeHost().answer(r"counts", ok("Traceback (most recent call last):\nsqlite3.OperationalError\n"))
+    with pytest.raises(RemoteError, match="reading server counts on fake gave no answer: sqlite3.OperationalError"):
+        snapshots.server_counts(host, PROFILE)
+
+
 # ------------------------------------------------------------------------------------------------
 # Names from the server never reach a shell
 

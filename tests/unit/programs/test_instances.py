@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.errors import UsageError
+from tasks.core.errors import RemoteError, UsageError
 from tasks.core.onserver import instances
 from tasks.core.provision import adopt
 from tasks.core.provision.facts import Neighbours, Unmanaged
@@ -121,6 +121,12 @@ def test_a_hand_made_instance_is_found_with_its_screen_session_and_listener(proc
     assert u.describe().startswith(f"unmanaged Label Studio in screen `ls` as {ME.pw_name}, data ")
     assert "listening on 0.0.0.0:8080 (reachable from outside)" in u.describe()
     assert not seen.port_taken_by_stranger()  # the port is the hand-made instance's: adopt stops it
+
+
+def test_a_probe_that_gave_no_answer_is_an_error_never_nobody_else_here():
+    assert Neighbours.from_probe([]) == Neighbours()
+    with pytest.raises(RemoteError, match="gave no answer: Traceback"):
+        Neighbours.from_probe(["Traceback (most recent call last):"])
 
 
 def test_our_own_instance_holds_the_port_only_from_our_unit(proc):
