@@ -219,7 +219,6 @@ class PendingSnapshot:
 
     def __init__(self, path: Path, when: dt.datetime, label: str | None):
         self.path = path
-        self.when = when
         self.label = label
         self.created = when.isoformat(timespec="seconds")   # for the manifest
         self.manifest: Manifest | None = None

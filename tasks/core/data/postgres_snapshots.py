@@ -33,7 +33,7 @@ def server_counts(host: Host, profile: Profile, database: str | None = None) -> 
     """Row counts of the live database (or `database`): {"counts", "tables", "server_version"}; None
     when it does not exist; RemoteError when PostgreSQL cannot be read."""
     out = host.run(pg.counts(profile, database), sudo=True, check=False, what="reading the PostgreSQL counts")
-    found = (out.answer() or {})
+    found = out.answer() or {}
     if found.get("missing"):
         return None
     if not found or "error" in found:
@@ -59,12 +59,12 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
     with server_work_dir(host, profile, "backup") as work_dir:
         out = host.run(data_commands.prepare_copy(profile, work_dir, "null", check=False), sudo=True, check=False,
                        what="listing the server's data")
-        info = (out.answer() or {})
+        info = out.answer() or {}
         if not out.ok or not info:
             raise SnapshotError(f"listing the data on {host.alias} failed: {out.last_line()}")
         with ui.err.status("pg_dump of the server database (one consistent snapshot)"):
             out = host.run(pg.dump(profile, work_dir / DUMP), sudo=True, check=False, what="pg_dump")
-        dumped = (out.answer() or {})
+        dumped = out.answer() or {}
         if not out.ok or "error" in dumped or "sha256" not in dumped:
             raise SnapshotError(f"pg_dump on {host.alias} failed: {dumped.get('error') or out.last_line()}")
         with catalog.new_snapshot(host_dir, label) as pending:
