@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 
 from dev.testvm.image import SUITES, build_image
-from dev.testvm.machine import PASSWORD_USER_SUDO_PASSWORD, TestVM, make_key, start_vm
+from dev.testvm.machine import PASSWORD_USER_SUDO_PASSWORD, TestVM
 from tests.integration.support.fab import Fab
 from tests.integration.support.machines import (
-    PACKAGE_CACHE,
     UBUNTU_HOME_MODE,
     ProvisionedVM,
     committed,
     discard,
     provision_fresh,
     provisioned_clone,
+    start_test_vm,
 )
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def test_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vm(vm_image: str, test_home: Path):
     # not ~/.ssh: only the IdentityFile in our ssh_config may log in
-    machine = start_vm(vm_image, make_key(test_home / "keys"), package_cache=PACKAGE_CACHE)
+    machine = start_test_vm(vm_image, test_home)
     yield machine
     machine.stop()
 

@@ -25,10 +25,9 @@ from dev.testvm.guide import (
     set_up_by_the_guide,
     wait_until_listening,
 )
-from dev.testvm.machine import make_key, start_vm
 from tests.integration.support.fab import Fab
 from tests.integration.support.labelstudio import png, sdk_view
-from tests.integration.support.machines import PACKAGE_CACHE
+from tests.integration.support.machines import start_test_vm
 from tests.integration.support.preload import preload_library
 
 OLD_RELEASE = "1.22.0"
@@ -59,7 +58,7 @@ def fingerprint(vm: machine.TestVM) -> str:
 
 
 def guide_vm(image: str, home: Path, version: str) -> GuideVM:
-    vm = start_vm(image, make_key(home / "keys"), package_cache=PACKAGE_CACHE)
+    vm = start_test_vm(image, home)
     try:
         set_up_by_the_guide(vm, version)
         url = f"http://127.0.0.1:{vm.http_port}"

@@ -12,9 +12,8 @@ import re
 
 import pytest
 
-from dev.testvm.machine import make_key, start_vm
 from tests.integration.support.labelstudio import annotate_through_sdk, api_token, sdk_view
-from tests.integration.support.machines import ADMIN_PASSWORD, PACKAGE_CACHE, provision_fresh
+from tests.integration.support.machines import ADMIN_PASSWORD, provision_fresh, start_test_vm
 from tests.tlsca import TestCA
 
 # Two VMs for one feature: proven on one Debian release (the README says so).
@@ -26,8 +25,8 @@ SECRET = "/opt/label-studio/label-studio-database.env"
 
 @pytest.fixture(scope="module")
 def dbhost(vm_image, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys-dbhost")
-    vm = start_vm(vm_image, make_key(keys), package_cache=PACKAGE_CACHE)
+    home = tmp_path_factory.mktemp("dbhost")
+    vm = start_test_vm(vm_image, home)
     vm.exec("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
             "apt-get install -y -qq --no-install-recommends postgresql >/dev/null", timeout=900)
     vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]
@@ -35,7 +34,7 @@ def dbhost(vm_image, tmp_path_factory):
     # default sslmode verify-full checks the chain and that the certificate names database.host.
     ca = TestCA.create("external db test")
     leaf = ca.leaf(vm.address)
-    vm.ca_file = keys / "db-ca.pem"
+    vm.ca_file = home / "db-ca.pem"
     vm.ca_file.write_bytes(ca.root_pem)
     vm.exec("cat > /etc/postgresql/server-chain.pem", input=ca.chain_pem(leaf))
     vm.exec("umask 077 && cat > /etc/postgresql/server-key.pem && chown postgres: /etc/postgresql/server-key.pem",

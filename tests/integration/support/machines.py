@@ -46,7 +46,7 @@ class ProvisionedVM:
 
 def provision_fresh(vm_image: str, suite: str, home: Path, name: str, user_host: str, extra_yaml: str = "",
                  env: dict | None = None, login_home_mode: str | None = None) -> ProvisionedVM:
-    vm = start_vm(vm_image, make_key(home / "keys"), package_cache=PACKAGE_CACHE)
+    vm = start_test_vm(vm_image, home)
     if login_home_mode:
         vm.exec(f"chmod {login_home_mode} /home/{_login(user_host)}")
     return _provision(vm, suite, home, name, user_host, env,
@@ -84,11 +84,16 @@ def discard(machine: ProvisionedVM) -> None:
         remove_image_later(machine.image)
 
 
+def start_test_vm(image: str, home: Path, extra_ports: tuple[int, ...] = ()) -> TestVM:
+    """A test VM of `image`, logged into with a key kept in `home`, with the run's shared uv cache."""
+    return start_vm(image, make_key(home / "keys"), extra_ports=extra_ports, package_cache=PACKAGE_CACHE)
+
+
 def start_clone(image: str, home: Path, extra_ports: tuple[int, ...] = ()) -> TestVM:
     """A VM started from an image committed right after a fresh provision, its Label Studio stopped and
     its SECRET_KEY gone (the next provision makes one of its own: no session or token of one VM is valid
     on another, as between real VMs)."""
-    vm = start_vm(image, make_key(home / "keys"), extra_ports=extra_ports, package_cache=PACKAGE_CACHE)
+    vm = start_test_vm(image, home, extra_ports)
     try:
         vm.exec("systemctl stop label-studio && sed -i '/^SECRET_KEY=/d' /var/lib/label-studio/.env")
     except BaseException:
