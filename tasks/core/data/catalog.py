@@ -319,8 +319,8 @@ def retention_plan(snapshots: list[Snapshot], keep_last: int, keep_daily: int, k
     """keep-last N, plus the newest of each of the last D days and W ISO weeks that have snapshots.
     Whatever the counts, what a restore would pick stays: the newest verified snapshot, the local work a
     pull saved (restore-local's default), the newest verified of each release's pre-upgrade snapshots
-    (rollback's), and the newest folder even when incomplete (a backup under way, or kept for a look).
-    Other incomplete folders go."""
+    (rollback's), and the newest folder even when incomplete (one an earlier version left, or kept for a
+    look; a backup under way is a hidden partial folder, not listed here). Other incomplete folders go."""
     complete = sorted((s for s in snapshots if s.complete), key=lambda s: s.created, reverse=True)
     reasons: dict[str, str] = {}
     newest = max(snapshots, key=lambda s: (s.created, s.id), default=None)
