@@ -81,6 +81,7 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("label studio", st.label_studio_version or "not installed"),
         ("releases", releases_text(st)),
         ("service", manager.describe(st)),
+        ("app server", app_server_text(st)),
         ("nginx", st.nginx.describe()),
         (f"health (via nginx{', https' if https else ''})", health),
         *filter(None, [certificate_row(profile_tls_mode, st.tls_cert)]),
@@ -88,6 +89,21 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("last backup", last_backup or "none on this machine"),
     ]
     return rows + found
+
+
+def app_server_text(st: HostStatus) -> str:
+    """gunicorn's master, its workers and the memory they hold (what `ps` calls RSS; shared pages count
+    in each process, so the sum is an upper bound)."""
+    server = st.app_server
+    if not server.masters:
+        return "not running"
+    name = f"gunicorn {st.app_server_version}" if st.app_server_version else "gunicorn"
+    parts = []
+    for master in server.masters:
+        workers = server.workers(master)
+        sizes = ", ".join(human_bytes(rss * 1024) for _, _, rss in workers)
+        parts.append(f"{name}, master pid {master}, {len(workers)} worker(s) ({sizes})")
+    return "; ".join(parts) + f"; {human_bytes(server.total_rss)} in all"
 
 
 def database_text(st: HostStatus, database: DatabaseSettings | None, alias: str = "HOST") -> str:

@@ -159,10 +159,51 @@ def ssh_connection(value: str) -> tuple[str | None, int | None]:
     return client, int(parts[3])
 
 
-def dist_info_version(path: str) -> str | None:
+def dist_info_version(path: str, package: str = "label_studio") -> str | None:
     """`.../label_studio-1.23.2.dist-info` -> `1.23.2`; None for anything that is not a plain version."""
-    match = re.search(r"label_studio-([0-9A-Za-z.+!_-]+?)\.dist-info/?$", path or "")
+    match = re.search(re.escape(package) + r"-([0-9A-Za-z.+!_-]+?)\.dist-info/?$", path or "")
     return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class AppServer:
+    """gunicorn's processes as `ps` lists them: (pid, parent pid, resident memory in KiB)."""
+
+    processes: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def from_lines(cls, lines: list[str]) -> "AppServer":
+        found = []
+        for line in lines:
+            words = line.split()
+            if len(words) == 3 and all(w.isdigit() for w in words):
+                found.append((int(words[0]), int(words[1]), int(words[2])))
+        return cls(tuple(found))
+
+    @property
+    def masters(self) -> list[int]:
+        pids = {pid for pid, _, _ in self.processes}
+        return [pid for pid, ppid, _ in self.processes if ppid not in pids]
+
+    def workers(self, master: int) -> list[tuple[int, int, int]]:
+        return [p for p in self.processes if p[1] == master]
+
+    @property
+    def total_rss(self) -> int:
+        """Bytes."""
+        return sum(rss for _, _, rss in self.processes) * 1024
+
+
+def site_packages(dist_path: str, python3: str | None) -> str | None:
+    """A release's site-packages relative to its folder (`lib/python3.11/site-packages`): read from where
+    its label_studio dist-info is, else what the system python3 (which builds the release venvs) gives;
+    made from the digits only, whatever else the server printed."""
+    match = re.search(r"/lib/python3\.([0-9]+)/site-packages/", dist_path or "")
+    minor = match.group(1) if match else None
+    if minor is None and python3:
+        found = re.match(r"3\.([0-9]+)(\.|$)", python3)
+        minor = found.group(1) if found else None
+    return f"lib/python3.{int(minor)}/site-packages" if minor is not None else None
 
 
 RELEASE_NAME = re.compile(r"[0-9][0-9A-Za-z.+!_-]*")

@@ -131,6 +131,10 @@ def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
+def _workers(value: int) -> str | None:
+    return None if 0 <= value <= 64 else "must be 0 (sized from the VM's cores and memory) or 1 to 64"
+
+
 def _positive(value: int) -> str | None:
     return None if value > 0 else "must be more than 0"
 
@@ -159,6 +163,7 @@ class LabelStudioSettings:
     version: str = _opt(defaults.LABEL_STUDIO_VERSION, _version)
     port: int = _opt(defaults.LABEL_STUDIO_PORT, _port)
     admin_email: str | None = _opt(None, check_email)
+    workers: int = _opt(0, _workers)
 
 
 @dataclass(frozen=True)
@@ -235,12 +240,15 @@ class RemotePaths:
     app_dir: PurePosixPath
     data_dir: PurePosixPath
     releases_dir: PurePosixPath   # one venv per Label Studio release: releases/<version>/
-    current: PurePosixPath        # link to the release that runs (the unit starts current/bin/label-studio)
+    current: PurePosixPath        # link to the release that runs (the unit starts current/bin/gunicorn)
     previous: PurePosixPath       # link to the release that ran before the last switch (rollback)
     legacy_venv: PurePosixPath    # the single venv of earlier versions of this toolkit
     venv: PurePosixPath           # = current: every command runs the release through the link
     label_studio_bin: PurePosixPath
+    gunicorn_bin: PurePosixPath
     venv_python: PurePosixPath
+    gunicorn_conf: PurePosixPath      # the app server's settings (tasks/core/onserver/app_server.py)
+    prepare_database: PurePosixPath   # run before each start: WAL mode, migrations (onserver/prepare_database.py)
     env_file: PurePosixPath
     database_env: PurePosixPath       # root-only 0600: the PostgreSQL password (tasks.core.database)
     database_ca: PurePosixPath        # the CA certificate an external PostgreSQL's is checked against
@@ -331,7 +339,10 @@ class Profile:
             legacy_venv=app / "venv",
             venv=venv,
             label_studio_bin=venv / "bin" / "label-studio",
+            gunicorn_bin=venv / "bin" / "gunicorn",
             venv_python=venv / "bin" / "python",
+            gunicorn_conf=app / f"{name}-gunicorn.conf.py",
+            prepare_database=app / "prepare-database.py",
             env_file=app / f"{name}.env",
             database_env=app / f"{name}-database.env",
             database_ca=app / f"{name}-database-ca.pem",

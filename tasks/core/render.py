@@ -11,9 +11,14 @@ import jinja2
 
 from tasks.core.database import label_studio_env
 from tasks.core.errors import ProfileError
+from tasks.core.onserver import app_server, prepare_database
+from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
+
+APP_SERVER_SOURCE = Path(app_server.__file__).read_text()
+PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -94,10 +99,27 @@ def screen_launcher(profile: Profile) -> RenderedFile:
 
 
 def nginx_site(profile: Profile, *, ipv6: bool, tls: NginxTls | None = None,
-               acme_webroot: PurePosixPath | None = None) -> RenderedFile:
-    """Plain HTTP, or (with `tls`) HTTPS with port 80 redirecting; `acme_webroot` serves http-01 answers."""
-    content = render("nginx/label-studio.conf.j2", **context(profile, ipv6=ipv6), tls=tls, acme_webroot=acme_webroot)
+               acme_webroot: PurePosixPath | None = None, site_packages: str | None = None) -> RenderedFile:
+    """Plain HTTP, or (with `tls`) HTTPS with port 80 redirecting; `acme_webroot` serves http-01 answers;
+    the static files come straight from the current release's `site_packages` (relative to it)."""
+    static_root = profile.remote.current / site_packages if site_packages else None
+    content = render("nginx/label-studio.conf.j2", **context(profile, ipv6=ipv6), tls=tls, acme_webroot=acme_webroot,
+                     static_root=static_root)
     return RenderedFile(profile.remote.nginx_site, content, "0644", "root", "root")
+
+
+def app_server_config(profile: Profile) -> RenderedFile:
+    """gunicorn's settings: tasks/core/onserver/app_server.py followed by this host's."""
+    content = (f"# {MANAGED} (`fab provision`): edit configs/<host>.yaml instead.\n"
+               + APP_SERVER_SOURCE
+               + app_server.SETTINGS.format(port=int(profile.label_studio.port), workers=int(profile.label_studio.workers)))
+    return RenderedFile(profile.remote.gunicorn_conf, content, "0644", "root", "root")
+
+
+def prepare_database_script(profile: Profile) -> RenderedFile:
+    """tasks/core/onserver/prepare_database.py, run before each start of the app server."""
+    return RenderedFile(profile.remote.prepare_database,
+                        f"# {MANAGED} (`fab provision`).\n" + PREPARE_DATABASE_SOURCE, "0644", "root", "root")
 
 
 def database_ca(profile: Profile) -> RenderedFile | None:

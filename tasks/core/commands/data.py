@@ -126,6 +126,13 @@ def server_counts(profile: Profile) -> str:
     return f"[ -e {q(database)} ] && {as_service_user(profile, *sqlite_words('counts', database))} || true"
 
 
+def settle_database(profile: Profile) -> str:
+    """With Label Studio stopped: the database's -wal checkpointed into it and removed (sqlite.settle),
+    as the service user; nothing when there is no -wal (or no database)."""
+    database = profile.remote.database
+    return f"if [ -e {q(database)} ]; then {as_service_user(profile, *sqlite_words('settle', database))}; fi"
+
+
 def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True) -> str:
     """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
     its sha256 and integrity_check start in the background unless `check` is False (a copy that is

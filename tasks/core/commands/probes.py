@@ -28,9 +28,12 @@ def unit_show(unit: str) -> str:
 
 
 def installed_dist(profile: Profile) -> str:
-    """`dist=<path of label_studio-*.dist-info>` in the venv, or `dist=`."""
+    """`dist=<path of label_studio-*.dist-info>` and `app_server=<path of gunicorn-*.dist-info>` in the
+    current release, or empty."""
     venv = q(profile.remote.venv)
-    return f"echo \"dist=$(ls -d {venv}/lib/python3*/site-packages/label_studio-*.dist-info 2>/dev/null | head -n 1)\""
+    return "; ".join(
+        f"echo \"{key}=$(ls -d {venv}/lib/python3*/site-packages/{package}-*.dist-info 2>/dev/null | head -n 1)\""
+        for key, package in (("dist", "label_studio"), ("app_server", "gunicorn")))
 
 
 def release_lines(profile: Profile) -> tuple[str, ...]:
@@ -45,6 +48,14 @@ def release_lines(profile: Profile) -> tuple[str, ...]:
         f"echo \"legacy_dist=$(ls -d {q(p.legacy_venv)}/lib/python3*/site-packages/label_studio-*.dist-info "
         "2>/dev/null | head -n 1)\"",
     )
+
+
+def app_server_processes(profile: Profile) -> str:
+    """`pid ppid rss_kb` of each gunicorn process (master and workers) run with our config. awk joins
+    the two halves of what it looks for, so no command line of this probe matches itself."""
+    p = profile.remote
+    return (f"ps -eo pid=,ppid=,rss=,args= | awk -v a={q(p.gunicorn_bin)} -v b={q('--config ' + str(p.gunicorn_conf))} "
+            "'index($0, a \" \" b) {print $1, $2, $3}'")
 
 
 def status_probe(profile: Profile) -> str:
@@ -71,6 +82,8 @@ def status_probe(profile: Profile) -> str:
         screen_probe(profile),
         "echo '[service]'",
         unit_show(profile.service.unit),
+        "echo '[app_server]'",
+        app_server_processes(profile),
         "echo '[nginx]'",
         unit_show("nginx.service"),
         "echo '[health]'",
@@ -118,6 +131,7 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
     """The files provision writes whole (their content is read so that plan mode can show a diff)."""
     p = profile.remote
     return {"env_file": p.env_file, "unit_file": p.unit_file, "screen_launcher": p.screen_launcher,
+            "gunicorn_conf": p.gunicorn_conf, "prepare_database": p.prepare_database,
             "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca}
 
 

@@ -47,6 +47,8 @@ def set_owner_and_mode(path: PurePosixPath, owner: str, group: str, mode: str) -
 
 RELEASE_COMPLETE = ".lsvm-complete"  # in a release's venv once pip finished: anything else is rebuilt
 UV = "uv==0.13.9"
+APP_SERVER_VERSION = "23.0.0"
+APP_SERVER = f"gunicorn=={APP_SERVER_VERSION}"   # the WSGI server in every release venv (README: "What serves")
 
 
 def build_release(profile: Profile, version: str) -> str:
@@ -58,12 +60,8 @@ def build_release(profile: Profile, version: str) -> str:
     installs as before."""
     venv = profile.release_dir(version)
     python = venv / "bin" / "python"
-    pip = ["--disable-pip-version-check", "--root-user-action=ignore", "-q"]
-    uv = ["-q", "--python", python, "--compile-bytecode"]
-    if profile.pip.index_url:
-        pip += ["--index-url", profile.pip.index_url]
-        uv += ["--index-url", profile.pip.index_url]
-    wanted = q("label-studio==" + version)
+    pip, uv = pip_options(profile), ["-q", "--python", python, "--compile-bytecode"] + index_options(profile)
+    wanted = join("label-studio==" + version, APP_SERVER)
     install = (f"{{ {q(python)} -m pip install {join(*pip)} {q(UV)} && "
                f"cert=$({q(python)} -m pip config list 2>/dev/null | sed -n \"s/^global\\.cert='\\(.*\\)'\\$/\\1/p\" "
                "| tail -n 1) && "
@@ -73,6 +71,19 @@ def build_release(profile: Profile, version: str) -> str:
     return (f"install -d -m 0755 -o root -g root {q(profile.remote.releases_dir)} && "
             f"{{ [ -e {q(venv / RELEASE_COMPLETE)} ] || {{ rm -rf {q(venv)} && python3 -m venv {q(venv)} && "
             f"{{ {install}; }} && : > {q(venv / RELEASE_COMPLETE)}; }}; }}")
+
+
+def index_options(profile: Profile) -> list[str]:
+    return ["--index-url", profile.pip.index_url] if profile.pip.index_url else []
+
+
+def pip_options(profile: Profile) -> list[str]:
+    return ["--disable-pip-version-check", "--root-user-action=ignore", "-q", *index_options(profile)]
+
+
+def add_app_server(profile: Profile) -> str:
+    """gunicorn into the current release, built before the toolkit served Label Studio with it."""
+    return join(profile.remote.venv_python, "-m", "pip", "install", *pip_options(profile), APP_SERVER)
 
 
 def switch_release(profile: Profile, target: str) -> str:

@@ -243,9 +243,10 @@ class Screen(ServiceManager):
         return f"setsid nohup /bin/sh -c {q(script)} < /dev/null > /dev/null 2>&1 &"
 
     def wait_until_exited(self, timeout: int = EXIT_WAIT) -> str:
-        """Polls /proc until no process of the service user runs Label Studio on the data dir; SIGKILL
-        after `timeout` seconds, failure after half as long again. For screen mode, where quitting the
-        session only sends a SIGHUP."""
+        """Polls /proc until no process of the service user runs Label Studio on the data dir (gunicorn
+        with our config, or the `label-studio start` of earlier toolkit versions); SIGKILL after `timeout`
+        seconds, failure after half as long again. For screen mode, where quitting the session only sends
+        a SIGHUP (which the launcher turns into gunicorn's graceful stop)."""
         p, profile = self.profile.remote, self.profile
         polls = int(timeout) * 2
         return (
@@ -253,8 +254,9 @@ class Screen(ServiceManager):
             "ls_pids() { for p in $(find /proc -mindepth 1 -maxdepth 1 -type d -uid \"$u\" -name '[0-9]*' "
             "2>/dev/null); do "
             "c=$(tr '\\000' '\\n' < \"$p/cmdline\" 2>/dev/null) || continue; "
-            f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.label_studio_bin)} && "
-            f"printf '%s\\n' \"$c\" | grep -qxF -- {q(p.data_dir)} && echo \"${{p#/proc/}}\"; done; }}; "
+            "has() { printf '%s\\n' \"$c\" | grep -qxF -- \"$1\"; }; "
+            f"{{ {{ has {q(p.gunicorn_bin)} && has {q(p.gunicorn_conf)}; }} || "
+            f"{{ has {q(p.label_studio_bin)} && has {q(p.data_dir)}; }}; }} && echo \"${{p#/proc/}}\"; done; }}; "
             "i=0; while [ -n \"$(ls_pids)\" ]; do i=$((i + 1)); "
             f"[ $i -ne {polls} ] || kill -KILL $(ls_pids) 2>/dev/null; "
             f"[ $i -le {polls + polls // 2} ] || {{ echo 'Label Studio did not exit after the stop'; exit 1; }}; "

@@ -64,6 +64,8 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"said() {{ sed '/^[[:space:]]*$/d' {out} | tail -n 1 | tr -d '\\r'; }}",
         f"stop_service() (\n{stop}\n)",
         f"start_service() (\n{manager.start()}\n)",
+        # Stopped, the database is one file again: a -wal a worker kept (killed mid-write) is folded in.
+        f"settle_database() (\n{data.settle_database(profile)}\n)",
         f"swap_data() (\nset -e\n{before_swap or ':'}\n{data.swap(profile, parts)}\n{after_swap or ':'}\n)",
         f"undo_steps() (\nset -e\n{undo_swap or ':'}\n)",
         f"rollback_data() (\nset -e\n{data.rollback(profile, parts)}\n)",
@@ -81,7 +83,8 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         "flock -n 8 || exit 1",
         f"say {BEGIN}",
         f"if [ -e {q(previous)} ] || [ -L {q(previous)} ]; then say {UNFINISHED}; say {DONE}; exit 1; fi",
-        f"if ! run stop_service; then say {STOP_FAILED} \"$(said)\"; run remove_incoming; say {DONE}; exit 1; fi",
+        f"if ! run stop_service || ! run settle_database; then say {STOP_FAILED} \"$(said)\"; run remove_incoming; "
+        f"say {DONE}; exit 1; fi",
         f"say {STOPPED}",
         # Called as a plain command, not as an `if` condition: there the shell ignores `set -e` inside
         # swap_data, and a failed before_swap step would not stop the swap.

@@ -160,15 +160,24 @@ def process(pid: int, proc: str = PROC) -> dict | None:
             "environ": environ, "cwd": cwd, "cgroup": _read(os.path.join(base, "cgroup"))}
 
 
+APP_SERVERS = ("gunicorn", "uwsgi")
+LABEL_STUDIO_APPS = ("core.wsgi:application", "label_studio.core.wsgi:application")
+
+
 def is_label_studio(argv: list[str]) -> bool:
-    """`label-studio ...`, `python .../bin/label-studio ...` or `python -m label_studio...`."""
+    """`label-studio ...`, `python .../bin/label-studio ...`, `python -m label_studio...`, or an app
+    server (gunicorn, uwsgi; maybe run by python) serving Label Studio's WSGI application."""
     if not argv:
         return False
     first = os.path.basename(argv[0])
     if first == "label-studio":
         return True
+    program = os.path.basename(argv[1]) if first.startswith("python") and len(argv) > 1 else first
+    if program in APP_SERVERS:
+        return any(word in LABEL_STUDIO_APPS or word.endswith(tuple("=" + app for app in LABEL_STUDIO_APPS))
+                   for word in argv)
     if first.startswith("python") and len(argv) > 1:
-        if os.path.basename(argv[1]) == "label-studio":
+        if program == "label-studio":
             return True
         return argv[1] == "-m" and len(argv) > 2 and argv[2].split(".")[0] in ("label_studio", "label-studio")
     return False

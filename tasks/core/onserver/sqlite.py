@@ -52,10 +52,15 @@ def _copy_fd(src: int, dst: int) -> None:
 
 def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str:
     """A consistent image of a live database, even while Label Studio writes. In rollback-journal mode
-    (Label Studio's), a read transaction holds SQLite's SHARED lock, under which no writer may touch the
-    database file: the file is then copied as it is, in the kernel (a few tenths of a second per GiB,
-    ten times faster than the backup API, so writers wait that much less). In WAL mode (the file alone
-    is not the database) SQLite's online backup API in one step. Returns which of the two ran."""
+    (Label Studio's own), a read transaction holds SQLite's SHARED lock, under which no writer may touch
+    the database file: the file is then copied as it is, in the kernel (a few tenths of a second per GiB,
+    ten times faster than the backup API, so writers wait that much less). In WAL mode (the toolkit's
+    app server sets it: the file alone is not the database, the -wal file holds the newest commits)
+    SQLite's online backup API in one step: it reads every page through one read transaction, so the
+    copy holds each commit made before the copy began, the -wal's included, and no checkpoint is
+    needed (one would wait for readers; WAL writers never wait for this reader). The copy is then
+    put in rollback-journal mode: a snapshot is one self-contained file, never a pair with a -wal.
+    Returns which of the two ran."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout)
     try:
         src.execute("BEGIN")
@@ -77,6 +82,7 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE").fetchone()
         finally:
             dst.close()
         return "online backup API"
@@ -258,6 +264,23 @@ def change_marker(path: str) -> dict | None:
         return None
     return {"counter": int.from_bytes(header[24:28], "big"), "size": st.st_size,
             "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def settle(path: str) -> dict:
+    """With Label Studio stopped: a -wal left beside the database (an app server killed mid-write keeps
+    its commits there) is checkpointed into the file, and SQLite removes it and the -shm as its last
+    connection closes (a read-write one: a read-only one cannot). The file alone is then the database,
+    as a copy by `cp` or a swap needs it. Nothing to do without a -wal."""
+    if not os.path.exists(path + "-wal"):
+        return {"settled": False}
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        busy, frames, done = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        con.close()
+    if busy or os.path.exists(path + "-wal"):
+        return {"error": f"{path}-wal is still there: another process has the database open"}
+    return {"settled": True, "frames": frames}
 
 
 DATABASE_NAME = "label_studio.sqlite3"
@@ -548,6 +571,13 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"usable": False, "why": str(exc)}))
     elif command == "apply-live":
         print(json.dumps(apply_to_live_copy(argv[1], argv[2])))
+    elif command == "settle":
+        try:
+            result = settle(argv[1])
+        except sqlite3.Error as exc:
+            result = {"error": str(exc)}
+        print(json.dumps(result))
+        return 1 if "error" in result else 0
     elif command == "sha256":
         print(json.dumps({p: {"size": os.path.getsize(p), "sha256": sha256_file(p)} for p in argv[1:]}))
     elif command == "tree-sha256":

@@ -152,6 +152,8 @@ class HostStatus:
     postgres_version: str = ""           # the server's version, through the Label Studio role's login
     env_file: str | None = None          # the env file Label Studio reads (which database), None when missing
     database_check: str | None = None    # the release's read of every table: None when it read them, else why
+    app_server: parse.AppServer = parse.AppServer()
+    app_server_version: str | None = None
 
     @property
     def provisioned(self) -> bool:
@@ -194,6 +196,8 @@ def status_from_probe(text: str) -> HostStatus:
         service=UnitState.from_show(s.get("service", {})),
         nginx=UnitState.from_show(s.get("nginx", {})),
         health_via_nginx=health.get("via_nginx"),
+        app_server=parse.AppServer.from_lines(parse.blocks(text).get("app_server", [])),
+        app_server_version=parse.dist_info_version(i.get("app_server", ""), "gunicorn"),
         neighbours=Neighbours.from_probe(parse.blocks(text).get("instances", [])),
         tls_cert=_decoded(s.get("tls", {}).get("cert", "-")),
         postgres_ready=s["postgres"].get("ready") if "postgres" in s else None,
@@ -255,6 +259,8 @@ class ProvisionFacts:
     env_file_meta: str
     secret_key: str        # commands.secret_key: ok, unreadable (Label Studio reads it as empty) or absent
     label_studio_version: str | None   # of the current release
+    app_server_version: str | None     # gunicorn in the current release
+    site_packages: str | None          # of the current release (or the one provision builds), relative to it
     current_release: str | None        # releases/<v> -> v, the legacy venv -> "venv", no link -> None
     previous_release: str | None
     releases: tuple[str, ...]          # complete release venvs
@@ -298,6 +304,8 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         env_file_meta=h.get("env_file_meta", ""),
         secret_key=h.get("secret_key") or "absent",
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
+        app_server_version=parse.dist_info_version(h.get("app_server", ""), "gunicorn"),
+        site_packages=parse.site_packages(h.get("dist", "") or h.get("legacy_dist", ""), h.get("python3")),
         current_release=parse.release_of(h.get("current", "")),
         previous_release=parse.release_of(h.get("previous", "")),
         releases=parse.release_names(h.get("releases", "")),

@@ -4,6 +4,7 @@ admin), which run once, after every step. Unit-tested as a table in tests/unit/t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import PurePosixPath
 
 from packaging.version import Version
@@ -11,9 +12,12 @@ from packaging.version import Version
 from tasks.core import render
 from tasks.core.commands import postgres, secret_key
 from tasks.core.commands.provision import (
+    APP_SERVER,
+    APP_SERVER_VERSION,
     DAEMON_RELOAD,
     ENABLE_UFW,
     RELOAD_NGINX,
+    add_app_server,
     apt_install,
     create_service_user,
     make_dir,
@@ -154,13 +158,14 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     target = f"releases/{wanted}"
     if have == wanted and facts.venv_exists:
         where = "the existing venv" if facts.current_release == "venv" else str(profile.release_dir(wanted))
-        return [Change(f"label-studio {wanted} is installed ({where})")]
+        return [Change(f"label-studio {wanted} is installed ({where})"), app_server(facts, profile)]
     if facts.current_release is None and facts.legacy_version == wanted:
         return [Change(f"took over {profile.remote.legacy_venv} (label-studio {wanted}) as the current release",
                        True, plan=f"take over {profile.remote.legacy_venv} (label-studio {wanted}) as the current "
                                   "release, without a reinstall",
                        action=Run(switch_release(profile, "venv"), "linking the current release"),
-                       notifies=frozenset({RESTART}))]
+                       notifies=frozenset({RESTART})),
+                app_server(dataclasses.replace(facts, app_server_version=None), profile)]
     have = have or facts.legacy_version
     changes = []
     if wanted not in facts.releases:
@@ -175,6 +180,19 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
                           action=Run(switch_release(profile, target), "switching the current release"),
                           notifies=frozenset({RESTART})))
     return changes
+
+
+def app_server(facts: ProvisionFacts, profile: Profile) -> Change:
+    """gunicorn in a release built before the toolkit served Label Studio with it (a release built now
+    has it from the start)."""
+    if facts.app_server_version == APP_SERVER_VERSION:
+        return Change(f"gunicorn {APP_SERVER_VERSION} is in the current release")
+    was = f" (was {facts.app_server_version})" if facts.app_server_version else ""
+    return Change(f"installed gunicorn {APP_SERVER_VERSION} into the current release{was}", True,
+                  plan=f"install gunicorn {APP_SERVER_VERSION} into the current release{was}",
+                  action=Run(add_app_server(profile), "pip install gunicorn", timeout=PIP_TIMEOUT,
+                             status=f"pip install {APP_SERVER}"),
+                  notifies=frozenset({RESTART}))
 
 
 SECRET_META = "root:root:600"
@@ -234,10 +252,15 @@ def env_file(facts: ProvisionFacts, profile: Profile) -> Change:
                              "chmod env file"))
 
 
-def service_definition(facts: ProvisionFacts, profile: Profile) -> Change:
+def service_definition(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """The app server's settings, the step before each start, and the unit (or screen launcher) that runs them."""
     manager = service_manager(profile)
-    return managed_file(facts, manager.definition_key, manager.definition(), manager.definition_label,
-                        manager.definition_notifies)
+    return [managed_file(facts, "gunicorn_conf", render.app_server_config(profile), "gunicorn settings",
+                         frozenset({RESTART})),
+            managed_file(facts, "prepare_database", render.prepare_database_script(profile),
+                         "database step before each start", frozenset({RESTART})),
+            managed_file(facts, manager.definition_key, manager.definition(), manager.definition_label,
+                         manager.definition_notifies)]
 
 
 def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None = None) -> list[Change]:
@@ -245,7 +268,8 @@ def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None =
     it) does all three, so nginx never reloads into a half-applied state."""
     p = profile.remote
     site = render.nginx_site(tls_steps.serving(facts, profile), ipv6=facts.ipv6,
-                             tls=tls_steps.nginx_tls(facts, profile, pair), acme_webroot=tls_steps.acme_webroot(profile))
+                             tls=tls_steps.nginx_tls(facts, profile, pair), acme_webroot=tls_steps.acme_webroot(profile),
+                             site_packages=facts.site_packages)
     current = facts.files.get("nginx_site")
     file_ok = current == site.content
     parts = [  # (needed, done, planned, unchanged)
@@ -364,7 +388,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *database(facts, profile, database_password),
         *tls_steps.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
-        service_definition(facts, profile),
+        *service_definition(facts, profile),
         *nginx_site(facts, wanted, tls_pair),
         *firewall(facts, wanted),
         *tls_steps.renewal(facts, wanted),

@@ -68,16 +68,25 @@ def test_prune_keeps_only_the_current_and_the_previous_release(app):
 
 
 def test_a_provisioned_host_plans_nothing_for_its_release(provisioned):
-    [change] = steps.label_studio(provisioned, PROFILE)
-    assert not change.changed
+    [release, app_server] = steps.label_studio(provisioned, PROFILE)
+    assert not release.changed and not app_server.changed and "gunicorn 23.0.0" in app_server.what
+
+
+def test_a_release_built_before_gunicorn_gets_it_and_a_restart(provisioned):
+    older = dataclasses.replace(provisioned, app_server_version=None)
+    [release, app_server] = steps.label_studio(older, PROFILE)
+    assert not release.changed and app_server.changed and app_server.notifies == {"restart"}
+    assert "pip install" in app_server.action.script and "gunicorn==23.0.0" in app_server.action.script
+    assert str(PROFILE.remote.venv_python) in app_server.action.script
 
 
 def test_the_single_venv_of_earlier_versions_is_taken_over_without_a_reinstall(provisioned):
     legacy = dataclasses.replace(provisioned, current_release=None, releases=(), venv_exists=False,
                                  label_studio_version=None, legacy_version=PROFILE.label_studio.version)
-    [change] = steps.label_studio(legacy, PROFILE)
+    [change, app_server] = steps.label_studio(legacy, PROFILE)
     assert change.changed and "without a reinstall" in change.plan
     assert isinstance(change.action, Run) and "pip" not in change.action.script and "venv" in change.action.script
+    assert app_server.changed and "gunicorn" in app_server.action.script  # a hand-made venv has none
 
 
 def test_a_new_pin_builds_beside_the_running_release_then_switches(provisioned):

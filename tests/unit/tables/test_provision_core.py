@@ -19,7 +19,8 @@ from tests.unit.samples import PROFILE
 
 def test_recorded_provisioned_host(provisioned):
     f = provisioned
-    assert f.installed_packages == {"nginx", "python3-venv", "sqlite3", "ufw", "zstd"}
+    assert f.installed_packages >= {"nginx", "python3-venv", "sqlite3", "ufw", "zstd"}
+    assert f.app_server_version == "23.0.0" and f.site_packages == "lib/python3.11/site-packages"
     assert steps.missing_packages(PROFILE, f) == []
     assert (f.os_id, f.os_version) == ("debian", "12")
     assert f.label_studio_version == "1.23.2" and f.venv_exists and f.db_exists
@@ -37,7 +38,10 @@ def test_recorded_host_matches_what_we_render_today(provisioned):
     otherwise a template change would make every server 'changed' (record the probe again with it)."""
     assert provisioned.files["env_file"] == service_manager(PROFILE).env_file().content
     assert provisioned.files["unit_file"] == render.unit_file(PROFILE).content
-    assert provisioned.files["nginx_site"] == render.nginx_site(PROFILE, ipv6=False).content
+    assert provisioned.files["nginx_site"] == render.nginx_site(PROFILE, ipv6=False,
+                                                                site_packages=provisioned.site_packages).content
+    assert provisioned.files["gunicorn_conf"] == render.app_server_config(PROFILE).content
+    assert provisioned.files["prepare_database"] == render.prepare_database_script(PROFILE).content
 
 
 def test_nothing_missing_on_a_provisioned_host(provisioned):
@@ -138,8 +142,11 @@ def test_env_file_is_valid_for_sh():
 def test_unit_binds_loopback_and_restarts():
     text = render.unit_file(PROFILE).content
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    assert "--internal-host 127.0.0.1" in exec_start
-    assert "--port 8080" in exec_start and "--no-browser" in exec_start
+    assert exec_start.split()[1:] == ["--config", str(PROFILE.remote.gunicorn_conf), "core.wsgi:application"]
+    assert 'bind = ["127.0.0.1:8080"]' in render.app_server_config(PROFILE).content
+    pre = next(line for line in text.splitlines() if line.startswith("ExecStartPre="))
+    assert pre.endswith(f"-I {PROFILE.remote.prepare_database}")
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in text and "Type=notify" in text
     assert "Restart=on-failure" in text and "WantedBy=multi-user.target" in text
     assert "User=labelstudio" in text
 

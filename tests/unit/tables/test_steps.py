@@ -45,6 +45,8 @@ def test_a_bare_host_gets_every_step_then_the_handlers_in_order(bare):
         "installed label-studio 1.23.2 (/opt/label-studio/releases/1.23.2)",
         "switched to label-studio 1.23.2",
         "created env file /opt/label-studio/label-studio.env",
+        "created gunicorn settings /opt/label-studio/label-studio-gunicorn.conf.py",
+        "created database step before each start /opt/label-studio/prepare-database.py",
         "created systemd unit /etc/systemd/system/label-studio.service",
         "created nginx site /etc/nginx/sites-available/label-studio (nginx -t passed)",
         "enabled the nginx site",
@@ -178,7 +180,7 @@ def test_plan_mode_runs_nothing_and_shows_diffs(bare, capsys):
     assert "would install python3-venv, nginx, sqlite3, zstd, ufw" in out
     assert "+LABEL_STUDIO_HOST=http://127.0.0.1:59503" in out  # the env file's diff
     assert "would wait for Label Studio to answer /health" in out
-    assert sum(c.changed for c in done) == 20
+    assert sum(c.changed for c in done) == 22
 
 
 def test_apply_runs_the_actions_in_plan_order(bare):
@@ -194,7 +196,8 @@ def test_apply_runs_the_actions_in_plan_order(bare):
         "apt-get install", "useradd", "pip install", "ufw --force enable", "systemctl daemon-reload",
         "systemctl start label-studio.service", " health http://", " orm", "ensure_admin.py")]
     assert order == sorted(order)
-    assert upload_of(host, "site").decode() == render.nginx_site(PROFILE, ipv6=False).content
+    assert upload_of(host, "site").decode() == render.nginx_site(PROFILE, ipv6=False,
+                                                                 site_packages=bare.site_packages).content
     assert b"first-admin-pw-1" in upload_of(host, "secret")
     assert not [c for c in commands if "first-admin-pw-1" in c]  # never in a command line
     assert done[-1].what == f"created admin {EMAIL}"

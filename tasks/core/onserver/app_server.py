@@ -1,0 +1,137 @@
+"""gunicorn's configuration for Label Studio: the settings HumanSignal's own deploy/uwsgi.ini uses (a
+request timeout, worker recycling after N requests or past a memory size, no request log: nginx keeps
+one), workers sized from the cores and memory the service may use. Runs ON the server: `fab provision`
+installs this source, followed by the profile's settings (`SETTINGS`: bind, workers, Label Studio's
+folder), as <app_dir>/<name>-gunicorn.conf.py, which gunicorn executes in its master process at each
+start and reload. Standard library only; the unit tests import it.
+
+gunicorn reads the lower-case names it knows as settings and the functions named after its hooks as hooks;
+everything else here (upper case, leading underscore) it ignores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+WORKER_MEMORY_MB = 300          # one Label Studio worker, measured after some requests (RSS)
+RESERVED_MEMORY_MB = 512        # the master, nginx, the system: never handed out to workers
+WORKER_RECYCLE_MB = 1024        # a worker whose RSS grows past this finishes its request and is replaced
+MIN_WORKERS = 2                 # one slow request (an export) never stops the others
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _meminfo_mb() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_limit_mb(proc_self: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """The tightest memory.max on the way from this process's cgroup (v2) up to the root (systemd's
+    MemoryMax= of the unit, or a container's limit), None when there is none."""
+    try:
+        with open(proc_self) as handle:
+            path = next((line.strip().split("::", 1)[1] for line in handle if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if path is None:
+        return None
+    limits = []
+    current = path.rstrip("/")
+    while True:
+        try:
+            with open(os.path.join(root, current.lstrip("/"), "memory.max")) as handle:
+                value = handle.read().strip()
+            if value.isdigit():
+                limits.append(int(value) // (1024 * 1024))
+        except OSError:
+            pass
+        if current in ("", "/"):
+            break
+        current = os.path.dirname(current)
+    return min(limits) if limits else None
+
+
+def memory_mb() -> int | None:
+    """The memory the service may use: the machine's, or less when a cgroup limits it."""
+    found = [m for m in (_meminfo_mb(), _cgroup_limit_mb()) if m]
+    return min(found) if found else None
+
+
+def worker_count(wanted: int, cpus: int, memory: int | None) -> int:
+    """`wanted` when the profile sets it; else HumanSignal's 2 per core, as far as the memory holds them
+    (a 2 GB VM must not swap), never fewer than MIN_WORKERS."""
+    if wanted > 0:
+        return wanted
+    by_cpu = 2 * max(cpus, 1)
+    if memory is None:
+        return max(MIN_WORKERS, by_cpu)
+    by_memory = (memory - RESERVED_MEMORY_MB) // WORKER_MEMORY_MB
+    return max(MIN_WORKERS, min(by_cpu, by_memory))
+
+
+def label_studio_dir() -> str:
+    """The label_studio package's folder: Label Studio imports its own modules as top-level ones
+    (`core`, `projects`, ...), as its manage.py and HumanSignal's uwsgi (`chdir`) arrange."""
+    spec = importlib.util.find_spec("label_studio")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("label_studio is not installed in this release")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+# ------------------------------------------------------------------------------------------------
+# gunicorn's settings and hooks
+
+raw_env = ["DJANGO_SETTINGS_MODULE=core.settings.label_studio"]
+worker_class = "sync"
+timeout = 120                   # uwsgi.ini's harakiri: a request still running after 2 minutes is killed
+graceful_timeout = 60           # a stop or reload lets requests in flight finish this long
+max_requests = 5000             # uwsgi.ini's max-requests, spread so the workers do not recycle together
+max_requests_jitter = 500
+accesslog = None                # nginx logs every request; Label Studio logs its errors
+errorlog = "-"                  # stderr: the journal (systemd) or the screen log
+capture_output = True
+loglevel = "info"
+proc_name = "label-studio"
+
+
+def post_request(worker, req, environ, resp):
+    """uwsgi.ini's reload-on-rss: a worker grown past WORKER_RECYCLE_MB finishes and is replaced."""
+    try:
+        size = _rss_mb()
+    except (OSError, ValueError):
+        return
+    if size > WORKER_RECYCLE_MB:
+        worker.log.info("worker %s uses %d MB (over %d MB): replacing it", worker.pid, size, WORKER_RECYCLE_MB)
+        worker.alive = False
+
+
+def when_ready(server):
+    server.log.info("Label Studio serves on %s with %d workers (%d CPUs, %s MB memory)", ",".join(server.cfg.bind),
+                    server.cfg.workers, _cpus(), memory_mb())
+
+
+SETTINGS = """
+# ------------------------------------------------------------------------------------------------
+# This host's (labelstudio-vm's profile)
+bind = ["127.0.0.1:{port}"]     # nginx is the one way in
+workers = worker_count({workers}, _cpus(), memory_mb())
+pythonpath = label_studio_dir()
+"""
