@@ -67,6 +67,12 @@ class TestVM:
             )
         return result
 
+    def popen(self, command: str) -> subprocess.Popen:
+        """A command inside the VM as root, left running (its stdout a pipe). Killing the Popen only ends
+        `docker exec` here: end the process in the VM with exec("pkill ...")."""
+        return subprocess.Popen(["docker", "exec", self.id, "sh", "-c", command], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+
     def ssh_config(self, alias: str = "vm", user: str = NOPASSWD_USER) -> str:
         return (
             f"Host {alias}\n"

@@ -33,7 +33,7 @@ def test_provision_in_screen_mode_with_a_sudo_password(screen_provisioned):
     # No systemd unit in screen mode; the session runs as the service user.
     vm = screen_provisioned.vm
     assert vm.exec("test -e /etc/systemd/system/label-studio.service", check=False).returncode != 0
-    assert "labelstudio" in vm.exec("ps -o user= -C label-studio").stdout.decode()
+    assert set(vm.exec("ps -o user= -C gunicorn").stdout.decode().split()) == {"labelstudio"}
     ps = vm.exec("ps auxww").stdout.decode()
     assert ADMIN_PASSWORD not in ps
 

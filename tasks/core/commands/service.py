@@ -79,8 +79,8 @@ class ServiceManager:
         raise NotImplementedError
 
     def command(self, verb: str) -> str:
-        """start, stop or restart."""
-        return {"start": self.start, "stop": self.stop, "restart": self.restart}[verb]()
+        """start, stop (returning once Label Studio has exited) or restart."""
+        return {"start": self.start, "stop": self.stop_and_wait, "restart": self.restart}[verb]()
 
     def stop_and_wait(self) -> str:
         """Stop, and return only once Label Studio has exited (the data can be swapped then)."""
@@ -232,7 +232,8 @@ class Screen(ServiceManager):
             as_service_user(self.profile, "screen", "-S", self.name, "-X", "quit"))) + "; true"
 
     def restart(self) -> str:
-        return f"{self.stop()}; {self.start()}"
+        # The old gunicorn lets go of the port before the new one binds it.
+        return f"{self.stop_and_wait()}\n{self.start()}"
 
     def stop_and_wait(self) -> str:
         # Quitting the session only sends a SIGHUP: wait for the process itself to go.

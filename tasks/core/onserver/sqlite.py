@@ -273,14 +273,15 @@ def settle(path: str) -> dict:
     as a copy by `cp` or a swap needs it. Nothing to do without a -wal."""
     if not os.path.exists(path + "-wal"):
         return {"settled": False}
+    size = os.path.getsize(path + "-wal")
     con = sqlite3.connect(path, timeout=60)
     try:
-        busy, frames, done = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     finally:
         con.close()
     if busy or os.path.exists(path + "-wal"):
         return {"error": f"{path}-wal is still there: another process has the database open"}
-    return {"settled": True, "frames": frames}
+    return {"settled": True, "wal_bytes": size}
 
 
 DATABASE_NAME = "label_studio.sqlite3"

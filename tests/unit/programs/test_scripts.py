@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core import commands
+from tasks.core import commands, render
 from tasks.core.commands import data, dbcheck, instances, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
@@ -39,6 +39,9 @@ def scripts_of(profile) -> dict[str, str]:
         "nginx site update": provision.apply_nginx_site(profile, staged, previous_exists=True),
         "nginx link only": provision.apply_nginx_site(profile, None, previous_exists=True),
         "ensure admin": provision.ensure_admin(profile, staged, PurePosixPath("/tmp/-x y/secret")),
+        "add app server": provision.add_app_server(profile),
+        "screen launcher": render.screen_launcher(profile).content,
+        "settle database": data.settle_database(profile),
     }
     for variant in (Systemd(profile), Screen(profile)):
         for verb in ("start", "stop", "restart"):
