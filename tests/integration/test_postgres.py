@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import pytest
 
@@ -223,3 +224,33 @@ def test_what_is_not_done_on_postgresql_refuses_in_one_line(backed_up):
 def test_concurrent_annotators_all_succeed_on_postgresql(pg):
     result = concurrent_annotators(pg, pg.token, "postgresql")
     assert result.ok > 0 and result.failed == 0, result.summary()
+
+
+def test_two_starts_together_apply_the_migrations_once(pg):
+    """Two app servers starting at once on a database with no schema yet (the next VM behind a load
+    balancer, or two provisions): each runs the step before its start, as the unit does; one applies
+    every migration under Label Studio's advisory lock, the other waits and finds nothing left."""
+    psql(pg, "create database lsvm_race owner labelstudio", "postgres")
+    start = ("set -a; . /opt/label-studio/label-studio.env; . /opt/label-studio/label-studio-database.env; set +a; "
+             "export POSTGRE_NAME=lsvm_race; cd /var/lib/label-studio && "
+             "runuser -u labelstudio -- /opt/label-studio/current/bin/python -I /opt/label-studio/prepare-database.py")
+    try:
+        outputs = [None, None]
+
+        def run(index: int) -> None:
+            outputs[index] = pg.vm.exec(start, check=False, timeout=600)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        said = [o.stdout.decode() for o in outputs]
+        assert [o.returncode for o in outputs] == [0, 0], [o.stderr.decode()[-2000:] for o in outputs]
+        applied = sorted(int(re.search(r"applied (\d+) migration", s).group(1)) if "applied" in s else 0 for s in said)
+        rows = int(psql(pg, "select count(*) from django_migrations", "lsvm_race"))
+        assert applied[0] == 0 and applied[1] == rows > 0, said
+        assert psql(pg, "select count(*) from (select app, name from django_migrations group by app, name "
+                        "having count(*) > 1) d", "lsvm_race") == "0"
+    finally:
+        psql(pg, "drop database if exists lsvm_race", "postgres")

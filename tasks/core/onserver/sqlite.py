@@ -244,26 +244,52 @@ def label_studio_version(venv: str) -> str | None:
     return name[len("label_studio-"):-len(".dist-info")]
 
 
-def change_marker(path: str) -> dict | None:
-    """What changes whenever the database does: SQLite's file change counter (header bytes 24-27,
-    bumped by every committed write in rollback-journal mode), read under a shared lock, plus size,
-    mtime and inode. None in WAL mode, where the counter does not move."""
-    if os.path.exists(path + "-wal"):
+WAL_INDEX_HEADER = 48   # the wal-index header at the start of the -shm; SQLite keeps two copies of it
+
+
+def _wal_state(path: str) -> dict | None:
+    """Where the -wal stands, from the wal-index header in the -shm (read as SQLite's readers do: both
+    copies, equal): iChange (bumped by every commit), mxFrame (the last valid frame), the salts (new at
+    each restart of the log), plus the -wal's own header (checkpoint sequence, salts). None when the two
+    copies differ (a writer is updating them: the caller reads no marker, the backup copies)."""
+    try:
+        with open(path + "-shm", "rb") as handle:
+            shm = handle.read(2 * WAL_INDEX_HEADER)
+        with open(path + "-wal", "rb") as handle:
+            wal_header = handle.read(32)
+    except OSError:
         return None
+    if len(shm) < 2 * WAL_INDEX_HEADER or shm[:WAL_INDEX_HEADER] != shm[WAL_INDEX_HEADER:]:
+        return None
+    change, max_frame = struct.unpack("=I", shm[8:12])[0], struct.unpack("=I", shm[16:20])[0]
+    return {"change": change, "max_frame": max_frame, "salts": shm[32:40].hex(), "wal_header": wal_header.hex()}
+
+
+def change_marker(path: str) -> dict | None:
+    """What changes whenever the database does, read inside a read transaction: in rollback-journal
+    mode SQLite's file change counter (header bytes 24-27, bumped by every committed write) plus size,
+    mtime and inode; in WAL mode (a -wal beside it) the same of the main file, which only checkpoints
+    change, plus where the -wal stands (`_wal_state`), which every commit moves. None when it cannot be
+    told: the backup then copies, never the reverse."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
     try:
         con.execute("BEGIN")
-        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the shared lock
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the shared lock / a read mark
         with open(path, "rb") as handle:
             header = handle.read(100)
         st = os.stat(path)
+        wal = _wal_state(path) if os.path.exists(path + "-wal") else None
+        in_wal_mode = os.path.exists(path + "-wal")
         con.execute("COMMIT")
     finally:
         con.close()
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0") or (in_wal_mode and wal is None):
         return None
-    return {"counter": int.from_bytes(header[24:28], "big"), "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    marker = {"counter": int.from_bytes(header[24:28], "big"), "size": st.st_size,
+              "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    if wal is not None:
+        marker["wal"] = wal
+    return marker
 
 
 def settle(path: str) -> dict:

@@ -166,3 +166,22 @@ def test_settle_folds_a_left_wal_into_the_file(tmp_path):
     alone = tmp_path / "alone.sqlite3"
     alone.write_bytes(db.read_bytes())  # the file by itself now holds every commit
     assert sqlite3.connect(alone).execute("select count(*) from t").fetchone()[0] == 100
+
+
+def test_in_wal_mode_every_commit_moves_the_change_marker_and_nothing_else_does(tmp_path):
+    db = tmp_path / "label_studio.sqlite3"
+    writer = sqlite3.connect(db)   # open all along, as Label Studio's workers are: the -wal stays
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("create table t (n integer primary key, pad blob)")
+    writer.commit()
+    seen = [sqlite.change_marker(str(db))]
+    assert seen[0] is not None and "wal" in seen[0]
+    assert sqlite.change_marker(str(db)) == seen[0]            # no commit: the same marker
+    for n in range(1, 30):
+        writer.execute("insert into t values (?, randomblob(100))", (n,))
+        writer.commit()
+        if n % 10 == 0:  # the log restarts from its beginning: the file keeps its size
+            writer.execute("PRAGMA wal_checkpoint(RESTART)")
+        seen.append(sqlite.change_marker(str(db)))
+        assert seen[-1] is not None and seen[-1] not in seen[:-1]
+    writer.close()
