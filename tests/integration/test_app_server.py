@@ -258,3 +258,55 @@ def test_a_wal_database_with_commits_only_in_its_wal_is_pushed_whole(app, tmp_pa
     back = app.fab("restore-server", "--snapshot", folder.name, "--yes")
     assert back.returncode == 0, back.stdout + back.stderr
     assert_serving(app)
+
+
+FAKE_REDIS = """
+import socket, threading
+log = open('/var/tmp/fake-redis.log', 'a', buffering=1)
+def serve(conn):
+    with conn:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            log.write(data.decode('latin-1').replace('\\r\\n', ' ') + '\\n')
+            conn.sendall(b'+PONG\\r\\n' if b'PING' in data.upper() else b'+OK\\r\\n')
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(('127.0.0.1', 6379))
+server.listen()
+print('listening', flush=True)
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+@pytest.mark.one_release("bookworm")
+def test_a_redis_answering_on_6379_is_named_and_gets_no_job(app):
+    """Label Studio's settings look for Redis on localhost:6379. With something answering there, provision
+    says where the background jobs run, and a bulk delete (a job Label Studio would queue) still happens."""
+    from label_studio_sdk import LabelStudio as SDK
+
+    sh(app, "cat > /var/tmp/fake_redis.py", input=FAKE_REDIS.encode())
+    redis = app.vm.popen("python3 /var/tmp/fake_redis.py")
+    try:
+        assert redis.stdout.readline().strip() == b"listening"
+        result = app.fab("provision")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "something answers on localhost:6379 (a Redis?): Label Studio queues no job there" in result.stdout
+        sh(app, "systemctl restart label-studio")  # its workers now start beside that Redis
+        assert_serving(app)
+        sdk = SDK(base_url=app.url, api_key=api_token(app))
+        project = sdk.projects.create(title="bulk delete", label_config=(
+            '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+            '<Choice value="a"/></Choices></View>')).id
+        sdk.projects.import_tasks(id=project, request=[{"text": f"task {i}"} for i in range(30)])
+        assert len(list(sdk.tasks.list(project=project))) == 30
+        sdk.actions.create(id="delete_tasks", project=project, selected_items={"all": True, "excluded": []})
+        assert list(sdk.tasks.list(project=project)) == []
+        sdk.projects.delete(id=project)
+        said = sh(app, "cat /var/tmp/fake-redis.log 2>/dev/null || true").upper()
+        assert not any(word in said for word in ("RPUSH", "LPUSH", "MULTI", "EVALSHA", "HSET")), said[:500]
+    finally:
+        redis.kill()
+        sh(app, "pkill -f /var/tmp/fake_redis.py", check=False)

@@ -23,17 +23,23 @@ PYTHON3_VERSION = "echo \"python3=$(python3 -c 'import platform;print(platform.p
 SYSTEMD = "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi"
 
 
+# Something answers where Label Studio's settings look for Redis (RQ_QUEUES: localhost:6379)?
+REDIS_ANSWERS = ("if python3 -c \"import socket; socket.create_connection(('localhost', 6379), 2).close()\" "
+                 "2>/dev/null; then echo redis=yes; else echo redis=no; fi")
+
+
 def unit_show(unit: str) -> str:
     return f"systemctl show --no-pager -p {','.join(UNIT_PROPERTIES)} {q(unit)} 2>/dev/null || true"
 
 
 def installed_dist(profile: Profile) -> str:
     """`dist=<path of label_studio-*.dist-info>` and `app_server=<path of gunicorn-*.dist-info>` in the
-    current release, or empty."""
-    venv = q(profile.remote.venv)
+    current release, `previous_app_server=` in the previous one, or empty."""
+    current, previous = q(profile.remote.venv), q(profile.remote.previous)
     return "; ".join(
         f"echo \"{key}=$(ls -d {venv}/lib/python3*/site-packages/{package}-*.dist-info 2>/dev/null | head -n 1)\""
-        for key, package in (("dist", "label_studio"), ("app_server", "gunicorn")))
+        for key, venv, package in (("dist", current, "label_studio"), ("app_server", current, "gunicorn"),
+                                   ("previous_app_server", previous, "gunicorn")))
 
 
 def release_lines(profile: Profile) -> tuple[str, ...]:
@@ -157,6 +163,11 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         installed_dist(profile),
         *release_lines(profile),
         f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
+        REDIS_ANSWERS,
+        # Whether the release's settings keep Redis off (then no background job is ever queued there).
+        f"f=$(ls {q(p.venv)}/lib/python3*/site-packages/label_studio/core/settings/base.py 2>/dev/null | head -n 1); "
+        "if [ -z \"$f\" ]; then echo redis_enabled=; elif grep -Eq '^REDIS_ENABLED *= *False' \"$f\"; "
+        "then echo redis_enabled=no; else echo redis_enabled=maybe; fi",
         f"if [ -e {q(p.database)} ]; then echo db=yes; else echo db=no; fi",
         f"echo \"site_enabled=$(readlink {q(p.nginx_site_enabled)} 2>/dev/null)\"",
         "if [ -e /etc/nginx/sites-enabled/default ]; then echo default_site=yes; else echo default_site=no; fi",

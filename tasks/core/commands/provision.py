@@ -81,9 +81,11 @@ def pip_options(profile: Profile) -> list[str]:
     return ["--disable-pip-version-check", "--root-user-action=ignore", "-q", *index_options(profile)]
 
 
-def add_app_server(profile: Profile) -> str:
-    """gunicorn into the current release, built before the toolkit served Label Studio with it."""
-    return join(profile.remote.venv_python, "-m", "pip", "install", *pip_options(profile), APP_SERVER)
+def add_app_server(profile: Profile, release: PurePosixPath | None = None) -> str:
+    """gunicorn into a release (the current one unless `release`, a link in the app dir, says otherwise)
+    built before the toolkit served Label Studio with it."""
+    python = (release or profile.remote.current) / "bin" / "python"
+    return join(python, "-m", "pip", "install", *pip_options(profile), APP_SERVER)
 
 
 def switch_release(profile: Profile, target: str) -> str:

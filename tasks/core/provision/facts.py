@@ -260,7 +260,10 @@ class ProvisionFacts:
     secret_key: str        # commands.secret_key: ok, unreadable (Label Studio reads it as empty) or absent
     label_studio_version: str | None   # of the current release
     app_server_version: str | None     # gunicorn in the current release
+    previous_app_server_version: str | None   # and in the previous one (what rollback starts)
     site_packages: str | None          # of the current release (or the one provision builds), relative to it
+    redis_answers: bool                # something accepts connections on localhost:6379
+    redis_enabled: str                 # the current release's settings: "no" (REDIS_ENABLED = False), "maybe", "" (none)
     current_release: str | None        # releases/<v> -> v, the legacy venv -> "venv", no link -> None
     previous_release: str | None
     releases: tuple[str, ...]          # complete release venvs
@@ -305,7 +308,10 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         secret_key=h.get("secret_key") or "absent",
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
         app_server_version=parse.dist_info_version(h.get("app_server", ""), "gunicorn"),
+        previous_app_server_version=parse.dist_info_version(h.get("previous_app_server", ""), "gunicorn"),
         site_packages=parse.site_packages(h.get("dist", "") or h.get("legacy_dist", ""), h.get("python3")),
+        redis_answers=h.get("redis") == "yes",
+        redis_enabled=h.get("redis_enabled", ""),
         current_release=parse.release_of(h.get("current", "")),
         previous_release=parse.release_of(h.get("previous", "")),
         releases=parse.release_names(h.get("releases", "")),

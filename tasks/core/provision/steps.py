@@ -158,14 +158,14 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     target = f"releases/{wanted}"
     if have == wanted and facts.venv_exists:
         where = "the existing venv" if facts.current_release == "venv" else str(profile.release_dir(wanted))
-        return [Change(f"label-studio {wanted} is installed ({where})"), app_server(facts, profile)]
+        return [Change(f"label-studio {wanted} is installed ({where})"), *app_server(facts, profile)]
     if facts.current_release is None and facts.legacy_version == wanted:
         return [Change(f"took over {profile.remote.legacy_venv} (label-studio {wanted}) as the current release",
                        True, plan=f"take over {profile.remote.legacy_venv} (label-studio {wanted}) as the current "
                                   "release, without a reinstall",
                        action=Run(switch_release(profile, "venv"), "linking the current release"),
                        notifies=frozenset({RESTART})),
-                app_server(dataclasses.replace(facts, app_server_version=None), profile)]
+                *app_server(dataclasses.replace(facts, app_server_version=None), profile)]
     have = have or facts.legacy_version
     changes = []
     if wanted not in facts.releases:
@@ -182,17 +182,40 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     return changes
 
 
-def app_server(facts: ProvisionFacts, profile: Profile) -> Change:
+def app_server(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     """gunicorn in a release built before the toolkit served Label Studio with it (a release built now
-    has it from the start)."""
-    if facts.app_server_version == APP_SERVER_VERSION:
-        return Change(f"gunicorn {APP_SERVER_VERSION} is in the current release")
-    was = f" (was {facts.app_server_version})" if facts.app_server_version else ""
-    return Change(f"installed gunicorn {APP_SERVER_VERSION} into the current release{was}", True,
-                  plan=f"install gunicorn {APP_SERVER_VERSION} into the current release{was}",
-                  action=Run(add_app_server(profile), "pip install gunicorn", timeout=PIP_TIMEOUT,
-                             status=f"pip install {APP_SERVER}"),
-                  notifies=frozenset({RESTART}))
+    has it from the start): the current one, and the previous one, which `rollback` would start."""
+    def added(which: str, have: str | None, release: PurePosixPath, notifies: frozenset[str]) -> Change:
+        was = f" (was {have})" if have else ""
+        return Change(f"installed gunicorn {APP_SERVER_VERSION} into the {which} release{was}", True,
+                      plan=f"install gunicorn {APP_SERVER_VERSION} into the {which} release{was}",
+                      action=Run(add_app_server(profile, release), "pip install gunicorn", timeout=PIP_TIMEOUT,
+                                 status=f"pip install {APP_SERVER}"),
+                      notifies=notifies)
+
+    changes = [Change(f"gunicorn {APP_SERVER_VERSION} is in the current release")
+               if facts.app_server_version == APP_SERVER_VERSION
+               else added("current", facts.app_server_version, profile.remote.current, frozenset({RESTART}))]
+    if facts.previous_release and facts.previous_app_server_version != APP_SERVER_VERSION:
+        changes.append(added("previous", facts.previous_app_server_version, profile.remote.previous, frozenset()))
+    return changes
+
+
+def background_jobs(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """Label Studio's settings look for Redis on localhost:6379 (RQ_QUEUES). When something answers there,
+    say where the background jobs (storage syncs, bulk deletes) run: in the request itself while the
+    release keeps REDIS_ENABLED off (every open-source release so far), else no worker of ours runs them."""
+    if not facts.redis_answers:
+        return []
+    found = "something answers on localhost:6379 (a Redis?)"
+    if facts.redis_enabled == "no":
+        return [Change(f"{found}: Label Studio queues no job there (its open-source settings keep REDIS_ENABLED "
+                       "off); storage syncs and bulk deletes run in the request")]
+    if facts.redis_enabled == "":
+        return [Change(f"{found}: whether Label Studio would queue jobs there is read from its settings once it "
+                       "is installed (every open-source release so far keeps REDIS_ENABLED off)")]
+    return [Change(f"WARNING {found}: this release's settings may queue background jobs there, and no worker of "
+                   "this toolkit runs them: stop that Redis, or run Label Studio's `rqworker` for it")]
 
 
 SECRET_META = "root:root:600"
@@ -385,6 +408,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *directories(facts, profile),
         label_studio_secret_key(facts, profile),
         *label_studio(facts, profile),
+        *background_jobs(facts, profile),
         *database(facts, profile, database_password),
         *tls_steps.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),

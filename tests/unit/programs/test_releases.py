@@ -80,6 +80,13 @@ def test_a_release_built_before_gunicorn_gets_it_and_a_restart(provisioned):
     assert str(PROFILE.remote.venv_python) in app_server.action.script
 
 
+def test_the_previous_release_gets_gunicorn_too_so_that_rollback_can_start_it(provisioned):
+    upgraded = dataclasses.replace(provisioned, previous_release="1.22.0", previous_app_server_version=None)
+    [release, current, previous] = steps.label_studio(upgraded, PROFILE)
+    assert not current.changed and previous.changed and not previous.notifies
+    assert f"{PROFILE.remote.previous}/bin/python -m pip install" in previous.action.script
+
+
 def test_the_single_venv_of_earlier_versions_is_taken_over_without_a_reinstall(provisioned):
     legacy = dataclasses.replace(provisioned, current_release=None, releases=(), venv_exists=False,
                                  label_studio_version=None, legacy_version=PROFILE.label_studio.version)

@@ -221,3 +221,16 @@ def test_a_failing_step_stops_the_apply(bare):
     with pytest.raises(RemoteError, match="apt-get install failed on fake: E: Unable to locate package nginx"):
         plan.apply(host, steps.plan(bare, PROFILE, ADMIN), dry_run=False)
     assert len(host.commands) == 1
+
+
+@pytest.mark.parametrize("answers, enabled, expected", [
+    (False, "no", None),
+    (True, "no", "queues no job there"),
+    (True, "", "read from its settings once it is installed"),
+    (True, "maybe", "WARNING"),
+])
+def test_a_redis_on_the_port_label_studio_looks_at_is_named_with_where_jobs_run(provisioned, answers, enabled, expected):
+    facts = dataclasses.replace(provisioned, redis_answers=answers, redis_enabled=enabled)
+    said = steps.background_jobs(facts, PROFILE)
+    assert [c.changed for c in said] == ([False] if expected else [])
+    assert not expected or expected in said[0].what
