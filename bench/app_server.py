@@ -39,7 +39,7 @@ ADMIN, PASSWORD = "admin@example.com", "bench-password-1"
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 ENV_FILES = "-p EnvironmentFile=/opt/label-studio/label-studio.env"
 PG_ENV = " -p EnvironmentFile=/opt/label-studio/label-studio-database.env"
-PYUWSGI = "pyuwsgi==2.0.31"
+PYUWSGI = "pyuwsgi==2.0.30.post1"
 LABEL_CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
                 '<Choice value="pos"/><Choice value="neg"/></Choices></View>')
 

@@ -416,10 +416,9 @@ def test_prune_previews_then_deletes_but_keeps_the_newest_verified(data_vm, serv
 
 
 @pytest.mark.one_release("trixie")  # beside the same load on PostgreSQL (test_postgres.py), same release
-def test_concurrent_annotators_on_sqlite_are_counted(data_vm):
-    """The same load as on PostgreSQL (test_postgres.py): on SQLite, writers queue for one lock and some
-    requests may fail with "database is locked"; how many is recorded for the report, and whatever
-    fails must be that (or the server's 5xx answer to it), never anything else."""
+def test_concurrent_annotators_all_succeed_on_sqlite(data_vm):
+    """The same load as on PostgreSQL (test_postgres.py), on SQLite in WAL mode behind gunicorn's workers:
+    writers still take turns on one lock, but no request fails ("database is locked" included); the
+    figures are recorded for the report."""
     result = concurrent_annotators(data_vm, api_token(data_vm), "sqlite")
-    assert result.ok > 0, result.summary()
-    assert set(result.failures) <= {"database is locked", "HTTP 500"}, result.summary()
+    assert result.ok > 0 and result.failed == 0, result.summary()

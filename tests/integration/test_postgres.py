@@ -224,6 +224,11 @@ def test_what_is_not_done_on_postgresql_refuses_in_one_line(backed_up):
 def test_concurrent_annotators_all_succeed_on_postgresql(pg):
     result = concurrent_annotators(pg, pg.token, "postgresql")
     assert result.ok > 0 and result.failed == 0, result.summary()
+    # gunicorn's workers keep their connections between requests (Label Studio alone opens one per
+    # request): idle now, they are still there, at most one per worker.
+    workers = int(sh(pg, "pgrep -fc 'bin/[g]unicorn --config'").strip()) - 1
+    kept = int(psql(pg, "select count(*) from pg_stat_activity where usename = 'labelstudio' and datname = 'labelstudio'"))
+    assert 1 <= kept <= workers
 
 
 def test_two_starts_together_apply_the_migrations_once(pg):

@@ -18,6 +18,7 @@ WORKER_MEMORY_MB = 300          # one Label Studio worker, measured after some r
 RESERVED_MEMORY_MB = 512        # the master, nginx, the system: never handed out to workers
 WORKER_RECYCLE_MB = 1024        # a worker whose RSS grows past this finishes its request and is replaced
 MIN_WORKERS = 2                 # one slow request (an export) never stops the others
+CONNECTION_SECONDS = 300        # a worker keeps its database connection this long between requests
 
 
 def _cpus() -> int:
@@ -121,6 +122,18 @@ def post_request(worker, req, environ, resp):
     if size > WORKER_RECYCLE_MB:
         worker.log.info("worker %s uses %d MB (over %d MB): replacing it", worker.pid, size, WORKER_RECYCLE_MB)
         worker.alive = False
+
+
+def post_worker_init(worker):
+    """Each worker keeps its database connection from one request to the next (Django's CONN_MAX_AGE,
+    checked before each reuse: CONN_HEALTH_CHECKS), where Label Studio's settings open one per request:
+    on PostgreSQL that is a new server process and a scram-sha-256 login each time. A sync worker serves
+    one request at a time, so it holds one connection."""
+    from django.db import connections
+
+    for alias in connections:
+        connections[alias].settings_dict["CONN_MAX_AGE"] = CONNECTION_SECONDS
+        connections[alias].settings_dict["CONN_HEALTH_CHECKS"] = True
 
 
 def when_ready(server):
