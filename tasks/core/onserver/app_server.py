@@ -147,4 +147,7 @@ SETTINGS = """
 bind = ["127.0.0.1:{port}"]     # nginx is the one way in
 workers = worker_count({workers}, _cpus(), memory_mb())
 pythonpath = label_studio_dir()
+# gunicorn puts its working directory first on the import path: the release's folder (root's, as in
+# HumanSignal's uwsgi.ini), never the data dir, where the service user (and uploads) can write.
+chdir = pythonpath
 """

@@ -53,6 +53,7 @@ def test_the_rendered_config_sets_bind_workers_and_labels_it_ours():
     assert namespace["workers"] >= app_server.MIN_WORKERS
     assert namespace["timeout"] == 120 and namespace["max_requests"] == 5000 and namespace["accesslog"] is None
     assert namespace["raw_env"] == ["DJANGO_SETTINGS_MODULE=core.settings.label_studio"]
+    assert namespace["chdir"] == namespace["pythonpath"] == "/x"
     fixed = render.app_server_config(parse_workers(3)).content
     assert "workers = worker_count(3, _cpus(), memory_mb())" in fixed
 
