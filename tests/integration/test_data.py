@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
+from tests.integration.support.databases import server_database_digest
 from tests.integration.support.labelstudio import api_token, concurrent_annotators, project_titles
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -41,7 +42,8 @@ def manifest(path: Path) -> dict:
 
 
 def server_sha(machine) -> str:
-    return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+    """What the server's database holds (WAL mode: its file's bytes change at checkpoints)."""
+    return server_database_digest(machine.vm, DB)
 
 
 def assert_serving(machine) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import wait_for_health
+from tests.integration.support.databases import server_database_digest
 
 # Label Studio's own checks of a database, the same on every release: proven on Debian 12 only (CI time).
 pytestmark = pytest.mark.one_release("bookworm")
@@ -46,7 +47,8 @@ def snapshots_of(machine, host: str = "vm") -> list[Path]:
 
 
 def server_sha(machine) -> str:
-    return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+    """What the server's database holds (WAL mode: its file's bytes change at checkpoints)."""
+    return server_database_digest(machine.vm, DB)
 
 
 def local_saves(machine) -> list[str]:

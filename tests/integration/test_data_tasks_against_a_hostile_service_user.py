@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
+from tests.integration.support.databases import server_database_digest
 from tests.integration.support.labelstudio import project_titles
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -211,14 +212,14 @@ def test_the_old_lock_file_held_by_another_local_user_blocks_nothing(data_vm):
 @pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_a_push_never_deletes_the_previous_data_of_a_swap_that_did_not_finish(data_vm, local_copy):
     vm = data_vm.vm
-    before = vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+    before = server_database_digest(vm, DB)
     as_labelstudio(vm, f"mkdir {DATA}/.lsvm-previous && echo 'the only copy' > {DATA}/.lsvm-previous/label_studio.sqlite3")
     try:
         result = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(local_copy))
         assert result.returncode == 5, result.stdout + result.stderr
         assert "did not finish" in result.stderr and ".lsvm-previous" in result.stderr
         assert vm.exec(f"cat {DATA}/.lsvm-previous/label_studio.sqlite3").stdout == b"the only copy\n"
-        assert vm.exec(f"sha256sum {DB}").stdout.decode().split()[0] == before
+        assert server_database_digest(vm, DB) == before
     finally:
         as_labelstudio(vm, f"rm -rf {DATA}/.lsvm-previous")
     assert wait_for_health(data_vm.url, timeout=60) == {"status": "UP"}

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio
+from tests.integration.support.databases import database_digest, server_database_digest
 from tests.integration.support.labelstudio import api_token
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -37,7 +38,8 @@ def sha256(path: Path) -> str:
 
 
 def server_sha(machine) -> str:
-    return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+    """What the server's database holds (WAL mode: its file's bytes change at checkpoints)."""
+    return server_database_digest(machine.vm, DB)
 
 
 def server_size(machine) -> int:
@@ -122,8 +124,9 @@ def test_a_changed_database_moves_only_its_changed_pages(data_vm, fab, backups_d
     assert snap.name.endswith("-incr")
     manifest = json.loads((snap / "manifest.json").read_text())
     entry = next(f for f in manifest["files"] if f["path"] == "label_studio.sqlite3")
-    # A complete, plain database: the same bytes as the server's file, which the sqlite3 shell opens.
-    assert sha256(snap / "label_studio.sqlite3") == entry["sha256"] == server_sha(data_vm)
+    # A complete, plain database, which the sqlite3 shell opens: the server's data, the bytes its copy had.
+    assert sha256(snap / "label_studio.sqlite3") == entry["sha256"]
+    assert database_digest(snap / "label_studio.sqlite3") == server_sha(data_vm)
     assert integrity(snap / "label_studio.sqlite3") == "ok" and manifest["integrity_check"] == "ok"
     con = sqlite3.connect(snap / "label_studio.sqlite3")
     assert con.execute("select count(*) from task_completion").fetchone()[0] >= 20
@@ -169,7 +172,7 @@ def test_a_damaged_base_snapshot_is_detected_and_the_whole_database_comes(data_v
     result = fab("backup", "--label", "after-damage")
     assert "is damaged (its sha256 differs from its manifest): fetching the whole database instead" in result.stderr
     snap = snapshots(backups_dir)[-1]
-    assert sha256(snap / "label_studio.sqlite3") == server_sha(data_vm)
+    assert database_digest(snap / "label_studio.sqlite3") == server_sha(data_vm)
     assert integrity(snap / "label_studio.sqlite3") == "ok"
     # The next backup builds on the good snapshot again.
     annotate(sdk, corpus, 2, "mixed")
@@ -199,7 +202,7 @@ def test_push_after_a_pull_sends_only_the_pages_that_differ_and_round_trips(data
                 f"({','.join(map(str, corpus['task_ids'][:10]))})")
     con.commit()
     con.close()
-    pushed = sha256(local / "label_studio.sqlite3")
+    pushed = database_digest(local / "label_studio.sqlite3")
     result = fab("push-local-db", "--yes", "--local-data-dir", str(local))
     differ = re.search(r"database: (\d+) of (\d+) pages differ from the server's; only those are sent", result.stdout)
     assert differ, result.stdout + result.stderr
@@ -209,7 +212,7 @@ def test_push_after_a_pull_sends_only_the_pages_that_differ_and_round_trips(data
 
     again = tmp_path / "again"
     fab("pull-server-db", "--yes", "--local-data-dir", str(again))
-    assert sha256(again / "label_studio.sqlite3") == pushed
+    assert database_digest(again / "label_studio.sqlite3") == pushed
     task = corpus["task_ids"][0]
     ls = LabelStudio(data_vm.url)
     assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
@@ -223,7 +226,7 @@ def test_a_database_of_another_history_goes_whole_and_safely(data_vm, fab, tmp_p
     con.execute("PRAGMA page_size = 8192")
     con.execute("VACUUM")
     con.close()
-    pushed = sha256(local / "label_studio.sqlite3")
+    pushed = database_digest(local / "label_studio.sqlite3")
     result = fab("push-local-db", "--yes", "--local-data-dir", str(local))
     assert "whole database sent: the page size changed" in result.stdout, result.stdout
     assert server_sha(data_vm) == pushed

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from dev.lsclient import LabelStudio
+from tests.integration.support.databases import server_database_digest
 from tests.integration.support.labelstudio import LABEL_CONFIG, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone
 
@@ -58,7 +59,8 @@ def add_s3_storage(vm, project: int) -> None:
 
 
 def db_sha(machine) -> str:
-    return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+    """What the server's SQLite database holds (WAL mode: its file's bytes change at checkpoints)."""
+    return server_database_digest(machine.vm, DB)
 
 
 def engine(machine) -> str:

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from dev.lsclient import LabelStudio
+from tests.integration.support.databases import server_database_digest
 from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provision_fresh
 
@@ -41,7 +42,8 @@ def old(vm_image, suite, tmp_path_factory):
 
 
 def db_sha(machine) -> str:
-    return machine.vm.exec(f"sha256sum {DB}").stdout.decode().split()[0]
+    """What the server's SQLite database holds (WAL mode: its file's bytes change at checkpoints)."""
+    return server_database_digest(machine.vm, DB)
 
 
 def current(machine) -> str:

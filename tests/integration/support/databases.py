@@ -1,0 +1,40 @@
+"""What a SQLite database holds, as one digest: its schema and every row of every table, in rowid order.
+The server's database is in WAL mode: its file's bytes change at each checkpoint (and its header says WAL,
+where a snapshot's says rollback journal), so "the same data" is compared through this, never by the
+file's sha256. The same source runs here and, as the service user, on a VM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.core.commands import join
+
+DIGEST = """
+import hashlib, sqlite3, sys
+con = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True)
+digest = hashlib.sha256()
+for kind, name, sql in con.execute("select type, name, sql from sqlite_master order by type, name").fetchall():
+    digest.update(repr((kind, name, sql)).encode())
+    if kind == 'table':
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            rows = con.execute('select * from ' + quoted + ' order by rowid').fetchall()
+        except sqlite3.OperationalError:  # a WITHOUT ROWID table
+            rows = sorted(con.execute('select * from ' + quoted).fetchall(), key=repr)
+        for row in rows:
+            digest.update(repr(row).encode())
+print(digest.hexdigest())
+"""
+
+
+def database_digest(path: Path) -> str:
+    return subprocess.run([sys.executable, "-I", "-c", DIGEST, str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def server_database_digest(vm, path: str = "/var/lib/label-studio/label_studio.sqlite3") -> str:
+    """Read by the service user (the file is its own) while Label Studio may run: one read transaction."""
+    command = join("runuser", "-u", "labelstudio", "--", "python3", "-I", "-c", DIGEST, path)
+    return vm.exec(command).stdout.decode().strip()
