@@ -18,7 +18,7 @@ import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
 from tests.integration.support.labelstudio import api_token
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone
 
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 CONF = "/opt/label-studio/label-studio-gunicorn.conf.py"
@@ -27,7 +27,9 @@ AS_SERVICE = "runuser -u labelstudio -- "
 
 @pytest.fixture(scope="module")
 def app(provisioned, tmp_path_factory):
-    machine = provisioned_clone(provisioned, tmp_path_factory.mktemp(f"home-app-{provisioned.suite}"), "app")
+    # Workers sized from the VM's cores and memory, as on a user's VM.
+    machine = provisioned_clone(provisioned, tmp_path_factory.mktemp(f"home-app-{provisioned.suite}"), "app",
+                                edits=((TEST_WORKERS, "  workers: 0\n"),))
     yield machine
     machine.vm.stop()
 

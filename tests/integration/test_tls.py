@@ -26,7 +26,7 @@ from dev.testvm import machine as testvm
 from dev.testvm.image import build_tls_image
 from dev.testvm.machine import remove_image_later
 from tests.integration.support.fab import PROJECT_ROOT, Fab
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, start_clone
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, start_clone
 from tests.tlsca import TestCA, cert_pem
 
 NAME = "labels.test"
@@ -75,7 +75,7 @@ class TlsVM:
             "self-signed": "tls:\n  mode: self-signed\n",
         }[mode]
         path = self.home / name
-        path.write_text(f"server_name: {NAME}\npublic_url: {url}\nlabel_studio:\n  admin_email: {ADMIN_EMAIL}\n"
+        path.write_text(f"server_name: {NAME}\npublic_url: {url}\nlabel_studio:\n  admin_email: {ADMIN_EMAIL}\n{TEST_WORKERS}"
                         f"{tls}{extra}")
         return path
 

@@ -23,6 +23,9 @@ DEFAULT_HOME_MODE = {"bookworm": "755", "trixie": "700"}
 UBUNTU_HOME_MODE = "750"
 
 
+# Two gunicorn workers on the test VMs (CI time: two VMs share two cores, and every start boots each
+# worker); test_app_server.py's VM sizes them itself, as a user's does.
+TEST_WORKERS = "  workers: 2\n"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "first-admin-pw-1"
 
@@ -51,7 +54,7 @@ def provision_fresh(vm_image: str, suite: str, home: Path, name: str, user_host:
         vm.exec(f"chmod {login_home_mode} /home/{_login(user_host)}")
     return _provision(vm, suite, home, name, user_host, env,
                       f"public_url: http://127.0.0.1:{vm.http_port}\n"
-                      f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n{extra_yaml}")
+                      f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n{TEST_WORKERS}{extra_yaml}")
 
 
 def _login(user_host: str) -> str:
@@ -102,7 +105,8 @@ def start_clone(image: str, home: Path, extra_ports: tuple[int, ...] = ()) -> Te
     return vm
 
 
-def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> ProvisionedVM:
+def provisioned_clone(template: ProvisionedVM, home: Path, name: str,
+                      edits: tuple[tuple[str, str], ...] = ()) -> ProvisionedVM:
     """Another VM as a fresh `fab provision` with the template's profile leaves one (CI time: a fresh
     provision takes minutes): `start_clone` of the template's image, then provisioned from a fab home of
     its own with its own public URL (a real re-provision that changes the configuration and starts the
@@ -110,8 +114,10 @@ def provisioned_clone(template: ProvisionedVM, home: Path, name: str) -> Provisi
     assert template.image, template.first_run.stdout + template.first_run.stderr
     vm = start_clone(template.image, home)
     try:
-        machine = _provision(vm, template.suite, home, name, "vm", None,
-                             template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}"))
+        text = template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}")
+        for old, new in edits:
+            text = text.replace(old, new)
+        machine = _provision(vm, template.suite, home, name, "vm", None, text)
         assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     except BaseException:
         vm.stop()
