@@ -276,13 +276,13 @@ def test_screen_mode_with_a_sudo_password_swaps_on_the_server_and_leaves_no_lock
     pulled = fab("pull-server-db", "--yes", "--local-data-dir", str(tmp_path / "pulled"))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     local, after = renamed_copy(tmp_path / "pulled", tmp_path / "local", "screen-new")
-    old_pid = vm.exec("ps -o pid= -C label-studio").stdout.decode().split()
+    old_pid = vm.exec("ps -o pid= -C gunicorn").stdout.decode().split()
 
     result = fab("push-local-db", "--yes", "--local-data-dir", str(local))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stopped Label Studio" in result.stdout and "Label Studio is up with the new data" in result.stdout
     assert project_titles(machine) == after
-    assert not set(old_pid) & set(vm.exec("ps -o pid= -C label-studio").stdout.decode().split())
+    assert not set(old_pid) & set(vm.exec("ps -o pid= -C gunicorn").stdout.decode().split())
     # The screen session the swap job started holds nothing of the job's: the next data task runs.
     again = fab("backup", "--label", "after-screen-push")
     assert again.returncode == 0, again.stdout + again.stderr
