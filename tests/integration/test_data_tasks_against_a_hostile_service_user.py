@@ -277,6 +277,7 @@ def test_screen_mode_with_a_sudo_password_swaps_on_the_server_and_leaves_no_lock
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     local, after = renamed_copy(tmp_path / "pulled", tmp_path / "local", "screen-new")
     old_pid = vm.exec("ps -o pid= -C gunicorn").stdout.decode().split()
+    assert old_pid  # the master and its workers
 
     result = fab("push-local-db", "--yes", "--local-data-dir", str(local))
     assert result.returncode == 0, result.stdout + result.stderr
