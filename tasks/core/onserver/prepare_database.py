@@ -14,6 +14,7 @@ Installed by `fab provision` as <app_dir>/prepare-database.py.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import sys
 
@@ -58,14 +59,13 @@ def main() -> int:
     if not todo:
         print("no migrations to apply", flush=True)
         return 0
-    from django.db.migrations.recorder import MigrationRecorder
-
     command = "locked_migrate" if connection.vendor == "postgresql" else "migrate"
     print(f"{len(todo)} migration(s) to apply: {command}", flush=True)
-    before = len(MigrationRecorder(connection).applied_migrations())
-    call_command(command, interactive=False, verbosity=0)
-    # Counted, not assumed: under the lock another start may have applied them meanwhile.
-    applied = len(MigrationRecorder(connection).applied_migrations()) - before
+    said = io.StringIO()
+    call_command(command, interactive=False, verbosity=1, no_color=True, stdout=said)
+    # What this process applied, as Django reports each one: another start may have applied them while
+    # this one waited for the lock (it then finds nothing left to do).
+    applied = sum(1 for line in said.getvalue().splitlines() if line.lstrip().startswith("Applying "))
     left = pending(connection)
     print(f"applied {applied} migration(s)" + (f", {len(left)} still pending" if left else ""), flush=True)
     return 1 if left else 0
