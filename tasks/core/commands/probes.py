@@ -34,12 +34,15 @@ def unit_show(unit: str) -> str:
 
 def installed_dist(profile: Profile) -> str:
     """`dist=<path of label_studio-*.dist-info>` and `app_server=<path of gunicorn-*.dist-info>` in the
-    current release, `previous_app_server=` in the previous one, or empty."""
-    current, previous = q(profile.remote.venv), q(profile.remote.previous)
+    current release, `previous_app_server=` in the previous one, `legacy_app_server=` in the single venv of
+    earlier toolkit versions, or empty."""
+    p = profile.remote
+    current, previous, legacy = q(p.venv), q(p.previous), q(p.legacy_venv)
     return "; ".join(
         f"echo \"{key}=$(ls -d {venv}/lib/python3*/site-packages/{package}-*.dist-info 2>/dev/null | head -n 1)\""
         for key, venv, package in (("dist", current, "label_studio"), ("app_server", current, "gunicorn"),
-                                   ("previous_app_server", previous, "gunicorn")))
+                                   ("previous_app_server", previous, "gunicorn"),
+                                   ("legacy_app_server", legacy, "gunicorn")))
 
 
 def release_lines(profile: Profile) -> tuple[str, ...]:

@@ -261,6 +261,7 @@ class ProvisionFacts:
     label_studio_version: str | None   # of the current release
     app_server_version: str | None     # gunicorn in the current release
     previous_app_server_version: str | None   # and in the previous one (what rollback starts)
+    legacy_app_server_version: str | None     # and in the single venv of earlier toolkit versions
     site_packages: str | None          # of the current release (or the one provision builds), relative to it
     redis_answers: bool                # something accepts connections on localhost:6379
     redis_enabled: str                 # the current release's settings: "no" (REDIS_ENABLED = False), "maybe", "" (none)
@@ -309,6 +310,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
         app_server_version=parse.dist_info_version(h.get("app_server", ""), "gunicorn"),
         previous_app_server_version=parse.dist_info_version(h.get("previous_app_server", ""), "gunicorn"),
+        legacy_app_server_version=parse.dist_info_version(h.get("legacy_app_server", ""), "gunicorn"),
         site_packages=parse.site_packages(h.get("dist", "") or h.get("legacy_dist", ""), h.get("python3")),
         redis_answers=h.get("redis") == "yes",
         redis_enabled=h.get("redis_enabled", ""),

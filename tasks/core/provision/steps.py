@@ -165,7 +165,7 @@ def label_studio(facts: ProvisionFacts, profile: Profile) -> list[Change]:
                                   "release, without a reinstall",
                        action=Run(switch_release(profile, "venv"), "linking the current release"),
                        notifies=frozenset({RESTART})),
-                *app_server(dataclasses.replace(facts, app_server_version=None), profile)]
+                *app_server(dataclasses.replace(facts, app_server_version=facts.legacy_app_server_version), profile)]
     have = have or facts.legacy_version
     changes = []
     if wanted not in facts.releases:
