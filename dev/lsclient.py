@@ -26,6 +26,8 @@ class Response:
 class LabelStudio:
     def __init__(self, base_url: str, timeout: float = 300):
         self.base = base_url.rstrip("/")
+        parts = urllib.parse.urlsplit(self.base)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.timeout = timeout
@@ -36,6 +38,11 @@ class LabelStudio:
         token = self.cookie("csrftoken")
         if token and method not in ("GET", "HEAD"):
             headers.setdefault("X-CSRFToken", token)
+        if method not in ("GET", "HEAD"):
+            # As a browser sends it: over HTTPS (which gunicorn tells Django from nginx's X-Forwarded-Proto)
+            # Django's CSRF check wants the request's origin.
+            headers.setdefault("Origin", self.origin)
+            headers.setdefault("Referer", self.base + path)
         req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
         try:
             with self.opener.open(req, timeout=self.timeout) as resp:

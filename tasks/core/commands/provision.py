@@ -68,9 +68,12 @@ def build_release(profile: Profile, version: str) -> str:
                f"{{ [ -z \"$cert\" ] || export SSL_CERT_FILE=\"$cert\"; }} && "
                f"{q(venv / 'bin' / 'uv')} pip install {join(*uv)} {wanted}; }} || "
                f"{q(python)} -m pip install {join(*pip)} {wanted}")
+    # A release built before the toolkit served Label Studio with gunicorn gets it when reused.
+    app_server = f"{q(python)} -m pip install {join(*pip)} {q(APP_SERVER)}"
     return (f"install -d -m 0755 -o root -g root {q(profile.remote.releases_dir)} && "
             f"{{ [ -e {q(venv / RELEASE_COMPLETE)} ] || {{ rm -rf {q(venv)} && python3 -m venv {q(venv)} && "
-            f"{{ {install}; }} && : > {q(venv / RELEASE_COMPLETE)}; }}; }}")
+            f"{{ {install}; }} && : > {q(venv / RELEASE_COMPLETE)}; }}; }} && "
+            f"{{ [ -x {q(venv / 'bin' / 'gunicorn')} ] || {app_server}; }}")
 
 
 def index_options(profile: Profile) -> list[str]:

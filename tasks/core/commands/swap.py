@@ -100,7 +100,8 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"      recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"",
         f"      say {UNHEALTHY} \"$h\"",
         "    fi",
-        f"  else say {START_FAILED} \"$(said)\"; fi",
+        # The start itself failed (the database step, or gunicorn before it listened): its log says why.
+        f"  else h=$(said); recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"; say {START_FAILED} \"$h\"; fi",
         f"else say {SWAP_FAILED} \"$(said)\"; fi",
         "run stop_service",
         # Plain commands again (set -e inside holds): a failed undo step (an upgrade's release links) stops
