@@ -91,6 +91,9 @@ def _steps(host: Host, profile: Profile, old: str, new: str, built: bool, health
 
     def build() -> None:
         if built:
+            # Complete already: build_release only adds gunicorn, which a release an older toolkit built lacks.
+            host.run(provision_commands.build_release(profile, new), sudo=True, timeout=PIP_TIMEOUT,
+                     what=f"checking the app server of label-studio {new}")
             ui.step(False, f"label-studio {new} is already built in {where}")
             return
         with ui.err.status(f"pip install label-studio=={new} into {where} (a minute or more)"):
