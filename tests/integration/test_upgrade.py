@@ -11,6 +11,7 @@ import re
 import pytest
 
 from dev.lsclient import LabelStudio
+from tasks.core.commands.provision import APP_SERVER
 from tests.integration.support.databases import server_database_digest
 from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, provision_fresh
@@ -69,7 +70,8 @@ def test_dry_run_shows_the_plan_and_changes_nothing(old):
 @pytest.mark.one_release("trixie")  # the dry run and the upgrade itself run on both releases (the smoke set); the rest on one (CI time)
 def test_a_release_that_cannot_migrate_this_database_stops_before_the_stop(old):
     # Build the new release the way upgrade does, then break it: upgrade reuses it.
-    old.vm.exec(f"python3 -m venv {NEW_SITE} && {NEW_SITE}/bin/python -m pip install -q label-studio=={NEW} && "
+    old.vm.exec(f"python3 -m venv {NEW_SITE} && {NEW_SITE}/bin/python -m pip install -q label-studio=={NEW} "
+                f"{APP_SERVER} && "
                 f": > {NEW_SITE}/.lsvm-complete", timeout=900)
     break_release(old, "True")
     sha, pid = db_sha(old), old.vm.exec("systemctl show -p MainPID --value label-studio").stdout
