@@ -69,7 +69,7 @@ def build_release(profile: Profile, version: str) -> str:
                f"{q(venv / 'bin' / 'uv')} pip install {join(*uv)} {wanted}; }} || "
                f"{q(python)} -m pip install {join(*pip)} {wanted}")
     # A release built before the toolkit served Label Studio with gunicorn gets it when reused.
-    app_server = f"{q(python)} -m pip install {join(*pip)} {q(APP_SERVER)}"
+    app_server = add_app_server(profile, venv)
     return (f"install -d -m 0755 -o root -g root {q(profile.remote.releases_dir)} && "
             f"{{ [ -e {q(venv / RELEASE_COMPLETE)} ] || {{ rm -rf {q(venv)} && python3 -m venv {q(venv)} && "
             f"{{ {install}; }} && : > {q(venv / RELEASE_COMPLETE)}; }}; }} && "
@@ -85,7 +85,7 @@ def pip_options(profile: Profile) -> list[str]:
 
 
 def add_app_server(profile: Profile, release: PurePosixPath | None = None) -> str:
-    """gunicorn into a release (the current one unless `release`, a link in the app dir, says otherwise)
+    """gunicorn into a release (the current one unless `release`, a release folder or link in the app dir,
     built before the toolkit served Label Studio with it."""
     python = (release or profile.remote.current) / "bin" / "python"
     return join(python, "-m", "pip", "install", *pip_options(profile), APP_SERVER)
