@@ -278,8 +278,8 @@ def change_marker(path: str) -> dict | None:
         with open(path, "rb") as handle:
             header = handle.read(100)
         st = os.stat(path)
-        wal = _wal_state(path) if os.path.exists(path + "-wal") else None
         in_wal_mode = os.path.exists(path + "-wal")
+        wal = _wal_state(path) if in_wal_mode else None
         con.execute("COMMIT")
     finally:
         con.close()
