@@ -85,8 +85,8 @@ def pip_options(profile: Profile) -> list[str]:
 
 
 def add_app_server(profile: Profile, release: PurePosixPath | None = None) -> str:
-    """gunicorn into a release (the current one unless `release`, a release folder or link in the app dir,
-    built before the toolkit served Label Studio with it."""
+    """gunicorn into a release built before the toolkit served Label Studio with it: the current one, or
+    `release` (a release folder, or a link in the app dir)."""
     python = (release or profile.remote.current) / "bin" / "python"
     return join(python, "-m", "pip", "install", *pip_options(profile), APP_SERVER)
 
