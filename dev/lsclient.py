@@ -38,9 +38,10 @@ class LabelStudio:
         token = self.cookie("csrftoken")
         if token and method not in ("GET", "HEAD"):
             headers.setdefault("X-CSRFToken", token)
-        if method not in ("GET", "HEAD"):
-            # As a browser sends it: over HTTPS (which gunicorn tells Django from nginx's X-Forwarded-Proto)
-            # Django's CSRF check wants the request's origin.
+        if method not in ("GET", "HEAD") and self.origin.startswith("https:"):
+            # Over HTTPS (which gunicorn tells Django from nginx's X-Forwarded-Proto) Django's CSRF check
+            # wants the request's origin, as a browser sends it. Not over plain HTTP: behind a port the test
+            # publishes, the origin's port is not the one nginx passes on in Host, and Django would refuse.
             headers.setdefault("Origin", self.origin)
             headers.setdefault("Referer", self.base + path)
         req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)

@@ -133,10 +133,9 @@ def make_data(base_url: str, image: bytes) -> GuideData:
     """Two users (signup is open on a hand-made install), projects, 40 tasks, annotations and an
     uploaded image, all through Label Studio's API as a user of the guide's VM would."""
     owner, annotator = ("owner@example.com", "owner-pw-12345"), ("annotator@example.com", "annotator-pw-12345")
-    ls = LabelStudio(base_url)
-    assert ls.signup(*owner).status in (200, 302), "signup failed"
-    other = LabelStudio(base_url)
-    assert other.signup(*annotator).status in (200, 302)
+    for account in (owner, annotator):
+        signed_up = LabelStudio(base_url).signup(*account)
+        assert signed_up.status in (200, 302), ("signup failed", signed_up.status, signed_up.text[:500])
     ls = LabelStudio(base_url)
     assert ls.login(*owner)
     # A personal access token (a JWT signed with the instance's SECRET_KEY; legacy tokens are off by default).
