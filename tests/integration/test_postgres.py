@@ -2,7 +2,7 @@
 works through nginx; PostgreSQL listens on loopback only; its password is nowhere but the root-only
 secret file; a second provision changes nothing; backup -> the database dropped -> restore-server gives
 the same data back; a broken dump, a dump that does not match its manifest and a new database that does
-not come up in time all leave the original serving, with a non-zero exit."""
+not come up all leave the original serving, with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -197,12 +197,34 @@ def test_a_dump_that_differs_from_its_manifest_is_refused(backed_up):
 
 
 def test_a_new_database_that_does_not_come_up_is_switched_back(backed_up):
+    """The snapshot's dump, made again from a database one migration short and one column gone (the
+    manifest counts one migration less): it restores, the migrations run, /health answers UP, and the release's read of
+    every table fails; the job renames the old database back."""
     pg = backed_up
     annotate_through_sdk(pg, "Kept by the rollback", n_tasks=2, n_annotations=1)
     now = sdk_view(pg.url, pg.token)
     assert now != pg.before
-    result = pg.fab("restore-server", "--snapshot", pg.snapshot, "--yes", "--health-timeout", "1")
+
+    def break_after_migrations(folder, manifest):
+        dump = folder / "label_studio.pgdump"
+        psql(pg, "create database tricky", "postgres")
+        try:
+            pg.vm.exec("runuser -u postgres -- pg_restore --no-owner --exit-on-error -d tricky",
+                       input=dump.read_bytes())
+            psql(pg, "alter table project drop column annotator_evaluation_enabled; "
+                     "alter table task_completion drop column lead_time; "
+                     "delete from django_migrations where app = 'projects' "
+                     "and name = '0034_project_annotator_evaluation_enabled';", "tricky")
+            dump.write_bytes(pg.vm.exec("runuser -u postgres -- pg_dump --format=custom --no-owner "
+                                        "--no-privileges tricky").stdout)
+        finally:
+            psql(pg, "drop database tricky", "postgres")
+        manifest["extra"]["tables"]["django_migrations"] -= 1
+
+    tricky = copy_snapshot(pg, pg.snapshot, "20990101T000002Z-tricky", break_after_migrations)
+    result = pg.fab("restore-server", "--snapshot", tricky, "--yes")
     assert result.returncode != 0
+    assert "cannot read the new database: task_completion:" in result.stderr, result.stderr
     assert "previous data is back in place and Label Studio is serving it" in result.stderr, result.stderr
     assert sdk_view(pg.url, pg.token) == now
     assert lsvm_databases(pg) == ""
