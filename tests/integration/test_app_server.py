@@ -75,6 +75,10 @@ def test_gunicorn_master_with_workers_serves_and_status_shows_them(app):
     # The port's listener is the master or one of its workers (they share its socket).
     assert listener_pid(app) in processes
     assert sh(app, f"ps -o user= -p {master}").strip() == "labelstudio"
+    # preload_app: the master loaded Label Studio (gunicorn alone maps no compiled module of the release's
+    # site-packages) and handed its workers no database handle of its own.
+    assert re.search(r"site-packages/\S+\.so", sh(app, f"cat /proc/{master}/maps")), "Label Studio is not preloaded"
+    assert "label_studio.sqlite3" not in sh(app, f"ls -l /proc/{master}/fd")
     # Migrations ran before the start, in their own step (its output is in the journal).
     journal = sh(app, "journalctl -u label-studio --no-pager -o cat")
     assert "no migrations to apply" in journal or "migration(s) to apply" in journal

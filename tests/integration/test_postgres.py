@@ -251,6 +251,13 @@ def test_concurrent_annotators_all_succeed_on_postgresql(pg):
     workers = int(sh(pg, "pgrep -fc 'bin/[g]unicorn --config'").strip()) - 1
     kept = int(psql(pg, "select count(*) from pg_stat_activity where usename = 'labelstudio' and datname = 'labelstudio'"))
     assert 1 <= kept <= workers
+    # Over loopback without TLS (it protects nothing there and costs every query), and none of them is
+    # the master's: it loads Label Studio before forking and closes what that opened.
+    assert psql(pg, "select distinct ssl from pg_stat_ssl join pg_stat_activity using (pid) "
+                    "where usename = 'labelstudio'") == "f"
+    master = sh(pg, "systemctl show -p MainPID --value label-studio").strip()
+    holders = sh(pg, "ss -tnpH state established '( dport = :5432 )'")
+    assert holders.count("gunicorn") >= 1 and f"pid={master}," not in holders, holders
 
 
 def test_two_starts_together_apply_the_migrations_once(pg):

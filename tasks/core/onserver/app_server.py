@@ -111,6 +111,11 @@ errorlog = "-"                  # stderr: the journal (systemd) or the screen lo
 capture_output = True
 loglevel = "info"
 proc_name = "label-studio"
+# The master loads Label Studio once and forks ready workers from it: a start or a recycled worker costs
+# one Django setup, not one per worker, and the workers share the loaded code's pages. A reload (HUP) then
+# replaces the workers but keeps that code: a new release or a changed env file needs a restart, which is
+# what every task here does.
+preload_app = True
 
 
 def post_request(worker, req, environ, resp):
@@ -122,6 +127,14 @@ def post_request(worker, req, environ, resp):
     if size > WORKER_RECYCLE_MB:
         worker.log.info("worker %s uses %d MB (over %d MB): replacing it", worker.pid, size, WORKER_RECYCLE_MB)
         worker.alive = False
+
+
+def pre_fork(server, worker):
+    """No worker may inherit a database connection of the master's (loading Label Studio can open one):
+    two processes on one socket or one SQLite handle corrupt each other's conversation."""
+    from django.db import connections
+
+    connections.close_all()
 
 
 def post_worker_init(worker):

@@ -65,14 +65,17 @@ def test_bad_database_sections_are_one_clear_line(text, message):
 def test_label_studio_environment_local_and_external():
     assert database.label_studio_env(LOCAL.database) == [
         ("DJANGO_DB", "default"), ("POSTGRE_NAME", "labelstudio"), ("POSTGRE_USER", "labelstudio"),
-        ("POSTGRE_HOST", "127.0.0.1"), ("POSTGRE_PORT", "5432")]
+        ("POSTGRE_HOST", "127.0.0.1"), ("POSTGRE_PORT", "5432"), ("PGSSLMODE", "disable")]
     env = dict(database.label_studio_env(EXTERNAL.database))
     assert env["POSTGRE_HOST"] == "db.example.org" and env["POSTGRE_PORT"] == "6432"
     # External: verified by default (libpq reads these; Label Studio has no TLS setting of its own).
     assert env["PGSSLMODE"] == "verify-full"
     assert "PGSSLROOTCERT=/opt/label-studio/label-studio-database-ca.pem\n" in render.env_file(
         EXTERNAL, group="root", mode="0600").content
-    assert "PGSSLMODE" not in dict(database.label_studio_env(LOCAL.database))   # localhost: libpq's default
+    # On the VM, over loopback: no TLS unless the profile asks for it.
+    assert dict(database.label_studio_env(LOCAL.database))["PGSSLMODE"] == "disable"
+    assert database.DatabaseSettings(engine="postgresql", sslmode="require").effective_sslmode == "require"
+    assert database.DatabaseSettings().effective_sslmode is None
     assert EXTERNAL.database.describe() == "PostgreSQL ls_app@db.example.org:6432/ls_prod (external)"
     content = render.env_file(EXTERNAL, group="root", mode="0600").content
     assert "POSTGRE_NAME=ls_prod\n" in content and "PASSWORD" not in content.replace("its password is in", "")

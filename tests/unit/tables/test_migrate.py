@@ -176,10 +176,11 @@ def test_the_server_engine_comes_from_its_env_file():
     assert database.server_engine(None) is None
     assert database.server_engine(sqlite_env) == "sqlite" and database.server_settings(sqlite_env) == DatabaseSettings()
     assert database.server_engine(pg_env) == "postgresql" and database.server_settings(pg_env) == PG
-    external = DatabaseSettings(engine="postgresql", host="db.example.org", port=6432, name="ls", user="lsu",
-                                sslmode="verify-full")
-    rendered = "".join(f"{k}={v}\n" for k, v in database.label_studio_env(external))
-    assert database.server_settings(rendered) == external
+    for sslmode in (None, "require"):   # the default (verify-full) and a profile's own
+        external = DatabaseSettings(engine="postgresql", host="db.example.org", port=6432, name="ls", user="lsu",
+                                    sslmode=sslmode)
+        rendered = "".join(f"{k}={v}\n" for k, v in database.label_studio_env(external))
+        assert database.server_settings(rendered) == external
     assert database.server_engine("DJANGO_DB=mysql\n") == "mysql" and database.server_settings("DJANGO_DB=mysql\n") is None
 
 
