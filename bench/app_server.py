@@ -8,7 +8,8 @@ annotations for 60 s through nginx) against, on the same VM and the same data:
                                  max-requests, reload-on-rss, lazy-apps, thunder-lock), WAL database
   gunicorn + WAL (toolkit)       what `fab provision` runs now, and the same under systemd MemoryMax=2G
 
-and on a PostgreSQL VM: runserver vs gunicorn. Then the total memory of the app server, and a first
+and on a PostgreSQL VM: runserver as before (TLS over loopback, libpq's default) and without TLS vs
+gunicorn (no TLS over loopback, as provision sets it). Then the total memory of the app server, and a first
 page load of /projects/ in headless Chromium (cold cache) behind runserver and behind gunicorn + nginx.
 
     python -m bench.app_server [--seconds 60] [--clients 16] [--no-postgresql] [--no-browser]
@@ -85,8 +86,9 @@ class Bench:
                 "-p WorkingDirectory=/var/lib/label-studio -E HOME=/var/lib/label-studio "
                 "-E DJANGO_SETTINGS_MODULE=core.settings.label_studio " + command)
 
-    def runserver(self) -> None:
-        self.transient("/opt/label-studio/current/bin/label-studio start --data-dir /var/lib/label-studio "
+    def runserver(self, sslmode: str | None = None) -> None:
+        env = f"/usr/bin/env PGSSLMODE={sslmode} " if sslmode else ""   # over the env file's own value
+        self.transient(env + "/opt/label-studio/current/bin/label-studio start --data-dir /var/lib/label-studio "
                        "--internal-host 127.0.0.1 --port 8080 --no-browser")
 
     def uwsgi(self) -> None:
@@ -211,13 +213,17 @@ def main(argv: list[str] | None = None) -> int:
             p = Bench(work, "postgresql", "database:\n  engine: postgresql\n")
             benches.append(p)
             pg = {}
-            for name, start in (("runserver (PostgreSQL)", p.runserver), ("gunicorn (PostgreSQL, toolkit)", p.gunicorn)):
+            # The baseline as the toolkit ran it before: libpq's default (prefer: TLS over loopback); then
+            # runserver without TLS, to show what the app server itself adds.
+            for name, start in (("runserver (PostgreSQL), before", lambda: p.runserver("prefer")),
+                                ("runserver (PostgreSQL), no TLS", lambda: p.runserver("disable")),
+                                ("gunicorn (PostgreSQL, toolkit)", p.gunicorn)):
                 print(f"  {name} ...", file=sys.stderr, flush=True)
                 p.stop_all()
                 start()
                 pg[name] = p.load(args.clients, args.seconds)
             report.append("== PostgreSQL (ratios against runserver) ==")
-            base = pg["runserver (PostgreSQL)"]
+            base = pg["runserver (PostgreSQL), before"]
             report += [line(name, result, base) for name, result in pg.items()]
     finally:
         for bench in benches:
