@@ -67,3 +67,31 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# ------------------------------------------------------------------------------------------------
+# Where CI's time goes: each xdist worker carries one Debian release, so the run lasts as long as its
+# busiest worker. The summary adds every phase's duration per worker and per module, so the figure to cut
+# shows in the tail of every CI log.
+
+_SPENT: dict[tuple[str, str], float] = {}
+
+
+def pytest_runtest_logreport(report):
+    worker = getattr(getattr(report, "node", None), "gateway", None)
+    worker_id = getattr(worker, "id", None) or "main"
+    module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    _SPENT[(worker_id, module)] = _SPENT.get((worker_id, module), 0.0) + (report.duration or 0.0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _SPENT:
+        return
+    workers: dict[str, list[tuple[float, str]]] = {}
+    for (worker, module), seconds in _SPENT.items():
+        workers.setdefault(worker, []).append((seconds, module))
+    terminalreporter.section("time per worker and module")
+    for worker, modules in sorted(workers.items()):
+        modules.sort(reverse=True)
+        top = ", ".join(f"{module.removesuffix('.py')} {seconds:.0f}" for seconds, module in modules if seconds >= 30)
+        terminalreporter.write_line(f"{worker}: {sum(s for s, _ in modules):.0f} s ({top or 'no module over 30 s'})")
