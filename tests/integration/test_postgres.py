@@ -198,8 +198,8 @@ def test_a_dump_that_differs_from_its_manifest_is_refused(backed_up):
 
 def test_a_new_database_that_does_not_come_up_is_switched_back(backed_up):
     """The snapshot's dump, made again from a database one migration short and one column gone (the
-    manifest counts one migration less): it restores, the migrations run, /health answers UP, and the release's read of
-    every table fails; the job renames the old database back."""
+    manifest counts one migration less): it restores, the migrations run, /health answers UP, and the
+    release's read of every table fails; the job renames the old database back."""
     pg = backed_up
     annotate_through_sdk(pg, "Kept by the rollback", n_tasks=2, n_annotations=1)
     now = sdk_view(pg.url, pg.token)
