@@ -77,6 +77,7 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"new_healthy() (\n( {new_health} ) && {dbcheck.read_every_table(profile)}\n)",
         f"old_healthy() (\n{old_health}\n)",
         f"recent_log() (\n{manager.recent_log()}\n)",
+        f"say_recent_log() {{ recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"; }}",
         f"OLD_CURRENT=$(readlink {q(profile.remote.current)} || true)",
         f"OLD_PREVIOUS=$(readlink {q(profile.remote.previous)} || true)",
         f"exec 8>>{q(data.swap_lock_file(profile))}",
@@ -97,11 +98,11 @@ def job(profile: Profile, parts: list[str], health_timeout: int, *, before_swap:
         f"      if run after_start; then run on_success; run cleanup; say {HEALTHY} \"$h\"; say {DONE}; exit 0; fi",
         f"      say {CHECK_FAILED} \"$(said)\"",
         "    else h=$(said)",
-        f"      recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"",
+        "      say_recent_log",
         f"      say {UNHEALTHY} \"$h\"",
         "    fi",
         # The start itself failed (the database step, or gunicorn before it listened): its log says why.
-        f"  else h=$(said); recent_log 2>/dev/null | sed 's/^/{LOG} /' >> \"$S\"; say {START_FAILED} \"$h\"; fi",
+        f"  else h=$(said); say_recent_log; say {START_FAILED} \"$h\"; fi",
         f"else say {SWAP_FAILED} \"$(said)\"; fi",
         "run stop_service",
         # Plain commands again (set -e inside holds): a failed undo step (an upgrade's release links) stops
