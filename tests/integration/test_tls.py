@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,6 +337,7 @@ def test_a_browser_logs_in_over_https_with_secure_cookies(tls_vm, tmp_path):
     tls_vm.use("acme")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -383,11 +385,37 @@ def test_a_browser_logs_in_over_https_with_secure_cookies(tls_vm, tmp_path):
         status, body = driver.execute_async_script(call, cookies["csrftoken"]["value"], title)
         assert status == 201, body[:300]
         assert json.loads(body)["title"] == title
-        # The projects page lists it; the screenshot is kept as the test's artifact.
-        driver.get(f"{tls_vm.https_url}/projects/")
-        WebDriverWait(driver, 60).until(lambda d: title in d.find_element(By.TAG_NAME, "body").text)
+        # The projects page lists it; the screenshot is kept as the test's artifact (also when it does not).
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / f"tls-{tls_vm.suite}-projects.png"
+
+        def diagnosis():
+            listed = driver.execute_async_script(
+                "const done = arguments[0]; fetch('/api/projects?page_size=100', {credentials: 'same-origin'})"
+                ".then(r => r.text().then(t => done(r.status + ' ' + t))).catch(e => done(String(e)));")
+            body = driver.find_element(By.TAG_NAME, "body").text
+            journal = tls_vm.exec("journalctl -u label-studio --no-pager -n 30 -o cat || true")
+            return (f"page at {driver.current_url}:\n{body[:1500]}\nGET /api/projects: {listed[:1500]}\n"
+                    f"service journal:\n{journal}")
+
+        def listed_within(seconds):
+            try:
+                WebDriverWait(driver, seconds).until(lambda d: title in d.find_element(By.TAG_NAME, "body").text)
+                return True
+            except TimeoutException:
+                return False
+
+        # Once (CI, both releases) the page never showed it in 60 s; it never did so here. A person would reload:
+        # so does the test, once, and says so in the warnings summary with what the page and the API showed.
+        driver.get(f"{tls_vm.https_url}/projects/")
+        if not listed_within(30):
+            first = diagnosis()
+            driver.refresh()
+            if not listed_within(30):
+                driver.save_screenshot(str(shot))
+                raise AssertionError(f"the projects page never listed {title!r}, reloaded or not (screenshot "
+                                     f"{shot})\nfirst load: {first}\nafter a reload: {diagnosis()}")
+            warnings.warn(f"the projects page listed {title!r} only after a reload; first load: {first}")
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
     finally:
