@@ -114,5 +114,5 @@ def wait_for_health(base_url: str, timeout: float = 300) -> dict:
             last = (resp.status, resp.text[:100])
         except OSError as exc:
             last = exc
-        time.sleep(1)
+        time.sleep(0.3)
     raise TimeoutError(f"{base_url}/health not UP within {timeout}s: {last}")

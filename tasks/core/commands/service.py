@@ -338,5 +338,5 @@ def wait_for_health(profile: Profile, *, via_nginx: bool, timeout: int, fail_on_
     return (
         f"{before}end=$(( $(date +%s) + {int(timeout)} )); "
         f"while :; do r=$({probe}); case \"$r\" in 200*UP*) echo \"$r\"; exit 0;; esac; {check}"
-        f"[ $(date +%s) -ge $end ] && {{ echo \"$r\"; exit 1; }}; sleep 1; done"
+        f"[ $(date +%s) -ge $end ] && {{ echo \"$r\"; exit 1; }}; sleep 0.3; done"
     )

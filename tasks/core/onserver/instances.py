@@ -651,7 +651,7 @@ def wait_serving(port: int, timeout: float) -> str:
             last = http_get(f"http://127.0.0.1:{port}/health")
             if last.startswith("200 ") and "UP" in last:
                 return f"UP {last}"
-        time.sleep(1)
+        time.sleep(0.3)
     return f"DOWN {last}"
 
 
