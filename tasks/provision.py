@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fabric import task
 
-from tasks.core import ui
+from tasks.core import offsite, ui
 from tasks.core.commands import read_file
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
@@ -75,6 +76,21 @@ def report_certificate(host: Host, profile: Profile) -> None:
         ui.warn(warning)
 
 
+def offsite_credentials_for(profile: Profile, found: facts.ProvisionFacts) -> dict[str, str] | None:
+    """An S3 target's credentials from this machine's environment (checked here), None to keep the ones
+    stored on the server; refused when there are none anywhere."""
+    if not profile.offsite.needs_credentials:
+        return None
+    values = offsite.credentials_from_env(dict(os.environ))
+    if values is None and found.offsite.credentials_meta:
+        return None
+    problem = offsite.credentials_problem(values or {})
+    if problem:
+        raise UsageError(f"offsite.target {profile.offsite.target}: {problem}; nothing was changed",
+                         hint="the keys of an account that may write to that bucket (and only to it)")
+    return values
+
+
 @task(help={
     "config": CONFIG_HELP,
     "dry-run": "connect and read, show every step and file diff, change nothing",
@@ -107,11 +123,13 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     database_password = None
     if not dry_run and steps.database_password_needed(found, profile):
         database_password = ask_database_password(profile)
+    offsite_credentials = offsite_credentials_for(profile, found)
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
     changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab,
-                                          database_password=database_password), dry_run=dry_run)
+                                          database_password=database_password,
+                                          offsite_credentials=offsite_credentials), dry_run=dry_run)
     if profile.tls.enabled and not tls_steps.ready(found, profile):
         changes += https_pass(host, profile, found, email, tls_pair, eab, shown=changes, dry_run=dry_run)
     elif not dry_run:

@@ -6,12 +6,13 @@ from fabric import task
 from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
-from tasks.core import parse, ui
+from tasks.core import offsite, parse, ui
 from tasks.core.commands.service import ServiceManager, service_manager
 from tasks.core.data import catalog
 from tasks.core.database import DatabaseSettings, same_database, server_engine, server_settings
 from tasks.core.edge import CONFIG_HELP, open_host, task_edge
 from tasks.core.errors import RemoteError
+from tasks.core.profile import Profile
 from tasks.core.provision import facts, systems, tls
 from tasks.core.provision.facts import HostStatus
 from tasks.core.provision.health import wait_for_health
@@ -28,6 +29,15 @@ def certificate_row(mode: str, pem: str | None) -> tuple[str, str] | None:
         return ("https", f"tls.mode {mode}, but no certificate on the server yet (run: provision)")
     return ("https", f"{mode}: {', '.join(info.names)}, issued by {info.issuer}, "
                      f"{info.days_left()} days left (until {info.not_after:%Y-%m-%d})")
+
+
+def offsite_status(st: HostStatus, profile: Profile) -> tuple[tuple[str, str], str | None]:
+    """The "offsite" row (offsite on) and why the copies are not being kept, or None."""
+    target = profile.offsite.parsed
+    replication = offsite.replication_from(dict(st.offsite_report), str(profile.remote.database))
+    problem = offsite.replication_problem(st.offsite_unit.running, st.offsite_unit.describe(), replication)
+    text = f"NOT KEPT: {problem}" if problem else replication.describe()
+    return ("offsite", f"{target.describe()}: {text}"), problem
 
 
 def releases_text(st: HostStatus) -> str:
@@ -149,6 +159,10 @@ def status(c, config=None, check_updates=False):
             rows.append(("newer release", f"{newest} (fab -H {host.alias} upgrade --version {newest})"))
         else:
             rows.append(("newer release", f"none ({newest or 'no answer'} is the newest)"))
+    replication_failed = None
+    if st.provisioned and profile.offsite.enabled:
+        row, replication_failed = offsite_status(st, profile)
+        rows.append(row)
     for key, value in rows:
         table.add_row(key, value)
     ui.out.print(table)
@@ -159,6 +173,10 @@ def status(c, config=None, check_updates=False):
     warning = systems.support_warning(st.os_id, st.os_version)
     if warning:
         ui.warn(warning)
+    if replication_failed:
+        raise RemoteError(f"offsite copies are not being kept: {replication_failed}",
+                          hint=f"`fab -H {host.alias} offsite` shows the target; `fab -H {host.alias} provision` "
+                               "sets the replication up again")
 
 
 @task(help={"config": CONFIG_HELP, "lines": "how many lines to show (default 50)",

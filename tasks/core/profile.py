@@ -22,6 +22,8 @@ from tasks.core import defaults
 from tasks.core.database import DatabaseSettings
 from tasks.core.database import profile_problem as database_problem
 from tasks.core.errors import ProfileError
+from tasks.core.offsite import OffsiteSettings, offsite_user
+from tasks.core.offsite import profile_problem as offsite_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = PROJECT_ROOT / "configs"
@@ -267,6 +269,13 @@ class RemotePaths:
     acme_renewal: PurePosixPath
     acme_webroot: PurePosixPath       # http-01 answers, served by our nginx site on port 80
     acme_deploy_hook: PurePosixPath
+    offsite_venv: PurePosixPath       # Litestream's own venv (root's)
+    litestream_bin: PurePosixPath
+    litestream_config: PurePosixPath  # no secret: the credentials come from offsite_env
+    offsite_env: PurePosixPath        # root-only 0600: the target's credentials, read by systemd
+    offsite_unit: PurePosixPath       # the replication service
+    offsite_state: PurePosixPath      # the replication user's own (0700): Litestream's local state
+    litestream_meta: PurePosixPath
 
     def tls_files(self, mode: str) -> tuple[PurePosixPath, PurePosixPath, PurePosixPath]:
         """(full chain, chain without the leaf, private key) nginx uses in this TLS mode."""
@@ -288,11 +297,17 @@ class Profile:
     pip: PipSettings = field(default_factory=PipSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    offsite: OffsiteSettings = field(default_factory=OffsiteSettings)
     # Where the settings came from, for messages; not a YAML key.
     source: str = field(default="built-in defaults", metadata={"internal": True})
     host: str = field(default="", metadata={"internal": True})
     # The address behind the alias (ssh_config HostName), once connected.
     address: str = field(default="", metadata={"internal": True})
+
+    @property
+    def offsite_user(self) -> str:
+        """The replication user: in the service user's group, never the service user (see tasks.core.offsite)."""
+        return offsite_user(self.service.user)
 
     @property
     def config_file(self) -> str:
@@ -361,6 +376,13 @@ class Profile:
             acme_renewal=PurePosixPath("/etc/letsencrypt/renewal") / f"{name}.conf",
             acme_webroot=PurePosixPath("/var/www") / f"{name}-acme",
             acme_deploy_hook=PurePosixPath("/etc/letsencrypt/renewal-hooks/deploy") / f"{name}-nginx",
+            offsite_venv=app / "offsite",
+            litestream_bin=app / "offsite" / "bin" / "litestream",
+            litestream_config=app / f"{name}-litestream.yml",
+            offsite_env=app / f"{name}-offsite.env",
+            offsite_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite.service",
+            offsite_state=PurePosixPath("/var/lib") / f"{name}-offsite",
+            litestream_meta=PurePosixPath("/var/lib") / f"{name}-offsite" / "litestream",
         )
 
     def release_dir(self, version: str) -> PurePosixPath:
@@ -433,6 +455,11 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
     problem = database_problem(values.database, values.service.manager)
     if problem:
         raise ProfileError(f"{_where(source, lines, ('database', 'engine'))}: {problem}")
+    problem = offsite_problem(values.offsite, service_manager=values.service.manager, engine=values.database.engine,
+                              data_dir=values.paths.data_dir, app_dir=values.paths.app_dir,
+                              service_user=values.service.user)
+    if problem:
+        raise ProfileError(f"{_where(source, lines, ('offsite', problem[0]))}: {problem[1]}")
     for key, problem in _combination_problems(values):
         raise ProfileError(f"{_where(source, lines, key)}: {problem}")
     return dataclasses.replace(values, source=source, host=host)

@@ -11,6 +11,7 @@ import jinja2
 
 from tasks.core.database import label_studio_env
 from tasks.core.errors import ProfileError
+from tasks.core.offsite import litestream_config as litestream_yaml
 from tasks.core.onserver import app_server, prepare_database
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
@@ -78,6 +79,7 @@ def context(profile: Profile, *, ipv6: bool = False) -> dict:
         "database": profile.database,
         "database_env": label_studio_env(profile.database, str(profile.remote.database_ca)),
         "database_described": profile.database.describe(),
+        "offsite": profile.offsite,
     }
 
 
@@ -120,6 +122,23 @@ def prepare_database_script(profile: Profile) -> RenderedFile:
     """tasks/core/onserver/prepare_database.py, run before each start of the app server."""
     return RenderedFile(profile.remote.prepare_database,
                         f"# {MANAGED} (`fab provision`).\n" + PREPARE_DATABASE_SOURCE, "0644", "root", "root")
+
+
+def offsite_unit(profile: Profile) -> RenderedFile:
+    """The replication service (Litestream), part of Label Studio's unit; profile.offsite must be on."""
+    target = profile.offsite.parsed
+    assert target is not None
+    content = render("systemd/offsite.service.j2", **context(profile), target=target.describe(),
+                     offsite_user=profile.offsite_user, credentials=profile.offsite.needs_credentials,
+                     target_path=target.path if target.kind == "path" else None)
+    return RenderedFile(profile.remote.offsite_unit, content, "0644", "root", "root")
+
+
+def litestream_config(profile: Profile) -> RenderedFile:
+    """Litestream's settings (no secret in them); profile.offsite must be on."""
+    p = profile.remote
+    return RenderedFile(p.litestream_config, litestream_yaml(profile.offsite, p.database, p.litestream_meta),
+                        "0644", "root", "root")
 
 
 def database_ca(profile: Profile) -> RenderedFile | None:

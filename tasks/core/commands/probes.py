@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from tasks.core.commands import as_service_user, dbcheck, join, lines, postgres, q, secret_key
+from tasks.core.commands import as_service_user, dbcheck, join, lines, offsite, postgres, q, secret_key
 from tasks.core.commands.instances import detect
 from tasks.core.commands.provision import ALL_PACKAGES, RELEASE_COMPLETE
 from tasks.core.commands.service import health_probe, screen_probe
@@ -104,6 +104,7 @@ def status_probe(profile: Profile) -> str:
         f"echo \"check=$({dbcheck.read_every_table(profile)} 2>/dev/null | tail -n 1)\"; fi;; esac",
         *served_certificate(profile),
         *postgres.status_lines(profile),
+        *([offsite.report(profile)] if profile.offsite.enabled else []),
         "echo '[instances]'",
         detect(profile),
     )
@@ -141,7 +142,8 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
     p = profile.remote
     return {"env_file": p.env_file, "unit_file": p.unit_file, "screen_launcher": p.screen_launcher,
             "gunicorn_conf": p.gunicorn_conf, "prepare_database": p.prepare_database,
-            "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca}
+            "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca,
+            "litestream_config": p.litestream_config, "offsite_unit": p.offsite_unit}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
@@ -196,6 +198,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         detect(profile),
         *tls_probe(profile),
         *postgres.probe(profile, admin_email),
+        *offsite.probe(profile),
     )
 
 

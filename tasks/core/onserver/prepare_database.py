@@ -6,6 +6,10 @@ database's shape, so the app server's workers never migrate.
   readers. Set while nothing else has the database open (the service is stopped), so it cannot be refused.
 - the release's migrations, once: on PostgreSQL under Label Studio's own `locked_migrate` (an advisory
   lock): two app servers starting together never apply one twice; SQLite's own write lock does that there.
+- with `--share-with-group` (the profile's offsite: section is on): the SQLite database and its -wal and
+  -shm files group-writable (0660), whoever made them and however (a restore, a first migration): the
+  replication user reads and checkpoints the database through the service user's group. SQLite gives a
+  new -wal or -shm file the database's mode.
 
 Prints what it did, one line each. Standard library at the top (Django comes from the release).
 Installed by `fab provision` as <app_dir>/prepare-database.py.
@@ -35,6 +39,22 @@ def wal_mode(connection) -> str:
     if after.lower() != "wal":
         return f"SQLite stays in {after} mode (WAL was refused)"
     return f"SQLite switched from {before} to WAL mode"
+
+
+SHARED_MODE = 0o660
+
+
+def share_with_group(database: str) -> str:
+    changed = []
+    for path in (database, database + "-wal", database + "-shm"):
+        try:
+            if os.stat(path).st_mode & 0o777 != SHARED_MODE:
+                os.chmod(path, SHARED_MODE)
+                changed.append(os.path.basename(path))
+        except FileNotFoundError:
+            continue
+    return f"made {', '.join(changed)} group-writable (offsite replication)" if changed else \
+        "the database is group-writable (offsite replication)"
 
 
 def pending(connection) -> list[str]:
@@ -71,5 +91,15 @@ def main() -> int:
     return 1 if left else 0
 
 
+def main_with_options(argv: list[str]) -> int:
+    status = main()
+    if status == 0 and "--share-with-group" in argv:
+        from django.db import connection
+
+        if connection.vendor == "sqlite":
+            print(share_with_group(str(connection.settings_dict["NAME"])), flush=True)
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_with_options(sys.argv[1:]))

@@ -154,6 +154,8 @@ class HostStatus:
     database_check: str | None = None    # the release's read of every table: None when it read them, else why
     app_server: parse.AppServer = parse.AppServer()
     app_server_version: str | None = None
+    offsite_unit: UnitState = UnitState()          # the replication service (offsite on)
+    offsite_report: tuple[tuple[str, str], ...] = ()   # commands.offsite.report's key=value lines
 
     @property
     def provisioned(self) -> bool:
@@ -204,6 +206,8 @@ def status_from_probe(text: str) -> HostStatus:
         postgres_version=s.get("postgres", {}).get("version", ""),
         env_file=_decoded(i.get("env_file", "-")),
         database_check=parse.database_problem(s.get("database", {}).get("check", "")),
+        offsite_unit=UnitState.from_show(s.get("offsite_unit", {})),
+        offsite_report=tuple(s.get("offsite_report", {}).items()),
     )
 
 
@@ -241,6 +245,31 @@ class PostgresFacts:
         return cls(version=v.get("version", ""), conf=_decoded(v.get("conf") or "-"), hba=v.get("hba") == "yes",
                    active=v.get("active") == "active", role=v.get("role") == "1", database=v.get("db") == "1",
                    secret_meta=v.get("secret_meta", ""), login=v.get("login") == "yes")
+
+
+@dataclass(frozen=True)
+class OffsiteFacts:
+    """Offsite replication as the server has it (read whether the profile wants it or not)."""
+
+    user: bool = False
+    groups: tuple[str, ...] = ()
+    state_meta: str = ""         # owner:group:mode, "" when missing
+    database_meta: str = ""
+    credentials_meta: str = ""
+    credentials_sha256: str = ""
+    target_meta: str = ""        # a path target's
+    litestream: str = ""         # `litestream version` of the installed venv ("v0.5.17"), "" when missing
+    unit: UnitState = UnitState()
+
+    @classmethod
+    def from_blocks(cls, b: dict[str, list[str]]) -> "OffsiteFacts":
+        v = parse.key_values(b.get("offsite", []))
+        return cls(user=v.get("user") == "yes", groups=tuple(v.get("groups", "").split()),
+                   state_meta=v.get("state_meta", ""), database_meta=v.get("database_meta", ""),
+                   credentials_meta=v.get("credentials_meta", ""),
+                   credentials_sha256=v.get("credentials_sha256", ""), target_meta=v.get("target_meta", ""),
+                   litestream=v.get("litestream", "").strip(),
+                   unit=UnitState.from_show(parse.key_values(b.get("offsite_unit", []))))
 
 
 @dataclass(frozen=True)
@@ -287,6 +316,7 @@ class ProvisionFacts:
     client_ip: str | None = None      # where this SSH session comes from, as the server sees it
     tls: TlsFacts = TlsFacts()
     postgres: PostgresFacts = PostgresFacts()
+    offsite: OffsiteFacts = OffsiteFacts()
 
 
 def provision_facts_from_probe(text: str) -> ProvisionFacts:
@@ -334,6 +364,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         neighbours=Neighbours.from_probe(b.get("instances", [])),
         tls=tls_facts(b),
         postgres=PostgresFacts.from_block(b.get("postgres", [])),
+        offsite=OffsiteFacts.from_blocks(b),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Iterable, Union
 from tasks.core import ui
 from tasks.core.commands import empty_private_file
 from tasks.core.commands import install_file as install_file_command
+from tasks.core.commands import offsite as offsite_commands
 from tasks.core.commands import postgres as postgres_commands
 from tasks.core.commands.provision import apply_nginx_site, ensure_admin
 from tasks.core.commands.tls import (
@@ -120,8 +121,17 @@ class StoreDatabasePassword:
     password: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class StoreOffsiteCredentials:
+    """offsite to S3: the credentials taken from this machine's environment, on the SSH channel's stdin
+    into the root-only file systemd reads for the replication service."""
+
+    profile: Profile
+    content: bytes = field(repr=False)
+
+
 Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth, InstallTlsFiles, ObtainCertificate,
-               StoreDatabasePassword]
+               StoreDatabasePassword, StoreOffsiteCredentials]
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,8 @@ def execute(host: Host, change: Change) -> Change:
         obtain_certificate(host, action)
     elif isinstance(action, StoreDatabasePassword):
         store_database_password(host, action)
+    elif isinstance(action, StoreOffsiteCredentials):
+        store_offsite_credentials(host, action)
     else:  # pragma: no cover - a new Action type without an executor is a bug here
         raise TypeError(f"no executor for {action!r}")
     return change
@@ -254,6 +266,15 @@ def store_database_password(host: Host, action: StoreDatabasePassword) -> None:
         raise RemoteError(f"PostgreSQL at {db.address}:{db.port} refused {db.user} with that password "
                           f"({exc.message.split(': ', 1)[-1]})",
                           hint=f"check database.* in the profile and ${PASSWORD_ENV}") from None
+    finally:
+        channel.close()
+
+
+def store_offsite_credentials(host: Host, action: StoreOffsiteCredentials) -> None:
+    channel = host.root_channel(offsite_commands.store_credentials(action.profile))
+    try:
+        channel.write(action.content)
+        channel.finish("storing the offsite credentials")
     finally:
         channel.close()
 

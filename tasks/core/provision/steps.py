@@ -31,7 +31,7 @@ from tasks.core.commands.provision import (
 from tasks.core.commands.service import HTTPS_PORT, service_manager
 from tasks.core.defaults import APT_TIMEOUT, PIP_TIMEOUT
 from tasks.core.profile import Profile
-from tasks.core.provision import tls_steps
+from tasks.core.provision import offsite_steps, tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.plan import (
     DAEMON_RELOAD_NEEDED,
@@ -63,7 +63,10 @@ def wanted_dirs(profile: Profile) -> list[tuple[PurePosixPath, str, str]]:
     """(path, owner:group:mode as stat prints it, mode for install -d)."""
     user = profile.service.user
     p = profile.remote
-    return [(p.app_dir, "root:root:755", "0755"), (p.data_dir, f"{user}:{user}:750", "0750")]
+    # offsite: the replication user (in the service user's group) makes the database's -wal and -shm
+    # when Label Studio has not; setgid keeps them in that group.
+    data = ("2770", "2770") if profile.offsite.enabled else ("750", "0750")
+    return [(p.app_dir, "root:root:755", "0755"), (p.data_dir, f"{user}:{user}:{data[0]}", data[1])]
 
 
 def ssh_ports(facts: ProvisionFacts) -> list[int]:
@@ -397,7 +400,7 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
 
 def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start: bool = True,
          tls_pair: LocalPair | None = None, eab: Eab | None = None,
-         database_password: str | None = None) -> list[Change]:
+         database_password: str | None = None, offsite_credentials: dict[str, str] | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -413,6 +416,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *tls_steps.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
         *service_definition(facts, profile),
+        *offsite_steps.setup(facts, profile, offsite_credentials),
         *nginx_site(facts, wanted, tls_pair),
         *firewall(facts, wanted),
         *tls_steps.renewal(facts, wanted),
@@ -428,4 +432,5 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         handlers.append(Change("Label Studio answers /health on 127.0.0.1", plan="wait for Label Studio to answer /health",
                                action=WaitForHealth(profile)))
     handlers.append(admin_user(facts, profile, admin))
+    handlers += offsite_steps.running(facts, profile, notified(steps))
     return steps + handlers + tls_steps.obtain(facts, wanted, eab)

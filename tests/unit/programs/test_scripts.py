@@ -11,11 +11,12 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands, render
-from tasks.core.commands import data, dbcheck, instances, probes, provision, swap, tls, upgrade
+from tasks.core.commands import data, dbcheck, instances, offsite, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.profile import parse_profile
-from tasks.core.provision import steps
+from tasks.core.offsite import OffsiteSettings
+from tasks.core.provision import offsite_steps, steps
 from tasks.core.provision.facts import provision_facts_from_probe
 from tasks.core.provision.plan import AdminRequest, Run
 from tests.unit.samples import DATA, EMAIL, HOSTILE, PROFILES
@@ -72,6 +73,27 @@ def scripts_of(profile) -> dict[str, str]:
     })
     found.update(tls_scripts(profile))
     found.update(data_scripts(profile))
+    found.update(offsite_scripts(profile))
+    return found
+
+
+OFFSITE_TARGETS = ("/mnt/-off.site/x_y", "s3://-bucket.x/-pre/fix")
+
+
+def offsite_scripts(profile) -> dict[str, str]:
+    """Every offsite script, for a path and an S3 target (set past validation: screen mode refuses offsite)."""
+    found = {}
+    for target in OFFSITE_TARGETS:
+        p = dataclasses.replace(profile, offsite=OffsiteSettings(target=target, s3_endpoint="http://-x:9000"))
+        found.update({
+            f"{target} provision probe": probes.provision_probe(p, EMAIL),
+            f"{target} offsite user": offsite.create_user(p),
+            f"{target} leave group": offsite.leave_service_group(p),
+            f"{target} install litestream": offsite.install_litestream(p),
+            f"{target} store credentials": offsite.store_credentials(p),
+            f"{target} report": offsite.report(p),
+            f"{target} shared database": offsite_steps.shared_database(p),
+        })
     return found
 
 
@@ -158,12 +180,14 @@ def data_scripts(profile) -> dict[str, str]:
 def plan_scripts(profile) -> dict[str, str]:
     """Every Run action of the plans for a bare and a provisioned host, with and without an admin."""
     found = {}
+    with_offsite = dataclasses.replace(profile, offsite=OffsiteSettings(target=OFFSITE_TARGETS[0]))
     for name in ("bare", "provisioned"):
         facts = provision_facts_from_probe((DATA / f"provision_probe_{name}.txt").read_text())
         for admin in (AdminRequest(EMAIL), AdminRequest(EMAIL, "pw", reset=True)):
-            for change in steps.plan(facts, profile, admin):
-                if isinstance(change.action, Run):
-                    found[f"{name}: {change.plan or change.what}"] = change.action.script
+            for variant, p in (("", profile), ("offsite, ", with_offsite)):
+                for change in steps.plan(facts, p, admin):
+                    if isinstance(change.action, Run):
+                        found[f"{variant}{name}: {change.plan or change.what}"] = change.action.script
     return found
 
 

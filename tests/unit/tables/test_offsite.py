@@ -1,0 +1,284 @@
+"""The `offsite:` profile section and the pure replication parts: the target and its checks, the
+combinations the rest of the profile forbids, Litestream's configuration, the credentials' lines, and
+Litestream's listings read back."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import PurePosixPath
+
+import pytest
+import yaml
+
+from tasks.core import offsite, render
+from tasks.core.commands.service import UnitState
+from tasks.core.errors import ProfileError
+from tasks.core.offsite import OffsiteSettings
+from tasks.core.profile import parse_profile
+from tasks.core.provision import steps
+from tasks.core.provision.facts import OffsiteFacts
+from tasks.core.provision.plan import AdminRequest, StoreOffsiteCredentials
+from tests.unit.samples import PROFILE
+
+S3 = parse_profile("offsite:\n  target: s3://lsvm-backups/team-a/vm1\n  s3_endpoint: http://127.0.0.1:9000\n",
+                   host="vm")
+PATH = parse_profile("offsite:\n  target: /mnt/backup/label-studio/\n  retention_hours: 72\n", host="vm")
+
+
+def test_off_by_default_and_nothing_is_derived():
+    profile = parse_profile("", host="vm")
+    assert not profile.offsite.enabled and profile.offsite.parsed is None
+    assert not profile.offsite.needs_credentials
+
+
+@pytest.mark.parametrize("value, kind, where", [
+    ("/mnt/backup/label-studio/", "path", "/mnt/backup/label-studio"),
+    ("/srv/offsite", "path", "/srv/offsite"),
+    ("s3://bucket-1", "s3", "s3://bucket-1"),
+    ("s3://lsvm.backups/a/b/", "s3", "s3://lsvm.backups/a/b"),
+])
+def test_targets_parse(value, kind, where):
+    assert offsite.target_problem(value) is None
+    target = offsite.parse_target(value)
+    assert target.kind == kind and target.describe() == where
+
+
+@pytest.mark.parametrize("value, words", [
+    ("relative/dir", "absolute path"),
+    ("/mnt/with space", "absolute path"),
+    ("/mnt/../etc", "absolute path"),
+    ("/", "absolute path"),
+    ("s3://UPPER", "bucket name"),
+    ("s3://ab", "bucket name"),
+    ("s3://bucket/a b", "key prefix"),
+    ("s3://bucket/$(id)", "key prefix"),
+    ("sftp://user@host/path", "not supported"),
+    ("gs://bucket", "not supported"),
+])
+def test_bad_targets_are_refused_in_words(value, words):
+    assert words in offsite.target_problem(value)
+    with pytest.raises(ProfileError, match=r"vm\.yaml:2: 'offsite\.target' "):
+        parse_profile(f"offsite:\n  target: '{value}'\n", source="vm.yaml")
+
+
+def test_each_kind_of_copy_gets_a_place_of_its_own_on_the_target():
+    assert PATH.offsite.parsed.under("litestream") == "/mnt/backup/label-studio/litestream"
+    assert S3.offsite.parsed.under("litestream") == "team-a/vm1/litestream"
+    assert offsite.parse_target("s3://bucket").under("litestream") == "litestream"
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("offsite:\n  s3_endpoint: http://127.0.0.1:9000\n", "s3_endpoint", "offsite.target is not"),
+    ("service:\n  manager: screen\noffsite:\n  target: /mnt/b\n", "target", "needs service.manager systemd"),
+    ("database:\n  engine: postgresql\noffsite:\n  target: /mnt/b\n", "target", "covers SQLite for now"),
+    ("offsite:\n  target: /var/lib/label-studio/copies\n", "target", "apart from paths.data_dir"),
+    ("offsite:\n  target: /var/lib\n", "target", "apart from paths.data_dir"),
+    ("offsite:\n  target: /opt/label-studio\n", "target", "apart from paths.app_dir"),
+    ("service:\n  user: a-very-long-service-user-name-x\noffsite:\n  target: /mnt/b\n", "target", "longer than 32"),
+    ("offsite:\n  target: /mnt/b\n  retention_hours: 0\n", "retention_hours", "1 to 8784 hours"),
+    ("offsite:\n  target: s3://bucket\n  s3_endpoint: ftp://x\n", "s3_endpoint", "base URL"),
+    ("offsite:\n  target: s3://bucket\n  s3_region: 'US East'\n", "s3_region", "region name"),
+])
+def test_combinations_the_rest_of_the_profile_forbids(text, key, words):
+    with pytest.raises(ProfileError) as caught:
+        parse_profile(text, source="vm.yaml")
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.strip().startswith(f"{key}:"))
+    assert caught.value.message.startswith(f"vm.yaml:{line}: ")
+    assert words in caught.value.message
+
+
+def test_the_replication_user_is_the_service_users_own_and_never_the_service_user():
+    profile = parse_profile("service:\n  user: ls\noffsite:\n  target: /mnt/b\n")
+    assert profile.offsite_user == "ls-offsite" != profile.service.user
+    paths = profile.remote
+    # Root's: the venv, the config and the credentials; the replication user's: its state, outside the data dir.
+    for path in (paths.offsite_venv, paths.litestream_config, paths.offsite_env):
+        assert paths.app_dir in path.parents
+    assert paths.data_dir not in paths.litestream_meta.parents
+    assert paths.offsite_state in paths.litestream_meta.parents
+
+
+def test_litestream_config_for_a_path_target():
+    paths = PATH.remote
+    config = yaml.safe_load(offsite.litestream_config(PATH.offsite, paths.database, paths.litestream_meta))
+    assert config == {
+        "snapshot": {"interval": "24h", "retention": "72h"},
+        "dbs": [{"path": "/var/lib/label-studio/label_studio.sqlite3",
+                 "meta-path": "/var/lib/label-studio-offsite/litestream",
+                 "replica": {"sync-interval": "1s", "type": "file", "path": "/mnt/backup/label-studio/litestream"}}],
+    }
+
+
+def test_litestream_config_for_an_s3_compatible_target_holds_no_secret():
+    paths = S3.remote
+    text = offsite.litestream_config(S3.offsite, paths.database, paths.litestream_meta)
+    replica = yaml.safe_load(text)["dbs"][0]["replica"]
+    assert replica == {"sync-interval": "1s", "type": "s3", "bucket": "lsvm-backups", "path": "team-a/vm1/litestream",
+                       "region": "us-east-1", "endpoint": "http://127.0.0.1:9000", "force-path-style": True}
+    assert "key" not in text.lower().replace("# managed", "")
+    aws = parse_profile("offsite:\n  target: s3://bucket/p\n  s3_region: eu-west-1\n")
+    replica = yaml.safe_load(offsite.litestream_config(aws.offsite, paths.database, paths.litestream_meta))["dbs"][0]["replica"]
+    assert "endpoint" not in replica and replica["region"] == "eu-west-1"
+
+
+@pytest.mark.parametrize("values, words", [
+    ({}, "$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY must be set"),
+    ({"AWS_ACCESS_KEY_ID": "AKIA123"}, "$AWS_SECRET_ACCESS_KEY must be set"),
+    ({"AWS_ACCESS_KEY_ID": "AKIA 123", "AWS_SECRET_ACCESS_KEY": "s"}, "$AWS_ACCESS_KEY_ID has characters"),
+    ({"AWS_ACCESS_KEY_ID": "AKIA123", "AWS_SECRET_ACCESS_KEY": "a$b`c"}, "$AWS_SECRET_ACCESS_KEY has characters"),
+])
+def test_credentials_are_checked_before_they_leave(values, words):
+    assert words in offsite.credentials_problem(values)
+
+
+def test_credentials_file_is_two_env_lines():
+    values = {"AWS_ACCESS_KEY_ID": "AKIA123", "AWS_SECRET_ACCESS_KEY": "abc/DEF+ghi="}
+    assert offsite.credentials_problem(values) is None
+    assert offsite.credentials_file(values) == b"AWS_ACCESS_KEY_ID=AKIA123\nAWS_SECRET_ACCESS_KEY=abc/DEF+ghi=\n"
+
+
+def test_restore_points_from_litestreams_listing():
+    listing = json.dumps([
+        {"level": 0, "min_txid": "0000000000000005", "max_txid": "0000000000000005", "size": 4096,
+         "timestamp": "2026-12-03T07:00:05Z"},
+        {"level": 1, "min_txid": "0000000000000001", "max_txid": "0000000000000004", "size": 10000,
+         "timestamp": "2026-12-03T06:59:00Z"},
+        {"level": 9, "min_txid": "0000000000000001", "max_txid": "000000000000001a", "size": 90000,
+         "timestamp": "2026-12-02T07:00:00Z"},
+    ])
+    points = offsite.parse_ltx_listing(listing)
+    assert (points.files, points.size, points.max_txid) == (3, 104096, 26)
+    assert points.describe() == ("2026-12-02 07:00:00 UTC to 2026-12-03 07:00:05 UTC, 3 files, 101.7 KiB "
+                                 "on the target")
+    assert offsite.parse_ltx_listing("[]").describe() == "no restore point yet"
+    with pytest.raises(ValueError):
+        offsite.parse_ltx_listing("")
+
+
+def test_local_position_from_litestreams_status():
+    status = json.dumps([{"database": "/var/lib/label-studio/label_studio.sqlite3", "status": "ok",
+                          "local_txid": "00000000000000ff", "wal_size": "4.1 MB"}])
+    assert offsite.parse_local_txid(status, "/var/lib/label-studio/label_studio.sqlite3") == 255
+    assert offsite.parse_local_txid(status, "/other.sqlite3") is None
+    not_yet = json.dumps([{"database": "/d", "status": "not initialized", "local_txid": "-", "wal_size": "0 B"}])
+    assert offsite.parse_local_txid(not_yet, "/d") is None
+
+
+def test_remote_paths_are_derived_from_the_service_name():
+    profile = parse_profile("service:\n  name: ls2\noffsite:\n  target: /mnt/b\n")
+    assert profile.remote.offsite_unit == PurePosixPath("/etc/systemd/system/ls2-offsite.service")
+    assert profile.remote.litestream_config == PurePosixPath("/opt/label-studio/ls2-litestream.yml")
+
+
+# ------------------------------------------------------------------------------------------------
+# Provision's offsite steps, as data
+
+
+EMAIL = "admin@example.com"
+LIVE = dataclasses.replace(PROFILE, offsite=OffsiteSettings(target="/mnt/backup/ls"))
+LIVE_S3 = dataclasses.replace(PROFILE, offsite=OffsiteSettings(target="s3://bucket/p", s3_endpoint="http://10.0.0.5:9000"))
+KEYS = {"AWS_ACCESS_KEY_ID": "AKIA123", "AWS_SECRET_ACCESS_KEY": "abc/DEF+ghi="}
+
+
+def changed(changes) -> list[str]:
+    return [c.what for c in changes if c.changed]
+
+
+def replicating(facts, profile):
+    """`facts` as a provision with `profile` leaves the server."""
+    user, group = profile.offsite_user, profile.service.user
+    content = offsite.credentials_file(KEYS)
+    return dataclasses.replace(
+        facts, data_dir_meta=f"{group}:{group}:2770",
+        files={**facts.files, "unit_file": render.unit_file(profile).content,
+               "litestream_config": render.litestream_config(profile).content,
+               "offsite_unit": render.offsite_unit(profile).content},
+        offsite=OffsiteFacts(user=True, groups=(user, group), state_meta=f"{user}:{user}:700",
+                             database_meta=f"{group}:{group}:660",
+                             credentials_meta="root:root:600" if profile.offsite.needs_credentials else "",
+                             credentials_sha256=hashlib.sha256(content).hexdigest(), target_meta=f"{user}:{user}:700",
+                             litestream=f"v{offsite.LITESTREAM_VERSION}",
+                             unit=UnitState("loaded", "active", "running", "enabled")))
+
+
+def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(provisioned):
+    changes = steps.plan(provisioned, LIVE, AdminRequest(EMAIL))
+    assert changed(changes) == [
+        "/var/lib/label-studio set to labelstudio:labelstudio:2770 (was labelstudio:labelstudio:750)",
+        "updated systemd unit /etc/systemd/system/label-studio.service",
+        "replication user labelstudio-offsite ready, in group labelstudio",
+        "/var/lib/label-studio-offsite (its state) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
+        "/mnt/backup/ls (the target) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
+        f"made the database group-writable for labelstudio-offsite (was {provisioned.offsite.database_meta})",
+        f"installed Litestream v{offsite.LITESTREAM_VERSION}",
+        "created Litestream settings /opt/label-studio/label-studio-litestream.yml",
+        "created replication unit /etc/systemd/system/label-studio-offsite.service",
+        "reloaded systemd (the unit file changed)",
+        "restarted label-studio.service (its settings changed)",
+        "enabled label-studio-offsite.service (it starts with Label Studio)",
+        "started label-studio-offsite.service: the database streams to /mnt/backup/ls",
+    ]
+    # The prepare step makes the database group-writable at each start; the unit says so.
+    assert "--share-with-group" in render.unit_file(LIVE).content
+    assert "--share-with-group" not in render.unit_file(PROFILE).content
+
+
+def test_a_replicating_host_plans_nothing(provisioned):
+    for profile in (LIVE, LIVE_S3):
+        assert changed(steps.plan(replicating(provisioned, profile), profile, AdminRequest(EMAIL))) == []
+        # The same credentials given again change nothing either (compared by hash, never read back).
+        assert changed(steps.plan(replicating(provisioned, profile), profile, AdminRequest(EMAIL),
+                                  offsite_credentials=KEYS)) == []
+
+
+def test_new_credentials_replace_the_stored_ones_and_restart_the_replication(provisioned):
+    facts = replicating(provisioned, LIVE_S3)
+    other = {**KEYS, "AWS_SECRET_ACCESS_KEY": "rotated"}
+    changes = steps.plan(facts, LIVE_S3, AdminRequest(EMAIL), offsite_credentials=other)
+    assert changed(changes) == [
+        "replaced the target's credentials in /opt/label-studio/label-studio-offsite.env (root, 0600)",
+        "restarted label-studio-offsite.service: the database streams to s3://bucket/p",
+    ]
+    store = next(c.action for c in changes if isinstance(c.action, StoreOffsiteCredentials))
+    assert store.content == b"AWS_ACCESS_KEY_ID=AKIA123\nAWS_SECRET_ACCESS_KEY=rotated\n"
+    assert "rotated" not in repr(store)   # never in a log line or a traceback
+
+
+def test_a_changed_target_restarts_only_the_replication(provisioned):
+    facts = replicating(provisioned, LIVE)
+    facts = dataclasses.replace(facts, offsite=dataclasses.replace(facts.offsite, target_meta=""))  # the probe reads the new one
+    moved = dataclasses.replace(PROFILE, offsite=OffsiteSettings(target="/mnt/other"))
+    assert changed(steps.plan(facts, moved, AdminRequest(EMAIL))) == [
+        "/mnt/other (the target) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
+        "updated Litestream settings /opt/label-studio/label-studio-litestream.yml",
+        "updated replication unit /etc/systemd/system/label-studio-offsite.service",
+        "reloaded systemd (the unit file changed)",
+        "restarted label-studio-offsite.service: the database streams to /mnt/other",
+    ]
+
+
+def test_turning_offsite_off_stops_it_and_keeps_the_copies(provisioned):
+    facts = replicating(provisioned, LIVE)
+    changes = steps.plan(facts, PROFILE, AdminRequest(EMAIL))
+    assert changed(changes) == [
+        "/var/lib/label-studio set to labelstudio:labelstudio:750 (was labelstudio:labelstudio:2770)",
+        "updated systemd unit /etc/systemd/system/label-studio.service",
+        "stopped the offsite replication (label-studio-offsite.service); the copies on its target stay",
+        "labelstudio-offsite left group labelstudio",
+        "reloaded systemd (the unit file changed)",
+        "restarted label-studio.service (its settings changed)",
+    ]
+    stop = next(c.action.script for c in changes if c.what.startswith("stopped the offsite"))
+    assert "/mnt/backup" not in stop and "rm -rf" not in stop
+
+
+def test_the_plan_of_a_provisioned_host_never_mentions_offsite_when_it_is_off(provisioned):
+    assert not [c.what for c in steps.plan(provisioned, PROFILE, AdminRequest(EMAIL)) if "offsite" in c.what
+                or "replication" in c.what or "Litestream" in c.what]
+
+
+def test_s3_without_credentials_anywhere_is_a_warning_in_the_plan_of_adopt(provisioned):
+    changes = steps.plan(provisioned, LIVE_S3, AdminRequest(None), start=False)
+    assert any(c.what.startswith("WARNING no credentials for s3://bucket/p") for c in changes)
