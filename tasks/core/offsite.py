@@ -259,7 +259,8 @@ class Replication:
             return self.problem
         if self.points is None or not self.points.files:
             return "nothing on the target yet"
-        lag = f"{self.behind} transaction(s) not on the target yet" if self.behind else "the target holds every transaction"
+        lag = (f"{self.behind} transaction(s) read from the database not on the target yet" if self.behind
+               else "the target holds every transaction Litestream has read (it reads about once a second)")
         return f"{lag}; newest point {_when(self.points.newest)}"
 
 

@@ -1,8 +1,10 @@
 """The production shape: gunicorn's master and workers on Label Studio's port, migrations as their own step,
 SQLite in WAL mode (and every data task still right with it), static files from nginx.
 
-One VM per Debian release (a clone of the freshly provisioned one); the tests run in file order and each
-leaves it serving."""
+One VM (a clone of the freshly provisioned one) on one Debian release: every other module starts the same
+app server on both releases, and what this one looks at (workers, WAL, reloads, static files) is
+gunicorn's and SQLite's, not the system's (CI time). The tests run in file order and each leaves it
+serving."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST
 DB = "/var/lib/label-studio/label_studio.sqlite3"
 CONF = "/opt/label-studio/label-studio-gunicorn.conf.py"
 AS_SERVICE = "runuser -u labelstudio -- "
+
+pytestmark = pytest.mark.one_release("bookworm")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +190,6 @@ def test_a_reload_replaces_the_workers_without_a_failed_request(app):
     assert int(sh(app, "systemctl show -p NRestarts --value label-studio").strip()) == 0
 
 
-@pytest.mark.one_release("bookworm")
 def test_a_backup_under_a_steady_writer_holds_every_row_committed_before_it(app, tmp_path):
     """WAL mode, a writer committing row after row the whole time: the snapshot passes integrity_check,
     holds every row committed before the backup began (and no gap), and restores onto the server."""
@@ -236,7 +239,6 @@ def test_a_backup_under_a_steady_writer_holds_every_row_committed_before_it(app,
     sql(app, "drop table lsvm_writer")
 
 
-@pytest.mark.one_release("trixie")
 def test_a_wal_database_with_commits_only_in_its_wal_is_pushed_whole(app, tmp_path):
     """The reverse direction: a local database in WAL mode whose newest commits are still in its -wal
     (a local Label Studio killed, or running) is pushed with every commit."""
@@ -287,7 +289,6 @@ while True:
 """
 
 
-@pytest.mark.one_release("bookworm")
 def test_a_redis_answering_on_6379_is_named_and_gets_no_job(app):
     """Label Studio's settings look for Redis on localhost:6379. With something answering there, provision
     says where the background jobs run, and a bulk delete (a job Label Studio would queue) still happens."""

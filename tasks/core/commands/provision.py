@@ -38,7 +38,11 @@ def create_service_user(profile: Profile) -> str:
 
 
 def make_dir(path: PurePosixPath, owner: str, group: str, mode: str) -> str:
-    return join("install", "-d", "-m", mode, "-o", owner, "-g", group, path)
+    made = join("install", "-d", "-m", mode, "-o", owner, "-g", group, path)
+    if int(mode, 8) & 0o2000:
+        return made
+    # install (like chmod) keeps a directory's setgid bit under a numeric mode: cleared in words.
+    return f"{made} && chmod g-s {q(path)}"
 
 
 def set_owner_and_mode(path: PurePosixPath, owner: str, group: str, mode: str) -> str:

@@ -258,7 +258,7 @@ class OffsiteFacts:
     credentials_meta: str = ""
     credentials_sha256: str = ""
     target_meta: str = ""        # a path target's
-    litestream: str = ""         # `litestream version` of the installed venv ("v0.5.17"), "" when missing
+    litestream: str = ""         # `litestream version` of the installed venv ("0.5.17"), "" when missing
     unit: UnitState = UnitState()
 
     @classmethod

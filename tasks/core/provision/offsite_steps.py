@@ -68,8 +68,8 @@ def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] |
         changes.append(Change(f"made the database group-writable for {user} (was {off.database_meta})", True,
                               plan=f"make the database group-writable for {user} (is {off.database_meta})",
                               action=Run(shared_database(profile), "chmod of the database")))
-    wanted_version = f"v{LITESTREAM_VERSION}"
-    if off.litestream == wanted_version:
+    wanted_version = LITESTREAM_VERSION
+    if off.litestream.removeprefix("v") == wanted_version:
         changes.append(Change(f"Litestream {wanted_version} is installed ({profile.remote.offsite_venv})"))
     else:
         was = f" (was {off.litestream})" if off.litestream else ""

@@ -199,7 +199,7 @@ def replicating(facts, profile):
                              database_meta=f"{group}:{group}:660",
                              credentials_meta="root:root:600" if profile.offsite.needs_credentials else "",
                              credentials_sha256=hashlib.sha256(content).hexdigest(), target_meta=f"{user}:{user}:700",
-                             litestream=f"v{offsite.LITESTREAM_VERSION}",
+                             litestream=offsite.LITESTREAM_VERSION,
                              unit=UnitState("loaded", "active", "running", "enabled")))
 
 
@@ -212,7 +212,7 @@ def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(p
         "/var/lib/label-studio-offsite (its state) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
         "/mnt/backup/ls (the target) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
         f"made the database group-writable for labelstudio-offsite (was {provisioned.offsite.database_meta})",
-        f"installed Litestream v{offsite.LITESTREAM_VERSION}",
+        f"installed Litestream {offsite.LITESTREAM_VERSION}",
         "created Litestream settings /opt/label-studio/label-studio-litestream.yml",
         "created replication unit /etc/systemd/system/label-studio-offsite.service",
         "reloaded systemd (the unit file changed)",
