@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from tasks.core.commands import join, q
-from tasks.core.commands.provision import index_options, pip_options
+from tasks.core.commands.provision import create_system_user, index_options, pip_options
 from tasks.core.offsite import LITESTREAM_PACKAGE
 from tasks.core.profile import Profile
 
@@ -22,8 +22,7 @@ def create_user(profile: Profile) -> str:
     """The replication user (a system user with no login and no home of its own making), then a member
     of the service user's group."""
     user = profile.offsite_user
-    return (f"{{ id -u {q(user)} >/dev/null 2>&1 || "
-            f"{join('useradd', '--system', '--user-group', '--home-dir', profile.remote.offsite_state, '--no-create-home', '--shell', '/usr/sbin/nologin', user)}; }} && "
+    return (f"{{ id -u {q(user)} >/dev/null 2>&1 || {create_system_user(user, profile.remote.offsite_state)}; }} && "
             f"{join('usermod', '--append', '--groups', profile.service.user, user)}")
 
 

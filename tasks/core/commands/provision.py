@@ -32,9 +32,14 @@ def apt_install(packages: list[str]) -> str:
             f"apt-get install -y -qq --no-install-recommends {join(*packages)}")
 
 
+def create_system_user(name: str, home: PurePosixPath) -> str:
+    """A system user with a group of its own, no login, and a home it does not get made."""
+    return join("useradd", "--system", "--user-group", "--home-dir", home, "--no-create-home",
+                "--shell", "/usr/sbin/nologin", name)
+
+
 def create_service_user(profile: Profile) -> str:
-    return join("useradd", "--system", "--user-group", "--home-dir", profile.remote.data_dir,
-                "--no-create-home", "--shell", "/usr/sbin/nologin", profile.service.user)
+    return create_system_user(profile.service.user, profile.remote.data_dir)
 
 
 def make_dir(path: PurePosixPath, owner: str, group: str, mode: str) -> str:
