@@ -106,7 +106,7 @@ def start_clone(image: str, home: Path, extra_ports: tuple[int, ...] = ()) -> Te
 
 
 def provisioned_clone(template: ProvisionedVM, home: Path, name: str,
-                      edits: tuple[tuple[str, str], ...] = ()) -> ProvisionedVM:
+                      edits: tuple[tuple[str, str], ...] = (), env: dict | None = None) -> ProvisionedVM:
     """Another VM as a fresh `fab provision` with the template's profile leaves one (CI time: a fresh
     provision takes minutes): `start_clone` of the template's image, then provisioned from a fab home of
     its own with its own public URL (a real re-provision that changes the configuration and starts the
@@ -117,7 +117,7 @@ def provisioned_clone(template: ProvisionedVM, home: Path, name: str,
         text = template.profile.read_text().replace(template.url, f"http://127.0.0.1:{vm.http_port}")
         for old, new in edits:
             text = text.replace(old, new)
-        machine = _provision(vm, template.suite, home, name, "vm", None, text)
+        machine = _provision(vm, template.suite, home, name, "vm", env, text)
         assert machine.first_run.returncode == 0, machine.first_run.stdout + machine.first_run.stderr
     except BaseException:
         vm.stop()

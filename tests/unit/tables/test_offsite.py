@@ -282,3 +282,22 @@ def test_the_plan_of_a_provisioned_host_never_mentions_offsite_when_it_is_off(pr
 def test_s3_without_credentials_anywhere_is_a_warning_in_the_plan_of_adopt(provisioned):
     changes = steps.plan(provisioned, LIVE_S3, AdminRequest(None), start=False)
     assert any(c.what.startswith("WARNING no credentials for s3://bucket/p") for c in changes)
+
+
+def test_provision_takes_s3_keys_from_the_environment_or_keeps_the_stored_ones(provisioned, monkeypatch):
+    from tasks.core.errors import UsageError
+    from tasks.provision import offsite_credentials_for
+
+    for key in offsite.CREDENTIAL_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    assert offsite_credentials_for(LIVE, provisioned) is None           # a path target needs none
+    with pytest.raises(UsageError, match=r"offsite.target s3://bucket/p: \$AWS_ACCESS_KEY_ID and "
+                                         r"\$AWS_SECRET_ACCESS_KEY must be set.*nothing was changed"):
+        offsite_credentials_for(LIVE_S3, provisioned)                   # none here, none on the server
+    stored = replicating(provisioned, LIVE_S3)
+    assert offsite_credentials_for(LIVE_S3, stored) is None             # the stored ones stay
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA123")
+    with pytest.raises(UsageError, match=r"\$AWS_SECRET_ACCESS_KEY must be set"):
+        offsite_credentials_for(LIVE_S3, stored)                        # half a pair is a mistake, never kept
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "abc/DEF+ghi=")
+    assert offsite_credentials_for(LIVE_S3, stored) == KEYS
