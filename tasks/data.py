@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fabric import task
 from rich.table import Table
 
-from tasks.core import ui
+from tasks.core import offsite, ui
 from tasks.core.data import catalog, engine, local, snapshots
 from tasks.core.data.catalog import LOCAL_HOST, Snapshot, counts_text, report_snapshot
 from tasks.core.database import snapshot_engine
@@ -25,9 +26,11 @@ from tasks.core.edge import (
     profile_for,
     task_edge,
 )
-from tasks.core.errors import SnapshotError, UsageError
+from tasks.core.data.replace import replace_database_from_offsite
+from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile, backups_root
+from tasks.core.replication import read_replication
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
 
@@ -204,15 +207,25 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                         "to move another server's data here",
             "from": "back up the server OTHERHOST now and move that data here (a new VM taking over)",
             "from-config": "OTHERHOST's profile YAML (default configs/OTHERHOST.yaml)",
+            "offsite": "restore the database from the profile's offsite target (its newest point, or --at)",
+            "at": "with --offsite: the database as it was at this time (2026-12-03 07:30, UTC unless an offset "
+                  "is given; `fab offsite` shows how far back the target reaches)",
             "yes": YES_HELP, "dry-run": "check and show what would happen; change nothing",
             "health-timeout": HEALTH_HELP})
 @task_edge
-def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, yes=False, dry_run=False,
-                   health_timeout=SWAP_HEALTH_TIMEOUT):
+def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, offsite=False, at=None, yes=False,
+                   dry_run=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Put a snapshot (DB, .env, media) on the server, its own or another server's, with push's safety."""
+    if offsite:
+        if snapshot or from_:
+            raise UsageError("--offsite restores from the profile's offsite target: give it no --snapshot or --from")
+        _restore_from_offsite(c, config, at, yes=yes, dry_run=dry_run, health_timeout=int(health_timeout))
+        return
+    if at:
+        raise UsageError("--at goes with --offsite (a snapshot is one point in time already)")
     if bool(snapshot) == bool(from_):
         raise UsageError("which data? --snapshot ID (see `fab -H HOST backups`), --snapshot OTHERHOST/ID, "
-                         "or --from OTHERHOST")
+                         "--from OTHERHOST, or --offsite")
     profile, host = open_host(c, config, sudo=True)
     source_host = from_ or catalog.snapshot_host(snapshot, host.alias)
     if source_host == host.alias and from_:
@@ -247,6 +260,44 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
                 "(it is backed up first)", yes)
         _replace_after_backup(host, profile, chosen, chosen.manifest.files, backup=server is not None,
                               label="pre-restore", task_name="restore-server", health_timeout=int(health_timeout))
+
+
+def _restore_from_offsite(c, config: str | None, at: str | None, *, yes: bool, dry_run: bool,
+                          health_timeout: int) -> None:
+    """restore-server --offsite [--at]: the server's database from its offsite target, with push's safety
+    (a snapshot of the server first, the release's read, the swap job with its health gate and rollback)."""
+    profile, host = open_host(c, config, sudo=True)
+    target = profile.offsite.parsed
+    if target is None:
+        raise UsageError(f"no offsite target in {profile.config_file}",
+                         hint="set offsite.target and `fab provision`; until then restore a snapshot (--snapshot)")
+    unit, replication = read_replication(host, profile)
+    if replication.problem or replication.points is None:
+        raise RemoteError(f"the offsite target {target.describe()} cannot be read: "
+                          f"{replication.problem or 'Litestream listed nothing'}; nothing was changed")
+    try:
+        moment = offsite.parse_point(at, datetime.now(timezone.utc)) if at else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    problem = offsite.point_problem(moment or datetime.now(timezone.utc), replication.points)
+    if problem:
+        raise UsageError(f"{problem}; nothing was changed", hint=f"`fab -H {host.alias} offsite` lists what the target holds")
+    server = engine.server_counts(host, profile)
+    point = f"as it was at {offsite.rfc3339(moment)}" if moment else "its newest point"
+    ui.out.print(f"restore {target.describe()} ({point}) -> {host.alias}")
+    ui.out.print(f"  restore points on the target: {replication.points.describe()}")
+    ui.out.print(f"  server now: {counts_text(server)}")
+    ui.out.print("  the database only: .env (SECRET_KEY) and media stay the server's")
+    if dry_run:
+        ui.out.print(f"dry run: the target answers; nothing was changed on {host.alias}")
+        return
+    confirm(f"replace the database on {host.alias} with the offsite copy ({point})? (it is backed up first)", yes)
+    with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "restore-server --offsite"):
+        if server is not None:
+            before = engine.take_server_snapshot(host, profile, label="pre-restore")
+            report_snapshot(before, "server backed up as")
+        replace_database_from_offsite(host, profile, offsite.rfc3339(moment) if moment else None,
+                                      health_timeout=health_timeout)
 
 
 def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:

@@ -5,21 +5,12 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from tasks.core import parse, ui
+from tasks.core import ui
 from tasks.core.commands import offsite as commands
-from tasks.core.commands.service import UnitState
-from tasks.core.connect import Host
 from tasks.core.edge import CONFIG_HELP, open_host, task_edge
 from tasks.core.errors import RemoteError, UsageError
-from tasks.core.offsite import Replication, replication_from, replication_problem
-from tasks.core.profile import Profile
-
-def read_replication(host: Host, profile: Profile) -> tuple[UnitState, Replication]:
-    """The replication unit and what Litestream says of the database and the target (one round trip)."""
-    output = host.run(commands.report(profile), sudo=True, check=False, what="reading the offsite replication")
-    blocks = parse.blocks(output.stdout)
-    unit = UnitState.from_show(parse.key_values(blocks.get("offsite_unit", [])))
-    return unit, replication_from(parse.key_values(blocks.get("offsite_report", [])), str(profile.remote.database))
+from tasks.core.offsite import replication_problem
+from tasks.core.replication import read_replication
 
 
 @task(help={"config": CONFIG_HELP})

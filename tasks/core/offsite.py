@@ -283,6 +283,49 @@ def replication_from(values: dict[str, str], database: str) -> Replication:
     return Replication(local, points, "; ".join(problems))
 
 
+# ------------------------------------------------------------------------------------------------
+# A point in time to restore
+
+
+_POINT_FORMATS = ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M%z")
+
+
+def parse_point(text: str, now: datetime) -> datetime:
+    """`--at`: an ISO date and time (`2026-12-03 07:30`, `2026-12-03T07:30:00Z`, `...+01:00`); without an
+    offset it is UTC (what `fab offsite` prints). ValueError, in words, for anything else or a future time."""
+    value = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?", value):
+        value += "+00:00"
+    value = re.sub(r"([+-]\d{2}):(\d{2})$", r"\1\2", value)
+    for fmt in _POINT_FORMATS:
+        try:
+            moment = datetime.strptime(value, fmt)
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValueError(f"--at {text!r} is not a date and time such as 2026-12-03 07:30 (UTC) or "
+                         "2026-12-03T07:30:00+01:00")
+    if moment > now:
+        raise ValueError(f"--at {text!r} is in the future (now is {_when(now)})")
+    return moment.astimezone(timezone.utc)
+
+
+def rfc3339(moment: datetime) -> str:
+    """What `litestream restore -timestamp` takes."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def point_problem(moment: datetime, points: RestorePoints) -> str | None:
+    """Why the target cannot give the database as it was at `moment`, else None."""
+    if not points.files or points.oldest is None:
+        return "the target holds no restore point yet"
+    if moment < points.oldest:
+        return (f"{_when(moment)} is before the oldest restore point on the target ({_when(points.oldest)}; "
+                "offsite.retention_hours decides how far back they reach)")
+    return None
+
+
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 

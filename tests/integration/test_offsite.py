@@ -14,6 +14,7 @@ import time
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
+from tests.integration.support.labelstudio import api_token, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone
 
 pytestmark = pytest.mark.one_release("trixie")
@@ -86,6 +87,16 @@ def restored_titles(site, source: str = f"-config {CONFIG} {DB}") -> list[str]:
     return titles
 
 
+def on_target(site, condition, timeout: float = 60) -> list[str]:
+    """Poll restores from the target until their project titles meet `condition`."""
+    deadline, titles = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        titles = restored_titles(site)
+        if condition(titles):
+            return titles
+    raise AssertionError(f"the target never held what was wanted within {timeout}s: {titles}")
+
+
 def test_a_project_reaches_the_target_and_comes_back_out_of_it(site):
     client = LabelStudio(site.url)
     assert client.login(ADMIN_EMAIL, ADMIN_PASSWORD)
@@ -93,10 +104,7 @@ def test_a_project_reaches_the_target_and_comes_back_out_of_it(site):
     client.create_project(title)
     # Poll the real signal: a restore from the target holds the project (Litestream reads the database
     # about once a second, then ships what it read).
-    deadline, titles = time.monotonic() + 60, []
-    while time.monotonic() < deadline and title not in titles:
-        titles = restored_titles(site)
-    assert titles == [title]
+    assert on_target(site, lambda titles: title in titles) == [title]
     out = caught_up(site)
     assert TARGET in out and "restore points" in out and "UTC to" in out, out
 
@@ -135,6 +143,47 @@ def test_a_second_provision_changes_nothing(site):
     assert "\n0 changed" in result.stdout, result.stdout
 
 
+def test_a_point_in_time_restore_brings_a_deleted_project_back(site):
+    """Through Label Studio's official SDK, with an API token made before: the project deleted after the
+    chosen time is back, the token still works, and the replication goes on from the restored database."""
+    token = api_token(site)
+    client = LabelStudio(site.url)
+    assert client.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    title = f"deleted, then restored ({site.suite})"
+    project = client.create_project(title)
+    on_target(site, lambda titles: title in titles)
+    # A point after the project reached the target and before the deletion (seconds: what --at takes).
+    moment = sh(site, "date -u +%Y-%m-%dT%H:%M:%SZ").strip()
+    while sh(site, "date -u +%Y-%m-%dT%H:%M:%SZ").strip() == moment:
+        time.sleep(0.1)  # poll interval: the VM's clock moves to the next second (a real signal)
+    assert client.request("DELETE", f"/api/projects/{project}/").status == 204
+    on_target(site, lambda titles: title not in titles)
+    assert title not in sdk_view(site.url, token)["projects"]
+
+    dry = site.fab("restore-server", "--offsite", "--at", moment, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"restore {TARGET} (as it was at {moment}) -> vm" in dry.stdout and "nothing was changed" in dry.stdout
+    result = site.fab("restore-server", "--offsite", "--at", moment, "--yes")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "server backed up as" in out and "integrity_check passed" in out, out
+    assert title in sdk_view(site.url, token)["projects"]
+    # Replication goes on from the restored database: a project made now reaches the target too.
+    after = f"made after the restore ({site.suite})"
+    client = LabelStudio(site.url)
+    assert client.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    client.create_project(after)
+    on_target(site, lambda titles: title in titles and after in titles)
+
+
+def test_a_point_before_the_oldest_is_refused_before_anything_changes(site):
+    before = sh(site, f"sha256sum {DB}")
+    result = site.fab("restore-server", "--offsite", "--at", "2020-01-01 00:00", "--yes")
+    assert result.returncode == 2
+    assert "is before the oldest restore point on the target" in result.stderr, result.stderr
+    assert sh(site, f"sha256sum {DB}") == before
+
+
 def test_turning_offsite_off_stops_it_and_keeps_the_copies(site):
     site.profile.write_text(site.profile.read_text().replace(OFFSITE, ""))
     result = site.fab("provision")
@@ -146,4 +195,4 @@ def test_turning_offsite_off_stops_it_and_keeps_the_copies(site):
     assert "labelstudio" not in sh(site, f"id -nG {USER}").split()
     assert wait_for_health(site.url, timeout=60) == {"status": "UP"}
     # The copies stay, and still restore: from the target's own address, no settings needed.
-    assert restored_titles(site, f"file://{TARGET}/litestream") == [f"kept offsite ({site.suite})"]
+    assert f"kept offsite ({site.suite})" in restored_titles(site, f"file://{TARGET}/litestream")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from tasks.core.commands import join, q
+from tasks.core.commands import as_service_user, join, q
 from tasks.core.commands.provision import create_system_user, index_options, pip_options
+from tasks.core.defaults import DATABASE
 from tasks.core.offsite import LITESTREAM_PACKAGE
 from tasks.core.profile import Profile
 
@@ -64,6 +65,30 @@ def as_replication_user(profile: Profile, *words: str | PurePosixPath) -> str:
         properties += ["-p", f"EnvironmentFile={p.offsite_env}"]
     return join("systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--service-type=exec",
                 *properties, *words)
+
+
+RESTORE_STAGING = "restore.sqlite3"
+
+
+def restore_into_incoming(profile: Profile, incoming: PurePosixPath, timestamp: str | None) -> str:
+    """The database as the target holds it (at `timestamp`, RFC 3339, or the newest point), restored and
+    integrity-checked by Litestream as the replication user into its own state dir, then handed to the
+    service user, who writes it into the incoming folder (`incoming`, its own): root only joins the two
+    with a pipe and never touches a path either of them could replace."""
+    p = profile.remote
+    staged = p.offsite_state / RESTORE_STAGING
+    point = ["-timestamp", timestamp] if timestamp else []
+    restore = as_replication_user(profile, p.litestream_bin, "restore", "-config", p.litestream_config,
+                                  "-integrity-check", "full", *point, "-o", staged, p.database)
+    remove = as_replication_user(profile, "rm", "-f", staged)
+    target = incoming / DATABASE
+    write = as_service_user(profile, "sh", "-c", 'umask 077 && cat > "$1"', "sh", target)
+    hand_over = f"{as_replication_user(profile, 'cat', staged)} | {write}"
+    # Both ends hashed: a pipe says nothing of its first command's failure in sh.
+    same = (f"a=$({as_replication_user(profile, 'sha256sum', staged)} | cut -d' ' -f1) && "
+            f"b=$({as_service_user(profile, 'sha256sum', target)} | cut -d' ' -f1) && [ -n \"$a\" ] && "
+            f"[ \"$a\" = \"$b\" ]")
+    return f"{remove} && {restore} && {hand_over} && {same}; status=$?; {remove}; exit $status"
 
 
 def _json_line(key: str, command: str) -> str:

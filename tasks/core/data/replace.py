@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tasks.core import parse, ui
 from tasks.core.commands import data as data_commands
+from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host
 from tasks.core.data.catalog import FileEntry, Snapshot
 from tasks.core.data.snapshots import DELTA_MAX_SHARE, stored_page_index
@@ -141,3 +142,25 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
         raise
     run_swap(host, profile, parts, health_timeout=health_timeout,
              steps=None if restart_previous else {"restart_previous": False})
+
+
+def replace_database_from_offsite(host: Host, profile: Profile, timestamp: str | None, *, health_timeout: int) -> None:
+    """The database as the offsite target holds it (at `timestamp`, or its newest point), restored on the
+    server itself into the incoming folder (Litestream's full integrity_check, both ends hashed), read by
+    the release, then the swap job; .env and media stay the server's."""
+    refuse_unfinished_swap(host, profile)
+    refuse_foreign_port(host, profile)
+    target = profile.offsite.parsed
+    try:
+        host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
+        started = time.monotonic()
+        with ui.err.status(f"restoring the database from {target.describe()} on the server"):
+            host.run(offsite_commands.restore_into_incoming(profile, data_commands.incoming_dir(profile), timestamp),
+                     sudo=True, what="restoring from the offsite target", timeout=None)
+        ui.step(True, f"restored the database from {target.describe()} on the server in "
+                      f"{time.monotonic() - started:.1f}s (integrity_check passed)")
+        require_usable_incoming(host, profile)
+    except BaseException:
+        host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
+        raise
+    run_swap(host, profile, [DATABASE], health_timeout=health_timeout)

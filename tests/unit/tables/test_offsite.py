@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 import pytest
 import yaml
 
 from tasks.core import offsite, render
+from tasks.core.commands import offsite as commands
 from tasks.core.commands.service import UnitState
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import OffsiteSettings
@@ -301,3 +303,50 @@ def test_provision_takes_s3_keys_from_the_environment_or_keeps_the_stored_ones(p
         offsite_credentials_for(LIVE_S3, stored)                        # half a pair is a mistake, never kept
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "abc/DEF+ghi=")
     assert offsite_credentials_for(LIVE_S3, stored) == KEYS
+
+
+# ------------------------------------------------------------------------------------------------
+# restore-server --offsite --at
+
+
+NOW = datetime(2026, 12, 3, 8, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("text, wanted", [
+    ("2026-12-03 07:30", "2026-12-03T07:30:00Z"),
+    ("2026-12-03 07:30:15", "2026-12-03T07:30:15Z"),
+    ("2026-12-03T07:30:00Z", "2026-12-03T07:30:00Z"),
+    ("2026-12-03T08:30:00+01:00", "2026-12-03T07:30:00Z"),
+    (" 2026-12-02T23:59 ", "2026-12-02T23:59:00Z"),
+])
+def test_points_in_time_are_read_as_utc_unless_they_say_otherwise(text, wanted):
+    assert offsite.rfc3339(offsite.parse_point(text, NOW)) == wanted
+
+
+@pytest.mark.parametrize("text, words", [
+    ("yesterday", "is not a date and time"),
+    ("2026-12-03", "is not a date and time"),
+    ("07:30", "is not a date and time"),
+    ("2026-12-03 08:00:01", "is in the future"),
+])
+def test_bad_points_in_time_are_refused_in_words(text, words):
+    with pytest.raises(ValueError, match=words):
+        offsite.parse_point(text, NOW)
+
+
+def test_a_point_before_the_oldest_restore_point_is_refused():
+    points = offsite.RestorePoints(3, 100, datetime(2026, 12, 2, 7, 0, tzinfo=timezone.utc), NOW, 9)
+    assert offsite.point_problem(datetime(2026, 12, 2, 7, 0, tzinfo=timezone.utc), points) is None
+    assert "is before the oldest restore point on the target (2026-12-02 07:00:00 UTC" in offsite.point_problem(
+        datetime(2026, 12, 1, tzinfo=timezone.utc), points)
+    assert offsite.point_problem(NOW, offsite.RestorePoints(0, 0, None, None, 0)) == "the target holds no restore point yet"
+
+
+def test_restore_into_incoming_runs_litestream_as_its_user_and_hands_the_file_over_through_a_pipe():
+    p = LIVE.remote
+    script = commands.restore_into_incoming(LIVE, p.data_dir / ".lsvm-incoming", "2026-12-03T07:30:00Z")
+    assert "--uid=labelstudio-offsite" in script and "-integrity-check full -timestamp 2026-12-03T07:30:00Z" in script
+    assert "runuser -u labelstudio -- " in script and "sha256sum" in script
+    assert "/var/lib/label-studio/.lsvm-incoming/label_studio.sqlite3" in script
+    newest = commands.restore_into_incoming(LIVE, p.data_dir / ".lsvm-incoming", None)
+    assert "-timestamp" not in newest
