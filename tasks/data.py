@@ -271,7 +271,7 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, yes: bool, d
     if target is None:
         raise UsageError(f"no offsite target in {profile.config_file}",
                          hint="set offsite.target and `fab provision`; until then restore a snapshot (--snapshot)")
-    unit, replication = read_replication(host, profile)
+    replication = read_replication(host, profile).replication
     if replication.problem or replication.points is None:
         raise RemoteError(f"the offsite target {target.describe()} cannot be read: "
                           f"{replication.problem or 'Litestream listed nothing'}; nothing was changed")

@@ -5,35 +5,38 @@ from __future__ import annotations
 from fabric import task
 from rich.table import Table
 
-from tasks.core import ui
+from tasks.core import offsite as core, ui
 from tasks.core.commands import offsite as commands
 from tasks.core.edge import CONFIG_HELP, open_host, task_edge
 from tasks.core.errors import RemoteError, UsageError
-from tasks.core.offsite import replication_problem
 from tasks.core.replication import read_replication
 
 
-@task(help={"config": CONFIG_HELP})
+@task(help={"config": CONFIG_HELP,
+            "drill": "run the restore drill now (the newest point restored on the server and checked), then show"})
 @task_edge
-def offsite(c, config=None):
-    """List the offsite restore points (oldest, newest, size on the target) and whether replication keeps up."""
+def offsite(c, config=None, drill=False):
+    """List the offsite restore points (oldest, newest, size on the target), replication and the last drill."""
     profile, host = open_host(c, config, sudo=True)
     target = profile.offsite.parsed
     if target is None:
         raise UsageError(f"no offsite target in {profile.config_file}",
                          hint="set offsite.target (a path on the VM or s3://bucket/prefix), then `fab provision`")
-    unit, replication = read_replication(host, profile)
+    if drill:
+        with ui.err.status(f"restore drill: the newest point from {target.describe()}, restored and checked on the server"):
+            host.run(commands.drill_now(profile), sudo=True, check=False, timeout=None, what="the restore drill")
+    state = read_replication(host, profile)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("target", target.describe())
-    table.add_row("replication", f"Litestream, {unit.describe()}")
-    table.add_row("database", replication.describe())
-    points = replication.points
+    table.add_row("replication", f"Litestream, {state.unit.describe()}")
+    table.add_row("database", state.replication.describe())
+    points = state.replication.points
     table.add_row("restore points", points.describe() if points else "-")
+    table.add_row("restore drill", f"{core.drill_text(state.replication.drill)}; timer {state.timer.describe()}")
     ui.out.print(table)
-    problem = replication_problem(unit.running, unit.describe(), replication)
+    problem = state.problem()
     if problem:
-        raise RemoteError(f"offsite copies are not being kept: {problem}",
-                          hint=f"`fab -H {host.alias} provision` sets the replication up again; "
-                               f"`sudo journalctl -u {commands.unit_name(profile)}` on the server says why it stopped")
+        raise RemoteError(problem, hint=f"`fab -H {host.alias} provision` sets the replication up again; "
+                                        f"`sudo journalctl -u {commands.unit_name(profile)}` on the server says why it stopped")

@@ -17,6 +17,7 @@ from tasks.core.provision import facts, systems, tls
 from tasks.core.provision.facts import HostStatus
 from tasks.core.provision.health import wait_for_health
 from tasks.core.releases import pypi_versions
+from tasks.core.replication import replication_state
 from tasks.core.ui import human_bytes
 
 
@@ -31,13 +32,13 @@ def certificate_row(mode: str, pem: str | None) -> tuple[str, str] | None:
                      f"{info.days_left()} days left (until {info.not_after:%Y-%m-%d})")
 
 
-def offsite_status(st: HostStatus, profile: Profile) -> tuple[tuple[str, str], str | None]:
-    """The "offsite" row (offsite on) and why the copies are not being kept, or None."""
-    target = profile.offsite.parsed
-    replication = offsite.replication_from(dict(st.offsite_report), str(profile.remote.database))
-    problem = offsite.replication_problem(st.offsite_unit.running, st.offsite_unit.describe(), replication)
-    text = f"NOT KEPT: {problem}" if problem else replication.describe()
-    return ("offsite", f"{target.describe()}: {text}"), problem
+def offsite_status(st: HostStatus, profile: Profile) -> tuple[list[tuple[str, str]], str | None]:
+    """The "offsite" and "restore drill" rows (offsite on) and why the copies are not kept or proven, or None."""
+    state = replication_state(st.offsite, profile)
+    problem = state.problem()
+    text = f"PROBLEM: {problem}" if problem else state.replication.describe()
+    return ([("offsite", f"{profile.offsite.parsed.describe()}: {text}"),
+             ("restore drill", offsite.drill_text(state.replication.drill))], problem)
 
 
 def releases_text(st: HostStatus) -> str:
@@ -161,8 +162,8 @@ def status(c, config=None, check_updates=False):
             rows.append(("newer release", f"none ({newest or 'no answer'} is the newest)"))
     replication_failed = None
     if st.provisioned and profile.offsite.enabled:
-        row, replication_failed = offsite_status(st, profile)
-        rows.append(row)
+        offsite_rows, replication_failed = offsite_status(st, profile)
+        rows += offsite_rows
     for key, value in rows:
         table.add_row(key, value)
     ui.out.print(table)
@@ -174,7 +175,7 @@ def status(c, config=None, check_updates=False):
     if warning:
         ui.warn(warning)
     if replication_failed:
-        raise RemoteError(f"offsite copies are not being kept: {replication_failed}",
+        raise RemoteError(replication_failed,
                           hint=f"`fab -H {host.alias} offsite` shows the target; `fab -H {host.alias} provision` "
                                "sets the replication up again")
 

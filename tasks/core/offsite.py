@@ -246,6 +246,7 @@ class Replication:
     local_txid: int | None = None
     points: RestorePoints | None = None
     problem: str = ""              # why either could not be read, in Litestream's words
+    drill: dict | None = None      # the last restore drill's result (tasks/core/onserver/offsite_drill.py)
 
     @property
     def behind(self) -> int:
@@ -264,23 +265,46 @@ class Replication:
         return f"{lag}; newest point {_when(self.points.newest)}"
 
 
-def replication_problem(unit_running: bool, unit_described: str, replication: Replication) -> str | None:
-    """Why the copies are not being kept, in words, else None."""
+def drill_text(drill: dict | None) -> str:
+    """The last restore drill in words."""
+    if not drill:
+        return "no drill yet (nightly at 03:30; `fab -H HOST offsite --drill` runs one now)"
+    when = drill.get("finished", "?").replace("T", " ").replace("Z", " UTC")
+    if not drill.get("ok"):
+        return f"FAILED {when}: {drill.get('problem', 'no reason given')}"
+    restored, live = drill.get("counts") or {}, drill.get("live_counts") or {}
+    differ = [f"{table} {restored[table]} vs {live[table]} live" for table in restored
+              if table in live and restored[table] != live[table]]
+    sizes = f"{_size(int(drill.get('size') or 0))} restored in {drill.get('seconds', '?')} s"
+    rows = "every count as live" if not differ else "written since the point: " + ", ".join(differ)
+    return f"passed {when} ({sizes}; integrity_check ok; {rows})"
+
+
+def replication_problem(unit_running: bool, unit_described: str, replication: Replication,
+                        timer_active: bool = True, timer_described: str = "") -> str | None:
+    """What is wrong with the offsite copies, as one sentence, else None."""
     if not unit_running:
-        return f"the replication service is {unit_described}"
-    return replication.problem or None
+        return f"offsite copies are not being kept: the replication service is {unit_described}"
+    if replication.problem:
+        return f"offsite copies are not being kept: {replication.problem}"
+    if not timer_active:
+        return f"offsite copies are not proven to restore: the restore drill's timer is {timer_described}"
+    if replication.drill and not replication.drill.get("ok"):
+        return f"offsite copies did not restore: the last drill failed: {replication.drill.get('problem', 'no reason')}"
+    return None
 
 
 def replication_from(values: dict[str, str], database: str) -> Replication:
     """The `[offsite_report]` section's key=value lines."""
     problems = [f"litestream {key}: {values[key + '_error'].strip() or 'failed'}"
-                for key in ("status", "points") if key + "_error" in values]
+                for key in ("status", "points", "drill") if key + "_error" in values]
     try:
         local = parse_local_txid(values["status"], database) if "status" in values else None
         points = parse_ltx_listing(values["points"]) if "points" in values else None
+        drill = json.loads(values["drill"]) if values.get("drill") else None
     except (ValueError, KeyError, TypeError) as exc:
         return Replication(problem=f"litestream printed what this toolkit cannot read ({exc})")
-    return Replication(local, points, "; ".join(problems))
+    return Replication(local, points, "; ".join(problems), drill if isinstance(drill, dict) else None)
 
 
 # ------------------------------------------------------------------------------------------------

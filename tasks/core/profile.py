@@ -276,6 +276,10 @@ class RemotePaths:
     offsite_unit: PurePosixPath       # the replication service
     offsite_state: PurePosixPath      # the replication user's own (0700): Litestream's local state
     litestream_meta: PurePosixPath
+    offsite_drill: PurePosixPath      # the restore drill (tasks/core/onserver/offsite_drill.py), root's
+    drill_unit: PurePosixPath
+    drill_timer: PurePosixPath
+    drill_result: PurePosixPath       # the last drill's JSON, the replication user's
 
     def tls_files(self, mode: str) -> tuple[PurePosixPath, PurePosixPath, PurePosixPath]:
         """(full chain, chain without the leaf, private key) nginx uses in this TLS mode."""
@@ -383,6 +387,10 @@ class Profile:
             offsite_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite.service",
             offsite_state=PurePosixPath("/var/lib") / f"{name}-offsite",
             litestream_meta=PurePosixPath("/var/lib") / f"{name}-offsite" / "litestream",
+            offsite_drill=app / "offsite-drill.py",
+            drill_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-drill.service",
+            drill_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-drill.timer",
+            drill_result=PurePosixPath("/var/lib") / f"{name}-offsite" / "drill.json",
         )
 
     def release_dir(self, version: str) -> PurePosixPath:

@@ -12,7 +12,7 @@ import jinja2
 from tasks.core.database import label_studio_env
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import litestream_config as litestream_yaml
-from tasks.core.onserver import app_server, prepare_database
+from tasks.core.onserver import app_server, offsite_drill, prepare_database
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
@@ -20,6 +20,7 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 
 APP_SERVER_SOURCE = Path(app_server.__file__).read_text()
 PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
+OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -126,12 +127,28 @@ def prepare_database_script(profile: Profile) -> RenderedFile:
 
 def offsite_unit(profile: Profile) -> RenderedFile:
     """The replication service (Litestream), part of Label Studio's unit; profile.offsite must be on."""
+    content = render("systemd/offsite.service.j2", **_offsite_values(profile))
+    return RenderedFile(profile.remote.offsite_unit, content, "0644", "root", "root")
+
+
+def _offsite_values(profile: Profile) -> dict:
     target = profile.offsite.parsed
     assert target is not None
-    content = render("systemd/offsite.service.j2", **context(profile), target=target.describe(),
-                     offsite_user=profile.offsite_user, credentials=profile.offsite.needs_credentials,
-                     target_path=target.path if target.kind == "path" else None)
-    return RenderedFile(profile.remote.offsite_unit, content, "0644", "root", "root")
+    return {**context(profile), "target": target.describe(), "offsite_user": profile.offsite_user,
+            "credentials": profile.offsite.needs_credentials,
+            "target_path": target.path if target.kind == "path" else None}
+
+
+def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
+    """The restore drill: its program, its unit and its timer (probes.managed_files' keys)."""
+    p = profile.remote
+    values = _offsite_values(profile)
+    return {
+        "offsite_drill": RenderedFile(p.offsite_drill, f"# {MANAGED} (`fab provision`).\n" + OFFSITE_DRILL_SOURCE,
+                                      "0644", "root", "root"),
+        "drill_unit": RenderedFile(p.drill_unit, render("systemd/offsite-drill.service.j2", **values), "0644", "root", "root"),
+        "drill_timer": RenderedFile(p.drill_timer, render("systemd/offsite-drill.timer.j2", **values), "0644", "root", "root"),
+    }
 
 
 def litestream_config(profile: Profile) -> RenderedFile:

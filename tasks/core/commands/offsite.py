@@ -19,6 +19,15 @@ def unit_name(profile: Profile) -> str:
     return profile.remote.offsite_unit.name
 
 
+def timer_name(profile: Profile) -> str:
+    return profile.remote.drill_timer.name
+
+
+def drill_now(profile: Profile) -> str:
+    """The restore drill, now, waited for (exit non-zero when it failed; its result file says why)."""
+    return f"systemctl start {q(profile.remote.drill_unit.name)}"
+
+
 def create_user(profile: Profile) -> str:
     """The replication user (a system user with no login and no home of its own making), then a member
     of the service user's group."""
@@ -104,12 +113,17 @@ def report(profile: Profile) -> str:
     status = as_replication_user(profile, p.litestream_bin, "status", "-json", "-config", p.litestream_config)
     points = as_replication_user(profile, p.litestream_bin, "ltx", "-json", "-level", "all", "-config",
                                  p.litestream_config, p.database)
+    # No result yet (the first drill runs at night): an empty line, not an error.
+    drill = as_replication_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", p.drill_result)
     return "\n".join([
         "echo '[offsite_report]'",
         _json_line("status", status),
         _json_line("points", points),
+        _json_line("drill", drill),
         "echo '[offsite_unit]'",
         f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(unit_name(profile))} 2>/dev/null || true",
+        "echo '[drill_timer]'",
+        f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(timer_name(profile))} 2>/dev/null || true",
     ])
 
 
@@ -133,4 +147,6 @@ def probe(profile: Profile) -> list[str]:
     if target is not None and target.kind == "path":
         lines.append(f"echo \"target_meta=$({meta} {q(target.path)} 2>/dev/null)\"")
     return lines + ["echo '[offsite_unit]'",
-                    f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(unit_name(profile))} 2>/dev/null || true"]
+                    f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(unit_name(profile))} 2>/dev/null || true",
+                    "echo '[drill_timer]'",
+                    f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(timer_name(profile))} 2>/dev/null || true"]

@@ -143,7 +143,8 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
     return {"env_file": p.env_file, "unit_file": p.unit_file, "screen_launcher": p.screen_launcher,
             "gunicorn_conf": p.gunicorn_conf, "prepare_database": p.prepare_database,
             "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca,
-            "litestream_config": p.litestream_config, "offsite_unit": p.offsite_unit}
+            "litestream_config": p.litestream_config, "offsite_unit": p.offsite_unit,
+            "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:

@@ -154,8 +154,8 @@ class HostStatus:
     database_check: str | None = None    # the release's read of every table: None when it read them, else why
     app_server: parse.AppServer = parse.AppServer()
     app_server_version: str | None = None
-    offsite_unit: UnitState = UnitState()          # the replication service (offsite on)
-    offsite_report: tuple[tuple[str, str], ...] = ()   # commands.offsite.report's key=value lines
+    # offsite on: commands.offsite.report's sections (tasks.core.replication.replication_state reads them)
+    offsite: dict = dataclasses.field(default_factory=dict)
 
     @property
     def provisioned(self) -> bool:
@@ -206,8 +206,7 @@ def status_from_probe(text: str) -> HostStatus:
         postgres_version=s.get("postgres", {}).get("version", ""),
         env_file=_decoded(i.get("env_file", "-")),
         database_check=parse.database_problem(s.get("database", {}).get("check", "")),
-        offsite_unit=UnitState.from_show(s.get("offsite_unit", {})),
-        offsite_report=tuple(s.get("offsite_report", {}).items()),
+        offsite={key: s[key] for key in ("offsite_unit", "drill_timer", "offsite_report") if key in s},
     )
 
 
@@ -260,6 +259,7 @@ class OffsiteFacts:
     target_meta: str = ""        # a path target's
     litestream: str = ""         # `litestream version` of the installed venv ("0.5.17"), "" when missing
     unit: UnitState = UnitState()
+    drill_timer: UnitState = UnitState()
 
     @classmethod
     def from_blocks(cls, b: dict[str, list[str]]) -> "OffsiteFacts":
@@ -269,7 +269,8 @@ class OffsiteFacts:
                    credentials_meta=v.get("credentials_meta", ""),
                    credentials_sha256=v.get("credentials_sha256", ""), target_meta=v.get("target_meta", ""),
                    litestream=v.get("litestream", "").strip(),
-                   unit=UnitState.from_show(parse.key_values(b.get("offsite_unit", []))))
+                   unit=UnitState.from_show(parse.key_values(b.get("offsite_unit", []))),
+                   drill_timer=UnitState.from_show(parse.key_values(b.get("drill_timer", []))))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,10 @@ from tasks.core.provision.plan import (
 )
 
 OFFSITE_RESTART = "offsite-restart"
+# The drill's files: what each is called in the plan, and what a change of it needs.
+DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
+               "drill_unit": ("restore drill unit", frozenset({DAEMON_RELOAD_NEEDED})),
+               "drill_timer": ("restore drill timer", frozenset({DAEMON_RELOAD_NEEDED}))}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
 
 
@@ -84,6 +88,9 @@ def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] |
                                 frozenset({OFFSITE_RESTART})))
     changes.append(managed_file(facts, "offsite_unit", render.offsite_unit(profile), "replication unit",
                                 frozenset({DAEMON_RELOAD_NEEDED, OFFSITE_RESTART})))
+    for key, file in render.offsite_drill_files(profile).items():
+        label, notes = DRILL_FILES[key]
+        changes.append(managed_file(facts, key, file, label, notes))
     return changes
 
 
@@ -105,15 +112,17 @@ def stored_credentials(facts: ProvisionFacts, profile: Profile, credentials: dic
 
 
 def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
-    """offsite turned off: the replication stopped and its unit, settings and credentials removed; its
-    user out of the service user's group. The copies on the target stay."""
+    """offsite turned off: the replication and its drill stopped, their units, settings and credentials
+    removed; its user out of the service user's group. The copies on the target stay."""
     off = facts.offsite
     changes = []
     unit = commands.unit_name(profile)
     p = profile.remote
     if off.unit.exists or facts.files.get("offsite_unit") is not None:
-        script = (f"systemctl disable --now {q(unit)} >/dev/null 2>&1 || true; "
-                  f"rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env)} && systemctl daemon-reload")
+        timer = commands.timer_name(profile)
+        script = (f"systemctl disable --now {q(timer)} {q(unit)} >/dev/null 2>&1 || true; "
+                  f"rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env, p.drill_timer, p.drill_unit, p.offsite_drill)}"
+                  " && systemctl daemon-reload")
         changes.append(Change(f"stopped the offsite replication ({unit}); the copies on its target stay", True,
                               plan=f"stop the offsite replication ({unit}) and remove its unit, settings and "
                                    "credentials (the copies on the target stay)",
@@ -143,4 +152,10 @@ def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> l
                               plan=f"{verb[:-2]} {unit}", action=Run(f"systemctl restart {q(unit)}", f"starting {unit}")))
     else:
         changes.append(Change(f"{unit} is running"))
+    timer = commands.timer_name(profile)
+    if facts.offsite.drill_timer.enabled == "enabled" and facts.offsite.drill_timer.running:
+        changes.append(Change(f"{timer} is on (the nightly restore drill)"))
+    else:
+        changes.append(Change(f"started {timer} (the nightly restore drill)", True, plan=f"enable and start {timer}",
+                              action=Run(f"systemctl enable --now {q(timer)} 2>&1", f"starting {timer}")))
     return changes

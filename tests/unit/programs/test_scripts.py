@@ -95,6 +95,7 @@ def offsite_scripts(profile) -> dict[str, str]:
             f"{target} shared database": offsite_steps.shared_database(p),
             f"{target} restore at": offsite.restore_into_incoming(p, data.incoming_dir(p), "2026-12-03T07:30:00Z"),
             f"{target} restore newest": offsite.restore_into_incoming(p, data.incoming_dir(p), None),
+            f"{target} drill now": offsite.drill_now(p),
         })
     return found
 

@@ -196,13 +196,15 @@ def replicating(facts, profile):
         facts, data_dir_meta=f"{group}:{group}:2770",
         files={**facts.files, "unit_file": render.unit_file(profile).content,
                "litestream_config": render.litestream_config(profile).content,
-               "offsite_unit": render.offsite_unit(profile).content},
+               "offsite_unit": render.offsite_unit(profile).content,
+               **{key: file.content for key, file in render.offsite_drill_files(profile).items()}},
         offsite=OffsiteFacts(user=True, groups=(user, group), state_meta=f"{user}:{user}:700",
                              database_meta=f"{group}:{group}:660",
                              credentials_meta="root:root:600" if profile.offsite.needs_credentials else "",
                              credentials_sha256=hashlib.sha256(content).hexdigest(), target_meta=f"{user}:{user}:700",
                              litestream=offsite.LITESTREAM_VERSION,
-                             unit=UnitState("loaded", "active", "running", "enabled")))
+                             unit=UnitState("loaded", "active", "running", "enabled"),
+                             drill_timer=UnitState("loaded", "active", "waiting", "enabled")))
 
 
 def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(provisioned):
@@ -217,10 +219,14 @@ def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(p
         f"installed Litestream {offsite.LITESTREAM_VERSION}",
         "created Litestream settings /opt/label-studio/label-studio-litestream.yml",
         "created replication unit /etc/systemd/system/label-studio-offsite.service",
+        "created restore drill /opt/label-studio/offsite-drill.py",
+        "created restore drill unit /etc/systemd/system/label-studio-offsite-drill.service",
+        "created restore drill timer /etc/systemd/system/label-studio-offsite-drill.timer",
         "reloaded systemd (the unit file changed)",
         "restarted label-studio.service (its settings changed)",
         "enabled label-studio-offsite.service (it starts with Label Studio)",
         "started label-studio-offsite.service: the database streams to /mnt/backup/ls",
+        "started label-studio-offsite-drill.timer (the nightly restore drill)",
     ]
     # The prepare step makes the database group-writable at each start; the unit says so.
     assert "--share-with-group" in render.unit_file(LIVE).content
@@ -256,6 +262,7 @@ def test_a_changed_target_restarts_only_the_replication(provisioned):
         "/mnt/other (the target) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
         "updated Litestream settings /opt/label-studio/label-studio-litestream.yml",
         "updated replication unit /etc/systemd/system/label-studio-offsite.service",
+        "updated restore drill unit /etc/systemd/system/label-studio-offsite-drill.service",
         "reloaded systemd (the unit file changed)",
         "restarted label-studio-offsite.service: the database streams to /mnt/other",
     ]

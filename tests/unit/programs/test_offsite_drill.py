@@ -1,0 +1,88 @@
+"""The restore drill program (tasks/core/onserver/offsite_drill.py) run here for real, with a stand-in for
+`litestream restore` that writes a given database where it is told to (or fails as Litestream does)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+
+from tasks.core import offsite
+from tasks.core.onserver import offsite_drill
+
+
+def label_studio_database(path, projects: int = 2, tables=offsite_drill.TABLES) -> None:
+    connection = sqlite3.connect(path)
+    for table in tables:
+        connection.execute(f'create table "{table}" (id integer primary key)')
+    for _ in range(projects):
+        connection.execute('insert into project default values')
+    connection.commit()
+    connection.close()
+
+
+def fake_litestream(tmp_path, source=None, fail: str | None = None):
+    """A `litestream` that copies `source` to the path after -o, or says `fail` on stderr and exits 1."""
+    script = tmp_path / "litestream"
+    body = (f"import sys, shutil\nargs = sys.argv[1:]\n"
+            + (f"sys.stderr.write({fail!r} + '\\n'); sys.exit(1)\n" if fail else
+               f"shutil.copy({str(source)!r}, args[args.index('-o') + 1])\n"))
+    script.write_text(f"#!{sys.executable}\n{body}")
+    script.chmod(0o755)
+    return script
+
+
+def run(tmp_path, litestream, live):
+    result = tmp_path / "drill.json"
+    status = offsite_drill.main([str(litestream), "/etc/none.yml", str(live), str(tmp_path), str(result)])
+    return status, json.loads(result.read_text())
+
+
+def test_a_good_restore_passes_and_names_what_was_written_since(tmp_path):
+    restored, live = tmp_path / "restored-source.sqlite3", tmp_path / "live.sqlite3"
+    label_studio_database(restored, projects=2)
+    label_studio_database(live, projects=3)
+    status, result = run(tmp_path, fake_litestream(tmp_path, restored), live)
+    assert status == 0 and result["ok"] is True
+    assert result["counts"]["project"] == 2 and result["live_counts"]["project"] == 3
+    assert not (tmp_path / "drill.sqlite3").exists()          # the scratch copy is gone
+    text = offsite.drill_text(result)
+    assert text.startswith("passed ") and "integrity_check ok" in text and "project 2 vs 3 live" in text
+
+
+def test_a_failed_restore_is_a_failed_drill_in_litestreams_words(tmp_path):
+    live = tmp_path / "live.sqlite3"
+    label_studio_database(live)
+    status, result = run(tmp_path, fake_litestream(tmp_path, fail="error: decode ltx: checksum mismatch"), live)
+    assert status == 1 and result["ok"] is False
+    assert result["problem"] == "litestream restore failed: error: decode ltx: checksum mismatch"
+    assert offsite.drill_text(result).startswith("FAILED ")
+    problem = offsite.replication_problem(True, "active", offsite.Replication(drill=result))
+    assert problem == "offsite copies did not restore: the last drill failed: litestream restore failed: error: " \
+                      "decode ltx: checksum mismatch"
+
+
+def test_a_restore_without_label_studios_tables_fails(tmp_path):
+    restored, live = tmp_path / "other.sqlite3", tmp_path / "live.sqlite3"
+    label_studio_database(restored, projects=0, tables=("django_migrations", "project"))
+    label_studio_database(live)
+    status, result = run(tmp_path, fake_litestream(tmp_path, restored), live)
+    assert status == 1
+    assert result["problem"] == "the restored database lacks Label Studio's tables: htx_user, task, task_completion"
+
+
+def test_a_damaged_restore_fails_integrity_check(tmp_path):
+    restored, live = tmp_path / "damaged.sqlite3", tmp_path / "live.sqlite3"
+    label_studio_database(restored, projects=500)
+    label_studio_database(live)
+    data = bytearray(restored.read_bytes())
+    for page in range(1, len(data) // 4096):                    # every b-tree page's header but the first's
+        data[page * 4096: page * 4096 + 12] = b"\x0d" + b"\xff" * 11
+    restored.write_bytes(bytes(data))
+    status, result = run(tmp_path, fake_litestream(tmp_path, restored), live)
+    assert status == 1 and ("integrity_check" in result["problem"] or "could not run" in result["problem"]), result
+
+
+def test_no_drill_yet_is_said_and_is_no_problem():
+    assert offsite.drill_text(None).startswith("no drill yet")
+    assert offsite.replication_problem(True, "active", offsite.Replication()) is None
