@@ -24,7 +24,7 @@ def label_studio_database(path, projects: int = 2, tables=offsite_drill.TABLES) 
 def fake_litestream(tmp_path, source=None, fail: str | None = None):
     """A `litestream` that copies `source` to the path after -o, or says `fail` on stderr and exits 1."""
     script = tmp_path / "litestream"
-    body = (f"import sys, shutil\nargs = sys.argv[1:]\n"
+    body = ("import sys, shutil\nargs = sys.argv[1:]\n"
             + (f"sys.stderr.write({fail!r} + '\\n'); sys.exit(1)\n" if fail else
                f"shutil.copy({str(source)!r}, args[args.index('-o') + 1])\n"))
     script.write_text(f"#!{sys.executable}\n{body}")
