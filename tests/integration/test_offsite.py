@@ -184,6 +184,39 @@ def test_a_point_before_the_oldest_is_refused_before_anything_changes(site):
     assert sh(site, f"sha256sum {DB}") == before
 
 
+def test_the_restore_drill_passes_and_status_shows_it(site):
+    result = site.fab("offsite", "--drill")
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("restore drill"))
+    assert " passed " in row and "integrity_check ok" in row and "timer active" in row, row
+    assert sh(site, "systemctl is-enabled label-studio-offsite-drill.timer").strip() == "enabled"
+    status = site.fab("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert any(line.startswith("restore drill") and " passed " in line for line in status.stdout.splitlines())
+
+
+def test_a_damaged_target_fails_the_drill_and_status_says_so(site):
+    """Every file on the target damaged in its middle (a copy kept aside): the drill's restore fails,
+    `fab offsite --drill` and `status` exit non-zero and say why; with the files back it passes again."""
+    aside = "/var/lib/label-studio-offsite-test-aside"
+    sh(site, f"rm -rf {aside} && cp -a {TARGET} {aside} && "
+             f"find {TARGET} -name '*.ltx' -size +1k | while read -r f; do "
+             "dd if=/dev/zero of=\"$f\" bs=1 seek=$(( $(stat -c %s \"$f\") / 2 )) count=64 conv=notrunc 2>/dev/null; done")
+    try:
+        result = site.fab("offsite", "--drill")
+        assert result.returncode != 0, result.stdout
+        assert "offsite copies did not restore: the last drill failed: litestream restore failed" in result.stderr, \
+            result.stderr
+        status = site.fab("status")
+        assert status.returncode != 0
+        assert any(line.startswith("restore drill") and "FAILED" in line for line in status.stdout.splitlines()), \
+            status.stdout
+    finally:
+        sh(site, f"rm -rf {TARGET} && mv {aside} {TARGET}")
+    again = site.fab("offsite", "--drill")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_turning_offsite_off_stops_it_and_keeps_the_copies(site):
     site.profile.write_text(site.profile.read_text().replace(OFFSITE, ""))
     result = site.fab("provision")
