@@ -282,16 +282,18 @@ def drill_text(drill: dict | None) -> str:
 
 def replication_problem(unit_running: bool, unit_described: str, replication: Replication,
                         timer_active: bool = True, timer_described: str = "") -> str | None:
-    """What is wrong with the offsite copies, as one sentence, else None."""
+    """What is wrong with the offsite copies, one sentence each (joined by '; '), else None."""
+    found = []
     if not unit_running:
-        return f"offsite copies are not being kept: the replication service is {unit_described}"
+        found.append(f"offsite copies are not being kept: the replication service is {unit_described}")
     if replication.problem:
-        return f"offsite copies are not being kept: {replication.problem}"
+        found.append(f"offsite copies are not being kept: {replication.problem}")
     if not timer_active:
-        return f"offsite copies are not proven to restore: the restore drill's timer is {timer_described}"
+        found.append(f"offsite copies are not proven to restore: the restore drill's timer is {timer_described}")
     if replication.drill and not replication.drill.get("ok"):
-        return f"offsite copies did not restore: the last drill failed: {replication.drill.get('problem', 'no reason')}"
-    return None
+        found.append(f"offsite copies did not restore: the last drill failed: "
+                     f"{replication.drill.get('problem', 'no reason given')}")
+    return "; ".join(found) or None
 
 
 def replication_from(values: dict[str, str], database: str) -> Replication:

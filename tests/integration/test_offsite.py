@@ -199,7 +199,8 @@ def test_a_damaged_target_fails_the_drill_and_status_says_so(site):
     """Every file on the target damaged in its middle (a copy kept aside): the drill's restore fails,
     `fab offsite --drill` and `status` exit non-zero and say why; with the files back it passes again."""
     aside = "/var/lib/label-studio-offsite-test-aside"
-    sh(site, f"rm -rf {aside} && cp -a {TARGET} {aside} && "
+    # Nothing is written to the target meanwhile (what it wrote would be lost when the copy comes back).
+    sh(site, f"systemctl stop {UNIT} && rm -rf {aside} && cp -a {TARGET} {aside} && "
              f"find {TARGET} -name '*.ltx' -size +1k | while read -r f; do "
              "dd if=/dev/zero of=\"$f\" bs=1 seek=$(( $(stat -c %s \"$f\") / 2 )) count=64 conv=notrunc 2>/dev/null; done")
     try:
@@ -212,7 +213,7 @@ def test_a_damaged_target_fails_the_drill_and_status_says_so(site):
         assert any(line.startswith("restore drill") and "FAILED" in line for line in status.stdout.splitlines()), \
             status.stdout
     finally:
-        sh(site, f"rm -rf {TARGET} && mv {aside} {TARGET}")
+        sh(site, f"rm -rf {TARGET} && mv {aside} {TARGET} && systemctl start {UNIT}")
     again = site.fab("offsite", "--drill")
     assert again.returncode == 0, again.stdout + again.stderr
 
