@@ -208,8 +208,8 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
             "from": "back up the server OTHERHOST now and move that data here (a new VM taking over)",
             "from-config": "OTHERHOST's profile YAML (default configs/OTHERHOST.yaml)",
             "offsite": "restore the database from the profile's offsite target (its newest point, or --at)",
-            "at": "with --offsite: the database as it was at this time (2026-12-03 07:30, UTC unless an offset "
-                  "is given; `fab offsite` shows how far back the target reaches)",
+            "at": "with --offsite: the database as it was at this time, every transaction before it (2026-12-03 "
+                  "07:30, UTC unless an offset is given; `fab offsite` shows how far back the target reaches)",
             "yes": YES_HELP, "dry-run": "check and show what would happen; change nothing",
             "health-timeout": HEALTH_HELP})
 @task_edge

@@ -152,10 +152,13 @@ def test_a_point_in_time_restore_brings_a_deleted_project_back(site):
     title = f"deleted, then restored ({site.suite})"
     project = client.create_project(title)
     on_target(site, lambda titles: title in titles)
-    # A point after the project reached the target and before the deletion (seconds: what --at takes).
-    moment = sh(site, "date -u +%Y-%m-%dT%H:%M:%SZ").strip()
-    while sh(site, "date -u +%Y-%m-%dT%H:%M:%SZ").strip() == moment:
+    # A point after the project reached the target and before the deletion: the first whole second that
+    # begins after it was seen there (a restore takes what was written before the point, to the millisecond).
+    seen = sh(site, "date -u +%Y-%m-%dT%H:%M:%SZ").strip()
+    moment = seen
+    while moment == seen:
         time.sleep(0.1)  # poll interval: the VM's clock moves to the next second (a real signal)
+        moment = sh(site, "date -u +%Y-%m-%dT%H:%M:%SZ").strip()
     assert client.request("DELETE", f"/api/projects/{project}/").status == 204
     on_target(site, lambda titles: title not in titles)
     assert title not in sdk_view(site.url, token)["projects"]
