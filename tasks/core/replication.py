@@ -1,12 +1,12 @@
 """The offsite replication as the server has it: its unit and what Litestream says of the database and
-the target, in one round trip (tasks.core.commands.offsite.report, read by tasks.core.offsite)."""
+the target, in one round trip (tasks.core.commands.probes.offsite_report, read by tasks.core.offsite)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from tasks.core import parse
-from tasks.core.commands import offsite as commands
+from tasks.core.commands import probes
 from tasks.core.commands.service import UnitState
 from tasks.core.connect import Host
 from tasks.core.offsite import Replication, replication_from, replication_problem
@@ -32,5 +32,5 @@ def replication_state(sections: dict[str, dict[str, str]], profile: Profile) -> 
 
 
 def read_replication(host: Host, profile: Profile) -> ReplicationState:
-    output = host.run(commands.report(profile), sudo=True, check=False, what="reading the offsite replication")
+    output = host.run(probes.offsite_report(profile), sudo=True, check=False, what="reading the offsite replication")
     return replication_state(parse.sections(output.stdout), profile)

@@ -87,6 +87,12 @@ def empty_private_file(path: Arg) -> str:
     return f"umask 077 && : > {q(path)}"
 
 
+def private_file_from_stdin(path: Arg) -> str:
+    """stdin into a new root-only file (0600 before a byte is written): a secret's first step, before
+    it is checked and renamed over the one in use."""
+    return f"umask 077 && rm -f {q(path)} && cat > {q(path)} && chown root:root {q(path)} && chmod 0600 {q(path)}"
+
+
 def read_file(path: Arg) -> str:
     """A file's text, or nothing when it does not exist."""
     return f"cat {q(path)} 2>/dev/null || true"

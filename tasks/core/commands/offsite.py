@@ -1,19 +1,16 @@
 """Scripts for offsite replication (tasks.core.offsite): the replication user, Litestream's venv, the
-credentials, the probe lines, and Litestream's own listings run as that user with its credentials."""
+credentials, the database shared with that user, a restore from the target, and how anything runs as
+that user with its credentials (its probe lines are in tasks.core.commands.probes)."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from tasks.core.commands import as_service_user, join, q
+from tasks.core.commands import as_service_user, join, private_file_from_stdin, q
 from tasks.core.commands.provision import create_system_user, index_options, pip_options
 from tasks.core.defaults import DATABASE
 from tasks.core.offsite import LITESTREAM_PACKAGE
 from tasks.core.profile import Profile
-
-UNIT_PROPERTIES = "LoadState,ActiveState,SubState,UnitFileState,MainPID"
-NO_SERVICE_GROUP = 3   # create_user: the service user's group is missing (provision makes it first)
-
 
 def unit_name(profile: Profile) -> str:
     return profile.remote.offsite_unit.name
@@ -34,6 +31,12 @@ def create_user(profile: Profile) -> str:
     user = profile.offsite_user
     return (f"{{ id -u {q(user)} >/dev/null 2>&1 || {create_system_user(user, profile.remote.offsite_state)}; }} && "
             f"{join('usermod', '--append', '--groups', profile.service.user, user)}")
+
+
+def shared_database(profile: Profile) -> str:
+    """The database files group-writable, changed by their owner (root never chmods in the data dir)."""
+    script = 'for f in "$1" "$1-wal" "$1-shm"; do [ ! -e "$f" ] || chmod 0660 "$f" || exit 1; done'
+    return as_service_user(profile, "sh", "-c", script, "sh", profile.remote.database)
 
 
 def leave_service_group(profile: Profile) -> str:
@@ -60,8 +63,7 @@ def store_credentials(profile: Profile) -> str:
     the old one."""
     secret = profile.remote.offsite_env
     new = PurePosixPath(f"{secret}.lsvm-new")
-    return (f"umask 077 && rm -f {q(new)} && cat > {q(new)} && chown root:root {q(new)} && chmod 0600 {q(new)} && "
-            f"mv -f {q(new)} {q(secret)}")
+    return f"{private_file_from_stdin(new)} && mv -f {q(new)} {q(secret)}"
 
 
 def as_replication_user(profile: Profile, *words: str | PurePosixPath) -> str:
@@ -98,55 +100,3 @@ def restore_into_incoming(profile: Profile, incoming: PurePosixPath, timestamp: 
             f"b=$({as_service_user(profile, 'sha256sum', target)} | cut -d' ' -f1) && [ -n \"$a\" ] && "
             f"[ \"$a\" = \"$b\" ]")
     return f"{remove} && {restore} && {hand_over} && {same}; status=$?; {remove}; exit $status"
-
-
-def _json_line(key: str, command: str) -> str:
-    """`key=<its JSON on one line>`, or `key_error=<the last line it printed on stderr>` when it fails."""
-    return (f"e=$(mktemp) && if out=$({command} 2>\"$e\"); then printf '%s=' {q(key)}; printf '%s' \"$out\" | "
-            f"tr -d '\\n'; echo; else printf '%s=' {q(key + '_error')}; tail -n 1 \"$e\"; echo; fi; rm -f \"$e\"")
-
-
-def report(profile: Profile) -> str:
-    """`[offsite_report]`: Litestream's position in the database (`status -json`), the replica's restore
-    points (`ltx -json -level all`), and the unit (`[offsite_unit]`), in one round trip."""
-    p = profile.remote
-    status = as_replication_user(profile, p.litestream_bin, "status", "-json", "-config", p.litestream_config)
-    points = as_replication_user(profile, p.litestream_bin, "ltx", "-json", "-level", "all", "-config",
-                                 p.litestream_config, p.database)
-    # No result yet (the first drill runs at night): an empty line, not an error.
-    drill = as_replication_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", p.drill_result)
-    return "\n".join([
-        "echo '[offsite_report]'",
-        _json_line("status", status),
-        _json_line("points", points),
-        _json_line("drill", drill),
-        "echo '[offsite_unit]'",
-        f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(unit_name(profile))} 2>/dev/null || true",
-        "echo '[drill_timer]'",
-        f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(timer_name(profile))} 2>/dev/null || true",
-    ])
-
-
-def probe(profile: Profile) -> list[str]:
-    """The `[offsite]` section of the provision probe (always: turning offsite off stops what runs)."""
-    p = profile.remote
-    user = profile.offsite_user
-    target = profile.offsite.parsed
-    meta = "stat -c '%U:%G:%a'"
-    lines = [
-        "echo '[offsite]'",
-        f"if id -u {q(user)} >/dev/null 2>&1; then echo \"user=yes\"; echo \"groups=$(id -nG {q(user)})\"; "
-        "else echo user=no; fi",
-        f"echo \"state_meta=$({meta} {q(p.offsite_state)} 2>/dev/null)\"",
-        f"echo \"database_meta=$({meta} {q(p.database)} 2>/dev/null)\"",
-        f"echo \"credentials_meta=$({meta} {q(p.offsite_env)} 2>/dev/null)\"",
-        # A hash, never the content: provision compares it with the credentials it was given.
-        f"echo \"credentials_sha256=$(sha256sum {q(p.offsite_env)} 2>/dev/null | cut -d' ' -f1)\"",
-        f"echo \"litestream=$({q(p.litestream_bin)} version 2>/dev/null)\"",
-    ]
-    if target is not None and target.kind == "path":
-        lines.append(f"echo \"target_meta=$({meta} {q(target.path)} 2>/dev/null)\"")
-    return lines + ["echo '[offsite_unit]'",
-                    f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(unit_name(profile))} 2>/dev/null || true",
-                    "echo '[drill_timer]'",
-                    f"systemctl show --no-pager -p {UNIT_PROPERTIES} {q(timer_name(profile))} 2>/dev/null || true"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from tasks.core.commands import Arg, as_service_user, join, q
+from tasks.core.commands import Arg, as_service_user, join, private_file_from_stdin, q
 from tasks.core.database import PASSWORD_KEY, client_env
 from tasks.core.onserver import postgres_tool
 from tasks.core.profile import Profile
@@ -116,8 +116,7 @@ def store_password(profile: Profile) -> str:
     file, else it is removed and the script exits NOT_LOGGED_IN (libpq's message on stderr)."""
     secret = profile.remote.database_env
     new = PurePosixPath(f"{secret}.lsvm-new")
-    return (f"umask 077 && rm -f {q(new)} && cat > {q(new)} && chown root:root {q(new)} && chmod 0600 {q(new)} && "
-            f"{export_password(profile, new)} && "
+    return (f"{private_file_from_stdin(new)} && {export_password(profile, new)} && "
             f"{{ {as_role(profile, 'psql', '-X', '-q', '-t', '-A', '-c', 'select 1')} >/dev/null || "
             f"{{ rm -f {q(new)}; exit {NOT_LOGGED_IN}; }}; }} && mv -f {q(new)} {q(secret)}")
 

@@ -104,7 +104,7 @@ def status_probe(profile: Profile) -> str:
         f"echo \"check=$({dbcheck.read_every_table(profile)} 2>/dev/null | tail -n 1)\"; fi;; esac",
         *served_certificate(profile),
         *postgres.status_lines(profile),
-        *([offsite.report(profile)] if profile.offsite.enabled else []),
+        *([offsite_report(profile)] if profile.offsite.enabled else []),
         "echo '[instances]'",
         detect(profile),
     )
@@ -199,8 +199,54 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         detect(profile),
         *tls_probe(profile),
         *postgres.probe(profile, admin_email),
-        *offsite.probe(profile),
+        *offsite_probe(profile),
     )
+
+
+def offsite_probe(profile: Profile) -> list[str]:
+    """The `[offsite]`, `[offsite_unit]` and `[drill_timer]` sections of the provision probe (always:
+    turning offsite off stops what runs). The credentials are read as a hash, never their content."""
+    p = profile.remote
+    user = profile.offsite_user
+    target = profile.offsite.parsed
+    return [
+        "echo '[offsite]'",
+        f"if id -u {q(user)} >/dev/null 2>&1; then echo \"user=yes\"; echo \"groups=$(id -nG {q(user)})\"; "
+        "else echo user=no; fi",
+        meta_line("state_meta", p.offsite_state),
+        meta_line("database_meta", p.database),
+        meta_line("credentials_meta", p.offsite_env),
+        f"echo \"credentials_sha256=$(sha256sum {q(p.offsite_env)} 2>/dev/null | cut -d' ' -f1)\"",
+        f"echo \"litestream=$({q(p.litestream_bin)} version 2>/dev/null)\"",
+        *([meta_line("target_meta", target.path)] if target is not None and target.kind == "path" else []),
+        *offsite_units(profile),
+    ]
+
+
+def offsite_units(profile: Profile) -> list[str]:
+    return ["echo '[offsite_unit]'", unit_show(profile.remote.offsite_unit.name),
+            "echo '[drill_timer]'", unit_show(profile.remote.drill_timer.name)]
+
+
+def _json_line(key: str, command: str) -> str:
+    """`key=<its JSON on one line>`, or `key_error=<the last line it printed on stderr>` when it fails."""
+    return (f"e=$(mktemp) && if out=$({command} 2>\"$e\"); then printf '%s=' {q(key)}; printf '%s' \"$out\" | "
+            f"tr -d '\\n'; echo; else printf '%s=' {q(key + '_error')}; tail -n 1 \"$e\"; echo; fi; rm -f \"$e\"")
+
+
+def offsite_report(profile: Profile) -> str:
+    """`[offsite_report]`: Litestream's position in the database (`status -json`), the replica's restore
+    points (`ltx -json -level all`) and the last drill's result, run as the replication user; then the
+    replication unit and the drill's timer, in one round trip."""
+    p = profile.remote
+    as_user = offsite.as_replication_user
+    status = as_user(profile, p.litestream_bin, "status", "-json", "-config", p.litestream_config)
+    points = as_user(profile, p.litestream_bin, "ltx", "-json", "-level", "all", "-config", p.litestream_config,
+                     p.database)
+    # No result yet (the first drill runs at night): an empty line, not an error.
+    drill = as_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", p.drill_result)
+    return lines("echo '[offsite_report]'", _json_line("status", status), _json_line("points", points),
+                 _json_line("drill", drill), *offsite_units(profile))
 
 
 def tls_probe(profile: Profile) -> list[str]:

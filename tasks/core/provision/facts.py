@@ -154,7 +154,7 @@ class HostStatus:
     database_check: str | None = None    # the release's read of every table: None when it read them, else why
     app_server: parse.AppServer = parse.AppServer()
     app_server_version: str | None = None
-    # offsite on: commands.offsite.report's sections (tasks.core.replication.replication_state reads them)
+    # offsite on: commands.probes.offsite_report's sections (tasks.core.replication.replication_state reads them)
     offsite: dict = dataclasses.field(default_factory=dict)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from tasks.core import render
-from tasks.core.commands import as_service_user, join, q
+from tasks.core.commands import join, q
 from tasks.core.commands import offsite as commands
 from tasks.core.commands.provision import make_dir
 from tasks.core.defaults import PIP_TIMEOUT
@@ -31,13 +31,6 @@ DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
                "drill_unit": ("restore drill unit", frozenset({DAEMON_RELOAD_NEEDED})),
                "drill_timer": ("restore drill timer", frozenset({DAEMON_RELOAD_NEEDED}))}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
-
-
-def shared_database(profile: Profile) -> str:
-    """The database files group-writable, changed by their owner (root never chmods in the data dir)."""
-    db = profile.remote.database
-    script = 'for f in "$1" "$1-wal" "$1-shm"; do [ ! -e "$f" ] || chmod 0660 "$f" || exit 1; done'
-    return as_service_user(profile, "sh", "-c", script, "sh", db)
 
 
 def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] | None) -> list[Change]:
@@ -71,7 +64,7 @@ def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] |
     if facts.db_exists and off.database_meta and not off.database_meta.endswith(f":{SHARED_DATABASE}"):
         changes.append(Change(f"made the database group-writable for {user} (was {off.database_meta})", True,
                               plan=f"make the database group-writable for {user} (is {off.database_meta})",
-                              action=Run(shared_database(profile), "chmod of the database")))
+                              action=Run(commands.shared_database(profile), "chmod of the database")))
     wanted_version = LITESTREAM_VERSION
     if off.litestream.removeprefix("v") == wanted_version:
         changes.append(Change(f"Litestream {wanted_version} is installed ({profile.remote.offsite_venv})"))

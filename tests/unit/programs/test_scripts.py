@@ -16,7 +16,7 @@ from tasks.core.commands.service import Screen, Systemd, service_manager, wait_f
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.profile import parse_profile
 from tasks.core.offsite import OffsiteSettings
-from tasks.core.provision import offsite_steps, steps
+from tasks.core.provision import steps
 from tasks.core.provision.facts import provision_facts_from_probe
 from tasks.core.provision.plan import AdminRequest, Run
 from tests.unit.samples import DATA, EMAIL, HOSTILE, PROFILES
@@ -91,8 +91,8 @@ def offsite_scripts(profile) -> dict[str, str]:
             f"{target} leave group": offsite.leave_service_group(p),
             f"{target} install litestream": offsite.install_litestream(p),
             f"{target} store credentials": offsite.store_credentials(p),
-            f"{target} report": offsite.report(p),
-            f"{target} shared database": offsite_steps.shared_database(p),
+            f"{target} report": probes.offsite_report(p),
+            f"{target} shared database": offsite.shared_database(p),
             f"{target} restore at": offsite.restore_into_incoming(p, data.incoming_dir(p), "2026-12-03T07:30:00Z"),
             f"{target} restore newest": offsite.restore_into_incoming(p, data.incoming_dir(p), None),
             f"{target} drill now": offsite.drill_now(p),
