@@ -468,6 +468,12 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
                               service_user=values.service.user)
     if problem:
         raise ProfileError(f"{_where(source, lines, ('offsite', problem[0]))}: {problem[1]}")
+    target = values.offsite.parsed
+    # Root makes a path target and hands it to the replication user: never in a system or world-writable
+    # tree (a link planted in /tmp would take root's chown elsewhere), as for the app and data dirs.
+    problem = _managed_dir(str(target.path)) if target is not None and target.kind == "path" else None
+    if problem:
+        raise ProfileError(f"{_where(source, lines, ('offsite', 'target'))}: 'offsite.target' {problem}")
     for key, problem in _combination_problems(values):
         raise ProfileError(f"{_where(source, lines, key)}: {problem}")
     return dataclasses.replace(values, source=source, host=host)

@@ -78,6 +78,11 @@ def test_each_kind_of_copy_gets_a_place_of_its_own_on_the_target():
     ("offsite:\n  target: /var/lib/label-studio/copies\n", "target", "apart from paths.data_dir"),
     ("offsite:\n  target: /var/lib\n", "target", "apart from paths.data_dir"),
     ("offsite:\n  target: /opt/label-studio\n", "target", "apart from paths.app_dir"),
+    # Root makes the target and chowns it: never where another user could have planted a link first.
+    ("offsite:\n  target: /tmp/offsite\n", "target", "'offsite.target' must not be /tmp or inside it"),
+    ("offsite:\n  target: /home/alice/copies\n", "target", "'offsite.target' must not be /home or inside it"),
+    ("offsite:\n  target: /etc/copies\n", "target", "'offsite.target' must not be /etc or inside it"),
+    ("offsite:\n  target: /mnt\n", "target", "a directory of its own, such as /mnt/label-studio"),
     ("service:\n  user: a-very-long-service-user-name-x\noffsite:\n  target: /mnt/b\n", "target", "longer than 32"),
     ("offsite:\n  target: /mnt/b\n  retention_hours: 0\n", "retention_hours", "1 to 8784 hours"),
     ("offsite:\n  target: s3://bucket\n  s3_endpoint: ftp://x\n", "s3_endpoint", "base URL"),
