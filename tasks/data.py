@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,11 +27,11 @@ from tasks.core.edge import (
     profile_for,
     task_edge,
 )
-from tasks.core.data.replace import replace_database_from_offsite
-from tasks.core.errors import RemoteError, SnapshotError, UsageError
+from tasks.core.data.replace import other_source, read_source, replace_from_offsite
+from tasks.core.errors import SnapshotError, UsageError
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile, backups_root
-from tasks.core.replication import read_replication
+from tasks.core.commands import offsite as offsite_commands
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
 
@@ -207,7 +208,8 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                         "to move another server's data here",
             "from": "back up the server OTHERHOST now and move that data here (a new VM taking over)",
             "from-config": "OTHERHOST's profile YAML (default configs/OTHERHOST.yaml)",
-            "offsite": "restore the database from the profile's offsite target (its newest point, or --at)",
+            "offsite": "restore the database from the profile's offsite target (its newest point, or --at); with "
+                       "--from OLDHOST: OLDHOST's database, .env and media from OLDHOST's target (the old VM gone)",
             "at": "with --offsite: the database as it was at this time, every transaction before it (2026-12-03 "
                   "07:30, UTC unless an offset is given; `fab offsite` shows how far back the target reaches)",
             "yes": YES_HELP, "dry-run": "check and show what would happen; change nothing",
@@ -217,9 +219,10 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
                    dry_run=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Put a snapshot (DB, .env, media) on the server, its own or another server's, with push's safety."""
     if offsite:
-        if snapshot or from_:
-            raise UsageError("--offsite restores from the profile's offsite target: give it no --snapshot or --from")
-        _restore_from_offsite(c, config, at, yes=yes, dry_run=dry_run, health_timeout=int(health_timeout))
+        if snapshot:
+            raise UsageError("--offsite restores from an offsite target: give it no --snapshot")
+        _restore_from_offsite(c, config, at, from_=from_, from_config=from_config, yes=yes, dry_run=dry_run,
+                              health_timeout=int(health_timeout))
         return
     if at:
         raise UsageError("--at goes with --offsite (a snapshot is one point in time already)")
@@ -262,42 +265,92 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
                               label="pre-restore", task_name="restore-server", health_timeout=int(health_timeout))
 
 
-def _restore_from_offsite(c, config: str | None, at: str | None, *, yes: bool, dry_run: bool,
-                          health_timeout: int) -> None:
-    """restore-server --offsite [--at]: the server's database from its offsite target, with push's safety
-    (a snapshot of the server first, the release's read, the swap job with its health gate and rollback)."""
+def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str | None, from_config: str | None,
+                          yes: bool, dry_run: bool, health_timeout: int) -> None:
+    """restore-server --offsite [--at] [--from OLDHOST]: the database (and with --from, .env and media) from
+    an offsite target, with push's safety (a snapshot of the server first, the release's read, the swap
+    job with its health gate and rollback)."""
     profile, host = open_host(c, config, sudo=True)
-    target = profile.offsite.parsed
-    if target is None:
+    if profile.offsite.parsed is None:
         raise UsageError(f"no offsite target in {profile.config_file}",
-                         hint="set offsite.target and `fab provision`; until then restore a snapshot (--snapshot)")
-    replication = read_replication(host, profile).replication
-    if replication.problem or replication.points is None:
-        raise RemoteError(f"the offsite target {target.describe()} cannot be read: "
-                          f"{replication.problem or 'Litestream listed nothing'}; nothing was changed")
+                         hint="set offsite.target and `fab provision` (it installs what reads the target); until "
+                              "then restore a snapshot (--snapshot)")
     try:
         moment = offsite.parse_point(at, datetime.now(timezone.utc)) if at else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    problem = offsite.point_problem(moment or datetime.now(timezone.utc), replication.points)
-    if problem:
-        raise UsageError(f"{problem}; nothing was changed", hint=f"`fab -H {host.alias} offsite` lists what the target holds")
-    server = engine.server_counts(host, profile)
-    point = f"as it was at {offsite.rfc3339(moment)}" if moment else "its newest point"
-    ui.out.print(f"restore {target.describe()} ({point}) -> {host.alias}")
-    ui.out.print(f"  restore points on the target: {replication.points.describe()}")
-    ui.out.print(f"  server now: {counts_text(server)}")
-    ui.out.print("  the database only: .env (SECRET_KEY) and media stay the server's")
-    if dry_run:
-        ui.out.print(f"dry run: the target answers; nothing was changed on {host.alias}")
-        return
-    confirm(f"replace the database on {host.alias} with the offsite copy ({point})? (it is backed up first)", yes)
-    with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "restore-server --offsite"):
-        if server is not None:
-            before = engine.take_server_snapshot(host, profile, label="pre-restore")
-            report_snapshot(before, "server backed up as")
-        replace_database_from_offsite(host, profile, offsite.rfc3339(moment) if moment else None,
-                                      health_timeout=health_timeout)
+    with contextlib.ExitStack() as stack:
+        if from_:
+            other = _other_offsite(c, from_, from_config, host.alias, profile)
+            source = stack.enter_context(other_source(host, profile, other, *_other_secrets(other)))
+        else:
+            source = offsite_commands.own_source(profile)
+        where = source.settings.parsed.describe()
+        points, files = read_source(host, profile, source)
+        problem = offsite.point_problem(moment or datetime.now(timezone.utc), points)
+        if problem:
+            raise UsageError(f"{where}: {problem}; nothing was changed",
+                             hint=f"`fab -H {from_ or host.alias} offsite` lists what the target holds")
+        chosen = offsite.files_snapshot_for(files, moment) if from_ else None
+        if from_ and chosen is None:
+            raise UsageError(f"{where} holds no snapshot of {from_}'s .env and media; nothing was changed",
+                             hint="without its SECRET_KEY, sessions and signed tokens would not carry over")
+        server = engine.server_counts(host, profile)
+        point = f"as it was at {offsite.rfc3339(moment)}" if moment else "its newest point"
+        ui.out.print(f"restore {where} ({point}) -> {host.alias}")
+        ui.out.print(f"  restore points on the target: {points.describe()}")
+        ui.out.print(f"  server now: {counts_text(server)}")
+        if chosen:
+            ui.out.print(f"  .env (SECRET_KEY) and media: restic snapshot {chosen.id[:8]} of "
+                         f"{chosen.time:%Y-%m-%d %H:%M:%S} UTC; the URL and settings stay {host.alias}'s (its profile)")
+        else:
+            ui.out.print("  the database only: .env (SECRET_KEY) and media stay the server's")
+        if dry_run:
+            ui.out.print(f"dry run: the target answers; nothing was changed on {host.alias}")
+            return
+        confirm(f"replace the {'data' if chosen else 'database'} on {host.alias} with the offsite copy ({point})? "
+                "(it is backed up first)", yes)
+        with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "restore-server --offsite"):
+            if server is not None:
+                before = engine.take_server_snapshot(host, profile, label="pre-restore")
+                report_snapshot(before, "server backed up as")
+            replace_from_offsite(host, profile, source, offsite.rfc3339(moment) if moment else None, chosen,
+                                 health_timeout=health_timeout)
+
+
+def _other_offsite(c, alias: str, config: str | None, here: str, profile: Profile) -> Profile:
+    """OLDHOST's profile for --offsite --from: its target, which must not be this VM's own."""
+    if alias == here:
+        raise UsageError(f"--from {alias} names the server being restored", hint="without --from: its own target")
+    other = profile_for(c, config, alias)
+    if other.offsite.parsed is None:
+        raise UsageError(f"{other.config_file} names no offsite target for {alias}; nothing was changed")
+    if other.offsite.parsed == profile.offsite.parsed:
+        raise UsageError(f"{here} streams to the same target as {alias} ({profile.offsite.parsed.describe()}): "
+                         "two VMs on one target would overwrite each other's history; nothing was changed",
+                         hint=f"give {here} a target of its own (another path or prefix) and `fab -H {here} provision`")
+    if other.database.postgresql or profile.database.postgresql:
+        raise UsageError("offsite restores move SQLite databases; nothing was changed")
+    return other
+
+
+def _other_secrets(other: Profile) -> tuple[str, dict[str, str] | None]:
+    """restic's password this machine kept for OLDHOST, and the S3 keys from this machine's environment."""
+    kept = other.backups_dir() / offsite.PASSWORD_FILE
+    if not kept.is_file():
+        raise UsageError(f"no copy of {other.host}'s restic password here ({kept}); nothing was changed",
+                         hint="put back the copy you keep elsewhere (provision made it and said where)")
+    password = kept.read_text(errors="replace").strip()
+    if offsite.password_problem(password):
+        raise UsageError(f"{kept} {offsite.password_problem(password)}; nothing was changed")
+    credentials = None
+    if other.offsite.needs_credentials:
+        credentials = offsite.credentials_from_env(dict(os.environ))
+        problem = offsite.credentials_problem(credentials or {})
+        if problem:
+            raise UsageError(f"{other.offsite.target}: {problem}; nothing was changed",
+                             hint="the keys that may read that bucket")
+    return password, credentials
 
 
 def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:

@@ -13,15 +13,19 @@ from tasks.core.replication import read_replication
 
 
 @task(help={"config": CONFIG_HELP,
-            "drill": "run the restore drill now (the newest point restored on the server and checked), then show"})
+            "drill": "run the restore drill now (the newest point restored on the server and checked), then show",
+            "files": "take a snapshot of .env and media now (restic), then show"})
 @task_edge
-def offsite(c, config=None, drill=False):
+def offsite(c, config=None, drill=False, files=False):
     """List the offsite restore points (oldest, newest, size on the target), replication and the last drill."""
     profile, host = open_host(c, config, sudo=True)
     target = profile.offsite.parsed
     if target is None:
         raise UsageError(f"no offsite target in {profile.config_file}",
                          hint="set offsite.target (a path on the VM or s3://bucket/prefix), then `fab provision`")
+    if files:
+        with ui.err.status(f"snapshot of .env and media to {target.describe()} (restic)"):
+            host.run(commands.files_now(profile), sudo=True, check=False, timeout=None, what="the files snapshot")
     if drill:
         with ui.err.status(f"restore drill: the newest point from {target.describe()}, restored and checked on the server"):
             host.run(commands.drill_now(profile), sudo=True, check=False, timeout=None, what="the restore drill")
@@ -34,7 +38,10 @@ def offsite(c, config=None, drill=False):
     table.add_row("database", state.replication.describe())
     points = state.replication.points
     table.add_row("restore points", points.describe() if points else "-")
-    table.add_row("restore drill", f"{core.drill_text(state.replication.drill)}; timer {state.timer.describe()}")
+    table.add_row(".env and media", core.describe_files(state.replication.files))
+    table.add_row("files timer", f"{state.files_timer.describe()} ({profile.offsite.files_schedule})")
+    table.add_row("restore drill", core.drill_text(state.replication.drill))
+    table.add_row("drill timer", state.timer.describe())
     ui.out.print(table)
     problem = state.problem()
     if problem:

@@ -21,8 +21,10 @@ from tasks.core.edge import (
     task_edge,
 )
 from tasks.core.errors import RemoteError, UsageError
+from tasks.core.files import write_atomic
 from tasks.core.profile import Profile
 from tasks.core.provision import facts, plan, steps, tls, tls_steps
+from tasks.core.provision.offsite_steps import OffsiteSecrets
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.plan import AdminRequest
 from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
@@ -91,6 +93,39 @@ def offsite_credentials_for(profile: Profile, found: facts.ProvisionFacts) -> di
     return values
 
 
+def offsite_password_for(host: Host, profile: Profile, found: facts.ProvisionFacts, *, dry_run: bool) -> str | None:
+    """restic's password for this host: this machine's copy (backups/<host>/offsite-password, 0600); when
+    it has none, the server's, copied here first; when neither has one, a new one, kept here before it
+    is sent. Without it nothing restores .env and media once the VM is gone."""
+    if not profile.offsite.enabled:
+        return None
+    local = profile.backups_dir() / offsite.PASSWORD_FILE
+    if local.exists():
+        password = local.read_text(errors="replace").strip()
+        problem = offsite.password_problem(password)
+        if problem:
+            raise UsageError(f"{local} {problem}; nothing was changed",
+                             hint="put back the copy you keep elsewhere, or remove the file only if the target "
+                                  "holds no snapshot of .env and media yet")
+        return password
+    if found.offsite.restic_password_meta:
+        content = host.run(read_file(profile.remote.restic_env), sudo=True, what="reading restic's password").stdout
+        password = offsite.password_from_file(content or "")
+        if password is None or offsite.password_problem(password):
+            raise RemoteError(f"{profile.remote.restic_env} on {host.alias} holds no password this toolkit made; "
+                              "nothing was changed")
+        if not dry_run:
+            write_atomic(local, f"{password}\n".encode())
+            ui.step(True, f"copied restic's password from {host.alias} to {local} (0600)")
+        return password
+    password = offsite.new_password()
+    if not dry_run:
+        write_atomic(local, f"{password}\n".encode())
+        ui.step(True, f"made restic's password for {host.alias}'s .env and media: kept in {local} (0600); keep a copy "
+                      "somewhere else as well (without it they cannot be read back once the VM is gone)")
+    return password
+
+
 @task(help={
     "config": CONFIG_HELP,
     "dry-run": "connect and read, show every step and file diff, change nothing",
@@ -123,13 +158,14 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     database_password = None
     if not dry_run and steps.database_password_needed(found, profile):
         database_password = ask_database_password(profile)
-    offsite_credentials = offsite_credentials_for(profile, found)
+    offsite_secrets = OffsiteSecrets(offsite_credentials_for(profile, found),
+                                     offsite_password_for(host, profile, found, dry_run=dry_run))
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
     changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab,
                                           database_password=database_password,
-                                          offsite_credentials=offsite_credentials), dry_run=dry_run)
+                                          offsite_secrets=offsite_secrets), dry_run=dry_run)
     if profile.tls.enabled and not tls_steps.ready(found, profile):
         changes += https_pass(host, profile, found, email, tls_pair, eab, shown=changes, dry_run=dry_run)
     elif not dry_run:

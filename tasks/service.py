@@ -33,11 +33,13 @@ def certificate_row(mode: str, pem: str | None) -> tuple[str, str] | None:
 
 
 def offsite_status(st: HostStatus, profile: Profile) -> tuple[list[tuple[str, str]], str | None]:
-    """The "offsite" and "restore drill" rows (offsite on) and why the copies are not kept or proven, or None."""
+    """The "offsite", "offsite files" and "restore drill" rows (offsite on) and why the copies are not kept
+    or proven, or None."""
     state = replication_state(st.offsite, profile)
     problem = state.problem()
     text = f"PROBLEM: {problem}" if problem else state.replication.describe()
     return ([("offsite", f"{profile.offsite.parsed.describe()}: {text}"),
+             ("offsite files", offsite.describe_files(state.replication.files)),
              ("restore drill", offsite.drill_text(state.replication.drill))], problem)
 
 

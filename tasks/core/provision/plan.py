@@ -122,16 +122,16 @@ class StoreDatabasePassword:
 
 
 @dataclass(frozen=True)
-class StoreOffsiteCredentials:
-    """offsite to S3: the credentials taken from this machine's environment, on the SSH channel's stdin
-    into the root-only file systemd reads for the replication service."""
+class StoreOffsiteSecret:
+    """offsite: the S3 keys taken from this machine's environment, or restic's password, on the SSH
+    channel's stdin into a root-only file systemd reads for the replication user's programs."""
 
-    profile: Profile
+    path: PurePosixPath
     content: bytes = field(repr=False)
 
 
 Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth, InstallTlsFiles, ObtainCertificate,
-               StoreDatabasePassword, StoreOffsiteCredentials]
+               StoreDatabasePassword, StoreOffsiteSecret]
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,8 @@ def execute(host: Host, change: Change) -> Change:
         obtain_certificate(host, action)
     elif isinstance(action, StoreDatabasePassword):
         store_database_password(host, action)
-    elif isinstance(action, StoreOffsiteCredentials):
-        store_offsite_credentials(host, action)
+    elif isinstance(action, StoreOffsiteSecret):
+        store_offsite_secret(host, action)
     else:  # pragma: no cover - a new Action type without an executor is a bug here
         raise TypeError(f"no executor for {action!r}")
     return change
@@ -270,11 +270,11 @@ def store_database_password(host: Host, action: StoreDatabasePassword) -> None:
         channel.close()
 
 
-def store_offsite_credentials(host: Host, action: StoreOffsiteCredentials) -> None:
-    channel = host.root_channel(offsite_commands.store_credentials(action.profile))
+def store_offsite_secret(host: Host, action: StoreOffsiteSecret) -> None:
+    channel = host.root_channel(offsite_commands.store_secret(action.path))
     try:
         channel.write(action.content)
-        channel.finish("storing the offsite credentials")
+        channel.finish(f"storing {action.path}")
     finally:
         channel.close()
 

@@ -400,7 +400,8 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
 
 def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start: bool = True,
          tls_pair: LocalPair | None = None, eab: Eab | None = None,
-         database_password: str | None = None, offsite_credentials: dict[str, str] | None = None) -> list[Change]:
+         database_password: str | None = None,
+         offsite_secrets: offsite_steps.OffsiteSecrets = offsite_steps.OffsiteSecrets()) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -416,7 +417,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *tls_steps.certificate(facts, wanted, tls_pair),
         env_file(facts, profile),
         *service_definition(facts, profile),
-        *offsite_steps.setup(facts, profile, offsite_credentials),
+        *offsite_steps.setup(facts, profile, offsite_secrets),
         *nginx_site(facts, wanted, tls_pair),
         *firewall(facts, wanted),
         *tls_steps.renewal(facts, wanted),

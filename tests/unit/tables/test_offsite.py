@@ -21,7 +21,8 @@ from tasks.core.offsite import OffsiteSettings
 from tasks.core.profile import parse_profile
 from tasks.core.provision import steps
 from tasks.core.provision.facts import OffsiteFacts
-from tasks.core.provision.plan import AdminRequest, StoreOffsiteCredentials
+from tasks.core.provision.offsite_steps import OffsiteSecrets
+from tasks.core.provision.plan import AdminRequest, StoreOffsiteSecret
 from tests.unit.samples import PROFILE
 
 S3 = parse_profile("offsite:\n  target: s3://lsvm-backups/team-a/vm1\n  s3_endpoint: http://127.0.0.1:9000\n",
@@ -187,6 +188,7 @@ EMAIL = "admin@example.com"
 LIVE = dataclasses.replace(PROFILE, offsite=OffsiteSettings(target="/mnt/backup/ls"))
 LIVE_S3 = dataclasses.replace(PROFILE, offsite=OffsiteSettings(target="s3://bucket/p", s3_endpoint="http://10.0.0.5:9000"))
 KEYS = {"AWS_ACCESS_KEY_ID": "AKIA123", "AWS_SECRET_ACCESS_KEY": "abc/DEF+ghi="}
+PASSWORD = "restic-password-0123456789abcdef"
 
 
 def changed(changes) -> list[str]:
@@ -198,7 +200,7 @@ def replicating(facts, profile):
     user, group = profile.offsite_user, profile.service.user
     content = offsite.credentials_file(KEYS)
     return dataclasses.replace(
-        facts, data_dir_meta=f"{group}:{group}:2770",
+        facts, data_dir_meta=f"{group}:{group}:2770", installed_packages=facts.installed_packages | {"restic"},
         files={**facts.files, "unit_file": render.unit_file(profile).content,
                "litestream_config": render.litestream_config(profile).content,
                "offsite_unit": render.offsite_unit(profile).content,
@@ -207,14 +209,18 @@ def replicating(facts, profile):
                              database_meta=f"{group}:{group}:660",
                              credentials_meta="root:root:600" if profile.offsite.needs_credentials else "",
                              credentials_sha256=hashlib.sha256(content).hexdigest(), target_meta=f"{user}:{user}:700",
-                             litestream=offsite.LITESTREAM_VERSION,
+                             litestream=offsite.LITESTREAM_VERSION, restic_password_meta="root:root:600",
+                             restic_password_sha256=hashlib.sha256(offsite.password_file(PASSWORD)).hexdigest(),
+                             restic_repository=True,
                              unit=UnitState("loaded", "active", "running", "enabled"),
-                             drill_timer=UnitState("loaded", "active", "waiting", "enabled")))
+                             drill_timer=UnitState("loaded", "active", "waiting", "enabled"),
+                             files_timer=UnitState("loaded", "active", "waiting", "enabled")))
 
 
 def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(provisioned):
-    changes = steps.plan(provisioned, LIVE, AdminRequest(EMAIL))
+    changes = steps.plan(provisioned, LIVE, AdminRequest(EMAIL), offsite_secrets=OffsiteSecrets(password=PASSWORD))
     assert changed(changes) == [
+        "installed restic",
         "/var/lib/label-studio set to labelstudio:labelstudio:2770 (was labelstudio:labelstudio:750)",
         "updated systemd unit /etc/systemd/system/label-studio.service",
         "replication user labelstudio-offsite ready, in group labelstudio",
@@ -222,17 +228,26 @@ def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(p
         "/mnt/backup/ls (the target) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
         f"made the database group-writable for labelstudio-offsite (was {provisioned.offsite.database_meta})",
         f"installed Litestream {offsite.LITESTREAM_VERSION}",
+        "stored restic's password in /opt/label-studio/label-studio-offsite-restic.env (root, 0600)",
+        "restic's repository for .env and media is ready on /mnt/backup/ls",
         "created Litestream settings /opt/label-studio/label-studio-litestream.yml",
         "created replication unit /etc/systemd/system/label-studio-offsite.service",
         "created restore drill /opt/label-studio/offsite-drill.py",
         "created restore drill unit /etc/systemd/system/label-studio-offsite-drill.service",
         "created restore drill timer /etc/systemd/system/label-studio-offsite-drill.timer",
+        "created files snapshot (.env and media) /opt/label-studio/offsite-files.py",
+        "created files snapshot unit /etc/systemd/system/label-studio-offsite-files.service",
+        "created files snapshot timer /etc/systemd/system/label-studio-offsite-files.timer",
         "reloaded systemd (the unit file changed)",
         "restarted label-studio.service (its settings changed)",
         "enabled label-studio-offsite.service (it starts with Label Studio)",
         "started label-studio-offsite.service: the database streams to /mnt/backup/ls",
         "started label-studio-offsite-drill.timer (the nightly restore drill)",
+        "started label-studio-offsite-files.timer (.env and media, hourly); the first snapshot runs now "
+        "(`fab offsite` shows it)",
     ]
+    store = next(c.action for c in changes if isinstance(c.action, StoreOffsiteSecret))
+    assert store.content == f"RESTIC_PASSWORD={PASSWORD}\n".encode() and PASSWORD not in repr(store)
     # The prepare step makes the database group-writable at each start; the unit says so.
     assert "--share-with-group" in render.unit_file(LIVE).content
     assert "--share-with-group" not in render.unit_file(PROFILE).content
@@ -243,18 +258,18 @@ def test_a_replicating_host_plans_nothing(provisioned):
         assert changed(steps.plan(replicating(provisioned, profile), profile, AdminRequest(EMAIL))) == []
         # The same credentials given again change nothing either (compared by hash, never read back).
         assert changed(steps.plan(replicating(provisioned, profile), profile, AdminRequest(EMAIL),
-                                  offsite_credentials=KEYS)) == []
+                                  offsite_secrets=OffsiteSecrets(KEYS, PASSWORD))) == []
 
 
 def test_new_credentials_replace_the_stored_ones_and_restart_the_replication(provisioned):
     facts = replicating(provisioned, LIVE_S3)
     other = {**KEYS, "AWS_SECRET_ACCESS_KEY": "rotated"}
-    changes = steps.plan(facts, LIVE_S3, AdminRequest(EMAIL), offsite_credentials=other)
+    changes = steps.plan(facts, LIVE_S3, AdminRequest(EMAIL), offsite_secrets=OffsiteSecrets(other, PASSWORD))
     assert changed(changes) == [
         "replaced the target's credentials in /opt/label-studio/label-studio-offsite.env (root, 0600)",
         "restarted label-studio-offsite.service: the database streams to s3://bucket/p",
     ]
-    store = next(c.action for c in changes if isinstance(c.action, StoreOffsiteCredentials))
+    store = next(c.action for c in changes if isinstance(c.action, StoreOffsiteSecret))
     assert store.content == b"AWS_ACCESS_KEY_ID=AKIA123\nAWS_SECRET_ACCESS_KEY=rotated\n"
     assert "rotated" not in repr(store)   # never in a log line or a traceback
 
@@ -268,6 +283,7 @@ def test_a_changed_target_restarts_only_the_replication(provisioned):
         "updated Litestream settings /opt/label-studio/label-studio-litestream.yml",
         "updated replication unit /etc/systemd/system/label-studio-offsite.service",
         "updated restore drill unit /etc/systemd/system/label-studio-offsite-drill.service",
+        "updated files snapshot unit /etc/systemd/system/label-studio-offsite-files.service",
         "reloaded systemd (the unit file changed)",
         "restarted label-studio-offsite.service: the database streams to /mnt/other",
     ]

@@ -1,0 +1,122 @@
+"""The offsite snapshot of .env and media, run ON the server by root (systemd timer): tar reads them as
+the service user and streams them into `restic backup --stdin` run as the replication user, with the
+password and keys systemd read for this unit; then `restic forget --prune` keeps what the profile says.
+Root only starts the two and joins them with a pipe: it opens no path in the data dir (only tar's
+working directory, whose parent is root's) and gives the service user's process no secret. Standard
+library only; installed by `fab provision` as <app_dir>/offsite-files.py.
+
+    offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+import time
+
+FILES_NAME = "files.tar"
+FILES_TAG = "files"
+PARTS = (".env", "media")
+LOCKED = "repository is already locked"
+LOCK_WAIT = 3600                      # a drill's check or a prune holds restic's exclusive lock meanwhile
+LOCK_POLL = 15
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def as_user(name: str, home: str) -> dict:
+    """subprocess arguments that run a child as `name` with its own group only."""
+    entry = pwd.getpwnam(name)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": [], "env_home": home}
+
+
+def _popen(words: list[str], who: dict, env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(words, user=who["user"], group=who["group"], extra_groups=who["extra_groups"],
+                            env={**env, "HOME": who["env_home"]}, **kwargs)
+
+
+def backup_once(service: dict, replication: dict, data_dir: str, restic: list[str]) -> tuple[int, int, str, str]:
+    """tar | restic backup: (tar's exit, restic's exit, restic's stdout, restic's stderr)."""
+    clean = {"PATH": SAFE_PATH, "LC_ALL": "C"}
+    tar = _popen(["tar", "--ignore-failed-read", "--warning=no-file-changed", "-cf", "-", "--", *PARTS],
+                 service, clean, cwd=data_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        backup = _popen([*restic, "backup", "--stdin", "--stdin-filename", FILES_NAME, "--tag", FILES_TAG, "--json"],
+                        replication, {**os.environ, "PATH": SAFE_PATH}, stdin=tar.stdout,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        tar.stdout.close()
+    out, err = backup.communicate()
+    return tar.wait(), backup.returncode, out, err
+
+
+def summary_of(out: str) -> dict:
+    """restic backup --json's closing message (snapshot id, bytes added)."""
+    for line in reversed(out.splitlines()):
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("message_type") == "summary":
+            return {key: message.get(key) for key in ("snapshot_id", "data_added", "total_bytes_processed")}
+    return {}
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run(service_user: str, replication_user: str, data_dir: str, state_dir: str, restic: list[str],
+        forget: list[str]) -> dict:
+    service, replication = as_user(service_user, data_dir), as_user(replication_user, state_dir)
+    started = time.monotonic()
+    deadline = started + LOCK_WAIT
+    while True:
+        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic)
+        if restic_exit != 0 and LOCKED in err and time.monotonic() < deadline:
+            time.sleep(LOCK_POLL)   # another restic (the drill's check) holds the lock: wait for it
+            continue
+        break
+    result: dict = {"seconds": round(time.monotonic() - started, 1)}
+    if tar_exit not in (0, 1):      # 1: a file changed while read (its next snapshot has it whole)
+        result["problem"] = f"tar of .env and media failed (exit {tar_exit})"
+        return result
+    if restic_exit != 0:
+        result["problem"] = "restic backup failed: " + (last_line(err) or f"exit {restic_exit}")
+        return result
+    result.update(summary_of(out))
+    while True:
+        pruned = _popen([*restic, *forget], replication, {**os.environ, "PATH": SAFE_PATH},
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        _, prune_err = pruned.communicate()
+        if pruned.returncode != 0 and LOCKED in prune_err and time.monotonic() < deadline:
+            time.sleep(LOCK_POLL)
+            continue
+        break
+    if pruned.returncode != 0:
+        result["problem"] = "restic forget --prune failed: " + (last_line(prune_err) or f"exit {pruned.returncode}")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if argv.count("--") != 2:
+        print("usage: offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET...",
+              file=sys.stderr)
+        return 2
+    first = argv.index("--")
+    second = argv.index("--", first + 1)
+    service_user, replication_user, data_dir, state_dir = argv[:first]
+    try:
+        result = run(service_user, replication_user, data_dir, state_dir, argv[first + 1:second], argv[second + 1:])
+    except (OSError, KeyError, subprocess.SubprocessError) as exc:
+        result = {"problem": f"the snapshot could not run: {exc}"}
+    result["ok"] = "problem" not in result
+    print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
