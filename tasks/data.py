@@ -30,7 +30,7 @@ from tasks.core.edge import (
 from tasks.core.data.replace import other_source, read_source, replace_from_offsite
 from tasks.core.errors import SnapshotError, UsageError
 from tasks.core.onserver import sqlite
-from tasks.core.profile import Profile, backups_root
+from tasks.core.profile import Profile, backups_root, load_profile
 from tasks.core.commands import offsite as offsite_commands
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
@@ -281,7 +281,7 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
         raise UsageError(str(exc)) from None
     with contextlib.ExitStack() as stack:
         if from_:
-            other = _other_offsite(c, from_, from_config, host.alias, profile)
+            other = _other_offsite(from_, from_config, host.alias, profile)
             source = stack.enter_context(other_source(host, profile, other, *_other_secrets(other)))
         else:
             source = offsite_commands.own_source(profile)
@@ -318,11 +318,11 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
                                  health_timeout=health_timeout)
 
 
-def _other_offsite(c, alias: str, config: str | None, here: str, profile: Profile) -> Profile:
+def _other_offsite(alias: str, config: str | None, here: str, profile: Profile) -> Profile:
     """OLDHOST's profile for --offsite --from: its target, which must not be this VM's own."""
     if alias == here:
         raise UsageError(f"--from {alias} names the server being restored", hint="without --from: its own target")
-    other = profile_for(c, config, alias)
+    other = load_profile(alias, config)
     if other.offsite.parsed is None:
         raise UsageError(f"{other.config_file} names no offsite target for {alias}; nothing was changed")
     if other.offsite.parsed == profile.offsite.parsed:

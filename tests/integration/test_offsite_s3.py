@@ -4,11 +4,18 @@ environment root-only on the VM (sent on stdin, never in argv); the service user
 database reaches the bucket and restores from it; wrong keys make `fab offsite` fail in one line until
 provision is given the right ones.
 
-Two VMs for one feature, on one Debian release (CI time; what differs between the releases is covered by
-test_offsite.py's path target and the rest of the suite)."""
+Last, the disaster: the VM is killed (`docker kill`) and a new VM, provisioned with a target of its own,
+is rebuilt from the old VM's target alone (`restore-server --offsite --from`): the database from
+Litestream, .env and media from restic with the password this machine kept; Label Studio's official SDK
+with an API token made on the old VM reads the same users, projects, tasks and annotations, and the
+upload is served byte for byte.
+
+Three VMs for one feature, on one Debian release (CI time; what differs between the releases is covered
+by test_offsite.py's path target and the rest of the suite). The tests run in file order."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,6 +24,9 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio
+from dev.testvm.image import NOPASSWD_USER
+from tests.integration.support.fab import Fab
+from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone, start_test_vm
 
 pytestmark = pytest.mark.one_release("trixie")
@@ -45,15 +55,31 @@ def s3host(vm_image, tmp_path_factory):
     vm.stop()
 
 
+KEYS = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+
+
+def offsite_section(s3host, prefix: str) -> str:
+    return f"offsite:\n  target: s3://{BUCKET}/{prefix}\n  s3_endpoint: http://{s3host.address}:9000\n"
+
+
 @pytest.fixture(scope="module")
 def site(provisioned, s3host, tmp_path_factory):
-    offsite = f"offsite:\n  target: s3://{BUCKET}/{PREFIX}\n  s3_endpoint: http://{s3host.address}:9000\n"
     home = tmp_path_factory.mktemp(f"home-offsite-s3-{provisioned.suite}")
-    keys = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
-    machine = provisioned_clone(provisioned, home, "offsite-s3", edits=((TEST_WORKERS, TEST_WORKERS + offsite),),
-                                env=keys)
+    machine = provisioned_clone(provisioned, home, "offsite-s3",
+                                edits=((TEST_WORKERS, TEST_WORKERS + offsite_section(s3host, PREFIX)),), env=KEYS)
     yield machine
     machine.vm.stop()
+
+
+class TwoServers(Fab):
+    """`fab` with an ssh_config naming both servers: `new` (-H) and `old` (the one that is lost)."""
+
+    old_vm = None
+
+    def ssh_config(self):
+        path = self.home / "ssh_config"
+        path.write_text(self.vm.ssh_config("new", NOPASSWD_USER) + self.old_vm.ssh_config("old", NOPASSWD_USER))
+        return path
 
 
 def sh(vm, command: str, **kwargs) -> str:
@@ -107,3 +133,78 @@ def test_wrong_keys_fail_offsite_in_one_line_until_the_right_ones_come(site):
     right = site.fab("provision", env={"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET})
     assert right.returncode == 0, right.stdout + right.stderr
     assert site.fab("offsite").returncode == 0
+
+
+def test_restic_keeps_env_and_media_in_the_bucket(site, s3host):
+    result = site.fab("offsite", "--files")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any(line.startswith(".env and media") and "snapshot(s)" in line for line in result.stdout.splitlines())
+    assert sh(s3host, f"ls /srv/s3/{BUCKET}/{PREFIX}/restic").split() == ["config", "data", "index", "keys", "snapshots"]
+    drill = site.fab("offsite", "--drill")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert "restic check read back 5%" in drill.stdout, drill.stdout
+
+
+def test_a_killed_vm_is_rebuilt_on_a_new_one_from_its_target_alone(site, s3host, provisioned, tmp_path_factory):
+    """The old VM is killed; a new VM with a target of its own gets the old one's data from the bucket.
+    The restic password comes from this machine's copy: `fab -H old provision` from another folder finds
+    none here and copies the server's first (what a second laptop does)."""
+    home = tmp_path_factory.mktemp(f"home-offsite-rebuild-{provisioned.suite}")
+    new = provisioned_clone(provisioned, home, "offsite-new",
+                            edits=((TEST_WORKERS, TEST_WORKERS + offsite_section(s3host, "team/vm2")),), env=KEYS)
+    try:
+        fab = TwoServers(new.vm, home, env=KEYS)
+        fab.old_vm = site.vm
+        adopted = fab("provision", "--config", str(site.profile), host="old")
+        assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+        assert "copied restic's password from old to" in adopted.stdout, adopted.stdout
+        assert (home / "backups" / "old" / "offsite-password").read_text() == \
+            (site.fab.home / "backups" / "vm" / "offsite-password").read_text()
+
+        # Data on the old VM: tasks, annotations, an upload, an API token, through the API and the SDK.
+        ls = LabelStudio(site.url)
+        assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        project = ls.post_json("/api/projects", {"title": "Made on the lost VM", "label_config": LABEL_CONFIG}).json()["id"]
+        tasks = [{"text": f"review {i}"} for i in range(20)]
+        assert ls.import_file(project, "tasks.json", json.dumps(tasks).encode()).status == 201
+        image = png(36, 20)
+        assert ls.import_file(project, "photo.png", image).status == 201
+        listed = ls.get(f"/api/tasks?project={project}&page_size=100").json()["tasks"]
+        for task in listed[:7]:
+            assert ls.post_json(f"/api/tasks/{task['id']}/annotations", {"result": [{
+                "from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["pos"]}}]}).status == 201
+        upload = next(v for t in listed for v in t["data"].values() if isinstance(v, str) and "/data/upload/" in v)
+        token = ls.post_json("/api/token/", {}).json()["token"]
+        before = sdk_view(site.url, token)
+        assert before["annotations"] == 7 and before["projects"]["Made on the lost VM"] == 21
+        # Everything on the target: the database caught up, then a snapshot of .env and media.
+        deadline, out = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "the target holds every transaction" not in out:
+            out = fab("offsite", "--config", str(site.profile), host="old").stdout
+        assert "the target holds every transaction" in out, out
+        assert fab("offsite", "--files", "--config", str(site.profile), host="old").returncode == 0
+
+        subprocess.run(["docker", "kill", site.vm.id], check=True, capture_output=True)
+
+        args = ("restore-server", "--config", str(new.profile), "--offsite", "--from", "old",
+                "--from-config", str(site.profile))
+        dry = fab(*args, "--dry-run", host="new")
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert f"restore s3://{BUCKET}/{PREFIX} (its newest point) -> new" in dry.stdout, dry.stdout
+        assert ".env (SECRET_KEY) and media: restic snapshot" in dry.stdout
+        result = fab(*args, "--yes", host="new")
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        assert "server backed up as" in out and "restored .env, media from restic snapshot" in out, out
+
+        # The old VM's data through the new VM, read by the official SDK with the old VM's token.
+        assert sdk_view(new.url, token) == before
+        session = LabelStudio(new.url)
+        assert session.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        served = session.get(upload)
+        assert served.status == 200 and served.body == image
+        # The new VM streams its restored database to its own target from now on.
+        status = new.fab("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        new.vm.stop()
