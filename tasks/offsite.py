@@ -42,6 +42,8 @@ def offsite(c, config=None, drill=False, files=False):
     table.add_row("files timer", f"{state.files_timer.describe()} ({profile.offsite.files_schedule})")
     table.add_row("restore drill", core.drill_text(state.replication.drill))
     table.add_row("drill timer", state.timer.describe())
+    table.add_row("watch", f"{core.watch_text(state.replication.watch, profile.offsite.notify)}; timer "
+                           f"{state.watch_timer.describe()}")
     ui.out.print(table)
     problem = state.problem()
     if problem:

@@ -93,6 +93,21 @@ def offsite_credentials_for(profile: Profile, found: facts.ProvisionFacts) -> di
     return values
 
 
+def offsite_notify_url_for(profile: Profile, found: facts.ProvisionFacts) -> str | None:
+    """offsite.notify: the apprise URL(s) from this machine's $LSVM_NOTIFY_URL (checked here), None to keep
+    the ones stored on the server; refused when there are none anywhere."""
+    if not (profile.offsite.enabled and profile.offsite.notify):
+        return None
+    url = os.environ.get(offsite.NOTIFY_ENV, "").strip()
+    if not url and found.offsite.notify_meta:
+        return None
+    problem = offsite.notify_url_problem(url)
+    if problem:
+        raise UsageError(f"offsite.notify is on: {problem}; nothing was changed",
+                         hint="apprise's URL forms: https://github.com/caronc/apprise/wiki (json://, mailtos://, ntfys://, ...)")
+    return url
+
+
 def offsite_password_for(host: Host, profile: Profile, found: facts.ProvisionFacts, *, dry_run: bool) -> str | None:
     """restic's password for this host: this machine's copy (backups/<host>/offsite-password, 0600); when
     it has none, the server's, copied here first; when neither has one, a new one, kept here before it
@@ -159,7 +174,8 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     if not dry_run and steps.database_password_needed(found, profile):
         database_password = ask_database_password(profile)
     offsite_secrets = OffsiteSecrets(offsite_credentials_for(profile, found),
-                                     offsite_password_for(host, profile, found, dry_run=dry_run))
+                                     offsite_password_for(host, profile, found, dry_run=dry_run),
+                                     offsite_notify_url_for(profile, found))
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")

@@ -47,6 +47,11 @@ FILES_TAG = "files"                    # restic's snapshots of .env and media
 FILES_NAME = "files.tar"               # the one file each snapshot holds (a tar read by the service user)
 PASSWORD_FILE = "offsite-password"     # this machine's copy of restic's password, in backups/<host>/
 DRILL_READ_SHARE = "5%"                # of restic's packs read back in full by each drill
+APPRISE_PACKAGE = "apprise==2.2.0"     # the offsite watch's notifications, in the replication's venv
+NOTIFY_ENV = "LSVM_NOTIFY_URL"         # on this machine at provision time: where notifications go
+# apprise's command line through the venv's python (its bin/apprise names the python of the folder the
+# venv was built in, before it was renamed into place).
+APPRISE_CLI = "from apprise.cli import main; main()"
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -116,7 +121,7 @@ def _retention(value: int) -> str | None:
     return None if 1 <= value <= 24 * 366 else "must be 1 to 8784 hours"
 
 
-_CALENDAR = re.compile(r"^(minutely|hourly|daily|weekly|monthly|[0-9*/,:. -]+|(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z,.]* [0-9*/,:. -]+)$")
+_CALENDAR = re.compile(r"^(minutely|hourly|daily|weekly|monthly|[0-9*/,:. -]+|(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[A-Za-z,.]* [0-9*/,:. -]+)$")
 
 
 def _schedule(value: str) -> str | None:
@@ -143,6 +148,7 @@ class OffsiteSettings:
     keep_daily: int = _opt(7, _keep)
     keep_weekly: int = _opt(4, _keep)
     keep_monthly: int = _opt(12, _keep)
+    notify: bool = _opt(False)
 
     @property
     def enabled(self) -> bool:
@@ -234,6 +240,21 @@ def password_from_file(content: str) -> str | None:
         if key == RESTIC_PASSWORD_KEY and value:
             return value
     return None
+
+
+def notify_url_problem(url: str) -> str | None:
+    """What is wrong with the notification URL(s) taken from this machine's environment, in words."""
+    if not url:
+        return f"${NOTIFY_ENV} must be set on this machine (an apprise URL such as json://host/path or " \
+               "mailtos://...; stored root-only on the VM, never in the profile)"
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"`$\\]+( +[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"`$\\]+)*", url):
+        return f"${NOTIFY_ENV} must be apprise URLs (scheme://...), separated by blanks, without quotes, '$', '`' or '\\'"
+    return None
+
+
+def notify_file(url: str) -> bytes:
+    """The root-only 0600 file systemd reads for the offsite watch (apprise reads APPRISE_URLS)."""
+    return f"APPRISE_URLS={url}\n".encode()
 
 
 def restic_repository(settings: OffsiteSettings) -> str:
@@ -385,6 +406,7 @@ class Replication:
     problem: str = ""              # why any of them could not be read, in Litestream's or restic's words
     drill: dict | None = None      # the last restore drill's result (tasks/core/onserver/offsite_drill.py)
     files: list[FilesSnapshot] | None = None   # restic's snapshots of .env and media, oldest first
+    watch: dict | None = None      # the offsite watch's last look (tasks/core/onserver/offsite_watch.py)
 
     @property
     def behind(self) -> int:
@@ -451,7 +473,7 @@ def replication_problem(unit_running: bool, unit_described: str, replication: Re
 def replication_from(values: dict[str, str], database: str) -> Replication:
     """The `[offsite_report]` section's key=value lines."""
     said = {"status": "litestream status", "points": "litestream ltx", "drill": "the drill's result",
-            "files": "restic snapshots"}
+            "files": "restic snapshots", "watch": "the watch's state"}
     problems = [f"{label}: {values[key + '_error'].strip() or 'failed'}"
                 for key, label in said.items() if key + "_error" in values]
     try:
@@ -459,9 +481,28 @@ def replication_from(values: dict[str, str], database: str) -> Replication:
         points = parse_ltx_listing(values["points"]) if "points" in values else None
         drill = json.loads(values["drill"]) if values.get("drill") else None
         files = parse_files_snapshots(values["files"]) if "files" in values else None
+        watch = json.loads(values["watch"]) if values.get("watch") else None
     except (ValueError, KeyError, TypeError) as exc:
         return Replication(problem=f"litestream or restic printed what this toolkit cannot read ({exc})")
-    return Replication(local, points, "; ".join(problems), drill if isinstance(drill, dict) else None, files)
+    return Replication(local, points, "; ".join(problems), drill if isinstance(drill, dict) else None, files,
+                       watch if isinstance(watch, dict) else None)
+
+
+def watch_text(watch: dict | None, notify: bool) -> str:
+    """The offsite watch's last look and notification, in words."""
+    sends = "notifies by apprise when a problem appears or clears" if notify else "notifies nobody (offsite.notify)"
+    if not watch:
+        return f"no look yet (every 10 minutes); {sends}"
+    checked = str(watch.get("checked", "?")).replace("T", " ").replace("Z", " UTC")
+    seen = "; ".join(watch.get("problems") or []) or "no problem"
+    sent = watch.get("sent")
+    if sent and not sent.get("ok"):
+        last = f"; the last notification FAILED: {sent.get('problem', '?')}"
+    elif sent:
+        last = f"; last sent {str(sent.get('at', '?')).replace('T', ' ').replace('Z', ' UTC')}"
+    else:
+        last = ""
+    return f"looked {checked}: {seen}; {sends}{last}"
 
 
 # ------------------------------------------------------------------------------------------------

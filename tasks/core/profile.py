@@ -285,6 +285,12 @@ class RemotePaths:
     offsite_files: PurePosixPath      # tar of .env and media into restic (tasks/core/onserver/offsite_files.py)
     files_unit: PurePosixPath
     files_timer: PurePosixPath
+    notify_env: PurePosixPath         # root-only 0600: where notifications go (apprise URLs), read by systemd
+    offsite_python: PurePosixPath     # the offsite venv's python: apprise runs through it (-c APPRISE_CLI)
+    offsite_watch: PurePosixPath      # the watch (tasks/core/onserver/offsite_watch.py), root's
+    watch_unit: PurePosixPath
+    watch_timer: PurePosixPath
+    watch_state: PurePosixPath        # its last look, the replication user's
 
     def tls_files(self, mode: str) -> tuple[PurePosixPath, PurePosixPath, PurePosixPath]:
         """(full chain, chain without the leaf, private key) nginx uses in this TLS mode."""
@@ -401,6 +407,12 @@ class Profile:
             offsite_files=app / "offsite-files.py",
             files_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-files.service",
             files_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-files.timer",
+            notify_env=app / f"{name}-offsite-notify.env",
+            offsite_python=app / "offsite" / "bin" / "python",
+            offsite_watch=app / "offsite-watch.py",
+            watch_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.service",
+            watch_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.timer",
+            watch_state=PurePosixPath("/var/lib") / f"{name}-offsite" / "watch.json",
         )
 
     def release_dir(self, version: str) -> PurePosixPath:

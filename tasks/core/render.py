@@ -13,7 +13,7 @@ from tasks.core.database import label_studio_env
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import check_words, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
-from tasks.core.onserver import app_server, offsite_drill, offsite_files, prepare_database
+from tasks.core.onserver import app_server, offsite_drill, offsite_files, offsite_watch, prepare_database
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
@@ -23,6 +23,7 @@ APP_SERVER_SOURCE = Path(app_server.__file__).read_text()
 PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
 OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
 OFFSITE_FILES_SOURCE = Path(offsite_files.__file__).read_text()
+OFFSITE_WATCH_SOURCE = Path(offsite_watch.__file__).read_text()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -152,9 +153,13 @@ def _offsite_values(profile: Profile) -> dict:
                       p.offsite_state, p.drill_result, "--", *restic, "--", *check_words())
     files = exec_line("/usr/bin/python3", "-I", p.offsite_files, profile.service.user, profile.offsite_user,
                       p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite))
+    watch = exec_line("/usr/bin/python3", "-I", p.offsite_watch, p.watch_state, p.drill_result, p.offsite_python,
+                      p.litestream_bin, p.litestream_config, p.database, "--", p.offsite_unit.name, "--",
+                      p.files_timer.name, p.drill_timer.name, "--", p.files_unit.name, p.drill_unit.name)
     return {**context(profile), "target": target.describe(), "offsite_user": profile.offsite_user,
             "credentials": profile.offsite.needs_credentials,
-            "target_path": target.path if target.kind == "path" else None, "drill_exec": drill, "files_exec": files}
+            "target_path": target.path if target.kind == "path" else None, "drill_exec": drill, "files_exec": files,
+            "watch_exec": watch}
 
 
 def _program(path: PurePosixPath, source: str) -> RenderedFile:
@@ -166,8 +171,8 @@ def _unit(path: PurePosixPath, template: str, values: dict) -> RenderedFile:
 
 
 def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
-    """The restore drill and the snapshots of .env and media: their programs, units and timers
-    (probes.managed_files' keys)."""
+    """The restore drill, the snapshots of .env and media and the watch: their programs, units and
+    timers (probes.managed_files' keys)."""
     p = profile.remote
     values = _offsite_values(profile)
     return {
@@ -177,6 +182,9 @@ def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
         "offsite_files": _program(p.offsite_files, OFFSITE_FILES_SOURCE),
         "files_unit": _unit(p.files_unit, "systemd/offsite-files.service.j2", values),
         "files_timer": _unit(p.files_timer, "systemd/offsite-files.timer.j2", values),
+        "offsite_watch": _program(p.offsite_watch, OFFSITE_WATCH_SOURCE),
+        "watch_unit": _unit(p.watch_unit, "systemd/offsite-watch.service.j2", values),
+        "watch_timer": _unit(p.watch_timer, "systemd/offsite-watch.timer.j2", values),
     }
 
 

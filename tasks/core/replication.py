@@ -21,10 +21,13 @@ class ReplicationState:
     replication: Replication
     files_timer: UnitState = UnitState()   # restic's snapshots of .env and media
     files_unit: UnitState = UnitState()    # its last run ("failed" when it did)
+    watch_timer: UnitState = UnitState()   # the watch that notifies without the laptop
 
     def problem(self) -> str | None:
         files = files_job_problems(self.files_timer.running, self.files_timer.describe(),
                                    self.files_unit.active == "failed")
+        if not self.watch_timer.running:
+            files.append(f"nothing watches the offsite copies on the server: its timer is {self.watch_timer.describe()}")
         return replication_problem(self.unit.running, self.unit.describe(), self.replication,
                                    self.timer.running, self.timer.describe(), files)
 
@@ -32,10 +35,10 @@ class ReplicationState:
 def replication_state(sections: dict[str, dict[str, str]], profile: Profile) -> ReplicationState:
     """From the report's sections (also inside the status probe's output)."""
     unit = {key: UnitState.from_show(sections.get(key, {}))
-            for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit")}
+            for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit", "watch_timer")}
     return ReplicationState(unit["offsite_unit"], unit["drill_timer"],
                             replication_from(sections.get("offsite_report", {}), str(profile.remote.database)),
-                            unit["files_timer"], unit["files_unit"])
+                            unit["files_timer"], unit["files_unit"], unit["watch_timer"])
 
 
 def read_replication(host: Host, profile: Profile) -> ReplicationState:

@@ -267,6 +267,55 @@ def test_a_damaged_target_fails_the_drill_and_status_says_so(site):
     assert again.returncode == 0, again.stdout + again.stderr
 
 
+HOOK = """
+import http.server, json
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/root/hook.jsonl", "ab") as f:
+            f.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200); self.end_headers()
+http.server.HTTPServer(("127.0.0.1", 8765), Hook).serve_forever()
+"""
+
+
+def notifications(site, count: int, timeout: float = 60) -> list[dict]:
+    """Poll the receiver's file until it holds `count` notifications."""
+    deadline, found = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        found = [json.loads(line) for line in sh(site, "cat /root/hook.jsonl 2>/dev/null || true").splitlines()]
+        if len(found) >= count:
+            return found
+        time.sleep(0.3)  # poll interval between real checks
+    raise AssertionError(f"{len(found)} notification(s) arrived, {count} wanted: {found}")
+
+
+def test_the_watch_notifies_without_the_laptop_when_replication_stops_and_when_it_is_back(site):
+    """offsite.notify with an apprise json:// URL (a receiver on the VM): the URL is stored root-only; the
+    watch run by its timer's service finds the stopped replication and sends one notification, then one
+    when it runs again; `fab offsite` shows what the watch saw and sent."""
+    site.vm.exec(f"systemd-run --unit=hook python3 -c '{HOOK}'")
+    site.profile.write_text(site.profile.read_text().replace(OFFSITE, OFFSITE + "  notify: true\n"))
+    result = site.fab("provision", env={"LSVM_NOTIFY_URL": "json://127.0.0.1:8765/hook"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stored the notification URL in /opt/label-studio/label-studio-offsite-notify.env (root, 0600)" in result.stdout
+    assert "json://" not in result.stdout + result.stderr
+    assert sh(site, "stat -c '%U:%G:%a' /opt/label-studio/label-studio-offsite-notify.env").strip() == "root:root:600"
+    assert "label-studio-offsite-watch.service" in sh(site, "systemctl show -p OnFailure label-studio-offsite-files.service")
+    sh(site, "systemctl start label-studio-offsite-watch.service")     # all well: nothing is sent
+    sh(site, f"systemctl stop {UNIT} && systemctl start label-studio-offsite-watch.service")
+    [alert] = notifications(site, 1)
+    assert "need attention" in alert["title"] and f"{UNIT}.service is inactive" in alert["message"], alert
+    sh(site, f"systemctl start {UNIT} && systemctl start label-studio-offsite-watch.service")
+    alert, back = notifications(site, 2)
+    assert "kept again" in back["title"] and "Resolved" in back["message"], back
+    shown = site.fab("offsite")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("watch"))
+    assert "no problem" in row and "last sent" in row, row
+    site.profile.write_text(site.profile.read_text().replace(OFFSITE + "  notify: true\n", OFFSITE))
+
+
 def test_turning_offsite_off_stops_it_and_keeps_the_copies(site):
     site.profile.write_text(site.profile.read_text().replace(OFFSITE, ""))
     result = site.fab("provision")

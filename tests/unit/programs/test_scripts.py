@@ -93,6 +93,7 @@ def offsite_scripts(profile) -> dict[str, str]:
             f"{target} store credentials": offsite.store_secret(p.remote.offsite_env),
             f"{target} init restic": offsite.init_repository(p),
             f"{target} files now": offsite.files_now(p),
+            f"{target} watch now": offsite.watch_now(p),
             f"{target} list points": offsite.list_points(p),
             f"{target} list files": offsite.list_files(p),
             f"{target} restore files": offsite.restore_files_into_incoming(p, data.incoming_dir(p), "0123abcd"),

@@ -211,10 +211,11 @@ def replicating(facts, profile):
                              credentials_sha256=hashlib.sha256(content).hexdigest(), target_meta=f"{user}:{user}:700",
                              litestream=offsite.LITESTREAM_VERSION, restic_password_meta="root:root:600",
                              restic_password_sha256=hashlib.sha256(offsite.password_file(PASSWORD)).hexdigest(),
-                             restic_repository=True,
+                             restic_repository=True, apprise="Apprise v2.2.0",
                              unit=UnitState("loaded", "active", "running", "enabled"),
                              drill_timer=UnitState("loaded", "active", "waiting", "enabled"),
-                             files_timer=UnitState("loaded", "active", "waiting", "enabled")))
+                             files_timer=UnitState("loaded", "active", "waiting", "enabled"),
+                             watch_timer=UnitState("loaded", "active", "waiting", "enabled")))
 
 
 def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(provisioned):
@@ -227,7 +228,7 @@ def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(p
         "/var/lib/label-studio-offsite (its state) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
         "/mnt/backup/ls (the target) set to labelstudio-offsite:labelstudio-offsite:700 (was missing)",
         f"made the database group-writable for labelstudio-offsite (was {provisioned.offsite.database_meta})",
-        f"installed Litestream {offsite.LITESTREAM_VERSION}",
+        f"installed Litestream {offsite.LITESTREAM_VERSION} and apprise 2.2.0",
         "stored restic's password in /opt/label-studio/label-studio-offsite-restic.env (root, 0600)",
         "restic's repository for .env and media is ready on /mnt/backup/ls",
         "created Litestream settings /opt/label-studio/label-studio-litestream.yml",
@@ -238,6 +239,9 @@ def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(p
         "created files snapshot (.env and media) /opt/label-studio/offsite-files.py",
         "created files snapshot unit /etc/systemd/system/label-studio-offsite-files.service",
         "created files snapshot timer /etc/systemd/system/label-studio-offsite-files.timer",
+        "created offsite watch /opt/label-studio/offsite-watch.py",
+        "created offsite watch unit /etc/systemd/system/label-studio-offsite-watch.service",
+        "created offsite watch timer /etc/systemd/system/label-studio-offsite-watch.timer",
         "reloaded systemd (the unit file changed)",
         "restarted label-studio.service (its settings changed)",
         "enabled label-studio-offsite.service (it starts with Label Studio)",
@@ -245,6 +249,7 @@ def test_turning_offsite_on_plans_every_step_then_starts_it_after_label_studio(p
         "started label-studio-offsite-drill.timer (the nightly restore drill)",
         "started label-studio-offsite-files.timer (.env and media, hourly); the first snapshot runs now "
         "(`fab offsite` shows it)",
+        "started label-studio-offsite-watch.timer (the offsite watch, every 10 minutes)",
     ]
     store = next(c.action for c in changes if isinstance(c.action, StoreOffsiteSecret))
     assert store.content == f"RESTIC_PASSWORD={PASSWORD}\n".encode() and PASSWORD not in repr(store)
@@ -284,6 +289,7 @@ def test_a_changed_target_restarts_only_the_replication(provisioned):
         "updated replication unit /etc/systemd/system/label-studio-offsite.service",
         "updated restore drill unit /etc/systemd/system/label-studio-offsite-drill.service",
         "updated files snapshot unit /etc/systemd/system/label-studio-offsite-files.service",
+        "updated offsite watch unit /etc/systemd/system/label-studio-offsite-watch.service",
         "reloaded systemd (the unit file changed)",
         "restarted label-studio-offsite.service: the database streams to /mnt/other",
     ]
@@ -378,3 +384,113 @@ def test_restore_into_incoming_runs_litestream_as_its_user_and_hands_the_file_ov
     assert "/var/lib/label-studio/.lsvm-incoming/label_studio.sqlite3" in script
     newest = commands.restore_into_incoming(LIVE, p.data_dir / ".lsvm-incoming", None)
     assert "-timestamp" not in newest
+
+
+# ------------------------------------------------------------------------------------------------
+# restic: .env and media
+
+
+def test_restic_repository_sits_beside_litestreams_copies_on_every_kind_of_target():
+    assert offsite.restic_repository(PATH.offsite) == "/mnt/backup/label-studio/restic"
+    assert offsite.restic_repository(S3.offsite) == "s3:http://127.0.0.1:9000/lsvm-backups/team-a/vm1/restic"
+    aws = parse_profile("offsite:\n  target: s3://bucket\n  s3_region: eu-west-1\n").offsite
+    assert offsite.restic_repository(aws) == "s3:https://s3.eu-west-1.amazonaws.com/bucket/restic"
+
+
+def test_restic_words_carry_no_secret_and_path_style_only_for_an_endpoint():
+    cache = PATH.remote.restic_cache
+    assert offsite.restic_words(PATH.offsite, cache) == [
+        "/usr/bin/restic", "--repo", "/mnt/backup/label-studio/restic", "--cache-dir", str(cache)]
+    words = offsite.restic_words(S3.offsite, cache)
+    assert words[-4:] == ["-o", "s3.region=us-east-1", "-o", "s3.bucket-lookup=path"]
+    aws = parse_profile("offsite:\n  target: s3://bucket/p\n").offsite
+    assert "s3.bucket-lookup=path" not in offsite.restic_words(aws, cache)
+
+
+def test_forget_keeps_what_the_profile_says_and_skips_zeros():
+    settings = parse_profile("offsite:\n  target: /mnt/b\n  keep_hourly: 0\n  keep_monthly: 3\n").offsite
+    assert offsite.forget_words(settings) == ["forget", "--tag", "files", "--group-by", "tags", "--keep-daily", "7",
+                                              "--keep-weekly", "4", "--keep-monthly", "3", "--prune"]
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("offsite:\n  target: /mnt/b\n  keep_hourly: 0\n  keep_daily: 0\n  keep_weekly: 0\n  keep_monthly: 0\n",
+     "keep_", "restic would forget every snapshot"),
+    ("offsite:\n  target: /mnt/b\n  files_schedule: 'every hour; rm -rf /'\n", "files_schedule", "OnCalendar"),
+    ("offsite:\n  target: /mnt/b\n  keep_daily: -1\n", "keep_daily", "0 to 10000"),
+])
+def test_bad_files_settings_are_refused_in_words(text, key, words):
+    with pytest.raises(ProfileError) as caught:
+        parse_profile(text)
+    assert key in str(caught.value) and words in str(caught.value)
+
+
+@pytest.mark.parametrize("schedule", ["hourly", "daily", "*-*-* 00/6:00", "Mon..Fri 22:00", "*:0/30"])
+def test_systemd_calendar_schedules_are_accepted(schedule):
+    assert parse_profile(f"offsite:\n  target: /mnt/b\n  files_schedule: '{schedule}'\n").offsite.files_schedule == schedule
+
+
+def test_restic_password_made_here_checked_and_read_back():
+    made = offsite.new_password()
+    assert offsite.password_problem(made) is None and len(made) >= 32 and made != offsite.new_password()
+    assert offsite.password_file(made) == f"RESTIC_PASSWORD={made}\n".encode()
+    assert offsite.password_from_file(offsite.password_file(made).decode()) == made
+    assert offsite.password_from_file("OTHER=1\n") is None
+    for bad in ("short", "has a blank in it and more", "quote'dquote'dquote'd"):
+        assert offsite.password_problem(bad)
+
+
+SNAPSHOTS = json.dumps([
+    {"time": "2026-12-03T09:00:02.123456789Z", "id": "bbb", "paths": ["/files.tar"], "tags": ["files"]},
+    {"time": "2026-12-03T08:00:01.5+01:00", "id": "aaa", "paths": ["/files.tar"], "tags": ["files"]},
+    {"time": "2026-12-03T10:00:00Z", "id": "ccc", "paths": ["/files.tar"], "tags": ["files"]},
+])
+
+
+def test_restic_snapshots_are_read_oldest_first_in_utc():
+    found = offsite.parse_files_snapshots(SNAPSHOTS)
+    assert [s.id for s in found] == ["aaa", "bbb", "ccc"]
+    assert found[0].time == datetime(2026, 12, 3, 7, 0, 1, 500000, tzinfo=timezone.utc)
+    assert offsite.parse_files_snapshots("[]") == []
+    with pytest.raises(ValueError):
+        offsite.parse_files_snapshots("{}")
+    assert "3 snapshot(s) of .env and media, 2026-12-03 07:00:01 UTC to 2026-12-03 10:00:00 UTC" == \
+        offsite.describe_files(found)
+    assert offsite.describe_files([]) == "no snapshot of .env and media yet"
+
+
+def test_the_files_snapshot_for_a_point_is_the_first_after_it_else_the_newest():
+    found = offsite.parse_files_snapshots(SNAPSHOTS)
+    at = lambda h, m: datetime(2026, 12, 3, h, m, tzinfo=timezone.utc)
+    assert offsite.files_snapshot_for(found, None).id == "ccc"
+    assert offsite.files_snapshot_for(found, at(8, 30)).id == "bbb"     # holds every upload the database names
+    assert offsite.files_snapshot_for(found, at(6, 0)).id == "aaa"
+    assert offsite.files_snapshot_for(found, at(11, 0)).id == "ccc"     # none after: the newest
+    assert offsite.files_snapshot_for([], at(8, 0)) is None
+
+
+def test_the_report_reads_restics_snapshots_and_says_when_restic_failed():
+    values = {"files": SNAPSHOTS}
+    assert [s.id for s in offsite.replication_from(values, "/db").files] == ["aaa", "bbb", "ccc"]
+    failed = offsite.replication_from({"files_error": "Fatal: wrong password or no key found"}, "/db")
+    assert failed.problem == "restic snapshots: Fatal: wrong password or no key found"
+
+
+def test_a_failed_files_snapshot_or_a_stopped_timer_is_a_problem():
+    assert offsite.files_job_problems(True, "active", False) == []
+    problems = offsite.files_job_problems(False, "inactive (dead)", True)
+    assert problems == [".env and media are not being copied offsite: their timer is inactive (dead)",
+                        ".env and media were not copied offsite: the last run failed"]
+    joined = offsite.replication_problem(True, "active", offsite.Replication(), files_problems=problems)
+    assert joined == "; ".join(problems)
+
+
+def test_units_quote_restics_words_for_systemd():
+    assert render.exec_line("check", "--read-data-subset=5%") == "check --read-data-subset=5%%"
+    assert render.exec_line("a b", "c") == '"a b" c'
+    files = render.offsite_drill_files(S3)
+    assert "--read-data-subset=5%%" in files["drill_unit"].content
+    unit = files["files_unit"].content
+    assert "EnvironmentFile=/opt/label-studio/label-studio-offsite-restic.env" in unit
+    assert "User=" not in unit   # root starts tar and restic as their users (offsite_files.py)
+    assert "OnCalendar=hourly" in files["files_timer"].content
