@@ -62,15 +62,49 @@ def refuse_postgresql_snapshot(snapshot: Snapshot) -> None:
 
 
 @task(help={"config": CONFIG_HELP, "label": "a word to add to the snapshot's name (a-z, 0-9, -)",
-            "no-media": "leave uploaded media files out"})
+            "no-media": "leave uploaded media files out",
+            "from-offsite": "the data as the offsite target holds it (its newest point, or --at), restored on the "
+                            "server and brought here, instead of the live data",
+            "at": "with --from-offsite: the database as it was at this time (UTC unless an offset is given)"})
 @task_edge
-def backup(c, config=None, label=None, no_media=False):
+def backup(c, config=None, label=None, no_media=False, from_offsite=False, at=None):
     """Snapshot the server (DB via SQLite online backup, .env, media) into backups/<host>/<UTC time>/."""
     label = catalog.check_label(label)
+    if at and not from_offsite:
+        raise UsageError("--at goes with --from-offsite (the live data has one point: now)")
     profile, host = open_host(c, config, sudo=True)
+    point = _offsite_point(host, profile, at) if from_offsite else None
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "backup"):
-        snapshot = engine.take_server_snapshot(host, profile, label=label, media=not no_media)
+        if point is not None:
+            snapshot = snapshots.take_snapshot(host, profile, label=label, media=not no_media, offsite=point)
+        else:
+            snapshot = engine.take_server_snapshot(host, profile, label=label, media=not no_media)
     report_snapshot(snapshot)
+
+
+def _offsite_point(host, profile: Profile, at: str | None) -> snapshots.OffsitePoint:
+    """backup --from-offsite: the point asked for, checked against what the target holds."""
+    if profile.offsite.parsed is None:
+        raise UsageError(f"no offsite target in {profile.config_file}", hint="set offsite.target, then `fab provision`")
+    if profile.database.postgresql:
+        raise UsageError("offsite copies hold SQLite databases; this server runs PostgreSQL")
+    try:
+        moment = offsite.parse_point(at, datetime.now(timezone.utc)) if at else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    source = offsite_commands.own_source(profile)
+    points, files = read_source(host, profile, source)
+    problem = offsite.point_problem(moment or datetime.now(timezone.utc), points)
+    if problem:
+        raise UsageError(f"{source.settings.parsed.describe()}: {problem}; nothing was changed",
+                         hint=f"`fab -H {host.alias} offsite` lists what the target holds")
+    chosen = offsite.files_snapshot_for(files, moment)
+    if chosen is None:
+        ui.warn(f"{source.settings.parsed.describe()} holds no snapshot of .env and media yet: the snapshot has the "
+                "database only")
+    ui.out.print(f"backup of {source.settings.parsed.describe()} ({'as it was at ' + offsite.rfc3339(moment) if moment else 'its newest point'})"
+                 + (f", .env and media from restic snapshot {chosen.id[:8]}" if chosen else ""))
+    return snapshots.OffsitePoint(source, offsite.rfc3339(moment) if moment else None, chosen.id if chosen else None)
 
 
 @task(help={"config": CONFIG_HELP, "verify": "re-hash every file and re-run integrity_check"})
@@ -206,7 +240,8 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
 @task(help={"config": CONFIG_HELP,
             "snapshot": "the snapshot to restore: ID or unique prefix (see `fab backups`), or OTHERHOST/ID "
                         "to move another server's data here",
-            "from": "back up the server OTHERHOST now and move that data here (a new VM taking over)",
+            "from": "back up the server OTHERHOST now and move that data here (a new VM taking over); with "
+                    "--offsite: from OTHERHOST's offsite target, nothing asked of OTHERHOST (gone)",
             "from-config": "OTHERHOST's profile YAML (default configs/OTHERHOST.yaml)",
             "offsite": "restore the database from the profile's offsite target (its newest point, or --at); with "
                        "--from OLDHOST: OLDHOST's database, .env and media from OLDHOST's target (the old VM gone)",

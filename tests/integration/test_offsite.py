@@ -10,6 +10,7 @@ and systemd's part is the same on both (CI time). The tests run in file order.""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import time
 
@@ -172,6 +173,27 @@ def test_env_and_media_go_to_restic_encrypted_with_a_password_kept_on_both_sides
     assert sh(site, f"cat {RESTIC_ENV}") == f"RESTIC_PASSWORD={kept.read_text().strip()}\n"
     for path in (RESTIC_ENV, f"{TARGET}/restic/config"):
         assert site.vm.exec(f"runuser -u labelstudio -- cat {path}", check=False).returncode != 0, path
+
+
+def test_backup_from_offsite_brings_the_targets_point_here_as_an_ordinary_snapshot(site):
+    """The database (Litestream), .env and media (restic) restored on the server from the target alone,
+    then downloaded and verified like any backup: the project with the upload, the upload byte for byte,
+    the server's SECRET_KEY."""
+    caught_up(site)
+    result = site.fab("backup", "--from-offsite", "--label", "offsite")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert f"backup of {TARGET} (its newest point), .env and media from restic snapshot" in out, out
+    folder = max((site.fab.home / "backups" / "vm").glob("*-offsite"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["source"]["offsite"]["target"] == TARGET and manifest["source"]["marker"] is None
+    titles = [row[0] for row in sqlite3.connect(folder / "label_studio.sqlite3").execute("select title from project")]
+    assert f"with an upload ({site.suite})" in titles
+    assert (folder / ".env").read_bytes() == site.vm.exec("cat /var/lib/label-studio/.env").stdout
+    [upload] = list((folder / "media" / "upload").rglob("*kept.png"))
+    assert upload.read_bytes() == png(40, 24)
+    listed = site.fab("backups")
+    assert listed.returncode == 0 and folder.name in listed.stdout and "verified" in listed.stdout, listed.stdout
 
 
 def test_a_restart_of_label_studio_restarts_the_replication(site):

@@ -133,13 +133,16 @@ def settle_database(profile: Profile) -> str:
     return f"if [ -e {q(database)} ]; then {as_service_user(profile, *sqlite_words('settle', database))}; fi"
 
 
-def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True) -> str:
+def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True,
+                 data_dir: PurePosixPath | None = None) -> str:
     """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
     its sha256 and integrity_check start in the background unless `check` is False (a copy that is
-    migrated at once: the check would hold a read lock on it)."""
+    migrated at once: the check would hold a read lock on it). `data_dir`: another folder laid out like
+    the data dir (a restore from the offsite target), else the live one."""
     p = profile.remote
-    words = sqlite_words("prepare", p.data_dir, work_dir, p.venv, previous_marker, "check" if check else "nocheck")
-    return (f"if [ -d {q(p.data_dir)} ]; then {as_service_user(profile, *words)}; "
+    data_dir = data_dir or p.data_dir
+    words = sqlite_words("prepare", data_dir, work_dir, p.venv, previous_marker, "check" if check else "nocheck")
+    return (f"if [ -d {q(data_dir)} ]; then {as_service_user(profile, *words)}; "
             "else echo '{\"database_exists\": false}'; fi")
 
 
@@ -171,9 +174,11 @@ def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, 
 
 
 def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, database: bool,
-                    listed_files: bool, delta: bool = False, work_file: str | None = None) -> str:
-    """stream_script, as the service user: it reads only what that user can read."""
-    return owner(profile, stream_script(work_dir, profile.remote.data_dir, codec, database=database,
+                    listed_files: bool, delta: bool = False, work_file: str | None = None,
+                    data_dir: PurePosixPath | None = None) -> str:
+    """stream_script, as the service user: it reads only what that user can read. `data_dir`: as in
+    prepare_copy."""
+    return owner(profile, stream_script(work_dir, data_dir or profile.remote.data_dir, codec, database=database,
                                         listed_files=listed_files, delta=delta, work_file=work_file))
 
 

@@ -20,8 +20,9 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from tasks.core import database, ui
+from tasks.core.commands import as_service_user, dbcheck, read_file
 from tasks.core.commands import data as data_commands
-from tasks.core.commands import dbcheck, read_file
+from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host, removed_afterwards
 from tasks.core.data import catalog
 from tasks.core.data.catalog import PAGE_INDEX, FileEntry, Manifest, Snapshot
@@ -70,6 +71,20 @@ class ServerData:
 
     work_dir: PurePosixPath
     info: dict
+    data_dir: PurePosixPath | None = None    # where .env and media are read: None = the live data dir
+
+
+@dataclass(frozen=True)
+class OffsitePoint:
+    """backup --from-offsite: what to restore on the server instead of reading the live data."""
+
+    source: offsite_commands.Source
+    timestamp: str | None                     # RFC 3339, None = the newest point
+    files: str | None                         # restic's snapshot of .env and media, None = none
+
+    def describe(self) -> dict:
+        return {"target": self.source.settings.parsed.describe(), "point": self.timestamp or "newest",
+                "files_snapshot": self.files}
 
 
 def server_counts(host: Host, profile: Profile) -> dict | None:
@@ -109,16 +124,18 @@ def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[Pure
 
 
 def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
-                        previous: Snapshot | None) -> ServerData:
+                        previous: Snapshot | None, data_dir: PurePosixPath | None = None) -> ServerData:
     """Consistent copy of the live database into work_dir, skipped when SQLite's change counter says
-    the database is the one in `previous`."""
-    p = profile.remote
-    size = host.run(data_commands.file_size(profile, p.database), sudo=True).stdout.strip()
+    the database is the one in `previous`. `data_dir`: a restore from the offsite target instead (always
+    copied: its change counter says nothing of the live file's)."""
+    database = data_dir / DATABASE if data_dir else profile.remote.database
+    size = host.run(data_commands.file_size(profile, database), sudo=True).stdout.strip()
     check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
-    marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest else "null"
+    marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest and not data_dir \
+        else "null"
     with ui.err.status("consistent copy of the server database (SQLite online backup)"):
-        out = host.run(data_commands.prepare_copy(profile, work_dir, marker), sudo=True, check=False,
-                       what="snapshot on the server")
+        out = host.run(data_commands.prepare_copy(profile, work_dir, marker, data_dir=data_dir), sudo=True,
+                       check=False, what="snapshot on the server")
     if not out.ok:
         if "No space" in out.stderr or "disk is full" in out.stderr:
             raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full", hint="free some space")
@@ -127,14 +144,14 @@ def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
     if info is None:
         raise SnapshotError(f"snapshot on {host.alias} gave no answer: {out.last_line()}")
     if not info.get("database_exists"):
-        raise SnapshotError(f"there is no Label Studio database on {host.alias} yet ({p.database})")
+        raise SnapshotError(f"there is no Label Studio database on {host.alias} yet ({database})")
     if "copy_error" in info:
         error = info["copy_error"]
         if "full" in error or "space" in error:
             raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full while copying the database",
                                 hint="free some space, or set backup.server_tmp_dir in the profile")
         raise SnapshotError(f"the consistent copy of the database failed on {host.alias}: {error}")
-    return ServerData(work_dir, info)
+    return ServerData(work_dir, info, data_dir)
 
 
 def _reusable(previous: Snapshot | None) -> dict[str, FileEntry]:
@@ -253,7 +270,7 @@ def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: l
     if listed:
         send_file_list(host, profile, data.work_dir, listed)
     command = data_commands.stream_snapshot(profile, data.work_dir, codec.name, database=with_database and not delta,
-                                            listed_files=bool(listed), delta=delta)
+                                            listed_files=bool(listed), delta=delta, data_dir=data.data_dir)
     expected = {(DELTA if delta and f[0] == DATABASE else f[0]): f[1] for f in fetch}
     total = sum(expected.values())
     started = time.monotonic()
@@ -381,23 +398,43 @@ def refuse_other_database(host: Host, profile: Profile) -> None:
 
 
 def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
-                  label_studio_version: str | None = None) -> Snapshot:
+                  label_studio_version: str | None = None, offsite: OffsitePoint | None = None) -> Snapshot:
     """A SQLite server's backup (callers hold the locks): consistent copy on the server -> verified
     snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
-    from the profile's venv unless given (adopt: the unmanaged instance's own venv)."""
+    from the profile's venv unless given (adopt: the unmanaged instance's own venv). `offsite`: the data
+    restored on the server from its offsite target instead of the live data (backup --from-offsite)."""
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     base_index = PendingIndex.start(previous)
     try:
-        return _take(host, profile, label, media, host_dir, previous, base_index, label_studio_version)
+        return _take(host, profile, label, media, host_dir, previous, base_index, label_studio_version, offsite)
     finally:
         base_index.drop()  # unneeded (an unchanged database, a failure): the thread stops at once
 
 
+def restore_offsite_point(host: Host, profile: Profile, folder: PurePosixPath, point: OffsitePoint) -> None:
+    """The database (Litestream) and .env and media (restic) of an offsite point, restored on the server
+    into `folder`, the service user's, laid out like the data dir."""
+    host.run(as_service_user(profile, "mkdir", "-m", "0700", "--", folder), sudo=True, what="a folder for the restore")
+    where = point.source.settings.parsed.describe()
+    with ui.err.status(f"restoring the database from {where} on the server"):
+        host.run(offsite_commands.restore_into_incoming(profile, folder, point.timestamp, point.source), sudo=True,
+                 what="restoring from the offsite target", timeout=None)
+    if point.files:
+        with ui.err.status(f"restoring .env and media (restic snapshot {point.files[:8]}) on the server"):
+            host.run(offsite_commands.restore_files_into_incoming(profile, folder, point.files, point.source),
+                     sudo=True, what="restoring .env and media from the offsite target", timeout=None)
+    ui.step(True, f"restored {where} ({point.timestamp or 'its newest point'}) on the server (integrity_check passed)")
+
+
 def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir: Path, previous: Snapshot | None,
-          base_index: PendingIndex, label_studio_version: str | None) -> Snapshot:
+          base_index: PendingIndex, label_studio_version: str | None, offsite: OffsitePoint | None) -> Snapshot:
     with server_work_dir(host, profile, "backup") as work_dir:
-        data = prepare_server_copy(host, profile, work_dir, previous)
+        restored = None
+        if offsite is not None:
+            restored = work_dir / "offsite"
+            restore_offsite_point(host, profile, restored, offsite)
+        data = prepare_server_copy(host, profile, work_dir, previous, data_dir=restored)
         if data.info.get("unchanged"):
             base_index.drop()
         with catalog.new_snapshot(host_dir, label) as pending:
@@ -413,7 +450,9 @@ def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir
                 label=label,
                 label_studio_version=label_studio_version or data.info.get("label_studio_version"),
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
-                        "database": str(profile.remote.database), "marker": data.info.get("marker")},
+                        # A restored file's change counter says nothing of the live one's: never a base for "unchanged".
+                        "database": str(profile.remote.database), "marker": None if offsite else data.info.get("marker"),
+                        **({"offsite": offsite.describe()} if offsite else {})},
                 files=files,
                 integrity_check=report["integrity_check"] or "unknown",
                 counts=report.get("counts", {}),
