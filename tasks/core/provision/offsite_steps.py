@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from tasks.core import render
 from tasks.core.commands import join, q
@@ -108,6 +109,16 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
     return changes
 
 
+def stored_secret(path: PurePosixPath, what: str, content: bytes, meta: str, sha256: str, *, plural: bool = False,
+                  notifies: frozenset[str] = frozenset()) -> Change:
+    """A root-only file of secrets, compared by hash (never read back): as wanted, or stored on stdin."""
+    if sha256 == hashlib.sha256(content).hexdigest() and meta == "root:root:600":
+        return Change(f"{what} {'are' if plural else 'is'} stored ({path}, root 0600)")
+    verb = "replaced" if meta else "stored"
+    return Change(f"{verb} {what} in {path} (root, 0600)", True, plan=f"{verb[:-1]} {what} in {path} (root, 0600)",
+                  action=StoreOffsiteSecret(path, content), notifies=notifies)
+
+
 def stored_credentials(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] | None) -> Change:
     path = profile.remote.offsite_env
     off = facts.offsite
@@ -116,13 +127,8 @@ def stored_credentials(facts: ProvisionFacts, profile: Profile, credentials: dic
             return Change(f"WARNING no credentials for {profile.offsite.target} yet: `fab provision` with "
                           "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set stores them")
         return Change(f"the target's credentials are stored ({path}, {off.credentials_meta})")
-    content = credentials_file(credentials)
-    if off.credentials_sha256 == hashlib.sha256(content).hexdigest() and off.credentials_meta == "root:root:600":
-        return Change(f"the target's credentials are stored ({path}, root 0600)")
-    verb = "replaced" if off.credentials_meta else "stored"
-    return Change(f"{verb} the target's credentials in {path} (root, 0600)", True,
-                  plan=f"{verb[:-1]} the target's credentials in {path} (root, 0600)",
-                  action=StoreOffsiteSecret(path, content), notifies=frozenset({OFFSITE_RESTART}))
+    return stored_secret(path, "the target's credentials", credentials_file(credentials), off.credentials_meta,
+                         off.credentials_sha256, plural=True, notifies=frozenset({OFFSITE_RESTART}))
 
 
 def stored_password(facts: ProvisionFacts, profile: Profile, password: str | None) -> Change:
@@ -133,12 +139,8 @@ def stored_password(facts: ProvisionFacts, profile: Profile, password: str | Non
         if not off.restic_password_meta:
             return Change("WARNING no password for restic's repository yet: `fab provision` makes one")
         return Change(f"restic's password is stored ({path}, {off.restic_password_meta})")
-    content = password_file(password)
-    if off.restic_password_sha256 == hashlib.sha256(content).hexdigest() and off.restic_password_meta == "root:root:600":
-        return Change(f"restic's password is stored ({path}, root 0600)")
-    verb = "replaced" if off.restic_password_meta else "stored"
-    return Change(f"{verb} restic's password in {path} (root, 0600)", True,
-                  plan=f"{verb[:-1]} restic's password in {path} (root, 0600)", action=StoreOffsiteSecret(path, content))
+    return stored_secret(path, "restic's password", password_file(password), off.restic_password_meta,
+                         off.restic_password_sha256)
 
 
 def stored_notify_url(facts: ProvisionFacts, profile: Profile, url: str | None) -> Change:
@@ -151,12 +153,7 @@ def stored_notify_url(facts: ProvisionFacts, profile: Profile, url: str | None) 
         return Change("the offsite watch notifies nobody (offsite.notify is off)")
     if url is None:
         return Change(f"the notification URL is stored ({path}, {off.notify_meta})")
-    content = notify_file(url)
-    if off.notify_sha256 == hashlib.sha256(content).hexdigest() and off.notify_meta == "root:root:600":
-        return Change(f"the notification URL is stored ({path}, root 0600)")
-    verb = "replaced" if off.notify_meta else "stored"
-    return Change(f"{verb} the notification URL in {path} (root, 0600)", True,
-                  plan=f"{verb[:-1]} the notification URL in {path} (root, 0600)", action=StoreOffsiteSecret(path, content))
+    return stored_secret(path, "the notification URL", notify_file(url), off.notify_meta, off.notify_sha256)
 
 
 def repository(facts: ProvisionFacts, profile: Profile) -> Change:
