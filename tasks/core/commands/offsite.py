@@ -10,7 +10,15 @@ from pathlib import PurePosixPath
 from tasks.core.commands import as_service_user, join, private_file_from_stdin, q
 from tasks.core.commands.provision import create_system_user, index_options, pip_options
 from tasks.core.defaults import DATABASE
-from tasks.core.offsite import APPRISE_CLI, APPRISE_PACKAGE, FILES_NAME, FILES_TAG, LITESTREAM_PACKAGE, OffsiteSettings, restic_words
+from tasks.core.offsite import (
+    APPRISE_CLI,
+    APPRISE_PACKAGE,
+    FILES_NAME,
+    FILES_TAG,
+    LITESTREAM_PACKAGE,
+    OffsiteSettings,
+    restic_words,
+)
 from tasks.core.profile import Profile
 
 
@@ -39,6 +47,7 @@ def env_files(profile: Profile) -> tuple[PurePosixPath, ...]:
 def restic(profile: Profile, *words: str, settings: OffsiteSettings | None = None) -> list[str]:
     """restic on `settings`' repository (this VM's by default), with this VM's cache."""
     return [*restic_words(settings or profile.offsite, profile.remote.restic_cache), *words]
+
 
 def unit_name(profile: Profile) -> str:
     return profile.remote.offsite_unit.name

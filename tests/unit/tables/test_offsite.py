@@ -16,7 +16,7 @@ import yaml
 from tasks.core import offsite, render
 from tasks.core.commands import offsite as commands
 from tasks.core.commands.service import UnitState
-from tasks.core.errors import ProfileError
+from tasks.core.errors import ProfileError, UsageError
 from tasks.core.offsite import OffsiteSettings
 from tasks.core.profile import parse_profile
 from tasks.core.provision import steps
@@ -494,3 +494,73 @@ def test_units_quote_restics_words_for_systemd():
     assert "EnvironmentFile=/opt/label-studio/label-studio-offsite-restic.env" in unit
     assert "User=" not in unit   # root starts tar and restic as their users (offsite_files.py)
     assert "OnCalendar=hourly" in files["files_timer"].content
+
+
+# ------------------------------------------------------------------------------------------------
+# restore-server --offsite --from OLDHOST: refused before anything reaches a server
+
+
+def other_profile(tmp_path, text: str, alias: str = "old"):
+    path = tmp_path / f"{alias}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_from_another_vm_needs_its_target_and_a_target_of_our_own(tmp_path, monkeypatch):
+    from tasks.data import _other_offsite
+    here = parse_profile("offsite:\n  target: s3://bucket/new\n", host="new")
+    with pytest.raises(UsageError, match="names the server being restored"):
+        _other_offsite("new", None, "new", here)
+    with pytest.raises(UsageError, match="names no offsite target for old"):
+        _other_offsite("old", other_profile(tmp_path, "server_name: x.example.org\n"), "new", here)
+    with pytest.raises(UsageError, match="streams to the same target as old"):
+        _other_offsite("old", other_profile(tmp_path, "offsite:\n  target: s3://bucket/new/\n"), "new", here)
+    other = _other_offsite("old", other_profile(tmp_path, "offsite:\n  target: s3://bucket/old\n"), "new", here)
+    assert other.host == "old" and other.offsite.target == "s3://bucket/old"
+
+
+def test_from_another_vm_needs_the_password_kept_here_and_its_keys(tmp_path, monkeypatch):
+    from tasks.data import _other_secrets
+    monkeypatch.setenv("LSVM_BACKUPS_DIR", str(tmp_path / "backups"))
+    for key in offsite.CREDENTIAL_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    other = parse_profile("offsite:\n  target: s3://bucket/old\n", host="old")
+    with pytest.raises(UsageError, match="no copy of old's restic password here"):
+        _other_secrets(other)
+    kept = tmp_path / "backups" / "old" / offsite.PASSWORD_FILE
+    kept.parent.mkdir(parents=True)
+    kept.write_text("short\n")
+    with pytest.raises(UsageError, match="is not a password this toolkit made"):
+        _other_secrets(other)
+    kept.write_text(PASSWORD + "\n")
+    with pytest.raises(UsageError, match="AWS_ACCESS_KEY_ID and \\$AWS_SECRET_ACCESS_KEY must be set"):
+        _other_secrets(other)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["AWS_SECRET_ACCESS_KEY"])
+    assert _other_secrets(other) == (PASSWORD, KEYS)
+    path_target = parse_profile("offsite:\n  target: /mnt/old\n", host="old")
+    assert _other_secrets(path_target) == (PASSWORD, None)
+
+
+def test_restics_password_is_kept_here_first_taken_from_the_server_or_made(provisioned, tmp_path, monkeypatch):
+    """This machine's copy wins; without one, the server's is copied here; without either, a new one is
+    kept here before it is sent; a dry run writes nothing here."""
+    from tasks.provision import offsite_password_for
+    from tests.unit.fakehost import FakeHost, ok
+    monkeypatch.setenv("LSVM_BACKUPS_DIR", str(tmp_path / "backups"))
+    profile = dataclasses.replace(LIVE, host="vm")
+    kept = tmp_path / "backups" / "vm" / offsite.PASSWORD_FILE
+    assert offsite_password_for(FakeHost(), PROFILE, provisioned, dry_run=False) is None     # offsite off
+
+    made = offsite_password_for(FakeHost(), profile, provisioned, dry_run=True)
+    assert offsite.password_problem(made) is None and not kept.exists()
+    made = offsite_password_for(FakeHost(), profile, provisioned, dry_run=False)
+    assert kept.read_text() == made + "\n" and oct(kept.stat().st_mode & 0o777) == "0o600"
+    assert offsite_password_for(FakeHost(), profile, provisioned, dry_run=False) == made    # kept: used again
+
+    kept.unlink()
+    stored = replicating(provisioned, profile)
+    host = FakeHost().answer("label-studio-offsite-restic.env", ok(f"RESTIC_PASSWORD={PASSWORD}\n"))
+    assert offsite_password_for(host, profile, stored, dry_run=False) == PASSWORD
+    assert kept.read_text() == PASSWORD + "\n"
+    assert [ran.sudo for ran in host.log] == [True]
