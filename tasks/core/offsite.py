@@ -390,11 +390,22 @@ def files_snapshot_for(snapshots: list[FilesSnapshot], moment: datetime | None) 
     return snapshots[-1]
 
 
-def describe_files(snapshots: list[FilesSnapshot] | None) -> str:
+def describe_files(snapshots: list[FilesSnapshot] | None, now: datetime | None = None) -> str:
+    """restic's snapshots in words, with the newest one's age (the recovery point of .env and media)."""
     if not snapshots:
         return "no snapshot of .env and media yet"
+    age = ((now or datetime.now(timezone.utc)) - snapshots[-1].time).total_seconds()
     return (f"{len(snapshots)} snapshot(s) of .env and media, {_when(snapshots[0].time)} to "
-            f"{_when(snapshots[-1].time)}")
+            f"{_when(snapshots[-1].time)} ({_duration(age)} ago)")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 @dataclass(frozen=True)

@@ -454,8 +454,8 @@ def test_restic_snapshots_are_read_oldest_first_in_utc():
     assert offsite.parse_files_snapshots("[]") == []
     with pytest.raises(ValueError):
         offsite.parse_files_snapshots("{}")
-    assert "3 snapshot(s) of .env and media, 2026-12-03 07:00:01 UTC to 2026-12-03 10:00:00 UTC" == \
-        offsite.describe_files(found)
+    assert offsite.describe_files(found, datetime(2026, 12, 3, 10, 45, 30, tzinfo=timezone.utc)) == \
+        "3 snapshot(s) of .env and media, 2026-12-03 07:00:01 UTC to 2026-12-03 10:00:00 UTC (45 min ago)"
     assert offsite.describe_files([]) == "no snapshot of .env and media yet"
 
 
