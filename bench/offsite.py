@@ -218,9 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     if kept:
         print(f"     newest annotation b holds was saved {killed - max(kept):.1f} s before the kill; "
               f"{sum(1 for i, t in saved if i not in present)} of the last ones lost")
+    phases = [line.strip() for line in run.stdout.splitlines()
+              if any(word in line for word in ("backed up as", "restored", "reads all", "health", "swap", "started"))]
     print(f"RTO: restore-server --offsite --from a on b {restore_s:.1f} s (with b's pre-restore backup and health "
           f"gate) vs scp up {scp_s:.1f} s + one start {start_s:.1f} s = {scp_s + start_s:.1f} s: "
           f"{restore_s / (scp_s + start_s):.2f}x (target <= 1.5x)")
+    for line in phases:
+        print(f"     {line}")
     if cpu:
         print(f"CPU: Litestream {cpu['seconds']:.2f} CPU-s over {cpu['at']:.0f} s of load "
               f"({len(saved) / max(1.0, killed - load_started):.1f} annotations/s): "
