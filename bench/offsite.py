@@ -107,6 +107,21 @@ class Site:
         return (int(out[0]) + int(out[1])) / int(out[2])
 
 
+def settled(s3, prefix: str, quiet: float = 10, timeout: float = 1800) -> int:
+    """The bucket's bytes under `prefix` once they stopped growing for `quiet` seconds. "Every transaction
+    is on the target" can be said before Litestream has read a database changed while it was stopped; the
+    bytes are the signal that its first full copy has landed."""
+    deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        size = int(s3.exec(f"du -sb /srv/s3/{BUCKET}/{prefix} | cut -f1").stdout.decode())
+        if size != last:
+            last, since = size, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return size
+        time.sleep(1)  # poll interval between real checks
+    raise SystemExit(f"the bucket's {prefix} never settled")
+
+
 def load_until_killed(site: Site, token: str, project: int, clients: int, kill_after: float) -> tuple[list, float]:
     """bench.load's clients (official SDK) save annotations; the VM is killed after `kill_after` s.
     Returns [(annotation id, monotonic time its 201 arrived)] and the kill's monotonic time."""
@@ -157,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         size, churn = make_data(a.vm, a.url, args.size_mib, work)
         log(f"database {size / 2**20:.0f} MiB; waiting for the bucket to hold it")
         a.caught_up()
-
-        base = int(s3.exec(f"du -sb /srv/s3/{BUCKET}/bench/a/litestream | cut -f1").stdout.decode())
+        base = settled(s3, "bench/a/litestream")
         for round_ in range(args.rounds):
             change_share(a.vm, a.url, churn, 0.01, seed=100 + round_)
             a.caught_up()
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         project = session.post_json("/api/projects", {"title": "load", "label_config": LABEL_CONFIG}).json()["id"]
         session.post_json(f"/api/projects/{project}/import", [{"text": f"load task {i}"} for i in range(500)])
         a.fab("offsite", "--files", "--config", str(a.profile))    # .env and media as of now
+        settled(s3, "bench/a/litestream")
         cpu_before, load_started = a.cpu_seconds(), time.monotonic()
         cpu = {}
 
