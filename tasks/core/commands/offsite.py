@@ -53,10 +53,6 @@ def unit_name(profile: Profile) -> str:
     return profile.remote.offsite_unit.name
 
 
-def timer_name(profile: Profile) -> str:
-    return profile.remote.drill_timer.name
-
-
 def drill_now(profile: Profile) -> str:
     """The restore drill, now, waited for (exit non-zero when it failed; its result file says why)."""
     return f"systemctl start {q(profile.remote.drill_unit.name)}"

@@ -14,7 +14,9 @@ from pathlib import PurePosixPath
 from tasks.core import render
 from tasks.core.commands import join, q
 from tasks.core.commands import offsite as commands
+from tasks.core.commands import probes
 from tasks.core.commands.provision import make_dir
+from tasks.core.commands.service import UnitState
 from tasks.core.defaults import PIP_TIMEOUT
 from tasks.core.offsite import APPRISE_PACKAGE, LITESTREAM_VERSION, credentials_file, notify_file, password_file
 from tasks.core.profile import Profile
@@ -173,11 +175,12 @@ def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     unit = commands.unit_name(profile)
     p = profile.remote
     if off.unit.exists or facts.files.get("offsite_unit") is not None:
-        timer = commands.timer_name(profile)
-        script = (f"systemctl disable --now {join(timer, p.files_timer.name, p.watch_timer.name, unit)} >/dev/null 2>&1 "
-                  f"|| true; rm -f {join(p.offsite_unit, p.litestream_config, p.offsite_env, p.restic_env, p.notify_env)} "
-                  f"{join(p.drill_timer, p.drill_unit, p.offsite_drill, p.files_timer, p.files_unit, p.offsite_files)} "
-                  f"{join(p.watch_timer, p.watch_unit, p.offsite_watch)} && systemctl daemon-reload")
+        timers = (p.drill_timer.name, p.files_timer.name, p.watch_timer.name)
+        managed = probes.managed_files(profile)
+        files = [p.offsite_unit, p.litestream_config, p.offsite_env, p.restic_env, p.notify_env,
+                 *(managed[key] for key in DRILL_FILES)]
+        script = (f"systemctl disable --now {join(*timers, unit)} >/dev/null 2>&1 || true; "
+                  f"rm -f {join(*files)} && systemctl daemon-reload")
         changes.append(Change(f"stopped the offsite replication ({unit}); the copies on its target stay", True,
                               plan=f"stop the offsite replication ({unit}) and remove its unit, settings and "
                                    "credentials (the copies on the target stay)",
@@ -187,6 +190,19 @@ def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
                               plan=f"take {profile.offsite_user} out of group {profile.service.user}",
                               action=Run(commands.leave_service_group(profile), "gpasswd")))
     return changes
+
+
+def _timer_on(state: UnitState, timer: str, what: str, first_run: str | None = None) -> Change:
+    """A timer enabled and started; `first_run`: its service, started once at once (not waited for)."""
+    if state.enabled == "enabled" and state.running:
+        return Change(f"{timer} is on ({what})")
+    script = f"systemctl enable --now {q(timer)} 2>&1"
+    if first_run is None:
+        return Change(f"started {timer} ({what})", True, plan=f"enable and start {timer}",
+                      action=Run(script, f"starting {timer}"))
+    return Change(f"started {timer} ({what}); the first snapshot runs now (`fab offsite` shows it)", True,
+                  plan=f"enable and start {timer}, and take the first snapshot of .env and media",
+                  action=Run(f"{script} && systemctl start --no-block {q(first_run)}", f"starting {timer}"))
 
 
 def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
@@ -207,27 +223,9 @@ def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> l
                               plan=f"{verb[:-2]} {unit}", action=Run(f"systemctl restart {q(unit)}", f"starting {unit}")))
     else:
         changes.append(Change(f"{unit} is running"))
-    timer = commands.timer_name(profile)
-    if facts.offsite.drill_timer.enabled == "enabled" and facts.offsite.drill_timer.running:
-        changes.append(Change(f"{timer} is on (the nightly restore drill)"))
-    else:
-        changes.append(Change(f"started {timer} (the nightly restore drill)", True, plan=f"enable and start {timer}",
-                              action=Run(f"systemctl enable --now {q(timer)} 2>&1", f"starting {timer}")))
-    files = profile.remote.files_timer.name
-    if facts.offsite.files_timer.enabled == "enabled" and facts.offsite.files_timer.running:
-        changes.append(Change(f"{files} is on (.env and media, {profile.offsite.files_schedule})"))
-    else:
-        first = profile.remote.files_unit.name
-        changes.append(Change(f"started {files} (.env and media, {profile.offsite.files_schedule}); the first snapshot "
-                              "runs now (`fab offsite` shows it)", True, plan=f"enable and start {files}, and take the "
-                              "first snapshot of .env and media",
-                              action=Run(f"systemctl enable --now {q(files)} 2>&1 && systemctl start --no-block {q(first)}",
-                                         f"starting {files}")))
-    watch = profile.remote.watch_timer.name
-    if facts.offsite.watch_timer.enabled == "enabled" and facts.offsite.watch_timer.running:
-        changes.append(Change(f"{watch} is on (the offsite watch, every 10 minutes)"))
-    else:
-        changes.append(Change(f"started {watch} (the offsite watch, every 10 minutes)", True,
-                              plan=f"enable and start {watch}",
-                              action=Run(f"systemctl enable --now {q(watch)} 2>&1", f"starting {watch}")))
+    off, p = facts.offsite, profile.remote
+    changes.append(_timer_on(off.drill_timer, p.drill_timer.name, "the nightly restore drill"))
+    changes.append(_timer_on(off.files_timer, p.files_timer.name, f".env and media, {profile.offsite.files_schedule}",
+                             first_run=p.files_unit.name))
+    changes.append(_timer_on(off.watch_timer, p.watch_timer.name, "the offsite watch, every 10 minutes"))
     return changes
