@@ -88,23 +88,40 @@ def _offsite_point(host, profile: Profile, at: str | None) -> snapshots.OffsiteP
         raise UsageError(f"no offsite target in {profile.config_file}", hint="set offsite.target, then `fab provision`")
     if profile.database.postgresql:
         raise UsageError("offsite copies hold SQLite databases; this server runs PostgreSQL")
-    try:
-        moment = offsite.parse_point(at, datetime.now(timezone.utc)) if at else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    moment = _point_in_time(at)
     source = offsite_commands.own_source(profile)
-    points, files = read_source(host, profile, source)
-    problem = offsite.point_problem(moment or datetime.now(timezone.utc), points)
-    if problem:
-        raise UsageError(f"{source.settings.parsed.describe()}: {problem}; nothing was changed",
-                         hint=f"`fab -H {host.alias} offsite` lists what the target holds")
+    _, files = _what_the_target_holds(host, profile, source, moment, host.alias)
     chosen = offsite.files_snapshot_for(files, moment)
     if chosen is None:
         ui.warn(f"{source.settings.parsed.describe()} holds no snapshot of .env and media yet: the snapshot has the "
                 "database only")
-    ui.out.print(f"backup of {source.settings.parsed.describe()} ({'as it was at ' + offsite.rfc3339(moment) if moment else 'its newest point'})"
+    ui.out.print(f"backup of {source.settings.parsed.describe()} ({_point_words(moment)})"
                  + (f", .env and media from restic snapshot {chosen.id[:8]}" if chosen else ""))
     return snapshots.OffsitePoint(source, offsite.rfc3339(moment) if moment else None, chosen.id if chosen else None)
+
+
+def _point_in_time(at: str | None) -> datetime | None:
+    """--at as a moment (None: the newest point); a bad or future time is a UsageError."""
+    try:
+        return offsite.parse_point(at, datetime.now(timezone.utc)) if at else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _point_words(moment: datetime | None) -> str:
+    return f"as it was at {offsite.rfc3339(moment)}" if moment else "its newest point"
+
+
+def _what_the_target_holds(host, profile: Profile, source: offsite_commands.Source, moment: datetime | None,
+                           owner: str) -> tuple[offsite.RestorePoints, list[offsite.FilesSnapshot]]:
+    """The source's restore points and snapshots of .env and media, refused when `moment` is not among
+    the points (`owner`: the host whose target it is, for the hint)."""
+    points, files = read_source(host, profile, source)
+    problem = offsite.point_problem(moment or datetime.now(timezone.utc), points)
+    if problem:
+        raise UsageError(f"{source.settings.parsed.describe()}: {problem}; nothing was changed",
+                         hint=f"`fab -H {owner} offsite` lists what the target holds")
+    return points, files
 
 
 @task(help={"config": CONFIG_HELP, "verify": "re-hash every file and re-run integrity_check"})
@@ -310,10 +327,7 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
         raise UsageError(f"no offsite target in {profile.config_file}",
                          hint="set offsite.target and `fab provision` (it installs what reads the target); until "
                               "then restore a snapshot (--snapshot)")
-    try:
-        moment = offsite.parse_point(at, datetime.now(timezone.utc)) if at else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    moment = _point_in_time(at)
     with contextlib.ExitStack() as stack:
         if from_:
             other = _other_offsite(from_, from_config, host.alias, profile)
@@ -321,17 +335,13 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
         else:
             source = offsite_commands.own_source(profile)
         where = source.settings.parsed.describe()
-        points, files = read_source(host, profile, source)
-        problem = offsite.point_problem(moment or datetime.now(timezone.utc), points)
-        if problem:
-            raise UsageError(f"{where}: {problem}; nothing was changed",
-                             hint=f"`fab -H {from_ or host.alias} offsite` lists what the target holds")
+        points, files = _what_the_target_holds(host, profile, source, moment, from_ or host.alias)
         chosen = offsite.files_snapshot_for(files, moment) if from_ else None
         if from_ and chosen is None:
             raise UsageError(f"{where} holds no snapshot of {from_}'s .env and media; nothing was changed",
                              hint="without its SECRET_KEY, sessions and signed tokens would not carry over")
         server = engine.server_counts(host, profile)
-        point = f"as it was at {offsite.rfc3339(moment)}" if moment else "its newest point"
+        point = _point_words(moment)
         ui.out.print(f"restore {where} ({point}) -> {host.alias}")
         ui.out.print(f"  restore points on the target: {points.describe()}")
         ui.out.print(f"  server now: {counts_text(server)}")
