@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from tasks.core.commands import as_service_user, join, private_file_from_stdin, q
+from tasks.core.commands.data import sqlite_words
 from tasks.core.commands.provision import create_system_user, index_options, pip_options
 from tasks.core.defaults import DATABASE
 from tasks.core.offsite import (
@@ -134,30 +135,29 @@ def write_as_replication_user(profile: Profile, path: PurePosixPath) -> str:
 
 
 RESTORE_STAGING = "restore.sqlite3"
+RESTORE_DIGEST = "restore.sha256"      # written by sqlite.send once the check passed
 
 
 def restore_into_incoming(profile: Profile, incoming: PurePosixPath, timestamp: str | None,
                           source: Source | None = None) -> str:
-    """The database as the target holds it (at `timestamp`, RFC 3339, or the newest point), restored and
-    integrity-checked by Litestream as the replication user into its own state dir, then handed to the
-    service user, who writes it into the incoming folder (`incoming`, its own): root only joins the two
-    with a pipe and never touches a path either of them could replace."""
+    """The database as the target holds it (at `timestamp`, RFC 3339, or the newest point), restored by
+    Litestream as the replication user into its own state dir, then sent by that user (integrity_check
+    on the other core while the bytes go, sqlite.send) to the service user, who writes it into the
+    incoming folder (`incoming`, its own; sqlite.receive): root only joins the two with a pipe and never
+    touches a path either of them could replace. The digest of what was sent exists only when the check
+    passed, and must equal that of what was written."""
     p = profile.remote
     source = source or own_source(profile)
-    staged = p.offsite_state / RESTORE_STAGING
+    staged, sent = p.offsite_state / RESTORE_STAGING, p.offsite_state / RESTORE_DIGEST
     point = ["-timestamp", timestamp] if timestamp else []
     restore = as_replication_user(profile, p.litestream_bin, "restore", "-config", source.litestream_config,
-                                  "-integrity-check", "full", *point, "-o", staged, source.database,
-                                  secrets=source.env_files)
-    remove = as_replication_user(profile, "rm", "-f", staged, secrets=())
-    target = incoming / DATABASE
-    write = as_service_user(profile, "sh", "-c", 'umask 077 && cat > "$1"', "sh", target)
-    hand_over = f"{as_replication_user(profile, 'cat', staged, secrets=())} | {write}"
-    # Both ends hashed: a pipe says nothing of its first command's failure in sh.
-    same = (f"a=$({as_replication_user(profile, 'sha256sum', staged, secrets=())} | cut -d' ' -f1) && "
-            f"b=$({as_service_user(profile, 'sha256sum', target)} | cut -d' ' -f1) && [ -n \"$a\" ] && "
-            f"[ \"$a\" = \"$b\" ]")
-    return f"{remove} && {restore} && {hand_over} && {same}; status=$?; {remove}; exit $status"
+                                  *point, "-o", staged, source.database, secrets=source.env_files)
+    remove = as_replication_user(profile, "rm", "-f", staged, sent, secrets=())
+    send = as_replication_user(profile, *sqlite_words("send", staged, sent), secrets=())
+    receive = as_service_user(profile, *sqlite_words("receive", incoming / DATABASE))
+    same = (f"b=$({send} | {receive}) && a=$({as_replication_user(profile, 'cat', sent, secrets=())}) && "
+            f"[ -n \"$a\" ] && [ \"$a\" = \"$b\" ]")
+    return f"{remove} && {restore} && {same}; status=$?; {remove}; exit $status"
 
 
 def list_points(profile: Profile, source: Source | None = None) -> str:

@@ -201,7 +201,7 @@ def _last_line(text: str) -> str:
 def replace_from_offsite(host: Host, profile: Profile, source: offsite_commands.Source, timestamp: str | None,
                          files: offsite.FilesSnapshot | None, *, health_timeout: int) -> None:
     """The database as the target holds it (at `timestamp`, or its newest point), restored on the server
-    itself into the incoming folder (Litestream's full integrity_check, both ends hashed), with .env and
+    itself into the incoming folder (integrity_check beside the hand-over, both ends hashed), with .env and
     media from restic's snapshot `files` when given; read by the release, then the swap job."""
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)

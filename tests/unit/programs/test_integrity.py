@@ -3,7 +3,10 @@ finds (an index that no longer matches its table, a damaged page) and pass what 
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
+import stat
+import subprocess
 
 import pytest
 
@@ -71,3 +74,46 @@ def test_a_damaged_page_is_found(tmp_path):
     except sqlite3.DatabaseError:
         found = "raised"
     assert found != "ok" and _plain(path) != "ok"
+
+
+def _hand_over(tmp_path, source):
+    """sqlite.py's send | sqlite.py receive, two processes joined by a pipe as on the server."""
+    tool = ["python3", "-I", sqlite.__file__]
+    digest, target = tmp_path / "sent.sha256", tmp_path / "incoming.sqlite3"
+    sender = subprocess.Popen([*tool, "send", str(source), str(digest)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    received = subprocess.run([*tool, "receive", str(target)], stdin=sender.stdout, capture_output=True, text=True)
+    sender.stdout.close()
+    sender.wait()
+    return sender, received, digest, target
+
+
+def test_a_restored_database_is_handed_over_checked_and_byte_for_byte(tmp_path):
+    source = tmp_path / "restored.sqlite3"
+    _database(source)
+    sender, received, digest, target = _hand_over(tmp_path, source)
+    assert sender.returncode == 0 and received.returncode == 0
+    expected = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert digest.read_text().strip() == received.stdout.strip() == expected
+    assert target.read_bytes() == source.read_bytes() and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_damaged_restore_leaves_no_digest_so_the_hand_over_fails(tmp_path):
+    source = tmp_path / "restored.sqlite3"
+    _database(source)
+    con = sqlite3.connect(source)
+    con.execute("PRAGMA writable_schema = ON")
+    con.execute("update sqlite_schema set sql = 'CREATE INDEX task_project ON task (data)' where name = 'task_project'")
+    con.commit()
+    con.close()
+    sender, received, digest, _ = _hand_over(tmp_path, source)
+    assert sender.returncode == 1 and b"integrity_check failed" in sender.stderr.read()
+    assert not digest.exists() and received.stdout.strip()   # the receiver's digest has nothing to equal
+
+
+def test_receive_never_writes_over_a_file_that_is_there(tmp_path):
+    source = tmp_path / "restored.sqlite3"
+    _database(source)
+    (tmp_path / "incoming.sqlite3").write_bytes(b"what was there")
+    _, received, _, target = _hand_over(tmp_path, source)
+    assert received.returncode != 0 and target.read_bytes() == b"what was there"

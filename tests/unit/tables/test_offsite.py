@@ -379,8 +379,11 @@ def test_a_point_before_the_oldest_restore_point_is_refused():
 def test_restore_into_incoming_runs_litestream_as_its_user_and_hands_the_file_over_through_a_pipe():
     p = LIVE.remote
     script = commands.restore_into_incoming(LIVE, p.data_dir / ".lsvm-incoming", "2026-12-03T07:30:00Z")
-    assert "--uid=labelstudio-offsite" in script and "-integrity-check full -timestamp 2026-12-03T07:30:00Z" in script
-    assert "runuser -u labelstudio -- " in script and "sha256sum" in script
+    assert "--uid=labelstudio-offsite" in script and " restore -config " in script
+    assert "-timestamp 2026-12-03T07:30:00Z -o /var/lib/label-studio-offsite/restore.sqlite3" in script
+    # the check runs in sqlite.send beside the hand-over, not in Litestream before it
+    assert "-integrity-check" not in script and " send /var/lib/label-studio-offsite/restore.sqlite3 " in script
+    assert "| runuser -u labelstudio -- " in script and " receive /var/lib/label-studio/.lsvm-incoming/" in script
     assert "/var/lib/label-studio/.lsvm-incoming/label_studio.sqlite3" in script
     newest = commands.restore_into_incoming(LIVE, p.data_dir / ".lsvm-incoming", None)
     assert "-timestamp" not in newest
