@@ -70,7 +70,8 @@ class Site:
         self.url = f"http://127.0.0.1:{self.vm.http_port}"
         self.profile = self.home / f"{name}.yaml"
         self.profile.write_text(f"public_url: {self.url}\nlabel_studio:\n  admin_email: {EMAIL}\n"
-                                f"offsite:\n  target: s3://{BUCKET}/bench/{name}\n  s3_endpoint: http://{s3}:9000\n")
+                                f"offsite:\n  target: s3://{BUCKET}/bench/{name}\n  s3_endpoint: http://{s3}:9000\n"
+                                "  append_only: false\n")   # rclone serve s3 keeps no versions
         self.others = others or {}
         self.env = dict(os.environ, HOME=str(self.home), LABEL_STUDIO_PASSWORD=PASSWORD,
                         LSVM_BACKUPS_DIR=str(work / "backups"), **KEYS)

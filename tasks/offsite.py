@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 from fabric import task
 from rich.table import Table
 
 from tasks.core import offsite as core, ui
 from tasks.core.commands import offsite as commands
-from tasks.core.edge import CONFIG_HELP, open_host, task_edge
+from tasks.core.edge import CONFIG_HELP, host_alias, open_host, profile_for, task_edge
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.replication import read_replication
 
 
 @task(help={"config": CONFIG_HELP,
             "drill": "run the restore drill now (the newest point restored on the server and checked), then show",
-            "files": "take a snapshot of .env and media now (restic), then show"})
+            "files": "take a snapshot of .env and media now (restic), then show",
+            "iam-policy": "print the IAM policy for the VM's keys on an S3 target (nothing that erases history); "
+                          "connects to nothing"})
 @task_edge
-def offsite(c, config=None, drill=False, files=False):
+def offsite(c, config=None, drill=False, files=False, iam_policy=False):
     """List the offsite restore points (oldest, newest, size on the target), replication and the last drill."""
+    if iam_policy:
+        _print_iam_policy(c, config)
+        return
     profile, host = open_host(c, config, sudo=True)
     target = profile.offsite.parsed
     if target is None:
@@ -41,6 +49,7 @@ def offsite(c, config=None, drill=False, files=False):
     table.add_row(".env and media", core.describe_files(state.replication.files))
     table.add_row("files timer", f"{state.files_timer.describe()} ({profile.offsite.files_schedule})")
     table.add_row("restore drill", core.drill_text(state.replication.drill))
+    table.add_row("history", core.history_text(profile.offsite, state.replication.drill))
     table.add_row("drill timer", state.timer.describe())
     table.add_row("watch", f"{core.watch_text(state.replication.watch, profile.offsite.notify)}; timer "
                            f"{state.watch_timer.describe()}")
@@ -49,3 +58,14 @@ def offsite(c, config=None, drill=False, files=False):
     if problem:
         raise RemoteError(problem, hint=f"`fab -H {host.alias} provision` sets the replication up again; "
                                         f"`sudo journalctl -u {commands.unit_name(profile)}` on the server says why it stopped")
+
+
+def _print_iam_policy(c, config: str | None) -> None:
+    alias = host_alias(c)
+    if alias is None:
+        raise UsageError("--iam-policy needs -H HOST: the policy names that host's bucket and prefix")
+    profile = profile_for(c, config, alias)
+    target = profile.offsite.parsed
+    if target is None or target.kind != "s3":
+        raise UsageError(f"{profile.config_file}: offsite.target is not an S3 bucket; an IAM policy is for one")
+    sys.stdout.write(json.dumps(core.iam_policy(profile.offsite), indent=2) + "\n")

@@ -48,10 +48,12 @@ FILES_NAME = "files.tar"               # the one file each snapshot holds (a tar
 PASSWORD_FILE = "offsite-password"     # this machine's copy of restic's password, in backups/<host>/
 DRILL_READ_SHARE = "5%"                # of restic's packs read back in full by each drill
 APPRISE_PACKAGE = "apprise==2.2.0"     # the offsite watch's notifications, in the replication's venv
+BOTO3_PACKAGE = "boto3==1.44.5"       # the drill's look at an S3 target's history (offsite_history.py), there too
 NOTIFY_ENV = "LSVM_NOTIFY_URL"         # on this machine at provision time: where notifications go
 # apprise's command line through the venv's python (its bin/apprise names the python of the folder the
 # venv was built in, before it was renamed into place).
 APPRISE_CLI = "from apprise.cli import main; main()"
+BOTO3_VERSION = "import boto3; print(boto3.__version__)"
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -149,6 +151,7 @@ class OffsiteSettings:
     keep_weekly: int = _opt(4, _keep)
     keep_monthly: int = _opt(12, _keep)
     notify: bool = _opt(False)
+    append_only: bool = _opt(True)
 
     @property
     def enabled(self) -> bool:
@@ -162,6 +165,12 @@ class OffsiteSettings:
     def needs_credentials(self) -> bool:
         target = self.parsed
         return target is not None and target.kind == "s3"
+
+    @property
+    def checks_history(self) -> bool:
+        """The drill proves the server's keys cannot erase the target's history (an S3 target only: a path
+        on the VM is root's to erase)."""
+        return self.needs_credentials and self.append_only
 
 
 def profile_problem(settings: OffsiteSettings, *, service_manager: str, engine: str, data_dir: str,
@@ -436,6 +445,43 @@ class Replication:
         return f"{lag}; newest point {_when(self.points.newest)}"
 
 
+def iam_policy(settings: OffsiteSettings) -> dict:
+    """The least the VM's keys need on an S3 target: read, write and delete the objects under the prefix
+    (Litestream compacts, restic prunes), list them, read the bucket's versioning. Nothing that deletes a
+    version, changes versioning, lifecycle or policy, or bypasses a retention: with versioning on, what
+    the VM deletes stays as an old version for the bucket's owner."""
+    target = settings.parsed
+    assert target is not None and target.kind == "s3"
+    bucket = f"arn:aws:s3:::{target.bucket}"
+    objects = f"{bucket}/{target.prefix}/*" if target.prefix else f"{bucket}/*"
+    # ListBucket without a prefix condition: restic asks whether the bucket exists (HEAD), with no prefix.
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadTheBucket", "Effect": "Allow",
+         "Action": ["s3:ListBucket", "s3:GetBucketLocation", "s3:GetBucketVersioning"], "Resource": bucket},
+        {"Sid": "KeepTheCopies", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": objects},
+    ]}
+
+
+def history_text(settings: OffsiteSettings, drill: dict | None) -> str:
+    """Whether the VM could erase the target's history, in words (the drill's offsite-history.py)."""
+    target = settings.parsed
+    if target is None:
+        return "-"
+    if target.kind == "path":
+        return "a path on this VM: root here can erase it (an S3 bucket with versioning keeps history apart)"
+    if not settings.append_only:
+        return "not checked (offsite.append_only: false): the VM's keys may erase it"
+    found = (drill or {}).get("history")
+    if not found:
+        return "not checked yet (the drill checks it; `fab offsite --drill`)"
+    if found.get("erasable") is False:
+        return (f"append-only: bucket versioning {found.get('versioning', '?').lower()}, the VM's keys cannot delete "
+                "an old version")
+    return (f"ERASABLE by the VM's keys (bucket versioning {found.get('versioning', '?').lower()}): "
+            "`fab offsite --iam-policy` prints what they should be allowed")
+
+
 def drill_text(drill: dict | None) -> str:
     """The last restore drill in words."""
     if not drill:
@@ -475,7 +521,7 @@ def replication_problem(unit_running: bool, unit_described: str, replication: Re
     if not timer_active:
         found.append(f"offsite copies are not proven to restore: the restore drill's timer is {timer_described}")
     if replication.drill and not replication.drill.get("ok"):
-        found.append(f"offsite copies did not restore: the last drill failed: "
+        found.append(f"offsite copies are not proven: the last drill failed: "
                      f"{replication.drill.get('problem', 'no reason given')}")
     found += files_problems
     return "; ".join(found) or None

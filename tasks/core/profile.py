@@ -288,6 +288,7 @@ class RemotePaths:
     notify_env: PurePosixPath         # root-only 0600: where notifications go (apprise URLs), read by systemd
     offsite_python: PurePosixPath     # the offsite venv's python: apprise runs through it (-c APPRISE_CLI)
     offsite_watch: PurePosixPath      # the watch (tasks/core/onserver/offsite_watch.py), root's
+    offsite_history: PurePosixPath    # the drill's look at an S3 target's history (onserver/offsite_history.py), root's
     watch_unit: PurePosixPath
     watch_timer: PurePosixPath
     watch_state: PurePosixPath        # its last look, the replication user's
@@ -410,6 +411,7 @@ class Profile:
             notify_env=app / f"{name}-offsite-notify.env",
             offsite_python=app / "offsite" / "bin" / "python",
             offsite_watch=app / "offsite-watch.py",
+            offsite_history=app / "offsite-history.py",
             watch_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.service",
             watch_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.timer",
             watch_state=PurePosixPath("/var/lib") / f"{name}-offsite" / "watch.json",

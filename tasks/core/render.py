@@ -13,7 +13,7 @@ from tasks.core.database import label_studio_env
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import check_words, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
-from tasks.core.onserver import app_server, offsite_drill, offsite_files, offsite_watch, prepare_database
+from tasks.core.onserver import app_server, offsite_drill, offsite_files, offsite_history, offsite_watch, prepare_database
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
@@ -24,6 +24,7 @@ PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
 OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
 OFFSITE_FILES_SOURCE = Path(offsite_files.__file__).read_text()
 OFFSITE_WATCH_SOURCE = Path(offsite_watch.__file__).read_text()
+OFFSITE_HISTORY_SOURCE = Path(offsite_history.__file__).read_text()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -149,8 +150,12 @@ def _offsite_values(profile: Profile) -> dict:
     assert target is not None
     p = profile.remote
     restic = restic_words(profile.offsite, p.restic_cache)
+    history = []
+    if profile.offsite.checks_history:
+        history = ["--", p.offsite_python, "-I", p.offsite_history, target.bucket, target.prefix,
+                   profile.offsite.s3_endpoint or "", profile.offsite.s3_region]
     drill = exec_line("/usr/bin/python3", "-I", p.offsite_drill, p.litestream_bin, p.litestream_config, p.database,
-                      p.offsite_state, p.drill_result, "--", *restic, "--", *check_words())
+                      p.offsite_state, p.drill_result, "--", *restic, "--", *check_words(), *history)
     files = exec_line("/usr/bin/python3", "-I", p.offsite_files, profile.service.user, profile.offsite_user,
                       p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite))
     watch = exec_line("/usr/bin/python3", "-I", p.offsite_watch, p.watch_state, p.drill_result, p.offsite_python,
@@ -185,6 +190,7 @@ def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
         "offsite_watch": _program(p.offsite_watch, OFFSITE_WATCH_SOURCE),
         "watch_unit": _unit(p.watch_unit, "systemd/offsite-watch.service.j2", values),
         "watch_timer": _unit(p.watch_timer, "systemd/offsite-watch.timer.j2", values),
+        "offsite_history": _program(p.offsite_history, OFFSITE_HISTORY_SOURCE),
     }
 
 

@@ -277,7 +277,7 @@ def test_a_damaged_target_fails_the_drill_and_status_says_so(site):
     try:
         result = site.fab("offsite", "--drill")
         assert result.returncode != 0, result.stdout
-        assert "offsite copies did not restore: the last drill failed: litestream restore failed" in result.stderr, \
+        assert "offsite copies are not proven: the last drill failed: litestream restore failed" in result.stderr, \
             result.stderr
         status = site.fab("status")
         assert status.returncode != 0

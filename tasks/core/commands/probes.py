@@ -9,7 +9,7 @@ from tasks.core.commands import as_service_user, dbcheck, join, lines, offsite, 
 from tasks.core.commands.instances import detect
 from tasks.core.commands.provision import ALL_PACKAGES, RELEASE_COMPLETE
 from tasks.core.commands.service import health_probe, screen_probe
-from tasks.core.offsite import APPRISE_CLI, RESTIC
+from tasks.core.offsite import APPRISE_CLI, BOTO3_VERSION, RESTIC
 from tasks.core.onserver.instances import MANAGED_MARK
 from tasks.core.profile import Profile
 
@@ -147,7 +147,8 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
             "litestream_config": p.litestream_config, "offsite_unit": p.offsite_unit,
             "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer,
             "offsite_files": p.offsite_files, "files_unit": p.files_unit, "files_timer": p.files_timer,
-            "offsite_watch": p.offsite_watch, "watch_unit": p.watch_unit, "watch_timer": p.watch_timer}
+            "offsite_watch": p.offsite_watch, "watch_unit": p.watch_unit, "watch_timer": p.watch_timer,
+            "offsite_history": p.offsite_history}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
@@ -236,6 +237,7 @@ def offsite_probe(profile: Profile) -> list[str]:
         *secret_lines("notify", p.notify_env),
         f"echo \"litestream=$({q(p.litestream_bin)} version 2>/dev/null)\"",
         f"echo \"apprise=$({join(p.offsite_python, '-I', '-c', APPRISE_CLI, '--version')} 2>/dev/null | head -n 1)\"",
+        f"echo \"boto3=$({join(p.offsite_python, '-I', '-c', BOTO3_VERSION)} 2>/dev/null)\"",
         *([meta_line("target_meta", target.path)] if target is not None and target.kind == "path" else []),
         *repository,
         *offsite_units(profile),

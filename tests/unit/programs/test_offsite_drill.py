@@ -63,7 +63,7 @@ def test_a_failed_restore_is_a_failed_drill_in_litestreams_words(tmp_path):
     assert result["problem"] == "litestream restore failed: error: decode ltx: checksum mismatch"
     assert offsite.drill_text(result).startswith("FAILED ")
     problem = offsite.replication_problem(True, "active", offsite.Replication(drill=result))
-    assert problem == "offsite copies did not restore: the last drill failed: litestream restore failed: error: " \
+    assert problem == "offsite copies are not proven: the last drill failed: litestream restore failed: error: " \
                       "decode ltx: checksum mismatch"
 
 
