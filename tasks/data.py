@@ -12,7 +12,7 @@ from fabric import task
 from rich.table import Table
 
 from tasks.core import offsite, ui
-from tasks.core.data import catalog, engine, local, snapshots
+from tasks.core.data import catalog, engine, local, postgres_snapshots, snapshots
 from tasks.core.data.catalog import LOCAL_HOST, Snapshot, counts_text, report_snapshot
 from tasks.core.database import snapshot_engine
 from tasks.core.defaults import DATABASE, MEDIA, SWAP_HEALTH_TIMEOUT
@@ -27,7 +27,7 @@ from tasks.core.edge import (
     profile_for,
     task_edge,
 )
-from tasks.core.data.replace import other_source, read_source, replace_from_offsite
+from tasks.core.data.replace import other_source, read_files, read_source, replace_from_offsite
 from tasks.core.errors import SnapshotError, UsageError
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile, backups_root, load_profile
@@ -87,7 +87,8 @@ def _offsite_point(host, profile: Profile, at: str | None) -> snapshots.OffsiteP
     if profile.offsite.parsed is None:
         raise UsageError(f"no offsite target in {profile.config_file}", hint="set offsite.target, then `fab provision`")
     if profile.database.postgresql:
-        raise UsageError("offsite copies hold SQLite databases; this server runs PostgreSQL")
+        raise UsageError("backup --from-offsite brings SQLite's stream here; on PostgreSQL the target holds dumps",
+                         hint="`fab restore-server --offsite` restores one on the server; `fab backup` takes one here")
     moment = _point_in_time(at)
     source = offsite_commands.own_source(profile)
     _, files = _what_the_target_holds(host, profile, source, moment, host.alias)
@@ -335,16 +336,29 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
         else:
             source = offsite_commands.own_source(profile)
         where = source.settings.parsed.describe()
-        points, files = _what_the_target_holds(host, profile, source, moment, from_ or host.alias)
-        chosen = offsite.files_snapshot_for(files, moment) if from_ else None
+        if profile.database.postgresql:
+            files = read_files(host, profile, source)
+            dump = offsite.dump_snapshot_for(files, moment)
+            if dump is None:
+                when = f"taken at or before {offsite.rfc3339(moment)}" if moment else "yet"
+                raise UsageError(f"{where} holds no dump of the database {when}; nothing was changed",
+                                 hint=f"`fab -H {from_ or host.alias} offsite` lists what it holds")
+            chosen = dump if from_ else None
+            held = offsite.describe_files(files)
+        else:
+            points, files = _what_the_target_holds(host, profile, source, moment, from_ or host.alias)
+            chosen = offsite.files_snapshot_for(files, moment) if from_ else None
+            held = points.describe()
         if from_ and chosen is None:
             raise UsageError(f"{where} holds no snapshot of {from_}'s .env and media; nothing was changed",
                              hint="without its SECRET_KEY, sessions and signed tokens would not carry over")
         server = engine.server_counts(host, profile)
         point = _point_words(moment)
         ui.out.print(f"restore {where} ({point}) -> {host.alias}")
-        ui.out.print(f"  restore points on the target: {points.describe()}")
+        ui.out.print(f"  restore points on the target: {held}")
         ui.out.print(f"  server now: {counts_text(server)}")
+        if profile.database.postgresql:
+            ui.out.print(f"  the database: the dump in restic snapshot {dump.id[:8]} of {dump.time:%Y-%m-%d %H:%M:%S} UTC")
         if chosen:
             ui.out.print(f"  .env (SECRET_KEY) and media: restic snapshot {chosen.id[:8]} of "
                          f"{chosen.time:%Y-%m-%d %H:%M:%S} UTC; the URL and settings stay {host.alias}'s (its profile)")
@@ -359,8 +373,12 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
             if server is not None:
                 before = engine.take_server_snapshot(host, profile, label="pre-restore")
                 report_snapshot(before, "server backed up as")
-            replace_from_offsite(host, profile, source, offsite.rfc3339(moment) if moment else None, chosen,
-                                 health_timeout=health_timeout)
+            if profile.database.postgresql:
+                postgres_snapshots.restore_from_offsite(host, profile, source, dump, everything=bool(from_),
+                                                        health_timeout=health_timeout)
+            else:
+                replace_from_offsite(host, profile, source, offsite.rfc3339(moment) if moment else None, chosen,
+                                     health_timeout=health_timeout)
 
 
 def _other_offsite(alias: str, config: str | None, here: str, profile: Profile) -> Profile:
@@ -374,8 +392,11 @@ def _other_offsite(alias: str, config: str | None, here: str, profile: Profile) 
         raise UsageError(f"{here} streams to the same target as {alias} ({profile.offsite.parsed.describe()}): "
                          "two VMs on one target would overwrite each other's history; nothing was changed",
                          hint=f"give {here} a target of its own (another path or prefix) and `fab -H {here} provision`")
-    if other.database.postgresql or profile.database.postgresql:
-        raise UsageError("offsite restores move SQLite databases; nothing was changed")
+    if other.database.postgresql != profile.database.postgresql:
+        kinds = {True: "PostgreSQL (a dump)", False: "SQLite (a stream)"}
+        raise UsageError(f"{alias}'s offsite copies hold {kinds[other.database.postgresql]}, {here} runs "
+                         f"{kinds[profile.database.postgresql].split(' (')[0]}; nothing was changed",
+                         hint="provision the new VM with the old one's database.engine, restore, then migrate-db")
     return other
 
 

@@ -42,11 +42,16 @@ def offsite(c, config=None, drill=False, files=False, iam_policy=False):
     table.add_column(style="bold")
     table.add_column()
     table.add_row("target", target.describe())
-    table.add_row("replication", f"Litestream, {state.unit.describe()}")
-    table.add_row("database", state.replication.describe())
-    points = state.replication.points
-    table.add_row("restore points", points.describe() if points else "-")
-    table.add_row(".env and media", core.describe_files(state.replication.files))
+    if state.streams:
+        table.add_row("replication", f"Litestream, {state.unit.describe()}")
+        points = state.replication.points
+        table.add_row("database", state.describe())
+        table.add_row("restore points", points.describe() if points else "-")
+        table.add_row(".env and media", core.describe_files(state.replication.files))
+    else:
+        table.add_row("replication", f"none: PostgreSQL is dumped (pg_dump -Fc) into each snapshot of .env and "
+                                     f"media ({profile.offsite.files_schedule})")
+        table.add_row("database", state.describe())
     table.add_row("files timer", f"{state.files_timer.describe()} ({profile.offsite.files_schedule})")
     table.add_row("restore drill", core.drill_text(state.replication.drill))
     table.add_row("history", core.history_text(profile.offsite, state.replication.drill))

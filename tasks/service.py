@@ -37,7 +37,7 @@ def offsite_status(st: HostStatus, profile: Profile) -> tuple[list[tuple[str, st
     or proven, or None."""
     state = replication_state(st.offsite, profile)
     problem = state.problem()
-    text = f"PROBLEM: {problem}" if problem else state.replication.describe()
+    text = f"PROBLEM: {problem}" if problem else state.describe()
     return ([("offsite", f"{profile.offsite.parsed.describe()}: {text}"),
              ("offsite files", offsite.describe_files(state.replication.files)),
              ("restore drill", offsite.drill_text(state.replication.drill))], problem)

@@ -27,6 +27,7 @@ PASSWORD_ENV = "LSVM_DB_PASSWORD"      # the external server's password, on this
 PASSWORD_KEY = "POSTGRE_PASSWORD"      # Label Studio's own variable, the only line of the secret file
 LOCAL_ADDRESS = "127.0.0.1"
 DUMP = "label_studio.pgdump"           # a PostgreSQL snapshot's database: pg_dump --format=custom
+DUMP_COUNTS = DUMP + ".json"           # beside it in an offsite files snapshot: the row counts taken with it
 SQLITE_DATABASE = "label_studio.sqlite3"
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -173,7 +173,7 @@ class OffsiteSettings:
         return self.needs_credentials and self.append_only
 
 
-def profile_problem(settings: OffsiteSettings, *, service_manager: str, engine: str, data_dir: str,
+def profile_problem(settings: OffsiteSettings, *, service_manager: str, data_dir: str,
                     app_dir: str, service_user: str) -> tuple[str, str] | None:
     """(key, what is wrong) when the `offsite:` section cannot mean what it says with the rest of the
     profile, else None."""
@@ -182,9 +182,6 @@ def profile_problem(settings: OffsiteSettings, *, service_manager: str, engine: 
         return ("s3_endpoint", "'offsite.s3_endpoint' is set but offsite.target is not") if settings.s3_endpoint else None
     if service_manager != "systemd":
         return "target", "offsite needs service.manager systemd (replication runs as a systemd service)"
-    if engine != "sqlite":
-        return "target", ("offsite replication covers SQLite for now: with database.engine postgresql, use "
-                          "`fab backup` (pg_dump) until the scheduled dumps arrive")
     if target.kind == "path":
         for name, inside in (("paths.data_dir", data_dir), ("paths.app_dir", app_dir)):
             base = PurePosixPath(inside)
@@ -399,6 +396,13 @@ def files_snapshot_for(snapshots: list[FilesSnapshot], moment: datetime | None) 
     return snapshots[-1]
 
 
+def dump_snapshot_for(snapshots: list[FilesSnapshot], moment: datetime | None) -> FilesSnapshot | None:
+    """PostgreSQL: the snapshot whose dump is the database as it was at `moment` (None: the newest): the
+    last one taken at or before it; None when there is none."""
+    taken = [s for s in snapshots if moment is None or s.time <= moment]
+    return taken[-1] if taken else None
+
+
 def describe_files(snapshots: list[FilesSnapshot] | None, now: datetime | None = None) -> str:
     """restic's snapshots in words, with the newest one's age (the recovery point of .env and media)."""
     if not snapshots:
@@ -489,13 +493,17 @@ def drill_text(drill: dict | None) -> str:
     when = drill.get("finished", "?").replace("T", " ").replace("Z", " UTC")
     if not drill.get("ok"):
         return f"FAILED {when}: {drill.get('problem', 'no reason given')}"
+    files = (f"; {drill['files_snapshots']} snapshot(s) of .env and media, restic check read back "
+             f"{DRILL_READ_SHARE} of their data" if "files_snapshots" in drill else "")
+    if drill.get("engine") == "postgresql":
+        counts = ", ".join(f"{n} {name}" for name, n in (drill.get("dump_counts") or {}).items())
+        return (f"passed {when} (the newest dump, {human_bytes(int(drill.get('size') or 0))}: pg_restore lists its "
+                f"{drill.get('toc_entries', '?')} entries, Label Studio's tables in it; {counts}{files})")
     restored, live = drill.get("counts") or {}, drill.get("live_counts") or {}
     differ = [f"{table} {restored[table]} vs {live[table]} live" for table in restored
               if table in live and restored[table] != live[table]]
     sizes = f"{human_bytes(int(drill.get('size') or 0))} restored in {drill.get('seconds', '?')} s"
     rows = "every count as live" if not differ else "written since the point: " + ", ".join(differ)
-    files = (f"; {drill['files_snapshots']} snapshot(s) of .env and media, restic check read back "
-             f"{DRILL_READ_SHARE} of their data" if "files_snapshots" in drill else "")
     return f"passed {when} ({sizes}; integrity_check ok; {rows}{files})"
 
 
@@ -511,7 +519,7 @@ def files_job_problems(timer_active: bool, timer_described: str, job_failed: boo
 
 def replication_problem(unit_running: bool, unit_described: str, replication: Replication,
                         timer_active: bool = True, timer_described: str = "",
-                        files_problems: list[str] = ()) -> str | None:
+                        more: list[str] = ()) -> str | None:
     """What is wrong with the offsite copies, one sentence each (joined by '; '), else None."""
     found: list[str] = []
     if not unit_running:
@@ -523,7 +531,7 @@ def replication_problem(unit_running: bool, unit_described: str, replication: Re
     if replication.drill and not replication.drill.get("ok"):
         found.append(f"offsite copies are not proven: the last drill failed: "
                      f"{replication.drill.get('problem', 'no reason given')}")
-    found += files_problems
+    found += more
     return "; ".join(found) or None
 
 

@@ -289,6 +289,7 @@ class RemotePaths:
     offsite_python: PurePosixPath     # the offsite venv's python: apprise runs through it (-c APPRISE_CLI)
     offsite_watch: PurePosixPath      # the watch (tasks/core/onserver/offsite_watch.py), root's
     offsite_history: PurePosixPath    # the drill's look at an S3 target's history (onserver/offsite_history.py), root's
+    offsite_pgtool: PurePosixPath     # PostgreSQL's dump for the files snapshot (onserver/postgres_tool.py), root's
     watch_unit: PurePosixPath
     watch_timer: PurePosixPath
     watch_state: PurePosixPath        # its last look, the replication user's
@@ -324,6 +325,11 @@ class Profile:
     def offsite_user(self) -> str:
         """The replication user: in the service user's group, never the service user (see tasks.core.offsite)."""
         return offsite_user(self.service.user)
+
+    @property
+    def offsite_streams_database(self) -> bool:
+        """SQLite streams to the offsite target (Litestream); PostgreSQL's dump rides in each files snapshot."""
+        return self.offsite.enabled and self.database.engine == "sqlite"
 
     @property
     def config_file(self) -> str:
@@ -412,6 +418,7 @@ class Profile:
             offsite_python=app / "offsite" / "bin" / "python",
             offsite_watch=app / "offsite-watch.py",
             offsite_history=app / "offsite-history.py",
+            offsite_pgtool=app / "offsite-postgres-tool.py",
             watch_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.service",
             watch_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.timer",
             watch_state=PurePosixPath("/var/lib") / f"{name}-offsite" / "watch.json",
@@ -487,7 +494,7 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
     problem = database_problem(values.database, values.service.manager)
     if problem:
         raise ProfileError(f"{_where(source, lines, ('database', 'engine'))}: {problem}")
-    problem = offsite_problem(values.offsite, service_manager=values.service.manager, engine=values.database.engine,
+    problem = offsite_problem(values.offsite, service_manager=values.service.manager,
                               data_dir=values.paths.data_dir, app_dir=values.paths.app_dir,
                               service_user=values.service.user)
     if problem:

@@ -9,11 +9,12 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from tasks.core.database import label_studio_env
+from tasks.core.database import client_env, label_studio_env
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import check_words, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
-from tasks.core.onserver import app_server, offsite_drill, offsite_files, offsite_history, offsite_watch, prepare_database
+from tasks.core.onserver import (app_server, offsite_drill, offsite_files, offsite_history, offsite_watch, postgres_tool,
+                                 prepare_database)
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
@@ -25,6 +26,7 @@ OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
 OFFSITE_FILES_SOURCE = Path(offsite_files.__file__).read_text()
 OFFSITE_WATCH_SOURCE = Path(offsite_watch.__file__).read_text()
 OFFSITE_HISTORY_SOURCE = Path(offsite_history.__file__).read_text()
+PGTOOL_SOURCE = Path(postgres_tool.__file__).read_text()
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -154,12 +156,19 @@ def _offsite_values(profile: Profile) -> dict:
     if profile.offsite.checks_history:
         history = ["--", p.offsite_python, "-I", p.offsite_history, target.bucket, target.prefix,
                    profile.offsite.s3_endpoint or "", profile.offsite.s3_region]
-    drill = exec_line("/usr/bin/python3", "-I", p.offsite_drill, p.litestream_bin, p.litestream_config, p.database,
+    # PostgreSQL: no stream (offsite_drill.NO_LITESTREAM), no replication unit for the watch to see.
+    litestream = p.litestream_bin if profile.offsite_streams_database else "-"
+    units = [p.offsite_unit.name] if profile.offsite_streams_database else []
+    drill = exec_line("/usr/bin/python3", "-I", p.offsite_drill, litestream, p.litestream_config, p.database,
                       p.offsite_state, p.drill_result, "--", *restic, "--", *check_words(), *history)
+    dump = []
+    if not profile.offsite_streams_database:
+        env = client_env(profile.database, str(p.database_ca))
+        dump = ["--", p.database_env, p.venv_python, p.offsite_pgtool, *(f"{key}={value}" for key, value in env)]
     files = exec_line("/usr/bin/python3", "-I", p.offsite_files, profile.service.user, profile.offsite_user,
-                      p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite))
+                      p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite), *dump)
     watch = exec_line("/usr/bin/python3", "-I", p.offsite_watch, p.watch_state, p.drill_result, p.offsite_python,
-                      p.litestream_bin, p.litestream_config, p.database, "--", p.offsite_unit.name, "--",
+                      litestream, p.litestream_config, p.database, "--", *units, "--",
                       p.files_timer.name, p.drill_timer.name, "--", p.files_unit.name, p.drill_unit.name)
     return {**context(profile), "target": target.describe(), "offsite_user": profile.offsite_user,
             "credentials": profile.offsite.needs_credentials,
@@ -191,6 +200,7 @@ def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
         "watch_unit": _unit(p.watch_unit, "systemd/offsite-watch.service.j2", values),
         "watch_timer": _unit(p.watch_timer, "systemd/offsite-watch.timer.j2", values),
         "offsite_history": _program(p.offsite_history, OFFSITE_HISTORY_SOURCE),
+        **({} if profile.offsite_streams_database else {"offsite_pgtool": _program(p.offsite_pgtool, PGTOOL_SOURCE)}),
     }
 
 

@@ -183,12 +183,13 @@ def list_files(profile: Profile, source: Source | None = None) -> str:
 
 
 def restore_files_into_incoming(profile: Profile, incoming: PurePosixPath, snapshot: str,
-                                source: Source | None = None) -> str:
-    """.env and media of one restic snapshot, streamed by restic (which checks every blob it decrypts)
-    as the replication user into tar run by the service user in the incoming folder; bash's pipefail
-    makes either end's failure the script's."""
+                                source: Source | None = None, members: tuple[str, ...] = ()) -> str:
+    """.env and media (and PostgreSQL's dump) of one restic snapshot, streamed by restic (which checks
+    every blob it decrypts) as the replication user into tar run by the service user in the incoming
+    folder (`members`: only these); bash's pipefail makes either end's failure the script's."""
     source = source or own_source(profile)
     dump = as_replication_user(profile, *restic(profile, "dump", snapshot, f"/{FILES_NAME}", settings=source.settings),
                                secrets=source.env_files)
-    unpack = as_service_user(profile, "tar", "-xf", "-", "-C", incoming, "--no-same-owner", "--no-same-permissions")
+    unpack = as_service_user(profile, "tar", "-xf", "-", "-C", incoming, "--no-same-owner", "--no-same-permissions",
+                             *(["--", *members] if members else []))
     return join("bash", "-c", f"set -o pipefail; {dump} | {unpack}")

@@ -148,7 +148,7 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
             "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer,
             "offsite_files": p.offsite_files, "files_unit": p.files_unit, "files_timer": p.files_timer,
             "offsite_watch": p.offsite_watch, "watch_unit": p.watch_unit, "watch_timer": p.watch_timer,
-            "offsite_history": p.offsite_history}
+            "offsite_history": p.offsite_history, "offsite_pgtool": p.offsite_pgtool}
 
 
 def provision_probe(profile: Profile, admin_email: str) -> str:
@@ -268,7 +268,9 @@ def offsite_report(profile: Profile) -> str:
     # No result yet (the first drill runs at night, the first look within 10 minutes): an empty line.
     drill, watch = (as_user(profile, "sh", "-c", '[ ! -e "$1" ] || cat "$1"', "sh", path, secrets=())
                     for path in (p.drill_result, p.watch_state))
-    return lines("echo '[offsite_report]'", _json_line("status", status), _json_line("points", points),
+    # PostgreSQL streams nothing: its dumps are in restic's snapshots.
+    stream = [_json_line("status", status), _json_line("points", points)] if profile.offsite_streams_database else []
+    return lines("echo '[offsite_report]'", *stream,
                  _json_line("drill", drill), _json_line("files", offsite.list_files(profile)),
                  _json_line("watch", watch), *offsite_units(profile))
 

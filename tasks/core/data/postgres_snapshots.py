@@ -11,10 +11,13 @@ health gate; on any failure the names go back and the original serves again.
 
 from __future__ import annotations
 
+import json
 import time
 
-from tasks.core import ui
+from tasks.core import offsite, ui
+from tasks.core.commands import as_service_user
 from tasks.core.commands import data as data_commands
+from tasks.core.commands import offsite as offsite_commands
 from tasks.core.commands import postgres as pg
 from tasks.core.connect import Host
 from tasks.core.data import catalog, migrate
@@ -22,7 +25,7 @@ from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.data.replace import upload
 from tasks.core.data.snapshots import send_file_list, server_work_dir
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
-from tasks.core.database import DUMP, converts, restore_names, snapshot_engine
+from tasks.core.database import DUMP, DUMP_COUNTS, converts, restore_names, snapshot_engine
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.profile import Profile
@@ -140,11 +143,31 @@ def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout:
             migrate.convert_snapshot(host, profile, data_commands.incoming_dir(profile) / DATABASE, new,
                                      f"{snapshot.host}/{snapshot.id}")
         else:
-            _restore_checked(host, profile, snapshot, new)
+            _restore_checked(host, profile, snapshot.manifest.extra.get("tables") or {}, f"snapshot {snapshot.id}", new)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         host.run(pg.drop_database(profile, new), sudo=True, check=False)
         raise
+    _switch(host, profile, parts, new, aside, health_timeout)
+
+
+def restore_incoming_dump(host: Host, profile: Profile, tables: dict, what: str, parts: list[str], *,
+                          health_timeout: int) -> None:
+    """A dump already in the incoming folder (restore-server --offsite put it there, with `parts` of
+    .env and media) into a new database, its row counts compared with `tables`, then the switch."""
+    new, aside = restore_names(profile.database, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+    try:
+        _create_database(host, profile, new)
+        _restore_checked(host, profile, tables, what, new)
+    except BaseException:
+        host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
+        host.run(pg.drop_database(profile, new), sudo=True, check=False)
+        raise
+    _switch(host, profile, parts, new, aside, health_timeout)
+
+
+def _switch(host: Host, profile: Profile, parts: list[str], new: str, aside: str, health_timeout: int) -> None:
+    """The swap job: the live database aside, `new` in its name, `parts` swapped in; back on a failure."""
     swapped = (f"switched databases: {profile.database.name} -> {aside}, {new} -> {profile.database.name}"
                + (f"; swapped in {', '.join(parts)}" if parts else ""))
     run_swap(host, profile, parts, health_timeout=health_timeout, swapped=swapped, steps={
@@ -161,16 +184,53 @@ def _create_database(host: Host, profile: Profile, new: str) -> None:
                           "nothing was changed", hint="the role needs CREATEDB on an external server")
 
 
-def _restore_checked(host: Host, profile: Profile, snapshot: Snapshot, new: str) -> None:
+def _restore_checked(host: Host, profile: Profile, tables: dict, what: str, new: str) -> None:
+    """pg_restore of the incoming dump into `new`, whose row counts must equal `tables` (what the dump's
+    own transaction counted); `what`: the dump's name in messages ("snapshot ID")."""
     dump = data_commands.incoming_dir(profile) / DUMP
     with ui.err.status(f"pg_restore into a new database {new} (Label Studio keeps serving)"):
         out = host.run(pg.restore_into(profile, dump, new), sudo=True, check=False, what="pg_restore")
     if not out.ok:
-        raise SnapshotError(f"the dump of {snapshot.id} did not restore ({out.last_line()}); nothing was changed")
+        raise SnapshotError(f"the dump of {what} did not restore ({out.last_line()}); nothing was changed")
     found = server_counts(host, profile, new) or {}
-    differs = table_differences(snapshot.manifest.extra.get("tables") or {}, found.get("tables") or {})
+    differs = table_differences(tables, found.get("tables") or {})
     if differs:
-        raise SnapshotError(f"the restored database differs from snapshot {snapshot.id} ({'; '.join(differs[:3])}); "
+        raise SnapshotError(f"the restored database differs from {what} ({'; '.join(differs[:3])}); "
                             "nothing was changed")
-    ui.step(True, f"restored into {new}: {len(found.get('tables') or {})} tables, row counts equal to the snapshot's")
+    ui.step(True, f"restored into {new}: {len(found.get('tables') or {})} tables, row counts equal to the dump's")
 
+
+
+def restore_from_offsite(host: Host, profile: Profile, source: offsite_commands.Source, files: offsite.FilesSnapshot,
+                         *, everything: bool, health_timeout: int) -> None:
+    """restore-server --offsite on PostgreSQL: the dump in restic's snapshot `files` (with `everything`,
+    its .env and media too) into the incoming folder on the server, then restore_incoming_dump against
+    the row counts taken in the dump's own transaction."""
+    refuse_unfinished_swap(host, profile)
+    refuse_foreign_port(host, profile)
+    incoming = data_commands.incoming_dir(profile)
+    where = source.settings.parsed.describe()
+    try:
+        host.run(data_commands.make_incoming(profile), sudo=True, what="incoming folder")
+        started = time.monotonic()
+        with ui.err.status(f"restoring restic snapshot {files.id[:8]} from {where} on the server"):
+            host.run(offsite_commands.restore_files_into_incoming(profile, incoming, files.id, source,
+                                                                  () if everything else (DUMP, DUMP_COUNTS)),
+                     sudo=True, what="restoring from the offsite target", timeout=None)
+        said = host.run(as_service_user(profile, "cat", incoming / DUMP_COUNTS), sudo=True, check=False,
+                        what="the dump's row counts")
+        try:
+            tables = json.loads(said.stdout)["tables"]
+        except (ValueError, KeyError, TypeError):
+            raise SnapshotError(f"restic snapshot {files.id[:8]} holds no dump of PostgreSQL with its row counts; "
+                                "nothing was changed") from None
+        present = host.run(offsite_commands.parts_in_incoming(profile, incoming), sudo=True,
+                           what="the restored parts").stdout.split() if everything else []
+    except BaseException:
+        host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
+        raise
+    parts = [part for part in (SECRET_ENV, MEDIA) if part in present]
+    ui.step(True, f"restored the dump{', ' if parts else ''}{', '.join(parts)} from restic snapshot {files.id[:8]} "
+                  f"in {time.monotonic() - started:.1f}s")
+    restore_incoming_dump(host, profile, tables, f"offsite snapshot {files.id[:8]}", parts,
+                          health_timeout=health_timeout)

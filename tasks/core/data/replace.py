@@ -182,15 +182,25 @@ def read_source(host: Host, profile: Profile, source: offsite_commands.Source
     if not listed.ok:
         raise RemoteError(f"the offsite target {where} cannot be read: litestream: {_last_line(listed.stderr)}; "
                           "nothing was changed")
+    files = read_files(host, profile, source)
+    try:
+        return offsite.parse_ltx_listing(listed.stdout), files
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteError(f"litestream printed what this toolkit cannot read ({exc})") from None
+
+
+def read_files(host: Host, profile: Profile, source: offsite_commands.Source) -> list[offsite.FilesSnapshot]:
+    """restic's snapshots on the source's target (of .env and media; with PostgreSQL, its dumps too)."""
+    where = source.settings.parsed.describe()
     files = host.run(offsite_commands.list_files(profile, source), sudo=True, check=False,
                      what=f"listing the snapshots of .env and media on {where}")
     if not files.ok:
         raise RemoteError(f"the offsite target {where} cannot be read: restic: {_last_line(files.stderr)}; "
                           "nothing was changed", hint="restic's password is backups/<host>/offsite-password here")
     try:
-        return offsite.parse_ltx_listing(listed.stdout), offsite.parse_files_snapshots(files.stdout)
+        return offsite.parse_files_snapshots(files.stdout)
     except (ValueError, KeyError, TypeError) as exc:
-        raise RemoteError(f"litestream or restic printed what this toolkit cannot read ({exc})") from None
+        raise RemoteError(f"restic printed what this toolkit cannot read ({exc})") from None
 
 
 def _last_line(text: str) -> str:

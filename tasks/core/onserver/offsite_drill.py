@@ -8,6 +8,10 @@ whole (by a rename) as JSON for `status` and `fab offsite`. Standard library onl
 .env and media listed and `restic check` reading back a share of its packs in full; last, with an S3 target
 and offsite.append_only, whether the server's own keys could erase the history (offsite-history.py).
 
+With PostgreSQL (LITESTREAM is "-": its dump rides in each files snapshot) the newest snapshot's
+label_studio.pgdump is read back through `pg_restore --list` (its table of contents whole, Label Studio's
+tables in it) beside the row counts taken with it, instead of a Litestream restore.
+
     offsite-drill.py LITESTREAM CONFIG DATABASE SCRATCH_DIR RESULT -- RESTIC... -- CHECK... [-- HISTORY...]
 """
 
@@ -15,15 +19,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 
 # Label Studio's own tables a restored database must hold (users, projects, tasks, annotations, its migrations).
 TABLES = ("django_migrations", "htx_user", "project", "task", "task_completion")
 RESTORE_TIMEOUT = 6 * 3600
 FILES_TAG = "files"
+FILES_NAME = "files.tar"
+DUMP, DUMP_COUNTS = "label_studio.pgdump", "label_studio.pgdump.json"   # in the files snapshot's tar
+NO_LITESTREAM = "-"                # PostgreSQL: no stream to restore, a dump in each files snapshot
 LOCKED = "repository is already locked"
 LOCK_WAIT = 3600                   # the hourly snapshot of .env and media holds restic's lock meanwhile
 LOCK_POLL = 15
@@ -110,13 +119,67 @@ def files_drill(restic: list[str], check: list[str]) -> dict:
     if not snapshots:
         found["problem"] = "the target holds no snapshot of .env and media"
         return found
-    found["files_newest"] = snapshots[-1]["time"]
+    found["files_newest"], found["files_newest_id"] = snapshots[-1]["time"], snapshots[-1]["id"]
     started = time.monotonic()
     checked = restic_run([*restic, *check])
     found["files_check_seconds"] = round(time.monotonic() - started, 1)
     if checked.returncode != 0:
         found["problem"] = "restic check failed: " + (last_line(checked.stdout + checked.stderr)
                                                        or f"exit {checked.returncode}")
+    return found
+
+
+def table_of(toc_line: str) -> str:
+    """The table a `pg_restore --list` line names: `3380; 0 16390 TABLE DATA public project owner`."""
+    words = toc_line.split()
+    at = words.index("DATA")
+    return words[at + 2] if len(words) > at + 2 else ""
+
+
+def dump_drill(restic: list[str], snapshot: str, scratch: str) -> dict:
+    """PostgreSQL: the snapshot's dump out of restic into the scratch dir, read by `pg_restore --list`,
+    and the row counts taken in the dump's own transaction (its .json)."""
+    started = time.monotonic()
+    restored = os.path.join(scratch, "drill.pgdump")
+    dumped = subprocess.Popen([*restic, "dump", snapshot, f"/{FILES_NAME}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    found: dict = {"engine": "postgresql", "snapshot": snapshot}
+    listing = None
+    try:
+        with tarfile.open(fileobj=dumped.stdout, mode="r|") as archive:
+            for member in archive:
+                if member.name == DUMP_COUNTS:
+                    found["dump_counts"] = json.load(archive.extractfile(member)).get("counts")
+                elif member.name == DUMP:
+                    found["size"] = member.size
+                    with open(restored, "wb") as out:
+                        shutil.copyfileobj(archive.extractfile(member), out, 1 << 20)
+                    listing = subprocess.run(["pg_restore", "--list", restored], capture_output=True, text=True,
+                                             timeout=RESTORE_TIMEOUT)
+    except (tarfile.TarError, ValueError) as exc:
+        found["problem"] = f"the snapshot's tar could not be read: {exc}"
+    finally:
+        if os.path.exists(restored):
+            os.unlink(restored)
+    dumped.stdout.close()
+    err = dumped.stderr.read().decode(errors="replace")
+    dumped.wait()
+    found["seconds"] = round(time.monotonic() - started, 1)
+    if "problem" in found:
+        return found
+    if dumped.returncode != 0:
+        found["problem"] = "restic dump failed: " + (last_line(err) or f"exit {dumped.returncode}")
+    elif listing is None or "dump_counts" not in found:
+        found["problem"] = f"snapshot {snapshot[:8]} holds no database dump"
+    elif listing.returncode != 0:
+        found["problem"] = "pg_restore --list failed: " + (last_line(listing.stderr) or f"exit {listing.returncode}")
+    else:
+        entries = [line for line in listing.stdout.splitlines() if line and not line.startswith(";")]
+        tables = {table_of(line) for line in entries if " TABLE DATA " in line}
+        missing = [table for table in TABLES if table not in tables]
+        found["toc_entries"] = len(entries)
+        if missing:
+            found["problem"] = f"the dump lacks Label Studio's tables: {', '.join(missing)}"
     return found
 
 
@@ -158,9 +221,14 @@ def main(argv: list[str]) -> int:
     os.umask(0o077)
     started = time.time()
     try:
-        result = drill(litestream, config, database, scratch)
-        if "problem" not in result and restic:
-            result.update(files_drill(restic, check))
+        if litestream == NO_LITESTREAM:
+            result = files_drill(restic, check)
+            if "problem" not in result:
+                result.update(dump_drill(restic, result["files_newest_id"], scratch))
+        else:
+            result = drill(litestream, config, database, scratch)
+            if "problem" not in result and restic:
+                result.update(files_drill(restic, check))
         if "problem" not in result and history:
             result.update(history_drill(history))
     except (OSError, ValueError, KeyError, sqlite3.Error, subprocess.SubprocessError) as exc:

@@ -5,7 +5,14 @@ Root only starts the two and joins them with a pipe: it opens no path in the dat
 working directory, whose parent is root's) and gives the service user's process no secret. Standard
 library only; installed by `fab provision` as <app_dir>/offsite-files.py.
 
+With PostgreSQL (a fourth part: the root-only file with its password, Label Studio's python, the
+toolkit's postgres-tool.py, libpq's variables), the service user first dumps the database (pg_dump -Fc
+and the row counts of the same transaction, postgres_tool.py) into a private temp folder of its own, and
+its tar takes label_studio.pgdump and label_studio.pgdump.json beside .env and media: one snapshot is one point in time.
+A snapshot whose maker failed is forgotten at once (never the newest one a restore would take).
+
     offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET...
+                     [-- PASSWORD_FILE PYTHON PGTOOL PGVAR=VALUE...]
 """
 
 from __future__ import annotations
@@ -20,6 +27,13 @@ import time
 FILES_NAME = "files.tar"
 FILES_TAG = "files"
 PARTS = (".env", "media")
+DUMP_PARTS = ("label_studio.pgdump", "label_studio.pgdump.json")    # a snapshot's names (tasks.core.database.DUMP)
+# The service user's side with PostgreSQL: the dump into a private temp folder, then one tar of both places.
+DUMP_AND_TAR = ('set -e; w=$(mktemp -d /var/tmp/lsvm-dump.XXXXXX); trap \'rm -rf "$w"\' EXIT; '
+                f'"$1" -I "$2" dump "$w/{DUMP_PARTS[0]}" > "$w/{DUMP_PARTS[1]}"; '
+                'tar --ignore-failed-read --warning=no-file-changed -cf - -C "$3" .env media '
+                f'-C "$w" {DUMP_PARTS[0]} {DUMP_PARTS[1]}')
+PASSWORD_KEY = "POSTGRE_PASSWORD"
 LOCKED = "repository is already locked"
 LOCK_WAIT = 3600                      # a drill's check or a prune holds restic's exclusive lock meanwhile
 LOCK_POLL = 15
@@ -37,11 +51,30 @@ def _popen(words: list[str], who: dict, env: dict, **kwargs) -> subprocess.Popen
                             env={**env, "HOME": who["env_home"]}, **kwargs)
 
 
-def backup_once(service: dict, replication: dict, data_dir: str, restic: list[str]) -> tuple[int, int, str, str]:
-    """tar | restic backup: (tar's exit, restic's exit, restic's stdout, restic's stderr)."""
+def dump_env(dump: list[str]) -> dict:
+    """libpq's variables for the service user's pg_dump, the password read from root's own file."""
+    password = None
+    with open(dump[0]) as handle:
+        for line in handle:
+            key, _, value = line.rstrip("\n").partition("=")
+            if key == PASSWORD_KEY:
+                password = value
+    if password is None:
+        raise KeyError(f"{PASSWORD_KEY} in {dump[0]}")
+    return {**dict(word.split("=", 1) for word in dump[3:]), "PGPASSWORD": password}
+
+
+def backup_once(service: dict, replication: dict, data_dir: str, restic: list[str],
+                dump: list[str]) -> tuple[int, int, str, str]:
+    """tar (after pg_dump, with PostgreSQL) | restic backup: (the maker's exit, restic's exit, restic's
+    stdout, restic's stderr)."""
     clean = {"PATH": SAFE_PATH, "LC_ALL": "C"}
-    tar = _popen(["tar", "--ignore-failed-read", "--warning=no-file-changed", "-cf", "-", "--", *PARTS],
-                 service, clean, cwd=data_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    if dump:
+        maker = ["sh", "-c", DUMP_AND_TAR, "sh", dump[1], dump[2], data_dir]
+        clean.update(dump_env(dump))
+    else:
+        maker = ["tar", "--ignore-failed-read", "--warning=no-file-changed", "-cf", "-", "--", *PARTS]
+    tar = _popen(maker, service, clean, cwd=data_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         backup = _popen([*restic, "backup", "--stdin", "--stdin-filename", FILES_NAME, "--tag", FILES_TAG, "--json"],
                         replication, {**os.environ, "PATH": SAFE_PATH}, stdin=tar.stdout,
@@ -70,24 +103,29 @@ def last_line(text: str) -> str:
 
 
 def run(service_user: str, replication_user: str, data_dir: str, state_dir: str, restic: list[str],
-        forget: list[str]) -> dict:
+        forget: list[str], dump: list[str] | None = None) -> dict:
     service, replication = as_user(service_user, data_dir), as_user(replication_user, state_dir)
     started = time.monotonic()
     deadline = started + LOCK_WAIT
     while True:
-        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic)
+        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic, dump or [])
         if restic_exit != 0 and LOCKED in err and time.monotonic() < deadline:
             time.sleep(LOCK_POLL)   # another restic (the drill's check) holds the lock: wait for it
             continue
         break
     result: dict = {"seconds": round(time.monotonic() - started, 1)}
+    made = summary_of(out) if restic_exit == 0 else {}
     if tar_exit not in (0, 1):      # 1: a file changed while read (its next snapshot has it whole)
-        result["problem"] = f"tar of .env and media failed (exit {tar_exit})"
+        what = "pg_dump or tar of the database, .env and media" if dump else "tar of .env and media"
+        result["problem"] = f"{what} failed (exit {tar_exit})"
+        if made.get("snapshot_id"):
+            _popen([*restic, "forget", made["snapshot_id"]], replication, {**os.environ, "PATH": SAFE_PATH},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL).wait()
         return result
     if restic_exit != 0:
         result["problem"] = "restic backup failed: " + (last_line(err) or f"exit {restic_exit}")
         return result
-    result.update(summary_of(out))
+    result.update(made)
     while True:
         pruned = _popen([*restic, *forget], replication, {**os.environ, "PATH": SAFE_PATH},
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
@@ -102,15 +140,17 @@ def run(service_user: str, replication_user: str, data_dir: str, state_dir: str,
 
 
 def main(argv: list[str]) -> int:
-    if argv.count("--") != 2:
-        print("usage: offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET...",
-              file=sys.stderr)
+    if argv.count("--") not in (2, 3):
+        print("usage: offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET... "
+              "[-- PASSWORD_FILE PYTHON PGTOOL PGVAR=VALUE...]", file=sys.stderr)
         return 2
     first = argv.index("--")
     second = argv.index("--", first + 1)
+    third = argv.index("--", second + 1) if argv.count("--") == 3 else len(argv)
     service_user, replication_user, data_dir, state_dir = argv[:first]
     try:
-        result = run(service_user, replication_user, data_dir, state_dir, argv[first + 1:second], argv[second + 1:])
+        result = run(service_user, replication_user, data_dir, state_dir, argv[first + 1:second],
+                     argv[second + 1:third], argv[third + 1:])
     except (OSError, KeyError, subprocess.SubprocessError) as exc:
         result = {"problem": f"the snapshot could not run: {exc}"}
     result["ok"] = "problem" not in result

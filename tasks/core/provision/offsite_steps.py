@@ -40,7 +40,8 @@ DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
                "offsite_watch": ("offsite watch", frozenset()),
                "watch_unit": ("offsite watch unit", frozenset({DAEMON_RELOAD_NEEDED})),
                "watch_timer": ("offsite watch timer", frozenset({DAEMON_RELOAD_NEEDED})),
-               "offsite_history": ("history check", frozenset())}
+               "offsite_history": ("history check", frozenset()),
+               "offsite_pgtool": ("PostgreSQL dump tool", frozenset())}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
 
 
@@ -81,7 +82,8 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
             was = f"was {meta}" if meta else "was missing"
             changes.append(Change(f"{path} ({label}) set to {wanted} ({was})", True, plan=f"set {path} ({label}) "
                                   f"to {wanted} ({was})", action=Run(make_dir(path, user, user, "0700"), "install -d")))
-    if facts.db_exists and off.database_meta and not off.database_meta.endswith(f":{SHARED_DATABASE}"):
+    streams = profile.offsite_streams_database
+    if streams and facts.db_exists and off.database_meta and not off.database_meta.endswith(f":{SHARED_DATABASE}"):
         changes.append(Change(f"made the database group-writable for {user} (was {off.database_meta})", True,
                               plan=f"make the database group-writable for {user} (is {off.database_meta})",
                               action=Run(commands.shared_database(profile), "chmod of the database")))
@@ -104,10 +106,13 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
     changes.append(stored_password(facts, profile, secrets.password))
     changes.append(repository(facts, profile))
     changes.append(stored_notify_url(facts, profile, secrets.notify_url))
-    changes.append(managed_file(facts, "litestream_config", render.litestream_config(profile), "Litestream settings",
-                                frozenset({OFFSITE_RESTART})))
-    changes.append(managed_file(facts, "offsite_unit", render.offsite_unit(profile), "replication unit",
-                                frozenset({DAEMON_RELOAD_NEEDED, OFFSITE_RESTART})))
+    if streams:
+        changes.append(managed_file(facts, "litestream_config", render.litestream_config(profile),
+                                    "Litestream settings", frozenset({OFFSITE_RESTART})))
+        changes.append(managed_file(facts, "offsite_unit", render.offsite_unit(profile), "replication unit",
+                                    frozenset({DAEMON_RELOAD_NEEDED, OFFSITE_RESTART})))
+    elif off.unit.exists or facts.files.get("offsite_unit") is not None:
+        changes.append(stop_streaming(profile))
     for key, file in render.offsite_drill_files(profile).items():
         label, notes = DRILL_FILES[key]
         changes.append(managed_file(facts, key, file, label, notes))
@@ -195,6 +200,16 @@ def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     return changes
 
 
+def stop_streaming(profile: Profile) -> Change:
+    """PostgreSQL now (migrate-db): Litestream's unit and settings go; the dumps ride in the files snapshots."""
+    unit, p = commands.unit_name(profile), profile.remote
+    script = (f"systemctl disable --now {q(unit)} >/dev/null 2>&1 || true; "
+              f"rm -f {join(p.offsite_unit, p.litestream_config)} && systemctl daemon-reload")
+    return Change(f"stopped streaming SQLite ({unit}): PostgreSQL's dumps go with each files snapshot", True,
+                  plan=f"stop {unit} and remove its unit and settings (the database is PostgreSQL now)",
+                  action=Run(script, "stopping Litestream"))
+
+
 def _timer_on(state: UnitState, timer: str, what: str, first_run: str | None = None) -> Change:
     """A timer enabled and started; `first_run`: its service, started once at once (not waited for)."""
     if state.enabled == "enabled" and state.running:
@@ -212,23 +227,28 @@ def running(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> l
     """After Label Studio runs: the replication enabled with it and running the settings just written."""
     if not profile.offsite.enabled:
         return []
-    unit = commands.unit_name(profile)
-    state = facts.offsite.unit
-    changes = []
+    changes = _streaming(facts, profile, notes) if profile.offsite_streams_database else []
+    off, p = facts.offsite, profile.remote
+    changes.append(_timer_on(off.drill_timer, p.drill_timer.name, "the nightly restore drill"))
+    files = ".env and media" if profile.offsite_streams_database else "the database's dump, .env and media"
+    changes.append(_timer_on(off.files_timer, p.files_timer.name, f"{files}, {profile.offsite.files_schedule}",
+                             first_run=p.files_unit.name))
+    changes.append(_timer_on(off.watch_timer, p.watch_timer.name, "the offsite watch, every 10 minutes"))
+    return changes
+
+
+def _streaming(facts: ProvisionFacts, profile: Profile, notes: frozenset[str]) -> list[Change]:
+    """SQLite: Litestream's service enabled with Label Studio and running the settings just written."""
+    unit, state = commands.unit_name(profile), facts.offsite.unit
     if state.enabled == "enabled":
-        changes.append(Change(f"{unit} starts with Label Studio"))
+        changes = [Change(f"{unit} starts with Label Studio")]
     else:
-        changes.append(Change(f"enabled {unit} (it starts with Label Studio)", True, plan=f"enable {unit}",
-                              action=Run(f"systemctl enable {q(unit)} 2>&1", f"enabling {unit}")))
+        changes = [Change(f"enabled {unit} (it starts with Label Studio)", True, plan=f"enable {unit}",
+                          action=Run(f"systemctl enable {q(unit)} 2>&1", f"enabling {unit}"))]
     if not state.running or OFFSITE_RESTART in notes:
         verb = "restarted" if state.running else "started"
         changes.append(Change(f"{verb} {unit}: the database streams to {profile.offsite.parsed.describe()}", True,
                               plan=f"{verb[:-2]} {unit}", action=Run(f"systemctl restart {q(unit)}", f"starting {unit}")))
     else:
         changes.append(Change(f"{unit} is running"))
-    off, p = facts.offsite, profile.remote
-    changes.append(_timer_on(off.drill_timer, p.drill_timer.name, "the nightly restore drill"))
-    changes.append(_timer_on(off.files_timer, p.files_timer.name, f".env and media, {profile.offsite.files_schedule}",
-                             first_run=p.files_unit.name))
-    changes.append(_timer_on(off.watch_timer, p.watch_timer.name, "the offsite watch, every 10 minutes"))
     return changes

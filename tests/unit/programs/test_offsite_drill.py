@@ -147,3 +147,64 @@ def test_damaged_restic_data_fails_the_drill_in_restics_words(tmp_path, monkeypa
     # Every pack read (the nightly drill reads a random 5%: one pack may not be among them).
     status, result = drill_with_restic(tmp_path, words, check=["check", "--read-data"])
     assert status == 1 and result["problem"].startswith("restic check failed"), result
+
+
+def postgres_snapshot(tmp_path, monkeypatch, tables=offsite_drill.TABLES, with_dump: bool = True) -> list[str]:
+    """A restic repository whose snapshot holds what the files job takes on PostgreSQL; `pg_restore` on
+    PATH a stand-in that lists a table of contents with `tables`' data (the drill's parsing is the point)."""
+    import io
+    import tarfile
+    monkeypatch.setenv("RESTIC_PASSWORD", "unit-test-password-0123")
+    words = ["restic", "--repo", str(tmp_path / "repo"), "--cache-dir", str(tmp_path / "cache")]
+    subprocess.run([*words, "init"], check=True, capture_output=True)
+    parts = {offsite_drill.DUMP_COUNTS: json.dumps({"counts": {"tasks": 3, "annotations": 2}}).encode(),
+             ".env": b"SECRET_KEY=x\n"}
+    if with_dump:
+        parts[offsite_drill.DUMP] = b"PGDMP" + os.urandom(1000)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in parts.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    subprocess.run([*words, "backup", "--stdin", "--stdin-filename", "files.tar", "--tag", "files"],
+                   input=buffer.getvalue(), check=True, capture_output=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    toc = "\n".join([";", "; Archive created at 2026-12-03 07:30:00 UTC", ";"]
+                    + [f"{3000 + i}; 0 {16000 + i} TABLE DATA public {t} labelstudio" for i, t in enumerate(tables)])
+    fake = bin_dir / "pg_restore"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nassert sys.argv[1] == '--list' and "
+                    f"open(sys.argv[2], 'rb').read(5) == b'PGDMP'\nprint({toc!r})\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return words
+
+
+def postgres_drill(tmp_path, words):
+    result = tmp_path / "drill.json"
+    status = offsite_drill.main(["-", "/etc/none.yml", "/nonexistent", str(tmp_path), str(result), "--", *words,
+                                 "--", "check"])
+    return status, json.loads(result.read_text())
+
+
+@needs_restic
+def test_on_postgresql_the_drill_reads_the_newest_dump_back(tmp_path, monkeypatch):
+    status, result = postgres_drill(tmp_path, postgres_snapshot(tmp_path, monkeypatch))
+    assert status == 0 and result["ok"], result
+    assert result["engine"] == "postgresql" and result["toc_entries"] == len(offsite_drill.TABLES)
+    assert result["dump_counts"] == {"tasks": 3, "annotations": 2} and result["files_snapshots"] == 1
+    assert not (tmp_path / "drill.pgdump").exists()                # the scratch copy is gone
+    assert offsite.drill_text(result).startswith("passed ") and "pg_restore lists its 5 entries" in \
+        offsite.drill_text(result)
+
+
+@needs_restic
+def test_on_postgresql_a_dump_without_label_studios_tables_or_no_dump_fails_the_drill(tmp_path, monkeypatch):
+    status, result = postgres_drill(tmp_path, postgres_snapshot(tmp_path, monkeypatch, tables=("project", "task")))
+    assert status == 1 and result["problem"] == ("the dump lacks Label Studio's tables: django_migrations, "
+                                                 "htx_user, task_completion")
+    other = tmp_path / "other"
+    other.mkdir()
+    status, result = postgres_drill(other, postgres_snapshot(other, monkeypatch, with_dump=False))
+    assert status == 1 and result["problem"].endswith("holds no database dump")

@@ -75,7 +75,6 @@ def test_each_kind_of_copy_gets_a_place_of_its_own_on_the_target():
 @pytest.mark.parametrize("text, key, words", [
     ("offsite:\n  s3_endpoint: http://127.0.0.1:9000\n", "s3_endpoint", "offsite.target is not"),
     ("service:\n  manager: screen\noffsite:\n  target: /mnt/b\n", "target", "needs service.manager systemd"),
-    ("database:\n  engine: postgresql\noffsite:\n  target: /mnt/b\n", "target", "covers SQLite for now"),
     ("offsite:\n  target: /var/lib/label-studio/copies\n", "target", "apart from paths.data_dir"),
     ("offsite:\n  target: /var/lib\n", "target", "apart from paths.data_dir"),
     ("offsite:\n  target: /opt/label-studio\n", "target", "apart from paths.app_dir"),
@@ -485,7 +484,7 @@ def test_a_failed_files_snapshot_or_a_stopped_timer_is_a_problem():
     problems = offsite.files_job_problems(False, "inactive (dead)", True)
     assert problems == [".env and media are not being copied offsite: their timer is inactive (dead)",
                         ".env and media were not copied offsite: the last run failed"]
-    joined = offsite.replication_problem(True, "active", offsite.Replication(), files_problems=problems)
+    joined = offsite.replication_problem(True, "active", offsite.Replication(), more=problems)
     assert joined == "; ".join(problems)
 
 
@@ -568,3 +567,71 @@ def test_restics_password_is_kept_here_first_taken_from_the_server_or_made(provi
     assert offsite_password_for(host, profile, stored, dry_run=False) == PASSWORD
     assert kept.read_text() == PASSWORD + "\n"
     assert [ran.sudo for ran in host.log] == [True]
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL: no stream; a dump in each files snapshot
+
+ON_POSTGRES = parse_profile("database:\n  engine: postgresql\noffsite:\n  target: /mnt/backup/ls\n", host="vm")
+
+
+def test_on_postgresql_the_files_job_dumps_the_database_and_nothing_streams():
+    assert ON_POSTGRES.offsite.enabled and not ON_POSTGRES.offsite_streams_database and LIVE.offsite_streams_database
+    files = render.offsite_drill_files(ON_POSTGRES)
+    assert files["offsite_pgtool"].path == PurePosixPath("/opt/label-studio/offsite-postgres-tool.py")
+    assert "offsite_pgtool" not in render.offsite_drill_files(LIVE)
+    exec_files = next(line for line in files["files_unit"].content.splitlines() if line.startswith("ExecStart="))
+    # The password's root-only file, Label Studio's python, the tool, libpq's variables (never the password).
+    assert exec_files.endswith("--prune -- /opt/label-studio/label-studio-database.env /opt/label-studio/current/bin/python "
+                               "/opt/label-studio/offsite-postgres-tool.py PGHOST=127.0.0.1 PGPORT=5432 "
+                               "PGUSER=labelstudio PGDATABASE=labelstudio PGSSLMODE=disable")
+    exec_drill = next(line for line in files["drill_unit"].content.splitlines() if line.startswith("ExecStart="))
+    assert exec_drill.startswith("ExecStart=/usr/bin/python3 -I /opt/label-studio/offsite-drill.py - ")
+    exec_watch = next(line for line in files["watch_unit"].content.splitlines() if line.startswith("ExecStart="))
+    assert " -- -- label-studio-offsite-files.timer " in exec_watch     # no replication unit to watch
+
+
+def test_a_database_moved_to_postgresql_stops_litestream(provisioned):
+    facts = replicating(provisioned, LIVE)
+    plan = steps.plan(facts, dataclasses.replace(LIVE, database=ON_POSTGRES.database), AdminRequest(EMAIL))
+    stop = next(c for c in plan if c.what.startswith("stopped streaming SQLite"))
+    assert "systemctl disable --now label-studio-offsite.service" in stop.action.script
+    assert "/opt/label-studio/label-studio-litestream.yml" in stop.action.script
+    assert not any("label-studio-offsite.service" in c.what and "start" in c.what for c in plan)
+
+
+def test_the_dump_in_a_files_snapshot_has_the_names_a_snapshot_uses():
+    from tasks.core.database import DUMP, DUMP_COUNTS
+    from tasks.core.onserver import offsite_drill, offsite_files
+    assert offsite_files.DUMP_PARTS == (DUMP, DUMP_COUNTS) == (offsite_drill.DUMP, offsite_drill.DUMP_COUNTS)
+
+
+def test_a_point_in_time_on_postgresql_is_the_last_dump_taken_before_it():
+    taken = [offsite.FilesSnapshot(f"id{h}", datetime(2026, 12, 3, h, tzinfo=timezone.utc)) for h in (1, 2, 3)]
+    assert offsite.dump_snapshot_for(taken, None).id == "id3"
+    assert offsite.dump_snapshot_for(taken, datetime(2026, 12, 3, 2, 30, tzinfo=timezone.utc)).id == "id2"
+    assert offsite.dump_snapshot_for(taken, datetime(2026, 12, 3, 2, tzinfo=timezone.utc)).id == "id2"
+    assert offsite.dump_snapshot_for(taken, datetime(2026, 12, 3, 0, 59, tzinfo=timezone.utc)) is None
+    assert offsite.dump_snapshot_for([], None) is None
+
+
+def test_the_service_users_dump_and_tar_holds_the_dump_beside_env_and_media(tmp_path):
+    """offsite_files.DUMP_AND_TAR run here, with a stand-in for postgres_tool.py dump."""
+    import io
+    import subprocess
+    import sys
+    import tarfile
+    from tasks.core.onserver import offsite_files
+    data = tmp_path / "data"
+    (data / "media" / "upload").mkdir(parents=True)
+    (data / ".env").write_text("SECRET_KEY=x\n")
+    (data / "media" / "upload" / "a.png").write_bytes(b"png")
+    tool = tmp_path / "tool.py"
+    tool.write_text("import sys, json\nopen(sys.argv[2], 'wb').write(b'PGDMP')\nprint(json.dumps({'tables': {}}))\n")
+    made = subprocess.run(["sh", "-c", offsite_files.DUMP_AND_TAR, "sh", sys.executable, str(tool), str(data)],
+                          capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(made.stdout)) as archive:
+        names = archive.getnames()
+        assert archive.extractfile("label_studio.pgdump").read() == b"PGDMP"
+    assert set(names) == {".env", "media", "media/upload", "media/upload/a.png", "label_studio.pgdump",
+                          "label_studio.pgdump.json"}, names
