@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from fabric import task
 
 from tasks.core import parse, procedure, ui
 from tasks.core.commands import instances, secret_key
@@ -16,7 +15,7 @@ from tasks.core.data import engine, local, snapshots
 from tasks.core.data.catalog import Snapshot, report_snapshot
 from tasks.core.data.replace import replace_server_data
 from tasks.core.defaults import SECRET_ENV, SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, YES_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task_edge
+from tasks.core.edge import CONFIG_HELP, YES_HELP, admin_email, confirm, open_host, refuse_on_postgresql, task, task_edge
 from tasks.core.errors import RemoteError, SnapshotError, ToolkitError, UsageError
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile

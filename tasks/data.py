@@ -8,7 +8,6 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fabric import task
 from rich.table import Table
 
 from tasks.core import offsite, ui
@@ -25,7 +24,9 @@ from tasks.core.edge import (
     open_host,
     open_other_host,
     profile_for,
+    task,
     task_edge,
+    whole_number,
 )
 from tasks.core.data.replace import other_source, read_files, read_source, replace_from_offsite
 from tasks.core.errors import SnapshotError, UsageError
@@ -175,7 +176,7 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
     """Delete old snapshots by a keep-last/daily/weekly rule (shows the plan, asks; keeps what a restore picks)."""
     profile = profile_for(c, config, LOCAL_HOST)
     host_dir = profile.backups_dir(backups_root())
-    rule = {name: int(value) if value is not None else getattr(profile.backup, name)
+    rule = {name: whole_number(value, name.replace("_", "-")) if value is not None else getattr(profile.backup, name)
             for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily), ("keep_weekly", keep_weekly))}
     if any(v < 0 for v in rule.values()):
         raise UsageError("keep counts must be 0 or more")

@@ -6,7 +6,6 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from fabric import task
 
 from tasks.core import procedure, ui
 from tasks.core.commands import data as data_commands
@@ -15,7 +14,7 @@ from tasks.core.data import engine, local, migrate, snapshots
 from tasks.core.data.catalog import report_snapshot
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
 from tasks.core.defaults import DATABASE, SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, HEALTH_HELP, YES_HELP, ask_database_password, confirm, open_host, task_edge
+from tasks.core.edge import CONFIG_HELP, HEALTH_HELP, YES_HELP, ask_database_password, confirm, open_host, task, task_edge
 from tasks.core.errors import RemoteError, SwapFailed, UsageError
 from tasks.core.procedure import Step
 from tasks.core.provision import facts, plan, steps

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
-from fabric import task
 from rich.table import Table
 
 from tasks.core import offsite as core, ui
 from tasks.core.commands import offsite as commands
-from tasks.core.edge import CONFIG_HELP, host_alias, open_host, profile_for, task_edge
+from tasks.core.edge import CONFIG_HELP, host_alias, open_host, profile_for, task, task_edge
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.replication import read_replication
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-from fabric import task
-
 from tasks.core import offsite, ui
 from tasks.core.commands import read_file
 from tasks.core.commands.service import service_manager
@@ -18,6 +16,7 @@ from tasks.core.edge import (
     ask_new_password,
     open_host,
     profile_for,
+    task,
     task_edge,
 )
 from tasks.core.errors import RemoteError, UsageError

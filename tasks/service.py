@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fabric import task
 from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
@@ -10,7 +9,7 @@ from tasks.core import offsite, parse, ui
 from tasks.core.commands.service import ServiceManager, service_manager
 from tasks.core.data import catalog
 from tasks.core.database import DatabaseSettings, same_database, server_engine, server_settings
-from tasks.core.edge import CONFIG_HELP, open_host, task_edge
+from tasks.core.edge import CONFIG_HELP, open_host, task, task_edge
 from tasks.core.errors import RemoteError
 from tasks.core.profile import Profile
 from tasks.core.provision import facts, systems, tls

@@ -7,11 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from fabric import task
-
 from tasks.core import studio, ui
 from tasks.core.defaults import LABEL_STUDIO_VERSION as DEFAULT_VERSION
-from tasks.core.edge import ask, local_only, task_edge, validate_admin_password
+from tasks.core.edge import ask, local_only, task, task_edge, validate_admin_password
 from tasks.core.errors import UsageError
 from tasks.core.profile import check_email
 from tasks.core.studio import StudioPaths

@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass
 
-from fabric import task
 from packaging.version import InvalidVersion, Version
 
 from tasks.core import procedure, ui
@@ -19,7 +18,7 @@ from tasks.core.data import catalog, engine, local, snapshots
 from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.data.swap import run_swap
 from tasks.core.defaults import DATABASE, PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
-from tasks.core.edge import CONFIG_HELP, YES_HELP, confirm, open_host, refuse_on_postgresql, task_edge
+from tasks.core.edge import CONFIG_HELP, YES_HELP, confirm, open_host, refuse_on_postgresql, task, task_edge
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile

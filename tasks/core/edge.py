@@ -9,8 +9,9 @@ import os
 import sys
 from typing import Callable
 
+import fabric
 from fabric import Connection
-from invoke import Exit
+from invoke import Argument, Exit
 
 from tasks.core import ui
 from tasks.core.connect import Host
@@ -23,6 +24,42 @@ from tasks.core.profile import Profile, check_email, load_profile
 YES_HELP = "do not ask for confirmation"
 HEALTH_HELP = f"seconds to wait for /health after the swap before rolling back (default {SWAP_HEALTH_TIMEOUT})"
 CONFIG_HELP = "profile YAML to use instead of configs/<host>.yaml (or set LSVM_CONFIG)"
+
+
+class _NumberArgument(Argument):
+    """An option whose value must be a whole number: a bad one is a one-line usage error while the command
+    line is read (Invoke would raise ValueError with a traceback)."""
+
+    def set_value(self, value, cast: bool = True) -> None:
+        try:
+            super().set_value(value, cast)
+        except ValueError:
+            raise Exit(f"error: --{self.names[0]} {value!r}: must be a whole number", code=UsageError.exit_code) from None
+
+
+class Task(fabric.Task):
+    def get_arguments(self, ignore_unknown_help=None) -> list[Argument]:
+        arguments = super().get_arguments(ignore_unknown_help)
+        for argument in arguments:
+            if argument.kind is int:
+                argument.__class__ = _NumberArgument
+        return arguments
+
+
+def whole_number(value: str, flag: str) -> int:
+    """An option given as text (no default to take its type from) that must be a whole number."""
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--{flag} {value!r}: must be a whole number") from None
+
+
+def task(*args, **kwargs):
+    """Fabric's @task without Invoke's automatic short flags (a short flag is never a guess: `-h` after a
+    task is only ever its help), and with whole-number options checked as the command line is read."""
+    kwargs.setdefault("auto_shortflags", False)
+    kwargs.setdefault("klass", Task)
+    return fabric.task(*args, **kwargs)
 
 
 def task_edge(body: Callable) -> Callable:
