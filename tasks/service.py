@@ -10,7 +10,7 @@ from tasks.core.commands.service import ServiceManager, service_manager
 from tasks.core.data import catalog
 from tasks.core.database import DatabaseSettings, same_database, server_engine, server_settings
 from tasks.core.edge import CONFIG_HELP, open_host, task, task_edge
-from tasks.core.errors import RemoteError
+from tasks.core.errors import NotServing, RemoteError
 from tasks.core.profile import Profile
 from tasks.core.provision import facts, systems, tls
 from tasks.core.provision.facts import HostStatus
@@ -81,7 +81,6 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         else:
             rows += found + [("label studio", f"not provisioned (run: fab -H {alias} provision)")]
         return rows
-    https = profile_tls_mode != "off"
     code, body = parse.health(st.health_via_nginx)
     if st.healthy:
         health = "UP"
@@ -95,12 +94,16 @@ def status_rows(alias: str, sudo_mode: str, st: HostStatus, manager: ServiceMana
         ("service", manager.describe(st)),
         ("app server", app_server_text(st)),
         ("nginx", st.nginx.describe()),
-        (f"health (via nginx{', https' if https else ''})", health),
+        (health_row(profile_tls_mode), health),
         *filter(None, [certificate_row(profile_tls_mode, st.tls_cert)]),
         ("database", database_text(st, database, alias)),
         ("last backup", last_backup or "none on this machine"),
     ]
     return rows + found
+
+
+def health_row(tls_mode: str) -> str:
+    return f"health (via nginx{', https' if tls_mode != 'off' else ''})"
 
 
 def app_server_text(st: HostStatus) -> str:
@@ -175,6 +178,9 @@ def status(c, config=None, check_updates=False):
     warning = systems.support_warning(st.os_id, st.os_version)
     if warning:
         ui.warn(warning)
+    if st.provisioned and not st.healthy:
+        raise NotServing(f"Label Studio on {host.alias} is not serving: {dict(rows).get(health_row(profile.tls.mode))}",
+                         hint=f"`fab -H {host.alias} logs` shows why; `fab -H {host.alias} start` starts it")
     if replication_failed:
         raise RemoteError(replication_failed,
                           hint=f"`fab -H {host.alias} offsite` shows the target; `fab -H {host.alias} provision` "

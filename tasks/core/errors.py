@@ -71,5 +71,12 @@ class LockedError(ToolkitError):
     exit_code = 7
 
 
+class NotServing(ToolkitError):
+    """status: Label Studio is provisioned but does not serve (no answer, or answers without reading its
+    database); cron and monitoring see it in the exit code."""
+
+    exit_code = 8
+
+
 class JobStillRunning(KeyboardInterrupt):
     """Ctrl-C while a job on the server goes on by itself: what that job uses must stay until it ends."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import wait_for_health
+from tasks.core.errors import NotServing
 from tests.integration.support.databases import server_database_digest
 
 # Label Studio's own checks of a database, the same on every release: proven on Debian 12 only (CI time).
@@ -185,5 +186,8 @@ def test_status_says_up_only_when_the_release_reads_its_database(data_vm):
         vm.exec(f"systemctl stop label-studio && cp -a {SAVED} {DB} && rm -f {SAVED} && systemctl start label-studio")
     assert re.search(r"health \(via nginx\)\s+answers /health, but cannot read its database: task_completion: "
                      r"OperationalError: no such column: task_completion\.lead_time", status.stdout), status.stdout
+    assert status.returncode == NotServing.exit_code, status.stderr
     assert wait_for_health(data_vm.url, timeout=120) == {"status": "UP"}
-    assert re.search(r"health \(via nginx\)\s+UP", data_vm.fab("status").stdout)
+    up = data_vm.fab("status")
+    assert re.search(r"health \(via nginx\)\s+UP", up.stdout)
+    assert up.returncode == 0, up.stderr

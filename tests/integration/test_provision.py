@@ -13,6 +13,7 @@ import re
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
+from tasks.core.errors import NotServing
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, DEFAULT_HOME_MODE
 
 MANAGED = [
@@ -198,7 +199,10 @@ def test_status_logs_stop_start_restart(provisioned):
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped label-studio" in stopped.stdout
     assert LabelStudio(provisioned.url, timeout=10).get("/health").status == 502
-    assert re.search(r"service\s+inactive", fab("status").stdout)
+    down = fab("status")
+    assert re.search(r"service\s+inactive", down.stdout)
+    assert down.returncode == NotServing.exit_code, down.stderr   # cron and monitoring see it
+    assert re.match(r"error: Label Studio on \S+ is not serving: HTTP 502", down.stderr), down.stderr
     assert "already stopped" in fab("stop").stdout
 
     started = fab("start")
