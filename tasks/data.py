@@ -401,8 +401,9 @@ def _other_offsite(alias: str, config: str | None, here: str, profile: Profile) 
     return other
 
 
-def _other_secrets(other: Profile) -> tuple[str, dict[str, str] | None]:
-    """restic's password this machine kept for OLDHOST, and the S3 keys from this machine's environment."""
+def _other_secrets(other: Profile) -> tuple[str, dict[str, str] | None, str | None]:
+    """restic's password this machine kept for OLDHOST, and the S3 keys from this machine's environment
+    (or the SFTP key from the file it names)."""
     kept = other.backups_dir() / offsite.PASSWORD_FILE
     if not kept.is_file():
         raise UsageError(f"no copy of {other.host}'s restic password here ({kept}); nothing was changed",
@@ -417,7 +418,16 @@ def _other_secrets(other: Profile) -> tuple[str, dict[str, str] | None]:
         if problem:
             raise UsageError(f"{other.offsite.target}: {problem}; nothing was changed",
                              hint="the keys that may read that bucket")
-    return password, credentials
+    key = None
+    if other.offsite.needs_key:
+        try:
+            key = offsite.sftp_key_from(dict(os.environ))
+        except ValueError as exc:
+            raise UsageError(f"{other.offsite.target}: {exc}; nothing was changed") from None
+        if key is None:
+            raise UsageError(f"{other.offsite.target}: ${offsite.SFTP_KEY_ENV} must name the private key file of that "
+                             "account on this machine; nothing was changed")
+    return password, credentials, key
 
 
 def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:

@@ -92,6 +92,22 @@ def offsite_credentials_for(profile: Profile, found: facts.ProvisionFacts) -> di
     return values
 
 
+def offsite_sftp_key_for(profile: Profile, found: facts.ProvisionFacts) -> str | None:
+    """An SFTP target's private key from the file $LSVM_OFFSITE_SFTP_KEY names (checked here), None to keep
+    the one stored on the server; refused when there is none anywhere."""
+    if not profile.offsite.needs_key:
+        return None
+    try:
+        key = offsite.sftp_key_from(dict(os.environ))
+    except ValueError as exc:
+        raise UsageError(f"offsite.target {profile.offsite.target}: {exc}; nothing was changed") from None
+    if key is None and not found.offsite.sftp_key_meta:
+        raise UsageError(f"offsite.target {profile.offsite.target}: ${offsite.SFTP_KEY_ENV} must name the private key "
+                         "file of that account on this machine (it goes to the VM, root-only, never in the profile); "
+                         "nothing was changed", hint="a key of its own, without a passphrase, allowed only there")
+    return key
+
+
 def offsite_notify_url_for(profile: Profile, found: facts.ProvisionFacts) -> str | None:
     """offsite.notify: the apprise URL(s) from this machine's $LSVM_NOTIFY_URL (checked here), None to keep
     the ones stored on the server; refused when there are none anywhere."""
@@ -174,7 +190,7 @@ def provision(c, config=None, dry_run=False, reset_password=False):
         database_password = ask_database_password(profile)
     offsite_secrets = OffsiteSecrets(offsite_credentials_for(profile, found),
                                      offsite_password_for(host, profile, found, dry_run=dry_run),
-                                     offsite_notify_url_for(profile, found))
+                                     offsite_notify_url_for(profile, found), offsite_sftp_key_for(profile, found))
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")

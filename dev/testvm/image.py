@@ -46,6 +46,12 @@ RUN printf '[global]\\ncert = /usr/local/share/test-network-ca.crt\\n' > /etc/pi
 # uv (provision installs Label Studio with it) keeps its cache where the tests can mount one shared by
 # every VM of a run (machine.start_vm(package_cache=...)); without that mount it is a folder like any other.
 RUN mkdir -p /etc/uv && printf 'cache-dir = "%s"\\n' '{UV_CACHE}' > /etc/uv/uv.toml
+# systemd makes / a shared mount at boot on a real machine and skips that in a container; without it the
+# credentials it hands to a service (LoadCredential=, mounted in a namespace of their own) never appear.
+RUN printf '%s\\n' '[Unit]' 'Description=Shared mount propagation, as on a real machine' 'DefaultDependencies=no' \
+      'Before=sysinit.target local-fs.target' '[Service]' 'Type=oneshot' 'ExecStart=/bin/mount --make-rshared /' \
+      '[Install]' 'WantedBy=sysinit.target' > /etc/systemd/system/lsvm-shared-mounts.service \
+ && systemctl enable lsvm-shared-mounts.service
 STOPSIGNAL SIGRTMIN+3
 CMD ["/lib/systemd/systemd"]
 """

@@ -3,7 +3,10 @@ section. Pure: the settings and their checks, the target parsed, Litestream's co
 credentials' lines, and what `litestream ltx -json` says turned into restore points.
 
     target: null (off) | an absolute path on the VM (a second disk, a mount) | s3://bucket[/prefix]
+            | sftp://user@host[:port]/absolute/path
     s3_endpoint, s3_region: an S3-compatible service (MinIO, Ceph, R2 ...); no endpoint = AWS
+    sftp_host_keys: an SFTP target's public host keys, every one it has (verified by Litestream and ssh, never
+            learnt on first use)
     retention_hours: how far back a point in time can be restored
     files_schedule, keep_*: when restic snapshots .env and media, and which snapshots it keeps
 
@@ -13,7 +16,10 @@ acts where that user can replace a path) and not the service user (what a Label 
 must not reach the credentials or the target). That user is in the service user's group, which is how
 it reads and checkpoints the database (the data dir and the database are group-writable while offsite
 is on). The S3 credentials come from this machine's environment at provision time into a root-only
-0600 file read by systemd (EnvironmentFile=), never into the profile, a command line or a log.
+0600 file read by systemd (EnvironmentFile=), never into the profile, a command line or a log. An SFTP
+target's private key comes from the file $LSVM_OFFSITE_SFTP_KEY names here into a root-only 0600 file that
+systemd hands to the replication user's programs alone (LoadCredential=); its host key is the profile's,
+handed to them the same way (SetCredential=), so ssh and Litestream never trust a key on first use.
 
 `.env` (the SECRET_KEY) and the uploaded media go to the same target with restic (Debian's package), as
 encrypted, deduplicated snapshots on a timer: tar reads them as the service user and streams them to
@@ -25,7 +31,9 @@ backups/<host>/ here): without it the files cannot be read back when the VM is g
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -50,6 +58,9 @@ DRILL_READ_SHARE = "5%"                # of restic's packs read back in full by 
 APPRISE_PACKAGE = "apprise==2.2.0"     # the offsite watch's notifications, in the replication's venv
 BOTO3_PACKAGE = "boto3==1.44.5"       # the drill's look at an S3 target's history (offsite_history.py), there too
 NOTIFY_ENV = "LSVM_NOTIFY_URL"         # on this machine at provision time: where notifications go
+SFTP_KEY_ENV = "LSVM_OFFSITE_SFTP_KEY"  # on this machine at provision time: the SFTP target's private key file
+SFTP_KEY = "offsite-sftp-key"           # systemd credentials ($CREDENTIALS_DIRECTORY/...) of the replication
+SFTP_KNOWN_HOSTS = "offsite-sftp-known-hosts"   # user's programs: the key, and the host key as ssh reads it
 # apprise's command line through the venv's python (its bin/apprise names the python of the folder the
 # venv was built in, before it was renamed into place).
 APPRISE_CLI = "from apprise.cli import main; main()"
@@ -58,6 +69,9 @@ BOTO3_VERSION = "import boto3; print(boto3.__version__)"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+_SFTP = re.compile(r"^sftp://(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<host>[A-Za-z0-9.-]{1,253})(:(?P<port>\d{1,5}))?"
+                   r"(?P<path>/[A-Za-z0-9._/-]*)$")
+_HOST_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|rsa-sha2-(256|512)|ssh-rsa) [A-Za-z0-9+/]+={0,2}$")
 _ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$")
 _REGION = re.compile(r"^[a-z0-9-]{1,32}$")
 # What AWS and S3-compatible services issue: no blanks, quotes, '$', '`' or backslash (systemd's
@@ -67,21 +81,34 @@ _CREDENTIAL = re.compile(r"^[A-Za-z0-9+/=._~-]{3,256}$")
 
 @dataclass(frozen=True)
 class Target:
-    """Where the copies go: `kind` path (a directory on the VM) or s3 (bucket and key prefix)."""
+    """Where the copies go: `kind` path (a directory on the VM), s3 (bucket and key prefix) or sftp (an
+    account on an SSH server: user, host, port, a directory there)."""
 
     kind: str
     path: PurePosixPath | None = None
     bucket: str = ""
     prefix: str = ""
+    user: str = ""
+    host: str = ""
+    port: int = 22
 
     def describe(self) -> str:
-        return str(self.path) if self.kind == "path" else f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        if self.kind == "s3":
+            return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        if self.kind == "sftp":
+            return f"sftp://{self.user}@{self.host}{'' if self.port == 22 else f':{self.port}'}{self.path}"
+        return str(self.path)
 
     def under(self, name: str) -> str:
-        """A place of its own for one kind of copy (litestream, later restic): a sub-directory or key prefix."""
-        if self.kind == "path":
-            return str(self.path / name)
-        return f"{self.prefix}/{name}" if self.prefix else name
+        """A place of its own for one kind of copy (litestream, restic): a sub-directory or key prefix."""
+        if self.kind == "s3":
+            return f"{self.prefix}/{name}" if self.prefix else name
+        return str(self.path / name)
+
+    def known_hosts(self, host_keys: list[str]) -> list[str]:
+        """An SFTP target's host keys as ssh's known_hosts holds them."""
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return [f"{name} {key}" for key in host_keys]
 
 
 def parse_target(value: str) -> Target:
@@ -89,6 +116,10 @@ def parse_target(value: str) -> Target:
     if value.startswith("s3://"):
         bucket, _, prefix = value[len("s3://"):].partition("/")
         return Target("s3", bucket=bucket, prefix=prefix.strip("/"))
+    sftp = _SFTP.match(value)
+    if sftp:
+        return Target("sftp", path=PurePosixPath(sftp["path"].rstrip("/") or "/"), user=sftp["user"],
+                      host=sftp["host"], port=int(sftp["port"] or 22))
     return Target("path", path=PurePosixPath(value.rstrip("/") or "/"))
 
 
@@ -102,8 +133,18 @@ def target_problem(value: str | None) -> str | None:
         if prefix.strip("/") and not _PREFIX.match(prefix.strip("/")):
             return "has a key prefix with characters other than letters, digits, '.', '_', '-' and '/'"
         return None
+    if value.startswith("sftp://"):
+        sftp = _SFTP.match(value)
+        if not sftp:
+            return "must be sftp://user@host[:port]/absolute/path (letters, digits, '.', '_', '-' and '/' in the path)"
+        if not 1 <= int(sftp["port"] or 22) <= 65535:
+            return "names a port outside 1-65535"
+        if sftp["path"].rstrip("/") == "" or "/../" in sftp["path"] + "/" or "/./" in sftp["path"] + "/":
+            return "must name a directory below / on the SFTP server, without '.' or '..' parts"
+        return None
     if "://" in value:
-        return "must be an absolute path on the VM or s3://bucket/prefix (other kinds of target are not supported)"
+        return "must be an absolute path on the VM, s3://bucket/prefix or sftp://user@host/path " \
+               "(other kinds of target are not supported)"
     if not _SAFE_PATH.match(value) or value.rstrip("/") == "" or "/../" in value + "/" or "/./" in value + "/":
         return "must be an absolute path of letters, digits, '.', '_', '-' and '/' (a second disk or a mount), " \
                "or s3://bucket/prefix"
@@ -113,6 +154,36 @@ def target_problem(value: str | None) -> str | None:
 def _endpoint(value: str | None) -> str | None:
     return None if value is None or _ENDPOINT.match(value) else \
         "must be the service's base URL, such as https://s3.example.org or http://127.0.0.1:9000"
+
+
+def _host_keys(value: str | None) -> str | None:
+    if value is None:
+        return None
+    keys = host_key_lines(value)
+    if not keys or not all(_HOST_KEY.match(key) for key in keys):
+        return ("must be the SFTP server's public host keys, one 'TYPE BASE64' per line or list item (what "
+                "`ssh-keyscan HOST` prints after the host name, checked out of band)")
+    return None
+
+
+def _lines(value):
+    """A YAML list of host keys as the one-per-line string the setting holds."""
+    return "\n".join(map(str, value)) if isinstance(value, list) else value
+
+
+def host_key_lines(value: str) -> list[str]:
+    return [" ".join(line.split()[:2]) for line in value.splitlines() if line.strip()]
+
+
+# Litestream's SSH client (Go's x/crypto) asks a server for these host key types, in this order, and knows
+# only one key: of those given, the one it will be shown. OpenSSH (restic's ssh) reads them all.
+GO_HOST_KEY_ORDER = ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "rsa-sha2-256", "rsa-sha2-512",
+                     "ssh-rsa", "ssh-ed25519")
+
+
+def litestream_host_key(value: str) -> str:
+    keys = host_key_lines(value)
+    return min(keys, key=lambda key: GO_HOST_KEY_ORDER.index(key.split()[0]))
 
 
 def _region(value: str) -> str | None:
@@ -135,8 +206,8 @@ def _keep(value: int) -> str | None:
     return None if 0 <= value <= 10000 else "must be 0 to 10000 snapshots"
 
 
-def _opt(default, check=None):
-    return field(default=default, metadata={"check": check, "coerce": None})
+def _opt(default, check=None, coerce=None):
+    return field(default=default, metadata={"check": check, "coerce": coerce})
 
 
 @dataclass(frozen=True)
@@ -144,6 +215,7 @@ class OffsiteSettings:
     target: str | None = _opt(None, target_problem)
     s3_endpoint: str | None = _opt(None, _endpoint)
     s3_region: str = _opt("us-east-1", _region)
+    sftp_host_keys: str | None = _opt(None, _host_keys, _lines)
     retention_hours: int = _opt(168, _retention)
     files_schedule: str = _opt("hourly", _schedule)
     keep_hourly: int = _opt(24, _keep)
@@ -167,6 +239,12 @@ class OffsiteSettings:
         return target is not None and target.kind == "s3"
 
     @property
+    def needs_key(self) -> bool:
+        """An SFTP target: a private key for the replication user, and the profile's host key."""
+        target = self.parsed
+        return target is not None and target.kind == "sftp"
+
+    @property
     def checks_history(self) -> bool:
         """The drill proves the server's keys cannot erase the target's history (an S3 target only: a path
         on the VM is root's to erase)."""
@@ -180,6 +258,11 @@ def profile_problem(settings: OffsiteSettings, *, service_manager: str, data_dir
     target = settings.parsed
     if target is None:
         return ("s3_endpoint", "'offsite.s3_endpoint' is set but offsite.target is not") if settings.s3_endpoint else None
+    if target.kind == "sftp" and not settings.sftp_host_keys:
+        return "sftp_host_keys", "an sftp:// target needs 'offsite.sftp_host_keys', the server's public host keys " \
+                                 "(ssh-keyscan HOST, checked by you): a key learnt on first use is not verified"
+    if settings.sftp_host_keys and target.kind != "sftp":
+        return "sftp_host_keys", "'offsite.sftp_host_keys' is set but offsite.target is not sftp://"
     if service_manager != "systemd":
         return "target", "offsite needs service.manager systemd (replication runs as a systemd service)"
     if target.kind == "path":
@@ -221,6 +304,63 @@ def credentials_from_env(env: dict[str, str]) -> dict[str, str] | None:
 def credentials_file(values: dict[str, str]) -> bytes:
     """The root-only 0600 file systemd reads (EnvironmentFile=); sent on stdin, never in argv."""
     return "".join(f"{key}={values[key]}\n" for key in CREDENTIAL_KEYS).encode()
+
+
+def sftp_key_problem(text: str) -> str | None:
+    """What is wrong with the SFTP private key read from this machine's file, in words."""
+    if "ENCRYPTED" in text or "Proc-Type: 4,ENCRYPTED" in text:
+        return "is protected by a passphrase: the VM's programs run unattended (use a key of its own without one)"
+    if not re.fullmatch(r"-----BEGIN (OPENSSH|RSA|EC) PRIVATE KEY-----\n[A-Za-z0-9+/=\n]+-----END (OPENSSH|RSA|EC) "
+                        r"PRIVATE KEY-----\n?", text):
+        return "is not an SSH private key (ssh-keygen -t ed25519 -N '' -f KEY makes one)"
+    if "OPENSSH" in text and "bcrypt" in _openssh_cipher(text):
+        return "is protected by a passphrase: the VM's programs run unattended (use a key of its own without one)"
+    return None
+
+
+def _openssh_cipher(text: str) -> str:
+    """The cipher and KDF names at the head of an OpenSSH private key ("none" when it has no passphrase)."""
+    body = "".join(text.strip().splitlines()[1:-1])
+    try:
+        raw = base64.b64decode(body)[:64]
+    except ValueError:
+        return ""
+    return raw.decode("latin-1")
+
+
+def sftp_key_from(env: dict[str, str]) -> str | None:
+    """The SFTP private key in the file this machine's $LSVM_OFFSITE_SFTP_KEY names (checked), None when the
+    variable is not set; ValueError in words when the file cannot be used."""
+    name = env.get(SFTP_KEY_ENV, "").strip()
+    if not name:
+        return None
+    try:
+        with open(os.path.expanduser(name), encoding="ascii") as handle:
+            text = handle.read(65536)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"${SFTP_KEY_ENV} names {name}, which cannot be read "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
+    problem = sftp_key_problem(text)
+    if problem:
+        raise ValueError(f"${SFTP_KEY_ENV} names {name}, which {problem}")
+    return text
+
+
+def sftp_key_file(text: str) -> bytes:
+    """The root-only 0600 file systemd hands to the replication user's programs (LoadCredential=)."""
+    return (text if text.endswith("\n") else text + "\n").encode()
+
+
+def credential_properties(settings: OffsiteSettings, key_file: PurePosixPath) -> list[str]:
+    """systemd properties that give a program of the replication user an SFTP target's private key (from the
+    root-only `key_file`) and its host key as ssh reads it, in $CREDENTIALS_DIRECTORY; none for other targets."""
+    target = settings.parsed
+    if target is None or target.kind != "sftp":
+        return []
+    return [f"LoadCredential={SFTP_KEY}:{key_file}",
+            # One line per key; systemd reads the C escape '\n' as a newline.
+            f"SetCredential={SFTP_KNOWN_HOSTS}:"
+            + "\\n".join(target.known_hosts(host_key_lines(settings.sftp_host_keys or "")))]
 
 
 def new_password() -> str:
@@ -269,6 +409,8 @@ def restic_repository(settings: OffsiteSettings) -> str:
     assert target is not None
     if target.kind == "path":
         return target.under("restic")
+    if target.kind == "sftp":
+        return f"sftp:{target.user}@{target.host}:{target.under('restic')}"
     endpoint = (settings.s3_endpoint or f"https://s3.{settings.s3_region}.amazonaws.com").rstrip("/")
     return f"s3:{endpoint}/{target.bucket}/{target.under('restic')}"
 
@@ -277,6 +419,15 @@ def restic_words(settings: OffsiteSettings, cache: PurePosixPath) -> list[str]:
     """restic with the repository and its options, before a command (`backup`, `snapshots` ...); the
     password and S3 keys reach it as environment variables."""
     words = [RESTIC, "--repo", restic_repository(settings), "--cache-dir", str(cache)]
+    target = settings.parsed
+    if target is not None and target.kind == "sftp":
+        # ssh expands ${CREDENTIALS_DIRECTORY} itself (restic passes the words as they are): the key and the
+        # host key systemd gave this program; no config, agent or other key of anybody's is read.
+        words += ["-o", "sftp.command=" + " ".join([
+            "ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-o", f"IdentityFile=${{CREDENTIALS_DIRECTORY}}/{SFTP_KEY}", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile=${{CREDENTIALS_DIRECTORY}}/{SFTP_KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=none",
+            "-o", "ServerAliveInterval=30", "-p", str(target.port), f"{target.user}@{target.host}", "-s", "sftp"])]
     if settings.needs_credentials:
         words += ["-o", f"s3.region={settings.s3_region}"]
         if settings.s3_endpoint:
@@ -308,6 +459,11 @@ def litestream_config(settings: OffsiteSettings, database: PurePosixPath, meta: 
     replica: dict = {"sync-interval": SYNC_INTERVAL}
     if target.kind == "path":
         replica.update({"type": "file", "path": target.under("litestream")})
+    elif target.kind == "sftp":
+        # Litestream expands ${CREDENTIALS_DIRECTORY} (systemd's, see credential_properties) when it reads this.
+        replica.update({"type": "sftp", "host": f"{target.host}:{target.port}", "user": target.user,
+                        "path": target.under("litestream"), "key-path": f"${{CREDENTIALS_DIRECTORY}}/{SFTP_KEY}",
+                        "host-key": litestream_host_key(settings.sftp_host_keys or "")})
     else:
         replica.update({"type": "s3", "bucket": target.bucket, "path": target.under("litestream"),
                         "region": settings.s3_region})
@@ -474,6 +630,9 @@ def history_text(settings: OffsiteSettings, drill: dict | None) -> str:
         return "-"
     if target.kind == "path":
         return "a path on this VM: root here can erase it (an S3 bucket with versioning keeps history apart)"
+    if target.kind == "sftp":
+        return ("an SFTP account the VM's key writes: that key can erase it (keep history apart on the SFTP "
+                "server, e.g. its own snapshots; an S3 bucket with versioning is checked by the drill)")
     if not settings.append_only:
         return "not checked (offsite.append_only: false): the VM's keys may erase it"
     found = (drill or {}).get("history")

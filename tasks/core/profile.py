@@ -273,6 +273,7 @@ class RemotePaths:
     litestream_bin: PurePosixPath
     litestream_config: PurePosixPath  # no secret: the credentials come from offsite_env
     offsite_env: PurePosixPath        # root-only 0600: the target's credentials, read by systemd
+    offsite_key: PurePosixPath        # root-only 0600: an SFTP target's private key (systemd's LoadCredential=)
     offsite_unit: PurePosixPath       # the replication service
     offsite_state: PurePosixPath      # the replication user's own (0700): Litestream's local state
     litestream_meta: PurePosixPath
@@ -402,6 +403,7 @@ class Profile:
             litestream_bin=app / "offsite" / "bin" / "litestream",
             litestream_config=app / f"{name}-litestream.yml",
             offsite_env=app / f"{name}-offsite.env",
+            offsite_key=app / f"{name}-offsite-sftp.key",
             offsite_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite.service",
             offsite_state=PurePosixPath("/var/lib") / f"{name}-offsite",
             litestream_meta=PurePosixPath("/var/lib") / f"{name}-offsite" / "litestream",

@@ -11,7 +11,7 @@ import jinja2
 
 from tasks.core.database import client_env, label_studio_env
 from tasks.core.errors import ProfileError
-from tasks.core.offsite import check_words, forget_words, restic_words
+from tasks.core.offsite import check_words, credential_properties, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
 from tasks.core.onserver import (app_server, offsite_drill, offsite_files, offsite_history, offsite_watch, postgres_tool,
                                  prepare_database)
@@ -138,11 +138,12 @@ def offsite_unit(profile: Profile) -> RenderedFile:
 
 
 def exec_line(*words: str | PurePosixPath) -> str:
-    """Words for a unit's ExecStart=: '%' doubled (systemd's specifiers), each word quoted when it
+    """Words for a unit's ExecStart=: '%' and '$' doubled (systemd's specifiers and its expansion of
+    variables: a program given ${CREDENTIALS_DIRECTORY} expands it itself), each word quoted when it
     needs it (the profile's values are checked to hold no quote)."""
     quoted = []
     for word in map(str, words):
-        word = word.replace("%", "%%")
+        word = word.replace("%", "%%").replace("$", "$$")
         quoted.append(f'"{word}"' if not word or any(c in word for c in " \t;\\'") else word)
     return " ".join(quoted)
 
@@ -172,6 +173,7 @@ def _offsite_values(profile: Profile) -> dict:
                       p.files_timer.name, p.drill_timer.name, "--", p.files_unit.name, p.drill_unit.name)
     return {**context(profile), "target": target.describe(), "offsite_user": profile.offsite_user,
             "credentials": profile.offsite.needs_credentials,
+            "sftp_credentials": credential_properties(profile.offsite, p.offsite_key),
             "target_path": target.path if target.kind == "path" else None, "drill_exec": drill, "files_exec": files,
             "watch_exec": watch}
 

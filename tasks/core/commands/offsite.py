@@ -19,6 +19,7 @@ from tasks.core.offsite import (
     FILES_TAG,
     LITESTREAM_PACKAGE,
     OffsiteSettings,
+    credential_properties,
     restic_words,
 )
 from tasks.core.profile import Profile
@@ -33,11 +34,17 @@ class Source:
     litestream_config: PurePosixPath
     database: PurePosixPath                    # the name its copies were made under (the config's dbs path)
     env_files: tuple[PurePosixPath, ...]       # root-only files systemd reads: keys and restic's password
+    credentials: tuple[str, ...] = ()          # systemd properties: an SFTP target's key and host key
 
 
 def own_source(profile: Profile) -> Source:
     p = profile.remote
-    return Source(profile.offsite, p.litestream_config, p.database, env_files(profile))
+    return Source(profile.offsite, p.litestream_config, p.database, env_files(profile), own_credentials(profile))
+
+
+def own_credentials(profile: Profile) -> tuple[str, ...]:
+    """This VM's SFTP key and host key for its replication user's programs (none for other targets)."""
+    return tuple(credential_properties(profile.offsite, profile.remote.offsite_key))
 
 
 def env_files(profile: Profile) -> tuple[PurePosixPath, ...]:
@@ -108,22 +115,35 @@ def store_secret(path: PurePosixPath) -> str:
 
 
 def as_replication_user(profile: Profile, *words: str | PurePosixPath,
-                        secrets: tuple[PurePosixPath, ...] | None = None) -> str:
+                        secrets: tuple[PurePosixPath, ...] | None = None,
+                        credentials: tuple[str, ...] | None = None) -> str:
     """A command run the way the replication service runs: its user and groups, its secrets read by
-    systemd from the root-only files (never on a command line), stdout back on this channel."""
+    systemd from the root-only files (never on a command line), stdout back on this channel. `secrets`
+    and `credentials` default to this VM's own (secrets=() alone: none)."""
     properties = [f"--uid={profile.offsite_user}", f"--gid={profile.offsite_user}",
                   "-p", f"SupplementaryGroups={profile.service.user}", "-p", "NoNewPrivileges=yes",
                   "-p", f"Environment=HOME={profile.remote.offsite_state}"]
     for path in env_files(profile) if secrets is None else secrets:
         properties += ["-p", f"EnvironmentFile={path}"]
+    if credentials is None:
+        credentials = own_credentials(profile) if secrets is None else ()
+    for credential in credentials:
+        properties += ["-p", credential]
     return join("systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--service-type=exec",
                 *properties, *words)
 
 
+# restic init unless the repository answers; ssh's reason (an SFTP target) printed last, where the error
+# message takes it from, instead of restic's "unable to start the sftp session".
+INIT_UNLESS_THERE = ('"$@" cat config >/dev/null 2>&1 && exit 0; e=$("$@" init 2>&1 >/dev/null); s=$?; '
+                     "reasons='Host key verification failed|Permission denied|Could not resolve hostname|"
+                     "Connection refused|Connection timed out|No route to host'; "
+                     'printf "%s\\n" "$e" | grep -Ev "$reasons" >&2; printf "%s\\n" "$e" | grep -E "$reasons" >&2; exit $s')
+
+
 def init_repository(profile: Profile) -> str:
     """restic's repository on the target, made when it is not there yet (never over one that is)."""
-    return as_replication_user(profile, "sh", "-c", '"$@" cat config >/dev/null 2>&1 || "$@" init', "sh",
-                               *restic(profile))
+    return as_replication_user(profile, "sh", "-c", INIT_UNLESS_THERE, "sh", *restic(profile))
 
 
 def files_now(profile: Profile) -> str:
@@ -153,7 +173,8 @@ def restore_into_incoming(profile: Profile, incoming: PurePosixPath, timestamp: 
     staged, sent = p.offsite_state / RESTORE_STAGING, p.offsite_state / RESTORE_DIGEST
     point = ["-timestamp", timestamp] if timestamp else []
     restore = as_replication_user(profile, p.litestream_bin, "restore", "-config", source.litestream_config,
-                                  *point, "-o", staged, source.database, secrets=source.env_files)
+                                  *point, "-o", staged, source.database, secrets=source.env_files,
+                                  credentials=source.credentials)
     remove = as_replication_user(profile, "rm", "-f", staged, sent, secrets=())
     send = as_replication_user(profile, *sqlite_words("send", staged, sent), secrets=())
     receive = as_service_user(profile, *sqlite_words("receive", incoming / DATABASE))
@@ -166,7 +187,8 @@ def list_points(profile: Profile, source: Source | None = None) -> str:
     """Litestream's restore points on the source's target (`ltx -json -level all`)."""
     source = source or own_source(profile)
     return as_replication_user(profile, profile.remote.litestream_bin, "ltx", "-json", "-level", "all", "-config",
-                               source.litestream_config, source.database, secrets=source.env_files)
+                               source.litestream_config, source.database, secrets=source.env_files,
+                               credentials=source.credentials)
 
 
 def parts_in_incoming(profile: Profile, incoming: PurePosixPath) -> str:
@@ -179,7 +201,8 @@ def list_files(profile: Profile, source: Source | None = None) -> str:
     """restic's snapshots of .env and media on the source's target, as JSON."""
     source = source or own_source(profile)
     return as_replication_user(profile, *restic(profile, "snapshots", "--json", "--tag", FILES_TAG,
-                                                settings=source.settings), secrets=source.env_files)
+                                                settings=source.settings),
+                               secrets=source.env_files, credentials=source.credentials)
 
 
 def restore_files_into_incoming(profile: Profile, incoming: PurePosixPath, snapshot: str,
@@ -189,7 +212,7 @@ def restore_files_into_incoming(profile: Profile, incoming: PurePosixPath, snaps
     folder (`members`: only these); bash's pipefail makes either end's failure the script's."""
     source = source or own_source(profile)
     dump = as_replication_user(profile, *restic(profile, "dump", snapshot, f"/{FILES_NAME}", settings=source.settings),
-                               secrets=source.env_files)
+                               secrets=source.env_files, credentials=source.credentials)
     unpack = as_service_user(profile, "tar", "-xf", "-", "-C", incoming, "--no-same-owner", "--no-same-permissions",
                              *(["--", *members] if members else []))
     return join("bash", "-c", f"set -o pipefail; {dump} | {unpack}")

@@ -222,7 +222,8 @@ def offsite_probe(profile: Profile) -> list[str]:
     target = profile.offsite.parsed
     repository = []
     if target is not None:
-        ready = " && ".join(f"[ -f {q(path)} ]" for path in offsite.env_files(profile))
+        needed = offsite.env_files(profile) + ((p.offsite_key,) if profile.offsite.needs_key else ())
+        ready = " && ".join(f"[ -f {q(path)} ]" for path in needed)
         look = offsite.as_replication_user(profile, *offsite.restic(profile, "cat", "config"))
         repository = [f"if [ -x {q(RESTIC)} ] && {ready} && {look} >/dev/null 2>&1; then echo restic_repository=yes; "
                       "else echo restic_repository=no; fi"]
@@ -234,6 +235,7 @@ def offsite_probe(profile: Profile) -> list[str]:
         meta_line("database_meta", p.database),
         *secret_lines("credentials", p.offsite_env),
         *secret_lines("restic_password", p.restic_env),
+        *secret_lines("sftp_key", p.offsite_key),
         *secret_lines("notify", p.notify_env),
         f"echo \"litestream=$({q(p.litestream_bin)} version 2>/dev/null)\"",
         f"echo \"apprise=$({join(p.offsite_python, '-I', '-c', APPRISE_CLI, '--version')} 2>/dev/null | head -n 1)\"",

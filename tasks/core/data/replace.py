@@ -152,7 +152,7 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
 
 @contextlib.contextmanager
 def other_source(host: Host, profile: Profile, other: Profile, password: str,
-                 credentials: dict[str, str] | None) -> Iterator[offsite_commands.Source]:
+                 credentials: dict[str, str] | None, sftp_key: str | None = None) -> Iterator[offsite_commands.Source]:
     """Another VM's target (restore-server --offsite --from), readable on this VM for the length of the
     block: its Litestream settings in the replication user's state dir (no secret in them), its keys
     and restic's password in a root-only file of the SSH user's private temp dir, read by systemd."""
@@ -167,8 +167,11 @@ def other_source(host: Host, profile: Profile, other: Profile, password: str,
         channel.close()
     secrets = (offsite.credentials_file(credentials) if credentials else b"") + offsite.password_file(password)
     try:
-        with secret_file(host, secrets) as env:
-            yield offsite_commands.Source(other.offsite, config, other.remote.database, (env,))
+        with contextlib.ExitStack() as stack:
+            env = stack.enter_context(secret_file(host, secrets))
+            key = stack.enter_context(secret_file(host, offsite.sftp_key_file(sftp_key))) if sftp_key else None
+            keys = tuple(offsite.credential_properties(other.offsite, key)) if key else ()
+            yield offsite_commands.Source(other.offsite, config, other.remote.database, (env,), keys)
     finally:
         host.run(offsite_commands.as_replication_user(profile, "rm", "-f", config, secrets=()), sudo=True, check=False)
 

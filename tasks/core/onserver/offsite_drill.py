@@ -92,9 +92,18 @@ def drill(litestream: str, config: str, database: str, scratch: str) -> dict:
                 os.unlink(leftover)
 
 
+# What ssh says when it will not or cannot log in to an SFTP target (restic's own last line only says the
+# session did not start).
+SSH_REASONS = ("Host key verification failed", "Permission denied", "Could not resolve hostname",
+               "Connection refused", "Connection timed out", "No route to host")
+
+
 def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    """The last line, after ssh's reason when ssh gave one."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    why = [line for line in lines if any(reason in line for reason in SSH_REASONS)]
+    last = lines[-1] if lines else ""
+    return f"{why[-1]} ({last})" if why and why[-1] != last else last
 
 
 def restic_run(words: list[str]) -> subprocess.CompletedProcess:

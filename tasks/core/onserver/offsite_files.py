@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 FILES_NAME = "files.tar"
@@ -64,8 +66,31 @@ def dump_env(dump: list[str]) -> dict:
     return {**dict(word.split("=", 1) for word in dump[3:]), "PGPASSWORD": password}
 
 
-def backup_once(service: dict, replication: dict, data_dir: str, restic: list[str],
-                dump: list[str]) -> tuple[int, int, str, str]:
+def restic_env(replication_user: str) -> tuple[dict, str | None]:
+    """restic's environment: this unit's (its password and keys), and with an SFTP target the key and host
+    key systemd gave this unit (root's $CREDENTIALS_DIRECTORY) copied into a new 0700 folder of the
+    replication user's, in this unit's private /tmp, which the service user's tar never enters; and that folder (None without one)."""
+    env = {**os.environ, "PATH": SAFE_PATH}
+    source = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not source:
+        return env, None
+    entry = pwd.getpwnam(replication_user)
+    private = tempfile.mkdtemp(prefix="lsvm-credentials.")
+    for name in sorted(os.listdir(source)):
+        with open(os.path.join(source, name), "rb") as handle:
+            content = handle.read()
+        fd = os.open(os.path.join(private, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, content)
+            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        finally:
+            os.close(fd)
+    os.chown(private, entry.pw_uid, entry.pw_gid)
+    return {**env, "CREDENTIALS_DIRECTORY": private}, private
+
+
+def backup_once(service: dict, replication: dict, data_dir: str, restic: list[str], dump: list[str],
+                env: dict) -> tuple[int, int, str, str]:
     """tar (after pg_dump, with PostgreSQL) | restic backup: (the maker's exit, restic's exit, restic's
     stdout, restic's stderr)."""
     clean = {"PATH": SAFE_PATH, "LC_ALL": "C"}
@@ -77,7 +102,7 @@ def backup_once(service: dict, replication: dict, data_dir: str, restic: list[st
     tar = _popen(maker, service, clean, cwd=data_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         backup = _popen([*restic, "backup", "--stdin", "--stdin-filename", FILES_NAME, "--tag", FILES_TAG, "--json"],
-                        replication, {**os.environ, "PATH": SAFE_PATH}, stdin=tar.stdout,
+                        replication, env, stdin=tar.stdout,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
         tar.stdout.close()
@@ -97,18 +122,37 @@ def summary_of(out: str) -> dict:
     return {}
 
 
+# What ssh says when it will not or cannot log in to an SFTP target (restic's own last line only says the
+# session did not start).
+SSH_REASONS = ("Host key verification failed", "Permission denied", "Could not resolve hostname",
+               "Connection refused", "Connection timed out", "No route to host")
+
+
 def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    """The last line, after ssh's reason when ssh gave one."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    why = [line for line in lines if any(reason in line for reason in SSH_REASONS)]
+    last = lines[-1] if lines else ""
+    return f"{why[-1]} ({last})" if why and why[-1] != last else last
 
 
 def run(service_user: str, replication_user: str, data_dir: str, state_dir: str, restic: list[str],
         forget: list[str], dump: list[str] | None = None) -> dict:
+    env, private = restic_env(replication_user)
+    try:
+        return _run(service_user, replication_user, data_dir, state_dir, restic, forget, dump, env)
+    finally:
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _run(service_user: str, replication_user: str, data_dir: str, state_dir: str, restic: list[str],
+         forget: list[str], dump: list[str] | None, env: dict) -> dict:
     service, replication = as_user(service_user, data_dir), as_user(replication_user, state_dir)
     started = time.monotonic()
     deadline = started + LOCK_WAIT
     while True:
-        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic, dump or [])
+        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic, dump or [], env)
         if restic_exit != 0 and LOCKED in err and time.monotonic() < deadline:
             time.sleep(LOCK_POLL)   # another restic (the drill's check) holds the lock: wait for it
             continue
@@ -119,7 +163,7 @@ def run(service_user: str, replication_user: str, data_dir: str, state_dir: str,
         what = "pg_dump or tar of the database, .env and media" if dump else "tar of .env and media"
         result["problem"] = f"{what} failed (exit {tar_exit})"
         if made.get("snapshot_id"):
-            _popen([*restic, "forget", made["snapshot_id"]], replication, {**os.environ, "PATH": SAFE_PATH},
+            _popen([*restic, "forget", made["snapshot_id"]], replication, env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL).wait()
         return result
     if restic_exit != 0:
@@ -127,7 +171,7 @@ def run(service_user: str, replication_user: str, data_dir: str, state_dir: str,
         return result
     result.update(made)
     while True:
-        pruned = _popen([*restic, *forget], replication, {**os.environ, "PATH": SAFE_PATH},
+        pruned = _popen([*restic, *forget], replication, env,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         _, prune_err = pruned.communicate()
         if pruned.returncode != 0 and LOCKED in prune_err and time.monotonic() < deadline:

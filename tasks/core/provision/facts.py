@@ -261,6 +261,8 @@ class OffsiteFacts:
     litestream: str = ""         # `litestream version` of the installed venv ("0.5.17"), "" when missing
     restic_password_meta: str = ""
     restic_password_sha256: str = ""
+    sftp_key_meta: str = ""
+    sftp_key_sha256: str = ""
     restic_repository: bool = False   # restic's repository answers on the target
     notify_meta: str = ""
     notify_sha256: str = ""
@@ -282,6 +284,7 @@ class OffsiteFacts:
                    litestream=v.get("litestream", "").strip(),
                    restic_password_meta=v.get("restic_password_meta", ""),
                    restic_password_sha256=v.get("restic_password_sha256", ""),
+                   sftp_key_meta=v.get("sftp_key_meta", ""), sftp_key_sha256=v.get("sftp_key_sha256", ""),
                    restic_repository=v.get("restic_repository") == "yes",
                    notify_meta=v.get("notify_meta", ""), notify_sha256=v.get("notify_sha256", ""),
                    apprise=v.get("apprise", "").strip(), boto3=v.get("boto3", "").strip(),

@@ -18,7 +18,16 @@ from tasks.core.commands import probes
 from tasks.core.commands.provision import make_dir
 from tasks.core.commands.service import UnitState
 from tasks.core.defaults import PIP_TIMEOUT
-from tasks.core.offsite import APPRISE_PACKAGE, BOTO3_PACKAGE, LITESTREAM_VERSION, credentials_file, notify_file, password_file
+from tasks.core.offsite import (
+    APPRISE_PACKAGE,
+    BOTO3_PACKAGE,
+    LITESTREAM_VERSION,
+    SFTP_KEY_ENV,
+    credentials_file,
+    notify_file,
+    password_file,
+    sftp_key_file,
+)
 from tasks.core.profile import Profile
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.provision.plan import (
@@ -53,6 +62,7 @@ class OffsiteSecrets:
     credentials: dict[str, str] | None = None
     password: str | None = None
     notify_url: str | None = None      # offsite.notify: from $LSVM_NOTIFY_URL (None: keep the stored one)
+    sftp_key: str | None = None        # an SFTP target's private key, from $LSVM_OFFSITE_SFTP_KEY's file (None: keep)
 
 
 def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = OffsiteSecrets()) -> list[Change]:
@@ -103,6 +113,8 @@ def setup(facts: ProvisionFacts, profile: Profile, secrets: OffsiteSecrets = Off
                               notifies=frozenset({OFFSITE_RESTART})))
     if profile.offsite.needs_credentials:
         changes.append(stored_credentials(facts, profile, secrets.credentials))
+    if profile.offsite.needs_key:
+        changes.append(stored_sftp_key(facts, profile, secrets.sftp_key))
     changes.append(stored_password(facts, profile, secrets.password))
     changes.append(repository(facts, profile))
     changes.append(stored_notify_url(facts, profile, secrets.notify_url))
@@ -139,6 +151,17 @@ def stored_credentials(facts: ProvisionFacts, profile: Profile, credentials: dic
         return Change(f"the target's credentials are stored ({path}, {off.credentials_meta})")
     return stored_secret(path, "the target's credentials", credentials_file(credentials), off.credentials_meta,
                          off.credentials_sha256, plural=True, notifies=frozenset({OFFSITE_RESTART}))
+
+
+def stored_sftp_key(facts: ProvisionFacts, profile: Profile, key: str | None) -> Change:
+    path, off = profile.remote.offsite_key, facts.offsite
+    if key is None:
+        if not off.sftp_key_meta:   # provision refuses this; adopt leaves the replication to provision
+            return Change(f"WARNING no key for {profile.offsite.target} yet: `fab provision` with "
+                          f"{SFTP_KEY_ENV} naming its private key file stores it")
+        return Change(f"the SFTP target's key is stored ({path}, {off.sftp_key_meta})")
+    return stored_secret(path, "the SFTP target's key", sftp_key_file(key), off.sftp_key_meta, off.sftp_key_sha256,
+                         notifies=frozenset({OFFSITE_RESTART}))
 
 
 def stored_password(facts: ProvisionFacts, profile: Profile, password: str | None) -> Change:
@@ -185,7 +208,7 @@ def teardown(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     if off.unit.exists or facts.files.get("offsite_unit") is not None:
         timers = (p.drill_timer.name, p.files_timer.name, p.watch_timer.name)
         managed = probes.managed_files(profile)
-        files = [p.offsite_unit, p.litestream_config, p.offsite_env, p.restic_env, p.notify_env,
+        files = [p.offsite_unit, p.litestream_config, p.offsite_env, p.offsite_key, p.restic_env, p.notify_env,
                  *(managed[key] for key in DRILL_FILES)]
         script = (f"systemctl disable --now {join(*timers, unit)} >/dev/null 2>&1 || true; "
                   f"rm -f {join(*files)} && systemctl daemon-reload")

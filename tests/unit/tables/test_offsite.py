@@ -21,7 +21,7 @@ from tasks.core.offsite import OffsiteSettings
 from tasks.core.profile import parse_profile
 from tasks.core.provision import steps
 from tasks.core.provision.facts import OffsiteFacts
-from tasks.core.provision.offsite_steps import OffsiteSecrets
+from tasks.core.provision.offsite_steps import OFFSITE_RESTART, OffsiteSecrets
 from tasks.core.provision.plan import AdminRequest, StoreOffsiteSecret
 from tests.unit.samples import PROFILE
 
@@ -57,7 +57,12 @@ def test_targets_parse(value, kind, where):
     ("s3://ab", "bucket name"),
     ("s3://bucket/a b", "key prefix"),
     ("s3://bucket/$(id)", "key prefix"),
-    ("sftp://user@host/path", "not supported"),
+    ("sftp://user@host", "sftp://user@host[:port]/absolute/path"),
+    ("sftp://host/srv/x", "sftp://user@host[:port]/absolute/path"),
+    ("sftp://u@host/srv/a b", "sftp://user@host[:port]/absolute/path"),
+    ("sftp://u@host:99999/srv", "port outside"),
+    ("sftp://u@host/srv/../etc", "without '.' or '..'"),
+    ("ftp://user@host/path", "not supported"),
     ("gs://bucket", "not supported"),
 ])
 def test_bad_targets_are_refused_in_words(value, words):
@@ -540,9 +545,17 @@ def test_from_another_vm_needs_the_password_kept_here_and_its_keys(tmp_path, mon
         _other_secrets(other)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["AWS_SECRET_ACCESS_KEY"])
-    assert _other_secrets(other) == (PASSWORD, KEYS)
+    assert _other_secrets(other) == (PASSWORD, KEYS, None)
     path_target = parse_profile("offsite:\n  target: /mnt/old\n", host="old")
-    assert _other_secrets(path_target) == (PASSWORD, None)
+    assert _other_secrets(path_target) == (PASSWORD, None, None)
+    sftp = parse_profile(f"offsite:\n  target: sftp://keeper@10.0.0.9/srv/old\n  sftp_host_keys: {HOST_KEY}\n", host="old")
+    monkeypatch.delenv(offsite.SFTP_KEY_ENV, raising=False)
+    with pytest.raises(UsageError, match=r"\$LSVM_OFFSITE_SFTP_KEY must name the private key file"):
+        _other_secrets(sftp)
+    key = tmp_path / "id_old"
+    key.write_text(PRIVATE_KEY)
+    monkeypatch.setenv(offsite.SFTP_KEY_ENV, str(key))
+    assert _other_secrets(sftp) == (PASSWORD, None, PRIVATE_KEY)
 
 
 def test_restics_password_is_kept_here_first_taken_from_the_server_or_made(provisioned, tmp_path, monkeypatch):
@@ -635,3 +648,136 @@ def test_the_service_users_dump_and_tar_holds_the_dump_beside_env_and_media(tmp_
         assert archive.extractfile("label_studio.pgdump").read() == b"PGDMP"
     assert set(names) == {".env", "media", "media/upload", "media/upload/a.png", "label_studio.pgdump",
                           "label_studio.pgdump.json"}, names
+
+
+# ------------------------------------------------------------------------------------------------
+# An SFTP target: an account on an SSH server, its host key from the profile, its key from this machine
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGqSx0V0fYkCkR4Ch3ZMGsOwYvD6ZxX8RkB6iV1Yb5Zs"
+ECDSA_KEY = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBHx="
+RSA_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQC7="
+PRIVATE_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
+               "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+               "-----END OPENSSH PRIVATE KEY-----\n")
+SFTP = parse_profile(f"offsite:\n  target: sftp://keeper@backup.example.org:2222/srv/offsite/vm1\n"
+                     f"  sftp_host_keys: {HOST_KEY}\n", host="vm")
+
+
+def test_an_sftp_target_parses_into_its_account_host_port_and_folder():
+    target = SFTP.offsite.parsed
+    assert (target.kind, target.user, target.host, target.port, str(target.path)) == \
+           ("sftp", "keeper", "backup.example.org", 2222, "/srv/offsite/vm1")
+    assert target.describe() == "sftp://keeper@backup.example.org:2222/srv/offsite/vm1"
+    assert target.under("restic") == "/srv/offsite/vm1/restic"
+    assert target.known_hosts([HOST_KEY]) == [f"[backup.example.org]:2222 {HOST_KEY}"]
+    plain = offsite.parse_target("sftp://keeper@10.0.0.9/srv/x/")
+    assert plain.port == 22 and plain.describe() == "sftp://keeper@10.0.0.9/srv/x"
+    assert plain.known_hosts([HOST_KEY, ECDSA_KEY]) == [f"10.0.0.9 {HOST_KEY}", f"10.0.0.9 {ECDSA_KEY}"]
+    assert SFTP.offsite.needs_key and not SFTP.offsite.needs_credentials and not SFTP.offsite.checks_history
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("offsite:\n  target: sftp://keeper@h/srv/x\n", "sftp_host_keys", "a key learnt on first use is not verified"),
+    (f"offsite:\n  target: /srv/x\n  sftp_host_keys: {HOST_KEY}\n", "sftp_host_keys", "is not sftp://"),
+    ("offsite:\n  target: sftp://keeper@h/srv/x\n  sftp_host_keys: AAAAC3Nza\n", "sftp_host_keys", "TYPE BASE64"),
+    ("offsite:\n  target: sftp://keeper@h/srv/x\n  sftp_host_keys: 'ssh-ed25519 AAAA; rm -rf /'\n", "sftp_host_keys",
+     "TYPE BASE64"),
+])
+def test_an_sftp_target_needs_a_well_formed_host_key_and_nothing_else_takes_one(text, key, words):
+    with pytest.raises(ProfileError, match=rf"'offsite\.{key}'.*" if "TYPE" in words else rf"offsite\.{key}") as caught:
+        parse_profile(text, source="vm.yaml")
+    assert words in str(caught.value)
+
+
+def test_litestream_and_restic_verify_the_host_key_and_read_the_key_systemd_hands_them():
+    paths = SFTP.remote
+    replica = yaml.safe_load(offsite.litestream_config(SFTP.offsite, paths.database, paths.litestream_meta))["dbs"][0]["replica"]
+    assert replica == {"sync-interval": "1s", "type": "sftp", "host": "backup.example.org:2222", "user": "keeper",
+                       "path": "/srv/offsite/vm1/litestream", "key-path": "${CREDENTIALS_DIRECTORY}/offsite-sftp-key",
+                       "host-key": HOST_KEY}
+    words = offsite.restic_words(SFTP.offsite, paths.restic_cache)
+    assert words[:3] == [offsite.RESTIC, "--repo", "sftp:keeper@backup.example.org:/srv/offsite/vm1/restic"]
+    command = words[words.index("-o") + 1]
+    for option in ("-F none", "StrictHostKeyChecking=yes", "UserKnownHostsFile=${CREDENTIALS_DIRECTORY}/offsite-sftp-known-hosts",
+                   "GlobalKnownHostsFile=none", "IdentityFile=${CREDENTIALS_DIRECTORY}/offsite-sftp-key",
+                   "IdentitiesOnly=yes", "BatchMode=yes", "-p 2222 keeper@backup.example.org -s sftp"):
+        assert option in command, option
+    assert offsite.credential_properties(SFTP.offsite, paths.offsite_key) == [
+        f"LoadCredential=offsite-sftp-key:{paths.offsite_key}",
+        f"SetCredential=offsite-sftp-known-hosts:[backup.example.org]:2222 {HOST_KEY}"]
+    assert offsite.credential_properties(S3.offsite, paths.offsite_key) == []
+
+
+def test_every_unit_and_every_run_as_the_replication_user_gets_the_key_and_no_unit_expands_it_early():
+    paths = SFTP.remote
+    units = [render.offsite_unit(SFTP).content] + [f.content for key, f in render.offsite_drill_files(SFTP).items()
+                                                    if key.endswith("_unit")]
+    for unit in units:
+        assert f"LoadCredential=offsite-sftp-key:{paths.offsite_key}\n" in unit
+        assert "SetCredential=offsite-sftp-known-hosts:[backup.example.org]:2222 ssh-ed25519 " in unit
+        assert "EnvironmentFile=/opt/label-studio/label-studio-offsite.env" not in unit
+    # The files unit runs as root: systemd must not expand the variable to root's folder; restic's ssh does.
+    files = render.offsite_drill_files(SFTP)["files_unit"].content
+    assert "IdentityFile=$${CREDENTIALS_DIRECTORY}/offsite-sftp-key" in files
+    listing = commands.list_files(SFTP)
+    assert f"-p LoadCredential=offsite-sftp-key:{paths.offsite_key}" in listing
+    assert "'SetCredential=offsite-sftp-known-hosts:[backup.example.org]:2222 ssh-ed25519 " in listing
+    assert "LoadCredential" not in commands.as_replication_user(SFTP, "rm", "-f", "x", secrets=())
+    assert "LoadCredential" not in commands.list_files(S3)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("not a key", "is not an SSH private key"),
+    ("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nabc\n-----END RSA PRIVATE KEY-----\n", "passphrase"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAACmFlczI1Ni1jdHIAAAAGYmNyeXB0AAAAGAAAABA=\n"
+     "-----END OPENSSH PRIVATE KEY-----\n", "passphrase"),
+])
+def test_a_key_that_cannot_run_unattended_is_refused_before_it_leaves(text, words):
+    assert words in offsite.sftp_key_problem(text)
+
+
+def test_provision_takes_the_key_from_the_file_the_environment_names_or_keeps_the_stored_one(provisioned, monkeypatch,
+                                                                                             tmp_path):
+    from tasks.provision import offsite_sftp_key_for
+    live = dataclasses.replace(SFTP, host="vm")
+    monkeypatch.delenv(offsite.SFTP_KEY_ENV, raising=False)
+    assert offsite_sftp_key_for(LIVE, provisioned) is None               # a path target needs none
+    with pytest.raises(UsageError, match=r"\$LSVM_OFFSITE_SFTP_KEY must name the private key file"):
+        offsite_sftp_key_for(live, provisioned)
+    stored = dataclasses.replace(provisioned, offsite=dataclasses.replace(provisioned.offsite,
+                                                                          sftp_key_meta="root:root:600"))
+    assert offsite_sftp_key_for(live, stored) is None                    # the stored one stays
+    monkeypatch.setenv(offsite.SFTP_KEY_ENV, str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="which cannot be read"):
+        offsite_sftp_key_for(live, stored)
+    (tmp_path / "id").write_text(PRIVATE_KEY)
+    monkeypatch.setenv(offsite.SFTP_KEY_ENV, str(tmp_path / "id"))
+    assert offsite_sftp_key_for(live, stored) == PRIVATE_KEY
+
+
+def test_the_plan_stores_the_key_root_only_and_restarts_the_replication(provisioned):
+    live = dataclasses.replace(PROFILE, offsite=SFTP.offsite)
+    changes = steps.plan(provisioned, live, AdminRequest(None), start=False,
+                         offsite_secrets=OffsiteSecrets(password=PASSWORD, sftp_key=PRIVATE_KEY))
+    stored = [c for c in changes if "the SFTP target's key" in c.what]
+    assert len(stored) == 1 and stored[0].changed
+    assert isinstance(stored[0].action, StoreOffsiteSecret)
+    assert stored[0].action.path == live.remote.offsite_key and stored[0].action.content == PRIVATE_KEY.encode()
+    assert stored[0].notifies == frozenset({OFFSITE_RESTART})
+    assert PRIVATE_KEY.splitlines()[1] not in "\n".join(c.what + (c.plan or "") for c in changes)
+    assert "an SFTP account the VM's key writes" in offsite.history_text(SFTP.offsite, None)
+
+
+def test_every_host_key_goes_to_ssh_and_litestream_gets_the_one_its_client_will_be_shown():
+    """Go's SSH client (Litestream's) asks for ECDSA, then RSA, then Ed25519, and checks one fixed key."""
+    listed = parse_profile("offsite:\n  target: sftp://keeper@10.0.0.9/srv/x\n  sftp_host_keys:\n"
+                           f"    - {HOST_KEY}\n    - {RSA_KEY}\n    - {ECDSA_KEY} root@backup\n", host="vm")
+    assert offsite.host_key_lines(listed.offsite.sftp_host_keys) == [HOST_KEY, RSA_KEY, ECDSA_KEY]
+    paths = listed.remote
+    replica = yaml.safe_load(offsite.litestream_config(listed.offsite, paths.database, paths.litestream_meta))["dbs"][0]["replica"]
+    assert replica["host-key"] == ECDSA_KEY
+    assert offsite.litestream_host_key(f"{HOST_KEY}\n{RSA_KEY}") == RSA_KEY
+    assert offsite.litestream_host_key(HOST_KEY) == HOST_KEY
+    known = offsite.credential_properties(listed.offsite, paths.offsite_key)[1]
+    assert known == (f"SetCredential=offsite-sftp-known-hosts:10.0.0.9 {HOST_KEY}\\n10.0.0.9 {RSA_KEY}"
+                     f"\\n10.0.0.9 {ECDSA_KEY}")
