@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json as json_module
 import os
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -126,45 +128,52 @@ def _what_the_target_holds(host, profile: Profile, source: offsite_commands.Sour
     return points, files
 
 
-@task(help={"config": CONFIG_HELP, "verify": "re-hash every file and re-run integrity_check"})
+@task(help={"config": CONFIG_HELP, "verify": "re-hash every file and re-run integrity_check",
+            "json": "print a JSON list instead of tables (keys in the README's 'Machine-readable output')"})
 @task_edge
-def backups(c, config=None, verify=False):
+def backups(c, config=None, verify=False, json=False):
     """List snapshots (per host, or only -H's) with time, label, version, size, counts and state."""
     root = backups_root()
     if host_alias(c):
         hosts = [profile_for(c, config, LOCAL_HOST).backups_dir(root)]
     else:
         hosts = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    listed = {host_dir: [_listing_record(s, verify) for s in catalog.list_snapshots(host_dir)] for host_dir in hosts}
+    if json:
+        sys.stdout.write(json_module.dumps([r for records in listed.values() for r in records], indent=2) + "\n")
+        return
     shown = 0
-    for host_dir in hosts:
-        found = catalog.list_snapshots(host_dir)
-        if not found:
+    for host_dir, records in listed.items():
+        if not records:
             continue
         table = Table(title=f"{host_dir.name}  ({host_dir})", title_justify="left")
-        for column in ("id", "time (UTC)", "label", "LS version", "size", "projects", "tasks",
-                       "annotations", "state"):
+        widest = max(len(r["id"]) for r in records)
+        table.add_column("id", no_wrap=True, min_width=widest)   # what a user copies is never cut
+        for column in ("time (UTC)", "label", "LS version", "size", "projects", "tasks", "annotations", "state"):
             table.add_column(column, justify="right" if column in ("size", "projects", "tasks", "annotations") else "left")
-        for s in found:
-            m = s.manifest
-            if m is None:
-                state = "[bad]incomplete[/bad]"
-            elif verify:
-                try:
-                    local.verify_snapshot(s)
-                    state = "[ok]verified now[/ok]"
-                except SnapshotError as exc:
-                    state = f"[bad]{exc.message}[/bad]"
-            else:
-                state = "[ok]verified[/ok]" if s.verified else f"[warn]integrity {m.integrity_check}[/warn]"
-            counts = m.counts if m else {}
-            table.add_row(s.id, s.created.strftime("%Y-%m-%d %H:%M:%S"), s.label or "",
-                          (m.label_studio_version or "-") if m else "-",
-                          ui.human_bytes(m.total_size) if m else "-",
-                          *(str(counts.get(k, "-")) for k in ("projects", "tasks", "annotations")), state)
+        for r in records:
+            style = {"verified": "ok", "verified now": "ok", "unchecked": "warn"}.get(r["state"], "bad")
+            state = r["state"] if r["state"] in ("verified", "verified now", "incomplete") else r["problem"]
+            table.add_row(r["id"], r["time"].replace("T", " ").rstrip("Z"), r["label"] or "",
+                          r["label_studio_version"] or "-",
+                          ui.human_bytes(r["size_bytes"]) if r["size_bytes"] is not None else "-",
+                          *(str(r[k]) if r[k] is not None else "-" for k in ("projects", "tasks", "annotations")),
+                          f"[{style}]{state}[/{style}]")
         ui.out.print(table)
-        shown += len(found)
+        shown += len(records)
     if not shown:
         ui.out.print(f"no snapshots in {root}")
+
+
+def _listing_record(snapshot, verify: bool) -> dict:
+    """One snapshot for `backups`; with `verify`, its files re-hashed and its integrity_check run again."""
+    if verify and snapshot.manifest is not None:
+        try:
+            local.verify_snapshot(snapshot)
+        except SnapshotError as exc:
+            return catalog.listing_record(snapshot, exc.message)
+        return catalog.listing_record(snapshot, checked_now=True)
+    return catalog.listing_record(snapshot)
 
 
 @task(help={"config": CONFIG_HELP, "keep-last": "keep the newest N (default: the profile's backup.keep_last)",

@@ -145,6 +145,37 @@ class Snapshot:
         return self.complete and self.manifest.integrity_check == "ok"
 
 
+# `fab backups --json`: one object per snapshot with these keys, always (documented in the README).
+LISTING_KEYS = ("host", "id", "path", "time", "label", "label_studio_version", "size_bytes", "projects", "tasks",
+                "annotations", "state", "problem")
+
+
+def listing_record(snapshot: Snapshot, problem: str | None = None, *, checked_now: bool = False) -> dict:
+    """A snapshot as `backups --json` prints it. state: "incomplete" (no manifest: unfinished or damaged),
+    "verified" (its integrity_check passed when it was made; "verified now" with --verify), "damaged"
+    (--verify found `problem`), "unchecked" (made without a passing integrity_check)."""
+    m = snapshot.manifest
+    if m is None:
+        state = "incomplete"
+    elif problem:
+        state = "damaged"
+    elif checked_now:
+        state = "verified now"
+    else:
+        state = "verified" if snapshot.verified else "unchecked"
+    counts = m.counts if m else {}
+    return {
+        "host": snapshot.host, "id": snapshot.id, "path": str(snapshot.path),
+        "time": snapshot.created.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "label": snapshot.label, "label_studio_version": m.label_studio_version if m else None,
+        "size_bytes": m.total_size if m else None,
+        **{key: counts.get(key) for key in ("projects", "tasks", "annotations")},
+        "state": state,
+        "problem": problem or ("no manifest: unfinished, or damaged" if m is None else
+                               None if snapshot.verified else f"integrity {m.integrity_check}"),
+    }
+
+
 def list_snapshots(host_dir: Path) -> list[Snapshot]:
     """Every snapshot folder of one host, oldest first; an unreadable or malformed manifest counts as
     incomplete."""
