@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json as json_module
+import sys
+
 from packaging.version import InvalidVersion, Version
 from rich.table import Table
 
@@ -142,10 +145,37 @@ def database_text(st: HostStatus, database: DatabaseSettings | None, alias: str 
     return f"{database.describe()}, does not answer ({ready or 'pg_isready missing'})"
 
 
+# `fab status --json`: these keys, always (documented in the README); values null where they do not apply.
+STATUS_KEYS = ("host", "os", "sudo", "provisioned", "serving", "health", "label_studio_version", "releases",
+               "service", "app_server", "nginx", "https", "database", "db_size_bytes", "last_backup",
+               "newer_release", "offsite", "offsite_files", "restore_drill", "exit_code", "problem")
+
+
+def status_record(alias: str, sudo_mode: str, st: HostStatus, rows: list[tuple[str, str]], tls_mode: str,
+                  last_backup: str | None, failure: Exception | None) -> dict:
+    """What status shows, as `status --json` prints it."""
+    shown = dict(rows)
+    provisioned = st.provisioned
+    return {
+        "host": alias, "os": st.os, "sudo": sudo_mode, "provisioned": provisioned,
+        "serving": bool(provisioned and st.healthy),
+        "health": shown.get(health_row(tls_mode)) if provisioned else None,
+        "label_studio_version": st.label_studio_version if provisioned else None,
+        "releases": sorted(st.releases, key=_version_key, reverse=True) if provisioned else [],
+        "service": shown.get("service"), "app_server": shown.get("app server"), "nginx": shown.get("nginx"),
+        "https": shown.get("https"), "database": shown.get("database"),
+        "db_size_bytes": st.db_size if provisioned else None, "last_backup": last_backup,
+        "newer_release": shown.get("newer release"), "offsite": shown.get("offsite"),
+        "offsite_files": shown.get("offsite files"), "restore_drill": shown.get("restore drill"),
+        "exit_code": getattr(failure, "exit_code", 0), "problem": str(failure) if failure else None,
+    }
+
+
 @task(help={"config": CONFIG_HELP,
-            "check-updates": "also ask the package index for the newest Label Studio release (an outbound call)"})
+            "check-updates": "also ask the package index for the newest Label Studio release (an outbound call)",
+            "json": "print one JSON object instead of the table (keys in the README's 'Machine-readable output')"})
 @task_edge
-def status(c, config=None, check_updates=False):
+def status(c, config=None, check_updates=False, json=False):
     """Show the server: OS, sudo, disk and, once provisioned, service, nginx, health, version, DB size."""
     profile, host = open_host(c, config)
     sudo_mode = host.check_sudo()
@@ -168,6 +198,20 @@ def status(c, config=None, check_updates=False):
     if st.provisioned and profile.offsite.enabled:
         offsite_rows, replication_failed = offsite_status(st, profile)
         rows += offsite_rows
+    failure = None
+    if st.provisioned and not st.healthy:
+        failure = NotServing(f"Label Studio on {host.alias} is not serving: {dict(rows).get(health_row(profile.tls.mode))}",
+                             hint=f"`fab -H {host.alias} logs` shows why; `fab -H {host.alias} start` starts it")
+    elif replication_failed:
+        failure = RemoteError(replication_failed,
+                              hint=f"`fab -H {host.alias} offsite` shows the target; `fab -H {host.alias} provision` "
+                                   "sets the replication up again")
+    if json:
+        record = status_record(host.alias, sudo_mode, st, rows, profile.tls.mode, last.id if last else None, failure)
+        sys.stdout.write(json_module.dumps(record, indent=2) + "\n")
+        if failure:
+            raise failure
+        return
     for key, value in rows:
         table.add_row(key, value)
     ui.out.print(table)
@@ -178,13 +222,8 @@ def status(c, config=None, check_updates=False):
     warning = systems.support_warning(st.os_id, st.os_version)
     if warning:
         ui.warn(warning)
-    if st.provisioned and not st.healthy:
-        raise NotServing(f"Label Studio on {host.alias} is not serving: {dict(rows).get(health_row(profile.tls.mode))}",
-                         hint=f"`fab -H {host.alias} logs` shows why; `fab -H {host.alias} start` starts it")
-    if replication_failed:
-        raise RemoteError(replication_failed,
-                          hint=f"`fab -H {host.alias} offsite` shows the target; `fab -H {host.alias} provision` "
-                               "sets the replication up again")
+    if failure:
+        raise failure
 
 
 @task(help={"config": CONFIG_HELP, "lines": "how many lines to show (default 50)",

@@ -190,6 +190,11 @@ def test_status_logs_stop_start_restart(provisioned):
     assert re.search(r"health \(via nginx\)\s+UP", status.stdout)
     assert re.search(r"label studio\s+1\.23\.2", status.stdout)
     assert re.search(r"database\s+SQLite, [\d.]+ (KiB|MiB)", status.stdout)
+    machine = fab("status", "--json")
+    assert machine.returncode == 0, machine.stderr
+    record = json.loads(machine.stdout)
+    assert (record["serving"], record["health"], record["label_studio_version"]) == (True, "UP", "1.23.2")
+    assert record["exit_code"] == 0 and record["problem"] is None and record["db_size_bytes"] > 0
 
     logs = fab("logs", "--lines", "30")
     assert logs.returncode == 0, logs.stderr
@@ -203,6 +208,11 @@ def test_status_logs_stop_start_restart(provisioned):
     assert re.search(r"service\s+inactive", down.stdout)
     assert down.returncode == NotServing.exit_code, down.stderr   # cron and monitoring see it
     assert re.match(r"error: Label Studio on \S+ is not serving: HTTP 502", down.stderr), down.stderr
+    machine = fab("status", "--json")
+    assert machine.returncode == NotServing.exit_code
+    record = json.loads(machine.stdout)      # the JSON is whole on stdout; the error line on stderr
+    assert record["serving"] is False and record["exit_code"] == NotServing.exit_code
+    assert record["health"].startswith("HTTP 502") and record["service"].startswith("inactive")
     assert "already stopped" in fab("stop").stdout
 
     started = fab("start")

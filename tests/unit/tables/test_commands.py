@@ -199,3 +199,29 @@ def test_an_endless_view_is_interrupted_by_the_probes_deadline(tmp_path):
                          text=True, timeout=60)
     assert time.monotonic() - started < 30
     assert out.stdout.startswith("error=OperationalError: interrupted"), out.stdout + out.stderr
+
+
+def test_status_json_has_every_key_and_says_serving_only_when_up():
+    from tasks.core.commands.service import service_manager
+    from tasks.core.errors import NotServing
+    from tasks.service import STATUS_KEYS, status_record, status_rows
+    from tests.unit.samples import PROFILE
+
+    up = status_from_probe(RECORDED_PROVISIONED)
+    rows = status_rows("vm", "passwordless", up, service_manager(PROFILE), "20261203T080105Z (1.5 MiB)")
+    record = status_record("vm", "passwordless", up, rows, "off", "20261203T080105Z", None)
+    assert tuple(record) == STATUS_KEYS
+    assert (record["provisioned"], record["serving"], record["health"]) == (True, True, "UP")
+    assert record["label_studio_version"] == "1.23.2" and record["db_size_bytes"] == 1581056
+    assert record["service"] == "active (running), enabled at boot"
+    assert (record["exit_code"], record["problem"], record["offsite"]) == (0, None, None)
+    down = status_from_probe(RECORDED_PROVISIONED.replace('check={"tables": 75}', "check="))
+    failure = NotServing("Label Studio on vm is not serving")
+    record = status_record("vm", "passwordless", down, status_rows("vm", "passwordless", down, service_manager(PROFILE)),
+                           "off", None, failure)
+    assert record["serving"] is False and record["exit_code"] == 8 and record["problem"].startswith("Label Studio on vm")
+    assert record["health"].startswith("answers /health, but cannot read its database")
+    bare = status_from_probe(RECORDED_BARE)
+    record = status_record("vm", "passwordless", bare, status_rows("vm", "passwordless", bare, service_manager(PROFILE)),
+                           "off", None, None)
+    assert (record["provisioned"], record["serving"], record["health"], record["releases"]) == (False, False, None, [])
