@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from rich.table import Table
+
 from tasks.core import offsite, ui
 from tasks.core.commands import read_file
 from tasks.core.commands.service import service_manager
@@ -14,6 +16,7 @@ from tasks.core.edge import (
     admin_email,
     ask_database_password,
     ask_new_password,
+    host_alias,
     open_host,
     profile_for,
     task,
@@ -21,7 +24,7 @@ from tasks.core.edge import (
 )
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.files import write_atomic
-from tasks.core.profile import Profile
+from tasks.core.profile import Profile, explain_profile, load_profile, read_profile_text, resolve_profile_path
 from tasks.core.provision import facts, plan, steps, tls, tls_steps
 from tasks.core.provision.offsite_steps import OffsiteSecrets
 from tasks.core.provision.health import wait_for_health
@@ -217,3 +220,22 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     if hint:
         ui.warn("screen mode does not survive a reboot. To start it at boot, add this line with "
                 f"`sudo crontab -e` on the server:\n  {hint}")
+
+
+@task(name="config", help={"host": "the host whose profile to show (default: -H's, else the built-in defaults)",
+                           "config": CONFIG_HELP})
+@task_edge
+def show_config(c, host=None, config=None):
+    """Check a profile (no connection) and show every setting with where it came from: file, default, environment."""
+    alias = host or host_alias(c) or ""
+    path = resolve_profile_path(alias, config)
+    text = read_profile_text(path) if path else None
+    profile = load_profile(alias, config)
+    where = f"{path} is valid" if path else f"no profile for {alias or 'this host'}: the built-in defaults"
+    ui.out.print(f"[bold]profile[/bold] {where}")
+    table = Table(show_header=True, box=None, pad_edge=False)
+    for column in ("setting", "value", "from"):
+        table.add_column(column, overflow="fold")
+    for key, value, source in explain_profile(profile, text, os.environ):
+        table.add_row(key, value, source)
+    ui.out.print(table)

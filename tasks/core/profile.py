@@ -468,7 +468,56 @@ def load_profile(
     path = resolve_profile_path(host, explicit, env, configs_dir)
     if path is None:
         return Profile(host=host)
-    return parse_profile(path.read_text(encoding="utf-8"), source=str(path), host=host)
+    return parse_profile(read_profile_text(path), source=str(path), host=host)
+
+
+def read_profile_text(path: Path) -> str:
+    """A profile file's text; ProfileError in words when it cannot be read or is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+# Settings that come from this machine's environment, never from a profile: (variable, what it gives,
+# whether its value is a secret that is never shown).
+ENVIRONMENT_INPUTS = (
+    (CONFIG_ENV, "the profile file to use instead of configs/<host>.yaml", False),
+    (BACKUPS_ENV, "where snapshots are kept instead of backups/", False),
+    ("LABEL_STUDIO_USERNAME", "the admin's email when label_studio.admin_email is not set", False),
+    ("LABEL_STUDIO_PASSWORD", "the admin's password (else asked on a terminal)", True),
+    ("LSVM_DB_PASSWORD", "an external PostgreSQL server's password for Label Studio (else asked)", True),
+    ("AWS_ACCESS_KEY_ID", "offsite S3 keys, stored on the VM at provision", True),
+    ("AWS_SECRET_ACCESS_KEY", "offsite S3 keys, stored on the VM at provision", True),
+    ("LSVM_OFFSITE_SFTP_KEY", "the offsite SFTP target's private key file, stored on the VM at provision", False),
+    ("LSVM_NOTIFY_URL", "where the offsite watch notifies (apprise URLs), stored on the VM at provision", True),
+)
+
+
+def explain_profile(profile: Profile, text: str | None, env: typing.Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(dotted key, value, where it came from) of every setting of a parsed profile (`text`: its YAML, None for
+    the built-in defaults), then the environment variables that feed a task, secrets shown only as set."""
+    lines = _key_lines(yaml.compose(text)) if text and text.strip() else {}
+    rows = []
+    for key in profile_keys():
+        path = tuple(key.split("."))
+        value: Any = profile
+        for part in path:
+            value = getattr(value, part)
+        if path in lines:
+            source = f"{profile.source}:{lines[path]}"
+        elif key == "label_studio.admin_email" and value is None and env.get("LABEL_STUDIO_USERNAME"):
+            value, source = env["LABEL_STUDIO_USERNAME"], "environment ($LABEL_STUDIO_USERNAME)"
+        else:
+            source = "default"
+        rows.append((key, "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value),
+                     source))
+    for name, what, secret in ENVIRONMENT_INPUTS:
+        if env.get(name):
+            rows.append((f"${name}", "(set)" if secret else env[name], f"environment: {what}"))
+    return rows
 
 
 def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Profile:

@@ -103,3 +103,43 @@ def test_backups_never_cuts_an_id_on_a_narrow_terminal(tmp_path):
     assert run.returncode == 0, run.stderr
     for sid in ids:
         assert sid in run.stdout, run.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# fab config: a profile checked without a connection, every setting with where it came from
+
+
+def test_config_shows_each_setting_from_the_file_the_default_or_the_environment(tmp_path):
+    profile = tmp_path / "vm.yaml"
+    profile.write_text("server_name: labels.example.org\nlabel_studio:\n  workers: 3\n")
+    env = {**os.environ, "HOME": str(tmp_path), "COLUMNS": "200", "LABEL_STUDIO_USERNAME": "admin@example.org",
+           "LABEL_STUDIO_PASSWORD": "a-secret-never-shown", "LSVM_BACKUPS_DIR": str(tmp_path / "snapshots")}
+    env.pop("LSVM_CONFIG", None)
+    run = subprocess.run([sys.executable, "-m", "fabric", "config", "--config", str(profile)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    lines = {line.split()[0]: line.split() for line in run.stdout.splitlines() if line.strip()}
+    assert f"{profile} is valid" in run.stdout
+    assert lines["server_name"][1:] == ["labels.example.org", f"{profile}:1"]
+    assert lines["label_studio.workers"][1:] == ["3", f"{profile}:3"]
+    assert lines["http_port"][1:] == ["80", "default"]
+    assert lines["label_studio.admin_email"][1:3] == ["admin@example.org", "environment"]
+    assert lines["$LABEL_STUDIO_PASSWORD"][1] == "(set)" and "a-secret-never-shown" not in run.stdout
+    assert lines["$LSVM_BACKUPS_DIR"][1] == str(tmp_path / "snapshots")
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"server_name: caf\xe9.example.org\n", "not UTF-8 text"),
+    (b"http_port: 8080\n", ":1: 'http_port' 8080 is also label_studio.port"),
+    (b"label_studio:\n  port: '8080'\n", "'label_studio.port' must be a whole number"),
+    (b"nginx:\n  gzip: true\n", "unknown key 'nginx.gzip'"),
+    (b"paths: [a, b]\n", "'paths' must be a mapping of keys"),
+    (b"server_name: [unclosed\n", "YAML syntax error"),
+])
+def test_config_refuses_a_bad_profile_in_one_line(tmp_path, content, words):
+    profile = tmp_path / "vm.yaml"
+    profile.write_bytes(content)
+    run = fab("config", "--config", str(profile), home=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {profile}") and words in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
