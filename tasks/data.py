@@ -496,14 +496,24 @@ def _install_locally(chosen: Snapshot, data_dir: Path, with_env: bool) -> None:
 
 
 @task(help={"config": CONFIG_HELP, "yes": YES_HELP, "force": "go ahead even if a local Label Studio runs on the data dir",
-            "local-data-dir": LOCAL_DIR_HELP})
+            "local-data-dir": LOCAL_DIR_HELP, "dry-run": "show what would happen, change nothing"})
 @task_edge
-def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
+def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None, dry_run=False):
     """Server data -> your local Label Studio: server snapshot first, your local data saved first."""
     profile, host = open_host(c, config)
     refuse_postgresql(profile, host.alias, "pull-server-db")
     data_dir = local.local_data_dir(local_data_dir)
     local.require_no_local_server(data_dir, force)
+    if dry_run:
+        host.check_sudo()
+        server = engine.server_counts(host, profile)
+        if server is None:
+            raise SnapshotError(f"{host.alias} has no Label Studio database to pull; nothing was changed")
+        ui.out.print(f"pull-server-db {host.alias} ({counts_text(server)}) -> {data_dir}")
+        ui.out.print(f"  would: snapshot {host.alias} into {profile.backups_dir()}, save the local data in {data_dir} "
+                     f"into {backups_root() / LOCAL_HOST}, then put the server's database and media there")
+        ui.out.print("dry run: nothing was changed")
+        return
     confirm(f"replace the local Label Studio data in {data_dir} with {host.alias}'s? (it is saved first)", yes)
     host.check_sudo()
     with local.local_lock(profile.backups_dir()), local.local_lock(backups_root() / LOCAL_HOST):
@@ -518,9 +528,9 @@ def pull_server_db(c, config=None, yes=False, force=False, local_data_dir=None):
 
 @task(help={"snapshot": "a snapshot id (default: the local data saved by the last pull)",
             "yes": YES_HELP, "force": "go ahead even if a local Label Studio runs on the data dir",
-            "local-data-dir": LOCAL_DIR_HELP})
+            "local-data-dir": LOCAL_DIR_HELP, "dry-run": "show what would happen, change nothing"})
 @task_edge
-def restore_local(c, snapshot=None, yes=False, force=False, local_data_dir=None):
+def restore_local(c, snapshot=None, yes=False, force=False, local_data_dir=None, dry_run=False):
     """Put back the local data saved before the last pull (or any snapshot) into your local Label Studio."""
     data_dir = local.local_data_dir(local_data_dir)
     local.require_no_local_server(data_dir, force)
@@ -533,6 +543,12 @@ def restore_local(c, snapshot=None, yes=False, force=False, local_data_dir=None)
         refuse_postgresql_snapshot(chosen)
         local.verify_snapshot(chosen)
         ui.out.print(f"restore-local {chosen.host}/{chosen.id} -> {data_dir} ({counts_text(chosen.manifest.counts)})")
+        if dry_run:
+            parts = "database, media" + (", .env" if chosen.host == LOCAL_HOST else "")
+            ui.out.print(f"  would: save the local data in {data_dir} into {local_root}, then put the snapshot's "
+                         f"{parts} there")
+            ui.out.print("dry run: nothing was changed")
+            return
         confirm(f"replace the local data in {data_dir}? (it is saved first)", yes)
         _save_local(data_dir, "pre-restore")
         _install_locally(chosen, data_dir, with_env=chosen.host == LOCAL_HOST)

@@ -192,9 +192,10 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
 
 
 @task(help={"config": CONFIG_HELP, "yes": YES_HELP,
-            "health-timeout": f"seconds the previous release may take to answer (default {SWAP_HEALTH_TIMEOUT})"})
+            "health-timeout": f"seconds the previous release may take to answer (default {SWAP_HEALTH_TIMEOUT})",
+            "dry-run": "show what would happen, change nothing"})
 @task_edge
-def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
+def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT, dry_run=False):
     """Go back to the release before the last upgrade, with the database as it was then (asks first)."""
     profile, host = open_host(c, config, sudo=True)
     refuse_on_postgresql(profile, host.alias, "rollback")
@@ -217,6 +218,11 @@ def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     if any(v > 0 for v in lost.values()):
         question = (f"{lost['annotations']} annotation(s) and {lost['tasks']} task(s) made since the upgrade will be "
                     f"gone from the server (kept in a snapshot on this machine first). " + question)
+    if dry_run:
+        ui.out.print(f"  would: back up {host.alias} here, then switch {profile.remote.current} back to {old} with the "
+                     "database of before the upgrade (health-gated, rolled forward again if it does not answer)")
+        ui.out.print("dry run: nothing was changed")
+        return
     confirm(question, yes)
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "rollback"):
         report_snapshot(engine.take_server_snapshot(host, profile, label=f"pre-rollback-{release_label(new)}"),

@@ -204,6 +204,10 @@ def test_restore_server_round_trip_brings_back_projects_media_and_logins(data_vm
 
 def test_push_local_db_serves_local_content_and_keeps_the_server_data(data_vm, alpha, tmp_path):
     local = tmp_path / "local-ls"
+    dry = data_vm.fab("pull-server-db", "--dry-run", "--local-data-dir", str(local))
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "(1 projects" in dry.stdout and "dry run: nothing was changed" in dry.stdout, dry.stdout
+    assert not local.exists()
     pulled = data_vm.fab("pull-server-db", "--yes", "--local-data-dir", str(local))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert (local / "label_studio.sqlite3").is_file()
@@ -257,6 +261,10 @@ def test_pull_twice_then_restore_local_gives_back_the_original(data_vm, alpha, t
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     assert "(your own local work a pull saved (what restore-local restores))" in pruned.stdout
 
+    pulled_bytes = (local / "label_studio.sqlite3").read_bytes()
+    dry = data_vm.fab("restore-local", "--dry-run", "--local-data-dir", str(local))
+    assert dry.returncode == 0 and "dry run: nothing was changed" in dry.stdout, dry.stdout + dry.stderr
+    assert (local / "label_studio.sqlite3").read_bytes() == pulled_bytes
     restored = data_vm.fab("restore-local", "--yes", "--local-data-dir", str(local))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     con = sqlite3.connect(local / "label_studio.sqlite3")

@@ -129,6 +129,11 @@ def test_rollback_says_what_would_be_lost_then_brings_the_old_release_and_data_b
     task = ls.get(f"/api/tasks?project={old.project}&page_size=100").json()["tasks"][-2]
     assert ls.post_json(f"/api/tasks/{task['id']}/annotations", {"result": [{
         "from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["neg"]}}]}).status == 201
+    before = len(list((old.fab.home / "backups" / "vm").iterdir()))
+    dry = old.fab("rollback", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"label-studio {NEW} -> {OLD}" in dry.stdout and "dry run: nothing was changed" in dry.stdout
+    assert current(old) == f"releases/{NEW}" and len(list((old.fab.home / "backups" / "vm").iterdir())) == before
     asked = old.fab("rollback")  # no terminal: it must ask, so it refuses and says what it would have asked
     assert asked.returncode == 2 and "1 annotation(s)" in asked.stderr, asked.stderr
     assert current(old) == f"releases/{NEW}"
