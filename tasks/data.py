@@ -75,6 +75,7 @@ def backup(c, config=None, label=None, no_media=False, from_offsite=False, at=No
     label = catalog.check_label(label)
     if at and not from_offsite:
         raise UsageError("--at goes with --from-offsite (the live data has one point: now)")
+    _point_in_time(at)               # a bad --at is refused before connecting
     profile, host = open_host(c, config, sudo=True)
     point = _offsite_point(host, profile, at) if from_offsite else None
     with local.local_lock(profile.backups_dir()), snapshots.server_lock(host, profile, "backup"):
@@ -333,6 +334,7 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
     """restore-server --offsite [--at] [--from OLDHOST]: the database (and with --from, .env and media) from
     an offsite target, with push's safety (a snapshot of the server first, the release's read, the swap
     job with its health gate and rollback)."""
+    _point_in_time(at)               # a bad --at is refused before connecting
     profile, host = open_host(c, config, sudo=True)
     if profile.offsite.parsed is None:
         raise UsageError(f"no offsite target in {profile.config_file}",

@@ -28,6 +28,8 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
     """Move the server's Label Studio data to the profile's database engine, verified; back as it was on failure."""
     if not to:
         raise UsageError("where to? --to postgresql or --to sqlite (the engine the profile's database.engine names)")
+    if to not in migrate.ENGINES:
+        raise UsageError(f"--to {to}: must be one of: {', '.join(migrate.ENGINES)}")
     profile, host = open_host(c, config, sudo=True)
     found = facts.provision_facts(host, profile, "")
     migration, words = migrate.plan(found, to, profile, host.alias)

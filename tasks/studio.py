@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tasks.core import studio, ui
 from tasks.core.defaults import LABEL_STUDIO_VERSION as DEFAULT_VERSION
-from tasks.core.edge import ask, local_only, task, task_edge, validate_admin_password
+from tasks.core.edge import ask, local_only, task, task_edge, validate_admin_password, write_out
 from tasks.core.errors import UsageError
 from tasks.core.profile import check_email
 from tasks.core.studio import StudioPaths
@@ -88,7 +88,7 @@ def iam_policy(c, region=None, account_id=None, domain_id=None, user_profile=Non
         policy = studio.iam_policy(region, account_id, domain_id, user_profile)
     text = json.dumps(policy, indent=2) + "\n"
     if out:
-        Path(out).write_text(text)
+        write_out(out, text)
         ui.step(True, f"wrote {out}")
     else:
         sys.stdout.write(text)

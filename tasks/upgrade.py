@@ -144,6 +144,8 @@ def _steps(host: Host, profile: Profile, old: str, new: str, built: bool, health
 def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Upgrade Label Studio side by side: snapshot, new venv, migrations checked on a copy, health-gated switch."""
     started = time.monotonic()
+    if version:
+        checked_version(version)     # before connecting
     profile, host = open_host(c, config, sudo=True)
     refuse_on_postgresql(profile, host.alias, "upgrade")
     found = facts.provision_facts(host, profile, "")

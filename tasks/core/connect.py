@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import socket
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +19,10 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from tasks.core import commands, parse, ui
 from tasks.core.errors import ConnectError, JobStillRunning, RemoteError, SudoError
 from tasks.core.hostkeys import HostKeyRefused, verify_host_keys
+
+# paramiko's transport thread logs what went wrong (with a traceback) before the caller hears of it; with no
+# handler, Python prints that to stderr. The caller turns the failure into one line of ours instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PASSWORD in the environment"
 CHUNK = 1024 * 1024

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 import fabric
@@ -52,6 +53,20 @@ def whole_number(value: str, flag: str) -> int:
         return int(value)
     except ValueError:
         raise UsageError(f"--{flag} {value!r}: must be a whole number") from None
+
+
+def write_out(path: str, text: str, flag: str = "out") -> Path:
+    """`text` into the file a user named with --out: a folder, a missing folder or a refusal is one line."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"--{flag} {path}: is a folder; name a file (in it)")
+    if not target.parent.is_dir():
+        raise UsageError(f"--{flag} {path}: the folder {target.parent} does not exist")
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--{flag} {path}: cannot write it ({exc.strerror or exc})") from None
+    return target
 
 
 def task(*args, **kwargs):

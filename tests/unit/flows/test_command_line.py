@@ -143,3 +143,75 @@ def test_config_refuses_a_bad_profile_in_one_line(tmp_path, content, words):
     assert run.returncode == 2
     assert run.stderr.startswith(f"error: {profile}") and words in run.stderr, run.stderr
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input, in a table: one line on stderr with the documented exit code, never a traceback. A host on a
+# closed port (127.0.0.1:1) proves the option was refused before connecting: connecting would say exit 3.
+
+CLOSED = "127.0.0.1:1"
+
+
+@pytest.fixture(scope="module")
+def hangs_up():
+    """A port that accepts and closes before any SSH banner (a firewall's or a wrong service's)."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+BAD_INPUTS = [
+    (("-H", CLOSED, "logs", "--lines", "abc"), 2, "--lines 'abc': must be a whole number"),
+    (("-H", CLOSED, "restart", "--config", "/nonexistent/vm.yaml"), 2, "no such profile file (given by --config)"),
+    (("-H", CLOSED, "restore-server", "--offsite", "--at", "yesterday-ish"), 2, "--at 'yesterday-ish' is not a date"),
+    (("-H", CLOSED, "backup", "--from-offsite", "--at", "in a while"), 2, "--at 'in a while' is not a date"),
+    (("-H", CLOSED, "backup", "--at", "2026-12-01 10:00"), 2, "--at goes with --from-offsite"),
+    (("-H", CLOSED, "backup", "--label", "Bad Label!"), 2, "label 'Bad Label!' must be lower-case"),
+    (("-H", CLOSED, "migrate-db", "--to", "mysql"), 2, "--to mysql: must be one of: sqlite, postgresql"),
+    (("-H", CLOSED, "migrate-db"), 2, "where to? --to postgresql or --to sqlite"),
+    (("-H", CLOSED, "upgrade", "--version", "notaversion"), 2, "'notaversion' is not a version pip accepts"),
+    (("-H", CLOSED, "upgrade", "--health-timeout", "soon"), 2, "--health-timeout 'soon': must be a whole number"),
+    (("-H", "local", "status"), 2, "'local' is the reserved name of this machine's snapshots"),
+    (("restore-local", "--snapshot", "nope", "--dry-run", "--force"), 6, "no snapshot 'nope'"),
+    (("prune", "--keep-daily", "many"), 2, "--keep-daily 'many': must be a whole number"),
+    (("studio.session", "--studio-url", "x", "--port", "http"), 2, "--port 'http': must be a whole number"),
+    (("offsite", "--iam-policy"), 2, "-H"),
+    (("-H", "nosuchhost.invalid", "status"), 3, "cannot resolve host 'nosuchhost.invalid'"),
+    (("-H", CLOSED, "status"), 3, "refused the connection"),
+]
+
+
+@pytest.mark.parametrize("args, code, words", BAD_INPUTS, ids=[" ".join(row[0]) for row in BAD_INPUTS])
+def test_bad_input_is_one_line_with_its_exit_code(tmp_path, args, code, words):
+    run = fab(*args, home=tmp_path)
+    assert run.returncode == code, run.stdout + run.stderr
+    assert run.stderr.startswith("error: ") and words in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stdout + run.stderr
+
+
+def test_a_port_that_hangs_up_before_the_banner_is_one_line(tmp_path, hangs_up):
+    run = fab("-H", hangs_up, "status", home=tmp_path)
+    assert run.returncode == 3
+    assert run.stderr.startswith("error: SSH to ") and run.stderr.count("\n") == 1, run.stderr   # not paramiko's log
+    assert run.stderr.endswith(f"@{hangs_up} failed: Error reading SSH protocol banner\n"), run.stderr
+
+
+@pytest.mark.parametrize("out, words", [("missing/dir/policy.json", "does not exist"), (".", "is a folder")])
+def test_an_out_file_in_a_folder_that_is_not_there_is_one_line(tmp_path, out, words):
+    run = fab("studio.iam-policy", "--region", "eu-west-2", "--account-id", "123456789012", "--domain-id", "d-abc",
+              "--user-profile", "me", "--out", str(tmp_path / out), home=tmp_path)
+    assert run.returncode == 2 and words in run.stderr and run.stderr.count("\n") == 1, run.stderr
