@@ -130,7 +130,7 @@ def _what_the_target_holds(host, profile: Profile, source: offsite_commands.Sour
 
 
 @task(help={"config": CONFIG_HELP, "verify": "re-hash every file and re-run integrity_check",
-            "json": "print a JSON list instead of tables (keys in the README's 'Machine-readable output')"})
+            "json": "print a JSON list instead of tables (its keys: the README's 'Errors, exit codes and machine-readable output')"})
 @task_edge
 def backups(c, config=None, verify=False, json=False):
     """List snapshots (per host, or only -H's) with time, label, version, size, counts and state."""

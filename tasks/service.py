@@ -173,7 +173,7 @@ def status_record(alias: str, sudo_mode: str, st: HostStatus, rows: list[tuple[s
 
 @task(help={"config": CONFIG_HELP,
             "check-updates": "also ask the package index for the newest Label Studio release (an outbound call)",
-            "json": "print one JSON object instead of the table (keys in the README's 'Machine-readable output')"})
+            "json": "print one JSON object instead of the table (its keys: the README's 'Errors, exit codes and machine-readable output')"})
 @task_edge
 def status(c, config=None, check_updates=False, json=False):
     """Show the server: OS, sudo, disk and, once provisioned, service, nginx, health, version, DB size."""
