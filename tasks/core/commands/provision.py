@@ -59,7 +59,7 @@ def set_owner_and_mode(path: PurePosixPath, owner: str, group: str, mode: str) -
 RELEASE_COMPLETE = ".lsvm-complete"  # in a release's venv once pip finished: anything else is rebuilt
 UV = "uv==0.13.9"
 APP_SERVER_VERSION = "23.0.0"
-APP_SERVER = f"gunicorn=={APP_SERVER_VERSION}"   # the WSGI server in every release venv (README: "What serves")
+APP_SERVER = f"gunicorn=={APP_SERVER_VERSION}"   # the WSGI server in every release venv (docs/app-server.md)
 
 
 def build_release(profile: Profile, version: str) -> str:
