@@ -1,11 +1,13 @@
 """The README's quick start, as a new user runs it: its code blocks are read from README.md and run in order
 on this machine in a fresh HOME (clone, venv, `pip install -e .`, the ssh_config entry, `ssh vm` once to
 accept the host key, the profile with the admin's email, `fab config`, `provision --dry-run`, `provision`,
-`status`) against a bare test VM. What the README leaves to the user is filled in here and nothing else:
-the clone's source, the VM's address, the admin's email. The server it ends with serves Label Studio and
+`status`) against a test VM. What the README leaves to the user is filled in here and nothing else: the
+clone's source, the VM's address, the admin's email. The server it ends with serves Label Studio and
 reads its database (`status` says UP). So the README cannot drift from what works.
 
-One Debian release (a fresh provision is minutes; both releases' provision is test_provision.py's)."""
+The VM is a clone of the freshly provisioned one with Label Studio stopped and its SECRET_KEY gone (CI time:
+a provision from bare Debian is test_provision.py's); the quick start's provision brings it to the example
+profile (its settings, a new key, the service started). One Debian release."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dev.testvm.image import NOPASSWD_USER
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, start_test_vm
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, start_clone
 
 pytestmark = pytest.mark.one_release("bookworm")
 
@@ -40,8 +42,8 @@ def test_the_quick_start_has_the_steps_a_new_user_needs():
     assert any(lang == "" and text.lstrip().startswith("Host vm") for lang, text in blocks)
 
 
-def test_the_quick_start_ends_with_a_working_server(vm_image, tmp_path):
-    vm = start_test_vm(vm_image, tmp_path / "vm")
+def test_the_quick_start_ends_with_a_working_server(provisioned, tmp_path):
+    vm = start_clone(provisioned.image, tmp_path / "vm")
     try:
         home = tmp_path / "home"
         (home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -73,6 +75,7 @@ def test_the_quick_start_ends_with_a_working_server(vm_image, tmp_path):
         assert run.returncode == 0, out[-6000:]
         assert "admin_email" in out and f"{ADMIN_EMAIL}" in out            # fab config showed the setting
         assert "plan only: nothing on the server changes" in out            # the dry run
+        assert "made Label Studio's SECRET_KEY" in out                      # the provision did its work
         assert re.search(r"health \(via nginx\)\s+UP", out), out[-4000:]    # status: our instance reads its DB
         assert (work / "labelstudio-vm" / ".venv" / "bin" / "fab").exists()
     finally:

@@ -7,8 +7,8 @@ import binascii
 import dataclasses
 from dataclasses import dataclass
 
-from tasks.core import parse
-from tasks.core.commands import probes
+from tasks.core import database, parse
+from tasks.core.commands import dbcheck, probes
 from tasks.core.commands.service import UnitState
 from tasks.core.connect import Host
 from tasks.core.errors import RemoteError
@@ -169,7 +169,15 @@ class HostStatus:
 
 def host_status(host: Host, profile: Profile) -> HostStatus:
     output = host.run(probes.status_probe(profile), sudo=True, what="status probe")
-    return status_from_probe(output.stdout)
+    st = status_from_probe(output.stdout)
+    # The probe's read of every table ran with the profile's database settings. When the server's env file
+    # names another database (the profile changed, migrate-db not run yet), read the one Label Studio reads.
+    server = database.server_settings(st.env_file)
+    if parse.health_is_up(st.health_via_nginx) and server is not None and not database.same_database(server, profile.database):
+        check = host.run(dbcheck.read_every_table(dataclasses.replace(profile, database=server)), sudo=True,
+                         check=False, what="the release's read of its database")
+        st = dataclasses.replace(st, database_check=parse.database_problem(check.stdout, check.stderr))
+    return st
 
 
 def status_from_probe(text: str) -> HostStatus:
