@@ -60,7 +60,9 @@ def test_the_quick_start_ends_with_a_working_server(provisioned, tmp_path):
             "set -e",
             setup.replace("<this repository>", str(ROOT)),
             # "log in once with `ssh vm` to check and accept its host key"
-            "ssh -o StrictHostKeyChecking=accept-new -o BatchMode=yes vm true",
+            # (OpenSSH reads the passwd entry's home, not $HOME: the test's HOME is named for it.)
+            'ssh -F "$HOME/.ssh/config" -o UserKnownHostsFile="$HOME/.ssh/known_hosts" '
+            "-o StrictHostKeyChecking=accept-new -o BatchMode=yes vm true",
             # "then set label_studio.admin_email: you@example.org"
             *[line if not line.startswith("cp configs/example.yaml") else
               line.split("#")[0] + f"\nsed -i 's/^  admin_email: null/  admin_email: {ADMIN_EMAIL}/' configs/vm.yaml"
