@@ -29,7 +29,7 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
     if not to:
         raise UsageError("where to? --to postgresql or --to sqlite (the engine the profile's database.engine names)")
     if to not in migrate.ENGINES:
-        raise UsageError(f"--to {to}: must be one of: {', '.join(migrate.ENGINES)}")
+        raise UsageError(f"--to must be one of: {', '.join(migrate.ENGINES)} (not '{to}')")
     profile, host = open_host(c, config, sudo=True)
     found = facts.provision_facts(host, profile, "")
     migration, words = migrate.plan(found, to, profile, host.alias)

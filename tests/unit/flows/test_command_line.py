@@ -181,7 +181,7 @@ BAD_INPUTS = [
     (("-H", CLOSED, "backup", "--from-offsite", "--at", "in a while"), 2, "--at 'in a while' is not a date"),
     (("-H", CLOSED, "backup", "--at", "2026-12-01 10:00"), 2, "--at goes with --from-offsite"),
     (("-H", CLOSED, "backup", "--label", "Bad Label!"), 2, "label 'Bad Label!' must be lower-case"),
-    (("-H", CLOSED, "migrate-db", "--to", "mysql"), 2, "--to mysql: must be one of: sqlite, postgresql"),
+    (("-H", CLOSED, "migrate-db", "--to", "mysql"), 2, "--to must be one of: sqlite, postgresql (not 'mysql')"),
     (("-H", CLOSED, "migrate-db"), 2, "where to? --to postgresql or --to sqlite"),
     (("-H", CLOSED, "upgrade", "--version", "notaversion"), 2, "'notaversion' is not a version pip accepts"),
     (("-H", CLOSED, "upgrade", "--health-timeout", "soon"), 2, "--health-timeout 'soon': must be a whole number"),
