@@ -44,15 +44,20 @@ def test_a_healthy_database_is_ok_on_any_number_of_threads(tmp_path, threads):
     assert sqlite.integrity_check(str(path), threads=threads) == "ok" == _plain(path)
 
 
-def test_an_index_that_does_not_match_its_table_is_found(tmp_path):
-    """What quick_check does not look at: the per-table checks must."""
-    path = tmp_path / "db.sqlite3"
-    _database(path)
+def _mismatch_an_index(path) -> None:
+    """The index task_project declared on another column than the one it was built on."""
     con = sqlite3.connect(path)
     con.execute("PRAGMA writable_schema = ON")
     con.execute("update sqlite_schema set sql = 'CREATE INDEX task_project ON task (data)' where name = 'task_project'")
     con.commit()
     con.close()
+
+
+def test_an_index_that_does_not_match_its_table_is_found(tmp_path):
+    """What quick_check does not look at: the per-table checks must."""
+    path = tmp_path / "db.sqlite3"
+    _database(path)
+    _mismatch_an_index(path)
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA quick_check").fetchall() == [("ok",)]
     con.close()
@@ -101,11 +106,7 @@ def test_a_restored_database_is_handed_over_checked_and_byte_for_byte(tmp_path):
 def test_a_damaged_restore_leaves_no_digest_so_the_hand_over_fails(tmp_path):
     source = tmp_path / "restored.sqlite3"
     _database(source)
-    con = sqlite3.connect(source)
-    con.execute("PRAGMA writable_schema = ON")
-    con.execute("update sqlite_schema set sql = 'CREATE INDEX task_project ON task (data)' where name = 'task_project'")
-    con.commit()
-    con.close()
+    _mismatch_an_index(source)
     sender, received, digest, _ = _hand_over(tmp_path, source)
     assert sender.returncode == 1 and b"integrity_check failed" in sender.stderr.read()
     assert not digest.exists() and received.stdout.strip()   # the receiver's digest has nothing to equal
