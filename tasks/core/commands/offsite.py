@@ -22,6 +22,7 @@ from tasks.core.offsite import (
     credential_properties,
     restic_words,
 )
+from tasks.core.onserver.offsite_files import SSH_REASONS
 from tasks.core.profile import Profile
 
 
@@ -135,9 +136,9 @@ def as_replication_user(profile: Profile, *words: str | PurePosixPath,
 
 # restic init unless the repository answers; ssh's reason (an SFTP target) printed last, where the error
 # message takes it from, instead of restic's "unable to start the sftp session".
+# (The reasons are the files job's own list: offsite_files.SSH_REASONS, one word set for both.)
 INIT_UNLESS_THERE = ('"$@" cat config >/dev/null 2>&1 && exit 0; e=$("$@" init 2>&1 >/dev/null); s=$?; '
-                     "reasons='Host key verification failed|Permission denied|Could not resolve hostname|"
-                     "Connection refused|Connection timed out|No route to host'; "
+                     f"reasons='{'|'.join(SSH_REASONS)}'; "
                      'printf "%s\\n" "$e" | grep -Ev "$reasons" >&2; printf "%s\\n" "$e" | grep -E "$reasons" >&2; exit $s')
 
 
