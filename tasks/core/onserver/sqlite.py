@@ -415,7 +415,6 @@ def check_in_background(path: str, report: str, lock: str) -> None:
         os._exit(0)
 
 
-
 def send(path: str, digest_file: str) -> int:
     """A restored database handed over by its owner: the file to stdout while its integrity_check runs
     on the other cores; `digest_file` gets the sha256 of what was sent only when the check says ok (the
@@ -458,6 +457,7 @@ def receive(target: str) -> str:
         out.flush()
         os.fsync(out.fileno())
     return digest.hexdigest()
+
 
 # ------------------------------------------------------------------------------------------------
 # Page deltas. An index is a database's page size and one digest per page (the first 8 bytes of the
