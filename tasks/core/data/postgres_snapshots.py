@@ -11,8 +11,10 @@ health gate; on any failure the names go back and the original serves again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from typing import Iterator
 
 from tasks.core import offsite, ui
 from tasks.core.commands import as_service_user
@@ -133,8 +135,7 @@ def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout:
     converting = converts(snapshot_engine(snapshot.manifest), profile.database.engine)
     parts = [part for part in (SECRET_ENV, MEDIA)
              if any(f.path == part or f.path.startswith(part + "/") for f in files)]
-    new, aside = restore_names(profile.database, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
-    try:
+    with _new_database(host, profile) as (new, aside):
         upload(host, profile, snapshot.path, files)
         ui.step(True, f"uploaded and verified the {'SQLite database' if converting else 'dump'}"
                       f"{', ' if parts else ''}{', '.join(parts)} on the server")
@@ -144,10 +145,6 @@ def restore(host: Host, profile: Profile, snapshot: Snapshot, *, health_timeout:
                                      f"{snapshot.host}/{snapshot.id}")
         else:
             _restore_checked(host, profile, snapshot.manifest.extra.get("tables") or {}, f"snapshot {snapshot.id}", new)
-    except BaseException:
-        host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
-        host.run(pg.drop_database(profile, new), sudo=True, check=False)
-        raise
     _switch(host, profile, parts, new, aside, health_timeout)
 
 
@@ -155,15 +152,23 @@ def restore_incoming_dump(host: Host, profile: Profile, tables: dict, what: str,
                           health_timeout: int) -> None:
     """A dump already in the incoming folder (restore-server --offsite put it there, with `parts` of
     .env and media) into a new database, its row counts compared with `tables`, then the switch."""
-    new, aside = restore_names(profile.database, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
-    try:
+    with _new_database(host, profile) as (new, aside):
         _create_database(host, profile, new)
         _restore_checked(host, profile, tables, what, new)
+    _switch(host, profile, parts, new, aside, health_timeout)
+
+
+@contextlib.contextmanager
+def _new_database(host: Host, profile: Profile) -> Iterator[tuple[str, str]]:
+    """The names of the database a restore fills and of the live one set aside; on any failure while it is
+    filled, the incoming folder and that new database go (the live one was never touched)."""
+    new, aside = restore_names(profile.database, time.strftime("%Y%m%d%H%M%S", time.gmtime()))
+    try:
+        yield new, aside
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         host.run(pg.drop_database(profile, new), sudo=True, check=False)
         raise
-    _switch(host, profile, parts, new, aside, health_timeout)
 
 
 def _switch(host: Host, profile: Profile, parts: list[str], new: str, aside: str, health_timeout: int) -> None:
@@ -198,7 +203,6 @@ def _restore_checked(host: Host, profile: Profile, tables: dict, what: str, new:
         raise SnapshotError(f"the restored database differs from {what} ({'; '.join(differs[:3])}); "
                             "nothing was changed")
     ui.step(True, f"restored into {new}: {len(found.get('tables') or {})} tables, row counts equal to the dump's")
-
 
 
 def restore_from_offsite(host: Host, profile: Profile, source: offsite_commands.Source, files: offsite.FilesSnapshot,
