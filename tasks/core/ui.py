@@ -49,6 +49,14 @@ def transfer_progress():
                     TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
 
 
+def count_progress():
+    """A progress bar of things counted (n of total, elapsed, ETA) on stderr; quiet when stderr is not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, transient=True)
+
+
 def transfer_summary(what: str, size: int, seconds: float, wire: int | None = None) -> None:
     rate = size / seconds if seconds > 0 else 0
     on_wire = f", {human_bytes(wire)} on the wire" if wire is not None else ""

@@ -15,7 +15,8 @@ import pytest
 # CI time: local PostgreSQL on Debian 13's worker; Debian 12's carries the external-database test's two VMs.
 pytestmark = pytest.mark.one_release("trixie")
 
-from tests.integration.support.labelstudio import annotate_through_sdk, api_token, concurrent_annotators, sdk_view
+from tests.integration.support.labelstudio import (annotate_through_sdk, api_token, concurrent_annotators, exported_view,
+                                                   sdk_tasks, sdk_view)
 
 SECRET = "/opt/label-studio/label-studio-database.env"
 
@@ -54,6 +55,19 @@ def test_label_studio_runs_on_postgresql_through_nginx(pg):
     status = pg.fab("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert re.search(r"PostgreSQL labelstudio@127\.0\.0\.1:5432/labelstudio.*answers", status.stdout), status.stdout
+
+
+def test_export_reads_postgresql_in_one_repeatable_read_transaction(pg, tmp_path):
+    """Label Studio's exporter with the read-only REPEATABLE READ transaction PostgreSQL needs as its first
+    statement; the file holds what the official SDK reads."""
+    from label_studio_sdk import LabelStudio as SDK
+
+    sdk = SDK(base_url=pg.url, api_key=pg.token)
+    project = next(p.id for p in sdk.projects.list() if p.title == "On PostgreSQL")
+    done = pg.fab("export", "--project", str(project), "--out", str(tmp_path / "pg.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    tasks = json.loads((tmp_path / "pg.json").read_text())
+    assert exported_view(tasks) == sdk_tasks(sdk, project) and sum(bool(t["annotations"]) for t in tasks) == 5
 
 
 def test_postgresql_listens_on_loopback_only(pg):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -38,6 +39,22 @@ def sdk_view(url: str, token: str) -> dict:
         projects[project.title] = len(tasks)
         annotations += sum(t.total_annotations or 0 for t in tasks)
     return {"users": users, "projects": projects, "annotations": annotations}
+
+
+def sdk_tasks(sdk, project: int) -> dict[int, dict]:
+    """Every task of the project as the official SDK reads it from the API: its data and its annotations'
+    results (what an export must hold, task by task)."""
+    found = {}
+    for task in sdk.tasks.list(project=project, fields="all"):
+        results = [a["result"] if isinstance(a, dict) else a.result for a in (task.annotations or [])]
+        found[task.id] = {"data": task.data, "results": sorted(json.dumps(r, sort_keys=True) for r in results)}
+    return found
+
+
+def exported_view(tasks: list[dict]) -> dict[int, dict]:
+    """A JSON export's tasks in sdk_tasks' shape."""
+    return {t["id"]: {"data": t["data"], "results": sorted(json.dumps(a["result"], sort_keys=True)
+                                                         for a in t["annotations"])} for t in tasks}
 
 
 ARTIFACTS = Path(os.environ.get("LSVM_ARTIFACTS_DIR", PROJECT_ROOT / "artifacts"))

@@ -190,6 +190,13 @@ BAD_INPUTS = [
     (("prune", "--keep-daily", "many"), 2, "--keep-daily 'many': must be a whole number"),
     (("studio.session", "--studio-url", "x", "--port", "http"), 2, "--port 'http': must be a whole number"),
     (("offsite", "--iam-policy"), 2, "-H"),
+    (("-H", CLOSED, "export"), 2, "name one --project ID, or --all"),
+    (("-H", CLOSED, "export", "--project", "3", "--all"), 2, "name one --project ID, or --all"),
+    (("-H", CLOSED, "export", "--project", "three"), 2, "--project 'three': must be a whole number"),
+    (("-H", CLOSED, "export", "--project", "0"), 2, "--project 0: a project id is a number from 1"),
+    (("-H", CLOSED, "export", "--project", "3", "--format", "json; rm"), 2, "--format 'json; rm': a format is a word"),
+    (("-H", CLOSED, "export", "--project", "3", "--out", "/nonexistent/dir/x.json"), 2,
+     "the folder /nonexistent/dir does not exist"),
     (("-H", "nosuchhost.invalid", "status"), 3, "cannot resolve host 'nosuchhost.invalid'"),
     (("-H", CLOSED, "status"), 3, "refused the connection"),
 ]

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tasks.core import commands, render
-from tasks.core.commands import data, dbcheck, instances, offsite, probes, provision, swap, tls, upgrade
+from tasks.core.commands import data, dbcheck, export, instances, offsite, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.profile import parse_profile
@@ -137,6 +137,10 @@ def data_scripts(profile) -> dict[str, str]:
         "release migrations": dbcheck.shipped_migrations(profile),
         "orm check": dbcheck.read_every_table(profile),
         "orm check of a file": dbcheck.read_every_table(profile, PurePosixPath("/var/lib/x/in coming.sqlite3")),
+        "export formats": export.project_formats(profile, [3, 12]),
+        "export formats of all": export.project_formats(profile, None),
+        "export": export.export_project(profile, 3, "COCO_WITH_IMAGES", True),
+        "export, sudo -S": commands.sudo_with_password_on_stdin(export.export_project(profile, 3, "JSON", False)),
         "data lock": lock,
         "data lock, sudo -n": commands.sudo_noninteractive(lock),
         "data lock, sudo -S": commands.sudo_with_password_on_stdin(lock),
