@@ -210,15 +210,22 @@ def make_data(vm, url: str, size_mib: int, work: Path) -> tuple[int, int]:
         resp = ls.post_json(f"/api/tasks/{task_id}/annotations/", {"result": box_result(rng), "lead_time": 12.5})
         assert resp.status == 201, resp.text[:200]
     log(f"API data made; growing the database to {size_mib} MiB with more varied tasks and annotations")
-    corpus = "\n".join(sentences).encode()
-    vm.exec("cat > /tmp/corpus.txt && chmod 644 /tmp/corpus.txt", input=corpus, timeout=300)
-    vm.exec("systemctl stop label-studio")
-    out = vm.exec(f"runuser -u labelstudio -- python3 - {DB} /tmp/corpus.txt {size_mib * 1024 * 1024} 7",
-                  input=GROW.encode(), timeout=3600).stdout.decode()
-    vm.exec("systemctl start label-studio")
-    wait_for_health(url, timeout=300)
+    out = grow_offline(vm, url, sentences, GROW, size_mib * 1024 * 1024, 7)
     log(f"tasks, annotations: {out.strip()}")
     return int(vm.exec(f"stat -c %s {DB}").stdout.decode()), project
+
+
+def grow_offline(vm, url: str, sentences: list[str], script: str, *args) -> str:
+    """`script` run on the VM as the service user against the database with Label Studio stopped (its
+    argv: the database, the corpus of `sentences`, then `args`); its output."""
+    vm.exec("cat > /tmp/corpus.txt && chmod 644 /tmp/corpus.txt", input="\n".join(sentences).encode(), timeout=300)
+    vm.exec("systemctl stop label-studio")
+    words = " ".join(str(a) for a in args)
+    out = vm.exec(f"runuser -u labelstudio -- python3 - {DB} /tmp/corpus.txt {words}", input=script.encode(),
+                  timeout=3600).stdout.decode()
+    vm.exec("systemctl start label-studio")
+    wait_for_health(url, timeout=300)
+    return out
 
 
 def annotate(ls, project: int, count: int, rng: random.Random) -> None:
@@ -349,6 +356,21 @@ def report(mode: str, r: dict) -> None:
     print(f"    {wire(r['push_out'])}: {wire_bytes(r['push_out']) / r['size']:.2%} of the database's bytes")
 
 
+def provision_bench_vm(vm, work: Path, profile_extra: str = "") -> tuple[Path, str, dict, list[str]]:
+    """`fab provision` of a fresh bench VM from a fab home in `work`: (ssh_config, url, env, fab command)."""
+    ssh_config = work / "ssh_config"
+    ssh_config.write_text(vm.ssh_config("vm", NOPASSWD_USER))
+    url = f"http://127.0.0.1:{vm.http_port}"
+    profile = work / "bench.yaml"
+    profile.write_text(f"public_url: {url}\nlabel_studio:\n  admin_email: {EMAIL}\n{profile_extra}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_"))}
+    env.update(HOME=str(work), LSVM_CONFIG=str(profile), LABEL_STUDIO_PASSWORD=PASSWORD)
+    fab = [sys.executable, "-m", "fabric", "-S", str(ssh_config), "-H", "vm"]
+    log("provisioning the VM")
+    timed([*fab, "provision"], env)
+    return ssh_config, url, env, fab
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -361,16 +383,7 @@ def main() -> int:
     vm = start_vm(build_image(), make_key(work))
     results = {}
     try:
-        ssh_config = work / "ssh_config"
-        ssh_config.write_text(vm.ssh_config("vm", NOPASSWD_USER))
-        url = f"http://127.0.0.1:{vm.http_port}"
-        profile = work / "bench.yaml"
-        profile.write_text(f"public_url: {url}\nlabel_studio:\n  admin_email: {EMAIL}\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_"))}
-        env.update(HOME=str(work), LSVM_CONFIG=str(profile), LABEL_STUDIO_PASSWORD=PASSWORD)
-        fab = [sys.executable, "-m", "fabric", "-S", str(ssh_config), "-H", "vm"]
-        log("provisioning the VM")
-        timed([*fab, "provision"], env)
+        ssh_config, url, env, fab = provision_bench_vm(vm, work)
         size, project = make_data(vm, url, args.size_mib, work)
         ratio = compression(vm, STREAM_LEVEL)
         results["loopback (no bandwidth limit)"] = measure(vm, work, fab, env, ssh_config, "loopback", url, project,

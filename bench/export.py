@@ -18,25 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.data import EMAIL, NER_CONFIG, PASSWORD, log, manual_sentences, ner_result, task_text, timed  # noqa: E402
-from dev.lsclient import LabelStudio, wait_for_health  # noqa: E402
+from bench.data import (EMAIL, NER_CONFIG, PASSWORD, log, manual_sentences, grow_offline, ner_result,  # noqa: E402
+                        provision_bench_vm, task_text, timed)
+from dev.lsclient import LabelStudio  # noqa: E402
 from dev.testvm.image import NOPASSWD_USER, build_image  # noqa: E402
 from dev.testvm.machine import make_key, start_vm  # noqa: E402
 
-DB = "/var/lib/label-studio/label_studio.sqlite3"
 ENV_FILE = "/opt/label-studio/label-studio.env"
 CLI = "/opt/label-studio/current/bin/label-studio"
 
@@ -107,12 +105,7 @@ def make_project(vm, url: str, tasks: int) -> int:
                             {"result": ner_result(task["data"]["text"], rng), "lead_time": 12.5})
         assert resp.status == 201, resp.text[:200]
     log(f"project {project}: 200 tasks annotated through the API; growing it to {tasks} tasks")
-    vm.exec("cat > /tmp/corpus.txt && chmod 644 /tmp/corpus.txt", input="\n".join(sentences).encode(), timeout=300)
-    vm.exec("systemctl stop label-studio")
-    out = vm.exec(f"runuser -u labelstudio -- python3 - {DB} /tmp/corpus.txt {project} {tasks} 11",
-                  input=GROW.encode(), timeout=3600).stdout.decode()
-    vm.exec("systemctl start label-studio")
-    wait_for_health(url, timeout=300)
+    out = grow_offline(vm, url, sentences, GROW, project, tasks, 11)
     log(f"tasks, annotations of project {project}: {out.strip()}")
     return project
 
@@ -156,17 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     vm = start_vm(build_image(), make_key(work))
     rounds = []
     try:
-        ssh_config = work / "ssh_config"
-        ssh_config.write_text(vm.ssh_config("vm", NOPASSWD_USER))
-        url = f"http://127.0.0.1:{vm.http_port}"
-        profile = work / "bench.yaml"
         # The web export needs nginx to pass /api/projects/ID/export (deny_export, on by default, refuses it).
-        profile.write_text(f"public_url: {url}\nlabel_studio:\n  admin_email: {EMAIL}\nnginx:\n  deny_export: false\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SSH_", "FABRIC_"))}
-        env.update(HOME=str(work), LSVM_CONFIG=str(profile), LABEL_STUDIO_PASSWORD=PASSWORD)
-        fab = [sys.executable, "-m", "fabric", "-S", str(ssh_config), "-H", "vm"]
-        log("provisioning the VM")
-        timed([*fab, "provision"], env)
+        ssh_config, url, env, fab = provision_bench_vm(vm, work, "nginx:\n  deny_export: false\n")
         project = make_project(vm, url, args.tasks)
         for n in range(args.rounds):
             log(f"round {n + 1}: label-studio export on the server + scp")
