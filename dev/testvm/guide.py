@@ -5,14 +5,18 @@ in ~/.local/share/label-studio). Then real data through Label Studio's own API."
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shlex
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dev.lsclient import LabelStudio
-from dev.testvm.machine import NOPASSWD_USER, TestVM
+from dev.testvm.image import _digest, _image_exists
+from dev.testvm.machine import NOPASSWD_USER, TestVM, make_key, start_vm
 from tasks.core.commands import secret_key
 
 GUIDE_USER = NOPASSWD_USER
@@ -51,6 +55,12 @@ def as_user(vm: TestVM, command: str, *, timeout: float = 900, check: bool = Tru
 
 def set_up_by_the_guide(vm: TestVM, version: str) -> None:
     """Sections 1-4 of the guide, literally (apt, venv, pip, nginx site, ufw, screen)."""
+    install_by_the_guide(vm, version)
+    start_by_the_guide(vm)
+
+
+def install_by_the_guide(vm: TestVM, version: str) -> None:
+    """Sections 1-3: apt, the venv and pip, the nginx site, ufw."""
     vm.exec("DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
             "apt-get install -y -qq python3 python3-pip python3-venv nginx screen ufw >/dev/null", timeout=900)
     as_user(vm, f"mkdir -p {GUIDE_DIR} && cd {GUIDE_DIR} && python3 -m venv {GUIDE_VENV} && "
@@ -59,8 +69,29 @@ def set_up_by_the_guide(vm: TestVM, version: str) -> None:
     vm.exec("ln -s /etc/nginx/sites-available/label-studio /etc/nginx/sites-enabled/ && nginx -t 2>/dev/null "
             "&& systemctl reload nginx")
     vm.exec("ufw allow OpenSSH >/dev/null && ufw allow 'Nginx Full' >/dev/null && ufw --force enable >/dev/null")
+
+
+def start_by_the_guide(vm: TestVM) -> None:
+    """Section 4: `label-studio start` in screen (its first start makes the data dir and the database)."""
     start_in_screen(vm)
     settle_the_secret_key(vm)
+
+
+def guide_image(base: str, version: str, home: Path) -> str:
+    """`base` with sections 1-3 of the guide done for `version` (nothing started, no data), cached by a hash
+    of the base image, the recipe and the version (CI time: apt and pip are most of a guide VM's setup).
+    Every guide VM starts from it, the first one too, so a cached image and a fresh one are the same."""
+    recipe = inspect.getsource(install_by_the_guide) + inspect.getsource(as_user) + GUIDE_SITE
+    tag = f"{base.split(':')[0]}-guide:{_digest(base, recipe, version)}"
+    if _image_exists(tag):
+        return tag
+    vm = start_vm(base, make_key(home / "guide-image-key"))
+    try:
+        install_by_the_guide(vm, version)
+        subprocess.run(["docker", "commit", vm.id, tag], check=True, capture_output=True)
+    finally:
+        vm.stop()
+    return tag
 
 
 def settle_the_secret_key(vm: TestVM) -> None:

@@ -19,10 +19,11 @@ from dev.testvm.guide import (
     GUIDE_SESSION,
     GUIDE_USER,
     GuideData,
+    guide_image,
     listens_on_all_interfaces,
     make_data,
     restart_in_screen,
-    set_up_by_the_guide,
+    start_by_the_guide,
     wait_until_listening,
 )
 from tests.integration.support.fab import Fab
@@ -58,9 +59,9 @@ def fingerprint(vm: machine.TestVM) -> str:
 
 
 def guide_vm(image: str, home: Path, version: str) -> GuideVM:
-    vm = start_test_vm(image, home)
+    vm = start_test_vm(guide_image(image, version, home), home)
     try:
-        set_up_by_the_guide(vm, version)
+        start_by_the_guide(vm)
         url = f"http://127.0.0.1:{vm.http_port}"
         data = make_data(url, png())
         profile = home / "adopt.yaml"
