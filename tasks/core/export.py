@@ -159,7 +159,7 @@ def read_projects(host: Host, profile: Profile, project_ids: list[int] | None) -
     with ui.err.status(f"reading the projects on {host.alias} (Label Studio's converter)"):
         out = host.run(export_commands.project_formats(profile, project_ids), sudo=True, check=False,
                        what="reading the projects")
-    return parse_formats(out.answer(), host.alias)
+    return parse_formats(out.answer() or {"error": out.last_line()}, host.alias)
 
 
 def run_export(host: Host, profile: Profile, export: Export) -> tuple[Path, int, str, float]:

@@ -13,7 +13,7 @@ service user, with the service's environment (the way templates/scripts/check_da
       `tasks DONE TOTAL` and `converting`, then `file SIZE SHA256 EXT CODEC` and the file's bytes,
       compressed by CODEC (zstd or gzip). It ends, emptying WORK_DIR, as soon as its stdin closes: the
       laptop that asked is gone, so nothing is left to finish.
-Errors: {"error": "..."} as the last line of stderr, exit 1.
+Errors: formats prints {"error": "..."}; export says why on the last line of stderr; both exit 1.
 """
 
 import hashlib
@@ -34,7 +34,7 @@ SERIALIZER_CONTEXT = {"annotations__completed_by": {"only_id": None}, "interpola
 
 
 def fail(message: str) -> None:
-    sys.stderr.write(json.dumps({"error": message[:600]}) + "\n")
+    sys.stderr.write(" ".join(message.split())[:600] + "\n")
     sys.stderr.flush()
     os._exit(1)
 
@@ -211,10 +211,11 @@ def main(argv: list) -> None:
     if argv[:1] == ["formats"] and len(argv) > 1:
         setup_django()
         try:
-            print(json.dumps(formats(argv[1:])))
+            answer = formats(argv[1:])
         except Exception as exc:  # noqa: BLE001 - whatever Label Studio raises is the answer
-            fail(f"{type(exc).__name__}: {exc}".replace("\n", " "))
-        return
+            answer = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:600]}
+        print(json.dumps(answer))
+        sys.exit(1 if "error" in answer else 0)
     if argv[:1] == ["export"] and len(argv) == 5:
         work_dir = argv[1]
         end_when_stdin_closes(work_dir)
@@ -229,7 +230,7 @@ def main(argv: list) -> None:
             os._exit(3)
         except Exception as exc:  # noqa: BLE001 - whatever Label Studio raises is the answer
             empty(work_dir)
-            fail(f"{type(exc).__name__}: {exc}".replace("\n", " "))
+            fail(f"{type(exc).__name__}: {exc}")
         empty(work_dir)
         sys.stdout.flush()
         os._exit(0)   # done: no interpreter shutdown racing the watching thread

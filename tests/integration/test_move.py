@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -40,15 +41,22 @@ def annotate(ls: LabelStudio, project: int, tasks: list[dict], choice: str) -> N
             "from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}]}).status == 201
 
 
+def both_clones(provisioned, home):
+    """The old and the new VM, provisioned side by side (CI time), each from a fab home of its own."""
+    with ThreadPoolExecutor(2) as pool:
+        made = [pool.submit(provisioned_clone, provisioned, home / name, name) for name in ("old", "new")]
+    machines = [future.result() for future in made if future.exception() is None]
+    if len(machines) < 2:
+        for machine in machines:
+            machine.vm.stop()
+        raise next(future.exception() for future in made if future.exception() is not None)
+    return machines
+
+
 @pytest.fixture(scope="module")
 def servers(provisioned, tmp_path_factory):
     home = tmp_path_factory.mktemp(f"home-move-{provisioned.suite}")
-    old = provisioned_clone(provisioned, home, "old")
-    try:
-        new = provisioned_clone(provisioned, home, "new")
-    except BaseException:
-        old.vm.stop()
-        raise
+    old, new = both_clones(provisioned, home)
     try:
         ls = LabelStudio(old.url)
         assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -168,3 +169,49 @@ def test_a_file_that_appeared_meanwhile_is_never_replaced(tmp_path):
         exporting._write_atomically(target, AppearsMeanwhile(b"mine"), lambda n: None,
                                     expected=(4, hashlib.sha256(b"mine").hexdigest()))
     assert target.read_bytes() == b"someone else's" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The contract between the exporter on the server (templates/scripts/export_project.py) and this side
+
+
+def exporter_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "templates" / "scripts" / "export_project.py"
+    spec = importlib.util.spec_from_file_location("export_project_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("codec", ["gzip"] + (["zstd"] if shutil.which("zstd") else []))
+def test_what_the_exporter_streams_is_what_this_side_reads(tmp_path, capfdbinary, monkeypatch, codec):
+    from tasks.core.transfer import Codec
+
+    exporter = exporter_module()
+    if codec == "gzip":
+        monkeypatch.setattr(exporter.shutil, "which", lambda name: None)
+    made = tmp_path / "export.json"
+    made.write_bytes(b'[{"id": 1, "data": {"text": "\xc3\xbc"}}]' * 5000)
+
+    def say(line):
+        exporter.sys.stdout.buffer.write((line + "\n").encode())
+        exporter.sys.stdout.buffer.flush()
+
+    exporter.stream(str(made), say)
+    raw = io.BytesIO(capfdbinary.readouterr().out)
+    header = exporting.parse_header(raw.readline().decode())
+    assert header == (made.stat().st_size, hashlib.sha256(made.read_bytes()).hexdigest(), "json", codec)
+    target = tmp_path / "here" / "x.json"
+    exporting._write_atomically(target, Codec(codec).reader(raw), lambda n: None, expected=header[:2])
+    assert target.read_bytes() == made.read_bytes()
+
+
+def test_the_exporter_refuses_a_call_it_does_not_know_in_one_line():
+    import subprocess
+    import sys
+
+    source = (Path(__file__).resolve().parents[3] / "templates" / "scripts" / "export_project.py").read_text()
+    done = subprocess.run([sys.executable, "-I", "-c", source, "export", "/tmp"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == "usage: formats all|ID... | export WORK_DIR FORMAT yes|no ID\n"
