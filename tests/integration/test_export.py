@@ -1,8 +1,9 @@
 """`fab export` against a real Label Studio: projects made with the official SDK, exported by Label Studio's
 own exporter on the server and brought here; each file is compared task by task with what the SDK reads from
 the API (JSON, and CSV as a converted format), COCO --with-media carries the uploaded image byte for byte, a
-format the project cannot take is refused with the list before anything runs, and an export whose `fab` is
-killed leaves nothing on the server (no exporter, no temp folder) and no partial file here."""
+format the project cannot take is refused with the list before anything runs, `--all` writes one file per
+project, and an export whose `fab` is killed leaves nothing on the server (no exporter, no temp folder) and
+no partial file here."""
 
 from __future__ import annotations
 
@@ -124,6 +125,19 @@ def test_coco_with_media_carries_the_uploaded_image(site, sdk, tmp_path):
         assert len(images) == 1 and archive.read(images[0]) == picture
         coco = json.loads(archive.read("result.json"))
     assert [c["name"] for c in coco["categories"]] == ["figure"] and len(coco["annotations"]) == 1
+
+
+def test_all_writes_one_file_per_project_into_a_folder(site, sdk, text_project, tmp_path):
+    out = tmp_path / "every" / "project"
+    done = site.fab("export", "--all", "--out", str(out), timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = {p.id: p.task_number for p in sdk.projects.list()}
+    files = sorted(out.iterdir())
+    assert len(files) == len(expected) >= 2 and not list(out.glob(".*")), files
+    for path in files:
+        project = int(re.fullmatch(r"vm-project-(\d+)-json-\d{8}T\d{6}Z\.json", path.name).group(1))
+        assert len(json.loads(path.read_text(encoding="utf-8"))) == expected[project], path.name
+    assert done.stdout.count("sha256 ") == len(expected)
 
 
 def test_a_killed_export_leaves_nothing_on_the_server_and_no_partial_file_here(site, text_project, tmp_path):
