@@ -92,6 +92,16 @@ def test_csv_export_is_label_studios_conversion_of_the_same_tasks(site, sdk, tex
         assert row.get("label", "") == (choices[0] if choices else "")
 
 
+def test_through_a_login_whose_sudo_asks_a_password(site, text_project, sudo_password, tmp_path):
+    """sudo reads the password from the channel first; the exporter watches what is left of it."""
+    done = site.fab("export", "--project", str(text_project), "--format", "json_min", "--out", str(tmp_path),
+                    host="vm-student", env={"FABRIC_SUDO_PASSWORD": sudo_password}, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = tmp_path.iterdir()
+    assert path.name.startswith(f"vm-student-project-{text_project}-json_min-")
+    assert len(json.loads(path.read_text(encoding="utf-8"))) == TASKS and sudo_password not in done.stdout + done.stderr
+
+
 def test_a_format_the_project_cannot_take_is_refused_with_the_list_before_anything_runs(site, text_project,
                                                                                          tmp_path):
     done = site.fab("export", "--project", str(text_project), "--format", "COCO", "--out", str(tmp_path))
