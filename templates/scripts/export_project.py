@@ -9,10 +9,10 @@ service user, with the service's environment (the way templates/scripts/check_da
       One project: its tasks read in one read-only transaction (a consistent view while annotators
       work), serialized by Label Studio's export serializer a thousand at a time with the options of
       its own `label-studio export`, converted by its converter. Everything it writes, the converter's
-      temp files too, stays in WORK_DIR (an empty folder of the service user's). stdout: lines
-      `tasks DONE TOTAL` and `converting`, then `file SIZE SHA256 EXT CODEC` and the file's bytes,
-      compressed by CODEC (zstd or gzip). It ends, emptying WORK_DIR, as soon as its stdin closes: the
-      laptop that asked is gone, so nothing is left to finish.
+      temp files too, stays in WORK_DIR (an empty folder of the service user's, which root's script
+      removes whatever the end). stdout: lines `tasks DONE TOTAL` and `converting`, then
+      `file SIZE SHA256 EXT CODEC` and the file's bytes, compressed by CODEC (zstd or gzip). It ends as
+      soon as its stdin closes: the laptop that asked is gone, so nothing is left to finish.
 Errors: formats prints {"error": "..."}; export says why on the last line of stderr; both exit 1.
 """
 
@@ -39,29 +39,16 @@ def fail(message: str) -> None:
     os._exit(1)
 
 
-def end_when_stdin_closes(work_dir: str) -> None:
+def end_when_stdin_closes() -> None:
     """fab keeps our stdin open while it waits; EOF means it is gone (killed, Ctrl-C, lost link)."""
 
     def watch():
         # The raw descriptor: a daemon thread inside sys.stdin's buffer would abort the interpreter's exit.
         while os.read(0, 65536):
             pass
-        empty(work_dir)
         os._exit(3)
 
     threading.Thread(target=watch, daemon=True).start()
-
-
-def empty(work_dir: str) -> None:
-    for name in os.listdir(work_dir):
-        path = os.path.join(work_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def setup_django() -> None:
@@ -130,9 +117,9 @@ def serialized_tasks(project, say) -> list:
     return tasks
 
 
-def convert(project, tasks: list, export_format: str, download_resources: bool, work_dir: str) -> str:
+def convert(project, tasks: list, export_format: str, download_resources: bool, work_dir: str):
     """Label Studio's own DataExport.generate_export_file, its copy of the input kept in work_dir instead
-    of the data dir's export folder; returns the path of the file it made."""
+    of the data dir's export folder: (the open file it made, the file's extension)."""
     from data_export.models import DataExport
 
     def save_input(project, now, get_args, data, md5, name):
@@ -147,39 +134,30 @@ def convert(project, tasks: list, export_format: str, download_resources: bool, 
     extension = os.path.splitext(filename)[1].lstrip(".").lower()
     if not (extension.isalnum() and extension.isascii() and len(extension) <= 8):
         fail(f"the converter made a file named {filename!r}")
-    result = os.path.join(work_dir, "export." + extension)
-    out.seek(0)
-    with open(result, "wb") as handle:
-        shutil.copyfileobj(out, handle, 1024 * 1024)
-    out.close()
-    return result
+    return out, extension
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def stream(path: str, say) -> None:
-    """The header, then the file compressed on stdout: zstd (all cores) when the server has it."""
+def stream(source, extension: str, say) -> None:
+    """The header, then the open file `source` compressed on stdout: zstd (all cores) when the server has
+    it. Read twice from its start: for its sha256, then for the stream."""
     codec = "zstd" if shutil.which("zstd") else "gzip"
-    extension = os.path.splitext(path)[1].lstrip(".")
-    say(f"file {os.path.getsize(path)} {sha256_of(path)} {extension} {codec}")
+    digest, size = hashlib.sha256(), 0
+    source.seek(0)
+    for block in iter(lambda: source.read(1024 * 1024), b""):
+        digest.update(block)
+        size += len(block)
+    say(f"file {size} {digest.hexdigest()} {extension} {codec}")
+    source.seek(0)
     if codec == "zstd":
-        with open(path, "rb") as source:
-            done = subprocess.run(["zstd", "-q", "-1", "-T0", "-c"], stdin=source, stdout=sys.stdout.buffer)
+        done = subprocess.run(["zstd", "-q", "-1", "-T0", "-c"], stdin=source, stdout=sys.stdout.buffer)
         if done.returncode != 0:
             fail(f"zstd exited {done.returncode}")
         return
     import zlib
 
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-    with open(path, "rb") as source:
-        for block in iter(lambda: source.read(1024 * 1024), b""):
-            sys.stdout.buffer.write(packer.compress(block))
+    for block in iter(lambda: source.read(1024 * 1024), b""):
+        sys.stdout.buffer.write(packer.compress(block))
     sys.stdout.buffer.write(packer.flush())
     sys.stdout.buffer.flush()
 
@@ -202,9 +180,10 @@ def export(work_dir: str, export_format: str, download_resources: bool, project_
             fail(f"project {project_id} cannot be exported as {export_format}; it can as: {', '.join(names)}")
         tasks = serialized_tasks(project, say)
         say("converting")
-        path = convert(project, tasks, export_format, download_resources, work_dir)
+        made, extension = convert(project, tasks, export_format, download_resources, work_dir)
     del tasks
-    stream(path, say)
+    with made:
+        stream(made, extension, say)
 
 
 def main(argv: list) -> None:
@@ -218,7 +197,7 @@ def main(argv: list) -> None:
         sys.exit(1 if "error" in answer else 0)
     if argv[:1] == ["export"] and len(argv) == 5:
         work_dir = argv[1]
-        end_when_stdin_closes(work_dir)
+        end_when_stdin_closes()
         # The converter's temp folders and files (mkdtemp, NamedTemporaryFile) land in work_dir too.
         tempfile.tempdir = work_dir
         os.environ["TMPDIR"] = work_dir
@@ -226,12 +205,9 @@ def main(argv: list) -> None:
         try:
             export(work_dir, argv[2], argv[3] == "yes", int(argv[4]))
         except BrokenPipeError:
-            empty(work_dir)
             os._exit(3)
         except Exception as exc:  # noqa: BLE001 - whatever Label Studio raises is the answer
-            empty(work_dir)
             fail(f"{type(exc).__name__}: {exc}")
-        empty(work_dir)
         sys.stdout.flush()
         os._exit(0)   # done: no interpreter shutdown racing the watching thread
     fail("usage: formats all|ID... | export WORK_DIR FORMAT yes|no ID")
