@@ -106,8 +106,13 @@ def make_work_dir(profile: Profile, purpose: str) -> str:
 def remove_work_dir(profile: Profile, work_dir: PurePosixPath) -> str:
     """The service user empties (and, in a sticky folder, removes) its temp folder; root only removes
     what is left of it when it is an empty folder (rmdir never follows a link)."""
-    return (f"{as_service_user(profile, 'rm', '-rf', '--', work_dir)} 2>/dev/null; "
-            f"rmdir -- {q(work_dir)} 2>/dev/null; true")
+    return remove_work_dir_named(profile, q(work_dir))
+
+
+def remove_work_dir_named(profile: Profile, word: str) -> str:
+    """remove_work_dir of the folder a shell word names (`"$d"`: make_work_dir's answer, kept in a variable
+    of the same script)."""
+    return f"{as_service_user(profile, 'rm', '-rf', '--')} {word} 2>/dev/null; rmdir -- {word} 2>/dev/null; true"
 
 
 def free_space(where: PurePosixPath) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.core.commands import as_service_user, join, q
-from tasks.core.commands.data import make_work_dir
+from tasks.core.commands import join, q
+from tasks.core.commands.data import make_work_dir, remove_work_dir_named
 from tasks.core.commands.provision import release_python
 from tasks.core.profile import Profile
 
 EXPORT_SOURCE = (Path(__file__).resolve().parents[3] / "templates" / "scripts" / "export_project.py").read_text()
+WORK_DIR = '"$d"'        # the export script's temp folder: make_work_dir's answer, in a shell variable
 FORMATS_TIMEOUT = 300   # Django's start-up and one converter per project
 
 
@@ -26,11 +27,10 @@ def export_project(profile: Profile, project_id: int, export_format: str, downlo
     """One project exported into a fresh temp folder and streamed on stdout (progress lines, a header,
     the compressed file); the folder is emptied by the service user and removed by root whatever the
     exporter's end, and the exporter's status is the script's."""
-    exporter = (f"{release_python(profile)} {q(EXPORT_SOURCE)} export \"$d\" "
+    exporter = (f"{release_python(profile)} {q(EXPORT_SOURCE)} export {WORK_DIR} "
                 f"{join(export_format, 'yes' if download_resources else 'no', int(project_id))}")
     return (f"d=$({make_work_dir(profile, 'export')}) || exit 1\n"
             f"{exporter}\n"
             "status=$?\n"
-            f"{as_service_user(profile, 'rm', '-rf', '--')} \"$d\" 2>/dev/null\n"
-            "rmdir -- \"$d\" 2>/dev/null\n"
+            f"{remove_work_dir_named(profile, WORK_DIR)}\n"
             "exit $status")
