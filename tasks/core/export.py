@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import re
-import tempfile
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ from tasks.core import ui
 from tasks.core.commands import export as export_commands
 from tasks.core.connect import CHUNK, Host
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
-from tasks.core.files import private_dir, space_needed
+from tasks.core.files import space_needed, write_private
 from tasks.core.profile import Profile
 from tasks.core.transfer import Codec
 
@@ -207,36 +206,42 @@ def _follow_until_header(channel, progress, export: Export) -> tuple[int, str, s
             return header
 
 
+class _Announced:
+    """A stream that may not run past the size the server announced (what lands here is bounded by it,
+    whatever the server sends), moving the progress bar as it is read."""
+
+    def __init__(self, inner, size: int, advance, name: str):
+        self.inner, self.size, self.advance, self.name, self.seen = inner, size, advance, name, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        self.seen += len(data)
+        if self.seen > self.size:
+            raise SnapshotError(f"{self.name}: more bytes came than the server announced ({self.size}); "
+                                "nothing was kept", hint="run it again")
+        self.advance(len(data))
+        return data
+
+
 def _write_atomically(target: Path, source, advance, *, expected: tuple[int, str]) -> None:
-    """The stream into a 0600 file beside `target`, hashed and fsynced, given its name only when its size
-    and sha256 are `expected` (never more bytes than announced land here): nothing half-written or
-    damaged ever carries the name, and a file that appeared there meanwhile is never replaced."""
-    private_dir(target.parent)
-    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    digest, size = hashlib.sha256(), 0
+    """The stream into a 0600 file beside `target` (files.write_private: hashed, fsynced), given its name
+    only when its size and sha256 are `expected`: nothing half-written or damaged ever carries the name,
+    and a file that appeared there meanwhile is never replaced."""
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
-        with space_needed(target.parent), os.fdopen(fd, "wb") as handle:
-            while True:
-                block = source.read(CHUNK)
-                if not block:
-                    break
-                size += len(block)
-                if size > expected[0]:
-                    raise SnapshotError(f"{target.name}: more bytes came than the server announced "
-                                        f"({expected[0]}); nothing was kept", hint="run it again")
-                handle.write(block)
-                digest.update(block)
-                advance(len(block))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if (size, digest.hexdigest()) != expected:
-            raise SnapshotError(f"{target.name} arrived damaged ({size} bytes, sha256 {digest.hexdigest()[:12]}; "
+        with space_needed(target.parent):
+            size, sha = write_private(partial, _Announced(source, expected[0], advance, target.name), chunk=CHUNK,
+                                      fsync=True)
+        if (size, sha) != expected:
+            raise SnapshotError(f"{target.name} arrived damaged ({size} bytes, sha256 {sha[:12]}; "
                                 f"the server sent {expected[0]} bytes, {expected[1][:12]}); nothing was kept",
                                 hint="run it again")
-        _give_name(Path(partial), target)
+        _give_name(partial, target)
+    except FileExistsError:
+        raise       # the random partial name was taken: that file is someone else's
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(partial)
+            partial.unlink()
         raise
 
 
