@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dev.lsclient import LabelStudio
-from dev.testvm.image import _digest, _image_exists
+from dev.testvm.image import image_exists, recipe_digest
 from dev.testvm.machine import NOPASSWD_USER, TestVM, make_key, start_vm
 from tasks.core.commands import secret_key
 
@@ -82,8 +82,8 @@ def guide_image(base: str, version: str, home: Path) -> str:
     of the base image, the recipe and the version (CI time: apt and pip are most of a guide VM's setup).
     Every guide VM starts from it, the first one too, so a cached image and a fresh one are the same."""
     recipe = inspect.getsource(install_by_the_guide) + inspect.getsource(as_user) + GUIDE_SITE
-    tag = f"{base.split(':')[0]}-guide:{_digest(base, recipe, version)}"
-    if _image_exists(tag):
+    tag = f"{base.split(':')[0]}-guide:{recipe_digest(base, recipe, version)}"
+    if image_exists(tag):
         return tag
     vm = start_vm(base, make_key(home / "guide-image-key"))
     try:

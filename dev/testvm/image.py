@@ -75,7 +75,7 @@ def host_mirror(sources: Path = Path("/etc/apt/sources.list.d/debian.sources")) 
     return match.group(1) if match else DEFAULT_MIRROR
 
 
-def _digest(*parts: str | bytes) -> str:
+def recipe_digest(*parts: str | bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(part.encode() if isinstance(part, str) else part)
@@ -91,12 +91,12 @@ def image_tags(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> tuple[s
     """(base tag, final tag), each named by a hash of what goes into it."""
     mirror = mirror or host_mirror()
     name = SUITES[suite]
-    base = f"lsvm-{name}-base:{_digest(suite, BASE_PACKAGES, mirror)}"
-    final = f"lsvm-{name}:{_digest(base, DOCKERFILE, _ca_bundle())}"
+    base = f"lsvm-{name}-base:{recipe_digest(suite, BASE_PACKAGES, mirror)}"
+    final = f"lsvm-{name}:{recipe_digest(base, DOCKERFILE, _ca_bundle())}"
     return base, final
 
 
-def _image_exists(tag: str) -> bool:
+def image_exists(tag: str) -> bool:
     return (
         subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
     )
@@ -112,9 +112,9 @@ def build_image(suite: str = DEFAULT_SUITE, mirror: str | None = None) -> str:
         raise ValueError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     mirror = mirror or host_mirror()
     base, final = image_tags(suite, mirror)
-    if _image_exists(final):
+    if image_exists(final):
         return final
-    if not _image_exists(base):
+    if not image_exists(base):
         if not shutil.which("debootstrap"):
             raise RuntimeError("debootstrap is not installed (apt-get install debootstrap)")
         with tempfile.TemporaryDirectory(prefix="lsvm-rootfs-") as rootfs:
@@ -147,8 +147,8 @@ def build_tls_image(suite: str = DEFAULT_SUITE, mirror: str | None = None, base:
     """The test VM image plus pebble (for the HTTPS tests), cached by a hash of both recipes. `base`: an
     image to add pebble to instead (the HTTPS tests: a VM committed right after its fresh provision)."""
     base = base or build_image(suite, mirror)
-    tag = f"lsvm-{SUITES[suite]}-tls:{_digest(base, TLS_DOCKERFILE)}"
-    if _image_exists(tag):
+    tag = f"lsvm-{SUITES[suite]}-tls:{recipe_digest(base, TLS_DOCKERFILE)}"
+    if image_exists(tag):
         return tag
     with tempfile.TemporaryDirectory(prefix="lsvm-image-") as context:
         Path(context, "Dockerfile").write_text(TLS_DOCKERFILE.format(base=base))
