@@ -214,6 +214,8 @@ def test_the_exporter_refuses_a_call_it_does_not_know_in_one_line():
     import subprocess
     import sys
 
-    source = (Path(__file__).resolve().parents[3] / "templates" / "scripts" / "export_project.py").read_text()
-    done = subprocess.run([sys.executable, "-I", "-c", source, "export", "/tmp"], capture_output=True, text=True)
+    from tasks.core.commands.export import EXPORT_SOURCE
+
+    done = subprocess.run([sys.executable, "-I", "-c", EXPORT_SOURCE, "export", "/tmp"], capture_output=True,
+                          text=True)
     assert done.returncode == 1 and done.stderr == "usage: formats all|ID... | export WORK_DIR FORMAT yes|no ID\n"
