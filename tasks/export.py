@@ -35,6 +35,8 @@ def export(c, config=None, project=None, all=False, format="JSON", out=None, wit
         plan = exporting.plan_exports(projects, missing, export_format, with_media, where, host.alias,
                                       datetime.now(timezone.utc))
         for item in plan:
-            ui.out.print(f"export of {item.describe()}")
+            # A project's title is anyone's text: never rich markup (its repr already escapes control characters).
+            ui.out.print(f"export of {item.describe()}", markup=False, highlight=False)
             path, size, sha, seconds = exporting.run_export(host, profile, item)
-            ui.out.print(f"  {path}: {ui.human_bytes(size)} in {seconds:.1f}s, sha256 {sha}")
+            ui.out.print(f"  {path}: {ui.human_bytes(size)} in {seconds:.1f}s, sha256 {sha}", markup=False,
+                         highlight=False)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rich.markup import escape
+
 from tasks.core import ui
 from tasks.core.commands import export as export_commands
 from tasks.core.connect import CHUNK, Host
@@ -171,7 +173,7 @@ def run_export(host: Host, profile: Profile, export: Export) -> tuple[Path, int,
             size, sha, extension, codec = _follow_until_header(channel, progress, export)
         target = export.path(extension)
         with ui.transfer_progress() as progress:
-            bar = progress.add_task(f"receiving {target.name}", total=size or None)
+            bar = progress.add_task(f"receiving {escape(target.name)}", total=size or None)
             _write_atomically(target, Codec(codec).reader(channel), lambda n: progress.update(bar, advance=n),
                               expected=(size, sha))
         channel.finish(f"the export of project {export.project.id}")

@@ -23,6 +23,7 @@ from tests.integration.support.labelstudio import LABEL_CONFIG, api_token, expor
 pytestmark = pytest.mark.one_release("trixie")
 
 TASKS, ANNOTATED = 1500, 40          # more tasks than one batch of the exporter (1000)
+TITLE = "export: [/] [bold]te\nxt"   # anyone's text: never markup on our terminal (rich would raise at "[/]")
 IMAGE_CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
                 '<Label value="figure"/></RectangleLabels></View>')
 LEFTOVERS = "ls -d /var/tmp/lsvm-export.* 2>/dev/null; pgrep -f 'export /var/tmp/lsvm-expor[t]' || true"
@@ -47,7 +48,7 @@ def sdk(site):
 
 @pytest.fixture(scope="module")
 def text_project(sdk):
-    project = sdk.projects.create(title="export: text", label_config=LABEL_CONFIG)
+    project = sdk.projects.create(title=TITLE, label_config=LABEL_CONFIG)
     sdk.projects.import_tasks(id=project.id, request=[{"text": f"sentence {i} — ünïcode"} for i in range(TASKS)])
     tasks = list(sdk.tasks.list(project=project.id))
     for n, task in enumerate(tasks[:ANNOTATED]):
@@ -70,6 +71,7 @@ def exported(site, tmp_path, *args: str):
 def test_json_export_holds_every_task_and_annotation_the_api_serves(site, sdk, text_project, tmp_path):
     path, done = exported(site, tmp_path, "--project", str(text_project), "--out", f"{tmp_path}/")
     assert path.name.startswith(f"vm-project-{text_project}-json-") and path.suffix == ".json"
+    assert f"export of project {text_project} ({TITLE!r}, {TASKS} tasks) as JSON" in done.stdout, done.stdout
     tasks = json.loads(path.read_text(encoding="utf-8"))
     expected = sdk_tasks(sdk, text_project)
     assert len(tasks) == TASKS == len(expected)
