@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tasks.core import offsite, ui
-from tasks.core.data import catalog, engine, local, postgres_snapshots, snapshots
+from tasks.core.data import catalog, checking, diskuse, engine, local, postgres_snapshots, snapshots
 from tasks.core.data.catalog import LOCAL_HOST, Snapshot, counts_text, report_snapshot
 from tasks.core.database import snapshot_engine
 from tasks.core.defaults import DATABASE, MEDIA, SWAP_HEALTH_TIMEOUT
@@ -68,10 +68,12 @@ def refuse_postgresql_snapshot(snapshot: Snapshot) -> None:
             "no-media": "leave uploaded media files out",
             "from-offsite": "the data as the offsite target holds it (its newest point, or --at), restored on the "
                             "server and brought here, instead of the live data",
-            "at": "with --from-offsite: the database as it was at this time (UTC unless an offset is given)"})
+            "at": "with --from-offsite: the database as it was at this time (UTC unless an offset is given)",
+            "no-wait": "return once the snapshot is stored and proven byte-identical; its integrity_check runs "
+                       "on in the background (low priority), and whatever needs the snapshot waits for it"})
 @task_edge
-def backup(c, config=None, label=None, no_media=False, from_offsite=False, at=None):
-    """Snapshot the server (DB via SQLite online backup, .env, media) into backups/<host>/<UTC time>/."""
+def backup(c, config=None, label=None, no_media=False, from_offsite=False, at=None, no_wait=False):
+    """Snapshot the server (DB via SQLite online backup, .env, media) into backups/<host>/<UTC time>/, checked here."""
     label = catalog.check_label(label)
     if at and not from_offsite:
         raise UsageError("--at goes with --from-offsite (the live data has one point: now)")
@@ -82,8 +84,17 @@ def backup(c, config=None, label=None, no_media=False, from_offsite=False, at=No
         if point is not None:
             snapshot = snapshots.take_snapshot(host, profile, label=label, media=not no_media, offsite=point)
         else:
-            snapshot = engine.take_server_snapshot(host, profile, label=label, media=not no_media)
+            snapshot = engine.take_server_snapshot(host, profile, label=label, media=not no_media, check=False)
     report_snapshot(snapshot)
+    if snapshot.pending and no_wait:
+        pid = checking.check_in_background(snapshot)
+        ui.out.print(f"  its check runs in the background (pid {pid}, lowest priority); `fab backups` shows its state, "
+                     "and whatever needs the snapshot waits for it")
+    elif snapshot.pending:
+        snapshot = checking.check_pending(snapshot, by="backup")
+        if not snapshot.verified:
+            raise SnapshotError(f"the server database failed its check ({snapshot.manifest.integrity_check})",
+                                hint=f"the snapshot is kept, marked failed, in {snapshot.path}; nothing will use it")
 
 
 def _offsite_point(host, profile: Profile, at: str | None) -> snapshots.OffsitePoint:
@@ -139,7 +150,11 @@ def backups(c, config=None, verify=False, json=False):
         hosts = [profile_for(c, config, LOCAL_HOST).backups_dir(root)]
     else:
         hosts = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    listed = {host_dir: [_listing_record(s, verify) for s in catalog.list_snapshots(host_dir)] for host_dir in hosts}
+    listed = {}
+    for host_dir in hosts:
+        found = catalog.list_snapshots(host_dir)
+        on_disk = diskuse.added_bytes([s.path for s in found])
+        listed[host_dir] = [_listing_record(s, verify, disk) for s, disk in zip(found, on_disk)]
     if json:
         sys.stdout.write(json_module.dumps([r for records in listed.values() for r in records], indent=2) + "\n")
         return
@@ -147,17 +162,23 @@ def backups(c, config=None, verify=False, json=False):
     for host_dir, records in listed.items():
         if not records:
             continue
-        table = Table(title=f"{host_dir.name}  ({host_dir})", title_justify="left")
+        disk = sum(r["disk_bytes"] for r in records)
+        table = Table(title=f"{host_dir.name}  ({host_dir}): {ui.human_bytes(disk)} on disk", title_justify="left",
+                      caption="on disk: what a snapshot adds beyond the older ones (hard links and reflinks "
+                              "share unchanged bytes)", caption_justify="left")
         widest = max(len(r["id"]) for r in records)
         table.add_column("id", no_wrap=True, min_width=widest)   # what a user copies is never cut
-        for column in ("time (UTC)", "label", "LS version", "size", "projects", "tasks", "annotations", "state"):
-            table.add_column(column, justify="right" if column in ("size", "projects", "tasks", "annotations") else "left")
+        numbers = ("size", "on disk", "projects", "tasks", "annotations")
+        for column in ("time (UTC)", "label", "LS version", "size", "on disk", "projects", "tasks", "annotations",
+                       "state"):
+            table.add_column(column, justify="right" if column in numbers else "left")
         for r in records:
-            style = {"verified": "ok", "verified now": "ok", "unchecked": "warn"}.get(r["state"], "bad")
-            state = r["state"] if r["state"] in ("verified", "verified now", "incomplete") else r["problem"]
+            style = {"verified": "ok", "verified now": "ok", "pending": "warn"}.get(r["state"], "bad")
+            state = r["state"] if r["state"] in ("verified", "verified now", "pending", "incomplete") else r["problem"]
             table.add_row(r["id"], r["time"].replace("T", " ").rstrip("Z"), r["label"] or "",
                           r["label_studio_version"] or "-",
                           ui.human_bytes(r["size_bytes"]) if r["size_bytes"] is not None else "-",
+                          ui.human_bytes(r["disk_bytes"]),
                           *(str(r[k]) if r[k] is not None else "-" for k in ("projects", "tasks", "annotations")),
                           f"[{style}]{state}[/{style}]")
         ui.out.print(table)
@@ -166,15 +187,15 @@ def backups(c, config=None, verify=False, json=False):
         ui.out.print(f"no snapshots in {root}")
 
 
-def _listing_record(snapshot, verify: bool) -> dict:
+def _listing_record(snapshot, verify: bool, disk_bytes: int) -> dict:
     """One snapshot for `backups`; with `verify`, its files re-hashed and its integrity_check run again."""
     if verify and snapshot.manifest is not None:
         try:
             local.verify_snapshot(snapshot)
         except SnapshotError as exc:
-            return catalog.listing_record(snapshot, exc.message)
-        return catalog.listing_record(snapshot, checked_now=True)
-    return catalog.listing_record(snapshot)
+            return catalog.listing_record(snapshot, exc.message, disk_bytes=disk_bytes)
+        return catalog.listing_record(snapshot, checked_now=True, disk_bytes=disk_bytes)
+    return catalog.listing_record(snapshot, disk_bytes=disk_bytes)
 
 
 @task(help={"config": CONFIG_HELP, "keep-last": "keep the newest N (default: the profile's backup.keep_last)",
@@ -474,8 +495,8 @@ def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapsh
         taken = engine.take_server_snapshot(source, source_profile, label="move")
     report_snapshot(taken, f"{alias} backed up as")
     if not taken.verified:
-        raise SnapshotError(f"the database on {alias} failed integrity_check ({taken.manifest.integrity_check}): "
-                            "nothing was moved", hint=f"the snapshot is kept, marked unverified, in {taken.path}")
+        raise SnapshotError(f"the database on {alias} failed its check ({taken.manifest.integrity_check}): "
+                            "nothing was moved", hint=f"the snapshot is kept, marked failed, in {taken.path}")
     return taken
 
 

@@ -8,7 +8,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import sqlite3
 import tarfile
+import tempfile
 from pathlib import Path
 
 from tasks.core.defaults import DATABASE, SECRET_ENV
@@ -65,13 +68,30 @@ EMAIL = HOSTILE.label_studio.admin_email
 
 LOCK = r"flock -n 9"
 WORK = "/var/tmp/lsvm-backup.Ab12Cd"
-DB = b"SQLite format 3\0 pretend database"
+
+
+def label_studio_database(projects: int = 1, tasks: int = 2, annotations: int = 3) -> bytes:
+    """The bytes of a small SQLite database with Label Studio's tables (it passes the local check)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "db")
+        con = sqlite3.connect(path)
+        for table in ("django_migrations", "htx_user", "project", "task", "task_completion"):
+            con.execute(f"create table {table} (id integer primary key, note text)")
+        for table, rows in (("htx_user", 1), ("project", projects), ("task", tasks), ("task_completion", annotations)):
+            con.executemany(f"insert into {table} (note) values (?)", [("x",)] * rows)
+        con.commit()
+        con.close()
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+DB = label_studio_database()
 ENV = b"SECRET_KEY=abc\n"
 PNG = b"\x89PNG pretend image"
 MEDIA_FILE = "media/upload/1/cat.png"
 MARKER = {"counter": 7, "size": len(DB), "mtime_ns": 1, "inode": 2}
 REPORT = {"integrity_check": "ok", "label_studio": True, "missing_tables": [], "error": None,
-          "counts": {"projects": 1, "tasks": 2, "annotations": 3}}
+          "counts": {"users": 1, "projects": 1, "tasks": 2, "annotations": 3}}
 
 
 def sha(content: bytes) -> str:
@@ -97,14 +117,16 @@ def prepared(**changes) -> dict:
     return {**info, **changes}
 
 
-def server(info: dict, *, checked_sha: str = sha(DB)) -> FakeHost:
+def server(info: dict, *, checked_sha: str | None = None, db: bytes = DB) -> FakeHost:
+    """A server whose copy of its database is `db` (its sha256 `checked_sha`, else db's own)."""
+    checked_sha = checked_sha or sha(db)
     host = FakeHost(alias="vm")
     host.answer(r"mktemp -d", ok(WORK + "\n"))
     host.answer(r"^runuser .* stat -c %s", ok(f"{len(DB)}\n"))
     host.answer(r"^df -B1", ok("999999999999\n"))
     host.answer(r"python3 -I -c .* prepare ", ok(json.dumps(info) + "\n"))
     host.answer(r"command -v zstd", ok("gzip\n"))
-    host.answer(r"^runuser .* cat -- .*check\.json", ok(json.dumps({"sha256": checked_sha, "report": REPORT}) + "\n"))
-    host.stream(r"tar --ignore-failed-read", tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1),
+    host.answer(r"^runuser .* cat -- .*hash\.json", ok(json.dumps({"sha256": checked_sha}) + "\n"))
+    host.stream(r"tar --ignore-failed-read", tar_stream({DATABASE: (db, 1), SECRET_ENV: (ENV, 1),
                                                          MEDIA_FILE: (PNG, 1700000000)}))
     return host

@@ -23,7 +23,7 @@ INCOMING = ".lsvm-incoming"
 PREVIOUS = ".lsvm-previous"
 STALE_SUFFIXES = ("-journal", "-wal", "-shm")
 FILE_LIST = "files.list"
-CHECK_REPORT, CHECK_LOCK = sqlite.CHECK_REPORT, sqlite.CHECK_LOCK
+HASH_REPORT, HASH_LOCK = sqlite.HASH_REPORT, sqlite.HASH_LOCK
 BASE_INDEX, DELTA = sqlite.BASE_INDEX, sqlite.DELTA
 ABSENT = "absent"  # + a part's name, in PREVIOUS: the part did not exist before the swap
 
@@ -141,8 +141,7 @@ def settle_database(profile: Profile) -> str:
 def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True,
                  data_dir: PurePosixPath | None = None) -> str:
     """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
-    its sha256 and integrity_check start in the background unless `check` is False (a copy that is
-    migrated at once: the check would hold a read lock on it). `data_dir`: another folder laid out like
+    its sha256 starts in the background unless `check` is False (a copy that is migrated at once). `data_dir`: another folder laid out like
     the data dir (a restore from the offsite target), else the live one."""
     p = profile.remote
     data_dir = data_dir or p.data_dir
@@ -168,8 +167,8 @@ def encode_file_list(names: Iterable[str]) -> bytes:
 def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, database: bool,
                   listed_files: bool, delta: bool = False, work_file: str | None = None) -> str:
     """A compressed tar on stdout of the database copy (or its page delta, or `work_file`, another file
-    of work_dir: a PostgreSQL dump) and/or the listed files. The copy's hash and integrity_check already
-    run in the background (sqlite.check_in_background)."""
+    of work_dir: a PostgreSQL dump) and/or the listed files. The copy's hash already runs in the
+    background (sqlite.hash_in_background)."""
     parts = []
     if database or delta or work_file:
         parts.append(f"-C {q(work_dir)} {q(work_file or (DELTA if delta else DATABASE))}")
@@ -187,9 +186,9 @@ def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, da
                                         listed_files=listed_files, delta=delta, work_file=work_file))
 
 
-def read_check_report(profile: Profile, work_dir: PurePosixPath) -> str:
-    """The copy's check report, once the background check has written it (it holds the lock till then)."""
-    return as_service_user(profile, "flock", "-s", work_dir / CHECK_LOCK, "cat", "--", work_dir / CHECK_REPORT)
+def read_server_hash(profile: Profile, work_dir: PurePosixPath) -> str:
+    """The copy's sha256 as JSON, once the background hash has written it (it holds the lock till then)."""
+    return as_service_user(profile, "flock", "-s", work_dir / HASH_LOCK, "cat", "--", work_dir / HASH_REPORT)
 
 
 def base_index_script(work_dir: PurePosixPath) -> str:

@@ -10,7 +10,7 @@ from tasks.core.commands.service import service_manager
 from tasks.core.database import PASSWORD_KEY
 from tasks.core.profile import Profile
 
-BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd")
+BASE_PACKAGES = ("python3-venv", "nginx", "sqlite3", "zstd", "python3-xxhash")
 ALL_PACKAGES = (*BASE_PACKAGES, "ufw", "screen", "certbot", "openssl", "postgresql", "postgresql-client", "restic")
 DEFAULT_SITE = PurePosixPath("/etc/nginx/sites-enabled/default")
 

@@ -30,6 +30,9 @@ MANIFEST = "manifest.json"
 PAGE_INDEX = "label_studio.sqlite3.pages"  # beside the database: its page digests (sqlite.page_index)
 FORMAT = 1
 LOCAL_HOST = "local"
+# A SQLite snapshot stored and proven byte-identical to the server's copy, whose integrity_check on this
+# machine has not run yet (checking.py): its manifest's integrity_check says this until the check rewrites it.
+PENDING = "pending"
 
 _ID = re.compile(r"^(\d{8}T\d{6}Z)(?:-([a-z0-9][a-z0-9-]{0,39}))?$")
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -144,35 +147,47 @@ class Snapshot:
     def verified(self) -> bool:
         return self.complete and self.manifest.integrity_check == "ok"
 
+    @property
+    def pending(self) -> bool:
+        return self.complete and self.manifest.integrity_check == PENDING
+
+    @property
+    def state(self) -> str:
+        """incomplete (no manifest), pending (its check has not run), verified, or failed (its check did not pass)."""
+        if not self.complete:
+            return "incomplete"
+        return "verified" if self.verified else PENDING if self.pending else "failed"
+
 
 # `fab backups --json`: one object per snapshot with these keys, always (documented in the README).
-LISTING_KEYS = ("host", "id", "path", "time", "label", "label_studio_version", "size_bytes", "projects", "tasks",
-                "annotations", "state", "problem")
+LISTING_KEYS = ("host", "id", "path", "time", "label", "label_studio_version", "size_bytes", "disk_bytes",
+                "projects", "tasks", "annotations", "state", "problem")
 
 
-def listing_record(snapshot: Snapshot, problem: str | None = None, *, checked_now: bool = False) -> dict:
+def listing_record(snapshot: Snapshot, problem: str | None = None, *, checked_now: bool = False,
+                   disk_bytes: int | None = None) -> dict:
     """A snapshot as `backups --json` prints it. state: "incomplete" (no manifest: unfinished or damaged),
-    "verified" (its integrity_check passed when it was made; "verified now" with --verify), "damaged"
-    (--verify found `problem`), "unchecked" (made without a passing integrity_check)."""
+    "pending" (stored, its check on this machine not run yet), "verified" (its check passed; "verified now"
+    with --verify), "failed" (its check did not pass), "damaged" (--verify found `problem`). disk_bytes:
+    what this snapshot alone adds on disk (hard links and reflinks shared with older snapshots not
+    counted), when measured."""
     m = snapshot.manifest
-    if m is None:
-        state = "incomplete"
-    elif problem:
+    if m is not None and problem:
         state = "damaged"
     elif checked_now:
         state = "verified now"
     else:
-        state = "verified" if snapshot.verified else "unchecked"
+        state = snapshot.state
     counts = m.counts if m else {}
     return {
         "host": snapshot.host, "id": snapshot.id, "path": str(snapshot.path),
         "time": snapshot.created.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "label": snapshot.label, "label_studio_version": m.label_studio_version if m else None,
-        "size_bytes": m.total_size if m else None,
+        "size_bytes": m.total_size if m else None, "disk_bytes": disk_bytes,
         **{key: counts.get(key) for key in ("projects", "tasks", "annotations")},
         "state": state,
         "problem": problem or ("no manifest: unfinished, or damaged" if m is None else
-                               None if snapshot.verified else f"integrity {m.integrity_check}"),
+                               f"integrity {m.integrity_check}" if state == "failed" else None),
     }
 
 
@@ -381,6 +396,9 @@ def retention_plan(snapshots: list[Snapshot], keep_last: int, keep_daily: int, k
     newest_verified = next((s for s in complete if s.verified), None)
     if newest_verified:
         reasons.setdefault(newest_verified.id, "newest verified")
+    for s in complete:
+        if s.pending:   # it may become the newest verified: never removed before its check says
+            reasons.setdefault(s.id, "its check has not run yet")
     keep = [s for s in snapshots if s.id in reasons]
     delete = [s for s in snapshots if s.id not in reasons]
     return PrunePlan(keep, delete, reasons)
@@ -411,6 +429,7 @@ def counts_text(counts: dict | None) -> str:
 
 def report_snapshot(snapshot: Snapshot, what: str = "snapshot") -> None:
     m = snapshot.manifest
+    counts = "counted by its check" if snapshot.pending else counts_text(m.counts)
     ui.step(True, f"{what} {snapshot.id}: {ui.human_bytes(m.total_size)}, {len(m.files)} files, "
-                  f"{counts_text(m.counts)}, integrity {m.integrity_check}")
+                  f"{counts}, integrity {m.integrity_check}")
     ui.out.print(f"  in {snapshot.path}")

@@ -4,7 +4,7 @@ putting a snapshot's data onto the server. Everything else asks this module."""
 from __future__ import annotations
 
 from tasks.core.connect import Host
-from tasks.core.data import postgres_snapshots, snapshots
+from tasks.core.data import checking, postgres_snapshots, snapshots
 from tasks.core.data.catalog import FileEntry, Snapshot
 from tasks.core.data.replace import replace_server_data
 from tasks.core.database import converts, snapshot_engine
@@ -21,14 +21,15 @@ def server_counts(host: Host, profile: Profile) -> dict | None:
 
 
 def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
-                         label_studio_version: str | None = None) -> Snapshot:
-    """The body of `backup` (callers hold the locks): a verified snapshot folder here, manifest last; a
-    failure leaves no half snapshot behind. `label_studio_version`: adopt's (the unmanaged instance's)."""
+                         label_studio_version: str | None = None, check: bool = True) -> Snapshot:
+    """The body of `backup` (callers hold the locks): a snapshot folder here, manifest last, checked on
+    this machine (`check` False: left pending, for `backup --no-wait`); a failure leaves no half snapshot
+    behind. `label_studio_version`: adopt's (the unmanaged instance's)."""
     snapshots.refuse_other_database(host, profile)
     if profile.database.postgresql:
         return postgres_snapshots.take_snapshot(host, profile, label=label, media=media)
-    return snapshots.take_snapshot(host, profile, label=label, media=media,
-                                   label_studio_version=label_studio_version)
+    taken = snapshots.take_snapshot(host, profile, label=label, media=media, label_studio_version=label_studio_version)
+    return checking.check_pending(taken, by=f"backup {label or ''}".strip()) if check else taken
 
 
 def put_on_server(host: Host, profile: Profile, source: Snapshot, files: list[FileEntry], *, health_timeout: int,

@@ -17,7 +17,7 @@ from typing import Iterator
 import platformdirs
 
 from tasks.core import ui
-from tasks.core.data import catalog
+from tasks.core.data import catalog, checking
 from tasks.core.data.catalog import LOCAL_HOST, FileEntry, Manifest, Snapshot, private_dir
 from tasks.core.database import snapshot_engine
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
@@ -147,10 +147,15 @@ def _copy_private(source: Path, target: Path, rel: str, mtime: int | None = None
 
 
 def verify_snapshot(snapshot: Snapshot) -> dict:
-    """Re-hash every file against the manifest and run integrity_check on the database."""
+    """Re-hash every file against the manifest and run integrity_check on the database (a pending
+    snapshot: its check, recorded in its manifest)."""
     manifest = snapshot.manifest
     if manifest is None:
         raise SnapshotError(f"snapshot {snapshot.id} is incomplete (no manifest)")
+    if snapshot.pending:   # its first check is this one: run here now, or waited for
+        checked = checking.require_verified(snapshot, by="a restore")
+        return {"integrity_check": "ok", "counts": checked.manifest.counts, "label_studio": True, "error": None,
+                "missing_tables": []}
     with ui.err.status(f"verifying snapshot {snapshot.id} (sha256 of every file, integrity_check)"):
         for entry in manifest.files:
             path = snapshot.path / entry.path
@@ -242,9 +247,9 @@ def require_no_local_server(data_dir: Path, force: bool) -> None:
 def require_verified_pull(pulled: Snapshot) -> None:
     """Never install a server database that failed integrity_check here: its snapshot stays, for a look."""
     if not pulled.verified:
-        raise SnapshotError(f"the server database failed integrity_check ({pulled.manifest.integrity_check}): "
+        raise SnapshotError(f"the server database failed its check ({pulled.manifest.integrity_check}): "
                             "nothing was installed locally",
-                            hint=f"the server snapshot is kept, marked unverified, in {pulled.path}")
+                            hint=f"the server snapshot is kept, marked failed, in {pulled.path}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tasks.core.commands import as_service_user, dbcheck, read_file
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host, removed_afterwards
-from tasks.core.data import catalog
+from tasks.core.data import catalog, checking
 from tasks.core.data.catalog import PAGE_INDEX, FileEntry, Manifest, Snapshot
 from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import LockedError, RemoteError, SnapshotError, UsageError
@@ -303,11 +303,13 @@ def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str]
     return (built["size"], built["sha256"]), built["index"]
 
 
-def _read_check(host: Host, profile: Profile, data: ServerData) -> dict:
-    check = host.run_json(data_commands.read_check_report(profile, data.work_dir), sudo=True, what="reading the check")
-    if "error" in check:
-        raise SnapshotError(f"checking the database copy failed on {host.alias}: {check['error']}")
-    return check
+def _server_sha256(host: Host, profile: Profile, data: ServerData) -> str:
+    """The sha256 the server worked out of its copy, beside the stream (sqlite.hash_in_background)."""
+    found = host.run_json(data_commands.read_server_hash(profile, data.work_dir), sudo=True,
+                          what="reading the copy's sha256")
+    if "error" in found or not isinstance(found.get("sha256"), str):
+        raise SnapshotError(f"hashing the database copy failed on {host.alias}: {found.get('error') or found}")
+    return found["sha256"]
 
 
 def _why_it_differs(base: Snapshot) -> str:
@@ -321,9 +323,10 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
                       previous: Snapshot | None, base_index: PendingIndex | None = None) -> Downloaded:
     """Bring what changed since `previous` into `dest`; hard-link what did not. A changed database
     comes as its changed pages when `previous` has it (then rebuilt here into a complete file), else
-    whole. The server hashes and checks its copy in the background; the sha256 is compared with the
-    file here, and a rebuilt file that differs is replaced by the whole one, saying why. A database
-    that came whole gets its page index when it is first a base (not on this critical path)."""
+    whole. The server hashes its copy in the background; the sha256 is compared with the file here,
+    and a rebuilt file that differs is replaced by the whole one, saying why. The database is then
+    pending: its integrity_check runs here afterwards (checking.py). A database that came whole gets
+    its page index when it is first a base (not on this critical path)."""
     info = data.info
     reuse = _reusable(previous)
     unchanged_db = bool(info.get("unchanged"))
@@ -354,8 +357,8 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             received[DATABASE], index = built
             ui.out.print(f"  database: {found['changed']} of {found['pages']} pages changed since {previous.id}; "
                          f"rebuilt here into a complete file")
-    check: dict = _read_check(host, profile, data) if with_database else {}
-    if delta is not None and received.get(DATABASE, (0, None))[1] != check.get("sha256"):
+    server_sha = _server_sha256(host, profile, data) if with_database else None
+    if delta is not None and received.get(DATABASE, (0, None))[1] != server_sha:
         why = (_why_it_differs(previous) if DATABASE in received
                else "the changed pages could not be applied to it")
         ui.warn(f"{why}: fetching the whole database instead")
@@ -365,7 +368,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
         index = None
 
     entries = list(linked) + catalog.received_entries(fetch, received, host.alias,
-                                                      expected={DATABASE: check.get("sha256")})
+                                                      expected={DATABASE: server_sha})
     if index is not None:
         extra["page_index"] = write_page_index(dest, index)
     if linked:
@@ -381,7 +384,7 @@ def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path
             extra["page_index"] = noted
         ui.out.print(f"  the database has not changed since {previous.id} (SQLite change counter)")
     else:
-        report = check["report"]
+        report = {"integrity_check": catalog.PENDING, "counts": {}}   # checking.py's, on this machine
     return Downloaded(sorted(entries, key=lambda f: f.path), report, extra)
 
 
@@ -399,12 +402,13 @@ def refuse_other_database(host: Host, profile: Profile) -> None:
 
 def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
                   label_studio_version: str | None = None, offsite: OffsitePoint | None = None) -> Snapshot:
-    """A SQLite server's backup (callers hold the locks): consistent copy on the server -> verified
-    snapshot folder here, manifest last. A failure leaves no half snapshot behind. The version is read
+    """A SQLite server's backup (callers hold the locks): consistent copy on the server -> snapshot folder
+    here proven byte-identical to it, manifest last; pending until its check (checking.py) unless the
+    database is the verified base's. A failure leaves no half snapshot behind. The version is read
     from the profile's venv unless given (adopt: the unmanaged instance's own venv). `offsite`: the data
     restored on the server from its offsite target instead of the live data (backup --from-offsite)."""
     host_dir = profile.backups_dir()
-    previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
+    previous = checking.newest_base(host_dir)
     base_index = PendingIndex.start(previous)
     try:
         return _take(host, profile, label, media, host_dir, previous, base_index, label_studio_version, offsite)
@@ -441,9 +445,6 @@ def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir
             got = download_snapshot(host, profile, data, pending.path, media=media, previous=previous,
                                     base_index=base_index)
             files, report = got.files, got.report
-            problem = sqlite.describe_problem(report)
-            if problem:
-                ui.warn(f"the server database is {problem}; keeping the snapshot anyway, marked unverified")
             pending.manifest = Manifest(
                 host=host.alias,
                 created=pending.created,

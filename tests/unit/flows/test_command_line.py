@@ -85,13 +85,14 @@ def test_backups_json_lists_every_snapshot_with_stable_keys(tmp_path):
     records = json.loads(run.stdout)
     assert [r["id"] for r in records] == ids
     assert all(tuple(r) == LISTING_KEYS for r in records)
-    first, labelled, unchecked, unfinished = records
+    first, labelled, failed, unfinished = records
+    assert all(isinstance(r.pop("disk_bytes"), int) for r in records)
     assert first == {"host": "vm", "id": ids[0], "path": str(tmp_path / "backups" / "vm" / ids[0]),
                      "time": "2026-12-03T08:01:05Z", "label": None, "label_studio_version": "1.23.2",
                      "size_bytes": 4096, "projects": 2, "tasks": 10, "annotations": 7, "state": "verified",
                      "problem": None}
     assert labelled["label"] == "before-upgrade" and labelled["state"] == "verified"
-    assert (unchecked["state"], unchecked["problem"]) == ("unchecked", "integrity skipped")
+    assert (failed["state"], failed["problem"]) == ("failed", "integrity skipped")
     assert unfinished["state"] == "incomplete" and unfinished["size_bytes"] is None
 
 

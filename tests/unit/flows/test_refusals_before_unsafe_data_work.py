@@ -31,9 +31,8 @@ from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.files import link_or_copy, space_needed
 from tasks.core.onserver import sqlite
 from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
-from tests.unit.samples import DB, ENV, LOCK, MEDIA_FILE, PNG, PROFILE, REPORT, prepared, server, sha, tar_stream
+from tests.unit.samples import DB, ENV, LOCK, MEDIA_FILE, PNG, PROFILE, prepared, server, sha, tar_stream
 
-BAD_CHECK = "*** in database main ***\nPage 7: btreeInitPage() returns error code 11"
 
 
 @pytest.fixture(autouse=True)
@@ -73,9 +72,8 @@ SERVER_MIGRATIONS = {"projects": ["0001_initial", "0002_auto"], "tasks": ["0001_
 
 def test_pull_refuses_to_install_a_server_database_that_failed_integrity_check(monkeypatch, tmp_path, backups,
                                                                                capsys):
-    host = on_server(monkeypatch, server(prepared()).stream(LOCK, b"LOCKED\n"))
-    host.answers.insert(0, (r"^runuser .* cat -- .*check\.json", ok(json.dumps(
-        {"sha256": sha(DB), "report": {**REPORT, "integrity_check": BAD_CHECK}}) + "\n")))
+    broken = DB[:4096] + bytes(len(DB) - 4096)   # the server's own copy: its pages after the first zeroed
+    on_server(monkeypatch, server(prepared(database={"size": len(broken)}), db=broken).stream(LOCK, b"LOCKED\n"))
     mine = tmp_path / "mine"
     label_studio_db(mine / DATABASE, SERVER_MIGRATIONS, tasks=5)
     before = (mine / DATABASE).read_bytes()
@@ -83,10 +81,11 @@ def test_pull_refuses_to_install_a_server_database_that_failed_integrity_check(m
         data_tasks.pull_server_db(Context(), yes=True, local_data_dir=str(mine))
     assert caught.value.code == 6
     [kept] = catalog.list_snapshots(backups / "vm")
-    assert kept.complete and not kept.verified and kept.label == "pull"
+    assert kept.state == "failed" and kept.label == "pull"
+    assert kept.manifest.extra["check"]["on"] == "this machine"
     err = capsys.readouterr().err
-    assert "failed integrity_check" in err and "nothing was installed locally" in err
-    assert f"kept, marked unverified, in {kept.path}" in err.replace("\n", "")
+    assert "failed its check" in err and "nothing was installed locally" in err
+    assert f"kept, marked failed, in {kept.path}" in err.replace("\n", "")
     assert "Traceback" not in err
     assert (mine / DATABASE).read_bytes() == before
     assert catalog.list_snapshots(backups / LOCAL_HOST) == []  # not even a pre-pull save

@@ -169,20 +169,19 @@ def test_the_snapshot_stream_command_sends_the_copy_and_the_listed_files_and_che
         assert (dest / name).read_bytes() == content
         assert os.fsencode(dest / name).endswith(name.encode("utf-8", "surrogateescape"))
     assert not os.path.exists("/tmp/pwned")
-    # The check `prepare` started in the background; the reader waits for its lock, then reads it.
-    report, lock = work / data.CHECK_REPORT, work / data.CHECK_LOCK
-    subprocess.run(data.sqlite_words("check-in-background", str(work / DATABASE), str(report), str(lock)),
+    # The hash `prepare` started in the background; the reader waits for its lock, then reads it.
+    report, lock = work / data.HASH_REPORT, work / data.HASH_LOCK
+    subprocess.run(data.sqlite_words("hash-in-background", str(work / DATABASE), str(report), str(lock)),
                    check=True, timeout=30)
     check = json.loads(run_here(f"flock -s {commands.q(lock)} cat -- {commands.q(report)}"))
-    assert check["sha256"] == received[DATABASE][1]
-    assert check["report"]["integrity_check"] == "ok" and not check["report"]["label_studio"]
+    assert check == {"sha256": received[DATABASE][1]}
 
 
 def test_the_service_user_does_every_read_and_write_in_the_data_dir_and_the_temp_folder():
     profile = parse_profile("service:\n  user: _svc-1\npaths:\n  data_dir: /srv/-d\n", host="vm")
     work = PurePosixPath("/var/tmp/lsvm-backup.x")
     as_owner = "runuser -u _svc-1 -- env -C /srv/-d HOME=/srv/-d "
-    for command in (data.write_file_list(profile, work), data.read_check_report(profile, work),
+    for command in (data.write_file_list(profile, work), data.read_server_hash(profile, work),
                     data.make_incoming(profile), data.receive_upload(profile, "zstd"),
                     data.hash_incoming(profile), data.remove_incoming(profile),
                     data.remove_swap_leftovers(profile), data.swap(profile, [DATABASE, MEDIA]),

@@ -289,7 +289,7 @@ def test_an_index_nobody_needs_stops_at_once(tmp_path):
     assert snapshots.stored_page_index(snapshot_of(tmp_path, db), stop) is None
 
 
-def test_prepare_checks_its_copy_in_the_background_unless_told_not_to(tmp_path):
+def test_prepare_hashes_its_copy_in_the_background_unless_told_not_to_and_never_checks_it(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     make_db(data_dir / DATABASE, rows=200)
@@ -297,10 +297,34 @@ def test_prepare_checks_its_copy_in_the_background_unless_told_not_to(tmp_path):
         work.mkdir()
         found = sqlite.prepare(str(data_dir), str(work), str(tmp_path / "venv"), "null", check)
         assert found["database"]["size"] == (data_dir / DATABASE).stat().st_size
-        assert (work / sqlite.CHECK_LOCK).exists() == (check == "check")
-    lock = tmp_path / "kept" / sqlite.CHECK_LOCK
+        assert (work / sqlite.HASH_LOCK).exists() == (check == "check")
+    lock = tmp_path / "kept" / sqlite.HASH_LOCK
     import fcntl
     with open(lock) as handle:
-        fcntl.flock(handle, fcntl.LOCK_SH)  # waits for the background check, which writes the report first
-    report = json.loads((tmp_path / "kept" / sqlite.CHECK_REPORT).read_text())
-    assert report["sha256"] == sha(tmp_path / "kept" / DATABASE) and report["report"]["integrity_check"] == "ok"
+        fcntl.flock(handle, fcntl.LOCK_SH)  # waits for the background hash, which writes the report first
+    report = json.loads((tmp_path / "kept" / sqlite.HASH_REPORT).read_text())
+    assert report == {"sha256": sha(tmp_path / "kept" / DATABASE)}   # the check runs where the snapshot is kept
+
+
+def test_an_index_says_its_digest_and_an_older_sha1_index_still_makes_a_delta(tmp_path):
+    old = make_db(tmp_path / "old.sqlite3")
+    new = tmp_path / "new.sqlite3"
+    new.write_bytes(old.read_bytes())
+    edit(new, range(1, 40))
+    assert sqlite.ALGORITHM == "xxh3" and sqlite.parse_index(sqlite.page_index(str(old)))[2] == "xxh3"
+    for algorithm in ("sha1", "xxh3"):
+        index = sqlite.page_index(str(old), algorithm=algorithm)
+        delta = tmp_path / f"delta-{algorithm}"
+        found = sqlite.make_delta(str(new), index, str(delta))
+        built = sqlite.apply_delta(str(old), str(delta), str(tmp_path / f"built-{algorithm}"), index)
+        assert found["usable"] and 0 < found["changed"] < found["pages"]
+        assert built["sha256"] == sha(new) and built["index"] == sqlite.page_index(str(new), algorithm=algorithm)
+
+
+def test_a_server_without_xxhash_says_so_and_the_whole_file_goes(tmp_path, monkeypatch):
+    old = make_db(tmp_path / "old.sqlite3")
+    index = sqlite.page_index(str(old))
+    monkeypatch.setattr(sqlite, "xxhash", None)
+    with pytest.raises(ValueError, match="python3-xxhash"):
+        sqlite.make_delta(str(old), index, str(tmp_path / "delta"))
+    assert not (tmp_path / "delta").exists()

@@ -152,7 +152,7 @@ def data_scripts(profile) -> dict[str, str]:
         "prepare copy, first": data.prepare_copy(profile, work, "null"),
         "prepare copy, no check": data.prepare_copy(profile, work, "null", check=False),
         "file list": data.write_file_list(profile, work),
-        "check report": data.read_check_report(profile, work),
+        "server hash": data.read_server_hash(profile, work),
         "base index": data.write_base_index(profile, work),
         "make delta": data.make_delta(profile, work),
         "apply delta": data.apply_delta_incoming(profile),

@@ -67,10 +67,15 @@ def test_the_graph_reader_sees_a_cycle_and_a_late_import(tmp_path):
     assert graph.outside["pkg.c"] == {"json"}
 
 
+# Debian packages a server program may import when they are there, and works without: python3-xxhash
+# (provision installs it) makes page digests faster.
+OPTIONAL_ON_SERVER = {"xxhash"}
+
+
 @pytest.mark.parametrize("name", ONSERVER)
 def test_a_program_run_on_the_server_imports_only_the_standard_library(name):
     assert GRAPH.edges[name] == set()
-    assert GRAPH.outside[name] <= set(sys.stdlib_module_names) | {"__future__"}
+    assert GRAPH.outside[name] <= set(sys.stdlib_module_names) | {"__future__"} | OPTIONAL_ON_SERVER
 
 
 @pytest.mark.parametrize("name", ONSERVER)

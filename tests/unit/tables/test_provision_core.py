@@ -55,7 +55,7 @@ def test_bare_host_needs_everything(bare):
     assert bare.db_users is None and not bare.admin_exists
     assert not bare.service.exists
     assert all(content is None for content in bare.files.values())
-    assert steps.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "zstd", "ufw"]
+    assert steps.missing_packages(PROFILE, bare) == ["python3-venv", "nginx", "sqlite3", "zstd", "python3-xxhash", "ufw"]
     # Every SSH port sshd listens on is allowed before ufw is enabled, then HTTP.
     two_ports = dataclasses.replace(bare, sshd_ports=(22, 2222))
     assert allowed(PROFILE, two_ports) == ["22/tcp", "2222/tcp", "80/tcp"]
@@ -65,7 +65,7 @@ def test_bare_host_needs_everything(bare):
 
 def test_packages_follow_the_profile():
     screen_no_fw = parse_profile("service:\n  manager: screen\nfirewall:\n  enabled: false\n")
-    assert provision_commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "zstd", "screen"]
+    assert provision_commands.wanted_packages(screen_no_fw) == ["python3-venv", "nginx", "sqlite3", "zstd", "python3-xxhash", "screen"]
 
 
 def allowed(profile, facts) -> list[str]:

@@ -37,7 +37,7 @@ def test_a_provisioned_host_plans_nothing(provisioned):
 def test_a_bare_host_gets_every_step_then_the_handlers_in_order(bare):
     changes = steps.plan(bare, PROFILE, ADMIN)
     assert changed(changes) == [
-        "installed python3-venv, nginx, sqlite3, zstd, ufw",
+        "installed python3-venv, nginx, sqlite3, zstd, python3-xxhash, ufw",
         "created system user labelstudio",
         "/opt/label-studio set to root:root:755 (was missing)",
         "/var/lib/label-studio set to labelstudio:labelstudio:750 (was missing)",
@@ -177,7 +177,7 @@ def test_plan_mode_runs_nothing_and_shows_diffs(bare, capsys):
     done = plan.apply(host, steps.plan(bare, PROFILE, ADMIN), dry_run=True)
     assert host.log == []
     out = capsys.readouterr().out
-    assert "would install python3-venv, nginx, sqlite3, zstd, ufw" in out
+    assert "would install python3-venv, nginx, sqlite3, zstd, python3-xxhash, ufw" in out
     assert "+LABEL_STUDIO_HOST=http://127.0.0.1:59503" in out  # the env file's diff
     assert "would wait for Label Studio to answer /health" in out
     assert sum(c.changed for c in done) == 22

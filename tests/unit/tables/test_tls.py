@@ -269,7 +269,7 @@ def test_a_bare_host_turns_https_on_in_a_second_pass(bare):
     bare = dataclasses.replace(bare, installed_packages=bare.installed_packages - {"openssl"})
     changes = steps.plan(bare, p, ADMIN)
     assert not any("self-signed" in c.what for c in changes)
-    assert "installed python3-venv, nginx, sqlite3, zstd, ufw, openssl" in [c.what for c in changes]
+    assert "installed python3-venv, nginx, sqlite3, zstd, python3-xxhash, ufw, openssl" in [c.what for c in changes]
 
 
 def test_files_mode_installs_the_pair_once(provisioned, ca):

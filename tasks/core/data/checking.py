@@ -1,0 +1,154 @@
+"""The check of a SQLite snapshot, on this machine: its database re-hashed (it must still be the bytes
+whose sha256 the server gave) beside SQLite's full integrity_check on every core, and Label Studio's
+row counts. A backup stores a snapshot *pending*; this check turns it *verified* or *failed* by
+rewriting its manifest (written here, never taken from the server). Nothing uses a pending snapshot:
+each consumer runs the check first, or waits for the one already running (an flock on the snapshot's
+folder), and refuses a failed one.
+
+`python -m tasks.core.data.checking FOLDER` is the detached, low-priority check `backup --no-wait`
+starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from tasks.core import ui
+from tasks.core.data import catalog
+from tasks.core.data.catalog import Snapshot
+from tasks.core.defaults import DATABASE
+from tasks.core.errors import SnapshotError
+from tasks.core.onserver import sqlite
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+@contextlib.contextmanager
+def _held(folder: Path, blocking: bool) -> Iterator[bool]:
+    """The snapshot's check lock (an flock on its folder); yields whether it was taken."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _reread(snapshot: Snapshot) -> Snapshot:
+    """The snapshot as its folder says now (another process may have checked it)."""
+    return next((s for s in catalog.list_snapshots(snapshot.path.parent) if s.path == snapshot.path), snapshot)
+
+
+def verdict(snapshot: Snapshot) -> tuple[str, dict]:
+    """(integrity_check as the manifest keeps it, counts) of a snapshot's database file: "ok" only when
+    its sha256 is still the one the server gave, SQLite's integrity_check passes and it holds Label
+    Studio's tables; else what is wrong."""
+    entry = snapshot.manifest.file(DATABASE)
+    path = snapshot.path / DATABASE
+    if entry is None or not path.is_file():
+        return "the database file is missing", {}
+    found = sqlite.check(str(path))
+    report = found["report"]
+    if found["sha256"] != entry.sha256:
+        return "damaged: the database's sha256 differs from the server's copy", report.get("counts", {})
+    problem = sqlite.describe_problem(report)
+    if problem is None:
+        return "ok", report["counts"]
+    return (report["integrity_check"] if report["integrity_check"] not in ("", "ok") else problem), \
+        report.get("counts", {})
+
+
+def _record(snapshot: Snapshot, integrity: str, counts: dict, seconds: float, by: str) -> Snapshot:
+    m = snapshot.manifest
+    checked = {"on": "this machine", "by": by, "seconds": round(seconds, 2),
+               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    manifest = dataclasses.replace(m, integrity_check=integrity, counts=counts or m.counts,
+                                   extra={**m.extra, "check": checked})
+    catalog.write_manifest(snapshot.path, manifest)
+    return dataclasses.replace(snapshot, manifest=manifest)
+
+
+def check_pending(snapshot: Snapshot, *, by: str, quiet: bool = False) -> Snapshot:
+    """The snapshot once it is no longer pending: checked here now, or after waiting for the check that
+    already runs (a background one); a snapshot that is not pending is returned as it is."""
+    if not snapshot.pending:
+        return snapshot
+    with contextlib.ExitStack() as stack:
+        if not stack.enter_context(_held(snapshot.path, blocking=False)):
+            with ui.err.status(f"waiting for the check of {snapshot.id} that runs in the background"):
+                stack.enter_context(_held(snapshot.path, blocking=True))
+        snapshot = _reread(snapshot)
+        if not snapshot.pending:
+            return snapshot
+        started = time.monotonic()
+        status = contextlib.nullcontext() if quiet else ui.err.status(
+            f"checking {snapshot.id} on this machine (sha256, integrity_check on every core)")
+        with status:
+            integrity, counts = verdict(snapshot)
+        checked = _record(snapshot, integrity, counts, time.monotonic() - started, by)
+    if not quiet:
+        took = f"{time.monotonic() - started:.1f}s"
+        if checked.verified:
+            ui.step(True, f"checked {checked.id} on this machine in {took}: integrity ok, "
+                          f"{catalog.counts_text(checked.manifest.counts)}")
+        else:
+            ui.warn(f"snapshot {checked.id} failed its check ({integrity}); it is kept, marked failed, and nothing "
+                    "will use it")
+    return checked
+
+
+def require_verified(snapshot: Snapshot, *, by: str) -> Snapshot:
+    """The snapshot checked (check_pending) and verified, else a SnapshotError saying why."""
+    snapshot = check_pending(snapshot, by=by)
+    if not snapshot.verified:
+        raise SnapshotError(f"snapshot {snapshot.id} failed its check ({snapshot.manifest.integrity_check}): "
+                            "nothing uses it", hint=f"it is kept for a look in {snapshot.path}")
+    return snapshot
+
+
+def newest_base(host_dir: Path) -> Snapshot | None:
+    """The newest snapshot a backup may build on: the newest verified one, once every pending snapshot
+    newer than it has been checked (one that passes is the newer base)."""
+    for snapshot in reversed(catalog.list_snapshots(host_dir)):
+        if snapshot.pending:
+            snapshot = check_pending(snapshot, by="the next backup")
+        if snapshot.verified:
+            return snapshot
+    return None
+
+
+def check_in_background(snapshot: Snapshot) -> int:
+    """`python -m tasks.core.data.checking FOLDER` detached, at the lowest CPU and I/O priority: it
+    outlives this command (its own session) and takes the snapshot's check lock. Returns its pid."""
+    command = [sys.executable, "-m", "tasks.core.data.checking", str(snapshot.path)]
+    if shutil.which("ionice"):
+        command = ["ionice", "-c", "3", *command]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=lambda: os.nice(19))
+    return process.pid
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0])
+    snapshot = next((s for s in catalog.list_snapshots(folder.parent) if s.path == folder), None)
+    if snapshot is None:
+        return 1
+    checked = check_pending(snapshot, by="backup --no-wait (in the background)", quiet=True)
+    return 0 if checked.verified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
