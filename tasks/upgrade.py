@@ -46,7 +46,7 @@ def check_migrations(host: Host, profile: Profile, version: str) -> list[str]:
     """The migrations `version` applies to this database, proven by applying them to a consistent copy
     on the server (in a temp folder of the service user; the live database is only read)."""
     with snapshots.server_work_dir(host, profile, "migrate") as work_dir:
-        copy = host.run(data_commands.prepare_copy(profile, work_dir, "null", check=False), sudo=True, check=False,
+        copy = host.run(data_commands.prepare_copy(profile, work_dir, "null"), sudo=True, check=False,
                         what="copying the database for the migration check")
         if not copy.ok or "copy_error" in copy.stdout:
             raise RemoteError(f"could not copy the database for the migration check: {copy.last_line()}")

@@ -257,6 +257,7 @@ class RemotePaths:
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
+    page_index_dir: PurePosixPath     # the service user's: page digests of the last backups' copies (sqlite.serve_backup)
     unit_file: PurePosixPath
     nginx_site: PurePosixPath
     nginx_site_enabled: PurePosixPath
@@ -387,6 +388,7 @@ class Profile:
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",
+            page_index_dir=data / ".lsvm-pages",
             unit_file=PurePosixPath("/etc/systemd/system") / self.service.unit,
             nginx_site=PurePosixPath("/etc/nginx/sites-available") / name,
             nginx_site_enabled=PurePosixPath("/etc/nginx/sites-enabled") / name,

@@ -231,3 +231,150 @@ def test_a_database_of_another_history_goes_whole_and_safely(data_vm, fab, tmp_p
     assert "whole database sent: the page size changed" in result.stdout, result.stdout
     assert server_sha(data_vm) == pushed
     assert integrity(local / "label_studio.sqlite3") == "ok"
+
+
+# ------------------------------------------------------------------------------------------------
+# The check runs here, never on the server; nothing uses a snapshot before it passes
+
+
+def manifest_of(snap: Path) -> dict:
+    return json.loads((snap / "manifest.json").read_text())
+
+
+def make_pending(snap: Path, *, damage: bool) -> None:
+    """The snapshot as a backup leaves it before its check (stored, proven byte-identical, unchecked);
+    with `damage`, its bytes then changed on this machine's disk (a page of imported task text)."""
+    manifest = manifest_of(snap)
+    manifest["integrity_check"] = "pending"
+    manifest["counts"] = {}
+    manifest["extra"].pop("check", None)
+    (snap / "manifest.json").write_text(json.dumps(manifest))
+    if damage:
+        database = snap / "label_studio.sqlite3"
+        pages = database.stat().st_size // 4096
+        with open(database, "r+b") as handle:
+            handle.seek((pages // 2) * 4096 + 100)
+            handle.write(b"\xde\xad\xbe\xef" * 8)
+
+
+def listed_states(data_vm, backups_dir: Path) -> dict[str, str]:
+    run = data_vm.fab("backups", "--json", env={"LSVM_BACKUPS_DIR": str(backups_dir)})
+    assert run.returncode == 0, run.stderr
+    return {r["id"]: r["state"] for r in json.loads(run.stdout)}
+
+
+def test_a_backup_is_checked_on_this_machine_and_no_wait_hands_the_check_to_a_background_process(
+        data_vm, fab, backups_dir, sdk, corpus, tmp_path):
+    annotate(sdk, corpus, 2, "neg")
+    waited = fab("backup", "--label", "waited")
+    snap = snapshots(backups_dir)[-1]
+    check = manifest_of(snap)["extra"]["check"]
+    assert check["on"] == "this machine" and manifest_of(snap)["integrity_check"] == "ok"
+    assert f"checked {snap.name} on this machine" in waited.stdout
+    # The server only copied and hashed: nothing of an integrity_check ran or was left there.
+    assert "check.json" not in data_vm.vm.exec("find /var/tmp /tmp -name 'check.*' -o -name 'hash.*'").stdout.decode()
+
+    annotate(sdk, corpus, 2, "pos")
+    result = fab("backup", "--label", "nowait", "--no-wait")
+    assert "its check runs in the background" in result.stdout
+    snap = snapshots(backups_dir)[-1]
+    assert snap.name.endswith("-nowait")
+    local = tmp_path / "restored"
+    restored = fab("restore-local", "--snapshot", snap.name, "--yes", "--local-data-dir", str(local))
+    manifest = manifest_of(snap)
+    assert manifest["integrity_check"] == "ok" and manifest["counts"]["annotations"] >= 4, restored.stdout
+    assert manifest["extra"]["check"]["by"] in ("backup --no-wait (in the background)", "a restore")
+    assert sha256(local / "label_studio.sqlite3") == next(
+        f["sha256"] for f in manifest["files"] if f["path"] == "label_studio.sqlite3")
+    assert listed_states(data_vm, backups_dir)[snap.name] == "verified"
+
+
+def test_a_pending_snapshot_is_checked_before_any_use_and_a_damaged_one_ends_failed_and_unused(
+        data_vm, fab, backups_dir, sdk, corpus, tmp_path):
+    annotate(sdk, corpus, 2, "mixed")
+    fab("backup", "--label", "good")
+    good = snapshots(backups_dir)[-1]
+    annotate(sdk, corpus, 3, "neg")
+    fab("backup", "--label", "to-damage")
+    damaged = snapshots(backups_dir)[-1]
+
+    # Pending and intact: a dry-run restore-server checks it first, and it is verified from then on.
+    make_pending(good, damage=False)
+    assert listed_states(data_vm, backups_dir)[good.name] == "pending"
+    dry = fab("restore-server", "--snapshot", good.name, "--dry-run")
+    assert f"checked {good.name} on this machine" in dry.stdout + dry.stderr
+    assert manifest_of(good)["integrity_check"] == "ok"
+
+    # Pending and damaged on this disk: every consumer refuses it, and it ends failed.
+    make_pending(damaged, damage=True)
+    env = {"LSVM_BACKUPS_DIR": str(backups_dir)}
+    local = tmp_path / "never"
+    refused = data_vm.fab("restore-local", "--snapshot", damaged.name, "--yes", "--local-data-dir", str(local),
+                          env=env)
+    assert refused.returncode == 6 and "failed its check" in refused.stderr, refused.stdout + refused.stderr
+    assert "sha256 differs" in manifest_of(damaged)["integrity_check"] and not local.exists()
+    for args in (("push-local-db", "--snapshot", damaged.name, "--yes"),
+                 ("restore-server", "--snapshot", damaged.name, "--yes")):
+        run = data_vm.fab(*args, env=env)
+        assert run.returncode == 6 and "failed" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert listed_states(data_vm, backups_dir)[damaged.name] == "failed"
+
+    # The next backup builds on the newest verified snapshot, not the failed one; prune keeps that one.
+    annotate(sdk, corpus, 2, "pos")
+    again = fab("backup", "--label", "after-failed")
+    assert f"pages changed since {good.name}" in again.stdout, again.stdout
+    newest = snapshots(backups_dir)[-1]
+    assert database_digest(newest / "label_studio.sqlite3") == server_sha(data_vm)
+    make_pending(newest, damage=False)
+    plan = fab("prune", "--keep-last", "0", "--keep-daily", "0", "--keep-weekly", "0", "--dry-run")
+    assert f"keep    {good.name}  (newest verified)" in plan.stdout, plan.stdout
+    assert f"keep    {newest.name}  (its check has not run yet)" in plan.stdout
+    assert f"delete  {damaged.name}" in plan.stdout
+
+
+@pytest.fixture(scope="module")
+def xfs_dir(tmp_path_factory):
+    """A folder on XFS (reflinks), in a loop device on this machine, gone afterwards."""
+    root = tmp_path_factory.mktemp("xfs")
+    image, mount = root / "xfs.img", root / "mnt"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def disk_use(data_vm, backups_dir: Path) -> dict[str, tuple[int, int]]:
+    run = data_vm.fab("backups", "--json", env={"LSVM_BACKUPS_DIR": str(backups_dir)})
+    assert run.returncode == 0, run.stderr
+    return {r["id"]: (r["size_bytes"], r["disk_bytes"]) for r in json.loads(run.stdout)}
+
+
+def test_incremental_snapshots_share_unchanged_blocks_on_xfs_and_not_on_ext4(data_vm, sdk, corpus, xfs_dir,
+                                                                             tmp_path):
+    ext4 = tmp_path / "ext4-backups"
+    assert subprocess.run(["stat", "-f", "-c", "%T", str(xfs_dir)], capture_output=True, text=True).stdout.strip() == "xfs"
+    assert subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip() != "xfs"
+    for folder in (xfs_dir, ext4):
+        env = {"LSVM_BACKUPS_DIR": str(folder)}
+        assert data_vm.fab("backup", "--no-media", env=env).returncode == 0
+    annotate(sdk, corpus, 3, "pos")
+    for folder in (xfs_dir, ext4):
+        run = data_vm.fab("backup", "--no-media", env={"LSVM_BACKUPS_DIR": str(folder)})
+        assert run.returncode == 0 and "pages changed since" in run.stdout, run.stdout + run.stderr
+    on_xfs, on_ext4 = (list(disk_use(data_vm, folder).values()) for folder in (xfs_dir, ext4))
+    database = server_size(data_vm)
+    # First snapshots: the whole database on both. Second: on XFS only its changed pages (and the page
+    # index), on ext4 a whole copy again.
+    assert on_xfs[0][1] >= database * 0.9 and on_ext4[0][1] >= database * 0.9
+    assert on_xfs[1][1] <= database * 0.2, on_xfs
+    assert on_ext4[1][1] >= database * 0.9, on_ext4
+    for folder in (xfs_dir, ext4):   # both plain, complete databases
+        newest = sorted(p for p in (folder / "vm").iterdir() if p.is_dir())[-1]
+        assert integrity(newest / "label_studio.sqlite3") == "ok"
+        assert database_digest(newest / "label_studio.sqlite3") == server_sha(data_vm)
+    shown = data_vm.fab("backups", env={"LSVM_BACKUPS_DIR": str(xfs_dir)})
+    assert "on disk" in shown.stdout

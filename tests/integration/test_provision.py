@@ -44,7 +44,7 @@ def test_fresh_provision_serves_label_studio_through_nginx(provisioned):
     result = provisioned.first_run
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for words in ("installed python3-venv, nginx, sqlite3, zstd, ufw", "installed label-studio 1.23.2",
+    for words in ("installed python3-venv, nginx, sqlite3, zstd, python3-xxhash, ufw", "installed label-studio 1.23.2",
                   "created admin admin@example.com", "enabled ufw", "started label-studio.service"):
         assert words in out
     assert re.search(r"\d+ changed, \d+ unchanged", out)

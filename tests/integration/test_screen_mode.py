@@ -24,7 +24,7 @@ def test_provision_in_screen_mode_with_a_sudo_password(screen_provisioned):
     result = screen_provisioned.first_run
     assert result.returncode == 0, result.stdout + result.stderr
     assert "started screen session label-studio" in result.stdout
-    assert "installed python3-venv, nginx, sqlite3, zstd, ufw, screen" in result.stdout
+    assert "installed python3-venv, nginx, sqlite3, zstd, python3-xxhash, ufw, screen" in result.stdout
     assert "does not survive a reboot" in result.stderr and "@reboot" in result.stderr
     for secret in (ADMIN_PASSWORD, PASSWORD_USER_SUDO_PASSWORD):
         assert secret not in result.stdout + result.stderr

@@ -109,24 +109,37 @@ def tar_stream(files: dict[str, tuple[bytes, int]]) -> bytes:
     return gzip.compress(raw.getvalue())
 
 
+def framed(answer: dict) -> bytes:
+    """One answer of the server's serve-backup program: its length on a line, then the JSON."""
+    data = json.dumps(answer).encode()
+    return b"%d\n" % len(data) + data
+
+
 def prepared(**changes) -> dict:
-    info = {"database_exists": True, "marker": MARKER, "database": {"size": len(DB)},
+    """What serve-backup finds on a server whose copy is DB (a first backup: no delta)."""
+    info = {"database_exists": True, "marker": MARKER, "copy": "raw copy under a shared lock",
+            "database": {"size": len(DB), "sha256": sha(DB)}, "delta": None, "delta_why": None,
             "env": {"size": len(ENV), "sha256": sha(ENV)},
             "media": [{"path": MEDIA_FILE, "size": len(PNG), "mtime": 1700000000}],
-            "label_studio_version": "1.23.2"}
+            "label_studio_version": "1.23.2", "codec": "gzip", "timeline": {"server copy": 0.1, "server digests": 0.1}}
     return {**info, **changes}
 
 
-def server(info: dict, *, checked_sha: str | None = None, db: bytes = DB) -> FakeHost:
-    """A server whose copy of its database is `db` (its sha256 `checked_sha`, else db's own)."""
-    checked_sha = checked_sha or sha(db)
+def served(info: dict, files: dict[str, tuple[bytes, int]]) -> bytes:
+    """serve-backup's whole stdout: its findings, then the tar of `files`."""
+    return framed(info) + tar_stream(files)
+
+
+def server(info: dict, *, db: bytes = DB, files: dict | None = None) -> FakeHost:
+    """A server whose serve-backup finds `info` and streams `files` (default: the copy `db`, .env and the
+    media file); it also answers the commands of a migration's copy (prepare)."""
     host = FakeHost(alias="vm")
     host.answer(r"mktemp -d", ok(WORK + "\n"))
     host.answer(r"^runuser .* stat -c %s", ok(f"{len(DB)}\n"))
     host.answer(r"^df -B1", ok("999999999999\n"))
     host.answer(r"python3 -I -c .* prepare ", ok(json.dumps(info) + "\n"))
     host.answer(r"command -v zstd", ok("gzip\n"))
-    host.answer(r"^runuser .* cat -- .*hash\.json", ok(json.dumps({"sha256": checked_sha}) + "\n"))
-    host.stream(r"tar --ignore-failed-read", tar_stream({DATABASE: (db, 1), SECRET_ENV: (ENV, 1),
-                                                         MEDIA_FILE: (PNG, 1700000000)}))
+    if files is None:
+        files = {DATABASE: (db, 1), SECRET_ENV: (ENV, 1), MEDIA_FILE: (PNG, 1700000000)}
+    host.stream(r"serve-backup", served(info, files))
     return host

@@ -23,8 +23,7 @@ INCOMING = ".lsvm-incoming"
 PREVIOUS = ".lsvm-previous"
 STALE_SUFFIXES = ("-journal", "-wal", "-shm")
 FILE_LIST = "files.list"
-HASH_REPORT, HASH_LOCK = sqlite.HASH_REPORT, sqlite.HASH_LOCK
-BASE_INDEX, DELTA = sqlite.BASE_INDEX, sqlite.DELTA
+DELTA = sqlite.DELTA
 ABSENT = "absent"  # + a part's name, in PREVIOUS: the part did not exist before the swap
 
 LOCKED, BUSY = "LOCKED", "BUSY"
@@ -138,15 +137,12 @@ def settle_database(profile: Profile) -> str:
     return f"if [ -e {q(database)} ]; then {as_service_user(profile, *sqlite_words('settle', database))}; fi"
 
 
-def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str, *, check: bool = True,
-                 data_dir: PurePosixPath | None = None) -> str:
-    """The consistent copy of the database into work_dir (see sqlite.prepare), its findings as JSON;
-    its sha256 starts in the background unless `check` is False (a copy that is migrated at once). `data_dir`: another folder laid out like
-    the data dir (a restore from the offsite target), else the live one."""
+def prepare_copy(profile: Profile, work_dir: PurePosixPath, previous_marker: str) -> str:
+    """The consistent copy of the live database into work_dir (see sqlite.prepare), its findings as JSON
+    (a copy to migrate or to compare: backups go through serve_backup)."""
     p = profile.remote
-    data_dir = data_dir or p.data_dir
-    words = sqlite_words("prepare", data_dir, work_dir, p.venv, previous_marker, "check" if check else "nocheck")
-    return (f"if [ -d {q(data_dir)} ]; then {as_service_user(profile, *words)}; "
+    words = sqlite_words("prepare", p.data_dir, work_dir, p.venv, previous_marker)
+    return (f"if [ -d {q(p.data_dir)} ]; then {as_service_user(profile, *words)}; "
             "else echo '{\"database_exists\": false}'; fi")
 
 
@@ -164,45 +160,43 @@ def encode_file_list(names: Iterable[str]) -> bytes:
     return b"".join(name.encode("utf-8", "surrogateescape") + b"\0" for name in names)
 
 
-def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, database: bool,
-                  listed_files: bool, delta: bool = False, work_file: str | None = None) -> str:
-    """A compressed tar on stdout of the database copy (or its page delta, or `work_file`, another file
-    of work_dir: a PostgreSQL dump) and/or the listed files. The copy's hash already runs in the
-    background (sqlite.hash_in_background)."""
+def stream_script(work_dir: PurePosixPath, data_dir: PurePosixPath, codec: str, *, listed_files: bool,
+                  work_file: str | None = None) -> str:
+    """A compressed tar on stdout of `work_file` (a file of work_dir: a PostgreSQL dump) and/or the
+    listed files of the data dir."""
     parts = []
-    if database or delta or work_file:
-        parts.append(f"-C {q(work_dir)} {q(work_file or (DELTA if delta else DATABASE))}")
+    if work_file:
+        parts.append(f"-C {q(work_dir)} {q(work_file)}")
     if listed_files:
         parts.append(f"-C {q(data_dir)} --null --verbatim-files-from -T {q(work_dir / FILE_LIST)}")
     return f"tar --ignore-failed-read -cf - {' '.join(parts)} | {COMPRESS[codec]}"
 
 
-def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, database: bool,
-                    listed_files: bool, delta: bool = False, work_file: str | None = None,
-                    data_dir: PurePosixPath | None = None) -> str:
-    """stream_script, as the service user: it reads only what that user can read. `data_dir`: as in
-    prepare_copy."""
-    return owner(profile, stream_script(work_dir, data_dir or profile.remote.data_dir, codec, database=database,
-                                        listed_files=listed_files, delta=delta, work_file=work_file))
+def stream_snapshot(profile: Profile, work_dir: PurePosixPath, codec: str, *, listed_files: bool,
+                    work_file: str | None = None) -> str:
+    """stream_script, as the service user: it reads only what that user can read."""
+    return owner(profile, stream_script(work_dir, profile.remote.data_dir, codec, listed_files=listed_files,
+                                        work_file=work_file))
 
 
-def read_server_hash(profile: Profile, work_dir: PurePosixPath) -> str:
-    """The copy's sha256 as JSON, once the background hash has written it (it holds the lock till then)."""
-    return as_service_user(profile, "flock", "-s", work_dir / HASH_LOCK, "cat", "--", work_dir / HASH_REPORT)
+WORK_DIR = '"$d"'   # serve_backup's temp folder: make_work_dir's answer, in a shell variable
 
 
-def base_index_script(work_dir: PurePosixPath) -> str:
-    return f"umask 077 && cat > {q(work_dir / BASE_INDEX)}"
-
-
-def write_base_index(profile: Profile, work_dir: PurePosixPath) -> str:
-    """Stores stdin (the page index of this machine's newest snapshot database) in work_dir."""
-    return owner(profile, base_index_script(work_dir))
-
-
-def make_delta(profile: Profile, work_dir: PurePosixPath) -> str:
-    """The copy's pages that differ from the base index, into work_dir (sqlite.make_delta), as JSON."""
-    return as_service_user(profile, *sqlite_words("delta", work_dir))
+def serve_backup(profile: Profile, *, work_dir: PurePosixPath | None = None,
+                 data_dir: PurePosixPath | None = None) -> str:
+    """A whole backup on one channel (sqlite.serve_backup, as the service user): in a fresh temp folder
+    root makes and the service user empties afterwards whatever the program's end (`work_dir`: one the
+    caller made and removes). `data_dir`: another folder laid out like the data dir (a restore from the
+    offsite target), else the live one."""
+    p = profile.remote
+    program = as_service_user(profile, *sqlite_words("serve-backup", data_dir or p.data_dir, p.venv, p.page_index_dir))
+    if work_dir is not None:
+        return f"{program} {q(work_dir)}"
+    return (f"d=$({make_work_dir(profile, 'backup')}) || exit 1\n"
+            f"{program} {WORK_DIR}\n"
+            "status=$?\n"
+            f"{remove_work_dir_named(profile, WORK_DIR)}\n"
+            "exit $status")
 
 
 # ------------------------------------------------------------------------------------------------

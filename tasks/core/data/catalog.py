@@ -27,7 +27,6 @@ from tasks.core.errors import SnapshotError, UsageError
 from tasks.core.files import link_or_copy, private_dir, space_needed, write_atomic
 
 MANIFEST = "manifest.json"
-PAGE_INDEX = "label_studio.sqlite3.pages"  # beside the database: its page digests (sqlite.page_index)
 FORMAT = 1
 LOCAL_HOST = "local"
 # A SQLite snapshot stored and proven byte-identical to the server's copy, whose integrity_check on this

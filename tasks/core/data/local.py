@@ -156,6 +156,9 @@ def verify_snapshot(snapshot: Snapshot) -> dict:
         checked = checking.require_verified(snapshot, by="a restore")
         return {"integrity_check": "ok", "counts": checked.manifest.counts, "label_studio": True, "error": None,
                 "missing_tables": []}
+    if not snapshot.verified:
+        raise SnapshotError(f"snapshot {snapshot.id} failed its check ({manifest.integrity_check}): nothing uses it",
+                            hint=f"it is kept for a look in {snapshot.path}")
     with ui.err.status(f"verifying snapshot {snapshot.id} (sha256 of every file, integrity_check)"):
         for entry in manifest.files:
             path = snapshot.path / entry.path

@@ -62,7 +62,7 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
     host_dir = profile.backups_dir()
     previous = next((s for s in reversed(catalog.list_snapshots(host_dir)) if s.verified), None)
     with server_work_dir(host, profile, "backup") as work_dir:
-        out = host.run(data_commands.prepare_copy(profile, work_dir, "null", check=False), sudo=True, check=False,
+        out = host.run(data_commands.prepare_copy(profile, work_dir, "null"), sudo=True, check=False,
                        what="listing the server's data")
         info = out.answer() or {}
         if not out.ok or not info:
@@ -108,7 +108,7 @@ def _download(host: Host, profile: Profile, work_dir, dest, info: dict, dumped: 
     codec = server_codec(host)
     total = sum(f[1] for f in fetch)
     started = time.monotonic()
-    channel = host.root_channel(data_commands.stream_snapshot(profile, work_dir, codec.name, database=False,
+    channel = host.root_channel(data_commands.stream_snapshot(profile, work_dir, codec.name,
                                                               listed_files=bool(listed), work_file=DUMP))
     try:
         received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",

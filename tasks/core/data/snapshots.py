@@ -7,13 +7,10 @@ is never replaced before a verified copy of it exists.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import getpass
-import hashlib
 import json
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,15 +20,15 @@ from tasks.core import database, ui
 from tasks.core.commands import as_service_user, dbcheck, read_file
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
-from tasks.core.connect import Host, removed_afterwards
+from tasks.core.connect import CHUNK, Host, removed_afterwards
 from tasks.core.data import catalog, checking
-from tasks.core.data.catalog import PAGE_INDEX, FileEntry, Manifest, Snapshot
+from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import LockedError, RemoteError, SnapshotError, UsageError
-from tasks.core.files import disk_full, link_or_copy, space_needed, write_atomic
+from tasks.core.files import disk_full, space_needed
 from tasks.core.onserver import sqlite
 from tasks.core.profile import Profile
-from tasks.core.transfer import check_free_space, receive_tar, server_codec
+from tasks.core.transfer import Codec, check_free_space, receive_tar
 
 DELTA = data_commands.DELTA
 # More changed pages than this share of the database: the whole file goes (a delta would be as big,
@@ -71,7 +68,6 @@ class ServerData:
 
     work_dir: PurePosixPath
     info: dict
-    data_dir: PurePosixPath | None = None    # where .env and media are read: None = the live data dir
 
 
 @dataclass(frozen=True)
@@ -124,18 +120,16 @@ def server_work_dir(host: Host, profile: Profile, purpose: str) -> Iterator[Pure
 
 
 def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
-                        previous: Snapshot | None, data_dir: PurePosixPath | None = None) -> ServerData:
-    """Consistent copy of the live database into work_dir, skipped when SQLite's change counter says
-    the database is the one in `previous`. `data_dir`: a restore from the offsite target instead (always
-    copied: its change counter says nothing of the live file's)."""
-    database = data_dir / DATABASE if data_dir else profile.remote.database
+                        previous: Snapshot | None) -> ServerData:
+    """Consistent copy of the live database into work_dir (to migrate, or adopt's comparison), skipped
+    when SQLite's change counter says the database is the one in `previous`."""
+    database = profile.remote.database
     size = host.run(data_commands.file_size(profile, database), sudo=True).stdout.strip()
     check_free_space(host, work_dir, int(size or 0) + 1024 * 1024, "a consistent copy of the database")
-    marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest and not data_dir \
-        else "null"
+    marker = json.dumps(previous.manifest.source.get("marker")) if previous and previous.manifest else "null"
     with ui.err.status("consistent copy of the server database (SQLite online backup)"):
-        out = host.run(data_commands.prepare_copy(profile, work_dir, marker, data_dir=data_dir), sudo=True,
-                       check=False, what="snapshot on the server")
+        out = host.run(data_commands.prepare_copy(profile, work_dir, marker), sudo=True, check=False,
+                       what="snapshot on the server")
     if not out.ok:
         if "No space" in out.stderr or "disk is full" in out.stderr:
             raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full", hint="free some space")
@@ -151,13 +145,7 @@ def prepare_server_copy(host: Host, profile: Profile, work_dir: PurePosixPath,
             raise SnapshotError(f"the server's temp space ({work_dir.parent}) is full while copying the database",
                                 hint="free some space, or set backup.server_tmp_dir in the profile")
         raise SnapshotError(f"the consistent copy of the database failed on {host.alias}: {error}")
-    return ServerData(work_dir, info, data_dir)
-
-
-def _reusable(previous: Snapshot | None) -> dict[str, FileEntry]:
-    if previous is None or previous.manifest is None:
-        return {}
-    return {f.path: f for f in previous.manifest.files}
+    return ServerData(work_dir, info)
 
 
 def send_file_list(host: Host, profile: Profile, work_dir: PurePosixPath, names: list[str]) -> None:
@@ -172,126 +160,87 @@ def send_file_list(host: Host, profile: Profile, work_dir: PurePosixPath, names:
 
 @dataclass
 class Downloaded:
-    """What download_snapshot brought: the files, the database's check report, manifest extras."""
+    """What download_snapshot brought: the files, the database's report (pending unless it is the base's),
+    what the server said (marker, version), manifest extras (the timeline)."""
 
     files: list[FileEntry]
     report: dict
+    info: dict
     extra: dict
 
 
-def stored_page_index(snapshot: Snapshot | None, stop: threading.Event | None = None) -> bytes | None:
-    """The page index of a snapshot's database: its sidecar when the manifest vouches for it (sha256),
-    else computed from the database file; None without a database to index."""
+def stored_page_index(snapshot: Snapshot | None) -> bytes | None:
+    """The page index of a snapshot's database, worked out from the file (for a server that kept none,
+    and for push); None without a database to index."""
     if snapshot is None or snapshot.manifest is None or snapshot.manifest.file(DATABASE) is None:
         return None
     database = snapshot.path / DATABASE
     if not database.is_file():
         return None
-    noted = snapshot.manifest.extra.get("page_index")
-    sidecar = snapshot.path / PAGE_INDEX
-    if isinstance(noted, dict) and sidecar.is_file():
-        stored = sidecar.read_bytes()
-        if hashlib.sha256(stored).hexdigest() == noted.get("sha256"):
-            return stored
     try:
-        return sqlite.page_index(str(database), stop)
+        return sqlite.page_index(str(database))
     except (OSError, ValueError):
         return None
 
 
-@dataclass
-class PendingIndex:
-    """stored_page_index(snapshot), worked out in a thread while the server makes its copy (hashlib
-    lets go of the GIL while it hashes a page); dropped at once when nothing needs it."""
-
-    future: concurrent.futures.Future
-    stop: threading.Event
-
-    @classmethod
-    def start(cls, snapshot: Snapshot | None) -> "PendingIndex":
-        stop = threading.Event()
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-index")
-        try:
-            return cls(pool.submit(stored_page_index, snapshot, stop), stop)
-        finally:
-            pool.shutdown(wait=False)
-
-    def result(self) -> bytes | None:
-        return self.future.result()
-
-    def drop(self) -> None:
-        self.stop.set()
-
-
-def write_page_index(dest: Path, index: bytes) -> dict:
-    """The sidecar index of dest's database (not one of the snapshot's files); its manifest note."""
-    with space_needed(dest):
-        write_atomic(dest / PAGE_INDEX, index)
-    return {"sha256": hashlib.sha256(index).hexdigest(), "page_size": sqlite.parse_index(index)[0]}
-
-
-def _server_delta(host: Host, profile: Profile, data: ServerData, base: Snapshot | None,
-                  base_index: PendingIndex | None) -> tuple[dict, bytes] | None:
-    """The server's copy compared page by page with `base`'s database: (what make_delta said, base
-    index) when few enough pages changed to send only those, else None (then the whole file goes)."""
-    if base is None:
-        return None
-    if base_index is None:
-        index = stored_page_index(base)
-    else:
-        with ui.err.status(f"reading the pages of {base.id}"):
-            index = base_index.result()
-    if index is None:
-        return None
-    channel = host.root_channel(data_commands.write_base_index(profile, data.work_dir))
+def _answer(channel, alias: str) -> dict:
+    """One answer of serve_backup: a length on a line, then that much JSON."""
+    head = channel.read_line().strip()
+    data = b""
+    if head.isdigit() and int(head) <= 256 * 1024 * 1024:
+        while len(data) < int(head):
+            chunk = channel.read(min(CHUNK, int(head) - len(data)))
+            if not chunk:
+                break
+            data += chunk
     try:
-        channel.write(index)
-        channel.finish("sending the page index")
-    finally:
-        channel.close()
-    with ui.err.status(f"comparing the server database page by page with {base.id}"):
-        out = host.run(data_commands.make_delta(profile, data.work_dir), sudo=True, check=False,
-                       what="comparing pages on the server")
-    found = (out.answer() if out.ok else None) or {}
-    if not found.get("usable"):
-        ui.out.print(f"  whole database sent: {found.get('why') or out.last_line() or 'no page comparison'}")
-        return None
-    if found["changed"] > found["pages"] * DELTA_MAX_SHARE:
-        ui.out.print(f"  whole database sent: {found['changed']} of {found['pages']} pages changed since {base.id}")
-        return None
-    return found, index
+        found = json.loads(data) if data else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        channel.finish("the backup on the server")     # a failure says what it was
+        raise SnapshotError(f"the backup on {alias} gave no answer ({head[:200] or 'nothing'})")
+    return found
 
 
-def _stream(host: Host, profile: Profile, data: ServerData, dest: Path, fetch: list, *, delta: bool) -> dict:
-    """One compressed tar of `fetch` ([(name, size, ...)]) from the server into dest: {name: (size, sha256)}."""
-    codec = server_codec(host)
-    listed = [f[0] for f in fetch if f[0] not in (DATABASE, DELTA)]
-    with_database = any(f[0] == DATABASE for f in fetch)
-    if listed:
-        send_file_list(host, profile, data.work_dir, listed)
-    command = data_commands.stream_snapshot(profile, data.work_dir, codec.name, database=with_database and not delta,
-                                            listed_files=bool(listed), delta=delta, data_dir=data.data_dir)
-    expected = {(DELTA if delta and f[0] == DATABASE else f[0]): f[1] for f in fetch}
-    total = sum(expected.values())
-    started = time.monotonic()
-    channel = host.root_channel(command)
-    try:
-        received = receive_tar(channel, codec, dest, total=total, description=f"backup {host.alias}",
-                               expected=expected)
-        channel.finish("streaming the snapshot")
-    finally:
-        channel.close()
-    ui.transfer_summary("downloaded", total, time.monotonic() - started, wire=channel.received)
-    return received
+def _say(channel, answer: dict) -> None:
+    channel.write((json.dumps(answer) + "\n").encode())
 
 
-def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str], bytes] | None:
-    """dest's database built from base's plus the received pages (the delta then goes); None when the
+def _refuse_what_the_server_found(info: dict, host: Host, profile: Profile, data_dir: PurePosixPath | None) -> None:
+    if not info.get("database_exists"):
+        database = (data_dir / DATABASE) if data_dir else profile.remote.database
+        raise SnapshotError(f"there is no Label Studio database on {host.alias} yet ({database})")
+    if "copy_error" in info:
+        error = info["copy_error"]
+        where = profile.backup.server_tmp_dir
+        if "No space" in error or "full" in error or "space" in error:
+            raise SnapshotError(f"the server's temp space ({where}) is full while copying the database: {error}",
+                                hint="free some space, or set backup.server_tmp_dir in the profile")
+        raise SnapshotError(f"the consistent copy of the database failed on {host.alias}: {error}")
+
+
+def _choose_database(info: dict, base: Snapshot | None) -> str:
+    """"delta" when few enough pages changed since `base` to send only those, else "whole" (saying why)."""
+    delta = info.get("delta")
+    if base is None or base.manifest.file(DATABASE) is None:
+        return "whole"
+    if delta is None:
+        ui.out.print(f"  whole database sent: {info.get('delta_why') or 'no page comparison'}")
+        return "whole"
+    if delta["changed"] > delta["pages"] * DELTA_MAX_SHARE:
+        ui.out.print(f"  whole database sent: {delta['changed']} of {delta['pages']} pages changed since {base.id}")
+        return "whole"
+    return "delta"
+
+
+def _assemble(base: Snapshot, dest: Path) -> tuple[int, str] | None:
+    """dest's database: base's cloned, the received pages written in (the delta then goes); None when the
     delta does not fit the base."""
     delta = dest / DELTA
     try:
-        with ui.err.status(f"building the database from {base.id} and the changed pages"), space_needed(dest):
-            built = sqlite.apply_delta(str(base.path / DATABASE), str(delta), str(dest / DATABASE), index)
+        with space_needed(dest):
+            built = sqlite.apply_delta(str(base.path / DATABASE), str(delta), str(dest / DATABASE))
     except (ValueError, OSError) as exc:
         if disk_full(exc):
             raise
@@ -300,92 +249,133 @@ def _assemble(base: Snapshot, dest: Path, index: bytes) -> tuple[tuple[int, str]
         return None
     finally:
         delta.unlink(missing_ok=True)
-    return (built["size"], built["sha256"]), built["index"]
-
-
-def _server_sha256(host: Host, profile: Profile, data: ServerData) -> str:
-    """The sha256 the server worked out of its copy, beside the stream (sqlite.hash_in_background)."""
-    found = host.run_json(data_commands.read_server_hash(profile, data.work_dir), sudo=True,
-                          what="reading the copy's sha256")
-    if "error" in found or not isinstance(found.get("sha256"), str):
-        raise SnapshotError(f"hashing the database copy failed on {host.alias}: {found.get('error') or found}")
-    return found["sha256"]
+    return built["size"], built["sha256"]
 
 
 def _why_it_differs(base: Snapshot) -> str:
     entry = base.manifest.file(DATABASE)
     if sqlite.sha256_file(str(base.path / DATABASE)) != entry.sha256:
         return f"the database of {base.id} is damaged (its sha256 differs from its manifest)"
-    return f"the page index of {base.id} does not match its database"
+    return f"the changed pages do not rebuild the server's copy from {base.id}"
 
 
-def download_snapshot(host: Host, profile: Profile, data: ServerData, dest: Path, *, media: bool,
-                      previous: Snapshot | None, base_index: PendingIndex | None = None) -> Downloaded:
-    """Bring what changed since `previous` into `dest`; hard-link what did not. A changed database
-    comes as its changed pages when `previous` has it (then rebuilt here into a complete file), else
-    whole. The server hashes its copy in the background; the sha256 is compared with the file here,
-    and a rebuilt file that differs is replaced by the whole one, saying why. The database is then
-    pending: its integrity_check runs here afterwards (checking.py). A database that came whole gets
-    its page index when it is first a base (not on this critical path)."""
-    info = data.info
-    reuse = _reusable(previous)
-    unchanged_db = bool(info.get("unchanged"))
-    wanted: list[tuple[str, int | None, str | None, int | None]] = []
-    if unchanged_db:
-        old = reuse[DATABASE]
-        wanted.append((DATABASE, old.size, old.sha256, None))
-    else:
-        wanted.append((DATABASE, info["database"]["size"], None, None))
-    if "env" in info:
-        wanted.append((SECRET_ENV, info["env"]["size"], info["env"]["sha256"], None))
-    if media:
-        wanted += [(m["path"], m["size"], None, m["mtime"]) for m in info["media"]]
+def _serve(host: Host, profile: Profile, dest: Path, request: dict, choose, *, work_dir: PurePosixPath | None,
+           data_dir: PurePosixPath | None, base: Snapshot | None) -> tuple[dict, dict, dict]:
+    """One serve_backup channel: the request, the page index if the server asks for it, its findings,
+    `choose(findings)` -> (choice, {name in the stream: announced size}), the stream into dest. Returns
+    (findings, what was received, seconds on the wire)."""
+    channel = host.root_channel(data_commands.serve_backup(profile, work_dir=work_dir, data_dir=data_dir))
+    try:
+        _say(channel, request)
+        with ui.err.status("consistent copy of the server database, its sha256 and page digests (on the server)"):
+            info = _answer(channel, host.alias)
+            if info.get("need_index"):
+                index = stored_page_index(base) or b""
+                channel.write(len(index).to_bytes(8, "big") + index)
+                info = _answer(channel, host.alias)
+        _refuse_what_the_server_found(info, host, profile, data_dir)
+        if info.get("codec") not in ("zstd", "gzip"):
+            raise SnapshotError(f"the backup on {host.alias} names no known compression ({info.get('codec')!r})")
+        choice, expected = choose(info)
+        _say(channel, choice)
+        total = sum(expected.values())
+        started = time.monotonic()
+        received = receive_tar(channel, Codec(info["codec"]), dest, total=total, description=f"backup {host.alias}",
+                               expected=expected)
+        channel.finish("the backup on the server")
+    finally:
+        channel.close()
+    wire = time.monotonic() - started
+    ui.transfer_summary("downloaded", total, wire, wire=channel.received)
+    return info, received, {"wire": wire}
 
-    linked, fetch = catalog.link_unchanged(wanted, previous, dest)
 
-    extra: dict = {}
-    with_database = any(f[0] == DATABASE for f in fetch)
-    delta = _server_delta(host, profile, data, previous, base_index) if with_database else None
-    received: dict[str, tuple[int, str]] = {}
-    index: bytes | None = None
-    if fetch:
-        received = _stream(host, profile, data, dest, fetch, delta=delta is not None)
-    if delta is not None:
-        found, base_pages = delta
-        built = _assemble(previous, dest, base_pages)
+def download_snapshot(host: Host, profile: Profile, dest: Path, *, media: bool, previous: Snapshot | None,
+                      work_dir: PurePosixPath | None = None, data_dir: PurePosixPath | None = None) -> Downloaded:
+    """A backup on one channel (serve_backup): what changed since `previous` comes into `dest`, what did
+    not is hard-linked. A changed database comes as its changed pages when the server compared them with
+    `previous`'s (it keeps the page index of its last copies), rebuilt here on a clone of the base; else
+    whole. Its sha256 (the server's, worked out in the same read as the page digests) must equal the
+    file's here; a rebuilt file that differs is replaced by the whole one, saying why. The database is
+    then pending: its check runs here afterwards (checking.py). `data_dir`: the offsite restore (no
+    change marker: always copied)."""
+    base = previous if previous is not None and previous.manifest is not None else None
+    entry = base.manifest.file(DATABASE) if base else None
+    request = {"marker": None if data_dir or base is None else base.manifest.source.get("marker"),
+               "base": entry.sha256 if entry else None}
+    decided: dict = {}
+
+    def choose(info: dict) -> tuple[dict, dict]:
+        wanted: list = [(DATABASE, entry.size, entry.sha256, None) if info.get("unchanged")
+                        else (DATABASE, info["database"]["size"], None, None)]
+        if "env" in info:
+            wanted.append((SECRET_ENV, info["env"]["size"], info["env"]["sha256"], None))
+        if media:
+            wanted += [(m["path"], m["size"], None, m["mtime"]) for m in info["media"]]
+        decided["linked"], decided["fetch"] = catalog.link_unchanged(wanted, base, dest)
+        fetch = decided["fetch"]
+        database = _choose_database(info, base) if any(f[0] == DATABASE for f in fetch) else None
+        decided["database"] = database
+        expected = {f[0]: f[1] for f in fetch if f[0] != DATABASE}
+        if database == "delta":
+            expected[DELTA] = info["delta"]["size"]
+        elif database == "whole":
+            expected[DATABASE] = info["database"]["size"]
+        return {"database": database, "files": [f[0] for f in fetch if f[0] != DATABASE]}, expected
+
+    info, received, timeline = _serve(host, profile, dest, request, choose, work_dir=work_dir, data_dir=data_dir,
+                                      base=base)
+    linked, fetch = decided["linked"], decided["fetch"]
+    timeline.update(info.get("timeline", {}))
+    if info.get("copy") == "raw copy under a shared lock":
+        ui.out.print(f"  writers' lock held {info['timeline'].get('server copy', 0):.2f}s (the server's consistent copy)")
+    server_sha = (info.get("database") or {}).get("sha256")
+    if decided["database"] == "delta":
+        if DELTA not in received:
+            raise SnapshotError(f"the changed pages did not arrive from {host.alias}")
+        started = time.monotonic()
+        with ui.err.status(f"building the database on a clone of {base.id} with the changed pages"):
+            built = _assemble(base, dest)
+        timeline["rebuild"] = time.monotonic() - started
         if built is not None:
-            received[DATABASE], index = built
-            ui.out.print(f"  database: {found['changed']} of {found['pages']} pages changed since {previous.id}; "
-                         f"rebuilt here into a complete file")
-    server_sha = _server_sha256(host, profile, data) if with_database else None
-    if delta is not None and received.get(DATABASE, (0, None))[1] != server_sha:
-        why = (_why_it_differs(previous) if DATABASE in received
-               else "the changed pages could not be applied to it")
-        ui.warn(f"{why}: fetching the whole database instead")
-        (dest / DATABASE).unlink(missing_ok=True)
-        entry = next(f for f in fetch if f[0] == DATABASE)
-        received.update(_stream(host, profile, data, dest, [entry], delta=False))
-        index = None
+            received[DATABASE] = built
+            ui.out.print(f"  database: {info['delta']['changed']} of {info['delta']['pages']} pages changed since "
+                         f"{base.id}; rebuilt here into a complete file")
+        if received.get(DATABASE, (0, None))[1] != server_sha:
+            ui.warn(f"{_why_it_differs(base) if built else 'the changed pages could not be applied to it'}: "
+                    "fetching the whole database instead")
+            (dest / DATABASE).unlink(missing_ok=True)
+            info, received[DATABASE], again = _whole_database(host, profile, dest, work_dir, data_dir)
+            server_sha = info["database"]["sha256"]
+            timeline["wire"] += again["wire"]
 
-    entries = list(linked) + catalog.received_entries(fetch, received, host.alias,
-                                                      expected={DATABASE: server_sha})
-    if index is not None:
-        extra["page_index"] = write_page_index(dest, index)
+    entries = list(linked) + catalog.received_entries(fetch, received, host.alias, expected={DATABASE: server_sha})
     if linked:
-        ui.out.print(f"  {len(linked)} unchanged file(s) hard-linked from {previous.id} "
+        ui.out.print(f"  {len(linked)} unchanged file(s) hard-linked from {base.id} "
                      f"({ui.human_bytes(sum(f.size for f in linked))} not transferred)")
-    if unchanged_db:
-        m = previous.manifest
-        report = {"integrity_check": m.integrity_check, "counts": m.counts, "label_studio": True, "error": None,
-                  "missing_tables": []}
-        noted = m.extra.get("page_index")
-        if isinstance(noted, dict) and (previous.path / PAGE_INDEX).is_file():
-            link_or_copy(previous.path / PAGE_INDEX, dest / PAGE_INDEX)
-            extra["page_index"] = noted
-        ui.out.print(f"  the database has not changed since {previous.id} (SQLite change counter)")
+    if info.get("unchanged"):
+        m = base.manifest
+        report = {"integrity_check": m.integrity_check, "counts": m.counts}
+        ui.out.print(f"  the database has not changed since {base.id} (SQLite change counter)")
     else:
         report = {"integrity_check": catalog.PENDING, "counts": {}}   # checking.py's, on this machine
-    return Downloaded(sorted(entries, key=lambda f: f.path), report, extra)
+    extra = {"timeline": {k: round(v, 3) for k, v in timeline.items()}}
+    return Downloaded(sorted(entries, key=lambda f: f.path), report, info, extra)
+
+
+def _whole_database(host: Host, profile: Profile, dest: Path, work_dir: PurePosixPath | None,
+                    data_dir: PurePosixPath | None) -> tuple[dict, tuple[int, str], dict]:
+    """A second channel for the whole database alone (a new consistent copy): (findings, (size, sha256),
+    timeline); SnapshotError when its sha256 differs too."""
+    def choose(info: dict) -> tuple[dict, dict]:
+        return {"database": "whole", "files": []}, {DATABASE: info["database"]["size"]}
+
+    info, received, timeline = _serve(host, profile, dest, {"marker": None, "base": None}, choose,
+                                      work_dir=work_dir, data_dir=data_dir, base=None)
+    got = received.get(DATABASE)
+    if got is None or got[1] != info["database"]["sha256"]:
+        raise SnapshotError(f"{DATABASE}: sha256 differs between {host.alias} and this machine (transfer corrupted)")
+    return info, got, timeline
 
 
 def refuse_other_database(host: Host, profile: Profile) -> None:
@@ -404,16 +394,36 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
                   label_studio_version: str | None = None, offsite: OffsitePoint | None = None) -> Snapshot:
     """A SQLite server's backup (callers hold the locks): consistent copy on the server -> snapshot folder
     here proven byte-identical to it, manifest last; pending until its check (checking.py) unless the
-    database is the verified base's. A failure leaves no half snapshot behind. The version is read
-    from the profile's venv unless given (adopt: the unmanaged instance's own venv). `offsite`: the data
+    database is the verified base's. A failure leaves no half snapshot behind. The version is read from
+    the profile's venv unless given (adopt: the unmanaged instance's own venv). `offsite`: the data
     restored on the server from its offsite target instead of the live data (backup --from-offsite)."""
     host_dir = profile.backups_dir()
     previous = checking.newest_base(host_dir)
-    base_index = PendingIndex.start(previous)
-    try:
-        return _take(host, profile, label, media, host_dir, previous, base_index, label_studio_version, offsite)
-    finally:
-        base_index.drop()  # unneeded (an unchanged database, a failure): the thread stops at once
+    with contextlib.ExitStack() as stack:
+        work_dir = restored = None
+        if offsite is not None:
+            work_dir = stack.enter_context(server_work_dir(host, profile, "backup"))
+            restored = work_dir / "offsite"
+            restore_offsite_point(host, profile, restored, offsite)
+        with catalog.new_snapshot(host_dir, label) as pending:
+            got = download_snapshot(host, profile, pending.path, media=media, previous=previous, work_dir=work_dir,
+                                    data_dir=restored)
+            pending.manifest = Manifest(
+                host=host.alias,
+                created=pending.created,
+                label=label,
+                label_studio_version=label_studio_version or got.info.get("label_studio_version"),
+                source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
+                        # A restored file's change counter says nothing of the live one's: never a base for "unchanged".
+                        "database": str(profile.remote.database), "marker": None if offsite else got.info.get("marker"),
+                        **({"offsite": offsite.describe()} if offsite else {})},
+                files=got.files,
+                integrity_check=got.report["integrity_check"] or "unknown",
+                counts=got.report.get("counts", {}),
+                media_included=media,
+                extra=got.extra,
+            )
+    return pending.snapshot
 
 
 def restore_offsite_point(host: Host, profile: Profile, folder: PurePosixPath, point: OffsitePoint) -> None:
@@ -429,35 +439,3 @@ def restore_offsite_point(host: Host, profile: Profile, folder: PurePosixPath, p
             host.run(offsite_commands.restore_files_into_incoming(profile, folder, point.files, point.source),
                      sudo=True, what="restoring .env and media from the offsite target", timeout=None)
     ui.step(True, f"restored {where} ({point.timestamp or 'its newest point'}) on the server (integrity_check passed)")
-
-
-def _take(host: Host, profile: Profile, label: str | None, media: bool, host_dir: Path, previous: Snapshot | None,
-          base_index: PendingIndex, label_studio_version: str | None, offsite: OffsitePoint | None) -> Snapshot:
-    with server_work_dir(host, profile, "backup") as work_dir:
-        restored = None
-        if offsite is not None:
-            restored = work_dir / "offsite"
-            restore_offsite_point(host, profile, restored, offsite)
-        data = prepare_server_copy(host, profile, work_dir, previous, data_dir=restored)
-        if data.info.get("unchanged"):
-            base_index.drop()
-        with catalog.new_snapshot(host_dir, label) as pending:
-            got = download_snapshot(host, profile, data, pending.path, media=media, previous=previous,
-                                    base_index=base_index)
-            files, report = got.files, got.report
-            pending.manifest = Manifest(
-                host=host.alias,
-                created=pending.created,
-                label=label,
-                label_studio_version=label_studio_version or data.info.get("label_studio_version"),
-                source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
-                        # A restored file's change counter says nothing of the live one's: never a base for "unchanged".
-                        "database": str(profile.remote.database), "marker": None if offsite else data.info.get("marker"),
-                        **({"offsite": offsite.describe()} if offsite else {})},
-                files=files,
-                integrity_check=report["integrity_check"] or "unknown",
-                counts=report.get("counts", {}),
-                media_included=media,
-                extra=got.extra,
-            )
-    return pending.snapshot

@@ -14,11 +14,15 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import struct
+import subprocess
 import sys
+import tarfile
 import threading
+import time
 
 try:  # python3-xxhash (provision installs it): page digests 5x faster than SHA-1; SHA-1 without it
     import xxhash
@@ -317,16 +321,12 @@ def settle(path: str) -> dict:
 
 
 DATABASE_NAME = "label_studio.sqlite3"
-HASH_REPORT, HASH_LOCK = "hash.json", "hash.lock"
-BASE_INDEX, DELTA = "base.pages", "label_studio.sqlite3.delta"
+DELTA = "label_studio.sqlite3.delta"
 
 
-def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "null", check: str = "check") -> dict:
-    """Server side of a backup: a consistent DB copy into work_dir, unless the database has not changed
-    since the snapshot whose marker is given; .env hashed, media listed. The copy's sha256 starts at once
-    in the background (`hash_in_background`), beside the delta and the stream; its integrity_check runs on
-    the machine that keeps the snapshot, never here (it would compete with Label Studio for the cores).
-    `check` "nocheck" leaves the hash out (a copy made to be migrated, not kept)."""
+def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "null") -> dict:
+    """A consistent DB copy into work_dir (to migrate, or to compare with a snapshot), unless the database
+    has not changed since the snapshot whose marker is given; .env hashed, media listed."""
     database = os.path.join(data_dir, "label_studio.sqlite3")
     result = {"database_exists": os.path.isfile(database)}
     if result["database_exists"]:
@@ -345,8 +345,6 @@ def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "nul
                 result["copy_error"] = str(exc)
                 return result
             result["database"] = {"size": os.path.getsize(snapshot)}
-            if check != "nocheck":
-                hash_in_background(snapshot, os.path.join(work_dir, HASH_REPORT), os.path.join(work_dir, HASH_LOCK))
     env = os.path.join(data_dir, ".env")
     if os.path.isfile(env):
         result["env"] = {"size": os.path.getsize(env), "sha256": sha256_file(env)}
@@ -395,31 +393,6 @@ def check(path: str) -> dict:
     report = inspect(path)
     hasher.join()
     return {"sha256": found.get("sha256"), "report": report}
-
-
-def hash_in_background(path: str, report: str, lock: str) -> None:
-    """The sha256 of `path` in a detached child that writes `report` ({"sha256": ...}, whole, by a rename)
-    and holds an flock on `lock` until it is written: `flock -s LOCK cat REPORT` waits for it. The caller
-    goes on at once (the stream starts while the hash runs on another core)."""
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # taken before the fork: no reader can come before the hash
-    if os.fork() != 0:
-        os.close(fd)
-        return
-    try:
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for n in (0, 1, 2):
-            os.dup2(devnull, n)
-        try:
-            result = {"sha256": sha256_file(path)}
-        except Exception as exc:  # noqa: BLE001 - the waiter must read an answer
-            result = {"error": str(exc)}
-        with open(report + ".partial", "w") as handle:
-            json.dump(result, handle)
-        os.replace(report + ".partial", report)
-    finally:
-        os._exit(0)
 
 
 def send(path: str, digest_file: str) -> int:
@@ -516,18 +489,15 @@ def _pages(handle, page_size: int):
             number += 1
 
 
-def page_index(path: str, stop=None, algorithm: str = ALGORITHM) -> bytes:
-    """The index of a database file: its algorithm's magic, page size, digests. `stop` (an Event) given
-    and set: ValueError, at the next few hundred pages."""
+def page_index(path: str, algorithm: str = ALGORITHM) -> bytes:
+    """The index of a database file: its algorithm's magic, page size, digests."""
     page_size = page_size_of(path)
     if page_size is None:
         raise ValueError(f"{path} is not an SQLite database")
     digest = page_digester(algorithm)
     out = bytearray(INDEX_MAGICS[algorithm] + struct.pack(">I", page_size))
     with open(path, "rb") as handle:
-        for number, page in _pages(handle, page_size):
-            if stop is not None and number % PAGES_PER_READ == 0 and stop.is_set():
-                raise ValueError("stopped")
+        for _number, page in _pages(handle, page_size):
             out += digest(page)
     return bytes(out)
 
@@ -659,14 +629,256 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
     return result
 
 
+# ------------------------------------------------------------------------------------------------
+# A whole backup on one channel (`serve-backup`): this machine asks, the server copies, hashes and
+# compares, says what it found, this machine chooses, the server streams. The page index of each copy
+# stays on the server (in the data dir, the service user's), so the next backup compares against it
+# without this machine uploading one.
+
+KEEP_INDEXES = 3
+MAX_INDEX = 64 * 1024 * 1024   # 8 bytes a page: the index of a 32 GiB database at 4 KiB pages
+
+
+def _say(answer: dict) -> None:
+    """One answer on stdout: its length on a line, then the JSON (a listing of many media files is read
+    whole by the other end, not byte by byte)."""
+    data = json.dumps(answer).encode()
+    sys.stdout.buffer.write(b"%d\n" % len(data) + data)
+    sys.stdout.buffer.flush()
+
+
+def _heard(stdin) -> dict:
+    line = stdin.readline(1024 * 1024)
+    if not line.endswith(b"\n"):
+        raise ValueError("the request was cut short")
+    found = json.loads(line)
+    if not isinstance(found, dict):
+        raise ValueError("the request is not a JSON object")
+    return found
+
+
+def kept_index(index_dir: str, sha256: str | None) -> bytes | None:
+    """The page index kept of the copy whose sha256 is given, None when there is none (or no name)."""
+    if not isinstance(sha256, str) or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        return None
+    try:
+        with open(os.path.join(index_dir, sha256 + ".pages"), "rb") as handle:
+            index = handle.read(MAX_INDEX + 1)
+        parse_index(index)
+        return index
+    except (OSError, ValueError):
+        return None
+
+
+def keep_index(index_dir: str, sha256: str, index: bytes) -> None:
+    """The index of a copy, kept by its sha256 (whole, by a rename); only the newest KEEP_INDEXES stay."""
+    os.makedirs(index_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(index_dir, sha256 + ".pages")
+    with open(path + ".partial", "wb") as handle:
+        handle.write(index)
+    os.replace(path + ".partial", path)
+    kept = sorted((os.path.join(index_dir, n) for n in os.listdir(index_dir)), key=os.path.getmtime, reverse=True)
+    for old in kept[KEEP_INDEXES:]:
+        os.unlink(old)
+
+
+def digest_copy(path: str, base_index: bytes | None, delta: str) -> dict:
+    """One read of a copy: its sha256, its page index (the base index's algorithm, else ALGORITHM), and,
+    against `base_index`, the delta of the pages that differ into `delta` (as make_delta writes it).
+    "delta" is None without a usable base: {"why": ...} says why not."""
+    page_size = page_size_of(path)
+    if page_size is None:
+        raise ValueError(f"{path} is not an SQLite database")
+    size = os.path.getsize(path)
+    digests, algorithm, why = None, ALGORITHM, None
+    if base_index is not None:
+        base_size, digests, algorithm = parse_index(base_index)
+        if base_size != page_size or size % page_size:
+            digests, algorithm, why = None, ALGORITHM, "the page size changed"
+    try:
+        digest = page_digester(algorithm)
+    except ValueError as exc:   # an older index by a digest this server lacks
+        digests, algorithm, why = None, ALGORITHM, str(exc)
+        digest = page_digester(algorithm)
+    sha = hashlib.sha256()
+    index = bytearray(INDEX_MAGICS[algorithm] + struct.pack(">I", page_size))
+    changed = 0
+    out = open(delta, "xb") if digests is not None else None
+    try:
+        if out is not None:
+            out.write(DELTA_MAGIC + struct.pack(">IQ", page_size, size // page_size))
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(page_size * PAGES_PER_READ), b""):
+                sha.update(block)
+                view = memoryview(block)
+                first = (len(index) - len(INDEX_MAGIC) - 4) // DIGEST
+                for offset in range(0, len(block), page_size):
+                    page = view[offset:offset + page_size]
+                    mark = digest(page)
+                    index += mark
+                    if out is not None:
+                        at = (first + offset // page_size) * DIGEST
+                        if digests[at:at + DIGEST] != mark:
+                            out.write(struct.pack(">I", first + offset // page_size))
+                            out.write(page)
+                            changed += 1
+    finally:
+        if out is not None:
+            out.close()
+    found = {"sha256": sha.hexdigest(), "size": size, "index": bytes(index), "pages": size // page_size}
+    found["delta"] = ({"pages": size // page_size, "changed": changed, "size": os.path.getsize(delta)}
+                      if digests is not None else None)
+    found["why"] = why if digests is None and base_index is not None else None
+    return found
+
+
+def _open_beneath(top: str, name: str) -> int:
+    """A descriptor of the regular file `name` under `top`, never through a link (each folder on the way
+    opened with O_NOFOLLOW): a link planted anywhere in the path leads nowhere. OSError otherwise."""
+    parts = name.split("/")
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, "not a plain relative name")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        found = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(found).st_mode):
+        os.close(found)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return found
+
+
+def _add(tar, fd: int, name: str, size: int | None = None) -> None:
+    st = os.fstat(fd)
+    info = tarfile.TarInfo(name)
+    info.size = st.st_size if size is None else size
+    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = int(st.st_mtime), 0o600, 0, 0, "root", "root"
+    with os.fdopen(fd, "rb") as handle:
+        tar.addfile(info, handle)
+
+
+def stream_files(codec: str, members: list) -> None:
+    """A compressed tar on stdout (zstd -T0, or gzip) of `members`: (descriptor, name in the archive).
+    The tar is written here, so every file was opened safely before it goes."""
+    if codec == "zstd":
+        compressor = subprocess.Popen(["zstd", "-q", "-1", "-T0", "-c"], stdin=subprocess.PIPE,
+                                      stdout=sys.stdout.fileno())
+        target = compressor.stdin
+    else:
+        import gzip
+
+        compressor, target = None, gzip.GzipFile(fileobj=sys.stdout.buffer, mode="wb", compresslevel=1)
+    try:
+        with tarfile.open(fileobj=target, mode="w|", bufsize=CHUNK, format=tarfile.PAX_FORMAT, encoding="utf-8",
+                          errors="surrogateescape") as tar:
+            for fd, name in members:
+                _add(tar, fd, name)
+    finally:
+        target.close()
+        if compressor is not None and compressor.wait() != 0:
+            raise OSError("zstd failed")
+    sys.stdout.buffer.flush()
+
+
+def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int:
+    """The server's whole part of a backup, on stdin/stdout (see this section's head). Request: one JSON
+    line {"marker": the base's change marker, "base": the base database's sha256}. Then, when it keeps
+    no index of that base: {"need_index": true}, answered by 8 bytes of length and the index (length 0:
+    none). Then the findings: one JSON line. Then this machine's choice: one JSON line {"database":
+    "delta" | "whole" | null, "files": [names from the findings' listing]}. Then the tar stream."""
+    stdin = sys.stdin.buffer
+    request = _heard(stdin)
+    database = os.path.join(data_dir, DATABASE_NAME)
+    copy = os.path.join(work_dir, DATABASE_NAME)
+    delta_path = os.path.join(work_dir, DELTA)
+    found = {"database_exists": os.path.isfile(database), "timeline": {}}
+    timeline = found["timeline"]
+    if found["database_exists"]:
+        try:
+            marker = change_marker(database)
+        except sqlite3.Error:
+            marker = None
+        found["marker"] = marker
+        if marker is not None and marker == request.get("marker"):
+            found["unchanged"] = True
+        else:
+            size = os.path.getsize(database)
+            st = os.statvfs(work_dir)
+            if st.f_bavail * st.f_frsize < size + CHUNK:
+                found["copy_error"] = (f"No space left: the copy needs {size} bytes, "
+                                       f"{st.f_bavail * st.f_frsize} are free in {os.path.dirname(work_dir)}")
+                _say(found)
+                return 0
+            started = time.monotonic()
+            try:
+                found["copy"] = consistent_copy(database, copy)
+            except (sqlite3.Error, OSError) as exc:
+                found["copy_error"] = str(exc)
+                _say(found)
+                return 0
+            timeline["server copy"] = time.monotonic() - started
+            base_index = None
+            if request.get("base"):
+                base_index = kept_index(index_dir, request["base"])
+                found["index_kept"] = base_index is not None
+                if base_index is None:
+                    _say({"need_index": True})
+                    length = int.from_bytes(stdin.read(8), "big")
+                    if length > MAX_INDEX:
+                        raise ValueError("the page index sent is too large")
+                    base_index = stdin.read(length) if length else None
+                    if base_index is not None and len(base_index) != length:
+                        raise ValueError("the page index sent was cut short")
+            started = time.monotonic()
+            try:
+                digested = digest_copy(copy, base_index, delta_path)
+            except ValueError as exc:
+                digested = None
+                found["delta_why"] = str(exc)
+            timeline["server digests"] = time.monotonic() - started
+            if digested is not None:
+                keep_index(index_dir, digested["sha256"], digested["index"])
+                found["database"] = {"size": digested["size"], "sha256": digested["sha256"]}
+                found["delta"] = digested["delta"]
+                found["delta_why"] = digested["why"]
+            else:
+                found["database"] = {"size": os.path.getsize(copy), "sha256": sha256_file(copy)}
+    env = os.path.join(data_dir, ".env")
+    if os.path.isfile(env) and not os.path.islink(env):
+        found["env"] = {"size": os.path.getsize(env), "sha256": sha256_file(env)}
+    found["media"] = media_listing(os.path.join(data_dir, "media"))
+    found["label_studio_version"] = label_studio_version(venv)
+    found["codec"] = "zstd" if shutil.which("zstd") else "gzip"
+    _say(found)
+    choice = _heard(stdin)
+    members = []
+    if choice.get("database") == "delta" and found.get("delta"):
+        members.append((os.open(delta_path, os.O_RDONLY), DELTA))
+    elif choice.get("database") == "whole" and "database" in found:
+        members.append((os.open(copy, os.O_RDONLY), DATABASE_NAME))
+    listed = {m["path"] for m in found["media"]} | ({".env"} if "env" in found else set())
+    for name in choice.get("files", []):
+        if name not in listed:
+            raise ValueError(f"{name!r} was not in the listing")
+        try:
+            members.append((_open_beneath(data_dir, name), name))
+        except OSError:
+            continue   # deleted, or replaced by a link, since the listing: left out (this machine sees it missing)
+    stream_files(found["codec"], members)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command = argv[0]
     if command == "prepare":
-        print(json.dumps(prepare(*argv[1:6])))
+        print(json.dumps(prepare(*argv[1:5])))
     elif command == "check":
         print(json.dumps(check(argv[1])))
-    elif command == "hash-in-background":
-        hash_in_background(*argv[1:4])
     elif command == "counts":
         con = sqlite3.connect(f"file:{argv[1]}?mode=ro", uri=True, timeout=30)
         try:
@@ -681,15 +893,8 @@ def main(argv: list[str]) -> int:
             print(json.dumps(migrations(argv[1])))
         except sqlite3.DatabaseError as exc:
             print(json.dumps({"error": str(exc)}))
-    elif command == "delta":
-        work_dir = argv[1]
-        with open(os.path.join(work_dir, BASE_INDEX), "rb") as handle:
-            base_index = handle.read()
-        try:
-            print(json.dumps(make_delta(os.path.join(work_dir, DATABASE_NAME), base_index,
-                                        os.path.join(work_dir, DELTA))))
-        except ValueError as exc:
-            print(json.dumps({"usable": False, "why": str(exc)}))
+    elif command == "serve-backup":
+        return serve_backup(*argv[1:5])
     elif command == "apply-live":
         print(json.dumps(apply_to_live_copy(argv[1], argv[2])))
     elif command == "settle":

@@ -31,7 +31,7 @@ from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.files import link_or_copy, space_needed
 from tasks.core.onserver import sqlite
 from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
-from tests.unit.samples import DB, ENV, LOCK, MEDIA_FILE, PNG, PROFILE, prepared, server, sha, tar_stream
+from tests.unit.samples import DB, ENV, LOCK, MEDIA_FILE, PNG, PROFILE, prepared, server, sha
 
 
 
@@ -233,18 +233,15 @@ def test_receive_tar_refuses_what_it_did_not_ask_for(tmp_path, members, error, w
 
 
 def test_a_backup_stream_with_an_extra_file_leaves_no_snapshot(backups):
-    host = server(prepared())
-    host.streams.insert(0, (r"tar --ignore-failed-read", Stream(tar_stream(
-        {DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), MEDIA_FILE: (PNG, 1), "media/upload/1/planted.sh": (b"x", 1)}))))
+    host = server(prepared(), files={DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), MEDIA_FILE: (PNG, 1),
+                                     "media/upload/1/planted.sh": (b"x", 1)})
     with pytest.raises(RemoteError, match="not asked for: 'media/upload/1/planted.sh'"):
         engine.take_server_snapshot(host, PROFILE, label=None)
     assert list((backups / "vm").iterdir()) == []
 
 
 def test_a_backup_stream_with_a_grown_file_leaves_no_snapshot(backups):
-    host = server(prepared())
-    host.streams.insert(0, (r"tar --ignore-failed-read", Stream(tar_stream(
-        {DATABASE: (DB, 1), SECRET_ENV: (ENV + b"MORE=1\n", 1), MEDIA_FILE: (PNG, 1)}))))
+    host = server(prepared(), files={DATABASE: (DB, 1), SECRET_ENV: (ENV + b"MORE=1\n", 1), MEDIA_FILE: (PNG, 1)})
     with pytest.raises(SnapshotError, match=r"\.env is larger than announced"):
         engine.take_server_snapshot(host, PROFILE, label=None)
     assert list((backups / "vm").iterdir()) == []
@@ -353,7 +350,7 @@ def test_link_or_copy_on_a_full_disk_is_a_snapshot_error(monkeypatch, tmp_path):
 def test_a_second_backup_without_hard_links_copies_the_unchanged_files(monkeypatch, backups):
     first = engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
     refuse_links(monkeypatch)
-    second = engine.take_server_snapshot(server(prepared(unchanged=True, database=None)), PROFILE, label=None)
+    second = engine.take_server_snapshot(server(prepared(unchanged=True, database=None), files={}), PROFILE, label=None)
     assert second.verified
     for name in (DATABASE, SECRET_ENV, MEDIA_FILE):
         assert (second.path / name).read_bytes() == (first.path / name).read_bytes()

@@ -12,12 +12,12 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tasks.core.commands import data
+from tasks.core.commands import data, read_file
 from tasks.core.data import catalog, engine, snapshots
 from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import LockedError, RemoteError, SnapshotError
 from tasks.core.onserver import sqlite
-from tests.unit.fakehost import FakeHost, Stream, fail, ok
+from tests.unit.fakehost import FakeHost, ok
 from tests.unit.samples import (
     DB,
     ENV,
@@ -27,11 +27,11 @@ from tests.unit.samples import (
     PNG,
     PROFILE,
     REPORT,
-    WORK,
+    framed,
     prepared,
+    served,
     server,
     sha,
-    tar_stream,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -128,7 +128,12 @@ def backups(tmp_path, monkeypatch):
     return tmp_path / "backups" / "vm"
 
 
-def test_a_first_backup_streams_everything_and_checks_it(backups):
+def said(channel) -> list[dict]:
+    """The JSON lines this machine wrote on a serve-backup channel: its request, then its choice."""
+    return [json.loads(line) for line in bytes(channel.written).decode().splitlines()]
+
+
+def test_a_first_backup_is_one_channel_that_streams_everything_then_is_checked_here(backups):
     host = server(prepared())
     snapshot = engine.take_server_snapshot(host, PROFILE, label="nightly")
     assert snapshot.verified and snapshot.label == "nightly"
@@ -136,57 +141,70 @@ def test_a_first_backup_streams_everything_and_checks_it(backups):
     assert {f.path: (f.size, f.sha256) for f in m.files} == {
         DATABASE: (len(DB), sha(DB)), SECRET_ENV: (len(ENV), sha(ENV)), MEDIA_FILE: (len(PNG), sha(PNG))}
     assert m.counts == REPORT["counts"] and m.source["marker"] == MARKER and m.label_studio_version == "1.23.2"
+    assert m.extra["check"]["on"] == "this machine" and set(m.extra["timeline"]) >= {"server copy", "wire"}
     assert (snapshot.path / MEDIA_FILE).read_bytes() == PNG
     assert (snapshot.path / DATABASE).stat().st_mode & 0o777 == 0o600
-    work = PurePosixPath(WORK)
-    file_list, stream = host.channels
-    assert file_list.command == data.write_file_list(PROFILE, work)
-    assert bytes(file_list.written) == f"{SECRET_ENV}\0{MEDIA_FILE}\0".encode() and file_list.write_shut
-    assert stream.command == data.stream_snapshot(PROFILE, work, "gzip", database=True, listed_files=True)
-    assert host.commands[-1] == data.remove_work_dir(PROFILE, work)  # the server's temp folder goes last
+    [channel] = host.channels
+    # Which database the server runs on (its env file), then one channel: the temp folder, the copy, its
+    # digests, the stream and the clean-up. (With sudo's probe and the data lock: 4 SSH commands.)
+    assert host.commands == [read_file(PROFILE.remote.env_file), data.serve_backup(PROFILE)]
+    assert channel.command == data.serve_backup(PROFILE)
+    assert said(channel) == [{"marker": None, "base": None},
+                             {"database": "whole", "files": [SECRET_ENV, MEDIA_FILE]}]
 
 
 def test_a_backup_of_an_unchanged_server_hard_links_everything_and_streams_nothing(backups):
     first = engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
-    host = server(prepared(unchanged=True, database=None))
+    host = server(prepared(unchanged=True, database=None), files={})
     second = engine.take_server_snapshot(host, PROFILE, label=None)
-    assert host.channels == []
     assert second.id != first.id and second.verified
     for name in (DATABASE, SECRET_ENV, MEDIA_FILE):
         assert (second.path / name).stat().st_ino == (first.path / name).stat().st_ino
     assert second.manifest.counts == first.manifest.counts
     # The server compares its change counter with the one the previous snapshot recorded.
-    stored = json.dumps(first.manifest.source["marker"])
-    assert json.loads(stored) == MARKER
-    assert data.prepare_copy(PROFILE, PurePosixPath(WORK), stored) in host.commands
+    assert said(host.channels[0]) == [{"marker": MARKER, "base": sha(DB)}, {"database": None, "files": []}]
 
 
 def test_a_backup_whose_database_hash_differs_leaves_no_snapshot_behind(backups):
-    host = server(prepared(), checked_sha="0" * 64)
+    host = server(prepared(database={"size": len(DB), "sha256": "0" * 64}))
     with pytest.raises(SnapshotError, match="sha256 differs between vm and this machine"):
         engine.take_server_snapshot(host, PROFILE, label=None)
     assert catalog.list_snapshots(backups) == []
-    assert host.commands[-1] == data.remove_work_dir(PROFILE, PurePosixPath(WORK))
 
 
 def test_a_server_without_a_database_is_refused(backups):
-    host = server({"database_exists": False})
+    host = server({"database_exists": False}, files={})
     with pytest.raises(SnapshotError, match="no Label Studio database on vm"):
         engine.take_server_snapshot(host, PROFILE, label=None)
     assert catalog.list_snapshots(backups) == []
-    assert host.channels == []
+    assert said(host.channels[0]) == [{"marker": None, "base": None}]   # nothing chosen, nothing streamed
 
 
 def test_a_full_temp_space_is_said_in_words(backups):
-    host = server(prepared(copy_error="database or disk is full"))
+    host = server(prepared(copy_error="No space left: the copy needs 5 bytes, 2 are free in /var/tmp"), files={})
     with pytest.raises(SnapshotError, match=r"temp space \(/var/tmp\) is full"):
         engine.take_server_snapshot(host, PROFILE, label=None)
 
 
-def test_no_temp_folder_is_a_snapshot_error(backups):
-    host = FakeHost(alias="vm").answer(r"mktemp -d", fail("mkdir: cannot create directory: Read-only file system"))
-    with pytest.raises(SnapshotError, match="cannot create a temp folder in /var/tmp on vm: .*Read-only"):
+def test_no_temp_folder_is_a_clean_error(backups):
+    host = FakeHost(alias="vm").stream(r"serve-backup", b"", stderr=b"mkdir: cannot create directory: Read-only "
+                                       b"file system\n", status=1)
+    with pytest.raises(RemoteError, match="Read-only file system"):
         engine.take_server_snapshot(host, PROFILE, label=None)
+    assert catalog.list_snapshots(backups) == []
+
+
+def test_a_server_that_kept_no_index_gets_the_base_index_on_the_same_channel(backups):
+    first = engine.take_server_snapshot(server(prepared()), PROFILE, label=None)
+    host = FakeHost(alias="vm").stream(r"serve-backup", framed({"need_index": True}) + served(
+        prepared(), {DATABASE: (DB, 1)}))
+    engine.take_server_snapshot(host, PROFILE, label=None)
+    [channel] = host.channels
+    written = bytes(channel.written)
+    request, rest = written.split(b"\n", 1)
+    index = sqlite.page_index(str(first.path / DATABASE))
+    assert json.loads(request) == {"marker": MARKER, "base": sha(DB)}
+    assert rest.startswith(len(index).to_bytes(8, "big") + index)
 
 
 @pytest.mark.parametrize("stdout, counts", [("", None), ('{"projects": 1, "tasks": 2, "annotations": 0}\n',
@@ -211,17 +229,15 @@ HOSTILE_NAMES = ["media/upload/1/x\nLSVM_EOF\ntouch /tmp/pwned\n", "media/upload
                  "media/upload/1/caf\udce9.png"]
 
 
-def test_hostile_media_names_travel_nul_separated_on_stdin_and_land_byte_identical(backups):
+def test_hostile_media_names_travel_as_json_on_stdin_and_land_byte_identical(backups):
     media = {name: (f"content of {i}".encode(), 1700000000 + i) for i, name in enumerate(HOSTILE_NAMES)}
-    host = server(prepared(media=[{"path": n, "size": len(c), "mtime": m} for n, (c, m) in media.items()]))
-    host.streams = [(r"tar --ignore-failed-read", Stream(tar_stream({DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), **media})))]
+    host = server(prepared(media=[{"path": n, "size": len(c), "mtime": m} for n, (c, m) in media.items()]),
+                  files={DATABASE: (DB, 1), SECRET_ENV: (ENV, 1), **media})
     snapshot = engine.take_server_snapshot(host, PROFILE, label=None)
     for name in HOSTILE_NAMES:
         assert not any(name in command or name.encode("utf-8", "surrogateescape").decode("utf-8", "replace") in command
                        for command in host.commands + [c.command for c in host.channels])
-    file_list = host.channels[0]
-    assert bytes(file_list.written) == b"".join(n.encode("utf-8", "surrogateescape") + b"\0"
-                                                for n in [SECRET_ENV, *HOSTILE_NAMES])
+    assert said(host.channels[0])[1]["files"] == [SECRET_ENV, *HOSTILE_NAMES]
     for name, (content, _) in media.items():
         assert (snapshot.path / name).read_bytes() == content
     # The manifest keeps the names exactly (surrogates survive JSON), so a restore sends them back as they were.

@@ -21,6 +21,7 @@ from tasks.core.commands import data
 from tasks.core.connect import RootChannel
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
 from tasks.core.errors import RemoteError, SnapshotError
+from tasks.core.onserver import sqlite
 from tasks.core.profile import parse_profile
 from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
 
@@ -143,54 +144,95 @@ HOSTILE_MEDIA = {
 }
 
 
-def test_the_snapshot_stream_command_sends_the_copy_and_the_listed_files_and_checks_the_copy(tmp_path):
-    data_dir, work = tmp_path / "-data dir", tmp_path / "lsvm-backup.-x"
-    media = {"media/upload/1/a b.png": FILES["media/upload/1/a b.png"], **HOSTILE_MEDIA}
-    write_files(data_dir, {SECRET_ENV: FILES[SECRET_ENV], **media})
-    work.mkdir()
-    con = sqlite3.connect(work / DATABASE)  # the consistent copy `prepare` left (not Label Studio's)
-    con.execute("create table project (id integer)")
+def serve_backup_here(data_dir, work, index_dir, said: list[dict]) -> tuple[dict, bytes]:
+    """The real serve-backup program run here, this machine's lines given in advance: (its findings,
+    the compressed tar after them)."""
+    stdin = b"".join(json.dumps(line).encode() + b"\n" for line in said)
+    out = run_here(commands.join(*data.sqlite_words("serve-backup", data_dir, "/nonexistent-venv", index_dir, work)),
+                   stdin=stdin)
+    head, rest = out.split(b"\n", 1)
+    return json.loads(rest[:int(head)]), rest[int(head):]
+
+
+def received_from(wire: bytes, codec: str, dest, expected: dict) -> dict:
+    channel = RootChannel("vm", FakeChannel("download", Stream(wire)))
+    return transfer.receive_tar(channel, transfer.Codec(codec), dest, total=1, description="d", expected=expected)
+
+
+def edit_rows(path, rows: range) -> None:
+    con = sqlite3.connect(path)
+    con.executemany("update note set text = 'edited' where id = ?", [(i,) for i in rows])
     con.commit()
     con.close()
+
+
+def test_serve_backup_streams_the_copy_and_hostile_names_and_next_time_only_the_changed_pages(tmp_path):
+    data_dir, work, index_dir = tmp_path / "-data dir", tmp_path / "lsvm-backup.-x", tmp_path / "-data dir" / ".pages"
+    media = {"media/upload/1/a b.png": FILES["media/upload/1/a b.png"], **HOSTILE_MEDIA}
+    write_files(data_dir, {SECRET_ENV: FILES[SECRET_ENV], **media})
+    con = sqlite3.connect(data_dir / DATABASE)
+    con.execute("create table note (id integer primary key, text text)")
+    con.executemany("insert into note (text) values (?)", [("x" * 300,)] * 3000)
+    con.commit()
+    con.close()
+    work.mkdir()
     listed = [SECRET_ENV, *media]
-    # What the service user runs: the list arrives on stdin, NUL-separated, never inside a script.
-    run_here(data.file_list_script(PurePosixPath(work)), stdin=data.encode_file_list(listed))
-    assert (work / data.FILE_LIST).stat().st_mode & 0o777 == 0o600
-    wire = run_here(data.stream_script(PurePosixPath(work), PurePosixPath(data_dir), "gzip", database=True,
-                                       listed_files=True))
-    channel = RootChannel("vm", FakeChannel("download", Stream(wire)))
-    dest = tmp_path / "dest"
-    received = transfer.receive_tar(channel, transfer.Codec("gzip"), dest, total=1, description="d",
-                                    expected={DATABASE: (work / DATABASE).stat().st_size,
-                                              SECRET_ENV: len(FILES[SECRET_ENV]),
-                                              **{n: len(c) for n, c in media.items()}})
-    assert set(received) == {DATABASE, *listed}
+    found, wire = serve_backup_here(data_dir, work, index_dir, [{"marker": None, "base": None},
+                                                                {"database": "whole", "files": listed}])
+    assert {m["path"] for m in found["media"]} == set(media) and found["delta"] is None
+    dest = tmp_path / "first"
+    received = received_from(wire, found["codec"], dest, {DATABASE: found["database"]["size"], SECRET_ENV: len(FILES[SECRET_ENV]),
+                                          **{n: len(c) for n, c in media.items()}})
+    assert received[DATABASE][1] == found["database"]["sha256"]       # the sha256 of the copy is the server's
     for name, content in media.items():
         assert (dest / name).read_bytes() == content
-        assert os.fsencode(dest / name).endswith(name.encode("utf-8", "surrogateescape"))
     assert not os.path.exists("/tmp/pwned")
-    # The hash `prepare` started in the background; the reader waits for its lock, then reads it.
-    report, lock = work / data.HASH_REPORT, work / data.HASH_LOCK
-    subprocess.run(data.sqlite_words("hash-in-background", str(work / DATABASE), str(report), str(lock)),
-                   check=True, timeout=30)
-    check = json.loads(run_here(f"flock -s {commands.q(lock)} cat -- {commands.q(report)}"))
-    assert check == {"sha256": received[DATABASE][1]}
+    assert sorted(os.listdir(index_dir)) == [found["database"]["sha256"] + ".pages"]   # kept for next time
+
+    # Next time: the server compares its new copy with the index it kept (none sent) and streams only the
+    # changed pages, which rebuild the copy here on the first one.
+    edit_rows(data_dir / DATABASE, range(1, 30))
+    (work / DATABASE).unlink()
+    again, wire = serve_backup_here(data_dir, work, index_dir,
+                                    [{"marker": None, "base": found["database"]["sha256"]},
+                                     {"database": "delta", "files": []}])
+    assert again["index_kept"] and 0 < again["delta"]["changed"] < again["delta"]["pages"] / 10
+    received = received_from(wire, again["codec"], tmp_path / "second", {data.DELTA: again["delta"]["size"]})
+    built = sqlite.apply_delta(str(dest / DATABASE), str(tmp_path / "second" / data.DELTA), str(tmp_path / "built"))
+    assert built["sha256"] == again["database"]["sha256"] == sha((work / DATABASE).read_bytes())
+
+
+def test_serve_backup_streams_nothing_it_did_not_list_and_never_through_a_link(tmp_path):
+    data_dir, work = tmp_path / "data", tmp_path / "work"
+    write_files(data_dir, {"media/upload/1/a.png": b"a"})
+    work.mkdir()
+    stdin = b"".join(json.dumps(line).encode() + b"\n" for line in [{"marker": None, "base": None},
+                                                                      {"database": None, "files": ["../../etc/passwd"]}])
+    run = subprocess.run(data.sqlite_words("serve-backup", str(data_dir), "/nonexistent", str(tmp_path / "i"),
+                                           str(work)), input=stdin, capture_output=True)
+    assert run.returncode != 0 and b"was not in the listing" in run.stderr and b"root:" not in run.stdout
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "a.png").write_bytes(b"root only")
+    os.rename(data_dir / "media" / "upload" / "1", tmp_path / "moved")
+    os.symlink(secret, data_dir / "media" / "upload" / "1")       # swapped for a link after the listing
+    with pytest.raises(OSError):
+        sqlite._open_beneath(str(data_dir), "media/upload/1/a.png")
 
 
 def test_the_service_user_does_every_read_and_write_in_the_data_dir_and_the_temp_folder():
     profile = parse_profile("service:\n  user: _svc-1\npaths:\n  data_dir: /srv/-d\n", host="vm")
     work = PurePosixPath("/var/tmp/lsvm-backup.x")
     as_owner = "runuser -u _svc-1 -- env -C /srv/-d HOME=/srv/-d "
-    for command in (data.write_file_list(profile, work), data.read_server_hash(profile, work),
+    for command in (data.write_file_list(profile, work),
                     data.make_incoming(profile), data.receive_upload(profile, "zstd"),
                     data.hash_incoming(profile), data.remove_incoming(profile),
                     data.remove_swap_leftovers(profile), data.swap(profile, [DATABASE, MEDIA]),
                     data.rollback(profile, [DATABASE, MEDIA]),
-                    data.stream_snapshot(profile, work, "zstd", database=True, listed_files=True),
-                    data.stream_snapshot(profile, work, "zstd", database=False, listed_files=True, delta=True),
-                    data.write_base_index(profile, work), data.make_delta(profile, work),
+                    data.stream_snapshot(profile, work, "zstd", listed_files=True, work_file="dump"),
                     data.apply_delta_incoming(profile)):
         assert command.startswith(as_owner), command
+    assert as_owner + "python3 -I -c" in data.serve_backup(profile)
     for command in (data.prepare_copy(profile, work, "null"), data.server_counts(profile),
                     data.file_size(profile, profile.remote.database), data.remove_work_dir(profile, work)):
         assert as_owner + "python3 -I -c" in command or as_owner + "stat" in command or as_owner + "rm" in command

@@ -169,27 +169,19 @@ def test_a_wal_database_is_copied_by_the_backup_api(tmp_path):
 # The stored index of a snapshot
 
 
-def snapshot_of(tmp_path: Path, database: Path, *, index: bytes | None = None, noted_sha: str | None = None) -> Snapshot:
+def snapshot_of(tmp_path: Path, database: Path) -> Snapshot:
     folder = tmp_path / "backups" / "vm" / "20260101T000000Z"
     folder.mkdir(parents=True)
     (folder / DATABASE).write_bytes(database.read_bytes())
-    extra = {}
-    if index is not None:
-        (folder / catalog.PAGE_INDEX).write_bytes(index)
-        extra["page_index"] = {"sha256": noted_sha or hashlib.sha256(index).hexdigest(), "page_size": 4096}
     manifest = Manifest("vm", "2026-01-01T00:00:00+00:00", None, None, {}, [
-        FileEntry(DATABASE, database.stat().st_size, sha(database))], "ok", {}, False, extra=extra)
+        FileEntry(DATABASE, database.stat().st_size, sha(database))], "ok", {}, False)
     catalog.write_manifest(folder, manifest)
     return catalog.list_snapshots(folder.parent)[0]
 
 
-def test_a_snapshot_index_is_read_when_its_manifest_vouches_for_it_else_recomputed(tmp_path):
+def test_a_snapshot_index_is_worked_out_from_its_database(tmp_path):
     db = make_db(tmp_path / "db.sqlite3", rows=200)
-    real = sqlite.page_index(str(db))
-    fake = sqlite.INDEX_MAGIC + (4096).to_bytes(4, "big") + b"\0" * (len(real) - len(sqlite.INDEX_MAGIC) - 4)
-    assert snapshots.stored_page_index(snapshot_of(tmp_path / "a", db, index=fake)) == fake
-    assert snapshots.stored_page_index(snapshot_of(tmp_path / "b", db, index=fake, noted_sha="0" * 64)) == real
-    assert snapshots.stored_page_index(snapshot_of(tmp_path / "c", db)) == real
+    assert snapshots.stored_page_index(snapshot_of(tmp_path / "c", db)) == sqlite.page_index(str(db))
     assert snapshots.stored_page_index(None) is None
 
 
@@ -278,32 +270,6 @@ def test_a_push_of_another_history_sends_the_whole_file(tmp_path, capsys):
     assert uploaded_names(host.channels[0]) == {DATABASE} and not host.ran(r"' apply-live /")
     assert "whole database sent" in capsys.readouterr().out
 
-
-
-def test_an_index_nobody_needs_stops_at_once(tmp_path):
-    db = make_db(tmp_path / "db.sqlite3", rows=20000)
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(ValueError, match="stopped"):
-        sqlite.page_index(str(db), stop)
-    assert snapshots.stored_page_index(snapshot_of(tmp_path, db), stop) is None
-
-
-def test_prepare_hashes_its_copy_in_the_background_unless_told_not_to_and_never_checks_it(tmp_path):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    make_db(data_dir / DATABASE, rows=200)
-    for check, work in (("check", tmp_path / "kept"), ("nocheck", tmp_path / "migrated")):
-        work.mkdir()
-        found = sqlite.prepare(str(data_dir), str(work), str(tmp_path / "venv"), "null", check)
-        assert found["database"]["size"] == (data_dir / DATABASE).stat().st_size
-        assert (work / sqlite.HASH_LOCK).exists() == (check == "check")
-    lock = tmp_path / "kept" / sqlite.HASH_LOCK
-    import fcntl
-    with open(lock) as handle:
-        fcntl.flock(handle, fcntl.LOCK_SH)  # waits for the background hash, which writes the report first
-    report = json.loads((tmp_path / "kept" / sqlite.HASH_REPORT).read_text())
-    assert report == {"sha256": sha(tmp_path / "kept" / DATABASE)}   # the check runs where the snapshot is kept
 
 
 def test_an_index_says_its_digest_and_an_older_sha1_index_still_makes_a_delta(tmp_path):

@@ -150,11 +150,9 @@ def data_scripts(profile) -> dict[str, str]:
         "file size": data.file_size(profile, p.database),
         "prepare copy": data.prepare_copy(profile, work, '{"counter": 1, "size": 2}'),
         "prepare copy, first": data.prepare_copy(profile, work, "null"),
-        "prepare copy, no check": data.prepare_copy(profile, work, "null", check=False),
         "file list": data.write_file_list(profile, work),
-        "server hash": data.read_server_hash(profile, work),
-        "base index": data.write_base_index(profile, work),
-        "make delta": data.make_delta(profile, work),
+        "serve backup": data.serve_backup(profile),
+        "serve backup, offsite restore": data.serve_backup(profile, work_dir=work, data_dir=work / "offsite"),
         "apply delta": data.apply_delta_incoming(profile),
         "codec probe": data.CODEC_PROBE,
         "make incoming": data.make_incoming(profile),
@@ -169,19 +167,16 @@ def data_scripts(profile) -> dict[str, str]:
         "wait until exited": Screen(profile).wait_until_exited(),
         # What the service user runs (the wrappers above quote these into `sh -c`).
         "owner: file list": data.file_list_script(work),
-        "owner: base index": data.base_index_script(work),
         "owner: make incoming": data.make_incoming_script(p.data_dir),
         "owner: remove leftovers": data.remove_leftovers_script(p.data_dir),
     }
     for codec in data.COMPRESS:
-        for database, listed in ((True, True), (True, False), (False, True)):
-            found[f"stream {codec} db={database} files={listed}"] = data.stream_snapshot(
-                profile, work, codec, database=database, listed_files=listed)
-            found[f"stream {codec} delta files={listed}"] = data.stream_snapshot(
-                profile, work, codec, database=False, listed_files=listed, delta=True)
+        for dump, listed in ((True, True), (True, False), (False, True)):
+            found[f"stream {codec} dump={dump} files={listed}"] = data.stream_snapshot(
+                profile, work, codec, listed_files=listed, work_file="dump" if dump else None)
         found[f"receive upload {codec}"] = data.receive_upload(profile, codec)
         found[f"owner: receive upload {codec}"] = data.receive_script(p.data_dir, codec)
-        found[f"owner: stream {codec}"] = data.stream_script(work, p.data_dir, codec, database=True, listed_files=True)
+        found[f"owner: stream {codec}"] = data.stream_script(work, p.data_dir, codec, listed_files=True, work_file="dump")
     for parts in ([DATABASE], [DATABASE, SECRET_ENV, MEDIA], [DATABASE, MEDIA]):
         found[f"swap {'+'.join(parts)}"] = data.swap(profile, parts)
         found[f"rollback {'+'.join(parts)}"] = data.rollback(profile, parts)
