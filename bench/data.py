@@ -14,7 +14,12 @@ with `tc` to the given rate:
   fab backup after `--change` of the pages changed (annotations through the API + an SQL update of
   scattered rows), with the bytes on the wire,
   fab pull-server-db, then fab push-local-db after a local change of `--change` of the pages,
-and reports ratios against scp plus the tool's peak RSS. Needs a Docker engine.
+and reports ratios against scp plus the tool's peak RSS. For each backup it also prints the timeline of
+its phases (server copy, server digests, wire, rebuild, check here; from the snapshot's manifest) and the
+server's CPU seconds (the VM's cgroup, read on this machine) against those of one `sha256sum` of the
+database on the server. `--disk-series N` then takes N incremental backups, each after `--change` of the
+pages changed, into a folder on XFS (a loop device: reflinks) and prints what they take on disk
+(`backups --json`, disk_bytes). Needs a Docker engine, and root for the XFS loop device.
 """
 
 from __future__ import annotations
@@ -44,6 +49,52 @@ from tasks.core.commands.data import COMPRESS  # noqa: E402
 EMAIL, PASSWORD = "admin@example.com", "bench-password-1"
 STREAM_LEVEL = int(COMPRESS["zstd"].split("-q -")[1].split()[0])
 DB = "/var/lib/label-studio/label_studio.sqlite3"
+
+
+def cpu_seconds(vm) -> float:
+    """CPU seconds the VM (its container's cgroup) has used so far, read on this machine (cgroup v2 or v1)."""
+    for pattern, scale in ((f"/sys/fs/cgroup/system.slice/docker-{vm.id}.scope/cpu.stat", 1e-6),
+                           (f"/sys/fs/cgroup/docker/{vm.id}/cpu.stat", 1e-6),
+                           (f"/sys/fs/cgroup/cpuacct/docker/{vm.id}/cpuacct.usage", 1e-9),
+                           (f"/sys/fs/cgroup/cpu,cpuacct/docker/{vm.id}/cpuacct.usage", 1e-9)):
+        for path in glob.glob(pattern):
+            text = Path(path).read_text()
+            if path.endswith("cpu.stat"):
+                text = next(line.split()[1] for line in text.splitlines() if line.startswith("usage_usec"))
+            return int(text.strip()) * scale
+    raise SystemExit(f"no cgroup CPU accounting found for container {vm.id}")
+
+
+def server_cpu(vm, action) -> tuple[float, object]:
+    """(the VM's CPU seconds while `action()` ran, what it returned)."""
+    before = cpu_seconds(vm)
+    result = action()
+    return cpu_seconds(vm) - before, result
+
+
+def sha256sum_cpu(vm) -> float:
+    """The server's CPU seconds for one sha256sum of the live database: the baseline of the CPU target."""
+    return server_cpu(vm, lambda: vm.exec(f"sha256sum {DB} >/dev/null", timeout=600))[0]
+
+
+def newest_manifest(backups: Path) -> dict:
+    host = backups / "vm"
+    newest = sorted(p for p in host.iterdir() if p.is_dir() and not p.name.startswith("."))[-1]
+    return json.loads((newest / "manifest.json").read_text())
+
+
+def timeline(manifest: dict) -> str:
+    phases = dict(manifest.get("extra", {}).get("timeline", {}))
+    check = manifest.get("extra", {}).get("check")
+    if check:
+        phases["check here"] = check["seconds"]
+    order = ("server copy", "server digests", "wire", "rebuild", "check here")
+    return ", ".join(f"{name} {phases[name]:.2f}s" for name in order if name in phases)
+
+
+def lock_held(text: str) -> float | None:
+    found = re.search(r"writers' lock held ([\d.]+)s", text)
+    return float(found.group(1)) if found else None
 
 
 def log(message: str) -> None:
@@ -318,13 +369,17 @@ def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: s
     r["scp_up"], _, _ = timed([*scp, str(work / "raw.sqlite3"), "vm:raw-up.sqlite3"], env)
     vm.exec(f"rm -f {home}/raw.sqlite3 {home}/raw-up.sqlite3")
     (work / "raw.sqlite3").unlink()
+    backups = Path(env["LSVM_BACKUPS_DIR"])
+    r["sha256sum_cpu"] = sha256sum_cpu(vm)
     log(f"[{mode}] fab backup (full)")
-    r["backup"], r["backup_rss"], r["backup_out"] = timed([*fab, "backup"], env)
+    r["backup_cpu"], (r["backup"], r["backup_rss"], r["backup_out"]) = server_cpu(vm, lambda: timed([*fab, "backup"], env))
+    r["backup_timeline"] = timeline(newest_manifest(backups))
     log(f"[{mode}] fab backup (unchanged server)")
     r["again"], r["again_rss"], _ = timed([*fab, "backup"], env)
     change_share(vm, url, project, share, seed=len(mode))
     log(f"[{mode}] fab backup (after {share:.0%} of the pages changed)")
-    r["incr"], r["incr_rss"], r["incr_out"] = timed([*fab, "backup"], env)
+    r["incr_cpu"], (r["incr"], r["incr_rss"], r["incr_out"]) = server_cpu(vm, lambda: timed([*fab, "backup"], env))
+    r["incr_timeline"] = timeline(newest_manifest(backups))
     local = work / f"local-{mode}"
     log(f"[{mode}] fab pull-server-db")
     r["pull"], r["pull_rss"], _ = timed([*fab, "pull-server-db", "--yes", "--local-data-dir", str(local)], env)
@@ -343,17 +398,48 @@ def report(mode: str, r: dict) -> None:
     print(f"fab backup, full:               {r['backup']:7.1f} s   {r['backup'] / r['scp_down']:5.2f}x scp down time   "
           f"peak RSS {r['backup_rss'] / 1024:.0f} MiB")
     print(f"    {wire(r['backup_out'])}")
+    print(f"    timeline: {r['backup_timeline']}")
+    print(f"    server CPU {r['backup_cpu']:.1f} s = {r['backup_cpu'] / r['sha256sum_cpu']:.1f}x one sha256sum of the "
+          f"database there ({r['sha256sum_cpu']:.1f} s); writers' lock held {lock_held(r['backup_out']) or 0:.2f} s "
+          f"({(lock_held(r['backup_out']) or 0) / (r['size'] / 1024 ** 3):.2f} s per GiB)")
     print(f"fab backup, unchanged server:   {r['again']:7.1f} s   {r['again'] / r['scp_down']:5.2f}x scp down time   "
           f"peak RSS {r['again_rss'] / 1024:.0f} MiB")
     print(f"fab backup, after a change:     {r['incr']:7.1f} s   {r['incr'] / r['scp_down']:5.2f}x scp down time   "
           f"peak RSS {r['incr_rss'] / 1024:.0f} MiB")
     print(f"    {pages_line(r['incr_out'])}")
     print(f"    {wire(r['incr_out'])}: {wire_bytes(r['incr_out']) / r['size']:.2%} of the database's bytes")
+    print(f"    timeline: {r['incr_timeline']}")
+    print(f"    server CPU {r['incr_cpu']:.1f} s = {r['incr_cpu'] / r['sha256sum_cpu']:.1f}x one sha256sum of the "
+          f"database there; writers' lock held {lock_held(r['incr_out']) or 0:.2f} s")
     print(f"fab pull-server-db:             {r['pull']:7.1f} s   {r['pull'] / r['scp_down']:5.2f}x scp down time")
     print(f"fab push-local-db:              {r['push']:7.1f} s   {r['push'] / r['scp_up']:5.2f}x scp up time     "
           f"peak RSS {r['push_rss'] / 1024:.0f} MiB")
     print(f"    {pages_line(r['push_out'])}")
     print(f"    {wire(r['push_out'])}: {wire_bytes(r['push_out']) / r['size']:.2%} of the database's bytes")
+
+
+def disk_series(vm, work: Path, fab: list[str], env: dict, url: str, project: int, share: float, count: int) -> dict:
+    """`count` incremental backups, each after `share` of the pages changed, into a folder on XFS (a loop
+    device: reflinks): what they take on disk, against what they would take as whole copies."""
+    image, mount = work / "xfs.img", work / "xfs"
+    size = int(vm.exec(f"stat -c %s {DB}").stdout.decode())
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", str(size * 6 + 2 * 1024 ** 3), str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        env = dict(env, LSVM_BACKUPS_DIR=str(mount))
+        timed([*fab, "backup", "--no-media"], env)
+        for n in range(count):
+            change_share(vm, url, project, share, seed=100 + n)
+            log(f"[disk] incremental backup {n + 1} of {count}")
+            timed([*fab, "backup", "--no-media"], env)
+        _, _, listing = timed([*fab, "backups", "--json"], env)
+        records = json.loads(listing)
+        return {"count": count, "size": size, "disk": sum(r["disk_bytes"] for r in records),
+                "first": records[0]["disk_bytes"], "sizes": sum(r["size_bytes"] for r in records)}
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 def provision_bench_vm(vm, work: Path, profile_extra: str = "") -> tuple[Path, str, dict, list[str]]:
@@ -378,6 +464,9 @@ def main() -> int:
                         help="also measure on a link shaped to this rate (tc syntax); 'none' skips it")
     parser.add_argument("--change", type=float, default=0.01, help="share of the pages changed before the "
                         "incremental backup and before the push (default 0.01)")
+    parser.add_argument("--disk-series", type=int, default=24, help="incremental backups kept on XFS to "
+                        "measure the disk they take (0 skips it)")
+    parser.add_argument("--skip-scp-modes", action="store_true", help="only the disk series")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lsvm-bench-data-"))
     vm = start_vm(build_image(), make_key(work))
@@ -386,9 +475,12 @@ def main() -> int:
         ssh_config, url, env, fab = provision_bench_vm(vm, work)
         size, project = make_data(vm, url, args.size_mib, work)
         ratio = compression(vm, STREAM_LEVEL)
-        results["loopback (no bandwidth limit)"] = measure(vm, work, fab, env, ssh_config, "loopback", url, project,
-                                                          args.change)
-        if args.rate != "none":
+        series = disk_series(vm, work, fab, env, url, project, args.change, args.disk_series) \
+            if args.disk_series else None
+        if not args.skip_scp_modes:
+            results["loopback (no bandwidth limit)"] = measure(vm, work, fab, env, ssh_config, "loopback", url,
+                                                              project, args.change)
+        if args.rate != "none" and not args.skip_scp_modes:
             shape(vm, args.rate)
             results[f"link shaped to {args.rate} both ways"] = measure(vm, work, fab, env, ssh_config, "shaped", url,
                                                                       project, args.change)
@@ -402,6 +494,11 @@ def main() -> int:
     print(f"zstd -{STREAM_LEVEL} (the backup stream's level) shrinks this database {ratio:.1f}x")
     for mode, r in results.items():
         report(mode, r)
+    if series:
+        print(f"-- disk: {series['count'] + 1} snapshots (a full one, then {series['count']} incremental, "
+              f"{args.change:.0%} of the pages changed before each) on XFS (reflinks) --")
+        print(f"on disk: {series['disk'] / 1024 ** 3:.2f} GiB, of which the first {series['first'] / 1024 ** 3:.2f} GiB; "
+              f"as whole copies they would take {series['sizes'] / 1024 ** 3:.2f} GiB")
     print("(push includes its pre-push server backup, the local check of the database, the upload, the "
           "verified swap, the restart and the health check; scp does only the copy)")
     return 0

@@ -482,8 +482,8 @@ def _replace_after_backup(host, profile: Profile, source: Snapshot, files: list,
     replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap)."""
     with snapshots.server_lock(host, profile, task_name):
         before = None
-        if backup:
-            before = engine.take_server_snapshot(host, profile, label=label)
+        if backup:   # checked beside the upload; the swap waits for the check
+            before = engine.take_server_snapshot(host, profile, label=label, check=False)
             report_snapshot(before, "server backed up as")
         engine.put_on_server(host, profile, source, files, health_timeout=health_timeout, base=before)
 

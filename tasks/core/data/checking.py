@@ -11,6 +11,7 @@ starts.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -117,6 +118,35 @@ def require_verified(snapshot: Snapshot, *, by: str) -> Snapshot:
         raise SnapshotError(f"snapshot {snapshot.id} failed its check ({snapshot.manifest.integrity_check}): "
                             "nothing uses it", hint=f"it is kept for a look in {snapshot.path}")
     return snapshot
+
+
+class CheckBeside:
+    """A snapshot's check in a thread, while this command goes on with other work (push: the upload);
+    `settled()` waits for it. Only bytes that are not the server's stop what comes next: a server
+    database that is itself broken was copied faithfully, and is replaced with its copy kept, marked
+    failed."""
+
+    def __init__(self, snapshot: Snapshot, *, by: str):
+        self.snapshot = snapshot
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="check")
+        self.future = pool.submit(check_pending, snapshot, by=by, quiet=True)
+        pool.shutdown(wait=False)
+
+    def settled(self) -> Snapshot:
+        with ui.err.status(f"waiting for the check of {self.snapshot.id} on this machine"):
+            checked = self.future.result()
+        if checked.verified:
+            if self.snapshot.pending:
+                ui.step(True, f"checked {checked.id} on this machine (beside the upload): integrity ok, "
+                              f"{catalog.counts_text(checked.manifest.counts)}")
+            return checked
+        problem = checked.manifest.integrity_check
+        if problem.startswith("damaged") or "missing" in problem:
+            raise SnapshotError(f"the copy of the server's data in {checked.id} is not the server's ({problem}): "
+                                "nothing was replaced", hint="take a backup again, then try again")
+        ui.warn(f"the server's database fails its check ({problem}); its copy is kept in {checked.id}, marked "
+                "failed, and the data is replaced")
+        return checked
 
 
 def newest_base(host_dir: Path) -> Snapshot | None:

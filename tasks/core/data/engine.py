@@ -35,11 +35,15 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
 def put_on_server(host: Host, profile: Profile, source: Snapshot, files: list[FileEntry], *, health_timeout: int,
                   base: Snapshot | None) -> None:
     """`files` of `source` become the server's data: on PostgreSQL a new database switched in (a SQLite
-    snapshot converted on the way), on SQLite the verified swap (only changed pages sent, from `base`)."""
+    snapshot converted on the way), on SQLite the verified swap (only changed pages sent, from `base`,
+    the snapshot of the server taken just before: its check runs beside the upload, and the swap waits
+    for it)."""
     if profile.database.postgresql:
         postgres_snapshots.restore(host, profile, source, files=files, health_timeout=health_timeout)
-    else:
-        replace_server_data(host, profile, source.path, files, health_timeout=health_timeout, base=base)
+        return
+    beside = checking.CheckBeside(base, by="the backup before a replace") if base is not None else None
+    replace_server_data(host, profile, source.path, files, health_timeout=health_timeout, base=base,
+                        before_swap=beside.settled if beside else None)
 
 
 def converted_on_the_way(source: Snapshot, profile: Profile) -> bool:

@@ -11,7 +11,7 @@ import contextlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tasks.core import offsite, parse, ui
 from tasks.core.commands import data as data_commands
@@ -120,9 +120,12 @@ def require_usable_incoming(host: Host, profile: Profile) -> None:
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
-                        health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None) -> None:
+                        health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None,
+                        before_swap: Callable[[], object] | None = None) -> None:
     """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure.
-    `base`, a snapshot of the server's database taken just before, lets only the changed pages go."""
+    `base`, a snapshot of the server's database taken just before, lets only the changed pages go;
+    `before_swap` runs once the upload is proven, before anything stops (it may refuse: the base's
+    check, run beside the upload)."""
     parts = _parts_present(files)
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
@@ -139,6 +142,8 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
         ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
         if DATABASE in parts and not profile.database.postgresql:
             require_usable_incoming(host, profile)
+        if before_swap is not None:
+            before_swap()
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise

@@ -162,3 +162,22 @@ def test_a_clone_shares_blocks_where_the_filesystem_has_reflinks_else_it_is_a_co
     diskuse.file_bytes(source, ledger)
     clone = diskuse.file_bytes(tmp_path / "clone", ledger)
     assert (how, clone == 0) in (("reflink", True), ("copy", False))
+
+
+def test_a_check_beside_the_upload_stops_the_swap_only_for_bytes_that_are_not_the_servers(tmp_path, capsys):
+    host = tmp_path / "vm"
+    with pytest.raises(SnapshotError, match="is not the server's"):
+        checking.CheckBeside(pending_snapshot(host, 1, damage=True), by="push").settled()
+    # A server database that is broken itself, copied faithfully (the sha256 is of the broken bytes).
+    broken = pending_snapshot(host, 2)
+    database = broken.path / DATABASE
+    with open(database, "r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\xff" * 4096)
+    entry = FileEntry(DATABASE, database.stat().st_size, sqlite.sha256_file(str(database)))
+    catalog.write_manifest(broken.path, Manifest(**{**broken.manifest.__dict__, "files": [entry]}))
+    broken = catalog.list_snapshots(host)[-1]
+    assert checking.CheckBeside(broken, by="push").settled().state == "failed"
+    assert "its copy is kept in" in capsys.readouterr().err
+    good = pending_snapshot(host, 3)
+    assert checking.CheckBeside(good, by="push").settled().verified
