@@ -3,6 +3,7 @@ does, sudo mode, timeouts, and errors in words."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -27,6 +28,9 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SUDO_PASSWORD_HINT = "run with --prompt-for-sudo-password, or set FABRIC_SUDO_PASSWORD in the environment"
 CHUNK = 1024 * 1024
 WINDOW = 32 * 1024 * 1024
+# SSH commands (exec channels) opened per host alias in this process; LSVM_SSH_COUNT=1 prints them when a
+# task ends (the backup benchmark counts round trips with it).
+SSH_COMMANDS: collections.Counter = collections.Counter()
 
 
 @dataclass
@@ -93,6 +97,7 @@ class Host:
         """Run `command` (as root when `sudo`). `check` raises RemoteError on a non-zero exit.
         `stream` shows the output as it comes (for logs), instead of capturing it quietly."""
         options = dict(hide=not stream, warn=True, in_stream=False, timeout=timeout)
+        SSH_COMMANDS[self.alias] += 1
         with self.errors():
             if sudo and self.sudo_mode == "password":
                 # The password goes once, on stdin, to sudo itself (never Fabric's sudo(), whose
@@ -111,6 +116,7 @@ class Host:
     @cached_property
     def sudo_mode(self) -> str:
         """'passwordless' or 'password'; raises SudoError when root cannot be had."""
+        SSH_COMMANDS[self.alias] += 1
         with self.errors():
             probe = self.connection.run(commands.SUDO_CHECK, hide=True, warn=True, in_stream=False)
         if probe.exited == 0:
@@ -122,6 +128,7 @@ class Host:
                             hint="this toolkit needs a login with sudo rights")
         if not self.connection.config.sudo.password:
             raise SudoError(f"sudo on {self.alias} needs a password for '{user}'", hint=SUDO_PASSWORD_HINT)
+        SSH_COMMANDS[self.alias] += 1
         with self.errors():
             checked = self.connection.run(commands.sudo_with_password_first("true"), hide=True, warn=True,
                                           in_stream=self._password_line())
@@ -137,6 +144,7 @@ class Host:
     def root_channel(self, command: str) -> "RootChannel":
         """`command` run as root on its own exec channel, whose stdin and stdout carry data."""
         self.connect()
+        SSH_COMMANDS[self.alias] += 1
         with self.errors():
             channel = self.connection.client.get_transport().open_session(window_size=WINDOW)
             if self.sudo_mode == "password":

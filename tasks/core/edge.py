@@ -15,7 +15,7 @@ from fabric import Connection
 from invoke import Argument, Exit
 
 from tasks.core import ui
-from tasks.core.connect import Host
+from tasks.core.connect import SSH_COMMANDS, Host
 from tasks.core.data.catalog import LOCAL_HOST
 from tasks.core.database import PASSWORD_ENV, password_problem
 from tasks.core.defaults import MIN_PASSWORD_LENGTH, SWAP_HEALTH_TIMEOUT
@@ -90,6 +90,10 @@ def task_edge(body: Callable) -> Callable:
         except KeyboardInterrupt:
             ui.error("interrupted")
             raise Exit(code=130) from None
+        finally:
+            if os.environ.get("LSVM_SSH_COUNT") == "1":
+                for alias, count in SSH_COMMANDS.items():
+                    ui.err.print(f"ssh commands to {alias}: {count}", markup=False, highlight=False)
 
     return wrapper
 

@@ -112,7 +112,10 @@ def annotate(sdk, corpus: dict, count: int, choice: str) -> None:
 def test_a_changed_database_moves_only_its_changed_pages(data_vm, fab, backups_dir, sdk, corpus):
     fab("backup", "--label", "base")
     annotate(sdk, corpus, 20, "pos")
-    result = fab("backup", "--label", "incr")
+    result = data_vm.fab("backup", "--label", "incr", env={"LSVM_BACKUPS_DIR": str(backups_dir), "LSVM_SSH_COUNT": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    # sudo's probe, the env file, the data lock, and the backup itself: one channel.
+    assert "ssh commands to vm: 4" in result.stderr, result.stderr
     changed = re.search(r"database: (\d+) of (\d+) pages changed since (\S+);", result.stdout)
     assert changed, result.stdout + result.stderr
     pages, total = int(changed.group(1)), int(changed.group(2))

@@ -842,7 +842,10 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
                 found["delta_why"] = str(exc)
             timeline["server digests"] = time.monotonic() - started
             if digested is not None:
-                keep_index(index_dir, digested["sha256"], digested["index"])
+                try:   # an index not kept costs the next backup an upload of this machine's, nothing more
+                    keep_index(index_dir, digested["sha256"], digested["index"])
+                except OSError as exc:
+                    found["index_not_kept"] = str(exc)
                 found["database"] = {"size": digested["size"], "sha256": digested["sha256"]}
                 found["delta"] = digested["delta"]
                 found["delta_why"] = digested["why"]
