@@ -188,6 +188,45 @@ def test_media_swapped_for_a_link_to_etc_brings_nothing_from_etc(data_vm):
 
 
 @pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
+def test_a_forged_page_index_and_a_linked_index_folder_never_give_a_wrong_snapshot(data_vm):
+    """The page indexes the server keeps are the service user's: forged ones only change which pages
+    travel (the sha256 of the copy decides), and the folder swapped for a link writes nothing there."""
+    vm = data_vm.vm
+    assert data_vm.fab("backup").returncode == 0
+    # The kept index rewritten to say that no page changed since: the server sends no page at all.
+    forge = ("import glob, sqlite3, xxhash\n"
+             f"src = sqlite3.connect('{DB}')\n"
+             "src.execute(\"update project set title = title || ' ' where id = (select min(id) from project)\")\n"
+             "src.commit()\n"
+             "dst = sqlite3.connect('/tmp/now.db'); src.backup(dst); dst.close()\n"
+             "data = open('/tmp/now.db', 'rb').read()\n"
+             f"for path in glob.glob('{DATA}/.lsvm-pages/*.pages'):\n"
+             "    head = open(path, 'rb').read()[:22]\n"
+             "    size = int.from_bytes(head[18:22], 'big')\n"
+             "    open(path, 'wb').write(head + b''.join(xxhash.xxh3_64_digest(data[i:i + size])\n"
+             "                                           for i in range(0, len(data), size)))\n")
+    as_labelstudio(vm, "cd /tmp && python3 - && rm -f /tmp/now.db", input=forge.encode())
+    forged = data_vm.fab("backup", "--label", "forged-index")
+    assert forged.returncode == 0, forged.stdout + forged.stderr
+    assert "fetching the whole database instead" in forged.stderr, forged.stdout + forged.stderr
+    snap = snapshots_of(data_vm)[-1]
+    manifest = json.loads((snap / "manifest.json").read_text())
+    entry = next(f for f in manifest["files"] if f["path"] == "label_studio.sqlite3")
+    assert hashlib.sha256((snap / "label_studio.sqlite3").read_bytes()).hexdigest() == entry["sha256"]
+    assert manifest["integrity_check"] == "ok"
+    as_labelstudio(vm, f"rm -rf {DATA}/.lsvm-pages && ln -s /etc {DATA}/.lsvm-pages")
+    as_labelstudio(vm, f"sqlite3 {DB} \"update project set title = title || ' ' where id = (select min(id) from project)\"")
+    try:
+        before = vm.exec("ls -A /etc").stdout
+        linked = data_vm.fab("backup", "--label", "linked-index")
+        assert linked.returncode == 0, linked.stdout + linked.stderr
+        assert vm.exec("ls -A /etc").stdout == before        # nothing written there
+    finally:
+        as_labelstudio(vm, f"rm -f {DATA}/.lsvm-pages")
+    assert json.loads((snapshots_of(data_vm)[-1] / "manifest.json").read_text())["integrity_check"] == "ok"
+
+
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_the_old_lock_file_held_by_another_local_user_blocks_nothing(data_vm):
     vm = data_vm.vm
     vm.exec("id mallory >/dev/null 2>&1 || useradd --create-home mallory")
