@@ -1,8 +1,9 @@
-"""Taking, checking and installing snapshots, on the server side and on this machine.
+"""Taking snapshots of a SQLite server: the data lock, the one-channel backup (sqlite.serve_backup on the
+server, this side here), counts and migrations of the live database.
 
-Rules kept here: a snapshot is consistent (SQLite online backup, never a raw copy of a live file), is
-checked (integrity_check, Label Studio tables, sha256 end to end) and gets its manifest last. Local data
-is never replaced before a verified copy of it exists.
+Rules kept here: a snapshot is consistent (SQLite online backup, or a copy under SQLite's shared lock,
+never a copy of a file being written), byte-identical to the server's copy (sha256 on both ends), and
+gets its manifest last; it is then pending until its check here (checking.py) says verified or failed.
 """
 
 from __future__ import annotations
