@@ -196,7 +196,7 @@ def test_a_forged_page_index_and_a_linked_index_folder_never_give_a_wrong_snapsh
     # The kept index rewritten to say that no page changed since: the server sends no page at all.
     forge = ("import glob, sqlite3, xxhash\n"
              f"src = sqlite3.connect('{DB}')\n"
-             "src.execute(\"update project set title = title || ' ' where id = (select min(id) from project)\")\n"
+             "src.execute('update htx_user set last_name = hex(randomblob(8)) where id = (select min(id) from htx_user)')\n"
              "src.commit()\n"
              "dst = sqlite3.connect('/tmp/now.db'); src.backup(dst); dst.close()\n"
              "data = open('/tmp/now.db', 'rb').read()\n"
@@ -215,7 +215,7 @@ def test_a_forged_page_index_and_a_linked_index_folder_never_give_a_wrong_snapsh
     assert hashlib.sha256((snap / "label_studio.sqlite3").read_bytes()).hexdigest() == entry["sha256"]
     assert manifest["integrity_check"] == "ok"
     as_labelstudio(vm, f"rm -rf {DATA}/.lsvm-pages && ln -s /etc {DATA}/.lsvm-pages")
-    as_labelstudio(vm, f"sqlite3 {DB} \"update project set title = title || ' ' where id = (select min(id) from project)\"")
+    as_labelstudio(vm, f"sqlite3 {DB} 'update htx_user set last_name = hex(randomblob(8)) where id = (select min(id) from htx_user)'")
     try:
         before = vm.exec("ls -A /etc").stdout
         linked = data_vm.fab("backup", "--label", "linked-index")
