@@ -294,3 +294,36 @@ def test_a_server_without_xxhash_says_so_and_the_whole_file_goes(tmp_path, monke
     with pytest.raises(ValueError, match="python3-xxhash"):
         sqlite.make_delta(str(old), index, str(tmp_path / "delta"))
     assert not (tmp_path / "delta").exists()
+
+
+def test_the_server_keeps_indexes_by_sha256_only_and_the_newest_three(tmp_path):
+    kept = tmp_path / "pages"
+    index = sqlite.page_index(str(make_db(tmp_path / "db.sqlite3", rows=50)))
+    for n in range(5):
+        sqlite.keep_index(str(kept), f"{n:064x}", index)
+    assert len(list(kept.iterdir())) == sqlite.KEEP_INDEXES
+    assert sqlite.kept_index(str(kept), f"{4:064x}") == index
+    for name in ("../../etc/passwd", "0" * 63, "Z" * 64, None, 3):
+        assert sqlite.kept_index(str(kept), name) is None
+    (kept / f"{4:064x}.pages").write_bytes(b"not an index")
+    assert sqlite.kept_index(str(kept), f"{4:064x}") is None
+
+
+def test_one_read_of_the_copy_gives_its_sha256_its_index_and_the_delta(tmp_path):
+    old = make_db(tmp_path / "old.sqlite3")
+    new = tmp_path / "new.sqlite3"
+    new.write_bytes(old.read_bytes())
+    edit(new, range(1, 20))
+    found = sqlite.digest_copy(str(new), sqlite.page_index(str(old)), str(tmp_path / "delta"))
+    assert found["sha256"] == sha(new) and found["index"] == sqlite.page_index(str(new))
+    assert found["delta"]["changed"] == sqlite.make_delta(str(new), sqlite.page_index(str(old)),
+                                                          str(tmp_path / "delta2"))["changed"]
+    assert (tmp_path / "delta").read_bytes() == (tmp_path / "delta2").read_bytes()
+    other = make_db(tmp_path / "other.sqlite3")
+    con = sqlite3.connect(other)
+    con.execute("PRAGMA page_size = 8192")
+    con.execute("VACUUM")
+    con.close()
+    found = sqlite.digest_copy(str(other), sqlite.page_index(str(old)), str(tmp_path / "delta3"))
+    assert found["delta"] is None and found["why"] == "the page size changed"
+    assert sqlite.digest_copy(str(other), None, str(tmp_path / "delta4"))["why"] is None
