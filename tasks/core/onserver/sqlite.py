@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import queue
 import shutil
 import sqlite3
 import stat
@@ -701,6 +702,10 @@ def digest_copy(path: str, base_index: bytes | None, delta: str) -> dict:
         digests, algorithm, why = None, ALGORITHM, str(exc)
         digest = page_digester(algorithm)
     sha = hashlib.sha256()
+    blocks: queue.Queue = queue.Queue(maxsize=8)
+    # The sha256 on another core (hashlib lets go of the GIL), the page digests here: one read, both sums.
+    hasher = threading.Thread(target=lambda: [sha.update(b) for b in iter(blocks.get, None)])
+    hasher.start()
     index = bytearray(INDEX_MAGICS[algorithm] + struct.pack(">I", page_size))
     changed = 0
     out = open(delta, "xb") if digests is not None else None
@@ -709,20 +714,21 @@ def digest_copy(path: str, base_index: bytes | None, delta: str) -> dict:
             out.write(DELTA_MAGIC + struct.pack(">IQ", page_size, size // page_size))
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(page_size * PAGES_PER_READ), b""):
-                sha.update(block)
+                blocks.put(block)
                 view = memoryview(block)
                 first = (len(index) - len(INDEX_MAGIC) - 4) // DIGEST
-                for offset in range(0, len(block), page_size):
-                    page = view[offset:offset + page_size]
-                    mark = digest(page)
-                    index += mark
-                    if out is not None:
-                        at = (first + offset // page_size) * DIGEST
-                        if digests[at:at + DIGEST] != mark:
-                            out.write(struct.pack(">I", first + offset // page_size))
-                            out.write(page)
+                marks = b"".join([digest(view[at:at + page_size]) for at in range(0, len(block), page_size)])
+                index += marks
+                before = digests[first * DIGEST:first * DIGEST + len(marks)] if out is not None else marks
+                if before != marks:   # most blocks are unchanged: one comparison for their 256 pages
+                    for n in range(len(marks) // DIGEST):
+                        if before[n * DIGEST:(n + 1) * DIGEST] != marks[n * DIGEST:(n + 1) * DIGEST]:
+                            out.write(struct.pack(">I", first + n))
+                            out.write(view[n * page_size:(n + 1) * page_size])
                             changed += 1
     finally:
+        blocks.put(None)
+        hasher.join()
         if out is not None:
             out.close()
     found = {"sha256": sha.hexdigest(), "size": size, "index": bytes(index), "pages": size // page_size}
