@@ -91,7 +91,7 @@ def backup(c, config=None, label=None, no_media=False, from_offsite=False, at=No
         ui.out.print(f"  its check runs in the background (pid {pid}, lowest priority); `fab backups` shows its state, "
                      "and whatever needs the snapshot waits for it")
     elif snapshot.pending:
-        snapshot = checking.check_pending(snapshot, by="backup")
+        snapshot = checking.check_pending(snapshot, by="backup", just_proven=True)
         if not snapshot.verified:
             raise SnapshotError(f"the server database failed its check ({snapshot.manifest.integrity_check})",
                                 hint=f"the snapshot is kept, marked failed, in {snapshot.path}; nothing will use it")

@@ -29,7 +29,7 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     if profile.database.postgresql:
         return postgres_snapshots.take_snapshot(host, profile, label=label, media=media)
     taken = snapshots.take_snapshot(host, profile, label=label, media=media, label_studio_version=label_studio_version)
-    return checking.check_pending(taken, by=f"backup {label or ''}".strip()) if check else taken
+    return checking.check_pending(taken, by=f"backup {label or ''}".strip(), just_proven=True) if check else taken
 
 
 def put_on_server(host: Host, profile: Profile, source: Snapshot, files: list[FileEntry], *, health_timeout: int,
