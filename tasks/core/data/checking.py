@@ -97,8 +97,8 @@ def check_pending(snapshot: Snapshot, *, by: str, quiet: bool = False, just_prov
         if not snapshot.pending:
             return snapshot
         started = time.monotonic()
-        status = contextlib.nullcontext() if quiet else ui.err.status(
-            f"checking {snapshot.id} on this machine (sha256, integrity_check on every core)")
+        what = "integrity_check on every core" + ("" if just_proven else ", its sha256 again")
+        status = contextlib.nullcontext() if quiet else ui.err.status(f"checking {snapshot.id} on this machine ({what})")
         with status:
             integrity, counts = verdict(snapshot, rehash=not just_proven)
         checked = _record(snapshot, integrity, counts, time.monotonic() - started, by)
