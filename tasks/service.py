@@ -184,7 +184,8 @@ def status(c, config=None, check_updates=False, json=False):
     table.add_column(style="bold")
     table.add_column()
     last = catalog.newest_complete(profile.backups_dir())
-    described = f"{last.id} ({human_bytes(last.manifest.total_size)})" if last else None
+    described = (f"{last.id} ({human_bytes(last.manifest.total_size)}{'' if last.verified else ', ' + last.state})"
+                 if last else None)
     rows = status_rows(host.alias, sudo_mode, st, service_manager(profile), described, profile.tls.mode,
                        profile.database)
     if check_updates:
