@@ -81,7 +81,7 @@ def _snapshot_after_stop(host: Host, source: Profile, first, version: str | None
         unchanged = snapshots.prepare_server_copy(host, source, work_dir, first).info.get("unchanged")
     if unchanged:
         return first
-    again = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=version)
+    again = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=version, managed=False)
     report_snapshot(again, "it changed before it stopped: snapshot again")
     return again
 
@@ -98,7 +98,8 @@ def _steps(host: Host, profile: Profile, source: Profile, found, u: Unmanaged, h
     words = core.plan_words(u, profile)
 
     def backup() -> None:
-        snapshot = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version)
+        snapshot = engine.take_server_snapshot(host, source, label="adopt", label_studio_version=u.version,
+                                               managed=False)
         progress.snapshot = snapshot
         report_snapshot(snapshot, "snapshot of the unmanaged data")
         _warn_of_an_unreadable_secret_key(snapshot)

@@ -21,14 +21,16 @@ def server_counts(host: Host, profile: Profile) -> dict | None:
 
 
 def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
-                         label_studio_version: str | None = None, check: bool = True) -> Snapshot:
+                         label_studio_version: str | None = None, check: bool = True, managed: bool = True) -> Snapshot:
     """The body of `backup` (callers hold the locks): a snapshot folder here, manifest last, checked on
     this machine (`check` False: left pending, for `backup --no-wait`); a failure leaves no half snapshot
-    behind. `label_studio_version`: adopt's (the unmanaged instance's)."""
+    behind. `label_studio_version` and `managed` False: adopt's (the unmanaged instance's version; its
+    data dir gets nothing of ours)."""
     snapshots.refuse_other_database(host, profile)
     if profile.database.postgresql:
         return postgres_snapshots.take_snapshot(host, profile, label=label, media=media)
-    taken = snapshots.take_snapshot(host, profile, label=label, media=media, label_studio_version=label_studio_version)
+    taken = snapshots.take_snapshot(host, profile, label=label, media=media, label_studio_version=label_studio_version,
+                                    managed=managed)
     return checking.check_pending(taken, by=f"backup {label or ''}".strip(), just_proven=True) if check else taken
 
 

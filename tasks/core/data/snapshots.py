@@ -292,18 +292,20 @@ def _serve(host: Host, profile: Profile, dest: Path, request: dict, choose, *, w
 
 
 def download_snapshot(host: Host, profile: Profile, dest: Path, *, media: bool, previous: Snapshot | None,
-                      work_dir: PurePosixPath | None = None, data_dir: PurePosixPath | None = None) -> Downloaded:
+                      work_dir: PurePosixPath | None = None, data_dir: PurePosixPath | None = None,
+                      managed: bool = True) -> Downloaded:
     """A backup on one channel (serve_backup): what changed since `previous` comes into `dest`, what did
     not is hard-linked. A changed database comes as its changed pages when the server compared them with
     `previous`'s (it keeps the page index of its last copies), rebuilt here on a clone of the base; else
     whole. Its sha256 (the server's, worked out in the same read as the page digests) must equal the
     file's here; a rebuilt file that differs is replaced by the whole one, saying why. The database is
     then pending: its check runs here afterwards (checking.py). `data_dir`: the offsite restore (no
-    change marker: always copied)."""
+    change marker: always copied). `managed` False: the data dir is not the toolkit's (adopt), so the
+    server keeps no page index in it."""
     base = previous if previous is not None and previous.manifest is not None else None
     entry = base.manifest.file(DATABASE) if base else None
     request = {"marker": None if data_dir or base is None else base.manifest.source.get("marker"),
-               "base": entry.sha256 if entry else None}
+               "base": entry.sha256 if entry else None, **({} if managed else {"keep": False})}
     decided: dict = {}
 
     def choose(info: dict) -> tuple[dict, dict]:
@@ -392,12 +394,14 @@ def refuse_other_database(host: Host, profile: Profile) -> None:
 
 
 def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: bool = True,
-                  label_studio_version: str | None = None, offsite: OffsitePoint | None = None) -> Snapshot:
+                  label_studio_version: str | None = None, offsite: OffsitePoint | None = None,
+                  managed: bool = True) -> Snapshot:
     """A SQLite server's backup (callers hold the locks): consistent copy on the server -> snapshot folder
     here proven byte-identical to it, manifest last; pending until its check (checking.py) unless the
     database is the verified base's. A failure leaves no half snapshot behind. The version is read from
     the profile's venv unless given (adopt: the unmanaged instance's own venv). `offsite`: the data
-    restored on the server from its offsite target instead of the live data (backup --from-offsite)."""
+    restored on the server from its offsite target instead of the live data (backup --from-offsite).
+    `managed` False: a data dir not the toolkit's (adopt): nothing is left in it."""
     host_dir = profile.backups_dir()
     previous = checking.newest_base(host_dir)
     with contextlib.ExitStack() as stack:
@@ -408,7 +412,7 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
             restore_offsite_point(host, profile, restored, offsite)
         with catalog.new_snapshot(host_dir, label) as pending:
             got = download_snapshot(host, profile, pending.path, media=media, previous=previous, work_dir=work_dir,
-                                    data_dir=restored)
+                                    data_dir=restored, managed=managed)
             pending.manifest = Manifest(
                 host=host.alias,
                 created=pending.created,

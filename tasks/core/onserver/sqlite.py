@@ -793,7 +793,8 @@ def stream_files(codec: str, members: list) -> None:
 
 def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int:
     """The server's whole part of a backup, on stdin/stdout (see this section's head). Request: one JSON
-    line {"marker": the base's change marker, "base": the base database's sha256}. Then, when it keeps
+    line {"marker": the base's change marker, "base": the base database's sha256, "keep": false when
+    no page index may be kept in this data dir (one not ours yet)}. Then, when it keeps
     no index of that base: {"need_index": true}, answered by 8 bytes of length and the index (length 0:
     none). Then the findings: one JSON line. Then this machine's choice: one JSON line {"database":
     "delta" | "whole" | null, "files": [names from the findings' listing]}. Then the tar stream."""
@@ -829,8 +830,9 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
                 return 0
             timeline["server copy"] = time.monotonic() - started
             base_index = None
+            keep = request.get("keep", True) is not False   # False: a data dir not ours (adopt) gets no index folder
             if request.get("base"):
-                base_index = kept_index(index_dir, request["base"])
+                base_index = kept_index(index_dir, request["base"]) if keep else None
                 found["index_kept"] = base_index is not None
                 if base_index is None:
                     _say({"need_index": True})
@@ -849,7 +851,8 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
             timeline["server digests"] = time.monotonic() - started
             if digested is not None:
                 try:   # an index not kept costs the next backup an upload of this machine's, nothing more
-                    keep_index(index_dir, digested["sha256"], digested["index"])
+                    if keep:
+                        keep_index(index_dir, digested["sha256"], digested["index"])
                 except OSError as exc:
                     found["index_not_kept"] = str(exc)
                 found["database"] = {"size": digested["size"], "sha256": digested["sha256"]}

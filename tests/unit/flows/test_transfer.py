@@ -201,6 +201,14 @@ def test_serve_backup_streams_the_copy_and_hostile_names_and_next_time_only_the_
     built = sqlite.apply_delta(str(dest / DATABASE), str(tmp_path / "second" / data.DELTA), str(tmp_path / "built"))
     assert built["sha256"] == again["database"]["sha256"] == sha((work / DATABASE).read_bytes())
 
+    # A data dir that is not ours yet (adopt): nothing is kept in it.
+    (work / DATABASE).unlink()
+    (work / data.DELTA).unlink()
+    foreign = tmp_path / "foreign-pages"
+    serve_backup_here(data_dir, work, foreign, [{"marker": None, "base": None, "keep": False},
+                                                {"database": None, "files": []}])
+    assert not foreign.exists()
+
 
 def test_serve_backup_streams_nothing_it_did_not_list_and_never_through_a_link(tmp_path):
     data_dir, work = tmp_path / "data", tmp_path / "work"
