@@ -303,6 +303,14 @@ def change_marker(path: str) -> dict | None:
     return marker
 
 
+def _marker_or_none(path: str) -> dict | None:
+    """change_marker, None when SQLite cannot read it (the backup then copies)."""
+    try:
+        return change_marker(path)
+    except sqlite3.Error:
+        return None
+
+
 def settle(path: str) -> dict:
     """With Label Studio stopped: a -wal left beside the database (an app server killed mid-write keeps
     its commits there) is checkpointed into the file, and SQLite removes it and the -shm as its last
@@ -331,10 +339,7 @@ def prepare(data_dir: str, work_dir: str, venv: str, previous_marker: str = "nul
     database = os.path.join(data_dir, "label_studio.sqlite3")
     result = {"database_exists": os.path.isfile(database)}
     if result["database_exists"]:
-        try:
-            marker = change_marker(database)
-        except sqlite3.Error:
-            marker = None
+        marker = _marker_or_none(database)
         result["marker"] = marker
         if marker is not None and marker == json.loads(previous_marker):
             result["unchanged"] = True
@@ -806,10 +811,7 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
     found = {"database_exists": os.path.isfile(database), "timeline": {}}
     timeline = found["timeline"]
     if found["database_exists"]:
-        try:
-            marker = change_marker(database)
-        except sqlite3.Error:
-            marker = None
+        marker = _marker_or_none(database)
         found["marker"] = marker
         if marker is not None and marker == request.get("marker"):
             found["unchanged"] = True
