@@ -415,19 +415,26 @@ def restic_repository(settings: OffsiteSettings) -> str:
     return f"s3:{endpoint}/{target.bucket}/{target.under('restic')}"
 
 
+def sftp_command(settings: OffsiteSettings) -> list[str] | None:
+    """The ssh that restic starts for an SFTP target (None for other targets)."""
+    target = settings.parsed
+    if target is None or target.kind != "sftp":
+        return None
+    # ssh expands ${CREDENTIALS_DIRECTORY} itself (restic passes the words as they are): the key and the
+    # host key systemd gave this program; no config, agent or other key of anybody's is read.
+    return ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-o", f"IdentityFile=${{CREDENTIALS_DIRECTORY}}/{SFTP_KEY}", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile=${{CREDENTIALS_DIRECTORY}}/{SFTP_KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=none",
+            "-o", "ServerAliveInterval=30", "-p", str(target.port), f"{target.user}@{target.host}", "-s", "sftp"]
+
+
 def restic_words(settings: OffsiteSettings, cache: PurePosixPath) -> list[str]:
     """restic with the repository and its options, before a command (`backup`, `snapshots` ...); the
     password and S3 keys reach it as environment variables."""
     words = [RESTIC, "--repo", restic_repository(settings), "--cache-dir", str(cache)]
-    target = settings.parsed
-    if target is not None and target.kind == "sftp":
-        # ssh expands ${CREDENTIALS_DIRECTORY} itself (restic passes the words as they are): the key and the
-        # host key systemd gave this program; no config, agent or other key of anybody's is read.
-        words += ["-o", "sftp.command=" + " ".join([
-            "ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-            "-o", f"IdentityFile=${{CREDENTIALS_DIRECTORY}}/{SFTP_KEY}", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile=${{CREDENTIALS_DIRECTORY}}/{SFTP_KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=none",
-            "-o", "ServerAliveInterval=30", "-p", str(target.port), f"{target.user}@{target.host}", "-s", "sftp"])]
+    ssh = sftp_command(settings)
+    if ssh is not None:
+        words += ["-o", "sftp.command=" + " ".join(ssh)]
     if settings.needs_credentials:
         words += ["-o", f"s3.region={settings.s3_region}"]
         if settings.s3_endpoint:

@@ -21,6 +21,7 @@ from tasks.core.offsite import (
     OffsiteSettings,
     credential_properties,
     restic_words,
+    sftp_command,
 )
 from tasks.core.onserver.offsite_files import SSH_REASONS
 from tasks.core.profile import Profile
@@ -135,16 +136,21 @@ def as_replication_user(profile: Profile, *words: str | PurePosixPath,
 
 
 # restic init unless the repository answers; ssh's reason (an SFTP target) printed last, where the error
-# message takes it from, instead of restic's "unable to start the sftp session".
+# message takes it from, instead of restic's "unable to start the sftp session". restic relays ssh's
+# stderr from a thread and may exit before it did, so when its output holds no reason, the same ssh ($1,
+# words without spaces or patterns, empty for other targets) is asked once more, to say it itself.
 # (The reasons are the files job's own list: offsite_files.SSH_REASONS, one word set for both.)
-INIT_UNLESS_THERE = ('"$@" cat config >/dev/null 2>&1 && exit 0; e=$("$@" init 2>&1 >/dev/null); s=$?; '
+INIT_UNLESS_THERE = ('probe=$1; shift; "$@" cat config >/dev/null 2>&1 && exit 0; e=$("$@" init 2>&1 >/dev/null); s=$?; '
                      f"reasons='{'|'.join(SSH_REASONS)}'; "
+                     '[ "$s" -eq 0 ] || [ -z "$probe" ] || printf "%s\\n" "$e" | grep -Eq "$reasons" || '
+                     '{ set -f; e="$e\n$($probe </dev/null 2>&1 >/dev/null)"; set +f; }; '
                      'printf "%s\\n" "$e" | grep -Ev "$reasons" >&2; printf "%s\\n" "$e" | grep -E "$reasons" >&2; exit $s')
 
 
 def init_repository(profile: Profile) -> str:
     """restic's repository on the target, made when it is not there yet (never over one that is)."""
-    return as_replication_user(profile, "sh", "-c", INIT_UNLESS_THERE, "sh", *restic(profile))
+    ssh = sftp_command(profile.offsite)
+    return as_replication_user(profile, "sh", "-c", INIT_UNLESS_THERE, "sh", " ".join(ssh or ()), *restic(profile))
 
 
 def files_now(profile: Profile) -> str:

@@ -781,3 +781,33 @@ def test_every_host_key_goes_to_ssh_and_litestream_gets_the_one_its_client_will_
     known = offsite.credential_properties(listed.offsite, paths.offsite_key)[1]
     assert known == (f"SetCredential=offsite-sftp-known-hosts:10.0.0.9 {HOST_KEY}\\n10.0.0.9 {RSA_KEY}"
                      f"\\n10.0.0.9 {ECDSA_KEY}")
+
+
+@pytest.mark.parametrize("restic_says, ssh_says, last", [
+    # restic exited before its thread relayed ssh's words: the same ssh is asked and says it.
+    ("Fatal: unable to start the sftp session, error: read |0: file already closed",
+     "Host key verification failed.", "Host key verification failed."),
+    # restic relayed them: ssh is not asked again (it would say "never asked").
+    ("subprocess ssh: Permission denied (publickey).\nFatal: unable to start the sftp session",
+     "never asked", "subprocess ssh: Permission denied (publickey)."),
+])
+def test_restic_init_over_sftp_ends_with_the_reason_ssh_gives(tmp_path, restic_says, ssh_says, last):
+    import subprocess
+    restic = tmp_path / "restic"
+    restic.write_text(f'#!/bin/sh\n[ "$1" = cat ] && exit 1\nprintf "%s\\n" "{restic_says}" >&2\nexit 1\n')
+    ssh = tmp_path / "ssh"
+    ssh.write_text(f'#!/bin/sh\n[ "$1 $4 $5" = "-p -s sftp" ] || exit 9\nprintf "%s\\n" "{ssh_says}" >&2\nexit 255\n')
+    restic.chmod(0o755)
+    ssh.chmod(0o755)
+    run = subprocess.run(["sh", "-c", commands.INIT_UNLESS_THERE, "sh", f"{ssh} -p 22 keeper@host -s sftp", str(restic)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1] == last and "never asked" not in run.stderr, run.stderr
+    assert restic_says.splitlines()[-1] in lines
+
+
+def test_restic_init_of_a_target_that_is_not_sftp_asks_no_ssh():
+    s3 = commands.init_repository(S3)
+    assert f" sh '' {offsite.RESTIC} " in s3, s3
+    assert "sftp.command" in commands.init_repository(SFTP)
