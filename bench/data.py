@@ -25,6 +25,7 @@ pages changed, into a folder on XFS (a loop device: reflinks) and prints what th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import gzip
 import json
@@ -355,18 +356,21 @@ def pages_line(text: str) -> str:
 
 
 def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: str, url: str, project: int,
-            share: float) -> dict:
+            share: float, lean: Path | None = None) -> dict:
     """One set of timings: scp down/up of the raw file; backup full, unchanged, after a change of
-    `share` of the pages; pull, a local change of `share`, push-local-db."""
-    env = dict(env, LSVM_BACKUPS_DIR=str(work / f"backups-{mode}"))
+    `share` of the pages; pull, a local change of `share`, push-local-db. `lean` (a folder for the
+    backups, e.g. on XFS) leaves out scp up, pull and push, and adds a `--no-wait` backup after a
+    second change: what a 10 GiB database fits on this machine's disk with."""
+    env = dict(env, LSVM_BACKUPS_DIR=str(lean or work / f"backups-{mode}"))
     home = f"/home/{NOPASSWD_USER}"
     vm.exec(f"cp {DB} {home}/raw.sqlite3 && chown {NOPASSWD_USER} {home}/raw.sqlite3")
     scp = ["scp", "-q", "-F", str(ssh_config)]
     r = {"size": int(vm.exec(f"stat -c %s {DB}").stdout.decode())}
     log(f"[{mode}] scp down")
     r["scp_down"], _, _ = timed([*scp, "vm:raw.sqlite3", str(work / "raw.sqlite3")], env)
-    log(f"[{mode}] scp up")
-    r["scp_up"], _, _ = timed([*scp, str(work / "raw.sqlite3"), "vm:raw-up.sqlite3"], env)
+    if not lean:
+        log(f"[{mode}] scp up")
+        r["scp_up"], _, _ = timed([*scp, str(work / "raw.sqlite3"), "vm:raw-up.sqlite3"], env)
     vm.exec(f"rm -f {home}/raw.sqlite3 {home}/raw-up.sqlite3")
     (work / "raw.sqlite3").unlink()
     backups = Path(env["LSVM_BACKUPS_DIR"])
@@ -380,6 +384,11 @@ def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: s
     log(f"[{mode}] fab backup (after {share:.0%} of the pages changed)")
     r["incr_cpu"], (r["incr"], r["incr_rss"], r["incr_out"]) = server_cpu(vm, lambda: timed([*fab, "backup"], env))
     r["incr_timeline"] = timeline(newest_manifest(backups))
+    if lean:
+        change_share(vm, url, project, share, seed=len(mode) + 2)
+        log(f"[{mode}] fab backup --no-wait (after another {share:.0%} of the pages changed)")
+        r["nowait"], r["nowait_rss"], r["nowait_out"] = timed([*fab, "backup", "--no-wait"], env)
+        return r
     local = work / f"local-{mode}"
     log(f"[{mode}] fab pull-server-db")
     r["pull"], r["pull_rss"], _ = timed([*fab, "pull-server-db", "--yes", "--local-data-dir", str(local)], env)
@@ -394,7 +403,8 @@ def report(mode: str, r: dict) -> None:
     mib = r["size"] / 1024 / 1024
     print(f"-- {mode} ({mib:.0f} MiB database) --")
     print(f"scp down (raw file):            {r['scp_down']:7.1f} s")
-    print(f"scp up (raw file):              {r['scp_up']:7.1f} s")
+    if "scp_up" in r:
+        print(f"scp up (raw file):              {r['scp_up']:7.1f} s")
     print(f"fab backup, full:               {r['backup']:7.1f} s   {r['backup'] / r['scp_down']:5.2f}x scp down time   "
           f"peak RSS {r['backup_rss'] / 1024:.0f} MiB")
     print(f"    {wire(r['backup_out'])}")
@@ -411,6 +421,11 @@ def report(mode: str, r: dict) -> None:
     print(f"    timeline: {r['incr_timeline']}")
     print(f"    server CPU {r['incr_cpu']:.1f} s = {r['incr_cpu'] / r['sha256sum_cpu']:.1f}x one sha256sum of the "
           f"database there; writers' lock held {lock_held(r['incr_out']) or 0:.2f} s")
+    if "nowait" in r:
+        print(f"fab backup --no-wait, after another change: {r['nowait']:7.1f} s   {r['nowait'] / r['scp_down']:5.2f}x "
+              f"scp down time   peak RSS {r['nowait_rss'] / 1024:.0f} MiB   (stored and proven; its check runs after)")
+        print(f"    {wire(r['nowait_out'])}")
+        return
     print(f"fab pull-server-db:             {r['pull']:7.1f} s   {r['pull'] / r['scp_down']:5.2f}x scp down time")
     print(f"fab push-local-db:              {r['push']:7.1f} s   {r['push'] / r['scp_up']:5.2f}x scp up time     "
           f"peak RSS {r['push_rss'] / 1024:.0f} MiB")
@@ -418,28 +433,42 @@ def report(mode: str, r: dict) -> None:
     print(f"    {wire(r['push_out'])}: {wire_bytes(r['push_out']) / r['size']:.2%} of the database's bytes")
 
 
-def disk_series(vm, work: Path, fab: list[str], env: dict, url: str, project: int, share: float, count: int) -> dict:
-    """`count` incremental backups, each after `share` of the pages changed, into a folder on XFS (a loop
-    device: reflinks): what they take on disk, against what they would take as whole copies."""
+@contextlib.contextmanager
+def xfs_folder(work: Path, size: int, copies: int):
+    """A folder on XFS with reflinks (a sparse loop image in `work`), room for `copies` whole databases."""
     image, mount = work / "xfs.img", work / "xfs"
-    size = int(vm.exec(f"stat -c %s {DB}").stdout.decode())
     mount.mkdir()
-    subprocess.run(["truncate", "-s", str(size * 6 + 2 * 1024 ** 3), str(image)], check=True)
+    subprocess.run(["truncate", "-s", str(size * copies + 2 * 1024 ** 3), str(image)], check=True)
     subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        image.unlink()
+        mount.rmdir()
+
+
+def disk_use(fab: list[str], env: dict) -> dict:
+    """What the host's snapshots take on disk (`backups --json`), against their sizes as whole copies."""
+    _, _, listing = timed([*fab, "backups", "--json"], env)
+    records = json.loads(listing)
+    return {"count": len(records) - 1, "disk": sum(r["disk_bytes"] for r in records),
+            "first": records[0]["disk_bytes"], "sizes": sum(r["size_bytes"] for r in records)}
+
+
+def disk_series(vm, work: Path, fab: list[str], env: dict, url: str, project: int, share: float, count: int) -> dict:
+    """`count` incremental backups, each after `share` of the pages changed, into a folder on XFS (a loop
+    device: reflinks): what they take on disk, against what they would take as whole copies."""
+    size = int(vm.exec(f"stat -c %s {DB}").stdout.decode())
+    with xfs_folder(work, size, 6) as mount:
         env = dict(env, LSVM_BACKUPS_DIR=str(mount))
         timed([*fab, "backup", "--no-media"], env)
         for n in range(count):
             change_share(vm, url, project, share, seed=100 + n)
             log(f"[disk] incremental backup {n + 1} of {count}")
             timed([*fab, "backup", "--no-media"], env)
-        _, _, listing = timed([*fab, "backups", "--json"], env)
-        records = json.loads(listing)
-        return {"count": count, "size": size, "disk": sum(r["disk_bytes"] for r in records),
-                "first": records[0]["disk_bytes"], "sizes": sum(r["size_bytes"] for r in records)}
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        return disk_use(fab, env)
 
 
 def provision_bench_vm(vm, work: Path, profile_extra: str = "") -> tuple[Path, str, dict, list[str]]:
@@ -467,6 +496,8 @@ def main() -> int:
     parser.add_argument("--disk-series", type=int, default=24, help="incremental backups kept on XFS to "
                         "measure the disk they take (0 skips it)")
     parser.add_argument("--skip-scp-modes", action="store_true", help="only the disk series")
+    parser.add_argument("--lean", action="store_true", help="for a large database (--size-mib 10240): only the "
+                        "shaped link, no scp up, pull or push, the backups on XFS, and a --no-wait backup")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lsvm-bench-data-"))
     vm = start_vm(build_image(), make_key(work))
@@ -477,10 +508,16 @@ def main() -> int:
         ratio = compression(vm, STREAM_LEVEL)
         series = disk_series(vm, work, fab, env, url, project, args.change, args.disk_series) \
             if args.disk_series else None
-        if not args.skip_scp_modes:
+        if args.lean:
+            shape(vm, args.rate)
+            with xfs_folder(work, size, 3) as mount:
+                results[f"link shaped to {args.rate} both ways"] = measure(
+                    vm, work, fab, env, ssh_config, "shaped", url, project, args.change, lean=mount)
+                series = disk_use(fab, dict(env, LSVM_BACKUPS_DIR=str(mount)))
+        elif not args.skip_scp_modes:
             results["loopback (no bandwidth limit)"] = measure(vm, work, fab, env, ssh_config, "loopback", url,
                                                               project, args.change)
-        if args.rate != "none" and not args.skip_scp_modes:
+        if args.rate != "none" and not args.skip_scp_modes and not args.lean:
             shape(vm, args.rate)
             results[f"link shaped to {args.rate} both ways"] = measure(vm, work, fab, env, ssh_config, "shaped", url,
                                                                       project, args.change)
@@ -495,8 +532,8 @@ def main() -> int:
     for mode, r in results.items():
         report(mode, r)
     if series:
-        print(f"-- disk: {series['count'] + 1} snapshots (a full one, then {series['count']} incremental, "
-              f"{args.change:.0%} of the pages changed before each) on XFS (reflinks) --")
+        print(f"-- disk: {series['count'] + 1} snapshots (a full one, then {series['count']} later ones, "
+              f"{args.change:.0%} of the pages changed before each changed one) on XFS (reflinks) --")
         print(f"on disk: {series['disk'] / 1024 ** 3:.2f} GiB, of which the first {series['first'] / 1024 ** 3:.2f} GiB; "
               f"as whole copies they would take {series['sizes'] / 1024 ** 3:.2f} GiB")
     print("(push includes its pre-push server backup, the local check of the database, the upload, the "
