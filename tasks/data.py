@@ -238,24 +238,42 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
 # ------------------------------------------------------------------------------------------------
 
 
+class _LocalGate:
+    """push's gate on the local data: the staged copy's integrity_check, running in a thread from the
+    moment the copy is made (beside the server's counts, the question and the pre-push backup), waited
+    for before a byte is sent. The quick refusals (not SQLite, not Label Studio) come before it."""
+
+    def __init__(self, staged: Snapshot, database: Path):
+        self.database = database
+        self.check = checking.CheckBeside(staged, by="push-local-db (its gate)", just_proven=True)
+
+    def passed(self, backed_up: Snapshot | None = None) -> None:
+        checked = self.check.result()
+        if not checked.verified:
+            kept = f"; the server's pre-push backup is kept as {backed_up.id}" if backed_up else ""
+            raise SnapshotError(f"{self.database} is integrity_check failed: {checked.manifest.integrity_check}; "
+                                f"nothing was sent{kept}")
+        ui.step(True, f"local database checked: integrity ok, {counts_text(checked.manifest.counts)}")
+
+
 def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: Path, staging: Path,
-                 with_media: bool) -> tuple[Snapshot, str, dict]:
-    """(snapshot, description, counts) of what push sends: a verified stored snapshot, or a consistent,
-    checked copy of the live local data staged for the upload. Refuses anything that is not a healthy
-    Label Studio database, before the server is touched."""
+                 with_media: bool) -> tuple[Snapshot, str, dict, _LocalGate | None]:
+    """(snapshot, description, counts, gate) of what push sends: a verified stored snapshot (no gate),
+    or a consistent copy of the live local data staged for the upload, its check running (the gate).
+    Refuses anything that is not a SQLite Label Studio database before the server is touched."""
     if snapshot_id:
         pool = catalog.list_snapshots(host_dir) + catalog.list_snapshots(backups_root() / LOCAL_HOST)
         chosen = catalog.find_snapshot(pool, snapshot_id)
         refuse_postgresql_snapshot(chosen)
-        return chosen, f"snapshot {chosen.id}", local.verify_snapshot(chosen)["counts"]
+        return chosen, f"snapshot {chosen.id}", local.verify_snapshot(chosen)["counts"], None
     data_dir = local.local_data_dir(local_data_dir)
-    staged, report = local.snapshot_local_data(data_dir, staging, label="push", media=with_media)
+    staged, report = local.snapshot_local_data(data_dir, staging, label="push", media=with_media, check=False)
     if staged is None:
         raise SnapshotError(f"no Label Studio database in {data_dir}", hint="--local-data-dir names another")
     problem = sqlite.describe_problem(report)
     if problem:
         raise SnapshotError(f"{data_dir / DATABASE} is {problem}; nothing was sent")
-    return staged, f"local data in {data_dir}", report["counts"]
+    return staged, f"local data in {data_dir}", report["counts"], _LocalGate(staged, data_dir / DATABASE)
 
 
 @task(help={"config": CONFIG_HELP, "snapshot": "push a stored snapshot instead of the local data",
@@ -269,22 +287,29 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
     profile, host = open_host(c, config, sudo=True)
     snapshots.refuse_other_database(host, profile)
     with local.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
-        source, described, local_counts = _push_source(local_data_dir, snapshot, profile.backups_dir(),
-                                                       Path(staging), with_media)
-        files = [f for f in source.manifest.files
-                 if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
-        server = _server_counts_for(host, profile, source)
-        ui.out.print(f"push {described} -> {host.alias}")
-        _say_if_converted(source, profile)
-        ui.out.print(f"  server now: {counts_text(server)}")
-        ui.out.print(f"  replaced by: {counts_text(local_counts)}"
-                     + (" (with media)" if with_media else " (server media kept)"))
-        if dry_run:
-            ui.out.print("dry run: the local database passed its checks; nothing was changed")
-            return
-        confirm(f"replace the Label Studio data on {host.alias}? (it is backed up first)", yes)
-        _replace_after_backup(host, profile, source, files, backup=server is not None, label="pre-push",
-                              task_name="push-local-db", health_timeout=int(health_timeout))
+        source, described, local_counts, gate = _push_source(local_data_dir, snapshot, profile.backups_dir(),
+                                                             Path(staging), with_media)
+        try:
+            files = [f for f in source.manifest.files
+                     if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
+            server = _server_counts_for(host, profile, source)
+            ui.out.print(f"push {described} -> {host.alias}")
+            _say_if_converted(source, profile)
+            ui.out.print(f"  server now: {counts_text(server)}")
+            ui.out.print(f"  replaced by: {counts_text(local_counts)}"
+                         + (" (with media)" if with_media else " (server media kept)"))
+            if gate and (dry_run or not yes):   # a person is asked only about data that passed
+                gate.passed()
+                gate = None
+            if dry_run:
+                ui.out.print("dry run: the local database passed its checks; nothing was changed")
+                return
+            confirm(f"replace the Label Studio data on {host.alias}? (it is backed up first)", yes)
+            _replace_after_backup(host, profile, source, files, backup=server is not None, label="pre-push",
+                                  task_name="push-local-db", health_timeout=int(health_timeout), gate=gate)
+        finally:
+            if gate:
+                gate.check.ended()   # its files are in `staging`, removed next
 
 
 @task(help={"config": CONFIG_HELP,
@@ -477,14 +502,17 @@ def _say_if_converted(source: Snapshot, profile: Profile) -> None:
 
 
 def _replace_after_backup(host, profile: Profile, source: Snapshot, files: list, *, backup: bool, label: str,
-                          task_name: str, health_timeout: int) -> None:
+                          task_name: str, health_timeout: int, gate: _LocalGate | None = None) -> None:
     """Under the server's lock: a snapshot of what the server holds first (`backup`), then its data
-    replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap)."""
+    replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap).
+    `gate`: the source's check, which ran beside that backup, passed before anything is sent."""
     with snapshots.server_lock(host, profile, task_name):
         before = None
         if backup:   # checked beside the upload; the swap waits for the check
             before = engine.take_server_snapshot(host, profile, label=label, check=False)
             report_snapshot(before, "server backed up as")
+        if gate:
+            gate.passed(backed_up=before)
         engine.put_on_server(host, profile, source, files, health_timeout=health_timeout, base=before)
 
 

@@ -128,15 +128,24 @@ class CheckBeside:
     database that is itself broken was copied faithfully, and is replaced with its copy kept, marked
     failed."""
 
-    def __init__(self, snapshot: Snapshot, *, by: str):
+    def __init__(self, snapshot: Snapshot, *, by: str, just_proven: bool = False):
         self.snapshot = snapshot
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="check")
-        self.future = pool.submit(check_pending, snapshot, by=by, quiet=True)
+        self.future = pool.submit(check_pending, snapshot, by=by, quiet=True, just_proven=just_proven)
         pool.shutdown(wait=False)
 
-    def settled(self) -> Snapshot:
+    def result(self) -> Snapshot:
+        """The snapshot once its check ended, whatever it found."""
         with ui.err.status(f"waiting for the check of {self.snapshot.id} on this machine"):
-            checked = self.future.result()
+            return self.future.result()
+
+    def ended(self) -> None:
+        """Wait for the check, if it still runs, and let go of whatever it found (a command that stops
+        early: its snapshot's folder may be removed once nothing reads it)."""
+        concurrent.futures.wait([self.future])
+
+    def settled(self) -> Snapshot:
+        checked = self.result()
         if checked.verified:
             if self.snapshot.pending:
                 ui.step(True, f"checked {checked.id} on this machine (beside the upload): integrity ok, "

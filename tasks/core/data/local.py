@@ -94,19 +94,22 @@ def running_label_studio(data_dir: Path) -> list[int]:
 
 
 def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra: dict | None = None,
-                        media: bool = True) -> tuple[Snapshot, dict] | tuple[None, None]:
+                        media: bool = True, check: bool = True) -> tuple[Snapshot, dict] | tuple[None, None]:
     """Save the local Label Studio data (consistent DB copy + .env + media) as backups/local/<id>, with
-    the database's check report. (None, None) when there is no local database to save."""
+    the database's check report. (None, None) when there is no local database to save. `check` False:
+    the snapshot is stored pending, its integrity_check left to checking.check_pending (the report has
+    the rest: its tables and counts)."""
     database = data_dir / DATABASE
     if not database.is_file():
         return None, None
     host_dir = backups_root / catalog.LOCAL_HOST
     with catalog.new_snapshot(host_dir, label) as pending, space_needed(pending.path):
-        report = _save_into(pending, data_dir, extra, media)
+        report = _save_into(pending, data_dir, extra, media, check)
     return pending.snapshot, report
 
 
-def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | None, media: bool) -> dict:
+def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | None, media: bool,
+               check: bool = True) -> dict:
     """The body of snapshot_local_data: files into the pending snapshot, its manifest; the database's check
     report."""
     dest = pending.path
@@ -118,7 +121,7 @@ def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | N
             raise
         raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
     os.chmod(dest / DATABASE, 0o600)
-    checked = sqlite.check(str(dest / DATABASE))
+    checked = sqlite.check(str(dest / DATABASE), full=check)
     report = checked["report"]
     files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, checked["sha256"])]
     env = data_dir / SECRET_ENV
@@ -134,7 +137,7 @@ def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | N
         label=pending.label, label_studio_version=None,
         source={"host": socket.gethostname(), "data_dir": str(data_dir)},
         files=sorted(files, key=lambda f: f.path),
-        integrity_check=report["integrity_check"] or "unknown",
+        integrity_check=(report["integrity_check"] or "unknown") if check else catalog.PENDING,
         counts=report.get("counts", {}), media_included=media, extra=extra or {},
     )
     return report

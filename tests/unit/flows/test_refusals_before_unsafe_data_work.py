@@ -6,6 +6,7 @@ full disk here is a SnapshotError with no partial snapshot left; (f) `-H local` 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io
@@ -175,6 +176,80 @@ def test_push_goes_on_when_the_server_knows_every_migration(monkeypatch, tmp_pat
     label_studio_db(mine / DATABASE, {"projects": ["0001_initial"]})
     data_tasks.push_local_db(Context(), dry_run=True, local_data_dir=str(mine))
     assert "the local database passed its checks" in capsys.readouterr().out
+
+
+def index_out_of_step(path: Path) -> Path:
+    """A Label Studio-shaped database whose task index no longer matches its rows: its pages and counts
+    read fine, only the full integrity_check sees it (what push's gate, beside the backup, is for)."""
+    label_studio_db(path, SERVER_MIGRATIONS, tasks=50)
+    con = sqlite3.connect(path)
+    con.execute("create index task_note on task(note)")
+    con.commit()
+    root = con.execute("select rootpage from sqlite_master where name = 'task_note'").fetchone()[0]
+    size = con.execute("pragma page_size").fetchone()[0]
+    con.close()
+    raw = bytearray(path.read_bytes())
+    page = raw[(root - 1) * size: root * size]
+    raw[(root - 1) * size: root * size] = page.replace(b"t1", b"x1")   # keys changed, structure kept
+    path.write_bytes(bytes(raw))
+    report = sqlite.inspect(str(path))
+    assert report["counts"]["tasks"] == 50 and report["integrity_check"] not in ("", "ok"), report
+    return path
+
+
+def test_push_s_gate_refuses_a_database_only_integrity_check_sees_before_a_person_is_asked(monkeypatch, tmp_path,
+                                                                                           capsys):
+    server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
+    host = on_server(monkeypatch, FakeHost(alias="vm"))
+    host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
+    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    mine = tmp_path / "mine"
+    index_out_of_step(mine / DATABASE)
+    with pytest.raises(Exit) as caught:
+        data_tasks.push_local_db(Context(), dry_run=True, local_data_dir=str(mine))
+    assert caught.value.code == 6
+    captured = capsys.readouterr()
+    assert "integrity_check failed" in captured.err and "nothing was sent" in captured.err, captured.err
+    assert "passed its checks" not in captured.out
+    assert host.channels == [] and host.uploads == {}
+
+
+def test_with_yes_push_s_gate_runs_beside_the_pre_push_backup_and_stops_before_anything_is_sent(
+        monkeypatch, tmp_path, capsys):
+    """--yes: the local check runs while the server is backed up; a database that fails it is refused
+    after that backup (kept, and named) and before a byte is sent."""
+    server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
+    host = on_server(monkeypatch, FakeHost(alias="vm"))
+    host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
+    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    happened = []
+    backed_up = catalog.Snapshot(id="20261203T000000Z-pre-push", path=tmp_path / "backups" / "vm" / "x", host="vm",
+                                 created=None, label="pre-push", manifest=None)
+
+    def take_server_snapshot(host, profile, label, check):
+        happened.append(("backup", label, check))
+        return backed_up
+
+    monkeypatch.setattr(data_tasks.snapshots, "server_lock", lambda host, profile, name: contextlib.nullcontext())
+    monkeypatch.setattr(data_tasks.engine, "take_server_snapshot", take_server_snapshot)
+    monkeypatch.setattr(data_tasks, "report_snapshot", lambda snapshot, what: None)
+    monkeypatch.setattr(data_tasks.engine, "put_on_server", lambda *a, **k: happened.append("sent"))
+    mine = tmp_path / "mine"
+    index_out_of_step(mine / DATABASE)
+    with pytest.raises(Exit) as caught:
+        data_tasks.push_local_db(Context(), yes=True, local_data_dir=str(mine))
+    assert caught.value.code == 6
+    err = capsys.readouterr().err
+    assert "integrity_check failed" in err and "nothing was sent" in err, err
+    assert f"pre-push backup is kept as {backed_up.id}" in " ".join(err.split()), err
+    assert happened == [("backup", "pre-push", False)]
+    # A healthy database goes on to the upload, its check passed on the way.
+    good = tmp_path / "good"
+    label_studio_db(good / DATABASE, SERVER_MIGRATIONS)
+    happened.clear()
+    data_tasks.push_local_db(Context(), yes=True, local_data_dir=str(good))
+    assert happened == [("backup", "pre-push", False), "sent"]
+    assert "local database checked: integrity ok" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------
