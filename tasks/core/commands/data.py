@@ -30,7 +30,7 @@ LOCKED, BUSY = "LOCKED", "BUSY"
 SWAP_RUNNING = "a data swap is still finishing on the server (stop, swap, start, health check, rollback if needed)"
 
 CODEC_PROBE = "command -v zstd >/dev/null && echo zstd || echo gzip"
-COMPRESS = {"zstd": "zstd -q -1 -T0 -c", "gzip": "gzip -1 -c"}
+COMPRESS = {"zstd": join(*sqlite.ZSTD_STREAM), "gzip": "gzip -1 -c"}
 DECOMPRESS = {"zstd": "zstd -q -d -c", "gzip": "gzip -d -c"}
 
 

@@ -774,11 +774,18 @@ def _add(tar, fd: int, name: str, size: int | None = None) -> None:
         tar.addfile(info, handle)
 
 
+# The stream's zstd: level 1 while the link takes what it makes (loopback, a LAN), up to level 4 while the
+# link is the bottleneck (zstd --adapt). On 1 GiB of Label Studio's database behind a 100 Mbit/s link:
+# 236 MiB in 20 s against level 1's 308 MiB in 26 s, 6.6 s of server CPU against 2.8 (level 6 would take
+# 13 s for 5% fewer bytes); with nothing slowing it, 2.5 s against 2.0.
+ZSTD_STREAM = ("zstd", "-q", "--adapt=min=1,max=4", "-T0", "-c")
+
+
 def stream_files(codec: str, members: list) -> None:
-    """A compressed tar on stdout (zstd -T0, or gzip) of `members`: (descriptor, name in the archive).
+    """A compressed tar on stdout (zstd, ZSTD_STREAM, or gzip) of `members`: (descriptor, name in the archive).
     The tar is written here, so every file was opened safely before it goes."""
     if codec == "zstd":
-        compressor = subprocess.Popen(["zstd", "-q", "-1", "-T0", "-c"], stdin=subprocess.PIPE,
+        compressor = subprocess.Popen(ZSTD_STREAM, stdin=subprocess.PIPE,
                                       stdout=sys.stdout.fileno())
         target = compressor.stdin
     else:
