@@ -297,6 +297,36 @@ def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, server_sn
 
 
 @pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
+def test_a_database_only_integrity_check_faults_is_refused_after_the_pre_push_backup_before_a_byte_is_sent(
+        data_vm, server_snapshot, tmp_path):
+    """Its pages and counts read fine (an index whose keys no longer match the rows), so only the full
+    check, which runs beside the pre-push backup, sees it: that backup is kept and named, nothing is sent."""
+    folder = make_local_dir(tmp_path, "index", source_db=server_snapshot / "label_studio.sqlite3")
+    database = folder / "label_studio.sqlite3"
+    con = sqlite3.connect(database)
+    con.execute("create index lsvm_test_title on project(title)")
+    con.commit()
+    root = con.execute("select rootpage from sqlite_master where name = 'lsvm_test_title'").fetchone()[0]
+    size = con.execute("pragma page_size").fetchone()[0]
+    con.close()
+    raw = bytearray(database.read_bytes())
+    page = raw[(root - 1) * size: root * size]
+    assert b"alpha" in page
+    raw[(root - 1) * size: root * size] = page.replace(b"alpha", b"alphA")
+    database.write_bytes(bytes(raw))
+    before, count = server_sha(data_vm), len(snapshots_of(data_vm))
+    result = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(folder))
+    err = " ".join(result.stderr.split())
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "integrity_check failed" in err and "nothing was sent" in err, err
+    after = snapshots_of(data_vm)
+    assert len(after) == count + 1 and after[-1].name.endswith("pre-push"), after
+    assert f"pre-push backup is kept as {after[-1].name}" in err, err
+    assert server_sha(data_vm) == before
+    assert_serving(data_vm)
+
+
+@pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
 def test_a_database_that_fails_the_health_check_is_rolled_back(data_vm, alpha, server_snapshot, tmp_path):
     folder = make_local_dir(tmp_path, "breaks", source_db=server_snapshot / "label_studio.sqlite3")
     con = sqlite3.connect(folder / "label_studio.sqlite3")
