@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.support.databases import server_database_digest
+from tests.integration.support.databases import index_out_of_step, server_database_digest
 from tests.integration.support.labelstudio import api_token, concurrent_annotators, project_titles
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -302,18 +302,7 @@ def test_a_database_only_integrity_check_faults_is_refused_after_the_pre_push_ba
     """Its pages and counts read fine (an index whose keys no longer match the rows), so only the full
     check, which runs beside the pre-push backup, sees it: that backup is kept and named, nothing is sent."""
     folder = make_local_dir(tmp_path, "index", source_db=server_snapshot / "label_studio.sqlite3")
-    database = folder / "label_studio.sqlite3"
-    con = sqlite3.connect(database)
-    con.execute("create index lsvm_test_title on project(title)")
-    con.commit()
-    root = con.execute("select rootpage from sqlite_master where name = 'lsvm_test_title'").fetchone()[0]
-    size = con.execute("pragma page_size").fetchone()[0]
-    con.close()
-    raw = bytearray(database.read_bytes())
-    page = raw[(root - 1) * size: root * size]
-    assert b"alpha" in page
-    raw[(root - 1) * size: root * size] = page.replace(b"alpha", b"alphA")
-    database.write_bytes(bytes(raw))
+    index_out_of_step(folder / "label_studio.sqlite3", "project", "title", b"alpha", b"alphA")
     before, count = server_sha(data_vm), len(snapshots_of(data_vm))
     result = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(folder))
     err = " ".join(result.stderr.split())

@@ -38,3 +38,23 @@ def server_database_digest(vm, path: str = "/var/lib/label-studio/label_studio.s
     """Read by the service user (the file is its own) while Label Studio may run: one read transaction."""
     command = join("runuser", "-u", "labelstudio", "--", "python3", "-I", "-c", DIGEST, path)
     return vm.exec(command).stdout.decode().strip()
+
+
+def index_out_of_step(database: Path, table: str, column: str, old: bytes, new: bytes) -> None:
+    """A new index on `table`(`column`) whose page then has the key `old` changed to `new` (same length):
+    the file's pages and row counts read fine, only a full integrity_check sees the index and the rows
+    disagree."""
+    import sqlite3
+
+    assert len(old) == len(new)
+    con = sqlite3.connect(database)
+    con.execute(f"create index lsvm_test_{column} on {table}({column})")
+    con.commit()
+    root = con.execute(f"select rootpage from sqlite_master where name = 'lsvm_test_{column}'").fetchone()[0]
+    size = con.execute("pragma page_size").fetchone()[0]
+    con.close()
+    raw = bytearray(database.read_bytes())
+    page = raw[(root - 1) * size: root * size]
+    assert old in page, f"{old!r} is not in the index's page"
+    raw[(root - 1) * size: root * size] = page.replace(old, new)
+    database.write_bytes(bytes(raw))

@@ -31,6 +31,7 @@ from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.files import link_or_copy, space_needed
 from tasks.core.onserver import sqlite
+from tests.integration.support.databases import index_out_of_step
 from tests.unit.fakehost import FakeChannel, FakeHost, Stream, ok
 from tests.unit.samples import DB, ENV, LOCK, MEDIA_FILE, PNG, PROFILE, prepared, server, sha
 
@@ -178,20 +179,11 @@ def test_push_goes_on_when_the_server_knows_every_migration(monkeypatch, tmp_pat
     assert "the local database passed its checks" in capsys.readouterr().out
 
 
-def index_out_of_step(path: Path) -> Path:
-    """A Label Studio-shaped database whose task index no longer matches its rows: its pages and counts
-    read fine, only the full integrity_check sees it (what push's gate, beside the backup, is for)."""
+def out_of_step_db(path: Path) -> Path:
+    """A Label Studio-shaped database only the full integrity_check faults (what push's gate, beside the
+    backup, is for)."""
     label_studio_db(path, SERVER_MIGRATIONS, tasks=50)
-    con = sqlite3.connect(path)
-    con.execute("create index task_note on task(note)")
-    con.commit()
-    root = con.execute("select rootpage from sqlite_master where name = 'task_note'").fetchone()[0]
-    size = con.execute("pragma page_size").fetchone()[0]
-    con.close()
-    raw = bytearray(path.read_bytes())
-    page = raw[(root - 1) * size: root * size]
-    raw[(root - 1) * size: root * size] = page.replace(b"t1", b"x1")   # keys changed, structure kept
-    path.write_bytes(bytes(raw))
+    index_out_of_step(path, "task", "note", b"t1", b"x1")
     report = sqlite.inspect(str(path))
     assert report["counts"]["tasks"] == 50 and report["integrity_check"] not in ("", "ok"), report
     return path
@@ -204,7 +196,7 @@ def test_push_s_gate_refuses_a_database_only_integrity_check_sees_before_a_perso
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
     host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     mine = tmp_path / "mine"
-    index_out_of_step(mine / DATABASE)
+    out_of_step_db(mine / DATABASE)
     with pytest.raises(Exit) as caught:
         data_tasks.push_local_db(Context(), dry_run=True, local_data_dir=str(mine))
     assert caught.value.code == 6
@@ -235,7 +227,7 @@ def test_with_yes_push_s_gate_runs_beside_the_pre_push_backup_and_stops_before_a
     monkeypatch.setattr(data_tasks, "report_snapshot", lambda snapshot, what: None)
     monkeypatch.setattr(data_tasks.engine, "put_on_server", lambda *a, **k: happened.append("sent"))
     mine = tmp_path / "mine"
-    index_out_of_step(mine / DATABASE)
+    out_of_step_db(mine / DATABASE)
     with pytest.raises(Exit) as caught:
         data_tasks.push_local_db(Context(), yes=True, local_data_dir=str(mine))
     assert caught.value.code == 6
