@@ -185,7 +185,7 @@ def test_a_check_beside_the_upload_stops_the_swap_only_for_bytes_that_are_not_th
 
 def test_the_backup_that_just_proved_the_bytes_spends_the_check_on_integrity_alone(tmp_path, monkeypatch):
     snapshot = pending_snapshot(tmp_path / "vm", 1)
-    monkeypatch.setattr(sqlite, "check", lambda path: pytest.fail("hashed a second time"))
+    monkeypatch.setattr(sqlite, "check", lambda path, **options: pytest.fail("hashed a second time"))
     assert checking.check_pending(snapshot, by="backup", just_proven=True).verified
     later = pending_snapshot(tmp_path / "vm", 2)          # anyone else re-hashes: the bytes may have changed
     with pytest.raises(pytest.fail.Exception, match="hashed a second time"):
