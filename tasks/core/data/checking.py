@@ -62,8 +62,7 @@ def verdict(snapshot: Snapshot, *, rehash: bool = True) -> tuple[str, dict]:
     path = snapshot.path / DATABASE
     if entry is None or not path.is_file():
         return "the database file is missing", {}
-    found = sqlite.check(str(path), mmap=True) if rehash else \
-        {"sha256": entry.sha256, "report": sqlite.inspect(str(path), mmap=True)}
+    found = sqlite.check(str(path)) if rehash else {"sha256": entry.sha256, "report": sqlite.inspect(str(path))}
     report = found["report"]
     if found["sha256"] != entry.sha256:
         return "damaged: the database's sha256 differs from the server's copy", report.get("counts", {})

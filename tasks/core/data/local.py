@@ -121,7 +121,7 @@ def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | N
             raise
         raise SnapshotError(f"{database} is not a usable SQLite database ({exc})") from None
     os.chmod(dest / DATABASE, 0o600)
-    checked = sqlite.check(str(dest / DATABASE), full=check, mmap=True)
+    checked = sqlite.check(str(dest / DATABASE), full=check)
     report = checked["report"]
     files = [FileEntry(DATABASE, (dest / DATABASE).stat().st_size, checked["sha256"])]
     env = data_dir / SECRET_ENV
@@ -174,7 +174,7 @@ def verify_snapshot(snapshot: Snapshot) -> dict:
             # database's row counts with the manifest's.
             return {"integrity_check": manifest.integrity_check, "counts": manifest.counts,
                     "label_studio": manifest.integrity_check == "ok", "error": None, "missing_tables": []}
-        report = sqlite.inspect(str(snapshot.path / DATABASE), mmap=True)
+        report = sqlite.inspect(str(snapshot.path / DATABASE))
     problem = sqlite.describe_problem(report)
     if problem:
         raise SnapshotError(f"snapshot {snapshot.id}: the database is {problem}")

@@ -38,11 +38,10 @@ def _plain(path) -> str:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 8])
-@pytest.mark.parametrize("mmap", [False, True])
-def test_a_healthy_database_is_ok_on_any_number_of_threads(tmp_path, threads, mmap):
+def test_a_healthy_database_is_ok_on_any_number_of_threads(tmp_path, threads):
     path = tmp_path / "db.sqlite3"
     _database(path)
-    assert sqlite.integrity_check(str(path), threads=threads, mmap=mmap) == "ok" == _plain(path)
+    assert sqlite.integrity_check(str(path), threads=threads) == "ok" == _plain(path)
 
 
 def _mismatch_an_index(path) -> None:
@@ -54,22 +53,20 @@ def _mismatch_an_index(path) -> None:
     con.close()
 
 
-@pytest.mark.parametrize("mmap", [False, True])
-def test_an_index_that_does_not_match_its_table_is_found(tmp_path, mmap):
-    """What quick_check does not look at: the per-table checks must (read through mmap or not)."""
+def test_an_index_that_does_not_match_its_table_is_found(tmp_path):
+    """What quick_check does not look at: the per-table checks must."""
     path = tmp_path / "db.sqlite3"
     _database(path)
     _mismatch_an_index(path)
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA quick_check").fetchall() == [("ok",)]
     con.close()
-    found = sqlite.integrity_check(str(path), threads=2, mmap=mmap)
+    found = sqlite.integrity_check(str(path), threads=2)
     assert found != "ok" and "task_project" in found
     assert _plain(path) != "ok"
 
 
-@pytest.mark.parametrize("mmap", [False, True])
-def test_a_damaged_page_is_found(tmp_path, mmap):
+def test_a_damaged_page_is_found(tmp_path):
     path = tmp_path / "db.sqlite3"
     _database(path)
     data = bytearray(path.read_bytes())
@@ -78,7 +75,7 @@ def test_a_damaged_page_is_found(tmp_path, mmap):
     data[middle + 8:middle + page] = bytes(range(256)) * ((page - 8) // 256) + bytes((page - 8) % 256)
     path.write_bytes(bytes(data))
     try:
-        found = sqlite.integrity_check(str(path), threads=2, mmap=mmap)
+        found = sqlite.integrity_check(str(path), threads=2)
     except sqlite3.DatabaseError:
         found = "raised"
     assert found != "ok" and _plain(path) != "ok"
