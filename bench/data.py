@@ -515,7 +515,7 @@ def main() -> int:
                         "measure the disk they take (0 skips it)")
     parser.add_argument("--skip-scp-modes", action="store_true", help="only the disk series")
     parser.add_argument("--lean", action="store_true", help="for a large database (--size-mib 10240): only the "
-                        "shaped link, no scp up, pull or push, the backups on XFS, and a --no-wait backup")
+                        "shaped link, no scp up, pull, push or disk series; the backups on XFS, whose disk use it prints")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lsvm-bench-data-"))
     vm = start_vm(build_image(), make_key(work))
@@ -525,7 +525,7 @@ def main() -> int:
         size, project = make_data(vm, url, args.size_mib, work)
         ratios = [compression(vm, level) for level in STREAM_LEVELS]
         series = disk_series(vm, work, fab, env, url, project, args.change, args.disk_series) \
-            if args.disk_series else None
+            if args.disk_series and not args.lean else None
         if args.lean:
             shape(vm, args.rate)
             with xfs_folder(work, size, 3) as mount:

@@ -109,7 +109,7 @@ def snapshot_local_data(data_dir: Path, backups_root: Path, *, label: str, extra
 
 
 def _save_into(pending: catalog.PendingSnapshot, data_dir: Path, extra: dict | None, media: bool,
-               check: bool = True) -> dict:
+               check: bool) -> dict:
     """The body of snapshot_local_data: files into the pending snapshot, its manifest; the database's check
     report."""
     dest = pending.path

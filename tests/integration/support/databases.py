@@ -5,6 +5,7 @@ file's sha256. The same source runs here and, as the service user, on a VM."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,6 @@ def index_out_of_step(database: Path, table: str, column: str, old: bytes, new: 
     """A new index on `table`(`column`) whose page then has the key `old` changed to `new` (same length):
     the file's pages and row counts read fine, only a full integrity_check sees the index and the rows
     disagree."""
-    import sqlite3
-
     assert len(old) == len(new)
     con = sqlite3.connect(database)
     con.execute(f"create index lsvm_test_{column} on {table}({column})")

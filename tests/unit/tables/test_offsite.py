@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
@@ -792,7 +793,6 @@ def test_every_host_key_goes_to_ssh_and_litestream_gets_the_one_its_client_will_
      "never asked", "subprocess ssh: Permission denied (publickey)."),
 ])
 def test_restic_init_over_sftp_ends_with_the_reason_ssh_gives(tmp_path, restic_says, ssh_says, last):
-    import subprocess
     restic = tmp_path / "restic"
     restic.write_text(f'#!/bin/sh\n[ "$1" = cat ] && exit 1\nprintf "%s\\n" "{restic_says}" >&2\nexit 1\n')
     ssh = tmp_path / "ssh"
