@@ -240,19 +240,22 @@ def prune(c, config=None, keep_last=None, keep_daily=None, keep_weekly=None, dry
 
 class _LocalGate:
     """push's gate on the local data: the staged copy's integrity_check, running in a thread from the
-    moment the copy is made (beside the server's counts, the question and the pre-push backup), waited
-    for before a byte is sent. The quick refusals (not SQLite, not Label Studio) come before it."""
+    moment the copy is made (beside the server's counts, the question, the pre-push backup and the
+    upload), waited for before anything on the server is replaced: before the question when a person is
+    asked, else once the upload is proven, before the swap. The quick refusals (not SQLite, not Label
+    Studio) come before it."""
 
     def __init__(self, staged: Snapshot, database: Path):
         self.database = database
         self.check = checking.CheckBeside(staged, by="push-local-db (its gate)", just_proven=True)
 
-    def passed(self, backed_up: Snapshot | None = None) -> None:
+    def passed(self, backed_up: Snapshot | None = None, uploaded: bool = False) -> None:
         checked = self.check.result()
         if not checked.verified:
             kept = f"; the server's pre-push backup is kept as {backed_up.id}" if backed_up else ""
-            raise SnapshotError(f"{self.database} is integrity_check failed: {checked.manifest.integrity_check}; "
-                                f"nothing was sent{kept}")
+            done = "nothing on the server was replaced (the upload is removed)" if uploaded else "nothing was sent"
+            raise SnapshotError(f"{self.database} failed SQLite's integrity_check: "
+                                f"{checked.manifest.integrity_check}; {done}{kept}")
         ui.step(True, f"local database checked: integrity ok, {counts_text(checked.manifest.counts)}")
 
 
@@ -505,15 +508,16 @@ def _replace_after_backup(host, profile: Profile, source: Snapshot, files: list,
                           task_name: str, health_timeout: int, gate: _LocalGate | None = None) -> None:
     """Under the server's lock: a snapshot of what the server holds first (`backup`), then its data
     replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap).
-    `gate`: the source's check, which ran beside that backup, passed before anything is sent."""
+    `gate`: the source's check, running beside that backup and the upload, passed before anything is
+    replaced."""
     with snapshots.server_lock(host, profile, task_name):
         before = None
         if backup:   # checked beside the upload; the swap waits for the check
             before = engine.take_server_snapshot(host, profile, label=label, check=False)
             report_snapshot(before, "server backed up as")
-        if gate:
-            gate.passed(backed_up=before)
-        engine.put_on_server(host, profile, source, files, health_timeout=health_timeout, base=before)
+        engine.put_on_server(host, profile, source, files, health_timeout=health_timeout, base=before,
+                             before_replace=(lambda uploaded: gate.passed(backed_up=before, uploaded=uploaded))
+                             if gate else None)
 
 
 def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapshot:

@@ -251,6 +251,7 @@ class RemotePaths:
     venv_python: PurePosixPath
     gunicorn_conf: PurePosixPath      # the app server's settings (tasks/core/onserver/app_server.py)
     prepare_database: PurePosixPath   # run before each start: WAL mode, migrations (onserver/prepare_database.py)
+    prepare_stamp: PurePosixPath      # the service user's: what a start needs, so the next one can skip Django
     env_file: PurePosixPath
     database_env: PurePosixPath       # root-only 0600: the PostgreSQL password (tasks.core.database)
     database_ca: PurePosixPath        # the CA certificate an external PostgreSQL's is checked against
@@ -382,6 +383,7 @@ class Profile:
             venv_python=venv / "bin" / "python",
             gunicorn_conf=app / f"{name}-gunicorn.conf.py",
             prepare_database=app / "prepare-database.py",
+            prepare_stamp=data / ".lsvm-prepared.json",
             env_file=app / f"{name}.env",
             database_env=app / f"{name}-database.env",
             database_ca=app / f"{name}-database-ca.pem",

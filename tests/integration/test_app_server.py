@@ -190,6 +190,39 @@ def test_a_reload_replaces_the_workers_without_a_failed_request(app):
     assert int(sh(app, "systemctl show -p NRestarts --value label-studio").strip()) == 0
 
 
+STAMP = "/var/lib/label-studio/.lsvm-prepared.json"
+QUICK = "no migrations to apply (every one this release needs is recorded in the database)"
+
+
+def restart_and_read_journal(machine) -> list[str]:
+    """What the service said from a stop and a start on; the stop ended as asked: the master's own exit
+    (status 0) once its workers left, no SIGKILL."""
+    cursor = sh(machine, "journalctl -u label-studio -n 0 --show-cursor --no-pager").strip().split("cursor: ", 1)[1]
+    sh(machine, "systemctl stop label-studio")
+    ended = sh(machine, "systemctl show -p Result -p ExecMainCode -p ExecMainStatus label-studio").split()
+    assert sorted(ended) == ["ExecMainCode=1", "ExecMainStatus=0", "Result=success"], ended   # 1: CLD_EXITED
+    sh(machine, "systemctl start label-studio")
+    return sh(machine, f"journalctl -u label-studio --after-cursor '{cursor}' --no-pager -o cat").splitlines()
+
+
+def test_a_start_skips_django_only_while_its_stamp_fits_and_a_stop_leaves_cleanly(app):
+    # The last start (provision's) went through Django and left the stamp; this one needs no Django.
+    said = restart_and_read_journal(app)
+    assert QUICK in said and "SQLite is in WAL mode" in said
+    assert any("Shutting down: Master" in line for line in said)
+    assert_serving(app)
+    # A stamp of another release (an upgrade): Django decides, and the stamp is this release's again.
+    edit = ("import json,sys; p=sys.argv[1]; s=json.load(open(p)); s['version']='0.0.1'; "
+            "json.dump(s, open(p, 'w'))")
+    sh(app, f"{AS_SERVICE}python3 -c \"{edit}\" {STAMP}")
+    said = restart_and_read_journal(app)
+    assert "no migrations to apply" in said and QUICK not in said
+    assert '"version": "0.0.1"' not in sh(app, f"cat {STAMP}")
+    assert_serving(app)
+    assert QUICK in restart_and_read_journal(app)
+    assert_serving(app)
+
+
 def test_a_backup_under_a_steady_writer_holds_every_row_committed_before_it(app, tmp_path):
     """WAL mode, a writer committing row after row the whole time: the snapshot passes integrity_check,
     holds every row committed before the backup began (and no gap), and restores onto the server."""

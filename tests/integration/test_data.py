@@ -297,17 +297,19 @@ def test_bad_sources_are_refused_before_the_server_is_touched(data_vm, server_sn
 
 
 @pytest.mark.one_release("trixie")  # release-independent: one release (CI time)
-def test_a_database_only_integrity_check_faults_is_refused_after_the_pre_push_backup_before_a_byte_is_sent(
+def test_a_database_only_integrity_check_faults_is_refused_after_the_pre_push_backup_before_anything_is_replaced(
         data_vm, server_snapshot, tmp_path):
     """Its pages and counts read fine (an index whose keys no longer match the rows), so only the full
-    check, which runs beside the pre-push backup, sees it: that backup is kept and named, nothing is sent."""
+    check, which runs beside the pre-push backup and the upload, sees it: that backup is kept and named,
+    the upload removed, the server's data untouched."""
     folder = make_local_dir(tmp_path, "index", source_db=server_snapshot / "label_studio.sqlite3")
     index_out_of_step(folder / "label_studio.sqlite3", "project", "title", b"alpha", b"alphA")
     before, count = server_sha(data_vm), len(snapshots_of(data_vm))
     result = data_vm.fab("push-local-db", "--yes", "--local-data-dir", str(folder))
     err = " ".join(result.stderr.split())
     assert result.returncode == 6, result.stdout + result.stderr
-    assert "integrity_check failed" in err and "nothing was sent" in err, err
+    assert "failed SQLite's integrity_check" in err and "nothing on the server was replaced" in err, err
+    assert data_vm.vm.exec("test -e /var/lib/label-studio/.lsvm-incoming", check=False).returncode != 0
     after = snapshots_of(data_vm)
     assert len(after) == count + 1 and after[-1].name.endswith("pre-push"), after
     assert f"pre-push backup is kept as {after[-1].name}" in err, err

@@ -23,6 +23,16 @@ def read_every_table(profile: Profile, database: PurePosixPath | None = None) ->
     return f"{release_python(profile, *extra, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} {command}"
 
 
+MIGRATIONS_KEPT = ".lsvm-migrations.json"   # in a release's folder (root's): what its files ship never changes
+
+
 def shipped_migrations(profile: Profile) -> str:
-    """`{app: [names]}`: the migrations the installed release ships (its files, not a database's rows)."""
-    return f"{release_python(profile, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} migrations"
+    """`{app: [names]}`: the migrations the installed release ships (its files, not a database's rows).
+    Asked of the release once (Django's start-up: seconds), then kept in its folder, which only root
+    writes; a rebuilt release starts from an empty folder."""
+    kept = q(profile.remote.current / MIGRATIONS_KEPT)
+    ask = f"{release_python(profile, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} migrations"
+    return (f"if [ -s {kept} ]; then cat {kept}; exit 0; fi; "
+            f"answer=$({ask}) || {{ printf '%s\\n' \"$answer\"; exit 1; }}; "
+            f"( umask 077 && printf '%s\\n' \"$answer\" > {kept}.lsvm-new && mv -f {kept}.lsvm-new {kept} ) || true; "
+            "printf '%s\\n' \"$answer\"")

@@ -3,6 +3,8 @@ putting a snapshot's data onto the server. Everything else asks this module."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from tasks.core.connect import Host
 from tasks.core.data import checking, postgres_snapshots, snapshots
 from tasks.core.data.catalog import FileEntry, Snapshot
@@ -35,16 +37,20 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
 
 
 def put_on_server(host: Host, profile: Profile, source: Snapshot, files: list[FileEntry], *, health_timeout: int,
-                  base: Snapshot | None) -> None:
+                  base: Snapshot | None, before_replace: Callable[[bool], object] | None = None) -> None:
     """`files` of `source` become the server's data: on PostgreSQL a new database switched in (a SQLite
     snapshot converted on the way), on SQLite the verified swap (only changed pages sent, from `base`,
     the snapshot of the server taken just before: its check runs beside the upload, and the swap waits
-    for it)."""
+    for it). `before_replace(uploaded)` may refuse: on SQLite it runs once the upload is proven (True),
+    on PostgreSQL before anything is sent (False)."""
     if profile.database.postgresql:
+        if before_replace is not None:
+            before_replace(False)
         postgres_snapshots.restore(host, profile, source, files=files, health_timeout=health_timeout)
         return
     beside = checking.CheckBeside(base, by="the backup before a replace") if base is not None else None
     replace_server_data(host, profile, source.path, files, health_timeout=health_timeout, base=base,
+                        after_upload=(lambda: before_replace(True)) if before_replace is not None else None,
                         before_swap=beside.settled if beside else None)
 
 

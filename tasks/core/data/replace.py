@@ -121,11 +121,12 @@ def require_usable_incoming(host: Host, profile: Profile) -> None:
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
                         health_timeout: int, restart_previous: bool = True, base: Snapshot | None = None,
+                        after_upload: Callable[[], object] | None = None,
                         before_swap: Callable[[], object] | None = None) -> None:
     """Upload, then the swap job on the server: stop -> swap -> start -> health, rolled back on failure.
     `base`, a snapshot of the server's database taken just before, lets only the changed pages go;
-    `before_swap` runs once the upload is proven, before anything stops (it may refuse: the base's
-    check, run beside the upload)."""
+    `after_upload` runs once the upload is proven, `before_swap` once the release has read it, before
+    anything stops; either may refuse (the checks run beside the upload: the source's, the base's)."""
     parts = _parts_present(files)
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
@@ -140,6 +141,8 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
                         "sending the whole database")
                 upload(host, profile, source, files)
         ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
+        if after_upload is not None:   # before the release reads the upload: what it refuses is the whole story
+            after_upload()
         if DATABASE in parts and not profile.database.postgresql:
             require_usable_incoming(host, profile)
         if before_swap is not None:

@@ -149,6 +149,24 @@ def post_worker_init(worker):
         connections[alias].settings_dict["CONN_HEALTH_CHECKS"] = True
 
 
+def worker_exit(server, worker):
+    """A worker that ends as asked (a stop, a reload, a recycle) closes its database connections and
+    leaves at once: the interpreter's own clean-up of a forked Django process touches every object it
+    inherited, which took 1.3 s of each stop here, while nothing of it is needed. Any other end (a boot
+    error's exit code, an exception) goes the usual way, so the master sees it as it is."""
+    import sys
+
+    ending = sys.exc_info()[1]   # gunicorn calls this from the `finally` its worker's exit passes through
+    if not isinstance(ending, SystemExit) or ending.code not in (0, None):
+        return
+    from django.db import connections
+
+    connections.close_all()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def when_ready(server):
     server.log.info("Label Studio serves on %s with %d workers (%d CPUs, %s MB memory)", ",".join(server.cfg.bind),
                     server.cfg.workers, _cpus(), memory_mb())

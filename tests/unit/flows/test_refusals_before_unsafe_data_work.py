@@ -150,7 +150,7 @@ def test_push_refuses_a_newer_database_before_the_server_is_touched(monkeypatch,
     server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
     host = on_server(monkeypatch, FakeHost(alias="vm"))
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
-    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    host.answer(r"\.lsvm-migrations\.json", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     mine = tmp_path / "mine"
     label_studio_db(mine / DATABASE, {**SERVER_MIGRATIONS, "tasks": ["0001_initial", "0099_from_the_future"]})
     with pytest.raises(Exit) as caught:
@@ -164,15 +164,15 @@ def test_push_refuses_a_newer_database_before_the_server_is_touched(monkeypatch,
     # the counts and migrations.
     assert host.commands[0] == "cat /opt/label-studio/label-studio.env 2>/dev/null || true"
     # the counts and the migrations the server's release ships (its files, never the live database's rows).
-    assert [re.search(r" (counts /var/lib/label-studio/|migrations$)", c).group(1).strip() for c in host.commands[1:]] \
-        == ["counts /var/lib/label-studio/", "migrations"]
+    assert [re.search(r" (counts /var/lib/label-studio/|migrations\) )", c).group(1).strip() for c in host.commands[1:]] \
+        == ["counts /var/lib/label-studio/", "migrations)"]
 
 
 def test_push_goes_on_when_the_server_knows_every_migration(monkeypatch, tmp_path, capsys):
     server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
     host = on_server(monkeypatch, FakeHost(alias="vm"))
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
-    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    host.answer(r"\.lsvm-migrations\.json", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     mine = tmp_path / "mine"
     label_studio_db(mine / DATABASE, {"projects": ["0001_initial"]})
     data_tasks.push_local_db(Context(), dry_run=True, local_data_dir=str(mine))
@@ -194,26 +194,26 @@ def test_push_s_gate_refuses_a_database_only_integrity_check_sees_before_a_perso
     server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
     host = on_server(monkeypatch, FakeHost(alias="vm"))
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
-    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    host.answer(r"\.lsvm-migrations\.json", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     mine = tmp_path / "mine"
     out_of_step_db(mine / DATABASE)
     with pytest.raises(Exit) as caught:
         data_tasks.push_local_db(Context(), dry_run=True, local_data_dir=str(mine))
     assert caught.value.code == 6
     captured = capsys.readouterr()
-    assert "integrity_check failed" in captured.err and "nothing was sent" in captured.err, captured.err
+    assert "failed SQLite's integrity_check" in captured.err and "nothing was sent" in captured.err, captured.err
     assert "passed its checks" not in captured.out
     assert host.channels == [] and host.uploads == {}
 
 
-def test_with_yes_push_s_gate_runs_beside_the_pre_push_backup_and_stops_before_anything_is_sent(
+def test_with_yes_push_s_gate_runs_beside_the_backup_and_the_upload_and_stops_before_anything_is_replaced(
         monkeypatch, tmp_path, capsys):
-    """--yes: the local check runs while the server is backed up; a database that fails it is refused
-    after that backup (kept, and named) and before a byte is sent."""
+    """--yes: the local check runs while the server is backed up and the upload goes; a database that
+    fails it is refused after that backup (kept, and named) and before the server's data is replaced."""
     server_db = label_studio_db(tmp_path / "server.sqlite3", SERVER_MIGRATIONS)
     host = on_server(monkeypatch, FakeHost(alias="vm"))
     host.answer(r" counts ", ok('{"projects": 1, "tasks": 2, "annotations": 0}\n'))
-    host.answer(r" migrations$", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
+    host.answer(r"\.lsvm-migrations\.json", ok(json.dumps(sqlite.migrations(str(server_db))) + "\n"))
     happened = []
     backed_up = catalog.Snapshot(id="20261203T000000Z-pre-push", path=tmp_path / "backups" / "vm" / "x", host="vm",
                                  created=None, label="pre-push", manifest=None)
@@ -225,22 +225,27 @@ def test_with_yes_push_s_gate_runs_beside_the_pre_push_backup_and_stops_before_a
     monkeypatch.setattr(data_tasks.snapshots, "server_lock", lambda host, profile, name: contextlib.nullcontext())
     monkeypatch.setattr(data_tasks.engine, "take_server_snapshot", take_server_snapshot)
     monkeypatch.setattr(data_tasks, "report_snapshot", lambda snapshot, what: None)
-    monkeypatch.setattr(data_tasks.engine, "put_on_server", lambda *a, **k: happened.append("sent"))
+    def put_on_server(*args, before_replace, **kwargs):   # as on SQLite: the gate once the upload is proven
+        happened.append("sent")
+        before_replace(True)
+        happened.append("replaced")
+
+    monkeypatch.setattr(data_tasks.engine, "put_on_server", put_on_server)
     mine = tmp_path / "mine"
     out_of_step_db(mine / DATABASE)
     with pytest.raises(Exit) as caught:
         data_tasks.push_local_db(Context(), yes=True, local_data_dir=str(mine))
     assert caught.value.code == 6
-    err = capsys.readouterr().err
-    assert "integrity_check failed" in err and "nothing was sent" in err, err
-    assert f"pre-push backup is kept as {backed_up.id}" in " ".join(err.split()), err
-    assert happened == [("backup", "pre-push", False)]
-    # A healthy database goes on to the upload, its check passed on the way.
+    err = " ".join(capsys.readouterr().err.split())
+    assert "failed SQLite's integrity_check" in err and "nothing on the server was replaced" in err, err
+    assert f"pre-push backup is kept as {backed_up.id}" in err, err
+    assert happened == [("backup", "pre-push", False), "sent"]
+    # A healthy database goes on to the swap, its check passed on the way.
     good = tmp_path / "good"
     label_studio_db(good / DATABASE, SERVER_MIGRATIONS)
     happened.clear()
     data_tasks.push_local_db(Context(), yes=True, local_data_dir=str(good))
-    assert happened == [("backup", "pre-push", False), "sent"]
+    assert happened == [("backup", "pre-push", False), "sent", "replaced"]
     assert "local database checked: integrity ok" in capsys.readouterr().out
 
 

@@ -81,6 +81,35 @@ def test_a_worker_past_its_memory_is_replaced_after_its_request(monkeypatch):
     assert not worker.alive
 
 
+WORKER_ENDS = """
+import atexit, importlib.util, sys, types
+class Connections:
+    def close_all(self):
+        print("connections closed", flush=True)
+django, db = types.ModuleType("django"), types.ModuleType("django.db")
+db.connections = Connections()
+sys.modules.update({"django": django, "django.db": db})
+spec = importlib.util.spec_from_file_location("conf", sys.argv[1])
+conf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conf)
+atexit.register(lambda: print("interpreter clean-up", flush=True))
+try:
+    sys.exit(int(sys.argv[2]))
+finally:   # as in gunicorn's Arbiter.spawn_worker
+    conf.worker_exit(None, None)
+"""
+
+
+@pytest.mark.parametrize("code, said", [
+    (0, "connections closed\n"),            # asked to end: connections closed, no clean-up of the interpreter
+    (3, "interpreter clean-up\n"),          # a boot error: the usual way, its exit code for the master
+])
+def test_a_worker_asked_to_end_leaves_at_once_and_any_other_end_goes_the_usual_way(code, said):
+    ended = subprocess.run([sys.executable, "-c", WORKER_ENDS, app_server.__file__, str(code)],
+                           capture_output=True, text=True, timeout=60)
+    assert (ended.returncode, ended.stdout) == (code, said)
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["/opt/label-studio/current/bin/python", "/opt/label-studio/current/bin/gunicorn", "--config", "/c.py",
       "core.wsgi:application"], True),

@@ -145,7 +145,7 @@ def test_unit_binds_loopback_and_restarts():
     assert exec_start.split()[1:] == ["--config", str(PROFILE.remote.gunicorn_conf), "core.wsgi:application"]
     assert 'bind = ["127.0.0.1:8080"]' in render.app_server_config(PROFILE).content
     pre = next(line for line in text.splitlines() if line.startswith("ExecStartPre="))
-    assert pre.endswith(f"-I {PROFILE.remote.prepare_database}")
+    assert pre.endswith(f"-I {PROFILE.remote.prepare_database} --stamp {PROFILE.remote.prepare_stamp}")
     assert "ExecReload=/bin/kill -HUP $MAINPID" in text and "Type=notify" in text
     assert "Restart=on-failure" in text and "WantedBy=multi-user.target" in text
     assert "User=labelstudio" in text
