@@ -104,9 +104,11 @@ def page_delta(source: Path, base: Snapshot | None, work: Path) -> Path | None:
     return delta
 
 
-def require_usable_incoming(host: Host, profile: Profile) -> None:
+def require_usable_incoming(host: Host, profile: Profile) -> bool:
     """Before anything stops: the server's own release reads every table of the uploaded database, with
-    every column its models name (a database it cannot use is refused here, not after the swap)."""
+    every column its models name (a database it cannot use is refused here, not after the swap). True
+    when it read them all with no migration left for the start to apply: then the same check after the
+    start would read these same bytes with the same code, and the swap leaves it out."""
     answer = database_check(host, profile, data_commands.incoming_dir(profile) / DATABASE)
     if "error" in answer:
         raise SnapshotError(f"the Label Studio on {host.alias} cannot use this database: {answer['error']}; "
@@ -115,8 +117,9 @@ def require_usable_incoming(host: Host, profile: Profile) -> None:
     if "pending" in answer:
         ui.step(True, f"the database lacks {answer['pending']} of the release's migrations: Label Studio applies "
                       "them when it starts, and the check after the start reads every table")
-    else:
-        ui.step(True, f"the server's Label Studio reads all {answer['tables']} tables of the uploaded database")
+        return False
+    ui.step(True, f"the server's Label Studio reads all {answer['tables']} tables of the uploaded database")
+    return True
 
 
 def replace_server_data(host: Host, profile: Profile, source: Path, files: list[FileEntry], *,
@@ -143,15 +146,14 @@ def replace_server_data(host: Host, profile: Profile, source: Path, files: list[
         ui.step(True, f"uploaded and verified {', '.join(parts)} on the server")
         if after_upload is not None:   # before the release reads the upload: what it refuses is the whole story
             after_upload()
-        if DATABASE in parts and not profile.database.postgresql:
-            require_usable_incoming(host, profile)
+        proven = DATABASE in parts and not profile.database.postgresql and require_usable_incoming(host, profile)
         if before_swap is not None:
             before_swap()
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise
     run_swap(host, profile, parts, health_timeout=health_timeout,
-             steps=None if restart_previous else {"restart_previous": False})
+             steps={"restart_previous": restart_previous, "read_after_start": not proven})
 
 
 # ------------------------------------------------------------------------------------------------

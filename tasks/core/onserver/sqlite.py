@@ -90,6 +90,7 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str
         finally:
             os.close(fd)
             src.execute("COMMIT")
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))   # 0600, never over a file
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)
@@ -364,20 +365,18 @@ def apply_to_live_copy(data_dir: str, incoming: str) -> dict:
     """Server side of an incremental push: the uploaded delta applied to a consistent copy of the live
     database, into incoming/label_studio.sqlite3 (size and sha256 reported, to compare with the
     pushed file's). Intermediate files go whatever happens; {"error": ...} when it cannot be built."""
-    base = os.path.join(incoming, DATABASE_NAME + ".base")
     target = os.path.join(incoming, DATABASE_NAME)
     delta = os.path.join(incoming, DELTA)
     try:
-        consistent_copy(os.path.join(data_dir, DATABASE_NAME), base)
-        return apply_delta(base, delta, target)
+        consistent_copy(os.path.join(data_dir, DATABASE_NAME), target)
+        return apply_delta(target, delta, target)   # the copy is ours alone: its pages change in place
     except (sqlite3.Error, OSError, ValueError) as exc:
         if os.path.exists(target):
             os.unlink(target)
         return {"error": str(exc)}
     finally:
-        for leftover in (base, delta):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        if os.path.exists(delta):
+            os.unlink(delta)
 
 
 def migrations(path: str) -> dict:
@@ -588,7 +587,7 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
     changed pages take space) with the pages of `delta` written in place, cut or grown to the delta's
     page count, then hashed. Returns its size, sha256 and how it was cloned, and (given the base's index)
     the new file's index (bytes). ValueError when the delta is malformed or leaves a page unknown: then
-    no `target` is left."""
+    no `target` is left. `target` == `base`: a file of the caller's own, changed where it is (no clone)."""
     with open(delta, "rb") as changes:
         head = changes.read(len(DELTA_MAGIC) + 12)
         if not head.startswith(DELTA_MAGIC) or len(head) != len(DELTA_MAGIC) + 12:
@@ -607,7 +606,7 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
             if index_page_size == page_size:
                 digests = bytearray(old[:pages * DIGEST].ljust(pages * DIGEST, b"\0"))
         page_digest = page_digester(algorithm)
-        cloned = clone_file(base, target)
+        cloned = "in place" if target == base else clone_file(base, target)
         try:
             with open(target, "r+b") as out:
                 out.truncate(min(base_pages, pages) * page_size)

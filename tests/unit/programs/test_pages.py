@@ -165,6 +165,39 @@ def test_a_wal_database_is_copied_by_the_backup_api(tmp_path):
     copy.close()
 
 
+def test_the_server_builds_the_pushed_file_from_one_copy_of_its_live_wal_database(tmp_path):
+    """apply-live: a consistent copy of the live database (commits in its -wal too), the pushed pages
+    written into it where it is: the pushed file byte for byte, 0600, nothing else left in incoming."""
+    data_dir, incoming = tmp_path / "data", tmp_path / "data" / ".lsvm-incoming"
+    incoming.mkdir(parents=True)
+    live = make_db(data_dir / "label_studio.sqlite3")
+    con = sqlite3.connect(live)
+    con.execute("PRAGMA journal_mode = wal")
+    con.execute("update task set data = 'in the wal' where id = 2")
+    con.commit()
+    pushed = tmp_path / "pushed.sqlite3"
+    sqlite.consistent_copy(str(live), str(pushed))
+    edit(pushed, [7, 1500, 2999])
+    index = _index_of_copy(live, tmp_path)   # the pre-push backup's: a consistent copy of the live database
+    sqlite.make_delta(str(pushed), index, str(incoming / "label_studio.sqlite3.delta"))
+    built = sqlite.apply_to_live_copy(str(data_dir), str(incoming))
+    con.close()
+    assert built["sha256"] == sha(pushed) and built["cloned"] == "in place", built
+    assert sorted(p.name for p in incoming.iterdir()) == ["label_studio.sqlite3"]
+    assert (incoming / "label_studio.sqlite3").stat().st_mode & 0o777 == 0o600
+    # A delta that does not fit leaves nothing behind.
+    (incoming / "label_studio.sqlite3").unlink()
+    (incoming / "label_studio.sqlite3.delta").write_bytes(b"not a delta")
+    assert "error" in sqlite.apply_to_live_copy(str(data_dir), str(incoming))
+    assert list(incoming.iterdir()) == []
+
+
+def _index_of_copy(live: Path, tmp_path: Path) -> bytes:
+    copy = tmp_path / "server-copy.sqlite3"
+    sqlite.consistent_copy(str(live), str(copy))
+    return sqlite.page_index(str(copy))
+
+
 # ------------------------------------------------------------------------------------------------
 # The stored index of a snapshot
 

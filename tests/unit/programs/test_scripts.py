@@ -181,6 +181,7 @@ def data_scripts(profile) -> dict[str, str]:
         found[f"swap {'+'.join(parts)}"] = data.swap(profile, parts)
         found[f"rollback {'+'.join(parts)}"] = data.rollback(profile, parts)
         found[f"swap job {'+'.join(parts)}"] = swap.job(profile, parts, 30)
+        found[f"swap job {'+'.join(parts)}, read before"] = swap.job(profile, parts, 30, read_after_start=False)
         found[f"owner: swap {'+'.join(parts)}"] = data.swap_script(p.data_dir, parts)
         found[f"owner: rollback {'+'.join(parts)}"] = data.rollback_script(p.data_dir, parts)
         found[f"swap launch {'+'.join(parts)}"] = swap.launch(profile, parts, 30)
