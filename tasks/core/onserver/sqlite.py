@@ -61,17 +61,122 @@ def _copy_fd(src: int, dst: int) -> None:
         offset += sent
 
 
+WAL_HEADER, WAL_FRAME_HEADER = 32, 24
+
+
+def _wal_index(shm: bytes) -> dict | None:
+    """The wal-index header at the start of the -shm (native byte order; SQLite keeps two copies, equal
+    unless a writer is updating them): page size, the last committed frame, the database's size in
+    pages at that commit, and the salts every frame of this generation of the -wal carries."""
+    if len(shm) < 2 * WAL_INDEX_HEADER or shm[:WAL_INDEX_HEADER] != shm[WAL_INDEX_HEADER:2 * WAL_INDEX_HEADER]:
+        return None
+    if not shm[12]:   # isInit
+        return None
+    size = struct.unpack("=H", shm[14:16])[0]
+    page_size = 65536 if size == 1 else size
+    max_frame, pages = struct.unpack("=II", shm[16:24])
+    if max_frame and (not 512 <= page_size <= 65536 or page_size & (page_size - 1) or not pages):
+        return None   # (an empty -wal has no page size yet: the file alone is the database)
+    return {"page_size": page_size, "max_frame": max_frame, "pages": pages, "salts": shm[32:40]}
+
+
+def _wal_overlay(wal_fd: int, out: int, index: dict) -> bool:
+    """Frames 1..max_frame of the -wal written over the copied file, in order (the newest version of
+    each page last), the file then cut to the database's size at that commit. Those frames were complete
+    when the wal-index named them, and stay as they are while a read transaction holds its mark: a
+    restart of the -wal (the only rewrite) gives every frame new salts, so a frame with other salts
+    than the index's means the copy cannot be trusted (False)."""
+    page_size, frames = index["page_size"], index["max_frame"]
+    if frames == 0:
+        return True
+    header = os.pread(wal_fd, WAL_HEADER, 0)
+    if len(header) != WAL_HEADER or header[16:24] != index["salts"] or \
+            struct.unpack(">I", header[8:12])[0] != page_size:
+        return False
+    frame = WAL_FRAME_HEADER + page_size
+    per_read = max(1, (4 * CHUNK) // frame)
+    for first in range(0, frames, per_read):
+        count = min(per_read, frames - first)
+        block = os.pread(wal_fd, count * frame, WAL_HEADER + first * frame)
+        if len(block) != count * frame:
+            return False
+        view = memoryview(block)
+        for offset in range(0, len(block), frame):
+            if view[offset + 8:offset + 16] != index["salts"]:
+                return False
+            page_no = struct.unpack(">I", view[offset:offset + 4])[0]
+            if page_no == 0:
+                return False
+            os.pwrite(out, view[offset + WAL_FRAME_HEADER:offset + frame], (page_no - 1) * page_size)
+    os.ftruncate(out, index["pages"] * page_size)
+    return True
+
+
+def _raw_wal_copy(source: str, target: str, src) -> bool:
+    """WAL mode: the database file copied in the kernel, then the -wal's committed frames written over it,
+    all inside `src`'s read transaction (the caller's): checkpoints then copy no frame past its mark
+    into the file and the -wal is not restarted, so file plus frames are one commit's image. Four to five
+    times faster than the backup API. The copy is put in rollback-journal mode (header bytes 18-19).
+    False, with no `target` left, whenever anything is not as expected (the caller uses the backup API)."""
+    if not os.access(source + "-shm", os.W_OK):
+        return False   # SQLite reads a -shm it cannot write without read marks (heap copy): no guarantee
+    fds = []
+    try:
+        for path in (source, source + "-wal", source + "-shm"):
+            fds.append(os.open(path, os.O_RDONLY))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        return False
+    db_fd, wal_fd, shm_fd = fds
+    made = False
+    try:
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()   # takes the read mark
+        try:
+            index = _wal_index(os.pread(shm_fd, 2 * WAL_INDEX_HEADER, 0))
+            if index is None:
+                return False
+            out = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            made = True
+            try:
+                _copy_fd(db_fd, out)
+                if not _wal_overlay(wal_fd, out, index):
+                    return False
+                # A restart of the -wal writes new salts into the index before any frame of its own: the
+                # same salts now mean no frame the copy read was being rewritten.
+                after = _wal_index(os.pread(shm_fd, 2 * WAL_INDEX_HEADER, 0))
+                if after is None or after["salts"] != index["salts"] or \
+                        not os.pread(out, 100, 0).startswith(SQLITE_MAGIC):
+                    return False
+                os.pwrite(out, b"\x01\x01", 18)   # rollback-journal mode: one self-contained file
+                made = False
+                return True
+            finally:
+                os.close(out)
+        finally:
+            src.execute("COMMIT")
+    finally:
+        # Only now: closing a descriptor drops every POSIX lock this process holds on the file (the
+        # read mark in the -shm above all).
+        for fd in fds:
+            os.close(fd)
+        if made and os.path.exists(target):
+            os.unlink(target)
+
+
 def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str:
     """A consistent image of a live database, even while Label Studio writes. In rollback-journal mode
     (Label Studio's own), a read transaction holds SQLite's SHARED lock, under which no writer may touch
     the database file: the file is then copied as it is, in the kernel (a few tenths of a second per GiB,
     ten times faster than the backup API, so writers wait that much less). In WAL mode (the toolkit's
-    app server sets it: the file alone is not the database, the -wal file holds the newest commits)
-    SQLite's online backup API in one step: it reads every page through one read transaction, so the
-    copy holds each commit made before the copy began, the -wal's included, and no checkpoint is
-    needed (one would wait for readers; WAL writers never wait for this reader). The copy is then
-    put in rollback-journal mode: a snapshot is one self-contained file, never a pair with a -wal.
-    Returns which of the two ran."""
+    app server sets it: the file alone is not the database, the -wal file holds the newest commits) the
+    same raw copy with the -wal's committed frames written over it, inside one read transaction
+    (`_raw_wal_copy`); where that cannot be done, SQLite's online backup API in one step: it reads every
+    page through one read transaction. Either way the copy holds each commit made before the copy began,
+    the -wal's included, and no checkpoint is needed (one would wait for readers; WAL writers never wait
+    for this reader). The copy is in rollback-journal mode: a snapshot is one self-contained file, never
+    a pair with a -wal. Returns which way ran."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout)
     try:
         src.execute("BEGIN")
@@ -90,6 +195,8 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str
         finally:
             os.close(fd)
             src.execute("COMMIT")
+        if _raw_wal_copy(source, target, src):
+            return "raw copy and the -wal's frames in one read transaction"
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))   # 0600, never over a file
         dst = sqlite3.connect(target)
         try:

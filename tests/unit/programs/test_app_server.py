@@ -167,7 +167,7 @@ def test_a_backup_copy_under_a_steady_wal_writer_holds_every_row_committed_befor
         while committed[0] < 300:
             pass
         before = committed[0]
-        assert sqlite.consistent_copy(str(live), str(copy)) == "online backup API"
+        assert sqlite.consistent_copy(str(live), str(copy)) == "raw copy and the -wal's frames in one read transaction"
     finally:
         stop.set()
         thread.join()

@@ -152,14 +152,62 @@ def test_the_consistent_copy_is_the_file_itself_under_a_shared_lock_and_waits_fo
     con.close()
 
 
-def test_a_wal_database_is_copied_by_the_backup_api(tmp_path):
+RAW_WAL = "raw copy and the -wal's frames in one read transaction"
+
+
+def wal_db_with_commits_in_its_wal(tmp_path: Path):
+    """A live WAL database whose newest commits are only in its -wal: grown, changed, then shrunk by a
+    VACUUM, none of it checkpointed. Returns the open connection (it keeps the -wal)."""
     live = make_db(tmp_path / "live.sqlite3")
     con = sqlite3.connect(live)
     con.execute("PRAGMA journal_mode = wal")
+    con.execute("PRAGMA wal_autocheckpoint = 0")
     con.execute("update task set data = 'in the wal' where id = 2")
+    con.execute("insert into task (data) select data || ' again' from task")   # grows past the file's end
     con.commit()
+    con.execute("delete from task where id > 4000")
+    con.commit()
+    con.execute("VACUUM")                                                      # shrinks below it
+    return live, con
+
+
+def dump(path) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def test_a_wal_database_is_copied_raw_with_its_committed_frames_into_one_self_contained_file(tmp_path):
+    live, con = wal_db_with_commits_in_its_wal(tmp_path)
+    assert (tmp_path / "live.sqlite3-wal").stat().st_size > live.stat().st_size / 2
+    assert sqlite.consistent_copy(str(live), str(tmp_path / "copy")) == RAW_WAL
+    reference = tmp_path / "reference"
+    con.execute(f"VACUUM INTO '{reference}'")
+    con.close()
+    copy = tmp_path / "copy"
+    assert dump(copy) == dump(reference)
+    assert sqlite.integrity_check(str(copy)) == "ok"
+    check = sqlite3.connect(copy)
+    pages, size = check.execute("PRAGMA page_count").fetchone()[0], check.execute("PRAGMA page_size").fetchone()[0]
+    assert check.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert check.execute("select data from task where id = 2").fetchone() == ("in the wal",)
+    check.close()
+    assert copy.stat().st_size == pages * size and copy.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "copy-wal").exists()
+
+
+@pytest.mark.parametrize("failing", ["_wal_index", "_wal_overlay"])
+def test_a_wal_copy_that_cannot_be_trusted_leaves_nothing_and_the_backup_api_copies(tmp_path, monkeypatch,
+                                                                                   failing):
+    """No readable wal-index (a writer updating it), or frames whose salts changed under the copy (a
+    restart of the -wal): the raw copy is dropped and the backup API makes the copy."""
+    live, con = wal_db_with_commits_in_its_wal(tmp_path)
+    monkeypatch.setattr(sqlite, failing, lambda *args: None if failing == "_wal_index" else False)
     assert sqlite.consistent_copy(str(live), str(tmp_path / "copy")) == "online backup API"
     con.close()
+    assert sqlite.integrity_check(str(tmp_path / "copy")) == "ok"
     copy = sqlite3.connect(tmp_path / "copy")
     assert copy.execute("select data from task where id = 2").fetchone() == ("in the wal",)
     copy.close()
