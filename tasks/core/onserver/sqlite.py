@@ -8,6 +8,7 @@ Standard library only and free of package imports, because the same source runs 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -112,23 +113,37 @@ def _wal_overlay(wal_fd: int, out: int, index: dict) -> bool:
     return True
 
 
-def _raw_wal_copy(source: str, target: str, src) -> bool:
-    """WAL mode: the database file copied in the kernel, then the -wal's committed frames written over it,
-    all inside `src`'s read transaction (the caller's): checkpoints then copy no frame past its mark
-    into the file and the -wal is not restarted, so file plus frames are one commit's image. Four to five
-    times faster than the backup API. The copy is put in rollback-journal mode (header bytes 18-19).
-    False, with no `target` left, whenever anything is not as expected (the caller uses the backup API)."""
-    if not os.access(source + "-shm", os.W_OK):
-        return False   # SQLite reads a -shm it cannot write without read marks (heap copy): no guarantee
-    fds = []
+@contextlib.contextmanager
+def _descriptors(path: str):
+    """Read-only descriptors of the database, its -wal and its -shm (None for one not there), for the
+    caller to open its SQLite connection inside and close it before they go. Closing any descriptor of a
+    file drops every POSIX lock this process holds on it, SQLite's own included (its shared lock on
+    the database, the read marks and the in-use lock in the -shm): so every read of those files by
+    other means goes through these, and they are closed only once the connection is."""
+    fds = {}
     try:
-        for path in (source, source + "-wal", source + "-shm"):
-            fds.append(os.open(path, os.O_RDONLY))
-    except OSError:
-        for fd in fds:
-            os.close(fd)
-        return False
-    db_fd, wal_fd, shm_fd = fds
+        for key, name in (("db", path), ("wal", path + "-wal"), ("shm", path + "-shm")):
+            try:
+                fds[key] = os.open(name, os.O_RDONLY)
+            except FileNotFoundError:
+                fds[key] = None
+        yield fds
+    finally:
+        for fd in fds.values():
+            if fd is not None:
+                os.close(fd)
+
+
+def _raw_wal_copy(source: str, target: str, src, fds: dict) -> bool:
+    """WAL mode: the database file copied in the kernel, then the -wal's committed frames written over it,
+    all inside a read transaction of `src` (`fds`: `_descriptors`, held by the caller past `src`'s
+    close): checkpoints then copy no frame past its mark into the file and the -wal is not restarted,
+    so file plus frames are one commit's image. Four to five times faster than the backup API. The copy
+    is put in rollback-journal mode (header bytes 18-19). False, with no `target` left, whenever anything
+    is not as expected (the caller uses the backup API)."""
+    db_fd, wal_fd, shm_fd = fds["db"], fds["wal"], fds["shm"]
+    if wal_fd is None or shm_fd is None or not os.access(source + "-shm", os.W_OK):
+        return False   # (SQLite reads a -shm it cannot write without read marks, from a heap copy)
     made = False
     try:
         src.execute("BEGIN")
@@ -157,10 +172,6 @@ def _raw_wal_copy(source: str, target: str, src) -> bool:
         finally:
             src.execute("COMMIT")
     finally:
-        # Only now: closing a descriptor drops every POSIX lock this process holds on the file (the
-        # read mark in the -shm above all).
-        for fd in fds:
-            os.close(fd)
         if made and os.path.exists(target):
             os.unlink(target)
 
@@ -177,25 +188,28 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str
     the -wal's included, and no checkpoint is needed (one would wait for readers; WAL writers never wait
     for this reader). The copy is in rollback-journal mode: a snapshot is one self-contained file, never
     a pair with a -wal. Returns which way ran."""
+    with _descriptors(source) as fds:
+        return _consistent_copy(source, target, busy_timeout, fds)
+
+
+def _consistent_copy(source: str, target: str, busy_timeout: float, fds: dict) -> str:
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout)
     try:
         src.execute("BEGIN")
         src.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the SHARED lock
-        # Our own descriptor: closing it drops the process's POSIX locks on the file (SQLite's shared
-        # lock too), so it is closed only once every byte is copied.
-        fd = os.open(source, os.O_RDONLY)
+        # The file our descriptors read is the one the connection opened (none was put in its place).
+        ours = os.fstat(fds["db"]).st_ino == os.stat(source).st_ino
         try:
-            if _rollback_journal_file(os.pread(fd, 100, 0)) and not os.path.exists(source + "-wal"):
+            if ours and _rollback_journal_file(os.pread(fds["db"], 100, 0)) and not os.path.exists(source + "-wal"):
                 out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
-                    _copy_fd(fd, out)
+                    _copy_fd(fds["db"], out)
                 finally:
                     os.close(out)
                 return "raw copy under a shared lock"
         finally:
-            os.close(fd)
             src.execute("COMMIT")
-        if _raw_wal_copy(source, target, src):
+        if ours and _raw_wal_copy(source, target, src, fds):
             return "raw copy and the -wal's frames in one read transaction"
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))   # 0600, never over a file
         dst = sqlite3.connect(target)
@@ -367,18 +381,14 @@ def label_studio_version(venv: str) -> str | None:
 WAL_INDEX_HEADER = 48   # the wal-index header at the start of the -shm; SQLite keeps two copies of it
 
 
-def _wal_state(path: str) -> dict | None:
+def _wal_state(fds: dict) -> dict | None:
     """Where the -wal stands, from the wal-index header in the -shm (read as SQLite's readers do: both
     copies, equal): iChange (bumped by every commit), mxFrame (the last valid frame), the salts (new at
     each restart of the log), plus the -wal's own header (checkpoint sequence, salts). None when the two
     copies differ (a writer is updating them: the caller reads no marker, the backup copies)."""
-    try:
-        with open(path + "-shm", "rb") as handle:
-            shm = handle.read(2 * WAL_INDEX_HEADER)
-        with open(path + "-wal", "rb") as handle:
-            wal_header = handle.read(32)
-    except OSError:
+    if fds["shm"] is None or fds["wal"] is None:
         return None
+    shm, wal_header = os.pread(fds["shm"], 2 * WAL_INDEX_HEADER, 0), os.pread(fds["wal"], 32, 0)
     if len(shm) < 2 * WAL_INDEX_HEADER or shm[:WAL_INDEX_HEADER] != shm[WAL_INDEX_HEADER:]:
         return None
     change, max_frame = struct.unpack("=I", shm[8:12])[0], struct.unpack("=I", shm[16:20])[0]
@@ -391,18 +401,20 @@ def change_marker(path: str) -> dict | None:
     mtime and inode; in WAL mode (a -wal beside it) the same of the main file, which only checkpoints
     change, plus where the -wal stands (`_wal_state`), which every commit moves. None when it cannot be
     told: the backup then copies, never the reverse."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
-    try:
-        con.execute("BEGIN")
-        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the shared lock / a read mark
-        with open(path, "rb") as handle:
-            header = handle.read(100)
-        st = os.stat(path)
-        in_wal_mode = os.path.exists(path + "-wal")
-        wal = _wal_state(path) if in_wal_mode else None
-        con.execute("COMMIT")
-    finally:
-        con.close()
+    with _descriptors(path) as fds:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        try:
+            con.execute("BEGIN")
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the shared lock / a read mark
+            header, ours = os.pread(fds["db"], 100, 0), os.fstat(fds["db"]).st_ino
+            st = os.stat(path)
+            in_wal_mode = os.path.exists(path + "-wal")
+            wal = _wal_state(fds) if in_wal_mode else None
+            con.execute("COMMIT")
+        finally:
+            con.close()
+    if ours != st.st_ino:
+        return None   # the file was replaced while it was read: no marker, the backup copies
     if len(header) < 100 or not header.startswith(b"SQLite format 3\0") or (in_wal_mode and wal is None):
         return None
     marker = {"counter": int.from_bytes(header[24:28], "big"), "size": st.st_size,
