@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.support.databases import index_out_of_step, server_database_digest
+from tests.integration.support.databases import index_out_of_step, leftovers_in_data_dir, server_database_digest
 from tests.integration.support.labelstudio import api_token, concurrent_annotators, project_titles
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -329,11 +329,7 @@ def test_a_database_that_fails_the_health_check_is_rolled_back(data_vm, alpha, s
     assert result.returncode == 5, result.stdout + result.stderr
     assert "previous data is back in place" in result.stderr
     assert server_sha(data_vm) == before
-    left = data_vm.vm.exec("ls -A /var/lib/label-studio").stdout.decode().split()
-    # No swap left behind (.lsvm-pages is no leftover: the page index the next backup compares with; nor
-    # .lsvm-prepared.json: the start-up stamp).
-    assert not [name for name in left if name.startswith(".lsvm") and name not in (".lsvm-pages",
-                                                                                   ".lsvm-prepared.json")], left
+    assert leftovers_in_data_dir(data_vm.vm) == []   # no swap left behind
     assert_serving(data_vm)
     assert project_titles(data_vm) == ["alpha"]
 

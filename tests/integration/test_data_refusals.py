@@ -13,7 +13,7 @@ import pytest
 
 from dev.lsclient import wait_for_health
 from tasks.core.errors import NotServing
-from tests.integration.support.databases import server_database_digest
+from tests.integration.support.databases import leftovers_in_data_dir, server_database_digest
 
 # Label Studio's own checks of a database, the same on every release: proven on Debian 12 only (CI time).
 pytestmark = pytest.mark.one_release("bookworm")
@@ -145,8 +145,7 @@ def test_push_refuses_a_database_the_server_release_cannot_read_before_anything_
     assert ("cannot use this database: task_completion: OperationalError: no such column: "
             "task_completion.lead_time; nothing was stopped or replaced") in result.stderr
     assert server_sha(data_vm) == before and active_since(data_vm) == since   # never stopped
-    left = data_vm.vm.exec("ls -A /var/lib/label-studio").stdout.decode().split()
-    assert not [name for name in left if "lsvm" in name and name != ".lsvm-pages"], left   # no upload left
+    assert leftovers_in_data_dir(data_vm.vm) == []   # no upload left
     assert wait_for_health(data_vm.url, timeout=60) == {"status": "UP"}
 
 

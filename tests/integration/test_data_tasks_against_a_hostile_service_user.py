@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from dev.lsclient import LabelStudio, wait_for_health
-from tests.integration.support.databases import server_database_digest
+from tests.integration.support.databases import leftovers_in_data_dir, server_database_digest
 from tests.integration.support.labelstudio import project_titles
 from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD
 
@@ -91,9 +91,7 @@ def fab_process(machine, *args) -> subprocess.Popen:
 
 
 def no_leftovers(vm) -> None:
-    left = vm.exec(f"ls -A {DATA}").stdout.decode().split()
-    # .lsvm-pages is no leftover: the page index of the last backups' copies, the service user's.
-    assert not [name for name in left if name.startswith(".lsvm") and name != ".lsvm-pages"], left
+    assert leftovers_in_data_dir(vm, DATA) == []
     assert vm.exec(f"find {DATA} ! -user labelstudio").stdout.decode() == ""  # nothing root's in there
 
 

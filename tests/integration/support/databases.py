@@ -57,3 +57,14 @@ def index_out_of_step(database: Path, table: str, column: str, old: bytes, new: 
     assert old in page, f"{old!r} is not in the index's page"
     raw[(root - 1) * size: root * size] = page.replace(old, new)
     database.write_bytes(bytes(raw))
+
+
+# Files of ours the data dir keeps between tasks (no leftover of a swap or an upload): the page index of the
+# last backups' copies, and the start-up stamp the database step writes (both the service user's).
+KEPT_IN_DATA_DIR = (".lsvm-pages", ".lsvm-prepared.json")
+
+
+def leftovers_in_data_dir(vm, data_dir: str = "/var/lib/label-studio") -> list[str]:
+    """Names in the data dir that a data task of ours left behind (swap, upload): none, after any task."""
+    names = vm.exec(f"ls -A {data_dir}").stdout.decode().split()
+    return [name for name in names if "lsvm" in name and name not in KEPT_IN_DATA_DIR]
