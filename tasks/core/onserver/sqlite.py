@@ -388,7 +388,7 @@ def _wal_state(fds: dict) -> dict | None:
     copies differ (a writer is updating them: the caller reads no marker, the backup copies)."""
     if fds["shm"] is None or fds["wal"] is None:
         return None
-    shm, wal_header = os.pread(fds["shm"], 2 * WAL_INDEX_HEADER, 0), os.pread(fds["wal"], 32, 0)
+    shm, wal_header = os.pread(fds["shm"], 2 * WAL_INDEX_HEADER, 0), os.pread(fds["wal"], WAL_HEADER, 0)
     if len(shm) < 2 * WAL_INDEX_HEADER or shm[:WAL_INDEX_HEADER] != shm[WAL_INDEX_HEADER:]:
         return None
     change, max_frame = struct.unpack("=I", shm[8:12])[0], struct.unpack("=I", shm[16:20])[0]
