@@ -99,7 +99,7 @@ def timeline(manifest: dict) -> str:
     check = manifest.get("extra", {}).get("check")
     if check:
         phases["check here"] = check["seconds"]
-    order = ("server copy", "server digests", "wire", "rebuild", "check here")
+    order = ("server copy", "server digests", "server copy and digests", "wire", "rebuild", "check here")
     return ", ".join(f"{name} {phases[name]:.2f}s" for name in order if name in phases)
 
 

@@ -81,36 +81,100 @@ def _wal_index(shm: bytes) -> dict | None:
     return {"page_size": page_size, "max_frame": max_frame, "pages": pages, "salts": shm[32:40]}
 
 
-def _wal_overlay(wal_fd: int, out: int, index: dict) -> bool:
-    """Frames 1..max_frame of the -wal written over the copied file, in order (the newest version of
-    each page last), the file then cut to the database's size at that commit. Those frames were complete
-    when the wal-index named them, and stay as they are while a read transaction holds its mark: a
-    restart of the -wal (the only rewrite) gives every frame new salts, so a frame with other salts
-    than the index's means the copy cannot be trusted (False)."""
+def _wal_frames(wal_fd: int, index: dict) -> dict | None:
+    """Where the newest committed version of each page is in the -wal: {page number from 0: offset of its
+    bytes}, from frames 1..max_frame (later frames win). Those frames were complete when the wal-index
+    named them, and stay as they are while a read transaction holds its mark: a restart of the -wal (the
+    only rewrite) gives every frame new salts, so a frame with other salts than the index's means the
+    copy cannot be trusted (None)."""
     page_size, frames = index["page_size"], index["max_frame"]
+    newest: dict = {}
     if frames == 0:
-        return True
+        return newest
     header = os.pread(wal_fd, WAL_HEADER, 0)
     if len(header) != WAL_HEADER or header[16:24] != index["salts"] or \
             struct.unpack(">I", header[8:12])[0] != page_size:
-        return False
+        return None
     frame = WAL_FRAME_HEADER + page_size
     per_read = max(1, (4 * CHUNK) // frame)
     for first in range(0, frames, per_read):
         count = min(per_read, frames - first)
         block = os.pread(wal_fd, count * frame, WAL_HEADER + first * frame)
         if len(block) != count * frame:
-            return False
-        view = memoryview(block)
-        for offset in range(0, len(block), frame):
-            if view[offset + 8:offset + 16] != index["salts"]:
-                return False
-            page_no = struct.unpack(">I", view[offset:offset + 4])[0]
+            return None
+        for n in range(count):
+            at = n * frame
+            if block[at + 8:at + 16] != index["salts"]:
+                return None
+            page_no = struct.unpack_from(">I", block, at)[0]
             if page_no == 0:
-                return False
-            os.pwrite(out, view[offset + WAL_FRAME_HEADER:offset + frame], (page_no - 1) * page_size)
-    os.ftruncate(out, index["pages"] * page_size)
+                return None
+            newest[page_no - 1] = WAL_HEADER + (first + n) * frame + WAL_FRAME_HEADER
+    return newest
+
+
+def _wal_overlay(db_fd: int, wal_fd: int, out: int, index: dict) -> bool:
+    """The database file copied in the kernel, the newest committed version of each page in the -wal
+    written over it, the file cut to the database's size at that commit."""
+    newest = _wal_frames(wal_fd, index)
+    if newest is None:
+        return False
+    _copy_fd(db_fd, out)
+    if index["max_frame"] == 0:
+        return True
+    page_size, pages = index["page_size"], index["pages"]
+    for page_no in sorted(p for p in newest if p < pages):
+        os.pwrite(out, os.pread(wal_fd, page_size, newest[page_no]), page_no * page_size)
+    os.ftruncate(out, pages * page_size)
     return True
+
+
+def _wal_image_digested(db_fd: int, wal_fd: int, out: int, index: dict, digests_for) -> "PageDigests | None":
+    """The same image as `_wal_overlay`, built in one pass in page order (each block of pages read from
+    the file, the -wal's newer versions put in, then written) and fed to `digests_for(page_size, pages)`
+    as it goes: the copy's sha256, page index and delta with no second read of it. Already in
+    rollback-journal mode (page 1's bytes 18-19), as the caller would set it. None when it cannot be
+    trusted (the digests then dropped)."""
+    newest = _wal_frames(wal_fd, index)
+    if newest is None:
+        return None
+    header = os.pread(db_fd, 100, 0)
+    if index["max_frame"]:
+        page_size, pages = index["page_size"], index["pages"]
+    else:   # an empty -wal: the file alone is the database
+        page_size = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+        page_size = 65536 if page_size == 1 else page_size
+        if not 512 <= page_size <= 65536 or os.fstat(db_fd).st_size % page_size:
+            return None
+        pages = os.fstat(db_fd).st_size // page_size
+    in_file = os.fstat(db_fd).st_size // page_size
+    if any(p not in newest for p in range(in_file, pages)):
+        return None   # a page neither in the file nor in the -wal
+    changed = sorted(p for p in newest if p < pages)
+    digests = digests_for(page_size, pages)
+    at = 0
+    try:
+        for first in range(0, pages, PAGES_PER_READ):
+            count = min(PAGES_PER_READ, pages - first)
+            block = bytearray(os.pread(db_fd, count * page_size, first * page_size))
+            block.extend(bytes(count * page_size - len(block)))   # past the file's end: from the -wal below
+            while at < len(changed) and changed[at] < first + count:
+                offset = (changed[at] - first) * page_size
+                block[offset:offset + page_size] = os.pread(wal_fd, page_size, newest[changed[at]])
+                at += 1
+            if first == 0:
+                if not block.startswith(SQLITE_MAGIC):
+                    raise ValueError("not an SQLite database")
+                block[18:20] = b"\x01\x01"   # rollback-journal mode: one self-contained file
+            view = memoryview(block)
+            written = 0
+            while written < len(block):
+                written += os.write(out, view[written:])
+            digests.feed(block)
+    except (OSError, ValueError):
+        digests.drop()
+        raise
+    return digests
 
 
 @contextlib.contextmanager
@@ -134,17 +198,18 @@ def _descriptors(path: str):
                 os.close(fd)
 
 
-def _raw_wal_copy(source: str, target: str, src, fds: dict) -> bool:
+def _raw_wal_copy(source: str, target: str, src, fds: dict, digests_for=None):
     """WAL mode: the database file copied in the kernel, then the -wal's committed frames written over it,
     all inside a read transaction of `src` (`fds`: `_descriptors`, held by the caller past `src`'s
     close): checkpoints then copy no frame past its mark into the file and the -wal is not restarted,
     so file plus frames are one commit's image. Four to five times faster than the backup API. The copy
-    is put in rollback-journal mode (header bytes 18-19). False, with no `target` left, whenever anything
-    is not as expected (the caller uses the backup API)."""
+    is put in rollback-journal mode (header bytes 18-19). Given `digests_for`, the image is built in one
+    pass and digested as it is written (`_wal_image_digested`). True (or the digests), or False, with no
+    `target` left, whenever anything is not as expected (the caller uses the backup API)."""
     db_fd, wal_fd, shm_fd = fds["db"], fds["wal"], fds["shm"]
     if wal_fd is None or shm_fd is None or not os.access(source + "-shm", os.W_OK):
         return False   # (SQLite reads a -shm it cannot write without read marks, from a heap copy)
-    made = False
+    made, digests = False, None
     try:
         src.execute("BEGIN")
         src.execute("SELECT count(*) FROM sqlite_master").fetchone()   # takes the read mark
@@ -155,8 +220,14 @@ def _raw_wal_copy(source: str, target: str, src, fds: dict) -> bool:
             out = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             made = True
             try:
-                _copy_fd(db_fd, out)
-                if not _wal_overlay(wal_fd, out, index):
+                if digests_for is not None:
+                    try:
+                        digests = _wal_image_digested(db_fd, wal_fd, out, index, digests_for)
+                    except ValueError:
+                        return False
+                    if digests is None:
+                        return False
+                elif not _wal_overlay(db_fd, wal_fd, out, index):
                     return False
                 # A restart of the -wal writes new salts into the index before any frame of its own: the
                 # same salts now mean no frame the copy read was being rewritten.
@@ -166,14 +237,17 @@ def _raw_wal_copy(source: str, target: str, src, fds: dict) -> bool:
                     return False
                 os.pwrite(out, b"\x01\x01", 18)   # rollback-journal mode: one self-contained file
                 made = False
-                return True
+                return digests if digests is not None else True
             finally:
                 os.close(out)
         finally:
             src.execute("COMMIT")
     finally:
-        if made and os.path.exists(target):
-            os.unlink(target)
+        if made:
+            if digests is not None:
+                digests.drop()
+            if os.path.exists(target):
+                os.unlink(target)
 
 
 def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str:
@@ -189,10 +263,23 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str
     for this reader). The copy is in rollback-journal mode: a snapshot is one self-contained file, never
     a pair with a -wal. Returns which way ran."""
     with _descriptors(source) as fds:
-        return _consistent_copy(source, target, busy_timeout, fds)
+        return _consistent_copy(source, target, busy_timeout, fds)[0]
 
 
-def _consistent_copy(source: str, target: str, busy_timeout: float, fds: dict) -> str:
+def copy_and_digest(source: str, target: str, base_index: bytes | None, delta: str,
+                    busy_timeout: float = 60.0) -> tuple[str, dict | None]:
+    """consistent_copy, in WAL mode digested as it is written: (which way copied, what digest_copy would
+    find), one read of the live database and none of the copy (at 10 GiB that second read was half the
+    server's time). None for the digests where the copy was made another way: then digest_copy."""
+    def digests_for(page_size: int, pages: int) -> PageDigests:
+        return PageDigests(page_size, pages * page_size, base_index, delta)
+
+    with _descriptors(source) as fds:
+        way, digests = _consistent_copy(source, target, busy_timeout, fds, digests_for)
+    return (way + ", digested as written", digests.result()) if digests is not None else (way, None)
+
+
+def _consistent_copy(source: str, target: str, busy_timeout: float, fds: dict, digests_for=None):
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout)
     try:
         src.execute("BEGIN")
@@ -201,16 +288,19 @@ def _consistent_copy(source: str, target: str, busy_timeout: float, fds: dict) -
         ours = os.fstat(fds["db"]).st_ino == os.stat(source).st_ino
         try:
             if ours and _rollback_journal_file(os.pread(fds["db"], 100, 0)) and not os.path.exists(source + "-wal"):
+                # Digested after the lock is let go, not under it: writers wait only for the copy.
                 out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     _copy_fd(fds["db"], out)
                 finally:
                     os.close(out)
-                return "raw copy under a shared lock"
+                return "raw copy under a shared lock", None
         finally:
             src.execute("COMMIT")
-        if ours and _raw_wal_copy(source, target, src, fds):
-            return "raw copy and the -wal's frames in one read transaction"
+        if ours:
+            raw = _raw_wal_copy(source, target, src, fds, digests_for)
+            if raw:
+                return "raw copy and the -wal's frames in one read transaction", (None if raw is True else raw)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))   # 0600, never over a file
         dst = sqlite3.connect(target)
         try:
@@ -218,7 +308,7 @@ def _consistent_copy(source: str, target: str, busy_timeout: float, fds: dict) -
             dst.execute("PRAGMA journal_mode=DELETE").fetchone()
         finally:
             dst.close()
-        return "online backup API"
+        return "online backup API", None
     finally:
         src.close()
 
@@ -807,6 +897,75 @@ def keep_index(index_dir: str, sha256: str, index: bytes) -> None:
         os.unlink(old)
 
 
+class PageDigests:
+    """The sha256, page index and (against a base index) delta of a database's bytes, fed in order a
+    block of whole pages at a time: the sha256 on another core (hashlib lets go of the GIL), the page
+    digests here. A base by another page size or a digest this machine lacks: no delta, `why` says why."""
+
+    def __init__(self, page_size: int, size: int, base_index: bytes | None, delta: str):
+        self.page_size, self.size, self.delta_path = page_size, size, delta
+        self.digests, algorithm, self.why = None, ALGORITHM, None
+        if base_index is not None:
+            base_size, self.digests, algorithm = parse_index(base_index)
+            if base_size != page_size or size % page_size:
+                self.digests, algorithm, self.why = None, ALGORITHM, "the page size changed"
+        try:
+            self.digest = page_digester(algorithm)
+        except ValueError as exc:   # an older index by a digest this server lacks
+            self.digests, algorithm, self.why = None, ALGORITHM, str(exc)
+            self.digest = page_digester(algorithm)
+        self.based = base_index is not None
+        self.index = bytearray(INDEX_MAGICS[algorithm] + struct.pack(">I", page_size))
+        self.head = len(self.index)
+        self.changed = 0
+        self.sha = hashlib.sha256()
+        self.blocks: queue.Queue = queue.Queue(maxsize=8)
+        self.hasher = threading.Thread(target=lambda: [self.sha.update(b) for b in iter(self.blocks.get, None)])
+        self.hasher.start()
+        self.out = open(delta, "xb") if self.digests is not None else None
+        if self.out is not None:
+            self.out.write(DELTA_MAGIC + struct.pack(">IQ", page_size, size // page_size))
+
+    def feed(self, block) -> None:
+        self.blocks.put(block)
+        page_size = self.page_size
+        view = memoryview(block)
+        first = (len(self.index) - self.head) // DIGEST
+        marks = b"".join([self.digest(view[at:at + page_size]) for at in range(0, len(block), page_size)])
+        self.index += marks
+        if self.out is None:
+            return
+        before = self.digests[first * DIGEST:first * DIGEST + len(marks)]
+        if before != marks:   # most blocks are unchanged: one comparison for their 256 pages
+            for n in range(len(marks) // DIGEST):
+                if before[n * DIGEST:(n + 1) * DIGEST] != marks[n * DIGEST:(n + 1) * DIGEST]:
+                    self.out.write(struct.pack(">I", first + n))
+                    self.out.write(view[n * page_size:(n + 1) * page_size])
+                    self.changed += 1
+
+    def _close(self) -> None:
+        if self.hasher.is_alive():
+            self.blocks.put(None)
+            self.hasher.join()
+        if self.out is not None and not self.out.closed:
+            self.out.close()
+
+    def drop(self) -> None:
+        """Given up: the hasher stopped, the delta file removed."""
+        self._close()
+        if self.out is not None and os.path.exists(self.delta_path):
+            os.unlink(self.delta_path)
+
+    def result(self) -> dict:
+        self._close()
+        pages = self.size // self.page_size
+        found = {"sha256": self.sha.hexdigest(), "size": self.size, "index": bytes(self.index), "pages": pages}
+        found["delta"] = ({"pages": pages, "changed": self.changed, "size": os.path.getsize(self.delta_path)}
+                          if self.out is not None else None)
+        found["why"] = self.why if self.out is None and self.based else None
+        return found
+
+
 def digest_copy(path: str, base_index: bytes | None, delta: str) -> dict:
     """One read of a copy: its sha256, its page index (the base index's algorithm, else ALGORITHM), and,
     against `base_index`, the delta of the pages that differ into `delta` (as make_delta writes it).
@@ -814,52 +973,15 @@ def digest_copy(path: str, base_index: bytes | None, delta: str) -> dict:
     page_size = page_size_of(path)
     if page_size is None:
         raise ValueError(f"{path} is not an SQLite database")
-    size = os.path.getsize(path)
-    digests, algorithm, why = None, ALGORITHM, None
-    if base_index is not None:
-        base_size, digests, algorithm = parse_index(base_index)
-        if base_size != page_size or size % page_size:
-            digests, algorithm, why = None, ALGORITHM, "the page size changed"
+    digests = PageDigests(page_size, os.path.getsize(path), base_index, delta)
     try:
-        digest = page_digester(algorithm)
-    except ValueError as exc:   # an older index by a digest this server lacks
-        digests, algorithm, why = None, ALGORITHM, str(exc)
-        digest = page_digester(algorithm)
-    sha = hashlib.sha256()
-    blocks: queue.Queue = queue.Queue(maxsize=8)
-    # The sha256 on another core (hashlib lets go of the GIL), the page digests here: one read, both sums.
-    hasher = threading.Thread(target=lambda: [sha.update(b) for b in iter(blocks.get, None)])
-    hasher.start()
-    index = bytearray(INDEX_MAGICS[algorithm] + struct.pack(">I", page_size))
-    changed = 0
-    out = open(delta, "xb") if digests is not None else None
-    try:
-        if out is not None:
-            out.write(DELTA_MAGIC + struct.pack(">IQ", page_size, size // page_size))
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(page_size * PAGES_PER_READ), b""):
-                blocks.put(block)
-                view = memoryview(block)
-                first = (len(index) - len(INDEX_MAGIC) - 4) // DIGEST
-                marks = b"".join([digest(view[at:at + page_size]) for at in range(0, len(block), page_size)])
-                index += marks
-                before = digests[first * DIGEST:first * DIGEST + len(marks)] if out is not None else marks
-                if before != marks:   # most blocks are unchanged: one comparison for their 256 pages
-                    for n in range(len(marks) // DIGEST):
-                        if before[n * DIGEST:(n + 1) * DIGEST] != marks[n * DIGEST:(n + 1) * DIGEST]:
-                            out.write(struct.pack(">I", first + n))
-                            out.write(view[n * page_size:(n + 1) * page_size])
-                            changed += 1
-    finally:
-        blocks.put(None)
-        hasher.join()
-        if out is not None:
-            out.close()
-    found = {"sha256": sha.hexdigest(), "size": size, "index": bytes(index), "pages": size // page_size}
-    found["delta"] = ({"pages": size // page_size, "changed": changed, "size": os.path.getsize(delta)}
-                      if digests is not None else None)
-    found["why"] = why if digests is None and base_index is not None else None
-    return found
+                digests.feed(block)
+    except BaseException:
+        digests.drop()
+        raise
+    return digests.result()
 
 
 def _open_beneath(top: str, name: str) -> int:
@@ -949,17 +1071,9 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
                                        f"{st.f_bavail * st.f_frsize} are free in {os.path.dirname(work_dir)}")
                 _say(found)
                 return 0
-            started = time.monotonic()
-            try:
-                found["copy"] = consistent_copy(database, copy)
-            except (sqlite3.Error, OSError) as exc:
-                found["copy_error"] = str(exc)
-                _say(found)
-                return 0
-            timeline["server copy"] = time.monotonic() - started
             base_index = None
             keep = request.get("keep", True) is not False   # False: a data dir not ours (adopt) gets no index folder
-            if request.get("base"):
+            if request.get("base"):   # asked before the copy: the copy is digested as it is made
                 base_index = kept_index(index_dir, request["base"]) if keep else None
                 found["index_kept"] = base_index is not None
                 if base_index is None:
@@ -970,13 +1084,26 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
                     base_index = stdin.read(length) if length else None
                     if base_index is not None and len(base_index) != length:
                         raise ValueError("the page index sent was cut short")
+                    try:
+                        if base_index is not None:
+                            parse_index(base_index)
+                    except ValueError as exc:   # then no delta: the whole database goes
+                        base_index, found["delta_why"] = None, f"the page index sent: {exc}"
             started = time.monotonic()
             try:
-                digested = digest_copy(copy, base_index, delta_path)
-            except ValueError as exc:
-                digested = None
-                found["delta_why"] = str(exc)
-            timeline["server digests"] = time.monotonic() - started
+                found["copy"], digested = copy_and_digest(database, copy, base_index, delta_path)
+            except (sqlite3.Error, OSError) as exc:
+                found["copy_error"] = str(exc)
+                _say(found)
+                return 0
+            timeline["server copy and digests" if digested else "server copy"] = time.monotonic() - started
+            if digested is None:
+                started = time.monotonic()
+                try:
+                    digested = digest_copy(copy, base_index, delta_path)
+                except ValueError as exc:
+                    found["delta_why"] = str(exc)
+                timeline["server digests"] = time.monotonic() - started
             if digested is not None:
                 try:   # an index not kept costs the next backup an upload of this machine's, nothing more
                     if keep:
@@ -985,7 +1112,7 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
                     found["index_not_kept"] = str(exc)
                 found["database"] = {"size": digested["size"], "sha256": digested["sha256"]}
                 found["delta"] = digested["delta"]
-                found["delta_why"] = digested["why"]
+                found["delta_why"] = digested["why"] or found.get("delta_why")
             else:
                 found["database"] = {"size": os.path.getsize(copy), "sha256": sha256_file(copy)}
     env = os.path.join(data_dir, ".env")

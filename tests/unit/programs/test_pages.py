@@ -198,19 +198,82 @@ def test_a_wal_database_is_copied_raw_with_its_committed_frames_into_one_self_co
     assert not (tmp_path / "copy-wal").exists()
 
 
-@pytest.mark.parametrize("failing", ["_wal_index", "_wal_overlay"])
+@pytest.mark.parametrize("failing", ["_wal_index", "_wal_frames"])
 def test_a_wal_copy_that_cannot_be_trusted_leaves_nothing_and_the_backup_api_copies(tmp_path, monkeypatch,
                                                                                    failing):
     """No readable wal-index (a writer updating it), or frames whose salts changed under the copy (a
     restart of the -wal): the raw copy is dropped and the backup API makes the copy."""
     live, con = wal_db_with_commits_in_its_wal(tmp_path)
-    monkeypatch.setattr(sqlite, failing, lambda *args: None if failing == "_wal_index" else False)
+    monkeypatch.setattr(sqlite, failing, lambda *args: None)
     assert sqlite.consistent_copy(str(live), str(tmp_path / "copy")) == "online backup API"
     con.close()
     assert sqlite.integrity_check(str(tmp_path / "copy")) == "ok"
     copy = sqlite3.connect(tmp_path / "copy")
     assert copy.execute("select data from task where id = 2").fetchone() == ("in the wal",)
     copy.close()
+
+
+def test_a_wal_copy_digested_as_it_is_written_is_the_copy_and_the_digests_of_a_second_read(tmp_path):
+    """copy_and_digest in WAL mode: one pass over the live file and its -wal gives the same bytes as the
+    plain raw copy, and the same sha256, page index and delta as digest_copy reading that copy."""
+    live, con = wal_db_with_commits_in_its_wal(tmp_path)
+    base = tmp_path / "base"
+    sqlite.consistent_copy(str(live), str(base))
+    con.execute("update task set data = 'changed after the base' where id in (3, 700, 2900)")
+    con.execute("insert into task (data) select data || ' more' from task where id < 400")   # past the file's end
+    con.commit()
+    plain = tmp_path / "plain"
+    assert sqlite.consistent_copy(str(live), str(plain)) == RAW_WAL
+    way, found = sqlite.copy_and_digest(str(live), str(tmp_path / "copy"), sqlite.page_index(str(base)),
+                                        str(tmp_path / "delta"))
+    con.close()
+    assert way == RAW_WAL + ", digested as written"
+    copy = tmp_path / "copy"
+    assert copy.read_bytes() == plain.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+    second = sqlite.digest_copy(str(plain), sqlite.page_index(str(base)), str(tmp_path / "delta2"))
+    assert found == second and found["delta"]["changed"] > 0
+    assert (tmp_path / "delta").read_bytes() == (tmp_path / "delta2").read_bytes()
+    rebuilt = sqlite.apply_delta(str(base), str(tmp_path / "delta"), str(tmp_path / "rebuilt"))
+    assert rebuilt["sha256"] == found["sha256"] == sha(plain)
+
+
+def test_a_wal_copy_with_an_empty_wal_is_digested_from_the_file_alone(tmp_path):
+    live, con = wal_db_with_commits_in_its_wal(tmp_path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert (tmp_path / "live.sqlite3-wal").stat().st_size == 0
+    way, found = sqlite.copy_and_digest(str(live), str(tmp_path / "copy"), None, str(tmp_path / "delta"))
+    con.close()
+    assert way.endswith("digested as written") and found["delta"] is None and found["why"] is None
+    assert found["sha256"] == sha(tmp_path / "copy") and found["index"] == sqlite.page_index(str(tmp_path / "copy"))
+    assert sqlite.integrity_check(str(tmp_path / "copy")) == "ok" and not (tmp_path / "delta").exists()
+
+
+def test_a_digested_wal_copy_that_cannot_be_trusted_leaves_no_copy_and_no_delta(tmp_path, monkeypatch):
+    """The -wal restarted under the copy (other salts after it): the copy and the delta written so far
+    go, the backup API copies, and the digests are left to a read of that copy (None)."""
+    live, con = wal_db_with_commits_in_its_wal(tmp_path)
+    base = tmp_path / "base"
+    sqlite.consistent_copy(str(live), str(base))
+    real, calls = sqlite._wal_index, []
+
+    def restarted_after_the_first_look(shm):
+        calls.append(shm)
+        index = real(shm)
+        return index if len(calls) == 1 else dict(index, salts=bytes(8))
+
+    monkeypatch.setattr(sqlite, "_wal_index", restarted_after_the_first_look)
+    way, found = sqlite.copy_and_digest(str(live), str(tmp_path / "copy"), sqlite.page_index(str(base)),
+                                        str(tmp_path / "delta"))
+    con.close()
+    assert (way, found) == ("online backup API", None) and len(calls) == 2
+    assert not (tmp_path / "delta").exists() and sqlite.integrity_check(str(tmp_path / "copy")) == "ok"
+
+
+def test_a_rollback_journal_database_is_digested_after_its_lock_is_let_go(tmp_path):
+    live = make_db(tmp_path / "live.sqlite3")
+    assert sqlite.copy_and_digest(str(live), str(tmp_path / "copy"), None, str(tmp_path / "delta")) == \
+        ("raw copy under a shared lock", None)
+    assert (tmp_path / "copy").read_bytes() == live.read_bytes()
 
 
 def test_the_server_builds_the_pushed_file_from_one_copy_of_its_live_wal_database(tmp_path):
