@@ -15,8 +15,8 @@ with `tc` to the given rate:
   scattered rows), with the bytes on the wire,
   fab pull-server-db, then fab push-local-db after a local change of `--change` of the pages,
 and reports ratios against scp plus the tool's peak RSS. For each backup it also prints the timeline of
-its phases (server copy, server digests, wire, rebuild, check here; from the snapshot's manifest) and the
-server's CPU seconds (the VM's cgroup, read on this machine) against those of one `sha256sum` of the
+its phases (server copy and digests, wire, rebuild, check here; from the snapshot's manifest; then the rest
+of its wall time: start-up, SSH round trips, locks) and the server's CPU seconds (the VM's cgroup, read on this machine) against those of one `sha256sum` of the
 database on the server. `--disk-series N` then takes N incremental backups, each after `--change` of the
 pages changed, into a folder on XFS (a loop device: reflinks) and prints what they take on disk
 (`backups --json`, disk_bytes). Needs a Docker engine, and root for the XFS loop device.
@@ -94,13 +94,17 @@ def checked_in_background(backups: Path) -> None:
         time.sleep(0.5)   # poll interval: the manifest is the signal
 
 
-def timeline(manifest: dict) -> str:
+def timeline(manifest: dict, wall: float) -> str:
+    """The snapshot's phases in order, then the rest of the command's wall time (start-up, SSH round
+    trips, locks, the manifest)."""
     phases = dict(manifest.get("extra", {}).get("timeline", {}))
     check = manifest.get("extra", {}).get("check")
     if check:
         phases["check here"] = check["seconds"]
-    order = ("server copy", "server digests", "server copy and digests", "wire", "rebuild", "check here")
-    return ", ".join(f"{name} {phases[name]:.2f}s" for name in order if name in phases)
+    order = ("server copy", "server digests", "server copy and digests", "server digests, no copy", "wire", "rebuild", "check here")
+    shown = [name for name in order if name in phases]
+    rest = wall - sum(phases[name] for name in shown)
+    return ", ".join([f"{name} {phases[name]:.2f}s" for name in shown] + [f"the rest {rest:.2f}s"])
 
 
 def lock_held(text: str) -> float | None:
@@ -116,6 +120,7 @@ def timed(command: list[str], env: dict, cwd: Path = PROJECT_ROOT) -> tuple[floa
     """Wall seconds, peak RSS in KiB, and its stdout. The RSS comes from GNU time (a small parent): a
     child forked from this process would carry this process's own peak over its exec (Linux keeps
     the highest RSS of the image it replaced), and this process holds the text corpus."""
+    os.sync()   # untimed: no write-back the last command left (this disk writes ~140 MB/s) slows this one
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
@@ -387,16 +392,17 @@ def measure(vm, work: Path, fab: list[str], env: dict, ssh_config: Path, mode: s
     r["sha256sum_cpu"] = sha256sum_cpu(vm)
     log(f"[{mode}] fab backup (full)")
     r["backup_cpu"], (r["backup"], r["backup_rss"], r["backup_out"]) = server_cpu(vm, lambda: timed([*fab, "backup"], env))
-    r["backup_timeline"] = timeline(newest_manifest(backups))
+    r["backup_timeline"] = timeline(newest_manifest(backups), r["backup"])
     log(f"[{mode}] fab backup (unchanged server)")
     r["again"], r["again_rss"], _ = timed([*fab, "backup"], env)
     change_share(vm, url, project, share, seed=len(mode))
     log(f"[{mode}] fab backup (after {share:.0%} of the pages changed)")
     r["incr_cpu"], (r["incr"], r["incr_rss"], r["incr_out"]) = server_cpu(vm, lambda: timed([*fab, "backup"], env))
-    r["incr_timeline"] = timeline(newest_manifest(backups))
+    r["incr_timeline"] = timeline(newest_manifest(backups), r["incr"])
     change_share(vm, url, project, share, seed=len(mode) + 2)
     log(f"[{mode}] fab backup --no-wait (after another {share:.0%} of the pages changed)")
     r["nowait"], r["nowait_rss"], r["nowait_out"] = timed([*fab, "backup", "--no-wait"], env)
+    r["nowait_timeline"] = timeline(newest_manifest(backups), r["nowait"])
     checked_in_background(backups)
     if lean:
         return r
@@ -439,6 +445,7 @@ def report(mode: str, r: dict) -> None:
     print(f"fab backup --no-wait, after another change: {r['nowait']:7.1f} s   {r['nowait'] / r['scp_down']:5.2f}x "
           f"scp down time   peak RSS {r['nowait_rss'] / 1024:.0f} MiB   (stored and proven; its check runs after)")
     print(f"    {wire(r['nowait_out'])}")
+    print(f"    timeline: {r['nowait_timeline']}")
     if "full_nowait" not in r:
         return
     print(f"fab backup --no-wait, full:     {r['full_nowait']:7.1f} s   {r['full_nowait'] / r['scp_down']:5.2f}x "

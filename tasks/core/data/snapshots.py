@@ -34,7 +34,7 @@ from tasks.core.transfer import Codec, check_free_space, receive_tar
 DELTA = data_commands.DELTA
 # More changed pages than this share of the database: the whole file goes (a delta would be as big,
 # and a database that shares little with the base is another history).
-DELTA_MAX_SHARE = 0.5
+DELTA_MAX_SHARE = sqlite.DELTA_MAX_SHARE   # the server's rule too: it writes no copy when a delta will do
 
 # ------------------------------------------------------------------------------------------------
 # Locks

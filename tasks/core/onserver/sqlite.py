@@ -129,10 +129,11 @@ def _wal_overlay(db_fd: int, wal_fd: int, out: int, index: dict) -> bool:
     return True
 
 
-def _wal_image_digested(db_fd: int, wal_fd: int, out: int, index: dict, digests_for) -> "PageDigests | None":
+def _wal_image_digested(db_fd: int, wal_fd: int, out: int | None, index: dict, digests_for) -> "PageDigests | None":
     """The same image as `_wal_overlay`, built in one pass in page order (each block of pages read from
-    the file, the -wal's newer versions put in, then written) and fed to `digests_for(page_size, pages)`
-    as it goes: the copy's sha256, page index and delta with no second read of it. Already in
+    the file, the -wal's newer versions put in, then written to `out` unless it is None) and fed to
+    `digests_for(page_size, pages)` as it goes: the copy's sha256, page index and delta with no second
+    read of it. Already in
     rollback-journal mode (page 1's bytes 18-19), as the caller would set it. None when it cannot be
     trusted (the digests then dropped)."""
     newest = _wal_frames(wal_fd, index)
@@ -166,9 +167,8 @@ def _wal_image_digested(db_fd: int, wal_fd: int, out: int, index: dict, digests_
                 if not block.startswith(SQLITE_MAGIC):
                     raise ValueError("not an SQLite database")
                 block[18:20] = b"\x01\x01"   # rollback-journal mode: one self-contained file
-            view = memoryview(block)
-            written = 0
-            while written < len(block):
+            view, written = memoryview(block), 0
+            while out is not None and written < len(block):
                 written += os.write(out, view[written:])
             digests.feed(block)
     except (OSError, ValueError):
@@ -198,18 +198,21 @@ def _descriptors(path: str):
                 os.close(fd)
 
 
-def _raw_wal_copy(source: str, target: str, src, fds: dict, digests_for=None):
+def _raw_wal_copy(source: str, target: str | None, src, fds: dict, digests_for=None):
     """WAL mode: the database file copied in the kernel, then the -wal's committed frames written over it,
     all inside a read transaction of `src` (`fds`: `_descriptors`, held by the caller past `src`'s
     close): checkpoints then copy no frame past its mark into the file and the -wal is not restarted,
     so file plus frames are one commit's image. Four to five times faster than the backup API. The copy
     is put in rollback-journal mode (header bytes 18-19). Given `digests_for`, the image is built in one
-    pass and digested as it is written (`_wal_image_digested`). True (or the digests), or False, with no
-    `target` left, whenever anything is not as expected (the caller uses the backup API)."""
+    pass and digested as it goes (`_wal_image_digested`), written to `target` unless that is None. True
+    (or the digests), or False, with no `target` left, whenever anything is not as expected (the caller
+    uses the backup API)."""
     db_fd, wal_fd, shm_fd = fds["db"], fds["wal"], fds["shm"]
     if wal_fd is None or shm_fd is None or not os.access(source + "-shm", os.W_OK):
         return False   # (SQLite reads a -shm it cannot write without read marks, from a heap copy)
-    made, digests = False, None
+    if os.pread(db_fd, 20, 0)[18:20] != b"\x02\x02":
+        return False   # not a WAL database (a -wal left beside one in rollback-journal mode is not read)
+    out, digests, trusted = None, None, False
     try:
         src.execute("BEGIN")
         src.execute("SELECT count(*) FROM sqlite_master").fetchone()   # takes the read mark
@@ -217,36 +220,37 @@ def _raw_wal_copy(source: str, target: str, src, fds: dict, digests_for=None):
             index = _wal_index(os.pread(shm_fd, 2 * WAL_INDEX_HEADER, 0))
             if index is None:
                 return False
-            out = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            made = True
-            try:
-                if digests_for is not None:
-                    try:
-                        digests = _wal_image_digested(db_fd, wal_fd, out, index, digests_for)
-                    except ValueError:
-                        return False
-                    if digests is None:
-                        return False
-                elif not _wal_overlay(db_fd, wal_fd, out, index):
+            if target is not None:
+                out = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            if digests_for is not None:
+                try:
+                    digests = _wal_image_digested(db_fd, wal_fd, out, index, digests_for)
+                except ValueError:
                     return False
-                # A restart of the -wal writes new salts into the index before any frame of its own: the
-                # same salts now mean no frame the copy read was being rewritten.
-                after = _wal_index(os.pread(shm_fd, 2 * WAL_INDEX_HEADER, 0))
-                if after is None or after["salts"] != index["salts"] or \
-                        not os.pread(out, 100, 0).startswith(SQLITE_MAGIC):
+                if digests is None:
+                    return False
+            elif not _wal_overlay(db_fd, wal_fd, out, index):
+                return False
+            # A restart of the -wal writes new salts into the index before any frame of its own: the
+            # same salts now mean no frame the copy read was being rewritten.
+            after = _wal_index(os.pread(shm_fd, 2 * WAL_INDEX_HEADER, 0))
+            if after is None or after["salts"] != index["salts"]:
+                return False
+            if out is not None:
+                if not os.pread(out, 100, 0).startswith(SQLITE_MAGIC):
                     return False
                 os.pwrite(out, b"\x01\x01", 18)   # rollback-journal mode: one self-contained file
-                made = False
-                return digests if digests is not None else True
-            finally:
-                os.close(out)
+            trusted = True
+            return digests if digests is not None else True
         finally:
             src.execute("COMMIT")
     finally:
-        if made:
+        if out is not None:
+            os.close(out)
+        if not trusted:
             if digests is not None:
                 digests.drop()
-            if os.path.exists(target):
+            if out is not None and os.path.exists(target):
                 os.unlink(target)
 
 
@@ -277,6 +281,35 @@ def copy_and_digest(source: str, target: str, base_index: bytes | None, delta: s
     with _descriptors(source) as fds:
         way, digests = _consistent_copy(source, target, busy_timeout, fds, digests_for)
     return (way + ", digested as written", digests.result()) if digests is not None else (way, None)
+
+
+def digest_live(source: str, base_index: bytes, delta: str, busy_timeout: float = 60.0) -> dict | None:
+    """What copy_and_digest would find, with no copy written: in WAL mode the image is read and digested
+    in one read transaction (writers go on; the -wal grows meanwhile, as no checkpoint passes the read
+    mark), and only the changed pages are written (into `delta`). None where that cannot be done or
+    the pages cannot go as a delta (no usable base, more than DELTA_MAX_SHARE of them changed): then a
+    copy is needed (copy_and_digest), and no `delta` is left."""
+    def digests_for(page_size: int, pages: int) -> PageDigests:
+        return PageDigests(page_size, pages * page_size, base_index, delta)
+
+    if base_index is None:
+        return None
+    with _descriptors(source) as fds:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout)
+        try:
+            if os.fstat(fds["db"]).st_ino != os.stat(source).st_ino:
+                return None
+            digests = _raw_wal_copy(source, None, src, fds, digests_for)
+        finally:
+            src.close()
+    if not digests:
+        return None
+    found = digests.result()
+    if found["delta"] is None or found["delta"]["changed"] > found["pages"] * DELTA_MAX_SHARE:
+        if os.path.exists(delta):
+            os.unlink(delta)
+        return None
+    return found
 
 
 def _consistent_copy(source: str, target: str, busy_timeout: float, fds: dict, digests_for=None):
@@ -663,6 +696,7 @@ def receive(target: str) -> str:
 INDEX_MAGICS = {"sha1": b"LSVM-PAGE-INDEX-1\n", "xxh3": b"LSVM-PAGE-INDEX-2\n"}
 INDEX_MAGIC = INDEX_MAGICS["sha1"]
 DELTA_MAGIC = b"LSVM-PAGE-DELTA-1\n"
+DELTA_MAX_SHARE = 0.5   # more pages changed than this share: the whole database goes
 DIGEST = 8
 PAGES_PER_READ = 256
 ALGORITHM = "xxh3" if xxhash is not None else "sha1"   # what a new index here uses
@@ -764,37 +798,71 @@ FICLONE = 0x40049409   # linux/fs.h: _IOW(0x94, 9, int)
 NO_REFLINK = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS)
 
 
-def clone_file(source: str, target: str) -> str:
-    """A new file `target` (0600) with `source`'s bytes: a reflink where the filesystem has them (btrfs,
-    XFS: the blocks are shared until one file changes them, so it takes no space), else a copy in the
-    kernel (ext4: the space of a whole copy). Returns "reflink" or "copy"."""
-    src = os.open(source, os.O_RDONLY)
+def _clone_or_create(base: str, target: str) -> str:
+    """"reflink": a new file `target` (0600) with `base`'s blocks, shared until one file changes them (btrfs,
+    XFS: it takes no space), or "copy" (ext4): then a new empty `target` (0600) for `_rebuild` to
+    write whole, with the sha256 worked out in the same pass (no second read of it)."""
+    src = os.open(base, os.O_RDONLY)
     try:
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            try:
-                fcntl.ioctl(out, FICLONE, src)
-                return "reflink"
-            except OSError as exc:
-                if exc.errno not in NO_REFLINK:
-                    raise
-            size, copied = os.fstat(src).st_size, 0
-            while copied < size:
-                sent = os.copy_file_range(src, out, size - copied, copied, copied)
-                if sent == 0:
-                    break
-                copied += sent
-            return "copy"
+            fcntl.ioctl(out, FICLONE, src)
+            return "reflink"
+        except OSError as exc:
+            if exc.errno in NO_REFLINK:
+                return "copy"
+            os.unlink(target)
+            raise
         finally:
             os.close(out)
     finally:
         os.close(src)
 
 
+def _rebuild(source: int, out: int, records, page_size: int, pages: int, base_pages: int, *, write_all: bool,
+             digests: bytearray | None, page_digest) -> str:
+    """One pass in page order: each block read from `source` (the base, or the clone itself), the delta's
+    pages put in (also into `digests`), written to `out` (every block when `write_all`, else the changed
+    pages alone), fed to the sha256. Returns the sha256. ValueError for a delta out of order, past the
+    end, or leaving a page beyond the base unknown."""
+    sha = Sha256Beside()
+    try:
+        record, last, new_pages = next(records, None), -1, 0
+        for first in range(0, pages, PAGES_PER_READ):
+            count = min(PAGES_PER_READ, pages - first)
+            block = bytearray(os.pread(source, count * page_size, first * page_size)) if first < base_pages else bytearray()
+            block.extend(bytes(count * page_size - len(block)))   # beyond the base: from the delta
+            while record is not None and record[0] < first + count:
+                page_no, page = record
+                if page_no <= last:
+                    raise ValueError("the page delta is out of order")
+                at = (page_no - first) * page_size
+                block[at:at + page_size] = page
+                if not write_all:
+                    os.pwrite(out, page, page_no * page_size)
+                if digests is not None:
+                    digests[page_no * DIGEST:(page_no + 1) * DIGEST] = page_digest(page)
+                new_pages += page_no >= base_pages
+                last = page_no
+                record = next(records, None)
+            if write_all:
+                view, written = memoryview(block), 0
+                while written < len(block):
+                    written += os.pwrite(out, view[written:], first * page_size + written)
+            sha.feed(block)
+        if record is not None:
+            raise ValueError("the page delta has pages past the end of the database")
+        if base_pages + new_pages < pages:
+            raise ValueError(f"page {base_pages + new_pages + 1} is neither in the base nor in the delta")
+    finally:
+        sha.close()
+    return sha.hexdigest()
+
+
 def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = None) -> dict:
-    """A new file `target` (0600, fsynced): `base` cloned (clone_file: on a reflink filesystem only the
-    changed pages take space) with the pages of `delta` written in place, cut or grown to the delta's
-    page count, then hashed. Returns its size, sha256 and how it was cloned, and (given the base's index)
+    """A new file `target` (0600, fsynced): `base` cloned (a reflink: only the changed pages take space)
+    with the pages of `delta` written in place, or where the filesystem has no reflinks `base` copied
+    with them, cut or grown to the delta's page count; hashed in the same pass (`_rebuild`). Returns its size, sha256 and how it was cloned, and (given the base's index)
     the new file's index (bytes). ValueError when the delta is malformed or leaves a page unknown: then
     no `target` is left. `target` == `base`: a file of the caller's own, changed where it is (no clone)."""
     with open(delta, "rb") as changes:
@@ -815,26 +883,15 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
             if index_page_size == page_size:
                 digests = bytearray(old[:pages * DIGEST].ljust(pages * DIGEST, b"\0"))
         page_digest = page_digester(algorithm)
-        cloned = "in place" if target == base else clone_file(base, target)
+        cloned = "in place" if target == base else _clone_or_create(base, target)
         try:
-            with open(target, "r+b") as out:
-                out.truncate(min(base_pages, pages) * page_size)
-                last, new_pages = -1, 0
-                for page_no, page in _delta_records(changes, page_size):
-                    if page_no <= last:
-                        raise ValueError("the page delta is out of order")
-                    if page_no >= pages:
-                        raise ValueError("the page delta has pages past the end of the database")
-                    os.pwrite(out.fileno(), page, page_no * page_size)
-                    new_pages += page_no >= base_pages
-                    last = page_no
-                    if digests is not None:
-                        digests[page_no * DIGEST:(page_no + 1) * DIGEST] = page_digest(page)
-                if base_pages + new_pages < pages:
-                    raise ValueError(f"page {base_pages + new_pages + 1} is neither in the base nor in the delta")
-                out.flush()
+            with open(target, "r+b") as out, open(base, "rb") as source:
+                if cloned != "copy":
+                    out.truncate(min(base_pages, pages) * page_size)
+                sha = _rebuild(source.fileno() if cloned == "copy" else out.fileno(), out.fileno(),
+                               _delta_records(changes, page_size), page_size, pages, base_pages,
+                               write_all=cloned == "copy", digests=digests, page_digest=page_digest)
                 os.fsync(out.fileno())
-            sha = sha256_file(target)
         except BaseException:
             os.unlink(target)
             raise
@@ -897,10 +954,32 @@ def keep_index(index_dir: str, sha256: str, index: bytes) -> None:
         os.unlink(old)
 
 
+class Sha256Beside:
+    """The sha256 of blocks fed in order, worked out on another core (hashlib lets go of the GIL) while
+    the caller reads and writes the next ones."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+        self.blocks: queue.Queue = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=lambda: [self.sha.update(b) for b in iter(self.blocks.get, None)])
+        self.thread.start()
+
+    def feed(self, block) -> None:
+        self.blocks.put(block)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.blocks.put(None)
+            self.thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self.sha.hexdigest()
+
+
 class PageDigests:
     """The sha256, page index and (against a base index) delta of a database's bytes, fed in order a
-    block of whole pages at a time: the sha256 on another core (hashlib lets go of the GIL), the page
-    digests here. A base by another page size or a digest this machine lacks: no delta, `why` says why."""
+    block of whole pages at a time: the sha256 beside (Sha256Beside), the page digests here. A base by another page size or a digest this machine lacks: no delta, `why` says why."""
 
     def __init__(self, page_size: int, size: int, base_index: bytes | None, delta: str):
         self.page_size, self.size, self.delta_path = page_size, size, delta
@@ -918,16 +997,13 @@ class PageDigests:
         self.index = bytearray(INDEX_MAGICS[algorithm] + struct.pack(">I", page_size))
         self.head = len(self.index)
         self.changed = 0
-        self.sha = hashlib.sha256()
-        self.blocks: queue.Queue = queue.Queue(maxsize=8)
-        self.hasher = threading.Thread(target=lambda: [self.sha.update(b) for b in iter(self.blocks.get, None)])
-        self.hasher.start()
+        self.sha = Sha256Beside()
         self.out = open(delta, "xb") if self.digests is not None else None
         if self.out is not None:
             self.out.write(DELTA_MAGIC + struct.pack(">IQ", page_size, size // page_size))
 
     def feed(self, block) -> None:
-        self.blocks.put(block)
+        self.sha.feed(block)
         page_size = self.page_size
         view = memoryview(block)
         first = (len(self.index) - self.head) // DIGEST
@@ -944,9 +1020,7 @@ class PageDigests:
                     self.changed += 1
 
     def _close(self) -> None:
-        if self.hasher.is_alive():
-            self.blocks.put(None)
-            self.hasher.join()
+        self.sha.close()
         if self.out is not None and not self.out.closed:
             self.out.close()
 
@@ -1064,16 +1138,9 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
         if marker is not None and marker == request.get("marker"):
             found["unchanged"] = True
         else:
-            size = os.path.getsize(database)
-            st = os.statvfs(work_dir)
-            if st.f_bavail * st.f_frsize < size + CHUNK:
-                found["copy_error"] = (f"No space left: the copy needs {size} bytes, "
-                                       f"{st.f_bavail * st.f_frsize} are free in {os.path.dirname(work_dir)}")
-                _say(found)
-                return 0
             base_index = None
             keep = request.get("keep", True) is not False   # False: a data dir not ours (adopt) gets no index folder
-            if request.get("base"):   # asked before the copy: the copy is digested as it is made
+            if request.get("base"):   # asked first: with it only the changed pages need writing (digest_live)
                 base_index = kept_index(index_dir, request["base"]) if keep else None
                 found["index_kept"] = base_index is not None
                 if base_index is None:
@@ -1089,21 +1156,39 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
                             parse_index(base_index)
                     except ValueError as exc:   # then no delta: the whole database goes
                         base_index, found["delta_why"] = None, f"the page index sent: {exc}"
-            started = time.monotonic()
-            try:
-                found["copy"], digested = copy_and_digest(database, copy, base_index, delta_path)
-            except (sqlite3.Error, OSError) as exc:
-                found["copy_error"] = str(exc)
-                _say(found)
-                return 0
-            timeline["server copy and digests" if digested else "server copy"] = time.monotonic() - started
-            if digested is None:
+            digested = None
+            if base_index is not None:   # only the changed pages go: no copy needed
                 started = time.monotonic()
                 try:
-                    digested = digest_copy(copy, base_index, delta_path)
-                except ValueError as exc:
-                    found["delta_why"] = str(exc)
-                timeline["server digests"] = time.monotonic() - started
+                    digested = digest_live(database, base_index, delta_path)
+                except (sqlite3.Error, OSError, ValueError):
+                    digested = None   # the copy below says what is wrong, if anything is
+                if digested is not None:
+                    found["copy"] = "none: the live database read and digested in one read transaction"
+                    timeline["server digests, no copy"] = time.monotonic() - started
+            if digested is None:
+                size = os.path.getsize(database)
+                st = os.statvfs(work_dir)
+                if st.f_bavail * st.f_frsize < size + CHUNK:
+                    found["copy_error"] = (f"No space left: the copy needs {size} bytes, "
+                                           f"{st.f_bavail * st.f_frsize} are free in {os.path.dirname(work_dir)}")
+                    _say(found)
+                    return 0
+                started = time.monotonic()
+                try:
+                    found["copy"], digested = copy_and_digest(database, copy, base_index, delta_path)
+                except (sqlite3.Error, OSError) as exc:
+                    found["copy_error"] = str(exc)
+                    _say(found)
+                    return 0
+                timeline["server copy and digests" if digested else "server copy"] = time.monotonic() - started
+                if digested is None:
+                    started = time.monotonic()
+                    try:
+                        digested = digest_copy(copy, base_index, delta_path)
+                    except ValueError as exc:
+                        found["delta_why"] = str(exc)
+                    timeline["server digests"] = time.monotonic() - started
             if digested is not None:
                 try:   # an index not kept costs the next backup an upload of this machine's, nothing more
                     if keep:

@@ -151,17 +151,23 @@ def test_hard_links_and_copies_count_as_they_take_disk(tmp_path):
     assert older >= 1 << 20 and (1 << 20) <= newer < (1 << 20) + 65536
 
 
-def test_a_clone_shares_blocks_where_the_filesystem_has_reflinks_else_it_is_a_copy(tmp_path):
-    source = tmp_path / "source"
-    source.write_bytes(os.urandom(1 << 20))
-    how = sqlite.clone_file(str(source), str(tmp_path / "clone"))
-    assert (tmp_path / "clone").read_bytes() == source.read_bytes()
-    assert oct((tmp_path / "clone").stat().st_mode & 0o777) == "0o600"
+def test_a_rebuilt_file_shares_blocks_where_the_filesystem_has_reflinks_else_it_is_a_copy(tmp_path):
+    base = label_studio_db(tmp_path / "base.sqlite3", tasks=300)
+    changed = tmp_path / "changed.sqlite3"
+    changed.write_bytes(base.read_bytes())
+    with open(changed, "r+b") as handle:   # one page of another content
+        handle.seek(2 * 4096)
+        handle.write(os.urandom(4096))
+    sqlite.make_delta(str(changed), sqlite.page_index(str(base)), str(tmp_path / "delta"))
+    built = sqlite.apply_delta(str(base), str(tmp_path / "delta"), str(tmp_path / "built"))
+    assert (tmp_path / "built").read_bytes() == changed.read_bytes()
+    assert oct((tmp_path / "built").stat().st_mode & 0o777) == "0o600"
     os.sync()
     ledger = diskuse.Ledger()
-    diskuse.file_bytes(source, ledger)
-    clone = diskuse.file_bytes(tmp_path / "clone", ledger)
-    assert (how, clone == 0) in (("reflink", True), ("copy", False))
+    diskuse.file_bytes(base, ledger)
+    added = diskuse.file_bytes(tmp_path / "built", ledger)
+    size = changed.stat().st_size
+    assert (built["cloned"], added < size) in (("reflink", True), ("copy", False)), (built, added, size)
 
 
 def test_a_check_beside_the_upload_stops_the_swap_only_for_bytes_that_are_not_the_servers(tmp_path, capsys):

@@ -269,6 +269,32 @@ def test_a_digested_wal_copy_that_cannot_be_trusted_leaves_no_copy_and_no_delta(
     assert not (tmp_path / "delta").exists() and sqlite.integrity_check(str(tmp_path / "copy")) == "ok"
 
 
+def test_a_wal_database_with_a_base_is_digested_live_with_no_copy_and_the_same_findings(tmp_path):
+    """digest_live: what copy_and_digest finds (sha256, index, delta byte for byte), with no copy written;
+    None, and no delta left, when the pages could not go as a delta, and for a rollback-journal file."""
+    live, con = wal_db_with_commits_in_its_wal(tmp_path)
+    base = tmp_path / "base"
+    sqlite.consistent_copy(str(live), str(base))
+    index = sqlite.page_index(str(base))
+    con.execute("update task set data = 'changed after the base' where id in (3, 700, 2900)")
+    con.commit()
+    found = sqlite.digest_live(str(live), index, str(tmp_path / "delta"))
+    way, copied = sqlite.copy_and_digest(str(live), str(tmp_path / "copy"), index, str(tmp_path / "delta2"))
+    assert found == copied and 0 < found["delta"]["changed"] < found["pages"] * sqlite.DELTA_MAX_SHARE
+    assert (tmp_path / "delta").read_bytes() == (tmp_path / "delta2").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "copy", "delta", "delta2", "live.sqlite3",
+                                                          "live.sqlite3-shm", "live.sqlite3-wal"]
+    con.execute("update task set data = data || ' everywhere'")   # most pages: the whole file goes
+    con.commit()
+    assert sqlite.digest_live(str(live), index, str(tmp_path / "delta3")) is None
+    assert sqlite.digest_live(str(live), None, str(tmp_path / "delta4")) is None
+    con.close()
+    assert not (tmp_path / "delta3").exists() and not (tmp_path / "delta4").exists()
+    rollback = make_db(tmp_path / "rollback.sqlite3")
+    assert sqlite.digest_live(str(rollback), sqlite.page_index(str(rollback)), str(tmp_path / "delta5")) is None
+    assert not (tmp_path / "delta5").exists()
+
+
 def test_a_rollback_journal_database_is_digested_after_its_lock_is_let_go(tmp_path):
     live = make_db(tmp_path / "live.sqlite3")
     assert sqlite.copy_and_digest(str(live), str(tmp_path / "copy"), None, str(tmp_path / "delta")) == \
