@@ -15,9 +15,9 @@ with `tc` to the given rate:
   scattered rows), with the bytes on the wire,
   fab pull-server-db, then fab push-local-db after a local change of `--change` of the pages,
 and reports ratios against scp plus the tool's peak RSS. For each backup it also prints the timeline of
-its phases (server copy and digests, wire, rebuild, check here; from the snapshot's manifest; then the rest
-of its wall time: start-up, SSH round trips, locks) and the server's CPU seconds (the VM's cgroup, read on this machine) against those of one `sha256sum` of the
-database on the server. `--disk-series N` then takes N incremental backups, each after `--change` of the
+its phases (the server's copy and digests, wire, rebuild, check here; from the snapshot's manifest; then
+the rest of its wall time: start-up, SSH round trips, locks) and the server's CPU seconds (the VM's
+cgroup, read on this machine) against those of one `sha256sum` of the database on the server. `--disk-series N` then takes N incremental backups, each after `--change` of the
 pages changed, into a folder on XFS (a loop device: reflinks) and prints what they take on disk
 (`backups --json`, disk_bytes). Needs a Docker engine, and root for the XFS loop device.
 """
@@ -101,7 +101,8 @@ def timeline(manifest: dict, wall: float) -> str:
     check = manifest.get("extra", {}).get("check")
     if check:
         phases["check here"] = check["seconds"]
-    order = ("server copy", "server digests", "server copy and digests", "server digests, no copy", "wire", "rebuild", "check here")
+    order = ("server copy", "server digests", "server copy and digests", "server digests, no copy", "wire", "rebuild",
+             "check here")
     shown = [name for name in order if name in phases]
     rest = wall - sum(phases[name] for name in shown)
     return ", ".join([f"{name} {phases[name]:.2f}s" for name in shown] + [f"the rest {rest:.2f}s"])

@@ -133,9 +133,8 @@ def _wal_image_digested(db_fd: int, wal_fd: int, out: int | None, index: dict, d
     """The same image as `_wal_overlay`, built in one pass in page order (each block of pages read from
     the file, the -wal's newer versions put in, then written to `out` unless it is None) and fed to
     `digests_for(page_size, pages)` as it goes: the copy's sha256, page index and delta with no second
-    read of it. Already in
-    rollback-journal mode (page 1's bytes 18-19), as the caller would set it. None when it cannot be
-    trusted (the digests then dropped)."""
+    read of it. Already in rollback-journal mode (page 1's bytes 18-19), as the caller would set it.
+    None when it cannot be trusted (the digests then dropped)."""
     newest = _wal_frames(wal_fd, index)
     if newest is None:
         return None
@@ -830,7 +829,7 @@ def _rebuild(source: int, out: int, records, page_size: int, pages: int, base_pa
         record, last, new_pages = next(records, None), -1, 0
         for first in range(0, pages, PAGES_PER_READ):
             count = min(PAGES_PER_READ, pages - first)
-            block = bytearray(os.pread(source, count * page_size, first * page_size)) if first < base_pages else bytearray()
+            block = bytearray(os.pread(source, count * page_size, first * page_size) if first < base_pages else b"")
             block.extend(bytes(count * page_size - len(block)))   # beyond the base: from the delta
             while record is not None and record[0] < first + count:
                 page_no, page = record
@@ -862,9 +861,10 @@ def _rebuild(source: int, out: int, records, page_size: int, pages: int, base_pa
 def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = None) -> dict:
     """A new file `target` (0600, fsynced): `base` cloned (a reflink: only the changed pages take space)
     with the pages of `delta` written in place, or where the filesystem has no reflinks `base` copied
-    with them, cut or grown to the delta's page count; hashed in the same pass (`_rebuild`). Returns its size, sha256 and how it was cloned, and (given the base's index)
-    the new file's index (bytes). ValueError when the delta is malformed or leaves a page unknown: then
-    no `target` is left. `target` == `base`: a file of the caller's own, changed where it is (no clone)."""
+    with them, cut or grown to the delta's page count; hashed in the same pass (`_rebuild`). Returns its
+    size, sha256 and how it was made, and (given the base's index) the new file's index (bytes).
+    ValueError when the delta is malformed or leaves a page unknown: then no `target` is left. `target`
+    == `base`: a file of the caller's own, changed where it is (no clone)."""
     with open(delta, "rb") as changes:
         head = changes.read(len(DELTA_MAGIC) + 12)
         if not head.startswith(DELTA_MAGIC) or len(head) != len(DELTA_MAGIC) + 12:
@@ -979,7 +979,8 @@ class Sha256Beside:
 
 class PageDigests:
     """The sha256, page index and (against a base index) delta of a database's bytes, fed in order a
-    block of whole pages at a time: the sha256 beside (Sha256Beside), the page digests here. A base by another page size or a digest this machine lacks: no delta, `why` says why."""
+    block of whole pages at a time: the sha256 beside (Sha256Beside), the page digests here. A base of
+    another page size, or by a digest this machine lacks: no delta, and `why` says why."""
 
     def __init__(self, page_size: int, size: int, base_index: bytes | None, delta: str):
         self.page_size, self.size, self.delta_path = page_size, size, delta
