@@ -17,9 +17,10 @@ with `tc` to the given rate:
 and reports ratios against scp plus the tool's peak RSS. For each backup it also prints the timeline of
 its phases (the server's copy and digests, wire, rebuild, check here; from the snapshot's manifest; then
 the rest of its wall time: start-up, SSH round trips, locks) and the server's CPU seconds (the VM's
-cgroup, read on this machine) against those of one `sha256sum` of the database on the server. `--disk-series N` then takes N incremental backups, each after `--change` of the
-pages changed, into a folder on XFS (a loop device: reflinks) and prints what they take on disk
-(`backups --json`, disk_bytes). Needs a Docker engine, and root for the XFS loop device.
+cgroup, read on this machine) against those of one `sha256sum` of the database on the server.
+`--disk-series N` then takes N incremental backups, each after `--change` of the pages changed, into a
+folder on XFS (a loop device: reflinks) and prints what they take on disk (`backups --json`, disk_bytes).
+Needs a Docker engine, and root for the XFS loop device.
 """
 
 from __future__ import annotations

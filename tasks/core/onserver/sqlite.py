@@ -138,16 +138,15 @@ def _wal_image_digested(db_fd: int, wal_fd: int, out: int | None, index: dict, d
     newest = _wal_frames(wal_fd, index)
     if newest is None:
         return None
-    header = os.pread(db_fd, 100, 0)
+    file_size = os.fstat(db_fd).st_size
     if index["max_frame"]:
         page_size, pages = index["page_size"], index["pages"]
     else:   # an empty -wal: the file alone is the database
-        page_size = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
-        page_size = 65536 if page_size == 1 else page_size
-        if not 512 <= page_size <= 65536 or os.fstat(db_fd).st_size % page_size:
+        page_size = _page_size(os.pread(db_fd, 100, 0)) or 0
+        if not 512 <= page_size <= 65536 or file_size % page_size:
             return None
-        pages = os.fstat(db_fd).st_size // page_size
-    in_file = os.fstat(db_fd).st_size // page_size
+        pages = file_size // page_size
+    in_file = file_size // page_size
     if any(p not in newest for p in range(in_file, pages)):
         return None   # a page neither in the file nor in the -wal
     changed = sorted(p for p in newest if p < pages)
@@ -269,16 +268,18 @@ def consistent_copy(source: str, target: str, busy_timeout: float = 60.0) -> str
         return _consistent_copy(source, target, busy_timeout, fds)[0]
 
 
+def _digests_for(base_index: bytes | None, delta: str):
+    """What a one-pass image feeds, once it knows the page size and count: PageDigests against `base_index`."""
+    return lambda page_size, pages: PageDigests(page_size, pages * page_size, base_index, delta)
+
+
 def copy_and_digest(source: str, target: str, base_index: bytes | None, delta: str,
                     busy_timeout: float = 60.0) -> tuple[str, dict | None]:
     """consistent_copy, in WAL mode digested as it is written: (which way copied, what digest_copy would
     find), one read of the live database and none of the copy (at 10 GiB that second read was half the
     server's time). None for the digests where the copy was made another way: then digest_copy."""
-    def digests_for(page_size: int, pages: int) -> PageDigests:
-        return PageDigests(page_size, pages * page_size, base_index, delta)
-
     with _descriptors(source) as fds:
-        way, digests = _consistent_copy(source, target, busy_timeout, fds, digests_for)
+        way, digests = _consistent_copy(source, target, busy_timeout, fds, _digests_for(base_index, delta))
     return (way + ", digested as written", digests.result()) if digests is not None else (way, None)
 
 
@@ -288,9 +289,6 @@ def digest_live(source: str, base_index: bytes, delta: str, busy_timeout: float 
     mark), and only the changed pages are written (into `delta`). None where that cannot be done or
     the pages cannot go as a delta (no usable base, more than DELTA_MAX_SHARE of them changed): then a
     copy is needed (copy_and_digest), and no `delta` is left."""
-    def digests_for(page_size: int, pages: int) -> PageDigests:
-        return PageDigests(page_size, pages * page_size, base_index, delta)
-
     if base_index is None:
         return None
     with _descriptors(source) as fds:
@@ -298,7 +296,7 @@ def digest_live(source: str, base_index: bytes, delta: str, busy_timeout: float 
         try:
             if os.fstat(fds["db"]).st_ino != os.stat(source).st_ino:
                 return None
-            digests = _raw_wal_copy(source, None, src, fds, digests_for)
+            digests = _raw_wal_copy(source, None, src, fds, _digests_for(base_index, delta))
         finally:
             src.close()
     if not digests:
@@ -718,13 +716,17 @@ def page_digest(page, algorithm: str = ALGORITHM) -> bytes:
     return page_digester(algorithm)(page)
 
 
-def page_size_of(path: str) -> int | None:
-    with open(path, "rb") as handle:
-        header = handle.read(100)
+def _page_size(header: bytes) -> int | None:
+    """The page size a database header names (bytes 16-17; 1 means 65536); None for no SQLite header."""
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
         return None
     size = int.from_bytes(header[16:18], "big")
     return 65536 if size == 1 else size
+
+
+def page_size_of(path: str) -> int | None:
+    with open(path, "rb") as handle:
+        return _page_size(handle.read(100))
 
 
 def _pages(handle, page_size: int):
