@@ -125,9 +125,10 @@ def _check_asked_for(member: tarfile.TarInfo, rel: PurePosixPath, expected: dict
 
 
 def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, description: str,
-                expected: dict[str, int]) -> dict:
+                expected: dict[str, int], unsynced: frozenset[str] = frozenset()) -> dict:
     """Unpack a compressed tar stream into `dest` (dirs 0700, files 0600), hashing every file as it
-    is written. `expected` is {relative path: announced size}: only those names, at most that size.
+    is written and fsyncing it, except the names in `unsynced` (the caller fsyncs those before it
+    trusts them). `expected` is {relative path: announced size}: only those names, at most that size.
     Returns {relative path: (size, sha256)}."""
     dest = Path(dest)
     received: dict[str, tuple[int, str]] = {}
@@ -145,7 +146,8 @@ def receive_tar(channel: RootChannel, codec: Codec, dest, *, total: int, descrip
                     continue
                 if not member.isfile():
                     continue
-                size, sha = write_private(target, tar.extractfile(member), chunk=CHUNK, fsync=True)
+                size, sha = write_private(target, tar.extractfile(member), chunk=CHUNK,
+                                          fsync=str(rel) not in unsynced)
                 os.utime(target, (member.mtime, member.mtime))
                 received[str(rel)] = (size, sha)
     return received

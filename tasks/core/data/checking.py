@@ -1,6 +1,6 @@
-"""The check of a SQLite snapshot, on this machine: its database re-hashed (it must still be the bytes
-whose sha256 the server gave) beside SQLite's full integrity_check on every core, and Label Studio's
-row counts. A backup stores a snapshot *pending*; this check turns it *verified* or *failed* by
+"""The check of a SQLite snapshot, on this machine: its database written back to the disk (the backup
+leaves the fsync to the check) and re-hashed (it must still be the bytes whose sha256 the server gave)
+beside SQLite's full integrity_check on every core, and Label Studio's row counts. A backup stores a snapshot *pending*; this check turns it *verified* or *failed* by
 rewriting its manifest (written here, never taken from the server). Nothing uses a pending snapshot:
 each consumer runs the check first, or waits for the one already running (an flock on the snapshot's
 folder), and refuses a failed one.
@@ -53,16 +53,37 @@ def _reread(snapshot: Snapshot) -> Snapshot:
     return next((s for s in catalog.list_snapshots(snapshot.path.parent) if s.path == snapshot.path), snapshot)
 
 
+def _write_back(path: Path) -> str | None:
+    """fsync the file (what the kernel still holds of it goes to the disk); None, or what went wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"the database could not be written to this machine's disk ({exc})"
+    return None
+
+
 def verdict(snapshot: Snapshot, *, rehash: bool = True) -> tuple[str, dict]:
     """(integrity_check as the manifest keeps it, counts) of a snapshot's database file: "ok" only when
-    its sha256 is still the one the server gave, SQLite's integrity_check passes and it holds Label
-    Studio's tables; else what is wrong. `rehash` False: this process proved the sha256 of these bytes
+    it is on the disk (fsynced), its sha256 is still the one the server gave, SQLite's integrity_check
+    passes and it holds Label Studio's tables; else what is wrong. `rehash` False: this process proved the sha256 of these bytes
     moments ago (it wrote and hashed them), so the check spends its cores on integrity_check alone."""
     entry = snapshot.manifest.file(DATABASE)
     path = snapshot.path / DATABASE
     if entry is None or not path.is_file():
         return "the database file is missing", {}
-    found = sqlite.check(str(path)) if rehash else {"sha256": entry.sha256, "report": sqlite.inspect(str(path))}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync") as pool:
+        # The backup left the file's write-back to now: it runs on the disk while the check runs on the
+        # cores, and ends before the verdict. A crash before it leaves the snapshot pending, and a check
+        # after it reads the sha256 again (rehash), so bytes that never reached the disk fail it.
+        flushed = pool.submit(_write_back, path)
+        found = sqlite.check(str(path)) if rehash else {"sha256": entry.sha256, "report": sqlite.inspect(str(path))}
+        problem = flushed.result()
+    if problem:
+        return problem, {}
     report = found["report"]
     if found["sha256"] != entry.sha256:
         return "damaged: the database's sha256 differs from the server's copy", report.get("counts", {})

@@ -241,7 +241,8 @@ def _assemble(base: Snapshot, dest: Path) -> tuple[int, str] | None:
     delta = dest / DELTA
     try:
         with space_needed(dest):
-            built = sqlite.apply_delta(str(base.path / DATABASE), str(delta), str(dest / DATABASE))
+            built = sqlite.apply_delta(str(base.path / DATABASE), str(delta), str(dest / DATABASE),
+                                           durable=False)   # fsynced beside its check (checking.verdict)
     except (ValueError, OSError) as exc:
         if disk_full(exc):
             raise
@@ -282,7 +283,7 @@ def _serve(host: Host, profile: Profile, dest: Path, request: dict, choose, *, w
         total = sum(expected.values())
         started = time.monotonic()
         received = receive_tar(channel, Codec(info["codec"]), dest, total=total, description=f"backup {host.alias}",
-                               expected=expected)
+                               expected=expected, unsynced=frozenset({DATABASE}))   # checking.verdict fsyncs it
         channel.finish("the backup on the server")
     finally:
         channel.close()

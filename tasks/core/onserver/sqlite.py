@@ -860,13 +860,15 @@ def _rebuild(source: int, out: int, records, page_size: int, pages: int, base_pa
     return sha.hexdigest()
 
 
-def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = None) -> dict:
-    """A new file `target` (0600, fsynced): `base` cloned (a reflink: only the changed pages take space)
+def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = None, *,
+                durable: bool = True) -> dict:
+    """A new file `target` (0600, fsynced unless not `durable`): `base` cloned (a reflink: only the changed pages take space)
     with the pages of `delta` written in place, or where the filesystem has no reflinks `base` copied
     with them, cut or grown to the delta's page count; hashed in the same pass (`_rebuild`). Returns its
     size, sha256 and how it was made, and (given the base's index) the new file's index (bytes).
     ValueError when the delta is malformed or leaves a page unknown: then no `target` is left. `target`
-    == `base`: a file of the caller's own, changed where it is (no clone)."""
+    == `base`: a file of the caller's own, changed where it is (no clone). `durable` False: the caller
+    fsyncs it later, before anything trusts it (a local snapshot: its check)."""
     with open(delta, "rb") as changes:
         head = changes.read(len(DELTA_MAGIC) + 12)
         if not head.startswith(DELTA_MAGIC) or len(head) != len(DELTA_MAGIC) + 12:
@@ -893,7 +895,8 @@ def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = N
                 sha = _rebuild(source.fileno() if cloned == "copy" else out.fileno(), out.fileno(),
                                _delta_records(changes, page_size), page_size, pages, base_pages,
                                write_all=cloned == "copy", digests=digests, page_digest=page_digest)
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
         except BaseException:
             os.unlink(target)
             raise

@@ -109,6 +109,19 @@ def test_what_send_tar_sends_receive_tar_unpacks_private_and_hashed(tmp_path, na
     assert (dest / "media").stat().st_mode & 0o777 == 0o700
 
 
+def test_receive_tar_fsyncs_every_file_but_those_the_caller_writes_back_itself(tmp_path, monkeypatch):
+    codec = transfer.Codec("zstd")
+    wire = sent_bytes(tmp_path, codec)
+    left = sorted(FILES)[0]
+    synced: list = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    dest = tmp_path / "dest"
+    transfer.receive_tar(RootChannel("vm", FakeChannel("download", Stream(wire))), codec, dest, total=len(wire),
+                         description="down", expected={n: len(c) for n, c in FILES.items()},
+                         unsynced=frozenset({left}))
+    assert sorted(synced) == sorted(os.stat(dest / n).st_ino for n in FILES if n != left)
+
+
 @pytest.mark.parametrize("member", ["../escape", "/etc/passwd", "media/../../escape"])
 def test_receive_tar_refuses_paths_outside_the_snapshot(tmp_path, member):
     raw = io.BytesIO()

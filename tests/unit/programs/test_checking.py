@@ -196,3 +196,52 @@ def test_the_backup_that_just_proved_the_bytes_spends_the_check_on_integrity_alo
     later = pending_snapshot(tmp_path / "vm", 2)          # anyone else re-hashes: the bytes may have changed
     with pytest.raises(pytest.fail.Exception, match="hashed a second time"):
         checking.check_pending(later, by="a restore")
+
+
+def test_the_check_writes_the_database_back_to_the_disk_before_its_verdict(tmp_path, monkeypatch):
+    snapshot = pending_snapshot(tmp_path / "vm", 1)
+    database = os.stat(snapshot.path / DATABASE)
+    synced: list = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino == database.st_ino:
+            synced.append(catalog.list_snapshots(tmp_path / "vm")[-1].state)   # what was recorded by then
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert checking.check_pending(snapshot, by="backup", just_proven=True).verified
+    assert synced == ["pending"]             # once, and before the verdict was written
+
+
+def test_a_database_the_disk_did_not_take_fails_its_check(tmp_path, monkeypatch):
+    snapshot = pending_snapshot(tmp_path / "vm", 1)
+    database = os.stat(snapshot.path / DATABASE)
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino == database.st_ino:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    checked = checking.check_pending(snapshot, by="backup", just_proven=True)
+    assert checked.state == "failed" and "could not be written to this machine's disk" in \
+        checked.manifest.integrity_check
+
+
+def test_a_rebuilt_snapshot_database_leaves_its_fsync_to_the_check(tmp_path, monkeypatch):
+    base = label_studio_db(tmp_path / "base.sqlite3", tasks=50)
+    changed = tmp_path / "changed.sqlite3"
+    changed.write_bytes(base.read_bytes())
+    with open(changed, "r+b") as handle:
+        handle.seek(4096)
+        handle.write(os.urandom(4096))
+    sqlite.make_delta(str(changed), sqlite.page_index(str(base)), str(tmp_path / "delta"))
+    synced: list = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    sqlite.apply_delta(str(base), str(tmp_path / "delta"), str(tmp_path / "later"), durable=False)
+    assert synced == []
+    sqlite.apply_delta(str(base), str(tmp_path / "delta"), str(tmp_path / "now"))
+    assert synced == [os.stat(tmp_path / "now").st_ino]
+    assert (tmp_path / "later").read_bytes() == (tmp_path / "now").read_bytes() == changed.read_bytes()
