@@ -7,7 +7,7 @@ import time
 
 from rich.table import Table
 
-from tasks.core import offsite, ui
+from tasks.core import media, offsite, ui
 from tasks.core.commands import read_file
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
@@ -29,7 +29,7 @@ from tasks.core.provision import facts, plan, steps, tls, tls_steps
 from tasks.core.provision.offsite_steps import OffsiteSecrets
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.plan import AdminRequest
-from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
+from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_media_switch, refuse_neighbours
 
 
 def check_tls_locally(profile: Profile) -> tuple[tls.LocalPair | None, tls.Eab | None]:
@@ -92,6 +92,21 @@ def offsite_credentials_for(profile: Profile, found: facts.ProvisionFacts) -> di
     if problem:
         raise UsageError(f"offsite.target {profile.offsite.target}: {problem}; nothing was changed",
                          hint="the keys of an account that may write to that bucket (and only to it)")
+    return values
+
+
+def media_keys_for(profile: Profile, found: facts.ProvisionFacts) -> dict[str, str] | None:
+    """The media bucket's keys from this machine's environment (checked here), None to keep the ones
+    stored on the server; refused when there are none anywhere."""
+    if not profile.media.in_bucket:
+        return None
+    values = media.credentials_from_env(dict(os.environ))
+    if values is None and found.media.credentials_meta:
+        return None
+    problem = media.credentials_problem(values or {})
+    if problem:
+        raise UsageError(f"media.storage {profile.media.storage}: {problem}; nothing was changed",
+                         hint="the keys of an account that may read and write that bucket (and only it)")
     return values
 
 
@@ -178,6 +193,7 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     check_host(profile, found)
     refuse_neighbours(host.alias, found)
     refuse_database_switch(host.alias, profile, found)
+    refuse_media_switch(host.alias, profile, found)
     problem = steps.version_problem(found, profile)
     if problem:
         raise UsageError(f"{problem}; nothing was changed",
@@ -194,12 +210,14 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     offsite_secrets = OffsiteSecrets(offsite_credentials_for(profile, found),
                                      offsite_password_for(host, profile, found, dry_run=dry_run),
                                      offsite_notify_url_for(profile, found), offsite_sftp_key_for(profile, found))
+    media_keys = media_keys_for(profile, found)
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
     changes = plan.apply(host, steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab,
                                           database_password=database_password,
-                                          offsite_secrets=offsite_secrets), dry_run=dry_run)
+                                          offsite_secrets=offsite_secrets, media_keys_given=media_keys),
+                       dry_run=dry_run)
     if profile.tls.enabled and not tls_steps.ready(found, profile):
         changes += https_pass(host, profile, found, email, tls_pair, eab, shown=changes, dry_run=dry_run)
     elif not dry_run:

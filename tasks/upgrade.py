@@ -23,7 +23,7 @@ from tasks.core.errors import RemoteError, UsageError
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile
 from tasks.core.provision import facts
-from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_neighbours
+from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_media_switch, refuse_neighbours
 from tasks.core.releases import pypi_versions
 
 MIGRATION_CHECK_TIMEOUT = 1800
@@ -158,6 +158,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
     check_host(profile, found)
     refuse_neighbours(host.alias, found)
     refuse_database_switch(host.alias, profile, found)
+    refuse_media_switch(host.alias, profile, found)
     if not old or not found.db_exists:
         raise UsageError(f"Label Studio is not installed with data on {host.alias}: nothing to upgrade",
                          hint=f"fab -H {host.alias} provision installs the pinned release")
@@ -204,6 +205,7 @@ def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT, dry_
     found = facts.provision_facts(host, profile, "")
     check_host(profile, found)
     refuse_database_switch(host.alias, profile, found)
+    refuse_media_switch(host.alias, profile, found)
     record = read_upgrade_record(host, profile)
     if record is None or found.previous_release != record[0] or found.label_studio_version != record[1]:
         raise UsageError(f"there is no upgrade to roll back on {host.alias}; nothing was changed",

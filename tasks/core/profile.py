@@ -22,6 +22,8 @@ from tasks.core import defaults
 from tasks.core.database import DatabaseSettings
 from tasks.core.database import profile_problem as database_problem
 from tasks.core.errors import ProfileError
+from tasks.core.media import MediaSettings
+from tasks.core.media import profile_problem as media_problem
 from tasks.core.offsite import OffsiteSettings, offsite_user
 from tasks.core.offsite import profile_problem as offsite_problem
 
@@ -255,6 +257,7 @@ class RemotePaths:
     env_file: PurePosixPath
     database_env: PurePosixPath       # root-only 0600: the PostgreSQL password (tasks.core.database)
     database_ca: PurePosixPath        # the CA certificate an external PostgreSQL's is checked against
+    media_env: PurePosixPath          # root-only 0600: the media bucket's keys (tasks.core.media), read by systemd
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
@@ -318,6 +321,7 @@ class Profile:
     tls: TlsSettings = field(default_factory=TlsSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     offsite: OffsiteSettings = field(default_factory=OffsiteSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
     # Where the settings came from, for messages; not a YAML key.
     source: str = field(default="built-in defaults", metadata={"internal": True})
     host: str = field(default="", metadata={"internal": True})
@@ -387,6 +391,7 @@ class Profile:
             env_file=app / f"{name}.env",
             database_env=app / f"{name}-database.env",
             database_ca=app / f"{name}-database-ca.pem",
+            media_env=app / f"{name}-media.env",
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",
@@ -554,6 +559,9 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
                               service_user=values.service.user)
     if problem:
         raise ProfileError(f"{_where(source, lines, ('offsite', problem[0]))}: {problem[1]}")
+    problem = media_problem(values.media, service_manager=values.service.manager)
+    if problem:
+        raise ProfileError(f"{_where(source, lines, ('media', 'storage'))}: {problem}")
     target = values.offsite.parsed
     # Root makes a path target and hands it to the replication user: never in a system or world-writable
     # tree (a link planted in /tmp would take root's chown elsewhere), as for the app and data dirs.

@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from tasks.core.database import client_env, label_studio_env
+from tasks.core import media
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import check_words, credential_properties, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
@@ -87,6 +88,9 @@ def context(profile: Profile, *, ipv6: bool = False) -> dict:
         "database_env": label_studio_env(profile.database, str(profile.remote.database_ca)),
         "database_described": profile.database.describe(),
         "offsite": profile.offsite,
+        "media": profile.media,
+        "media_env": media.label_studio_env(profile.media),
+        "media_proxy": media.download_proxy(profile.media),
     }
 
 

@@ -10,7 +10,11 @@ Litestream, .env and media from restic with the password this machine kept; Labe
 with an API token made on the old VM reads the same users, projects, tasks and annotations, and the
 upload is served byte for byte.
 
-Three VMs for one feature, on one Debian release (CI time; what differs between the releases is covered
+Uploads kept in a bucket (the profile's `media:` section) use the same S3 server: a VM provisioned with
+`media.storage: s3://...` gets the bucket's keys root-only, and an image uploaded through Label Studio
+lands in the bucket, byte for byte, and comes back through nginx's internal /file_download/ location.
+
+Four VMs for two features, on one Debian release (CI time; what differs between the releases is covered
 by test_offsite.py's path target and the rest of the suite). The tests run in file order."""
 
 from __future__ import annotations
@@ -145,6 +149,73 @@ def test_restic_keeps_env_and_media_in_the_bucket(site, s3host):
     drill = site.fab("offsite", "--drill")
     assert drill.returncode == 0, drill.stdout + drill.stderr
     assert "restic check read back 5%" in drill.stdout, drill.stdout
+
+
+MEDIA_KEY_ID, MEDIA_SECRET = "lsvm-media-key", "lsvm-media-secret/9876543210+XYZ="
+MEDIA_BUCKET, MEDIA_PREFIX = "lsvm-media", "team/uploads"
+MEDIA_FILE = "/opt/label-studio/label-studio-media.env"
+
+
+@pytest.fixture(scope="module")
+def media_site(provisioned, s3host, tmp_path_factory):
+    # rclone serve s3 takes one key list: the media keys join the offsite ones (a restart with both).
+    s3host.exec(f"mkdir -p /srv/s3/{MEDIA_BUCKET} && systemctl stop rclone-s3 && systemd-run --unit=rclone-s3b "
+                f"/usr/local/bin/rclone serve s3 --auth-key {KEY_ID},{SECRET} --auth-key {MEDIA_KEY_ID},{MEDIA_SECRET} "
+                "--addr 0.0.0.0:9000 /srv/s3")
+    s3host.exec("i=0; until python3 -c \"import socket; socket.create_connection(('127.0.0.1', 9000), 1).close()\" "
+                "2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 1; sleep 0.2; done")  # poll interval
+    home = tmp_path_factory.mktemp(f"home-media-s3-{provisioned.suite}")
+    section = (f"media:\n  storage: s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}\n  s3_endpoint: http://{s3host.address}:9000\n")
+    machine = provisioned_clone(provisioned, home, "media-s3", edits=((TEST_WORKERS, TEST_WORKERS + section),),
+                                env={"LSVM_MEDIA_ACCESS_KEY_ID": MEDIA_KEY_ID,
+                                     "LSVM_MEDIA_SECRET_ACCESS_KEY": MEDIA_SECRET})
+    yield machine
+    machine.vm.stop()
+
+
+def test_uploads_in_a_bucket_land_there_and_come_back_through_nginx(media_site, s3host):
+    out = media_site.first_run.stdout + media_site.first_run.stderr
+    assert f"stored the media bucket's keys in {MEDIA_FILE} (root, 0600)" in out, out
+    assert MEDIA_SECRET not in out
+    vm = media_site.vm
+    assert sh(vm, f"stat -c '%U:%G:%a' {MEDIA_FILE}").strip() == "root:root:600"
+    assert sh(vm, f"cat {MEDIA_FILE}") == (f"STORAGE_AWS_ACCESS_KEY_ID={MEDIA_KEY_ID}\n"
+                                           f"STORAGE_AWS_SECRET_ACCESS_KEY={MEDIA_SECRET}\n")
+    assert MEDIA_SECRET not in sh(vm, "cat /opt/label-studio/label-studio.env")
+    assert vm.exec(f"runuser -u labelstudio -- cat {MEDIA_FILE}", check=False).returncode != 0
+
+    ls = LabelStudio(media_site.url)
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+    project = ls.post_json("/api/projects", {"title": "Uploads in a bucket", "label_config": config}).json()["id"]
+    image = png(40, 24)
+    assert ls.import_file(project, "photo.png", image).status == 201
+    [task] = ls.get(f"/api/tasks?project={project}").json()["tasks"]
+    url = task["data"]["image"]
+    assert "/storage-data/uploaded/?filepath=upload/" in url, url
+    # In the bucket, under the prefix, byte for byte; nothing in the local media folder.
+    stored = sh(s3host, f"find /srv/s3/{MEDIA_BUCKET}/{MEDIA_PREFIX}/upload -type f").split()
+    assert len(stored) == 1 and stored[0].endswith("photo.png"), stored
+    assert s3host.exec(f"cat {stored[0]}").stdout == image
+    assert sh(vm, "find /var/lib/label-studio/media -type f 2>/dev/null").strip() == ""
+    # Through Label Studio's signed redirect and nginx's internal location, as a browser gets it.
+    path = url[url.index("/storage-data/"):]
+    served = ls.get(path)
+    assert served.status == 200 and served.body == image, (served.status, served.body[:200])
+    # The internal location cannot be asked for from outside.
+    assert ls.get(f"/file_download/http/{s3host.address}:9000/{MEDIA_BUCKET}/x").status == 404
+    # A backup says the uploads stay in the bucket (and holds the database, proven as always).
+    backup = media_site.fab("backup")
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert f"the uploads are kept in s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}" in backup.stderr, backup.stderr
+    # Moving the uploads back to local files is refused, not acted on.
+    text = media_site.profile.read_text()
+    media_site.profile.write_text(text.replace(f"s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}", "local"))
+    try:
+        refused = media_site.fab("provision", "--dry-run")
+    finally:
+        media_site.profile.write_text(text)
+    assert refused.returncode != 0 and "keeps its uploads in s3://" in refused.stderr, refused.stdout + refused.stderr
 
 
 def test_a_killed_vm_is_rebuilt_on_a_new_one_from_its_target_alone(site, s3host, provisioned, tmp_path_factory):

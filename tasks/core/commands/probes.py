@@ -204,7 +204,16 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         *tls_probe(profile),
         *postgres.probe(profile, admin_email),
         *offsite_probe(profile),
+        *media_probe(profile),
     )
+
+
+def media_probe(profile: Profile) -> list[str]:
+    """The `[media]` section: the bucket's keys as a hash, and whether uploads are kept as local files."""
+    p = profile.remote
+    return ["echo '[media]'", *secret_lines("credentials", p.media_env),
+            f"if [ -n \"$(find {q(p.media_dir)} -mindepth 2 -type f -print -quit 2>/dev/null)\" ]; "
+            "then echo local_files=yes; else echo local_files=no; fi"]
 
 
 def secret_lines(key: str, path: PurePosixPath) -> list[str]:

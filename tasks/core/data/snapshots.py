@@ -422,13 +422,17 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
                         # A restored file's change counter says nothing of the live one's: never a base for "unchanged".
                         "database": str(profile.remote.database), "marker": None if offsite else got.info.get("marker"),
-                        **({"offsite": offsite.describe()} if offsite else {})},
+                        **({"offsite": offsite.describe()} if offsite else {}),
+                        **({"media_bucket": profile.media.describe()} if profile.media.in_bucket else {})},
                 files=got.files,
                 integrity_check=got.report["integrity_check"] or "unknown",
                 counts=got.report.get("counts", {}),
                 media_included=media,
                 extra=got.extra,
             )
+    if profile.media.in_bucket:
+        ui.warn(f"the uploads are kept in {profile.media.describe()}: this snapshot holds the database and .env; "
+                "the bucket's objects are not copied (its own versioning keeps them)")
     return pending.snapshot
 
 

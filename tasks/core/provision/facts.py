@@ -304,6 +304,21 @@ class OffsiteFacts:
 
 
 @dataclass(frozen=True)
+class MediaFacts:
+    """Uploads as the server has them: the bucket's keys (as a hash) and whether there are local files."""
+
+    credentials_meta: str = ""
+    credentials_sha256: str = ""
+    local_files: bool = False
+
+    @classmethod
+    def from_block(cls, block: list[str]) -> "MediaFacts":
+        v = parse.key_values(block)
+        return cls(credentials_meta=v.get("credentials_meta", ""), credentials_sha256=v.get("credentials_sha256", ""),
+                   local_files=v.get("local_files") == "yes")
+
+
+@dataclass(frozen=True)
 class ProvisionFacts:
     """What provision compares against: read in one round trip, parsed here, never changed here."""
 
@@ -348,6 +363,7 @@ class ProvisionFacts:
     tls: TlsFacts = TlsFacts()
     postgres: PostgresFacts = PostgresFacts()
     offsite: OffsiteFacts = OffsiteFacts()
+    media: MediaFacts = MediaFacts()
 
 
 def provision_facts_from_probe(text: str) -> ProvisionFacts:
@@ -396,6 +412,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         tls=tls_facts(b),
         postgres=PostgresFacts.from_block(b.get("postgres", [])),
         offsite=OffsiteFacts.from_blocks(b),
+        media=MediaFacts.from_block(b.get("media", [])),
     )
 
 

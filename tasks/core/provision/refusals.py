@@ -3,7 +3,7 @@ second Label Studio beside the user's own, a profile that names another database
 
 from __future__ import annotations
 
-from tasks.core import database, ui
+from tasks.core import database, media, ui
 from tasks.core.commands.service import service_manager
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.profile import Profile
@@ -34,6 +34,26 @@ def refuse_database_switch(alias: str, profile: Profile, found: ProvisionFacts) 
                                 alias=alias, config=profile.config_file)
     if problem:
         raise UsageError(problem[0], hint=problem[1] or None)
+
+
+def refuse_media_switch(alias: str, profile: Profile, found: ProvisionFacts) -> None:
+    """Uploads stay where they are: a profile that moves them (local files to a bucket, a bucket to local
+    files or to another bucket) is refused while the server holds uploads or data, never acted on."""
+    wanted = media.label_studio_env(profile.media)
+    server = media.server_lines(found.files.get("env_file"))
+    if wanted == server:
+        return
+    if server:
+        if found.db_exists or database.server_engine(found.files.get("env_file")) == "postgresql":
+            raise UsageError(f"Label Studio on {alias} keeps its uploads in {media.describe_lines(server)}; the profile "
+                             f"says media.storage: {profile.media.storage} (at {profile.media.endpoint}). Its tasks "
+                             "point at the uploads where they are; nothing was changed",
+                             hint=f"set media: as the server has it in {profile.config_file}")
+    elif found.media.local_files:
+        raise UsageError(f"Label Studio on {alias} keeps its uploads as files in {profile.remote.media_dir}; the "
+                         f"profile says media.storage: {profile.media.storage}. Moving them into a bucket is not "
+                         "supported yet; nothing was changed",
+                         hint=f"set media.storage: local in {profile.config_file}, or start on a new server")
 
 
 def check_host(profile: Profile, found: ProvisionFacts) -> None:

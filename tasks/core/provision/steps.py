@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 from packaging.version import Version
 
-from tasks.core import render
+from tasks.core import media, render
 from tasks.core.commands import postgres, secret_key
 from tasks.core.commands.provision import (
     APP_SERVER,
@@ -266,6 +266,22 @@ def database(facts: ProvisionFacts, profile: Profile, password: str | None = Non
     return changes
 
 
+def media_keys(facts: ProvisionFacts, profile: Profile, credentials: dict[str, str] | None) -> list[Change]:
+    """Uploads in a bucket: its keys root-only for systemd (from this machine's environment, else the
+    stored ones stay). Local files: nothing (keys stored before stay until the uploads move)."""
+    if not profile.media.in_bucket:
+        return []
+    path, found = profile.remote.media_env, facts.media
+    if credentials is None:
+        if not found.credentials_meta:     # provision refuses this before; upgrade and adopt leave it to provision
+            return [Change(f"WARNING no keys for {profile.media.storage} yet: `fab provision` with "
+                           f"{' and '.join(media.CREDENTIAL_ENV)} set stores them")]
+        return [Change(f"the media bucket's keys are stored ({path}, {found.credentials_meta})")]
+    return [offsite_steps.stored_secret(path, "the media bucket's keys", media.credentials_file(credentials),
+                                        found.credentials_meta, found.credentials_sha256, plural=True,
+                                        notifies=frozenset({RESTART}))]
+
+
 def env_file(facts: ProvisionFacts, profile: Profile) -> Change:
     wanted = service_manager(profile).env_file()
     change = managed_file(facts, "env_file", wanted, "env file", frozenset({RESTART}))
@@ -401,7 +417,8 @@ def admin_user(facts: ProvisionFacts, profile: Profile, admin: AdminRequest) -> 
 def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start: bool = True,
          tls_pair: LocalPair | None = None, eab: Eab | None = None,
          database_password: str | None = None,
-         offsite_secrets: offsite_steps.OffsiteSecrets = offsite_steps.OffsiteSecrets()) -> list[Change]:
+         offsite_secrets: offsite_steps.OffsiteSecrets = offsite_steps.OffsiteSecrets(),
+         media_keys_given: dict[str, str] | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -415,6 +432,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *background_jobs(facts, profile),
         *database(facts, profile, database_password),
         *tls_steps.certificate(facts, wanted, tls_pair),
+        *media_keys(facts, profile, media_keys_given),
         env_file(facts, profile),
         *service_definition(facts, profile),
         *offsite_steps.setup(facts, profile, offsite_secrets),
