@@ -78,7 +78,10 @@ def label_studio_env(settings: MediaSettings) -> list[tuple[str, str]]:
     scheme = urlsplit(settings.endpoint).scheme
     lines = [("STORAGE_TYPE", "s3"), ("STORAGE_AWS_BUCKET_NAME", bucket.bucket),
              ("STORAGE_AWS_REGION_NAME", settings.s3_region), ("STORAGE_AWS_ENDPOINT_URL", settings.endpoint),
-             ("STORAGE_AWS_S3_USE_SSL", "true" if scheme == "https" else "false")]
+             ("STORAGE_AWS_S3_USE_SSL", "true" if scheme == "https" else "false"),
+             # boto3 signs a custom endpoint's download URLs with SigV2 otherwise, which AWS's newer regions
+             # and S3-compatible services refuse ("UnsupportedAlgorithm").
+             ("STORAGE_AWS_S3_SIGNATURE_VERSION", "s3v4")]
     if bucket.prefix:
         lines.append(("STORAGE_AWS_FOLDER", bucket.prefix))
     return lines

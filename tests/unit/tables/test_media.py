@@ -40,6 +40,7 @@ def test_a_bucket_gives_label_studio_its_settings_and_nginx_one_host_to_fetch_fr
     env = service_manager(profile).env_file().content
     assert ("STORAGE_TYPE=s3\nSTORAGE_AWS_BUCKET_NAME=team-uploads\nSTORAGE_AWS_REGION_NAME=us-east-1\n"
             "STORAGE_AWS_ENDPOINT_URL=http://10.1.2.3:9000\nSTORAGE_AWS_S3_USE_SSL=false\n"
+            "STORAGE_AWS_S3_SIGNATURE_VERSION=s3v4\n"
             "STORAGE_AWS_FOLDER=label-studio\n") in env
     assert "SECRET" not in env.replace("SECRET_KEY", "")
     assert "EnvironmentFile=/opt/label-studio/label-studio-media.env" in render.unit_file(profile).content
@@ -53,7 +54,7 @@ def test_a_bucket_gives_label_studio_its_settings_and_nginx_one_host_to_fetch_fr
 
 def test_an_https_endpoint_is_verified_and_aws_is_the_default_endpoint():
     profile = parse_profile("media:\n  storage: s3://bucket-a\n  s3_region: eu-west-1\n")
-    assert media.label_studio_env(profile.media)[3:] == [
+    assert media.label_studio_env(profile.media)[3:5] == [
         ("STORAGE_AWS_ENDPOINT_URL", "https://s3.eu-west-1.amazonaws.com"), ("STORAGE_AWS_S3_USE_SSL", "true")]
     site = render.nginx_site(profile, ipv6=False).content
     assert "server s3.eu-west-1.amazonaws.com:443;" in site

@@ -1,0 +1,313 @@
+"""migrate-media's copier, run ON the server as the service user with the release's python (its boto3,
+Label Studio's own dependency): the uploads copied between the data dir's media/ and a bucket, every
+object checked by sha256 before the switch.
+
+    to-bucket MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
+    to-local  MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
+
+The bucket's keys come on stdin (the root-only file's two lines), never in argv. Each file under
+MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for it (AWS_LOCATION).
+
+- to-bucket: every regular file (links are not followed, and files are opened with O_NOFOLLOW) is put
+  with its sha256 in the object's metadata and sent as the request's own SHA-256 checksum; the bucket's
+  answer is then checked: its stored SHA-256 checksum when it keeps one, else the object read back and
+  hashed. A file that the STATE file records as sent, unchanged (size, mtime), is not sent again: the
+  final pass, with Label Studio stopped, sends only what came since the first.
+- to-local: every object under PREFIX is written beside its place as a new file, hashed as it comes,
+  read back from the disk and hashed again, compared with the sha256 its metadata or STATE records (one
+  Label Studio wrote itself has none: the two reads must agree), and renamed into place. A local file
+  with the same bytes stays; one with other bytes is kept beside it (`.before-migrate-media`).
+
+stdout: one JSON object: files, bytes, sent, kept (already there), how they were checked, seconds.
+Progress on stderr. Exit 1 with the reason on stderr when any object fails its check.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import json
+import mimetypes
+import os
+import stat
+import sys
+import threading
+import time
+
+WORKERS = 16
+IN_MEMORY = 64 * 1024 * 1024      # larger files stream (multipart), never whole in memory
+CHUNK = 1024 * 1024
+SAVE_EVERY = 500                  # files between two writes of the state file
+KEPT_ASIDE = ".before-migrate-media"
+
+
+def _keys(stream) -> dict[str, str]:
+    found = {}
+    for line in stream.read(4096).splitlines():
+        name, _, value = line.partition("=")
+        found[name.strip()] = value.strip()
+    return found
+
+
+def _client(endpoint: str, region: str, keys: dict[str, str]):
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region,
+                        aws_access_key_id=keys.get("STORAGE_AWS_ACCESS_KEY_ID"),
+                        aws_secret_access_key=keys.get("STORAGE_AWS_SECRET_ACCESS_KEY"),
+                        config=Config(signature_version="s3v4", max_pool_connections=WORKERS,
+                                      retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def _object_key(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if prefix else rel
+
+
+def _safe_rel(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+class State:
+    """What was sent or fetched, by path: {rel: {size, mtime_ns, sha256}} for one bucket location; kept
+    in STATE (written whole, by a rename) so the next pass skips what is already there."""
+
+    def __init__(self, path: str, location: str):
+        self.path, self.location, self.lock = path, location, threading.Lock()
+        self.files: dict[str, dict] = {}
+        self.changes = 0
+        try:
+            with open(path) as handle:
+                found = json.load(handle)
+            if found.get("location") == location and isinstance(found.get("files"), dict):
+                self.files = found["files"]
+        except (OSError, ValueError):
+            pass
+
+    def record(self, rel: str, entry: dict) -> None:
+        with self.lock:
+            self.files[rel] = entry
+            self.changes += 1
+            if self.changes % SAVE_EVERY == 0:
+                self._save()
+
+    def save(self) -> None:
+        with self.lock:
+            self._save()
+
+    def _save(self) -> None:
+        partial = self.path + ".partial"
+        with open(partial, "w") as handle:
+            json.dump({"location": self.location, "files": self.files}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, self.path)
+
+
+def _local_files(media_dir: str) -> tuple[list, list[str]]:
+    """([(rel, lstat) of every regular file under media_dir], [what else is there: links, devices]);
+    links are never followed."""
+    files, other = [], []
+    for folder, dirs, names in os.walk(media_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]):
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            rel = os.path.relpath(path, media_dir).replace(os.sep, "/")
+            (files.append((rel, info)) if stat.S_ISREG(info.st_mode) else other.append(rel))
+    return files, other
+
+
+def _hash_file(fd: int) -> str:
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    for block in iter(lambda: os.read(fd, CHUNK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_back(s3, bucket: str, key: str) -> str:
+    digest = hashlib.sha256()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    for block in iter(lambda: body.read(CHUNK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _checked_in_bucket(s3, bucket: str, key: str, sha256: str) -> tuple[str, str]:
+    """(how the object was proven to hold these bytes: the bucket's own SHA-256 checksum or a read-back,
+    its ETag)."""
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    stored = head.get("ChecksumSHA256")
+    if stored and "-" not in stored:
+        if base64.b64decode(stored).hex() != sha256:
+            raise ValueError(f"{key}: the bucket's SHA-256 differs from the file's")
+        return "the bucket's checksum", head.get("ETag", "").strip('"')
+    if _read_back(s3, bucket, key) != sha256:
+        raise ValueError(f"{key}: read back, its sha256 differs from the file's")
+    return "read back", head.get("ETag", "").strip('"')
+
+
+def _send(s3, media_dir: str, bucket: str, prefix: str, rel: str) -> tuple[dict, str]:
+    key = _object_key(prefix, rel)
+    fd = os.open(os.path.join(media_dir, rel), os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        content_type = mimetypes.guess_type(rel)[0] or "application/octet-stream"
+        if info.st_size <= IN_MEMORY:
+            data = b"".join(iter(lambda: os.read(fd, CHUNK), b""))
+            sha256 = hashlib.sha256(data).hexdigest()
+            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata={"sha256": sha256},
+                          ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode())
+        else:
+            sha256 = _hash_file(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                s3.upload_fileobj(handle, bucket, key, ExtraArgs={"ContentType": content_type,
+                                                                  "Metadata": {"sha256": sha256}})
+        if os.fstat(fd).st_mtime_ns != info.st_mtime_ns or os.fstat(fd).st_size != info.st_size:
+            raise ValueError(f"{rel} changed while it was sent")
+    finally:
+        os.close(fd)
+    how, etag = _checked_in_bucket(s3, bucket, key, sha256)
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256, "etag": etag}, how
+
+
+def _each_done(futures: dict):
+    """(done count, rel, result) as the work ends; on the first failure the rest is cancelled."""
+    try:
+        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            yield done, futures[future], future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+
+
+def to_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
+    started = time.monotonic()
+    files, other = _local_files(media_dir) if os.path.isdir(media_dir) else ([], [])
+    todo, kept = [], 0
+    for rel, info in files:
+        known = state.files.get(rel)
+        if known and known["size"] == info.st_size and known["mtime_ns"] == info.st_mtime_ns:
+            kept += 1
+        else:
+            todo.append(rel)
+    checked: dict[str, int] = {}
+    sent_bytes = 0
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        futures = {pool.submit(_send, s3, media_dir, bucket, prefix, rel): rel for rel in todo}
+        for done, rel, (entry, how) in _each_done(futures):
+            state.record(rel, entry)
+            checked[how] = checked.get(how, 0) + 1
+            sent_bytes += entry["size"]
+            if done % 200 == 0 or done == len(futures):
+                print(f"sent {done} of {len(futures)}", file=sys.stderr, flush=True)
+    state.save()
+    return {"files": len(files), "bytes": sum(info.st_size for _, info in files), "sent": len(todo),
+            "sent_bytes": sent_bytes, "kept": kept, "checked": checked, "not_files": other[:20],
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def _fetch(s3, media_dir: str, bucket: str, key: str, rel: str, expected: str | None, etag: str) -> tuple[dict, str]:
+    target = os.path.join(media_dir, rel)
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    partial = f"{target}.lsvm-partial"
+    digest = hashlib.sha256()
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        answer = s3.get_object(Bucket=bucket, Key=key)
+        recorded = (answer.get("Metadata") or {}).get("sha256") or expected
+        body = answer["Body"]
+        for block in iter(lambda: body.read(CHUNK), b""):
+            digest.update(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        sha256 = digest.hexdigest()
+        if _hash_file(fd) != sha256:
+            raise ValueError(f"{rel}: read back from the disk, its sha256 differs from what came")
+        if recorded and recorded != sha256:
+            raise ValueError(f"{rel}: its sha256 differs from the one recorded when it was sent")
+    except BaseException:
+        os.close(fd)
+        os.unlink(partial)
+        raise
+    os.close(fd)
+    how = "recorded sha256" if recorded else "read back from the disk"
+    try:
+        existing = os.lstat(target)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        same = stat.S_ISREG(existing.st_mode) and existing.st_size == os.path.getsize(partial)
+        if same:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                same = _hash_file(fd) == sha256
+            finally:
+                os.close(fd)
+        if same:
+            os.unlink(partial)
+            info = os.lstat(target)
+            return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256, "etag": etag}, "already here"
+        os.replace(target, target + KEPT_ASIDE)
+    os.replace(partial, target)
+    info = os.lstat(target)
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256, "etag": etag}, how
+
+
+def to_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
+    started = time.monotonic()
+    base = f"{prefix}/" if prefix else ""
+    objects = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        for item in page.get("Contents", []):
+            rel = item["Key"][len(base):]
+            if not _safe_rel(rel):
+                raise ValueError(f"refusing an object whose name is not a path under media/: {item['Key']!r}")
+            known = state.files.get(rel) or {}
+            # The sha256 recorded when this machine's copier sent it, while the object is still that one.
+            etag = item.get("ETag", "").strip('"')
+            expected = known.get("sha256") if etag and known.get("etag") == etag else None
+            objects.append((item["Key"], rel, item["Size"], expected, etag))
+    checked: dict[str, int] = {}
+    fetched = 0
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        futures = {pool.submit(_fetch, s3, media_dir, bucket, key, rel, expected, etag): rel
+                   for key, rel, _, expected, etag in objects}
+        for done, rel, (entry, how) in _each_done(futures):
+            state.record(rel, entry)
+            checked[how] = checked.get(how, 0) + 1
+            fetched += how != "already here"
+            if done % 200 == 0 or done == len(futures):
+                print(f"fetched {done} of {len(futures)}", file=sys.stderr, flush=True)
+    state.save()
+    return {"files": len(objects), "bytes": sum(size for _, _, size, _, _ in objects), "sent": fetched,
+            "kept": len(objects) - fetched, "checked": checked, "seconds": round(time.monotonic() - started, 2)}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 7 or argv[0] not in ("to-bucket", "to-local"):
+        print(__doc__.strip().splitlines()[3], file=sys.stderr)
+        return 2
+    direction, media_dir, state_path, bucket, prefix, endpoint, region = argv
+    os.umask(0o077)
+    s3 = _client(endpoint, region, _keys(sys.stdin))
+    state = State(state_path, f"s3://{bucket}/{prefix} at {endpoint}")
+    try:
+        run = to_bucket if direction == "to-bucket" else to_local
+        report = run(s3, media_dir, state, bucket, prefix)
+    except Exception as exc:      # one line for the task; the state keeps what was done
+        state.save()
+        print(f"{type(exc).__name__}: {exc}"[:2000], file=sys.stderr)
+        return 1
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
