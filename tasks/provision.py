@@ -95,21 +95,6 @@ def offsite_credentials_for(profile: Profile, found: facts.ProvisionFacts) -> di
     return values
 
 
-def media_keys_for(profile: Profile, found: facts.ProvisionFacts) -> dict[str, str] | None:
-    """The media bucket's keys from this machine's environment (checked here), None to keep the ones
-    stored on the server; refused when there are none anywhere."""
-    if not profile.media.in_bucket:
-        return None
-    values = media.credentials_from_env(dict(os.environ))
-    if values is None and found.media.credentials_meta:
-        return None
-    problem = media.credentials_problem(values or {})
-    if problem:
-        raise UsageError(f"media.storage {profile.media.storage}: {problem}; nothing was changed",
-                         hint="the keys of an account that may read and write that bucket (and only it)")
-    return values
-
-
 def offsite_sftp_key_for(profile: Profile, found: facts.ProvisionFacts) -> str | None:
     """An SFTP target's private key from the file $LSVM_OFFSITE_SFTP_KEY names (checked here), None to keep
     the one stored on the server; refused when there is none anywhere."""
@@ -210,7 +195,7 @@ def provision(c, config=None, dry_run=False, reset_password=False):
     offsite_secrets = OffsiteSecrets(offsite_credentials_for(profile, found),
                                      offsite_password_for(host, profile, found, dry_run=dry_run),
                                      offsite_notify_url_for(profile, found), offsite_sftp_key_for(profile, found))
-    media_keys = media_keys_for(profile, found)
+    media_keys = media.keys_given(profile.media, dict(os.environ), stored=bool(found.media.credentials_meta))
 
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")

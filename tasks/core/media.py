@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from tasks.core.errors import UsageError
 from tasks.core.offsite import Target, parse_target, target_problem
 from tasks.core.offsite import _CREDENTIAL as CREDENTIAL
 from tasks.core.offsite import _endpoint, _region
@@ -156,6 +157,21 @@ def credentials_problem(values: dict[str, str | None]) -> str | None:
     if bad:
         return f"${bad[0]} has characters an access key does not (blanks, quotes, '$', '`' or '\\')"
     return None
+
+
+def keys_given(settings: MediaSettings, env: dict[str, str], *, stored: bool) -> dict[str, str] | None:
+    """The bucket's keys from this machine's environment (checked), None to keep the ones stored on the
+    server (or for local files); UsageError when there are none anywhere."""
+    if not settings.in_bucket:
+        return None
+    values = credentials_from_env(env)
+    if values is None and stored:
+        return None
+    problem = credentials_problem(values or {})
+    if problem:
+        raise UsageError(f"media.storage {settings.storage}: {problem}; nothing was changed",
+                         hint="the keys of an account that may read and write that bucket (and only it)")
+    return values
 
 
 def credentials_file(values: dict[str, str]) -> bytes:

@@ -218,6 +218,72 @@ def test_uploads_in_a_bucket_land_there_and_come_back_through_nginx(media_site, 
     assert refused.returncode != 0 and "keeps its uploads in s3://" in refused.stderr, refused.stdout + refused.stderr
 
 
+@pytest.fixture(scope="module")
+def moving_site(provisioned, tmp_path_factory, media_site):
+    """A server with its uploads on its disk (media_site set rclone up with the media keys)."""
+    home = tmp_path_factory.mktemp(f"home-media-move-{provisioned.suite}")
+    machine = provisioned_clone(provisioned, home, "media-move")
+    yield machine
+    machine.vm.stop()
+
+
+def test_uploads_move_into_the_bucket_and_back_every_object_checked(moving_site, s3host):
+    vm, profile = moving_site.vm, moving_site.profile
+    ls = LabelStudio(moving_site.url)
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+    project = ls.post_json("/api/projects", {"title": "Uploads that move", "label_config": config}).json()["id"]
+    before = png(30, 30)
+    assert ls.import_file(project, "before.png", before).status == 201
+    [task] = ls.get(f"/api/tasks?project={project}").json()["tasks"]
+    local_url = task["data"]["image"]
+    assert local_url.startswith("/data/upload/"), local_url
+    keys = {"LSVM_MEDIA_ACCESS_KEY_ID": MEDIA_KEY_ID, "LSVM_MEDIA_SECRET_ACCESS_KEY": MEDIA_SECRET}
+    local_profile = profile.read_text()
+    profile.write_text(local_profile + f"media:\n  storage: s3://{MEDIA_BUCKET}/team/moved\n"
+                                       f"  s3_endpoint: http://{s3host.address}:9000\n")
+
+    # Provision refuses to strand the local files; migrate-media moves them.
+    refused = moving_site.fab("provision", "--dry-run", env=keys)
+    assert refused.returncode != 0 and "migrate-media --to s3" in refused.stderr, refused.stdout + refused.stderr
+    moved = moving_site.fab("migrate-media", "--to", "s3", "--yes", env=keys)
+    out = moved.stdout + moved.stderr
+    assert moved.returncode == 0, out
+    assert "server backed up as" in out and "copied while Label Studio served: 1 files" in out, out
+    assert "Label Studio is up with its uploads in the bucket" in out and MEDIA_SECRET not in out, out
+    [stored] = sh(s3host, f"find /srv/s3/{MEDIA_BUCKET}/team/moved/upload -type f").split()
+    assert s3host.exec(f"cat {stored}").stdout == before
+    # The task's old link now reads the bucket: the local file, kept, is set aside to prove it.
+    local_file = "/var/lib/label-studio/media/" + local_url[len("/data/"):]
+    vm.exec(f"mv {local_file} {local_file}.aside")
+    served = ls.get(local_url)
+    assert served.status == 200 and served.body == before, served.status
+    vm.exec(f"mv {local_file}.aside {local_file}")
+    after = png(20, 44)
+    assert ls.import_file(project, "after.png", after).status == 201
+    bucket_url = next(t["data"]["image"] for t in ls.get(f"/api/tasks?project={project}").json()["tasks"]
+                      if t["data"]["image"].endswith("after.png"))
+    assert "/storage-data/uploaded/?filepath=upload/" in bucket_url, bucket_url
+    bucket_path = bucket_url[bucket_url.index("/storage-data/"):]
+    assert ls.get(bucket_path).body == after
+
+    # And back: both uploads local again, each served through the link its task holds.
+    profile.write_text(local_profile)
+    back = moving_site.fab("migrate-media", "--to", "local", "--yes")
+    out = back.stdout + back.stderr
+    assert back.returncode == 0, out
+    assert "Label Studio is up with its uploads in local files" in out, out
+    assert "USE_NGINX_FOR_UPLOADS=false" in sh(vm, "cat /opt/label-studio/label-studio.env")
+    assert "STORAGE_TYPE" not in sh(vm, "cat /opt/label-studio/label-studio.env")
+    for path, content in ((local_url, before), (bucket_path, after)):
+        served = ls.get(path)
+        assert served.status == 200 and served.body == content, (path, served.status, served.body[:200])
+    names = sh(vm, "find /var/lib/label-studio/media/upload -type f -name '*.png'").split()
+    assert len(names) == 2, names
+    plan = moving_site.fab("provision", "--dry-run")
+    assert plan.returncode == 0 and "0 step(s) would change" in plan.stdout, plan.stdout + plan.stderr
+
+
 def test_a_killed_vm_is_rebuilt_on_a_new_one_from_its_target_alone(site, s3host, provisioned, tmp_path_factory):
     """The old VM is killed; a new VM with a target of its own gets the old one's data from the bucket.
     The restic password comes from this machine's copy: `fab -H old provision` from another folder finds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tasks.core import ui
 from tasks.core.connect import Host
 from tasks.core.data import checking, postgres_snapshots, snapshots
 from tasks.core.data.catalog import FileEntry, Snapshot
@@ -29,6 +30,9 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     behind. `label_studio_version` and `managed` False: adopt's (the unmanaged instance's version; its
     data dir gets nothing of ours)."""
     snapshots.refuse_other_database(host, profile)
+    if profile.media.in_bucket:
+        ui.warn(f"the uploads are kept in {profile.media.describe()}: this snapshot holds the database and .env; "
+                "the bucket's objects are not copied (its own versioning keeps them)")
     if profile.database.postgresql:
         return postgres_snapshots.take_snapshot(host, profile, label=label, media=media)
     taken = snapshots.take_snapshot(host, profile, label=label, media=media, label_studio_version=label_studio_version,

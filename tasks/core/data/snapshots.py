@@ -430,9 +430,6 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
                 media_included=media,
                 extra=got.extra,
             )
-    if profile.media.in_bucket:
-        ui.warn(f"the uploads are kept in {profile.media.describe()}: this snapshot holds the database and .env; "
-                "the bucket's objects are not copied (its own versioning keeps them)")
     return pending.snapshot
 
 

@@ -260,6 +260,18 @@ def _fetch(s3, media_dir: str, bucket: str, key: str, rel: str, expected: str | 
     return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256, "etag": etag}, how
 
 
+def _fetched_before(media_dir: str, state: State, rel: str, etag: str) -> bool:
+    """The object is the one an earlier pass fetched (its ETag) and the file here is still what it wrote."""
+    known = state.files.get(rel)
+    if not known or not etag or known.get("etag") != etag:
+        return False
+    try:
+        info = os.lstat(os.path.join(media_dir, rel))
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and (info.st_size, info.st_mtime_ns) == (known["size"], known["mtime_ns"])
+
+
 def to_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
     started = time.monotonic()
     base = f"{prefix}/" if prefix else ""
@@ -275,10 +287,11 @@ def to_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict
             expected = known.get("sha256") if etag and known.get("etag") == etag else None
             objects.append((item["Key"], rel, item["Size"], expected, etag))
     checked: dict[str, int] = {}
+    todo = [o for o in objects if not _fetched_before(media_dir, state, o[1], o[4])]
     fetched = 0
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
         futures = {pool.submit(_fetch, s3, media_dir, bucket, key, rel, expected, etag): rel
-                   for key, rel, _, expected, etag in objects}
+                   for key, rel, _, expected, etag in todo}
         for done, rel, (entry, how) in _each_done(futures):
             state.record(rel, entry)
             checked[how] = checked.get(how, 0) + 1

@@ -46,14 +46,17 @@ def refuse_media_switch(alias: str, profile: Profile, found: ProvisionFacts) -> 
     if server:
         if found.db_exists or database.server_engine(found.files.get("env_file")) == "postgresql":
             raise UsageError(f"Label Studio on {alias} keeps its uploads in {media.describe_lines(server)}; the profile "
-                             f"says media.storage: {profile.media.storage} (at {profile.media.endpoint}). Its tasks "
+                             f"says media.storage: {profile.media.storage}"
+                             f"{f' (at {profile.media.endpoint})' if profile.media.in_bucket else ''}. Its tasks "
                              "point at the uploads where they are; nothing was changed",
-                             hint=f"set media: as the server has it in {profile.config_file}")
+                             hint=(f"to move them to local files, every file checked: fab -H {alias} migrate-media "
+                                   "--to local" if not profile.media.in_bucket else
+                                   f"set media: as the server has it in {profile.config_file} (a move between two "
+                                   "buckets is not supported)"))
     elif found.media.local_files:
         raise UsageError(f"Label Studio on {alias} keeps its uploads as files in {profile.remote.media_dir}; the "
-                         f"profile says media.storage: {profile.media.storage}. Moving them into a bucket is not "
-                         "supported yet; nothing was changed",
-                         hint=f"set media.storage: local in {profile.config_file}, or start on a new server")
+                         f"profile says media.storage: {profile.media.storage}; nothing was changed",
+                         hint=f"to move them into the bucket, every object checked: fab -H {alias} migrate-media --to s3")
 
 
 def check_host(profile: Profile, found: ProvisionFacts) -> None:

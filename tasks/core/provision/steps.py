@@ -50,6 +50,7 @@ from tasks.core.provision.plan import (
     unified_diff,
 )
 from tasks.core.provision.tls import Eab, LocalPair
+from tasks.core.render import RenderedFile
 
 # ------------------------------------------------------------------------------------------------
 # Comparisons
@@ -305,13 +306,18 @@ def service_definition(facts: ProvisionFacts, profile: Profile) -> list[Change]:
                          manager.definition_notifies)]
 
 
+def site_file(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None = None) -> RenderedFile:
+    """The nginx site as provision renders it for this server."""
+    return render.nginx_site(tls_steps.serving(facts, profile), ipv6=facts.ipv6,
+                             tls=tls_steps.nginx_tls(facts, profile, pair), acme_webroot=tls_steps.acme_webroot(profile),
+                             site_packages=facts.site_packages)
+
+
 def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None = None) -> list[Change]:
     """Site file, enable link, default site off: one validated action (on the first part that needs
     it) does all three, so nginx never reloads into a half-applied state."""
     p = profile.remote
-    site = render.nginx_site(tls_steps.serving(facts, profile), ipv6=facts.ipv6,
-                             tls=tls_steps.nginx_tls(facts, profile, pair), acme_webroot=tls_steps.acme_webroot(profile),
-                             site_packages=facts.site_packages)
+    site = site_file(facts, profile, pair)
     current = facts.files.get("nginx_site")
     file_ok = current == site.content
     parts = [  # (needed, done, planned, unchanged)

@@ -13,7 +13,9 @@ import pytest
 from tasks.core import commands, render
 from tasks.core.commands import data, dbcheck, export, instances, offsite, probes, provision, swap, tls, upgrade
 from tasks.core.commands.service import Screen, Systemd, service_manager, wait_for_health
+from tasks.core.commands import media as media_commands
 from tasks.core.defaults import DATABASE, MEDIA, SECRET_ENV
+from tasks.core.media import MediaSettings
 from tasks.core.profile import parse_profile
 from tasks.core.offsite import OffsiteSettings
 from tasks.core.provision import steps
@@ -188,6 +190,19 @@ def data_scripts(profile) -> dict[str, str]:
     return found
 
 
+def media_scripts(profile) -> dict[str, str]:
+    """migrate-media's: the copier both ways, the switch both ways, the swap job with them."""
+    bucket = MediaSettings(storage="s3://bucket-a/a-b/c_d", s3_endpoint="http://10.0.0.1:9000")
+    files = {place: [render.unit_file(profile)] for place in media_commands.PLACES}
+    found = {"media stage": media_commands.install_staged(PurePosixPath("/tmp/-x y"), ["a b", "-c"], profile),
+             "media unstage": media_commands.remove_staged(profile)}
+    for to in ("s3", "local"):
+        for name, script in media_commands.steps(profile, bucket, to, files).items():
+            found[f"media {to}: {name}"] = script
+        found[f"media {to}: swap job"] = swap.job(profile, [], 30, **media_commands.steps(profile, bucket, to, files))
+    return found
+
+
 def plan_scripts(profile) -> dict[str, str]:
     """Every Run action of the plans for a bare and a provisioned host, with and without an admin."""
     found = {}
@@ -204,7 +219,8 @@ def plan_scripts(profile) -> dict[str, str]:
 
 CASES = [(f"{pname}: {sname}", script)
          for pname, profile in PROFILES.items()
-         for sname, script in itertools.chain(scripts_of(profile).items(), plan_scripts(profile).items())]
+         for sname, script in itertools.chain(scripts_of(profile).items(), plan_scripts(profile).items(),
+                                              media_scripts(profile).items())]
 
 
 @pytest.mark.parametrize("name, script", CASES, ids=[c[0] for c in CASES])

@@ -11,7 +11,8 @@ import pytest
 
 from tasks.core import media, render
 from tasks.core.commands.service import service_manager
-from tasks.core.errors import ProfileError, UsageError
+from tasks.core.data import media_move
+from tasks.core.errors import ProfileError, RemoteError, UsageError
 from tasks.core.profile import parse_profile
 from tasks.core.provision import steps
 from tasks.core.provision.facts import MediaFacts
@@ -117,3 +118,46 @@ def test_uploads_are_never_stranded_by_a_profile_edit(provisioned):
     other = parse_profile(BUCKET.replace("team-uploads", "other-bucket"))
     with pytest.raises(UsageError, match="the profile says media.storage: s3://other-bucket"):
         refuse_media_switch("vm", other, on_bucket)
+
+
+def on_the_server(facts, profile):
+    """The facts of a server provision left as `profile` renders it."""
+    manager = service_manager(profile)
+    return dataclasses.replace(facts, files={**facts.files, "env_file": manager.env_file().content,
+                                             manager.definition_key: manager.definition().content,
+                                             "nginx_site": steps.site_file(facts, profile).content})
+
+
+def test_migrate_media_moves_to_where_the_profile_says_and_nowhere_else(provisioned):
+    bucket, local = parse_profile(BUCKET), parse_profile("")
+    facts = on_the_server(provisioned, local)
+    move, words = media_move.plan(facts, "s3", bucket, "vm")
+    assert move.bucket == bucket.media and not move.source.media.in_bucket
+    assert words.lines()[0] == "the bucket's keys in /opt/label-studio/label-studio-media.env (root, 0600)"
+    assert "sha256" in words.copy and words.switch[-1].startswith("on any failure: back as it was")
+    with pytest.raises(UsageError, match="already keeps its uploads as files"):
+        media_move.plan(facts, "local", local, "vm")
+    with pytest.raises(UsageError, match="the profile says media.storage: local"):
+        media_move.plan(facts, "s3", local, "vm")
+    with pytest.raises(UsageError, match="--to must be one of: s3, local"):
+        media_move.plan(facts, "gcs", bucket, "vm")
+    edited = dataclasses.replace(facts, files={**facts.files, "nginx_site": "# edited by hand\n"})
+    with pytest.raises(UsageError, match="is not what the profile makes"):
+        media_move.plan(edited, "s3", bucket, "vm")
+    # Back: the bucket is the server's, read from its env file, whatever the profile says now.
+    there = on_the_server(provisioned, bucket)
+    move, words = media_move.plan(there, "local", local, "vm")
+    assert move.bucket.storage == "s3://team-uploads/label-studio" and move.bucket.endpoint == "http://10.1.2.3:9000"
+    assert words.keys is None
+    files = move.files(there)
+    assert [f.content for f in files["bucket"]] == [there.files["env_file"], there.files["unit_file"],
+                                                     there.files["nginx_site"]]
+    assert "USE_NGINX_FOR_UPLOADS=false" in files["local"][0].content
+
+
+def test_the_copiers_report_is_read_and_said_in_one_line():
+    report = media_move.read_report('sent 1 of 1\n{"files": 3, "bytes": 2048, "sent": 1, "kept": 2, '
+                                    '"checked": {"read back": 1}, "seconds": 0.4}\n')
+    assert media_move.summary(report) == "3 files (2.0 KiB): 1 copied and checked (1 by read back), 2 already there, in 0.4s"
+    with pytest.raises(RemoteError, match="the copier gave no report"):
+        media_move.read_report("Traceback ...\n")
