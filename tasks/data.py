@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tasks.core import offsite, ui
-from tasks.core.data import catalog, checking, diskuse, engine, local, postgres_snapshots, snapshots
+from tasks.core.data import bucket_media, catalog, checking, diskuse, engine, local, postgres_snapshots, snapshots
 from tasks.core.data.catalog import LOCAL_HOST, Snapshot, counts_text, report_snapshot
 from tasks.core.database import snapshot_engine
 from tasks.core.defaults import DATABASE, MEDIA, SWAP_HEALTH_TIMEOUT
@@ -359,6 +359,7 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
         engine.refuse_other_engine(chosen, profile, host.alias)
         snapshots.refuse_other_database(host, profile)
         report = local.verify_snapshot(chosen)
+        bucket_media.require_held(host, profile, chosen)
         server = _server_counts_for(host, profile, chosen)
         moving = chosen.host != host.alias
         ui.out.print(f"{'move' if moving else 'restore'} {chosen.host}/{chosen.id} -> {host.alias}")

@@ -32,6 +32,15 @@ def upload_bytes(host: Host, data: bytes, remote: PurePosixPath) -> None:
         host.connection.put(io.BytesIO(data), str(remote))
 
 
+def stage(host: Host, uploads: dict[str, str], install, what: str) -> None:
+    """Texts uploaded into a temp dir of the login user, then `install(temp dir, names)` (a root command
+    that puts them in a root-only folder)."""
+    with remote_tempdir(host) as tmp:
+        for name, content in uploads.items():
+            upload_bytes(host, content.encode(), tmp / name)
+        host.run(install(tmp, list(uploads)), sudo=True, what=what)
+
+
 @contextlib.contextmanager
 def secret_file(host: Host, data: bytes) -> Iterator[PurePosixPath]:
     """A secret on the server for the length of the block: 0600 in a 0700 dir, never in argv or logs."""

@@ -19,6 +19,7 @@ by test_offsite.py's path target and the rest of the suite). The tests run in fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -156,6 +157,16 @@ MEDIA_BUCKET, MEDIA_PREFIX = "lsvm-media", "team/uploads"
 MEDIA_FILE = "/opt/label-studio/label-studio-media.env"
 
 
+IMAGE_CONFIG = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+
+
+def image_project(url: str, title: str) -> tuple[LabelStudio, int]:
+    """A logged-in client and a new image project on the Label Studio at `url`."""
+    ls = LabelStudio(url)
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    return ls, ls.post_json("/api/projects", {"title": title, "label_config": IMAGE_CONFIG}).json()["id"]
+
+
 @pytest.fixture(scope="module")
 def media_site(provisioned, s3host, tmp_path_factory):
     # rclone serve s3 takes one key list: the media keys join the offsite ones (a restart with both).
@@ -184,10 +195,7 @@ def test_uploads_in_a_bucket_land_there_and_come_back_through_nginx(media_site, 
     assert MEDIA_SECRET not in sh(vm, "cat /opt/label-studio/label-studio.env")
     assert vm.exec(f"runuser -u labelstudio -- cat {MEDIA_FILE}", check=False).returncode != 0
 
-    ls = LabelStudio(media_site.url)
-    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
-    project = ls.post_json("/api/projects", {"title": "Uploads in a bucket", "label_config": config}).json()["id"]
+    ls, project = image_project(media_site.url, "Uploads in a bucket")
     image = png(40, 24)
     assert ls.import_file(project, "photo.png", image).status == 201
     [task] = ls.get(f"/api/tasks?project={project}").json()["tasks"]
@@ -207,7 +215,22 @@ def test_uploads_in_a_bucket_land_there_and_come_back_through_nginx(media_site, 
     # A backup says the uploads stay in the bucket (and holds the database, proven as always).
     backup = media_site.fab("backup")
     assert backup.returncode == 0, backup.stdout + backup.stderr
-    assert f"the uploads are kept in s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}" in backup.stderr, backup.stderr
+    assert f"recorded the 1 objects of s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}" in backup.stdout, backup.stdout
+    snapshot = sorted((media_site.fab.home / "backups" / "vm").glob("2*"))[-1]
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    listing = json.loads((snapshot / "media-bucket.json").read_text())
+    assert manifest["extra"]["media_bucket"]["objects"] == 1
+    [(rel, (size, _, sha256))] = listing.items()
+    assert stored[0].endswith(rel) and size == len(image) and sha256 == hashlib.sha256(image).hexdigest()
+    # A restore checks the bucket still holds what the snapshot links to, before anything changes.
+    restore = ("restore-server", "--snapshot", snapshot.name, "--dry-run")
+    held = media_site.fab(*restore)
+    assert held.returncode == 0 and "holds all 1 objects snapshot" in held.stdout, held.stdout + held.stderr
+    s3host.exec(f"RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ENDPOINT=http://127.0.0.1:9000 "
+                f"RCLONE_CONFIG_B_ACCESS_KEY_ID={MEDIA_KEY_ID} RCLONE_CONFIG_B_SECRET_ACCESS_KEY={MEDIA_SECRET} "
+                f"rclone deletefile b:{MEDIA_BUCKET}/{MEDIA_PREFIX}/{rel}")
+    gone = media_site.fab(*restore)
+    assert gone.returncode != 0 and "no longer holds 1 of the 1 objects" in gone.stderr, gone.stdout + gone.stderr
     # Moving the uploads back to local files is refused, not acted on.
     text = media_site.profile.read_text()
     media_site.profile.write_text(text.replace(f"s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}", "local"))
@@ -229,10 +252,7 @@ def moving_site(provisioned, tmp_path_factory, media_site):
 
 def test_uploads_move_into_the_bucket_and_back_every_object_checked(moving_site, s3host):
     vm, profile = moving_site.vm, moving_site.profile
-    ls = LabelStudio(moving_site.url)
-    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
-    config = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
-    project = ls.post_json("/api/projects", {"title": "Uploads that move", "label_config": config}).json()["id"]
+    ls, project = image_project(moving_site.url, "Uploads that move")
     before = png(30, 30)
     assert ls.import_file(project, "before.png", before).status == 201
     [task] = ls.get(f"/api/tasks?project={project}").json()["tasks"]

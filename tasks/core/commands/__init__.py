@@ -83,6 +83,13 @@ def install_file(staged: Arg, target: PurePosixPath, *, mode: str, owner: str, g
             f" && mv -f {q(partial)} {q(target)}")
 
 
+def install_into_private_dir(folder: PurePosixPath, staged: PurePosixPath, names: list[str]) -> str:
+    """Uploads from the login user's temp dir `staged` into a fresh root-only `folder` (what a swap job
+    reads long after the upload)."""
+    return (f"rm -rf {q(folder)} && install -d -m 0700 -o root -g root {q(folder)} && "
+            + " && ".join(f"install -m 0600 -o root -g root {q(staged / name)} {q(folder / name)}" for name in names))
+
+
 def empty_private_file(path: Arg) -> str:
     return f"umask 077 && : > {q(path)}"
 

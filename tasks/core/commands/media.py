@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from tasks.core.commands import install_file, join, q, service_python
+from tasks.core.commands import install_file, install_into_private_dir, join, q, service_python
 from tasks.core.commands.data import run_dir
 from tasks.core.media import MediaSettings
 from tasks.core.onserver import media_copy
@@ -41,9 +41,7 @@ def staged_name(file: RenderedFile, place: str) -> str:
 
 def install_staged(staged: PurePosixPath, names: list[str], profile: Profile) -> str:
     """The uploads from the login user's temp dir into a fresh root-only stage folder."""
-    target = stage_dir(profile)
-    return (f"rm -rf {q(target)} && install -d -m 0700 -o root -g root {q(target)} && "
-            + " && ".join(f"install -m 0600 -o root -g root {q(staged / name)} {q(target / name)}" for name in names))
+    return install_into_private_dir(stage_dir(profile), staged, names)
 
 
 def remove_staged(profile: Profile) -> str:
@@ -62,6 +60,15 @@ def copy(profile: Profile, bucket: MediaSettings, direction: str) -> str:
     words = join(direction, profile.remote.media_dir, state_file(profile), target.bucket, target.prefix,
                  bucket.endpoint, bucket.s3_region)
     return f"{present} && {service_python(profile)} \"$(cat {copier})\" {words} < {q(profile.remote.media_env)}"
+
+
+def listing(profile: Profile, bucket: MediaSettings) -> str:
+    """The copier's `list` (every object with its sha256) as the service user, its source in argv (not
+    staged: backup and restore run it once), the keys on stdin from the root-only file."""
+    target = bucket.bucket
+    words = join("list", profile.remote.media_dir, state_file(profile), target.bucket, target.prefix,
+                 bucket.endpoint, bucket.s3_region)
+    return f"{service_python(profile)} {q(COPIER_SOURCE)} {words} < {q(profile.remote.media_env)}"
 
 
 def switch_files(profile: Profile, place: str, files: list[RenderedFile]) -> str:

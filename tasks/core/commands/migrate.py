@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from tasks.core import parse
-from tasks.core.commands import as_service_user, install_file, join, q, service_python
+from tasks.core.commands import as_service_user, install_file, install_into_private_dir, join, q, service_python
 from tasks.core.commands.data import run_dir
 from tasks.core.commands.service import service_manager
 from tasks.core.database import ENGINES, label_studio_env
@@ -39,9 +39,7 @@ def staged_name(file: RenderedFile, engine: str) -> str:
 
 def install_staged(staged: PurePosixPath, names: list[str], profile: Profile) -> str:
     """The uploads from the login user's temp dir into a fresh root-only stage folder."""
-    target = stage_dir(profile)
-    return (f"rm -rf {q(target)} && install -d -m 0700 -o root -g root {q(target)} && "
-            + " && ".join(f"install -m 0600 -o root -g root {q(staged / name)} {q(target / name)}" for name in names))
+    return install_into_private_dir(stage_dir(profile), staged, names)
 
 
 def remove_staged(profile: Profile) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tasks.core import ui
 from tasks.core.connect import Host
-from tasks.core.data import checking, postgres_snapshots, snapshots
+from tasks.core.data import bucket_media, checking, postgres_snapshots, snapshots
 from tasks.core.data.catalog import FileEntry, Snapshot
 from tasks.core.data.replace import replace_server_data
 from tasks.core.database import converts, snapshot_engine
@@ -30,14 +29,16 @@ def take_server_snapshot(host: Host, profile: Profile, *, label: str | None, med
     behind. `label_studio_version` and `managed` False: adopt's (the unmanaged instance's version; its
     data dir gets nothing of ours)."""
     snapshots.refuse_other_database(host, profile)
-    if profile.media.in_bucket:
-        ui.warn(f"the uploads are kept in {profile.media.describe()}: this snapshot holds the database and .env; "
-                "the bucket's objects are not copied (its own versioning keeps them)")
     if profile.database.postgresql:
-        return postgres_snapshots.take_snapshot(host, profile, label=label, media=media)
-    taken = snapshots.take_snapshot(host, profile, label=label, media=media, label_studio_version=label_studio_version,
-                                    managed=managed)
+        return _with_bucket(host, profile, postgres_snapshots.take_snapshot(host, profile, label=label, media=media))
+    taken = _with_bucket(host, profile, snapshots.take_snapshot(
+        host, profile, label=label, media=media, label_studio_version=label_studio_version, managed=managed))
     return checking.check_pending(taken, by=f"backup {label or ''}".strip(), just_proven=True) if check else taken
+
+
+def _with_bucket(host: Host, profile: Profile, taken: Snapshot) -> Snapshot:
+    """Uploads in a bucket: the snapshot records its objects, listed after the database's copy."""
+    return bucket_media.record(host, profile, taken) if profile.media.in_bucket else taken
 
 
 def put_on_server(host: Host, profile: Profile, source: Snapshot, files: list[FileEntry], *, health_timeout: int,

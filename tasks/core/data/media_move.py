@@ -19,7 +19,7 @@ from tasks.core.profile import Profile
 from tasks.core.provision import steps, tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.render import RenderedFile
-from tasks.core.transfer import remote_tempdir, upload_bytes
+from tasks.core.transfer import stage
 from tasks.core.ui import human_bytes
 
 PLACES = {"s3": "bucket", "local": "local"}
@@ -129,11 +129,8 @@ def staged(host: Host, move: Move, files: dict[str, list[RenderedFile]]) -> Iter
     uploads = {commands.COPIER: commands.COPIER_SOURCE}
     for place, rendered in files.items():
         uploads.update({commands.staged_name(file, place): file.content for file in rendered})
-    with remote_tempdir(host) as tmp:
-        for name, content in uploads.items():
-            upload_bytes(host, content.encode(), tmp / name)
-        host.run(commands.install_staged(tmp, list(uploads), move.target), sudo=True,
-                 what="staging the copier and the files of both places")
+    stage(host, uploads, lambda tmp, names: commands.install_staged(tmp, names, move.target),
+          "staging the copier and the files of both places")
     with removed_afterwards(host, commands.remove_staged(move.target)):
         yield
 

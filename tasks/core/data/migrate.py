@@ -35,7 +35,7 @@ from tasks.core.profile import Profile
 from tasks.core.provision import tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.render import RenderedFile
-from tasks.core.transfer import remote_tempdir, upload_bytes
+from tasks.core.transfer import stage
 
 TRIAL_TIMEOUT = 3600
 
@@ -172,10 +172,7 @@ def staged(host: Host, migration: Migration, files: dict[str, list[RenderedFile]
 
 
 def _stage(host: Host, profile: Profile, uploads: dict[str, str], what: str) -> None:
-    with remote_tempdir(host) as tmp:
-        for name, content in uploads.items():
-            upload_bytes(host, content.encode(), tmp / name)
-        host.run(commands.install_staged(tmp, list(uploads), profile), sudo=True, what=what)
+    stage(host, uploads, lambda tmp, names: commands.install_staged(tmp, names, profile), what)
 
 
 def convert_snapshot(host: Host, profile: Profile, sqlite_file: PurePosixPath, new: str, described: str) -> dict:

@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import json
 import socket
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -282,8 +283,13 @@ def _serve(host: Host, profile: Profile, dest: Path, request: dict, choose, *, w
         _say(channel, choice)
         total = sum(expected.values())
         started = time.monotonic()
-        received = receive_tar(channel, Codec(info["codec"]), dest, total=total, description=f"backup {host.alias}",
-                               expected=expected, unsynced=frozenset({DATABASE}))   # checking.verdict fsyncs it
+        try:
+            received = receive_tar(channel, Codec(info["codec"]), dest, total=total, description=f"backup {host.alias}",
+                                   expected=expected, unsynced=frozenset({DATABASE}))   # checking.verdict fsyncs it
+        except tarfile.TarError as exc:
+            channel.finish("the backup on the server")       # a failure there says what it was
+            raise SnapshotError(f"the backup stream from {host.alias} was cut short ({exc})",
+                                hint="try again; `fab status` shows whether the server is well") from None
         channel.finish("the backup on the server")
     finally:
         channel.close()

@@ -4,6 +4,7 @@ object checked by sha256 before the switch.
 
     to-bucket MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
     to-local  MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
+    list      MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
 
 The bucket's keys come on stdin (the root-only file's two lines), never in argv. Each file under
 MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for it (AWS_LOCATION).
@@ -18,7 +19,12 @@ MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for
   Label Studio wrote itself has none: the two reads must agree), and renamed into place. A local file
   with the same bytes stays; one with other bytes is kept beside it (`.before-migrate-media`).
 
-stdout: one JSON object: files, bytes, sent, kept (already there), how they were checked, seconds.
+- list: every object under PREFIX with its size, ETag and sha256 (what backup records): the sha256 the
+  STATE file holds for that ETag, else the one in its metadata, else the object read and hashed (once:
+  recorded in STATE by its ETag).
+
+stdout: one JSON object: files, bytes, sent, kept (already there), how they were checked, seconds;
+`list`: files, bytes, hashed (read now), objects ({path: [size, etag, sha256]}).
 Progress on stderr. Exit 1 with the reason on stderr when any object fails its check.
 """
 
@@ -188,10 +194,13 @@ def _each_done(futures: dict):
 def to_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
     started = time.monotonic()
     files, other = _local_files(media_dir) if os.path.isdir(media_dir) else ([], [])
+    in_bucket = {rel: etag for _, rel, _, etag in _listing(s3, bucket, prefix)}
     todo, kept = [], 0
     for rel, info in files:
         known = state.files.get(rel)
-        if known and known["size"] == info.st_size and known["mtime_ns"] == info.st_mtime_ns:
+        # Sent before, unchanged here, and still that object there (nobody removed or replaced it since).
+        if known and (known["size"], known["mtime_ns"]) == (info.st_size, info.st_mtime_ns) \
+                and known.get("etag") and in_bucket.get(rel) == known["etag"]:
             kept += 1
         else:
             todo.append(rel)
@@ -274,18 +283,12 @@ def _fetched_before(media_dir: str, state: State, rel: str, etag: str) -> bool:
 
 def to_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
     started = time.monotonic()
-    base = f"{prefix}/" if prefix else ""
     objects = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
-        for item in page.get("Contents", []):
-            rel = item["Key"][len(base):]
-            if not _safe_rel(rel):
-                raise ValueError(f"refusing an object whose name is not a path under media/: {item['Key']!r}")
-            known = state.files.get(rel) or {}
-            # The sha256 recorded when this machine's copier sent it, while the object is still that one.
-            etag = item.get("ETag", "").strip('"')
-            expected = known.get("sha256") if etag and known.get("etag") == etag else None
-            objects.append((item["Key"], rel, item["Size"], expected, etag))
+    for key, rel, size, etag in _listing(s3, bucket, prefix):
+        known = state.files.get(rel) or {}
+        # The sha256 recorded when the copier sent or listed it, while the object is still that one.
+        expected = known.get("sha256") if etag and known.get("etag") == etag else None
+        objects.append((key, rel, size, expected, etag))
     checked: dict[str, int] = {}
     todo = [o for o in objects if not _fetched_before(media_dir, state, o[1], o[4])]
     fetched = 0
@@ -303,8 +306,50 @@ def to_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict
             "kept": len(objects) - fetched, "checked": checked, "seconds": round(time.monotonic() - started, 2)}
 
 
+def _listing(s3, bucket: str, prefix: str) -> list[tuple[str, str, int, str]]:
+    """(key, path under media/, size, ETag) of every object under PREFIX; a key that is no such path is refused."""
+    base = f"{prefix}/" if prefix else ""
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        for item in page.get("Contents", []):
+            rel = item["Key"][len(base):]
+            if not _safe_rel(rel):
+                raise ValueError(f"refusing an object whose name is not a path under media/: {item['Key']!r}")
+            found.append((item["Key"], rel, item["Size"], item.get("ETag", "").strip('"')))
+    return found
+
+
+def _sha256_of(s3, bucket: str, key: str, size: int, etag: str, known: dict | None) -> tuple[str, bool]:
+    """(the object's sha256, whether it was read now)."""
+    if known and etag and known.get("etag") == etag and known.get("size") == size:
+        return known["sha256"], False
+    recorded = (s3.head_object(Bucket=bucket, Key=key).get("Metadata") or {}).get("sha256")
+    if recorded:
+        return recorded, False
+    return _read_back(s3, bucket, key), True
+
+
+def list_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
+    started = time.monotonic()
+    listed = _listing(s3, bucket, prefix)
+    objects: dict[str, list] = {}
+    hashed = 0
+    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+        futures = {pool.submit(_sha256_of, s3, bucket, key, size, etag, state.files.get(rel)): (rel, size, etag)
+                   for key, rel, size, etag in listed}
+        for done, (rel, size, etag), (sha256, read) in _each_done(futures):
+            objects[rel] = [size, etag, sha256]
+            known = state.files.get(rel) or {}
+            state.record(rel, {**known, "size": size, "etag": etag, "sha256": sha256,
+                               "mtime_ns": known.get("mtime_ns", 0) if known.get("sha256") == sha256 else 0})
+            hashed += read
+    state.save()
+    return {"files": len(listed), "bytes": sum(size for _, _, size, _ in listed), "hashed": hashed,
+            "objects": dict(sorted(objects.items())), "seconds": round(time.monotonic() - started, 2)}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 7 or argv[0] not in ("to-bucket", "to-local"):
+    if len(argv) != 7 or argv[0] not in ("to-bucket", "to-local", "list"):
         print(__doc__.strip().splitlines()[3], file=sys.stderr)
         return 2
     direction, media_dir, state_path, bucket, prefix, endpoint, region = argv
@@ -312,7 +357,7 @@ def main(argv: list[str]) -> int:
     s3 = _client(endpoint, region, _keys(sys.stdin))
     state = State(state_path, f"s3://{bucket}/{prefix} at {endpoint}")
     try:
-        run = to_bucket if direction == "to-bucket" else to_local
+        run = {"to-bucket": to_bucket, "to-local": to_local, "list": list_bucket}[direction]
         report = run(s3, media_dir, state, bucket, prefix)
     except Exception as exc:      # one line for the task; the state keeps what was done
         state.save()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import json
@@ -1102,8 +1103,11 @@ ZSTD_STREAM = ("zstd", "-q", "--adapt=min=1,max=4", "-T0", "-c")
 
 
 def stream_files(codec: str, members: list) -> None:
-    """A compressed tar on stdout (zstd, ZSTD_STREAM, or gzip) of `members`: (descriptor, name in the archive).
-    The tar is written here, so every file was opened safely before it goes."""
+    """A compressed tar on stdout (zstd, ZSTD_STREAM, or gzip) of `members`: (descriptor, name in the archive),
+    or (opener, name): a callable that opens the file safely when its turn comes, so that any number of
+    files go with one descriptor at a time; one it can no longer open (deleted, or replaced by a link,
+    since the listing) is left out, and this machine sees it missing. The tar is written here, so every
+    file was opened safely before it goes."""
     if codec == "zstd":
         compressor = subprocess.Popen(ZSTD_STREAM, stdin=subprocess.PIPE,
                                       stdout=sys.stdout.fileno())
@@ -1115,7 +1119,14 @@ def stream_files(codec: str, members: list) -> None:
     try:
         with tarfile.open(fileobj=target, mode="w|", bufsize=CHUNK, format=tarfile.PAX_FORMAT, encoding="utf-8",
                           errors="surrogateescape") as tar:
-            for fd, name in members:
+            for opener, name in members:
+                if isinstance(opener, int):
+                    fd = opener
+                else:
+                    try:
+                        fd = opener()
+                    except OSError:
+                        continue
                 _add(tar, fd, name)
     finally:
         target.close()
@@ -1223,10 +1234,8 @@ def serve_backup(data_dir: str, venv: str, index_dir: str, work_dir: str) -> int
     for name in choice.get("files", []):
         if name not in listed:
             raise ValueError(f"{name!r} was not in the listing")
-        try:
-            members.append((_open_beneath(data_dir, name), name))
-        except OSError:
-            continue   # deleted, or replaced by a link, since the listing: left out (this machine sees it missing)
+        # Opened when its turn comes (thousands of uploads would pass the limit of open descriptors).
+        members.append((functools.partial(_open_beneath, data_dir, name), name))
     stream_files(found["codec"], members)
     return 0
 

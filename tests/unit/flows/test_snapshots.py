@@ -172,6 +172,15 @@ def test_a_backup_whose_database_hash_differs_leaves_no_snapshot_behind(backups)
     assert catalog.list_snapshots(backups) == []
 
 
+def test_a_stream_cut_short_is_said_in_words_and_leaves_no_snapshot_behind(backups):
+    host = server(prepared(), files={})
+    host.streams.clear()
+    host.stream(r"serve-backup", framed(prepared()))      # the findings, then nothing
+    with pytest.raises(SnapshotError, match="the backup stream from vm was cut short"):
+        engine.take_server_snapshot(host, PROFILE, label=None)
+    assert catalog.list_snapshots(backups) == []
+
+
 def test_a_server_without_a_database_is_refused(backups):
     host = server({"database_exists": False}, files={})
     with pytest.raises(SnapshotError, match="no Label Studio database on vm"):

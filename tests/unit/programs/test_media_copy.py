@@ -4,6 +4,7 @@ checked; links left out; a second pass sends only what is new; a local file with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tasks.core.onserver import media_copy
@@ -43,6 +45,12 @@ def s3(tmp_path_factory):
     server.wait()
 
 
+def bucket(endpoint: str):
+    """boto3 on the test bucket, as Label Studio (django-storages) writes to it: no sha256 of ours."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY,
+                        aws_secret_access_key=SECRET)
+
+
 def copier(direction: str, media: Path, state: Path, endpoint: str) -> dict:
     keys = f"STORAGE_AWS_ACCESS_KEY_ID={KEY}\nSTORAGE_AWS_SECRET_ACCESS_KEY={SECRET}\n"
     result = subprocess.run([sys.executable, "-I", "-c", Path(media_copy.__file__).read_text(), direction, str(media),
@@ -54,7 +62,7 @@ def copier(direction: str, media: Path, state: Path, endpoint: str) -> dict:
 
 
 def test_every_file_goes_to_the_bucket_checked_and_comes_back_byte_for_byte(s3, tmp_path):
-    bucket, endpoint = s3
+    root, endpoint = s3
     media = tmp_path / "media"
     (media / "upload" / "1").mkdir(parents=True)
     (media / "avatars").mkdir()
@@ -68,8 +76,8 @@ def test_every_file_goes_to_the_bucket_checked_and_comes_back_byte_for_byte(s3, 
     assert (first["files"], first["sent"], first["kept"]) == (3, 3, 0)
     assert sum(first["checked"].values()) == 3 and first["not_files"] == ["upload/1/link.png"]
     for rel, content in files.items():    # under the prefix, as django-storages looks for them
-        assert (bucket / PREFIX / rel).read_bytes() == content
-    assert not (bucket / PREFIX / "upload" / "1" / "link.png").exists()
+        assert (root / PREFIX / rel).read_bytes() == content
+    assert not (root / PREFIX / "upload" / "1" / "link.png").exists()
 
     (media / "upload" / "2").mkdir()
     (media / "upload" / "2" / "new.png").write_bytes(b"came later")
@@ -88,10 +96,7 @@ def test_every_file_goes_to_the_bucket_checked_and_comes_back_byte_for_byte(s3, 
 
 def test_a_local_file_with_other_bytes_is_kept_beside_the_one_from_the_bucket(s3, tmp_path):
     _, endpoint = s3
-    import boto3     # as Label Studio (django-storages) writes one: no sha256 of ours in its metadata
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY,
-                 aws_secret_access_key=SECRET).put_object(Bucket=BUCKET, Key=f"{PREFIX}/upload/9/x.png",
-                                                          Body=b"the bucket's")
+    bucket(endpoint).put_object(Bucket=BUCKET, Key=f"{PREFIX}/upload/9/x.png", Body=b"the bucket's")
     media = tmp_path / "media"
     (media / "upload" / "9").mkdir(parents=True)
     (media / "upload" / "9" / "x.png").write_bytes(b"an older local one")
@@ -113,3 +118,31 @@ def test_wrong_keys_fail_in_one_line_and_nothing_is_recorded(s3, tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and "ClientError" in result.stderr, result.stderr
     assert json.loads((tmp_path / "state.json").read_text())["files"] == {}
+
+
+def test_the_listing_gives_every_objects_sha256_reading_only_what_it_never_saw(s3, tmp_path):
+    _, endpoint = s3
+    media = tmp_path / "media"
+    (media / "upload" / "7").mkdir(parents=True)
+    (media / "upload" / "7" / "sent.png").write_bytes(b"sent by the copier")
+    state = tmp_path / "state.json"
+    copier("to-bucket", media, state, endpoint)
+    bucket(endpoint).put_object(Bucket=BUCKET, Key=f"{PREFIX}/upload/7/by-label-studio.png", Body=b"no sha256 of ours")
+    listing = copier("list", media, state, endpoint)
+    objects = listing["objects"]
+    assert objects["upload/7/sent.png"][2] == hashlib.sha256(b"sent by the copier").hexdigest()
+    assert objects["upload/7/by-label-studio.png"][2] == hashlib.sha256(b"no sha256 of ours").hexdigest()
+    assert listing["hashed"] >= 1
+    assert copier("list", media, state, endpoint)["hashed"] == 0          # read once, then known by its ETag
+
+
+def test_a_file_sent_before_whose_object_is_gone_is_sent_again(s3, tmp_path):
+    _, endpoint = s3
+    media = tmp_path / "media"
+    (media / "upload" / "8").mkdir(parents=True)
+    (media / "upload" / "8" / "a.png").write_bytes(b"first")
+    state = tmp_path / "state.json"
+    assert copier("to-bucket", media, state, endpoint)["sent"] >= 1
+    bucket(endpoint).delete_object(Bucket=BUCKET, Key=f"{PREFIX}/upload/8/a.png")
+    again = copier("to-bucket", media, state, endpoint)
+    assert again["sent"] == 1, again

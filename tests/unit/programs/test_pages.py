@@ -9,13 +9,17 @@ import hashlib
 import io
 import json
 import random
+import resource
 import sqlite3
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from tasks.core.commands import data
 from tasks.core.data import catalog, replace, snapshots
@@ -23,6 +27,7 @@ from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.onserver import sqlite
 from tests.unit.fakehost import FakeHost, ok
+from tests.unit.programs.test_local import label_studio_db
 from tests.unit.samples import PROFILE
 
 
@@ -497,3 +502,35 @@ def test_one_read_of_the_copy_gives_its_sha256_its_index_and_the_delta(tmp_path)
     found = sqlite.digest_copy(str(other), sqlite.page_index(str(old)), str(tmp_path / "delta3"))
     assert found["delta"] is None and found["why"] == "the page size changed"
     assert sqlite.digest_copy(str(other), None, str(tmp_path / "delta4"))["why"] is None
+
+
+def test_serve_backup_streams_more_uploads_than_the_process_may_hold_open(tmp_path):
+    """Each upload is opened when its turn comes: 600 of them go under a limit of 64 descriptors."""
+    data = tmp_path / "data"
+    label_studio_db(data / "label_studio.sqlite3", tasks=5)
+    names = [f"media/upload/1/{i:04d}.png" for i in range(600)]
+    for name in names:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(name.encode())
+    (tmp_path / "work").mkdir()
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    server = subprocess.Popen([sys.executable, sqlite.__file__, "serve-backup", str(data), str(tmp_path / "venv"),
+                               str(tmp_path / "pages"), str(tmp_path / "work")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, preexec_fn=low_limit)
+    server.stdin.write(b'{"marker": null, "base": null}\n')
+    server.stdin.flush()
+    found = json.loads(server.stdout.read(int(server.stdout.readline())))
+    assert sorted(m["path"] for m in found["media"]) == names
+    server.stdin.write(json.dumps({"database": "whole", "files": names}).encode() + b"\n")
+    server.stdin.close()
+    stream = server.stdout.read()
+    assert server.wait() == 0
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(stream)).read() if found["codec"] == "zstd" \
+        else gzip.decompress(stream)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert sorted(members) == sorted(["label_studio.sqlite3", *names])
+    assert all(members[name] == name.encode() for name in names)
