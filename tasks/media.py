@@ -19,11 +19,17 @@ from tasks.core.provision import facts, plan, steps
 
 
 @task(help={"to": "s3 (the bucket the profile's media.storage names) or local (the data dir's media/)",
+            "prune": "with the uploads in the bucket: remove the local files it holds, each as it was sent",
             "config": CONFIG_HELP, "yes": YES_HELP, "dry-run": "read the server and print the plan; change nothing",
             "health-timeout": HEALTH_HELP})
 @task_edge
-def migrate_media(c, to=None, config=None, yes=False, dry_run=False, health_timeout=SWAP_HEALTH_TIMEOUT):
+def migrate_media(c, to=None, prune=False, config=None, yes=False, dry_run=False,
+                  health_timeout=SWAP_HEALTH_TIMEOUT):
     """Move the server's uploads between its disk and the profile's S3 bucket, every object checked by sha256."""
+    if prune:
+        if to:
+            raise UsageError("--prune removes the local copies of uploads already moved: give it no --to")
+        return _prune(c, config, yes, dry_run)
     if not to:
         raise UsageError("where to? --to s3 (the profile's media.storage) or --to local")
     if to not in media_move.PLACES:
@@ -48,10 +54,31 @@ def migrate_media(c, to=None, config=None, yes=False, dry_run=False, health_time
         refuse_foreign_port(host, profile)
         procedure.run(plan_steps)
     if to == "s3":
-        ui.out.print(f"The files stay in {profile.remote.media_dir}, no longer used: remove them when you no longer "
-                     "want them.")
+        ui.out.print(f"The files stay in {profile.remote.media_dir}, no longer used: `fab -H {host.alias} "
+                     "migrate-media --prune` removes those the bucket holds.")
     else:
         ui.out.print(f"The objects stay in {move.bucket.describe()}, no longer used.")
+
+
+def _prune(c, config: str | None, yes: bool, dry_run: bool) -> None:
+    """The local files of uploads moved into the bucket, removed once the bucket is proven to hold them."""
+    profile, host = open_host(c, config, sudo=True)
+    found = facts.provision_facts(host, profile, "")
+    bucket = media_move.prune_plan(found, profile, host.alias)
+    ui.out.print(f"remove from {profile.remote.media_dir} on {host.alias} every file {bucket.describe()} holds as it "
+                 "was sent (sha256 recorded then, unchanged here, the same object there); any other file stays")
+    if dry_run:
+        ui.out.print("dry run: nothing was changed")
+        return
+    confirm(f"remove those local files on {host.alias}?", yes)
+    with snapshots.server_lock(host, profile, "migrate-media --prune"):
+        out = host.run(commands.copier_once(profile, bucket, "prune"), sudo=True, timeout=None,
+                       what="removing the local copies").stdout
+    report = media_move.read_report(out)
+    ui.step(report["removed"] > 0, f"removed {report['removed']} of {report['files']} local files "
+                                   f"({ui.human_bytes(report['bytes'])}); {report['kept']} stay")
+    if report["kept_files"]:
+        ui.warn(f"kept (not in the bucket as they were sent): {', '.join(report['kept_files'])}")
 
 
 def _steps(host, found, move: media_move.Move, words: media_move.PlanWords, keys: dict | None, health_timeout: int,

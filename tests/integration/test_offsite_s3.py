@@ -286,6 +286,13 @@ def test_uploads_move_into_the_bucket_and_back_every_object_checked(moving_site,
     assert "/storage-data/uploaded/?filepath=upload/" in bucket_url, bucket_url
     bucket_path = bucket_url[bucket_url.index("/storage-data/"):]
     assert ls.get(bucket_path).body == after
+    # The local copy goes once proven in the bucket (a file made there since stays).
+    vm.exec(f"runuser -u labelstudio -- sh -c 'echo stray > {local_file}.stray'")
+    pruned = moving_site.fab("migrate-media", "--prune", "--yes")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "removed 1 of 2 local files" in pruned.stdout and f"{local_url[len('/data/'):]}.stray" in pruned.stderr
+    assert vm.exec(f"test -e {local_file}", check=False).returncode != 0
+    assert ls.get(local_url).body == before
 
     # And back: both uploads local again, each served through the link its task holds.
     profile.write_text(local_profile)

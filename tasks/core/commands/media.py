@@ -62,11 +62,14 @@ def copy(profile: Profile, bucket: MediaSettings, direction: str) -> str:
     return f"{present} && {service_python(profile)} \"$(cat {copier})\" {words} < {q(profile.remote.media_env)}"
 
 
-def listing(profile: Profile, bucket: MediaSettings) -> str:
-    """The copier's `list` (every object with its sha256) as the service user, its source in argv (not
-    staged: backup and restore run it once), the keys on stdin from the root-only file."""
+def copier_once(profile: Profile, bucket: MediaSettings, mode: str) -> str:
+    """The copier's `list` (every object with its sha256) or `prune` (the local files the bucket holds)
+    as the service user, its source in argv (not staged: run once), the keys on stdin from the
+    root-only file."""
+    if mode not in ("list", "prune"):
+        raise ValueError(mode)
     target = bucket.bucket
-    words = join("list", profile.remote.media_dir, state_file(profile), target.bucket, target.prefix,
+    words = join(mode, profile.remote.media_dir, state_file(profile), target.bucket, target.prefix,
                  bucket.endpoint, bucket.s3_region)
     return f"{service_python(profile)} {q(COPIER_SOURCE)} {words} < {q(profile.remote.media_env)}"
 

@@ -26,7 +26,7 @@ SHOWN = 5                        # objects named in a refusal
 
 def _list(host: Host, profile: Profile) -> dict:
     with ui.err.status(f"listing {profile.media.describe()} on the server (the sha256 of each object)"):
-        out = host.run(commands.listing(profile, profile.media), sudo=True, timeout=None,
+        out = host.run(commands.copier_once(profile, profile.media, "list"), sudo=True, timeout=None,
                        what="listing the media bucket").stdout
     try:
         found = json.loads((out.strip().splitlines() or [""])[-1])

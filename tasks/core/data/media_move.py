@@ -122,6 +122,19 @@ def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[
     )
 
 
+def prune_plan(facts: ProvisionFacts, profile: Profile, alias: str) -> MediaSettings:
+    """The bucket whose local copies may go: the server's, which must be the profile's."""
+    lines = media.server_lines(facts.files.get("env_file"))
+    if not lines:
+        raise UsageError(f"Label Studio on {alias} keeps its uploads as files: they are the only copy, and stay",
+                         hint=f"fab -H {alias} migrate-media --to s3 moves them first")
+    server = settings_from_lines(lines)
+    if media.label_studio_env(profile.media) != lines:
+        raise UsageError(f"the profile says media.storage: {profile.media.storage}; the server keeps its uploads in "
+                         f"{server.describe()}; nothing was changed")
+    return server
+
+
 @contextlib.contextmanager
 def staged(host: Host, move: Move, files: dict[str, list[RenderedFile]]) -> Iterator[None]:
     """The copier and both places' files in the root-only stage folder for the time of the block; left

@@ -5,14 +5,16 @@ object checked by sha256 before the switch.
     to-bucket MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
     to-local  MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
     list      MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
+    prune     MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION
 
 The bucket's keys come on stdin (the root-only file's two lines), never in argv. Each file under
 MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for it (AWS_LOCATION).
 
 - to-bucket: every regular file (links are not followed, and files are opened with O_NOFOLLOW) is put
-  with its sha256 in the object's metadata and sent as the request's own SHA-256 checksum; the bucket's
-  answer is then checked: its stored SHA-256 checksum when it keeps one, else the object read back and
-  hashed. A file that the STATE file records as sent, unchanged (size, mtime), is not sent again: the
+  with its sha256 as the payload's hash the signature covers (S3 checks the body against it), its
+  Content-MD5 (checked by every S3-compatible service) and its sha256 in the object's metadata; then
+  proven: the ETag the bucket answers, its own MD5 of what it stored, equals this machine's MD5 of
+  the bytes sent; else (a multipart upload, KMS encryption) the object is read back and hashed. A file that the STATE file records as sent, unchanged (size, mtime), is not sent again: the
   final pass, with Label Studio stopped, sends only what came since the first.
 - to-local: every object under PREFIX is written beside its place as a new file, hashed as it comes,
   read back from the disk and hashed again, compared with the sha256 its metadata or STATE records (one
@@ -22,6 +24,10 @@ MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for
 - list: every object under PREFIX with its size, ETag and sha256 (what backup records): the sha256 the
   STATE file holds for that ETag, else the one in its metadata, else the object read and hashed (once:
   recorded in STATE by its ETag).
+
+- prune: the local files the bucket holds removed: only a file this copier sent (STATE: its size, mtime
+  and sha256) that is unchanged here, whose object is still the one it sent (its ETag). Any other file
+  stays, and is counted.
 
 stdout: one JSON object: files, bytes, sent, kept (already there), how they were checked, seconds;
 `list`: files, bytes, hashed (read now), objects ({path: [size, etag, sha256]}).
@@ -35,6 +41,7 @@ import concurrent.futures
 import hashlib
 import json
 import mimetypes
+import multiprocessing
 import os
 import stat
 import sys
@@ -42,6 +49,7 @@ import threading
 import time
 
 WORKERS = 16
+SHARE = 100                       # files a sending process takes at a time
 IN_MEMORY = 64 * 1024 * 1024      # larger files stream (multipart), never whole in memory
 CHUNK = 1024 * 1024
 SAVE_EVERY = 500                  # files between two writes of the state file
@@ -63,7 +71,60 @@ def _client(endpoint: str, region: str, keys: dict[str, str]):
                         aws_access_key_id=keys.get("STORAGE_AWS_ACCESS_KEY_ID"),
                         aws_secret_access_key=keys.get("STORAGE_AWS_SECRET_ACCESS_KEY"),
                         config=Config(signature_version="s3v4", max_pool_connections=WORKERS,
-                                      retries={"max_attempts": 5, "mode": "standard"}))
+                                      retries={"max_attempts": 5, "mode": "standard"},
+                                      # The copier proves each object itself (sha256, Content-MD5, ETag):
+                                      # no CRC32 of boto3's on every request beside.
+                                      request_checksum_calculation="when_required",
+                                      response_checksum_validation="when_required"))
+
+
+class Putter:
+    """PUT of one object on a pooled connection, signed with botocore's own SigV4 signer, with the
+    payload's sha256 this copier already took (S3 checks the body against it, x-amz-content-sha256)
+    and its Content-MD5: a third of boto3's CPU per object, which on thousands of small uploads is
+    what bounds the copy."""
+
+    ATTEMPTS = 4
+
+    def __init__(self, endpoint: str, region: str, keys: dict[str, str]):
+        import urllib3
+        from botocore.auth import S3SigV4Auth
+        from botocore.credentials import Credentials
+
+        class Signer(S3SigV4Auth):
+            def payload(self, request):
+                return request.context["sha256"]
+
+        self.endpoint = endpoint.rstrip("/")
+        self.signer = Signer(Credentials(keys.get("STORAGE_AWS_ACCESS_KEY_ID"),
+                                         keys.get("STORAGE_AWS_SECRET_ACCESS_KEY")), "s3", region)
+        self.pool = urllib3.PoolManager(maxsize=WORKERS, retries=False, timeout=urllib3.Timeout(connect=10, read=300))
+        self.errors = (urllib3.exceptions.HTTPError, OSError)
+
+    def put(self, bucket: str, key: str, data: bytes, sha256: str, md5: bytes, content_type: str) -> str:
+        """The object's ETag; ValueError when the bucket refuses it (after retries for what may pass)."""
+        from urllib.parse import quote
+
+        from botocore.awsrequest import AWSRequest
+        url = f"{self.endpoint}/{bucket}/{quote(key, safe='/~')}"
+        for attempt in range(1, self.ATTEMPTS + 1):
+            request = AWSRequest(method="PUT", url=url, data=data, headers={
+                "Content-Type": content_type, "Content-MD5": base64.b64encode(md5).decode(),
+                "x-amz-meta-sha256": sha256})
+            request.context["sha256"] = sha256
+            self.signer.add_auth(request)
+            try:
+                answer = self.pool.request("PUT", url, body=data, headers=dict(request.headers.items()))
+            except self.errors as exc:
+                if attempt == self.ATTEMPTS:
+                    raise ValueError(f"{key}: {type(exc).__name__}: {exc}") from None
+            else:
+                if answer.status == 200:
+                    return (answer.headers.get("ETag") or "").strip('"')
+                if answer.status < 500 and answer.status != 429 or attempt == self.ATTEMPTS:
+                    raise ValueError(f"{key}: the bucket answered {answer.status}: {answer.data[:300]!r}")
+            time.sleep(0.2 * 2 ** attempt)    # back off before the next attempt (S3's SlowDown, a reset)
+        raise AssertionError("unreachable")
 
 
 def _object_key(prefix: str, rel: str) -> str:
@@ -141,21 +202,18 @@ def _read_back(s3, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
-def _checked_in_bucket(s3, bucket: str, key: str, sha256: str) -> tuple[str, str]:
-    """(how the object was proven to hold these bytes: the bucket's own SHA-256 checksum or a read-back,
-    its ETag)."""
-    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-    stored = head.get("ChecksumSHA256")
-    if stored and "-" not in stored:
-        if base64.b64decode(stored).hex() != sha256:
-            raise ValueError(f"{key}: the bucket's SHA-256 differs from the file's")
-        return "the bucket's checksum", head.get("ETag", "").strip('"')
+def _proven_in_bucket(s3, bucket: str, key: str, sha256: str, md5: str | None, etag: str) -> str:
+    """How the object was proven to hold the bytes whose sha256 is given: its ETag, which the bucket
+    works out itself as the MD5 of the bytes it stored (a single PUT without KMS encryption) and which
+    equals the MD5 taken here of the very bytes sent; else the object read back and hashed."""
+    if md5 is not None and etag == md5:
+        return "the bucket's MD5 of what it stored"
     if _read_back(s3, bucket, key) != sha256:
         raise ValueError(f"{key}: read back, its sha256 differs from the file's")
-    return "read back", head.get("ETag", "").strip('"')
+    return "read back"
 
 
-def _send(s3, media_dir: str, bucket: str, prefix: str, rel: str) -> tuple[dict, str]:
+def _send(s3, putter: Putter, media_dir: str, bucket: str, prefix: str, rel: str) -> tuple[dict, str]:
     key = _object_key(prefix, rel)
     fd = os.open(os.path.join(media_dir, rel), os.O_RDONLY | os.O_NOFOLLOW)
     try:
@@ -163,20 +221,21 @@ def _send(s3, media_dir: str, bucket: str, prefix: str, rel: str) -> tuple[dict,
         content_type = mimetypes.guess_type(rel)[0] or "application/octet-stream"
         if info.st_size <= IN_MEMORY:
             data = b"".join(iter(lambda: os.read(fd, CHUNK), b""))
-            sha256 = hashlib.sha256(data).hexdigest()
-            s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata={"sha256": sha256},
-                          ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode())
+            sha256, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data)
+            etag = putter.put(bucket, key, data, sha256, md5.digest(), content_type)
+            md5 = md5.hexdigest()
         else:
-            sha256 = _hash_file(fd)
+            sha256, md5 = _hash_file(fd), None
             os.lseek(fd, 0, os.SEEK_SET)
             with os.fdopen(os.dup(fd), "rb") as handle:
                 s3.upload_fileobj(handle, bucket, key, ExtraArgs={"ContentType": content_type,
                                                                   "Metadata": {"sha256": sha256}})
+            etag = s3.head_object(Bucket=bucket, Key=key).get("ETag", "").strip('"')
         if os.fstat(fd).st_mtime_ns != info.st_mtime_ns or os.fstat(fd).st_size != info.st_size:
             raise ValueError(f"{rel} changed while it was sent")
     finally:
         os.close(fd)
-    how, etag = _checked_in_bucket(s3, bucket, key, sha256)
+    how = _proven_in_bucket(s3, bucket, key, sha256, md5, etag)
     return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256, "etag": etag}, how
 
 
@@ -191,7 +250,22 @@ def _each_done(futures: dict):
         raise
 
 
-def to_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
+_SENDER: dict = {}     # in each process that sends: its S3 client, Putter and thread count
+
+
+def _start_sender(endpoint: str, region: str, keys: dict[str, str], threads: int) -> None:
+    _SENDER.update(s3=_client(endpoint, region, keys), putter=Putter(endpoint, region, keys), threads=threads)
+
+
+def _send_share(media_dir: str, bucket: str, prefix: str, rels: list[str]) -> list[tuple[str, dict, str]]:
+    """One share of the files, sent by this process's threads: [(rel, entry, how)]."""
+    with concurrent.futures.ThreadPoolExecutor(_SENDER["threads"]) as pool:
+        futures = {pool.submit(_send, _SENDER["s3"], _SENDER["putter"], media_dir, bucket, prefix, rel): rel
+                   for rel in rels}
+        return [(rel, *result) for _, rel, result in _each_done(futures)]
+
+
+def to_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str, sender: tuple) -> dict:
     started = time.monotonic()
     files, other = _local_files(media_dir) if os.path.isdir(media_dir) else ([], [])
     in_bucket = {rel: etag for _, rel, _, etag in _listing(s3, bucket, prefix)}
@@ -205,15 +279,23 @@ def to_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dic
         else:
             todo.append(rel)
     checked: dict[str, int] = {}
-    sent_bytes = 0
-    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
-        futures = {pool.submit(_send, s3, media_dir, bucket, prefix, rel): rel for rel in todo}
-        for done, rel, (entry, how) in _each_done(futures):
-            state.record(rel, entry)
-            checked[how] = checked.get(how, 0) + 1
-            sent_bytes += entry["size"]
-            if done % 200 == 0 or done == len(futures):
-                print(f"sent {done} of {len(futures)}", file=sys.stderr, flush=True)
+    sent_bytes = done = 0
+    # Thousands of small uploads are bound by this end's CPU (Python, signing, hashing): one process per
+    # core (two at most, beside Label Studio), each with its threads, sends a share at a time.
+    processes = max(1, min(2, os.cpu_count() or 1)) if len(todo) >= SHARE * 2 else 1
+    endpoint, region, keys = sender
+    context = multiprocessing.get_context("fork")    # the keys stay in memory, never in argv
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context, initializer=_start_sender,
+                                                initargs=(endpoint, region, keys, max(1, WORKERS // processes))) as pool:
+        shares = {pool.submit(_send_share, media_dir, bucket, prefix, todo[i:i + SHARE]): i
+                  for i in range(0, len(todo), SHARE)}
+        for _, _, results in _each_done(shares):
+            for rel, entry, how in results:
+                state.record(rel, entry)
+                checked[how] = checked.get(how, 0) + 1
+                sent_bytes += entry["size"]
+            done += len(results)
+            print(f"sent {done} of {len(todo)}", file=sys.stderr, flush=True)
     state.save()
     return {"files": len(files), "bytes": sum(info.st_size for _, info in files), "sent": len(todo),
             "sent_bytes": sent_bytes, "kept": kept, "checked": checked, "not_files": other[:20],
@@ -348,17 +430,38 @@ def list_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> d
             "objects": dict(sorted(objects.items())), "seconds": round(time.monotonic() - started, 2)}
 
 
+def prune_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
+    started = time.monotonic()
+    files, other = _local_files(media_dir) if os.path.isdir(media_dir) else ([], [])
+    in_bucket = {rel: etag for _, rel, _, etag in _listing(s3, bucket, prefix)}
+    removed, freed, kept = 0, 0, []
+    for rel, info in files:
+        known = state.files.get(rel)
+        if known and (known["size"], known["mtime_ns"]) == (info.st_size, info.st_mtime_ns) \
+                and known.get("etag") and in_bucket.get(rel) == known["etag"]:
+            os.unlink(os.path.join(media_dir, rel))
+            removed, freed = removed + 1, freed + info.st_size
+        else:
+            kept.append(rel)
+    return {"files": len(files), "removed": removed, "bytes": freed, "kept": len(kept), "kept_files": kept[:20],
+            "not_files": other[:20], "seconds": round(time.monotonic() - started, 2)}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 7 or argv[0] not in ("to-bucket", "to-local", "list"):
+    if len(argv) != 7 or argv[0] not in ("to-bucket", "to-local", "list", "prune"):
         print(__doc__.strip().splitlines()[3], file=sys.stderr)
         return 2
     direction, media_dir, state_path, bucket, prefix, endpoint, region = argv
     os.umask(0o077)
-    s3 = _client(endpoint, region, _keys(sys.stdin))
+    keys = _keys(sys.stdin)
+    s3 = _client(endpoint, region, keys)
     state = State(state_path, f"s3://{bucket}/{prefix} at {endpoint}")
     try:
-        run = {"to-bucket": to_bucket, "to-local": to_local, "list": list_bucket}[direction]
-        report = run(s3, media_dir, state, bucket, prefix)
+        if direction == "to-bucket":
+            report = to_bucket(s3, media_dir, state, bucket, prefix, (endpoint, region, keys))
+        else:
+            run = {"to-local": to_local, "list": list_bucket, "prune": prune_local}[direction]
+            report = run(s3, media_dir, state, bucket, prefix)
     except Exception as exc:      # one line for the task; the state keeps what was done
         state.save()
         print(f"{type(exc).__name__}: {exc}"[:2000], file=sys.stderr)

@@ -146,3 +146,20 @@ def test_a_file_sent_before_whose_object_is_gone_is_sent_again(s3, tmp_path):
     bucket(endpoint).delete_object(Bucket=BUCKET, Key=f"{PREFIX}/upload/8/a.png")
     again = copier("to-bucket", media, state, endpoint)
     assert again["sent"] == 1, again
+
+
+def test_prune_removes_only_the_local_files_the_bucket_holds_as_they_were_sent(s3, tmp_path):
+    _, endpoint = s3
+    media = tmp_path / "media"
+    (media / "upload" / "5").mkdir(parents=True)
+    for name in ("sent.png", "changed.png", "replaced.png"):
+        (media / "upload" / "5" / name).write_bytes(name.encode())
+    state = tmp_path / "state.json"
+    copier("to-bucket", media, state, endpoint)
+    (media / "upload" / "5" / "changed.png").write_bytes(b"changed here since")
+    bucket(endpoint).put_object(Bucket=BUCKET, Key=f"{PREFIX}/upload/5/replaced.png", Body=b"replaced there")
+    (media / "upload" / "5" / "never-sent.png").write_bytes(b"new")
+    pruned = copier("prune", media, state, endpoint)
+    assert pruned["removed"] == 1 and pruned["bytes"] == len(b"sent.png")
+    assert sorted(pruned["kept_files"]) == ["upload/5/changed.png", "upload/5/never-sent.png", "upload/5/replaced.png"]
+    assert sorted(p.name for p in (media / "upload" / "5").iterdir()) == ["changed.png", "never-sent.png", "replaced.png"]

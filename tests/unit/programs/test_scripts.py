@@ -195,7 +195,9 @@ def media_scripts(profile) -> dict[str, str]:
     bucket = MediaSettings(storage="s3://bucket-a/a-b/c_d", s3_endpoint="http://10.0.0.1:9000")
     files = {place: [render.unit_file(profile)] for place in media_commands.PLACES}
     found = {"media stage": media_commands.install_staged(PurePosixPath("/tmp/-x y"), ["a b", "-c"], profile),
-             "media unstage": media_commands.remove_staged(profile)}
+             "media unstage": media_commands.remove_staged(profile),
+             "media list": media_commands.copier_once(profile, bucket, "list"),
+             "media prune": media_commands.copier_once(profile, bucket, "prune")}
     for to in ("s3", "local"):
         for name, script in media_commands.steps(profile, bucket, to, files).items():
             found[f"media {to}: {name}"] = script

@@ -161,3 +161,12 @@ def test_the_copiers_report_is_read_and_said_in_one_line():
     assert media_move.summary(report) == "3 files (2.0 KiB): 1 copied and checked (1 by read back), 2 already there, in 0.4s"
     with pytest.raises(RemoteError, match="the copier gave no report"):
         media_move.read_report("Traceback ...\n")
+
+
+def test_prune_takes_the_servers_bucket_and_never_the_only_copy(provisioned):
+    bucket, local = parse_profile(BUCKET), parse_profile("")
+    assert media_move.prune_plan(on_the_server(provisioned, bucket), bucket, "vm").storage == bucket.media.storage
+    with pytest.raises(UsageError, match="they are the only copy"):
+        media_move.prune_plan(on_the_server(provisioned, local), local, "vm")
+    with pytest.raises(UsageError, match="the server keeps its uploads in s3://team-uploads"):
+        media_move.prune_plan(on_the_server(provisioned, bucket), local, "vm")
