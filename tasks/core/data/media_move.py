@@ -102,7 +102,7 @@ def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[
     local = profile.remote.media_dir
     if to == "s3":
         copy = (f"copy every file of {local} into {bucket} while Label Studio serves, each object checked by "
-                "sha256 (the bucket's SHA-256 checksum, or read back)")
+                "sha256 (proven by the MD5 the bucket works out of what it stored, or read back)")
         final = "stop Label Studio; copy what came since; check it the same way"
         kept = f"the files stay in {local} (remove them when you no longer want them)"
     else:

@@ -13,18 +13,18 @@ MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for
 - to-bucket: every regular file (links are not followed, and files are opened with O_NOFOLLOW) is put
   with its sha256 as the payload's hash the signature covers (S3 checks the body against it), its
   Content-MD5 (checked by every S3-compatible service) and its sha256 in the object's metadata; then
-  proven: the ETag the bucket answers, its own MD5 of what it stored, equals this machine's MD5 of
-  the bytes sent; else (a multipart upload, KMS encryption) the object is read back and hashed. A file that the STATE file records as sent, unchanged (size, mtime), is not sent again: the
-  final pass, with Label Studio stopped, sends only what came since the first.
+  proven: the ETag the bucket answers, its own MD5 of what it stored, equals the copier's MD5 of
+  the bytes sent; else (a multipart upload, KMS encryption) the object is read back and hashed. Two
+  processes of 8 threads send. A file that STATE records as sent, unchanged here (size, mtime) and
+  still that object there (ETag), is not sent again: the final pass, with Label Studio stopped,
+  sends only what came since the first.
 - to-local: every object under PREFIX is written beside its place as a new file, hashed as it comes,
   read back from the disk and hashed again, compared with the sha256 its metadata or STATE records (one
   Label Studio wrote itself has none: the two reads must agree), and renamed into place. A local file
   with the same bytes stays; one with other bytes is kept beside it (`.before-migrate-media`).
-
 - list: every object under PREFIX with its size, ETag and sha256 (what backup records): the sha256 the
   STATE file holds for that ETag, else the one in its metadata, else the object read and hashed (once:
   recorded in STATE by its ETag).
-
 - prune: the local files the bucket holds removed: only a file this copier sent (STATE: its size, mtime
   and sha256) that is unchanged here, whose object is still the one it sent (its ETag). Any other file
   stays, and is counted.
