@@ -101,10 +101,11 @@ def plan(facts: ProvisionFacts, to: str, profile: Profile, alias: str) -> tuple[
     bucket = move.bucket.describe()
     local = profile.remote.media_dir
     if to == "s3":
-        copy = (f"copy every file of {local} into {bucket} while Label Studio serves, each object checked by "
-                "sha256 (proven by the MD5 the bucket works out of what it stored, or read back)")
+        copy = (f"copy every file of {local} into {bucket} while Label Studio serves, each object proven to hold "
+                "its bytes (the bucket's MD5 of what it stored against the copier's, else read back and its sha256 "
+                "compared), its sha256 recorded")
         final = "stop Label Studio; copy what came since; check it the same way"
-        kept = f"the files stay in {local} (remove them when you no longer want them)"
+        kept = f"the files stay in {local} (migrate-media --prune removes those the bucket holds)"
     else:
         copy = (f"copy every object of {bucket} into {local} while Label Studio serves, each file checked by sha256 "
                 "(the one recorded when it was sent, or read back from the disk)")
