@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from tasks.core import offsite
 from tasks.core.errors import UsageError
 from tasks.core.offsite import Target, parse_target, target_problem
-from tasks.core.offsite import _CREDENTIAL as CREDENTIAL
 from tasks.core.offsite import _endpoint, _region
 
 CREDENTIAL_ENV = ("LSVM_MEDIA_ACCESS_KEY_ID", "LSVM_MEDIA_SECRET_ACCESS_KEY")
@@ -145,18 +145,11 @@ def profile_problem(settings: MediaSettings, *, service_manager: str) -> str | N
 def credentials_from_env(env: dict[str, str]) -> dict[str, str] | None:
     """The bucket's keys when this machine's environment holds any of them, else None (the stored ones
     stay)."""
-    values = {key: env.get(key, "") for key in CREDENTIAL_ENV}
-    return values if any(values.values()) else None
+    return offsite.credentials_from_env(env, CREDENTIAL_ENV)
 
 
 def credentials_problem(values: dict[str, str | None]) -> str | None:
-    missing = [key for key in CREDENTIAL_ENV if not values.get(key)]
-    if missing:
-        return f"${' and $'.join(missing)} must be set on this machine (they go to the VM, root-only, never in the profile)"
-    bad = [key for key in CREDENTIAL_ENV if not CREDENTIAL.match(values[key] or "")]
-    if bad:
-        return f"${bad[0]} has characters an access key does not (blanks, quotes, '$', '`' or '\\')"
-    return None
+    return offsite.credentials_problem(values, CREDENTIAL_ENV)
 
 
 def keys_given(settings: MediaSettings, env: dict[str, str], *, stored: bool) -> dict[str, str] | None:

@@ -283,21 +283,22 @@ def offsite_user(service_user: str) -> str:
     return f"{service_user}{USER_SUFFIX}"
 
 
-def credentials_problem(values: dict[str, str | None]) -> str | None:
-    """What is wrong with the S3 credentials taken from this machine's environment, in words."""
-    missing = [key for key in CREDENTIAL_KEYS if not values.get(key)]
+def credentials_problem(values: dict[str, str | None], keys: tuple[str, ...] = CREDENTIAL_KEYS) -> str | None:
+    """What is wrong with the S3 credentials taken from this machine's environment (the variables
+    `keys`), in words."""
+    missing = [key for key in keys if not values.get(key)]
     if missing:
         return f"${' and $'.join(missing)} must be set on this machine (they go to the VM, root-only, never in the profile)"
-    bad = [key for key in CREDENTIAL_KEYS if not _CREDENTIAL.match(values[key] or "")]
+    bad = [key for key in keys if not _CREDENTIAL.match(values[key] or "")]
     if bad:
         return f"${bad[0]} has characters an access key does not (blanks, quotes, '$', '`' or '\\')"
     return None
 
 
-def credentials_from_env(env: dict[str, str]) -> dict[str, str] | None:
-    """The S3 credentials when this machine's environment holds any of them (checked with
-    `credentials_problem`), else None: the ones stored on the server stay."""
-    values = {key: env.get(key, "") for key in CREDENTIAL_KEYS}
+def credentials_from_env(env: dict[str, str], keys: tuple[str, ...] = CREDENTIAL_KEYS) -> dict[str, str] | None:
+    """The S3 credentials (the variables `keys`) when this machine's environment holds any of them
+    (checked with `credentials_problem`), else None: the ones stored on the server stay."""
+    values = {key: env.get(key, "") for key in keys}
     return values if any(values.values()) else None
 
 
