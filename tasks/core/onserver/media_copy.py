@@ -174,8 +174,10 @@ class State:
 
 def _local_files(media_dir: str) -> tuple[list, list[str]]:
     """([(rel, lstat) of every regular file under media_dir], [what else is there: links, devices]);
-    links are never followed."""
+    links are never followed; none at all when there is no media_dir."""
     files, other = [], []
+    if not os.path.isdir(media_dir):
+        return files, other
     for folder, dirs, names in os.walk(media_dir, followlinks=False):
         dirs.sort()
         for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]):
@@ -184,6 +186,13 @@ def _local_files(media_dir: str) -> tuple[list, list[str]]:
             rel = os.path.relpath(path, media_dir).replace(os.sep, "/")
             (files.append((rel, info)) if stat.S_ISREG(info.st_mode) else other.append(rel))
     return files, other
+
+
+def _as_recorded(known: dict | None, info: os.stat_result, etag: str | None) -> bool:
+    """The local file is still what STATE records (size, mtime) and the bucket's object is still the
+    one recorded with it (its ETag): the two are known to hold the same bytes."""
+    return bool(known and etag and known.get("etag") == etag
+                and (known["size"], known["mtime_ns"]) == (info.st_size, info.st_mtime_ns))
 
 
 def _hash_file(fd: int) -> str:
@@ -221,9 +230,9 @@ def _send(s3, putter: Putter, media_dir: str, bucket: str, prefix: str, rel: str
         content_type = mimetypes.guess_type(rel)[0] or "application/octet-stream"
         if info.st_size <= IN_MEMORY:
             data = b"".join(iter(lambda: os.read(fd, CHUNK), b""))
-            sha256, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data)
-            etag = putter.put(bucket, key, data, sha256, md5.digest(), content_type)
-            md5 = md5.hexdigest()
+            sha256, digest = hashlib.sha256(data).hexdigest(), hashlib.md5(data)
+            etag = putter.put(bucket, key, data, sha256, digest.digest(), content_type)
+            md5 = digest.hexdigest()
         else:
             sha256, md5 = _hash_file(fd), None
             os.lseek(fd, 0, os.SEEK_SET)
@@ -231,7 +240,8 @@ def _send(s3, putter: Putter, media_dir: str, bucket: str, prefix: str, rel: str
                 s3.upload_fileobj(handle, bucket, key, ExtraArgs={"ContentType": content_type,
                                                                   "Metadata": {"sha256": sha256}})
             etag = s3.head_object(Bucket=bucket, Key=key).get("ETag", "").strip('"')
-        if os.fstat(fd).st_mtime_ns != info.st_mtime_ns or os.fstat(fd).st_size != info.st_size:
+        after = os.fstat(fd)
+        if (after.st_mtime_ns, after.st_size) != (info.st_mtime_ns, info.st_size):
             raise ValueError(f"{rel} changed while it was sent")
     finally:
         os.close(fd)
@@ -267,14 +277,12 @@ def _send_share(media_dir: str, bucket: str, prefix: str, rels: list[str]) -> li
 
 def to_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str, sender: tuple) -> dict:
     started = time.monotonic()
-    files, other = _local_files(media_dir) if os.path.isdir(media_dir) else ([], [])
+    files, other = _local_files(media_dir)
     in_bucket = {rel: etag for _, rel, _, etag in _listing(s3, bucket, prefix)}
     todo, kept = [], 0
     for rel, info in files:
-        known = state.files.get(rel)
         # Sent before, unchanged here, and still that object there (nobody removed or replaced it since).
-        if known and (known["size"], known["mtime_ns"]) == (info.st_size, info.st_mtime_ns) \
-                and known.get("etag") and in_bucket.get(rel) == known["etag"]:
+        if _as_recorded(state.files.get(rel), info, in_bucket.get(rel)):
             kept += 1
         else:
             todo.append(rel)
@@ -353,14 +361,11 @@ def _fetch(s3, media_dir: str, bucket: str, key: str, rel: str, expected: str | 
 
 def _fetched_before(media_dir: str, state: State, rel: str, etag: str) -> bool:
     """The object is the one an earlier pass fetched (its ETag) and the file here is still what it wrote."""
-    known = state.files.get(rel)
-    if not known or not etag or known.get("etag") != etag:
-        return False
     try:
         info = os.lstat(os.path.join(media_dir, rel))
     except OSError:
         return False
-    return stat.S_ISREG(info.st_mode) and (info.st_size, info.st_mtime_ns) == (known["size"], known["mtime_ns"])
+    return stat.S_ISREG(info.st_mode) and _as_recorded(state.files.get(rel), info, etag)
 
 
 def to_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
@@ -432,13 +437,11 @@ def list_bucket(s3, media_dir: str, state: State, bucket: str, prefix: str) -> d
 
 def prune_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> dict:
     started = time.monotonic()
-    files, other = _local_files(media_dir) if os.path.isdir(media_dir) else ([], [])
+    files, other = _local_files(media_dir)
     in_bucket = {rel: etag for _, rel, _, etag in _listing(s3, bucket, prefix)}
     removed, freed, kept = 0, 0, []
     for rel, info in files:
-        known = state.files.get(rel)
-        if known and (known["size"], known["mtime_ns"]) == (info.st_size, info.st_mtime_ns) \
-                and known.get("etag") and in_bucket.get(rel) == known["etag"]:
+        if _as_recorded(state.files.get(rel), info, in_bucket.get(rel)):
             os.unlink(os.path.join(media_dir, rel))
             removed, freed = removed + 1, freed + info.st_size
         else:
