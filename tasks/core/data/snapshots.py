@@ -428,8 +428,7 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
                 source={"host": host.alias, "address": profile.address, "data_dir": str(profile.remote.data_dir),
                         # A restored file's change counter says nothing of the live one's: never a base for "unchanged".
                         "database": str(profile.remote.database), "marker": None if offsite else got.info.get("marker"),
-                        **({"offsite": offsite.describe()} if offsite else {}),
-                        **({"media_bucket": profile.media.describe()} if profile.media.in_bucket else {})},
+                        **({"offsite": offsite.describe()} if offsite else {})},
                 files=got.files,
                 integrity_check=got.report["integrity_check"] or "unknown",
                 counts=got.report.get("counts", {}),
