@@ -212,8 +212,9 @@ def media_probe(profile: Profile) -> list[str]:
     """The `[media]` section: the bucket's keys as a hash, and whether uploads are kept as local files."""
     p = profile.remote
     return ["echo '[media]'", *secret_lines("credentials", p.media_env),
-            f"if [ -n \"$(find {q(p.media_dir)} -mindepth 2 -type f -print -quit 2>/dev/null)\" ]; "
-            "then echo local_files=yes; else echo local_files=no; fi"]
+            # As the service user: the media folder is its tree, never root's to walk.
+            f"if [ -n \"$({as_service_user(profile, 'find', p.media_dir, '-mindepth', '2', '-type', 'f', '-print', '-quit')} "
+            "2>/dev/null)\" ]; then echo local_files=yes; else echo local_files=no; fi"]
 
 
 def secret_lines(key: str, path: PurePosixPath) -> list[str]:

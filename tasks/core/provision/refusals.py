@@ -25,12 +25,17 @@ def refuse_neighbours(alias: str, found: ProvisionFacts) -> None:
                          hint="stop that process, or choose another label_studio.port in the profile")
 
 
+def _holds_data(found: ProvisionFacts) -> bool:
+    """A SQLite file, or an env file that says PostgreSQL (whose database this probe does not see)."""
+    return found.db_exists or database.server_engine(found.files.get("env_file")) == "postgresql"
+
+
 def refuse_database_switch(alias: str, profile: Profile, found: ProvisionFacts) -> None:
     """The server's env file records the database Label Studio runs on: a profile that names another
     one is refused while there is data (moving it is migrate-db's job), never acted on."""
     env = found.files.get("env_file")
     problem = database.mismatch(database.server_settings(env), database.server_engine(env), profile.database,
-                                has_data=found.db_exists or database.server_engine(env) == "postgresql",
+                                has_data=_holds_data(found),
                                 alias=alias, config=profile.config_file)
     if problem:
         raise UsageError(problem[0], hint=problem[1] or None)
@@ -44,7 +49,7 @@ def refuse_media_switch(alias: str, profile: Profile, found: ProvisionFacts) -> 
     if wanted == server:
         return
     if server:
-        if found.db_exists or database.server_engine(found.files.get("env_file")) == "postgresql":
+        if _holds_data(found):
             raise UsageError(f"Label Studio on {alias} keeps its uploads in {media.describe_lines(server)}; the profile "
                              f"says media.storage: {profile.media.storage}"
                              f"{f' (at {profile.media.endpoint})' if profile.media.in_bucket else ''}. Its tasks "
