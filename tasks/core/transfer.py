@@ -12,7 +12,7 @@ from typing import Iterator
 
 from tasks.core import commands, ui
 from tasks.core.commands import data as data_commands
-from tasks.core.connect import CHUNK, Host, RootChannel
+from tasks.core.connect import CHUNK, Host, RootChannel, removed_afterwards
 from tasks.core.errors import RemoteError, SnapshotError
 from tasks.core.files import private_dir, space_needed, write_private
 
@@ -39,6 +39,20 @@ def stage(host: Host, uploads: dict[str, str], install, what: str) -> None:
         for name, content in uploads.items():
             upload_bytes(host, content.encode(), tmp / name)
         host.run(install(tmp, list(uploads)), sudo=True, what=what)
+
+
+@contextlib.contextmanager
+def staged_for_swap(host: Host, folder: PurePosixPath, uploads: dict[str, str], files: dict[str, list],
+                    what: str) -> Iterator[None]:
+    """`uploads` ({name: text}: a program) and each side's rendered `files` (commands.staged_name) in
+    the root-only stage `folder` for the time of the block; left there while the swap job (which reads
+    them) still runs after a Ctrl-C."""
+    uploads = dict(uploads)
+    for side, rendered in files.items():
+        uploads.update({commands.staged_name(file, side): file.content for file in rendered})
+    stage(host, uploads, lambda tmp, names: commands.install_into_private_dir(folder, tmp, names), what)
+    with removed_afterwards(host, commands.remove(folder)):
+        yield
 
 
 @contextlib.contextmanager

@@ -90,6 +90,17 @@ def install_into_private_dir(folder: PurePosixPath, staged: PurePosixPath, names
             + " && ".join(f"install -m 0600 -o root -g root {q(staged / name)} {q(folder / name)}" for name in names))
 
 
+def staged_name(file, side: str) -> str:
+    """A rendered file's name in a stage folder that holds it for two sides (engines, places of uploads)."""
+    return f"{side}-{file.path.name}"
+
+
+def install_staged_files(folder: PurePosixPath, files: list, side: str) -> list[str]:
+    """Each rendered file of `side` from the stage folder to its place (written aside, renamed over)."""
+    return [install_file(folder / staged_name(file, side), file.path, mode=file.mode, owner=file.owner,
+                         group=file.group) for file in files]
+
+
 def empty_private_file(path: Arg) -> str:
     return f"umask 077 && : > {q(path)}"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from tasks.core.commands import install_file, install_into_private_dir, join, q, service_python
+from tasks.core.commands import install_staged_files, join, q, service_python
 from tasks.core.commands.data import run_dir
 from tasks.core.media import MediaSettings
 from tasks.core.onserver import media_copy
@@ -33,19 +33,6 @@ def stage_dir(profile: Profile) -> PurePosixPath:
 def state_file(profile: Profile) -> PurePosixPath:
     """The copier's record of what it sent or fetched (the service user's: the copier runs as it)."""
     return profile.remote.data_dir / ".lsvm-media-copy.json"
-
-
-def staged_name(file: RenderedFile, place: str) -> str:
-    return f"{place}-{file.path.name}"
-
-
-def install_staged(staged: PurePosixPath, names: list[str], profile: Profile) -> str:
-    """The uploads from the login user's temp dir into a fresh root-only stage folder."""
-    return install_into_private_dir(stage_dir(profile), staged, names)
-
-
-def remove_staged(profile: Profile) -> str:
-    return f"rm -rf {q(stage_dir(profile))}"
 
 
 def copy(profile: Profile, bucket: MediaSettings, direction: str) -> str:
@@ -79,10 +66,7 @@ def switch_files(profile: Profile, place: str, files: list[RenderedFile]) -> str
     then let systemd read the unit again and nginx its site (tested first)."""
     if place not in PLACES:
         raise ValueError(place)
-    folder = stage_dir(profile)
-    installs = [install_file(folder / staged_name(file, place), file.path, mode=file.mode, owner=file.owner,
-                             group=file.group) for file in files]
-    return " && ".join([*installs, RELOAD])
+    return " && ".join([*install_staged_files(stage_dir(profile), files, place), RELOAD])
 
 
 def steps(profile: Profile, bucket: MediaSettings, to: str, files: dict[str, list[RenderedFile]]) -> dict:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from tasks.core import parse
-from tasks.core.commands import as_service_user, install_file, install_into_private_dir, join, q, service_python
+from tasks.core.commands import (as_service_user, install_into_private_dir, install_staged_files, join, q, remove,
+                                 service_python)
 from tasks.core.commands.data import run_dir
 from tasks.core.commands.service import service_manager
 from tasks.core.database import ENGINES, label_studio_env
@@ -33,17 +34,13 @@ def stage_dir(profile: Profile) -> PurePosixPath:
     return run_dir(profile) / f"{profile.service.name}-migrate-db"
 
 
-def staged_name(file: RenderedFile, engine: str) -> str:
-    return f"{engine}-{file.path.name}"
-
-
 def install_staged(staged: PurePosixPath, names: list[str], profile: Profile) -> str:
     """The uploads from the login user's temp dir into a fresh root-only stage folder."""
     return install_into_private_dir(stage_dir(profile), staged, names)
 
 
 def remove_staged(profile: Profile) -> str:
-    return f"rm -rf {q(stage_dir(profile))}"
+    return remove(stage_dir(profile))
 
 
 def converter_path(profile: Profile) -> PurePosixPath:
@@ -113,10 +110,7 @@ def switch_files(profile: Profile, engine: str, files: list[RenderedFile]) -> st
     aside and renamed over), then let systemd read the unit again."""
     if engine not in ENGINES:
         raise ValueError(engine)
-    folder = stage_dir(profile)
-    installs = [install_file(folder / staged_name(file, engine), file.path, mode=file.mode, owner=file.owner,
-                             group=file.group) for file in files]
-    return " && ".join([*installs, DAEMON_RELOAD])
+    return " && ".join([*install_staged_files(stage_dir(profile), files, engine), DAEMON_RELOAD])
 
 
 def read_as_service_user(profile: Profile, path: PurePosixPath) -> str:

@@ -3,23 +3,21 @@ copier's report read back. The task (tasks/media.py) pairs each step with its ac
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Iterator
 
 from tasks.core import media
 from tasks.core.commands import media as commands
 from tasks.core.commands.service import service_manager
-from tasks.core.connect import Host, removed_afterwards
+from tasks.core.connect import Host
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.media import MediaSettings
 from tasks.core.profile import Profile
 from tasks.core.provision import steps, tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.render import RenderedFile
-from tasks.core.transfer import stage
+from tasks.core.transfer import staged_for_swap
 from tasks.core.ui import human_bytes
 
 PLACES = {"s3": "bucket", "local": "local"}
@@ -136,17 +134,11 @@ def prune_plan(facts: ProvisionFacts, profile: Profile, alias: str) -> MediaSett
     return server
 
 
-@contextlib.contextmanager
-def staged(host: Host, move: Move, files: dict[str, list[RenderedFile]]) -> Iterator[None]:
-    """The copier and both places' files in the root-only stage folder for the time of the block; left
-    there while the swap job (which reads them) still runs after a Ctrl-C."""
-    uploads = {commands.COPIER: commands.COPIER_SOURCE}
-    for place, rendered in files.items():
-        uploads.update({commands.staged_name(file, place): file.content for file in rendered})
-    stage(host, uploads, lambda tmp, names: commands.install_staged(tmp, names, move.target),
-          "staging the copier and the files of both places")
-    with removed_afterwards(host, commands.remove_staged(move.target)):
-        yield
+def staged(host: Host, move: Move, files: dict[str, list[RenderedFile]]):
+    """The copier and both places' files in the root-only stage folder for the time of the block
+    (transfer.staged_for_swap)."""
+    return staged_for_swap(host, commands.stage_dir(move.target), {commands.COPIER: commands.COPIER_SOURCE}, files,
+                           "staging the copier and the files of both places")
 
 
 def read_report(text: str) -> dict:

@@ -15,11 +15,9 @@ read-only transactions). Afterwards profile and server agree: provision changes 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Iterator
 
 from rich.table import Table
 
@@ -27,7 +25,7 @@ from tasks.core import database, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
 from tasks.core.commands.service import service_manager
-from tasks.core.connect import Host, removed_afterwards
+from tasks.core.connect import Host
 from tasks.core.database import ENGINES
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.onserver.convert_database import differences  # noqa: F401 (migrate.differences)
@@ -35,7 +33,7 @@ from tasks.core.profile import Profile
 from tasks.core.provision import tls_steps
 from tasks.core.provision.facts import ProvisionFacts
 from tasks.core.render import RenderedFile
-from tasks.core.transfer import stage
+from tasks.core.transfer import stage, staged_for_swap
 
 TRIAL_TIMEOUT = 3600
 
@@ -159,16 +157,11 @@ def summary(report: dict) -> str:
             f"copy {report.get('copy_seconds', 0)}s, all {report.get('seconds', 0)}s")
 
 
-@contextlib.contextmanager
-def staged(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]) -> Iterator[None]:
+def staged(host: Host, migration: Migration, files: dict[str, list[RenderedFile]]):
     """The converter and both engines' env file and unit in the root-only stage folder for the time of
-    the block; left there while the swap job (which reads them) still runs after a Ctrl-C."""
-    uploads = {commands.CONVERTER: commands.CONVERTER_SOURCE}
-    for engine, rendered in files.items():
-        uploads.update({commands.staged_name(file, engine): file.content for file in rendered})
-    _stage(host, migration.target, uploads, "staging the converter and the files of both engines")
-    with removed_afterwards(host, commands.remove_staged(migration.target)):
-        yield
+    the block (transfer.staged_for_swap)."""
+    return staged_for_swap(host, commands.stage_dir(migration.target), {commands.CONVERTER: commands.CONVERTER_SOURCE},
+                           files, "staging the converter and the files of both engines")
 
 
 def _stage(host: Host, profile: Profile, uploads: dict[str, str], what: str) -> None:

@@ -194,8 +194,9 @@ def media_scripts(profile) -> dict[str, str]:
     """migrate-media's: the copier both ways, the switch both ways, the swap job with them."""
     bucket = MediaSettings(storage="s3://bucket-a/a-b/c_d", s3_endpoint="http://10.0.0.1:9000")
     files = {place: [render.unit_file(profile)] for place in media_commands.PLACES}
-    found = {"media stage": media_commands.install_staged(PurePosixPath("/tmp/-x y"), ["a b", "-c"], profile),
-             "media unstage": media_commands.remove_staged(profile),
+    found = {"media stage": commands.install_into_private_dir(media_commands.stage_dir(profile),
+                                                              PurePosixPath("/tmp/-x y"), ["a b", "-c"]),
+             "media unstage": commands.remove(media_commands.stage_dir(profile)),
              "media list": media_commands.copier_once(profile, bucket, "list"),
              "media prune": media_commands.copier_once(profile, bucket, "prune")}
     for to in ("s3", "local"):

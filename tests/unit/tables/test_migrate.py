@@ -297,8 +297,9 @@ class Recorder:
 def test_what_the_running_job_uses_stays_after_a_ctrl_c(monkeypatch, raised, removed):
     """The stage folder (converter, both engines' files) and the work folder go, unless the swap job that
     reads them still runs after a Ctrl-C here."""
+    from tasks.core import transfer
     from tasks.core.data import snapshots
-    monkeypatch.setattr(migrate, "_stage", lambda *a, **k: None)
+    monkeypatch.setattr(transfer, "stage", lambda *a, **k: None)     # the uploads themselves
     host = Recorder()
     profile = Profile()
     migration = migrate.Migration("postgresql", profile, profile)
