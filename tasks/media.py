@@ -74,7 +74,7 @@ def _prune(c, config: str | None, yes: bool, dry_run: bool) -> None:
     with snapshots.server_lock(host, profile, "migrate-media --prune"):
         out = host.run(commands.copier_once(profile, bucket, "prune"), sudo=True, timeout=None,
                        what="removing the local copies").stdout
-    report = media_move.read_report(out)
+    report = media.copier_report(out)
     ui.step(report["removed"] > 0, f"removed {report['removed']} of {report['files']} local files "
                                    f"({ui.human_bytes(report['bytes'])}); {report['kept']} stay")
     if report["kept_files"]:
@@ -100,7 +100,7 @@ def _steps(host, found, move: media_move.Move, words: media_move.PlanWords, keys
         with ui.err.status(f"copying the uploads {'into' if to == 's3' else 'out of'} {move.bucket.describe()}"):
             out = host.run(commands.copy(profile, move.bucket, direction), sudo=True, timeout=None,
                            what="copying the uploads").stdout
-        reports["first"] = media_move.read_report(out)
+        reports["first"] = media.copier_report(out)
         ui.step(True, f"copied while Label Studio served: {media_move.summary(reports['first'])}")
         if reports["first"].get("not_files"):
             ui.warn(f"not files, left out: {', '.join(reports['first']['not_files'])}")

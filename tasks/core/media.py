@@ -17,12 +17,13 @@ are the ones to give.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from tasks.core import offsite
-from tasks.core.errors import UsageError
+from tasks.core.errors import RemoteError, UsageError
 from tasks.core.offsite import Target, parse_target, target_problem
 from tasks.core.offsite import _endpoint, _region
 
@@ -140,6 +141,18 @@ def profile_problem(settings: MediaSettings, *, service_manager: str) -> str | N
         return ("media.storage in a bucket needs service.manager: systemd (its keys are root-only, read by "
                 "systemd; the screen launcher runs as the service user)")
     return None
+
+
+def copier_report(text: str) -> dict:
+    """The copier's last line (onserver/media_copy.py: its JSON report); RemoteError when there is none."""
+    last = (text.strip().splitlines() or [""])[-1]
+    try:
+        report = json.loads(last)
+    except ValueError:
+        report = None
+    if not isinstance(report, dict) or "files" not in report:
+        raise RemoteError(f"the copier gave no report ({last[:200] or 'nothing'})")
+    return report
 
 
 def credentials_from_env(env: dict[str, str]) -> dict[str, str] | None:

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tasks.core import ui
+from tasks.core import media, ui
 from tasks.core.commands import media as commands
 from tasks.core.connect import Host
 from tasks.core.data import catalog
@@ -28,12 +28,9 @@ def _list(host: Host, profile: Profile) -> dict:
     with ui.err.status(f"listing {profile.media.describe()} on the server (the sha256 of each object)"):
         out = host.run(commands.copier_once(profile, profile.media, "list"), sudo=True, timeout=None,
                        what="listing the media bucket").stdout
-    try:
-        found = json.loads((out.strip().splitlines() or [""])[-1])
-    except ValueError:
-        found = None
-    if not isinstance(found, dict) or not isinstance(found.get("objects"), dict):
-        raise RemoteError(f"the listing of {profile.media.describe()} gave no answer")
+    found = media.copier_report(out)
+    if not isinstance(found.get("objects"), dict):
+        raise RemoteError(f"the listing of {profile.media.describe()} gave no objects")
     return found
 
 

@@ -1,17 +1,16 @@
 """migrate-media: what moves where, the steps in words, what is refused before anything changes, and the
-copier's report read back. The task (tasks/media.py) pairs each step with its act."""
+copier's report in one line. The task (tasks/media.py) pairs each step with its act."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 from tasks.core import media
 from tasks.core.commands import media as commands
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
-from tasks.core.errors import RemoteError, UsageError
+from tasks.core.errors import UsageError
 from tasks.core.media import MediaSettings
 from tasks.core.profile import Profile
 from tasks.core.provision import steps, tls_steps
@@ -139,18 +138,6 @@ def staged(host: Host, move: Move, files: dict[str, list[RenderedFile]]):
     (transfer.staged_for_swap)."""
     return staged_for_swap(host, commands.stage_dir(move.target), {commands.COPIER: commands.COPIER_SOURCE}, files,
                            "staging the copier and the files of both places")
-
-
-def read_report(text: str) -> dict:
-    """The copier's last line (its JSON report); RemoteError when there is none."""
-    last = (text.strip().splitlines() or [""])[-1]
-    try:
-        report = json.loads(last)
-    except ValueError:
-        report = None
-    if not isinstance(report, dict) or "files" not in report:
-        raise RemoteError(f"the copier gave no report ({last[:200] or 'nothing'})")
-    return report
 
 
 def summary(report: dict) -> str:

@@ -156,11 +156,11 @@ def test_migrate_media_moves_to_where_the_profile_says_and_nowhere_else(provisio
 
 
 def test_the_copiers_report_is_read_and_said_in_one_line():
-    report = media_move.read_report('sent 1 of 1\n{"files": 3, "bytes": 2048, "sent": 1, "kept": 2, '
+    report = media.copier_report('sent 1 of 1\n{"files": 3, "bytes": 2048, "sent": 1, "kept": 2, '
                                     '"checked": {"read back": 1}, "seconds": 0.4}\n')
     assert media_move.summary(report) == "3 files (2.0 KiB): 1 copied and checked (1 by read back), 2 already there, in 0.4s"
     with pytest.raises(RemoteError, match="the copier gave no report"):
-        media_move.read_report("Traceback ...\n")
+        media.copier_report("Traceback ...\n")
 
 
 def test_prune_takes_the_servers_bucket_and_never_the_only_copy(provisioned):
