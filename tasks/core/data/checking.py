@@ -1,7 +1,8 @@
 """The check of a SQLite snapshot, on this machine: its database written back to the disk (the backup
 leaves the fsync to the check) and re-hashed (it must still be the bytes whose sha256 the server gave)
-beside SQLite's full integrity_check on every core, and Label Studio's row counts. A backup stores a snapshot *pending*; this check turns it *verified* or *failed* by
-rewriting its manifest (written here, never taken from the server). Nothing uses a pending snapshot:
+beside SQLite's full integrity_check on every core, and Label Studio's row counts. A backup stores a
+snapshot *pending*; this check turns it *verified* or *failed* by rewriting its manifest (written
+here, never taken from the server). Nothing uses a pending snapshot:
 each consumer runs the check first, or waits for the one already running (an flock on the snapshot's
 folder), and refuses a failed one.
 
@@ -69,8 +70,9 @@ def _write_back(path: Path) -> str | None:
 def verdict(snapshot: Snapshot, *, rehash: bool = True) -> tuple[str, dict]:
     """(integrity_check as the manifest keeps it, counts) of a snapshot's database file: "ok" only when
     it is on the disk (fsynced), its sha256 is still the one the server gave, SQLite's integrity_check
-    passes and it holds Label Studio's tables; else what is wrong. `rehash` False: this process proved the sha256 of these bytes
-    moments ago (it wrote and hashed them), so the check spends its cores on integrity_check alone."""
+    passes and it holds Label Studio's tables; else what is wrong. `rehash` False: this process proved
+    the sha256 of these bytes moments ago (it wrote and hashed them), so the check spends its cores on
+    integrity_check alone."""
     entry = snapshot.manifest.file(DATABASE)
     path = snapshot.path / DATABASE
     if entry is None or not path.is_file():

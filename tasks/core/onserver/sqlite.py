@@ -863,13 +863,13 @@ def _rebuild(source: int, out: int, records, page_size: int, pages: int, base_pa
 
 def apply_delta(base: str, delta: str, target: str, base_index: bytes | None = None, *,
                 durable: bool = True) -> dict:
-    """A new file `target` (0600, fsynced unless not `durable`): `base` cloned (a reflink: only the changed pages take space)
-    with the pages of `delta` written in place, or where the filesystem has no reflinks `base` copied
-    with them, cut or grown to the delta's page count; hashed in the same pass (`_rebuild`). Returns its
-    size, sha256 and how it was made, and (given the base's index) the new file's index (bytes).
-    ValueError when the delta is malformed or leaves a page unknown: then no `target` is left. `target`
-    == `base`: a file of the caller's own, changed where it is (no clone). `durable` False: the caller
-    fsyncs it later, before anything trusts it (a local snapshot: its check)."""
+    """A new file `target` (0600, fsynced unless not `durable`): `base` cloned (a reflink: only the
+    changed pages take space) with the pages of `delta` written in place, or where the filesystem has no
+    reflinks `base` copied with them, cut or grown to the delta's page count; hashed in the same pass
+    (`_rebuild`). Returns its size, sha256 and how it was made, and (given the base's index) the new
+    file's index (bytes). ValueError when the delta is malformed or leaves a page unknown: then no
+    `target` is left. `target` == `base`: a file of the caller's own, changed where it is (no clone).
+    `durable` False: the caller fsyncs it later, before anything trusts it (a local snapshot: its check)."""
     with open(delta, "rb") as changes:
         head = changes.read(len(DELTA_MAGIC) + 12)
         if not head.startswith(DELTA_MAGIC) or len(head) != len(DELTA_MAGIC) + 12:
@@ -1103,8 +1103,8 @@ ZSTD_STREAM = ("zstd", "-q", "--adapt=min=1,max=4", "-T0", "-c")
 
 
 def stream_files(codec: str, members: list) -> None:
-    """A compressed tar on stdout (zstd, ZSTD_STREAM, or gzip) of `members`: (descriptor, name in the archive),
-    or (opener, name): a callable that opens the file safely when its turn comes, so that any number of
+    """A compressed tar on stdout (zstd, ZSTD_STREAM, or gzip) of `members`: (descriptor, name in the
+    archive), or (opener, name): a callable that opens the file safely when its turn comes, so that any number of
     files go with one descriptor at a time; one it can no longer open (deleted, or replaced by a link,
     since the listing) is left out, and this machine sees it missing. The tar is written here, so every
     file was opened safely before it goes."""
