@@ -27,6 +27,7 @@ class LoadResult:
     ok: int = 0
     failures: collections.Counter = field(default_factory=collections.Counter)
     latencies: list[float] = field(default_factory=list)
+    failed_at: list[float] = field(default_factory=list)   # time.monotonic() of each failure
 
     @property
     def failed(self) -> int:
@@ -59,7 +60,9 @@ def cause(exc: BaseException) -> str:
 
 
 def run_load(url: str, token: str, project: int, *, clients: int = 16, seconds: float = 60,
-             max_requests: int = 100_000, timeout: float = 60) -> LoadResult:
+             max_requests: int = 100_000, timeout: float = 60, stop: threading.Event | None = None) -> LoadResult:
+    """`stop` (set by the caller) ends the run before `seconds` are over: load for as long as something
+    else takes (a rolling restart)."""
     from label_studio_sdk import LabelStudio
 
     setup = LabelStudio(base_url=url, api_key=token, timeout=timeout)
@@ -75,7 +78,7 @@ def run_load(url: str, token: str, project: int, *, clients: int = 16, seconds: 
         sdk = LabelStudio(base_url=url, api_key=token, timeout=timeout)
         start.wait()  # all clients connected: the clock starts for everyone at once
         for i in range(max_requests):
-            if time.monotonic() >= deadline[0]:
+            if time.monotonic() >= deadline[0] or (stop is not None and stop.is_set()):
                 return
             task = task_ids[(number * 7919 + i) % len(task_ids)]
             began = time.monotonic()
@@ -86,6 +89,7 @@ def run_load(url: str, token: str, project: int, *, clients: int = 16, seconds: 
             except Exception as exc:  # every failure is counted, none ends the run
                 with lock:
                     result.failures[cause(exc)] += 1
+                    result.failed_at.append(time.monotonic())
             else:
                 with lock:
                     result.ok += 1

@@ -529,8 +529,9 @@ def explain_profile(profile: Profile, text: str | None, env: typing.Mapping[str,
     return rows
 
 
-def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Profile:
-    """Parse and validate YAML text; any problem is a one-line ProfileError naming file, line and key."""
+def read_mapping(text: str, source: str, what: str = "profile") -> tuple[dict | None, dict]:
+    """YAML text -> (its mapping, None when empty; the line of every key); any problem is a one-line
+    ProfileError naming file and line."""
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -540,36 +541,44 @@ def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Pr
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
+        at = f"{source}:{mark.line + 1}" if mark else source
         problem = exc.problem or exc.context or "invalid YAML"
-        raise ProfileError(f"{where}: YAML syntax error: {problem}") from None
+        raise ProfileError(f"{at}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"{source}: YAML error: {exc}") from None
     if data is None:
-        return Profile(source=source, host=host)
+        return None, {}
     lines = _key_lines(node)
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}: the profile must be a mapping of keys, not {type(data).__name__}")
-    values = _build(Profile, data, (), source, lines)
+        raise ProfileError(f"{source}: the {what} must be a mapping of keys, not {type(data).__name__}")
+    return data, lines
+
+
+def parse_profile(text: str, *, source: str = "<profile>", host: str = "") -> Profile:
+    """Parse and validate YAML text; any problem is a one-line ProfileError naming file, line and key."""
+    data, lines = read_mapping(text, source)
+    if data is None:
+        return Profile(source=source, host=host)
+    values = build_settings(Profile, data, (), source, lines)
     problem = database_problem(values.database, values.service.manager)
     if problem:
-        raise ProfileError(f"{_where(source, lines, ('database', 'engine'))}: {problem}")
+        raise ProfileError(f"{where(source, lines, ('database', 'engine'))}: {problem}")
     problem = offsite_problem(values.offsite, service_manager=values.service.manager,
                               data_dir=values.paths.data_dir, app_dir=values.paths.app_dir,
                               service_user=values.service.user)
     if problem:
-        raise ProfileError(f"{_where(source, lines, ('offsite', problem[0]))}: {problem[1]}")
+        raise ProfileError(f"{where(source, lines, ('offsite', problem[0]))}: {problem[1]}")
     problem = media_problem(values.media, service_manager=values.service.manager)
     if problem:
-        raise ProfileError(f"{_where(source, lines, ('media', 'storage'))}: {problem}")
+        raise ProfileError(f"{where(source, lines, ('media', 'storage'))}: {problem}")
     target = values.offsite.parsed
     # Root makes a path target and hands it to the replication user: never in a system or world-writable
     # tree (a link planted in /tmp would take root's chown elsewhere), as for the app and data dirs.
     problem = _managed_dir(str(target.path)) if target is not None and target.kind == "path" else None
     if problem:
-        raise ProfileError(f"{_where(source, lines, ('offsite', 'target'))}: 'offsite.target' {problem}")
+        raise ProfileError(f"{where(source, lines, ('offsite', 'target'))}: 'offsite.target' {problem}")
     for key, problem in _combination_problems(values):
-        raise ProfileError(f"{_where(source, lines, key)}: {problem}")
+        raise ProfileError(f"{where(source, lines, key)}: {problem}")
     return dataclasses.replace(values, source=source, host=host)
 
 
@@ -601,12 +610,13 @@ def _key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str,
     return lines
 
 
-def _where(source: str, lines: dict, path: tuple[str, ...]) -> str:
+def where(source: str, lines: dict, path: tuple[str, ...]) -> str:
     line = lines.get(path)
     return f"{source}:{line}" if line else source
 
 
-def _build(cls: type, data: dict, prefix: tuple[str, ...], source: str, lines: dict) -> Any:
+def build_settings(cls: type, data: dict, prefix: tuple[str, ...], source: str, lines: dict) -> Any:
+    """A settings dataclass from a YAML mapping: unknown keys, types and each field's check in words."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs: dict[str, Any] = {}
@@ -615,7 +625,7 @@ def _build(cls: type, data: dict, prefix: tuple[str, ...], source: str, lines: d
         dotted = ".".join(path)
         if key not in fields:
             known = ", ".join(fields)
-            raise ProfileError(f"{_where(source, lines, path)}: unknown key '{dotted}' (known here: {known})")
+            raise ProfileError(f"{where(source, lines, path)}: unknown key '{dotted}' (known here: {known})")
         hint = hints[key]
         coerce = fields[key].metadata.get("coerce")
         if coerce:
@@ -624,15 +634,15 @@ def _build(cls: type, data: dict, prefix: tuple[str, ...], source: str, lines: d
             if value is None:
                 value = {}
             if not isinstance(value, dict):
-                raise ProfileError(f"{_where(source, lines, path)}: '{dotted}' must be a mapping of keys")
-            kwargs[key] = _build(hint, value, path, source, lines)
+                raise ProfileError(f"{where(source, lines, path)}: '{dotted}' must be a mapping of keys")
+            kwargs[key] = build_settings(hint, value, path, source, lines)
             continue
         problem = _type_problem(hint, value)
         if problem is None:
             check = fields[key].metadata.get("check")
             problem = check(value) if check else None
         if problem:
-            raise ProfileError(f"{_where(source, lines, path)}: '{dotted}' {problem}")
+            raise ProfileError(f"{where(source, lines, path)}: '{dotted}' {problem}")
         kwargs[key] = value
     return cls(**kwargs)
 

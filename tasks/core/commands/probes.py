@@ -170,6 +170,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         meta_line("env_file_meta", p.env_file),
         # Read as the service user (empty when it or the data dir is missing yet: absent).
         f"echo \"secret_key=$({secret_key.state_on_server(profile)} 2>/dev/null)\"",
+        f"echo \"secret_key_sha256=$({secret_key.digest_on_server(profile)} 2>/dev/null)\"",
         installed_dist(profile),
         *release_lines(profile),
         f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",

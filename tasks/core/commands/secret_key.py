@@ -67,3 +67,49 @@ def state_on_server(profile: Profile) -> str:
 
 def ensure_on_server(profile: Profile) -> str:
     return as_service_user(profile, "sh", "-c", ensure(profile.remote.secret_env))
+
+
+# A site's app VMs share one key (sessions and API tokens are signed with it): the first VM's is read
+# once and given to the others, on the SSH channel both ways.
+_VALUE = (f"{_KEY_LINE} {{ v = $0; sub(/^(export )?SECRET_KEY=/, \"\", v); "
+          "if (v ~ /^'.*'$/ || v ~ /^\".*\"$/) v = substr(v, 2, length(v) - 2); last = v } "
+          "END { printf \"%s\", last }")
+
+
+def value(env_file: PurePosixPath) -> str:
+    """Prints the key as Label Studio reads it (nothing when there is none), without a newline."""
+    return f"if [ -f {q(env_file)} ]; then awk {q(_VALUE)} {q(env_file)}; fi"
+
+
+def value_digest(env_file: PurePosixPath) -> str:
+    """Prints the sha256 of the key as Label Studio reads it: what provision compares, never the key."""
+    return f"{value(env_file)} | sha256sum | cut -d' ' -f1"
+
+
+def install_from_stdin(env_file: PurePosixPath) -> str:
+    """The key on stdin (one line) replaces the file's: other lines kept, written beside and renamed in."""
+    staged = q(str(env_file) + ".lsvm-new")
+    return (f"(umask 077; if [ -f {q(env_file)} ]; then awk {q(_WITHOUT_KEY)} {q(env_file)}; fi > {staged}) && "
+            f"IFS= read -r key && printf 'SECRET_KEY=%s\\n' \"$key\" >> {staged} && "
+            f"chmod 0600 {staged} && mv -f {staged} {q(env_file)}")
+
+
+def value_on_server(profile: Profile) -> str:
+    return as_service_user(profile, "sh", "-c", value(profile.remote.secret_env))
+
+
+def digest_on_server(profile: Profile) -> str:
+    return as_service_user(profile, "sh", "-c", value_digest(profile.remote.secret_env))
+
+
+def install_on_server(profile: Profile) -> str:
+    return as_service_user(profile, "sh", "-c", install_from_stdin(profile.remote.secret_env))
+
+
+def key_problem(key: str) -> str | None:
+    """A key Label Studio reads back as it is (no `$` start, no quote, no newline, long enough)."""
+    if len(key) < 32:
+        return "is shorter than 32 characters"
+    if key.startswith("$") or any(c in key for c in "'\"\n\r\\") or key != key.strip():
+        return "holds characters Label Studio's .env reader changes ($ first, quotes, backslash, spaces at an end)"
+    return None

@@ -14,7 +14,7 @@ CERTBOT_TIMEOUT = 600
 SELF_SIGNED_DAYS = 825        # the longest validity browsers accept for a certificate people add by hand
 
 
-def _is_ip(name: str) -> bool:
+def is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
     except ValueError:
@@ -55,7 +55,7 @@ def make_self_signed(profile: Profile, name: str) -> str:
     the key never travels. Prints the certificate's SHA-256 fingerprint."""
     tls_dir = profile.remote.tls_dir
     full, chain, key = (tls_dir / n for n in ("fullchain.pem", "chain.pem", "privkey.pem"))
-    san = f"IP:{name}" if _is_ip(name) else f"DNS:{name}"
+    san = f"IP:{name}" if is_ip(name) else f"DNS:{name}"
     new_key, new_cert = PurePosixPath(f"{key}.lsvm-new"), PurePosixPath(f"{full}.lsvm-new")
     request = join("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                    "-days", SELF_SIGNED_DAYS, "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",

@@ -209,10 +209,10 @@ def status_from_probe(text: str) -> HostStatus:
         app_server=parse.AppServer.from_lines(parse.blocks(text).get("app_server", [])),
         app_server_version=parse.dist_info_version(i.get("app_server", ""), "gunicorn"),
         neighbours=Neighbours.from_probe(parse.blocks(text).get("instances", [])),
-        tls_cert=_decoded(s.get("tls", {}).get("cert", "-")),
+        tls_cert=decoded(s.get("tls", {}).get("cert", "-")),
         postgres_ready=s["postgres"].get("ready") if "postgres" in s else None,
         postgres_version=s.get("postgres", {}).get("version", ""),
-        env_file=_decoded(i.get("env_file", "-")),
+        env_file=decoded(i.get("env_file", "-")),
         database_check=parse.database_problem(s.get("database", {}).get("check", "")),
         offsite={key: s[key] for key in ("offsite_unit", "drill_timer", "files_timer", "files_unit", "watch_timer",
                                          "offsite_report") if key in s},
@@ -250,7 +250,7 @@ class PostgresFacts:
     @classmethod
     def from_block(cls, block: list[str]) -> "PostgresFacts":
         v = parse.key_values(block)
-        return cls(version=v.get("version", ""), conf=_decoded(v.get("conf") or "-"), hba=v.get("hba") == "yes",
+        return cls(version=v.get("version", ""), conf=decoded(v.get("conf") or "-"), hba=v.get("hba") == "yes",
                    active=v.get("active") == "active", role=v.get("role") == "1", database=v.get("db") == "1",
                    secret_meta=v.get("secret_meta", ""), login=v.get("login") == "yes")
 
@@ -333,6 +333,7 @@ class ProvisionFacts:
     data_dir_meta: str
     env_file_meta: str
     secret_key: str        # commands.secret_key: ok, unreadable (Label Studio reads it as empty) or absent
+    secret_key_sha256: str  # of the key as Label Studio reads it ("" when it could not be read)
     label_studio_version: str | None   # of the current release
     app_server_version: str | None     # gunicorn in the current release
     previous_app_server_version: str | None   # and in the previous one (what rollback starts)
@@ -384,6 +385,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         data_dir_meta=h.get("data_dir", ""),
         env_file_meta=h.get("env_file_meta", ""),
         secret_key=h.get("secret_key") or "absent",
+        secret_key_sha256=h.get("secret_key_sha256", ""),
         label_studio_version=parse.dist_info_version(h.get("dist", "")),
         app_server_version=parse.dist_info_version(h.get("app_server", ""), "gunicorn"),
         previous_app_server_version=parse.dist_info_version(h.get("previous_app_server", ""), "gunicorn"),
@@ -402,7 +404,7 @@ def provision_facts_from_probe(text: str) -> ProvisionFacts:
         site_enabled_target=h.get("site_enabled", ""),
         default_site_enabled=h.get("default_site") == "yes",
         screen_running=h.get("screen") == "yes",
-        files={key: _decoded(value) for key, value in parse.key_values(b.get("files", [])).items()},
+        files={key: decoded(value) for key, value in parse.key_values(b.get("files", [])).items()},
         service=UnitState.from_show(parse.key_values(b.get("service", []))),
         nginx=UnitState.from_show(parse.key_values(b.get("nginx", []))),
         sshd_ports=tuple(parse.sshd_ports(b.get("sshd", []))),
@@ -420,16 +422,16 @@ def tls_facts(b: dict[str, list[str]]) -> TlsFacts:
     t = parse.key_values(b.get("tls", []))
     return TlsFacts(
         nginx_version=t.get("nginx_version", ""),
-        cert_pem=_decoded(t.get("cert", "-")),
+        cert_pem=decoded(t.get("cert", "-")),
         key_sha256=t.get("key_sha256", ""),
         key_meta=t.get("key_meta", ""),
-        renewal=_decoded(t.get("renewal", "-")),
+        renewal=decoded(t.get("renewal", "-")),
         resolvers=tuple(t.get("resolvers", "").split()),
         certbot_timer=UnitState.from_show(parse.key_values(b.get("certbot_timer", []))),
     )
 
 
-def _decoded(value: str) -> str | None:
+def decoded(value: str) -> str | None:
     """base64 from the probe -> text; `-` (missing) or garbage -> None."""
     if value == "-":
         return None

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 from typing import Iterable, Union
 
 from tasks.core import ui
+from tasks.core.commands import balancer as balancer_commands
 from tasks.core.commands import empty_private_file
 from tasks.core.commands import install_file as install_file_command
 from tasks.core.commands import offsite as offsite_commands
@@ -60,9 +61,11 @@ class Run:
 
 @dataclass(frozen=True)
 class InstallFile:
-    """A rendered file uploaded, then put in place by rename."""
+    """A rendered file uploaded, then put in place by rename; with `check` ("haproxy"), only once the
+    program that reads it accepts the uploaded copy."""
 
     file: RenderedFile
+    check: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,17 @@ class StoreOffsiteSecret:
     content: bytes = field(repr=False)
 
 
+@dataclass(frozen=True)
+class RunWithSecret:
+    """A root script that reads a secret on the SSH channel's stdin (never argv, never a file of ours)."""
+
+    script: str
+    secret: bytes = field(repr=False)
+    what: str
+
+
 Action = Union[Run, InstallFile, NginxSite, EnsureAdmin, WaitForHealth, InstallTlsFiles, ObtainCertificate,
-               StoreDatabasePassword, StoreOffsiteSecret]
+               StoreDatabasePassword, StoreOffsiteSecret, RunWithSecret]
 
 
 @dataclass(frozen=True)
@@ -177,7 +189,7 @@ def execute(host: Host, change: Change) -> Change:
             for text in output.stdout.splitlines():
                 ui.out.print(f"  {text}", markup=False, highlight=False)
     elif isinstance(action, InstallFile):
-        install_file(host, action.file)
+        install_file(host, action.file, action.check)
     elif isinstance(action, NginxSite):
         install_nginx_site(host, action)
     elif isinstance(action, EnsureAdmin):
@@ -195,7 +207,9 @@ def execute(host: Host, change: Change) -> Change:
     elif isinstance(action, StoreDatabasePassword):
         store_database_password(host, action)
     elif isinstance(action, StoreOffsiteSecret):
-        store_offsite_secret(host, action)
+        run_with_secret(host, offsite_commands.store_secret(action.path), action.content, f"storing {action.path}")
+    elif isinstance(action, RunWithSecret):
+        run_with_secret(host, action.script, action.secret, action.what)
     else:  # pragma: no cover - a new Action type without an executor is a bug here
         raise TypeError(f"no executor for {action!r}")
     return change
@@ -205,11 +219,19 @@ def execute(host: Host, change: Change) -> Change:
 # Executors that move files.
 
 
-def install_file(host: Host, file: RenderedFile) -> None:
+def install_file(host: Host, file: RenderedFile, check: str = "") -> None:
     """Upload to a private temp dir, then `install` next to the target and rename over it."""
     with remote_tempdir(host) as tmp:
         staged = tmp / "upload"
         upload_bytes(host, file.content.encode(), staged)
+        if check == "haproxy":
+            result = host.run(balancer_commands.install_config(staged), sudo=True, check=False,
+                              what=f"installing {file.path}")
+            if result.exited == 3:
+                raise RemoteError(f"HAProxy refused the new configuration ({result.last_line()}); the previous one "
+                                  "keeps serving")
+            result.checked(f"installing {file.path}", host.alias)
+            return
         host.run(install_file_command(staged, file.path, mode=file.mode, owner=file.owner, group=file.group),
                  sudo=True, what=f"installing {file.path}")
 
@@ -270,11 +292,11 @@ def store_database_password(host: Host, action: StoreDatabasePassword) -> None:
         channel.close()
 
 
-def store_offsite_secret(host: Host, action: StoreOffsiteSecret) -> None:
-    channel = host.root_channel(offsite_commands.store_secret(action.path))
+def run_with_secret(host: Host, script: str, secret: bytes, what: str) -> None:
+    channel = host.root_channel(script)
     try:
-        channel.write(action.content)
-        channel.finish(f"storing {action.path}")
+        channel.write(secret)
+        channel.finish(what)
     finally:
         channel.close()
 

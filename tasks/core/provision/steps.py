@@ -5,6 +5,7 @@ admin), which run once, after every step. Unit-tested as a table in tests/unit/t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import PurePosixPath
 
 from packaging.version import Version
@@ -43,6 +44,7 @@ from tasks.core.provision.plan import (
     EnsureAdmin,
     NginxSite,
     Run,
+    RunWithSecret,
     StoreDatabasePassword,
     WaitForHealth,
     managed_file,
@@ -77,11 +79,16 @@ def ssh_ports(facts: ProvisionFacts) -> list[int]:
 
 
 def firewall_rules_missing(profile: Profile, facts: ProvisionFacts) -> list[tuple[str, str]]:
+    return rules_missing([profile.http_port] + ([HTTPS_PORT] if profile.tls.enabled else []), facts)
+
+
+def rules_missing(ports: list[int], facts) -> list[tuple[str, str]]:
     """(ufw command, what it allows) for each port no rule opens yet: SSH first (so enabling never
-    locks us out), then HTTP. A port opened only to some sources keeps that restriction; when this
-    session's own address is not among them, only that address is added for the login port."""
+    locks us out), then `ports`. A port opened only to some sources keeps that restriction; when this
+    session's own address is not among them, only that address is added for the login port. `facts`:
+    any with sshd_ports, login_port, client_ip and ufw_rules (a server's or a balancer's)."""
     missing = []
-    for port in ssh_ports(facts) + [profile.http_port] + ([HTTPS_PORT] if profile.tls.enabled else []):
+    for port in ssh_ports(facts) + ports:
         rules = [rule for rule in facts.ufw_rules if rule.covers(port)]
         if not rules:
             missing.append((ufw_allow(f"{port}/tcp"), f"{port}/tcp"))
@@ -132,9 +139,19 @@ def directories(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     return changes
 
 
-def label_studio_secret_key(facts: ProvisionFacts, profile: Profile) -> Change:
-    """Written before Label Studio first starts (see commands.secret_key for why)."""
+def label_studio_secret_key(facts: ProvisionFacts, profile: Profile, site_key: str | None = None) -> Change:
+    """Written before Label Studio first starts (see commands.secret_key for why). A site's app VMs all
+    get the site's key (`site_key`): sessions and API tokens made on one are valid on the others."""
     path = profile.remote.secret_env
+    if site_key is not None:
+        if facts.secret_key == secret_key.OK and facts.secret_key_sha256 == hashlib.sha256(site_key.encode()).hexdigest():
+            return Change(f"Label Studio's SECRET_KEY is the site's ({path})")
+        verb = "set" if facts.secret_key == secret_key.ABSENT else "replaced"
+        restart = frozenset({RESTART}) if facts.secret_key != secret_key.ABSENT else frozenset()
+        return Change(f"{verb} the SECRET_KEY in {path} with the site's (0600)", True,
+                      plan=f"{'set' if verb == 'set' else 'replace'} the SECRET_KEY in {path} with the site's",
+                      action=RunWithSecret(secret_key.install_on_server(profile), f"{site_key}\n".encode(),
+                                           "writing the site's SECRET_KEY"), notifies=restart)
     if facts.secret_key == secret_key.OK:
         return Change(f"Label Studio's SECRET_KEY is in {path}")
     if facts.secret_key == secret_key.UNREADABLE:
@@ -346,8 +363,13 @@ def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None =
 def firewall(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     if not profile.firewall.enabled:
         return [Change("firewall is off in the profile (firewall.enabled: false)")]
-    missing = firewall_rules_missing(profile, facts)
-    changes = [] if missing else [Change("ufw allows SSH and HTTP" + (" and HTTPS" if profile.tls.enabled else ""))]
+    return firewall_changes(facts, firewall_rules_missing(profile, facts),
+                            "ufw allows SSH and HTTP" + (" and HTTPS" if profile.tls.enabled else ""))
+
+
+def firewall_changes(facts, missing: list[tuple[str, str]], as_wanted: str) -> list[Change]:
+    """The rules `missing` added, then ufw enabled (SSH was allowed first)."""
+    changes = [] if missing else [Change(as_wanted)]
     for command, allows in missing:
         changes.append(Change(f"ufw allows {allows}", True, plan=f"allow {allows} in ufw",
                               action=Run(command, "ufw allow")))
@@ -424,7 +446,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
          tls_pair: LocalPair | None = None, eab: Eab | None = None,
          database_password: str | None = None,
          offsite_secrets: offsite_steps.OffsiteSecrets = offsite_steps.OffsiteSecrets(),
-         media_keys_given: dict[str, str] | None = None) -> list[Change]:
+         media_keys_given: dict[str, str] | None = None, site_key: str | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -433,7 +455,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         packages(facts, wanted),
         service_user(facts, profile),
         *directories(facts, profile),
-        label_studio_secret_key(facts, profile),
+        label_studio_secret_key(facts, profile, site_key),
         *label_studio(facts, profile),
         *background_jobs(facts, profile),
         *database(facts, profile, database_password),

@@ -110,3 +110,31 @@ def test_the_scripts_are_posix_and_keep_the_key_out_of_argv():
     subprocess.run(["sh", "-n", "-c", script], check=True)
     # The new key only passes through a pipe and printf, a builtin of sh and bash.
     assert 'printf \'SECRET_KEY=%s\\n\' "$(head -c 48 /dev/urandom' in script
+
+
+def test_a_site_key_is_read_as_label_studio_reads_it_and_given_to_another_vm(tmp_path):
+    first, second = tmp_path / "first.env", tmp_path / "second.env"
+    first.write_text("OTHER=1\nSECRET_KEY='an-old-key-that-is-replaced-later-xxxxxxxx'\nSECRET_KEY=\"the-key-0123456789-abcdefghijklmnop\"\n")
+    second.write_text("KEEP=yes\nSECRET_KEY=its-own-key-0123456789-abcdefghijklmn\n")
+    key = sh(secret_key.value(PurePosixPath(first)))
+    assert key == read_like_label_studio(first) == "the-key-0123456789-abcdefghijklmnop"
+    digest = sh(secret_key.value_digest(PurePosixPath(first)))
+    assert digest == __import__("hashlib").sha256(key.encode()).hexdigest()
+    subprocess.run(["sh", "-c", secret_key.install_from_stdin(PurePosixPath(second))], input=key + "\n", text=True,
+                   check=True)
+    assert read_like_label_studio(second) == key
+    assert second.read_text() == f"KEEP=yes\nSECRET_KEY={key}\n"
+    assert oct(second.stat().st_mode & 0o777) == "0o600"
+    assert sh(secret_key.value(PurePosixPath(tmp_path / "missing.env"))) == ""
+
+
+@pytest.mark.parametrize("key, problem", [
+    ("a" * 64, None),
+    ("short", "shorter"),
+    ("$" + "a" * 40, "changes"),
+    ("a" * 40 + "'", "changes"),
+    (" " + "a" * 40, "changes"),
+])
+def test_a_site_key_label_studio_would_change_is_refused(key, problem):
+    found = secret_key.key_problem(key)
+    assert (found is None) if problem is None else (problem in found)

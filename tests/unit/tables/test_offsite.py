@@ -328,7 +328,7 @@ def test_s3_without_credentials_anywhere_is_a_warning_in_the_plan_of_adopt(provi
 
 def test_provision_takes_s3_keys_from_the_environment_or_keeps_the_stored_ones(provisioned, monkeypatch):
     from tasks.core.errors import UsageError
-    from tasks.provision import offsite_credentials_for
+    from tasks.core.provision.run import offsite_credentials_for
 
     for key in offsite.CREDENTIAL_KEYS:
         monkeypatch.delenv(key, raising=False)
@@ -562,7 +562,7 @@ def test_from_another_vm_needs_the_password_kept_here_and_its_keys(tmp_path, mon
 def test_restics_password_is_kept_here_first_taken_from_the_server_or_made(provisioned, tmp_path, monkeypatch):
     """This machine's copy wins; without one, the server's is copied here; without either, a new one is
     kept here before it is sent; a dry run writes nothing here."""
-    from tasks.provision import offsite_password_for
+    from tasks.core.provision.run import offsite_password_for
     from tests.unit.fakehost import FakeHost, ok
     monkeypatch.setenv("LSVM_BACKUPS_DIR", str(tmp_path / "backups"))
     profile = dataclasses.replace(LIVE, host="vm")
@@ -739,7 +739,7 @@ def test_a_key_that_cannot_run_unattended_is_refused_before_it_leaves(text, word
 
 def test_provision_takes_the_key_from_the_file_the_environment_names_or_keeps_the_stored_one(provisioned, monkeypatch,
                                                                                              tmp_path):
-    from tasks.provision import offsite_sftp_key_for
+    from tasks.core.provision.run import offsite_sftp_key_for
     live = dataclasses.replace(SFTP, host="vm")
     monkeypatch.delenv(offsite.SFTP_KEY_ENV, raising=False)
     assert offsite_sftp_key_for(LIVE, provisioned) is None               # a path target needs none

@@ -1,0 +1,234 @@
+"""A site: one Label Studio on two app VMs behind a load balancer VM (HAProxy from Debian), its data in
+PostgreSQL on a VM of its own and its uploads in an S3 bucket served by `rclone serve s3` on another.
+
+`fab site-provision` sets up every host from the site file: the first app VM (it migrates the database),
+the second with the first one's SECRET_KEY, then the balancer from bare Debian with an active /health
+check of each app VM. Proven with clients nobody on the team wrote (Label Studio's official SDK through the
+balancer and on each app VM): sessions and API tokens are valid on either VM, an upload made on one is
+served by the other; a rolling restart under load (bench.load's clients) fails no request; an app VM
+killed with `docker kill` is taken out within seconds while the site keeps serving.
+
+Five VMs for one feature, on one Debian release (CI time; the app VMs start from the committed image of
+a fresh provision, their database removed: the fresh provision itself is proven by test_provision.py).
+The tests run in file order: the last one kills an app VM."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+
+from bench.load import run_load
+from dev.lsclient import LabelStudio
+from dev.testvm.image import NOPASSWD_USER
+from tests.integration.support.fab import Fab
+from tests.integration.support.labelstudio import LABEL_CONFIG, api_token, png, sdk_view
+from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, start_clone, start_test_vm
+from tests.integration.support.servers import address, start_postgres_host, start_s3_host
+
+pytestmark = pytest.mark.one_release("trixie")
+
+DB_PASSWORD = "Site-db_pw.2024!long"
+KEY_ID, SECRET = "lsvm-site-key", "lsvm-site-secret/0123456789+ABC="
+BUCKET = "lsvm-site"
+APPS = ("app1", "app2")
+IMAGE_CONFIG = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+
+
+class SiteFab(Fab):
+    """`fab` with an ssh_config naming every VM of the site, run without -H."""
+
+    machines: dict = {}
+
+    def ssh_config(self):
+        path = self.home / "ssh_config"
+        path.write_text("".join(vm.ssh_config(alias, NOPASSWD_USER) for alias, vm in self.machines.items()))
+        return path
+
+
+class Site:
+    def __init__(self, home, lb, apps, db, s3, fab, site_file, first_run):
+        self.home, self.lb, self.apps, self.db, self.s3 = home, lb, apps, db, s3
+        self.fab, self.site_file, self.first_run = fab, site_file, first_run
+        self.url = f"http://127.0.0.1:{lb.http_port}"
+        self.suite = "trixie"
+
+    def run(self, *args, **kwargs):
+        return self.fab(*args, "--site", str(self.site_file), host=None, **kwargs)
+
+    def app_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.apps[name].http_port}"
+
+
+@pytest.fixture(scope="module")
+def site(provisioned, vm_image, tmp_path_factory):
+    home = tmp_path_factory.mktemp("site")
+    started = []
+    try:
+        db = start_postgres_host(vm_image, tmp_path_factory.mktemp("site-db"), "ls_site", DB_PASSWORD, "ls_site")
+        started.append(db)
+        s3 = start_s3_host(vm_image, tmp_path_factory.mktemp("site-s3"), [(KEY_ID, SECRET)], [BUCKET])
+        started.append(s3)
+        lb = start_test_vm(vm_image, home)       # bare Debian
+        started.append(lb)
+        apps = {}
+        for name in APPS:
+            # A provisioned VM's image, its SQLite database and uploads removed: an app VM holds no data.
+            vm = start_clone(provisioned.image, home)
+            started.append(vm)
+            vm.exec("rm -rf /var/lib/label-studio/label_studio.sqlite3* /var/lib/label-studio/media "
+                    "/var/lib/label-studio/.lsvm-*")
+            apps[name] = vm
+        profile = home / "labels.yaml"
+        profile.write_text(
+            f"public_url: http://127.0.0.1:{lb.http_port}\n"
+            f"label_studio:\n  admin_email: {ADMIN_EMAIL}\n  workers: 2\n"
+            f"database:\n  engine: postgresql\n  host: {db.address}\n  name: ls_site\n  user: ls_site\n"
+            f"  ca_file: {db.ca_file}\n"
+            f"media:\n  storage: s3://{BUCKET}/labels\n  s3_endpoint: http://{s3.address}:9000\n")
+        site_file = home / "site.yaml"
+        site_file.write_text(
+            "profile: labels.yaml\n"
+            "apps:\n" + "".join(f"  - host: {name}\n    address: {address(vm)}\n" for name, vm in apps.items()) +
+            "balancer:\n  host: lb\n  check_interval_ms: 500\n")
+        fab = SiteFab(lb, home, env={"LSVM_DB_PASSWORD": DB_PASSWORD, "LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD,
+                                     "LSVM_MEDIA_ACCESS_KEY_ID": KEY_ID, "LSVM_MEDIA_SECRET_ACCESS_KEY": SECRET})
+        fab.machines = {"lb": lb, **apps}
+        first = fab("site-provision", "--site", str(site_file), host=None)
+        yield Site(home, lb, apps, db, s3, fab, site_file, first)
+    finally:
+        for vm in started:
+            vm.stop()
+
+
+def sh(vm, command: str) -> str:
+    return vm.exec(command).stdout.decode()
+
+
+def test_site_provision_sets_up_every_host_in_order(site):
+    out = site.first_run.stdout + site.first_run.stderr
+    assert site.first_run.returncode == 0, out
+    # The app VMs first (the first one migrates the database), then the balancer from bare Debian.
+    assert out.index("provision app1") < out.index("provision app2") < out.index("balancer lb")
+    assert "set the SECRET_KEY in /var/lib/label-studio/.env with the site's" in out, out
+    assert "installed haproxy" in out and "wrote HAProxy's configuration /etc/haproxy/haproxy.cfg" in out, out
+    assert "The site is up" in out and SECRET not in out and DB_PASSWORD not in out
+    # One SECRET_KEY on both app VMs, never on a command line.
+    keys = {name: sh(vm, "grep '^SECRET_KEY=' /var/lib/label-studio/.env") for name, vm in site.apps.items()}
+    assert keys["app1"] == keys["app2"] and len(keys["app1"]) > 40
+    # HAProxy checks each app VM actively; its admin socket is root's alone.
+    config = sh(site.lb, "cat /etc/haproxy/haproxy.cfg")
+    assert "http-check send meth GET uri /health" in config
+    for name, vm in site.apps.items():
+        assert f"server {name} {address(vm)}:80 check" in config
+    assert sh(site.lb, "stat -c '%U:%G:%a' /run/haproxy/lsvm-admin.sock").strip() == "root:root:600"
+    assert "80/tcp" in sh(site.lb, "ufw status")
+    # A second run changes nothing (and so drains nothing).
+    again = site.run("site-provision")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "drained" not in again.stdout
+    assert len(re.findall(r"\b0 changed\b", again.stdout)) == 2, again.stdout
+    status = site.run("site-status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count("UP (answers and reads its database); UP at the balancer") == 2, status.stdout
+
+
+def test_tokens_sessions_and_uploads_work_on_either_app_vm(site):
+    token = api_token(site)
+    through_balancer = sdk_view(site.url, token)
+    # The token made through the balancer is valid on each app VM, which read the one database.
+    assert sdk_view(site.app_url("app1"), token) == through_balancer == sdk_view(site.app_url("app2"), token)
+    # A session made on app1 is valid on app2; an upload made on app1 is served by app2 from the bucket.
+    ls = LabelStudio(site.app_url("app1"))
+    assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    project = ls.post_json("/api/projects", {"title": "Made on app1", "label_config": IMAGE_CONFIG}).json()["id"]
+    image = png(30, 22)
+    assert ls.import_file(project, "photo.png", image).status == 201
+    ls.base = site.app_url("app2")
+    [task] = ls.get(f"/api/tasks?project={project}").json()["tasks"]
+    url = task["data"]["image"]
+    served = ls.get(url[url.index("/storage-data/"):])
+    assert served.status == 200 and served.body == image, served.status
+    stored = sh(site.s3, f"find /srv/s3/{BUCKET}/labels/upload -type f -name '*photo.png'").split()
+    assert len(stored) == 1 and site.s3.exec(f"cat {stored[0]}").stdout == image
+    assert sh(site.apps["app2"], "find /var/lib/label-studio/media -type f 2>/dev/null").strip() == ""
+
+
+def _load_project(site) -> tuple[str, int]:
+    from label_studio_sdk import LabelStudio as SDK
+    token = api_token(site)
+    client = SDK(base_url=site.url, api_key=token)
+    project = client.projects.create(title="Under load", label_config=LABEL_CONFIG)
+    client.projects.import_tasks(id=project.id, request=[{"text": f"load {i}"} for i in range(32)])
+    return token, project.id
+
+
+def _masters(site) -> dict[str, str]:
+    return {name: sh(vm, "systemctl show -p MainPID --value label-studio").strip() for name, vm in site.apps.items()}
+
+
+def test_a_rolling_restart_under_load_fails_no_request(site):
+    token, project = _load_project(site)
+    before = _masters(site)
+    stop, box = threading.Event(), {}
+    load = threading.Thread(target=lambda: box.update(result=run_load(
+        site.url, token, project, clients=4, seconds=900, max_requests=100_000, timeout=120, stop=stop)))
+    load.start()
+    try:
+        restart = site.run("site-restart")
+    finally:
+        stop.set()
+        load.join(300)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    result = box["result"]
+    print(f"rolling restart under load: {result.summary()}")
+    assert result.ok > 0 and result.failed == 0, result.summary()
+    after = _masters(site)
+    assert all(after[name] != before[name] for name in APPS), (before, after)
+    assert restart.stdout.count("took ") == 2 and restart.stdout.count("put ") == 2, restart.stdout
+
+
+def _stat(site, server: str, field: str) -> str:
+    """One field of HAProxy's `show stat` row for the server (found by the CSV header)."""
+    return sh(site.lb, "echo 'show stat' | socat stdio UNIX-CONNECT:/run/haproxy/lsvm-admin.sock | "
+                       "awk -F, -v sv=" + server + " -v f=" + field + " 'NR == 1 { sub(/^# /, \"\"); "
+                       "for (i = 1; i <= NF; i++) c[$i] = i; next } $1 == \"app_vms\" && $2 == sv { print $c[f] }'").strip()
+
+
+def test_a_killed_app_vm_is_taken_out_within_seconds_and_the_site_keeps_serving(site):
+    token, project = _load_project(site)
+    stop, box = threading.Event(), {}
+    load = threading.Thread(target=lambda: box.update(result=run_load(
+        site.url, token, project, clients=4, seconds=900, max_requests=100_000, timeout=120, stop=stop)))
+    load.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and int(_stat(site, "app2", "stot") or 0) < 20:
+            pass   # until the load reached app2 (HAProxy's count of the requests it sent there)
+        killed_at = time.monotonic()
+        subprocess.run(["docker", "kill", site.apps["app2"].id], check=True, capture_output=True)
+        deadline = killed_at + 30
+        status = ""
+        while time.monotonic() < deadline and status != "DOWN":   # HAProxy's own view: the real signal
+            status = _stat(site, "app2", "status")
+        ejected_at = time.monotonic()
+        # The site keeps serving from app1 (the load keeps running meanwhile).
+        ls = LabelStudio(site.url)
+        assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert all(ls.get("/api/projects").status == 200 for _ in range(20))
+    finally:
+        stop.set()
+        load.join(300)
+    result = box["result"]
+    late = [t - killed_at for t in result.failed_at if t > killed_at + 0.0]
+    print(f"killed app VM: ejected after {ejected_at - killed_at:.1f} s; {result.summary()}; "
+          f"failures {[round(t, 1) for t in late]} s after the kill")
+    assert status == "DOWN"
+    assert ejected_at - killed_at <= 5
+    assert all(t <= 5 for t in late), late
+    assert sdk_view(site.url, token)["projects"]["Under load"] == 32
+    down = site.run("site-status")
+    assert down.returncode != 0 and "the site serves from 1 of 2 app VM(s): app1" in down.stderr, down.stdout + down.stderr

@@ -1,0 +1,236 @@
+"""A site: the site file's checks, what a site's profile must hold, the balancer's HAProxy configuration
+(checked by the real HAProxy), what its runtime API answers, the balancer's plan, and the SECRET_KEY step
+that gives every app VM the site's key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks.core import site
+from tasks.core.commands import balancer as balancer_commands
+from tasks.core.errors import ProfileError
+from tasks.core.profile import parse_profile
+from tasks.core.provision import balancer, steps
+from tasks.core.provision.facts import provision_facts_from_probe
+from tasks.core.provision.plan import InstallFile, Run, RunWithSecret, StoreOffsiteSecret
+from tests.unit.samples import DATA
+
+PROFILE = """\
+public_url: http://labels.example.org
+database:
+  engine: postgresql
+  host: 10.0.0.5
+  sslmode: require
+media:
+  storage: s3://team/labels
+  s3_endpoint: http://10.0.0.6:9000
+"""
+SITE = """\
+profile: labels.yaml
+apps:
+  - app1
+  - host: app2
+    address: 10.0.0.12
+balancer:
+  host: lb
+"""
+
+
+def parsed(text: str = SITE) -> site.Site:
+    return site.parse_site(text, source="/sites/site.yaml")
+
+
+def test_the_site_file_names_the_hosts_and_the_profile_beside_it():
+    found = parsed()
+    assert found.apps == (site.AppVM("app1"), site.AppVM("app2", "10.0.0.12"))
+    assert found.balancer == site.BalancerSettings(host="lb")
+    assert found.hosts == ("lb", "app1", "app2")
+    assert found.profile_path == Path("/sites/labels.yaml")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("", "the site file is empty"),
+    ("profile: p.yaml\napps: [a]\nbalancer: {host: lb}\nextra: 1\n", "site.yaml:4: unknown key 'extra'"),
+    ("apps: [a]\nbalancer: {host: lb}\n", "'profile' must name"),
+    ("profile: p.yaml\napps: [a]\n", "'balancer.host' must name"),
+    ("profile: p.yaml\napps: []\nbalancer: {host: lb}\n", "'apps' must list"),
+    ("profile: p.yaml\napps: ['a;b']\nbalancer: {host: lb}\n", "each app VM is an ssh_config alias"),
+    ("profile: p.yaml\napps: [{host: a, port: 1}]\nbalancer: {host: lb}\n", "each app VM is an ssh_config alias"),
+    ("profile: p.yaml\napps: [{host: a, address: 'x y'}]\nbalancer: {host: lb}\n", "the address of a must be"),
+    ("profile: p.yaml\napps: [a, lb]\nbalancer: {host: lb}\n", "a host is named twice"),
+    ("profile: p.yaml\napps: [a]\nbalancer: {host: lb, tls: files}\n", "needs balancer.certificate and balancer.key"),
+    ("profile: p.yaml\napps: [a]\nbalancer: {host: lb, key: k.pem}\n", "are for balancer.tls files"),
+    ("profile: p.yaml\napps: [a]\nbalancer: {host: lb, tls: acme}\n", "'balancer.tls' must be one of: off, self-signed, files"),
+    ("profile: p.yaml\napps: [a]\nbalancer: {host: lb, check_interval_ms: 50}\n", "between 200 and 60000"),
+])
+def test_a_wrong_site_file_is_one_line_naming_what_is_wrong(text, problem):
+    with pytest.raises(ProfileError) as caught:
+        parsed(text)
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (("", ""), None),
+    (("  engine: postgresql\n  host: 10.0.0.5\n  sslmode: require\n", "  engine: sqlite\n"), "share one database"),
+    (("  engine: postgresql\n  host: 10.0.0.5\n  sslmode: require\n", "  engine: postgresql\n"), "share one database"),
+    (("storage: s3://team/labels", "storage: local"), "share the uploads"),
+    (("public_url: http://labels.example.org\n", ""), "public_url must be"),
+    (("public_url: http://", "public_url: https://"), "disagree"),
+    (("public_url: http://labels.example.org\n", "public_url: http://labels.example.org\ntls:\n  mode: self-signed\n"
+                                                 "server_name: labels.example.org\n"), "TLS ends at the balancer"),
+])
+def test_a_site_profile_shares_the_database_and_the_bucket(edit, problem):
+    profile = parse_profile(PROFILE.replace(*edit))
+    found = site.profile_problem(parsed(), profile)
+    assert (found is None) if problem is None else (problem in found), found
+
+
+def test_https_at_the_edge_wants_an_https_public_url():
+    profile = parse_profile(PROFILE.replace("http://", "https://"))
+    assert site.profile_problem(parsed(SITE + "  tls: self-signed\n"), profile) is None
+
+
+def config_for(site_text: str = SITE, profile_text: str = PROFILE) -> str:
+    return site.balancer_config(parsed(site_text), parse_profile(profile_text),
+                                {"app1": "10.0.0.11", "app2": "10.0.0.12"})
+
+
+def test_the_balancer_checks_each_app_vm_and_answers_for_maintenance_when_none_is_up():
+    config = config_for()
+    assert config.startswith(site.MARKER)
+    assert "server app1 10.0.0.11:80 check\n" in config and "server app2 10.0.0.12:80 check\n" in config
+    assert "http-check send meth GET uri /health ver HTTP/1.1 hdr Host labels.example.org\n" in config
+    assert "inter 1000 fastinter 1000 downinter 1000 fall 2 rise 2 on-marked-down shutdown-sessions" in config
+    assert f"stats socket {site.PATHS.socket} mode 600 level admin" in config
+    assert "nbsrv(app_vms) eq 0" in config and "application/json" in config
+    assert "bind :443" not in config and "timeout server 300s" in config
+    tls = config_for(SITE + "  tls: self-signed\n  check_interval_ms: 500\n", PROFILE.replace("http://l", "https://l"))
+    assert f"bind :443 ssl crt {site.PATHS.pem} alpn h2,http/1.1" in tls
+    assert "redirect scheme https code 301 unless { ssl_fc }" in tls and "inter 500 " in tls
+
+
+@pytest.mark.parametrize("tls", ["off", "self-signed"])
+def test_haproxy_accepts_the_configuration(tls, tmp_path):
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    assert Path(haproxy).exists(), "HAProxy is needed here (.ci/run installs Debian's)"
+    config = config_for(SITE + f"  tls: {tls}\n",
+                        PROFILE.replace("http://l", "https://l") if tls != "off" else PROFILE)
+    # Paths of the balancer VM, made here: a certificate for the edge, no chroot, a socket in tmp.
+    pem = tmp_path / "edge.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=labels.example.org", "-keyout", str(pem), "-out", str(pem) + ".crt"],
+                   check=True, capture_output=True)
+    pem.write_bytes(Path(str(pem) + ".crt").read_bytes() + pem.read_bytes())
+    local = (config.replace(str(site.PATHS.pem), str(pem)).replace(str(site.PATHS.socket), str(tmp_path / "s"))
+             .replace("    chroot /var/lib/haproxy\n", "").replace("    user haproxy\n    group haproxy\n", ""))
+    (tmp_path / "haproxy.cfg").write_text(local)
+    checked = subprocess.run([haproxy, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+STAT = """\
+# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,
+label_studio,FRONTEND,,,3,5,262120,40,1,2,0,0,0,,,,,OPEN,,,,,,,,,1,2,0,,,,0,1,0,4,,,,
+app_vms,app1,0,0,2,4,,30,1,2,,0,,0,0,0,0,UP,1,1,0,0,0,50,0,,1,3,1,,30,,2,1,,3,L7OK,200,3,
+app_vms,app2,0,0,0,2,,10,1,2,,0,,0,0,0,0,DRAIN,1,1,0,1,1,5,2,,1,3,2,,10,,2,0,,2,L4TOUT,,2001,
+app_vms,BACKEND,0,0,2,5,,40,1,2,0,0,,0,0,0,0,UP,1,1,0,,0,50,0,,1,3,0,,40,,1,1,,4,,,,
+"""
+
+
+def test_the_runtime_api_gives_each_app_vm_its_state_and_open_requests():
+    found = site.servers_from_stat(STAT)
+    assert found == {"app1": site.ServerState("UP", 2, "L7OK"), "app2": site.ServerState("DRAIN", 0, "L4TOUT")}
+    assert found["app1"].up and not found["app2"].up
+    assert site.servers_from_stat("Unknown command\n") == {}
+
+
+BARE = """\
+[packages]
+[host]
+os_id=debian
+[files]
+config=-
+pem_meta=
+pem_sha256=
+[haproxy]
+LoadState=not-found
+[sshd]
+port 22
+[ufw]
+[ufw_rules]
+[stat]
+"""
+
+
+def test_a_bare_balancer_gets_haproxy_its_configuration_and_a_firewall():
+    found = balancer.facts_from_probe(BARE)
+    the_site = parsed(SITE + "  tls: self-signed\n")
+    config = config_for(SITE + "  tls: self-signed\n", PROFILE.replace("http://l", "https://l"))
+    changes = balancer.plan(found, the_site, config, "labels.example.org")
+    lines = [c.line(True) for c in changes]
+    assert lines[0] == "would install haproxy, socat, openssl, ufw"
+    assert "would make a self-signed certificate for labels.example.org in /etc/haproxy/certs/label-studio.pem" in lines
+    assert "would write HAProxy's configuration /etc/haproxy/haproxy.cfg" in lines
+    assert "would allow 443/tcp in ufw" in lines and lines[-1] == "would start HAProxy"
+    install = next(c.action for c in changes if isinstance(c.action, InstallFile))
+    assert install.check == "haproxy" and install.file.content == config and install.file.mode == "0644"
+
+
+def test_a_balancer_as_wanted_changes_nothing_and_a_foreign_configuration_is_kept_aside():
+    config = config_for()
+    probe = (BARE.replace("[packages]\n", "[packages]\n" + "".join(f"{p} installed\n" for p in balancer_commands.PACKAGES))
+             .replace("config=-", "config=" + __import__("base64").b64encode(config.encode()).decode())
+             .replace("LoadState=not-found", "LoadState=loaded\nActiveState=active\nSubState=running")
+             .replace("[ufw]\n", "[ufw]\nStatus: active\n").replace("[ufw_rules]\n", "[ufw_rules]\nufw allow 22/tcp\nufw allow 80/tcp\n"))
+    found = balancer.facts_from_probe(probe)
+    assert found.ours
+    changes = balancer.plan(found, parsed(), config, "labels.example.org")
+    assert [c.what for c in changes if c.changed] == []
+    foreign = dataclasses.replace(found, config="global\n    daemon\n")
+    [change] = [c for c in balancer.plan(foreign, parsed(), config, "x") if c.changed and "configuration" in c.what]
+    assert change.line(False) == ("wrote HAProxy's configuration /etc/haproxy/haproxy.cfg (the one there is kept as "
+                                  "/etc/haproxy/haproxy.cfg.before-lsvm)")
+
+
+def test_a_tls_files_pair_goes_root_only_into_the_one_file_haproxy_reads():
+    pair = type("Pair", (), {"fullchain": b"CHAIN\n", "key": b"KEY"})()
+    found = balancer.facts_from_probe(BARE)
+    changes = balancer.certificate(found, parsed(SITE + "  tls: files\n  certificate: c.pem\n  key: k.pem\n"),
+                                   "labels.example.org", pair)
+    store = next(c.action for c in changes if isinstance(c.action, StoreOffsiteSecret))
+    assert store.path == site.PATHS.pem and store.content == b"CHAIN\nKEY\n"
+    held = dataclasses.replace(found, pem_meta="root:root:600", pem_sha256=hashlib.sha256(b"CHAIN\nKEY\n").hexdigest())
+    assert not any(c.changed for c in balancer.certificate(held, parsed(SITE + "  tls: files\n  certificate: c\n  key: k\n"),
+                                                           "x", pair))
+
+
+def test_every_app_vm_gets_the_site_key_and_restarts_only_when_it_had_another():
+    profile = parse_profile(PROFILE)
+    key = "k" * 64
+    provisioned = provision_facts_from_probe((DATA / "provision_probe_provisioned.txt").read_text())
+    change = steps.label_studio_secret_key(provisioned, profile, key)
+    assert change.changed and change.notifies == frozenset({"restart"})
+    assert isinstance(change.action, RunWithSecret) and change.action.secret == (key + "\n").encode()
+    assert key not in change.what and key not in change.action.script
+    same = dataclasses.replace(provisioned, secret_key_sha256=hashlib.sha256(key.encode()).hexdigest())
+    assert not steps.label_studio_secret_key(same, profile, key).changed
+    bare = provision_facts_from_probe((DATA / "provision_probe_bare.txt").read_text())
+    first = steps.label_studio_secret_key(bare, profile, key)
+    assert first.changed and first.notifies == frozenset() and first.line(True).startswith("would set the SECRET_KEY")
+    assert isinstance(steps.label_studio_secret_key(bare, profile).action, Run)   # no site: a key of its own
+
+
+def test_balancer_scripts_are_valid_posix_shell():
+    scripts = [balancer_commands.probe(), balancer_commands.set_state("app-1.x", "drain"),
+               balancer_commands.wait_drained("app1", 300), balancer_commands.wait_status("app1", "UP", 60),
+               balancer_commands.install_config(site.PATHS.config.parent / "staged"),
+               balancer_commands.self_signed_pem("labels.example.org"), balancer_commands.self_signed_pem("10.0.0.1")]
+    for script in scripts:
+        checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+        assert checked.returncode == 0, (script, checked.stderr)
