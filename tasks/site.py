@@ -63,7 +63,7 @@ def _edge_pair(the_site: sites.Site, profile: Profile):
 
 def _site_key(host: Host, profile: Profile) -> str | None:
     """The first app VM's SECRET_KEY (read on the SSH channel, never shown), None when it has none yet."""
-    key = host.run(secret_key.value_on_server(profile), sudo=True, check=False,
+    key = host.run(secret_key.on_server(profile, secret_key.value), sudo=True, check=False,
                    what="reading the site's SECRET_KEY").stdout.strip()
     if not key:
         return None

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from tasks.core.commands import join, lines, q
-from tasks.core.commands.probes import OS_RELEASE, file_content_line, secret_lines, unit_show
-from tasks.core.commands.tls import SELF_SIGNED_DAYS, is_ip
+from tasks.core.commands.probes import FIREWALL_PROBE, OS_RELEASE, file_content_line, secret_lines, unit_show
+from tasks.core.commands.tls import self_signed_request
 from tasks.core.site import BACKEND, PATHS
 
 PACKAGES = ("haproxy", "socat", "openssl", "ufw")
@@ -27,13 +27,7 @@ def probe() -> str:
         *secret_lines("pem", PATHS.pem),
         "echo '[haproxy]'",
         unit_show(UNIT),
-        "echo '[sshd]'",
-        "sshd -T 2>/dev/null | grep -iE '^(port|listenaddress) ' || true",
-        "systemctl show --no-pager -p Listen ssh.socket 2>/dev/null || true",
-        "echo '[ufw]'",
-        "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
-        "echo '[ufw_rules]'",
-        "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+        *FIREWALL_PROBE,
         "echo '[stat]'",
         f"if [ -S {q(PATHS.socket)} ]; then {runtime('show stat')} 2>/dev/null; fi",
     )
@@ -90,11 +84,8 @@ def self_signed_pem(name: str) -> str:
     """A key and a self-signed certificate for `name`, made on the balancer (the key never travels), in
     the one root-only file HAProxy reads (certificate, then key). Prints its SHA-256 fingerprint."""
     pem = PATHS.pem
-    san = f"IP:{name}" if is_ip(name) else f"DNS:{name}"
     key, cert, new = (PurePosixPath(f"{pem}.{n}") for n in ("key-new", "crt-new", "lsvm-new"))
-    request = join("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                   "-days", SELF_SIGNED_DAYS, "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
-                   "-keyout", key, "-out", cert)
+    request = self_signed_request(name, key, cert)
     return (f"install -d -m 0700 -o root -g root {q(pem.parent)} && "
             f"(umask 077 && {request} 2>/dev/null && cat {q(cert)} {q(key)} > {q(new)}) && "
             f"rm -f {q(key)} {q(cert)} && mv -f {q(new)} {q(pem)} && "

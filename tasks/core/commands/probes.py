@@ -151,6 +151,18 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
             "offsite_history": p.offsite_history, "offsite_pgtool": p.offsite_pgtool}
 
 
+# The `[sshd]`, `[ufw]` and `[ufw_rules]` sections: which ports SSH listens on and what ufw lets in.
+FIREWALL_PROBE = (
+    "echo '[sshd]'",
+    "sshd -T 2>/dev/null | grep -iE '^(port|listenaddress) ' || true",
+    "systemctl show --no-pager -p Listen ssh.socket 2>/dev/null || true",
+    "echo '[ufw]'",
+    "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
+    "echo '[ufw_rules]'",
+    "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+)
+
+
 def provision_probe(profile: Profile, admin_email: str) -> str:
     """Every fact provision compares against."""
     p = profile.remote
@@ -169,8 +181,8 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         meta_line("data_dir", p.data_dir),
         meta_line("env_file_meta", p.env_file),
         # Read as the service user (empty when it or the data dir is missing yet: absent).
-        f"echo \"secret_key=$({secret_key.state_on_server(profile)} 2>/dev/null)\"",
-        f"echo \"secret_key_sha256=$({secret_key.digest_on_server(profile)} 2>/dev/null)\"",
+        f"echo \"secret_key=$({secret_key.on_server(profile, secret_key.state)} 2>/dev/null)\"",
+        f"echo \"secret_key_sha256=$({secret_key.on_server(profile, secret_key.value_digest)} 2>/dev/null)\"",
         installed_dist(profile),
         *release_lines(profile),
         f"if [ -x {q(p.venv_python)} ]; then echo venv=yes; else echo venv=no; fi",
@@ -193,13 +205,7 @@ def provision_probe(profile: Profile, admin_email: str) -> str:
         unit_show(profile.service.unit),
         "echo '[nginx]'",
         unit_show("nginx.service"),
-        "echo '[sshd]'",
-        "sshd -T 2>/dev/null | grep -iE '^(port|listenaddress) ' || true",
-        "systemctl show --no-pager -p Listen ssh.socket 2>/dev/null || true",
-        "echo '[ufw]'",
-        "if command -v ufw >/dev/null; then ufw status 2>/dev/null; fi",
-        "echo '[ufw_rules]'",
-        "if command -v ufw >/dev/null; then ufw show added 2>/dev/null; fi",
+        *FIREWALL_PROBE,
         "echo '[instances]'",
         detect(profile),
         *tls_probe(profile),

@@ -61,12 +61,10 @@ def ensure(env_file: PurePosixPath) -> str:
             f"chmod 0600 {staged} && mv -f {staged} {q(env_file)}; fi")
 
 
-def state_on_server(profile: Profile) -> str:
-    return as_service_user(profile, "sh", "-c", state(profile.remote.secret_env))
-
-
-def ensure_on_server(profile: Profile) -> str:
-    return as_service_user(profile, "sh", "-c", ensure(profile.remote.secret_env))
+def on_server(profile: Profile, script) -> str:
+    """`script` (state, ensure, value, value_digest, install_from_stdin) run on the server's .env as the
+    service user (the file is its own)."""
+    return as_service_user(profile, "sh", "-c", script(profile.remote.secret_env))
 
 
 # A site's app VMs share one key (sessions and API tokens are signed with it): the first VM's is read
@@ -92,18 +90,6 @@ def install_from_stdin(env_file: PurePosixPath) -> str:
     return (f"(umask 077; if [ -f {q(env_file)} ]; then awk {q(_WITHOUT_KEY)} {q(env_file)}; fi > {staged}) && "
             f"IFS= read -r key && printf 'SECRET_KEY=%s\\n' \"$key\" >> {staged} && "
             f"chmod 0600 {staged} && mv -f {staged} {q(env_file)}")
-
-
-def value_on_server(profile: Profile) -> str:
-    return as_service_user(profile, "sh", "-c", value(profile.remote.secret_env))
-
-
-def digest_on_server(profile: Profile) -> str:
-    return as_service_user(profile, "sh", "-c", value_digest(profile.remote.secret_env))
-
-
-def install_on_server(profile: Profile) -> str:
-    return as_service_user(profile, "sh", "-c", install_from_stdin(profile.remote.secret_env))
 
 
 def key_problem(key: str) -> str | None:

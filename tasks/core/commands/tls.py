@@ -50,16 +50,21 @@ def install_tls_files(profile: Profile, staged: PurePosixPath) -> str:
     return " && ".join(steps)
 
 
+def self_signed_request(name: str, key: PurePosixPath, cert: PurePosixPath) -> str:
+    """openssl making a P-256 key and a self-signed certificate for `name` (DNS name or IP address)."""
+    san = f"IP:{name}" if is_ip(name) else f"DNS:{name}"
+    return join("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-days", SELF_SIGNED_DAYS, "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
+                "-keyout", key, "-out", cert)
+
+
 def make_self_signed(profile: Profile, name: str) -> str:
     """A new key and self-signed certificate for `name` (DNS name or IP address), made on the server:
     the key never travels. Prints the certificate's SHA-256 fingerprint."""
     tls_dir = profile.remote.tls_dir
     full, chain, key = (tls_dir / n for n in ("fullchain.pem", "chain.pem", "privkey.pem"))
-    san = f"IP:{name}" if is_ip(name) else f"DNS:{name}"
     new_key, new_cert = PurePosixPath(f"{key}.lsvm-new"), PurePosixPath(f"{full}.lsvm-new")
-    request = join("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                   "-days", SELF_SIGNED_DAYS, "-subj", f"/CN={name}", "-addext", f"subjectAltName={san}",
-                   "-keyout", new_key, "-out", new_cert)
+    request = self_signed_request(name, new_key, new_cert)
     return (f"install -d -m 0755 -o root -g root {q(tls_dir.parent)} && "
             f"install -d -m 0700 -o root -g root {q(tls_dir)} && "
             f"(umask 077 && {request} 2>/dev/null) && chmod 0644 {q(new_cert)} && "

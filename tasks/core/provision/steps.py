@@ -150,7 +150,7 @@ def label_studio_secret_key(facts: ProvisionFacts, profile: Profile, site_key: s
         restart = frozenset({RESTART}) if facts.secret_key != secret_key.ABSENT else frozenset()
         return Change(f"{verb} the SECRET_KEY in {path} with the site's (0600)", True,
                       plan=f"{'set' if verb == 'set' else 'replace'} the SECRET_KEY in {path} with the site's",
-                      action=RunWithSecret(secret_key.install_on_server(profile), f"{site_key}\n".encode(),
+                      action=RunWithSecret(secret_key.on_server(profile, secret_key.install_from_stdin), f"{site_key}\n".encode(),
                                            "writing the site's SECRET_KEY"), notifies=restart)
     if facts.secret_key == secret_key.OK:
         return Change(f"Label Studio's SECRET_KEY is in {path}")
@@ -160,7 +160,7 @@ def label_studio_secret_key(facts: ProvisionFacts, profile: Profile, site_key: s
         planned = f"replace the SECRET_KEY in {path}, which Label Studio reads back as empty (it starts with $)"
     else:
         done, planned = f"made Label Studio's SECRET_KEY ({path}, 0600)", f"make Label Studio's SECRET_KEY in {path}"
-    return Change(done, True, plan=planned, action=Run(secret_key.ensure_on_server(profile), "writing the SECRET_KEY"))
+    return Change(done, True, plan=planned, action=Run(secret_key.on_server(profile, secret_key.ensure), "writing the SECRET_KEY"))
 
 
 def version_problem(facts: ProvisionFacts, profile: Profile) -> str | None:
