@@ -14,10 +14,14 @@ The tests run in file order: the last one kills an app VM."""
 
 from __future__ import annotations
 
+import json
 import re
+import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -72,7 +76,7 @@ def site(provisioned, vm_image, tmp_path_factory):
         started.append(db)
         s3 = start_s3_host(vm_image, tmp_path_factory.mktemp("site-s3"), [(KEY_ID, SECRET)], [BUCKET])
         started.append(s3)
-        lb = start_test_vm(vm_image, home)       # bare Debian
+        lb = start_test_vm(vm_image, home, extra_ports=(443,))       # bare Debian
         started.append(lb)
         apps = {}
         for name in APPS:
@@ -158,11 +162,11 @@ def test_tokens_sessions_and_uploads_work_on_either_app_vm(site):
     assert sh(site.apps["app2"], "find /var/lib/label-studio/media -type f 2>/dev/null").strip() == ""
 
 
-def _load_project(site) -> tuple[str, int]:
+def _load_project(site, title: str) -> tuple[str, int]:
     from label_studio_sdk import LabelStudio as SDK
     token = api_token(site)
     client = SDK(base_url=site.url, api_key=token)
-    project = client.projects.create(title="Under load", label_config=LABEL_CONFIG)
+    project = client.projects.create(title=title, label_config=LABEL_CONFIG)
     client.projects.import_tasks(id=project.id, request=[{"text": f"load {i}"} for i in range(32)])
     return token, project.id
 
@@ -171,25 +175,48 @@ def _masters(site) -> dict[str, str]:
     return {name: sh(vm, "systemctl show -p MainPID --value label-studio").strip() for name, vm in site.apps.items()}
 
 
-def test_a_rolling_restart_under_load_fails_no_request(site):
-    token, project = _load_project(site)
-    before = _masters(site)
+def under_load(site, title: str, *args: str):
+    """`fab <args> --site ...` while four bench.load clients (the official SDK) save annotations through
+    the balancer: (its result, the load's result)."""
+    token, project = _load_project(site, title)
     stop, box = threading.Event(), {}
     load = threading.Thread(target=lambda: box.update(result=run_load(
         site.url, token, project, clients=4, seconds=900, max_requests=100_000, timeout=120, stop=stop)))
     load.start()
     try:
-        restart = site.run("site-restart")
+        done = site.run(*args)
     finally:
         stop.set()
         load.join(300)
-    assert restart.returncode == 0, restart.stdout + restart.stderr
-    result = box["result"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, box["result"]
+
+
+def test_a_rolling_restart_under_load_fails_no_request(site):
+    before = _masters(site)
+    restart, result = under_load(site, "Restarted under load", "site-restart")
     print(f"rolling restart under load: {result.summary()}")
     assert result.ok > 0 and result.failed == 0, result.summary()
     after = _masters(site)
     assert all(after[name] != before[name] for name in APPS), (before, after)
     assert restart.stdout.count("took ") == 2 and restart.stdout.count("put ") == 2, restart.stdout
+
+
+def test_a_changed_setting_reaches_the_app_vms_one_at_a_time_under_load(site):
+    profile = site.home / "labels.yaml"
+    profile.write_text(profile.read_text().replace("  workers: 2\n", "  workers: 1\n"))
+    before = _masters(site)
+    provision, result = under_load(site, "Reconfigured under load", "site-provision")
+    print(f"rolling provision under load: {result.summary()}")
+    assert result.ok > 0 and result.failed == 0, result.summary()
+    out = provision.stdout
+    for name in APPS:
+        assert out.index(f"took {name} out of the balancer (drained)") < out.index(f"put {name} back"), out
+    assert out.index("put app1 back") < out.index("provision app2"), out
+    after = _masters(site)
+    assert all(after[name] != before[name] for name in APPS), (before, after)
+    for vm in site.apps.values():
+        assert "workers = worker_count(1, " in sh(vm, "cat /opt/label-studio/label-studio-gunicorn.conf.py")
 
 
 def _stat(site, server: str, field: str) -> str:
@@ -200,7 +227,7 @@ def _stat(site, server: str, field: str) -> str:
 
 
 def test_a_killed_app_vm_is_taken_out_within_seconds_and_the_site_keeps_serving(site):
-    token, project = _load_project(site)
+    token, project = _load_project(site, "Under load at the kill")
     stop, box = threading.Event(), {}
     load = threading.Thread(target=lambda: box.update(result=run_load(
         site.url, token, project, clients=4, seconds=900, max_requests=100_000, timeout=120, stop=stop)))
@@ -230,6 +257,74 @@ def test_a_killed_app_vm_is_taken_out_within_seconds_and_the_site_keeps_serving(
     assert status == "DOWN"
     assert ejected_at - killed_at <= 5
     assert all(t <= 5 for t in late), late
-    assert sdk_view(site.url, token)["projects"]["Under load"] == 32
+    assert sdk_view(site.url, token)["projects"]["Under load at the kill"] == 32
     down = site.run("site-status")
     assert down.returncode != 0 and "the site serves from 1 of 2 app VM(s): app1" in down.stderr, down.stdout + down.stderr
+    assert "unreachable" in down.stdout, down.stdout
+
+
+def _until(site, server: str, status: str) -> str:
+    deadline, found = time.monotonic() + 120, ""
+    while time.monotonic() < deadline and found != status:   # HAProxy's own checks: the real signal
+        found = _stat(site, server, "status")
+    return found
+
+
+def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is_put_back(site):
+    app1, app2 = site.apps["app1"], site.apps["app2"]
+    app1.exec("systemctl stop label-studio")
+    try:
+        assert _until(site, "app1", "DOWN") == "DOWN"
+        api = LabelStudio(site.url).get("/api/projects")
+        assert api.status == 503 and api.json()["status"] == "maintenance", (api.status, api.body[:200])
+        page = LabelStudio(site.url).get("/")
+        assert page.status == 503 and b"Label Studio is being updated" in page.body
+    finally:
+        app1.exec("systemctl start label-studio")
+    assert _until(site, "app1", "UP") == "UP"
+    # The killed VM boots again: Label Studio starts at boot, and the balancer's checks put it back.
+    old = address(app2)
+    subprocess.run(["docker", "start", app2.id], check=True, capture_output=True)
+    app2.refresh_ports()
+    app2.wait_for_systemd()
+    if address(app2) != old:   # the containers' network gave it another address: the site file says so
+        site.site_file.write_text(site.site_file.read_text().replace(old, address(app2)))
+        again = site.run("site-provision")
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert _until(site, "app2", "UP") == "UP"
+    status = site.run("site-status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_tls_at_the_edge_with_a_self_signed_certificate(site):
+    public = f"https://127.0.0.1:{site.lb.published_port(443)}"
+    profile = site.home / "labels.yaml"
+    profile.write_text(profile.read_text().replace(site.url, public))
+    site.site_file.write_text(site.site_file.read_text() + "  tls: self-signed\n")
+    result = site.run("site-provision")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "made a self-signed certificate for 127.0.0.1 (/etc/haproxy/certs/label-studio.pem, root 0600)" in out, out
+    assert out.count("took ") == 2 and "ufw allows 443/tcp" in out, out
+    assert sh(site.lb, "stat -c '%U:%G:%a' /etc/haproxy/certs/label-studio.pem").strip() == "root:root:600"
+    cert = site.home / "edge.pem"
+    cert.write_text(sh(site.lb, "openssl x509 -in /etc/haproxy/certs/label-studio.pem"))
+    # Verified against the balancer's own certificate (its fingerprint is what site-provision printed).
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"{public}/health", context=context, timeout=30) as answer:
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "UP"
+    plain = urllib.request.Request(f"{site.url}/user/login/")
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(plain, timeout=30)
+        raise AssertionError("plain HTTP was served")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 301 and exc.headers["Location"] == f"https://127.0.0.1:{site.lb.http_port}/user/login/"
+    for vm in site.apps.values():
+        env = sh(vm, "cat /opt/label-studio/label-studio.env")
+        assert f"LABEL_STUDIO_HOST={public}\n" in env and "SESSION_COOKIE_SECURE=1\n" in env
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
