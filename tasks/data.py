@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tasks.core import offsite, ui
-from tasks.core.data import bucket_media, catalog, checking, diskuse, engine, local, postgres_snapshots, snapshots
+from tasks.core.data import catalog, checking, diskuse, engine, local, postgres_snapshots, restore, snapshots
 from tasks.core.data.catalog import LOCAL_HOST, Snapshot, counts_text, report_snapshot
 from tasks.core.database import snapshot_engine
 from tasks.core.defaults import DATABASE, MEDIA, SWAP_HEALTH_TIMEOUT
@@ -37,10 +37,6 @@ from tasks.core.profile import Profile, backups_root, load_profile
 from tasks.core.commands import offsite as offsite_commands
 
 LOCAL_DIR_HELP = "the local Label Studio data dir (default: $LABEL_STUDIO_BASE_DATA_DIR, else Label Studio's own default)"
-
-
-CONVERTED = ("SQLite -> PostgreSQL: converted on the server into a new database while Label Studio serves "
-             "(schema by its own migrations, every row with its id, each table's rows and checksum compared)")
 
 
 def refuse_postgresql(profile: Profile, alias: str, task_name: str) -> None:
@@ -295,9 +291,9 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
         try:
             files = [f for f in source.manifest.files
                      if f.path == DATABASE or (with_media and f.path.startswith(MEDIA + "/"))]
-            server = _server_counts_for(host, profile, source)
+            server = restore.server_counts_for(host, profile, source)
             ui.out.print(f"push {described} -> {host.alias}")
-            _say_if_converted(source, profile)
+            restore.say_if_converted(source, profile)
             ui.out.print(f"  server now: {counts_text(server)}")
             ui.out.print(f"  replaced by: {counts_text(local_counts)}"
                          + (" (with media)" if with_media else " (server media kept)"))
@@ -308,7 +304,7 @@ def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dr
                 ui.out.print("dry run: the local database passed its checks; nothing was changed")
                 return
             confirm(f"replace the Label Studio data on {host.alias}? (it is backed up first)", yes)
-            _replace_after_backup(host, profile, source, files, backup=server is not None, label="pre-push",
+            restore.replace_after_backup(host, profile, source, files, backup=server is not None, label="pre-push",
                                   task_name="push-local-db", health_timeout=int(health_timeout), gate=gate)
         finally:
             if gate:
@@ -356,17 +352,14 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
             chosen = _fresh_snapshot_of(c, from_, from_config, host.alias)
         else:
             chosen = catalog.find_snapshot(catalog.list_snapshots(source_dir), catalog.snapshot_name(snapshot))
-        engine.refuse_other_engine(chosen, profile, host.alias)
-        snapshots.refuse_other_database(host, profile)
-        report = local.verify_snapshot(chosen)
-        bucket_media.require_held(host, profile, chosen)
-        server = _server_counts_for(host, profile, chosen)
+        report = restore.checked_before_restore(host, profile, chosen)
+        server = restore.server_counts_for(host, profile, chosen)
         moving = chosen.host != host.alias
         ui.out.print(f"{'move' if moving else 'restore'} {chosen.host}/{chosen.id} -> {host.alias}")
         ui.out.print(f"  server now: {counts_text(server)}")
         ui.out.print(f"  restored:   {counts_text(report['counts'])}, "
                      + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
-        _say_if_converted(chosen, profile)
+        restore.say_if_converted(chosen, profile)
         if moving:
             ui.out.print(f"  users, passwords, API tokens and SECRET_KEY come from {chosen.host}; the URL and "
                          f"settings stay {host.alias}'s (its profile)")
@@ -375,7 +368,7 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
             return
         confirm(f"replace the Label Studio data on {host.alias} with {chosen.host}/{chosen.id}? "
                 "(it is backed up first)", yes)
-        _replace_after_backup(host, profile, chosen, chosen.manifest.files, backup=server is not None,
+        restore.replace_after_backup(host, profile, chosen, chosen.manifest.files, backup=server is not None,
                               label="pre-restore", task_name="restore-server", health_timeout=int(health_timeout))
 
 
@@ -489,36 +482,6 @@ def _other_secrets(other: Profile) -> tuple[str, dict[str, str] | None, str | No
             raise UsageError(f"{other.offsite.target}: ${offsite.SFTP_KEY_ENV} must name the private key file of that "
                              "account on this machine; nothing was changed")
     return password, credentials, key
-
-
-def _server_counts_for(host, profile: Profile, source: Snapshot) -> dict | None:
-    """The server's counts (None: no database yet), once a SQLite server is known to run a release that
-    knows the source's migrations (onto PostgreSQL the converter compares them)."""
-    server = engine.server_counts(host, profile)
-    if server is not None and not profile.database.postgresql:
-        local.require_known_migrations(source.path / DATABASE, snapshots.release_migrations(host, profile), host.alias)
-    return server
-
-
-def _say_if_converted(source: Snapshot, profile: Profile) -> None:
-    if engine.converted_on_the_way(source, profile):
-        ui.out.print(f"  {CONVERTED}")
-
-
-def _replace_after_backup(host, profile: Profile, source: Snapshot, files: list, *, backup: bool, label: str,
-                          task_name: str, health_timeout: int, gate: _LocalGate | None = None) -> None:
-    """Under the server's lock: a snapshot of what the server holds first (`backup`), then its data
-    replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap).
-    `gate`: the source's check, running beside that backup and the upload, passed before anything is
-    replaced."""
-    with snapshots.server_lock(host, profile, task_name):
-        before = None
-        if backup:   # checked beside the upload; the swap waits for the check
-            before = engine.take_server_snapshot(host, profile, label=label, check=False)
-            report_snapshot(before, "server backed up as")
-        engine.put_on_server(host, profile, source, files, health_timeout=health_timeout, base=before,
-                             before_replace=(lambda uploaded: gate.passed(backed_up=before, uploaded=uploaded))
-                             if gate else None)
 
 
 def _fresh_snapshot_of(c, alias: str, config: str | None, target: str) -> Snapshot:

@@ -3,6 +3,7 @@ the site file (--site, $LSVM_SITE or configs/site.yaml), not from -H."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -15,9 +16,12 @@ from tasks.core import ui
 from tasks.core.commands import secret_key
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
-from tasks.core.edge import host_alias, task, task_edge
+from tasks.core.data import catalog, local, restore
+from tasks.core.data.catalog import counts_text
+from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
+from tasks.core.edge import HEALTH_HELP, YES_HELP, confirm, host_alias, task, task_edge
 from tasks.core.errors import ConnectError, NotServing, ProfileError, RemoteError, ToolkitError, UsageError
-from tasks.core.profile import Profile
+from tasks.core.profile import Profile, backups_root
 from tasks.core.provision import balancer, facts, plan
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.run import provision_host
@@ -202,3 +206,83 @@ def site_status(c, site=None):
                          + (f": {', '.join(serving)}" if serving else ""),
                          hint="`fab -H <app VM> logs` shows why one is down; `fab site-provision` sets it up again")
     ui.out.print(f"Every app VM is up and in the balancer: {profile.url} is served by {len(serving)}.")
+
+
+@task(name="site-restore", help={
+    "site": SITE_HELP,
+    "snapshot": "ID of a backup of the first app VM (`fab -H <it> backups`), or OTHERHOST/ID: a move onto the site",
+    "yes": YES_HELP, "dry-run": "check the snapshot and show what would happen; change nothing",
+    "health-timeout": HEALTH_HELP})
+@task_edge
+def site_restore(c, site=None, snapshot=None, yes=False, dry_run=False, health_timeout=SWAP_HEALTH_TIMEOUT):
+    """Put a snapshot on the site: every app VM out, the data replaced once (through the first), every VM back."""
+    no_host(c)
+    if not snapshot:
+        raise UsageError("which data? --snapshot ID (a backup of the first app VM: `fab -H <it> backups`) or "
+                         "--snapshot OTHERHOST/ID (a move onto the site)")
+    the_site, profile = sites.load_site(site)
+    lb = _connect(c, the_site.balancer.host)
+    apps = _apps(c, the_site, profile)
+    if not balancer.balancer_facts(lb).ours:
+        raise RemoteError(f"{lb.alias} is not this site's balancer yet", hint="run: fab site-provision")
+    first, first_profile, first_host = apps[0]
+    source_dir = backups_root() / catalog.snapshot_host(snapshot, first_host.alias)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(local.local_lock(first_profile.backups_dir()))
+        if source_dir != first_profile.backups_dir():
+            locks.enter_context(local.local_lock(source_dir))
+        chosen = catalog.find_snapshot(catalog.list_snapshots(source_dir), catalog.snapshot_name(snapshot))
+        report = restore.checked_before_restore(first_host, first_profile, chosen)
+        server = restore.server_counts_for(first_host, first_profile, chosen)
+        others = apps[1:]
+        ui.out.print(f"restore {chosen.host}/{chosen.id} -> the site ({len(apps)} app VM(s) behind {lb.alias})")
+        ui.out.print(f"  site now:   {counts_text(server)}")
+        ui.out.print(f"  restored:   {counts_text(report['counts'])}, "
+                     + ", ".join(sorted({f.path.split('/')[0] for f in chosen.manifest.files})))
+        restore.say_if_converted(chosen, first_profile)
+        ui.out.print(f"  1. every app VM drained at {lb.alias}: the site answers 503 (maintenance) until step 4")
+        if others:
+            ui.out.print(f"  2. Label Studio stopped on {', '.join(a.host for a, _, _ in others)} (nothing else "
+                         "holds the database)")
+        ui.out.print(f"  3. {first.host}: backed up here, then its data replaced (health-gated, put back as it was "
+                     "on any failure)")
+        ui.out.print("  4. the restored SECRET_KEY given to every other app VM; each started, proven, put back")
+        if dry_run:
+            ui.out.print("dry run: the snapshot passed its checks; nothing was changed on the site")
+            return
+        confirm(f"replace the site's data with {chosen.host}/{chosen.id}? (it is backed up first; the site answers "
+                "for maintenance meanwhile)", yes)
+        rolling = Balancer(lb, the_site.balancer.check_interval_ms)
+        for app, app_profile, _ in apps:
+            rolling.drain(app.server, app_profile.nginx.proxy_timeout)
+        ui.step(True, f"drained every app VM at {lb.alias}: the site answers for maintenance")
+        try:
+            for app, app_profile, host in others:
+                manager = service_manager(app_profile)
+                host.run(manager.stop(), sudo=True, what=f"stopping {manager.label}")
+                ui.step(True, f"stopped {manager.label} on {app.host}")
+            restore.replace_after_backup(first_host, first_profile, chosen, chosen.manifest.files,
+                                         backup=server is not None, label="pre-restore", task_name="site-restore",
+                                         health_timeout=int(health_timeout))
+        finally:
+            _back_in_turn(rolling, apps)
+    ui.out.print(f"\n[bold]The site serves {chosen.host}/{chosen.id}[/bold] from {len(apps)} app VM(s) at {profile.url}.")
+
+
+def _back_in_turn(rolling: Balancer, apps: list[tuple[sites.AppVM, Profile, Host]]) -> None:
+    """After the first app VM's data changed (or was put back): the others get its SECRET_KEY, each one
+    is started and proven, then every one goes back into the balancer."""
+    first, first_profile, first_host = apps[0]
+    wait_for_health(first_host, first_profile, via_nginx=True)
+    key = _site_key(first_host, first_profile)
+    for app, app_profile, host in apps[1:]:
+        if key is not None:
+            plan.run_with_secret(host, secret_key.on_server(app_profile, secret_key.install_from_stdin),
+                                 f"{key}\n".encode(), "writing the site's SECRET_KEY")
+        manager = service_manager(app_profile)
+        host.run(manager.start(), sudo=True, what=f"starting {manager.label}")
+        wait_for_health(host, app_profile, via_nginx=True)
+        ui.step(True, f"started {manager.label} on {app.host} with the site's SECRET_KEY; it reads the database")
+    for app, _, _ in apps:
+        rolling.ready(app.server)
+        ui.step(True, f"put {app.server} back: the balancer's checks see it up")

@@ -296,6 +296,32 @@ def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is
     assert status.returncode == 0, status.stdout + status.stderr
 
 
+def test_a_backup_of_the_site_is_restored_onto_every_app_vm(site):
+    token = api_token(site)
+    before = sdk_view(site.url, token)
+    # The site's backup is the first app VM's: the shared database, the SECRET_KEY, the bucket's listing.
+    backup = site.fab("backup", "--config", str(site.home / "labels.yaml"), host="app1")
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    assert f"of s3://{BUCKET}/labels" in backup.stdout, backup.stdout
+    snapshot = re.search(r"snapshot (\d{8}T\d{6}Z\S*):", backup.stdout).group(1)
+    from label_studio_sdk import LabelStudio as SDK
+    SDK(base_url=site.url, api_key=token).projects.create(title="After the backup", label_config=LABEL_CONFIG)
+    assert "After the backup" in sdk_view(site.url, token)["projects"]
+    dry = site.run("site-restore", "--snapshot", snapshot, "--dry-run")
+    assert dry.returncode == 0 and "nothing was changed" in dry.stdout, dry.stdout + dry.stderr
+    restored = site.run("site-restore", "--snapshot", snapshot, "--yes")
+    out = restored.stdout + restored.stderr
+    assert restored.returncode == 0, out
+    assert "server backed up as" in out and "stopped label-studio.service on app2" in out, out
+    # The same data through the balancer and on each app VM, read with the token made before the backup.
+    assert sdk_view(site.url, token) == before
+    assert sdk_view(site.app_url("app1"), token) == before == sdk_view(site.app_url("app2"), token)
+    keys = {name: sh(vm, "grep '^SECRET_KEY=' /var/lib/label-studio/.env") for name, vm in site.apps.items()}
+    assert keys["app1"] == keys["app2"]
+    status = site.run("site-status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
 def test_tls_at_the_edge_with_a_self_signed_certificate(site):
     public = f"https://127.0.0.1:{site.lb.published_port(443)}"
     profile = site.home / "labels.yaml"

@@ -224,7 +224,7 @@ def test_with_yes_push_s_gate_runs_beside_the_backup_and_the_upload_and_stops_be
 
     monkeypatch.setattr(data_tasks.snapshots, "server_lock", lambda host, profile, name: contextlib.nullcontext())
     monkeypatch.setattr(data_tasks.engine, "take_server_snapshot", take_server_snapshot)
-    monkeypatch.setattr(data_tasks, "report_snapshot", lambda snapshot, what: None)
+    monkeypatch.setattr(data_tasks.restore, "report_snapshot", lambda snapshot, what: None)
     def put_on_server(*args, before_replace, **kwargs):   # as on SQLite: the gate once the upload is proven
         happened.append("sent")
         before_replace(True)
