@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 from fabric import Connection
+from packaging.version import Version
 from rich.table import Table
 
 from tasks.core import site as sites
-from tasks.core import ui
+from tasks.core import procedure, ui
 from tasks.core.commands import secret_key
+from tasks.core.commands import upgrade as upgrade_commands
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
-from tasks.core.data import catalog, local, restore
-from tasks.core.data.catalog import counts_text
+from tasks.core.data import catalog, engine, local, restore, snapshots
+from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import HEALTH_HELP, YES_HELP, confirm, host_alias, task, task_edge
 from tasks.core.errors import ConnectError, NotServing, ProfileError, RemoteError, ToolkitError, UsageError
+from tasks.core.procedure import Step
 from tasks.core.profile import Profile, backups_root
 from tasks.core.provision import balancer, facts, plan
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.run import provision_host
 from tasks.core.provision.tls import check_pair
+from tasks.core.releases import build_beside, checked_version, release_label
 from tasks.core.rolling import Balancer, taken_out
 
 SITE_HELP = "site file to use instead of configs/site.yaml (or set LSVM_SITE)"
@@ -78,6 +83,18 @@ def _site_key(host: Host, profile: Profile) -> str | None:
     return key
 
 
+def _built_site(c, site: str | None):
+    """The site file, its profile, the balancer and every app VM connected, once site-provision has set the
+    balancer up (what the tasks that act on a running site need)."""
+    the_site, profile = sites.load_site(site)
+    lb = _connect(c, the_site.balancer.host)
+    apps = _apps(c, the_site, profile)
+    found = balancer.balancer_facts(lb)
+    if not found.ours:
+        raise RemoteError(f"{lb.alias} is not this site's balancer yet", hint="run: fab site-provision")
+    return the_site, profile, Balancer(lb, the_site.balancer.check_interval_ms), apps, found
+
+
 def _serving_balancer(lb: Host, the_site: sites.Site, found: balancer.BalancerFacts) -> Balancer | None:
     """The balancer when it already serves this site (then app VMs change one at a time), else None."""
     return Balancer(lb, the_site.balancer.check_interval_ms) if found.ours and found.haproxy.running else None
@@ -104,18 +121,13 @@ def site_provision(c, site=None, dry_run=False):
     for index, (app, app_profile, host) in enumerate(apps):
         ui.out.print("")
         # The first VM migrates the database (its start runs the migrations; the others find none to run).
-        drained = []
+        # Once the balancer serves, a VM about to change is taken out first and put back after.
+        with contextlib.ExitStack() as out:
+            def drain(server=app.server, timeout=app_profile.nginx.proxy_timeout):
+                out.enter_context(taken_out(rolling, server, timeout))
 
-        def drain(server=app.server):
-            rolling.drain(server, app_profile.nginx.proxy_timeout)
-            drained.append(server)
-            ui.step(True, f"took {server} out of the balancer (drained)")
-
-        provision_host(host, app_profile, dry_run=dry_run, site_key=key,
-                       before_changes=drain if rolling is not None else None)
-        if drained:
-            rolling.ready(app.server)
-            ui.step(True, f"put {app.server} back: the balancer's checks see it up")
+            provision_host(host, app_profile, dry_run=dry_run, site_key=key,
+                           before_changes=drain if rolling is not None else None)
         if index == 0:
             key = _site_key(host, app_profile)
     addresses = {app.host: app.address or app_profile.address for app, app_profile, _ in apps}
@@ -138,13 +150,7 @@ def site_provision(c, site=None, dry_run=False):
 def site_restart(c, site=None):
     """Restart every app VM, one at a time: drained at the balancer, restarted, proven, put back."""
     no_host(c)
-    the_site, profile = sites.load_site(site)
-    lb = _connect(c, the_site.balancer.host)
-    apps = _apps(c, the_site, profile)
-    found = balancer.balancer_facts(lb)
-    if not found.ours:
-        raise RemoteError(f"{lb.alias} is not this site's balancer yet", hint="run: fab site-provision")
-    rolling = Balancer(lb, the_site.balancer.check_interval_ms)
+    the_site, profile, rolling, apps, found = _built_site(c, site)
     up = [name for name, state in found.servers.items() if state.up]
     for app, app_profile, host in apps:
         others = [name for name in up if name != app.server]
@@ -220,11 +226,8 @@ def site_restore(c, site=None, snapshot=None, yes=False, dry_run=False, health_t
     if not snapshot:
         raise UsageError("which data? --snapshot ID (a backup of the first app VM: `fab -H <it> backups`) or "
                          "--snapshot OTHERHOST/ID (a move onto the site)")
-    the_site, profile = sites.load_site(site)
-    lb = _connect(c, the_site.balancer.host)
-    apps = _apps(c, the_site, profile)
-    if not balancer.balancer_facts(lb).ours:
-        raise RemoteError(f"{lb.alias} is not this site's balancer yet", hint="run: fab site-provision")
+    the_site, profile, rolling, apps, _ = _built_site(c, site)
+    lb = rolling.host
     first, first_profile, first_host = apps[0]
     source_dir = backups_root() / catalog.snapshot_host(snapshot, first_host.alias)
     with contextlib.ExitStack() as locks:
@@ -252,28 +255,39 @@ def site_restore(c, site=None, snapshot=None, yes=False, dry_run=False, health_t
             return
         confirm(f"replace the site's data with {chosen.host}/{chosen.id}? (it is backed up first; the site answers "
                 "for maintenance meanwhile)", yes)
-        rolling = Balancer(lb, the_site.balancer.check_interval_ms)
-        for app, app_profile, _ in apps:
-            rolling.drain(app.server, app_profile.nginx.proxy_timeout)
-        ui.step(True, f"drained every app VM at {lb.alias}: the site answers for maintenance")
-        try:
-            for app, app_profile, host in others:
-                manager = service_manager(app_profile)
-                host.run(manager.stop(), sudo=True, what=f"stopping {manager.label}")
-                ui.step(True, f"stopped {manager.label} on {app.host}")
+        with _in_maintenance(rolling, apps):
             restore.replace_after_backup(first_host, first_profile, chosen, chosen.manifest.files,
                                          backup=server is not None, label="pre-restore", task_name="site-restore",
                                          health_timeout=int(health_timeout))
-        finally:
-            _back_in_turn(rolling, apps)
     ui.out.print(f"\n[bold]The site serves {chosen.host}/{chosen.id}[/bold] from {len(apps)} app VM(s) at {profile.url}.")
 
 
+@contextlib.contextmanager
+def _in_maintenance(rolling: Balancer, apps: list[tuple[sites.AppVM, Profile, Host]]):
+    """Every app VM drained (the balancer answers for maintenance) and Label Studio stopped on all but the
+    first, for a body that changes the database through the first; then, whatever the body did, every
+    VM started on the first one's SECRET_KEY, proven and put back."""
+    for app, app_profile, _ in apps:
+        rolling.drain(app.server, app_profile.nginx.proxy_timeout)
+    ui.step(True, f"drained every app VM at {rolling.host.alias}: the site answers for maintenance")
+    try:
+        for app, app_profile, host in apps[1:]:
+            manager = service_manager(app_profile)
+            host.run(manager.stop(), sudo=True, what=f"stopping {manager.label}")
+            ui.step(True, f"stopped {manager.label} on {app.host}")
+        yield
+    finally:
+        _back_in_turn(rolling, apps)
+
+
 def _back_in_turn(rolling: Balancer, apps: list[tuple[sites.AppVM, Profile, Host]]) -> None:
-    """After the first app VM's data changed (or was put back): the others get its SECRET_KEY, each one
-    is started and proven, then every one goes back into the balancer."""
+    """After the first app VM's data changed (or was put back): it goes back into the balancer as soon as
+    it is proven (the maintenance answer ends there); then each other one gets its SECRET_KEY, is started,
+    proven and put back."""
     first, first_profile, first_host = apps[0]
     wait_for_health(first_host, first_profile, via_nginx=True)
+    rolling.ready(first.server)
+    ui.step(True, f"put {first.server} back: the balancer's checks see it up (the site serves again)")
     key = _site_key(first_host, first_profile)
     for app, app_profile, host in apps[1:]:
         if key is not None:
@@ -283,6 +297,121 @@ def _back_in_turn(rolling: Balancer, apps: list[tuple[sites.AppVM, Profile, Host
         host.run(manager.start(), sudo=True, what=f"starting {manager.label}")
         wait_for_health(host, app_profile, via_nginx=True)
         ui.step(True, f"started {manager.label} on {app.host} with the site's SECRET_KEY; it reads the database")
-    for app, _, _ in apps:
         rolling.ready(app.server)
         ui.step(True, f"put {app.server} back: the balancer's checks see it up")
+
+
+@task(name="site-upgrade", help={
+    "site": SITE_HELP, "version": "the release to upgrade to (default: the profile's label_studio.version)",
+    "yes": YES_HELP, "dry-run": "show what would happen, change nothing", "health-timeout": HEALTH_HELP})
+@task_edge
+def site_upgrade(c, site=None, version=None, yes=False, dry_run=False, health_timeout=SWAP_HEALTH_TIMEOUT):
+    """Upgrade every app VM: a backup, the release built beside the old one, migrations once, the VMs rolled."""
+    no_host(c)
+    if version:
+        checked_version(version)     # before connecting
+    _, profile, rolling, apps, _ = _built_site(c, site)
+    found = {app.host: facts.provision_facts(host, app_profile, "") for app, app_profile, host in apps}
+    running = {f.label_studio_version for f in found.values()}
+    if len(running) != 1 or None in running:
+        raise UsageError(f"the app VMs run {', '.join(sorted(str(v) for v in running))}: a site upgrades from one "
+                         "release; nothing was changed", hint="fab site-provision puts the profile's on every one")
+    old = running.pop()
+    new = checked_version(version or profile.label_studio.version)
+    if Version(new) == Version(old):
+        ui.step(False, f"label-studio {old} runs on every app VM: nothing to upgrade")
+        return
+    if Version(new) < Version(old):
+        raise UsageError(f"{new} is older than the running {old}: a database {old} migrated does not go back by "
+                         "installing an older release; nothing was changed",
+                         hint=f"fab site-restore --snapshot {apps[0][0].host}/<the pre-upgrade backup> with {new} "
+                              "built returns the data of then")
+    first, first_profile, first_host = apps[0]
+    state: dict = {}
+
+    def backup() -> None:
+        with snapshots.server_lock(first_host, first_profile, "site-upgrade"):
+            taken = engine.take_server_snapshot(first_host, first_profile, label=f"pre-upgrade-{release_label(old)}")
+        report_snapshot(taken, "site backed up as")
+        state["backup"] = taken
+
+    def build() -> None:
+        for app, app_profile, host in apps:
+            build_beside(host, app_profile, new, built=new in found[app.host].releases)
+
+    def ask_migrations() -> None:
+        out = first_host.run(upgrade_commands.migration_plan(first_profile, new), sudo=True, check=False,
+                             timeout=900, what="the migration plan")
+        line = next((text[5:] for text in out.stdout.splitlines() if text.startswith("PLAN ")), None)
+        if not out.ok or line is None:
+            raise RemoteError(f"label-studio {new} could not read the database's migrations: {out.last_line()}; "
+                              "nothing was changed (the site kept serving)")
+        state["migrations"] = json.loads(line)
+        ui.step(True, f"label-studio {new} has {len(state['migrations'])} migration(s) for the database")
+
+    def switch() -> None:
+        migrations = state["migrations"]
+        how = ("every VM out at once (the schema changes: the site answers for maintenance until the first VM "
+               "runs the new release)" if migrations else "one VM at a time (no migration: the site keeps serving)")
+        confirm(f"switch the site to label-studio {new}, {how}?", yes)
+        if migrations:
+            _upgrade_in_maintenance(rolling, apps, old, new, state["backup"], int(health_timeout))
+        else:
+            for app, app_profile, host in apps:
+                with taken_out(rolling, app.server, app_profile.nginx.proxy_timeout):
+                    _switch(host, app_profile, new, old)
+
+    steps = [
+        Step.of(backup, f"verified backup of the site (through {first.host}) on this machine, label "
+                        f"pre-upgrade-{release_label(old)}"),
+        Step.of(build, f"build label-studio {new} beside {old} on every app VM (they keep serving)"),
+        Step.of(ask_migrations, f"ask {new} which migrations the database lacks (reading only)"),
+        Step.of(switch, "none: each app VM drained, switched, restarted, proven, put back, one at a time",
+                "some: every app VM drained (the site answers 503 for maintenance), the others stopped; the first "
+                "switched and started (it migrates the database once), proven, put back; then each other one",
+                f"a failure: the VM goes back to {old}; after a migration, the site gets the backup back"),
+    ]
+    ui.out.print(f"[bold]site-upgrade[/bold]: label-studio {old} -> {new} on {len(apps)} app VM(s)")
+    procedure.show(steps)
+    if dry_run:
+        ui.out.print("\nNothing was changed.")
+        return
+    procedure.run(steps)
+    ui.out.print(f"\n[bold]The site runs label-studio {new}[/bold] on {len(apps)} app VM(s) at {profile.url}.")
+    if new != profile.label_studio.version:
+        ui.warn(f"set label_studio.version: \"{new}\" in {profile.config_file}: site-provision refuses to go back "
+                f"to {profile.label_studio.version}")
+
+
+def _switch(host: Host, profile: Profile, new: str, old: str) -> None:
+    """The VM's `current` release to `new`, restarted, proven; back to `old` (restarted) when it fails."""
+    manager = service_manager(profile)
+    host.run(upgrade_commands.switch_release(profile, new), sudo=True, what=f"switching to {new}")
+    try:
+        host.run(manager.restart(), sudo=True, what=f"restarting {manager.label}")
+        wait_for_health(host, profile, via_nginx=True)
+    except ToolkitError:
+        host.run(upgrade_commands.switch_release(profile, old), sudo=True, what=f"switching back to {old}")
+        host.run(manager.restart(), sudo=True, what=f"restarting {manager.label}")
+        raise
+    ui.step(True, f"{host.alias} runs label-studio {new}; it answers and reads its database")
+
+
+def _upgrade_in_maintenance(rolling: Balancer, apps, old: str, new: str, backup: catalog.Snapshot,
+                            health_timeout: int) -> None:
+    """The schema changes: no VM of the old release may write meanwhile. The first VM migrates the database
+    as it starts the new release; the others follow. Should the first fail, it goes back to `old` and the
+    site gets the pre-upgrade backup back (the migration may have changed the database half-way)."""
+    first, first_profile, first_host = apps[0]
+    with _in_maintenance(rolling, apps):
+        try:
+            _switch(first_host, first_profile, new, old)
+        except ToolkitError as exc:
+            ui.warn(f"{first.host} did not come up on {new} ({exc}); it is back on {old}: the database as it was "
+                    f"before the upgrade comes back from {backup.id}")
+            restore.replace_after_backup(first_host, first_profile, backup, backup.manifest.files, backup=False,
+                                         label="", task_name="site-upgrade", health_timeout=health_timeout)
+            raise
+        for app, app_profile, host in apps[1:]:
+            host.run(upgrade_commands.switch_release(app_profile, new), sudo=True, what=f"switching to {new}")
+            ui.step(True, f"switched {app.host} to label-studio {new} (it starts with the others)")

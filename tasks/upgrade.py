@@ -11,35 +11,21 @@ from packaging.version import InvalidVersion, Version
 
 from tasks.core import procedure, ui
 from tasks.core.commands import data as data_commands
-from tasks.core.commands import provision as provision_commands
 from tasks.core.commands import upgrade as commands
 from tasks.core.connect import Host
 from tasks.core.data import catalog, engine, local, snapshots
 from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.data.swap import run_swap
-from tasks.core.defaults import DATABASE, PIP_TIMEOUT, SWAP_HEALTH_TIMEOUT
+from tasks.core.defaults import DATABASE, SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import CONFIG_HELP, YES_HELP, confirm, open_host, refuse_on_postgresql, task, task_edge
 from tasks.core.errors import RemoteError, UsageError
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile
 from tasks.core.provision import facts
 from tasks.core.provision.refusals import check_host, refuse_database_switch, refuse_media_switch, refuse_neighbours
-from tasks.core.releases import pypi_versions
+from tasks.core.releases import build_beside, checked_version, pypi_versions, release_label
 
 MIGRATION_CHECK_TIMEOUT = 1800
-
-
-def release_label(version: str) -> str:
-    """A snapshot label for a version (labels take letters, digits and '-')."""
-    return "".join(ch if ch.isalnum() else "-" for ch in version.lower())[:28]
-
-
-def checked_version(value: str) -> str:
-    try:
-        Version(value)
-    except InvalidVersion:
-        raise UsageError(f"'{value}' is not a version pip accepts (for example 1.23.2)") from None
-    return value
 
 
 def check_migrations(host: Host, profile: Profile, version: str) -> list[str]:
@@ -89,16 +75,7 @@ def _steps(host: Host, profile: Profile, old: str, new: str, built: bool, health
                         "server backed up as")
 
     def build() -> None:
-        if built:
-            # Complete already: build_release only adds gunicorn, which a release an older toolkit built lacks.
-            host.run(provision_commands.build_release(profile, new), sudo=True, timeout=PIP_TIMEOUT,
-                     what=f"checking the app server of label-studio {new}")
-            ui.step(False, f"label-studio {new} is already built in {where}")
-            return
-        with ui.err.status(f"pip install label-studio=={new} into {where} (a minute or more)"):
-            host.run(provision_commands.build_release(profile, new), sudo=True, timeout=PIP_TIMEOUT,
-                     what=f"building label-studio {new}")
-        ui.step(True, f"built label-studio {new} in {where} (the service kept running)")
+        build_beside(host, profile, new, built=built)
 
     def check() -> None:
         check_started = time.monotonic()

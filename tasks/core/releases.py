@@ -8,7 +8,11 @@ import urllib.request
 
 from packaging.version import InvalidVersion, Version
 
-from tasks.core.errors import RemoteError
+from tasks.core import ui
+from tasks.core.commands.provision import build_release
+from tasks.core.connect import Host
+from tasks.core.defaults import PIP_TIMEOUT
+from tasks.core.errors import RemoteError, UsageError
 from tasks.core.profile import Profile
 
 PYPI_SIMPLE = "https://pypi.org/simple/"
@@ -37,3 +41,31 @@ def pypi_versions(profile: Profile) -> list[str]:
         if not parsed.is_prerelease:
             versions.append(parsed)
     return [str(v) for v in sorted(versions, reverse=True)]
+
+
+def release_label(version: str) -> str:
+    """A snapshot label for a version (labels take letters, digits and '-')."""
+    return "".join(ch if ch.isalnum() else "-" for ch in version.lower())[:28]
+
+
+def checked_version(value: str) -> str:
+    try:
+        Version(value)
+    except InvalidVersion:
+        raise UsageError(f"'{value}' is not a version pip accepts (for example 1.23.2)") from None
+    return value
+
+
+def build_beside(host: Host, profile: Profile, version: str, *, built: bool) -> None:
+    """Release `version` in its own venv beside the running one (no service impact). One `built` already
+    only gets what an older toolkit's build lacked (gunicorn)."""
+    where = profile.release_dir(version)
+    if built:
+        host.run(build_release(profile, version), sudo=True, timeout=PIP_TIMEOUT,
+                 what=f"checking the app server of label-studio {version}")
+        ui.step(False, f"label-studio {version} is already built in {where} on {host.alias}")
+        return
+    with ui.err.status(f"{host.alias}: pip install label-studio=={version} into {where} (a minute or more)"):
+        host.run(build_release(profile, version), sudo=True, timeout=PIP_TIMEOUT,
+                 what=f"building label-studio {version}")
+    ui.step(True, f"built label-studio {version} in {where} on {host.alias} (the service kept running)")

@@ -60,12 +60,14 @@ def as_service_user(profile: Profile, *words: Arg, cwd: Arg | None = None) -> st
     return join("runuser", "-u", profile.service.user, "--", "env", "-C", cwd or data_dir, f"HOME={data_dir}", *words)
 
 
-def service_python(profile: Profile, *assignments: str, timeout: int | None = None) -> str:
-    """The release's python, as the service user, for `-c SOURCE` (the caller appends it): isolated (-I:
-    no script dir or cwd on the import path, no user site under HOME) and started in the app dir, which
-    that user cannot write, so nothing it planted in the data dir is imported with a secret on stdin.
-    `timeout`: killed after that many seconds (what it reads is the service user's)."""
-    command = as_service_user(profile, *assignments, profile.remote.venv_python, "-I", "-c", cwd=profile.remote.app_dir)
+def service_python(profile: Profile, *assignments: str, timeout: int | None = None,
+                   python: PurePosixPath | None = None) -> str:
+    """The release's python (the current one's, or `python`), as the service user, for `-c SOURCE` (the
+    caller appends it): isolated (-I: no script dir or cwd on the import path, no user site under HOME) and
+    started in the app dir, which that user cannot write, so nothing it planted in the data dir is imported
+    with a secret on stdin. `timeout`: killed after that many seconds (what it reads is the service user's)."""
+    command = as_service_user(profile, *assignments, python or profile.remote.venv_python, "-I", "-c",
+                              cwd=profile.remote.app_dir)
     return f"timeout -k 10 {int(timeout)} {command}" if timeout else command
 
 

@@ -177,7 +177,8 @@ def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath
     return f"{release_python(profile)} \"$(cat {q(script)})\" < {q(request)}"
 
 
-def release_python(profile: Profile, *extra: str, timeout: int | None = None) -> str:
+def release_python(profile: Profile, *extra: str, timeout: int | None = None,
+                   python: PurePosixPath | None = None) -> str:
     """service_python with the service's environment (`extra` assignments after it), for `-c SOURCE`.
     The environment comes from the env file as we render it, never by root sourcing a file on the server."""
     environment = [f"{key}={value}" for key, value in parse.env_assignments(service_manager(profile).env_file().content)]
@@ -186,4 +187,4 @@ def release_python(profile: Profile, *extra: str, timeout: int | None = None) ->
         # Inherited from this root shell (runuser keeps the environment): never argv.
         password = (f"POSTGRE_PASSWORD=$(sed -n {q('s/^' + PASSWORD_KEY + '=//p')} {q(profile.remote.database_env)}) "
                     "&& export POSTGRE_PASSWORD && ")
-    return f"{password}{service_python(profile, *environment, *extra, timeout=timeout)}"
+    return f"{password}{service_python(profile, *environment, *extra, timeout=timeout, python=python)}"

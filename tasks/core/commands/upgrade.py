@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from tasks.core.commands import data, join, q
+from tasks.core.commands.provision import release_python
 from tasks.core.defaults import DATABASE
 from tasks.core.profile import Profile
 
@@ -42,6 +43,23 @@ MIGRATION_CHECK = (
     "call_command('migrate',interactive=False,verbosity=0)\n"
     "print('MIGRATED',flush=True)\n"
 )
+
+
+# The same, reading only: the migrations the release would apply to the live database.
+MIGRATION_PLAN = MIGRATION_CHECK[:MIGRATION_CHECK.index("from django.core.management")]
+
+
+def migration_plan(profile: Profile, version: str) -> str:
+    """Prints `PLAN [...]`: the migrations release `version` would apply to the live database (it only
+    reads which are applied), run with the service's settings as the service user."""
+    python = profile.release_dir(version) / "bin" / "python"
+    return f"{release_python(profile, 'LATEST_VERSION_CHECK=false', timeout=600, python=python)} {q(MIGRATION_PLAN)}"
+
+
+def switch_release(profile: Profile, version: str) -> str:
+    """`current` to release `version`, `previous` to the one it was (both by rename)."""
+    links = _links(q(f"releases/{version}"), '"$old"', profile)
+    return f"old=$(readlink {q(profile.remote.current)} || true); {links}"
 
 
 def migration_check(profile: Profile, version: str, work_dir: PurePosixPath) -> str:

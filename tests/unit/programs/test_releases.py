@@ -15,7 +15,7 @@ from tasks.core.commands import upgrade
 from tasks.core.profile import parse_profile
 from tasks.core.provision import steps
 from tasks.core.provision.plan import Run
-from tasks.upgrade import release_label
+from tasks.core.releases import release_label
 from tests.unit.samples import PROFILE, profile_on_this_machine
 
 

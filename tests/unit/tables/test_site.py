@@ -14,6 +14,7 @@ import pytest
 
 from tasks.core import site
 from tasks.core.commands import balancer as balancer_commands
+from tasks.core.commands import upgrade as upgrade_commands
 from tasks.core.errors import ProfileError
 from tasks.core.profile import parse_profile
 from tasks.core.provision import balancer, steps
@@ -230,7 +231,9 @@ def test_balancer_scripts_are_valid_posix_shell():
     scripts = [balancer_commands.probe(), balancer_commands.set_state("app-1.x", "drain"),
                balancer_commands.wait_drained("app1", 300), balancer_commands.wait_status("app1", "UP", 60),
                balancer_commands.install_config(site.PATHS.config.parent / "staged"),
-               balancer_commands.self_signed_pem("labels.example.org"), balancer_commands.self_signed_pem("10.0.0.1")]
+               balancer_commands.self_signed_pem("labels.example.org"), balancer_commands.self_signed_pem("10.0.0.1"),
+               upgrade_commands.switch_release(parse_profile(PROFILE), "1.23.2"),
+               upgrade_commands.migration_plan(parse_profile(PROFILE), "1.23.2")]
     for script in scripts:
         checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
         assert checked.returncode == 0, (script, checked.stderr)
