@@ -23,7 +23,7 @@ from tasks.core.data import catalog, engine, local, restore, snapshots
 from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import HEALTH_HELP, YES_HELP, confirm, host_alias, task, task_edge
-from tasks.core.errors import ConnectError, NotServing, ProfileError, RemoteError, ToolkitError, UsageError
+from tasks.core.errors import NotServing, ProfileError, RemoteError, ToolkitError, UsageError
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile, backups_root
 from tasks.core.provision import balancer, facts, plan
@@ -92,12 +92,12 @@ def _built_site(c, site: str | None):
     found = balancer.balancer_facts(lb)
     if not found.ours:
         raise RemoteError(f"{lb.alias} is not this site's balancer yet", hint="run: fab site-provision")
-    return the_site, profile, Balancer(lb, the_site.balancer.check_interval_ms), apps, found
+    return the_site, profile, Balancer(lb), apps, found
 
 
-def _serving_balancer(lb: Host, the_site: sites.Site, found: balancer.BalancerFacts) -> Balancer | None:
+def _serving_balancer(lb: Host, found: balancer.BalancerFacts) -> Balancer | None:
     """The balancer when it already serves this site (then app VMs change one at a time), else None."""
-    return Balancer(lb, the_site.balancer.check_interval_ms) if found.ours and found.haproxy.running else None
+    return Balancer(lb) if found.ours and found.haproxy.running else None
 
 
 @task(name="site-provision", help={
@@ -114,7 +114,7 @@ def site_provision(c, site=None, dry_run=False):
     lb = _connect(c, the_site.balancer.host)
     apps = _apps(c, the_site, profile)
     lb_found = balancer.balancer_facts(lb)
-    rolling = _serving_balancer(lb, the_site, lb_found) if len(apps) > 1 else None
+    rolling = _serving_balancer(lb, lb_found) if len(apps) > 1 else None
     mode = "plan only: nothing on any host changes" if dry_run else f"site: {the_site.source}"
     ui.out.print(f"[bold]site-provision[/bold] {len(apps)} app VM(s), then the balancer {lb.alias} ({mode})")
     key = None
@@ -138,9 +138,15 @@ def site_provision(c, site=None, dry_run=False):
     if dry_run:
         ui.out.print(f"\nPlan shown in {took:.1f}s. Nothing was changed.")
         return
-    check = Balancer(lb, the_site.balancer.check_interval_ms)
+    check = Balancer(lb)
+    states = check.servers()
     for app, _, _ in apps:
-        check.wait_up(app.server)
+        # Provision proved each VM healthy: one an operator or a failed rolling step left drained goes back.
+        if states.get(app.server) is not None and states[app.server].status.startswith(("DRAIN", "MAINT")):
+            check.ready(app.server)
+            ui.step(True, f"put {app.server} back: it was {states[app.server].status} at the balancer")
+        else:
+            check.wait_up(app.server)
     ui.out.print(f"\n[bold]The site is up[/bold] at [bold]{profile.url}[/bold]: {len(apps)} app VM(s) behind "
                  f"{lb.alias}, every one checked up by the balancer ({took:.1f}s).")
 
@@ -200,8 +206,8 @@ def site_status(c, site=None):
             label = f"Label Studio {st.label_studio_version or '?'}, {health}; {where}"
             if st.healthy and at_balancer is not None and at_balancer.up:
                 serving.append(app.server)
-        except (ConnectError, RemoteError) as exc:
-            label = f"unreachable: {exc}; {where}"
+        except ToolkitError as exc:
+            label = f"not read: {exc}; {where}"
         table.add_row("app", app.host, label)
     db = profile.database
     table.add_row("database", db.address, f"PostgreSQL {db.user}@{db.address}:{db.port}/{db.name} (shared)")

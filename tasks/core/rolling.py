@@ -20,9 +20,8 @@ BACK_TIMEOUT = 60
 class Balancer:
     """HAProxy's runtime API on the balancer VM (root's socket)."""
 
-    def __init__(self, host: Host, interval_ms: int):
+    def __init__(self, host: Host):
         self.host = host
-        self.interval_ms = interval_ms
 
     def servers(self) -> dict[str, ServerState]:
         out = self.host.run(commands.runtime("show stat"), sudo=True, what="asking HAProxy for its servers")
@@ -42,24 +41,22 @@ class Balancer:
         if not out.ok:
             raise RemoteError(f"{server} still has {out.stdout.strip() or '?'} open request(s) after {timeout}s; "
                               "it stays drained (nothing new reaches it)",
-                              hint="`fab site-status` shows it; `fab site-ready --app` puts it back")
+                              hint="`fab site-status` shows it; `fab site-provision` puts it back once it is healthy")
 
     def ready(self, server: str, timeout: int = BACK_TIMEOUT) -> None:
         """`server` back in; returns once HAProxy's own checks see it UP."""
         self._set(server, "ready")
+        self.wait_up(server, timeout)
+
+    def wait_up(self, server: str, timeout: int = BACK_TIMEOUT) -> None:
         with ui.err.status(f"waiting for the balancer's checks to see {server} up ({RISE} good checks)"):
             out = self.host.run(commands.wait_status(server, "UP", timeout), sudo=True, check=False,
                                 timeout=timeout + 30, what=f"waiting for {server}")
         if not out.ok:
             raise RemoteError(f"the balancer does not see {server} up after {timeout}s (its state: "
-                              f"{out.stdout.strip() or 'unknown'})")
-
-    def wait_up(self, server: str, timeout: int = BACK_TIMEOUT) -> None:
-        out = self.host.run(commands.wait_status(server, "UP", timeout), sudo=True, check=False,
-                            timeout=timeout + 30, what=f"waiting for {server}")
-        if not out.ok:
-            raise RemoteError(f"the balancer does not see {server} up after {timeout}s (its state: "
-                              f"{out.stdout.strip() or 'unknown'}, {FALL} failed checks take a VM out)")
+                              f"{out.stdout.strip() or 'unknown'}; {FALL} failed checks take a VM out, {RISE} good "
+                              "ones put it back)", hint="`fab site-status` shows each VM; "
+                                                       "`fab -H <it> logs` shows why one fails its checks")
 
 
 @contextlib.contextmanager

@@ -6,11 +6,12 @@ the second with the first one's SECRET_KEY, then the balancer from bare Debian w
 check of each app VM. Proven with clients nobody on the team wrote (Label Studio's official SDK through the
 balancer and on each app VM): sessions and API tokens are valid on either VM, an upload made on one is
 served by the other; a rolling restart under load (bench.load's clients) fails no request; an app VM
-killed with `docker kill` is taken out within seconds while the site keeps serving.
+killed with `docker kill` is taken out within seconds while the site keeps serving; a single VM's data
+moves onto the site (its SDK view equal through the balancer).
 
 Five VMs for one feature, on one Debian release (CI time; the app VMs start from the committed image of
 a fresh provision, their database removed: the fresh provision itself is proven by test_provision.py).
-The tests run in file order: the last one kills an app VM."""
+The tests run in file order, each on the state the one before left."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
 from tests.integration.support.fab import Fab
 from tests.integration.support.labelstudio import LABEL_CONFIG, api_token, png, sdk_view
-from tests.integration.support.machines import ADMIN_EMAIL, ADMIN_PASSWORD, start_clone, start_test_vm
+from tests.integration.support.machines import (ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone, start_clone,
+                                                start_test_vm)
 from tests.integration.support.servers import address, start_postgres_host, start_s3_host
 
 pytestmark = pytest.mark.one_release("trixie")
@@ -307,8 +309,13 @@ def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is
     app2.wait_for_systemd()
     if address(app2) != old:   # the containers' network gave it another address: the site file says so
         site.site_file.write_text(site.site_file.read_text().replace(old, address(app2)))
-        again = site.run("site-provision")
-        assert again.returncode == 0, again.stdout + again.stderr
+    assert _until(site, "app1", "UP") == "UP"
+    # A VM a failed rolling step left drained: site-provision proves it and puts it back.
+    sh(site.lb, "echo 'set server app_vms/app2 state drain' | socat stdio UNIX-CONNECT:/run/haproxy/lsvm-admin.sock")
+    assert _stat(site, "app2", "status") == "DRAIN"
+    again = site.run("site-provision")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "put app2 back: it was DRAIN at the balancer" in again.stdout, again.stdout
     assert _until(site, "app2", "UP") == "UP"
     status = site.run("site-status")
     assert status.returncode == 0, status.stdout + status.stderr
@@ -381,6 +388,58 @@ def test_an_upgrade_without_migrations_rolls_the_app_vms_under_load(site):
     assert ls.get("/api/version").json()["release"] == NEW
     again = site.run("site-upgrade")
     assert again.returncode == 0 and "nothing to upgrade" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_single_vm_moves_onto_the_site_and_the_sdk_reads_the_same_through_the_balancer(site, provisioned,
+                                                                                       tmp_path_factory):
+    """What a team that outgrew one VM does: the VM's uploads moved into the site's bucket (migrate-media),
+    a backup of it, then site-restore from that VM's snapshot: its SQLite converted into the site's
+    PostgreSQL, its SECRET_KEY given to every app VM. The official SDK, with the token made on the single
+    VM, reads the same through the balancer; the upload comes back byte for byte."""
+    single = provisioned_clone(provisioned, tmp_path_factory.mktemp("site-single"), "single")
+    site.fab.machines["single"] = single.vm
+    try:
+        ls = LabelStudio(single.url)
+        assert ls.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        project = ls.post_json("/api/projects", {"title": "Made on the single VM", "label_config": IMAGE_CONFIG}).json()["id"]
+        image = png(26, 38)
+        assert ls.import_file(project, "single.png", image).status == 201
+        [task] = ls.get(f"/api/tasks?project={project}").json()["tasks"]
+        assert ls.post_json(f"/api/tasks/{task['id']}/annotations", {"result": [{
+            "from_name": "c", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]}).status == 201
+        token = ls.post_json("/api/token/", {}).json()["token"]
+        before = sdk_view(single.url, token)
+        assert before["projects"]["Made on the single VM"] == 1 and before["annotations"] >= 1
+
+        single_profile = single.profile
+        single_profile.write_text(single_profile.read_text() + f"media:\n  storage: s3://{BUCKET}/labels\n"
+                                                               f"  s3_endpoint: http://{site.s3.address}:9000\n")
+        on_single = ("--config", str(single_profile))
+        moved = site.fab("migrate-media", "--to", "s3", "--yes", *on_single, host="single")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        backup = site.fab("backup", *on_single, host="single")
+        assert backup.returncode == 0, backup.stdout + backup.stderr
+        snapshot = re.search(r"snapshot (\d{8}T\d{6}Z\S*):", backup.stdout).group(1)
+
+        onto = site.run("site-restore", "--snapshot", f"single/{snapshot}", "--yes")
+        out = onto.stdout + onto.stderr
+        assert onto.returncode == 0, out
+        assert "SQLite -> PostgreSQL: converted on the server" in out, out
+        assert re.search(r"holds all \d+ objects snapshot \S+ links to, sha256 for sha256", out), out
+        # The single VM's token, sessions and data, through the balancer and on each app VM.
+        assert sdk_view(site.url, token) == before
+        assert sdk_view(site.app_url("app2"), token) == before
+        site.api_token = token
+        through = LabelStudio(site.url)
+        assert through.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+        [moved_task] = through.get(f"/api/tasks?project={project}").json()["tasks"]
+        link = moved_task["data"]["image"]
+        served = through.get(link[link.index("/data/"):] if "/data/" in link else link[link.index("/storage-data/"):])
+        assert served.status == 200 and served.body == image, (link, served.status)
+        assert sh(site.apps["app1"], "find /var/lib/label-studio/media -type f 2>/dev/null").strip() == ""
+    finally:
+        site.fab.machines.pop("single")
+        single.vm.stop()
 
 
 def test_tls_at_the_edge_with_a_self_signed_certificate(site):

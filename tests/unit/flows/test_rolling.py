@@ -12,7 +12,7 @@ from tests.unit.fakehost import FakeHost, fail, ok
 
 
 def balancer(host: FakeHost) -> Balancer:
-    return Balancer(host, 500)
+    return Balancer(host)
 
 
 def said(host: FakeHost) -> list[str]:
@@ -64,7 +64,7 @@ def test_haproxy_refusing_a_command_is_one_line():
 
 def test_a_vm_the_checks_do_not_see_up_is_an_error_naming_its_state():
     host = FakeHost().answer(r"UP", fail(stdout="DOWN\n"))
-    with pytest.raises(RemoteError, match=r"does not see app1 up after 60s \(its state: DOWN\)"):
+    with pytest.raises(RemoteError, match=r"does not see app1 up after 60s \(its state: DOWN;"):
         balancer(host).ready("app1")
 
 
