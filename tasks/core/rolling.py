@@ -48,6 +48,15 @@ class Balancer:
         self._set(server, "ready")
         self.wait_up(server, timeout)
 
+    def any_up(self, servers: list[str], timeout: int = BACK_TIMEOUT) -> str | None:
+        """The first of `servers` HAProxy's checks see up (waiting up to `timeout` for one); None: none is."""
+        if not servers:
+            return None
+        with ui.err.status(f"waiting for the balancer's checks to see one of {', '.join(servers)} up"):
+            out = self.host.run(commands.wait_any_up(servers, timeout), sudo=True, check=False,
+                                timeout=timeout + 30, what="waiting for an app VM to be up")
+        return out.stdout.strip() if out.ok else None
+
     def wait_up(self, server: str, timeout: int = BACK_TIMEOUT) -> None:
         with ui.err.status(f"waiting for the balancer's checks to see {server} up ({RISE} good checks)"):
             out = self.host.run(commands.wait_status(server, "UP", timeout), sudo=True, check=False,

@@ -66,6 +66,14 @@ def wait_status(server: str, want: str, timeout: int) -> str:
             f"[ $(date +%s) -ge $end ] && {{ echo \"$s\"; exit 1; }}; sleep 0.2; done")
 
 
+def wait_any_up(servers: list[str], timeout: int) -> str:
+    """Until HAProxy's own checks see one of the servers UP; prints its name (exit 1: none within timeout)."""
+    checks = " ".join(f'[ "$({_stat_field(server, "status")})" = UP ] && {{ echo {q(server)}; exit 0; }};'
+                      for server in servers)
+    return (f"end=$(( $(date +%s) + {int(timeout)} )); "
+            f"while :; do {checks} [ $(date +%s) -ge $end ] && exit 1; sleep 0.2; done")
+
+
 def install_config(staged: PurePosixPath) -> str:
     """HAProxy checks the new file first (exit 3 when it refuses it: the old one keeps serving); one that
     is not ours is kept aside once; then in place by rename and a reload (no connection dropped)."""

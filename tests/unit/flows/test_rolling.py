@@ -68,6 +68,13 @@ def test_a_vm_the_checks_do_not_see_up_is_an_error_naming_its_state():
         balancer(host).ready("app1")
 
 
+def test_any_up_names_the_vm_the_checks_see_up_and_none_when_no_vm_comes_up():
+    host = FakeHost().answer(r"echo app2", ok("app2\n"))
+    assert balancer(host).any_up(["app2"]) == "app2"
+    assert balancer(FakeHost().answer(r"UP", fail())).any_up(["app2", "app3"]) is None
+    assert balancer(FakeHost()).any_up([]) is None
+
+
 def test_without_a_serving_balancer_the_body_just_runs():
     host = FakeHost()
     with taken_out(None, "app1", 300):

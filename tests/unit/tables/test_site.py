@@ -230,6 +230,7 @@ def test_every_app_vm_gets_the_site_key_and_restarts_only_when_it_had_another():
 def test_balancer_scripts_are_valid_posix_shell():
     scripts = [balancer_commands.probe(), balancer_commands.set_state("app-1.x", "drain"),
                balancer_commands.wait_drained("app1", 300), balancer_commands.wait_status("app1", "UP", 60),
+               balancer_commands.wait_any_up(["app1", "app-2"], 60),
                balancer_commands.install_config(site.PATHS.config.parent / "staged"),
                balancer_commands.self_signed_pem("labels.example.org"), balancer_commands.self_signed_pem("10.0.0.1"),
                upgrade_commands.switch_release(parse_profile(PROFILE), "1.23.2"),
