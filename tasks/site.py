@@ -23,7 +23,7 @@ from tasks.core.data import catalog, engine, local, restore, snapshots
 from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import HEALTH_HELP, YES_HELP, confirm, host_alias, task, task_edge
-from tasks.core.errors import NotServing, ProfileError, RemoteError, ToolkitError, UsageError
+from tasks.core.errors import ConnectError, NotServing, ProfileError, RemoteError, ToolkitError, UsageError
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile, backups_root
 from tasks.core.provision import balancer, facts, plan
@@ -205,7 +205,7 @@ def site_status(c, site=None):
             if st.healthy and at_balancer is not None and at_balancer.up:
                 serving.append(app.server)
         except ToolkitError as exc:
-            label = f"not read: {exc}; {where}"
+            label = f"{'unreachable' if isinstance(exc, ConnectError) else 'not read'}: {exc}; {where}"
         table.add_row("app", app.host, label)
     db = profile.database
     table.add_row("database", db.address, f"PostgreSQL {db.user}@{db.address}:{db.port}/{db.name} (shared)")
