@@ -287,6 +287,7 @@ def _until(site, server: str, status: str) -> str:
     deadline, found = time.monotonic() + 120, ""
     while time.monotonic() < deadline and found != status:   # HAProxy's own checks: the real signal
         found = _stat(site, server, "status")
+        time.sleep(0.2)  # poll interval between real checks
     return found
 
 
@@ -309,7 +310,9 @@ def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is
     app2.wait_for_systemd()
     if address(app2) != old:   # the containers' network gave it another address: the site file says so
         site.site_file.write_text(site.site_file.read_text().replace(old, address(app2)))
-    assert _until(site, "app1", "UP") == "UP"
+        again = site.run("site-provision")
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert _until(site, "app2", "UP") == "UP"
     # A VM a failed rolling step left drained: site-provision proves it and puts it back.
     sh(site.lb, "echo 'set server app_vms/app2 state drain' | socat stdio UNIX-CONNECT:/run/haproxy/lsvm-admin.sock")
     assert _stat(site, "app2", "status") == "DRAIN"
