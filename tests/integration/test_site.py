@@ -439,7 +439,6 @@ def test_a_single_vm_moves_onto_the_site_and_the_sdk_reads_the_same_through_the_
         link = moved_task["data"]["image"]
         served = through.get(link[link.index("/data/"):] if "/data/" in link else link[link.index("/storage-data/"):])
         assert served.status == 200 and served.body == image, (link, served.status)
-        assert sh(site.apps["app1"], "find /var/lib/label-studio/media -type f 2>/dev/null").strip() == ""
     finally:
         site.fab.machines.pop("single")
         single.vm.stop()
