@@ -361,7 +361,15 @@ def test_a_browser_logs_in_over_https_with_secure_cookies(tls_vm, tmp_path):
     try:
         # Opening the projects page asks for a login, then lands there.
         driver.get(f"{tls_vm.https_url}/projects/")
-        WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.NAME, "email")))
+        try:
+            WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.NAME, "email")))
+        except TimeoutException:
+            # Once (CI on a loaded machine) the first load showed no login form within 60 s. A person
+            # reloads: so does the test, once, and says so in the warnings summary with what it saw.
+            seen = f"{driver.current_url}: {driver.find_element(By.TAG_NAME, 'body').text[:500]!r}"
+            driver.get(f"{tls_vm.https_url}/projects/")
+            WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.NAME, "email")))
+            warnings.warn(f"the login form came only after a reload; the first load showed {seen}")
         assert driver.current_url.startswith(f"{tls_vm.https_url}/user/login/")
         assert driver.execute_script("return window.isSecureContext") is True
         driver.find_element(By.NAME, "email").send_keys(ADMIN_EMAIL)
