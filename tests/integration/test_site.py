@@ -29,6 +29,7 @@ import pytest
 from bench.load import run_load
 from dev.lsclient import LabelStudio
 from dev.testvm.image import NOPASSWD_USER
+from tasks.core.commands import balancer as balancer_commands
 from tests.integration.support.fab import Fab
 from tests.integration.support.labelstudio import LABEL_CONFIG, api_token, png, sdk_view
 from tests.integration.support.machines import (ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone, start_clone,
@@ -314,7 +315,7 @@ def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is
         assert again.returncode == 0, again.stdout + again.stderr
     assert _until(site, "app2", "UP") == "UP"
     # A VM a failed rolling step left drained: site-provision proves it and puts it back.
-    sh(site.lb, "echo 'set server app_vms/app2 state drain' | socat stdio UNIX-CONNECT:/run/haproxy/lsvm-admin.sock")
+    sh(site.lb, balancer_commands.set_state("app2", "drain"))
     assert _stat(site, "app2", "status") == "DRAIN"
     again = site.run("site-provision")
     assert again.returncode == 0, again.stdout + again.stderr

@@ -51,27 +51,29 @@ def _stat_field(server: str, name: str) -> str:
     return f"{runtime('show stat')} | awk -F, -v px={q(BACKEND)} -v sv={q(server)} -v f={q(name)} {q(program)}"
 
 
-def wait_drained(server: str, timeout: int) -> str:
-    """Until no request is open on the server (the poll runs on the balancer: one round trip). Prints
-    the last count; exits 1 at the timeout."""
+def _poll(body: str, timeout: int, give_up: str) -> str:
+    """`body` every 0.2 s on the balancer (one round trip): it exits 0 once it sees what is waited for;
+    `give_up` (it exits 1) once `timeout` seconds have passed."""
     return (f"end=$(( $(date +%s) + {int(timeout)} )); "
-            f"while :; do n=$({_stat_field(server, 'scur')}); [ \"$n\" = 0 ] && {{ echo 0; exit 0; }}; "
-            f"[ $(date +%s) -ge $end ] && {{ echo \"$n\"; exit 1; }}; sleep 0.2; done")
+            f"while :; do {body} [ $(date +%s) -ge $end ] && {{ {give_up} }}; sleep 0.2; done")
+
+
+def wait_drained(server: str, timeout: int) -> str:
+    """Until no request is open on the server. Prints the last count; exits 1 at the timeout."""
+    return _poll(f"n=$({_stat_field(server, 'scur')}); [ \"$n\" = 0 ] && {{ echo 0; exit 0; }};", timeout,
+                 'echo "$n"; exit 1;')
 
 
 def wait_status(server: str, want: str, timeout: int) -> str:
     """Until HAProxy's own checks give the server the status `want` (UP, DOWN ...). Prints the last one."""
-    return (f"end=$(( $(date +%s) + {int(timeout)} )); "
-            f"while :; do s=$({_stat_field(server, 'status')}); [ \"$s\" = {q(want)} ] && {{ echo \"$s\"; exit 0; }}; "
-            f"[ $(date +%s) -ge $end ] && {{ echo \"$s\"; exit 1; }}; sleep 0.2; done")
+    return _poll(f"s=$({_stat_field(server, 'status')}); [ \"$s\" = {q(want)} ] && {{ echo \"$s\"; exit 0; }};",
+                 timeout, 'echo "$s"; exit 1;')
 
 
 def wait_any_up(servers: list[str], timeout: int) -> str:
     """Until HAProxy's own checks see one of the servers UP; prints its name (exit 1: none within timeout)."""
-    checks = " ".join(f'[ "$({_stat_field(server, "status")})" = UP ] && {{ echo {q(server)}; exit 0; }};'
-                      for server in servers)
-    return (f"end=$(( $(date +%s) + {int(timeout)} )); "
-            f"while :; do {checks} [ $(date +%s) -ge $end ] && exit 1; sleep 0.2; done")
+    return _poll(" ".join(f'[ "$({_stat_field(server, "status")})" = UP ] && {{ echo {q(server)}; exit 0; }};'
+                          for server in servers), timeout, "exit 1;")
 
 
 def install_config(staged: PurePosixPath) -> str:
