@@ -23,6 +23,8 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 
 APP_SERVER_SOURCE = Path(app_server.__file__).read_text()
 PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
+# The release's read of every table, run by the app server's workers too (app_server.DATABASE_CHECK_PATH).
+CHECK_DATABASE_SOURCE = (PROJECT_ROOT / "templates" / "scripts" / "check_database.py").read_text()
 OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
 OFFSITE_FILES_SOURCE = Path(offsite_files.__file__).read_text()
 OFFSITE_WATCH_SOURCE = Path(offsite_watch.__file__).read_text()
@@ -126,7 +128,8 @@ def app_server_config(profile: Profile) -> RenderedFile:
     """gunicorn's settings: tasks/core/onserver/app_server.py followed by this host's."""
     content = (f"# {MANAGED} (`fab provision`): edit configs/<host>.yaml instead.\n"
                + APP_SERVER_SOURCE
-               + app_server.SETTINGS.format(port=int(profile.label_studio.port), workers=int(profile.label_studio.workers)))
+               + app_server.SETTINGS.format(port=int(profile.label_studio.port), workers=int(profile.label_studio.workers))
+               + f"DATABASE_CHECK_SOURCE = {CHECK_DATABASE_SOURCE!r}\n")
     return RenderedFile(profile.remote.gunicorn_conf, content, "0644", "root", "root")
 
 

@@ -11,20 +11,23 @@ ORM): run with the release's python, isolated, as the service user, with the ser
                 starts) is only reported: {"pending": N}, to be checked after the start.
   migrations    the migrations this release knows (its files and those its squashed migrations replace;
                 never any database's rows): {app: [names]}
+
+The app server's workers run `read_every_table` too, for a check of the live database that needs no
+Django start-up of its own (tasks/core/onserver/app_server.py: DATABASE_CHECK_PATH).
 """
 
 import json
 import os
 import sys
 
-import label_studio
 
-sys.path.insert(0, os.path.dirname(label_studio.__file__))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "label_studio.core.settings.label_studio")
+def set_up_django() -> None:
+    import django
+    import label_studio
 
-import django  # noqa: E402
-
-django.setup()
+    sys.path.insert(0, os.path.dirname(label_studio.__file__))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "label_studio.core.settings.label_studio")
+    django.setup()
 
 
 def read_every_table(*, incoming: bool = False) -> dict:
@@ -69,6 +72,7 @@ def shipped_migrations() -> dict:
 
 
 if __name__ == "__main__":
+    set_up_django()
     command = sys.argv[1]
     answer = shipped_migrations() if command == "migrations" else read_every_table(incoming=command == "orm-incoming")
     print(json.dumps(answer))

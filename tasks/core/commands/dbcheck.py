@@ -4,13 +4,17 @@ touches the database; this is the check that sees a schema the release cannot us
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from tasks.core.commands import q
+from tasks.core.commands.instances import instances_tool, ours
 from tasks.core.commands.provision import release_python
+from tasks.core.onserver import app_server
 from tasks.core.profile import Profile
+from tasks.core.render import CHECK_DATABASE_SOURCE
 
-CHECK_SOURCE = (Path(__file__).resolve().parents[3] / "templates" / "scripts" / "check_database.py").read_text()
+CHECK_SOURCE = CHECK_DATABASE_SOURCE
+CHECK_PATH = app_server.DATABASE_CHECK_PATH
 CHECK_TIMEOUT = 180   # Django's start-up and one row of each table; a planted endless view ends here
 
 
@@ -19,8 +23,17 @@ def read_every_table(profile: Profile, database: PurePosixPath | None = None) ->
     file `database`, about to be swapped in: then `{"pending": N}` when it still lacks some, which Label
     Studio applies at its start) and the release reads one row of each of its tables, with every column;
     else `{"error": ...}` and exit 1."""
-    extra, command = ([f"DATABASE_NAME={database}"], "orm-incoming") if database is not None else ([], "orm")
-    return f"{release_python(profile, *extra, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} {command}"
+    if database is not None:
+        return (f"{release_python(profile, f'DATABASE_NAME={database}', timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} "
+                "orm-incoming")
+    by_itself = f"{release_python(profile, timeout=CHECK_TIMEOUT)} {q(CHECK_SOURCE)} orm"
+    # Our running instance's workers answer the same read at once (no Django start-up); where they do not
+    # (exit 3: not our instance on the port, or one started before its workers learnt to), a process of
+    # the release's own reads it.
+    asked = instances_tool("read-every-table", *ours(profile), CHECK_PATH)
+    # A group around the subshell: `$(` right before `(` would read as arithmetic.
+    return (f"{{ ( answer=$({asked}); status=$?; if [ \"$status\" -eq 3 ]; then {by_itself}; "
+            "else printf '%s\\n' \"$answer\"; exit \"$status\"; fi ); }")
 
 
 MIGRATIONS_KEPT = ".lsvm-migrations.json"   # in a release's folder (root's): what its files ship never changes

@@ -464,6 +464,23 @@ def health(url: str, host_header: str, port: int, unit: str, user: str, data_dir
     return http_get(url, host_header)
 
 
+def read_every_table(port: int, unit: str, user: str, data_dir: str, path: str) -> tuple[str, int]:
+    """Our own instance's workers' read of every table of the live database (app_server.py's
+    DATABASE_CHECK_PATH): (its JSON, 0 or 1 for an error), or ('', 3) when our instance does not hold
+    the port or does not answer that path (a start before its workers learnt to): ask the release then."""
+    state, _, _ = holder(port, unit, user, data_dir)
+    if state != "ours":
+        return "", 3
+    try:
+        with _OPENER.open(urllib.request.Request(f"http://127.0.0.1:{port}{path}"), timeout=60) as answer:
+            found = json.loads(answer.read(4096).decode())
+    except Exception:  # noqa: BLE001 - no answer of the workers' own: the release answers instead
+        return "", 3
+    if not isinstance(found, dict) or found.pop("answered_by", None) != "worker":
+        return "", 3
+    return json.dumps(found), 1 if "error" in found else 0
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None   # a 3xx is the answer: root's probe never goes where the answer points
@@ -683,6 +700,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps(detect(int(args[0]), args[1], args[2], args[3], records_dir=args[4])))
     elif command == "health":
         print(health(args[0], args[1], int(args[2]), args[3], args[4], args[5], *args[6:7]))
+    elif command == "read-every-table":
+        answer, status = read_every_table(int(args[0]), args[1], args[2], args[3], args[4])
+        print(answer)
+        return status
     elif command == "holder":
         state, said, _ = holder(int(args[0]), args[1], args[2], args[3])
         print(f"{state} {said}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,11 @@ class Fab:
 
     def __call__(self, *args: str, host: str | None = "vm", env: dict | None = None,
                  input: str | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
-        return subprocess.run(self._command(args, host), cwd=PROJECT_ROOT, env=self._environment(env),
-                              capture_output=True, text=True, input=input, timeout=timeout)
+        started = time.monotonic()
+        result = subprocess.run(self._command(args, host), cwd=PROJECT_ROOT, env=self._environment(env),
+                                capture_output=True, text=True, input=input, timeout=timeout)
+        _record(args, time.monotonic() - started)
+        return result
 
     def popen(self, *args: str, host: str | None = "vm", env: dict | None = None,
               merge_stderr: bool = False) -> subprocess.Popen:
@@ -59,3 +63,13 @@ class Fab:
         full_env.update(self.env)
         full_env.update(env or {})
         return full_env
+
+
+def _record(args: tuple[str, ...], seconds: float) -> None:
+    """With LSVM_FAB_TIMES=<file>, one line per `fab` run: seconds, the test running, the task (where CI's
+    time goes)."""
+    log = os.environ.get("LSVM_FAB_TIMES")
+    if log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "-").split(" ")[0]
+        with open(log, "a") as handle:
+            handle.write(f"{seconds:.1f}\t{test}\t{' '.join(args)[:120]}\n")

@@ -343,7 +343,8 @@ STUBS = {
                   '[ ! -e /proc/$$/fd/8 ] || echo "inherited the swap lock" >> "$STUB_LOG"\n'
                   'case "$1" in show) echo 0;; stop) [ -z "$STUB_STOP_FAILS" ] || { echo "Failed to stop"; exit 1; };; esac\n'),
     "journalctl": '#!/bin/sh\necho "Traceback: no such table"\n',
-    "python3": ('#!/bin/sh\nif [ "$(cat "$STUB_DATA/label_studio.sqlite3")" = "new db" ] && [ -n "$STUB_NEW_FAILS" ]; '
+    # The workers' own read of every table is not there (exit 3): the release's process (`timeout`) reads.
+    "python3": ('#!/bin/sh\ncase "$*" in *read-every-table*) exit 3;; esac\nif [ "$(cat "$STUB_DATA/label_studio.sqlite3")" = "new db" ] && [ -n "$STUB_NEW_FAILS" ]; '
                 'then echo "502 "; else echo \'200 {"status": "UP"}\'; fi\n'),
     "timeout": ('#!/bin/sh\nif [ "$(cat "$STUB_DATA/label_studio.sqlite3")" = "new db" ] && [ -n "$STUB_NEW_UNREADABLE" ]; '
                 'then echo \'{"error": "task_completion: no such column: task_completion.draft_id"}\'; exit 1; '

@@ -4,6 +4,7 @@ makes of the processes it finds."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -215,3 +216,132 @@ def test_in_wal_mode_every_commit_moves_the_change_marker_and_nothing_else_does(
         seen.append(sqlite.change_marker(str(db)))
         assert seen[-1] is not None and seen[-1] not in seen[:-1]
     writer.close()
+
+
+CHECK_SOURCE = '''
+def read_every_table():
+    import django.db
+    django.db.READS.append("read")
+    if django.db.BROKEN:
+        raise RuntimeError("no such column: task_completion.lead_time")
+    return {"tables": 81}
+'''
+
+
+@pytest.fixture
+def worker_app(monkeypatch):
+    """A worker's WSGI callable as post_worker_init leaves it, with a stand-in Django (what the check reads
+    and the connections closed around it are recorded)."""
+    import types
+
+    django = types.ModuleType("django")
+    db = types.ModuleType("django.db")
+    db.READS, db.BROKEN = [], False
+    db.close_old_connections = lambda: db.READS.append("close")
+    django.db = db
+    monkeypatch.setitem(sys.modules, "django", django)
+    monkeypatch.setitem(sys.modules, "django.db", db)
+
+    def label_studio(environ, start_response):
+        start_response("404 Not Found", [])
+        return [b"label studio"]
+
+    app = app_server.with_database_check(label_studio, CHECK_SOURCE)
+
+    def get(path, **headers):
+        said = []
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "REMOTE_ADDR": "127.0.0.1", **headers}
+        body = b"".join(app(environ, lambda status, headers: said.append(status)))
+        return said[0], body
+
+    return get, db
+
+
+def test_a_worker_answers_its_read_of_every_table_only_straight_from_this_machine(worker_app):
+    get, db = worker_app
+    assert get(app_server.DATABASE_CHECK_PATH) == ("200 OK", b'{"tables": 81, "answered_by": "worker"}')
+    assert db.READS == ["close", "read", "close"]      # no stale connection before, none kept broken after
+    # Through nginx (its proxy headers), from elsewhere, another path or method: Label Studio's own answer.
+    assert get(app_server.DATABASE_CHECK_PATH, HTTP_X_FORWARDED_FOR="203.0.113.9")[0] == "404 Not Found"
+    assert get(app_server.DATABASE_CHECK_PATH, HTTP_X_REAL_IP="127.0.0.1")[0] == "404 Not Found"
+    assert get(app_server.DATABASE_CHECK_PATH, REMOTE_ADDR="10.0.0.5")[0] == "404 Not Found"
+    assert get(app_server.DATABASE_CHECK_PATH, REQUEST_METHOD="POST")[0] == "404 Not Found"
+    assert get("/health")[0] == "404 Not Found"
+    assert db.READS == ["close", "read", "close"]
+
+
+def test_what_the_workers_check_meets_is_its_answer(worker_app):
+    get, db = worker_app
+    db.BROKEN = True
+    status, body = get(app_server.DATABASE_CHECK_PATH)
+    assert status == "200 OK"
+    assert json.loads(body) == {"error": "RuntimeError: no such column: task_completion.lead_time",
+                                "answered_by": "worker"}
+    assert db.READS[-1] == "close"
+
+
+def test_the_rendered_config_carries_the_releases_check_for_its_workers():
+    namespace: dict = {}
+    rendered = render.app_server_config(PROFILE).content
+    exec(compile(rendered.replace("pythonpath = label_studio_dir()", "pythonpath = '/x'"), "conf", "exec"), namespace)
+    assert namespace["DATABASE_CHECK_SOURCE"] == render.CHECK_DATABASE_SOURCE
+    check: dict = {"__name__": "check_database"}
+    exec(compile(namespace["DATABASE_CHECK_SOURCE"], "check_database.py", "exec"), check)   # no Django start-up
+    assert callable(check["read_every_table"])
+
+
+def test_roots_read_of_the_workers_check_counts_only_our_instances_answer(monkeypatch):
+    import http.server
+
+    answers = {"/ours": b'{"tables": 81, "answered_by": "worker"}',
+               "/broken": b'{"error": "task_completion: no such column", "answered_by": "worker"}',
+               "/someone": b'{"tables": 81}'}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = answers.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    holder = {"state": "ours"}
+    monkeypatch.setattr(instances, "holder", lambda *args: (holder["state"], "", None))
+    try:
+        ours = (port, "label-studio.service", "labelstudio", "/var/lib/label-studio")
+        assert instances.read_every_table(*ours, "/ours") == ('{"tables": 81}', 0)
+        assert instances.read_every_table(*ours, "/broken") == ('{"error": "task_completion: no such column"}', 1)
+        assert instances.read_every_table(*ours, "/someone") == ("", 3)     # not a worker's answer of ours
+        assert instances.read_every_table(*ours, "/missing") == ("", 3)     # started before workers answered it
+        holder["state"] = "other"
+        assert instances.read_every_table(*ours, "/ours") == ("", 3)        # not our instance on the port
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("tool, expected", [
+    ('echo \'{"tables": 81}\'; exit 0', ('{"tables": 81}', 0, [])),
+    ('echo \'{"error": "no such column"}\'; exit 1', ('{"error": "no such column"}', 1, [])),
+    ("echo; exit 3", ('{"tables": 75}', 0, ["release"])),     # no worker of ours answered: the release reads
+])
+def test_the_live_check_asks_the_workers_first_and_the_release_only_when_they_do_not_answer(tmp_path, tool, expected):
+    from tasks.core.commands import dbcheck
+
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "python3").write_text(f"#!/bin/sh\n{tool}\n")
+    (stubs / "timeout").write_text(f"#!/bin/sh\necho release >> {tmp_path}/log\necho '{{\"tables\": 75}}'\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    run = subprocess.run(["sh", "-c", f"{dbcheck.read_every_table(PROFILE)}; echo \"after $?\""], capture_output=True,
+                         text=True, env={"PATH": f"{stubs}:/usr/bin:/bin"})
+    out, code, calls = expected
+    assert run.stdout.splitlines() == [out, f"after {code}"], run.stderr
+    log = tmp_path / "log"
+    assert (log.read_text().split() if log.exists() else []) == calls

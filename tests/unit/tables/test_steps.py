@@ -187,14 +187,14 @@ def test_apply_runs_the_actions_in_plan_order(bare):
     host = (FakeHost()
             .answer(r"mktemp -d", ok("/tmp/lsvm.1\n"))
             .answer(r" health http://", ok('200 {"status": "UP"}\n'))
-            .answer(r" orm$", ok('{"tables": 71}\n'))
+            .answer(r" read-every-table ", ok('{"tables": 71}\n'))
             .answer(r"ensure_admin.py", ok('RESULT {"outcome": "created", "users": 1}\n')))
     admin = AdminRequest(EMAIL, "first-admin-pw-1")
     done = plan.apply(host, steps.plan(bare, PROFILE, admin), dry_run=False)
     commands = host.commands
     order = [next(i for i, c in enumerate(commands) if marker in c) for marker in (
         "apt-get install", "useradd", "pip install", "ufw --force enable", "systemctl daemon-reload",
-        "systemctl start label-studio.service", " health http://", " orm", "ensure_admin.py")]
+        "systemctl start label-studio.service", " health http://", " read-every-table ", "ensure_admin.py")]
     assert order == sorted(order)
     assert upload_of(host, "site").decode() == render.nginx_site(PROFILE, ipv6=False,
                                                                  site_packages=bare.site_packages).content
@@ -207,7 +207,7 @@ def test_an_admin_that_appeared_meanwhile_is_reported_unchanged(provisioned):
     facts = dataclasses.replace(provisioned, admin_exists=False)
     host = (FakeHost().answer(r"mktemp -d", ok("/tmp/lsvm.1\n"))
             .answer(r" health http://", ok('200 {"status": "UP"}\n'))
-            .answer(r" orm$", ok('{"tables": 71}\n'))
+            .answer(r" read-every-table ", ok('{"tables": 71}\n'))
             .answer(r"ensure_admin.py", ok('RESULT {"outcome": "exists", "users": 1}\n')))
     done = plan.apply(host, steps.plan(facts, PROFILE, AdminRequest(EMAIL, "pw-123456")), dry_run=False)
     assert not done[-1].changed and done[-1].what == f"admin {EMAIL} exists"
