@@ -440,6 +440,9 @@ def test_a_single_vm_moves_onto_the_site_and_the_sdk_reads_the_same_through_the_
         link = moved_task["data"]["image"]
         served = through.get(link[link.index("/data/"):] if "/data/" in link else link[link.index("/storage-data/"):])
         assert served.status == 200 and served.body == image, (link, served.status)
+        # The single VM's local copy (kept until migrate-media --prune) stays out of the app VMs.
+        assert "left out the snapshot's 1 local media file(s)" in out, out
+        assert sh(site.apps["app1"], "find /var/lib/label-studio/media -type f 2>/dev/null").strip() == ""
     finally:
         site.fab.machines.pop("single")
         single.vm.stop()

@@ -88,3 +88,13 @@ def require_held(host: Host, profile: Profile, snapshot: Snapshot) -> None:
                             "changed", hint="put them back (the bucket's versioning keeps old versions), then "
                                             "run this again")
     ui.step(True, f"{entry['where']} holds all {len(objects)} objects snapshot {snapshot.id} links to, sha256 for sha256")
+
+
+def without_local_copies(profile: Profile, snapshot: Snapshot, files: list) -> list:
+    """The files of `snapshot` a server that reads its uploads from a bucket gets: none under media/ when
+    the snapshot records the bucket's objects (its media files are the local copy migrate-media keeps
+    until --prune: on an app VM they would only sit on its disk)."""
+    if not profile.media.in_bucket or not snapshot.manifest.extra.get("media_bucket"):
+        return list(files)
+    return [f for f in files if not f.path.startswith(f"{MEDIA}/")]
+

@@ -44,6 +44,11 @@ def replace_after_backup(host, profile: Profile, source: Snapshot, files: list, 
     replaced by `files` of `source` (PostgreSQL: a new database switched in; SQLite: the verified swap).
     `gate`: the source's check, running beside that backup and the upload, passed before anything is
     replaced."""
+    kept = bucket_media.without_local_copies(profile, source, files)
+    if len(kept) < len(files):
+        ui.step(False, f"left out the snapshot's {len(files) - len(kept)} local media file(s): {host.alias} reads "
+                       f"its uploads from {profile.media.describe()}")
+    files = kept
     with snapshots.server_lock(host, profile, task_name):
         before = None
         if backup:   # checked beside the upload; the swap waits for the check

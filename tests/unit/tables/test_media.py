@@ -170,3 +170,25 @@ def test_prune_takes_the_servers_bucket_and_never_the_only_copy(provisioned):
         media_move.prune_plan(on_the_server(provisioned, local), local, "vm")
     with pytest.raises(UsageError, match="the server keeps its uploads in s3://team-uploads"):
         media_move.prune_plan(on_the_server(provisioned, bucket), local, "vm")
+
+
+def test_a_server_that_reads_a_bucket_gets_no_local_copy_of_a_snapshot_that_records_the_bucket():
+    from pathlib import Path
+
+    from tasks.core.data import bucket_media
+    from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
+    files = [FileEntry("label_studio.sqlite3", 10, "a"), FileEntry(".env", 1, "b"),
+             FileEntry("media/upload/1/x.png", 5, "c")]
+
+    def snapshot(extra: dict) -> Snapshot:
+        manifest = Manifest(host="vm", created="2026-12-04T00:00:00Z", label=None, label_studio_version="1.23.2",
+                            source={}, files=files, integrity_check="ok", counts={}, media_included=True, extra=extra)
+        return Snapshot("20261204T000000Z", Path("/nowhere"), "vm", None, None, manifest)
+
+    recorded = snapshot({"media_bucket": {"where": "s3://team-uploads/label-studio", "listing": "media-bucket.json"}})
+    kept = bucket_media.without_local_copies(parse_profile(BUCKET), recorded, files)
+    assert [f.path for f in kept] == ["label_studio.sqlite3", ".env"]
+    # Files for a server that keeps files; all of them while the snapshot records no bucket (the restore's
+    # check refuses that pairing before anything is put anywhere).
+    assert bucket_media.without_local_copies(parse_profile(""), recorded, files) == files
+    assert bucket_media.without_local_copies(parse_profile(BUCKET), snapshot({}), files) == files
