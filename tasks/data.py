@@ -283,7 +283,7 @@ def _push_source(local_data_dir: str | None, snapshot_id: str | None, host_dir: 
 def push_local_db(c, config=None, snapshot=None, with_media=False, yes=False, dry_run=False,
                   local_data_dir=None, health_timeout=SWAP_HEALTH_TIMEOUT):
     """Local Label Studio data -> server: server backed up first, verified swap, health check, auto-rollback."""
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="push-local-db")
     snapshots.refuse_other_database(host, profile)
     with local.local_lock(profile.backups_dir()), tempfile.TemporaryDirectory(prefix="lsvm-push-") as staging:
         source, described, local_counts, gate = _push_source(local_data_dir, snapshot, profile.backups_dir(),
@@ -338,7 +338,7 @@ def restore_server(c, config=None, snapshot=None, from_=None, from_config=None, 
     if bool(snapshot) == bool(from_):
         raise UsageError("which data? --snapshot ID (see `fab -H HOST backups`), --snapshot OTHERHOST/ID, "
                          "--from OTHERHOST, or --offsite")
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="restore-server")
     source_host = from_ or catalog.snapshot_host(snapshot, host.alias)
     if source_host == host.alias and from_:
         raise UsageError(f"--from {from_} names the server being restored",
@@ -378,7 +378,7 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
     an offsite target, with push's safety (a snapshot of the server first, the release's read, the swap
     job with its health gate and rollback)."""
     _point_in_time(at)               # a bad --at is refused before connecting
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="restore-server")
     if profile.offsite.parsed is None:
         raise UsageError(f"no offsite target in {profile.config_file}",
                          hint="set offsite.target and `fab provision` (it installs what reads the target); until "

@@ -34,7 +34,7 @@ def migrate_media(c, to=None, prune=False, config=None, yes=False, dry_run=False
         raise UsageError("where to? --to s3 (the profile's media.storage) or --to local")
     if to not in media_move.PLACES:
         raise UsageError(f"--to must be one of: {', '.join(media_move.PLACES)} (not '{to}')")
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="migrate-media")
     found = facts.provision_facts(host, profile, "")
     move, words = media_move.plan(found, to, profile, host.alias)
     keys = media.keys_given(profile.media, dict(os.environ), stored=bool(found.media.credentials_meta))

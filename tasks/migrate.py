@@ -30,7 +30,7 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
         raise UsageError("where to? --to postgresql or --to sqlite (the engine the profile's database.engine names)")
     if to not in migrate.ENGINES:
         raise UsageError(f"--to must be one of: {', '.join(migrate.ENGINES)} (not '{to}')")
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="migrate-db")
     found = facts.provision_facts(host, profile, "")
     migration, words = migrate.plan(found, to, profile, host.alias)
     with contextlib.ExitStack() as held:

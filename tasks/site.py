@@ -127,6 +127,7 @@ def site_provision(c, site=None, dry_run=False):
                 out.enter_context(taken_out(rolling, server, timeout))
 
             provision_host(host, app_profile, dry_run=dry_run, site_key=key,
+                           site_marker=sites.member_marker(the_site, app.host),
                            before_changes=drain if rolling is not None else None)
         if index == 0:
             key = _site_key(host, app_profile)

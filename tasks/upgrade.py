@@ -123,7 +123,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
     started = time.monotonic()
     if version:
         checked_version(version)     # before connecting
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="upgrade")
     refuse_on_postgresql(profile, host.alias, "upgrade")
     found = facts.provision_facts(host, profile, "")
     old = found.label_studio_version
@@ -177,7 +177,7 @@ def upgrade(c, config=None, version=None, dry_run=False, yes=False, list=False, 
 @task_edge
 def rollback(c, config=None, yes=False, health_timeout=SWAP_HEALTH_TIMEOUT, dry_run=False):
     """Go back to the release before the last upgrade, with the database as it was then (asks first)."""
-    profile, host = open_host(c, config, sudo=True)
+    profile, host = open_host(c, config, sudo=True, not_on_a_site="rollback")
     refuse_on_postgresql(profile, host.alias, "rollback")
     found = facts.provision_facts(host, profile, "")
     check_host(profile, found)

@@ -14,7 +14,9 @@ import fabric
 from fabric import Connection
 from invoke import Argument, Exit
 
+from tasks.core import site as sites
 from tasks.core import ui
+from tasks.core.commands import read_file
 from tasks.core.connect import SSH_COMMANDS, Host
 from tasks.core.data.catalog import LOCAL_HOST
 from tasks.core.database import PASSWORD_ENV, password_problem
@@ -129,13 +131,19 @@ def refuse_local_name(alias: str) -> None:
                               "data need no -H")
 
 
-def open_host(c, config: str | None = None, *, sudo: bool = False) -> tuple[Profile, Host]:
+def open_host(c, config: str | None = None, *, sudo: bool = False,
+              not_on_a_site: str | None = None) -> tuple[Profile, Host]:
     """Profile first (bad YAML never costs a connection), then a live SSH session; with `sudo`, root
-    is checked at once so a task fails early, in words, when it cannot be had."""
+    is checked at once so a task fails early, in words, when it cannot be had. `not_on_a_site`: the
+    task's name, when it must not run on one app VM of a site (site.NOT_ON_AN_APP_VM)."""
     alias = host_alias(c)
     if alias is None:
         raise UsageError("this task runs against a server: name it with -H, for example `fab -H vm status`")
-    return _open(c, alias, config, sudo)
+    profile, host = _open(c, alias, config, sudo)
+    if not_on_a_site is not None:
+        marker = host.run(read_file(profile.remote.site_marker), sudo=True, what="reading the site marker").stdout
+        sites.refuse_member(alias, marker, not_on_a_site)
+    return profile, host
 
 
 def open_other_host(c, alias: str, config: str | None = None, *, sudo: bool = False) -> tuple[Profile, Host]:

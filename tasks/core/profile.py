@@ -258,6 +258,7 @@ class RemotePaths:
     database_env: PurePosixPath       # root-only 0600: the PostgreSQL password (tasks.core.database)
     database_ca: PurePosixPath        # the CA certificate an external PostgreSQL's is checked against
     media_env: PurePosixPath          # root-only 0600: the media bucket's keys (tasks.core.media), read by systemd
+    site_marker: PurePosixPath        # root's: the site this VM is an app VM of (site-provision writes it)
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
@@ -392,6 +393,7 @@ class Profile:
             database_env=app / f"{name}-database.env",
             database_ca=app / f"{name}-database-ca.pem",
             media_env=app / f"{name}-media.env",
+            site_marker=app / f"{name}-site",
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",

@@ -18,7 +18,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from tasks.core import render
-from tasks.core.errors import ProfileError
+from tasks.core.errors import ProfileError, UsageError
 from tasks.core.profile import (
     CONFIGS_DIR,
     Profile,
@@ -206,6 +206,43 @@ class BalancerPaths:
 
 PATHS = BalancerPaths()
 MARKER = "# Managed by labelstudio-vm"
+
+
+def member_marker(the_site: Site, app_host: str) -> str:
+    """What site-provision leaves on each app VM: the site it serves in. One-VM tasks that would change
+    the site's data or release (restore-server, upgrade ...) read it and refuse."""
+    return (f"{MARKER}: {app_host} is an app VM of a site; its data and release are the site's (docs/site.md).\n"
+            f"balancer={the_site.balancer.host}\n"
+            f"apps={' '.join(app.host for app in the_site.apps)}\n")
+
+
+def member_of(text: str | None) -> str | None:
+    """The balancer a site marker names ("?" when it names none); None when the VM is no site's."""
+    if not text or not text.startswith(MARKER):
+        return None
+    named = [line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith("balancer=")]
+    return (named[0] if named else "") or "?"
+
+
+# The one-VM tasks an app VM of a site refuses, and what to run instead.
+NOT_ON_AN_APP_VM = {
+    "provision": "`fab site-provision`: it drains each app VM before it changes it",
+    "restore-server": "`fab site-restore --snapshot ID` (or OTHERHOST/ID): every app VM out, the data replaced once",
+    "push-local-db": "`fab site-restore --snapshot OTHERHOST/ID`: a site takes a server's snapshot",
+    "upgrade": "`fab site-upgrade`: the migrations once, every app VM on the new release",
+    "rollback": "`fab site-restore` of the pre-upgrade backup (docs/site.md: a site-rollback is not built yet)",
+    "migrate-db": "nothing: a site runs on PostgreSQL by design; `fab site-restore` moves data onto it",
+    "migrate-media": "nothing: a site keeps its uploads in its bucket by design",
+}
+
+
+def refuse_member(alias: str, marker: str | None, task: str) -> None:
+    """A one-VM task that would change what every app VM of a site shares, or change one undrained."""
+    balancer = member_of(marker)
+    if balancer is not None:
+        raise UsageError(f"{alias} is an app VM of a site (balancer {balancer}): `{task}` on it alone would act "
+                         "behind the balancer's back on what every app VM shares; nothing was changed",
+                         hint=f"instead: {NOT_ON_AN_APP_VM[task]}")
 
 
 def public_host(profile: Profile) -> str:

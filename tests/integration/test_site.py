@@ -150,6 +150,18 @@ def test_site_provision_sets_up_every_host_in_order(site):
     assert status.stdout.count("UP (answers and reads its database); UP at the balancer") == 2, status.stdout
 
 
+def test_one_vm_tasks_that_would_change_the_sites_data_refuse_an_app_vm(site):
+    for name, vm in site.apps.items():
+        assert sh(vm, "stat -c '%U:%G:%a' /opt/label-studio/label-studio-site").strip() == "root:root:644", name
+        assert "balancer=lb\n" in sh(vm, "cat /opt/label-studio/label-studio-site")
+    profile = str(site.home / "labels.yaml")
+    for args in (("provision", "--dry-run"), ("restore-server", "--snapshot", "20990101T000000Z", "--yes"),
+                 ("migrate-media", "--to", "local", "--yes")):
+        refused = site.fab(*args, "--config", profile, host="app2")
+        assert refused.returncode != 0, refused.stdout
+        assert f"app2 is an app VM of a site (balancer lb): `{args[0]}` on it alone" in refused.stderr, refused.stderr
+
+
 def test_tokens_sessions_and_uploads_work_on_either_app_vm(site):
     token = api_token(site)
     through_balancer = sdk_view(site.url, token)

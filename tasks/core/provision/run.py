@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 from tasks.core import media, offsite, ui
+from tasks.core import site as sites
 from tasks.core.commands import read_file
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
@@ -152,10 +153,11 @@ def offsite_password_for(host: Host, profile: Profile, found: facts.ProvisionFac
 
 def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset_password: bool = False,
                    tls_pair: tls.LocalPair | None = None, eab: tls.Eab | None = None, site_key: str | None = None,
-                   before_changes: Callable[[], None] | None = None) -> None:
+                   site_marker: str | None = None, before_changes: Callable[[], None] | None = None) -> None:
     """Provision the connected `host` as `profile` says (its TLS settings already checked here). A site
-    gives its SECRET_KEY (`site_key`) and what to do before the first change (drain the VM at the load
-    balancer); nothing is called when the plan changes nothing."""
+    gives its SECRET_KEY (`site_key`), the file that marks the VM as one of its app VMs (`site_marker`)
+    and what to do before the first change (drain the VM at the load balancer); nothing is called when
+    the plan changes nothing. Without a site, an app VM of one is refused (site-provision drains it)."""
     started = time.monotonic()
     email = admin_email(profile)
     if reset_password and not email:
@@ -163,6 +165,8 @@ def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset
     found = facts.provision_facts(host, profile, email or "")
     check_host(profile, found)
     refuse_neighbours(host.alias, found)
+    if site_marker is None:
+        sites.refuse_member(host.alias, found.files.get("site_marker"), "provision")
     refuse_database_switch(host.alias, profile, found)
     refuse_media_switch(host.alias, profile, found)
     problem = steps.version_problem(found, profile)
@@ -186,7 +190,8 @@ def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset
     mode = "plan only: nothing on the server changes" if dry_run else f"profile: {profile.source}"
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
     planned = steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab, database_password=database_password,
-                         offsite_secrets=offsite_secrets, media_keys_given=media_keys, site_key=site_key)
+                         offsite_secrets=offsite_secrets, media_keys_given=media_keys, site_key=site_key,
+                         site_marker=site_marker)
     if before_changes is not None and not dry_run and any(change.changed for change in planned):
         before_changes()
     changes = plan.apply(host, planned, dry_run=dry_run)

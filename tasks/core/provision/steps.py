@@ -312,6 +312,15 @@ def env_file(facts: ProvisionFacts, profile: Profile) -> Change:
                              "chmod env file"))
 
 
+def site_membership(facts: ProvisionFacts, profile: Profile, marker: str | None) -> list[Change]:
+    """On a site's app VM (site-provision gives `marker`): the file that says so, read by the one-VM tasks
+    that refuse there. Plain provision never gives one and leaves a VM's membership as it is."""
+    if marker is None:
+        return []
+    return [managed_file(facts, "site_marker", RenderedFile(profile.remote.site_marker, marker, "0644", "root", "root"),
+                         "site membership", frozenset())]
+
+
 def service_definition(facts: ProvisionFacts, profile: Profile) -> list[Change]:
     """The app server's settings, the step before each start, and the unit (or screen launcher) that runs them."""
     manager = service_manager(profile)
@@ -446,7 +455,8 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
          tls_pair: LocalPair | None = None, eab: Eab | None = None,
          database_password: str | None = None,
          offsite_secrets: offsite_steps.OffsiteSecrets = offsite_steps.OffsiteSecrets(),
-         media_keys_given: dict[str, str] | None = None, site_key: str | None = None) -> list[Change]:
+         media_keys_given: dict[str, str] | None = None, site_key: str | None = None,
+         site_marker: str | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -462,6 +472,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *tls_steps.certificate(facts, wanted, tls_pair),
         *media_keys(facts, profile, media_keys_given),
         env_file(facts, profile),
+        *site_membership(facts, profile, site_marker),
         *service_definition(facts, profile),
         *offsite_steps.setup(facts, profile, offsite_secrets),
         *nginx_site(facts, wanted, tls_pair),

@@ -45,7 +45,7 @@ def backups(tmp_path, monkeypatch) -> Path:
 
 def on_server(monkeypatch, host: FakeHost) -> FakeHost:
     """The data tasks talk to `host` (a recording FakeHost) under PROFILE instead of a real server."""
-    monkeypatch.setattr(data_tasks, "open_host", lambda c, config=None, sudo=False: (PROFILE, host))
+    monkeypatch.setattr(data_tasks, "open_host", lambda c, config=None, sudo=False, not_on_a_site=None: (PROFILE, host))
     return host
 
 
@@ -144,6 +144,24 @@ def test_without_the_server_s_migrations_push_warns_and_goes_on(tmp_path, capsys
     local.require_known_migrations(db, {"error": "no such table: django_migrations"}, "vm")
     local.require_known_migrations(db, None, "vm")
     assert capsys.readouterr().err.count("could not compare Django migrations with vm") == 2
+
+
+@pytest.mark.parametrize("task, call", [
+    ("restore-server", lambda: data_tasks.restore_server(Context(), snapshot="vm/20261204T000000Z", yes=True)),
+    ("push-local-db", lambda: data_tasks.push_local_db(Context(), yes=True, local_data_dir="/nowhere")),
+])
+def test_one_app_vm_of_a_site_refuses_the_data_tasks_that_would_change_the_whole_sites_data(monkeypatch, capsys,
+                                                                                           task, call):
+    from tasks.core import site
+    host = FakeHost(alias="app2").answer(r"cat .*label-studio-site", ok(site.member_marker(
+        site.parse_site("profile: p.yaml\napps: [app1, app2]\nbalancer: {host: lb}\n", source="/s/site.yaml"), "app2")))
+    monkeypatch.setattr(edge, "_open", lambda c, alias, config, sudo, env=None: (PROFILE, host))
+    monkeypatch.setattr(edge, "host_alias", lambda c: "app2")
+    with pytest.raises(Exit):
+        call()
+    err = capsys.readouterr().err
+    assert f"app2 is an app VM of a site (balancer lb): `{task}` on it alone" in err and "site-restore" in err
+    assert len(host.commands) == 1 and host.channels == [] and host.uploads == {}   # read the marker, nothing else
 
 
 def test_push_refuses_a_newer_database_before_the_server_is_touched(monkeypatch, tmp_path, capsys):

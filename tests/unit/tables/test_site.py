@@ -15,11 +15,11 @@ import pytest
 from tasks.core import site
 from tasks.core.commands import balancer as balancer_commands
 from tasks.core.commands import upgrade as upgrade_commands
-from tasks.core.errors import ProfileError
+from tasks.core.errors import ProfileError, UsageError
 from tasks.core.profile import parse_profile
 from tasks.core.provision import balancer, steps
 from tasks.core.provision.facts import provision_facts_from_probe
-from tasks.core.provision.plan import InstallFile, Run, RunWithSecret, StoreOffsiteSecret
+from tasks.core.provision.plan import AdminRequest, InstallFile, Run, RunWithSecret, StoreOffsiteSecret
 from tests.unit.samples import DATA
 
 PROFILE = """\
@@ -225,6 +225,27 @@ def test_every_app_vm_gets_the_site_key_and_restarts_only_when_it_had_another():
     first = steps.label_studio_secret_key(bare, profile, key)
     assert first.changed and first.notifies == frozenset() and first.line(True).startswith("would set the SECRET_KEY")
     assert isinstance(steps.label_studio_secret_key(bare, profile).action, Run)   # no site: a key of its own
+
+
+def test_each_app_vm_is_marked_as_the_sites_and_one_vm_tasks_refuse_there():
+    profile = parse_profile(PROFILE)
+    marker = site.member_marker(parsed(), "app2")
+    assert site.member_of(marker) == "lb" and "apps=app1 app2\n" in marker
+    assert site.member_of(None) is None and site.member_of("") is None and site.member_of("someone's file") is None
+    for task in site.NOT_ON_AN_APP_VM:
+        with pytest.raises(UsageError, match=rf"app2 is an app VM of a site \(balancer lb\): `{task}` on it alone"):
+            site.refuse_member("app2", marker, task)
+        site.refuse_member("vm", "", task)   # no marker: a VM of its own
+    provisioned = provision_facts_from_probe((DATA / "provision_probe_provisioned.txt").read_text())
+    [new] = steps.site_membership(provisioned, profile, marker)
+    assert new.changed and isinstance(new.action, InstallFile)
+    assert (new.action.file.path, new.action.file.mode, new.action.file.owner) == (
+        profile.remote.site_marker, "0644", "root")
+    marked = dataclasses.replace(provisioned, files={**provisioned.files, "site_marker": marker})
+    assert [c.changed for c in steps.site_membership(marked, profile, marker)] == [False]
+    assert steps.site_membership(marked, profile, None) == []   # plain provision leaves it as it is
+    planned = steps.plan(provisioned, profile, AdminRequest("admin@example.com"), site_marker=marker)
+    assert any(c.what.startswith("created site membership") for c in planned if c.changed)
 
 
 def test_balancer_scripts_are_valid_posix_shell():
