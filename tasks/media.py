@@ -7,6 +7,7 @@ import contextlib
 import os
 
 from tasks.core import media, procedure, ui
+from tasks.core import site as sites
 from tasks.core.data import engine, local, media_move, snapshots
 from tasks.core.data.catalog import report_snapshot
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
@@ -34,8 +35,9 @@ def migrate_media(c, to=None, prune=False, config=None, yes=False, dry_run=False
         raise UsageError("where to? --to s3 (the profile's media.storage) or --to local")
     if to not in media_move.PLACES:
         raise UsageError(f"--to must be one of: {', '.join(media_move.PLACES)} (not '{to}')")
-    profile, host = open_host(c, config, sudo=True, not_on_a_site="migrate-media")
+    profile, host = open_host(c, config, sudo=True)
     found = facts.provision_facts(host, profile, "")
+    sites.refuse_member(host.alias, found.files.get("site_marker"), "migrate-media")
     move, words = media_move.plan(found, to, profile, host.alias)
     keys = media.keys_given(profile.media, dict(os.environ), stored=bool(found.media.credentials_meta))
     with contextlib.ExitStack() as held:

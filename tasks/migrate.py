@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 
 
 from tasks.core import procedure, ui
+from tasks.core import site as sites
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
 from tasks.core.data import engine, local, migrate, snapshots
@@ -30,8 +31,9 @@ def migrate_db(c, to=None, config=None, yes=False, dry_run=False, health_timeout
         raise UsageError("where to? --to postgresql or --to sqlite (the engine the profile's database.engine names)")
     if to not in migrate.ENGINES:
         raise UsageError(f"--to must be one of: {', '.join(migrate.ENGINES)} (not '{to}')")
-    profile, host = open_host(c, config, sudo=True, not_on_a_site="migrate-db")
+    profile, host = open_host(c, config, sudo=True)
     found = facts.provision_facts(host, profile, "")
+    sites.refuse_member(host.alias, found.files.get("site_marker"), "migrate-db")
     migration, words = migrate.plan(found, to, profile, host.alias)
     with contextlib.ExitStack() as held:
         progress = _Progress()

@@ -17,6 +17,7 @@ import pytest
 from dev.lsclient import LabelStudio, wait_for_health
 from dev.testvm.machine import free_port
 from tests.integration.support.fab import PROJECT_ROOT
+from tests.integration.support.machines import PIP_CACHE
 
 STUDIO_URL = "https://AbCd1234.studio.eu-west-2.sagemaker.aws/jupyterlab/default/lab?reset"
 ORIGIN = "https://abcd1234.studio.eu-west-2.sagemaker.aws"
@@ -27,7 +28,8 @@ def fab_local(home: Path, *args: str, env: dict | None = None) -> subprocess.Com
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "LSVM_", "CONDA"))}
     # No conda on PATH: bootstrap must fall back to a venv.
     clean["PATH"] = os.pathsep.join(p for p in clean.get("PATH", "").split(os.pathsep) if "conda" not in p)
-    clean.update(HOME=str(home), **(env or {}))
+    # pip's cache outlives the temporary HOME (CI time: Label Studio's wheels downloaded once per machine).
+    clean.update(HOME=str(home), PIP_CACHE_DIR=str(PIP_CACHE), **(env or {}))
     return subprocess.run([sys.executable, "-m", "fabric", *args], cwd=PROJECT_ROOT, env=clean,
                           capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
 

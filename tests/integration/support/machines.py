@@ -15,6 +15,8 @@ from tests.integration.support.fab import Fab
 # uv's cache, shared by every test VM (see dev/testvm/machine.start_vm): Label Studio's packages are
 # downloaded once, not once per fresh provision. Kept between runs; LSVM_PACKAGE_CACHE moves it.
 PACKAGE_CACHE = Path(os.environ.get("LSVM_PACKAGE_CACHE") or Path.home() / ".cache" / "lsvm-test" / "uv")
+# pip's, for the Studio test's bootstrap on this machine (its HOME is a temporary folder).
+PIP_CACHE = PACKAGE_CACHE.parent / "pip"
 
 # The SSH user's home mode on each system: Debian 13 creates homes 0700 (HOME_MODE in login.defs),
 # Debian 12 0755. Label Studio must never run from there.
