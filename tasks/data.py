@@ -433,7 +433,7 @@ def _restore_from_offsite(c, config: str | None, at: str | None, *, from_: str |
                                                         health_timeout=health_timeout)
             else:
                 replace_from_offsite(host, profile, source, offsite.rfc3339(moment) if moment else None, chosen,
-                                     health_timeout=health_timeout)
+                                     listed=offsite.files_snapshot_for(files, moment), health_timeout=health_timeout)
 
 
 def _other_offsite(alias: str, config: str | None, here: str, profile: Profile) -> Profile:

@@ -262,6 +262,7 @@ class RemotePaths:
     database: PurePosixPath
     secret_env: PurePosixPath
     media_dir: PurePosixPath
+    media_state: PurePosixPath        # the media copier's record of what it sent, fetched or hashed (the service user's)
     page_index_dir: PurePosixPath     # the service user's: page digests of the last backups' copies (sqlite.serve_backup)
     unit_file: PurePosixPath
     nginx_site: PurePosixPath
@@ -297,6 +298,7 @@ class RemotePaths:
     offsite_watch: PurePosixPath      # the watch (tasks/core/onserver/offsite_watch.py), root's
     offsite_history: PurePosixPath    # the drill's look at an S3 target's history (onserver/offsite_history.py), root's
     offsite_pgtool: PurePosixPath     # PostgreSQL's dump for the files snapshot (onserver/postgres_tool.py), root's
+    offsite_copier: PurePosixPath     # the bucket's listing for the files snapshot (onserver/media_copy.py), root's
     watch_unit: PurePosixPath
     watch_timer: PurePosixPath
     watch_state: PurePosixPath        # its last look, the replication user's
@@ -397,6 +399,7 @@ class Profile:
             database=data / "label_studio.sqlite3",
             secret_env=data / ".env",
             media_dir=data / "media",
+            media_state=data / ".lsvm-media-copy.json",
             page_index_dir=data / ".lsvm-pages",
             unit_file=PurePosixPath("/etc/systemd/system") / self.service.unit,
             nginx_site=PurePosixPath("/etc/nginx/sites-available") / name,
@@ -432,6 +435,7 @@ class Profile:
             offsite_watch=app / "offsite-watch.py",
             offsite_history=app / "offsite-history.py",
             offsite_pgtool=app / "offsite-postgres-tool.py",
+            offsite_copier=app / "offsite-media-copy.py",
             watch_unit=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.service",
             watch_timer=PurePosixPath("/etc/systemd/system") / f"{name}-offsite-watch.timer",
             watch_state=PurePosixPath("/var/lib") / f"{name}-offsite" / "watch.json",

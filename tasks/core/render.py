@@ -14,8 +14,8 @@ from tasks.core import media
 from tasks.core.errors import ProfileError
 from tasks.core.offsite import check_words, credential_properties, forget_words, restic_words
 from tasks.core.offsite import litestream_config as litestream_yaml
-from tasks.core.onserver import (app_server, offsite_drill, offsite_files, offsite_history, offsite_watch, postgres_tool,
-                                 prepare_database)
+from tasks.core.onserver import (app_server, media_copy, offsite_drill, offsite_files, offsite_history, offsite_watch,
+                                 postgres_tool, prepare_database)
 from tasks.core.onserver.instances import MANAGED_MARK as MANAGED
 from tasks.core.profile import PROJECT_ROOT, Profile
 
@@ -27,6 +27,7 @@ PREPARE_DATABASE_SOURCE = Path(prepare_database.__file__).read_text()
 CHECK_DATABASE_SOURCE = (PROJECT_ROOT / "templates" / "scripts" / "check_database.py").read_text()
 OFFSITE_DRILL_SOURCE = Path(offsite_drill.__file__).read_text()
 OFFSITE_FILES_SOURCE = Path(offsite_files.__file__).read_text()
+MEDIA_COPY_SOURCE = Path(media_copy.__file__).read_text()
 OFFSITE_WATCH_SOURCE = Path(offsite_watch.__file__).read_text()
 OFFSITE_HISTORY_SOURCE = Path(offsite_history.__file__).read_text()
 PGTOOL_SOURCE = Path(postgres_tool.__file__).read_text()
@@ -174,8 +175,13 @@ def _offsite_values(profile: Profile) -> dict:
     if not profile.offsite_streams_database:
         env = client_env(profile.database, str(p.database_ca))
         dump = ["--", p.database_env, p.venv_python, p.offsite_pgtool, *(f"{key}={value}" for key, value in env)]
+    bucket = []
+    if profile.media.in_bucket:
+        where = profile.media.bucket
+        bucket = ["--", "bucket", p.media_env, p.venv_python, p.offsite_copier, "list", p.media_dir, p.media_state,
+                  where.bucket, where.prefix, profile.media.endpoint, profile.media.s3_region]
     files = exec_line("/usr/bin/python3", "-I", p.offsite_files, profile.service.user, profile.offsite_user,
-                      p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite), *dump)
+                      p.data_dir, p.offsite_state, "--", *restic, "--", *forget_words(profile.offsite), *dump, *bucket)
     watch = exec_line("/usr/bin/python3", "-I", p.offsite_watch, p.watch_state, p.drill_result, p.offsite_python,
                       litestream, p.litestream_config, p.database, "--", *units, "--",
                       p.files_timer.name, p.drill_timer.name, "--", p.files_unit.name, p.drill_unit.name)
@@ -183,6 +189,7 @@ def _offsite_values(profile: Profile) -> dict:
             "credentials": profile.offsite.needs_credentials,
             "sftp_credentials": credential_properties(profile.offsite, p.offsite_key),
             "target_path": target.path if target.kind == "path" else None, "drill_exec": drill, "files_exec": files,
+            "bucket_listing": profile.media.in_bucket,
             "watch_exec": watch}
 
 
@@ -211,6 +218,7 @@ def offsite_drill_files(profile: Profile) -> dict[str, RenderedFile]:
         "watch_timer": _unit(p.watch_timer, "systemd/offsite-watch.timer.j2", values),
         "offsite_history": _program(p.offsite_history, OFFSITE_HISTORY_SOURCE),
         **({} if profile.offsite_streams_database else {"offsite_pgtool": _program(p.offsite_pgtool, PGTOOL_SOURCE)}),
+        **({"offsite_copier": _program(p.offsite_copier, MEDIA_COPY_SOURCE)} if profile.media.in_bucket else {}),
     }
 
 

@@ -13,6 +13,8 @@ upload is served byte for byte.
 Uploads kept in a bucket (the profile's `media:` section) use the same S3 server: a VM provisioned with
 `media.storage: s3://...` gets the bucket's keys root-only, and an image uploaded through Label Studio
 lands in the bucket, byte for byte, and comes back through nginx's internal /file_download/ location.
+With an offsite target too, each offsite snapshot records the bucket's objects (sha256), and a restore from
+the target checks the bucket still holds them.
 
 Four VMs for two features, on one Debian release (CI time; what differs between the releases is covered
 by test_offsite.py's path target and the rest of the suite). The tests run in file order."""
@@ -146,6 +148,13 @@ MEDIA_BUCKET, MEDIA_PREFIX = "lsvm-media", "team/uploads"
 MEDIA_FILE = "/opt/label-studio/label-studio-media.env"
 
 
+def delete_media_object(s3host, rel: str) -> None:
+    """The object at MEDIA_PREFIX/rel deleted through the S3 API."""
+    s3host.exec(f"RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ENDPOINT=http://127.0.0.1:9000 "
+                f"RCLONE_CONFIG_B_ACCESS_KEY_ID={MEDIA_KEY_ID} RCLONE_CONFIG_B_SECRET_ACCESS_KEY={MEDIA_SECRET} "
+                f"rclone deletefile b:{MEDIA_BUCKET}/{MEDIA_PREFIX}/{rel}")
+
+
 IMAGE_CONFIG = '<View><Image name="image" value="$image"/><Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
 
 
@@ -214,9 +223,7 @@ def test_uploads_in_a_bucket_land_there_and_come_back_through_nginx(media_site, 
     restore = ("restore-server", "--snapshot", snapshot.name, "--dry-run")
     held = media_site.fab(*restore)
     assert held.returncode == 0 and "holds all 1 objects snapshot" in held.stdout, held.stdout + held.stderr
-    s3host.exec(f"RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ENDPOINT=http://127.0.0.1:9000 "
-                f"RCLONE_CONFIG_B_ACCESS_KEY_ID={MEDIA_KEY_ID} RCLONE_CONFIG_B_SECRET_ACCESS_KEY={MEDIA_SECRET} "
-                f"rclone deletefile b:{MEDIA_BUCKET}/{MEDIA_PREFIX}/{rel}")
+    delete_media_object(s3host, rel)
     gone = media_site.fab(*restore)
     assert gone.returncode != 0 and "no longer holds 1 of the 1 objects" in gone.stderr, gone.stdout + gone.stderr
     # Moving the uploads back to local files is refused, not acted on.
@@ -227,6 +234,52 @@ def test_uploads_in_a_bucket_land_there_and_come_back_through_nginx(media_site, 
     finally:
         media_site.profile.write_text(text)
     assert refused.returncode != 0 and "keeps its uploads in s3://" in refused.stderr, refused.stdout + refused.stderr
+
+
+def test_offsite_snapshots_record_the_buckets_objects_and_a_restore_checks_them(media_site, s3host):
+    """With uploads in a bucket, each offsite snapshot of .env and media holds the bucket's listing (every
+    object with its sha256; the bytes stay in the bucket). `backup --from-offsite` keeps it in the snapshot
+    here, and `restore-server --offsite` checks the bucket still holds every object before anything changes."""
+    text = media_site.profile.read_text()
+    media_site.profile.write_text(text + offsite_section(s3host, "team/media-vm"))
+    provisioned = media_site.fab("provision", env=KEYS)
+    assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
+    assert "bucket listing tool" in provisioned.stdout, provisioned.stdout
+    ls, project = image_project(media_site.url, "Uploads offsite")
+    image = png(28, 28)
+    assert ls.import_file(project, "kept.png", image).status == 201
+    [stored] = sh(s3host, f"find /srv/s3/{MEDIA_BUCKET}/{MEDIA_PREFIX}/upload -type f -name '*kept.png'").split()
+    rel = stored[len(f"/srv/s3/{MEDIA_BUCKET}/{MEDIA_PREFIX}/"):]
+    deadline, out = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "the target holds every transaction" not in out:
+        out = media_site.fab("offsite").stdout
+    assert "the target holds every transaction" in out, out
+    files = media_site.fab("offsite", "--files")
+    assert files.returncode == 0 and "last run failed" not in files.stdout, files.stdout + files.stderr
+
+    # Brought here: the snapshot records the objects as the offsite snapshot listed them.
+    brought = media_site.fab("backup", "--from-offsite")
+    assert brought.returncode == 0, brought.stdout + brought.stderr
+    where = f"s3://{MEDIA_BUCKET}/{MEDIA_PREFIX} at http://{s3host.address}:9000"
+    assert f"recorded the 1 objects of {where}" in brought.stdout, brought.stdout
+    snapshot = sorted((media_site.fab.home / "backups" / "vm").glob("2*"))[-1]
+    listing = json.loads((snapshot / "media-bucket.json").read_text())
+    assert listing[rel][0] == len(image) and listing[rel][2] == hashlib.sha256(image).hexdigest(), listing
+    assert json.loads((snapshot / "manifest.json").read_text())["extra"]["media_bucket"]["where"] == where
+
+    # On the server: checked, then restored.
+    restored = media_site.fab("restore-server", "--offsite", "--yes")
+    out = restored.stdout + restored.stderr
+    assert restored.returncode == 0, out
+    assert f"holds all 1 objects the offsite copy (s3://{BUCKET}/team/media-vm) links to" in out, out
+    # An object gone from the bucket: refused before anything changes.
+    delete_media_object(s3host, rel)
+    refused = media_site.fab("restore-server", "--offsite", "--yes")
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "no longer holds 1 of the 1 objects the offsite copy" in out, out
+    assert rel in out and "Label Studio is up" not in out, out
+    status = media_site.fab("status")
+    assert status.returncode == 0, status.stdout + status.stderr
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,15 @@ stay in provision's root-only 0600 file (`remote.media_env`): the copier gets th
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from tasks.core.commands import install_staged_files, join, q, service_python
 from tasks.core.commands.data import run_dir
 from tasks.core.media import MediaSettings
-from tasks.core.onserver import media_copy
 from tasks.core.profile import Profile
-from tasks.core.render import RenderedFile
+from tasks.core.render import MEDIA_COPY_SOURCE, RenderedFile
 
-COPIER_SOURCE = Path(media_copy.__file__).read_text()
+COPIER_SOURCE = MEDIA_COPY_SOURCE
 COPIER = "media_copy.py"
 PLACES = ("local", "bucket")
 RELOAD = "systemctl daemon-reload && nginx -t -q && systemctl reload nginx"
@@ -28,11 +27,6 @@ RELOAD = "systemctl daemon-reload && nginx -t -q && systemctl reload nginx"
 def stage_dir(profile: Profile) -> PurePosixPath:
     """Root-only: the copier and both places' env file, unit and nginx site (the swap job reads them)."""
     return run_dir(profile) / f"{profile.service.name}-migrate-media"
-
-
-def state_file(profile: Profile) -> PurePosixPath:
-    """The copier's record of what it sent or fetched (the service user's: the copier runs as it)."""
-    return profile.remote.data_dir / ".lsvm-media-copy.json"
 
 
 def copy(profile: Profile, bucket: MediaSettings, direction: str) -> str:
@@ -44,7 +38,7 @@ def copy(profile: Profile, bucket: MediaSettings, direction: str) -> str:
     copier = q(stage_dir(profile) / COPIER)
     # Without the file, "$(cat ...)" would be an empty program that python runs and calls a success.
     present = f"{{ [ -s {copier} ] || {{ echo 'the copier is missing: '{copier} >&2; false; }}; }}"
-    words = join(direction, profile.remote.media_dir, state_file(profile), target.bucket, target.prefix,
+    words = join(direction, profile.remote.media_dir, profile.remote.media_state, target.bucket, target.prefix,
                  bucket.endpoint, bucket.s3_region)
     return f"{present} && {service_python(profile)} \"$(cat {copier})\" {words} < {q(profile.remote.media_env)}"
 
@@ -56,7 +50,7 @@ def copier_once(profile: Profile, bucket: MediaSettings, mode: str) -> str:
     if mode not in ("list", "prune"):
         raise ValueError(mode)
     target = bucket.bucket
-    words = join(mode, profile.remote.media_dir, state_file(profile), target.bucket, target.prefix,
+    words = join(mode, profile.remote.media_dir, profile.remote.media_state, target.bucket, target.prefix,
                  bucket.endpoint, bucket.s3_region)
     return f"{service_python(profile)} {q(COPIER_SOURCE)} {words} < {q(profile.remote.media_env)}"
 

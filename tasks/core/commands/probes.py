@@ -148,7 +148,8 @@ def managed_files(profile: Profile) -> dict[str, PurePosixPath]:
             "offsite_drill": p.offsite_drill, "drill_unit": p.drill_unit, "drill_timer": p.drill_timer,
             "offsite_files": p.offsite_files, "files_unit": p.files_unit, "files_timer": p.files_timer,
             "offsite_watch": p.offsite_watch, "watch_unit": p.watch_unit, "watch_timer": p.watch_timer,
-            "offsite_history": p.offsite_history, "offsite_pgtool": p.offsite_pgtool, "site_marker": p.site_marker}
+            "offsite_history": p.offsite_history, "offsite_pgtool": p.offsite_pgtool, "offsite_copier": p.offsite_copier,
+            "site_marker": p.site_marker}
 
 
 # The `[sshd]`, `[ufw]` and `[ufw_rules]` sections: which ports SSH listens on and what ufw lets in.

@@ -22,7 +22,7 @@ from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.commands import postgres as pg
 from tasks.core.connect import Host
-from tasks.core.data import catalog, migrate
+from tasks.core.data import bucket_media, catalog, migrate
 from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.data.replace import upload
 from tasks.core.data.snapshots import send_file_list, server_work_dir
@@ -230,6 +230,8 @@ def restore_from_offsite(host: Host, profile: Profile, source: offsite_commands.
                                 "nothing was changed") from None
         present = host.run(offsite_commands.parts_in_incoming(profile, incoming), sudo=True,
                            what="the restored parts").stdout.split() if everything else []
+        found = bucket_media.offsite_listing(host, profile, incoming, source, files.id, extracted=everything)
+        bucket_media.require_listed(host, profile, found, f"offsite snapshot {files.id[:8]}")
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)
         raise

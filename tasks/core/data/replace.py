@@ -17,6 +17,7 @@ from tasks.core import offsite, parse, ui
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host
+from tasks.core.data import bucket_media
 from tasks.core.data.catalog import FileEntry, Snapshot
 from tasks.core.data.snapshots import DELTA_MAX_SHARE, stored_page_index
 from tasks.core.data.swap import refuse_foreign_port, refuse_unfinished_swap, run_swap
@@ -222,10 +223,13 @@ def _last_line(text: str) -> str:
 
 
 def replace_from_offsite(host: Host, profile: Profile, source: offsite_commands.Source, timestamp: str | None,
-                         files: offsite.FilesSnapshot | None, *, health_timeout: int) -> None:
+                         files: offsite.FilesSnapshot | None, *, listed: offsite.FilesSnapshot | None = None,
+                         health_timeout: int) -> None:
     """The database as the target holds it (at `timestamp`, or its newest point), restored on the server
     itself into the incoming folder (integrity_check beside the hand-over, both ends hashed), with .env and
-    media from restic's snapshot `files` when given; read by the release, then the swap job."""
+    media from restic's snapshot `files` when given; the bucket's listing in `files` (else in `listed`,
+    the snapshot of .env and media taken at or before that point) checked against the bucket; read by the
+    release, then the swap job."""
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)
     where = source.settings.parsed.describe()
@@ -249,6 +253,10 @@ def replace_from_offsite(host: Host, profile: Profile, source: offsite_commands.
             parts += [part for part in (SECRET_ENV, MEDIA) if part in present]
             ui.step(True, f"restored {', '.join(parts[1:]) or 'nothing more (the snapshot was empty)'} from restic "
                           f"snapshot {files.id[:8]} in {time.monotonic() - started:.1f}s")
+        snapshot = files or listed
+        found = bucket_media.offsite_listing(host, profile, incoming, source, snapshot.id if snapshot else None,
+                                             extracted=files is not None)
+        bucket_media.require_listed(host, profile, found, f"the offsite copy ({where})")
         require_usable_incoming(host, profile)
     except BaseException:
         host.run(data_commands.remove_incoming(profile), sudo=True, check=False)

@@ -23,7 +23,7 @@ from tasks.core.commands import as_service_user, dbcheck, read_file
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import CHUNK, Host, removed_afterwards
-from tasks.core.data import catalog, checking
+from tasks.core.data import bucket_media, catalog, checking
 from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.defaults import DATABASE, SECRET_ENV
 from tasks.core.errors import LockedError, RemoteError, SnapshotError, UsageError
@@ -412,11 +412,12 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
     host_dir = profile.backups_dir()
     previous = checking.newest_base(host_dir)
     with contextlib.ExitStack() as stack:
-        work_dir = restored = None
+        work_dir = restored = listing = None
         if offsite is not None:
             work_dir = stack.enter_context(server_work_dir(host, profile, "backup"))
             restored = work_dir / "offsite"
             restore_offsite_point(host, profile, restored, offsite)
+            listing = bucket_media.read_listing(host, profile, restored) if offsite.files else None
         with catalog.new_snapshot(host_dir, label) as pending:
             got = download_snapshot(host, profile, pending.path, media=media, previous=previous, work_dir=work_dir,
                                     data_dir=restored, managed=managed)
@@ -435,6 +436,8 @@ def take_snapshot(host: Host, profile: Profile, *, label: str | None, media: boo
                 media_included=media,
                 extra=got.extra,
             )
+    if listing is not None:     # the bucket's objects as the offsite snapshot of .env and media recorded them
+        return bucket_media.record_listing(pending.snapshot, listing, listing["where"])
     return pending.snapshot
 
 

@@ -30,7 +30,8 @@ MEDIA_DIR is the object PREFIX/<its path there>: where django-storages looks for
   stays, and is counted.
 
 stdout: one JSON object: files, bytes, sent, kept (already there), how they were checked, seconds;
-`list`: files, bytes, hashed (read now), objects ({path: [size, etag, sha256]}).
+`list`: files, bytes, hashed (read now), objects ({path: [size, etag, sha256]}), where (the bucket, prefix
+and endpoint in words).
 Progress on stderr. Exit 1 with the reason on stderr when any object fails its check.
 """
 
@@ -465,6 +466,8 @@ def main(argv: list[str]) -> int:
         else:
             run = {"to-local": to_local, "list": list_bucket, "prune": prune_local}[direction]
             report = run(s3, media_dir, state, bucket, prefix)
+            if direction == "list":    # as MediaSettings.describe() says it: the listing names its bucket
+                report["where"] = f"{f's3://{bucket}/{prefix}'.rstrip('/')} at {endpoint}"
     except Exception as exc:      # one line for the task; the state keeps what was done
         state.save()
         print(f"{type(exc).__name__}: {exc}"[:2000], file=sys.stderr)

@@ -9,10 +9,18 @@ With PostgreSQL (a fourth part: the root-only file with its password, Label Stud
 toolkit's postgres-tool.py, libpq's variables), the service user first dumps the database (pg_dump -Fc
 and the row counts of the same transaction, postgres_tool.py) into a private temp folder of its own, and
 its tar takes label_studio.pgdump and label_studio.pgdump.json beside .env and media: one snapshot is one point in time.
+
+With uploads in a bucket (a part that starts with `bucket`: the root-only file with the bucket's keys,
+Label Studio's python, the toolkit's media-copy.py and the copier's `list` words), the service user also
+lists the bucket, every object with its sha256 (the keys on its stdin from root's file, as Label Studio
+itself gets them from systemd), into media-bucket.json beside them: what a restore checks the bucket
+still holds. The bytes stay in the bucket.
+
 A snapshot whose maker failed is forgotten at once (never the newest one a restore would take).
 
     offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET...
                      [-- PASSWORD_FILE PYTHON PGTOOL PGVAR=VALUE...]
+                     [-- bucket KEYS_FILE PYTHON COPIER list MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION]
 """
 
 from __future__ import annotations
@@ -30,11 +38,18 @@ FILES_NAME = "files.tar"
 FILES_TAG = "files"
 PARTS = (".env", "media")
 DUMP_PARTS = ("label_studio.pgdump", "label_studio.pgdump.json")    # a snapshot's names (tasks.core.database.DUMP)
-# The service user's side with PostgreSQL: the dump into a private temp folder, then one tar of both places.
-DUMP_AND_TAR = ('set -e; w=$(mktemp -d /var/tmp/lsvm-dump.XXXXXX); trap \'rm -rf "$w"\' EXIT; '
-                f'"$1" -I "$2" dump "$w/{DUMP_PARTS[0]}" > "$w/{DUMP_PARTS[1]}"; '
-                'tar --ignore-failed-read --warning=no-file-changed -cf - -C "$3" .env media '
-                f'-C "$w" {DUMP_PARTS[0]} {DUMP_PARTS[1]}')
+LISTING = "media-bucket.json"         # the bucket's objects (tasks.core.data.bucket_media.LISTING)
+BUCKET_PART = "bucket"
+# The service user's side: PostgreSQL's dump (`dump PYTHON PGTOOL`) and the bucket's listing (`list PYTHON
+# COPIER WORDS...`, the keys on stdin) into a private temp folder, then one tar of both places. Either
+# one failing is exit 3 (tar's 1 only says a file changed while read).
+MAKER = ('set -e; d=$1; shift; w=$(mktemp -d /var/tmp/lsvm-dump.XXXXXX); trap \'rm -rf "$w"\' EXIT; names=; '
+         'if [ "${1-}" = dump ]; then '
+         f'"$2" -I "$3" dump "$w/{DUMP_PARTS[0]}" > "$w/{DUMP_PARTS[1]}" || exit 3; '
+         f'names="{DUMP_PARTS[0]} {DUMP_PARTS[1]}"; shift 3; fi; '
+         'if [ "${1-}" = list ]; then shift; p=$1; shift; '
+         f'"$p" -I "$@" > "$w/{LISTING}" || exit 3; names="$names {LISTING}"; fi; '
+         'tar --ignore-failed-read --warning=no-file-changed -cf - -C "$d" .env media ${names:+-C "$w"} $names')
 PASSWORD_KEY = "POSTGRE_PASSWORD"
 LOCKED = "repository is already locked"
 LOCK_WAIT = 3600                      # a drill's check or a prune holds restic's exclusive lock meanwhile
@@ -89,17 +104,30 @@ def restic_env(replication_user: str) -> tuple[dict, str | None]:
     return {**env, "CREDENTIALS_DIRECTORY": private}, private
 
 
+def maker_words(data_dir: str, dump: list[str], bucket: list[str]) -> list[str]:
+    """The service user's shell (MAKER) with its words: the data dir, then `dump` and `list` parts."""
+    words = ["sh", "-c", MAKER, "sh", data_dir]
+    if dump:
+        words += ["dump", dump[1], dump[2]]
+    if bucket:
+        words += ["list", *bucket[1:]]
+    return words
+
+
 def backup_once(service: dict, replication: dict, data_dir: str, restic: list[str], dump: list[str],
-                env: dict) -> tuple[int, int, str, str]:
-    """tar (after pg_dump, with PostgreSQL) | restic backup: (the maker's exit, restic's exit, restic's
-    stdout, restic's stderr)."""
+                bucket: list[str], env: dict) -> tuple[int, int, str, str]:
+    """tar (after pg_dump with PostgreSQL, and the bucket's listing) | restic backup: (the maker's exit,
+    restic's exit, restic's stdout, restic's stderr)."""
     clean = {"PATH": SAFE_PATH, "LC_ALL": "C"}
     if dump:
-        maker = ["sh", "-c", DUMP_AND_TAR, "sh", dump[1], dump[2], data_dir]
         clean.update(dump_env(dump))
-    else:
-        maker = ["tar", "--ignore-failed-read", "--warning=no-file-changed", "-cf", "-", "--", *PARTS]
-    tar = _popen(maker, service, clean, cwd=data_dir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    keys = open(bucket[0], "rb") if bucket else subprocess.DEVNULL   # root's file: its keys, on the copier's stdin
+    try:
+        tar = _popen(maker_words(data_dir, dump, bucket), service, clean, cwd=data_dir, stdout=subprocess.PIPE,
+                     stdin=keys)
+    finally:
+        if bucket:
+            keys.close()
     try:
         backup = _popen([*restic, "backup", "--stdin", "--stdin-filename", FILES_NAME, "--tag", FILES_TAG, "--json"],
                         replication, env, stdin=tar.stdout,
@@ -137,22 +165,22 @@ def last_line(text: str) -> str:
 
 
 def run(service_user: str, replication_user: str, data_dir: str, state_dir: str, restic: list[str],
-        forget: list[str], dump: list[str] | None = None) -> dict:
+        forget: list[str], dump: list[str] | None = None, bucket: list[str] | None = None) -> dict:
     env, private = restic_env(replication_user)
     try:
-        return _run(service_user, replication_user, data_dir, state_dir, restic, forget, dump, env)
+        return _run(service_user, replication_user, data_dir, state_dir, restic, forget, dump, bucket, env)
     finally:
         if private:
             shutil.rmtree(private, ignore_errors=True)
 
 
 def _run(service_user: str, replication_user: str, data_dir: str, state_dir: str, restic: list[str],
-         forget: list[str], dump: list[str] | None, env: dict) -> dict:
+         forget: list[str], dump: list[str] | None, bucket: list[str] | None, env: dict) -> dict:
     service, replication = as_user(service_user, data_dir), as_user(replication_user, state_dir)
     started = time.monotonic()
     deadline = started + LOCK_WAIT
     while True:
-        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic, dump or [], env)
+        tar_exit, restic_exit, out, err = backup_once(service, replication, data_dir, restic, dump or [], bucket or [], env)
         if restic_exit != 0 and LOCKED in err and time.monotonic() < deadline:
             time.sleep(LOCK_POLL)   # another restic (the drill's check) holds the lock: wait for it
             continue
@@ -160,7 +188,8 @@ def _run(service_user: str, replication_user: str, data_dir: str, state_dir: str
     result: dict = {"seconds": round(time.monotonic() - started, 1)}
     made = summary_of(out) if restic_exit == 0 else {}
     if tar_exit not in (0, 1):      # 1: a file changed while read (its next snapshot has it whole)
-        what = "pg_dump or tar of the database, .env and media" if dump else "tar of .env and media"
+        what = " or ".join([*(["pg_dump of the database"] if dump else []),
+                            *(["the listing of the bucket"] if bucket else []), "tar of .env and media"])
         result["problem"] = f"{what} failed (exit {tar_exit})"
         if made.get("snapshot_id"):
             _popen([*restic, "forget", made["snapshot_id"]], replication, env,
@@ -183,18 +212,34 @@ def _run(service_user: str, replication_user: str, data_dir: str, state_dir: str
     return result
 
 
+def split_parts(argv: list[str]) -> tuple[list[str], list[str], list[str], list[str], list[str]] | None:
+    """(the four users and folders, restic's words, forget's, the PostgreSQL part, the bucket part);
+    None when argv has no such shape."""
+    marks = [i for i, word in enumerate(argv) if word == "--"]
+    if not 2 <= len(marks) <= 4 or marks[0] != 4:
+        return None
+    parts = [argv[a + 1:b] for a, b in zip(marks, marks[1:] + [len(argv)])]
+    dump = bucket = []
+    for part in parts[2:]:
+        if part[:1] == [BUCKET_PART] and not bucket and len(part) == 11 and part[4] == "list":
+            bucket = part[1:]
+        elif part and part[0] != BUCKET_PART and not dump:
+            dump = part
+        else:
+            return None
+    return argv[:4], parts[0], parts[1], dump, bucket
+
+
 def main(argv: list[str]) -> int:
-    if argv.count("--") not in (2, 3):
+    split = split_parts(argv)
+    if split is None:
         print("usage: offsite-files.py SERVICE_USER REPLICATION_USER DATA_DIR STATE_DIR -- RESTIC... -- FORGET... "
-              "[-- PASSWORD_FILE PYTHON PGTOOL PGVAR=VALUE...]", file=sys.stderr)
+              "[-- PASSWORD_FILE PYTHON PGTOOL PGVAR=VALUE...] "
+              "[-- bucket KEYS_FILE PYTHON COPIER list MEDIA_DIR STATE BUCKET PREFIX ENDPOINT REGION]", file=sys.stderr)
         return 2
-    first = argv.index("--")
-    second = argv.index("--", first + 1)
-    third = argv.index("--", second + 1) if argv.count("--") == 3 else len(argv)
-    service_user, replication_user, data_dir, state_dir = argv[:first]
+    (service_user, replication_user, data_dir, state_dir), restic, forget, dump, bucket = split
     try:
-        result = run(service_user, replication_user, data_dir, state_dir, argv[first + 1:second],
-                     argv[second + 1:third], argv[third + 1:])
+        result = run(service_user, replication_user, data_dir, state_dir, restic, forget, dump, bucket)
     except (OSError, KeyError, subprocess.SubprocessError) as exc:
         result = {"problem": f"the snapshot could not run: {exc}"}
     result["ok"] = "problem" not in result

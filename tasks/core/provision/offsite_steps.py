@@ -50,7 +50,8 @@ DRILL_FILES = {"offsite_drill": ("restore drill", frozenset()),
                "watch_unit": ("offsite watch unit", frozenset({DAEMON_RELOAD_NEEDED})),
                "watch_timer": ("offsite watch timer", frozenset({DAEMON_RELOAD_NEEDED})),
                "offsite_history": ("history check", frozenset()),
-               "offsite_pgtool": ("PostgreSQL dump tool", frozenset())}
+               "offsite_pgtool": ("PostgreSQL dump tool", frozenset()),
+               "offsite_copier": ("bucket listing tool", frozenset())}
 SHARED_DATABASE = "660"       # the database and its -wal/-shm: the service user's group reads and writes
 
 

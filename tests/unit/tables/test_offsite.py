@@ -26,8 +26,8 @@ from tasks.core.provision.offsite_steps import OFFSITE_RESTART, OffsiteSecrets
 from tasks.core.provision.plan import AdminRequest, StoreOffsiteSecret
 from tests.unit.samples import PROFILE
 
-S3 = parse_profile("offsite:\n  target: s3://lsvm-backups/team-a/vm1\n  s3_endpoint: http://127.0.0.1:9000\n",
-                   host="vm")
+S3_TEXT = "offsite:\n  target: s3://lsvm-backups/team-a/vm1\n  s3_endpoint: http://127.0.0.1:9000\n"
+S3 = parse_profile(S3_TEXT, host="vm")
 PATH = parse_profile("offsite:\n  target: /mnt/backup/label-studio/\n  retention_hours: 72\n", host="vm")
 
 
@@ -629,8 +629,9 @@ def test_a_point_in_time_on_postgresql_is_the_last_dump_taken_before_it():
     assert offsite.dump_snapshot_for([], None) is None
 
 
-def test_the_service_users_dump_and_tar_holds_the_dump_beside_env_and_media(tmp_path):
-    """offsite_files.DUMP_AND_TAR run here, with a stand-in for postgres_tool.py dump."""
+def _made(tmp_path, dump: bool, bucket: bool, copier_body: str = ""):
+    """offsite_files.MAKER run here as offsite_files.backup_once starts it, with stand-ins for
+    postgres_tool.py dump and media_copy.py list: (its exit, the tar's members, the archive's bytes)."""
     import io
     import subprocess
     import sys
@@ -642,13 +643,70 @@ def test_the_service_users_dump_and_tar_holds_the_dump_beside_env_and_media(tmp_
     (data / "media" / "upload" / "a.png").write_bytes(b"png")
     tool = tmp_path / "tool.py"
     tool.write_text("import sys, json\nopen(sys.argv[2], 'wb').write(b'PGDMP')\nprint(json.dumps({'tables': {}}))\n")
-    made = subprocess.run(["sh", "-c", offsite_files.DUMP_AND_TAR, "sh", sys.executable, str(tool), str(data)],
-                          capture_output=True, check=True)
+    copier = tmp_path / "copier.py"
+    copier.write_text(copier_body or "import sys, json\nkeys = sys.stdin.read()\n"
+                      "print(json.dumps({'argv': sys.argv[1:], 'keys': keys}))\n")
+    keys = tmp_path / "keys.env"
+    keys.write_text("STORAGE_AWS_ACCESS_KEY_ID=k\nSTORAGE_AWS_SECRET_ACCESS_KEY=s\n")
+    words = offsite_files.maker_words(
+        str(data), ["/root/password", sys.executable, str(tool)] if dump else [],
+        [str(keys), sys.executable, str(copier), "list", "/media", "/state", "b", "p", "http://s3", "r"] if bucket else [])
+    with open(keys, "rb") as stdin:
+        made = subprocess.run(words, capture_output=True, stdin=stdin)
+    if made.returncode not in (0, 1):
+        return made.returncode, [], made.stdout
     with tarfile.open(fileobj=io.BytesIO(made.stdout)) as archive:
-        names = archive.getnames()
-        assert archive.extractfile("label_studio.pgdump").read() == b"PGDMP"
-    assert set(names) == {".env", "media", "media/upload", "media/upload/a.png", "label_studio.pgdump",
-                          "label_studio.pgdump.json"}, names
+        members = {name: archive.extractfile(name).read() for name in archive.getnames()
+                   if archive.getmember(name).isfile()}
+    return made.returncode, members, made.stdout
+
+
+def test_the_service_users_tar_holds_the_dump_and_the_buckets_listing_beside_env_and_media(tmp_path):
+    code, members, _ = _made(tmp_path / "pg", dump=True, bucket=False)
+    assert code == 0 and members["label_studio.pgdump"] == b"PGDMP"
+    assert set(members) == {".env", "media/upload/a.png", "label_studio.pgdump", "label_studio.pgdump.json"}
+    code, members, _ = _made(tmp_path / "both", dump=True, bucket=True)
+    assert code == 0 and set(members) == {".env", "media/upload/a.png", "label_studio.pgdump",
+                                          "label_studio.pgdump.json", "media-bucket.json"}
+    listed = json.loads(members["media-bucket.json"])
+    # The copier's words from argv, the keys from root's file on its stdin (never in argv).
+    assert listed == {"argv": ["list", "/media", "/state", "b", "p", "http://s3", "r"],
+                      "keys": "STORAGE_AWS_ACCESS_KEY_ID=k\nSTORAGE_AWS_SECRET_ACCESS_KEY=s\n"}
+    code, members, _ = _made(tmp_path / "sqlite", dump=False, bucket=False)
+    assert code == 0 and set(members) == {".env", "media/upload/a.png"}
+
+
+def test_a_listing_that_fails_fails_the_snapshot_not_just_a_changed_file(tmp_path):
+    code, _, out = _made(tmp_path, dump=False, bucket=True, copier_body="import sys\nsys.exit(1)\n")
+    assert code == 3 and out == b""    # tar's 1 (a file changed while read) would pass; 3 does not
+
+
+def test_the_files_programs_parts_are_told_apart():
+    from tasks.core.onserver.offsite_files import split_parts
+    head = ["svc", "rep", "/data", "/state"]
+    bucket = ["bucket", "/keys", "/py", "/copier", "list", "/media", "/st", "b", "", "http://s3", "r"]
+    pg = ["/pw", "/py", "/tool", "PGHOST=db"]
+    assert split_parts([*head, "--", "restic", "--", "forget"]) == (head, ["restic"], ["forget"], [], [])
+    assert split_parts([*head, "--", "r", "--", "f", "--", *pg]) == (head, ["r"], ["f"], pg, [])
+    assert split_parts([*head, "--", "r", "--", "f", "--", *bucket]) == (head, ["r"], ["f"], [], bucket[1:])
+    assert split_parts([*head, "--", "r", "--", "f", "--", *pg, "--", *bucket]) == (head, ["r"], ["f"], pg, bucket[1:])
+    for wrong in ([*head, "--", "r"], [*head[:3], "--", "r", "--", "f"], [*head, "--", "r", "--", "f", "--", *bucket[:5]],
+                  [*head, "--", "r", "--", "f", "--", *pg, "--", *pg]):
+        assert split_parts(wrong) is None, wrong
+
+
+def test_the_files_unit_lists_the_bucket_when_uploads_are_in_one():
+    profile = parse_profile(S3_TEXT + "media:\n  storage: s3://uploads/team\n  s3_endpoint: http://10.0.0.9:9000\n",
+                            host="vm")
+    files = render.offsite_drill_files(profile)
+    unit = files["files_unit"].content
+    assert ("-- bucket /opt/label-studio/label-studio-media.env /opt/label-studio/current/bin/python "
+            "/opt/label-studio/offsite-media-copy.py list /var/lib/label-studio/media "
+            "/var/lib/label-studio/.lsvm-media-copy.json uploads team http://10.0.0.9:9000 us-east-1") in unit, unit
+    assert "ReadWritePaths=/var/lib/label-studio-offsite /var/lib/label-studio\n" in unit    # the copier's record
+    assert files["offsite_copier"].content.endswith(render.MEDIA_COPY_SOURCE)
+    assert "offsite_copier" not in render.offsite_drill_files(S3) and "-- bucket" not in \
+        render.offsite_drill_files(S3)["files_unit"].content
 
 
 # ------------------------------------------------------------------------------------------------
