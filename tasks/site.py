@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tasks.core import site as sites
 from tasks.core import procedure, ui
+from tasks.core.commands import balancer as balancer_commands
 from tasks.core.commands import secret_key
 from tasks.core.commands import upgrade as upgrade_commands
 from tasks.core.commands.service import service_manager
@@ -83,6 +84,17 @@ def _site_key(host: Host, profile: Profile) -> str | None:
     return key
 
 
+def _http_from(lb: Host, the_site: sites.Site, app: sites.AppVM, app_profile: Profile) -> tuple[str, ...]:
+    """Who the app VM's firewall lets reach Label Studio: the balancer (the address its requests come from)
+    and the site file's app_firewall.also_from."""
+    source = the_site.balancer.from_address
+    if source is None:
+        toward = app.address or app_profile.address
+        answer = lb.run(balancer_commands.source_toward(toward), check=False, what="the balancer's route").stdout
+        source = sites.route_source(answer, toward)
+    return tuple(dict.fromkeys((source, *the_site.also_from)))
+
+
 def _built_site(c, site: str | None):
     """The site file, its profile, the balancer and every app VM connected, once site-provision has set the
     balancer up (what the tasks that act on a running site need)."""
@@ -128,6 +140,7 @@ def site_provision(c, site=None, dry_run=False):
 
             provision_host(host, app_profile, dry_run=dry_run, site_key=key,
                            site_marker=sites.member_marker(the_site, app.host),
+                           http_from=_http_from(lb, the_site, app, app_profile),
                            before_changes=drain if rolling is not None else None)
         if index == 0:
             key = _site_key(host, app_profile)

@@ -68,6 +68,7 @@ class UfwRule:
 
     ports: frozenset[int] | None
     source: str = "any"
+    spec: str = ""          # the short form's one word (`ufw allow 80/tcp`: "80/tcp"), else ""
 
     def covers(self, port: int) -> bool:
         return self.ports is None or port in self.ports
@@ -116,7 +117,7 @@ def ufw_rules(lines: list[str]) -> list[UfwRule]:
         if not words:
             continue
         if words[0] not in ("from", "to", "proto"):
-            rules.append(UfwRule(_ufw_ports(words[0])))
+            rules.append(UfwRule(_ufw_ports(words[0]), spec=words[0]))
             continue
         options = dict(zip(words[::2], words[1::2]))
         if "app" in options or "port" in options:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import os
 import re
 import typing
@@ -18,7 +19,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from tasks.core import render
-from tasks.core.errors import ProfileError, UsageError
+from tasks.core.errors import ProfileError, RemoteError, UsageError
 from tasks.core.profile import (
     CONFIGS_DIR,
     Profile,
@@ -42,6 +43,26 @@ def _alias(value: str) -> str | None:
     return None if _ALIAS.match(value) else "must be an ssh_config alias (letters, digits, '-' and '.')"
 
 
+def _ip_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address (where the app VMs see the balancer's requests come from)"
+    return None
+
+
+def source_words(value: str) -> str | None:
+    """An address or network as ufw takes it ("10.0.0.5", "10.0.0.0/24"), None when it is neither."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return None
+    single = network.num_addresses == 1
+    return str(network.network_address) if single else str(network)
+
+
 def _interval(value: int) -> str | None:
     return None if 200 <= value <= 60_000 else "must be between 200 and 60000 (milliseconds)"
 
@@ -54,6 +75,9 @@ class BalancerSettings:
     certificate: str | None = field(default=None, metadata={"check": None, "coerce": None})
     key: str | None = field(default=None, metadata={"check": None, "coerce": None})
     check_interval_ms: int = field(default=1000, metadata={"check": _interval, "coerce": None})
+    # Where the app VMs see the balancer's requests come from; None: found on the balancer (the source
+    # address of its route to each app VM). Their firewall lets it alone reach Label Studio.
+    from_address: str | None = field(default=None, metadata={"check": _ip_address, "coerce": None})
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,7 @@ class Site:
     apps: tuple[AppVM, ...]
     balancer: BalancerSettings
     source: str = "<site>"
+    also_from: tuple[str, ...] = ()     # app_firewall.also_from: who else may reach the app VMs' HTTP
 
     @property
     def profile_path(self) -> Path:
@@ -107,7 +132,7 @@ def parse_site(text: str, *, source: str = "<site>") -> Site:
     data, lines = read_mapping(text, source, "site file")
     if data is None:
         raise ProfileError(f"{source}: the site file is empty: it names a profile, app VMs and a balancer")
-    known = ("profile", "apps", "balancer")
+    known = ("profile", "apps", "balancer", "app_firewall")
     for key in data:
         if key not in known:
             raise ProfileError(f"{where(source, lines, (str(key),))}: unknown key '{key}' (known here: {', '.join(known)})")
@@ -119,7 +144,8 @@ def parse_site(text: str, *, source: str = "<site>") -> Site:
         raise ProfileError(f"{where(source, lines, ('balancer',))}: 'balancer.host' must name the load balancer VM")
     settings = build_settings(BalancerSettings, balancer, ("balancer",), source, lines)
     apps = _apps(data.get("apps"), where(source, lines, ("apps",)))
-    site = Site(profile, apps, settings, source)
+    also_from = _also_from(data.get("app_firewall"), where(source, lines, ("app_firewall",)))
+    site = Site(profile, apps, settings, source, also_from)
     problem = _site_problem(site)
     if problem:
         raise ProfileError(f"{source}: {problem}")
@@ -140,6 +166,35 @@ def _apps(value, at: str) -> tuple[AppVM, ...]:
             raise ProfileError(f"{at}: the address of {host} must be an IP address or a host name ({address!r} is not)")
         apps.append(AppVM(host, address))
     return tuple(apps)
+
+
+def _also_from(value, at: str) -> tuple[str, ...]:
+    """app_firewall: {also_from: [addresses or networks]}: who may reach the app VMs' HTTP besides the
+    balancer (an admin network; nobody by default)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or set(value) - {"also_from"}:
+        raise ProfileError(f"{at}: 'app_firewall' takes one key, also_from: a list of addresses or networks")
+    listed = value.get("also_from") or []
+    if not isinstance(listed, list):
+        raise ProfileError(f"{at}: 'app_firewall.also_from' must be a list of addresses or networks")
+    found = []
+    for item in listed:
+        words = source_words(item) if isinstance(item, str) else None
+        if words is None:
+            raise ProfileError(f"{at}: app_firewall.also_from: {item!r} is not an IP address or network (10.0.0.0/24)")
+        found.append(words)
+    return tuple(found)
+
+
+def route_source(text: str, toward: str) -> str:
+    """The balancer's answer to commands.balancer.source_toward: one IP address, checked (it goes into
+    the app VMs' firewall rules)."""
+    answer = text.strip()
+    if _ip_address(answer) is not None:
+        raise RemoteError(f"the balancer gave no source address for its route to {toward} ({answer[:80]!r})",
+                          hint="set balancer.from_address in the site file")
+    return str(ipaddress.ip_address(answer))
 
 
 def _site_problem(site: Site) -> str | None:

@@ -103,10 +103,13 @@ def site(provisioned, vm_image, tmp_path_factory):
             f"  ca_file: {db.ca_file}\n"
             f"media:\n  storage: s3://{BUCKET}/labels\n  s3_endpoint: http://{s3.address}:9000\n")
         site_file = home / "site.yaml"
+        # The tests reach the app VMs directly too (through Docker's published ports: from the containers'
+        # gateway), as an admin network would: the site file lets that address in beside the balancer.
         site_file.write_text(
             "profile: labels.yaml\n"
             "apps:\n" + "".join(f"  - host: {name}\n    address: {address(vm)}\n" for name, vm in apps.items()) +
-            "balancer:\n  host: lb\n  check_interval_ms: 500\n")
+            "balancer:\n  host: lb\n  check_interval_ms: 500\n"
+            f"app_firewall:\n  also_from: [{gateway(lb)}]\n")
         fab = SiteFab(lb, home, env={"LSVM_DB_PASSWORD": DB_PASSWORD, "LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD,
                                      "LSVM_MEDIA_ACCESS_KEY_ID": KEY_ID, "LSVM_MEDIA_SECRET_ACCESS_KEY": SECRET})
         fab.machines = {"lb": lb, **apps}
@@ -119,6 +122,17 @@ def site(provisioned, vm_image, tmp_path_factory):
 
 def sh(vm, command: str) -> str:
     return vm.exec(command).stdout.decode()
+
+
+def gateway(vm) -> str:
+    """The containers' gateway: where this machine's connections to a published port come from."""
+    return sh(vm, "ip route show default").split()[2]
+
+
+def reaches(vm, to: str, port: int) -> bool:
+    """Whether `vm` opens a TCP connection to `to`:`port` within 3 s."""
+    return vm.exec(f"python3 -c 'import socket; socket.create_connection((\"{to}\", {port}), 3)'",
+                   check=False).returncode == 0
 
 
 def test_site_provision_sets_up_every_host_in_order(site):
@@ -140,6 +154,15 @@ def test_site_provision_sets_up_every_host_in_order(site):
         assert f"server {name} {address(vm)}:80 check" in config
     assert sh(site.lb, "stat -c '%U %a' /run/haproxy/lsvm-admin.sock").strip() == "root 600"
     assert "80/tcp" in sh(site.lb, "ufw status")
+    # Each app VM's HTTP is the balancer's (and the admin network's) alone: another VM is not let in.
+    for name, vm in site.apps.items():
+        rules = sh(vm, "ufw show added")
+        assert f"ufw allow from {address(site.lb)} to any port 80 proto tcp" in rules, rules
+        assert f"ufw allow from {gateway(vm)} to any port 80 proto tcp" in rules, rules
+        assert "ufw allow 80/tcp" not in rules, rules
+        assert "Status: active" in sh(vm, "ufw status")
+        assert reaches(site.lb, address(vm), 80) and not reaches(site.s3, address(vm), 80), name
+    assert "ufw no longer lets anyone reach 80/tcp (the balancer does)" in out, out
     # A second run changes nothing (and so drains nothing).
     again = site.run("site-provision")
     assert again.returncode == 0, again.stdout + again.stderr

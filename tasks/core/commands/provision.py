@@ -171,6 +171,11 @@ def ufw_allow_from(source: str, port: int) -> str:
     return join("ufw", "allow", "from", source, "to", "any", "port", int(port), "proto", "tcp")
 
 
+def ufw_delete_allow(port: int) -> str:
+    """The rule `ufw_allow(f"{port}/tcp")` adds, removed."""
+    return join("ufw", "delete", "allow", f"{int(port)}/tcp")
+
+
 def ensure_admin(profile: Profile, script: PurePosixPath, request: PurePosixPath) -> str:
     """Run templates/scripts/ensure_admin.py (uploaded to `script`) with the service's venv, as the
     service user, with the service's environment; the request (with the password) comes on stdin."""

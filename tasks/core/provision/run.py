@@ -153,11 +153,13 @@ def offsite_password_for(host: Host, profile: Profile, found: facts.ProvisionFac
 
 def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset_password: bool = False,
                    tls_pair: tls.LocalPair | None = None, eab: tls.Eab | None = None, site_key: str | None = None,
-                   site_marker: str | None = None, before_changes: Callable[[], None] | None = None) -> None:
+                   site_marker: str | None = None, http_from: tuple[str, ...] | None = None,
+                   before_changes: Callable[[], None] | None = None) -> None:
     """Provision the connected `host` as `profile` says (its TLS settings already checked here). A site
-    gives its SECRET_KEY (`site_key`), the file that marks the VM as one of its app VMs (`site_marker`)
-    and what to do before the first change (drain the VM at the load balancer); nothing is called when
-    the plan changes nothing. Without a site, an app VM of one is refused (site-provision drains it)."""
+    gives its SECRET_KEY (`site_key`), the file that marks the VM as one of its app VMs (`site_marker`),
+    the addresses its firewall lets reach HTTP (`http_from`: the balancer's and the site's own) and what
+    to do before the first change (drain the VM at the load balancer); nothing is called when the plan
+    changes nothing. Without a site, an app VM of one is refused (site-provision drains it)."""
     started = time.monotonic()
     email = admin_email(profile)
     if reset_password and not email:
@@ -191,7 +193,7 @@ def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset
     ui.out.print(f"[bold]provision {host.alias}[/bold] ({mode})")
     planned = steps.plan(found, profile, admin, tls_pair=tls_pair, eab=eab, database_password=database_password,
                          offsite_secrets=offsite_secrets, media_keys_given=media_keys, site_key=site_key,
-                         site_marker=site_marker)
+                         site_marker=site_marker, http_from=http_from)
     if before_changes is not None and not dry_run and any(change.changed for change in planned):
         before_changes()
     changes = plan.apply(host, planned, dry_run=dry_run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 from pathlib import PurePosixPath
 
 from packaging.version import Version
@@ -27,6 +28,7 @@ from tasks.core.commands.provision import (
     switch_release,
     ufw_allow,
     ufw_allow_from,
+    ufw_delete_allow,
     wanted_packages,
 )
 from tasks.core.commands.service import HTTPS_PORT, service_manager
@@ -369,11 +371,49 @@ def nginx_site(facts: ProvisionFacts, profile: Profile, pair: LocalPair | None =
     return changes
 
 
-def firewall(facts: ProvisionFacts, profile: Profile) -> list[Change]:
+def firewall(facts: ProvisionFacts, profile: Profile, http_from: tuple[str, ...] | None = None) -> list[Change]:
+    """ufw: SSH, then HTTP (and HTTPS) from anywhere; on an app VM of a site (`http_from`), HTTP from those
+    addresses alone (the balancer's, and the site file's app_firewall.also_from)."""
     if not profile.firewall.enabled:
         return [Change("firewall is off in the profile (firewall.enabled: false)")]
+    if http_from is not None:
+        return app_vm_firewall(facts, profile, http_from)
     return firewall_changes(facts, firewall_rules_missing(profile, facts),
                             "ufw allows SSH and HTTP" + (" and HTTPS" if profile.tls.enabled else ""))
+
+
+def _same_source(rule_source: str, address: str) -> bool:
+    try:
+        return ipaddress.ip_network(rule_source, strict=False) == ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        return False
+
+
+def app_vm_firewall(facts: ProvisionFacts, profile: Profile, http_from: tuple[str, ...]) -> list[Change]:
+    """An app VM of a site: SSH as always; HTTP only from `http_from`. The rule provision adds for HTTP
+    from anywhere goes (after the new ones are in: the balancer is never shut out). Any other rule that
+    lets someone else reach HTTP is named, not removed (it may be yours)."""
+    port = profile.http_port
+    missing = rules_missing([], facts)
+    for source in http_from:
+        if not any(rule.covers(port) and _same_source(rule.source, source) for rule in facts.ufw_rules):
+            missing.append((ufw_allow_from(source, port), f"{port}/tcp from {source}"))
+    changes = firewall_changes(facts, missing, f"ufw allows SSH, and HTTP from {', '.join(http_from)} alone")
+    others = []
+    for rule in facts.ufw_rules:
+        if not rule.covers(port) or any(_same_source(rule.source, source) for source in http_from):
+            continue
+        if rule.source == "any" and rule.spec == f"{port}/tcp":
+            changes.append(Change(f"ufw no longer lets anyone reach {port}/tcp (the balancer does)", True,
+                                  plan=f"remove ufw's rule that lets anyone reach {port}/tcp",
+                                  action=Run(ufw_delete_allow(port), "ufw delete")))
+        else:
+            others.append("anyone" if rule.source == "any" else rule.source)
+    if others:
+        changes.append(Change(f"warning: ufw rules this toolkit did not add let {', '.join(others)} reach port {port} "
+                              "(`ufw show added` lists them): remove them to keep this app VM behind the balancer"))
+    return changes
+
 
 
 def firewall_changes(facts, missing: list[tuple[str, str]], as_wanted: str) -> list[Change]:
@@ -456,7 +496,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
          database_password: str | None = None,
          offsite_secrets: offsite_steps.OffsiteSecrets = offsite_steps.OffsiteSecrets(),
          media_keys_given: dict[str, str] | None = None, site_key: str | None = None,
-         site_marker: str | None = None) -> list[Change]:
+         site_marker: str | None = None, http_from: tuple[str, ...] | None = None) -> list[Change]:
     """Every step in the order a careful admin takes them, then the handlers they notified. Without
     `start` (adopt) the service is left enabled but not started: the data swap that follows starts it.
     With TLS wanted but not `tls_steps.ready`, this pass serves HTTP and ends by obtaining the certificate."""
@@ -476,7 +516,7 @@ def plan(facts: ProvisionFacts, profile: Profile, admin: AdminRequest, *, start:
         *service_definition(facts, profile),
         *offsite_steps.setup(facts, profile, offsite_secrets),
         *nginx_site(facts, wanted, tls_pair),
-        *firewall(facts, wanted),
+        *firewall(facts, wanted, http_from),
         *tls_steps.renewal(facts, wanted),
     ]
     notes = notified(steps)

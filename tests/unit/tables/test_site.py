@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core import site
+from tasks.core import parse, site
 from tasks.core.commands import balancer as balancer_commands
 from tasks.core.commands import upgrade as upgrade_commands
-from tasks.core.errors import ProfileError, UsageError
+from tasks.core.errors import ProfileError, RemoteError, UsageError
 from tasks.core.profile import parse_profile
 from tasks.core.provision import balancer, steps
 from tasks.core.provision.facts import provision_facts_from_probe
@@ -259,3 +259,66 @@ def test_balancer_scripts_are_valid_posix_shell():
     for script in scripts:
         checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
         assert checked.returncode == 0, (script, checked.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+# The app VMs' firewall: HTTP from the balancer (and the site's admin networks) alone
+
+
+def test_the_site_file_says_who_else_may_reach_the_app_vms():
+    found = parsed(SITE + "  from_address: 10.0.0.2\napp_firewall:\n  also_from: [192.0.2.7, 10.9.0.0/16, 10.1.2.3/32]\n")
+    assert found.balancer.from_address == "10.0.0.2"
+    assert found.also_from == ("192.0.2.7", "10.9.0.0/16", "10.1.2.3")
+    assert parsed().also_from == ()
+    for wrong, says in (("app_firewall:\n  also_from: [everyone]\n", "'everyone' is not an IP address or network"),
+                        ("app_firewall:\n  allow: [10.0.0.1]\n", "takes one key, also_from"),
+                        ("app_firewall:\n  also_from: 10.0.0.1\n", "must be a list"),
+                        ("  from_address: lb.example.org\n", "must be an IP address")):
+        with pytest.raises(ProfileError, match=says):
+            parsed(SITE + wrong)
+
+
+def test_the_balancers_source_address_is_checked_before_it_reaches_a_rule():
+    assert site.route_source("10.0.0.2\n", "app1") == "10.0.0.2"
+    assert site.route_source("fd00::2\n", "app1") == "fd00::2"
+    for answer in ("", "10.0.0.2; ufw disable", "Traceback (most recent call last):"):
+        with pytest.raises(RemoteError, match="gave no source address for its route to app1"):
+            site.route_source(answer, "app1")
+    script = balancer_commands.source_toward("app-1.example.org")
+    assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
+    here = subprocess.run(["sh", "-c", script.replace("app-1.example.org", "127.0.0.1")], capture_output=True, text=True)
+    assert site.route_source(here.stdout, "127.0.0.1") == "127.0.0.1"
+
+
+def _app_firewall(*lines, active=True):
+    provisioned = provision_facts_from_probe((DATA / "provision_probe_provisioned.txt").read_text())
+    rules = tuple(parse.ufw_rules(list(lines)))
+    found = dataclasses.replace(provisioned, ufw_rules=rules, ufw_active=active, sshd_ports=(22,), login_port=22,
+                                client_ip=None)
+    return steps.firewall(found, parse_profile(PROFILE), ("10.0.0.2", "192.0.2.7"))
+
+
+def test_an_app_vm_lets_the_balancer_alone_reach_http():
+    # As a single VM's provision left it: HTTP from anywhere. The balancer's rules go in first, then that one goes.
+    changes = _app_firewall("ufw allow 22/tcp", "ufw allow 80/tcp")
+    done = [c.action.script for c in changes if c.changed]
+    assert done == ["ufw allow from 10.0.0.2 to any port 80 proto tcp",
+                    "ufw allow from 192.0.2.7 to any port 80 proto tcp", "ufw delete allow 80/tcp"]
+    # As wanted: nothing changes.
+    again = _app_firewall("ufw allow 22/tcp", "ufw allow from 10.0.0.2 to any port 80 proto tcp",
+                          "ufw allow from 192.0.2.7 to any port 80 proto tcp")
+    assert not any(c.changed for c in again)
+    assert "ufw allows SSH, and HTTP from 10.0.0.2, 192.0.2.7 alone" in [c.what for c in again]
+    # Someone else's rules are named, not removed; SSH is never touched.
+    theirs = _app_firewall("ufw allow 22/tcp", "ufw allow 'Nginx Full'", "ufw allow from 10.0.0.1 to any port 80 proto tcp",
+                           "ufw allow from 10.0.0.2 to any port 80 proto tcp",
+                           "ufw allow from 192.0.2.7 to any port 80 proto tcp")
+    assert not any(c.changed for c in theirs)
+    [warning] = [c.what for c in theirs if c.what.startswith("warning")]
+    assert "let anyone, 10.0.0.1 reach port 80" in warning
+    # A bare VM: SSH first, then the balancer, then ufw on.
+    bare = _app_firewall(active=False)
+    assert [c.action.script for c in bare if c.changed][:3] == [
+        "ufw allow 22/tcp", "ufw allow from 10.0.0.2 to any port 80 proto tcp",
+        "ufw allow from 192.0.2.7 to any port 80 proto tcp"]
+    assert bare[-1].what == "enabled ufw (SSH allowed first)"
