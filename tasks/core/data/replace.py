@@ -228,7 +228,7 @@ def replace_from_offsite(host: Host, profile: Profile, source: offsite_commands.
     """The database as the target holds it (at `timestamp`, or its newest point), restored on the server
     itself into the incoming folder (integrity_check beside the hand-over, both ends hashed), with .env and
     media from restic's snapshot `files` when given; the bucket's listing in `files` (else in `listed`,
-    the snapshot of .env and media taken at or before that point) checked against the bucket; read by the
+    the snapshot of .env and media that goes with that point) checked against the bucket; read by the
     release, then the swap job."""
     refuse_unfinished_swap(host, profile)
     refuse_foreign_port(host, profile)

@@ -38,7 +38,7 @@ FILES_NAME = "files.tar"
 FILES_TAG = "files"
 PARTS = (".env", "media")
 DUMP_PARTS = ("label_studio.pgdump", "label_studio.pgdump.json")    # a snapshot's names (tasks.core.database.DUMP)
-LISTING = "media-bucket.json"         # the bucket's objects (tasks.core.data.bucket_media.LISTING)
+LISTING = "media-bucket.json"         # the bucket's objects; a snapshot here keeps it by this name too (bucket_media)
 BUCKET_PART = "bucket"
 # The service user's side: PostgreSQL's dump (`dump PYTHON PGTOOL`) and the bucket's listing (`list PYTHON
 # COPIER WORDS...`, the keys on stdin) into a private temp folder, then one tar of both places. Either
