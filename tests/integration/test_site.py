@@ -108,8 +108,8 @@ def site(provisioned, vm_image, tmp_path_factory):
         site_file.write_text(
             "profile: labels.yaml\n"
             "apps:\n" + "".join(f"  - host: {name}\n    address: {address(vm)}\n" for name, vm in apps.items()) +
-            "balancer:\n  host: lb\n  check_interval_ms: 500\n"
-            f"app_firewall:\n  also_from: [{gateway(lb)}]\n")
+            f"app_firewall:\n  also_from: [{gateway(lb)}]\n"
+            "balancer:\n  host: lb\n  check_interval_ms: 500\n")     # last: a test adds to it
         fab = SiteFab(lb, home, env={"LSVM_DB_PASSWORD": DB_PASSWORD, "LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD,
                                      "LSVM_MEDIA_ACCESS_KEY_ID": KEY_ID, "LSVM_MEDIA_SECRET_ACCESS_KEY": SECRET})
         fab.machines = {"lb": lb, **apps}
