@@ -415,7 +415,6 @@ def app_vm_firewall(facts: ProvisionFacts, profile: Profile, http_from: tuple[st
     return changes
 
 
-
 def firewall_changes(facts, missing: list[tuple[str, str]], as_wanted: str) -> list[Change]:
     """The rules `missing` added, then ufw enabled (SSH was allowed first)."""
     changes = [] if missing else [Change(as_wanted)]
