@@ -14,7 +14,7 @@ from packaging.version import Version
 from rich.table import Table
 
 from tasks.core import site as sites
-from tasks.core import procedure, ui
+from tasks.core import parse, procedure, ui
 from tasks.core.commands import dbserver as dbserver_commands
 from tasks.core.commands import probes
 from tasks.core.commands import secret_key
@@ -276,7 +276,16 @@ def site_status(c, site=None):
             label = f"{'unreachable' if isinstance(exc, ConnectError) else 'not read'}: {exc}; {where}"
         table.add_row("app", app.host, label)
     db = profile.database
-    table.add_row("database", db.address, f"PostgreSQL {db.user}@{db.address}:{db.port}/{db.name} (shared)")
+    where = f"PostgreSQL {db.user}@{db.address}:{db.port}/{db.name} (shared)"
+    if the_site.database is not None:
+        try:
+            said = parse.key_values(_connect(c, the_site.database.host).run(
+                dbserver_commands.status(), sudo=True, what="PostgreSQL's state").stdout.splitlines())
+            where += (", accepts connections" if said.get("ready") == "yes"
+                      else f", not accepting connections (postgresql {said.get('active') or 'unknown'})")
+        except ToolkitError as exc:
+            where += f"; the database VM is unreachable: {exc}"
+    table.add_row("database", the_site.database.host if the_site.database else db.address, where)
     table.add_row("bucket", profile.media.storage, f"uploads, endpoint {profile.media.endpoint}")
     ui.out.print(table)
     if len(serving) < len(the_site.apps):

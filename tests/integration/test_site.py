@@ -99,7 +99,7 @@ def site(provisioned, vm_image, tmp_path_factory):
         profile.write_text(
             f"public_url: http://127.0.0.1:{lb.http_port}\n"
             f"label_studio:\n  version: \"{FIRST}\"\n  admin_email: {ADMIN_EMAIL}\n  workers: 2\n"
-            f"database:\n  engine: postgresql\n  host: {db.address}\n  name: ls_site\n  user: ls_site\n"
+            f"database:\n  engine: postgresql\n  host: {address(db)}\n  name: ls_site\n  user: ls_site\n"
             f"  ca_file: {home / 'database-ca.pem'}\n"     # site-provision keeps the database VM's certificate there
             f"media:\n  storage: s3://{BUCKET}/labels\n  s3_endpoint: http://{s3.address}:9000\n")
         site_file = home / "site.yaml"
@@ -187,6 +187,7 @@ def test_site_provision_sets_up_every_host_in_order(site):
     status = site.run("site-status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("UP (answers and reads its database); UP at the balancer") == 2, status.stdout
+    assert "ls_site@" in status.stdout and "(shared), accepts connections" in status.stdout, status.stdout
 
 
 def test_one_vm_tasks_that_would_change_the_sites_data_refuse_an_app_vm(site):

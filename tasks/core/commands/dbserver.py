@@ -81,6 +81,12 @@ def ensure_site_role(profile: Profile) -> str:
             f"{psql_superuser(f'ALTER ROLE {chr(34)}{profile.database.user}{chr(34)} CREATEDB')} >/dev/null")
 
 
+def status() -> str:
+    """Whether PostgreSQL runs and accepts connections (site-status)."""
+    return lines("echo \"active=$(systemctl is-active postgresql 2>/dev/null)\"",
+                 "if pg_isready -q -h 127.0.0.1 2>/dev/null; then echo ready=yes; else echo ready=no; fi")
+
+
 def read_certificate() -> str:
     return join("cat", CERT)
 
