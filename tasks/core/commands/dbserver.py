@@ -70,8 +70,8 @@ def make_certificate(name: str) -> str:
             f"openssl x509 -noout -fingerprint -sha256 -in {q(CERT)}")
 
 
-def configure(profile: Profile, sources: tuple[str, ...]) -> str:
-    return configure_cluster(server_conf(), hba_lines(profile, sources))
+def configure(profile: Profile, sources: tuple[str, ...], *, restart: bool = True) -> str:
+    return configure_cluster(server_conf(), hba_lines(profile, sources), restart=restart)
 
 
 def ensure_site_role(profile: Profile) -> str:

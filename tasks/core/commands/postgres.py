@@ -73,9 +73,10 @@ def configure_server(profile: Profile) -> str:
     return configure_cluster(server_conf(), hba_lines(profile))
 
 
-def configure_cluster(conf: str, lines: list[str]) -> str:
+def configure_cluster(conf: str, lines: list[str], *, restart: bool = True) -> str:
     """The conf.d drop-in `conf` and the pg_hba `lines` (first: pg_hba takes the first line that matches),
-    then a restart (listen_addresses needs one) and a wait until it accepts connections."""
+    then a restart (listen_addresses needs one; `restart` False: a reload, which is enough for pg_hba and
+    drops no session) and a wait until it accepts connections."""
     insert = " ".join(f"-e {q('1i ' + line)}" for line in reversed(lines))
     missing = " || ".join(f"! grep -qxF {q(line)} \"$conf/pg_hba.conf\"" for line in lines)
     return (
@@ -83,7 +84,7 @@ def configure_cluster(conf: str, lines: list[str]) -> str:
         f"printf '%s' {q(conf)} > \"$conf/conf.d/{CONF_NAME}.lsvm-new\" && "
         f"mv -f \"$conf/conf.d/{CONF_NAME}.lsvm-new\" \"$conf/conf.d/{CONF_NAME}\" && "
         f"{{ if {missing}; then sed -i {insert} \"$conf/pg_hba.conf\"; fi; }} && "
-        "systemctl enable --quiet postgresql && systemctl restart postgresql && "
+        f"systemctl enable --quiet postgresql && systemctl {'restart' if restart else 'reload'} postgresql && "
         f"{wait_ready()}"
     )
 

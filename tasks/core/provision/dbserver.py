@@ -98,11 +98,15 @@ def plan(facts: DatabaseVMFacts, profile: Profile, sources: tuple[str, ...]) -> 
     else:
         steps.append(Change(f"PostgreSQL's certificate is for {name} ({commands.CERT})"))
     settings = f"TLS only, scram-sha-256, {db.user} from {', '.join(sources)}"
-    if facts.conf == commands.server_conf() and facts.hba and facts.active and not fresh_certificate:
+    restart = facts.conf != commands.server_conf() or not facts.active or fresh_certificate
+    if not restart and facts.hba:
         steps.append(Change(f"PostgreSQL {facts.version} listens: {settings}"))
     else:
-        steps.append(Change(f"configured PostgreSQL: {settings}", True, plan=f"configure PostgreSQL: {settings}",
-                            action=Run(commands.configure(profile, sources), "configuring PostgreSQL",
+        # Only new app VMs' lines: a reload, which drops no session of the app VMs serving meanwhile.
+        how = "restarted" if restart else "reloaded"
+        steps.append(Change(f"configured PostgreSQL: {settings} ({how})", True,
+                            plan=f"configure PostgreSQL: {settings} ({how[:-1]})",
+                            action=Run(commands.configure(profile, sources, restart=restart), "configuring PostgreSQL",
                                        timeout=APT_TIMEOUT)))
     secret = profile.remote.database_env
     if facts.role_createdb == "t" and facts.database and facts.secret_meta == SECRET_META and facts.login:

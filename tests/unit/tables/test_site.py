@@ -361,7 +361,7 @@ def test_a_bare_database_vm_gets_postgresql_for_the_app_vms_alone():
     done = [c.what for c in changes if c.changed]
     assert done[0] == "installed postgresql, openssl, ufw"
     assert done[1].startswith("made a self-signed certificate for 10.0.0.5")
-    assert done[2] == "configured PostgreSQL: TLS only, scram-sha-256, labelstudio from 10.0.0.11, 10.0.0.12"
+    assert done[2] == "configured PostgreSQL: TLS only, scram-sha-256, labelstudio from 10.0.0.11, 10.0.0.12 (restarted)"
     assert done[3].startswith("role labelstudio (CREATEDB) and database labelstudio ready")
     scripts = [c.action.script for c in changes if c.changed]
     assert "ufw allow from 10.0.0.11 to any port 5432 proto tcp" in scripts
@@ -395,3 +395,19 @@ def test_a_database_vm_as_wanted_changes_nothing():
     plain = ready.replace("role=t", "role=f")
     assert any(c.what.startswith("role labelstudio (CREATEDB)") and c.changed
                for c in dbserver.plan(_database_vm(plain), profile, ("10.0.0.11",)))
+
+
+def test_a_new_app_vm_reloads_postgresql_and_drops_no_session():
+    import base64
+    from tasks.core.commands import dbserver as commands
+    from tasks.core.provision import dbserver
+    profile = parse_profile(DB_PROFILE, host="db")
+    conf = base64.b64encode(commands.server_conf().encode()).decode()
+    one_missing = (f"[packages]\npostgresql installed\nopenssl installed\nufw installed\n[host]\nos_id=debian\n"
+                   f"[postgres]\nversion=17\nconf={conf}\nhba=no\nactive=active\nrole=t\ndb=1\n"
+                   "secret_meta=root:root:600\nlogin=yes\n[certificate]\nkey_meta=postgres:postgres:600\n"
+                   "names=IPAddress:10.0.0.5\n[sshd]\nport 22\n[ufw]\nStatus: active\n[ufw_rules]\nufw allow 22/tcp\n")
+    [configured] = [c for c in dbserver.plan(_database_vm(one_missing), profile, ("10.0.0.11",))
+                    if c.what.startswith("configured")]
+    assert configured.what.endswith("(reloaded)") and "systemctl reload postgresql" in configured.action.script
+    assert "systemctl restart" not in configured.action.script
