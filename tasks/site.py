@@ -14,8 +14,9 @@ from packaging.version import Version
 from rich.table import Table
 
 from tasks.core import site as sites
-from tasks.core import procedure, ui
-from tasks.core.commands import balancer as balancer_commands
+from tasks.core import parse, procedure, ui
+from tasks.core.commands import dbserver as dbserver_commands
+from tasks.core.commands import probes
 from tasks.core.commands import secret_key
 from tasks.core.commands import upgrade as upgrade_commands
 from tasks.core.commands.service import service_manager
@@ -25,12 +26,13 @@ from tasks.core.data.catalog import counts_text, report_snapshot
 from tasks.core.defaults import SWAP_HEALTH_TIMEOUT
 from tasks.core.edge import HEALTH_HELP, YES_HELP, confirm, host_alias, task, task_edge
 from tasks.core.errors import ConnectError, NotServing, ProfileError, RemoteError, ToolkitError, UsageError
+from tasks.core.files import write_atomic
 from tasks.core.procedure import Step
 from tasks.core.profile import Profile, backups_root
-from tasks.core.provision import balancer, facts, plan
+from tasks.core.provision import balancer, dbserver, facts, plan
 from tasks.core.provision.health import wait_for_health
 from tasks.core.provision.run import provision_host
-from tasks.core.provision.tls import check_pair
+from tasks.core.provision.tls import check_pair, leaf_info, name_matches
 from tasks.core.releases import build_beside, checked_version, release_label
 from tasks.core.rolling import Balancer, taken_out
 
@@ -84,15 +86,60 @@ def _site_key(host: Host, profile: Profile) -> str | None:
     return key
 
 
+def _route_source(host: Host, toward: str) -> str:
+    """The address `host`'s connections to `toward` come from (checked: it goes into rules)."""
+    answer = host.run(probes.source_toward(toward), check=False, what=f"{host.alias}'s route to {toward}").stdout
+    return sites.route_source(answer, toward)
+
+
 def _http_from(lb: Host, the_site: sites.Site, app: sites.AppVM, app_profile: Profile) -> tuple[str, ...]:
     """Who the app VM's firewall lets reach Label Studio: the balancer (the address its requests come from)
     and the site file's app_firewall.also_from."""
-    source = the_site.balancer.from_address
-    if source is None:
-        toward = app.address or app_profile.address
-        answer = lb.run(balancer_commands.source_toward(toward), check=False, what="the balancer's route").stdout
-        source = sites.route_source(answer, toward)
+    source = the_site.balancer.from_address or _route_source(lb, app.address or app_profile.address)
     return tuple(dict.fromkeys((source, *the_site.also_from)))
+
+
+def _database_certificate_file(profile: Profile) -> Path:
+    return Path(profile.database.ca_file or "").expanduser()
+
+
+def _keep_database_certificate(alias: str, profile: Profile, served: str) -> None:
+    """The certificate the database VM serves, checked to be one for database.host, in database.ca_file
+    here (written when it differs; public)."""
+    name = profile.database.address
+    info = leaf_info(served)
+    if info is None or not any(name_matches(pattern, name) for pattern in info.names):
+        raise RemoteError(f"{alias} serves no certificate for {name}; the app VMs were not changed",
+                          hint="run site-provision again (it makes one)")
+    path = _database_certificate_file(profile)
+    if path.is_file() and path.read_text(errors="replace") == served:
+        return
+    write_atomic(path, served.encode(), mode=0o644)
+    ui.step(True, f"kept {alias}'s certificate in {path} (public: the app VMs verify PostgreSQL with it; "
+                  f"SHA-256 {info.sha256[:23]}...)")
+
+
+def _database_vm(c, the_site: sites.Site, profile: Profile, apps, dry_run: bool) -> str | None:
+    """site-provision's first part with a database VM: PostgreSQL set up for the app VMs (their addresses
+    as its route sees them), its certificate kept in database.ca_file here (public: what the app VMs
+    verify it with), and the role's password, read on the SSH channel for the app VMs (never shown or
+    written here). None in a dry run (nothing is made)."""
+    db_host = _connect(c, the_site.database.host)
+    db_profile = sites.app_profile(profile, db_host.alias)
+    sources = tuple(dict.fromkeys(_route_source(host, profile.database.address) for _, _, host in apps))
+    ui.out.print(f"\n[bold]database {db_host.alias}[/bold] (PostgreSQL for {len(apps)} app VM(s))")
+    found = dbserver.database_vm_facts(db_host, db_profile, sources)
+    plan.apply(db_host, dbserver.plan(found, db_profile, sources), dry_run=dry_run)
+    if dry_run:
+        return None
+    served = db_host.run(dbserver_commands.read_certificate(), sudo=True, what="reading PostgreSQL's certificate").stdout
+    _keep_database_certificate(db_host.alias, profile, served)
+    password = db_host.run(dbserver_commands.read_password(db_profile), sudo=True,
+                           what="reading the role's password").stdout.strip()
+    if not password:
+        raise RemoteError(f"{db_host.alias} holds no password for {profile.database.user}",
+                          hint="run site-provision again (it generates one)")
+    return password
 
 
 def _built_site(c, site: str | None):
@@ -128,9 +175,15 @@ def site_provision(c, site=None, dry_run=False):
     lb_found = balancer.balancer_facts(lb)
     rolling = _serving_balancer(lb, lb_found) if len(apps) > 1 else None
     mode = "plan only: nothing on any host changes" if dry_run else f"site: {the_site.source}"
-    ui.out.print(f"[bold]site-provision[/bold] {len(apps)} app VM(s), then the balancer {lb.alias} ({mode})")
+    first = f"the database VM {the_site.database.host}, then " if the_site.database else ""
+    ui.out.print(f"[bold]site-provision[/bold] {first}{len(apps)} app VM(s), then the balancer {lb.alias} ({mode})")
+    database_password = _database_vm(c, the_site, profile, apps, dry_run) if the_site.database else None
+    waiting = bool(the_site.database and dry_run and not _database_certificate_file(profile).is_file())
+    if waiting:
+        ui.out.print(f"\nThe app VMs' plans follow once {the_site.database.host} has made its certificate "
+                     f"({profile.database.ca_file}): run site-provision without --dry-run.")
     key = None
-    for index, (app, app_profile, host) in enumerate(apps):
+    for index, (app, app_profile, host) in enumerate([] if waiting else apps):
         ui.out.print("")
         # The first VM migrates the database (its start runs the migrations; the others find none to run).
         # Once the balancer serves, a VM about to change is taken out first and put back after.
@@ -141,6 +194,7 @@ def site_provision(c, site=None, dry_run=False):
             provision_host(host, app_profile, dry_run=dry_run, site_key=key,
                            site_marker=sites.member_marker(the_site, app.host),
                            http_from=_http_from(lb, the_site, app, app_profile),
+                           site_database_password=database_password,
                            before_changes=drain if rolling is not None else None)
         if index == 0:
             key = _site_key(host, app_profile)
@@ -222,7 +276,16 @@ def site_status(c, site=None):
             label = f"{'unreachable' if isinstance(exc, ConnectError) else 'not read'}: {exc}; {where}"
         table.add_row("app", app.host, label)
     db = profile.database
-    table.add_row("database", db.address, f"PostgreSQL {db.user}@{db.address}:{db.port}/{db.name} (shared)")
+    where = f"PostgreSQL {db.user}@{db.address}:{db.port}/{db.name} (shared)"
+    if the_site.database is not None:
+        try:
+            said = parse.key_values(_connect(c, the_site.database.host).run(
+                dbserver_commands.status(), sudo=True, what="PostgreSQL's state").stdout.splitlines())
+            where += (", accepts connections" if said.get("ready") == "yes"
+                      else f", not accepting connections (postgresql {said.get('active') or 'unknown'})")
+        except ToolkitError as exc:
+            where += f"; the database VM is unreachable: {exc}"
+    table.add_row("database", the_site.database.host if the_site.database else db.address, where)
     table.add_row("bucket", profile.media.storage, f"uploads, endpoint {profile.media.endpoint}")
     ui.out.print(table)
     if len(serving) < len(the_site.apps):

@@ -92,12 +92,18 @@ class AppVM:
 
 
 @dataclass(frozen=True)
+class DatabaseRole:
+    host: str                    # ssh_config alias of the VM site-provision sets PostgreSQL up on
+
+
+@dataclass(frozen=True)
 class Site:
     profile: str
     apps: tuple[AppVM, ...]
     balancer: BalancerSettings
     source: str = "<site>"
     also_from: tuple[str, ...] = ()     # app_firewall.also_from: who else may reach the app VMs' HTTP
+    database: DatabaseRole | None = None  # None: PostgreSQL is yours (database.host in the profile)
 
     @property
     def profile_path(self) -> Path:
@@ -106,7 +112,7 @@ class Site:
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return (self.balancer.host, *(app.host for app in self.apps))
+        return (*([self.database.host] if self.database else []), self.balancer.host, *(app.host for app in self.apps))
 
     def app(self, host: str) -> AppVM:
         for app in self.apps:
@@ -132,7 +138,7 @@ def parse_site(text: str, *, source: str = "<site>") -> Site:
     data, lines = read_mapping(text, source, "site file")
     if data is None:
         raise ProfileError(f"{source}: the site file is empty: it names a profile, app VMs and a balancer")
-    known = ("profile", "apps", "balancer", "app_firewall")
+    known = ("profile", "database", "apps", "balancer", "app_firewall")
     for key in data:
         if key not in known:
             raise ProfileError(f"{where(source, lines, (str(key),))}: unknown key '{key}' (known here: {', '.join(known)})")
@@ -145,7 +151,8 @@ def parse_site(text: str, *, source: str = "<site>") -> Site:
     settings = build_settings(BalancerSettings, balancer, ("balancer",), source, lines)
     apps = _apps(data.get("apps"), where(source, lines, ("apps",)))
     also_from = _also_from(data.get("app_firewall"), where(source, lines, ("app_firewall",)))
-    site = Site(profile, apps, settings, source, also_from)
+    database = _database(data.get("database"), where(source, lines, ("database",)))
+    site = Site(profile, apps, settings, source, also_from, database)
     problem = _site_problem(site)
     if problem:
         raise ProfileError(f"{source}: {problem}")
@@ -168,6 +175,16 @@ def _apps(value, at: str) -> tuple[AppVM, ...]:
     return tuple(apps)
 
 
+def _database(value, at: str) -> DatabaseRole | None:
+    """database: {host: alias}: the VM site-provision sets PostgreSQL up on (None: the profile's
+    database.host is a server of yours)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"host"} or not isinstance(value["host"], str) or _alias(value["host"]):
+        raise ProfileError(f"{at}: 'database' takes one key, host: the ssh_config alias of the PostgreSQL VM")
+    return DatabaseRole(value["host"])
+
+
 def _also_from(value, at: str) -> tuple[str, ...]:
     """app_firewall: {also_from: [addresses or networks]}: who may reach the app VMs' HTTP besides the
     balancer (an admin network; nobody by default)."""
@@ -188,12 +205,13 @@ def _also_from(value, at: str) -> tuple[str, ...]:
 
 
 def route_source(text: str, toward: str) -> str:
-    """The balancer's answer to commands.balancer.source_toward: one IP address, checked (it goes into
-    the app VMs' firewall rules)."""
+    """A host's answer to commands.probes.source_toward: one IP address, checked (it goes into firewall
+    rules and pg_hba lines)."""
     answer = text.strip()
     if _ip_address(answer) is not None:
-        raise RemoteError(f"the balancer gave no source address for its route to {toward} ({answer[:80]!r})",
-                          hint="set balancer.from_address in the site file")
+        raise RemoteError(f"no source address for the route to {toward} ({answer[:80]!r})",
+                          hint=f"the host needs python3 and a route to {toward} (for the balancer, "
+                               "balancer.from_address in the site file says it instead)")
     return str(ipaddress.ip_address(answer))
 
 
@@ -234,6 +252,9 @@ def profile_problem(site: Site, profile: Profile) -> str | None:
         return "offsite copies are kept per VM: turn offsite off in a site's profile (the database and bucket keep the data)"
     if profile.tls.enabled:
         return "TLS ends at the balancer (balancer.tls in the site file): the profile's tls.mode must be off"
+    if site.database is not None and not (db.ca_file and db.effective_sslmode == "verify-full"):
+        return ("with a database VM in the site file, database.ca_file names where site-provision keeps the "
+                "certificate it makes there (the app VMs verify PostgreSQL with it: sslmode verify-full)")
     if not profile.public_url:
         return "public_url must be the address users open: the balancer's (https://... with balancer.tls on)"
     https = profile.public_url.startswith("https://")

@@ -1,9 +1,10 @@
 """A site: one Label Studio on two app VMs behind a load balancer VM (HAProxy from Debian), its data in
 PostgreSQL on a VM of its own and its uploads in an S3 bucket served by `rclone serve s3` on another.
 
-`fab site-provision` sets up every host from the site file: the first app VM (it migrates the database),
-the second with the first one's SECRET_KEY, then the balancer from bare Debian with an active /health
-check of each app VM. Proven with clients nobody on the team wrote (Label Studio's official SDK through the
+`fab site-provision` sets up every host from the site file: PostgreSQL on the database VM from bare Debian
+(TLS with a certificate made there, hostssl for the app VMs alone, a password generated there), the first
+app VM (it migrates the database), the second with the first one's SECRET_KEY, then the balancer from bare
+Debian with an active /health check of each app VM. Proven with clients nobody on the team wrote (Label Studio's official SDK through the
 balancer and on each app VM): sessions and API tokens are valid on either VM, an upload made on one is
 served by the other; a rolling restart under load (bench.load's clients) fails no request; an app VM
 killed with `docker kill` is taken out within seconds while the site keeps serving; a single VM's data
@@ -34,11 +35,10 @@ from tests.integration.support.fab import Fab
 from tests.integration.support.labelstudio import LABEL_CONFIG, api_token, png, sdk_view
 from tests.integration.support.machines import (ADMIN_EMAIL, ADMIN_PASSWORD, provisioned_clone, start_clone,
                                                 start_test_vm)
-from tests.integration.support.servers import address, start_postgres_host, start_s3_host
+from tests.integration.support.servers import address, start_s3_host
 
 pytestmark = pytest.mark.one_release("trixie")
 
-DB_PASSWORD = "Site-db_pw.2024!long"
 KEY_ID, SECRET = "lsvm-site-key", "lsvm-site-secret/0123456789+ABC="
 BUCKET = "lsvm-site"
 APPS = ("app1", "app2")
@@ -79,7 +79,7 @@ def site(provisioned, vm_image, tmp_path_factory):
     home = tmp_path_factory.mktemp("site")
     started = []
     try:
-        db = start_postgres_host(vm_image, tmp_path_factory.mktemp("site-db"), "ls_site", DB_PASSWORD, "ls_site")
+        db = start_test_vm(vm_image, home)                            # bare Debian: site-provision sets it up
         started.append(db)
         s3 = start_s3_host(vm_image, tmp_path_factory.mktemp("site-s3"), [(KEY_ID, SECRET)], [BUCKET])
         started.append(s3)
@@ -99,20 +99,21 @@ def site(provisioned, vm_image, tmp_path_factory):
         profile.write_text(
             f"public_url: http://127.0.0.1:{lb.http_port}\n"
             f"label_studio:\n  version: \"{FIRST}\"\n  admin_email: {ADMIN_EMAIL}\n  workers: 2\n"
-            f"database:\n  engine: postgresql\n  host: {db.address}\n  name: ls_site\n  user: ls_site\n"
-            f"  ca_file: {db.ca_file}\n"
+            f"database:\n  engine: postgresql\n  host: {address(db)}\n  name: ls_site\n  user: ls_site\n"
+            f"  ca_file: {home / 'database-ca.pem'}\n"     # site-provision keeps the database VM's certificate there
             f"media:\n  storage: s3://{BUCKET}/labels\n  s3_endpoint: http://{s3.address}:9000\n")
         site_file = home / "site.yaml"
         # The tests reach the app VMs directly too (through Docker's published ports: from the containers'
         # gateway), as an admin network would: the site file lets that address in beside the balancer.
         site_file.write_text(
             "profile: labels.yaml\n"
+            "database:\n  host: db\n"
             "apps:\n" + "".join(f"  - host: {name}\n    address: {address(vm)}\n" for name, vm in apps.items()) +
             f"app_firewall:\n  also_from: [{gateway(lb)}]\n"
             "balancer:\n  host: lb\n  check_interval_ms: 500\n")     # last: a test adds to it
-        fab = SiteFab(lb, home, env={"LSVM_DB_PASSWORD": DB_PASSWORD, "LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD,
+        fab = SiteFab(lb, home, env={"LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD,
                                      "LSVM_MEDIA_ACCESS_KEY_ID": KEY_ID, "LSVM_MEDIA_SECRET_ACCESS_KEY": SECRET})
-        fab.machines = {"lb": lb, **apps}
+        fab.machines = {"db": db, "lb": lb, **apps}
         first = fab("site-provision", "--site", str(site_file), host=None)
         yield Site(home, lb, apps, db, s3, fab, site_file, first)
     finally:
@@ -143,7 +144,22 @@ def test_site_provision_sets_up_every_host_in_order(site):
     assert out.index("provision app1") < out.index("provision app2") < out.index("\nbalancer lb (HAProxy)")
     assert "set the SECRET_KEY in /var/lib/label-studio/.env with the site's" in out, out
     assert "installed haproxy" in out and "wrote HAProxy's configuration /etc/haproxy/haproxy.cfg" in out, out
-    assert "The site is up" in out and SECRET not in out and DB_PASSWORD not in out
+    password = sh(site.db, "sed -n 's/^POSTGRE_PASSWORD=//p' /opt/label-studio/label-studio-database.env").strip()
+    assert len(password) >= 32 and "The site is up" in out and SECRET not in out and password not in out
+    # PostgreSQL first, from bare Debian, for the app VMs alone: TLS (hostssl) from their addresses only.
+    assert out.index("\ndatabase db (PostgreSQL") < out.index("provision app1"), out
+    assert sh(site.db, "stat -c '%U:%G:%a' /opt/label-studio/label-studio-database.env").strip() == "root:root:600"
+    hba = sh(site.db, "cat /etc/postgresql/*/main/pg_hba.conf")
+    db_rules = sh(site.db, "ufw show added")
+    for vm in site.apps.values():
+        assert f"hostssl all ls_site {address(vm)}/32 scram-sha-256" in hba, hba
+        assert f"ufw allow from {address(vm)} to any port 5432 proto tcp" in db_rules, db_rules
+        assert reaches(vm, address(site.db), 5432)
+    assert all("from" in line for line in db_rules.splitlines() if "5432" in line), db_rules
+    assert not reaches(site.s3, address(site.db), 5432)
+    served = sh(site.db, "cat /etc/postgresql/lsvm-server.crt")
+    assert (site.home / "database-ca.pem").read_text() == served
+    assert sh(site.db, "stat -c '%U:%a' /etc/postgresql/lsvm-server.key").strip() == "postgres:600"
     # One SECRET_KEY on both app VMs, never on a command line.
     keys = {name: sh(vm, "grep '^SECRET_KEY=' /var/lib/label-studio/.env") for name, vm in site.apps.items()}
     assert keys["app1"] == keys["app2"] and len(keys["app1"]) > 40
@@ -171,6 +187,7 @@ def test_site_provision_sets_up_every_host_in_order(site):
     status = site.run("site-status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("UP (answers and reads its database); UP at the balancer") == 2, status.stdout
+    assert "ls_site@" in status.stdout and "(shared), accepts connections" in status.stdout, status.stdout
 
 
 def test_one_vm_tasks_that_would_change_the_sites_data_refuse_an_app_vm(site):

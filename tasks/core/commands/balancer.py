@@ -33,19 +33,6 @@ def probe() -> str:
     )
 
 
-# The source address of the balancer's route to an app VM (a UDP socket's connect sends nothing).
-ROUTE_SOURCE = ("import socket, sys\n"
-                "family, _, _, _, where = socket.getaddrinfo(sys.argv[1], 80, 0, socket.SOCK_DGRAM)[0]\n"
-                "s = socket.socket(family, socket.SOCK_DGRAM)\n"
-                "s.connect(where)\n"
-                "print(s.getsockname()[0])\n")
-
-
-def source_toward(address: str) -> str:
-    """The address the balancer's requests to the app VM at `address` come from."""
-    return join("python3", "-I", "-c", ROUTE_SOURCE, address)
-
-
 def runtime(command: str) -> str:
     """One command to HAProxy's runtime API; its answer on stdout."""
     return f"echo {q(command)} | socat -t 5 stdio UNIX-CONNECT:{q(PATHS.socket)}"

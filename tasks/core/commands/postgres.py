@@ -69,17 +69,22 @@ def pgtool_words(profile: Profile, *args: Arg) -> list[Arg]:
 
 
 def configure_server(profile: Profile) -> str:
-    """The conf.d drop-in and our pg_hba lines (first: pg_hba takes the first line that matches), then a
-    restart (listen_addresses needs one) and a wait until it accepts connections."""
-    lines = hba_lines(profile)
+    """The conf.d drop-in and our pg_hba lines, for PostgreSQL on the app VM."""
+    return configure_cluster(server_conf(), hba_lines(profile))
+
+
+def configure_cluster(conf: str, lines: list[str], *, restart: bool = True) -> str:
+    """The conf.d drop-in `conf` and the pg_hba `lines` (first: pg_hba takes the first line that matches),
+    then a restart (listen_addresses needs one; `restart` False: a reload, which is enough for pg_hba and
+    drops no session) and a wait until it accepts connections."""
     insert = " ".join(f"-e {q('1i ' + line)}" for line in reversed(lines))
     missing = " || ".join(f"! grep -qxF {q(line)} \"$conf/pg_hba.conf\"" for line in lines)
     return (
         f"{CLUSTER}; [ -n \"$v\" ] || {{ echo 'no PostgreSQL cluster main found' >&2; exit 1; }}; "
-        f"printf '%s' {q(server_conf())} > \"$conf/conf.d/{CONF_NAME}.lsvm-new\" && "
+        f"printf '%s' {q(conf)} > \"$conf/conf.d/{CONF_NAME}.lsvm-new\" && "
         f"mv -f \"$conf/conf.d/{CONF_NAME}.lsvm-new\" \"$conf/conf.d/{CONF_NAME}\" && "
         f"{{ if {missing}; then sed -i {insert} \"$conf/pg_hba.conf\"; fi; }} && "
-        "systemctl enable --quiet postgresql && systemctl restart postgresql && "
+        f"systemctl enable --quiet postgresql && systemctl {'restart' if restart else 'reload'} postgresql && "
         f"{wait_ready()}"
     )
 
@@ -130,18 +135,7 @@ def probe(profile: Profile, admin_email: str) -> list[str]:
         return []
     lines = ["echo '[postgres]'", f"echo \"secret_meta=$(stat -c '%U:%G:%a' {q(p.database_env)} 2>/dev/null)\""]
     if db.local:
-        role_query = as_postgres("psql", "-X", "-t", "-A", "-c", f"select 1 from pg_roles where rolname = '{db.user}'")
-        db_query = as_postgres("psql", "-X", "-t", "-A", "-c", f"select 1 from pg_database where datname = '{db.name}'")
-        lines += [
-            f"{CLUSTER}; echo \"version=$v\"",
-            f"if [ -n \"$v\" ]; then printf 'conf='; base64 -w0 \"$conf/conf.d/{CONF_NAME}\" 2>/dev/null; echo; "
-            "else echo 'conf='; fi",
-            "hba=yes; for l in " + " ".join(q(line) for line in hba_lines(profile)) + "; do "
-            "[ -n \"$v\" ] && grep -qxF \"$l\" \"$conf/pg_hba.conf\" || hba=no; done; echo \"hba=$hba\"",
-            "echo \"active=$(systemctl is-active postgresql 2>/dev/null)\"",
-            f"if [ -n \"$v\" ] && pg_isready -q -h 127.0.0.1; then echo \"role=$({role_query})\"; "
-            f"echo \"db=$({db_query})\"; fi",
-        ]
+        lines += cluster_probe(profile, hba_lines(profile), "1")
     admin = (f"printf '%s\\n' \"select count(*) from htx_user where email = :'email'\" | "
              f"{as_role(profile, 'psql', '-X', '-q', '-t', '-A', '-v', f'email={admin_email}')}")
     lines += [
@@ -152,6 +146,24 @@ def probe(profile: Profile, admin_email: str) -> list[str]:
         "else echo login=no; fi; unset PGPASSWORD",
     ]
     return lines
+
+
+def cluster_probe(profile: Profile, hba: list[str], role_column: str) -> list[str]:
+    """The local cluster's version, our conf.d drop-in (base64), whether every `hba` line is in, whether
+    it runs, and (when it answers) `role_column` of the role and whether its database exists."""
+    db = profile.database
+    role_query = as_postgres("psql", "-X", "-t", "-A", "-c", f"select {role_column} from pg_roles where rolname = '{db.user}'")
+    db_query = as_postgres("psql", "-X", "-t", "-A", "-c", f"select 1 from pg_database where datname = '{db.name}'")
+    return [
+        f"{CLUSTER}; echo \"version=$v\"",
+        f"if [ -n \"$v\" ]; then printf 'conf='; base64 -w0 \"$conf/conf.d/{CONF_NAME}\" 2>/dev/null; echo; "
+        "else echo 'conf='; fi",
+        "hba=yes; for l in " + " ".join(q(line) for line in hba) + "; do "
+        "[ -n \"$v\" ] && grep -qxF \"$l\" \"$conf/pg_hba.conf\" || hba=no; done; echo \"hba=$hba\"",
+        "echo \"active=$(systemctl is-active postgresql 2>/dev/null)\"",
+        f"if [ -n \"$v\" ] && pg_isready -q -h 127.0.0.1; then echo \"role=$({role_query})\"; "
+        f"echo \"db=$({db_query})\"; fi",
+    ]
 
 
 def status_lines(profile: Profile) -> list[str]:

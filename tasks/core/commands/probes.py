@@ -321,3 +321,17 @@ def served_certificate(profile: Profile) -> list[str]:
 
 # Run as the login user (sudo drops it): where this SSH session comes from and which port it reached.
 SSH_CONNECTION = "printf 'ssh_connection=%s\\n' \"$SSH_CONNECTION\""
+
+
+# The source address of a host's route to another (a UDP socket's connect sends nothing): what the other's
+# firewall and pg_hba see it as.
+ROUTE_SOURCE = ("import socket, sys\n"
+                "family, _, _, _, where = socket.getaddrinfo(sys.argv[1], 80, 0, socket.SOCK_DGRAM)[0]\n"
+                "s = socket.socket(family, socket.SOCK_DGRAM)\n"
+                "s.connect(where)\n"
+                "print(s.getsockname()[0])\n")
+
+
+def source_toward(address: str) -> str:
+    """The address this host's connections to `address` come from (its route's source)."""
+    return join("python3", "-I", "-c", ROUTE_SOURCE, address)

@@ -154,10 +154,12 @@ def offsite_password_for(host: Host, profile: Profile, found: facts.ProvisionFac
 def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset_password: bool = False,
                    tls_pair: tls.LocalPair | None = None, eab: tls.Eab | None = None, site_key: str | None = None,
                    site_marker: str | None = None, http_from: tuple[str, ...] | None = None,
+                   site_database_password: str | None = None,
                    before_changes: Callable[[], None] | None = None) -> None:
     """Provision the connected `host` as `profile` says (its TLS settings already checked here). A site
     gives its SECRET_KEY (`site_key`), the file that marks the VM as one of its app VMs (`site_marker`),
-    the addresses its firewall lets reach HTTP (`http_from`: the balancer's and the site's own) and what
+    the addresses its firewall lets reach HTTP (`http_from`: the balancer's and the site's own), the
+    password of the database VM it set up (`site_database_password`, else asked as always) and what
     to do before the first change (drain the VM at the load balancer); nothing is called when the plan
     changes nothing. Without a site, an app VM of one is refused (site-provision drains it)."""
     started = time.monotonic()
@@ -183,7 +185,7 @@ def provision_host(host: Host, profile: Profile, *, dry_run: bool = False, reset
         admin = AdminRequest(email, ask_new_password(email), reset_password)
     database_password = None
     if not dry_run and steps.database_password_needed(found, profile):
-        database_password = ask_database_password(profile)
+        database_password = site_database_password or ask_database_password(profile)
     offsite_secrets = OffsiteSecrets(offsite_credentials_for(profile, found),
                                      offsite_password_for(host, profile, found, dry_run=dry_run),
                                      offsite_notify_url_for(profile, found), offsite_sftp_key_for(profile, found))

@@ -382,7 +382,7 @@ def firewall(facts: ProvisionFacts, profile: Profile, http_from: tuple[str, ...]
                             "ufw allows SSH and HTTP" + (" and HTTPS" if profile.tls.enabled else ""))
 
 
-def _same_source(rule_source: str, address: str) -> bool:
+def same_source(rule_source: str, address: str) -> bool:
     try:
         return ipaddress.ip_network(rule_source, strict=False) == ipaddress.ip_network(address, strict=False)
     except ValueError:
@@ -396,12 +396,12 @@ def app_vm_firewall(facts: ProvisionFacts, profile: Profile, http_from: tuple[st
     port = profile.http_port
     missing = rules_missing([], facts)
     for source in http_from:
-        if not any(rule.covers(port) and _same_source(rule.source, source) for rule in facts.ufw_rules):
+        if not any(rule.covers(port) and same_source(rule.source, source) for rule in facts.ufw_rules):
             missing.append((ufw_allow_from(source, port), f"{port}/tcp from {source}"))
     changes = firewall_changes(facts, missing, f"ufw allows SSH, and HTTP from {', '.join(http_from)} alone")
     others = []
     for rule in facts.ufw_rules:
-        if not rule.covers(port) or any(_same_source(rule.source, source) for source in http_from):
+        if not rule.covers(port) or any(same_source(rule.source, source) for source in http_from):
             continue
         if rule.source == "any" and rule.spec == f"{port}/tcp":
             changes.append(Change(f"ufw no longer lets anyone reach {port}/tcp (the balancer does)", True,

@@ -14,6 +14,7 @@ import pytest
 
 from tasks.core import parse, site
 from tasks.core.commands import balancer as balancer_commands
+from tasks.core.commands import probes
 from tasks.core.commands import upgrade as upgrade_commands
 from tasks.core.errors import ProfileError, RemoteError, UsageError
 from tasks.core.profile import parse_profile
@@ -282,9 +283,9 @@ def test_the_balancers_source_address_is_checked_before_it_reaches_a_rule():
     assert site.route_source("10.0.0.2\n", "app1") == "10.0.0.2"
     assert site.route_source("fd00::2\n", "app1") == "fd00::2"
     for answer in ("", "10.0.0.2; ufw disable", "Traceback (most recent call last):"):
-        with pytest.raises(RemoteError, match="gave no source address for its route to app1"):
+        with pytest.raises(RemoteError, match="no source address for the route to app1"):
             site.route_source(answer, "app1")
-    script = balancer_commands.source_toward("app-1.example.org")
+    script = probes.source_toward("app-1.example.org")
     assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
     here = subprocess.run(["sh", "-c", script.replace("app-1.example.org", "127.0.0.1")], capture_output=True, text=True)
     assert site.route_source(here.stdout, "127.0.0.1") == "127.0.0.1"
@@ -322,3 +323,91 @@ def test_an_app_vm_lets_the_balancer_alone_reach_http():
         "ufw allow 22/tcp", "ufw allow from 10.0.0.2 to any port 80 proto tcp",
         "ufw allow from 192.0.2.7 to any port 80 proto tcp"]
     assert bare[-1].what == "enabled ufw (SSH allowed first)"
+
+
+# ------------------------------------------------------------------------------------------------
+# A database VM: PostgreSQL set up by site-provision for the app VMs alone
+
+DB_PROFILE = PROFILE.replace("  host: 10.0.0.5\n  sslmode: require\n", "  host: 10.0.0.5\n  ca_file: database-ca.pem\n")
+
+
+def test_the_site_file_may_name_a_database_vm():
+    found = parsed(SITE + "database:\n  host: db\n")
+    assert found.database == site.DatabaseRole("db") and found.hosts == ("db", "lb", "app1", "app2")
+    assert parsed().database is None
+    for wrong in ("database:\n  host: lb\n", "database: db\n", "database:\n  host: db\n  port: 5432\n"):
+        with pytest.raises(ProfileError):
+            parsed(SITE + wrong)
+    with_vm = parsed(SITE + "database:\n  host: db\n")
+    assert site.profile_problem(with_vm, parse_profile(DB_PROFILE)) is None
+    assert "database.ca_file names where site-provision keeps" in site.profile_problem(with_vm, parse_profile(PROFILE))
+
+
+def _database_vm(probe_text: str):
+    from tasks.core.provision import dbserver
+    return dbserver.facts_from_probe(probe_text)
+
+
+BARE_DB = "[packages]\n[host]\nos_id=debian\n[postgres]\nversion=\nconf=\nhba=no\nactive=inactive\nsecret_meta=\nlogin=no\n" \
+          "[certificate]\nkey_meta=\nnames=\n[sshd]\nport 22\n[ufw]\nStatus: inactive\n[ufw_rules]\n"
+
+
+def test_a_bare_database_vm_gets_postgresql_for_the_app_vms_alone():
+    from tasks.core.commands import dbserver as commands
+    from tasks.core.provision import dbserver
+    profile = parse_profile(DB_PROFILE, host="db")
+    sources = ("10.0.0.11", "10.0.0.12")
+    changes = dbserver.plan(_database_vm(BARE_DB), profile, sources)
+    done = [c.what for c in changes if c.changed]
+    assert done[0] == "installed postgresql, openssl, ufw"
+    assert done[1].startswith("made a self-signed certificate for 10.0.0.5")
+    assert done[2] == "configured PostgreSQL: TLS only, scram-sha-256, labelstudio from 10.0.0.11, 10.0.0.12 (restarted)"
+    assert done[3].startswith("role labelstudio (CREATEDB) and database labelstudio ready")
+    scripts = [c.action.script for c in changes if c.changed]
+    assert "ufw allow from 10.0.0.11 to any port 5432 proto tcp" in scripts
+    assert "ufw allow from 10.0.0.12 to any port 5432 proto tcp" in scripts
+    assert scripts.index("ufw allow 22/tcp") < scripts.index("ufw allow from 10.0.0.11 to any port 5432 proto tcp")
+    assert not any("5432/tcp" in s and "from" not in s for s in scripts)    # never from anywhere
+    assert "hostssl all labelstudio 10.0.0.11/32 scram-sha-256" in commands.configure(profile, sources)
+    assert "ssl = on\n" in commands.server_conf() and "listen_addresses = '*'" in commands.server_conf()
+    for script in (commands.probe(profile, sources), *scripts):
+        assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0, script
+
+
+def test_a_database_vm_as_wanted_changes_nothing():
+    import base64
+    from tasks.core.commands import dbserver as commands
+    from tasks.core.provision import dbserver
+    profile = parse_profile(DB_PROFILE, host="db")
+    conf = base64.b64encode(commands.server_conf().encode()).decode()
+    ready = (f"[packages]\npostgresql installed\nopenssl installed\nufw installed\n"
+             f"[host]\nos_id=debian\n[postgres]\nversion=17\nconf={conf}\nhba=yes\nactive=active\nrole=t\ndb=1\n"
+             "secret_meta=root:root:600\nlogin=yes\n[certificate]\nkey_meta=postgres:postgres:600\n"
+             "names=IPAddress:10.0.0.5\n[sshd]\nport 22\n[ufw]\nStatus: active\n[ufw_rules]\nufw allow 22/tcp\n"
+             "ufw allow from 10.0.0.11 to any port 5432 proto tcp\n")
+    changes = dbserver.plan(_database_vm(ready), profile, ("10.0.0.11",))
+    assert not any(c.changed for c in changes), [c.what for c in changes if c.changed]
+    # A certificate for another name is made again, and PostgreSQL restarted to read it.
+    other = ready.replace("names=IPAddress:10.0.0.5", "names=IPAddress:10.0.0.9")
+    again = [c.what for c in dbserver.plan(_database_vm(other), profile, ("10.0.0.11",)) if c.changed]
+    assert again[0].startswith("made a self-signed certificate for 10.0.0.5") and again[1].startswith("configured")
+    # A role without CREATEDB (made by hand) gets it.
+    plain = ready.replace("role=t", "role=f")
+    assert any(c.what.startswith("role labelstudio (CREATEDB)") and c.changed
+               for c in dbserver.plan(_database_vm(plain), profile, ("10.0.0.11",)))
+
+
+def test_a_new_app_vm_reloads_postgresql_and_drops_no_session():
+    import base64
+    from tasks.core.commands import dbserver as commands
+    from tasks.core.provision import dbserver
+    profile = parse_profile(DB_PROFILE, host="db")
+    conf = base64.b64encode(commands.server_conf().encode()).decode()
+    one_missing = (f"[packages]\npostgresql installed\nopenssl installed\nufw installed\n[host]\nos_id=debian\n"
+                   f"[postgres]\nversion=17\nconf={conf}\nhba=no\nactive=active\nrole=t\ndb=1\n"
+                   "secret_meta=root:root:600\nlogin=yes\n[certificate]\nkey_meta=postgres:postgres:600\n"
+                   "names=IPAddress:10.0.0.5\n[sshd]\nport 22\n[ufw]\nStatus: active\n[ufw_rules]\nufw allow 22/tcp\n")
+    [configured] = [c for c in dbserver.plan(_database_vm(one_missing), profile, ("10.0.0.11",))
+                    if c.what.startswith("configured")]
+    assert configured.what.endswith("(reloaded)") and "systemctl reload postgresql" in configured.action.script
+    assert "systemctl restart" not in configured.action.script
