@@ -55,6 +55,13 @@ class Output:
         """The program's answer: its last stdout line that is a JSON object (parse.last_json)."""
         return parse.last_json(self.stdout)
 
+    def within(self, limit: int, what: str, alias: str) -> "Output":
+        """Itself when its stdout is at most `limit` bytes: the answer of a bounded read
+        (commands.read_as_service_user), refused whole when the file was longer."""
+        if len(self.stdout.encode()) > limit:
+            raise RemoteError(f"{what} on {alias} is larger than {limit} bytes: not read")
+        return self
+
     def checked(self, what: str | None, alias: str) -> "Output":
         """Itself when the command succeeded, else RemoteError naming the step and its last line."""
         if not self.ok:

@@ -60,6 +60,12 @@ def as_service_user(profile: Profile, *words: Arg, cwd: Arg | None = None) -> st
     return join("runuser", "-u", profile.service.user, "--", "env", "-C", cwd or data_dir, f"HOME={data_dir}", *words)
 
 
+def read_as_service_user(profile: Profile, path: Arg, limit: int) -> str:
+    """A file the service user wrote, read as that user: at most `limit` + 1 bytes, so a file that user made
+    huge cannot fill this machine's memory (connect.within_limit refuses the longer answer)."""
+    return as_service_user(profile, "head", "-c", str(limit + 1), "--", path)
+
+
 def service_python(profile: Profile, *assignments: str, timeout: int | None = None,
                    python: PurePosixPath | None = None) -> str:
     """The release's python (the current one's, or `python`), as the service user, for `-c SOURCE` (the

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from tasks.core import parse
-from tasks.core.commands import (as_service_user, install_into_private_dir, install_staged_files, join, q, remove,
+from tasks.core.commands import (install_into_private_dir, install_staged_files, join, q, remove,
                                  service_python)
 from tasks.core.commands.data import run_dir
 from tasks.core.commands.service import service_manager
@@ -111,10 +111,6 @@ def switch_files(profile: Profile, engine: str, files: list[RenderedFile]) -> st
     if engine not in ENGINES:
         raise ValueError(engine)
     return " && ".join([*install_staged_files(stage_dir(profile), files, engine), DAEMON_RELOAD])
-
-
-def read_as_service_user(profile: Profile, path: PurePosixPath) -> str:
-    return as_service_user(profile, "cat", "--", path)
 
 
 def steps(pg: Profile, to: str, work_dir: PurePosixPath, incoming: PurePosixPath,

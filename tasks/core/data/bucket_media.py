@@ -10,7 +10,7 @@ import json
 from pathlib import Path, PurePosixPath
 
 from tasks.core import media, ui
-from tasks.core.commands import as_service_user
+from tasks.core.commands import read_as_service_user
 from tasks.core.commands import media as commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host
@@ -24,6 +24,7 @@ from tasks.core.onserver.sqlite import sha256_file
 from tasks.core.profile import Profile
 
 SHOWN = 5                        # objects named in a refusal
+LISTING_LIMIT = 256 * 1024 * 1024   # about 1.7 million objects; what the service user wrote is read no further
 
 
 def _list(host: Host, profile: Profile) -> dict:
@@ -59,10 +60,11 @@ def record_listing(snapshot: Snapshot, found: dict, where: str) -> Snapshot:
 def read_listing(host: Host, profile: Profile, folder: PurePosixPath) -> dict | None:
     """The listing an offsite snapshot of .env and media holds (restored into `folder`, the service
     user's: read as that user), None when it holds none (its VM kept files, or the snapshot is older)."""
-    said = host.run(as_service_user(profile, "cat", "--", folder / LISTING), sudo=True, check=False,
+    said = host.run(read_as_service_user(profile, folder / LISTING, LISTING_LIMIT), sudo=True, check=False,
                     what="the bucket's listing")
     if not said.ok:
         return None
+    said.within(LISTING_LIMIT, "the bucket's listing", host.alias)
     found = media.copier_report(said.stdout)
     if not isinstance(found.get("objects"), dict) or not isinstance(found.get("where"), str):
         raise RemoteError(f"the bucket's listing in {folder} is not one this toolkit wrote")

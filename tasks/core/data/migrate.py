@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from rich.table import Table
 
 from tasks.core import database, ui
+from tasks.core.commands import read_as_service_user
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
 from tasks.core.commands.service import service_manager
@@ -193,8 +194,12 @@ def convert_snapshot(host: Host, profile: Profile, sqlite_file: PurePosixPath, n
     return report
 
 
+REPORT_LIMIT = 16 * 1024 * 1024    # a report or the row counts the service user's programs wrote: read no further
+
+
 def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | None:
-    out = host.run(commands.read_as_service_user(profile, path), sudo=True, check=False)
+    out = host.run(read_as_service_user(profile, path, REPORT_LIMIT), sudo=True, check=False)
+    out.within(REPORT_LIMIT, f"the report {path}", host.alias)
     return out.answer() if out.ok else None
 
 

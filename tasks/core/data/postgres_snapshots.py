@@ -17,7 +17,7 @@ import time
 from typing import Iterator
 
 from tasks.core import offsite, ui
-from tasks.core.commands import as_service_user
+from tasks.core.commands import read_as_service_user
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.commands import postgres as pg
@@ -221,8 +221,9 @@ def restore_from_offsite(host: Host, profile: Profile, source: offsite_commands.
             host.run(offsite_commands.restore_files_into_incoming(profile, incoming, files.id, source,
                                                                   () if everything else (DUMP, DUMP_COUNTS)),
                      sudo=True, what="restoring from the offsite target", timeout=None)
-        said = host.run(as_service_user(profile, "cat", incoming / DUMP_COUNTS), sudo=True, check=False,
-                        what="the dump's row counts")
+        counts = "the dump's row counts"
+        said = host.run(read_as_service_user(profile, incoming / DUMP_COUNTS, migrate.REPORT_LIMIT), sudo=True,
+                        check=False, what=counts).within(migrate.REPORT_LIMIT, counts, host.alias)
         try:
             tables = json.loads(said.stdout)["tables"]
         except (ValueError, KeyError, TypeError):

@@ -451,6 +451,12 @@ def prune_local(s3, media_dir: str, state: State, bucket: str, prefix: str) -> d
             "not_files": other[:20], "seconds": round(time.monotonic() - started, 2)}
 
 
+def where(bucket: str, prefix: str, endpoint: str) -> str:
+    """The bucket in the words of MediaSettings.describe() (this program imports only the standard library):
+    a listing names the bucket it was taken from, and a restore compares the two."""
+    return f"{f's3://{bucket}/{prefix}'.rstrip('/')} at {endpoint}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 7 or argv[0] not in ("to-bucket", "to-local", "list", "prune"):
         print(__doc__.strip().splitlines()[3], file=sys.stderr)
@@ -466,8 +472,8 @@ def main(argv: list[str]) -> int:
         else:
             run = {"to-local": to_local, "list": list_bucket, "prune": prune_local}[direction]
             report = run(s3, media_dir, state, bucket, prefix)
-            if direction == "list":    # as MediaSettings.describe() says it: the listing names its bucket
-                report["where"] = f"{f's3://{bucket}/{prefix}'.rstrip('/')} at {endpoint}"
+            if direction == "list":
+                report["where"] = where(bucket, prefix, endpoint)
     except Exception as exc:      # one line for the task; the state keeps what was done
         state.save()
         print(f"{type(exc).__name__}: {exc}"[:2000], file=sys.stderr)

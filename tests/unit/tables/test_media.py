@@ -192,3 +192,32 @@ def test_a_server_that_reads_a_bucket_gets_no_local_copy_of_a_snapshot_that_reco
     # check refuses that pairing before anything is put anywhere).
     assert bucket_media.without_local_copies(parse_profile(""), recorded, files) == files
     assert bucket_media.without_local_copies(parse_profile(BUCKET), snapshot({}), files) == files
+
+
+@pytest.mark.parametrize("storage", ["s3://team-uploads/label-studio", "s3://team-uploads"])
+def test_the_copiers_listing_names_its_bucket_in_the_words_a_restore_compares(storage):
+    import shlex
+
+    from tasks.core.commands import media as commands
+    from tasks.core.onserver import media_copy
+    profile = parse_profile(BUCKET.replace("s3://team-uploads/label-studio", storage))
+    words = shlex.split(commands.copier_once(profile, profile.media, "list").rsplit(" < ", 1)[0])
+    bucket, prefix, endpoint = words[words.index("list") + 3:words.index("list") + 6]
+    assert media_copy.where(bucket, prefix, endpoint) == profile.media.describe()
+
+
+def test_a_listing_the_service_user_made_too_large_is_refused_unread(monkeypatch):
+    import json
+    from pathlib import PurePosixPath
+
+    from tasks.core.data import bucket_media
+    from tests.unit.fakehost import FakeHost, ok
+    listing = json.dumps({"files": 1, "bytes": 5, "where": "s3://team-uploads/label-studio at http://10.1.2.3:9000",
+                          "objects": {"upload/1/x.png": [5, "etag", "ab" * 32]}})
+    host = FakeHost().answer(r"runuser .* head -c \d+ -- /incoming/media-bucket.json", ok(listing + "\n"))
+    found = bucket_media.read_listing(host, parse_profile(BUCKET), PurePosixPath("/incoming"))
+    assert found["objects"] == {"upload/1/x.png": [5, "etag", "ab" * 32]}
+    assert host.ran(f"head -c {bucket_media.LISTING_LIMIT + 1} --")
+    monkeypatch.setattr(bucket_media, "LISTING_LIMIT", len(listing))
+    with pytest.raises(RemoteError, match="the bucket's listing on fake is larger than"):
+        bucket_media.read_listing(host, parse_profile(BUCKET), PurePosixPath("/incoming"))
