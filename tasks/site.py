@@ -183,22 +183,29 @@ def site_provision(c, site=None, dry_run=False):
         ui.out.print(f"\nThe app VMs' plans follow once {the_site.database.host} has made its certificate "
                      f"({profile.database.ca_file}): run site-provision without --dry-run.")
     key = None
+    addresses = {app.host: app.address or app_profile.address for app, app_profile, _ in apps}
+    at_balancer = rolling.servers() if rolling is not None else {}
     for index, (app, app_profile, host) in enumerate([] if waiting else apps):
         ui.out.print("")
         # The first VM migrates the database (its start runs the migrations; the others find none to run).
-        # Once the balancer serves, a VM about to change is taken out first and put back after.
+        # Once the balancer serves, a VM about to change is taken out first and put back after; one whose
+        # address changed gets no request meanwhile, and goes in once the balancer's configuration names it.
+        moved = app.server in at_balancer and at_balancer[app.server].elsewhere_than(addresses[app.host])
         with contextlib.ExitStack() as out:
             def drain(server=app.server, timeout=app_profile.nginx.proxy_timeout):
                 out.enter_context(taken_out(rolling, server, timeout))
 
+            if moved:
+                ui.warn(f"the balancer sends {app.server}'s requests to {at_balancer[app.server].addr}; the site "
+                        f"file says {addresses[app.host]}: it gets none until the balancer's configuration says so "
+                        "(last step)")
             provision_host(host, app_profile, dry_run=dry_run, site_key=key,
                            site_marker=sites.member_marker(the_site, app.host),
                            http_from=_http_from(lb, the_site, app, app_profile),
                            site_database_password=database_password,
-                           before_changes=drain if rolling is not None else None)
+                           before_changes=drain if rolling is not None and not moved else None)
         if index == 0:
             key = _site_key(host, app_profile)
-    addresses = {app.host: app.address or app_profile.address for app, app_profile, _ in apps}
     config = sites.balancer_config(the_site, profile, addresses)
     ui.out.print(f"\n[bold]balancer {lb.alias}[/bold] (HAProxy)")
     plan.apply(lb, balancer.plan(lb_found, the_site, config, sites.edge_name(profile), pair), dry_run=dry_run)

@@ -350,10 +350,16 @@ class ServerState:
     status: str          # UP, DOWN, DRAIN, MAINT, "UP 1/2" (rising), "DOWN 1/2" (falling), no check: "no check"
     sessions: int        # requests on it now (scur)
     check: str           # the last check's result (L7OK, L4TOUT, ...)
+    addr: str = ""       # where HAProxy sends its requests: "ADDRESS:PORT"
 
     @property
     def up(self) -> bool:
         return self.status == "UP"
+
+    def elsewhere_than(self, address: str) -> bool:
+        """HAProxy sends this server's requests to another address than `address` (the VM's address in the
+        site file: it changed since the balancer's configuration was written)."""
+        return bool(self.addr) and self.addr.rsplit(":", 1)[0].strip("[]") != address
 
 
 def servers_from_stat(text: str, backend: str = BACKEND) -> dict[str, ServerState]:
@@ -368,5 +374,5 @@ def servers_from_stat(text: str, backend: str = BACKEND) -> dict[str, ServerStat
             continue
         sessions = row.get("scur") or "0"
         found[row["svname"]] = ServerState(row.get("status", ""), int(sessions) if sessions.isdigit() else 0,
-                                           row.get("check_status", ""))
+                                           row.get("check_status", ""), row.get("addr") or "")
     return found

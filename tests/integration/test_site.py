@@ -356,16 +356,28 @@ def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is
     finally:
         app1.exec("systemctl start label-studio")
     assert _until(site, "app1", "UP") == "UP"
-    # The killed VM boots again: Label Studio starts at boot, and the balancer's checks put it back.
+    # The killed VM boots again: Label Studio starts at boot, and the balancer's checks put it back. Another
+    # machine takes its address meanwhile (Docker gives the lowest free one), as DHCP may: until the site file
+    # says so, the database VM does not let it in, so its boot waits for PostgreSQL, and site-provision mends.
     old = address(app2)
-    subprocess.run(["docker", "start", app2.id], check=True, capture_output=True)
-    app2.refresh_ports()
-    app2.wait_for_systemd()
-    if address(app2) != old:   # the containers' network gave it another address: the site file says so
-        site.site_file.write_text(site.site_file.read_text().replace(old, address(app2)))
-        again = site.run("site-provision")
-        assert again.returncode == 0, again.stdout + again.stderr
-    assert _until(site, "app2", "UP") == "UP"
+    image = subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}}", app2.id], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    squatter = subprocess.run(["docker", "run", "-d", "--rm", "--entrypoint", "sleep", image, "1800"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        subprocess.run(["docker", "start", app2.id], check=True, capture_output=True)
+        app2.refresh_ports()
+        app2.wait_for_ssh()
+        if address(app2) != old:
+            site.site_file.write_text(site.site_file.read_text().replace(old, address(app2)))
+            again = site.run("site-provision")
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert f"the balancer sends app2's requests to {old}:" in again.stderr, again.stderr
+            hba = sh(site.db, "cat /etc/postgresql/*/main/pg_hba.conf")
+            assert f"hostssl all ls_site {address(app2)}/32 scram-sha-256" in hba, hba
+        assert _until(site, "app2", "UP") == "UP"
+    finally:
+        subprocess.run(["docker", "rm", "-f", squatter], capture_output=True)
     # A VM a failed rolling step left drained: site-provision proves it and puts it back.
     sh(site.lb, balancer_commands.set_state("app2", "drain"))
     assert _stat(site, "app2", "status") == "DRAIN"

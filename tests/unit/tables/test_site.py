@@ -149,6 +149,18 @@ def test_the_runtime_api_gives_each_app_vm_its_state_and_open_requests():
     found = site.servers_from_stat(STAT)
     assert found == {"app1": site.ServerState("UP", 2, "L7OK"), "app2": site.ServerState("DRAIN", 0, "L4TOUT")}
     assert found["app1"].up and not found["app2"].up
+
+
+def test_an_app_vm_whose_address_changed_is_found_at_the_balancer():
+    # HAProxy 2.6's own `show stat` columns (Debian 12), its addr column among them.
+    header = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,status,check_status,check_code,agent_health,addr,"
+              "cookie,mode\n")
+    text = header + "app_vms,app2,0,0,0,0,,0,DOWN,L4TOUT,,,172.17.0.7:80,,http\n"
+    found = site.servers_from_stat(text)["app2"]
+    assert found.addr == "172.17.0.7:80"
+    assert found.elsewhere_than("172.17.0.8") and not found.elsewhere_than("172.17.0.7")
+    assert not site.ServerState("UP", 0, "L7OK", "[fd00::7]:80").elsewhere_than("fd00::7")
+    assert not site.ServerState("UP", 0, "L7OK").elsewhere_than("172.17.0.8")     # no addr column: not moved
     assert site.servers_from_stat("Unknown command\n") == {}
 
 
