@@ -386,17 +386,21 @@ def test_a_bare_database_vm_gets_postgresql_for_the_app_vms_alone():
         assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0, script
 
 
-def test_a_database_vm_as_wanted_changes_nothing():
+def _database_vm_probe(hba: str, rules: str) -> str:
+    """What the database VM's probe prints for a VM set up as the plan wants, but for `hba` and `rules`."""
     import base64
     from tasks.core.commands import dbserver as commands
+    conf = base64.b64encode(commands.server_conf().encode()).decode()
+    return (f"[packages]\npostgresql installed\nopenssl installed\nufw installed\n"
+            f"[host]\nos_id=debian\n[postgres]\nversion=17\nconf={conf}\nhba={hba}\nactive=active\nrole=t\ndb=1\n"
+            "secret_meta=root:root:600\nlogin=yes\n[certificate]\nkey_meta=postgres:postgres:600\n"
+            f"names=IPAddress:10.0.0.5\n[sshd]\nport 22\n[ufw]\nStatus: active\n[ufw_rules]\nufw allow 22/tcp\n{rules}")
+
+
+def test_a_database_vm_as_wanted_changes_nothing():
     from tasks.core.provision import dbserver
     profile = parse_profile(DB_PROFILE, host="db")
-    conf = base64.b64encode(commands.server_conf().encode()).decode()
-    ready = (f"[packages]\npostgresql installed\nopenssl installed\nufw installed\n"
-             f"[host]\nos_id=debian\n[postgres]\nversion=17\nconf={conf}\nhba=yes\nactive=active\nrole=t\ndb=1\n"
-             "secret_meta=root:root:600\nlogin=yes\n[certificate]\nkey_meta=postgres:postgres:600\n"
-             "names=IPAddress:10.0.0.5\n[sshd]\nport 22\n[ufw]\nStatus: active\n[ufw_rules]\nufw allow 22/tcp\n"
-             "ufw allow from 10.0.0.11 to any port 5432 proto tcp\n")
+    ready = _database_vm_probe("yes", "ufw allow from 10.0.0.11 to any port 5432 proto tcp\n")
     changes = dbserver.plan(_database_vm(ready), profile, ("10.0.0.11",))
     assert not any(c.changed for c in changes), [c.what for c in changes if c.changed]
     # A certificate for another name is made again, and PostgreSQL restarted to read it.
@@ -410,15 +414,9 @@ def test_a_database_vm_as_wanted_changes_nothing():
 
 
 def test_a_new_app_vm_reloads_postgresql_and_drops_no_session():
-    import base64
-    from tasks.core.commands import dbserver as commands
     from tasks.core.provision import dbserver
     profile = parse_profile(DB_PROFILE, host="db")
-    conf = base64.b64encode(commands.server_conf().encode()).decode()
-    one_missing = (f"[packages]\npostgresql installed\nopenssl installed\nufw installed\n[host]\nos_id=debian\n"
-                   f"[postgres]\nversion=17\nconf={conf}\nhba=no\nactive=active\nrole=t\ndb=1\n"
-                   "secret_meta=root:root:600\nlogin=yes\n[certificate]\nkey_meta=postgres:postgres:600\n"
-                   "names=IPAddress:10.0.0.5\n[sshd]\nport 22\n[ufw]\nStatus: active\n[ufw_rules]\nufw allow 22/tcp\n")
+    one_missing = _database_vm_probe("no", "")
     [configured] = [c for c in dbserver.plan(_database_vm(one_missing), profile, ("10.0.0.11",))
                     if c.what.startswith("configured")]
     assert configured.what.endswith("(reloaded)") and "systemctl reload postgresql" in configured.action.script
