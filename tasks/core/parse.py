@@ -69,6 +69,7 @@ class UfwRule:
     ports: frozenset[int] | None
     source: str = "any"
     spec: str = ""          # the short form's one word (`ufw allow 80/tcp`: "80/tcp"), else ""
+    comment: str = ""       # `comment '...'`: the toolkit marks the rules it may remove again
 
     def covers(self, port: int) -> bool:
         return self.ports is None or port in self.ports
@@ -112,19 +113,21 @@ def ufw_rules(lines: list[str]) -> list[UfwRule]:
             continue
         if words[0] == "in":
             words = words[3:] if len(words) > 2 and words[1] == "on" else words[1:]
+        comment = ""
         if "comment" in words:
-            words = words[:words.index("comment")]
+            at = words.index("comment")
+            words, comment = words[:at], " ".join(words[at + 1:])
         if not words:
             continue
         if words[0] not in ("from", "to", "proto"):
-            rules.append(UfwRule(_ufw_ports(words[0]), spec=words[0]))
+            rules.append(UfwRule(_ufw_ports(words[0]), spec=words[0], comment=comment))
             continue
         options = dict(zip(words[::2], words[1::2]))
         if "app" in options or "port" in options:
             ports = _ufw_ports(options.get("app") or options["port"])
         else:
             ports = None
-        rules.append(UfwRule(ports, "any" if options.get("from", "any") == "any" else options["from"]))
+        rules.append(UfwRule(ports, "any" if options.get("from", "any") == "any" else options["from"], comment=comment))
     return rules
 
 

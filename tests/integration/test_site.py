@@ -375,6 +375,10 @@ def test_with_no_app_vm_up_the_balancer_answers_for_maintenance_and_a_vm_back_is
             assert f"the balancer sends app2's requests to {old}:" in again.stderr, again.stderr
             hba = sh(site.db, "cat /etc/postgresql/*/main/pg_hba.conf")
             assert f"hostssl all ls_site {address(app2)}/32 scram-sha-256" in hba, hba
+            # The old address (the squatter's now) no longer reaches PostgreSQL: its line and rule are gone.
+            assert f" {old}/32 " not in hba, hba
+            assert f"ufw no longer allows 5432/tcp from {old} (no app VM of the site)" in again.stdout, again.stdout
+            assert f"from {old} " not in sh(site.db, "ufw show added")
         assert _until(site, "app2", "UP") == "UP"
     finally:
         subprocess.run(["docker", "rm", "-f", squatter], capture_output=True)

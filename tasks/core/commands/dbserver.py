@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 from tasks.core.commands import join, lines, q
 from tasks.core.commands.postgres import cluster_probe, configure_cluster, ensure_role, export_password, psql_superuser
 from tasks.core.commands.probes import FIREWALL_PROBE, OS_RELEASE
+from tasks.core.commands.provision import ufw_allow_from
 from tasks.core.commands.tls import self_signed_request
 from tasks.core.database import PASSWORD_KEY
 from tasks.core.profile import Profile
@@ -31,11 +32,30 @@ def server_conf() -> str:
             f"ssl_key_file = '{KEY}'\n")
 
 
+# Ends each pg_hba line and names each ufw rule this toolkit writes for an app VM: those of an address no
+# longer in the site file are removed (a VM gone, or moved: its old address may be someone else's now).
+MARK = "labelstudio-vm site app VM"
+
+
 def hba_lines(profile: Profile, sources: tuple[str, ...]) -> list[str]:
     """The role from each app VM's address, over TLS only, to any database (the data tasks' restores
     connect to `postgres` to rename)."""
     user = profile.database.user
-    return [f"hostssl all {user} {ipaddress.ip_network(source)} scram-sha-256" for source in sources]
+    return [f"hostssl all {user} {ipaddress.ip_network(source)} scram-sha-256 # {MARK}" for source in sources]
+
+
+def allow_app_vm(source: str, port: int) -> str:
+    return ufw_allow_from(source, port, MARK)
+
+
+def remove_other_app_vm_rules(port: int, sources: tuple[str, ...]) -> str:
+    """Every ufw rule of ours (MARK) for `port` from an address not among `sources`, deleted. The addresses
+    the server lists stay in the shell's variables, checked by their shape; never in this script's text."""
+    keep = " ".join(str(ipaddress.ip_network(source)) for source in sources) + " " + " ".join(sources)
+    pattern = f"s/^ufw allow from \\([0-9A-Fa-f.:/]*\\) to any port {int(port)} proto tcp comment '{MARK}'$/\\1/p"
+    return (f"ufw show added | sed -n {q(pattern)} | while read -r src; do "
+            f"case {q(' ' + keep + ' ')} in *\" $src \"*) ;; "
+            f"*) ufw delete allow from \"$src\" to any port {int(port)} proto tcp >/dev/null || exit 1;; esac; done")
 
 
 def probe(profile: Profile, sources: tuple[str, ...]) -> str:
@@ -50,6 +70,7 @@ def probe(profile: Profile, sources: tuple[str, ...]) -> str:
         *OS_RELEASE,
         "echo '[postgres]'",
         *cluster_probe(profile, hba_lines(profile, sources), "rolcreatedb"),
+        f"echo \"hba_marked=$(grep -c {q(f' # {MARK}$')} \"$conf/pg_hba.conf\" 2>/dev/null)\"",
         f"echo \"secret_meta=$(stat -c '%U:%G:%a' {q(profile.remote.database_env)} 2>/dev/null)\"",
         f"if [ -s {q(profile.remote.database_env)} ] && command -v psql >/dev/null && {login}; then echo login=yes; "
         "else echo login=no; fi; unset PGPASSWORD",
@@ -71,7 +92,7 @@ def make_certificate(name: str) -> str:
 
 
 def configure(profile: Profile, sources: tuple[str, ...], *, restart: bool = True) -> str:
-    return configure_cluster(server_conf(), hba_lines(profile, sources), restart=restart)
+    return configure_cluster(server_conf(), hba_lines(profile, sources), restart=restart, mark=MARK)
 
 
 def ensure_site_role(profile: Profile) -> str:

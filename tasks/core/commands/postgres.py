@@ -73,17 +73,30 @@ def configure_server(profile: Profile) -> str:
     return configure_cluster(server_conf(), hba_lines(profile))
 
 
-def configure_cluster(conf: str, lines: list[str], *, restart: bool = True) -> str:
-    """The conf.d drop-in `conf` and the pg_hba `lines` (first: pg_hba takes the first line that matches),
-    then a restart (listen_addresses needs one; `restart` False: a reload, which is enough for pg_hba and
-    drops no session) and a wait until it accepts connections."""
+HBA_FILE = '"$conf/pg_hba.conf"'     # the cluster's, as the shell finds it (CLUSTER sets $conf)
+
+
+def hba_update(path: str, lines: list[str], mark: str | None = None) -> str:
+    """`lines` put first in the pg_hba file at `path` (a shell word) when one is missing: pg_hba takes the
+    first line that matches. With `mark` (the comment ending the lines this toolkit writes), every other
+    line so marked goes: the file then holds exactly `lines` of ours."""
+    if mark is not None:     # sed prints each `1i` text as it runs: in the order given
+        insert = " ".join(f"-e {q('1i ' + line)}" for line in lines)
+        return f"sed -i {insert} -e {q(f'/ # {mark}$/d')} {path}"
     insert = " ".join(f"-e {q('1i ' + line)}" for line in reversed(lines))
-    missing = " || ".join(f"! grep -qxF {q(line)} \"$conf/pg_hba.conf\"" for line in lines)
+    missing = " || ".join(f"! grep -qxF {q(line)} {path}" for line in lines)
+    return f"{{ if {missing}; then sed -i {insert} {path}; fi; }}"
+
+
+def configure_cluster(conf: str, lines: list[str], *, restart: bool = True, mark: str | None = None) -> str:
+    """The conf.d drop-in `conf` and the pg_hba `lines` (hba_update), then a restart (listen_addresses
+    needs one; `restart` False: a reload, which is enough for pg_hba and drops no session) and a wait until
+    it accepts connections."""
     return (
         f"{CLUSTER}; [ -n \"$v\" ] || {{ echo 'no PostgreSQL cluster main found' >&2; exit 1; }}; "
         f"printf '%s' {q(conf)} > \"$conf/conf.d/{CONF_NAME}.lsvm-new\" && "
         f"mv -f \"$conf/conf.d/{CONF_NAME}.lsvm-new\" \"$conf/conf.d/{CONF_NAME}\" && "
-        f"{{ if {missing}; then sed -i {insert} \"$conf/pg_hba.conf\"; fi; }} && "
+        f"{hba_update(HBA_FILE, lines, mark)} && "
         f"systemctl enable --quiet postgresql && systemctl {'restart' if restart else 'reload'} postgresql && "
         f"{wait_ready()}"
     )

@@ -167,8 +167,9 @@ def ufw_allow(rule: str) -> str:
     return join("ufw", "allow", rule)
 
 
-def ufw_allow_from(source: str, port: int) -> str:
-    return join("ufw", "allow", "from", source, "to", "any", "port", int(port), "proto", "tcp")
+def ufw_allow_from(source: str, port: int, comment: str = "") -> str:
+    words = ["comment", comment] if comment else []
+    return join("ufw", "allow", "from", source, "to", "any", "port", int(port), "proto", "tcp", *words)
 
 
 def ufw_delete_allow(port: int) -> str:

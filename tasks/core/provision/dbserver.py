@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from tasks.core import parse
 from tasks.core.commands import dbserver as commands
 from tasks.core.commands.probes import SSH_CONNECTION
-from tasks.core.commands.provision import apt_install, ufw_allow_from
+from tasks.core.commands.provision import apt_install
 from tasks.core.commands.tls import is_ip
 from tasks.core.connect import Host
 from tasks.core.defaults import APT_TIMEOUT
@@ -29,6 +29,7 @@ class DatabaseVMFacts:
     version: str                      # the cluster's ("" when PostgreSQL is not installed)
     conf: str | None                  # our conf.d drop-in
     hba: bool                         # every app VM's hostssl line is in pg_hba.conf
+    hba_marked: int                   # lines of ours in it (commands.MARK): more than the app VMs' are stale
     active: bool
     role_createdb: str                # "t", "f", or "" (no role)
     database: bool
@@ -54,6 +55,7 @@ def facts_from_probe(text: str) -> DatabaseVMFacts:
         version=pg.get("version", ""),
         conf=decoded(pg.get("conf") or "-"),
         hba=pg.get("hba") == "yes",
+        hba_marked=int(pg["hba_marked"]) if pg.get("hba_marked", "").isdigit() else 0,
         active=pg.get("active") == "active",
         role_createdb=pg.get("role", ""),
         database=pg.get("db") == "1",
@@ -99,10 +101,11 @@ def plan(facts: DatabaseVMFacts, profile: Profile, sources: tuple[str, ...]) -> 
         steps.append(Change(f"PostgreSQL's certificate is for {name} ({commands.CERT})"))
     settings = f"TLS only, scram-sha-256, {db.user} from {', '.join(sources)}"
     restart = facts.conf != commands.server_conf() or not facts.active or fresh_certificate
-    if not restart and facts.hba:
+    if not restart and facts.hba and facts.hba_marked == len(sources):
         steps.append(Change(f"PostgreSQL {facts.version} listens: {settings}"))
     else:
-        # Only new app VMs' lines: a reload, which drops no session of the app VMs serving meanwhile.
+        # Only app VMs' lines (new ones in, those of addresses gone out): a reload, which drops no session
+        # of the app VMs serving meanwhile.
         how = "restarted" if restart else "reloaded"
         steps.append(Change(f"configured PostgreSQL: {settings} ({how})", True,
                             plan=f"configure PostgreSQL: {settings} ({how[:-1]})",
@@ -121,6 +124,12 @@ def plan(facts: DatabaseVMFacts, profile: Profile, sources: tuple[str, ...]) -> 
     wanted = rules_missing([], facts)
     for source in sources:
         if not any(rule.covers(port) and same_source(rule.source, source) for rule in facts.ufw_rules):
-            wanted.append((ufw_allow_from(source, port), f"{port}/tcp from {source}"))
+            wanted.append((commands.allow_app_vm(source, port), f"{port}/tcp from {source}"))
     steps += firewall_changes(facts, wanted, f"ufw allows SSH, and PostgreSQL from {', '.join(sources)} alone")
+    gone = [rule.source for rule in facts.ufw_rules if rule.comment == commands.MARK and rule.covers(port)
+            and not any(same_source(rule.source, source) for source in sources)]
+    if gone:
+        steps.append(Change(f"ufw no longer allows {port}/tcp from {', '.join(gone)} (no app VM of the site)", True,
+                            plan=f"remove ufw's rules for {port}/tcp from {', '.join(gone)} (no app VM of the site)",
+                            action=Run(commands.remove_other_app_vm_rules(port, sources), "ufw delete")))
     return steps

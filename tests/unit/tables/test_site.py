@@ -376,9 +376,10 @@ def test_a_bare_database_vm_gets_postgresql_for_the_app_vms_alone():
     assert done[2] == "configured PostgreSQL: TLS only, scram-sha-256, labelstudio from 10.0.0.11, 10.0.0.12 (restarted)"
     assert done[3].startswith("role labelstudio (CREATEDB) and database labelstudio ready")
     scripts = [c.action.script for c in changes if c.changed]
-    assert "ufw allow from 10.0.0.11 to any port 5432 proto tcp" in scripts
-    assert "ufw allow from 10.0.0.12 to any port 5432 proto tcp" in scripts
-    assert scripts.index("ufw allow 22/tcp") < scripts.index("ufw allow from 10.0.0.11 to any port 5432 proto tcp")
+    mark = "comment 'labelstudio-vm site app VM'"
+    assert f"ufw allow from 10.0.0.11 to any port 5432 proto tcp {mark}" in scripts
+    assert f"ufw allow from 10.0.0.12 to any port 5432 proto tcp {mark}" in scripts
+    assert scripts.index("ufw allow 22/tcp") < scripts.index(f"ufw allow from 10.0.0.11 to any port 5432 proto tcp {mark}")
     assert not any("5432/tcp" in s and "from" not in s for s in scripts)    # never from anywhere
     assert "hostssl all labelstudio 10.0.0.11/32 scram-sha-256" in commands.configure(profile, sources)
     assert "ssl = on\n" in commands.server_conf() and "listen_addresses = '*'" in commands.server_conf()
@@ -400,7 +401,7 @@ def _database_vm_probe(hba: str, rules: str) -> str:
 def test_a_database_vm_as_wanted_changes_nothing():
     from tasks.core.provision import dbserver
     profile = parse_profile(DB_PROFILE, host="db")
-    ready = _database_vm_probe("yes", "ufw allow from 10.0.0.11 to any port 5432 proto tcp\n")
+    ready = _database_vm_probe("yes\nhba_marked=1", "ufw allow from 10.0.0.11 to any port 5432 proto tcp\n")
     changes = dbserver.plan(_database_vm(ready), profile, ("10.0.0.11",))
     assert not any(c.changed for c in changes), [c.what for c in changes if c.changed]
     # A certificate for another name is made again, and PostgreSQL restarted to read it.
@@ -421,3 +422,47 @@ def test_a_new_app_vm_reloads_postgresql_and_drops_no_session():
                     if c.what.startswith("configured")]
     assert configured.what.endswith("(reloaded)") and "systemctl reload postgresql" in configured.action.script
     assert "systemctl restart" not in configured.action.script
+
+
+def test_the_lines_and_rules_of_an_address_gone_from_the_site_are_removed(tmp_path):
+    from tasks.core.commands import dbserver as commands
+    from tasks.core.commands.postgres import hba_update
+    from tasks.core.provision import dbserver
+    profile = parse_profile(DB_PROFILE, host="db")
+    mark = "comment 'labelstudio-vm site app VM'"
+    # app2 moved from .12 to .13; a rule and a line someone added by hand (no mark) are theirs and stay.
+    moved = _database_vm_probe("no\nhba_marked=2", f"ufw allow from 10.0.0.11 to any port 5432 proto tcp {mark}\n"
+                                                   f"ufw allow from 10.0.0.12 to any port 5432 proto tcp {mark}\n"
+                                                   "ufw allow from 192.168.9.9 to any port 5432 proto tcp\n")
+    sources = ("10.0.0.11", "10.0.0.13")
+    changes = {c.what: c for c in dbserver.plan(_database_vm(moved), profile, sources) if c.changed}
+    assert "configured PostgreSQL: TLS only, scram-sha-256, labelstudio from 10.0.0.11, 10.0.0.13 (reloaded)" in changes
+    assert "ufw allows 5432/tcp from 10.0.0.13" in changes
+    removal = changes["ufw no longer allows 5432/tcp from 10.0.0.12 (no app VM of the site)"]
+    assert "10.0.0.12" not in removal.action.script       # the server's addresses never enter a script
+    # The removal, run with a stand-in ufw that lists the rules as `ufw show added` does and logs deletions.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ufw").write_text(
+        "#!/bin/sh\n"
+        f"if [ \"$1\" = show ]; then printf '%s\\n' 'Added user rules (see ufw status for running firewall):' "
+        f"\"ufw allow from 10.0.0.11 to any port 5432 proto tcp {mark}\" "
+        f"\"ufw allow from 10.0.0.12 to any port 5432 proto tcp {mark}\" "
+        f"\"ufw allow from 10.0.0.99 to any port 80 proto tcp {mark}\" "
+        "'ufw allow from 192.168.9.9 to any port 5432 proto tcp' "
+        f"\"ufw allow from \\$(touch{chr(32)}/tmp/x) to any port 5432 proto tcp {mark}\"; exit 0; fi\n"
+        f"echo \"$*\" >> {tmp_path}/deleted\n")
+    (bin_dir / "ufw").chmod(0o755)
+    ran = subprocess.run(["sh", "-c", removal.action.script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "deleted").read_text() == "delete allow from 10.0.0.12 to any port 5432 proto tcp\n"
+    # pg_hba: the wanted lines first, every other line of ours gone, the others kept in their order.
+    hba = tmp_path / "pg_hba.conf"
+    old_line = "hostssl all labelstudio 10.0.0.12/32 scram-sha-256 # labelstudio-vm site app VM"
+    hba.write_text(f"{old_line}\nlocal all postgres peer\nhostssl all labelstudio 192.168.9.9/32 scram-sha-256\n")
+    lines = commands.hba_lines(profile, sources)
+    for _ in range(2):                                   # and again: nothing more changes
+        subprocess.run(["sh", "-c", hba_update(str(hba), lines, commands.MARK)], check=True)
+        assert hba.read_text().splitlines() == [*lines, "local all postgres peer",
+                                                "hostssl all labelstudio 192.168.9.9/32 scram-sha-256"]
