@@ -62,7 +62,7 @@ def as_service_user(profile: Profile, *words: Arg, cwd: Arg | None = None) -> st
 
 def read_as_service_user(profile: Profile, path: Arg, limit: int) -> str:
     """A file the service user wrote, read as that user: at most `limit` + 1 bytes, so a file that user made
-    huge cannot fill this machine's memory (connect.within_limit refuses the longer answer)."""
+    huge cannot fill this machine's memory (Output.within refuses the longer answer)."""
     return as_service_user(profile, "head", "-c", str(limit + 1), "--", path)
 
 

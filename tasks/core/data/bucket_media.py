@@ -10,11 +10,10 @@ import json
 from pathlib import Path, PurePosixPath
 
 from tasks.core import media, ui
-from tasks.core.commands import read_as_service_user
 from tasks.core.commands import media as commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.connect import Host
-from tasks.core.data import catalog
+from tasks.core.data import catalog, read_service_file
 from tasks.core.data.catalog import Snapshot
 from tasks.core.defaults import MEDIA
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
@@ -60,11 +59,9 @@ def record_listing(snapshot: Snapshot, found: dict, where: str) -> Snapshot:
 def read_listing(host: Host, profile: Profile, folder: PurePosixPath) -> dict | None:
     """The listing an offsite snapshot of .env and media holds (restored into `folder`, the service
     user's: read as that user), None when it holds none (its VM kept files, or the snapshot is older)."""
-    said = host.run(read_as_service_user(profile, folder / LISTING, LISTING_LIMIT), sudo=True, check=False,
-                    what="the bucket's listing")
+    said = read_service_file(host, profile, folder / LISTING, LISTING_LIMIT, "the bucket's listing")
     if not said.ok:
         return None
-    said.within(LISTING_LIMIT, "the bucket's listing", host.alias)
     found = media.copier_report(said.stdout)
     if not isinstance(found.get("objects"), dict) or not isinstance(found.get("where"), str):
         raise RemoteError(f"the bucket's listing in {folder} is not one this toolkit wrote")

@@ -22,11 +22,11 @@ from pathlib import PurePosixPath
 from rich.table import Table
 
 from tasks.core import database, ui
-from tasks.core.commands import read_as_service_user
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import migrate as commands
 from tasks.core.commands.service import service_manager
 from tasks.core.connect import Host
+from tasks.core.data import read_service_file
 from tasks.core.database import ENGINES
 from tasks.core.errors import RemoteError, SnapshotError, UsageError
 from tasks.core.onserver.convert_database import differences  # noqa: F401 (migrate.differences)
@@ -198,8 +198,7 @@ REPORT_LIMIT = 16 * 1024 * 1024    # a report or the row counts the service user
 
 
 def read_report(host: Host, profile: Profile, path: PurePosixPath) -> dict | None:
-    out = host.run(read_as_service_user(profile, path, REPORT_LIMIT), sudo=True, check=False)
-    out.within(REPORT_LIMIT, f"the report {path}", host.alias)
+    out = read_service_file(host, profile, path, REPORT_LIMIT, f"the report {path}")
     return out.answer() if out.ok else None
 
 

@@ -17,12 +17,11 @@ import time
 from typing import Iterator
 
 from tasks.core import offsite, ui
-from tasks.core.commands import read_as_service_user
 from tasks.core.commands import data as data_commands
 from tasks.core.commands import offsite as offsite_commands
 from tasks.core.commands import postgres as pg
 from tasks.core.connect import Host
-from tasks.core.data import bucket_media, catalog, migrate
+from tasks.core.data import bucket_media, catalog, migrate, read_service_file
 from tasks.core.data.catalog import FileEntry, Manifest, Snapshot
 from tasks.core.data.replace import upload
 from tasks.core.data.snapshots import send_file_list, server_work_dir
@@ -221,9 +220,7 @@ def restore_from_offsite(host: Host, profile: Profile, source: offsite_commands.
             host.run(offsite_commands.restore_files_into_incoming(profile, incoming, files.id, source,
                                                                   () if everything else (DUMP, DUMP_COUNTS)),
                      sudo=True, what="restoring from the offsite target", timeout=None)
-        counts = "the dump's row counts"
-        said = host.run(read_as_service_user(profile, incoming / DUMP_COUNTS, migrate.REPORT_LIMIT), sudo=True,
-                        check=False, what=counts).within(migrate.REPORT_LIMIT, counts, host.alias)
+        said = read_service_file(host, profile, incoming / DUMP_COUNTS, migrate.REPORT_LIMIT, "the dump's row counts")
         try:
             tables = json.loads(said.stdout)["tables"]
         except (ValueError, KeyError, TypeError):
